@@ -1,0 +1,75 @@
+"""An endpoint (one model-server pod and target port) and the signals known about it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+ROLE_LABEL = "llm-d.ai/role"
+
+
+class Role(str, Enum):
+    """Disaggregation role of a pod, from the `llm-d.ai/role` label."""
+
+    PREFILL = "prefill"
+    DECODE = "decode"
+    BOTH = "both"
+
+    @classmethod
+    def from_labels(cls, labels: dict[str, str]) -> Role:
+        value = labels.get(ROLE_LABEL, "both")
+        try:
+            return cls(value)
+        except ValueError:
+            return cls.BOTH
+
+
+@dataclass(slots=True)
+class EndpointMetrics:
+    """Model-server signals scraped from the pod's /metrics (vLLM names, mapped per engine).
+
+    `updated_at` is a time.monotonic() stamp of the last successful scrape; 0.0 means never.
+    """
+
+    waiting_queue_size: int = 0
+    running_requests: int = 0
+    kv_cache_usage: float = 0.0  # 0..1
+    active_loras: frozenset[str] = frozenset()
+    waiting_loras: frozenset[str] = frozenset()
+    max_loras: int = 0
+    block_size: int = 16
+    num_gpu_blocks: int = 0
+    updated_at: float = 0.0
+
+
+@dataclass(slots=True, eq=False)
+class Endpoint:
+    """One pod:port of the InferencePool.
+
+    Identity is the object itself (eq=False keeps hashing O(1) and allocation-free);
+    `key` ("namespace/name:port" style) is the stable name used in logs, metrics and indexes.
+    `inflight` counts requests this EPP process sent to the endpoint that have not completed.
+    """
+
+    name: str
+    address: str
+    port: int
+    namespace: str = "default"
+    labels: dict[str, str] = field(default_factory=dict)
+    metrics: EndpointMetrics = field(default_factory=EndpointMetrics)
+    healthy: bool = True
+    inflight: int = 0
+    inflight_tokens: int = 0
+    # Precomputed strings used on the hot path (set in __post_init__).
+    hostport: str = ""
+    key: str = ""
+    role: Role = Role.BOTH
+
+    def __post_init__(self) -> None:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        self.hostport = f"{host}:{self.port}"
+        self.key = f"{self.namespace}/{self.name}"
+        self.role = Role.from_labels(self.labels)
+
+    def __repr__(self) -> str:
+        return f"Endpoint({self.key} {self.hostport})"

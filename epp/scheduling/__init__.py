@@ -1,0 +1,1 @@
+"""Scheduler framework: profiles of filters, scorers and a picker, chosen by a profile handler."""

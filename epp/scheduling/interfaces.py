@@ -1,0 +1,95 @@
+"""Extension points of the scheduler, one small Protocol each (GIE / kube-scheduler style).
+
+Every plugin has a `type_name` (registry key, e.g. "queue-scorer") and an instance `name`
+(from the config; defaults to the type name) so one type can be configured twice.
+`consumes` lists the endpoint data a plugin reads (documentation and validation aid).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+from epp.datastore.endpoint import Endpoint
+from epp.scheduling.types import (
+    CycleState,
+    LLMRequest,
+    ProfileRunResult,
+    SchedulingResult,
+    ScoredEndpoint,
+)
+
+if TYPE_CHECKING:
+    from epp.scheduling.profile import SchedulerProfile
+
+
+@runtime_checkable
+class Plugin(Protocol):
+    type_name: ClassVar[str]
+    name: str
+
+
+@runtime_checkable
+class Filter(Plugin, Protocol):
+    def filter(
+        self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]
+    ) -> Sequence[Endpoint]:
+        """Return the endpoints that may serve the request (a subset, order kept)."""
+        ...
+
+
+@runtime_checkable
+class Scorer(Plugin, Protocol):
+    def score(
+        self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]
+    ) -> Sequence[float]:
+        """Return one score in [0, 1] per endpoint, in the same order (higher is better)."""
+        ...
+
+
+@runtime_checkable
+class Picker(Plugin, Protocol):
+    def pick(
+        self, state: CycleState, request: LLMRequest, scored: Sequence[ScoredEndpoint]
+    ) -> ProfileRunResult:
+        """Choose the target (and ordered fallbacks) from the scored endpoints."""
+        ...
+
+
+@runtime_checkable
+class ProfileHandler(Plugin, Protocol):
+    def pick_profiles(
+        self,
+        state: CycleState,
+        request: LLMRequest,
+        profiles: Mapping[str, SchedulerProfile],
+        results: Mapping[str, ProfileRunResult | None],
+    ) -> Mapping[str, SchedulerProfile]:
+        """Profiles to run next given the results so far; empty ends the cycle."""
+        ...
+
+    def process_results(
+        self,
+        state: CycleState,
+        request: LLMRequest,
+        results: Mapping[str, ProfileRunResult | None],
+    ) -> SchedulingResult:
+        """Combine the profile results into the decision (raises SchedulingError if none)."""
+        ...
+
+
+@runtime_checkable
+class PreRequest(Plugin, Protocol):
+    def pre_request(self, state: CycleState, request: LLMRequest, result: SchedulingResult) -> None:
+        """Called once the decision is final, before the request is sent upstream."""
+        ...
+
+
+@runtime_checkable
+class PostResponse(Plugin, Protocol):
+    def post_response(
+        self, request: LLMRequest, target: Endpoint, response: Mapping[str, Any]
+    ) -> None:
+        """Called when the response completed. `response` holds what the server reported:
+        "status" (int), and when known "prompt_tokens", "completion_tokens", "cached_tokens"."""
+        ...
