@@ -7,6 +7,7 @@ endpoint set changes, so scheduling never copies the pool per request.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -71,6 +72,11 @@ class Datastore:
     # --- endpoints ----------------------------------------------------------------------
     def add_listener(self, listener: EndpointListener) -> None:
         self._listeners.append(listener)
+
+    def remove_listener(self, listener: EndpointListener) -> None:
+        """Unsubscribe a listener added with add_listener (no-op if absent)."""
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
 
     def upsert_endpoint(self, ep: Endpoint) -> Endpoint:
         """Add or update an endpoint by key. An existing object keeps its metrics and counters."""

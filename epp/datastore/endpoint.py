@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 ROLE_LABEL = "llm-d.ai/role"
 
 
-class Role(str, Enum):
+class Role(StrEnum):
     """Disaggregation role of a pod, from the `llm-d.ai/role` label."""
 
     PREFILL = "prefill"

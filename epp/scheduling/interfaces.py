@@ -93,3 +93,25 @@ class PostResponse(Plugin, Protocol):
         """Called when the response completed. `response` holds what the server reported:
         "status" (int), and when known "prompt_tokens", "completion_tokens", "cached_tokens"."""
         ...
+
+
+@runtime_checkable
+class PluginTimingObserver(Protocol):
+    """Receives how long each plugin call took (the scheduler does not import prometheus).
+
+    `extension_point` is one of "Filter", "Scorer", "Picker", "ProfileHandler", "PreRequest",
+    "PostResponse"; `plugin_type` / `plugin_name` are the plugin's type name and instance name.
+    Called on the hot path: keep it cheap (e.g. a histogram observe).
+    """
+
+    def observe_plugin(
+        self, extension_point: str, plugin_type: str, plugin_name: str, duration_ns: int
+    ) -> None: ...
+
+
+@runtime_checkable
+class ProfileValidator(Protocol):
+    """Optional extra of a ProfileHandler: checks the configured profiles when the config
+    loads (e.g. a P/D handler requiring "prefill" and "decode"). Raise ValueError to reject."""
+
+    def validate_profiles(self, profiles: Mapping[str, SchedulerProfile]) -> None: ...

@@ -1,0 +1,205 @@
+"""Follows the Datastore and runs one KV-event subscriber per pool endpoint.
+
+Endpoints come and go through `Datastore.add_listener`; the manager starts a `PodSubscriber`
+for each new endpoint, restarts it when the endpoint's address or event port changes, and on
+removal stops it and drops the pod's entries from the index. It also runs the optional
+central (bound) subscriber. It needs a running asyncio loop: call `await start()` from the
+server's startup (epp.kvevents.start_services does) and `await stop()` on shutdown;
+listener calls that arrive before `start()` are picked up by `start()` from the datastore.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine, Iterator
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from epp.datastore.datastore import Datastore
+from epp.datastore.endpoint import Endpoint
+from epp.kvevents.config import KVEventsSettings
+from epp.kvevents.hash_check import HashSettingsChecker
+from epp.kvevents.index import KVBlockIndex
+from epp.kvevents.subscriber import (
+    CentralSubscriber,
+    KVEventStream,
+    PodSubscriber,
+    SocketSettings,
+    SubscriberStats,
+)
+
+log = logging.getLogger(__name__)
+
+
+def format_endpoint(template: str, ep: Endpoint, port: int, replay_port: int) -> str:
+    host = f"[{ep.address}]" if ":" in ep.address else ep.address
+    return template.format(host=host, address=ep.address, port=port, name=ep.name,
+                           namespace=ep.namespace, serving_port=ep.port, replay_port=replay_port)
+
+
+class KVEventsManager:
+    def __init__(
+        self,
+        datastore: Datastore,
+        index: KVBlockIndex,
+        settings: KVEventsSettings,
+        checker: HashSettingsChecker | None = None,
+    ) -> None:
+        self.datastore = datastore
+        self.index = index
+        self.settings = settings
+        self.checker = checker
+        self.subscribers: dict[str, PodSubscriber] = {}
+        self.central: CentralSubscriber | None = None
+        # Streams fed in-process (an embedded simulator, tests): no socket, same bookkeeping.
+        self.local_streams: dict[str, KVEventStream] = {}
+        self._ctx: zmq.asyncio.Context | None = None
+        self._started = False
+        self._start_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[None]] = set()
+        datastore.add_listener(self._on_endpoint)
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    def socket_settings(self) -> SocketSettings:
+        s = self.settings
+        return SocketSettings(
+            topic_filter=s.topic_filter, rcv_hwm=s.rcv_hwm, max_message_bytes=s.max_message_bytes,
+            replay_timeout_s=s.replay_timeout_seconds, resync_on_reconnect=s.resync_on_reconnect,
+        )
+
+    # --- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        async with self._start_lock:
+            if self._started:
+                return
+            self._ctx = zmq.asyncio.Context()
+            self._started = True
+            if self.settings.zmq_endpoint:
+                self.central = CentralSubscriber(
+                    self.settings.zmq_endpoint, self.index, self._ctx, self._resolve_hostport,
+                    settings=self.socket_settings(), checker=self.checker,
+                )
+                self.central.start()
+            if self.settings.discover_pods:
+                for ep in self.datastore.endpoints():
+                    self._ensure(ep)
+
+    async def stop(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        for sub in list(self.subscribers.values()):
+            await sub.stop()
+        self.subscribers.clear()
+        if self.central is not None:
+            await self.central.stop()
+            self.central = None
+        for task in list(self._background):
+            await asyncio.gather(task, return_exceptions=True)
+        if self._ctx is not None:
+            self._ctx.destroy(linger=0)
+            self._ctx = None
+
+    # --- queries (hot path) ---------------------------------------------------------------
+    def local_stream(self, pod: str) -> KVEventStream:
+        """A stream for events delivered in-process (`await stream.handle(seq, payload)`)."""
+        stream = self.local_streams.get(pod)
+        if stream is None:
+            stream = self.local_streams[pod] = KVEventStream(pod, self.index, checker=self.checker)
+        return stream
+
+    def stream(self, pod: str) -> KVEventStream | None:
+        sub = self.subscribers.get(pod)
+        if sub is not None:
+            return sub.stream
+        local = self.local_streams.get(pod)
+        if local is not None:
+            return local
+        if self.central is not None:
+            return self.central.streams.get(pod)
+        return None
+
+    def has_events(self, pod: str) -> bool:
+        """True if the pod's view comes from its events (and is not being recovered)."""
+        stream = self.stream(pod)
+        return stream is not None and stream.has_events
+
+    def all_stats(self) -> Iterator[tuple[str, SubscriberStats]]:
+        for pod, sub in self.subscribers.items():
+            yield pod, sub.stats
+        for pod, stream in self.local_streams.items():
+            if pod not in self.subscribers:
+                yield pod, stream.stats
+        if self.central is not None:
+            for pod, stream in self.central.streams.items():
+                if pod not in self.subscribers:
+                    yield pod, stream.stats
+
+    # --- datastore events -----------------------------------------------------------------
+    def endpoints_for(self, ep: Endpoint) -> tuple[str, str | None]:
+        s = self.settings
+        port = s.socket_port
+        label = ep.labels.get(s.socket_port_label) if s.socket_port_label else None
+        if label is not None:
+            if label.isdigit() and 0 < int(label) < 65536:
+                port = int(label)
+            else:
+                log.warning("kv-events %s: label %s=%r is not a port; using %d",
+                            ep.key, s.socket_port_label, label, port)
+        endpoint = format_endpoint(s.endpoint_template, ep, port, s.replay_port)
+        replay = (format_endpoint(s.replay_endpoint_template, ep, port, s.replay_port)
+                  if s.replay_port else None)
+        return endpoint, replay
+
+    def _on_endpoint(self, event: str, ep: Endpoint) -> None:
+        if event == "removed":
+            self.local_streams.pop(ep.key, None)
+            if self.checker is not None:
+                self.checker.forget_pod(ep.key)
+        if not self._started:
+            return
+        if event == "removed":
+            sub = self.subscribers.pop(ep.key, None)
+            if self.central is not None:
+                self.central.forget(ep.key)
+            self._spawn(self._retire(ep.key, sub))
+        elif self.settings.discover_pods:
+            self._ensure(ep)
+
+    def _ensure(self, ep: Endpoint) -> None:
+        assert self._ctx is not None
+        endpoint, replay = self.endpoints_for(ep)
+        current = self.subscribers.get(ep.key)
+        if current is not None:
+            if current.endpoint == endpoint and current.replay_endpoint == replay:
+                return
+            # The pod moved (new IP or event port): its old view is worthless.
+            self.subscribers.pop(ep.key)
+            self._spawn(self._retire(ep.key, current))
+        sub = PodSubscriber(ep.key, endpoint, self.index, self._ctx, replay_endpoint=replay,
+                            settings=self.socket_settings(), checker=self.checker)
+        self.subscribers[ep.key] = sub
+        sub.start()
+
+    async def _retire(self, pod: str, sub: PodSubscriber | None) -> None:
+        if sub is not None:
+            await sub.stop()
+        try:
+            await self.index.clear_pod(pod)
+        except Exception as e:
+            log.warning("kv-events %s: clearing the removed pod's entries failed: %s", pod, e)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _resolve_hostport(self, hostport: str) -> str | None:
+        ep = self.datastore.by_hostport(hostport)
+        return ep.key if ep is not None else None

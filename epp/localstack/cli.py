@@ -1,0 +1,89 @@
+"""`epp run-local` (what `make run` calls): the whole local stack in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from epp.localstack.stack import DEFAULT_MODEL, LocalStack, StackConfig, StackError
+
+
+def add_parser(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "run-local", help="start Envoy + the EPP + simulated vLLM pods on loopback",
+        description="Start the local stack: simulated vLLM pods, the EPP and Envoy, on 127.0.0.1.")
+    p.add_argument("--pods", type=int, default=3, help="simulated vLLM pods (3)")
+    p.add_argument("--pd", action="store_true",
+                   help="disaggregated prefill/decode: 1 prefill + 2 decode pods with routing sidecars")
+    p.add_argument("--engine", default="sim", choices=("sim", "vllm"),
+                   help="sim (default) or real vLLM (needs vllm installed and a GPU)")
+    p.add_argument("--vllm-model", default="", help="with --engine vllm: model path to serve")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="served model name")
+    p.add_argument("--config", type=Path, default=None, help="EndpointPickerConfig (default: embedded)")
+    p.add_argument("--failure-mode", default="FailClose", choices=("FailOpen", "FailClose"))
+    p.add_argument("--listen-port", type=int, default=8081, help="Envoy listener (8081)")
+    p.add_argument("--run-dir", type=Path, default=None, help="where logs and generated files go (.run)")
+    p.add_argument("--time-scale", type=float, default=1.0, help="simulator speed factor (1.0 = real time)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = StackConfig(pods=args.pods, pd=args.pd, engine=args.engine, vllm_model=args.vllm_model,
+                      model=args.model, epp_config=args.config, failure_mode=args.failure_mode,
+                      listen_port=args.listen_port, time_scale=args.time_scale)
+    if args.run_dir is not None:
+        cfg.run_dir = args.run_dir
+    stack = LocalStack(cfg)
+    print(f">> starting {len(stack.pods)} {cfg.engine} pod(s), the EPP and Envoy (logs in {cfg.run_dir / 'logs'})",
+          flush=True)
+    try:
+        stack.start()
+    except StackError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        stack.stop()
+        return 130
+    url = stack.url
+    pods = ", ".join(f"{p.name} ({p.role}) :{p.serving_port}" for p in stack.pods)
+    print(f"""
+The local stack is up.
+  API (Envoy):   {url}/v1/chat/completions   and   {url}/v1/completions
+  EPP:           ext_proc 127.0.0.1:{cfg.grpc_port}, readiness http://127.0.0.1:{cfg.health_port}/readyz,
+                 metrics http://127.0.0.1:{cfg.metrics_port}/metrics
+  Envoy admin:   http://127.0.0.1:{cfg.admin_port}
+  Pods:          {pods}
+
+Try it:
+  curl -s {url}/v1/chat/completions -H 'content-type: application/json' \\
+    -d '{{"model": "{cfg.model}", "messages": [{{"role": "user", "content": "Hello!"}}], "max_tokens": 16}}'
+  curl -s {url}/v1/completions -H 'content-type: application/json' \\
+    -d '{{"model": "{cfg.model}", "prompt": "Once upon a time", "max_tokens": 16, "stream": true}}'
+
+The response header x-sim-pod names the pod that served it. Ctrl-C stops everything.
+""", flush=True)
+    stopping = False
+
+    def _on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    try:
+        while not stopping:
+            for name, proc in stack.procs.items():
+                if proc.poll() is not None:
+                    print(f"error: {name} exited with code {proc.returncode}; last lines of "
+                          f"{stack.log_path(name)}:\n{stack.tail(name)}", file=sys.stderr)
+                    stack.stop()
+                    return 1
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    print(">> stopping", flush=True)
+    stack.stop()
+    return 0

@@ -1,0 +1,163 @@
+"""Envoy bootstrap for the local stack, tests and benchmarks.
+
+Listener -> ext_proc (the EPP) -> router. Requests carrying the EPP's
+`x-gateway-destination-endpoint` header go to an ORIGINAL_DST cluster that connects to that
+host:port. With FailOpen, a request that reached the router without the header (the EPP was
+down and Envoy skipped it) goes to a plain round-robin cluster over the pool instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import yaml
+
+DESTINATION_HEADER = "x-gateway-destination-endpoint"
+
+BodyMode = Literal["BUFFERED", "FULL_DUPLEX_STREAMED", "STREAMED"]
+
+
+@dataclass(slots=True)
+class EnvoyConfigParams:
+    listen_port: int = 8081
+    listen_address: str = "127.0.0.1"
+    admin_port: int = 9901
+    epp_address: str = "127.0.0.1"
+    epp_port: int = 9002
+    failure_mode: Literal["FailOpen", "FailClose"] = "FailClose"
+    # Pool endpoints (host, port) for the FailOpen fallback cluster.
+    fallback_endpoints: list[tuple[str, int]] = field(default_factory=list)
+    # How request headers reach the EPP: "SEND" (two messages per request) or "SKIP" (the EPP
+    # gets only the buffered body; path and request id travel as attributes).
+    request_header_mode: Literal["SEND", "SKIP"] = "SEND"
+    request_body_mode: BodyMode = "BUFFERED"
+    response_header_mode: Literal["SEND", "SKIP"] = "SKIP"
+    response_body_mode: Literal["NONE", "STREAMED", "BUFFERED"] = "NONE"
+    # Envoy sends the buffered body right behind the headers instead of waiting for our
+    # answer to the headers: one round trip per request instead of two.
+    send_body_without_waiting: bool = True
+    message_timeout_ms: int = 2000
+    max_request_bytes: int = 4 * 1024 * 1024
+    # Upstream timeout for LLM requests; 0 disables (long streaming generations).
+    route_timeout_s: int = 600
+    access_log: bool = False
+
+
+def render_envoy_config(p: EnvoyConfigParams) -> dict[str, Any]:
+    fail_open = p.failure_mode == "FailOpen"
+    ext_proc: dict[str, Any] = {
+        "name": "envoy.filters.http.ext_proc",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+            "grpc_service": {
+                "envoy_grpc": {"cluster_name": "epp"},
+                "timeout": f"{p.message_timeout_ms / 1000:.3f}s",
+            },
+            "failure_mode_allow": fail_open,
+            # FailClose: an unreachable EPP is a 503 for the client, not Envoy's default 500.
+            "status_on_error": {"code": 503},
+            "message_timeout": f"{p.message_timeout_ms / 1000:.3f}s",
+            "processing_mode": {
+                "request_header_mode": p.request_header_mode,
+                "request_body_mode": p.request_body_mode,
+                "response_header_mode": p.response_header_mode,
+                "response_body_mode": p.response_body_mode,
+                # Envoy requires trailers to be sent in full-duplex mode.
+                "request_trailer_mode": "SEND" if p.request_body_mode == "FULL_DUPLEX_STREAMED" else "SKIP",
+                "response_trailer_mode": "SKIP",
+            },
+            "allow_mode_override": True,
+            "send_body_without_waiting_for_header_response": p.send_body_without_waiting,
+            # The route was chosen before the EPP set the destination header: re-match it.
+            "route_cache_action": "CLEAR",
+            "mutation_rules": {"allow_all_routing": True},
+        },
+    }
+    dest_route: dict[str, Any] = {
+        "match": {"prefix": "/", "headers": [{"name": DESTINATION_HEADER, "present_match": True}]},
+        "route": {"cluster": "original_destination", "timeout": f"{p.route_timeout_s}s"},
+    }
+    routes: list[dict[str, Any]] = [dest_route]
+    if fail_open:
+        routes.append({"match": {"prefix": "/"},
+                       "route": {"cluster": "pool_fallback", "timeout": f"{p.route_timeout_s}s"}})
+    else:
+        routes.append({"match": {"prefix": "/"}, "direct_response": {
+            "status": 503,
+            "body": {"inline_string": '{"error":{"message":"no endpoint was picked for this request",'
+                                      '"type":"ServiceUnavailable","code":503}}'}}})
+    hcm: dict[str, Any] = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "llm",
+        "codec_type": "AUTO",
+        "route_config": {"name": "llm", "virtual_hosts": [{"name": "llm", "domains": ["*"], "routes": routes}]},
+        "http_filters": [
+            {"name": "envoy.filters.http.buffer", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
+                "max_request_bytes": p.max_request_bytes}},
+            ext_proc,
+            {"name": "envoy.filters.http.router", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
+        ],
+        "stream_idle_timeout": "600s",
+        "request_timeout": "0s",
+    }
+    if p.access_log:
+        hcm["access_log"] = [{"name": "envoy.access_loggers.stdout", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"}}]
+    clusters: list[dict[str, Any]] = [
+        {
+            "name": "epp",
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "lb_policy": "ROUND_ROBIN",
+            "typed_extension_protocol_options": {
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "explicit_http_config": {"http2_protocol_options": {}},
+                }
+            },
+            "load_assignment": {"cluster_name": "epp", "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {
+                    "address": p.epp_address, "port_value": p.epp_port}}}}]}]},
+        },
+        {
+            "name": "original_destination",
+            "type": "ORIGINAL_DST",
+            "connect_timeout": "2s",
+            "lb_policy": "CLUSTER_PROVIDED",
+            "original_dst_lb_config": {"use_http_header": True, "http_header_name": DESTINATION_HEADER},
+            "cleanup_interval": "60s",
+            "circuit_breakers": {"thresholds": [{"max_connections": 100000, "max_pending_requests": 100000,
+                                                 "max_requests": 100000, "max_retries": 1000}]},
+        },
+    ]
+    if fail_open:
+        clusters.append({
+            "name": "pool_fallback",
+            "type": "STATIC",
+            "connect_timeout": "2s",
+            "lb_policy": "LEAST_REQUEST",
+            "load_assignment": {"cluster_name": "pool_fallback", "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {"address": h, "port_value": port}}}}
+                for h, port in p.fallback_endpoints]}]},
+        })
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": p.admin_port}}},
+        "static_resources": {
+            "listeners": [{
+                "name": "llm",
+                "address": {"socket_address": {"address": p.listen_address, "port_value": p.listen_port}},
+                "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                                "typed_config": hcm}]}],
+            }],
+            "clusters": clusters,
+        },
+        "layered_runtime": {"layers": [{"name": "static", "static_layer": {
+            "overload": {"global_downstream_max_connections": 50000}}}]},
+    }
+
+
+def envoy_config_yaml(p: EnvoyConfigParams) -> str:
+    return yaml.safe_dump(render_envoy_config(p), sort_keys=False)

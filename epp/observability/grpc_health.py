@@ -1,0 +1,73 @@
+"""grpc.health.v1 for the ext_proc server, driven by the ReadinessProbe.
+
+Uses the gRPC project's own `grpcio-health-checking` package (grpc_health.v1) rather than
+protos compiled here. Status is reported for the overall server ("") and for the
+ext_proc service name, which is what GIE's EPP answers health checks for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from epp.observability.health import ReadinessProbe
+
+log = logging.getLogger(__name__)
+
+EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class GrpcHealthReporter:
+    """Owns a grpc.aio HealthServicer and keeps it in line with the probe.
+
+    `add_to_server(server)` before the server starts; `await start()` polls the probe
+    every `interval` seconds (status changes also apply at once via `await update()`);
+    `await stop()` flips everything to NOT_SERVING for graceful shutdown.
+    """
+
+    def __init__(self, probe: ReadinessProbe, services: tuple[str, ...] = ("", EXT_PROC_SERVICE),
+                 interval: float = 0.5) -> None:
+        self.probe = probe
+        self.services = services
+        self.interval = interval
+        self.servicer = health.aio.HealthServicer()
+        self.serving: bool | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def add_to_server(self, server: Any) -> None:
+        health_pb2_grpc.add_HealthServicer_to_server(self.servicer, server)
+
+    async def update(self) -> bool:
+        ready = self.probe.check().ready
+        if ready != self.serving:
+            status = SERVING if ready else NOT_SERVING
+            for service in self.services:
+                await self.servicer.set(service, status)
+            log.info("grpc health: %s", "SERVING" if ready else "NOT_SERVING")
+            self.serving = ready
+        return ready
+
+    async def start(self) -> None:
+        await self.update()
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name="grpc-health")
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self.update()
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.servicer.enter_graceful_shutdown()
+        self.serving = False

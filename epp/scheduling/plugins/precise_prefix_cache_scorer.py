@@ -1,0 +1,211 @@
+"""precise-prefix-cache-scorer: prefix-cache affinity from the pods' own KV events.
+
+The prompt is tokenized exactly as the pod does it (completions: the prompt; chat: the chat
+template, then encode), cut into vLLM blocks and hashed with vLLM's chained block hash
+(same algo, block size and seed as the pods), then looked up in the KV-block index that the
+pods' KV events keep current (epp.kvevents). Score = longest run of leading blocks the pod
+holds / blocks of the prompt, in [0, 1].
+
+Parameters follow llm-d's plugin of the same name (tokenProcessorConfig, indexerConfig,
+kvEventsConfig; see epp.kvevents.config and docs/kv-events.md), plus:
+- `tokenizer`: "simple" (the simulator's) or a tokenizer.json path; defaults to
+  indexerConfig.tokenizersPoolConfig.modelName, else "simple".
+- `approximateFallback` (default true): pods that publish no events (yet), or whose view is
+  being recovered after a gap, are scored by an embedded approximate prefix-cache-scorer
+  that learns from this EPP's own routing decisions.
+- `maxPrefixBlocks`: hash at most this many leading blocks (bounds work on huge prompts).
+- `hashCheck`: {enabled, threshold, minSamples, window} of the hash-settings mismatch check.
+
+CycleState: the tokenization and hashes are computed once per cycle (shared by every profile
+and by the pre-request / post-response hooks); like prefix-cache-scorer it publishes
+"<name>.cached-tokens" (Endpoint.key -> cached prompt tokens) and "<name>.prompt-tokens"
+for the P/D profile handler, here with exact token counts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from epp.datastore.endpoint import Endpoint
+from epp.kvcache.block_hash import BlockHasher, lora_extra_keys, wire_hash
+from epp.kvevents.config import PreciseSettings, parse_settings
+from epp.kvevents.runtime import KVEventsRuntime, get_or_create_runtime
+from epp.scheduling.plugins.prefix_cache_scorer import PrefixCacheScorer
+from epp.scheduling.registry import PluginContext, register_plugin
+from epp.scheduling.types import CycleState, LLMRequest, SchedulingResult
+from epp.tokenization.chat_template import ChatTemplateError, apply_chat_template
+from epp.tokenization.tokenizer import Tokenizer, get_tokenizer
+
+log = logging.getLogger(__name__)
+
+CACHED_TOKENS_SUFFIX = ".cached-tokens"
+PROMPT_TOKENS_SUFFIX = ".prompt-tokens"
+MAX_TRACKED_PREDICTIONS = 10_000
+
+
+@dataclass(slots=True)
+class PreciseCycleState:
+    hashes: list[int | bytes]
+    prompt_tokens: int
+    matched_blocks: dict[str, int] = field(default_factory=dict)  # endpoint key -> blocks
+
+
+@register_plugin
+class PrecisePrefixCacheScorer:
+    type_name: ClassVar[str] = "precise-prefix-cache-scorer"
+    consumes: ClassVar[tuple[str, ...]] = ("kvevents.index", "metrics.active_loras")
+
+    @dataclass(slots=True)
+    class Params:
+        token_processor_config: dict[str, Any] = field(default_factory=dict)
+        indexer_config: dict[str, Any] = field(default_factory=dict)
+        kv_events_config: dict[str, Any] = field(default_factory=dict)
+        hash_check: dict[str, Any] = field(default_factory=dict)
+        tokenizer: str = ""
+        approximate_fallback: bool = True
+        max_prefix_blocks: int = 8192
+
+        def settings(self) -> PreciseSettings:
+            return parse_settings(self.token_processor_config, self.indexer_config,
+                                  self.kv_events_config, self.hash_check, self.tokenizer)
+
+        def validate(self) -> None:
+            if self.max_prefix_blocks < 1:
+                raise ValueError(f"maxPrefixBlocks must be >= 1, got {self.max_prefix_blocks}")
+            self.settings()
+
+    def __init__(self, *, name: str = type_name, params: Params | None = None,
+                 ctx: PluginContext | None = None) -> None:
+        if ctx is None:
+            raise ValueError(f"{self.type_name} needs a PluginContext (datastore and services)")
+        self.name = name
+        self.params = params if params is not None else self.Params()
+        where = f"{ctx.source}: plugin {name!r} ({self.type_name})"
+        settings = self.params.settings()
+        self.settings = settings
+        tp = settings.token_processor
+        self.hasher = BlockHasher(tp.hash_algo, tp.block_size, tp.seed())
+        self.int_hashes = tp.int_block_hashes
+        tokenizer_key = f"tokenizer/{settings.tokenizer}"
+        tokenizer: Tokenizer | None = ctx.services.get(tokenizer_key)
+        if tokenizer is None:
+            tokenizer = get_tokenizer(settings.tokenizer)
+            ctx.services[tokenizer_key] = tokenizer
+        self.tokenizer = tokenizer
+        self.runtime: KVEventsRuntime = get_or_create_runtime(ctx.datastore, ctx.services, settings, where)
+        self.approximate: PrefixCacheScorer | None = (
+            PrefixCacheScorer(name=f"{name}/approximate", ctx=ctx) if self.params.approximate_fallback
+            else None
+        )
+        self.state_key = f"{self.type_name}/{name}"
+        self.cached_tokens_key = f"{name}{CACHED_TOKENS_SUFFIX}"
+        self.prompt_tokens_key = f"{name}{PROMPT_TOKENS_SUFFIX}"
+        # request id -> (endpoint key -> predicted blocks), for the post-response hit check.
+        self._predictions: OrderedDict[str, dict[str, int]] = OrderedDict()
+
+    # --- request side ---------------------------------------------------------------------
+    def token_ids(self, request: LLMRequest) -> list[int]:
+        """The prompt's token ids as the pod computes them."""
+        raw_prompt = request.body.get("prompt") if request.body else None
+        if isinstance(raw_prompt, list) and raw_prompt and all(type(t) is int for t in raw_prompt):
+            return list(raw_prompt)  # completions API with pre-tokenized prompt
+        if request.messages is not None:
+            text = apply_chat_template(request.messages, add_generation_prompt=True)
+        else:
+            text = request.prompt or ""
+        return self.tokenizer.encode(text)
+
+    def block_hashes(self, request: LLMRequest, endpoints: Sequence[Endpoint]) -> PreciseCycleState:
+        try:
+            tokens = self.token_ids(request)
+        except (ChatTemplateError, ValueError, TypeError) as e:
+            log.debug("%s: cannot tokenize request %s: %s", self.name, request.request_id, e)
+            return PreciseCycleState([], 0)
+        size = self.hasher.block_size
+        limit = self.params.max_prefix_blocks * size
+        salt = request.body.get("cache_salt") if request.body else None
+        extra = None
+        model = request.target_model
+        # vLLM puts the LoRA adapter's name in every block's extra keys.
+        if any(model in ep.metrics.active_loras or model in ep.metrics.waiting_loras for ep in endpoints):
+            extra = lora_extra_keys(model)
+        digests = self.hasher.hash_tokens(tokens[:limit], extra_keys=extra,
+                                          cache_salt=salt if isinstance(salt, str) else None)
+        as_int = self.int_hashes
+        return PreciseCycleState([wire_hash(d, as_int) for d in digests], len(tokens))
+
+    def cycle_state(self, state: CycleState, request: LLMRequest,
+                    endpoints: Sequence[Endpoint]) -> PreciseCycleState:
+        cycle: PreciseCycleState | None = state.get(self.state_key)
+        if cycle is None:
+            cycle = self.block_hashes(request, endpoints)
+            state[self.state_key] = cycle
+            state[self.prompt_tokens_key] = cycle.prompt_tokens
+            state[self.cached_tokens_key] = {}
+        return cycle
+
+    # --- scoring --------------------------------------------------------------------------
+    def score(self, state: CycleState, request: LLMRequest,
+              endpoints: Sequence[Endpoint]) -> list[float]:
+        runtime = self.runtime
+        runtime.start_soon()
+        cycle = self.cycle_state(state, request, endpoints)
+        hashes = cycle.hashes
+        total = len(hashes)
+        if total == 0:
+            return [0.0] * len(endpoints)
+        manager = runtime.manager
+        evented = [ep.key for ep in endpoints if manager.has_events(ep.key)]
+        matched = runtime.index.longest_prefix(hashes, evented) if evented else {}
+        cycle.matched_blocks.update({key: matched.get(key, 0) for key in evented})
+        scores = [0.0] * len(endpoints)
+        fallback: list[int] = []
+        for i, ep in enumerate(endpoints):
+            blocks = matched.get(ep.key)
+            if blocks is not None:
+                scores[i] = blocks / total
+            elif self.approximate is not None and ep.key not in cycle.matched_blocks:
+                fallback.append(i)
+        if fallback and self.approximate is not None:
+            subset = [endpoints[i] for i in fallback]
+            for i, s in zip(fallback, self.approximate.score(state, request, subset), strict=True):
+                scores[i] = s
+        size = self.hasher.block_size
+        cached: dict[str, int] = state[self.cached_tokens_key]
+        for ep, s in zip(endpoints, scores, strict=True):
+            cached[ep.key] = min(cycle.prompt_tokens, round(s * total) * size)
+        return scores
+
+    # --- hooks ----------------------------------------------------------------------------
+    def pre_request(self, state: CycleState, request: LLMRequest, result: SchedulingResult) -> None:
+        cycle: PreciseCycleState | None = state.get(self.state_key)
+        if cycle is None or not cycle.hashes:
+            return
+        manager = self.runtime.manager
+        if self.approximate is not None:
+            approx_cycle = state.get(self.approximate.state_key)
+            for profile_result in result.profile_results.values():
+                if profile_result is None or not profile_result.targets:
+                    continue
+                target = profile_result.targets[0]
+                # Pods with events teach the index themselves; only the others need guessing.
+                if approx_cycle is not None and not manager.has_events(target.key):
+                    self.approximate.record(target, approx_cycle.hashes)
+        if self.runtime.checker is not None:
+            predictions = self._predictions
+            predictions[request.request_id] = dict(cycle.matched_blocks)
+            while len(predictions) > MAX_TRACKED_PREDICTIONS:
+                predictions.popitem(last=False)
+
+    def post_response(self, request: LLMRequest, target: Endpoint, response: Mapping[str, Any]) -> None:
+        predicted = self._predictions.pop(request.request_id, None)
+        checker = self.runtime.checker
+        cached = response.get("cached_tokens")
+        if predicted is None or checker is None or target.key not in predicted:
+            return
+        if isinstance(cached, int) and not isinstance(cached, bool):
+            checker.check_hit(target.key, predicted[target.key], cached)

@@ -1,0 +1,219 @@
+"""prefix-cache-scorer: APPROXIMATE prefix-cache affinity (GIE semantics, no tokenizer).
+
+The prompt text (LLMRequest.prompt_text(), UTF-8) is cut into blocks of `blockSize` bytes
+(about 4 characters per token, so 64 bytes ~ one 16-token vLLM block), at most
+`maxPrefixBlocksToMatch` of them; a short last block is ignored. Block i is identified by a
+chained hash of the target model, the request's cache_salt and every byte up to the end of
+block i, so equal hashes mean equal prefixes. The PreRequest hook remembers, per endpoint,
+the hashes of the prompts it was sent, in an LRU bounded by `lruCapacityPerServer` entries
+(or the endpoint's num_gpu_blocks when `autoTune` is on and the pod reports it).
+
+Score = matched prefix blocks / prompt blocks.
+
+Design notes (why, not what):
+- The hash is zlib's CRC-32 and Adler-32 fed incrementally, so hash i+1 continues from hash
+  i: chaining costs nothing extra, runs in C, and is stable across processes (unlike
+  hash()). The two 32-bit checksums are combined into one 64-bit int to keep collisions
+  negligible at LRU sizes of ~1e5 entries per endpoint.
+- A prompt's hashes are recorded last block first, so a prefix block is always more recent
+  in the LRU than any block after it; eviction therefore removes tails before heads and
+  "block i cached" implies "blocks < i cached". That makes the match length per endpoint a
+  binary search (log2(blocks) dict lookups) instead of a walk over every block.
+- Hashes are computed once per scheduling cycle and shared through CycleState under
+  `state_key` (several profiles, e.g. P/D decode and prefill, reuse them).
+- For the P/D profile handler the scorer also publishes "<name>.cached-tokens" in the
+  CycleState: endpoint key -> prompt tokens it likely holds (matched blocks x tokens per
+  block), for every endpoint scored so far in the cycle.
+- `autoTune` (GIE default) derives the block size from the pods' vLLM block size
+  (tokens x 4 characters) and the LRU size from their num_gpu_blocks.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from epp.datastore.endpoint import Endpoint
+from epp.scheduling.registry import PluginContext, register_plugin
+from epp.scheduling.types import CycleState, LLMRequest, SchedulingResult
+
+AVERAGE_CHARACTERS_PER_TOKEN = 4
+CACHED_TOKENS_SUFFIX = ".cached-tokens"  # CycleState contract with pd-profile-handler
+
+
+def prefix_block_hashes(text: str, seed: str, block_size: int, max_blocks: int) -> list[int]:
+    """Chained 64-bit hashes of the full `block_size`-byte blocks of `text` (at most
+    `max_blocks`). `seed` (model name, cache salt) makes equal text of different models differ."""
+    limit = block_size * max_blocks
+    # A character is at least one UTF-8 byte, so slicing the str first bounds the encode cost.
+    data = text[:limit].encode("utf-8", "surrogatepass")
+    count = min(len(data), limit) // block_size
+    if count == 0:
+        return []
+    seed_bytes = seed.encode("utf-8", "surrogatepass")
+    crc = zlib.crc32(seed_bytes)
+    adler = zlib.adler32(seed_bytes)
+    view = memoryview(data)
+    hashes = [0] * count
+    crc32 = zlib.crc32
+    adler32 = zlib.adler32
+    start = 0
+    for i in range(count):
+        block = view[start:start + block_size]
+        crc = crc32(block, crc)
+        adler = adler32(block, adler)
+        hashes[i] = (crc << 32) | adler
+        start += block_size
+    return hashes
+
+
+@dataclass(slots=True)
+class PrefixCacheCycleState:
+    """What one prefix-cache-scorer computed in a cycle (read by its pre-request hook and by
+    observability: cache hit ratio = matched_blocks[target.key] / len(hashes))."""
+
+    hashes: list[int]
+    block_size: int  # bytes per block
+    tokens_per_block: int
+    matched_blocks: dict[str, int] = field(default_factory=dict)  # endpoint key -> blocks
+    cached_tokens: dict[str, int] = field(default_factory=dict)  # endpoint key -> tokens
+
+
+@register_plugin
+class PrefixCacheScorer:
+    type_name: ClassVar[str] = "prefix-cache-scorer"
+    consumes: ClassVar[tuple[str, ...]] = ("metrics.block_size", "metrics.num_gpu_blocks")
+
+    @dataclass(slots=True)
+    class Params:
+        block_size: int = 64
+        max_prefix_blocks_to_match: int = 256
+        lru_capacity_per_server: int = 31250
+        auto_tune: bool = True
+
+        def validate(self) -> None:
+            for field_name in ("block_size", "max_prefix_blocks_to_match", "lru_capacity_per_server"):
+                value = getattr(self, field_name)
+                if value <= 0:
+                    camel = "".join(
+                        p if i == 0 else p.title() for i, p in enumerate(field_name.split("_"))
+                    )
+                    raise ValueError(f"parameter {camel!r} must be a positive integer, got {value}")
+
+    def __init__(self, *, name: str = type_name, params: Params | None = None,
+                 ctx: PluginContext | None = None) -> None:
+        self.name = name
+        self.params = params if params is not None else self.Params()
+        self.state_key = f"{self.type_name}/{name}"
+        self.cached_tokens_key = f"{name}{CACHED_TOKENS_SUFFIX}"
+        # endpoint key -> LRU of block hashes sent to it (values unused; OrderedDict gives O(1)
+        # move-to-end and pop-oldest).
+        self._lru: dict[str, OrderedDict[int, None]] = {}
+        if ctx is not None:
+            ctx.datastore.add_listener(self._on_endpoint_event)
+
+    # --- scoring ----------------------------------------------------------------------------
+    def score(
+        self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]
+    ) -> list[float]:
+        cycle = self.cycle_state(state, request, endpoints)
+        hashes = cycle.hashes
+        total = len(hashes)
+        matched = cycle.matched_blocks
+        cached_tokens = cycle.cached_tokens
+        if total == 0:
+            for ep in endpoints:
+                matched[ep.key] = cached_tokens[ep.key] = 0
+            return [0.0] * len(endpoints)
+        tokens_per_block = cycle.tokens_per_block
+        scores: list[float] = []
+        for ep in endpoints:
+            key = ep.key
+            blocks = matched.get(key)
+            if blocks is None:
+                blocks = matched[key] = self.match_length(key, hashes)
+                cached_tokens[key] = blocks * tokens_per_block
+            scores.append(blocks / total)
+        return scores
+
+    def cycle_state(
+        self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]
+    ) -> PrefixCacheCycleState:
+        """The hashes of this request, computed on first use in the cycle."""
+        block_size = self._block_size(endpoints)
+        cycle: PrefixCacheCycleState | None = state.get(self.state_key)
+        if cycle is None or cycle.block_size != block_size:
+            salt = request.body.get("cache_salt") if request.body else None
+            seed = request.target_model if not isinstance(salt, str) else f"{request.target_model}\0{salt}"
+            hashes = prefix_block_hashes(
+                request.prompt_text(), seed, block_size, self.params.max_prefix_blocks_to_match
+            )
+            cycle = PrefixCacheCycleState(
+                hashes, block_size, max(1, block_size // AVERAGE_CHARACTERS_PER_TOKEN)
+            )
+            state[self.state_key] = cycle
+            state[self.cached_tokens_key] = cycle.cached_tokens
+        return cycle
+
+    def match_length(self, endpoint_key: str, hashes: Sequence[int]) -> int:
+        """Number of leading blocks of `hashes` remembered for the endpoint."""
+        lru = self._lru.get(endpoint_key)
+        if not lru or not hashes or hashes[0] not in lru:
+            return 0
+        n = len(hashes)
+        if hashes[-1] in lru:
+            return n
+        lo, hi = 0, n - 1  # hashes[lo] cached, hashes[hi] not
+        while hi - lo > 1:
+            mid = (lo + hi) >> 1
+            if hashes[mid] in lru:
+                lo = mid
+            else:
+                hi = mid
+        return hi
+
+    def _block_size(self, endpoints: Sequence[Endpoint]) -> int:
+        if self.params.auto_tune and endpoints:
+            tokens = endpoints[0].metrics.block_size
+            if tokens > 0:
+                return tokens * AVERAGE_CHARACTERS_PER_TOKEN
+        return self.params.block_size
+
+    # --- learning ---------------------------------------------------------------------------
+    def pre_request(self, state: CycleState, request: LLMRequest, result: SchedulingResult) -> None:
+        """Remember the prompt's blocks on the first target of every profile result: with
+        P/D both the prefill and the decode endpoint end up holding the prefix's KV blocks."""
+        cycle: PrefixCacheCycleState | None = state.get(self.state_key)
+        if cycle is None or not cycle.hashes:
+            return
+        for profile_result in result.profile_results.values():
+            if profile_result is not None and profile_result.targets:
+                self.record(profile_result.targets[0], cycle.hashes)
+
+    def record(self, endpoint: Endpoint, hashes: Sequence[int]) -> None:
+        lru = self._lru.get(endpoint.key)
+        if lru is None:
+            lru = self._lru[endpoint.key] = OrderedDict()
+        move_to_end = lru.move_to_end
+        for h in reversed(hashes):  # tail first: see module docstring
+            if h in lru:
+                move_to_end(h)
+            else:
+                lru[h] = None
+        capacity = self.params.lru_capacity_per_server
+        if self.params.auto_tune and endpoint.metrics.num_gpu_blocks > 0:
+            capacity = endpoint.metrics.num_gpu_blocks
+        while len(lru) > capacity:
+            lru.popitem(last=False)
+
+    def cached_blocks(self, endpoint_key: str) -> int:
+        """How many block hashes are remembered for the endpoint (for tests and debugging)."""
+        lru = self._lru.get(endpoint_key)
+        return len(lru) if lru is not None else 0
+
+    def _on_endpoint_event(self, event: str, endpoint: Endpoint) -> None:
+        if event == "removed":
+            self._lru.pop(endpoint.key, None)

@@ -1,0 +1,41 @@
+"""queue-scorer: prefer endpoints with a shorter waiting queue (GIE semantics).
+
+Score = (max_queue - queue) / (max_queue - min_queue) over the scored endpoints, so the
+least-queued endpoint gets 1 and the most-queued 0; equal queues score 1 for everyone.
+Reads EndpointMetrics.waiting_queue_size (vllm:num_requests_waiting).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+from epp.datastore.endpoint import Endpoint
+from epp.scheduling.registry import PluginContext, register_plugin
+from epp.scheduling.types import CycleState, LLMRequest
+
+
+@register_plugin
+class QueueScorer:
+    type_name: ClassVar[str] = "queue-scorer"
+    consumes: ClassVar[tuple[str, ...]] = ("metrics.waiting_queue_size",)
+
+    @dataclass(slots=True)
+    class Params:
+        pass
+
+    def __init__(self, *, name: str = type_name, params: Params | None = None,
+                 ctx: PluginContext | None = None) -> None:
+        self.name = name
+
+    def score(
+        self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]
+    ) -> list[float]:
+        queues = [ep.metrics.waiting_queue_size for ep in endpoints]
+        low = min(queues)
+        span = max(queues) - low
+        if span <= 0:
+            return [1.0] * len(queues)
+        high = low + span
+        return [(high - q) / span for q in queues]

@@ -1,0 +1,216 @@
+"""`epp serve`: wire the datastore, its source, the scrapers, the scheduler and the servers.
+
+One EPP process serves ext_proc + gRPC health on the gRPC port, /healthz and /readyz on the
+health port and Prometheus metrics on the metrics port. The EndpointPickerConfig file is
+watched and reloaded without a restart (a broken edit is logged and the running config kept).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from epp.config.loader import SchedulerConfig, load_scheduler_config, reload_scheduler_config
+from epp.datastore.datastore import Datastore
+from epp.datastore.endpoint import Endpoint
+from epp.datastore.local import LocalEndpointSource
+from epp.flowcontrol.admission import AdmissionConfig, AdmissionController
+from epp.flowcontrol.saturation import SaturationConfig, SaturationDetector
+from epp.k8s.cli import KubernetesOptions
+from epp.k8s.config_watch import ConfigFileWatcher
+from epp.metricsscrape.scraper import ScrapeConfig, ScraperManager
+from epp.observability.exposition import HttpServer, metrics_app
+from epp.observability.grpc_health import GrpcHealthReporter
+from epp.observability.health import ReadinessProbe, health_app
+from epp.observability.metrics import EPPMetrics
+from epp.scheduling.registry import ConfigError, PluginContext
+from epp.scheduling.types import LLMRequest, SchedulingResult
+from epp.server.errors import RequestError
+from epp.server.extproc import ExtProcHandler, HandlerOptions
+from epp.server.grpc_server import build_grpc_server
+
+log = logging.getLogger("epp.server")
+
+
+@dataclass(slots=True)
+class ServeOptions:
+    host: str = "127.0.0.1"
+    grpc_port: int = 9002
+    health_port: int = 9003
+    metrics_port: int = 9090
+    config: Path | None = None
+    pool_file: Path | None = None
+    endpoints_file: Path | None = None
+    objectives_files: list[Path] = field(default_factory=list)
+    kubernetes: KubernetesOptions | None = None
+    scrape: ScrapeConfig = field(default_factory=ScrapeConfig)
+    saturation: SaturationConfig = field(default_factory=SaturationConfig)
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
+    handler: HandlerOptions = field(default_factory=HandlerOptions)
+    config_watch_interval_s: float = 1.0
+    max_concurrent_streams: int = 0
+    shutdown_grace_s: float = 5.0
+
+
+class MetricsObserver:
+    """Bridges server and scheduler events to the EPP's Prometheus metrics."""
+
+    def __init__(self, metrics: EPPMetrics) -> None:
+        self.metrics = metrics
+
+    # ServerObserver
+    def on_decision(self, request: LLMRequest, result: SchedulingResult, seconds: float) -> None:
+        m = self.metrics
+        m.series(request.model, request.target_model).on_request()
+        m.observe_decision(result.primary_profile, seconds, True)
+        primary = result.primary
+        if primary is not None and primary.scores:
+            m.set_pod_scores(primary.scores)
+
+    def on_rejected(self, request: LLMRequest | None, error: RequestError) -> None:
+        if request is not None:
+            self.metrics.series(request.model, request.target_model).on_error(error.code or str(error.status))
+
+    def on_complete(self, request: LLMRequest, target: Endpoint, response: dict[str, Any],
+                    seconds: float) -> None:
+        series = self.metrics.series(request.model, request.target_model)
+        status = response.get("status", 0)
+        if isinstance(status, int) and status >= 400:
+            series.on_error(str(status))
+        series.on_done(seconds, response.get("prompt_tokens"), response.get("completion_tokens"))
+
+    # PluginTimingObserver
+    def observe_plugin(self, extension_point: str, plugin_type: str, plugin_name: str,
+                       duration_ns: int) -> None:
+        self.metrics.observe_plugin(extension_point, plugin_type, plugin_name, duration_ns / 1e9)
+
+
+class AdmissionAdapter:
+    """The admission controller speaking the server's RequestError."""
+
+    def __init__(self, controller: AdmissionController) -> None:
+        self.controller = controller
+
+    def admit(self, request: LLMRequest) -> RequestError | None:
+        rejection = self.controller.admit(request)
+        if rejection is None:
+            return None
+        return RequestError(rejection.status, rejection.message, rejection.code,
+                            retry_after_s=1 if rejection.status in (429, 503) else None)
+
+    def release(self) -> None:
+        self.controller.release()
+
+
+class EPPServer:
+    """The whole EPP process; `await run()` serves until stop() or a signal."""
+
+    def __init__(self, opts: ServeOptions) -> None:
+        self.opts = opts
+        self.datastore = Datastore()
+        self.ctx = PluginContext(self.datastore, source=str(opts.config or "<default config>"))
+        self.metrics = EPPMetrics(datastore=self.datastore)
+        self.admission = AdmissionController(SaturationDetector(self.datastore, opts.saturation),
+                                             opts.admission)
+        self.observer = MetricsObserver(self.metrics)
+        self.sched_config: SchedulerConfig = load_scheduler_config(opts.config, self.ctx, self.observer)
+        self.handler = ExtProcHandler(self.datastore, self._scheduler, AdmissionAdapter(self.admission),
+                                      self.observer, opts.handler)
+        self.probe = ReadinessProbe(self.datastore)
+        self._stop = asyncio.Event()
+        self._sources: list[Any] = []
+        self._started: list[Any] = []
+
+    def _scheduler(self) -> Any:
+        return self.sched_config.scheduler
+
+    async def reload_config(self, path: str | None = None) -> bool:
+        """Rebuild the scheduler from the config file; keeps the old one on error."""
+        source = path or (str(self.opts.config) if self.opts.config else None)
+        try:
+            new = reload_scheduler_config(source, self.ctx, self.sched_config)
+        except ConfigError as e:
+            log.error("config reload failed, keeping the running config: %s", e)
+            return False
+        self.sched_config = new
+        await _start_plugin_services(self.ctx)
+        log.info("scheduler config reloaded from %s", source or "the embedded default")
+        return True
+
+    async def run(self) -> None:
+        opts = self.opts
+        if opts.kubernetes is not None:
+            from epp.k8s.source import KubernetesSource
+
+            k8s = KubernetesSource(opts.kubernetes, self.datastore, self.reload_config,
+                                   config_path=str(opts.config) if opts.config else None)
+            await k8s.start()
+            self._started.append(k8s)
+        elif opts.pool_file is not None and opts.endpoints_file is not None:
+            local = LocalEndpointSource(self.datastore, opts.pool_file, opts.endpoints_file,
+                                        opts.objectives_files)
+            await local.start()
+            self._started.append(local)
+            if opts.config is not None:
+                watcher = ConfigFileWatcher(str(opts.config), self.reload_config, opts.config_watch_interval_s)
+                watcher.start()
+                self._started.append(watcher)
+        else:
+            raise ConfigError("no endpoint source: give --pool-file and --endpoints-file (local mode) "
+                              "or --pool-name (Kubernetes mode)")
+
+        scrapers = ScraperManager(self.datastore, opts.scrape)
+        await scrapers.start()
+        self._started.append(scrapers)
+        await _start_plugin_services(self.ctx)
+
+        health = GrpcHealthReporter(self.probe)
+        grpc_server, port = build_grpc_server(
+            self.handler, f"{opts.host}:{opts.grpc_port}", max_concurrent_streams=opts.max_concurrent_streams)
+        health.add_to_server(grpc_server)
+        await grpc_server.start()
+        await health.start()
+        health_http = HttpServer(health_app(self.probe), opts.host, opts.health_port)
+        metrics_http = HttpServer(metrics_app(self.metrics.registry), opts.host, opts.metrics_port)
+        await health_http.start()
+        await metrics_http.start()
+        log.info("EPP serving ext_proc on %s:%d, health on :%d, metrics on :%d",
+                 opts.host, port, opts.health_port, opts.metrics_port)
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._stop.set)
+        try:
+            await self._stop.wait()
+        finally:
+            log.info("shutting down: draining for up to %.1fs", opts.shutdown_grace_s)
+            self.probe.draining = True
+            await health.stop()
+            await grpc_server.stop(opts.shutdown_grace_s)
+            await health_http.stop()
+            await metrics_http.stop()
+            for component in reversed(self._started):
+                with contextlib.suppress(Exception):
+                    await component.stop()
+            await _stop_plugin_services(self.ctx)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+async def _start_plugin_services(ctx: PluginContext) -> None:
+    from epp import kvevents
+
+    await kvevents.start_services(ctx.services)
+
+
+async def _stop_plugin_services(ctx: PluginContext) -> None:
+    from epp import kvevents
+
+    await kvevents.stop_services(ctx.services)

@@ -1,0 +1,93 @@
+"""`epp serve`: run the Endpoint Picker."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from epp.k8s.cli import KubernetesOptions, add_k8s_arguments
+from epp.metricsscrape.scraper import ScrapeConfig
+from epp.observability.logging import configure_logging
+from epp.scheduling.registry import ConfigError
+
+log = logging.getLogger("epp.server")
+
+
+def add_parser(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "serve", help="run the Endpoint Picker (Envoy ext_proc server)",
+        description="Run the Endpoint Picker: the ext_proc gRPC server Envoy calls for every request.")
+    p.add_argument("--host", default=os.environ.get("EPP_HOST", "127.0.0.1"),
+                   help="address to bind (use 0.0.0.0 in a container); default 127.0.0.1")
+    p.add_argument("--grpc-port", type=int, default=9002, help="ext_proc + gRPC health port (9002)")
+    p.add_argument("--health-port", type=int, default=9003, help="HTTP /healthz and /readyz (9003)")
+    p.add_argument("--metrics-port", type=int, default=9090, help="Prometheus /metrics (9090)")
+    p.add_argument("--config", type=Path, default=None,
+                   help="EndpointPickerConfig YAML (default: the embedded default config)")
+    p.add_argument("--pool-file", type=Path, help="local mode: InferencePool manifest")
+    p.add_argument("--endpoints-file", type=Path, help="local mode: the pods (name, ip, port, labels)")
+    p.add_argument("--objectives-file", type=Path, action="append", default=[],
+                   help="local mode: InferenceObjective / InferenceModel manifests (repeatable)")
+    p.add_argument("--scrape-interval", type=float, default=0.05,
+                   help="seconds between metric scrapes of each pod (0.05)")
+    p.add_argument("--scrape-timeout", type=float, default=0.5, help="seconds (0.5)")
+    p.add_argument("--staleness-threshold", type=float, default=1.0,
+                   help="seconds without fresh metrics before a pod is considered unhealthy (1.0)")
+    p.add_argument("--engine", default="vllm", choices=("vllm", "sglang"),
+                   help="metric names of the model servers (vllm)")
+    p.add_argument("--max-concurrent-streams", type=int, default=0,
+                   help="HTTP/2 streams per Envoy connection (0 = gRPC default)")
+    p.add_argument("--log-level", default=os.environ.get("EPP_LOG_LEVEL", "info"))
+    p.add_argument("--log-format", default=os.environ.get("EPP_LOG_FORMAT", "json"), choices=("json", "text"))
+    p.add_argument("--validate-config", action="store_true",
+                   help="load the config, print the scheduling profiles and exit")
+    add_k8s_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    configure_logging(args.log_level, args.log_format)
+    from epp.metricsscrape.mapping import ENGINE_MAPPINGS
+    from epp.server.app import EPPServer, ServeOptions
+
+    if args.validate_config:
+        return _validate(args.config)
+    try:
+        k8s = KubernetesOptions.from_args(args)
+        scrape = ScrapeConfig(interval=args.scrape_interval, timeout=args.scrape_timeout,
+                              staleness_threshold=args.staleness_threshold,
+                              mapping=ENGINE_MAPPINGS[args.engine])
+        opts = ServeOptions(
+            host=args.host, grpc_port=args.grpc_port, health_port=args.health_port,
+            metrics_port=args.metrics_port, config=args.config, pool_file=args.pool_file,
+            endpoints_file=args.endpoints_file, objectives_files=list(args.objectives_file),
+            kubernetes=k8s, scrape=scrape, max_concurrent_streams=args.max_concurrent_streams)
+        server = EPPServer(opts)
+        asyncio.run(server.run())
+    except (ConfigError, ValueError) as e:
+        log.error("%s", e)
+        return 2
+    except OSError as e:
+        log.error("cannot start: %s", e)
+        return 1
+    return 0
+
+
+def _validate(config: Path | None) -> int:
+    from epp.config.loader import load_scheduler_config
+    from epp.datastore.datastore import Datastore
+    from epp.scheduling.registry import PluginContext
+
+    try:
+        cfg = load_scheduler_config(config, PluginContext(Datastore(), source=str(config)))
+    except ConfigError as e:
+        print(f"error: {e}")
+        return 2
+    print(f"{config or 'embedded default config'}: OK")
+    for name, profile in cfg.profiles.items():
+        print(f"  profile {name}: {profile}")
+    return 0

@@ -1,0 +1,358 @@
+"""The ext_proc stream handler: one gRPC stream per HTTP request.
+
+Message flow (Envoy -> EPP), per processing mode:
+- BUFFERED body: request_headers -> (we answer CONTINUE) -> request_body(end_of_stream)
+  -> we answer with the destination header mutation + envoy.lb dynamic metadata.
+- Headers SKIP + BUFFERED body: only request_body; path and request id come as attributes.
+- FULL_DUPLEX_STREAMED body (GIE's default Envoy setup): request_headers, then body chunks;
+  once the body is complete we answer the headers message with the mutation and hand the
+  body back in a streamed BodyResponse.
+- Bodyless requests (GET /v1/models, /health): decided on the headers message.
+Then optionally response_headers / response_body (usage accounting), and the stream ends
+when the HTTP request ends: that releases the in-flight counts (completion bookkeeping).
+
+All answers are pre-encoded protobuf bytes (see wire.py); the handler never raises into
+gRPC: any unexpected error becomes a 500 ImmediateResponse so Envoy never hangs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from epp.datastore.datastore import Datastore
+from epp.datastore.endpoint import Endpoint
+from epp.scheduling.types import CycleState, LLMRequest, SchedulingError, SchedulingResult
+from epp.server import wire
+from epp.server.errors import RequestError
+from epp.server.request import parse_request
+from epp.server.usage import UsageParser
+
+log = logging.getLogger("epp.server")
+
+DESTINATION_HEADER = "x-gateway-destination-endpoint"
+SUBSET_NAMESPACE = "envoy.lb.subset_hint"
+SUBSET_KEY = "x-gateway-destination-endpoint-subset"
+METADATA_NAMESPACE = "envoy.lb"
+FULL_DUPLEX_STREAMED = 4
+STREAMED = 1
+
+_HEADERS_CONTINUE = wire.headers_continue()
+_RESPONSE_HEADERS_CONTINUE = wire.response_headers_continue()
+_RESPONSE_BODY_CONTINUE = wire.response_body_continue()
+
+
+class SchedulerLike(Protocol):
+    def schedule(self, request: LLMRequest, endpoints: Sequence[Endpoint]) -> tuple[SchedulingResult, CycleState]: ...
+    def pre_request(self, state: CycleState, request: LLMRequest, result: SchedulingResult) -> None: ...
+    def post_response(self, request: LLMRequest, target: Endpoint, response: dict[str, Any]) -> None: ...
+
+
+class Admission(Protocol):
+    """Admission control; every admitted request is released exactly once when it ends."""
+
+    def admit(self, request: LLMRequest) -> RequestError | None: ...
+    def release(self) -> None: ...
+
+
+class ServerObserver(Protocol):
+    """What the server reports to observability (metrics, traces)."""
+
+    def on_decision(self, request: LLMRequest, result: SchedulingResult, seconds: float) -> None: ...
+    def on_rejected(self, request: LLMRequest | None, error: RequestError) -> None: ...
+    def on_complete(self, request: LLMRequest, target: Endpoint, response: dict[str, Any],
+                    seconds: float) -> None: ...
+
+
+class NullObserver:
+    def on_decision(self, request: LLMRequest, result: SchedulingResult, seconds: float) -> None:
+        pass
+
+    def on_rejected(self, request: LLMRequest | None, error: RequestError) -> None:
+        pass
+
+    def on_complete(self, request: LLMRequest, target: Endpoint, response: dict[str, Any],
+                    seconds: float) -> None:
+        pass
+
+
+@dataclass(slots=True)
+class _Stream:
+    """Per-HTTP-request state."""
+
+    path: str = ""
+    method: str = "POST"
+    request_id: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+    subset: frozenset[str] | None = None
+    body_mode: int = 2  # BUFFERED unless Envoy says otherwise
+    chunks: list[bytes] = field(default_factory=list)
+    request: LLMRequest | None = None
+    targets: list[Endpoint] = field(default_factory=list)
+    status: int = 0
+    started: float = 0.0
+    usage: UsageParser | None = None
+    admitted: bool = False
+
+
+@dataclass(slots=True)
+class HandlerOptions:
+    max_fallbacks: int = 3
+    max_body_bytes: int = 4 * 1024 * 1024
+    # Envoy's processing mode for responses; when response bodies are sent we parse usage.
+    parse_usage: bool = True
+
+
+class ExtProcHandler:
+    def __init__(
+        self,
+        datastore: Datastore,
+        scheduler: Callable[[], SchedulerLike],
+        admission: Admission | None = None,
+        observer: ServerObserver | None = None,
+        options: HandlerOptions | None = None,
+    ) -> None:
+        self.datastore = datastore
+        self._scheduler = scheduler
+        self.admission = admission
+        self.observer: ServerObserver = observer or NullObserver()
+        self.options = options or HandlerOptions()
+        self._dest_fragments: dict[str, bytes] = {}
+
+    # The gRPC stream-stream method (request_deserializer=ProcessingRequest.FromString,
+    # response_serializer=identity: we yield encoded bytes).
+    async def process(self, requests: AsyncIterator[Any], context: Any) -> AsyncIterator[bytes]:
+        st = _Stream(started=time.perf_counter())
+        try:
+            async for msg in requests:
+                which = msg.WhichOneof("request")
+                try:
+                    if which == "request_body":
+                        out = self._on_request_body(st, msg)
+                    elif which == "request_headers":
+                        out = self._on_request_headers(st, msg)
+                    elif which == "response_headers":
+                        out = self._on_response_headers(st, msg)
+                    elif which == "response_body":
+                        out = self._on_response_body(st, msg)
+                    elif which == "request_trailers":
+                        out = self._on_request_trailers(st)
+                    else:  # response trailers: nothing to do but let them through
+                        out = [wire._ld(6, b"")] if which == "response_trailers" else []
+                except RequestError as e:
+                    self.observer.on_rejected(st.request, e)
+                    yield e.to_immediate_response(st.request_id)
+                    return
+                except Exception:
+                    log.exception("ext_proc handler failed", extra={"request_id": st.request_id})
+                    err = RequestError(500, "internal error in the endpoint picker", "epp_internal_error")
+                    self.observer.on_rejected(st.request, err)
+                    yield err.to_immediate_response(st.request_id)
+                    return
+                for item in out:
+                    yield item
+        finally:
+            self._complete(st)
+
+    # --- request side -------------------------------------------------------------------
+    def _on_request_headers(self, st: _Stream, msg: Any) -> list[bytes]:
+        hdrs = msg.request_headers
+        self._read_headers(st, hdrs.headers.headers)
+        self._read_metadata(st, msg)
+        if msg.HasField("protocol_config"):
+            st.body_mode = msg.protocol_config.request_body_mode
+        if hdrs.end_of_stream:
+            return [self._decide_bodyless(st)]
+        if st.body_mode == FULL_DUPLEX_STREAMED:
+            return []  # answered once the body is complete
+        return [_HEADERS_CONTINUE]
+
+    def _on_request_body(self, st: _Stream, msg: Any) -> list[bytes]:
+        body_msg = msg.request_body
+        if not st.path:  # headers were skipped: take what we need from attributes
+            self._read_attributes(st, msg)
+            self._read_metadata(st, msg)
+            if msg.HasField("protocol_config"):
+                st.body_mode = msg.protocol_config.request_body_mode
+        if not body_msg.end_of_stream:
+            st.chunks.append(body_msg.body)
+            if sum(map(len, st.chunks)) > self.options.max_body_bytes:
+                raise RequestError(413, f"request body exceeds {self.options.max_body_bytes} bytes",
+                                   "request_too_large")
+            if st.body_mode == FULL_DUPLEX_STREAMED:
+                return []
+            return [wire.request_body_response(b"")] if st.body_mode == STREAMED else []
+        body = b"".join((*st.chunks, body_msg.body)) if st.chunks else body_msg.body
+        st.chunks = []
+        return self._decide_with_body(st, body)
+
+    def _on_request_trailers(self, st: _Stream) -> list[bytes]:
+        # Full-duplex requests may end with trailers instead of an end_of_stream body chunk.
+        body = b"".join(st.chunks)
+        st.chunks = []
+        out = self._decide_with_body(st, body) if st.request is None else []
+        return [*out, wire._ld(5, b"")]
+
+    def _decide_with_body(self, st: _Stream, body: bytes) -> list[bytes]:
+        request = parse_request(body, st.path or "/v1/completions", st.request_id, st.headers,
+                                self.datastore)
+        request.candidates = st.subset
+        st.request = request
+        mutation, metadata = self._schedule(st, request)
+        if st.body_mode == FULL_DUPLEX_STREAMED:
+            return [wire.request_headers_response(wire.common_response(mutation), metadata),
+                    wire.streamed_body_response(b"", body, True)]
+        return [wire.request_body_response(wire.common_response(mutation), metadata)]
+
+    def _decide_bodyless(self, st: _Stream) -> bytes:
+        """GET /v1/models, /health and the like: any healthy endpoint, least in-flight first."""
+        endpoints = self._eligible(st.subset)
+        if not endpoints:
+            raise RequestError(503, "no healthy endpoint in the pool", "no_healthy_endpoint")
+        target = min(endpoints, key=_load)
+        st.targets = [target]
+        target.inflight += 1
+        return wire.request_headers_response(
+            wire.common_response(self._dest_fragment(target)),
+            wire.dynamic_metadata(METADATA_NAMESPACE, ((DESTINATION_HEADER, target.hostport),)))
+
+    def _schedule(self, st: _Stream, request: LLMRequest) -> tuple[bytes, bytes]:
+        if self.admission is not None:
+            rejection = self.admission.admit(request)
+            if rejection is not None:
+                raise rejection
+            st.admitted = True
+        endpoints = self._eligible(st.subset)
+        if not endpoints:
+            if st.subset is not None:
+                raise RequestError(503, "none of the endpoints in the subset hint is available",
+                                   "no_healthy_endpoint")
+            if not self.datastore.endpoints():
+                raise RequestError(503, "the inference pool has no endpoints", "empty_pool")
+            raise RequestError(503, "no healthy endpoint in the inference pool", "no_healthy_endpoint")
+        t0 = time.perf_counter()
+        scheduler = self._scheduler()
+        try:
+            result, state = scheduler.schedule(request, endpoints)
+        except SchedulingError as e:
+            raise RequestError(e.status, str(e), e.code) from None
+        primary = result.primary
+        if primary is None or not primary.targets:
+            raise RequestError(503, "no endpoint can serve this request", "no_endpoint_picked")
+        targets = primary.targets[: 1 + self.options.max_fallbacks]
+        scheduler.pre_request(state, request, result)
+        self.observer.on_decision(request, result, time.perf_counter() - t0)
+        target = targets[0]
+        target.inflight += 1
+        st.targets = [target]
+        for profile, res in result.profile_results.items():
+            if profile != result.primary_profile and res is not None and res.targets:
+                res.targets[0].inflight += 1  # e.g. the prefill pod of a P/D request
+                st.targets.append(res.targets[0])
+        mutation = self._dest_fragment(target)
+        if result.headers:
+            mutation += wire.header_mutation(result.headers.items())
+        value = target.hostport if len(targets) == 1 else ",".join(e.hostport for e in targets)
+        metadata = wire.dynamic_metadata(METADATA_NAMESPACE, ((DESTINATION_HEADER, value),))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("picked", extra={"request_id": request.request_id, "model": request.model,
+                                       "target": target.hostport, "profile": result.primary_profile})
+        return mutation, metadata
+
+    def _eligible(self, subset: frozenset[str] | None) -> Sequence[Endpoint]:
+        endpoints = self.datastore.healthy_endpoints()
+        if subset is not None:
+            return [e for e in endpoints if e.hostport in subset]
+        return endpoints
+
+    def _dest_fragment(self, ep: Endpoint) -> bytes:
+        frag = self._dest_fragments.get(ep.hostport)
+        if frag is None:
+            frag = wire.header_mutation(((DESTINATION_HEADER, ep.hostport),))
+            if len(self._dest_fragments) > 100_000:
+                self._dest_fragments.clear()
+            self._dest_fragments[ep.hostport] = frag
+        return frag
+
+    # --- response side ------------------------------------------------------------------
+    def _on_response_headers(self, st: _Stream, msg: Any) -> list[bytes]:
+        for h in msg.response_headers.headers.headers:
+            if h.key == ":status":
+                value = h.raw_value or h.value.encode()
+                st.status = int(value) if value.isdigit() else 0
+                break
+        if self.options.parse_usage and st.request is not None:
+            st.usage = UsageParser(st.request.stream)
+        return [_RESPONSE_HEADERS_CONTINUE]
+
+    def _on_response_body(self, st: _Stream, msg: Any) -> list[bytes]:
+        if st.usage is not None:
+            st.usage.feed(msg.response_body.body)
+        return [_RESPONSE_BODY_CONTINUE]
+
+    def _complete(self, st: _Stream) -> None:
+        if st.admitted and self.admission is not None:
+            self.admission.release()
+        for ep in st.targets:
+            if ep.inflight > 0:
+                ep.inflight -= 1
+        if st.request is None or not st.targets:
+            return
+        response: dict[str, Any] = {"status": st.status}
+        if st.usage is not None:
+            response.update(st.usage.result())
+        seconds = time.perf_counter() - st.started
+        try:
+            self._scheduler().post_response(st.request, st.targets[0], response)
+            self.observer.on_complete(st.request, st.targets[0], response, seconds)
+        except Exception:
+            log.exception("post-response hook failed", extra={"request_id": st.request_id})
+
+    # --- helpers ------------------------------------------------------------------------
+    @staticmethod
+    def _read_headers(st: _Stream, headers: Any) -> None:
+        hd = st.headers
+        for h in headers:
+            key = h.key
+            value = h.raw_value.decode("latin-1") if h.raw_value else h.value
+            if key == ":path":
+                st.path = value
+            elif key == ":method":
+                st.method = value
+            elif key == "x-request-id":
+                st.request_id = value
+            hd[key] = value
+
+    @staticmethod
+    def _read_attributes(st: _Stream, msg: Any) -> None:
+        attrs = msg.attributes.get("envoy.filters.http.ext_proc")
+        if attrs is None:
+            return
+        fields = attrs.fields
+        if "request.path" in fields:
+            st.path = fields["request.path"].string_value
+        if "request.id" in fields:
+            st.request_id = fields["request.id"].string_value
+        if "request.method" in fields:
+            st.method = fields["request.method"].string_value
+
+    @staticmethod
+    def _read_metadata(st: _Stream, msg: Any) -> None:
+        if not msg.HasField("metadata_context"):
+            return
+        ns = msg.metadata_context.filter_metadata.get(SUBSET_NAMESPACE)
+        if ns is None or SUBSET_KEY not in ns.fields:
+            return
+        value = ns.fields[SUBSET_KEY]
+        kind = value.WhichOneof("kind")
+        if kind == "list_value":
+            st.subset = frozenset(v.string_value for v in value.list_value.values if v.string_value)
+        elif kind == "string_value":
+            st.subset = frozenset(s.strip() for s in value.string_value.split(",") if s.strip())
+
+
+def _load(ep: Endpoint) -> tuple[int, int]:
+    return (ep.metrics.waiting_queue_size + ep.inflight, ep.metrics.running_requests)

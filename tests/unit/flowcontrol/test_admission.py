@@ -1,0 +1,151 @@
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from epp.datastore.datastore import Datastore
+from epp.datastore.endpoint import Endpoint, EndpointMetrics
+from epp.flowcontrol import (
+    DECISION_QUEUE_FULL,
+    DECISION_QUEUE_TIMEOUT,
+    EPP_OVERLOADED,
+    POOL_SATURATED,
+    AdmissionConfig,
+    AdmissionController,
+    AdmissionRejected,
+    SaturationConfig,
+    SaturationDetector,
+)
+from epp.scheduling.types import LLMRequest
+
+
+def endpoint(
+    ds: Datastore, name: str, waiting: int = 0, kv: float = 0.0, age: float | None = 0.0
+) -> Endpoint:
+    updated = 0.0 if age is None else time.monotonic() - age
+    ep = Endpoint(name, "127.0.0.1", 8000 + len(ds.endpoints()))
+    ep.metrics = EndpointMetrics(waiting_queue_size=waiting, kv_cache_usage=kv, updated_at=updated)
+    return ds.upsert_endpoint(ep)
+
+
+def request(priority: int = 0) -> LLMRequest:
+    return LLMRequest(request_id="r", model="m", target_model="m", priority=priority)
+
+
+def test_saturated_only_when_every_healthy_endpoint_is_full() -> None:
+    ds = Datastore()
+    det = SaturationDetector(ds)
+    assert det.is_saturated()  # no endpoints: nothing has capacity
+    endpoint(ds, "queue-full", waiting=5)
+    endpoint(ds, "kv-full", kv=0.8)
+    assert det.is_saturated()
+    spare = endpoint(ds, "spare", waiting=4, kv=0.79)
+    assert not det.is_saturated()
+    ds.set_health(spare, False)  # unhealthy endpoints do not count
+    assert det.is_saturated()
+
+
+def test_stale_or_unscraped_metrics_mean_no_capacity() -> None:
+    ds = Datastore()
+    det = SaturationDetector(ds, SaturationConfig(metrics_staleness_threshold=0.5))
+    endpoint(ds, "stale", age=2.0)
+    endpoint(ds, "never", age=None)
+    assert det.is_saturated()
+    relaxed = SaturationDetector(ds, SaturationConfig(metrics_staleness_threshold=None))
+    assert not relaxed.is_saturated()
+
+
+def test_thresholds_are_configurable_and_validated() -> None:
+    ds = Datastore()
+    endpoint(ds, "a", waiting=7, kv=0.85)
+    lenient = SaturationConfig(queue_depth_threshold=10, kv_cache_util_threshold=0.9)
+    assert not SaturationDetector(ds, lenient).is_saturated()
+    with pytest.raises(ValueError, match="kvCacheUtilThreshold"):
+        SaturationConfig(kv_cache_util_threshold=1.5).validate()
+    with pytest.raises(ValueError, match="queueDepthThreshold"):
+        SaturationConfig(queue_depth_threshold=0).validate()
+
+
+def test_sheddable_requests_rejected_with_429_only_when_saturated() -> None:
+    ds = Datastore()
+    full = endpoint(ds, "full", waiting=9)
+    ctl = AdmissionController(SaturationDetector(ds))
+    assert ctl.admit(request(priority=-1)) is POOL_SATURATED
+    assert ctl.admit(request(priority=0)) is None  # critical/standard work passes
+    assert ctl.admit(request(priority=5)) is None
+    assert ctl.inflight == 2
+    full.metrics = EndpointMetrics(waiting_queue_size=0, updated_at=time.monotonic())
+    assert ctl.admit(request(priority=-1)) is None
+    assert ctl.rejected == {"inference_pool_saturated": 1}
+
+
+def test_rejection_body_is_openai_error_json() -> None:
+    body = json.loads(POOL_SATURATED.body)
+    assert POOL_SATURATED.status == 429
+    assert body["error"]["code"] == "inference_pool_saturated"
+    assert body["error"]["type"] == "rate_limit_exceeded"
+    assert "saturated" in body["error"]["message"] and body["error"]["param"] is None
+    assert EPP_OVERLOADED.status == 503
+
+
+def test_inflight_cap_rejects_fast_and_release_frees() -> None:
+    ctl = AdmissionController(None, AdmissionConfig(max_inflight_requests=2))
+    assert ctl.admit(request()) is None
+    assert ctl.admit(request()) is None
+    assert ctl.admit(request(priority=10)) is EPP_OVERLOADED
+    ctl.release()
+    assert ctl.admit(request()) is None
+    for _ in range(5):
+        ctl.release()
+    assert ctl.inflight == 0  # never negative
+
+
+async def test_decision_slots_bound_concurrency_queue_and_wait() -> None:
+    ctl = AdmissionController(None, AdmissionConfig(max_concurrent_decisions=1, max_queued_decisions=1,
+                                                    queue_timeout=5.0))
+    gate = asyncio.Event()
+    order: list[str] = []
+
+    async def decide(name: str) -> None:
+        async with ctl.decision_slot():
+            order.append(f"start {name}")
+            await gate.wait()
+            order.append(f"end {name}")
+
+    first = asyncio.create_task(decide("a"))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(decide("b"))  # waits in the queue
+    await asyncio.sleep(0)
+    assert ctl.decisions_running == 1 and ctl.queued_decisions == 1
+    with pytest.raises(AdmissionRejected) as err:  # queue full: refused at once
+        async with ctl.decision_slot():
+            pass
+    assert err.value.rejection is DECISION_QUEUE_FULL
+    gate.set()
+    await asyncio.gather(first, second)
+    assert order == ["start a", "end a", "start b", "end b"]
+    assert ctl.decisions_running == 0 and ctl.queued_decisions == 0
+
+
+async def test_decision_wait_times_out_and_slot_is_not_leaked() -> None:
+    ctl = AdmissionController(None, AdmissionConfig(max_concurrent_decisions=1, queue_timeout=0.05))
+    gate = asyncio.Event()
+
+    async def hold() -> None:
+        async with ctl.decision_slot():
+            await gate.wait()
+
+    holder = asyncio.create_task(hold())
+    await asyncio.sleep(0)
+    with pytest.raises(AdmissionRejected) as err:
+        async with ctl.decision_slot():
+            pass
+    assert err.value.rejection is DECISION_QUEUE_TIMEOUT
+    gate.set()
+    await holder
+    assert ctl.decisions_running == 0 and ctl.queued_decisions == 0
+    async with ctl.decision_slot():
+        assert ctl.decisions_running == 1
