@@ -5,8 +5,9 @@ Inputs
   spec.targetPorts[].number, spec.endpointPickerRef{name, port.number, failureMode}; the
   older `inference.networking.x-k8s.io/v1alpha2` shape with a plain-map `selector`,
   `targetPortNumber` and `extensionRef{name, portNumber, failureMode}` is accepted too);
-- an endpoints file: a YAML/JSON list of pods `{name, namespace?, ip, labels?, ready?}`
+- an endpoints file: a YAML/JSON list of pods `{name, namespace?, ip, port?, labels?, ready?}`
   (or a mapping with a `pods:` list), standing in for the Pods the selector would match;
+  `port` replaces the pool's target ports for that pod (several simulators on one IP);
 - optional objective manifests: InferenceObjective (`inference.networking.x-k8s.io/v1alpha2`,
   spec.priority, spec.poolRef) and legacy InferenceModel (spec.modelName, spec.criticality,
   spec.targetModels[{name, weight}], spec.poolRef).
@@ -55,6 +56,9 @@ class LocalPod:
     namespace: str = "default"
     labels: Mapping[str, str] = field(default_factory=dict)
     ready: bool = True
+    # Local stand-in only: pods sharing one IP (127.0.0.1) need their own port, which
+    # replaces the pool's targetPorts for this pod.
+    port: int | None = None
 
 
 # --- file reading -------------------------------------------------------------------------
@@ -222,10 +226,10 @@ def load_endpoints_file(path: str | os.PathLike[str]) -> list[LocalPod]:
     for i, item in enumerate(doc):
         where = f"{p}: pods[{i}]"
         entry = _mapping(item, where)
-        unknown = set(entry) - {"name", "namespace", "ip", "labels", "ready"}
+        unknown = set(entry) - {"name", "namespace", "ip", "port", "labels", "ready"}
         if unknown:
             raise LocalSourceError(f"{where}: unknown field(s) {sorted(unknown)} "
-                                   "(known: name, namespace, ip, labels, ready)")
+                                   "(known: name, namespace, ip, port, labels, ready)")
         name = _string(entry.get("name"), f"{where}.name")
         namespace = _string(entry.get("namespace"), f"{where}.namespace", required=False) or "default"
         ip = _string(entry.get("ip"), f"{where}.ip")
@@ -235,8 +239,9 @@ def load_endpoints_file(path: str | os.PathLike[str]) -> list[LocalPod]:
         if (namespace, name) in seen:
             raise LocalSourceError(f"{where}.name: duplicate pod {namespace}/{name}")
         seen.add((namespace, name))
+        port = _port(entry["port"], f"{where}.port") if entry.get("port") is not None else None
         pods.append(LocalPod(name=name, ip=ip, namespace=namespace,
-                             labels=_labels(entry.get("labels"), f"{where}.labels"), ready=ready))
+                             labels=_labels(entry.get("labels"), f"{where}.labels"), ready=ready, port=port))
     return pods
 
 
@@ -247,8 +252,9 @@ def endpoints_for_pool(pool: PoolSpec, pods: Iterable[LocalPod]) -> list[Endpoin
     for pod in pods:
         if not pod.ready or pod.namespace != pool.namespace or not pool.selects(dict(pod.labels)):
             continue
-        for rank, port in enumerate(pool.target_ports):
-            name = f"{pod.name}-rank-{rank}" if multi else pod.name
+        ports = (pod.port,) if pod.port is not None else pool.target_ports
+        for rank, port in enumerate(ports):
+            name = f"{pod.name}-rank-{rank}" if multi and pod.port is None else pod.name
             out.append(Endpoint(name=name, address=pod.ip, port=port, namespace=pod.namespace,
                                 labels=dict(pod.labels)))
     return out

@@ -8,8 +8,8 @@ changed, hash the contents; the callback runs only when the bytes really changed
 that is briefly missing during a swap is simply retried on the next poll.
 
 Usage:
-    watcher = ConfigFileWatcher(path, on_change)   # on_change(path) may be sync or async
-    watcher.start(); ...; await watcher.stop()
+    watcher = ConfigFileWatcher(path, on_change)   # on_change(path): sync or async; a
+    watcher.start(); ...; await watcher.stop()      # result of False means "rejected"
 """
 
 from __future__ import annotations
@@ -17,13 +17,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import inspect
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
-ConfigChangeCallback = Callable[[str], Awaitable[None] | None]
+# Called with the path; may return an awaitable. A (resolved) result of False means the new
+# config was rejected and the old one kept; anything else counts as reloaded.
+ConfigChangeCallback = Callable[[str], Any]
 
 
 class ConfigFileWatcher:
@@ -72,11 +76,13 @@ class ConfigFileWatcher:
         log.info("config file %s changed; reloading", self.path)
         try:
             result = self._on_change(self.path)
-            if result is not None:
-                await result
+            if inspect.isawaitable(result):
+                result = await result
         except Exception:
             # The server keeps the previous config; a fixed file triggers another reload.
             log.exception("reloading config %s failed; keeping the previous config", self.path)
+            return False
+        if result is False:
             return False
         self.reloads += 1
         return True

@@ -20,7 +20,6 @@ so a reader of healthy_endpoints() never sees a half-applied change.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from kubernetes_asyncio import client as k8s_client
@@ -28,7 +27,7 @@ from kubernetes_asyncio import client as k8s_client
 from epp.datastore.datastore import Datastore, PoolSpec
 from epp.k8s.cli import KubernetesOptions
 from epp.k8s.client import new_api_client
-from epp.k8s.config_watch import ConfigFileWatcher
+from epp.k8s.config_watch import ConfigChangeCallback, ConfigFileWatcher
 from epp.k8s.leader import LeaderElector, LeadershipCallback, LeaseConfig
 from epp.k8s.reflector import JSON, Reflector, ReflectorTask, ResourceRef
 from epp.k8s.resources import (
@@ -46,8 +45,6 @@ from epp.k8s.resources import (
 )
 
 log = logging.getLogger(__name__)
-
-ConfigChangeCallback = Callable[[str], Awaitable[None] | None]
 
 
 class _PoolHandler:

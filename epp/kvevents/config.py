@@ -28,6 +28,7 @@ from epp.scheduling.registry import parse_params
 log = logging.getLogger(__name__)
 
 DEFAULT_SOCKET_PORT_LABEL = "kv-events.epp.llm-d.ai/port"
+DEFAULT_REPLAY_PORT_LABEL = "kv-events.epp.llm-d.ai/replay-port"
 
 
 @dataclass(slots=True)
@@ -92,6 +93,7 @@ class KVEventsSettings:
     socket_port_label: str = DEFAULT_SOCKET_PORT_LABEL  # per-pod override of socket_port
     endpoint_template: str = "tcp://{host}:{port}"
     replay_port: int = 0  # vLLM replay_endpoint port (e.g. 5558); 0 = no replay socket
+    replay_port_label: str = DEFAULT_REPLAY_PORT_LABEL  # per-pod override of replay_port
     replay_endpoint_template: str = "tcp://{host}:{replay_port}"
     rcv_hwm: int = 10_000
     max_message_bytes: int = 64 * 1024 * 1024

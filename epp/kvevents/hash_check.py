@@ -89,6 +89,8 @@ class HashSettingsChecker:
         # wire hash -> full digest of blocks whose hash we reproduced: lets us verify the
         # continuation of a chain (events with a parent) without the lossy 64-bit wire form.
         self._known: OrderedDict[int | bytes, BlockHash] = OrderedDict()
+        # Published hashes we could not reproduce (values unused), to judge their children.
+        self._failed: OrderedDict[int | bytes, BlockHash] = OrderedDict()
         self._pods: dict[str, PodHashHealth] = {}
         self.totals = HashCheckTotals()
 
@@ -131,7 +133,14 @@ class HashSettingsChecker:
         if event.parent_block_hash is not None:
             parent = self._known.get(event.parent_block_hash)
             if parent is None:
-                self.totals.stored_skipped += 1
+                if event.parent_block_hash in self._failed:
+                    # Continues a chain we could not reproduce: its blocks cannot match either.
+                    for published in hashes:
+                        self._record(health, True)
+                        self._remember(self._failed, published, b"")
+                    self._maybe_log(pod, health)
+                else:
+                    self.totals.stored_skipped += 1
                 return
         full = self.hasher.hash_tokens(
             tokens[: len(hashes) * size], extra_keys=lora_extra_keys(event.lora_name), parent=parent
@@ -142,20 +151,25 @@ class HashSettingsChecker:
         for digest, published in zip(full, hashes, strict=True):
             mine = wire_hash(digest, as_int=isinstance(published, int))
             mismatch = mine != published
-            health.stored.append(mismatch)
-            self.totals.stored_checked += 1
+            self._record(health, mismatch)
             if mismatch:
-                self.totals.stored_mismatched += 1
+                self._remember(self._failed, published, b"")
             else:
-                self._remember(published, digest)
+                self._remember(self._known, published, digest)
         self._maybe_log(pod, health)
 
-    def _remember(self, published: int | bytes, digest: BlockHash) -> None:
-        known = self._known
-        known[published] = digest
-        known.move_to_end(published)
-        if len(known) > self.max_known_hashes:
-            known.popitem(last=False)
+    def _record(self, health: PodHashHealth, mismatch: bool) -> None:
+        health.stored.append(mismatch)
+        self.totals.stored_checked += 1
+        if mismatch:
+            self.totals.stored_mismatched += 1
+
+    def _remember(self, table: OrderedDict[int | bytes, BlockHash], published: int | bytes,
+                  digest: BlockHash) -> None:
+        table[published] = digest
+        table.move_to_end(published)
+        if len(table) > self.max_known_hashes:
+            table.popitem(last=False)
 
     # --- signal 2: pod-reported hits the index did not predict -----------------------------
     def check_hit(self, pod: str, predicted_blocks: int, cached_tokens: int) -> None:

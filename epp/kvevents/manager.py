@@ -143,19 +143,24 @@ class KVEventsManager:
 
     # --- datastore events -----------------------------------------------------------------
     def endpoints_for(self, ep: Endpoint) -> tuple[str, str | None]:
+        """The pod's publisher endpoint and replay endpoint (None without replay)."""
         s = self.settings
-        port = s.socket_port
-        label = ep.labels.get(s.socket_port_label) if s.socket_port_label else None
-        if label is not None:
-            if label.isdigit() and 0 < int(label) < 65536:
-                port = int(label)
-            else:
-                log.warning("kv-events %s: label %s=%r is not a port; using %d",
-                            ep.key, s.socket_port_label, label, port)
-        endpoint = format_endpoint(s.endpoint_template, ep, port, s.replay_port)
-        replay = (format_endpoint(s.replay_endpoint_template, ep, port, s.replay_port)
-                  if s.replay_port else None)
+        port = self._port_from_label(ep, s.socket_port_label, s.socket_port)
+        replay_port = self._port_from_label(ep, s.replay_port_label, s.replay_port)
+        endpoint = format_endpoint(s.endpoint_template, ep, port, replay_port)
+        replay = (format_endpoint(s.replay_endpoint_template, ep, port, replay_port)
+                  if replay_port else None)
         return endpoint, replay
+
+    @staticmethod
+    def _port_from_label(ep: Endpoint, label: str, default: int) -> int:
+        value = ep.labels.get(label) if label else None
+        if value is None:
+            return default
+        if value.isdigit() and 0 < int(value) < 65536:
+            return int(value)
+        log.warning("kv-events %s: label %s=%r is not a port; using %d", ep.key, label, value, default)
+        return default
 
     def _on_endpoint(self, event: str, ep: Endpoint) -> None:
         if event == "removed":

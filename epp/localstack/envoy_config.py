@@ -88,11 +88,19 @@ def render_envoy_config(p: EnvoyConfigParams) -> dict[str, Any]:
             "body": {"inline_string": '{"error":{"message":"no endpoint was picked for this request",'
                                       '"type":"ServiceUnavailable","code":503}}'}}})
     hcm: dict[str, Any] = {
-        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+                 "HttpConnectionManager",
         "stat_prefix": "llm",
         "codec_type": "AUTO",
         "route_config": {"name": "llm", "virtual_hosts": [{"name": "llm", "domains": ["*"], "routes": routes}]},
         "http_filters": [
+            # A client must not choose the pod itself: drop routing headers it sent.
+            {"name": "envoy.filters.http.header_mutation", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+                "mutations": {"request_mutations": [
+                    {"remove": DESTINATION_HEADER}, {"remove": "x-prefiller-host-port"}]}}},
+            # Bodies above the limit are refused with 413 (as an OpenAI error, see
+            # local_reply_config) before they reach the EPP.
             {"name": "envoy.filters.http.buffer", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
                 "max_request_bytes": p.max_request_bytes}},
@@ -100,9 +108,23 @@ def render_envoy_config(p: EnvoyConfigParams) -> dict[str, Any]:
             {"name": "envoy.filters.http.router", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
         ],
+        # Envoy's own error replies (oversize body, upstream unreachable) in the OpenAI error
+        # shape. Filters pick them by status / response flag so that the EPP's own JSON
+        # ImmediateResponses (which are local replies too) are left untouched.
+        "local_reply_config": {"mappers": [
+            {"filter": {"status_code_filter": {"comparison": {
+                "op": "EQ", "value": {"default_value": 413, "runtime_key": "epp.local_reply.413"}}}},
+             "body_format_override": _openai_error_format()},
+            {"filter": {"response_flag_filter": {"flags": ["UH", "UF", "UO", "URX", "UT", "UC", "NR", "DC"]}},
+             "body_format_override": _openai_error_format()},
+        ]},
         "stream_idle_timeout": "600s",
         "request_timeout": "0s",
     }
+    # Which endpoint the EPP picked and which one served: cheap, and it makes routing visible.
+    hcm["route_config"]["response_headers_to_add"] = [
+        {"header": {"key": "x-gateway-destination-endpoint-served", "value": "%UPSTREAM_HOST%"},
+         "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]
     if p.access_log:
         hcm["access_log"] = [{"name": "envoy.access_loggers.stdout", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"}}]
@@ -149,14 +171,28 @@ def render_envoy_config(p: EnvoyConfigParams) -> dict[str, Any]:
             "listeners": [{
                 "name": "llm",
                 "address": {"socket_address": {"address": p.listen_address, "port_value": p.listen_port}},
+                "per_connection_buffer_limit_bytes": p.max_request_bytes + 65536,
                 "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
                                                 "typed_config": hcm}]}],
             }],
             "clusters": clusters,
         },
-        "layered_runtime": {"layers": [{"name": "static", "static_layer": {
-            "overload": {"global_downstream_max_connections": 50000}}}]},
+        "overload_manager": {"resource_monitors": [{
+            "name": "envoy.resource_monitors.global_downstream_max_connections",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3."
+                         "DownstreamConnectionsConfig",
+                "max_active_downstream_connections": 50000}}]},
     }
+
+
+def _openai_error_format() -> dict[str, Any]:
+    return {"json_format": {"error": {
+        "message": "%LOCAL_REPLY_BODY%",
+        "type": "%RESPONSE_CODE_DETAILS%",
+        "param": None,
+        "code": "%RESPONSE_CODE%"}},
+        "content_type": "application/json"}
 
 
 def envoy_config_yaml(p: EnvoyConfigParams) -> str:

@@ -218,12 +218,12 @@ class LocalStack:
             return
         for pod in self.pods:
             args = [sys.executable, "-m", "epp", "sim", "--host", "127.0.0.1", "--port", str(pod.port),
-                    "--model", cfg.model, "--pod-name", pod.name, "--role", pod.role,
+                    "--model", cfg.model, "--name", pod.name, "--role", pod.role,
                     "--time-scale", str(cfg.time_scale)]
             if cfg.loras:
                 args += ["--lora-modules", *[f"{name}=/loras/{name}" for name in cfg.loras]]
             if pod.kv_events_port:
-                args += ["--kv-events-endpoint", f"tcp://127.0.0.1:{pod.kv_events_port}"]
+                args += ["--kv-events-endpoint", f"tcp://127.0.0.1:{pod.kv_events_port}", "--kv-events-bind"]
             args += list(cfg.sim_args)
             self._spawn(pod.name, args)
             if pod.sidecar_port:

@@ -1,5 +1,6 @@
 """Scraping model-server /metrics into the datastore (vLLM and SGLang name mappings)."""
 
+from epp.metricsscrape.http_client import AiohttpGetter, HttpGetter, HttpxGetter, ScrapeHttpError, make_getter
 from epp.metricsscrape.mapping import (
     ENGINE_MAPPINGS,
     SGLANG,
@@ -16,14 +17,19 @@ __all__ = [
     "ENGINE_MAPPINGS",
     "SGLANG",
     "VLLM",
+    "AiohttpGetter",
     "EndpointScraper",
+    "HttpGetter",
+    "HttpxGetter",
     "MappingConfigError",
     "MetricMapping",
     "MetricsParseError",
     "Sample",
     "ScrapeConfig",
+    "ScrapeHttpError",
     "ScraperManager",
     "extract_metrics",
+    "make_getter",
     "mapping_from_config",
     "parse_labels",
     "scan_families",

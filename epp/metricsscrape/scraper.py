@@ -1,11 +1,12 @@
 """Per-endpoint metrics scrapers and the manager that follows the datastore.
 
 One asyncio task per endpoint GETs the pod's /metrics every `interval` over a shared
-keep-alive httpx client, maps the page to EndpointMetrics and swaps the endpoint's
-`metrics` object in one assignment (readers never see half an update). An endpoint whose
-last good scrape is older than `staleness_threshold`, or that failed
-`max_consecutive_failures` scrapes in a row, is marked unhealthy in the datastore (so the
-scheduler stops picking it) and marked healthy again on the next good scrape.
+keep-alive HTTP client (aiohttp by default, httpx selectable; see http_client.py), maps
+the page to EndpointMetrics and swaps the endpoint's `metrics` object in one assignment
+(readers never see half an update). An endpoint whose last good scrape is older than
+`staleness_threshold`, or that failed `max_consecutive_failures` scrapes in a row, is
+marked unhealthy in the datastore (so the scheduler stops picking it) and marked healthy
+again on the next good scrape.
 """
 
 from __future__ import annotations
@@ -18,10 +19,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
 from epp.datastore.datastore import Datastore
 from epp.datastore.endpoint import Endpoint
+from epp.metricsscrape.http_client import HttpGetter, ScrapeHttpError, Transport, make_getter
 from epp.metricsscrape.mapping import ENGINE_MAPPINGS, VLLM, MetricMapping, extract_metrics
 from epp.metricsscrape.parser import MetricsParseError
 
@@ -45,6 +45,7 @@ class ScrapeConfig:
     models_interval: float = 5.0
     models_path: str = "/v1/models"
     max_connections: int = 256
+    transport: Transport = "aiohttp"
     extra_mappings: Mapping[str, MetricMapping] = field(default_factory=lambda: dict(ENGINE_MAPPINGS))
 
     def validate(self) -> None:
@@ -58,6 +59,8 @@ class ScrapeConfig:
             )
         if self.max_consecutive_failures < 1:
             raise ValueError(f"maxConsecutiveFailures must be >= 1, got {self.max_consecutive_failures}")
+        if self.transport not in ("aiohttp", "httpx"):
+            raise ValueError(f"transport must be aiohttp or httpx, got {self.transport!r}")
         if self.models_interval <= 0:
             raise ValueError(f"modelsInterval must be > 0 seconds, got {self.models_interval}")
 
@@ -76,7 +79,7 @@ class ScrapeConfig:
 class EndpointScraper:
     """Scrapes one endpoint until cancelled; owns its failure count."""
 
-    def __init__(self, endpoint: Endpoint, datastore: Datastore, client: httpx.AsyncClient,
+    def __init__(self, endpoint: Endpoint, datastore: Datastore, client: HttpGetter,
                  config: ScrapeConfig) -> None:
         self.endpoint = endpoint
         self._datastore = datastore
@@ -108,11 +111,11 @@ class EndpointScraper:
         self.scrapes += 1
         try:
             async with asyncio.timeout(self._config.timeout):
-                resp = await self._client.get(self._url)
-            if resp.status_code != 200:
-                raise _ScrapeFailed(f"HTTP {resp.status_code}")
-            ep.metrics = extract_metrics(resp.text, self._mapping, time.monotonic(), ep.metrics)
-        except (httpx.HTTPError, TimeoutError, OSError, MetricsParseError, _ScrapeFailed) as e:
+                status, text = await self._client.get_text(self._url)
+            if status != 200:
+                raise _ScrapeFailed(f"HTTP {status}")
+            ep.metrics = extract_metrics(text, self._mapping, time.monotonic(), ep.metrics)
+        except (ScrapeHttpError, TimeoutError, OSError, MetricsParseError, _ScrapeFailed) as e:
             self._on_failure(e)
             return False
         if self.consecutive_failures or not ep.healthy:
@@ -152,7 +155,7 @@ class ScraperManager:
     """
 
     def __init__(self, datastore: Datastore, config: ScrapeConfig | None = None,
-                 client: httpx.AsyncClient | None = None) -> None:
+                 client: HttpGetter | None = None) -> None:
         self.datastore = datastore
         self.config = config or ScrapeConfig()
         self.config.validate()
@@ -169,14 +172,10 @@ class ScraperManager:
             return
         self._loop = asyncio.get_running_loop()
         if self._client is None:
-            self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(self.config.timeout),
-                limits=httpx.Limits(max_connections=self.config.max_connections,
-                                    max_keepalive_connections=self.config.max_connections,
-                                    keepalive_expiry=60.0),
-                # Pods are addressed directly; proxy variables from the environment must not apply.
-                trust_env=False,
-            )
+            # The per-request bound is asyncio.timeout in the scraper; the client's own
+            # timeout only backs it up (the /v1/models fetch may take up to 1 s).
+            self._client = make_getter(self.config.transport, max(self.config.timeout, 1.0),
+                                       self.config.max_connections)
         if not self._subscribed:
             self.datastore.add_listener(self._on_endpoint_event)
             self._subscribed = True
@@ -268,11 +267,10 @@ class ScraperManager:
         url = f"{self.config.scheme}://{ep.hostport}{self.config.models_path}"
         try:
             async with asyncio.timeout(max(self.config.timeout, 1.0)):
-                resp = await self._client.get(url)
-            if resp.status_code != 200:
+                status, body = await self._client.get_json(url)
+            if status != 200:
                 return None
-            body = resp.json()
-        except (httpx.HTTPError, TimeoutError, OSError, ValueError) as e:
+        except (ScrapeHttpError, TimeoutError, OSError, ValueError) as e:
             log.debug("endpoint %s: %s failed: %s", ep.key, url, e)
             return None
         data = body.get("data") if isinstance(body, dict) else None

@@ -4,7 +4,13 @@ grpc_health (grpc.health.v1) is imported from its module directly: it needs the
 grpcio-health-checking package.
 """
 
-from epp.observability.exposition import DEFAULT_METRICS_PORT, HttpServer, add_metrics_route, metrics_app
+from epp.observability.exposition import (
+    DEFAULT_METRICS_PORT,
+    HttpServer,
+    ObservabilityServers,
+    add_metrics_route,
+    metrics_app,
+)
 from epp.observability.health import (
     DEFAULT_HEALTH_PORT,
     Readiness,
@@ -23,6 +29,7 @@ __all__ = [
     "EPPMetrics",
     "HttpServer",
     "ModelSeries",
+    "ObservabilityServers",
     "PoolCollector",
     "Readiness",
     "ReadinessProbe",

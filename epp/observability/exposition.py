@@ -11,6 +11,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from epp.observability.health import DEFAULT_HEALTH_PORT, ReadinessProbe, add_health_routes, health_app
+
 DEFAULT_METRICS_PORT = 9090
 
 
@@ -63,3 +65,40 @@ class HttpServer:
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
+
+
+class ObservabilityServers:
+    """/metrics (default :9090) and /healthz + /readyz (default :9003) as one unit.
+
+    Equal ports serve both on one listener. Port 0 picks free ports (tests). The default
+    host is loopback; in a cluster pass host="0.0.0.0" so the kubelet and Prometheus
+    can reach the pod.
+    """
+
+    def __init__(self, registry: CollectorRegistry, probe: ReadinessProbe, host: str = "127.0.0.1",
+                 metrics_port: int = DEFAULT_METRICS_PORT, health_port: int = DEFAULT_HEALTH_PORT) -> None:
+        if metrics_port == health_port and metrics_port != 0:
+            app = web.Application()
+            add_metrics_route(app, registry)
+            add_health_routes(app, probe)
+            self.servers = [HttpServer(app, host, metrics_port)]
+            self.metrics = self.health = self.servers[0]
+        else:
+            self.metrics = HttpServer(metrics_app(registry), host, metrics_port)
+            self.health = HttpServer(health_app(probe), host, health_port)
+            self.servers = [self.metrics, self.health]
+
+    async def start(self) -> None:
+        started: list[HttpServer] = []
+        try:
+            for server in self.servers:
+                await server.start()
+                started.append(server)
+        except OSError:
+            for server in started:
+                await server.stop()
+            raise
+
+    async def stop(self) -> None:
+        for server in self.servers:
+            await server.stop()

@@ -39,6 +39,8 @@ def add_parser(sub: Any) -> None:
                    help="seconds without fresh metrics before a pod is considered unhealthy (1.0)")
     p.add_argument("--engine", default="vllm", choices=("vllm", "sglang"),
                    help="metric names of the model servers (vllm)")
+    p.add_argument("--no-model-discovery", action="store_true",
+                   help="do not read /v1/models from the pods (then unknown model names are not refused)")
     p.add_argument("--max-concurrent-streams", type=int, default=0,
                    help="HTTP/2 streams per Envoy connection (0 = gRPC default)")
     p.add_argument("--log-level", default=os.environ.get("EPP_LOG_LEVEL", "info"))
@@ -60,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
         k8s = KubernetesOptions.from_args(args)
         scrape = ScrapeConfig(interval=args.scrape_interval, timeout=args.scrape_timeout,
                               staleness_threshold=args.staleness_threshold,
-                              mapping=ENGINE_MAPPINGS[args.engine])
+                              mapping=ENGINE_MAPPINGS[args.engine],
+                              discover_models=not args.no_model_discovery)
         opts = ServeOptions(
             host=args.host, grpc_port=args.grpc_port, health_port=args.health_port,
             metrics_port=args.metrics_port, config=args.config, pool_file=args.pool_file,

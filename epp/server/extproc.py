@@ -17,6 +17,7 @@ gRPC: any unexpected error becomes a 500 ImmediateResponse so Envoy never hangs.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -243,6 +244,8 @@ class ExtProcHandler:
         if primary is None or not primary.targets:
             raise RequestError(503, "no endpoint can serve this request", "no_endpoint_picked")
         targets = primary.targets[: 1 + self.options.max_fallbacks]
+        if len(targets) == 1 and self.options.max_fallbacks > 0 and len(primary.scores) > 1:
+            targets = self._with_fallbacks(targets[0], primary.scores)
         scheduler.pre_request(state, request, result)
         self.observer.on_decision(request, result, time.perf_counter() - t0)
         target = targets[0]
@@ -261,6 +264,16 @@ class ExtProcHandler:
             log.debug("picked", extra={"request_id": request.request_id, "model": request.model,
                                        "target": target.hostport, "profile": result.primary_profile})
         return mutation, metadata
+
+    def _with_fallbacks(self, target: Endpoint, scores: dict[str, float]) -> list[Endpoint]:
+        """The pick plus the next best scored endpoints, for Envoy's fallback list."""
+        out = [target]
+        for key in heapq.nlargest(self.options.max_fallbacks + 1, scores, key=scores.__getitem__):
+            if key != target.key:
+                ep = self.datastore.get(key)
+                if ep is not None and len(out) <= self.options.max_fallbacks:
+                    out.append(ep)
+        return out
 
     def _eligible(self, subset: frozenset[str] | None) -> Sequence[Endpoint]:
         endpoints = self.datastore.healthy_endpoints()

@@ -106,7 +106,10 @@ class SimPodConfig:
     def validate(self) -> None:
         checks = [
             (self.role in ROLES, f"role must be one of {ROLES}, got {self.role!r}"),
-            (self.prefix_caching_hash_algo in HASH_ALGOS, f"prefix_caching_hash_algo must be one of {HASH_ALGOS}"),
+            (
+                self.prefix_caching_hash_algo in HASH_ALGOS,
+                f"prefix_caching_hash_algo must be one of {HASH_ALGOS}",
+            ),
             (self.block_size >= 1, "block_size must be >= 1"),
             (self.num_gpu_blocks >= 1, "num_gpu_blocks must be >= 1"),
             (self.max_num_seqs >= 1, "max_num_seqs must be >= 1"),

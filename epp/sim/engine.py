@@ -37,10 +37,40 @@ log = logging.getLogger(__name__)
 
 # Short words so that each output token is one SimpleTokenizer piece (" word" <= 7 chars).
 OUTPUT_WORDS = (
-    "the", "model", "serves", "tokens", "from", "cache", "and", "each", "block", "holds", "keys", "values",
-    "for", "a", "prompt", "so", "routing", "to", "warm", "pods", "saves", "time", "while", "queues",
-    "stay", "short", "under", "load", "with", "fair", "share", "of", "work",
-)  # fmt: skip
+    "the",
+    "model",
+    "serves",
+    "tokens",
+    "from",
+    "cache",
+    "and",
+    "each",
+    "block",
+    "holds",
+    "keys",
+    "values",
+    "for",
+    "a",
+    "prompt",
+    "so",
+    "routing",
+    "to",
+    "warm",
+    "pods",
+    "saves",
+    "time",
+    "while",
+    "queues",
+    "stay",
+    "short",
+    "under",
+    "load",
+    "with",
+    "fair",
+    "share",
+    "of",
+    "work",
+)
 NIXL_SIDE_CHANNEL_PORT = 5600  # vLLM's VLLM_NIXL_SIDE_CHANNEL_PORT default
 
 
@@ -118,7 +148,10 @@ class SimEngine:
         self.metrics = metrics
         self.publisher = publisher
         self.pool = PrefixCachingBlockPool(
-            config.num_gpu_blocks, config.block_size, config.enable_prefix_caching, config.kv_events_int_hashes
+            config.num_gpu_blocks,
+            config.block_size,
+            config.enable_prefix_caching,
+            config.kv_events_int_hashes,
         )
         self.hasher = BlockHasher(config.prefix_caching_hash_algo, config.block_size, config.hash_seed)
         self.waiting: deque[SimRequest] = deque()
@@ -128,7 +161,7 @@ class SimEngine:
         self._word_ids = [(self._first_id(" " + w), " " + w) for w in OUTPUT_WORDS]
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self.engine_id = f"sim-{config.name or config.port}"
+        self.engine_id = config.name or f"sim-{config.port}"
         self.steps = 0
         self.total_requests = 0
         self.total_preemptions = 0
@@ -144,7 +177,9 @@ class SimEngine:
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"sim-engine-{self.engine_id}")
+            self._task = asyncio.get_running_loop().create_task(
+                self._loop(), name=f"sim-engine-{self.engine_id}"
+            )
             self._update_gauges()
 
     async def stop(self) -> None:
@@ -179,7 +214,8 @@ class SimEngine:
         if n_prompt + max_tokens > cfg.max_model_len:
             raise RequestRejected(
                 f"This model's maximum context length is {cfg.max_model_len} tokens. However, you requested "
-                f"{n_prompt + max_tokens} tokens ({n_prompt} in the messages, {max_tokens} in the completion). "
+                f"{n_prompt + max_tokens} tokens ({n_prompt} in the messages, "
+                f"{max_tokens} in the completion). "
                 "Please reduce the length of the messages or completion."
             )
         if math.ceil((n_prompt + max_tokens) / cfg.block_size) > cfg.num_gpu_blocks:
@@ -267,7 +303,9 @@ class SimEngine:
         )
 
     def _blocks_needed(self, req: SimRequest, num_new: int) -> int:
-        return max(0, math.ceil((req.num_computed_tokens + num_new) / self.config.block_size) - len(req.blocks))
+        return max(
+            0, math.ceil((req.num_computed_tokens + num_new) / self.config.block_size) - len(req.blocks)
+        )
 
     def _preempt(self, victim: SimRequest) -> None:
         self.running.remove(victim)

@@ -29,7 +29,9 @@ class KVBlock:
 class PrefixCachingBlockPool:
     """Block allocator + prefix cache; collects KV events for the publisher."""
 
-    def __init__(self, num_blocks: int, block_size: int, enable_caching: bool = True, int_hashes: bool = True) -> None:
+    def __init__(
+        self, num_blocks: int, block_size: int, enable_caching: bool = True, int_hashes: bool = True
+    ) -> None:
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.enable_caching = enable_caching
@@ -138,15 +140,23 @@ class PrefixCachingBlockPool:
                     run_start = i
                     run_parent = prev
             elif run_start >= 0:
-                self._emit_stored(block_hashes[run_start:i], run_parent, token_ids[run_start * size : i * size], lora_name)
+                self._emit_stored(
+                    block_hashes[run_start:i], run_parent, token_ids[run_start * size : i * size], lora_name
+                )
                 run_start = -1
             prev = block_hash
         if run_start >= 0:
             end = len(blocks)
-            self._emit_stored(block_hashes[run_start:end], run_parent, token_ids[run_start * size : end * size], lora_name)
+            self._emit_stored(
+                block_hashes[run_start:end], run_parent, token_ids[run_start * size : end * size], lora_name
+            )
 
     def _emit_stored(
-        self, hashes: Sequence[BlockHash], parent: BlockHash | None, token_ids: Sequence[int], lora_name: str | None
+        self,
+        hashes: Sequence[BlockHash],
+        parent: BlockHash | None,
+        token_ids: Sequence[int],
+        lora_name: str | None,
     ) -> None:
         convert = self.int_hashes
         self.pending_events.append(

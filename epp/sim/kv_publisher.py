@@ -47,7 +47,7 @@ class KVEventPublisher:
         self._pub = self._ctx.socket(zmq.PUB)
         self._pub.set_hwm(PUB_HWM)
         self._pub.setsockopt(zmq.LINGER, 0)
-        if (vllm_would_bind(endpoint) if bind is None else bind):
+        if vllm_would_bind(endpoint) if bind is None else bind:
             self._pub.bind(endpoint)
         else:
             self._pub.connect(endpoint)

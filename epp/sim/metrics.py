@@ -39,7 +39,9 @@ def build_1_2_5_buckets(max_value: int) -> list[float]:
 class VllmMetrics:
     """The metric families a vLLM pod exposes, bound to one pod's labels."""
 
-    def __init__(self, model_name: str, max_model_len: int, max_loras: int, cache_info: dict[str, str]) -> None:
+    def __init__(
+        self, model_name: str, max_model_len: int, max_loras: int, cache_info: dict[str, str]
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         labels = ["model_name", "engine"]
@@ -54,22 +56,36 @@ class VllmMetrics:
         def histogram(name: str, doc: str, buckets: list[float]) -> Histogram:
             return Histogram(name, doc, labels, buckets=buckets, registry=r).labels(*values)
 
-        self.num_requests_running = gauge("vllm:num_requests_running", "Number of requests in model execution batches.")
-        self.num_requests_waiting = gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.")
-        self.kv_cache_usage_perc = gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.")
+        self.num_requests_running = gauge(
+            "vllm:num_requests_running", "Number of requests in model execution batches."
+        )
+        self.num_requests_waiting = gauge(
+            "vllm:num_requests_waiting", "Number of requests waiting to be processed."
+        )
+        self.kv_cache_usage_perc = gauge(
+            "vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage."
+        )
         self.gpu_cache_usage_perc = gauge(
             "vllm:gpu_cache_usage_perc",
-            "GPU KV-cache usage. 1 means 100 percent usage. DEPRECATED: Use vllm:kv_cache_usage_perc instead.",
+            "GPU KV-cache usage. 1 means 100 percent usage."
+            "DEPRECATED: Use vllm:kv_cache_usage_perc instead.",
         )
         self.prefix_cache_queries = counter(
             "vllm:prefix_cache_queries", "Prefix cache queries, in terms of number of queried tokens."
         )
-        self.prefix_cache_hits = counter("vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens.")
-        self.num_preemptions = counter("vllm:num_preemptions", "Cumulative number of preemption from the engine.")
+        self.prefix_cache_hits = counter(
+            "vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens."
+        )
+        self.num_preemptions = counter(
+            "vllm:num_preemptions", "Cumulative number of preemption from the engine."
+        )
         self.prompt_tokens = counter("vllm:prompt_tokens", "Number of prefill tokens processed.")
         self.generation_tokens = counter("vllm:generation_tokens", "Number of generation tokens processed.")
         success = Counter(
-            "vllm:request_success", "Count of successfully processed requests.", [*labels, "finished_reason"], registry=r
+            "vllm:request_success",
+            "Count of successfully processed requests.",
+            [*labels, "finished_reason"],
+            registry=r,
         )
         self.request_success = {reason: success.labels(*values, reason) for reason in FINISHED_REASONS}
         token_buckets = build_1_2_5_buckets(max_model_len)
@@ -91,21 +107,28 @@ class VllmMetrics:
             "vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", ITL_BUCKETS
         )
         self.time_per_output_token = histogram(
-            "vllm:time_per_output_token_seconds", "Histogram of time per output token in seconds.", ITL_BUCKETS
+            "vllm:time_per_output_token_seconds",
+            "Histogram of time per output token in seconds.",
+            ITL_BUCKETS,
         )
         self.e2e_request_latency = histogram(
-            "vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.", REQUEST_LATENCY_BUCKETS
+            "vllm:e2e_request_latency_seconds",
+            "Histogram of e2e request latency in seconds.",
+            REQUEST_LATENCY_BUCKETS,
         )
         self.request_queue_time = histogram(
-            "vllm:request_queue_time_seconds", "Histogram of time spent in WAITING phase for request.",
+            "vllm:request_queue_time_seconds",
+            "Histogram of time spent in WAITING phase for request.",
             REQUEST_LATENCY_BUCKETS,
         )
         self.request_prefill_time = histogram(
-            "vllm:request_prefill_time_seconds", "Histogram of time spent in PREFILL phase for request.",
+            "vllm:request_prefill_time_seconds",
+            "Histogram of time spent in PREFILL phase for request.",
             REQUEST_LATENCY_BUCKETS,
         )
         self.request_decode_time = histogram(
-            "vllm:request_decode_time_seconds", "Histogram of time spent in DECODE phase for request.",
+            "vllm:request_decode_time_seconds",
+            "Histogram of time spent in DECODE phase for request.",
             REQUEST_LATENCY_BUCKETS,
         )
         self.lora_requests_info = Gauge(
@@ -117,7 +140,10 @@ class VllmMetrics:
         self._max_lora = str(max_loras)
         self._lora_series: OrderedDict[tuple[str, str], None] = OrderedDict()
         cache_config_info = Gauge(
-            "vllm:cache_config_info", "Information of the LLMEngine CacheConfig", [*sorted(cache_info), "engine"], registry=r
+            "vllm:cache_config_info",
+            "Information of the LLMEngine CacheConfig",
+            [*sorted(cache_info), "engine"],
+            registry=r,
         )
         cache_config_info.labels(**cache_info, engine="0").set(1)
         # Simulator-only: tokens whose KV was pulled from a prefill pod instead of computed.

@@ -40,7 +40,12 @@ SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 class ApiError(Exception):
     """An error answered in the OpenAI/vLLM error shape."""
 
-    TYPES = {400: "BadRequestError", 404: "NotFoundError", 500: "InternalServerError", 503: "ServiceUnavailableError"}
+    TYPES = {
+        400: "BadRequestError",
+        404: "NotFoundError",
+        500: "InternalServerError",
+        503: "ServiceUnavailableError",
+    }
 
     def __init__(self, status: int, message: str, param: str | None = None) -> None:
         super().__init__(message)
@@ -49,15 +54,23 @@ class ApiError(Exception):
         self.param = param
 
     def response(self, headers: dict[str, str]) -> web.Response:
-        body = {"error": {"message": self.message, "type": self.TYPES.get(self.status, "APIError"),
-                          "param": self.param, "code": self.status}}  # fmt: skip
+        body = {
+            "error": {
+                "message": self.message,
+                "type": self.TYPES.get(self.status, "APIError"),
+                "param": self.param,
+                "code": self.status,
+            }
+        }
         return web.json_response(body, status=self.status, headers=headers)
 
 
 class SimPod:
     """A simulated vLLM server on one port; `start()` binds, `stop()` releases everything."""
 
-    def __init__(self, config: SimPodConfig, on_crash: Callable[[SimPod], Awaitable[None]] | None = None) -> None:
+    def __init__(
+        self, config: SimPodConfig, on_crash: Callable[[SimPod], Awaitable[None]] | None = None
+    ) -> None:
         config.validate()
         self.config = config
         self.faults = config.faults
@@ -95,23 +108,25 @@ class SimPod:
 
     async def start(self) -> None:
         app = web.Application(middlewares=[self._middleware], client_max_size=64 * 1024 * 1024)
-        app.add_routes([
-            web.post("/v1/completions", self._completions),
-            web.post("/v1/chat/completions", self._chat_completions),
-            web.get("/v1/models", self._models),
-            web.get("/health", self._health),
-            web.get("/ping", self._health),
-            web.post("/tokenize", self._tokenize),
-            web.post("/detokenize", self._detokenize),
-            web.get("/metrics", self._metrics),
-            web.get("/version", self._version),
-            web.post("/reset_prefix_cache", self._reset_prefix_cache),
-            web.post("/v1/load_lora_adapter", self._load_lora),
-            web.post("/v1/unload_lora_adapter", self._unload_lora),
-            web.get("/sim/faults", self._get_faults),
-            web.post("/sim/faults", self._set_faults),
-            web.get("/sim/state", self._state),
-        ])  # fmt: skip
+        app.add_routes(
+            [
+                web.post("/v1/completions", self._completions),
+                web.post("/v1/chat/completions", self._chat_completions),
+                web.get("/v1/models", self._models),
+                web.get("/health", self._health),
+                web.get("/ping", self._health),
+                web.post("/tokenize", self._tokenize),
+                web.post("/detokenize", self._detokenize),
+                web.get("/metrics", self._metrics),
+                web.get("/version", self._version),
+                web.post("/reset_prefix_cache", self._reset_prefix_cache),
+                web.post("/v1/load_lora_adapter", self._load_lora),
+                web.post("/v1/unload_lora_adapter", self._unload_lora),
+                web.get("/sim/faults", self._get_faults),
+                web.post("/sim/faults", self._set_faults),
+                web.get("/sim/state", self._state),
+            ]
+        )
         # handler_cancellation: a client disconnect cancels the handler, which aborts the
         # request in the engine (vLLM aborts on disconnect too).
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
@@ -140,16 +155,19 @@ class SimPod:
         }
         self.metrics = VllmMetrics(cfg.model_names[0], cfg.max_model_len, cfg.max_loras, cache_info)
         if cfg.kv_events_endpoint:
-            topic = cfg.kv_events_topic.format(pod=self.name, model=cfg.model_names[0], host=cfg.host, port=self.port)
+            topic = cfg.kv_events_topic.format(
+                pod=self.name, model=cfg.model_names[0], host=cfg.host, port=self.port
+            )
             self.publisher = KVEventPublisher(
                 expand_port_template(cfg.kv_events_endpoint, self.port),
                 topic=topic,
                 bind=cfg.kv_events_bind,
                 replay_endpoint=(
                     expand_port_template(cfg.kv_events_replay_endpoint, self.port)
-                    if cfg.kv_events_replay_endpoint else None
+                    if cfg.kv_events_replay_endpoint
+                    else None
                 ),
-            )  # fmt: skip
+            )
         self.engine = SimEngine(cfg, self.tokenizer, self.metrics, self.publisher)
         self.engine.start()
 
@@ -274,17 +292,27 @@ class SimPod:
             raise ApiError(400, "kv_transfer_params must be an object", "kv_transfer_params")
         return params
 
-    async def _run(self, request: web.Request, body: dict[str, Any], prompt_ids: list[int], lora: str | None,
-                   max_tokens: int | None) -> SimRequest:  # fmt: skip
+    async def _run(
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        prompt_ids: list[int],
+        lora: str | None,
+        max_tokens: int | None,
+    ) -> SimRequest:
         request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
         arrival = time.monotonic()
         salt = body.get("cache_salt")
         try:
             sim_request = self.engine.make_request(
-                request_id, prompt_ids, max_tokens, lora_name=lora,
+                request_id,
+                prompt_ids,
+                max_tokens,
+                lora_name=lora,
                 cache_salt=salt if isinstance(salt, str) else None,
-                kv_transfer_params=self._kv_transfer_params(body), arrival=arrival,
-            )  # fmt: skip
+                kv_transfer_params=self._kv_transfer_params(body),
+                arrival=arrival,
+            )
         except RequestRejected as e:
             raise ApiError(400, str(e)) from None
         overhead = self.config.latency.frontend_overhead_ms / 1000.0 * self.config.latency.time_scale
@@ -330,7 +358,9 @@ class SimPod:
         elif isinstance(prompt, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
             prompt_ids = list(prompt)
         else:
-            raise ApiError(400, "prompt must be a string or a list of token ids (one prompt per request)", "prompt")
+            raise ApiError(
+                400, "prompt must be a string or a list of token ids (one prompt per request)", "prompt"
+            )
         max_tokens = self._max_tokens(body, "max_tokens")
         if max_tokens is None:
             max_tokens = 16  # OpenAI/vLLM default for /v1/completions
@@ -346,15 +376,21 @@ class SimPod:
                 "object": "text_completion",
                 "created": created,
                 "model": model,
-                "choices": [{
-                    "index": 0, "text": "".join(req.output_text), "logprobs": None,
-                    "finish_reason": req.finish_reason, "stop_reason": None, "prompt_logprobs": None,
-                }],
+                "choices": [
+                    {
+                        "index": 0,
+                        "text": "".join(req.output_text),
+                        "logprobs": None,
+                        "finish_reason": req.finish_reason,
+                        "stop_reason": None,
+                        "prompt_logprobs": None,
+                    }
+                ],
                 "usage": self._usage(req),
                 "kv_transfer_params": req.kv_transfer_result,
             },
             headers=self._result_headers(request, req),
-        )  # fmt: skip
+        )
 
     async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
         await self._pre_inference_faults()
@@ -364,7 +400,9 @@ class SimPod:
         if not isinstance(messages, list) or not messages:
             raise ApiError(400, "messages must be a non-empty list", "messages")
         try:
-            prompt = apply_chat_template(messages, add_generation_prompt=bool(body.get("add_generation_prompt", True)))
+            prompt = apply_chat_template(
+                messages, add_generation_prompt=bool(body.get("add_generation_prompt", True))
+            )
         except ChatTemplateError as e:
             raise ApiError(400, str(e), "messages") from None
         max_tokens = self._max_tokens(body, "max_completion_tokens", "max_tokens")
@@ -380,52 +418,88 @@ class SimPod:
                 "object": "chat.completion",
                 "created": created,
                 "model": model,
-                "choices": [{
-                    "index": 0,
-                    "message": {"role": "assistant", "content": "".join(req.output_text), "tool_calls": []},
-                    "logprobs": None, "finish_reason": req.finish_reason, "stop_reason": None,
-                }],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {
+                            "role": "assistant",
+                            "content": "".join(req.output_text),
+                            "tool_calls": [],
+                        },
+                        "logprobs": None,
+                        "finish_reason": req.finish_reason,
+                        "stop_reason": None,
+                    }
+                ],
                 "usage": self._usage(req),
                 "prompt_logprobs": None,
                 "kv_transfer_params": req.kv_transfer_result,
             },
             headers=self._result_headers(request, req),
-        )  # fmt: skip
+        )
 
-    async def _stream(self, request: web.Request, body: dict[str, Any], req: SimRequest, completion_id: str,
-                      created: int, model: str, chat: bool) -> web.StreamResponse:  # fmt: skip
+    async def _stream(
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        req: SimRequest,
+        completion_id: str,
+        created: int,
+        model: str,
+        chat: bool,
+    ) -> web.StreamResponse:
         options = body.get("stream_options") or {}
         include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
         continuous_usage = include_usage and bool(options.get("continuous_usage_stats"))
-        response = web.StreamResponse(headers={**SSE_HEADERS, **self._result_headers(request, req)})
         obj = "chat.completion.chunk" if chat else "text_completion"
 
         def chunk(choice: dict[str, Any] | None, usage: dict[str, Any] | None = None) -> bytes:
-            payload: dict[str, Any] = {"id": completion_id, "object": obj, "created": created, "model": model,
-                                       "choices": [] if choice is None else [choice]}  # fmt: skip
+            payload: dict[str, Any] = {
+                "id": completion_id,
+                "object": obj,
+                "created": created,
+                "model": model,
+                "choices": [] if choice is None else [choice],
+            }
             if usage is not None or (include_usage and choice is not None):
                 payload["usage"] = usage
             return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
         try:
+            # Headers go out with the first token so they can carry the prefix-cache result.
+            token = await req.outputs.get()
+            response = web.StreamResponse(headers={**SSE_HEADERS, **self._result_headers(request, req)})
             await response.prepare(request)
             if chat:
-                first = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                         "finish_reason": None}  # fmt: skip
+                first = {
+                    "index": 0,
+                    "delta": {"role": "assistant", "content": ""},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
                 await response.write(chunk(first))
-            while True:
-                token = await req.outputs.get()
-                if token is None:
-                    break
-                done = req.finished and req.outputs.empty()
+            while token is not None:
+                # only the end-of-stream marker left: this is the last token
+                done = req.finished and req.outputs.qsize() <= 1
                 finish = req.finish_reason if done else None
                 if chat:
-                    choice = {"index": 0, "delta": {"content": token.text}, "logprobs": None,
-                              "finish_reason": finish, "stop_reason": None}  # fmt: skip
+                    choice = {
+                        "index": 0,
+                        "delta": {"content": token.text},
+                        "logprobs": None,
+                        "finish_reason": finish,
+                        "stop_reason": None,
+                    }
                 else:
-                    choice = {"index": 0, "text": token.text, "logprobs": None, "finish_reason": finish,
-                              "stop_reason": None}  # fmt: skip
+                    choice = {
+                        "index": 0,
+                        "text": token.text,
+                        "logprobs": None,
+                        "finish_reason": finish,
+                        "stop_reason": None,
+                    }
                 await response.write(chunk(choice, self._usage(req) if continuous_usage else None))
+                token = await req.outputs.get()
             if include_usage:
                 await response.write(chunk(None, self._usage(req)))
             await response.write(b"data: [DONE]\n\n")
@@ -437,11 +511,30 @@ class SimPod:
 
     async def _models(self, request: web.Request) -> web.Response:
         created = int(time.time())
-        data = [{"id": name, "object": "model", "created": created, "owned_by": "vllm", "root": self.config.model,
-                 "parent": None, "max_model_len": self.config.max_model_len} for name in self.config.model_names]
-        data += [{"id": name, "object": "model", "created": created, "owned_by": "vllm", "root": path,
-                  "parent": self.config.model_names[0], "max_model_len": None}
-                 for name, path in self.lora_modules.items()]  # fmt: skip
+        data = [
+            {
+                "id": name,
+                "object": "model",
+                "created": created,
+                "owned_by": "vllm",
+                "root": self.config.model,
+                "parent": None,
+                "max_model_len": self.config.max_model_len,
+            }
+            for name in self.config.model_names
+        ]
+        data += [
+            {
+                "id": name,
+                "object": "model",
+                "created": created,
+                "owned_by": "vllm",
+                "root": path,
+                "parent": self.config.model_names[0],
+                "max_model_len": None,
+            }
+            for name, path in self.lora_modules.items()
+        ]
         return web.json_response({"object": "list", "data": data})
 
     async def _health(self, request: web.Request) -> web.Response:
@@ -464,7 +557,9 @@ class SimPod:
         else:
             raise ApiError(400, "tokenize needs a string 'prompt' or 'messages'", "prompt")
         tokens = self.tokenizer.encode(text)
-        return web.json_response({"count": len(tokens), "max_model_len": self.config.max_model_len, "tokens": tokens})
+        return web.json_response(
+            {"count": len(tokens), "max_model_len": self.config.max_model_len, "tokens": tokens}
+        )
 
     async def _detokenize(self, request: web.Request) -> web.Response:
         body = await self._read_json(request)
@@ -534,7 +629,11 @@ class SimPod:
 
     async def _state(self, request: web.Request) -> web.Response:
         state = self.engine.state()
-        state.update(name=self.name, url=self.url, kv_events_endpoint=self.kv_events_endpoint,
-                     models=self.config.model_names, lora_modules=sorted(self.lora_modules))  # fmt: skip
+        state.update(
+            name=self.name,
+            url=self.url,
+            kv_events_endpoint=self.kv_events_endpoint,
+            models=self.config.model_names,
+            lora_modules=sorted(self.lora_modules),
+        )
         return web.json_response(state)
-

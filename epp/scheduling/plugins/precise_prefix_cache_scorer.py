@@ -110,11 +110,17 @@ class PrecisePrefixCacheScorer:
     # --- request side ---------------------------------------------------------------------
     def token_ids(self, request: LLMRequest) -> list[int]:
         """The prompt's token ids as the pod computes them."""
-        raw_prompt = request.body.get("prompt") if request.body else None
+        body = request.body or {}
+        raw_prompt = body.get("prompt")
+        if isinstance(raw_prompt, list) and len(raw_prompt) == 1:
+            raw_prompt = raw_prompt[0]  # a batch of one, as vLLM unwraps it
         if isinstance(raw_prompt, list) and raw_prompt and all(type(t) is int for t in raw_prompt):
             return list(raw_prompt)  # completions API with pre-tokenized prompt
         if request.messages is not None:
-            text = apply_chat_template(request.messages, add_generation_prompt=True)
+            add_generation_prompt = body.get("add_generation_prompt", True)
+            text = apply_chat_template(request.messages, add_generation_prompt=bool(add_generation_prompt))
+        elif isinstance(raw_prompt, str):
+            text = raw_prompt
         else:
             text = request.prompt or ""
         return self.tokenizer.encode(text)

@@ -205,7 +205,7 @@ def test_missing_file_error(tmp_path: Path) -> None:
         ("- {ip: 1.2.3.4}", "pods[0].name"),
         ("- {name: a, ip: 1.2.3.4, ready: 'yes'}", "pods[0].ready: must be true or false"),
         ("- {name: a, ip: 1.2.3.4, labels: [x]}", "pods[0].labels: must be a mapping"),
-        ("- {name: a, ip: 1.2.3.4, port: 3}", "pods[0]: unknown field(s) ['port']"),
+        ("- {name: a, ip: 1.2.3.4, rank: 3}", "pods[0]: unknown field(s) ['rank']"),
         ("- {name: a, ip: 1.2.3.4}\n- {name: a, ip: 1.2.3.5}", "pods[1].name: duplicate pod default/a"),
         ("{nodes: []}", "pods: missing"),
         ("just a string", "pods: must be a list"),
@@ -311,3 +311,17 @@ async def test_source_start_raises_on_invalid_files(tmp_path: Path) -> None:
     source = LocalEndpointSource(Datastore(), pool_p, write(tmp_path, "pods.yaml", PODS))
     with pytest.raises(LocalSourceError, match="failureMode"):
         await source.start()
+
+
+def test_pod_port_overrides_target_ports_for_local_stacks(tmp_path: Path) -> None:
+    text = POOL_V1.replace("    - number: 8000", "    - number: 8000\n    - number: 8001")
+    pool = load_pool_manifest(write(tmp_path, "pool.yaml", text))
+    pods = load_endpoints_file(write(tmp_path, "pods.yaml", """
+        - {name: sim-0, ip: 127.0.0.1, port: 18000, labels: {app: vllm-llama3-8b}}
+        - {name: sim-1, ip: 127.0.0.1, port: 18001, labels: {app: vllm-llama3-8b}}
+    """))
+    eps = endpoints_for_pool(pool, pods)
+    assert [(e.key, e.hostport) for e in eps] == [
+        ("default/sim-0", "127.0.0.1:18000"), ("default/sim-1", "127.0.0.1:18001")]
+    with pytest.raises(LocalSourceError, match=r"pods\[0\]\.port: must be a port number"):
+        load_endpoints_file(write(tmp_path, "bad.yaml", "- {name: a, ip: 127.0.0.1, port: 0}"))

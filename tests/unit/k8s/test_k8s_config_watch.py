@@ -74,3 +74,31 @@ async def test_missing_file_is_retried(tmp_path: Path) -> None:
 def test_interval_must_be_positive(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="interval must be > 0"):
         ConfigFileWatcher(str(tmp_path / "c"), lambda p: None, interval_s=0)
+
+
+async def test_rejected_reload_is_not_counted(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("a: 1\n")
+
+    async def reject(p: str) -> bool:
+        return False  # what EPPServer.reload_config returns for an invalid config
+
+    watcher = ConfigFileWatcher(str(cfg), reject, interval_s=0.05)
+    watcher.prime()
+    cfg.write_text("a: 2\n")
+    assert await watcher.check() is False and watcher.reloads == 0
+
+
+async def test_background_polling_delivers_changes(tmp_path: Path) -> None:
+    import asyncio
+
+    _configmap_volume(tmp_path, "v: 1\n", 1)
+    changed = asyncio.Event()
+    watcher = ConfigFileWatcher(str(tmp_path / "config.yaml"), lambda p: changed.set(), interval_s=0.02)
+    watcher.start()
+    try:
+        _configmap_volume(tmp_path, "v: 2\n", 2)
+        await asyncio.wait_for(changed.wait(), 10)
+    finally:
+        await watcher.stop()
+    assert watcher.reloads == 1

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 from aiohttp import web
 
 from epp.datastore.datastore import Datastore
 from epp.datastore.endpoint import Endpoint
+from epp.metricsscrape.http_client import Transport
 from epp.metricsscrape.mapping import SGLANG
 from epp.metricsscrape.scraper import ScrapeConfig, ScraperManager
 from tests.unit.metricsscrape.vllm_pages import sglang_page, vllm_page
@@ -100,10 +101,11 @@ async def test_scrapes_fill_metrics_and_follow_datastore(pods: list[FakePod]) ->
     assert not manager.scrapers
 
 
-async def test_failures_mark_unhealthy_then_recover(pods: list[FakePod]) -> None:
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+async def test_failures_mark_unhealthy_then_recover(pods: list[FakePod], transport: Transport) -> None:
     ds = Datastore()
     ep = ds.upsert_endpoint(Endpoint("pod-a", "127.0.0.1", pods[0].port))
-    manager = ScraperManager(ds, FAST)
+    manager = ScraperManager(ds, replace(FAST, transport=transport))
     await manager.start()
     try:
         await wait_for(lambda: ep.metrics.updated_at > 0)
@@ -120,10 +122,12 @@ async def test_failures_mark_unhealthy_then_recover(pods: list[FakePod]) -> None
         await manager.stop()
 
 
-async def test_hanging_pod_goes_stale_via_timeout(pods: list[FakePod]) -> None:
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+async def test_hanging_pod_goes_stale_via_timeout(pods: list[FakePod], transport: Transport) -> None:
     ds = Datastore()
     ep = ds.upsert_endpoint(Endpoint("pod-a", "127.0.0.1", pods[0].port))
-    config = ScrapeConfig(interval=0.02, timeout=0.1, staleness_threshold=0.25, max_consecutive_failures=100)
+    config = ScrapeConfig(interval=0.02, timeout=0.1, staleness_threshold=0.25, max_consecutive_failures=100,
+                          transport=transport)
     manager = ScraperManager(ds, config)
     await manager.start()
     try:
@@ -175,3 +179,5 @@ def test_config_validation() -> None:
         ScrapeConfig(interval=0).validate()
     with pytest.raises(ValueError, match="maxConsecutiveFailures"):
         ScrapeConfig(max_consecutive_failures=0).validate()
+    with pytest.raises(ValueError, match="transport must be aiohttp or httpx"):
+        ScrapeConfig(transport="curl").validate()  # type: ignore[arg-type]

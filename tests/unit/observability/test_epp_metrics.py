@@ -159,3 +159,31 @@ async def test_metrics_served_over_http_on_loopback() -> None:
             assert f"\n{name}" in resp.text, name
     finally:
         await server.stop()
+
+
+async def test_observability_servers_separate_and_shared_port() -> None:
+    from epp.observability.exposition import ObservabilityServers
+    from epp.observability.health import ReadinessProbe
+    from tests.helpers.procs import free_port
+
+    ds = pool_datastore()
+    m = EPPMetrics(datastore=ds)
+    probe = ReadinessProbe(ds)
+    separate = ObservabilityServers(m.registry, probe, "127.0.0.1", metrics_port=0, health_port=0)
+    await separate.start()
+    try:
+        async with httpx.AsyncClient(trust_env=False) as client:
+            assert (await client.get(f"{separate.metrics.url}/metrics")).status_code == 200
+            assert (await client.get(f"{separate.health.url}/readyz")).status_code == 200
+            assert (await client.get(f"{separate.health.url}/metrics")).status_code == 404
+    finally:
+        await separate.stop()
+    port = free_port()
+    shared = ObservabilityServers(m.registry, probe, "127.0.0.1", metrics_port=port, health_port=port)
+    await shared.start()
+    try:
+        async with httpx.AsyncClient(trust_env=False, base_url=f"http://127.0.0.1:{port}") as client:
+            assert "inference_pool_ready_pods" in (await client.get("/metrics")).text
+            assert (await client.get("/healthz")).json() == {"status": "ok"}
+    finally:
+        await shared.stop()

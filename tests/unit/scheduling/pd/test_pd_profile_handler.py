@@ -77,7 +77,7 @@ def _scheduler(
     params = parse_params(PDProfileHandler.Params, raw_params or {}, "test: pd-profile-handler")
     handler = PDProfileHandler(name="pd", params=params, ctx=ctx)
     decode = SchedulerProfile(
-        "decode", [DecodeRoleFilter()], [(FakePrefixScorer(cached or {}), 1.0)], FirstPicker()  # type: ignore[list-item]
+        "decode", [DecodeRoleFilter()], [(FakePrefixScorer(cached or {}), 1.0)], FirstPicker()
     )
     prefill = SchedulerProfile("prefill", [PrefillRoleFilter()], [], FirstPicker())
     return Scheduler([decode, prefill], handler), handler
@@ -124,7 +124,7 @@ def test_scorer_token_count_replaces_the_character_estimate() -> None:
             state["prefix-cache-scorer.prompt-tokens"] = 20
             return super().score(state, request, endpoints)
 
-    sched.profiles["decode"].scorers = ((CountingScorer({}), 1.0),)  # type: ignore[assignment]
+    sched.profiles["decode"].scorers = ((CountingScorer({}), 1.0),)
     result, state = sched.schedule(_request(4000), POOL)
     assert PREFILLER_HEADER not in result.headers
     assert state[handler.decision_key].prompt_tokens == 20

@@ -1,0 +1,26 @@
+# EPP image: `docker build -t llm-epp:dev .` then `kind load docker-image llm-epp:dev`.
+# Two stages so the runtime image carries the installed package, not pip caches or sources.
+FROM python:3.11-slim AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+RUN python -m venv /opt/epp
+COPY pyproject.toml README.md* ./
+COPY epp ./epp
+RUN /opt/epp/bin/pip install . \
+ && /opt/epp/bin/python -m compileall -q /opt/epp/lib
+
+FROM python:3.11-slim
+LABEL org.opencontainers.image.title="llm-epp" \
+      org.opencontainers.image.description="LLM-aware Endpoint Picker (Envoy ext_proc) for vLLM InferencePools" \
+      org.opencontainers.image.licenses="Apache-2.0"
+# The root filesystem is read-only in the Deployment: no bytecode writes at runtime.
+ENV PATH=/opt/epp/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    EPP_HOST=0.0.0.0
+COPY --from=build /opt/epp /opt/epp
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin epp
+USER 10001:10001
+# 9002 ext_proc gRPC (+ gRPC health), 9003 HTTP /healthz /readyz, 9090 Prometheus /metrics
+EXPOSE 9002 9003 9090
+ENTRYPOINT ["epp", "serve"]

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import logging
+import random
+
+import pytest
+
+from epp.kvcache.block_hash import BlockHasher
+from epp.kvcache.events import BlockStored
+from epp.kvevents.hash_check import HashSettingsChecker
+from epp.sim.kv_cache import PrefixCachingBlockPool
+
+from .kv_fixtures import random_tokens, serve
+
+
+def pod_events(seed: str, block_size: int = 16, requests: int = 20) -> list[BlockStored]:
+    """BlockStored events of a simulated pod hashing with `seed`; shared prefixes make most
+    events continue a chain (parent set), as on a real pod."""
+    hasher = BlockHasher(block_size=block_size, seed=seed)
+    pool = PrefixCachingBlockPool(num_blocks=512, block_size=block_size)
+    rng = random.Random(7)
+    system = random_tokens(rng, block_size * 3)
+    out: list[BlockStored] = []
+    for _ in range(requests):
+        serve(pool, hasher, system + random_tokens(rng, block_size * 2 + 3))
+        out.extend(e for e in pool.drain_events() if isinstance(e, BlockStored))
+    return out
+
+
+def test_matching_settings_report_no_mismatch() -> None:
+    checker = HashSettingsChecker(BlockHasher(block_size=16, seed="42"), min_samples=8)
+    events = pod_events("42")
+    assert any(e.parent_block_hash is not None for e in events)
+    for e in events:
+        checker.check_stored("pod", e)
+    assert checker.totals.stored_checked >= 40
+    assert checker.totals.stored_mismatched == 0
+    # Chained events were verified through remembered parents, not skipped.
+    assert checker.totals.stored_skipped == 0
+    assert checker.mismatch_ratio("pod") == 0.0
+
+
+def test_wrong_seed_is_detected_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    checker = HashSettingsChecker(BlockHasher(block_size=16, seed="0"), min_samples=8)
+    with caplog.at_level(logging.ERROR, logger="epp.kvevents.hash_check"):
+        for e in pod_events("42"):
+            checker.check_stored("pod", e)
+    assert checker.mismatch_ratio("pod") == 1.0
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1  # rate-limited
+    assert "hashSeed='0'" in errors[0] and "hashAlgo='sha256'" in errors[0]
+
+
+def test_wrong_block_size_is_named(caplog: pytest.LogCaptureFixture) -> None:
+    checker = HashSettingsChecker(BlockHasher(block_size=16), min_samples=4)
+    with caplog.at_level(logging.ERROR, logger="epp.kvevents.hash_check"):
+        for e in pod_events("vllm-none-hash", block_size=32, requests=6):
+            checker.check_stored("pod", e)
+    assert checker.pod("pod").block_size_mismatches > 0
+    assert any("blocks of 32 tokens" in r.getMessage() and "blockSize" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_hits_the_index_never_predicted_count_as_mismatch() -> None:
+    checker = HashSettingsChecker(BlockHasher(block_size=16), min_samples=10)
+    for _ in range(10):
+        checker.check_hit("pod", predicted_blocks=0, cached_tokens=64)
+    checker.check_hit("pod", predicted_blocks=0, cached_tokens=3)  # no full block: ignored
+    assert checker.totals.hit_checked == 10
+    assert checker.mismatch_ratio("pod") == 1.0
+    for _ in range(30):
+        checker.check_hit("pod", predicted_blocks=4, cached_tokens=64)
+    assert checker.mismatch_ratio("pod") == pytest.approx(10 / 40)
+    checker.forget_pod("pod")
+    assert checker.mismatch_ratio("pod") == 0.0

@@ -1,0 +1,163 @@
+"""The precise-prefix-cache-scorer plugin against events of the simulator's real block pool."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from epp.datastore.datastore import Datastore
+from epp.datastore.endpoint import Endpoint
+from epp.kvcache.block_hash import BlockHasher
+from epp.kvevents import SERVICE_KEY, stop_services
+from epp.kvevents.runtime import KVEventsRuntime
+from epp.scheduling.plugins.precise_prefix_cache_scorer import PrecisePrefixCacheScorer
+from epp.scheduling.registry import PluginContext, parse_params
+from epp.scheduling.types import CycleState, LLMRequest, ProfileRunResult, SchedulingResult
+from epp.sim.kv_cache import PrefixCachingBlockPool
+from epp.tokenization.chat_template import apply_chat_template
+from epp.tokenization.tokenizer import get_tokenizer
+
+from .kv_fixtures import payload, serve
+
+WORDS = [f"w{i}" for i in range(16)]
+
+
+def text(rng: random.Random, words: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(words))
+
+
+class Pod:
+    """A simulated pod: real block pool + its KV-event sequence."""
+
+    def __init__(self, ep: Endpoint, blocks: int = 256) -> None:
+        self.ep = ep
+        self.pool = PrefixCachingBlockPool(num_blocks=blocks, block_size=16)
+        self.seq = 0
+
+    def publish(self, runtime: KVEventsRuntime) -> None:
+        events = self.pool.drain_events()
+        if events:
+            asyncio.run(runtime.manager.local_stream(self.ep.key).handle(self.seq, payload(events)))
+            self.seq += 1
+
+
+def setup(n: int = 3, params: dict[str, Any] | None = None) -> tuple[PrecisePrefixCacheScorer, list[Pod]]:
+    ds = Datastore()
+    pods = [Pod(ds.upsert_endpoint(Endpoint(name=f"pod-{i}", address="127.0.0.1", port=8000 + i)))
+            for i in range(n)]
+    ctx = PluginContext(datastore=ds, services={"metrics.registry": CollectorRegistry()}, source="t.yaml")
+    p = parse_params(PrecisePrefixCacheScorer.Params, params or {}, "t.yaml: plugin 'precise'")
+    return PrecisePrefixCacheScorer(name="precise", params=p, ctx=ctx), pods
+
+
+def completion(prompt: str, rid: str = "r") -> LLMRequest:
+    return LLMRequest(request_id=rid, model="m", target_model="m", prompt=prompt, body={"prompt": prompt})
+
+
+def test_scores_longest_cached_prefix_from_events() -> None:
+    scorer, pods = setup()
+    rng = random.Random(3)
+    system = text(rng, 200)
+    tokens = scorer.tokenizer.encode(system)
+    serve(pods[0].pool, scorer.hasher, tokens)  # pod-0 computed the whole prompt
+    serve(pods[1].pool, scorer.hasher, tokens[: 2 * 16])  # pod-1 only its first 2 blocks
+    for pod in pods[:2]:
+        pod.publish(scorer.runtime)
+    request = completion(system + " and a new question")
+    state = CycleState()
+    scores = scorer.score(state, request, [p.ep for p in pods])
+    total = len(state[scorer.state_key].hashes)
+    assert total >= 5
+    assert scores[0] >= (len(tokens) // 16) / total > scores[1] == 2 / total
+    assert scores[2] == 0.0  # no events and no routing history
+    cached = state["precise.cached-tokens"]
+    assert cached[pods[1].ep.key] == 32
+    assert state["precise.prompt-tokens"] == len(scorer.token_ids(request))
+
+
+def test_chat_requests_are_hashed_through_the_chat_template() -> None:
+    scorer, pods = setup(2)
+    messages = [{"role": "system", "content": text(random.Random(1), 150)},
+                {"role": "user", "content": "hi"}]
+    tokens = get_tokenizer("simple").encode(apply_chat_template(messages, add_generation_prompt=True))
+    serve(pods[1].pool, scorer.hasher, tokens)
+    pods[1].publish(scorer.runtime)
+    request = LLMRequest(request_id="c", model="m", target_model="m", path="/v1/chat/completions",
+                         messages=messages, is_chat=True, body={"messages": messages})
+    assert scorer.score(CycleState(), request, [p.ep for p in pods]) == [0.0, 1.0]
+
+
+def test_tokenization_is_done_once_per_cycle() -> None:
+    scorer, pods = setup(2)
+    calls = 0
+    encode = scorer.tokenizer.encode
+
+    def counting(s: str) -> list[int]:
+        nonlocal calls
+        calls += 1
+        return encode(s)
+
+    scorer.tokenizer.encode = counting  # type: ignore[method-assign]
+    state = CycleState()
+    request = completion(text(random.Random(2), 100))
+    scorer.score(state, request, [pods[0].ep])
+    scorer.score(state, request, [pods[1].ep])  # second profile, same cycle
+    assert calls == 1
+
+
+def test_pods_without_events_fall_back_to_approximate_routing_history() -> None:
+    scorer, pods = setup(2)
+    prompt = text(random.Random(4), 120)
+    state = CycleState()
+    request = completion(prompt)
+    assert scorer.score(state, request, [p.ep for p in pods]) == [0.0, 0.0]
+    decision = SchedulingResult({"default": ProfileRunResult([pods[1].ep])}, "default")
+    scorer.pre_request(state, request, decision)
+    again = scorer.score(CycleState(), completion(prompt, "r2"), [p.ep for p in pods])
+    assert again[0] == 0.0 and again[1] > 0.9
+    # Once the pod publishes events, its events alone count.
+    pods[1].pool.reset()
+    pods[1].publish(scorer.runtime)
+    assert scorer.score(CycleState(), completion(prompt, "r3"), [p.ep for p in pods]) == [0.0, 0.0]
+
+
+def test_reported_hits_the_index_never_predicted_feed_the_hash_check() -> None:
+    scorer, pods = setup(1, {"hashCheck": {"minSamples": 4, "window": 8}})
+    checker = scorer.runtime.checker
+    assert checker is not None
+    serve(pods[0].pool, scorer.hasher, [1] * 16)
+    pods[0].publish(scorer.runtime)  # pod-0 now publishes events
+    for i in range(4):
+        state = CycleState()
+        request = completion(text(random.Random(i), 80), f"q{i}")
+        scorer.score(state, request, [pods[0].ep])
+        scorer.pre_request(state, request, SchedulingResult({"d": ProfileRunResult([pods[0].ep])}, "d"))
+        scorer.post_response(request, pods[0].ep, {"status": 200, "cached_tokens": 64})
+    assert checker.totals.hit_checked == 4
+    assert checker.mismatch_ratio(pods[0].ep.key) == 1.0
+
+
+def test_metrics_are_exported_and_services_stop() -> None:
+    scorer, pods = setup(1)
+    serve(pods[0].pool, scorer.hasher, list(range(1, 65)))
+    pods[0].publish(scorer.runtime)
+    registry = scorer.runtime.registry
+    assert registry is not None
+    text_out = generate_latest(registry).decode()
+    assert 'epp_kvevents_events_total{pod="default/pod-0"} 1.0' in text_out
+    assert "epp_kvevents_index_blocks 4.0" in text_out
+    assert "epp_kvevents_hash_checks_total{result=\"stored_match\"} 4.0" in text_out
+    services = {SERVICE_KEY: scorer.runtime}
+    asyncio.run(stop_services(services))
+    assert services == {}
+    assert "epp_kvevents_index_blocks" not in generate_latest(registry).decode()
+
+
+def test_hasher_matches_configured_settings() -> None:
+    tp = {"blockSize": 32, "hashSeed": 5, "hashAlgo": "sha256_cbor"}
+    scorer, _ = setup(1, {"tokenProcessorConfig": tp})
+    assert (scorer.hasher.block_size, scorer.hasher.seed, scorer.hasher.algo) == (32, "5", "sha256_cbor")
+    assert scorer.hasher.none_hash == BlockHasher("sha256_cbor", 32, "5").none_hash
