@@ -172,6 +172,7 @@ class LocalStack:
             fallback_endpoints=[("127.0.0.1", p.serving_port) for p in self.pods if p.role != "prefill"],
             request_body_mode=cfg.request_body_mode,  # type: ignore[arg-type]
             response_body_mode=cfg.response_body_mode,  # type: ignore[arg-type]
+            response_header_mode="SKIP" if cfg.response_body_mode == "NONE" else "SEND",
         )
         files["envoy"].write_text(envoy_config_yaml(envoy))
         return files

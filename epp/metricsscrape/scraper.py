@@ -96,7 +96,13 @@ class EndpointScraper:
         self._started_at = time.monotonic()
         next_at = self._started_at
         while True:
-            await self.scrape_once()
+            try:
+                await self.scrape_once()
+            except Exception as e:
+                # A bug must not silently end scraping of this endpoint (it would then
+                # look healthy forever with frozen metrics): count it as a failed scrape.
+                log.exception("endpoint %s: unexpected scrape error", self.endpoint.key)
+                self._on_failure(e)
             # Fixed-rate schedule; if a scrape overran, start the next one right away
             # instead of bunching up missed ticks.
             next_at += interval

@@ -111,6 +111,12 @@ class SidecarServer:
         self.app.on_cleanup.append(self._close_client)
 
     # --- lifecycle ------------------------------------------------------------------------
+    def runner(self) -> web.AppRunner:
+        # handler_cancellation: a client that goes away cancels its handler, which closes the
+        # upstream connections, so the engines abort the request instead of generating into
+        # the void (aiohttp keeps handlers running by default).
+        return web.AppRunner(self.app, access_log=None, handler_cancellation=False)
+
     async def _start_client(self, _: web.Application) -> None:
         # One pooled client for the decoder and every prefiller. No read timeout on the
         # decoder: a long generation streams for minutes; the prefill leg has its own bound.
@@ -303,7 +309,7 @@ def _error(status: int, message: str, kind: str) -> web.Response:
 async def serve(config: SidecarConfig, ready: asyncio.Event | None = None) -> None:
     """Run a sidecar until cancelled."""
     server = SidecarServer(config)
-    runner = web.AppRunner(server.app, access_log=None)
+    runner = server.runner()
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
     await site.start()

@@ -86,7 +86,7 @@ class SimPodConfig:
     max_num_batched_tokens: int = 8192
     max_model_len: int = 8192
     default_max_tokens: int = 128  # used when a request has no max_tokens (vLLM: max_model_len - prompt)
-    num_gpu_blocks: int = 28_000
+    num_gpu_blocks: int = 24_000
     block_size: int = 16
     enable_prefix_caching: bool = True
     prefix_caching_hash_algo: str = DEFAULT_HASH_ALGO

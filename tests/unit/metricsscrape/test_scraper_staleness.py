@@ -5,56 +5,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import pytest
-from aiohttp import web
 
 from epp.datastore.datastore import Datastore
 from epp.datastore.endpoint import Endpoint
 from epp.metricsscrape.http_client import Transport
 from epp.metricsscrape.mapping import SGLANG
 from epp.metricsscrape.scraper import ScrapeConfig, ScraperManager
-from tests.unit.metricsscrape.vllm_pages import sglang_page, vllm_page
-
-
-@dataclass
-class FakePod:
-    """A loopback HTTP server answering /metrics and /v1/models; `mode` steers failures."""
-
-    port: int = 0
-    runner: web.AppRunner | None = None
-    mode: str = "ok"  # ok | error | hang
-    waiting: int = 1
-    page: Callable[[int], str] = lambda waiting: vllm_page(waiting=waiting)
-    models: tuple[str, ...] = ("base-model", "sql-lora")
-    hits: int = 0
-    released: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def metrics(self, _: web.Request) -> web.Response:
-        self.hits += 1
-        if self.mode == "error":
-            return web.Response(status=500, text="boom")
-        if self.mode == "hang":
-            await self.released.wait()
-        return web.Response(text=self.page(self.waiting), content_type="text/plain")
-
-    async def v1_models(self, _: web.Request) -> web.Response:
-        data = [{"id": m, "object": "model"} for m in self.models]
-        return web.json_response({"object": "list", "data": data})
-
-
-async def start_pod() -> FakePod:
-    pod = FakePod()
-    app = web.Application()
-    app.router.add_get("/metrics", pod.metrics)
-    app.router.add_get("/v1/models", pod.v1_models)
-    pod.runner = web.AppRunner(app, access_log=None)
-    await pod.runner.setup()
-    site = web.TCPSite(pod.runner, "127.0.0.1", 0)
-    await site.start()
-    pod.port = pod.runner.addresses[0][1]
-    return pod
+from tests.unit.metricsscrape.fake_pods import FakePod, start_pod
+from tests.unit.metricsscrape.vllm_pages import sglang_page
 
 
 @pytest.fixture
@@ -181,3 +142,26 @@ def test_config_validation() -> None:
         ScrapeConfig(max_consecutive_failures=0).validate()
     with pytest.raises(ValueError, match="transport must be aiohttp or httpx"):
         ScrapeConfig(transport="curl").validate()  # type: ignore[arg-type]
+
+
+async def test_unexpected_error_counts_as_failure_and_scraping_continues(
+    pods: list[FakePod], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import epp.metricsscrape.scraper as scraper_module
+
+    def broken(*_: object, **__: object) -> None:
+        raise RuntimeError("bug in a mapping")
+
+    ds = Datastore()
+    ep = ds.upsert_endpoint(Endpoint("pod-a", "127.0.0.1", pods[0].port))
+    monkeypatch.setattr(scraper_module, "extract_metrics", broken)
+    manager = ScraperManager(ds, FAST)
+    await manager.start()
+    try:
+        await wait_for(lambda: not ep.healthy)
+        task = manager._tasks[ep]
+        assert not task.done()  # the scraper survived the exception
+        monkeypatch.undo()
+        await wait_for(lambda: ep.healthy)
+    finally:
+        await manager.stop()

@@ -40,6 +40,7 @@ class StubEngine:
     release_stream: asyncio.Event = field(default_factory=asyncio.Event)
     unhang: asyncio.Event = field(default_factory=asyncio.Event)
     port: int = 0
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -73,7 +74,11 @@ class StubEngine:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "x-engine": self.role})
         await resp.prepare(request)
         await resp.write(b'data: {"choices":[{"text":"first"}]}\n\n')
-        await self.release_stream.wait()
+        try:
+            await self.release_stream.wait()
+        except asyncio.CancelledError:
+            self.cancelled.set()  # the client side of this connection went away
+            raise
         for i in range(3):
             await resp.write(f'data: {json.dumps({"choices": [{"text": f"t{i}"}]})}\n\n'.encode())
         await resp.write(b"data: [DONE]\n\n")
@@ -92,10 +97,13 @@ class StubEngine:
 
 
 @asynccontextmanager
-async def serving(app: web.Application, port: int = 0) -> AsyncIterator[int]:
+async def serving(app: web.Application | web.AppRunner, port: int = 0) -> AsyncIterator[int]:
     """Serve `app` on 127.0.0.1 (a free port when 0); yields the port."""
-    # A short shutdown grace: a stub handler left waiting must not stall the test.
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    # A short shutdown grace: a stub handler left waiting must not stall the test. Handlers
+    # are cancelled when their client disconnects, as in vLLM.
+    runner = app if isinstance(app, web.AppRunner) else web.AppRunner(
+        app, access_log=None, shutdown_timeout=1.0, handler_cancellation=True
+    )
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()

@@ -37,7 +37,7 @@ async def _rig(stack: AsyncExitStack, **config: Any) -> Rig:
     prefill_port = await stack.enter_async_context(serving(prefill.app()))
     decode_port = await stack.enter_async_context(serving(decode.app()))
     sidecar = SidecarServer(SidecarConfig(decoder_url=f"http://127.0.0.1:{decode_port}", **config))
-    sidecar_port = await stack.enter_async_context(serving(sidecar.app))
+    sidecar_port = await stack.enter_async_context(serving(sidecar.runner()))
     client = await stack.enter_async_context(
         httpx.AsyncClient(base_url=f"http://127.0.0.1:{sidecar_port}", timeout=10.0)
     )
@@ -100,6 +100,16 @@ async def test_chat_completions_stream_through_the_sidecar(rig: Rig) -> None:
     assert rig.prefill.received[0]["stream"] is False
     assert rig.decode.received[0]["stream"] is True
     assert rig.decode.received[0]["max_completion_tokens"] == 32
+
+
+async def test_client_disconnect_aborts_the_decoder_request(rig: Rig) -> None:
+    body = {**PROMPT, "stream": True}
+    headers = {"x-prefiller-host-port": rig.prefill_hostport}
+    async with rig.client.stream("POST", "/v1/completions", json=body, headers=headers) as r:
+        await asyncio.wait_for(anext(r.aiter_lines()), 10)
+    # Leaving the block closed the client connection mid-stream; the sidecar must drop its
+    # decoder connection too, so the engine's handler is cancelled (vLLM aborts the request).
+    await asyncio.wait_for(rig.decode.cancelled.wait(), 10)
 
 
 async def test_prefiller_down_falls_back_to_local_prefill(rig: Rig) -> None:

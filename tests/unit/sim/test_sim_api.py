@@ -130,7 +130,7 @@ async def test_metric_names_types_labels_and_buckets() -> None:
     assert families["vllm:generation_tokens"].samples[0].value == 3.0
     info = families["vllm:cache_config_info"].samples[0]
     assert (
-        info.value == 1.0 and info.labels["block_size"] == "16" and info.labels["num_gpu_blocks"] == "28000"
+        info.value == 1.0 and info.labels["block_size"] == "16" and info.labels["num_gpu_blocks"] == "24000"
     )
     lora = families["vllm:lora_requests_info"].samples[-1]
     assert lora.labels["max_lora"] == "2" and lora.value > 1e9  # a timestamp, as vLLM sets it
