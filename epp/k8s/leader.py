@@ -244,4 +244,5 @@ class LeaderElector:
         try:
             await asyncio.wait_for(self._replace(spec), self.config.retry_period_s)
         except Exception as e:
-            log.info("releasing lease %s/%s failed: %s", self.config.namespace, self.config.name, e)
+            log.info("releasing lease %s/%s failed (%s: %s); it expires in %.0fs", self.config.namespace,
+                     self.config.name, type(e).__name__, e, self.config.lease_duration_s)

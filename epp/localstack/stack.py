@@ -200,8 +200,11 @@ class LocalStack:
                         "--pool-file", str(files["pool"]), "--endpoints-file", str(files["endpoints"])]
                 if cfg.objectives is not None:
                     args += ["--objectives-file", str(cfg.objectives)]
-                if cfg.epp_config is not None:
-                    args += ["--config", str(cfg.epp_config)]
+                config = cfg.epp_config
+                if config is None and cfg.pd:
+                    config = REPO / "deploy/vllm/pd/epp-config-pd.yaml"
+                if config is not None:
+                    args += ["--config", str(config)]
                 args += list(cfg.epp_args)
                 self._spawn("epp", args)
             if cfg.with_envoy:

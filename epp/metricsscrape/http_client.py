@@ -2,9 +2,9 @@
 
 Two transports: httpx.AsyncClient and aiohttp.ClientSession, both with one shared
 keep-alive connection pool and proxies from the environment ignored (pods are addressed
-directly). aiohttp is the default because it costs about a fifth of httpx's CPU per GET
-on loopback (docs/observability.md), and at 20 scrapes/s per pod that CPU is taken from
-the scheduling hot path on the same cores.
+directly). aiohttp is the default: on loopback it costs a fifth of httpx's CPU per GET
+and a third per full scrape (docs/observability.md); at 20 scrapes/s per pod that CPU
+comes out of the scheduling hot path's share of the same cores.
 """
 
 from __future__ import annotations

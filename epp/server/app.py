@@ -28,6 +28,7 @@ from epp.observability.exposition import HttpServer, metrics_app
 from epp.observability.grpc_health import GrpcHealthReporter
 from epp.observability.health import ReadinessProbe, health_app
 from epp.observability.metrics import EPPMetrics
+from epp.scheduling.plugins.pd_metrics import register_pd_metrics
 from epp.scheduling.registry import ConfigError, PluginContext
 from epp.scheduling.types import LLMRequest, SchedulingResult
 from epp.server.errors import RequestError
@@ -115,6 +116,7 @@ class EPPServer:
         self.datastore = Datastore()
         self.ctx = PluginContext(self.datastore, source=str(opts.config or "<default config>"))
         self.metrics = EPPMetrics(datastore=self.datastore)
+        register_pd_metrics(self.metrics.registry, self.ctx.services)
         self.admission = AdmissionController(SaturationDetector(self.datastore, opts.saturation),
                                              opts.admission)
         self.observer = MetricsObserver(self.metrics)

@@ -115,7 +115,7 @@ class SidecarServer:
         # handler_cancellation: a client that goes away cancels its handler, which closes the
         # upstream connections, so the engines abort the request instead of generating into
         # the void (aiohttp keeps handlers running by default).
-        return web.AppRunner(self.app, access_log=None, handler_cancellation=False)
+        return web.AppRunner(self.app, access_log=None, handler_cancellation=True)
 
     async def _start_client(self, _: web.Application) -> None:
         # One pooled client for the decoder and every prefiller. No read timeout on the

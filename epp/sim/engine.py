@@ -264,6 +264,8 @@ class SimEngine:
             self._update_gauges()
             self._publish()
             if not plan.items:
+                if plan.preempted:
+                    continue  # everything running was preempted: re-admit from the queue
                 # Nothing fits (e.g. all waiting LoRA requests blocked): wait for a change.
                 self._wake.clear()
                 await self._wake.wait()

@@ -67,9 +67,7 @@ async def test_error_shapes() -> None:
         with pytest.raises(openai.BadRequestError, match="maximum context length"):
             await client.completions.create(model=MODEL, prompt="word " * 100, max_tokens=10)
         async with httpx.AsyncClient() as http:
-            r = await http.post(
-                url + "/v1/completions", content=b"{not json", headers={"x-request-id": "r-1"}
-            )
+            r = await http.post(url + "/v1/completions", content=b"{not json", headers={"x-request-id": "r-1"})
             assert r.status_code == 400
             assert r.json()["error"]["type"] == "BadRequestError" and r.json()["error"]["code"] == 400
             assert r.headers["x-request-id"] == "r-1" and r.headers["x-sim-pod"] == cluster[0].name
@@ -85,9 +83,7 @@ async def test_tokenize_detokenize_version_health() -> None:
         assert (await http.post(url + "/detokenize", json={"tokens": r["tokens"]})).json()[
             "prompt"
         ] == "Hello there, world"
-        chat = (
-            await http.post(url + "/tokenize", json={"messages": [{"role": "user", "content": "hi"}]})
-        ).json()
+        chat = (await http.post(url + "/tokenize", json={"messages": [{"role": "user", "content": "hi"}]})).json()
         assert chat["count"] > r["count"] - 10
         assert "version" in (await http.get(url + "/version")).json()
         assert (await http.get(url + "/health")).status_code == 200
@@ -129,9 +125,7 @@ async def test_metric_names_types_labels_and_buckets() -> None:
     assert success["length"] == 1.0
     assert families["vllm:generation_tokens"].samples[0].value == 3.0
     info = families["vllm:cache_config_info"].samples[0]
-    assert (
-        info.value == 1.0 and info.labels["block_size"] == "16" and info.labels["num_gpu_blocks"] == "24000"
-    )
+    assert info.value == 1.0 and info.labels["block_size"] == "16" and info.labels["num_gpu_blocks"] == "24000"
     lora = families["vllm:lora_requests_info"].samples[-1]
     assert lora.labels["max_lora"] == "2" and lora.value > 1e9  # a timestamp, as vLLM sets it
 
@@ -147,9 +141,7 @@ async def test_faults_flip_at_run_time() -> None:
     async with simulated_pods(1, time_scale=0.01) as cluster, httpx.AsyncClient(timeout=10) as http:
         url = cluster.urls[0]
         body = {"prompt": "x", "max_tokens": 1}
-        assert (
-            await http.post(url + "/sim/faults", json={"error_rate": 1.0, "error_status": 503})
-        ).status_code == 200
+        assert (await http.post(url + "/sim/faults", json={"error_rate": 1.0, "error_status": 503})).status_code == 200
         r = await http.post(url + "/v1/completions", json=body)
         assert r.status_code == 503 and r.json()["error"]["code"] == 503
         await http.post(url + "/sim/faults", json={"error_rate": 0.0})
@@ -203,9 +195,7 @@ async def test_client_disconnect_aborts_request() -> None:
         pod = cluster[0]
         async with httpx.AsyncClient() as http:
             with pytest.raises(httpx.ReadTimeout):
-                await http.post(
-                    pod.url + "/v1/completions", json={"prompt": "x", "max_tokens": 2000}, timeout=0.2
-                )
+                await http.post(pod.url + "/v1/completions", json={"prompt": "x", "max_tokens": 2000}, timeout=0.2)
         for _ in range(200):
             if pod.engine.state()["running"] == 0:
                 break

@@ -9,9 +9,7 @@ from epp.sim.cluster import simulated_pods
 from epp.tokenization.tokenizer import SimpleTokenizer
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
-LONG_PROMPT = (
-    "You are a meticulous assistant. Answer with care and cite the documents. " * 200
-)  # ~3.7k tokens
+LONG_PROMPT = "You are a meticulous assistant. Answer with care and cite the documents. " * 200  # ~3.7k tokens
 
 
 async def _ttft(client: httpx.AsyncClient, url: str, prompt: str) -> tuple[float, str]:
@@ -61,10 +59,7 @@ async def test_queue_builds_past_max_num_seqs() -> None:
         await _wait_for(lambda: pod.engine.state()["waiting"] >= 3)
         assert pod.engine.state()["running"] == 2
         metrics = (await client.get(pod.url + "/metrics")).text
-        assert (
-            'vllm:num_requests_running{engine="0",model_name="meta-llama/Llama-3.1-8B-Instruct"} 2.0'
-            in metrics
-        )
+        assert 'vllm:num_requests_running{engine="0",model_name="meta-llama/Llama-3.1-8B-Instruct"} 2.0' in metrics
         responses = await asyncio.gather(*tasks)
         assert all(r.status_code == 200 for r in responses)
         assert pod.engine.state()["waiting"] == 0
@@ -83,14 +78,11 @@ async def test_lora_requests_wait_when_max_loras_reached() -> None:
         b = asyncio.create_task(
             client.post(pod.url + "/v1/completions", json={"model": "ad-b", "prompt": "y", "max_tokens": 3})
         )
-        base = asyncio.create_task(
-            client.post(pod.url + "/v1/completions", json={"prompt": "z", "max_tokens": 3})
-        )
+        base = asyncio.create_task(client.post(pod.url + "/v1/completions", json={"prompt": "z", "max_tokens": 3}))
         await _wait_for(lambda: pod.engine.state()["waiting_loras"] == ["ad-b"])
         metrics = (await client.get(pod.url + "/metrics")).text
         assert (
-            'vllm:lora_requests_info{max_lora="1",running_lora_adapters="ad-a",waiting_lora_adapters="ad-b"}'
-            in metrics
+            'vllm:lora_requests_info{max_lora="1",running_lora_adapters="ad-a",waiting_lora_adapters="ad-b"}' in metrics
         )
         # a base-model request is not blocked by the waiting adapter
         assert (await base).status_code == 200
@@ -117,9 +109,7 @@ async def test_preemption_when_out_of_blocks_and_all_finish() -> None:
 async def test_output_len_distribution_stops_early() -> None:
     async with simulated_pods(1, time_scale=0.01, output_len_dist="uniform:2:4") as cluster:
         async with httpx.AsyncClient(timeout=30) as client:
-            r = await client.post(
-                cluster.urls[0] + "/v1/completions", json={"prompt": "hi", "max_tokens": 50}
-            )
+            r = await client.post(cluster.urls[0] + "/v1/completions", json={"prompt": "hi", "max_tokens": 50})
         choice = r.json()["choices"][0]
         assert choice["finish_reason"] == "stop"
         assert 2 <= r.json()["usage"]["completion_tokens"] <= 4
@@ -158,3 +148,18 @@ async def test_prefill_decode_disaggregation() -> None:
         assert decode.engine.state()["kv_transferred_tokens"] == n_prompt - 1
         metrics = (await client.get(decode.url + "/metrics")).text
         assert f'sim:kv_transfer_tokens_total{{engine="0",model_name="{MODEL}"}} {n_prompt - 1}.0' in metrics
+
+
+async def test_chunked_prefill_and_lora_blocks_hash_apart() -> None:
+    pods = simulated_pods(1, time_scale=0.01, max_num_batched_tokens=64, lora_modules={"ad": "/a"})
+    async with pods as cluster, httpx.AsyncClient(timeout=30) as client:
+        pod = cluster[0]
+        prompt = "a prompt long enough to need several prefill chunks " * 30  # ~300 tokens
+        r = await client.post(pod.url + "/v1/completions", json={"prompt": prompt, "max_tokens": 1})
+        assert r.json()["usage"]["prompt_tokens"] > 4 * 64
+        assert pod.engine.steps >= 5  # 64-token budget per step
+        # same text through a LoRA adapter: its blocks carry the adapter name, so no hit
+        r = await client.post(pod.url + "/v1/completions", json={"model": "ad", "prompt": prompt, "max_tokens": 1})
+        assert r.json()["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+        r = await client.post(pod.url + "/v1/completions", json={"model": "ad", "prompt": prompt, "max_tokens": 1})
+        assert r.json()["usage"]["prompt_tokens_details"]["cached_tokens"] > 0

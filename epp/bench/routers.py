@@ -1,0 +1,206 @@
+"""The routers compared by the benchmark and how to start each in front of fresh pods.
+
+Every row gets its own fresh simulated pods (started by the local stack), so every router
+sees identical, cold pods: empty prefix caches, no adapter loaded, empty queues.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import httpx
+
+from epp.bench.envoy_configs import lb_envoy_config, to_yaml
+from epp.localstack.stack import LocalStack, StackConfig, StackError, envoy_binary, free_port
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+RouterKind = Literal["envoy", "vllm-router", "epp"]
+
+
+@dataclass(slots=True, frozen=True)
+class RouterSpec:
+    key: str  # stable id used on the command line and in result files
+    label: str  # what the report prints
+    kind: RouterKind
+    policy: str  # Envoy lb_policy, vllm-router --policy, or EPP config file name
+    ours: bool = False  # our EPP (vs a peer)
+
+
+ROUTERS: tuple[RouterSpec, ...] = (
+    RouterSpec("envoy-rr", "Envoy round_robin", "envoy", "ROUND_ROBIN"),
+    RouterSpec("envoy-lr", "Envoy least_request", "envoy", "LEAST_REQUEST"),
+    RouterSpec("vr-rr", "vllm-router round_robin", "vllm-router", "round_robin"),
+    RouterSpec("vr-p2c", "vllm-router power_of_two", "vllm-router", "power_of_two"),
+    RouterSpec("vr-cache", "vllm-router cache_aware", "vllm-router", "cache_aware"),
+    RouterSpec("vr-kv", "vllm-router kv_aware", "vllm-router", "kv_aware"),
+    RouterSpec("epp-load", "EPP load only", "epp", "epp-load.yaml", ours=True),
+    RouterSpec("epp-prefix", "EPP load + approx. prefix", "epp", "epp-prefix.yaml", ours=True),
+    RouterSpec("epp-all", "EPP all scorers", "epp", "epp-all.yaml", ours=True),
+    RouterSpec("epp-precise", "EPP precise prefix (KV events)", "epp", "epp-precise.yaml", ours=True),
+)
+
+
+def router_by_key(key: str) -> RouterSpec:
+    for spec in ROUTERS:
+        if spec.key == key:
+            return spec
+    raise ValueError(f"unknown router {key!r}; known: {', '.join(r.key for r in ROUTERS)}")
+
+
+def vllm_router_binary() -> str | None:
+    """`vllm-router` next to this Python (the venv) or on PATH."""
+    local = Path(sys.executable).parent / "vllm-router"
+    if local.exists():
+        return str(local)
+    return shutil.which("vllm-router")
+
+
+def unavailable_reason(spec: RouterSpec) -> str | None:
+    """Why this router cannot run here, or None."""
+    if spec.kind == "vllm-router" and vllm_router_binary() is None:
+        return "vllm-router not installed (pip install vllm-router==0.1.17)"
+    if spec.kind == "epp" and spec.policy == "epp-precise.yaml":
+        from epp.scheduling.registry import plugin_types
+
+        if "precise-prefix-cache-scorer" not in plugin_types():
+            return "precise-prefix-cache-scorer plugin not available in this build"
+    return None
+
+
+@dataclass(slots=True)
+class RowSettings:
+    pods: int = 4
+    time_scale: float = 1.0
+    run_dir: Path = Path(".run/bench")
+    block_size: int = 16
+    sim_args: Sequence[str] = ()
+    epp_args: Sequence[str] = ()
+
+
+@dataclass(slots=True)
+class RunningRouter:
+    spec: RouterSpec
+    url: str
+    pod_urls: list[str]
+    stack: LocalStack
+    extra: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    logs: dict[str, Path] = field(default_factory=dict)
+
+    def pids(self) -> dict[str, int]:
+        out = {name: p.pid for name, p in self.stack.procs.items()}
+        out.update({name: p.pid for name, p in self.extra.items()})
+        return out
+
+
+def _spawn(name: str, args: Sequence[str], run_dir: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    log_path = run_dir / "logs" / f"{name}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(list(args), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return proc, log_path
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    with httpx.Client(timeout=1.0, trust_env=False) as client:
+        while True:
+            if proc.poll() is not None:
+                tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+                raise StackError(f"{log.stem} exited with code {proc.returncode}; see {log}:\n{tail}")
+            with contextlib.suppress(httpx.HTTPError):
+                if client.get(url).status_code == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise StackError(f"{log.stem} not ready at {url} after {timeout:.0f}s; see {log}")
+            time.sleep(0.1)
+
+
+def _stack_config(spec: RouterSpec, row: RowSettings, run_dir: Path) -> StackConfig:
+    is_epp = spec.kind == "epp"
+    return StackConfig(
+        run_dir=run_dir, pods=row.pods, ports_free=True, time_scale=row.time_scale,
+        with_epp=is_epp, with_envoy=is_epp,
+        epp_config=CONFIG_DIR / spec.policy if is_epp else None,
+        # Pods bind their KV-event sockets (vLLM's `tcp://*:port` style) so that whoever
+        # follows them (our EPP or vllm-router kv_aware) connects, one subscriber per pod.
+        kv_events=True,
+        sim_args=["--kv-events-bind", "--block-size", str(row.block_size), "--log-level", "WARNING",
+                  *row.sim_args],
+        epp_args=["--log-level", "warning", *row.epp_args],
+    )
+
+
+@contextlib.contextmanager
+def running_router(spec: RouterSpec, row: RowSettings, tag: str, timeout: float = 60.0) -> Iterator[RunningRouter]:
+    """Fresh pods + the router `spec`, all on loopback free ports; everything stops on exit."""
+    run_dir = row.run_dir / tag
+    stack = LocalStack(_stack_config(spec, row, run_dir))
+    running = RunningRouter(spec, stack.url, [stack.pod_url(p) for p in stack.pods], stack)
+    try:
+        stack.start(timeout)
+        if spec.kind == "envoy":
+            _start_envoy_lb(running, row, run_dir, timeout)
+        elif spec.kind == "vllm-router":
+            _start_vllm_router(running, row, run_dir, timeout)
+        yield running
+    finally:
+        for proc in running.extra.values():
+            stop_process(proc)
+        stack.stop()
+
+
+def _start_envoy_lb(running: RunningRouter, row: RowSettings, run_dir: Path, timeout: float) -> None:
+    port, admin = free_port(), free_port()
+    pods = [("127.0.0.1", p.port) for p in running.stack.pods]
+    path = run_dir / "envoy-lb.yaml"
+    path.write_text(to_yaml(lb_envoy_config(port, admin, pods, running.spec.policy)))
+    proc, log = _spawn("envoy-lb", [envoy_binary(), "-c", str(path), "--concurrency", "1",
+                                    "--base-id", str(admin), "--log-level", "warn"], run_dir)
+    running.extra["envoy-lb"], running.logs["envoy-lb"] = proc, log
+    wait_http(f"http://127.0.0.1:{admin}/ready", proc, log, timeout)
+    running.url = f"http://127.0.0.1:{port}"
+
+
+def _start_vllm_router(running: RunningRouter, row: RowSettings, run_dir: Path, timeout: float) -> None:
+    binary = vllm_router_binary()
+    if binary is None:
+        raise StackError("vllm-router not installed (pip install vllm-router==0.1.17)")
+    port = free_port()
+    args = [binary, "--host", "127.0.0.1", "--port", str(port), "--policy", running.spec.policy,
+            "--worker-urls", *running.pod_urls, "--prometheus-host", "127.0.0.1",
+            "--prometheus-port", str(free_port()), "--log-level", "warning",
+            # The benchmark compares routing, not admission: no router-side queue limits.
+            "--disable-retries", "--disable-circuit-breaker"]
+    if running.spec.policy == "kv_aware":
+        for pod, url in zip(running.stack.pods, running.pod_urls, strict=True):
+            args += ["--kv-event-source", f"{url}=tcp://127.0.0.1:{pod.kv_events_port}"]
+        args += ["--kv-event-block-size", str(row.block_size), "--kv-event-model", running.stack.cfg.model]
+    proc, log = _spawn("vllm-router", args, run_dir)
+    running.extra["vllm-router"], running.logs["vllm-router"] = proc, log
+    wait_http(f"http://127.0.0.1:{port}/health", proc, log, timeout)
+    running.url = f"http://127.0.0.1:{port}"
