@@ -28,6 +28,7 @@ class RequestResult:
     index: int
     status: int = 0
     error: str = ""
+    sent: bool = False
     sent_at: float = 0.0  # wall seconds since the phase start
     ttft_s: float = float("nan")
     e2e_s: float = float("nan")
@@ -56,6 +57,10 @@ class _Chunk(msgspec.Struct):
 _decoder = msgspec.json.Decoder(_Chunk)
 
 
+def _count(value: object) -> int:
+    return value if isinstance(value, int) else 0
+
+
 def request_body(req: BenchRequest) -> dict[str, object]:
     return {
         "model": req.model,
@@ -70,6 +75,7 @@ def request_body(req: BenchRequest) -> dict[str, object]:
 async def _one(client: httpx.AsyncClient, url: str, req: BenchRequest, result: RequestResult,
                t0: float) -> None:
     start = time.monotonic()
+    result.sent = True
     result.sent_at = start - t0
     last = start
     try:
@@ -88,10 +94,10 @@ async def _one(client: httpx.AsyncClient, url: str, req: BenchRequest, result: R
                     break
                 chunk = _decoder.decode(payload)
                 if chunk.usage:
-                    result.prompt_tokens = int(chunk.usage.get("prompt_tokens") or 0)  # type: ignore[call-overload]
+                    result.prompt_tokens = _count(chunk.usage.get("prompt_tokens"))
                     details = chunk.usage.get("prompt_tokens_details")
                     if isinstance(details, dict):
-                        result.cached_tokens = int(details.get("cached_tokens") or 0)
+                        result.cached_tokens = _count(details.get("cached_tokens"))
                 for choice in chunk.choices:
                     delta = choice.get("delta")
                     text = delta.get("content") if isinstance(delta, dict) else choice.get("text")

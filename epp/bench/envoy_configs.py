@@ -53,7 +53,7 @@ def lb_envoy_config(listen_port: int, admin_port: int, pods: Sequence[tuple[str,
         raise ValueError(f"unknown Envoy lb_policy {lb_policy!r}; known: {', '.join(ENVOY_LB_POLICIES)}")
     if not pods:
         raise ValueError("an Envoy load-balancer config needs at least one pod")
-    route = {"match": {"prefix": "/"}, "route": {"cluster": "pool", "timeout": "600s"}}
+    route: dict[str, Any] = {"match": {"prefix": "/"}, "route": {"cluster": "pool", "timeout": "600s"}}
     cluster: dict[str, Any] = {
         "name": "pool",
         "type": "STATIC",

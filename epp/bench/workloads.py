@@ -10,8 +10,9 @@ phases and a pod cache warmed by an earlier phase cannot help a later one.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 DEFAULT_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 DEFAULT_LORAS = ("sql-lora", "tweet-summary")
@@ -118,7 +119,7 @@ def words(rng: random.Random, chars: int) -> str:
 class ChatShape:
     """Sizes of the shared-prefix chat workload (characters; ~5 characters per sim token)."""
 
-    groups: int = 8  # distinct system prompts (tenants / applications)
+    groups: int = 16  # distinct system prompts (tenants / applications)
     users_per_group: int = 6  # conversations alive per group at a time
     system_chars: int = 10_000
     user_chars: int = 400
@@ -222,12 +223,13 @@ def lora_mix(params: WorkloadParams, loras: tuple[str, ...] = DEFAULT_LORAS,
     return Workload("lora-mix", "LoRA mix (base + 2 adapters, max 1 adapter per pod)", params, requests)
 
 
-GENERATORS: dict[str, Callable[[WorkloadParams], Workload]] = {
+# Read-only registry of the workloads by name.
+GENERATORS: Mapping[str, Callable[[WorkloadParams], Workload]] = MappingProxyType({
     "shared-prefix": shared_prefix_chat,
     "no-sharing": no_sharing,
     "bursty": bursty,
     "lora-mix": lora_mix,
-}
+})
 
 
 def build(name: str, params: WorkloadParams) -> Workload:

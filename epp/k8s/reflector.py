@@ -187,8 +187,11 @@ class Reflector:
             try:
                 if self.resource_version is None:
                     await self._list_all()
+                started = time.monotonic()
                 got_events = await self._watch_once()
-                if not got_events:
+                if got_events or time.monotonic() - started >= 1.0:
+                    self._backoff.reset()
+                else:
                     # A watch that ends at once without delivering anything (a proxy that
                     # drops idle streams, a flapping server) must not become a hot loop.
                     await asyncio.sleep(self._backoff.next_delay())
@@ -258,7 +261,6 @@ class Reflector:
         )
         await _raise_for_status(resp, f"watch {self.ref.describe()}")
         self.stats.watches += 1
-        self._backoff.reset()
         got_any = False
         try:
             while True:
@@ -314,10 +316,8 @@ class ReflectorTask:
     def __init__(self, reflector: Reflector) -> None:
         self.reflector = reflector
         self._task: asyncio.Task[None] | None = None
-        self.started_at = 0.0
 
     def start(self) -> None:
-        self.started_at = time.monotonic()
         self._task = asyncio.create_task(self.reflector.run(), name=f"reflector {self.reflector.ref.plural}")
 
     def cancel(self) -> None:

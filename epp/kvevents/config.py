@@ -143,6 +143,7 @@ class PreciseSettings:
 
 # llm-d keys accepted for compatibility but not implemented here (see module doc).
 IGNORED_KEYS: dict[str, frozenset[str]] = {
+    # speculativeIndexing here is read by the plugin itself (llm-d has had it at both levels).
     "indexerConfig": frozenset({"prefixStoreConfig", "kvCacheBackendConfigs", "speculativeIndexing",
                                 "tokenProcessorConfig"}),
     "kvBlockIndexConfig": frozenset({"costAwareMemoryConfig", "enableMetrics", "metricsLoggingInterval",

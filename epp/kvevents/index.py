@@ -101,20 +101,32 @@ class InMemoryKVBlockIndex:
         self.stats.lookups += 1
         blocks = self._blocks
         result: dict[str, int] = {}
-        active: set[str] | None = set(pods) if pods is not None else None
-        for i, h in enumerate(hashes):
+        if not hashes:
+            return result
+        first = blocks.get(hashes[0])
+        if first is None:
+            return result
+        active = first.keys() & pods if pods is not None else set(first)
+        matched = 0
+        # Set operations per block (in C); a pod's count is written only when it drops out.
+        for h in hashes:
             entry = blocks.get(h)
             if entry is None:
                 break
-            holders = entry.keys() if active is None else active.intersection(entry)
-            if not holders:
-                break
+            still = active & entry.keys()
+            if len(still) != len(active):
+                for pod in active - still:
+                    result[pod] = matched
+                active = still
+                if not active:
+                    break
             # Keep hot prefixes (system prompts) from being evicted by one-off suffixes.
             blocks.move_to_end(h)
-            matched = i + 1
-            for pod in holders:
-                result[pod] = matched
-            active = set(holders)
+            matched += 1
+        for pod in active:
+            result[pod] = matched
+        for pod in [p for p, n in result.items() if n == 0]:
+            del result[pod]
         if result:
             self.stats.lookup_hits += 1
         return result

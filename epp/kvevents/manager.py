@@ -79,6 +79,9 @@ class KVEventsManager:
             if self._started:
                 return
             self._ctx = zmq.asyncio.Context()
+            # Linger 0 on every socket (monitor pairs included): a manager that is never
+            # stopped must not block interpreter exit in Context.term() on unsent messages.
+            self._ctx.setsockopt(zmq.LINGER, 0)
             self._started = True
             if self.settings.zmq_endpoint:
                 self.central = CentralSubscriber(

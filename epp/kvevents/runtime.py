@@ -74,6 +74,10 @@ class KVEventsRuntime:
         await self.manager.start()
 
     async def stop(self) -> None:
+        if self._start_task is not None:
+            # A lazy start still in flight would otherwise open sockets after we stopped.
+            await asyncio.gather(self._start_task, return_exceptions=True)
+            self._start_task = None
         await self.manager.stop()
         await self.index.close()
         if self.registry is not None and self._collector is not None:

@@ -11,6 +11,7 @@ and reports the same ReadinessProbe.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,9 +33,12 @@ class Readiness:
 
 
 class ReadinessProbe:
-    def __init__(self, datastore: Datastore, min_healthy_endpoints: int = 1) -> None:
+    def __init__(self, datastore: Datastore, min_healthy_endpoints: int = 1,
+                 source_synced: Callable[[], bool] | None = None) -> None:
         self.datastore = datastore
         self.min_healthy_endpoints = min_healthy_endpoints
+        # The endpoint source's own view (e.g. Kubernetes: pods and objectives listed).
+        self.source_synced = source_synced
         # Set during graceful shutdown so load balancers stop sending new streams first.
         self.draining = False
 
@@ -48,6 +52,8 @@ class ReadinessProbe:
             reasons.append("shutting down (draining)")
         if not ds.pool_synced():
             reasons.append("InferencePool not synced yet")
+        elif self.source_synced is not None and not self.source_synced():
+            reasons.append("pods and objectives not listed yet")
         if healthy < self.min_healthy_endpoints:
             if total == 0:
                 reasons.append("no endpoints match the pool selector")

@@ -95,7 +95,9 @@ def load_builtin_plugins() -> None:
             importlib.import_module(f"{pkg.__name__}.{mod.name}")
 
 
-_CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
+# Word boundaries of camelCase, keeping acronyms whole: speculativeTTL -> speculative_ttl,
+# maxNumOfEndpoints -> max_num_of_endpoints, HTTPPort -> http_port.
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 
 
 def _snake(key: str) -> str:

@@ -116,6 +116,8 @@ class EPPServer:
         self.datastore = Datastore()
         self.ctx = PluginContext(self.datastore, source=str(opts.config or "<default config>"))
         self.metrics = EPPMetrics(datastore=self.datastore)
+        # Plugins that export metrics of their own (KV events, P/D) register them here.
+        self.ctx.services["metrics.registry"] = self.metrics.registry
         register_pd_metrics(self.metrics.registry, self.ctx.services)
         self.admission = AdmissionController(SaturationDetector(self.datastore, opts.saturation),
                                              opts.admission)
@@ -153,6 +155,7 @@ class EPPServer:
                                    config_path=str(opts.config) if opts.config else None)
             await k8s.start()
             self._started.append(k8s)
+            self.probe.source_synced = k8s.synced
         elif opts.pool_file is not None and opts.endpoints_file is not None:
             local = LocalEndpointSource(self.datastore, opts.pool_file, opts.endpoints_file,
                                         opts.objectives_files)

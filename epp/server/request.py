@@ -16,6 +16,7 @@ from epp.scheduling.types import LLMRequest
 from epp.server.errors import RequestError
 
 CHAT_PATH = "/v1/chat/completions"
+OBJECTIVE_HEADER = "x-gateway-inference-objective"
 
 
 class _OpenAIBody(msgspec.Struct):
@@ -78,14 +79,19 @@ def parse_request(
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)):
         raise RequestError(400, "'max_tokens' must be an integer", "invalid_max_tokens", "max_tokens")
 
-    objective = datastore.objective(model)
+    # GIE: the client names its InferenceObjective in a header; older setups keyed it by model.
+    objective_name = headers.get(OBJECTIVE_HEADER)
+    objective = datastore.objective(objective_name) if objective_name else None
+    if objective is None:
+        objective = datastore.objective(model)
     target_model = model
     priority = 0
     if objective is not None:
         priority = objective.priority
         if objective.target_models:
             target_model = _weighted_choice(objective.target_models)
-    elif datastore.served_models and model not in datastore.served_models:
+    if datastore.served_models and model not in datastore.served_models and \
+            (objective is None or not objective.target_models):
         raise RequestError(404, f"The model `{model}` does not exist.", "model_not_found", "model")
 
     return LLMRequest(

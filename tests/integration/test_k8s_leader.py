@@ -38,9 +38,12 @@ async def client(api: FakeApiServer, tmp_path: Path) -> AsyncIterator[ApiClient]
         await c.close()
 
 
-def _config(identity: str) -> LeaseConfig:
+def _config(identity: str, lease_duration_s: float = 4.0, renew_deadline_s: float = 3.0) -> LeaseConfig:
+    # Generous deadlines so a loaded CI machine cannot make the leader miss its renewals;
+    # handover in these tests never waits for expiry except where a test says so.
     return LeaseConfig(namespace="default", name="pool-epp-leader", identity=identity,
-                       lease_duration_s=1.0, renew_deadline_s=0.6, retry_period_s=0.1)
+                       lease_duration_s=lease_duration_s, renew_deadline_s=renew_deadline_s,
+                       retry_period_s=0.1)
 
 
 async def test_two_candidates_one_leader_and_handover(api: FakeApiServer, client: ApiClient) -> None:
@@ -62,7 +65,7 @@ async def test_two_candidates_one_leader_and_handover(api: FakeApiServer, client
         lease = api.get(LEASES, "pool-epp-leader")
         assert lease is not None
         assert lease["spec"]["holderIdentity"] == leader.config.identity
-        assert lease["spec"]["leaseDurationSeconds"] == 1
+        assert lease["spec"]["leaseDurationSeconds"] == 4
         # Several renew rounds: the leader keeps it, the follower never takes it.
         renewed = lease["metadata"]["resourceVersion"]
         await wait_until(lambda: api.get(LEASES, "pool-epp-leader")["metadata"]["resourceVersion"] != renewed)  # type: ignore[index]
@@ -86,7 +89,7 @@ async def test_two_candidates_one_leader_and_handover(api: FakeApiServer, client
 
 async def test_leader_steps_down_when_lease_is_taken(api: FakeApiServer, client: ApiClient) -> None:
     stopped = asyncio.Event()
-    a = LeaderElector(client, _config("epp-a"), None, stopped.set)
+    a = LeaderElector(client, _config("epp-a", lease_duration_s=2.0, renew_deadline_s=1.5), None, stopped.set)
     a.start()
     try:
         await wait_until(a.is_leader)
@@ -97,8 +100,8 @@ async def test_leader_steps_down_when_lease_is_taken(api: FakeApiServer, client:
         api.put(LEASES, lease)
         await asyncio.wait_for(stopped.wait(), 10)
         assert not a.is_leader()
-        # The intruder's lease expires (1 s without renewal) and a re-acquires it.
-        await wait_until(a.is_leader)
+        # The intruder's lease expires (2 s without renewal) and a re-acquires it.
+        await wait_until(a.is_leader, timeout=20)
         assert a.transitions == 2
     finally:
         await a.stop()
@@ -122,7 +125,7 @@ async def test_sources_with_leader_election(api: FakeApiServer, tmp_path: Path) 
     sources = [
         KubernetesSource(
             KubernetesOptions(pool_name="pool", kubeconfig=kubeconfig, leader_elect=True, identity=name,
-                              lease_duration_s=1.0, renew_deadline_s=0.6, retry_period_s=0.1),
+                              lease_duration_s=3.0, renew_deadline_s=2.0, retry_period_s=0.1),
             Datastore(),
         )
         for name in ("epp-0", "epp-1")

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from epp.datastore.datastore import Datastore
 from epp.datastore.endpoint import Endpoint
+from epp.kvcache.block_hash import BlockHasher, wire_hash
 from epp.kvevents import stop_services
 from epp.kvevents.index import RedisKVBlockIndex
 from epp.kvevents.subscriber import KVEventStream
@@ -70,8 +71,6 @@ async def test_two_epp_replicas_share_one_view(redis_url: str, index: RedisKVBlo
     replica_b = RedisKVBlockIndex(redis_url, key_prefix=index.key_prefix)
     try:
         stream = KVEventStream("pod", index)
-        from epp.kvcache.block_hash import BlockHasher, wire_hash
-
         hasher = BlockHasher(block_size=16)
         pool = PrefixCachingBlockPool(num_blocks=32, block_size=16)
         tokens = list(range(1, 81))

@@ -15,6 +15,10 @@ kvEventsConfig; see epp.kvevents.config and docs/kv-events.md), plus:
   that learns from this EPP's own routing decisions.
 - `maxPrefixBlocks`: hash at most this many leading blocks (bounds work on huge prompts).
 - `hashCheck`: {enabled, threshold, minSamples, window} of the hash-settings mismatch check.
+- `speculativeIndexing` / `speculativeTtl` (llm-d: speculativeTTL; default off / "2s"): after
+  a decision, the request's blocks are assumed cached on the chosen pod for the TTL, so a
+  burst of requests sharing a new prefix follows the first one instead of racing ahead of
+  its KV events.
 
 CycleState: the tokenization and hashes are computed once per cycle (shared by every profile
 and by the pre-request / post-response hooks); like prefix-cache-scorer it publishes
@@ -25,7 +29,9 @@ for the P/D profile handler, here with exact token counts.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
+import re
+import time
+from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -33,6 +39,7 @@ from typing import Any, ClassVar
 from epp.datastore.endpoint import Endpoint
 from epp.kvcache.block_hash import BlockHasher, lora_extra_keys, wire_hash
 from epp.kvevents.config import PreciseSettings, parse_settings
+from epp.kvevents.index import BlockKey, InMemoryKVBlockIndex
 from epp.kvevents.runtime import KVEventsRuntime, get_or_create_runtime
 from epp.scheduling.plugins.prefix_cache_scorer import PrefixCacheScorer
 from epp.scheduling.registry import PluginContext, register_plugin
@@ -45,6 +52,19 @@ log = logging.getLogger(__name__)
 CACHED_TOKENS_SUFFIX = ".cached-tokens"
 PROMPT_TOKENS_SUFFIX = ".prompt-tokens"
 MAX_TRACKED_PREDICTIONS = 10_000
+MAX_SPECULATIVE_BLOCKS = 200_000
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")
+
+
+def parse_duration(value: str | float | int) -> float:
+    """Seconds from a number or a Go-style duration string ("2s", "500ms", "1m")."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    match = _DURATION.match(str(value))
+    if match is None:
+        raise ValueError(f"speculativeTTL must be a duration like '2s' or '500ms', got {value!r}")
+    number = float(match.group(1))
+    return {"ms": number / 1000, "m": number * 60}.get(match.group(2) or "s", number)
 
 
 @dataclass(slots=True)
@@ -68,6 +88,8 @@ class PrecisePrefixCacheScorer:
         tokenizer: str = ""
         approximate_fallback: bool = True
         max_prefix_blocks: int = 8192
+        speculative_indexing: bool = False
+        speculative_ttl: str | float = "2s"
 
         def settings(self) -> PreciseSettings:
             return parse_settings(self.token_processor_config, self.indexer_config,
@@ -76,7 +98,13 @@ class PrecisePrefixCacheScorer:
         def validate(self) -> None:
             if self.max_prefix_blocks < 1:
                 raise ValueError(f"maxPrefixBlocks must be >= 1, got {self.max_prefix_blocks}")
+            if parse_duration(self.speculative_ttl) <= 0:
+                raise ValueError("speculativeTTL must be positive")
             self.settings()
+
+        def speculation_enabled(self) -> bool:
+            # llm-d has had the flag both at the top level and under indexerConfig.
+            return self.speculative_indexing or self.indexer_config.get("speculativeIndexing") is True
 
     def __init__(self, *, name: str = type_name, params: Params | None = None,
                  ctx: PluginContext | None = None) -> None:
@@ -106,6 +134,11 @@ class PrecisePrefixCacheScorer:
         self.prompt_tokens_key = f"{name}{PROMPT_TOKENS_SUFFIX}"
         # request id -> (endpoint key -> predicted blocks), for the post-response hit check.
         self._predictions: OrderedDict[str, dict[str, int]] = OrderedDict()
+        self.speculative: InMemoryKVBlockIndex | None = None
+        self.speculative_ttl_s = parse_duration(self.params.speculative_ttl)
+        self._speculation_expiry: deque[tuple[float, str, list[BlockKey]]] = deque()
+        if self.params.speculation_enabled():
+            self.speculative = InMemoryKVBlockIndex(max_blocks=MAX_SPECULATIVE_BLOCKS)
 
     # --- request side ---------------------------------------------------------------------
     def token_ids(self, request: LLMRequest) -> list[int]:
@@ -167,6 +200,11 @@ class PrecisePrefixCacheScorer:
         manager = runtime.manager
         evented = [ep.key for ep in endpoints if manager.has_events(ep.key)]
         matched = runtime.index.longest_prefix(hashes, evented) if evented else {}
+        if self.speculative is not None and evented:
+            self._expire_speculation(time.monotonic())
+            for key, guessed in self.speculative.longest_prefix(hashes, evented).items():
+                if guessed > matched.get(key, 0):
+                    matched[key] = guessed
         cycle.matched_blocks.update({key: matched.get(key, 0) for key in evented})
         scores = [0.0] * len(endpoints)
         fallback: list[int] = []
@@ -192,6 +230,14 @@ class PrecisePrefixCacheScorer:
         if cycle is None or not cycle.hashes:
             return
         manager = self.runtime.manager
+        if self.speculative is not None:
+            expires = time.monotonic() + self.speculative_ttl_s
+            for profile_result in result.profile_results.values():
+                if profile_result is not None and profile_result.targets:
+                    key = profile_result.targets[0].key
+                    if manager.has_events(key):
+                        self.speculative.add_now(key, cycle.hashes)
+                        self._speculation_expiry.append((expires, key, cycle.hashes))
         if self.approximate is not None:
             approx_cycle = state.get(self.approximate.state_key)
             for profile_result in result.profile_results.values():
@@ -206,6 +252,13 @@ class PrecisePrefixCacheScorer:
             predictions[request.request_id] = dict(cycle.matched_blocks)
             while len(predictions) > MAX_TRACKED_PREDICTIONS:
                 predictions.popitem(last=False)
+
+    def _expire_speculation(self, now: float) -> None:
+        assert self.speculative is not None
+        expiry = self._speculation_expiry
+        while expiry and expiry[0][0] <= now:
+            _, key, hashes = expiry.popleft()
+            self.speculative.remove_now(key, hashes)
 
     def post_response(self, request: LLMRequest, target: Endpoint, response: Mapping[str, Any]) -> None:
         predicted = self._predictions.pop(request.request_id, None)

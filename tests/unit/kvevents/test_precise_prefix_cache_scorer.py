@@ -161,3 +161,29 @@ def test_hasher_matches_configured_settings() -> None:
     scorer, _ = setup(1, {"tokenProcessorConfig": tp})
     assert (scorer.hasher.block_size, scorer.hasher.seed, scorer.hasher.algo) == (32, "5", "sha256_cbor")
     assert scorer.hasher.none_hash == BlockHasher("sha256_cbor", 32, "5").none_hash
+
+
+def test_speculative_indexing_covers_the_window_before_events_arrive() -> None:
+    scorer, pods = setup(2, {"speculativeIndexing": True, "speculativeTtl": "50ms"})
+    plain, plain_pods = setup(2)
+    for s, ps in ((scorer, pods), (plain, plain_pods)):
+        for pod in ps:  # both pods publish events (nothing cached yet)
+            asyncio.run(s.runtime.manager.local_stream(pod.ep.key).handle(0, payload([])))
+    prompt = text(random.Random(9), 150)
+    for s, ps in ((scorer, pods), (plain, plain_pods)):
+        state = CycleState()
+        s.score(state, completion(prompt), [p.ep for p in ps])
+        s.pre_request(state, completion(prompt), SchedulingResult({"d": ProfileRunResult([ps[1].ep])}, "d"))
+    # A second request with the same prompt before pod-1's KV events arrive:
+    assert scorer.score(CycleState(), completion(prompt, "b"), [p.ep for p in pods]) == [0.0, 1.0]
+    assert plain.score(CycleState(), completion(prompt, "b"), [p.ep for p in plain_pods]) == [0.0, 0.0]
+    assert scorer.speculative is not None
+    scorer._expire_speculation(float("inf"))  # TTL over, no confirming event came
+    assert scorer.score(CycleState(), completion(prompt, "c"), [p.ep for p in pods]) == [0.0, 0.0]
+
+
+def test_speculative_ttl_parsing() -> None:
+    from epp.scheduling.plugins.precise_prefix_cache_scorer import parse_duration
+
+    assert parse_duration("2s") == 2.0 and parse_duration("500ms") == 0.5
+    assert parse_duration("1m") == 60.0 and parse_duration(3) == 3.0

@@ -1,0 +1,236 @@
+"""`epp bench`: the routing benchmark (all routers, all workloads) and `epp bench overhead`.
+
+    python -m epp bench                 # full run, ~20 min, writes docs/benchmarks.md + docs/bench-*.png
+    python -m epp bench --quick         # < 2 min smoke run, same structure, tiny phases
+    python -m epp bench overhead        # only the EPP overhead section (updates docs/benchmarks.md)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import logging
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from epp.bench.routers import BENCH_GPU_BLOCKS, BENCH_SLOWDOWN, ROUTERS, RowSettings, router_by_key
+from epp.bench.runner import BenchPlan, PhasePlan
+from epp.bench.workloads import GENERATORS, WorkloadParams
+from epp.localstack.stack import REPO
+
+if TYPE_CHECKING:  # the heavy modules load only when a bench command runs, not on every `epp ...`
+    from epp.bench.overhead import OverheadResult, OverheadSettings
+    from epp.bench.report import RunInfo
+    from epp.bench.runner import PhaseOutcome
+
+log = logging.getLogger("epp.bench")
+
+# Full run: ~20 minutes of wall time on 2 cores. With the bench pods (see routers.py) round
+# robin saturates near 12 req/s on the shared-prefix workload, so the sweep ends there; the
+# other workloads run at one rate each (bursty: x4 in the middle third, overload).
+FULL_TIME_SCALE = 0.5
+FULL_SWEEP_RATES = (3.0, 6.0, 9.0, 12.0)
+FULL_OTHER_RATES = {"no-sharing": 6.0, "bursty": 4.0, "lora-mix": 6.0}
+FULL_PHASE_SECONDS = 24.0  # model seconds of arrivals per phase
+FULL_MAX_REQUESTS = 400
+QUICK_TIME_SCALE = 0.5
+QUICK_RATE = 6.0
+QUICK_PHASE_SECONDS = 3.0
+QUICK_MAX_REQUESTS = 16
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def add_parser(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "bench", help="benchmark routers (Envoy, vllm-router, the EPP) on simulated pods",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny phases (< 2 minutes); smoke-test numbers")
+    p.add_argument("--routers", type=_csv, default=None,
+                   help=f"comma-separated subset of: {', '.join(r.key for r in ROUTERS)}")
+    p.add_argument("--workloads", type=_csv, default=None,
+                   help=f"comma-separated subset of: {', '.join(GENERATORS)}")
+    p.add_argument("--rates", type=float, nargs="+", default=None,
+                   help="shared-prefix sweep rates, model requests/s")
+    p.add_argument("--pods", type=int, default=4, help="simulated pods per router row (4)")
+    p.add_argument("--time-scale", type=float, default=None,
+                   help=f"simulator time scale ({FULL_TIME_SCALE} full, {QUICK_TIME_SCALE} quick)")
+    p.add_argument("--gpu-blocks", type=int, default=BENCH_GPU_BLOCKS,
+                   help=f"KV-cache blocks per simulated pod ({BENCH_GPU_BLOCKS})")
+    p.add_argument("--slowdown", type=float, default=BENCH_SLOWDOWN,
+                   help=f"simulated engine step multiplier vs the H100 model ({BENCH_SLOWDOWN:g})")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--out", type=Path, default=REPO / "docs", help="where benchmarks.md and plots go")
+    p.add_argument("--run-dir", type=Path, default=REPO / ".run" / "bench", help="logs and raw results")
+    p.add_argument("--no-overhead", action="store_true", help="skip the EPP overhead benchmark")
+    p.set_defaults(func=run_bench)
+    bench_sub = p.add_subparsers(dest="bench_command", metavar="{overhead}")
+    o = bench_sub.add_parser("overhead", help="only the EPP overhead benchmark (instant upstreams)",
+                             description="Envoy direct vs Envoy + EPP on instant upstreams; updates the "
+                                         "overhead section of docs/benchmarks.md unless --no-docs.")
+    # SUPPRESS: an option given before `overhead` (bench --quick overhead) is not reset here.
+    o.add_argument("--quick", action="store_true", default=argparse.SUPPRESS)
+    o.add_argument("--pools", type=int, nargs="+", default=[4, 64], help="pool sizes (4 64)")
+    o.add_argument("--config", type=Path, default=None, help="EPP config (default: the embedded default)")
+    o.add_argument("--epp-arg", action="append", default=[], help="extra `epp serve` argument (repeatable)")
+    o.add_argument("--concurrency", type=int, default=64)
+    o.add_argument("--no-docs", action="store_true", help="print only; leave docs/ alone")
+    o.add_argument("--out", type=Path, default=argparse.SUPPRESS)
+    o.add_argument("--run-dir", type=Path, default=argparse.SUPPRESS)
+    o.set_defaults(func=run_overhead_only)
+
+
+# --- plans ---------------------------------------------------------------------------------------
+
+def build_plan(args: argparse.Namespace) -> BenchPlan:
+    quick = bool(args.quick)
+    routers = [router_by_key(k) for k in args.routers] if args.routers else list(ROUTERS)
+    workloads = args.workloads or list(GENERATORS)
+    for name in workloads:
+        if name not in GENERATORS:
+            raise ValueError(f"unknown workload {name!r}; known: {', '.join(GENERATORS)}")
+    time_scale = args.time_scale or (QUICK_TIME_SCALE if quick else FULL_TIME_SCALE)
+    phases: list[PhasePlan] = []
+    for name in workloads:
+        if quick:
+            if name != "shared-prefix" and args.workloads is None:
+                continue  # quick mode: one phase per router unless asked for more
+            rates = [QUICK_RATE]
+        elif name == "shared-prefix":
+            rates = list(args.rates or FULL_SWEEP_RATES)
+        else:
+            rates = [FULL_OTHER_RATES[name]]
+        for rate in rates:
+            count = QUICK_MAX_REQUESTS if quick else FULL_MAX_REQUESTS
+            duration = QUICK_PHASE_SECONDS if quick else FULL_PHASE_SECONDS
+            params = WorkloadParams(rate=rate, count=count, duration_s=duration, seed=args.seed,
+                                    nonce=f"{name}-{rate:g}-{args.seed}")
+            params.validate()
+            phases.append(PhasePlan(name, params))
+    if args.pods < 1 or args.gpu_blocks < 1 or args.slowdown <= 0 or time_scale <= 0:
+        raise ValueError("--pods and --gpu-blocks must be >= 1, --slowdown and --time-scale > 0")
+    row = RowSettings(pods=args.pods, time_scale=time_scale, run_dir=args.run_dir,
+                      gpu_blocks=args.gpu_blocks, slowdown=args.slowdown)
+    return BenchPlan(phases, routers, row, drain_s=15.0 if quick else 40.0)
+
+
+def overhead_settings(args: argparse.Namespace, run_dir: Path) -> OverheadSettings:
+    from epp.bench.overhead import OverheadSettings
+
+    quick = bool(getattr(args, "quick", False))
+    settings = OverheadSettings(
+        pool_sizes=tuple(getattr(args, "pools", (4, 64))),
+        concurrency=getattr(args, "concurrency", 64),
+        epp_config=getattr(args, "config", None),
+        epp_args=tuple(getattr(args, "epp_arg", ())),
+        run_dir=run_dir / "overhead",
+    )
+    if quick:
+        settings.sequential_requests = 300
+        settings.concurrent_requests = 2000
+        settings.max_seconds_per_run = 5.0
+        settings.warmup_requests = 100
+        settings.decisions = 200
+    return settings
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+def _info(args: argparse.Namespace, time_scale: float, pods: int) -> RunInfo:
+    from epp.bench.machine import machine_facts
+    from epp.bench.report import RunInfo
+
+    return RunInfo(
+        command="python -m epp bench " + shlex.join(sys.argv[2:]) if sys.argv[1:2] == ["bench"]
+        else "python -m epp bench",
+        date=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        machine=machine_facts(), quick=bool(getattr(args, "quick", False)), pods=pods, time_scale=time_scale)
+
+
+def _to_jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, list | tuple):
+        return [_to_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
+def save_raw(run_dir: Path, outcomes: list[PhaseOutcome], overhead: OverheadResult | None,
+             info: RunInfo) -> Path:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "results.json"
+    path.write_text(json.dumps(_to_jsonable({"info": info, "phases": outcomes, "overhead": overhead}),
+                               indent=1))
+    return path
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from epp.bench.overhead import run_overhead
+    from epp.bench.report import plot_overhead, plot_routing, render_report
+    from epp.bench.runner import run_benchmark
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        plan = build_plan(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    info = _info(args, plan.row.time_scale, plan.row.pods)
+    info.pod_profile = (f"a mid-range GPU instead of the simulator's H100 default: engine steps x{plan.row.slowdown:g} "
+                        f"slower, {plan.row.gpu_blocks} KV blocks of {plan.row.block_size} tokens per pod, so the "
+                        "shared-prefix working set fits the pool's aggregate cache but not every pod's")
+    for line in info.machine.lines():
+        print(line)
+    print(f"{len(plan.phases)} phases x {len(plan.routers)} routers, {plan.row.pods} pods, "
+          f"time scale {plan.row.time_scale:g}")
+    outcomes = run_benchmark(plan, progress=lambda s: print(s, flush=True))
+    overhead = None
+    if not args.no_overhead:
+        overhead = run_overhead(overhead_settings(args, plan.row.run_dir), progress=lambda s: print(s, flush=True))
+    info.wall_s = time.monotonic() - started
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    plots = plot_routing(outcomes, out)
+    if overhead is not None:
+        plot_overhead(overhead, out)
+    (out / "benchmarks.md").write_text(render_report(outcomes, overhead, info, plots))
+    raw = save_raw(plan.row.run_dir, outcomes, overhead, info)
+    print(f"wrote {out / 'benchmarks.md'}, {len(plots) + (overhead is not None)} plots, raw results {raw} "
+          f"({info.wall_s:.0f}s)")
+    return 0
+
+
+def run_overhead_only(args: argparse.Namespace) -> int:
+    from epp.bench.overhead import run_overhead
+    from epp.bench.report import overhead_markdown, plot_overhead, replace_overhead_section
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_dir: Path = getattr(args, "run_dir", REPO / ".run" / "bench")
+    out: Path = getattr(args, "out", REPO / "docs")
+    info = _info(args, 1.0, 0)
+    for line in info.machine.lines():
+        print(line)
+    result = run_overhead(overhead_settings(args, run_dir), progress=lambda s: print(s, flush=True))
+    if args.no_docs:
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
+    plot_overhead(result, out)
+    report = out / "benchmarks.md"
+    existing = report.read_text() if report.exists() else "# Benchmarks\n"
+    report.write_text(replace_overhead_section(existing, overhead_markdown(result, info)))
+    print(f"updated the overhead section of {report} and {out / 'bench-overhead.png'}")
+    return 0

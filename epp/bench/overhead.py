@@ -1,0 +1,376 @@
+"""What the EPP costs: `python -m epp bench overhead`.
+
+Upstreams are instant (one Envoy answering direct_response on N loopback ports), so every
+microsecond measured is router path. Two front Envoys (`--concurrency 1`) are compared on the
+same upstreams and the same 2 KB chat bodies:
+
+  direct:     client -> Envoy (ROUND_ROBIN cluster) -> instant upstream
+  with EPP:   client -> Envoy -> ext_proc -> EPP (`epp serve`) -> Envoy ORIGINAL_DST -> upstream
+
+Reported: latency p50/p99 at concurrency 1 and 64 and the difference (added latency), the
+EPP's CPU per request (utime+stime of the EPP's whole process session from /proc, minus its
+idle rate, which is metric scraping), the throughput reached, the decisions/s one core of
+EPP could sustain (1 / CPU per request), and the in-process decision latency vs pool size
+(epp.scheduling.benchmark). The client is a minimal keep-alive HTTP/1.1 client on asyncio so
+that it, not the EPP, is the cheapest part of the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from epp.bench.envoy_configs import instant_upstream_config, lb_envoy_config, to_yaml
+from epp.bench.routers import stop_process, wait_http
+from epp.bench.stats import Distribution
+from epp.bench.workloads import DEFAULT_MODEL, VOCABULARY
+from epp.localstack.envoy_config import EnvoyConfigParams, envoy_config_yaml
+from epp.localstack.stack import POOL_LABELS, REPO, envoy_binary
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(slots=True)
+class OverheadSettings:
+    pool_sizes: Sequence[int] = (4, 64)
+    sequential_requests: int = 2000  # concurrency 1, per arm
+    concurrent_requests: int = 12000  # concurrency 64, per arm
+    concurrency: int = 64
+    max_seconds_per_run: float = 20.0
+    warmup_requests: int = 300
+    decision_pool_sizes: Sequence[int] = (4, 64, 256, 1024)
+    decisions: int = 2000
+    epp_config: Path | None = None  # None: the embedded default config
+    epp_args: Sequence[str] = ()
+    run_dir: Path = Path(".run/bench/overhead")
+
+
+@dataclass(slots=True)
+class LoadRun:
+    latencies_s: list[float]
+    errors: int
+    wall_s: float
+
+    @property
+    def throughput(self) -> float:
+        return len(self.latencies_s) / self.wall_s if self.wall_s > 0 else 0.0
+
+    def distribution(self) -> Distribution:
+        return Distribution.of(self.latencies_s)
+
+
+@dataclass(slots=True)
+class PoolOverhead:
+    pods: int
+    direct_c1: Distribution
+    epp_c1: Distribution
+    direct_cn: Distribution
+    epp_cn: Distribution
+    concurrency: int
+    direct_cn_rps: float
+    epp_cn_rps: float
+    epp_errors: int
+    epp_cpu_us_per_request: float  # idle (scrape) CPU subtracted
+    epp_idle_cpu_percent: float  # scraping + housekeeping with no traffic
+
+    @property
+    def added_c1_p50_ms(self) -> float:
+        return (self.epp_c1.p50 - self.direct_c1.p50) * 1e3
+
+    @property
+    def added_c1_p99_ms(self) -> float:
+        return (self.epp_c1.p99 - self.direct_c1.p99) * 1e3
+
+    @property
+    def added_cn_p50_ms(self) -> float:
+        return (self.epp_cn.p50 - self.direct_cn.p50) * 1e3
+
+    @property
+    def added_cn_p99_ms(self) -> float:
+        return (self.epp_cn.p99 - self.direct_cn.p99) * 1e3
+
+    @property
+    def decisions_per_core_s(self) -> float:
+        us = self.epp_cpu_us_per_request
+        return 1e6 / us if us > 0 else float("nan")
+
+
+@dataclass(slots=True)
+class DecisionLatency:
+    pods: int
+    p50_us: float
+    p99_us: float
+    mean_us: float
+
+
+@dataclass(slots=True)
+class OverheadResult:
+    pools: list[PoolOverhead] = field(default_factory=list)
+    decisions: list[DecisionLatency] = field(default_factory=list)
+    body_bytes: int = 0
+
+
+# --- the client ---------------------------------------------------------------------------------
+
+def chat_bodies(count: int = 64, chars: int = 1900) -> list[bytes]:
+    """~2 KB chat bodies; 8 shared system prompts so prefix scorers have real work."""
+    out = []
+    for i in range(count):
+        system = f"system {i % 8}: " + " ".join(VOCABULARY[(i % 8) * 97 + k] for k in range(150))
+        user = " ".join(VOCABULARY[(i * 31 + k) % len(VOCABULARY)] for k in range(400))
+        content = (system + " " + user)[:chars]
+        out.append(json.dumps({"model": DEFAULT_MODEL, "max_tokens": 1,
+                               "messages": [{"role": "user", "content": content}]}).encode())
+    return out
+
+
+def http_request(port: int, body: bytes) -> bytes:
+    return (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (port, len(body))) + body
+
+
+def parse_head(head: bytes) -> tuple[int, int]:
+    """(status, content-length) of a response head; -1 length when chunked/unknown."""
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split(b" ", 2)[1])
+    length = -1
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value.strip())
+    return status, length
+
+
+async def _read_chunked(reader: asyncio.StreamReader) -> None:
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+        await reader.readexactly(size + 2)
+        if size == 0:
+            return
+
+
+async def _connection(port: int, requests: list[bytes], quota: list[int], deadline: float,
+                      latencies: list[float], errors: list[int]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    i = 0
+    try:
+        while quota[0] > 0 and time.perf_counter() < deadline:
+            quota[0] -= 1
+            payload = requests[i % len(requests)]
+            i += 1
+            start = time.perf_counter()
+            writer.write(payload)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status, length = parse_head(head)
+            if length >= 0:
+                await reader.readexactly(length)
+            else:
+                await _read_chunked(reader)
+            if status == 200:
+                latencies.append(time.perf_counter() - start)
+            else:
+                errors[0] += 1
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+async def closed_loop(port: int, bodies: Sequence[bytes], concurrency: int, total: int,
+                      max_seconds: float) -> LoadRun:
+    """`concurrency` keep-alive connections, each sending its next request when the last ends."""
+    requests = [http_request(port, b) for b in bodies]
+    quota = [total]
+    latencies: list[float] = []
+    errors = [0]
+    start = time.perf_counter()
+    await asyncio.gather(*(_connection(port, requests[k:] + requests[:k], quota, start + max_seconds,
+                                       latencies, errors) for k in range(concurrency)))
+    return LoadRun(latencies, errors[0], time.perf_counter() - start)
+
+
+def load(port: int, bodies: Sequence[bytes], concurrency: int, total: int, max_seconds: float) -> LoadRun:
+    return asyncio.run(closed_loop(port, bodies, concurrency, total, max_seconds))
+
+
+# --- process CPU ----------------------------------------------------------------------------------
+
+def session_cpu_seconds(session_id: int) -> float:
+    """utime+stime of every live process in a session (the EPP and any worker processes)."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # Fields after the parenthesised command name; sid is field 6, utime 14, stime 15.
+        rest = stat.rsplit(")", 1)[1].split()
+        if int(rest[3]) == session_id:
+            total += int(rest[11]) + int(rest[12])
+    return total / CLOCK_TICKS
+
+
+# --- processes ---------------------------------------------------------------------------------
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free loopback ports (all held open while picking, so none repeats)."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind(("127.0.0.1", 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
+
+
+def _spawn(args: Sequence[str], log: Path) -> subprocess.Popen[bytes]:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as out:
+        return subprocess.Popen(list(args), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def _envoy(config: dict[str, object] | str, name: str, run_dir: Path, admin: int) -> subprocess.Popen[bytes]:
+    path = run_dir / f"{name}.yaml"
+    path.write_text(config if isinstance(config, str) else to_yaml(config))
+    log = run_dir / "logs" / f"{name}.log"
+    proc = _spawn([envoy_binary(), "-c", str(path), "--concurrency", "1", "--base-id", str(admin),
+                   "--log-level", "warn"], log)
+    return proc
+
+
+@dataclass(slots=True)
+class OverheadStack:
+    direct_port: int
+    epp_port: int
+    epp: subprocess.Popen[bytes]
+
+
+@contextlib.contextmanager
+def overhead_stack(pods: int, settings: OverheadSettings) -> Iterator[OverheadStack]:
+    run_dir = settings.run_dir / f"pods-{pods}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        *up_ports, up_admin, direct_port, direct_admin, grpc, health, metrics, epp_port, epp_admin = (
+            free_ports(pods + 8))
+        upstream = _envoy(instant_upstream_config(up_ports, up_admin, DEFAULT_MODEL), "upstream", run_dir, up_admin)
+        procs.append(upstream)
+        wait_http(f"http://127.0.0.1:{up_admin}/ready", upstream, run_dir / "logs/upstream.log", 30)
+
+        direct = _envoy(lb_envoy_config(direct_port, direct_admin, [("127.0.0.1", p) for p in up_ports]),
+                        "direct", run_dir, direct_admin)
+        procs.append(direct)
+
+        endpoints = {"pods": [{"name": f"pod-{i}", "ip": "127.0.0.1", "port": p, "labels": dict(POOL_LABELS)}
+                              for i, p in enumerate(up_ports)]}
+        (run_dir / "endpoints.yaml").write_text(yaml.safe_dump(endpoints, sort_keys=False))
+        pool = yaml.safe_load((REPO / "deploy/local/inferencepool.yaml").read_text())
+        pool["spec"]["endpointPickerRef"]["port"]["number"] = grpc
+        (run_dir / "pool.yaml").write_text(yaml.safe_dump(pool, sort_keys=False))
+        args = [sys.executable, "-m", "epp", "serve", "--grpc-port", str(grpc), "--health-port", str(health),
+                "--metrics-port", str(metrics), "--pool-file", str(run_dir / "pool.yaml"),
+                "--endpoints-file", str(run_dir / "endpoints.yaml"), "--log-level", "warning"]
+        if settings.epp_config is not None:
+            args += ["--config", str(settings.epp_config)]
+        args += list(settings.epp_args)
+        epp = _spawn(args, run_dir / "logs/epp.log")
+        procs.append(epp)
+
+        front = _envoy(envoy_config_yaml(EnvoyConfigParams(listen_port=epp_port, admin_port=epp_admin,
+                                                           epp_port=grpc)), "front-epp", run_dir, epp_admin)
+        procs.append(front)
+        wait_http(f"http://127.0.0.1:{direct_admin}/ready", direct, run_dir / "logs/direct.log", 30)
+        wait_http(f"http://127.0.0.1:{health}/readyz", epp, run_dir / "logs/epp.log", 60)
+        wait_http(f"http://127.0.0.1:{epp_admin}/ready", front, run_dir / "logs/front-epp.log", 30)
+        yield OverheadStack(direct_port, epp_port, epp)
+    finally:
+        for proc in reversed(procs):
+            stop_process(proc)
+
+
+def _wait_serving(port: int, bodies: Sequence[bytes], timeout: float = 30.0) -> None:
+    """The EPP marks pods healthy after its first scrapes: wait until a request succeeds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        run = load(port, bodies[:1], 1, 1, 5.0)
+        if run.latencies_s:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"requests through the EPP on port {port} keep failing after {timeout:.0f}s")
+        time.sleep(0.2)
+
+
+def measure_pool(pods: int, settings: OverheadSettings, bodies: Sequence[bytes]) -> PoolOverhead:
+    with overhead_stack(pods, settings) as stack:
+        _wait_serving(stack.epp_port, bodies)
+        for port in (stack.direct_port, stack.epp_port):
+            load(port, bodies, 8, settings.warmup_requests, settings.max_seconds_per_run)
+        cap = settings.max_seconds_per_run
+        direct_c1 = load(stack.direct_port, bodies, 1, settings.sequential_requests, cap)
+        epp_c1 = load(stack.epp_port, bodies, 1, settings.sequential_requests, cap)
+        direct_cn = load(stack.direct_port, bodies, settings.concurrency, settings.concurrent_requests, cap)
+        idle_window = 1.0
+        cpu0 = session_cpu_seconds(stack.epp.pid)
+        time.sleep(idle_window)
+        cpu1 = session_cpu_seconds(stack.epp.pid)
+        idle_rate = (cpu1 - cpu0) / idle_window
+        epp_cn = load(stack.epp_port, bodies, settings.concurrency, settings.concurrent_requests, cap)
+        cpu2 = session_cpu_seconds(stack.epp.pid)
+    served = len(epp_cn.latencies_s) + epp_cn.errors
+    busy = max(0.0, (cpu2 - cpu1) - idle_rate * epp_cn.wall_s)
+    return PoolOverhead(
+        pods=pods,
+        direct_c1=direct_c1.distribution(), epp_c1=epp_c1.distribution(),
+        direct_cn=direct_cn.distribution(), epp_cn=epp_cn.distribution(),
+        concurrency=settings.concurrency,
+        direct_cn_rps=direct_cn.throughput, epp_cn_rps=epp_cn.throughput,
+        epp_errors=epp_c1.errors + epp_cn.errors,
+        epp_cpu_us_per_request=busy / served * 1e6 if served else float("nan"),
+        epp_idle_cpu_percent=idle_rate * 100,
+    )
+
+
+def measure_decisions(settings: OverheadSettings) -> list[DecisionLatency]:
+    from epp.scheduling import benchmark
+
+    config = str(settings.epp_config) if settings.epp_config is not None else None
+    out = []
+    for pods in settings.decision_pool_sizes:
+        stats = benchmark.run(pods, max(100, settings.decisions), 2048, config)
+        out.append(DecisionLatency(pods, stats["with_pre_request_p50_us"], stats["with_pre_request_p99_us"],
+                                   stats["with_pre_request_mean_us"]))
+    return out
+
+
+def run_overhead(settings: OverheadSettings, progress: Callable[[str], None] = print) -> OverheadResult:
+    say = progress
+    bodies = chat_bodies()
+    result = OverheadResult(body_bytes=round(sum(len(b) for b in bodies) / len(bodies)))
+    for pods in settings.pool_sizes:
+        pool = measure_pool(pods, settings, bodies)
+        result.pools.append(pool)
+        say(f"overhead pods={pods}: c=1 direct p50 {pool.direct_c1.p50 * 1e3:.3f} ms, with EPP "
+            f"{pool.epp_c1.p50 * 1e3:.3f} ms (added p50 {pool.added_c1_p50_ms:.3f} ms, p99 "
+            f"{pool.added_c1_p99_ms:.3f} ms); c={pool.concurrency} added p50 {pool.added_cn_p50_ms:.3f} ms, "
+            f"{pool.epp_cn_rps:.0f} req/s vs direct {pool.direct_cn_rps:.0f}; EPP CPU "
+            f"{pool.epp_cpu_us_per_request:.0f} us/request -> {pool.decisions_per_core_s:.0f} decisions/s "
+            f"per core (idle {pool.epp_idle_cpu_percent:.0f}% CPU); errors {pool.epp_errors}")
+    result.decisions = measure_decisions(settings)
+    for d in result.decisions:
+        say(f"decision latency pods={d.pods}: p50 {d.p50_us:.1f} us, p99 {d.p99_us:.1f} us")
+    return result

@@ -1,0 +1,208 @@
+"""The routing benchmark: the same workload phases through every router, fresh pods each time.
+
+For each phase (a workload at one request rate) and each router: start fresh simulated pods
+and the router, scrape the pods' prefix-cache counters, send the phase open-loop, scrape
+again, stop everything. Latencies are converted from wall seconds to model seconds (divided
+by the simulator's time scale) so the numbers read as if the pods ran at real speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from epp.bench.client import PhaseResult, run_phase
+from epp.bench.hitrate import best_hit_rate
+from epp.bench.routers import RouterSpec, RowSettings, running_router, unavailable_reason
+from epp.bench.stats import Distribution
+from epp.bench.workloads import Workload, WorkloadParams, build
+
+log = logging.getLogger("epp.bench")
+
+
+@dataclass(slots=True, frozen=True)
+class PhasePlan:
+    workload: str
+    params: WorkloadParams
+
+    @property
+    def key(self) -> str:
+        return f"{self.workload}@{self.params.rate:g}"
+
+
+@dataclass(slots=True)
+class BenchPlan:
+    phases: list[PhasePlan]
+    routers: list[RouterSpec]
+    row: RowSettings
+    drain_s: float = 30.0  # wall seconds allowed after the last arrival
+
+
+@dataclass(slots=True)
+class RouterPhaseResult:
+    router: str
+    label: str
+    ours: bool
+    workload: str
+    rate: float  # offered, model requests/s
+    sent: int = 0
+    ok: int = 0
+    errors: int = 0
+    ttft: Distribution = field(default_factory=lambda: Distribution.of([]))
+    itl: Distribution = field(default_factory=lambda: Distribution.of([]))
+    e2e: Distribution = field(default_factory=lambda: Distribution.of([]))
+    output_tokens_per_s: float = math.nan  # model seconds
+    prefix_hit_rate: float = math.nan  # from the pods' vllm:prefix_cache_hits / queries
+    pod_share_max: float = math.nan  # busiest pod's share of the requests (1/pods is even)
+    error_examples: list[str] = field(default_factory=list)
+    router_warnings: list[str] = field(default_factory=list)  # distinct warnings from the router's log
+    skipped: str = ""  # why the router did not run
+
+
+@dataclass(slots=True)
+class PhaseOutcome:
+    plan: PhasePlan
+    title: str
+    requests: int
+    mean_prompt_tokens: float
+    best_hit_rate: float
+    rows: list[RouterPhaseResult] = field(default_factory=list)
+
+
+def parse_prefix_counters(metrics_text: str) -> tuple[float, float]:
+    """(hits, queries) summed over every series of vllm:prefix_cache_{hits,queries}."""
+    hits = queries = 0.0
+    for line in metrics_text.splitlines():
+        if not line.startswith("vllm:prefix_cache_"):
+            continue
+        name, _, value = line.rpartition(" ")
+        metric = name.split("{", 1)[0]
+        if metric.endswith("_created"):
+            continue
+        try:
+            number = float(value)
+        except ValueError:
+            continue
+        if metric in ("vllm:prefix_cache_hits", "vllm:prefix_cache_hits_total"):
+            hits += number
+        elif metric in ("vllm:prefix_cache_queries", "vllm:prefix_cache_queries_total"):
+            queries += number
+    return hits, queries
+
+
+def scrape_prefix_counters(pod_urls: Sequence[str]) -> tuple[float, float]:
+    hits = queries = 0.0
+    with httpx.Client(timeout=5.0, trust_env=False) as client:
+        for url in pod_urls:
+            h, q = parse_prefix_counters(client.get(f"{url}/metrics").text)
+            hits += h
+            queries += q
+    return hits, queries
+
+
+def summarize(spec: RouterSpec, plan: PhasePlan, phase: PhaseResult, time_scale: float,
+              hit_rate: float, pods: int) -> RouterPhaseResult:
+    to_model = 1.0 / time_scale
+    ok = [r for r in phase.results if r.ok]
+    sent = sum(1 for r in phase.results if r.sent)
+    errors = [r for r in phase.results if not r.ok]
+    shares = Counter(r.pod for r in ok if r.pod)
+    tokens = sum(r.output_tokens for r in ok)
+    model_wall = phase.wall_s * to_model
+    examples = sorted({r.error for r in errors})[:3]
+    return RouterPhaseResult(
+        router=spec.key, label=spec.label, ours=spec.ours, workload=plan.workload, rate=plan.params.rate,
+        sent=sent, ok=len(ok), errors=len(errors),
+        ttft=Distribution.of([r.ttft_s for r in ok]).scaled(to_model),
+        itl=Distribution.of([g for r in ok for g in r.token_gaps_s]).scaled(to_model),
+        e2e=Distribution.of([r.e2e_s for r in ok]).scaled(to_model),
+        output_tokens_per_s=tokens / model_wall if model_wall > 0 else math.nan,
+        prefix_hit_rate=hit_rate,
+        pod_share_max=max(shares.values()) / len(ok) if ok and shares else math.nan,
+        error_examples=examples,
+    )
+
+
+def run_router_phase(spec: RouterSpec, plan: PhasePlan, workload: Workload, bench: BenchPlan,
+                     tag: str) -> RouterPhaseResult:
+    row = bench.row
+    with running_router(spec, row, tag) as router:
+        hits0, queries0 = scrape_prefix_counters(router.pod_urls)
+        deadline = workload.span_s * row.time_scale + bench.drain_s
+        phase = asyncio.run(run_phase(router.url, workload, row.time_scale, deadline))
+        # Let the pods count the last requests (counters move at admission; cheap insurance).
+        time.sleep(0.1)
+        hits1, queries1 = scrape_prefix_counters(router.pod_urls)
+        warnings = [w for path in router.logs.values() for w in log_warnings(path)]
+    queries = queries1 - queries0
+    hit_rate = (hits1 - hits0) / queries if queries > 0 else math.nan
+    result = summarize(spec, plan, phase, row.time_scale, hit_rate, row.pods)
+    result.router_warnings = warnings
+    return result
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_LEVEL = re.compile(r"\b(WARN|WARNING|ERROR)\b")
+
+
+def log_warnings(path: Path, limit: int = 3) -> list[str]:
+    """Distinct warning/error messages of a peer router's log (timestamps stripped), with counts."""
+    counts: Counter[str] = Counter()
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return []
+    for raw in text.splitlines():
+        line = _ANSI.sub("", raw)
+        match = _LEVEL.search(line)
+        if match is None:
+            continue
+        message = line[match.start():].split(": ")[-1].strip()
+        counts[f"{match.group(1)} {message}"[:160]] += 1
+    return [f"{message} (x{n})" for message, n in counts.most_common(limit)]
+
+
+def run_benchmark(bench: BenchPlan, progress: Callable[[str], None] = print) -> list[PhaseOutcome]:
+    outcomes: list[PhaseOutcome] = []
+    for plan in bench.phases:
+        workload = build(plan.workload, plan.params)
+        bound = best_hit_rate(workload.requests, bench.row.block_size)
+        outcome = PhaseOutcome(plan, workload.title, len(workload.requests),
+                               bound.prompt_tokens / max(1, len(workload.requests)), bound.rate)
+        progress(f"== {workload.title} @ {plan.params.rate:g} req/s: {len(workload.requests)} requests over "
+                 f"{workload.span_s:.1f} model-s, mean prompt {outcome.mean_prompt_tokens:.0f} tokens, "
+                 f"best achievable prefix hit rate {bound.rate:.1%}")
+        for spec in bench.routers:
+            reason = unavailable_reason(spec)
+            if reason is not None:
+                outcome.rows.append(RouterPhaseResult(spec.key, spec.label, spec.ours, plan.workload,
+                                                      plan.params.rate, skipped=reason))
+                progress(f"   {spec.label:32s} skipped: {reason}")
+                continue
+            tag = f"{plan.workload}-{plan.params.rate:g}-{spec.key}"
+            started = time.monotonic()
+            try:
+                result = run_router_phase(spec, plan, workload, bench, tag)
+            except Exception as e:  # one broken router must not void the whole run
+                log.exception("router %s failed in phase %s", spec.key, plan.key)
+                result = RouterPhaseResult(spec.key, spec.label, spec.ours, plan.workload, plan.params.rate,
+                                           skipped=f"failed: {type(e).__name__}: {str(e)[:200]}")
+            outcome.rows.append(result)
+            progress(f"   {spec.label:32s} ok {result.ok:4d} err {result.errors:3d} "
+                     f"TTFT p50 {result.ttft.p50 * 1e3:8.1f} ms p99 {result.ttft.p99 * 1e3:8.1f} ms "
+                     f"hit {result.prefix_hit_rate:6.1%} ({time.monotonic() - started:.1f}s)")
+        outcomes.append(outcome)
+    return outcomes
+
+
+def default_run_dir() -> Path:
+    return Path(".run") / "bench"

@@ -1,0 +1,114 @@
+import math
+from pathlib import Path
+
+from epp.bench.machine import MachineFacts
+from epp.bench.overhead import DecisionLatency, OverheadResult, PoolOverhead
+from epp.bench.report import (
+    OVERHEAD_BEGIN,
+    OVERHEAD_END,
+    RunInfo,
+    best_peer,
+    overhead_markdown,
+    phase_table,
+    plot_overhead,
+    plot_routing,
+    render_report,
+    replace_overhead_section,
+    table,
+)
+from epp.bench.runner import PhaseOutcome, PhasePlan, RouterPhaseResult
+from epp.bench.stats import Distribution
+from epp.bench.workloads import WorkloadParams
+
+MACHINE = MachineFacts("Test CPU", 2, "CPython 3.11", "1.40.0", "0.1.17", "Linux", "0.1 0.1 0.1")
+
+
+def info() -> RunInfo:
+    return RunInfo("python -m epp bench --quick", "2026-01-01 00:00 UTC", MACHINE, True, 4, 0.5)
+
+
+def row(key: str, ttft_s: float, ours: bool = False, hit: float = 0.5, errors: int = 0) -> RouterPhaseResult:
+    d = Distribution.of([ttft_s, ttft_s])
+    return RouterPhaseResult(key, key.upper(), ours, "shared-prefix", 6.0, sent=10, ok=10 - errors, errors=errors,
+                             ttft=d, itl=d, e2e=d, output_tokens_per_s=100.0, prefix_hit_rate=hit,
+                             pod_share_max=0.25)
+
+
+def outcome(rows: list[RouterPhaseResult], workload: str = "shared-prefix", rate: float = 6.0) -> PhaseOutcome:
+    plan = PhasePlan(workload, WorkloadParams(rate=rate, count=10, duration_s=5))
+    return PhaseOutcome(plan, "Shared", 10, 2000.0, 0.8, rows)
+
+
+def overhead() -> OverheadResult:
+    d1, d2 = Distribution.of([0.0004, 0.0005]), Distribution.of([0.0012, 0.0014])
+    pools = [PoolOverhead(p, d1, d2, d1, d2, 64, 5000.0, 2000.0, 0, 300.0, 2.0) for p in (4, 64)]
+    return OverheadResult(pools, [DecisionLatency(4, 20.0, 40.0, 22.0)], 2000)
+
+
+def test_table_has_header_separator_and_rows() -> None:
+    text = table(["a", "b"], [["1", "2"], ["3", "4"]])
+    assert text.splitlines() == ["| a | b |", "|---|---|", "| 1 | 2 |", "| 3 | 4 |"]
+
+
+def test_best_peer_ignores_our_rows_and_failed_peers() -> None:
+    rows = [row("envoy-rr", 0.3), row("vr-cache", 0.2, errors=3), row("vr-p2c", 0.25), row("epp", 0.1, ours=True)]
+    peer = best_peer(rows)
+    assert peer is not None and peer.router == "vr-p2c"  # vr-cache had errors
+
+
+def test_phase_table_has_one_line_per_router_and_ratio_column() -> None:
+    rows = [row("envoy-rr", 0.4), row("epp-prefix", 0.1, ours=True),
+            RouterPhaseResult("epp-precise", "PRECISE", True, "shared-prefix", 6.0, skipped="not built")]
+    text = phase_table(outcome(rows))
+    lines = text.splitlines()
+    assert len(lines) == 2 + 3
+    assert "vs best peer (ENVOY-RR)" in lines[0]
+    assert "0.25x" in lines[3]  # 100 ms vs 400 ms
+    assert "**EPP-PREFIX**" in lines[3]
+    assert "skipped: not built" in lines[4]
+
+
+def test_report_contains_every_section_and_target_verdicts() -> None:
+    rows = [row("envoy-rr", 0.4, hit=0.3), row("vr-rr", 0.5, hit=0.3), row("vr-cache", 0.2, hit=0.8),
+            row("epp-prefix", 0.1, ours=True, hit=0.78)]
+    doc = render_report([outcome(rows)], overhead(), info(), ["bench-ttft-vs-rate.png"])
+    for heading in ("# Benchmarks", "## Machine", "## Setup", "## Routing targets", "## Results per workload",
+                    "## EPP overhead", "Test CPU", "python -m epp bench --quick"):
+        assert heading in doc
+    assert "4.00x met" in doc  # 400 ms vs 100 ms: the worse round robin is still 4x slower
+    assert "2.00x met" in doc  # vs cache_aware
+    assert "97.5% met" in doc  # 0.78 of 0.8
+    assert "**0.850** / 0.899" in doc  # added latency p50/p99 (ms)
+    assert "missed" in doc.split(OVERHEAD_BEGIN)[1] or "met" in doc.split(OVERHEAD_BEGIN)[1]
+    assert doc.count(OVERHEAD_BEGIN) == 1 and doc.count(OVERHEAD_END) == 1
+
+
+def test_overhead_section_is_replaced_in_place() -> None:
+    old = f"# Benchmarks\n\nrouting\n\n{OVERHEAD_BEGIN}\nold numbers\n{OVERHEAD_END}\n\ntrailer\n"
+    new_section = overhead_markdown(overhead(), info())
+    doc = replace_overhead_section(old, new_section)
+    assert "old numbers" not in doc and "routing" in doc and "trailer" in doc
+    assert doc.count(OVERHEAD_BEGIN) == 1
+    appended = replace_overhead_section("# Benchmarks\n", new_section)
+    assert appended.startswith("# Benchmarks\n") and OVERHEAD_END in appended
+
+
+def test_overhead_targets_are_judged() -> None:
+    text = overhead_markdown(overhead(), info())
+    assert "0.850 ms, **met**" in text  # added p50 850 us < 1 ms
+    assert "3,333 decisions/s per core" in text and "**met**" in text
+
+
+def test_nan_cells_render_as_dashes() -> None:
+    r = row("envoy-rr", 0.1)
+    r.prefix_hit_rate = math.nan
+    assert "| - |" in phase_table(outcome([r]))
+
+
+def test_plots_are_written(tmp_path: Path) -> None:
+    rows = [row("envoy-rr", 0.4), row("epp-prefix", 0.1, ours=True)]
+    names = plot_routing([outcome(rows, rate=3.0), outcome(rows, rate=6.0), outcome(rows, "lora-mix")], tmp_path)
+    assert names == ["bench-ttft-vs-rate.png", "bench-hit-rate.png", "bench-workloads.png"]
+    assert plot_overhead(overhead(), tmp_path) == "bench-overhead.png"
+    for name in [*names, "bench-overhead.png"]:
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"

@@ -1,0 +1,68 @@
+from pathlib import Path
+
+from epp.bench.client import PhaseResult, RequestResult
+from epp.bench.routers import ROUTERS, RowSettings, _stack_config, router_by_key, unavailable_reason
+from epp.bench.runner import PhasePlan, log_warnings, parse_prefix_counters, summarize
+from epp.bench.workloads import WorkloadParams
+
+METRICS = """# HELP vllm:prefix_cache_hits Prefix cache hits
+# TYPE vllm:prefix_cache_hits counter
+vllm:prefix_cache_hits_total{engine="0",model_name="m"} 1200.0
+vllm:prefix_cache_hits_created{engine="0",model_name="m"} 1.7e9
+vllm:prefix_cache_queries_total{engine="0",model_name="m"} 2000.0
+vllm:prefix_cache_queries_total{engine="1",model_name="m"} 1000.0
+vllm:num_requests_running{model_name="m"} 3.0
+"""
+
+
+def test_prefix_counters_sum_series_and_skip_created() -> None:
+    assert parse_prefix_counters(METRICS) == (1200.0, 3000.0)
+    assert parse_prefix_counters("") == (0.0, 0.0)
+
+
+def test_log_warnings_are_distinct_and_counted(tmp_path: Path) -> None:
+    log = tmp_path / "vllm-router.log"
+    log.write_text("\x1b[2m2026\x1b[0m \x1b[33m WARN\x1b[0m sub: src/x.rs: 427: KV event must be a tagged map\n" * 3
+                   + "2026 INFO started\n2026 ERROR server: boom\n")
+    assert log_warnings(log) == ["WARN KV event must be a tagged map (x3)", "ERROR boom (x1)"]
+    assert log_warnings(tmp_path / "missing.log") == []
+
+
+def test_summarize_converts_to_model_seconds_and_counts_errors() -> None:
+    ok = [RequestResult(i, status=200, sent=True, ttft_s=0.05, e2e_s=0.5, token_gaps_s=[0.01, 0.01],
+                        output_tokens=3, pod="vllm-0" if i < 3 else "vllm-1") for i in range(4)]
+    bad = RequestResult(9, status=503, sent=True, error="HTTP 503: no endpoint")
+    unsent = RequestResult(10, error="deadline")
+    spec = router_by_key("envoy-rr")
+    plan = PhasePlan("shared-prefix", WorkloadParams(rate=2, count=10, duration_s=5))
+    s = summarize(spec, plan, PhaseResult([*ok, bad, unsent], wall_s=1.0), time_scale=0.5, hit_rate=0.4, pods=4)
+    assert (s.sent, s.ok, s.errors) == (5, 4, 2)
+    assert abs(s.ttft.p50 - 0.1) < 1e-9 and abs(s.itl.p50 - 0.02) < 1e-9
+    assert abs(s.output_tokens_per_s - 6.0) < 1e-9  # 12 tokens in 2 model seconds
+    assert s.pod_share_max == 0.75 and s.prefix_hit_rate == 0.4
+    assert "HTTP 503: no endpoint" in s.error_examples
+
+
+def test_router_table_is_complete_and_keys_unique() -> None:
+    keys = [r.key for r in ROUTERS]
+    assert len(keys) == len(set(keys))
+    assert {"envoy-rr", "envoy-lr", "vr-rr", "vr-p2c", "vr-cache", "vr-kv", "epp-load", "epp-prefix", "epp-all",
+            "epp-precise"} == set(keys)
+    for spec in ROUTERS:
+        if spec.kind == "epp":
+            assert (Path(__file__).resolve().parents[3] / "epp/bench/configs" / spec.policy).exists()
+        assert unavailable_reason(spec) is None or spec.kind in ("vllm-router", "epp")
+
+
+def test_stack_config_gives_cold_bench_pods_and_only_epp_rows_start_the_epp(tmp_path: Path) -> None:
+    row = RowSettings(pods=3, time_scale=0.5, run_dir=tmp_path, gpu_blocks=1000, slowdown=2.0)
+    epp = _stack_config(router_by_key("epp-prefix"), row, tmp_path)
+    peer = _stack_config(router_by_key("vr-cache"), row, tmp_path)
+    assert epp.with_epp and epp.with_envoy and epp.epp_config is not None
+    assert not peer.with_epp and not peer.with_envoy
+    for cfg in (epp, peer):
+        assert cfg.pods == 3 and cfg.time_scale == 0.5 and cfg.ports_free
+        args = list(cfg.sim_args)
+        assert "--kv-events-bind" in args
+        assert args[args.index("--num-gpu-blocks") + 1] == "1000"
+        assert args[args.index("--slowdown") + 1] == "2.0"
