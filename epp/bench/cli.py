@@ -177,6 +177,20 @@ def save_raw(run_dir: Path, outcomes: list[PhaseOutcome], overhead: OverheadResu
     return path
 
 
+def findings(outcomes: list[PhaseOutcome]) -> list[str]:
+    """Notes the report should carry about how a peer behaved in this run."""
+    notes = []
+    kv_decode_failures = any("tagged map" in w for o in outcomes for r in o.rows if r.router == "vr-kv"
+                             for w in r.router_warnings)
+    if kv_decode_failures:
+        notes.append("vllm-router 0.1.17 `kv_aware` logged `KV event must be a tagged map` for the pods' events. "
+                     "The simulator publishes what vLLM's own subscriber example decodes: msgspec `array_like` "
+                     "tagged structs (`[\"BlockStored\", ...]`), not maps. So the kv_aware rows most likely ran "
+                     "without a KV index (their hit rates are those of a load balancer). This was not "
+                     "investigated further; the rows are reported as measured.")
+    return notes
+
+
 def run_bench(args: argparse.Namespace) -> int:
     from epp.bench.overhead import run_overhead
     from epp.bench.report import plot_overhead, plot_routing, render_report
@@ -198,6 +212,7 @@ def run_bench(args: argparse.Namespace) -> int:
     print(f"{len(plan.phases)} phases x {len(plan.routers)} routers, {plan.row.pods} pods, "
           f"time scale {plan.row.time_scale:g}")
     outcomes = run_benchmark(plan, progress=lambda s: print(s, flush=True))
+    info.notes.extend(findings(outcomes))
     overhead = None
     if not args.no_overhead:
         overhead = run_overhead(overhead_settings(args, plan.row.run_dir), progress=lambda s: print(s, flush=True))

@@ -29,7 +29,7 @@ from epp.datastore.endpoint import Endpoint
 from epp.scheduling.types import CycleState, LLMRequest, SchedulingError, SchedulingResult
 from epp.server import wire
 from epp.server.errors import RequestError
-from epp.server.request import parse_request
+from epp.server.request import parse_request, rewrite_model
 from epp.server.usage import UsageParser
 
 log = logging.getLogger("epp.server")
@@ -203,10 +203,15 @@ class ExtProcHandler:
         request.candidates = st.subset
         st.request = request
         mutation, metadata = self._schedule(st, request)
+        new_body: bytes | None = None
+        if request.target_model != request.model:
+            # InferenceModel-style rewrite: the pod must see the target model's name.
+            new_body = rewrite_model(body, request.target_model)
+            mutation += wire.header_mutation((("content-length", str(len(new_body))),))
         if st.body_mode == FULL_DUPLEX_STREAMED:
             return [wire.request_headers_response(wire.common_response(mutation), metadata),
-                    wire.streamed_body_response(b"", body, True)]
-        return [wire.request_body_response(wire.common_response(mutation), metadata)]
+                    wire.streamed_body_response(b"", body if new_body is None else new_body, True)]
+        return [wire.request_body_response(wire.common_response(mutation, body=new_body), metadata)]
 
     def _decide_bodyless(self, st: _Stream) -> bytes:
         """GET /v1/models, /health and the like: any healthy endpoint, least in-flight first."""

@@ -134,3 +134,10 @@ def _weighted_choice(choices: tuple[tuple[str, int], ...]) -> str:
         if r < 0:
             return name
     return choices[-1][0]
+
+
+def rewrite_model(body: bytes, model: str) -> bytes:
+    """The request body with its `model` field replaced (the rare rewrite path: a full re-encode)."""
+    obj = msgspec.json.decode(body)
+    obj["model"] = model
+    return msgspec.json.encode(obj)

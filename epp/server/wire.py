@@ -57,8 +57,12 @@ def header_mutation(set_headers: Iterable[tuple[str, str | bytes]], remove: Iter
     return out
 
 
-def common_response(mutation: bytes = b"", clear_route_cache: bool = False) -> bytes:
+def common_response(mutation: bytes = b"", clear_route_cache: bool = False,
+                    body: bytes | None = None) -> bytes:
+    """CommonResponse; `body` replaces the buffered request body (BodyMutation.body)."""
     out = _ld(2, mutation) if mutation else b""
+    if body is not None:
+        out += _ld(3, _ld(1, body))
     if clear_route_cache:
         out += _vi(5, 1)
     return out

@@ -33,3 +33,31 @@ def test_full_duplex_with_usage_accounting(stack_factory: StackFactory) -> None:
     # Both requests reported their usage through the response path.
     assert counts.get("inference_objective_output_tokens_count") == 2
     assert counts.get("inference_objective_input_tokens_count") == 2
+
+
+def test_inference_model_rewrite_reaches_the_pod(stack_factory: StackFactory, tmp_path: object) -> None:
+    from pathlib import Path
+
+    objectives = Path(str(tmp_path)) / "models.yaml"
+    objectives.write_text(f"""
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceModel
+metadata:
+  name: llama-alias
+spec:
+  modelName: llama-alias
+  criticality: Critical
+  poolRef:
+    name: vllm-llama3-8b-instruct
+  targetModels:
+    - name: {MODEL}
+      weight: 100
+""")
+    for mode in ("BUFFERED", "FULL_DUPLEX_STREAMED"):
+        stack = stack_factory(pods=1, time_scale=0.1, kv_events=False, objectives=objectives,
+                              request_body_mode=mode)
+        r = httpx.post(f"{stack.url}/v1/completions",
+                       json={"model": "llama-alias", "prompt": "hi", "max_tokens": 2}, timeout=20)
+        assert r.status_code == 200, r.text
+        assert r.json()["model"] == MODEL  # the pod saw the rewritten body
+        stack.stop()

@@ -160,13 +160,26 @@ async def test_bad_requests_get_openai_errors(body: bytes, status: int, code: st
 async def test_unknown_model_is_404_when_served_models_known() -> None:
     ds, sched = _datastore(), LeastInflight()
     ds.served_models = {"known"}
-    ds.upsert_objective(InferenceObjective(name="o", model_name="alias", priority=1))
+    # Legacy InferenceModel: a model name rewritten to a served target model.
+    ds.upsert_objective(InferenceObjective(name="o", model_name="alias", priority=1,
+                                           target_models=(("known", 1),)))
+    # InferenceObjective: chosen by the x-gateway-inference-objective header.
+    ds.upsert_objective(InferenceObjective(name="batch", model_name="batch", priority=-1))
     handler = ExtProcHandler(ds, lambda: sched)
     out = await _run(handler, [_headers(), _body({"model": "other", "prompt": "x"})])
     assert out[-1].immediate_response.status.code == 404
     out = await _run(handler, [_headers(), _body({"model": "alias", "prompt": "x"})])
     assert _dest(out[-1])
     assert sched.requests[-1].priority == 1
+    assert sched.requests[-1].target_model == "known"
+    rewritten = out[-1].request_body.response
+    assert json.loads(rewritten.body_mutation.body) == {"model": "known", "prompt": "x"}
+    lengths = [h.header.raw_value for h in rewritten.header_mutation.set_headers if h.header.key == "content-length"]
+    assert lengths == [str(len(rewritten.body_mutation.body)).encode()]
+    out = await _run(handler, [_headers(extra={"x-gateway-inference-objective": "batch"}),
+                               _body({"model": "known", "prompt": "x"})])
+    assert _dest(out[-1])
+    assert sched.requests[-1].priority == -1
 
 
 async def test_empty_pool_and_unhealthy_pool_are_503() -> None:
