@@ -60,6 +60,8 @@ class Endpoint:
     healthy: bool = True
     inflight: int = 0
     inflight_tokens: int = 0
+    # Requests other EPP worker processes of this host have in flight to the endpoint.
+    peer_inflight: int = 0
     # Precomputed strings used on the hot path (set in __post_init__).
     hostport: str = ""
     key: str = ""

@@ -34,6 +34,8 @@ from epp.scheduling.types import LLMRequest, SchedulingResult
 from epp.server.errors import RequestError
 from epp.server.extproc import ExtProcHandler, HandlerOptions
 from epp.server.grpc_server import build_grpc_server
+from epp.server.peers import SERVICE_KEY as PEER_BUS_KEY
+from epp.server.peers import InflightSharing, PeerBus
 
 log = logging.getLogger("epp.server")
 
@@ -56,6 +58,10 @@ class ServeOptions:
     config_watch_interval_s: float = 1.0
     max_concurrent_streams: int = 0
     shutdown_grace_s: float = 5.0
+    # `epp serve --workers N` runs N of these processes on one port; see epp/server/workers.py.
+    worker_id: int = 0
+    worker_count: int = 1
+    peer_dir: Path | None = None
 
 
 class MetricsObserver:
@@ -115,6 +121,14 @@ class EPPServer:
         self.opts = opts
         self.datastore = Datastore()
         self.ctx = PluginContext(self.datastore, source=str(opts.config or "<default config>"))
+        self.peers: PeerBus | None = None
+        self.inflight_sharing: InflightSharing | None = None
+        if opts.worker_count > 1:
+            if opts.peer_dir is None:
+                raise ConfigError("several workers need a peer directory (--peer-dir)")
+            self.peers = PeerBus(opts.peer_dir, opts.worker_id, opts.worker_count)
+            self.ctx.services[PEER_BUS_KEY] = self.peers
+            self.inflight_sharing = InflightSharing(self.peers, self.datastore)
         self.metrics = EPPMetrics(datastore=self.datastore)
         # Plugins that export metrics of their own (KV events, P/D) register them here.
         self.ctx.services["metrics.registry"] = self.metrics.registry
@@ -169,6 +183,11 @@ class EPPServer:
             raise ConfigError("no endpoint source: give --pool-file and --endpoints-file (local mode) "
                               "or --pool-name (Kubernetes mode)")
 
+        if self.peers is not None and self.inflight_sharing is not None:
+            await self.peers.start()
+            await self.inflight_sharing.start()
+            self._started += [self.peers, self.inflight_sharing]
+
         scrapers = ScraperManager(self.datastore, opts.scrape)
         await scrapers.start()
         self._started.append(scrapers)
@@ -180,12 +199,17 @@ class EPPServer:
         health.add_to_server(grpc_server)
         await grpc_server.start()
         await health.start()
-        health_http = HttpServer(health_app(self.probe), opts.host, opts.health_port)
-        metrics_http = HttpServer(metrics_app(self.metrics.registry), opts.host, opts.metrics_port)
-        await health_http.start()
-        await metrics_http.start()
-        log.info("EPP serving ext_proc on %s:%d, health on :%d, metrics on :%d",
-                 opts.host, port, opts.health_port, opts.metrics_port)
+        # Worker 0 answers the HTTP probes; every worker exports its own metrics, on
+        # metrics-port + worker id (Prometheus scrapes each; the series add up).
+        http_servers = [HttpServer(metrics_app(self.metrics.registry), opts.host,
+                                   opts.metrics_port + opts.worker_id)]
+        if opts.worker_id == 0:
+            http_servers.append(HttpServer(health_app(self.probe), opts.host, opts.health_port))
+        for http in http_servers:
+            await http.start()
+        log.info("EPP worker %d/%d serving ext_proc on %s:%d, health on :%d, metrics on :%d",
+                 opts.worker_id, opts.worker_count, opts.host, port, opts.health_port,
+                 opts.metrics_port + opts.worker_id)
 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -198,8 +222,8 @@ class EPPServer:
             self.probe.draining = True
             await health.stop()
             await grpc_server.stop(opts.shutdown_grace_s)
-            await health_http.stop()
-            await metrics_http.stop()
+            for http in http_servers:
+                await http.stop()
             for component in reversed(self._started):
                 with contextlib.suppress(Exception):
                     await component.stop()

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,11 @@ def add_parser(sub: Any) -> None:
                    help="do not read /v1/models from the pods (then unknown model names are not refused)")
     p.add_argument("--max-concurrent-streams", type=int, default=0,
                    help="HTTP/2 streams per Envoy connection (0 = gRPC default)")
+    p.add_argument("--workers", type=int, default=int(os.environ.get("EPP_WORKERS", "1")),
+                   help="EPP processes sharing the gRPC port (SO_REUSEPORT), one per core (1)")
+    p.add_argument("--worker-id", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--worker-count", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--peer-dir", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--log-level", default=os.environ.get("EPP_LOG_LEVEL", "info"))
     p.add_argument("--log-format", default=os.environ.get("EPP_LOG_FORMAT", "json"), choices=("json", "text"))
     p.add_argument("--validate-config", action="store_true",
@@ -58,6 +64,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.validate_config:
         return _validate(args.config)
+    if args.workers < 1:
+        log.error("--workers must be >= 1, got %d", args.workers)
+        return 2
+    if args.workers > 1 and args.worker_id is None:
+        from epp.server.workers import run_supervisor
+
+        return run_supervisor(_argv_without_workers(sys.argv), args.workers)
     try:
         k8s = KubernetesOptions.from_args(args)
         scrape = ScrapeConfig(interval=args.scrape_interval, timeout=args.scrape_timeout,
@@ -68,7 +81,11 @@ def run(args: argparse.Namespace) -> int:
             host=args.host, grpc_port=args.grpc_port, health_port=args.health_port,
             metrics_port=args.metrics_port, config=args.config, pool_file=args.pool_file,
             endpoints_file=args.endpoints_file, objectives_files=list(args.objectives_file),
-            kubernetes=k8s, scrape=scrape, max_concurrent_streams=args.max_concurrent_streams)
+            kubernetes=k8s, scrape=scrape,
+            # Several workers: cap streams per connection so Envoy opens several connections,
+            # which the kernel spreads over the workers.
+            max_concurrent_streams=args.max_concurrent_streams or (16 if args.worker_count > 1 else 0),
+            worker_id=args.worker_id or 0, worker_count=args.worker_count, peer_dir=args.peer_dir)
         server = EPPServer(opts)
         asyncio.run(server.run())
     except (ConfigError, ValueError) as e:
@@ -94,3 +111,21 @@ def _validate(config: Path | None) -> int:
     for name, profile in cfg.profiles.items():
         print(f"  profile {name}: {profile}")
     return 0
+
+
+def _argv_without_workers(argv: list[str]) -> list[str]:
+    """The `epp serve` arguments minus --workers (each worker is a single process)."""
+    args = argv[argv.index("serve") + 1:] if "serve" in argv else argv[1:]
+    out: list[str] = []
+    skip = False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        if a == "--workers":
+            skip = True
+            continue
+        if a.startswith("--workers="):
+            continue
+        out.append(a)
+    return out

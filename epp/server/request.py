@@ -26,6 +26,7 @@ class _OpenAIBody(msgspec.Struct):
     stream: Any = False
     max_tokens: Any = None
     max_completion_tokens: Any = None
+    cache_salt: Any = None
 
 
 _decoder = msgspec.json.Decoder(_OpenAIBody)
@@ -106,6 +107,8 @@ def parse_request(
         priority=priority,
         headers=headers,
         is_chat=is_chat,
+        # The scorers read the few body fields beyond the ones above from here.
+        body={"cache_salt": parsed.cache_salt} if isinstance(parsed.cache_salt, str) else {},
     )
 
 

@@ -42,6 +42,7 @@ from epp.scheduling.types import CycleState, LLMRequest, SchedulingResult
 
 AVERAGE_CHARACTERS_PER_TOKEN = 4
 CACHED_TOKENS_SUFFIX = ".cached-tokens"  # CycleState contract with pd-profile-handler
+PEER_BUS_KEY = "peers.bus"  # PluginContext.services key of epp.server.peers.PeerBus
 
 
 def prefix_block_hashes(text: str, seed: str, block_size: int, max_blocks: int) -> list[int]:
@@ -112,8 +113,14 @@ class PrefixCacheScorer:
         # endpoint key -> LRU of block hashes sent to it (values unused; OrderedDict gives O(1)
         # move-to-end and pop-oldest).
         self._lru: dict[str, OrderedDict[int, None]] = {}
+        self._datastore = ctx.datastore if ctx is not None else None
+        # With several EPP worker processes, each tells the others what it sent where.
+        self._peers = ctx.services.get(PEER_BUS_KEY) if ctx is not None else None
+        self._peer_topic = f"prefix/{name}"
         if ctx is not None:
             ctx.datastore.add_listener(self._on_endpoint_event)
+        if self._peers is not None:
+            self._peers.subscribe(self._peer_topic, self._on_peer_record)
 
     # --- scoring ----------------------------------------------------------------------------
     def score(
@@ -191,7 +198,16 @@ class PrefixCacheScorer:
             return
         for profile_result in result.profile_results.values():
             if profile_result is not None and profile_result.targets:
-                self.record(profile_result.targets[0], cycle.hashes)
+                target = profile_result.targets[0]
+                self.record(target, cycle.hashes)
+                if self._peers is not None:
+                    self._peers.publish(self._peer_topic, (target.key, cycle.hashes))
+
+    def _on_peer_record(self, worker: int, payload: tuple[str, list[int]]) -> None:
+        key, hashes = payload
+        endpoint = self._datastore.get(key) if self._datastore is not None else None
+        if endpoint is not None:
+            self.record(endpoint, hashes)
 
     def record(self, endpoint: Endpoint, hashes: Sequence[int]) -> None:
         lru = self._lru.get(endpoint.key)

@@ -37,7 +37,7 @@ class RunningRequestsSizeScorer:
         self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]
     ) -> list[float]:
         if self.params.use_inflight:
-            loads = [max(ep.metrics.running_requests, ep.inflight) for ep in endpoints]
+            loads = [max(ep.metrics.running_requests, ep.inflight + ep.peer_inflight) for ep in endpoints]
         else:
             loads = [ep.metrics.running_requests for ep in endpoints]
         low = min(loads)

@@ -1,0 +1,150 @@
+"""State shared between the EPP worker processes of one host.
+
+`epp serve --workers N` runs N processes on the same gRPC port (SO_REUSEPORT), and Envoy's
+connections spread over them. Each worker decides alone, so what one worker learns must
+reach the others or routing quality drops as workers are added:
+- the prompts a worker sent to a pod (the approximate prefix-cache LRU), and
+- how many requests each worker has in flight to each pod.
+Workers tell each other over unix datagram sockets in a private directory: one datagram per
+fact, fire and forget. A lost datagram costs a little routing precision, never correctness,
+so there are no acknowledgements and a full socket buffer drops the message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from epp.datastore.datastore import Datastore
+
+log = logging.getLogger(__name__)
+
+SERVICE_KEY = "peers.bus"
+Handler = Callable[[int, Any], None]
+
+
+class PeerBus:
+    def __init__(self, directory: Path, worker_id: int, worker_count: int) -> None:
+        self.directory = directory
+        self.worker_id = worker_id
+        self.worker_count = worker_count
+        self._handlers: dict[str, Handler] = {}
+        self._sock: socket.socket | None = None
+        self._peers = [str(directory / f"worker-{i}.sock") for i in range(worker_count) if i != worker_id]
+        self.sent = 0
+        self.dropped = 0
+        self.received = 0
+
+    def subscribe(self, topic: str, handler: Handler) -> None:
+        self._handlers[topic] = handler
+
+    def publish(self, topic: str, payload: Any) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        data = msgpack.packb((topic, self.worker_id, payload), use_bin_type=True)
+        for peer in self._peers:
+            try:
+                sock.sendto(data, peer)
+                self.sent += 1
+            except OSError as e:  # peer not up yet, restarting, or its buffer is full
+                if e.errno not in (errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN, errno.ENOBUFS):
+                    log.warning("peer bus: cannot send to %s: %s", peer, e)
+                self.dropped += 1
+
+    async def start(self) -> None:
+        path = self.directory / f"worker-{self.worker_id}.sock"
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(str(path))
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self._sock = sock
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._on_readable)
+
+    def _on_readable(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        while True:
+            try:
+                data = sock.recv(1 << 20)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                log.warning("peer bus: receive failed: %s", e)
+                return
+            try:
+                topic, worker, payload = msgpack.unpackb(data, raw=False)
+            except (ValueError, TypeError, msgpack.UnpackException) as e:
+                log.warning("peer bus: dropping an undecodable message: %s", e)
+                continue
+            handler = self._handlers.get(topic)
+            if handler is not None:
+                self.received += 1
+                try:
+                    handler(worker, payload)
+                except Exception:
+                    log.exception("peer bus: handler for %r failed", topic)
+
+    async def stop(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(sock.fileno())
+            sock.close()
+            with contextlib.suppress(FileNotFoundError):
+                (self.directory / f"worker-{self.worker_id}.sock").unlink()
+
+
+class InflightSharing:
+    """Publishes this worker's in-flight counts per endpoint every `interval` and keeps
+    `Endpoint.peer_inflight` = the sum of the other workers' counts."""
+
+    def __init__(self, bus: PeerBus, datastore: Datastore, interval: float = 0.01) -> None:
+        self.bus = bus
+        self.datastore = datastore
+        self.interval = interval
+        self._remote: dict[int, dict[str, int]] = {}
+        self._last_sent: dict[str, int] = {}
+        self._task: asyncio.Task[None] | None = None
+        bus.subscribe("inflight", self._on_counts)
+
+    def _on_counts(self, worker: int, counts: dict[str, int]) -> None:
+        previous = self._remote.get(worker, {})
+        self._remote[worker] = counts
+        for key in previous.keys() | counts.keys():
+            ep = self.datastore.get(key)
+            if ep is not None:
+                ep.peer_inflight = sum(c.get(key, 0) for c in self._remote.values())
+
+    async def _run(self) -> None:
+        heartbeat = 0
+        while True:
+            await asyncio.sleep(self.interval)
+            counts = {ep.key: ep.inflight for ep in self.datastore.endpoints() if ep.inflight}
+            heartbeat += 1
+            # Send on change, and every 100 intervals anyway so a restarted peer catches up.
+            if counts != self._last_sent or heartbeat >= 100:
+                heartbeat = 0
+                self._last_sent = counts
+                self.bus.publish("inflight", counts)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="inflight-sharing")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
