@@ -42,6 +42,9 @@ class EnvoyConfigParams:
     # Upstream timeout for LLM requests; 0 disables (long streaming generations).
     route_timeout_s: int = 600
     access_log: bool = False
+    # Tests: a static subset hint (envoy.lb.subset_hint) set on every request, as a gateway
+    # that pre-filters endpoints would.
+    subset_hint: list[str] | None = None
 
 
 def render_envoy_config(p: EnvoyConfigParams) -> dict[str, Any]:
@@ -68,6 +71,8 @@ def render_envoy_config(p: EnvoyConfigParams) -> dict[str, Any]:
                 "response_trailer_mode": "SKIP",
             },
             "allow_mode_override": True,
+            # Forward the gateway's candidate endpoints (GIE subset hint) to the EPP.
+            "metadata_options": {"forwarding_namespaces": {"untyped": ["envoy.lb.subset_hint"]}},
             "send_body_without_waiting_for_header_response": p.send_body_without_waiting,
             # The route was chosen before the EPP set the destination header: re-match it.
             "route_cache_action": "CLEAR",
@@ -87,6 +92,12 @@ def render_envoy_config(p: EnvoyConfigParams) -> dict[str, Any]:
             "status": 503,
             "body": {"inline_string": '{"error":{"message":"no endpoint was picked for this request",'
                                       '"type":"ServiceUnavailable","code":503}}'}}})
+    subset_filter: list[dict[str, Any]] = []
+    if p.subset_hint is not None:
+        subset_filter.append({"name": "envoy.filters.http.set_metadata", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.set_metadata.v3.Config",
+            "metadata": [{"metadata_namespace": "envoy.lb.subset_hint",
+                          "value": {"x-gateway-destination-endpoint-subset": list(p.subset_hint)}}]}})
     hcm: dict[str, Any] = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
                  "HttpConnectionManager",
@@ -104,6 +115,7 @@ def render_envoy_config(p: EnvoyConfigParams) -> dict[str, Any]:
             {"name": "envoy.filters.http.buffer", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
                 "max_request_bytes": p.max_request_bytes}},
+            *subset_filter,
             ext_proc,
             {"name": "envoy.filters.http.router", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},

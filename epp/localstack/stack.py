@@ -101,6 +101,7 @@ class StackConfig:
     epp_args: Sequence[str] = ()
     request_body_mode: str = "BUFFERED"
     response_body_mode: str = "NONE"
+    subset_hint: list[str] | None = None  # tests: static envoy.lb.subset_hint metadata
     with_envoy: bool = True
     with_epp: bool = True
     ports_free: bool = False  # pick free ports instead of the documented defaults
@@ -173,6 +174,7 @@ class LocalStack:
             request_body_mode=cfg.request_body_mode,  # type: ignore[arg-type]
             response_body_mode=cfg.response_body_mode,  # type: ignore[arg-type]
             response_header_mode="SKIP" if cfg.response_body_mode == "NONE" else "SEND",
+            subset_hint=cfg.subset_hint,
         )
         files["envoy"].write_text(envoy_config_yaml(envoy))
         return files
@@ -214,6 +216,14 @@ class LocalStack:
         except BaseException:
             self.stop()
             raise
+
+    def restart_envoy(self, timeout: float = 30.0) -> None:
+        """Re-render the Envoy config from the (possibly changed) StackConfig and restart Envoy."""
+        self.stop_one("envoy")
+        files = self.write_files()
+        self._spawn("envoy", [envoy_binary(), "-c", str(files["envoy"]), "--concurrency", "1",
+                              "--base-id", str(self.cfg.admin_port + 1), "--log-level", "warn"])
+        self.wait_ready(timeout)
 
     def _start_engines(self) -> None:
         cfg = self.cfg

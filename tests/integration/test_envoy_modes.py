@@ -61,3 +61,19 @@ spec:
         assert r.status_code == 200, r.text
         assert r.json()["model"] == MODEL  # the pod saw the rewritten body
         stack.stop()
+
+
+def test_subset_hint_from_envoy_metadata_is_honoured(stack_factory: StackFactory) -> None:
+    stack = stack_factory(pods=3, time_scale=0.1, kv_events=False)
+    # Envoy sets a subset hint naming two of the three pods, as a pre-filtering gateway would.
+    allowed = [f"127.0.0.1:{p.serving_port}" for p in stack.pods[1:]]
+    stack.cfg.subset_hint = allowed
+    stack.restart_envoy()
+    served = set()
+    with httpx.Client(timeout=20) as client:
+        for i in range(12):
+            r = client.post(f"{stack.url}/v1/completions",
+                            json={"model": MODEL, "prompt": f"distinct prompt {i} " * (i + 1), "max_tokens": 2})
+            assert r.status_code == 200, r.text
+            served.add(r.headers["x-gateway-destination-endpoint-served"])
+    assert served <= set(allowed) and served, served
