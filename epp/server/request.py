@@ -27,6 +27,7 @@ class _OpenAIBody(msgspec.Struct):
     max_tokens: Any = None
     max_completion_tokens: Any = None
     cache_salt: Any = None
+    add_generation_prompt: Any = None
 
 
 _decoder = msgspec.json.Decoder(_OpenAIBody)
@@ -108,8 +109,21 @@ def parse_request(
         headers=headers,
         is_chat=is_chat,
         # The scorers read the few body fields beyond the ones above from here.
-        body={"cache_salt": parsed.cache_salt} if isinstance(parsed.cache_salt, str) else {},
+        body=_scorer_fields(parsed),
     )
+
+
+def _scorer_fields(parsed: _OpenAIBody) -> dict[str, Any]:
+    """Body fields some scorers read beyond LLMRequest's own: the cache salt, the chat
+    template switch, and a prompt given as token ids (which must not be re-tokenized)."""
+    out: dict[str, Any] = {}
+    if isinstance(parsed.cache_salt, str):
+        out["cache_salt"] = parsed.cache_salt
+    if isinstance(parsed.add_generation_prompt, bool):
+        out["add_generation_prompt"] = parsed.add_generation_prompt
+    if isinstance(parsed.prompt, list):
+        out["prompt"] = parsed.prompt
+    return out
 
 
 def _prompt_text(prompt: Any) -> str:

@@ -54,6 +54,16 @@ def render_content(content: Any) -> str:
 
 def apply_chat_template(messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
     """Render OpenAI-style chat messages with the fixed ChatML template."""
+    return "".join(render_chat_segments(messages, add_generation_prompt))
+
+
+def render_chat_segments(messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> list[str]:
+    """The rendered conversation as one string per message (plus the generation prompt).
+
+    Every segment ends with "<|im_end|>\n" and starts with "<|im_start|>", so a tokenizer
+    whose pieces never span "\n<" tokenizes the conversation as the concatenation of its
+    segments' tokens: a caller can cache the tokens of repeated messages (system prompts).
+    """
     if not isinstance(messages, list):
         raise ChatTemplateError("messages must be a list")
     out: list[str] = []
@@ -66,4 +76,4 @@ def apply_chat_template(messages: list[dict[str, Any]], add_generation_prompt: b
         out.append(f"{IM_START}{role}\n{render_content(message.get('content'))}{IM_END}\n")
     if add_generation_prompt:
         out.append(f"{IM_START}assistant\n")
-    return "".join(out)
+    return out

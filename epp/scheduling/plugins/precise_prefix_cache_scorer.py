@@ -44,8 +44,10 @@ from epp.kvevents.runtime import KVEventsRuntime, get_or_create_runtime
 from epp.scheduling.plugins.prefix_cache_scorer import PrefixCacheScorer
 from epp.scheduling.registry import PluginContext, register_plugin
 from epp.scheduling.types import CycleState, LLMRequest, SchedulingResult
-from epp.tokenization.chat_template import ChatTemplateError, apply_chat_template
-from epp.tokenization.tokenizer import Tokenizer, get_tokenizer
+from epp.tokenization.chat_template import ChatTemplateError, apply_chat_template, render_chat_segments
+from epp.tokenization.tokenizer import SimpleTokenizer, Tokenizer, get_tokenizer
+
+SEGMENT_CACHE_ENTRIES = 4096
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +126,10 @@ class PrecisePrefixCacheScorer:
             tokenizer = get_tokenizer(settings.tokenizer)
             ctx.services[tokenizer_key] = tokenizer
         self.tokenizer = tokenizer
+        # Message-level token cache; only for tokenizers whose pieces never span two rendered
+        # messages (see render_chat_segments), which SimpleTokenizer guarantees.
+        self._segment_cache: OrderedDict[str, list[int]] | None = (
+            OrderedDict() if isinstance(tokenizer, SimpleTokenizer) else None)
         self.runtime: KVEventsRuntime = get_or_create_runtime(ctx.datastore, ctx.services, settings, where)
         self.approximate: PrefixCacheScorer | None = (
             PrefixCacheScorer(name=f"{name}/approximate", ctx=ctx) if self.params.approximate_fallback
@@ -151,12 +157,33 @@ class PrecisePrefixCacheScorer:
             return list(raw_prompt)  # completions API with pre-tokenized prompt
         if request.messages is not None:
             add_generation_prompt = body.get("add_generation_prompt", True)
+            if self._segment_cache is not None:
+                return self._encode_segments(
+                    render_chat_segments(request.messages, add_generation_prompt=bool(add_generation_prompt)))
             text = apply_chat_template(request.messages, add_generation_prompt=bool(add_generation_prompt))
         elif isinstance(raw_prompt, str):
             text = raw_prompt
         else:
             text = request.prompt or ""
         return self.tokenizer.encode(text)
+
+    def _encode_segments(self, segments: list[str]) -> list[int]:
+        """Tokens of a rendered conversation, reusing the tokens of messages seen before
+        (a long system prompt is tokenized once, not once per request)."""
+        cache = self._segment_cache
+        assert cache is not None
+        tokens: list[int] = []
+        for segment in segments:
+            ids = cache.get(segment)
+            if ids is None:
+                ids = self.tokenizer.encode(segment)
+                cache[segment] = ids
+                if len(cache) > SEGMENT_CACHE_ENTRIES:
+                    cache.popitem(last=False)
+            else:
+                cache.move_to_end(segment)
+            tokens += ids
+        return tokens
 
     def block_hashes(self, request: LLMRequest, endpoints: Sequence[Endpoint]) -> PreciseCycleState:
         try:
