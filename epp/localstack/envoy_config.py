@@ -38,6 +38,7 @@ class EnvoyConfigParams:
     # answer to the headers: one round trip per request instead of two.
     send_body_without_waiting: bool = True
     message_timeout_ms: int = 2000
+    epp_max_concurrent_streams: int = 32
     max_request_bytes: int = 4 * 1024 * 1024
     # Upstream timeout for LLM requests; 0 disables (long streaming generations).
     route_timeout_s: int = 600
@@ -139,7 +140,11 @@ def render_envoy_config(p: EnvoyConfigParams) -> dict[str, Any]:
          "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]
     if p.access_log:
         hcm["access_log"] = [{"name": "envoy.access_loggers.stdout", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"}}]
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+            "log_format": {"text_format_source": {"inline_string":
+                "%START_TIME% %REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% "
+                "%RESPONSE_CODE_DETAILS% %DURATION%ms upstream=%UPSTREAM_HOST% "
+                "picked=%REQ(x-gateway-destination-endpoint)% id=%REQ(x-request-id)%\n"}}}}]
     clusters: list[dict[str, Any]] = [
         {
             "name": "epp",
@@ -149,7 +154,10 @@ def render_envoy_config(p: EnvoyConfigParams) -> dict[str, Any]:
             "typed_extension_protocol_options": {
                 "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                     "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                    "explicit_http_config": {"http2_protocol_options": {}},
+                    # Bounded streams per connection: under load Envoy opens more connections,
+                    # which SO_REUSEPORT spreads over the EPP's worker processes.
+                    "explicit_http_config": {"http2_protocol_options": {
+                        "max_concurrent_streams": p.epp_max_concurrent_streams}},
                 }
             },
             "load_assignment": {"cluster_name": "epp", "endpoints": [{"lb_endpoints": [

@@ -102,6 +102,8 @@ class StackConfig:
     request_body_mode: str = "BUFFERED"
     response_body_mode: str = "NONE"
     subset_hint: list[str] | None = None  # tests: static envoy.lb.subset_hint metadata
+    epp_max_concurrent_streams: int = 32  # per Envoy->EPP connection (more connections spread workers)
+    access_log: bool = False  # Envoy access log (with response flags and details) in its log file
     with_envoy: bool = True
     with_epp: bool = True
     ports_free: bool = False  # pick free ports instead of the documented defaults
@@ -175,6 +177,8 @@ class LocalStack:
             response_body_mode=cfg.response_body_mode,  # type: ignore[arg-type]
             response_header_mode="SKIP" if cfg.response_body_mode == "NONE" else "SEND",
             subset_hint=cfg.subset_hint,
+            access_log=cfg.access_log,
+            epp_max_concurrent_streams=cfg.epp_max_concurrent_streams,
         )
         files["envoy"].write_text(envoy_config_yaml(envoy))
         return files

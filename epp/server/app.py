@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
 from epp.config.loader import SchedulerConfig, load_scheduler_config, reload_scheduler_config
 from epp.datastore.datastore import Datastore
 from epp.datastore.endpoint import Endpoint
@@ -35,7 +38,7 @@ from epp.server.errors import RequestError
 from epp.server.extproc import ExtProcHandler, HandlerOptions
 from epp.server.grpc_server import build_grpc_server
 from epp.server.peers import SERVICE_KEY as PEER_BUS_KEY
-from epp.server.peers import InflightSharing, PeerBus
+from epp.server.peers import InflightSharing, PeerBus, WorkerMetrics
 
 log = logging.getLogger("epp.server")
 
@@ -143,6 +146,7 @@ class EPPServer:
         self._stop = asyncio.Event()
         self._sources: list[Any] = []
         self._started: list[Any] = []
+        self._tasks: list[asyncio.Task[None]] = []
 
     def _scheduler(self) -> Any:
         return self.sched_config.scheduler
@@ -199,17 +203,25 @@ class EPPServer:
         health.add_to_server(grpc_server)
         await grpc_server.start()
         await health.start()
-        # Worker 0 answers the HTTP probes; every worker exports its own metrics, on
-        # metrics-port + worker id (Prometheus scrapes each; the series add up).
-        http_servers = [HttpServer(metrics_app(self.metrics.registry), opts.host,
-                                   opts.metrics_port + opts.worker_id)]
+        # Worker 0 answers the probes and serves /metrics for every worker (see WorkerMetrics);
+        # the others export theirs on a private loopback port.
+        http_servers: list[HttpServer] = []
         if opts.worker_id == 0:
-            http_servers.append(HttpServer(health_app(self.probe), opts.host, opts.health_port))
+            app = metrics_app(self.metrics.registry)
+            if self.peers is not None:
+                app = worker_metrics_app(WorkerMetrics(self.peers, self.metrics.registry))
+            http_servers += [HttpServer(app, opts.host, opts.metrics_port),
+                             HttpServer(health_app(self.probe), opts.host, opts.health_port)]
+        else:
+            http_servers.append(HttpServer(metrics_app(self.metrics.registry), "127.0.0.1", 0))
         for http in http_servers:
             await http.start()
+        if opts.worker_id != 0 and self.peers is not None:
+            announcer = asyncio.create_task(
+                WorkerMetrics(self.peers, self.metrics.registry).announce(http_servers[0].port))
+            self._tasks.append(announcer)
         log.info("EPP worker %d/%d serving ext_proc on %s:%d, health on :%d, metrics on :%d",
-                 opts.worker_id, opts.worker_count, opts.host, port, opts.health_port,
-                 opts.metrics_port + opts.worker_id)
+                 opts.worker_id, opts.worker_count, opts.host, port, opts.health_port, opts.metrics_port)
 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -222,6 +234,8 @@ class EPPServer:
             self.probe.draining = True
             await health.stop()
             await grpc_server.stop(opts.shutdown_grace_s)
+            for task in self._tasks:
+                task.cancel()
             for http in http_servers:
                 await http.stop()
             for component in reversed(self._started):
@@ -231,6 +245,17 @@ class EPPServer:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def worker_metrics_app(metrics: WorkerMetrics) -> web.Application:
+    async def handle(_: web.Request) -> web.Response:
+        resp = web.Response(body=await metrics.render())
+        resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/metrics", handle)
+    return app
 
 
 async def _start_plugin_services(ctx: PluginContext) -> None:

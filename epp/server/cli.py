@@ -81,10 +81,7 @@ def run(args: argparse.Namespace) -> int:
             host=args.host, grpc_port=args.grpc_port, health_port=args.health_port,
             metrics_port=args.metrics_port, config=args.config, pool_file=args.pool_file,
             endpoints_file=args.endpoints_file, objectives_files=list(args.objectives_file),
-            kubernetes=k8s, scrape=scrape,
-            # Several workers: cap streams per connection so Envoy opens several connections,
-            # which the kernel spreads over the workers.
-            max_concurrent_streams=args.max_concurrent_streams or (16 if args.worker_count > 1 else 0),
+            kubernetes=k8s, scrape=scrape, max_concurrent_streams=args.max_concurrent_streams,
             worker_id=args.worker_id or 0, worker_count=args.worker_count, peer_dir=args.peer_dir)
         server = EPPServer(opts)
         asyncio.run(server.run())

@@ -148,3 +148,69 @@ class InflightSharing:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+class WorkerMetrics:
+    """One /metrics for all workers, served by worker 0.
+
+    Every worker keeps its own registry; workers > 0 serve theirs on a private ephemeral port
+    that they announce on the bus. A scrape of worker 0 fetches the others' and merges all
+    families, each series labelled worker="<id>" (sum without(worker) in PromQL for totals).
+    """
+
+    def __init__(self, bus: PeerBus, registry: Any) -> None:
+        self.bus = bus
+        self.registry = registry
+        self.peer_ports: dict[int, int] = {}
+        bus.subscribe("metrics-port", self._on_port)
+
+    def _on_port(self, worker: int, port: int) -> None:
+        self.peer_ports[worker] = port
+
+    async def announce(self, port: int, interval: float = 1.0) -> None:
+        """Workers > 0: keep telling worker 0 where their metrics are (it may restart)."""
+        while True:
+            self.bus.publish("metrics-port", port)
+            await asyncio.sleep(interval)
+
+    async def render(self) -> bytes:
+        from aiohttp import ClientError, ClientSession, ClientTimeout
+        from prometheus_client.exposition import generate_latest
+
+        texts = {self.bus.worker_id: generate_latest(self.registry).decode()}
+        async with ClientSession(timeout=ClientTimeout(total=1.0)) as session:
+            async def fetch(worker: int, port: int) -> None:
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                        texts[worker] = await resp.text()
+                except (ClientError, TimeoutError) as e:
+                    log.warning("metrics of worker %d unavailable: %s", worker, e)
+
+            await asyncio.gather(*(fetch(w, p) for w, p in sorted(self.peer_ports.items())))
+        return merge_expositions(texts)
+
+
+def merge_expositions(texts: dict[int, str]) -> bytes:
+    """Merge Prometheus text expositions of several workers, labelling each series."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.exposition import generate_latest
+    from prometheus_client.metrics_core import Metric
+    from prometheus_client.parser import text_string_to_metric_families
+    from prometheus_client.samples import Sample
+
+    merged: dict[str, Metric] = {}
+    for worker, text in sorted(texts.items()):
+        for family in text_string_to_metric_families(text):
+            target = merged.get(family.name)
+            if target is None:
+                target = merged[family.name] = Metric(family.name, family.documentation, family.type, family.unit)
+            target.samples += [Sample(s.name, {**s.labels, "worker": str(worker)}, s.value, s.timestamp, s.exemplar)
+                               for s in family.samples]
+
+    class _Merged:
+        def collect(self) -> list[Metric]:
+            return list(merged.values())
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Merged())
+    return generate_latest(registry)

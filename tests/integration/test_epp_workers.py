@@ -14,13 +14,16 @@ pytestmark = pytest.mark.integration
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 
 
-def _decisions(metrics_text: str) -> float:
+def _decisions(metrics_text: str, worker: str) -> float:
     return sum(float(line.split()[-1]) for line in metrics_text.splitlines()
-               if line.startswith("scheduler_requests_total{"))
+               if line.startswith("scheduler_requests_total{") and f'worker="{worker}"' in line)
 
 
 def test_two_workers_share_prefix_affinity(stack_factory: StackFactory) -> None:
-    stack = stack_factory(pods=3, time_scale=0.05, kv_events=False, epp_args=["--workers", "2"])
+    stack = stack_factory(pods=3, time_scale=0.05, kv_events=False, access_log=True,
+                          epp_args=["--workers", "2"],
+                          # Many Envoy->EPP connections, so the kernel surely spreads them over both workers.
+                          epp_max_concurrent_streams=2)
     prefixes = [f"System prompt of tenant {t}. " * 60 for t in range(3)]
 
     async def scenario() -> dict[int, set[str]]:
@@ -30,7 +33,7 @@ def test_two_workers_share_prefix_affinity(stack_factory: StackFactory) -> None:
             async def one(t: int, i: int) -> None:
                 r = await client.post(f"{stack.url}/v1/completions", json={
                     "model": MODEL, "prompt": prefixes[t] + f" question {i}", "max_tokens": 2})
-                assert r.status_code == 200, r.text
+                assert r.status_code == 200, f"{r.status_code} {r.text}\n{stack.tail('envoy')}\n{stack.tail('epp')}"
                 served[t].add(r.headers["x-sim-pod"])
 
             for t in range(3):  # each tenant's first request teaches one worker where it went
@@ -43,6 +46,8 @@ def test_two_workers_share_prefix_affinity(stack_factory: StackFactory) -> None:
     served = asyncio.run(scenario())
     # Every tenant stayed on one pod although its requests went through both workers.
     assert all(len(pods) == 1 for pods in served.values()), served
-    m = stack.cfg.metrics_port
-    counts = [_decisions(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text) for port in (m, m + 1)]
+    # One /metrics for both workers, each series labelled with its worker.
+    text = httpx.get(f"http://127.0.0.1:{stack.cfg.metrics_port}/metrics", timeout=5).text
+    counts = [_decisions(text, worker) for worker in ("0", "1")]
     assert all(c > 0 for c in counts), f"both workers should have decided: {counts}"
+    assert sum(counts) == 3 + 4 * 48
