@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 
@@ -26,11 +28,17 @@ def test_full_duplex_with_usage_accounting(stack_factory: StackFactory) -> None:
             assert resp.status_code == 200
             events = [line for line in resp.iter_lines() if line.startswith("data:")]
         assert events[-1] == "data: [DONE]"
-        metrics = client.get(f"http://127.0.0.1:{stack.cfg.metrics_port}/metrics").text
-    counts = {line.split("{")[0]: float(line.split()[-1]) for line in metrics.splitlines()
-              if line.startswith(("inference_objective_output_tokens_count{",
-                                  "inference_objective_input_tokens_count{")) and MODEL in line}
-    # Both requests reported their usage through the response path.
+        # Both requests report their usage through the response path; the EPP records it when
+        # Envoy ends the ext_proc stream, a moment after the client got its last byte.
+        deadline = time.monotonic() + 10
+        while True:
+            metrics = client.get(f"http://127.0.0.1:{stack.cfg.metrics_port}/metrics").text
+            counts = {line.split("{")[0]: float(line.split()[-1]) for line in metrics.splitlines()
+                      if line.startswith(("inference_objective_output_tokens_count{",
+                                          "inference_objective_input_tokens_count{")) and MODEL in line}
+            if counts.get("inference_objective_output_tokens_count") == 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
     assert counts.get("inference_objective_output_tokens_count") == 2
     assert counts.get("inference_objective_input_tokens_count") == 2
 
