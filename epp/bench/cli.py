@@ -8,9 +8,7 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
-import json
 import logging
 import shlex
 import sys
@@ -70,6 +68,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--out", type=Path, default=REPO / "docs", help="where benchmarks.md and plots go")
     p.add_argument("--run-dir", type=Path, default=REPO / ".run" / "bench", help="logs and raw results")
     p.add_argument("--no-overhead", action="store_true", help="skip the EPP overhead benchmark")
+    p.add_argument("--from-results", type=Path, default=None, metavar="RESULTS_JSON",
+                   help="rerun nothing: re-render the report and plots from a previous run's results.json")
     p.set_defaults(func=run_bench)
     bench_sub = p.add_subparsers(dest="bench_command", metavar="{overhead}")
     o = bench_sub.add_parser("overhead", help="only the EPP overhead benchmark (instant upstreams)",
@@ -148,33 +148,10 @@ def _info(args: argparse.Namespace, time_scale: float, pods: int) -> RunInfo:
     from epp.bench.report import RunInfo
 
     return RunInfo(
-        command="python -m epp bench " + shlex.join(sys.argv[2:]) if sys.argv[1:2] == ["bench"]
+        command=shlex.join(["python", "-m", "epp", *sys.argv[1:]]) if sys.argv[1:2] == ["bench"]
         else "python -m epp bench",
         date=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         machine=machine_facts(), quick=bool(getattr(args, "quick", False)), pods=pods, time_scale=time_scale)
-
-
-def _to_jsonable(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, list | tuple):
-        return [_to_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, float) and value != value:
-        return None
-    return value
-
-
-def save_raw(run_dir: Path, outcomes: list[PhaseOutcome], overhead: OverheadResult | None,
-             info: RunInfo) -> Path:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / "results.json"
-    path.write_text(json.dumps(_to_jsonable({"info": info, "phases": outcomes, "overhead": overhead}),
-                               indent=1))
-    return path
 
 
 def findings(outcomes: list[PhaseOutcome]) -> list[str]:
@@ -191,12 +168,40 @@ def findings(outcomes: list[PhaseOutcome]) -> list[str]:
     return notes
 
 
+def write_docs(out: Path, outcomes: list[PhaseOutcome], overhead: OverheadResult | None, info: RunInfo) -> int:
+    """docs/benchmarks.md and the plots; returns the number of plots written."""
+    from epp.bench.report import plot_overhead, plot_routing, render_report
+
+    out.mkdir(parents=True, exist_ok=True)
+    plots = plot_routing(outcomes, out)
+    if overhead is not None:
+        plot_overhead(overhead, out)
+    (out / "benchmarks.md").write_text(render_report(outcomes, overhead, info, plots))
+    return len(plots) + (overhead is not None)
+
+
+def rerender(args: argparse.Namespace) -> int:
+    from epp.bench.results import load_results
+
+    try:
+        outcomes, overhead, info = load_results(args.from_results)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    info.notes = findings(outcomes)
+    count = write_docs(args.out, outcomes, overhead, info)
+    print(f"re-rendered {args.out / 'benchmarks.md'} and {count} plots from {args.from_results}")
+    return 0
+
+
 def run_bench(args: argparse.Namespace) -> int:
     from epp.bench.overhead import run_overhead
-    from epp.bench.report import plot_overhead, plot_routing, render_report
+    from epp.bench.results import save_results
     from epp.bench.runner import run_benchmark
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.from_results is not None:
+        return rerender(args)
     try:
         plan = build_plan(args)
     except ValueError as e:
@@ -217,15 +222,10 @@ def run_bench(args: argparse.Namespace) -> int:
     if not args.no_overhead:
         overhead = run_overhead(overhead_settings(args, plan.row.run_dir), progress=lambda s: print(s, flush=True))
     info.wall_s = time.monotonic() - started
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    plots = plot_routing(outcomes, out)
-    if overhead is not None:
-        plot_overhead(overhead, out)
-    (out / "benchmarks.md").write_text(render_report(outcomes, overhead, info, plots))
-    raw = save_raw(plan.row.run_dir, outcomes, overhead, info)
-    print(f"wrote {out / 'benchmarks.md'}, {len(plots) + (overhead is not None)} plots, raw results {raw} "
-          f"({info.wall_s:.0f}s)")
+    raw = plan.row.run_dir / "results.json"
+    save_results(raw, outcomes, overhead, info)
+    count = write_docs(args.out, outcomes, overhead, info)
+    print(f"wrote {args.out / 'benchmarks.md'}, {count} plots, raw results {raw} ({info.wall_s:.0f}s)")
     return 0
 
 
