@@ -119,6 +119,7 @@ class OverheadResult:
     pools: list[PoolOverhead] = field(default_factory=list)
     decisions: list[DecisionLatency] = field(default_factory=list)
     body_bytes: int = 0
+    measured: str = ""  # "<date> with `<command>`", set by the command that ran it
 
 
 # --- the client ---------------------------------------------------------------------------------

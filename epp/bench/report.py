@@ -222,7 +222,7 @@ def overhead_markdown(result: OverheadResult, info: RunInfo) -> str:
         OVERHEAD_BEGIN,
         "## EPP overhead (instant upstreams)",
         "",
-        f"Measured {info.date} with `{info.command}`. "
+        f"Measured {result.measured or f'{info.date} with `{info.command.strip()}`'}. "
         "Upstreams: one Envoy answering direct_response on N loopback ports. Direct: client -> Envoy "
         "(ROUND_ROBIN) -> upstream. With EPP: client -> Envoy -> ext_proc -> `epp serve` (embedded "
         "default config: queue + KV-cache + approximate prefix scorers) -> ORIGINAL_DST -> upstream. Both "
@@ -267,7 +267,7 @@ def render_report(outcomes: Sequence[PhaseOutcome], overhead: OverheadResult | N
     parts = [
         "# Benchmarks",
         "",
-        f"Generated {info.date} by `{info.command}`"
+        f"Generated {info.date} by `{info.command.strip()}`"
         + (" (**quick mode**: tiny phases, smoke-test numbers only)" if info.quick else "")
         + (f", {info.wall_s / 60:.1f} minutes wall." if not math.isnan(info.wall_s) else "."),
         "Reproduce with `make bench` (full, ~20 minutes, stops by itself) or `make bench-quick` "

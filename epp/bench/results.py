@@ -63,13 +63,15 @@ def _build(cls: type[Any], doc: dict[str, Any], **nested: Any) -> Any:
 
 
 def _row(doc: dict[str, Any]) -> RouterPhaseResult:
-    return _build(RouterPhaseResult, doc, ttft=_distribution(doc["ttft"]), itl=_distribution(doc["itl"]),
-                  e2e=_distribution(doc["e2e"]))  # type: ignore[no-any-return]
+    row: RouterPhaseResult = _build(RouterPhaseResult, doc, ttft=_distribution(doc["ttft"]),
+                                    itl=_distribution(doc["itl"]), e2e=_distribution(doc["e2e"]))
+    return row
 
 
 def _phase(doc: dict[str, Any]) -> PhaseOutcome:
     plan = PhasePlan(doc["plan"]["workload"], _build(WorkloadParams, doc["plan"]["params"]))
-    return _build(PhaseOutcome, doc, plan=plan, rows=[_row(r) for r in doc["rows"]])  # type: ignore[no-any-return]
+    phase: PhaseOutcome = _build(PhaseOutcome, doc, plan=plan, rows=[_row(r) for r in doc["rows"]])
+    return phase
 
 
 def _overhead(doc: dict[str, Any] | None) -> OverheadResult | None:
@@ -79,7 +81,7 @@ def _overhead(doc: dict[str, Any] | None) -> OverheadResult | None:
                                                                          "epp_cn")})
              for p in doc["pools"]]
     decisions = [_build(DecisionLatency, d) for d in doc["decisions"]]
-    return OverheadResult(pools, decisions, int(doc.get("body_bytes", 0)))
+    return OverheadResult(pools, decisions, int(doc.get("body_bytes", 0)), str(doc.get("measured", "")))
 
 
 def load_results(path: Path) -> tuple[list[PhaseOutcome], OverheadResult | None, RunInfo]:

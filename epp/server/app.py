@@ -145,8 +145,6 @@ class EPPServer:
         self.probe = ReadinessProbe(self.datastore)
         self._stop = asyncio.Event()
         self._sources: list[Any] = []
-        self._started: list[Any] = []
-        self._tasks: list[asyncio.Task[None]] = []
 
     def _scheduler(self) -> Any:
         return self.sched_config.scheduler
@@ -165,43 +163,62 @@ class EPPServer:
         return True
 
     async def run(self) -> None:
+        """Start everything, serve until stop() or SIGTERM/SIGINT, then drain and stop in
+        reverse order (also when start-up fails half way, so nothing is left running)."""
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(_stop_plugin_services, self.ctx)
+            await self._start(stack)
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(sig, self._stop.set)
+            await self._stop.wait()
+            log.info("shutting down: draining for up to %.1fs", self.opts.shutdown_grace_s)
+            self.probe.draining = True
+
+    async def _start(self, stack: contextlib.AsyncExitStack) -> None:
         opts = self.opts
         if opts.kubernetes is not None:
             from epp.k8s.source import KubernetesSource
 
             k8s = KubernetesSource(opts.kubernetes, self.datastore, self.reload_config,
                                    config_path=str(opts.config) if opts.config else None)
+            stack.push_async_callback(k8s.stop)
             await k8s.start()
-            self._started.append(k8s)
             self.probe.source_synced = k8s.synced
         elif opts.pool_file is not None and opts.endpoints_file is not None:
             local = LocalEndpointSource(self.datastore, opts.pool_file, opts.endpoints_file,
                                         opts.objectives_files)
+            stack.push_async_callback(local.stop)
             await local.start()
-            self._started.append(local)
             if opts.config is not None:
                 watcher = ConfigFileWatcher(str(opts.config), self.reload_config, opts.config_watch_interval_s)
+                stack.push_async_callback(watcher.stop)
                 watcher.start()
-                self._started.append(watcher)
         else:
             raise ConfigError("no endpoint source: give --pool-file and --endpoints-file (local mode) "
                               "or --pool-name (Kubernetes mode)")
 
         if self.peers is not None and self.inflight_sharing is not None:
+            stack.push_async_callback(self.peers.stop)
             await self.peers.start()
+            stack.push_async_callback(self.inflight_sharing.stop)
             await self.inflight_sharing.start()
-            self._started += [self.peers, self.inflight_sharing]
 
         scrapers = ScraperManager(self.datastore, opts.scrape)
+        stack.push_async_callback(scrapers.stop)
         await scrapers.start()
-        self._started.append(scrapers)
         await _start_plugin_services(self.ctx)
 
         health = GrpcHealthReporter(self.probe)
         grpc_server, port = build_grpc_server(
-            self.handler, f"{opts.host}:{opts.grpc_port}", max_concurrent_streams=opts.max_concurrent_streams)
+            self.handler, f"{opts.host}:{opts.grpc_port}", max_concurrent_streams=opts.max_concurrent_streams,
+            # Only workers of one EPP share the port; a lone EPP must fail if it is taken.
+            reuse_port=opts.worker_count > 1)
         health.add_to_server(grpc_server)
+        stack.push_async_callback(grpc_server.stop, opts.shutdown_grace_s)
         await grpc_server.start()
+        stack.push_async_callback(health.stop)  # runs first: NOT_SERVING before the drain
         await health.start()
         # Worker 0 answers the probes and serves /metrics for every worker (see WorkerMetrics);
         # the others export theirs on a private loopback port.
@@ -215,33 +232,14 @@ class EPPServer:
         else:
             http_servers.append(HttpServer(metrics_app(self.metrics.registry), "127.0.0.1", 0))
         for http in http_servers:
+            stack.push_async_callback(http.stop)
             await http.start()
         if opts.worker_id != 0 and self.peers is not None:
             announcer = asyncio.create_task(
                 WorkerMetrics(self.peers, self.metrics.registry).announce(http_servers[0].port))
-            self._tasks.append(announcer)
+            stack.callback(announcer.cancel)
         log.info("EPP worker %d/%d serving ext_proc on %s:%d, health on :%d, metrics on :%d",
                  opts.worker_id, opts.worker_count, opts.host, port, opts.health_port, opts.metrics_port)
-
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self._stop.set)
-        try:
-            await self._stop.wait()
-        finally:
-            log.info("shutting down: draining for up to %.1fs", opts.shutdown_grace_s)
-            self.probe.draining = True
-            await health.stop()
-            await grpc_server.stop(opts.shutdown_grace_s)
-            for task in self._tasks:
-                task.cancel()
-            for http in http_servers:
-                await http.stop()
-            for component in reversed(self._started):
-                with contextlib.suppress(Exception):
-                    await component.stop()
-            await _stop_plugin_services(self.ctx)
 
     def stop(self) -> None:
         self._stop.set()

@@ -30,7 +30,7 @@ def build_grpc_server(
     address: str,
     extra_handlers: list[grpc.GenericRpcHandler] | None = None,
     max_concurrent_streams: int = 0,
-    reuse_port: bool = True,
+    reuse_port: bool = False,
 ) -> tuple[grpc.aio.Server, int]:
     """Create (not start) the server; returns it and the bound port."""
     options: list[tuple[str, Any]] = [
@@ -46,7 +46,10 @@ def build_grpc_server(
         options.append(("grpc.max_concurrent_streams", max_concurrent_streams))
     server = grpc.aio.server(options=options)
     server.add_generic_rpc_handlers([ext_proc_generic_handler(handler), *(extra_handlers or [])])
-    port = server.add_insecure_port(address)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError:
+        port = 0
     if port == 0:
-        raise OSError(f"cannot bind the ext_proc gRPC server to {address}")
+        raise OSError(f"cannot listen on {address} for ext_proc: is another process using the port?")
     return server, port
