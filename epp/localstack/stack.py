@@ -32,6 +32,7 @@ DEFAULT_LORAS = ("sql-lora", "tweet-summary")
 POOL_LABELS = {"app": "vllm-llama3-8b-instruct"}
 # Per-pod KV-event socket port (pods share 127.0.0.1 locally, so one port per pod).
 KV_EVENTS_PORT_LABEL = "kv-events.epp.llm-d.ai/port"
+KV_EVENTS_BASE_PORT = 5557  # vLLM's customary KV-event port; pod i publishes on 5557 + i
 
 
 class StackError(RuntimeError):
@@ -142,7 +143,7 @@ class LocalStack:
             pods = [PodSpec(name=f"vllm-{i}", port=self._port(i)) for i in range(cfg.pods)]
         if cfg.kv_events:
             for i, pod in enumerate(pods):
-                pod.kv_events_port = free_port() if cfg.base_pod_port == 0 else cfg.base_pod_port + 1000 + i
+                pod.kv_events_port = free_port() if cfg.base_pod_port == 0 else KV_EVENTS_BASE_PORT + i
         return pods
 
     @property
