@@ -144,3 +144,17 @@ def test_epp_metrics_count_requests(stack: LocalStack) -> None:
     line = next(ln for ln in text.splitlines()
                 if ln.startswith("inference_objective_request_total{") and MODEL in ln)
     assert float(line.split()[-1]) > 0
+
+
+def test_grpc_health_on_the_ext_proc_port(stack: LocalStack) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{stack.cfg.grpc_port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "envoy.service.ext_proc.v3.ExternalProcessor"):
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    ready = httpx.get(f"http://127.0.0.1:{stack.cfg.health_port}/readyz", timeout=5)
+    assert ready.status_code == 200
+    assert httpx.get(f"http://127.0.0.1:{stack.cfg.health_port}/healthz", timeout=5).status_code == 200
