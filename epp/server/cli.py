@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from epp.flowcontrol.admission import AdmissionConfig
+from epp.flowcontrol.saturation import SaturationConfig
 from epp.k8s.cli import KubernetesOptions, add_k8s_arguments
 from epp.metricsscrape.scraper import ScrapeConfig
 from epp.observability.logging import configure_logging
@@ -40,6 +42,12 @@ def add_parser(sub: Any) -> None:
                    help="seconds without fresh metrics before a pod is considered unhealthy (1.0)")
     p.add_argument("--engine", default="vllm", choices=("vllm", "sglang"),
                    help="metric names of the model servers (vllm)")
+    p.add_argument("--max-inflight-requests", type=int, default=10_000,
+                   help="requests in flight per EPP process before new ones get 503 (10000)")
+    p.add_argument("--saturation-queue-depth", type=int, default=5,
+                   help="waiting requests at which a pod counts as saturated (5)")
+    p.add_argument("--saturation-kv-cache", type=float, default=0.8,
+                   help="KV-cache use at which a pod counts as saturated (0.8)")
     p.add_argument("--no-model-discovery", action="store_true",
                    help="do not read /v1/models from the pods (then unknown model names are not refused)")
     p.add_argument("--max-concurrent-streams", type=int, default=0,
@@ -82,6 +90,9 @@ def run(args: argparse.Namespace) -> int:
             metrics_port=args.metrics_port, config=args.config, pool_file=args.pool_file,
             endpoints_file=args.endpoints_file, objectives_files=list(args.objectives_file),
             kubernetes=k8s, scrape=scrape, max_concurrent_streams=args.max_concurrent_streams,
+            admission=AdmissionConfig(max_inflight_requests=args.max_inflight_requests),
+            saturation=SaturationConfig(queue_depth_threshold=args.saturation_queue_depth,
+                                        kv_cache_util_threshold=args.saturation_kv_cache),
             worker_id=args.worker_id or 0, worker_count=args.worker_count, peer_dir=args.peer_dir)
         server = EPPServer(opts)
         asyncio.run(server.run())
