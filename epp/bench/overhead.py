@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -32,7 +31,7 @@ from pathlib import Path
 import yaml
 
 from epp.bench.envoy_configs import instant_upstream_config, lb_envoy_config, to_yaml
-from epp.bench.routers import stop_process, wait_http
+from epp.bench.routers import free_ports, stop_process, wait_http
 from epp.bench.stats import Distribution
 from epp.bench.workloads import DEFAULT_MODEL, VOCABULARY
 from epp.localstack.envoy_config import EnvoyConfigParams, envoy_config_yaml
@@ -226,17 +225,6 @@ def session_cpu_seconds(session_id: int) -> float:
 
 
 # --- processes ---------------------------------------------------------------------------------
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct free loopback ports (all held open while picking, so none repeats)."""
-    with contextlib.ExitStack() as stack:
-        ports = []
-        for _ in range(count):
-            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind(("127.0.0.1", 0))
-            ports.append(int(sock.getsockname()[1]))
-        return ports
-
 
 def _spawn(args: Sequence[str], log: Path) -> subprocess.Popen[bytes]:
     log.parent.mkdir(parents=True, exist_ok=True)

@@ -39,14 +39,15 @@ from epp.bench.client import run_phase
 from epp.bench.report import fmt_ms, fmt_num, fmt_pct, fmt_ratio, table
 from epp.bench.routers import RouterSpec
 from epp.bench.runner import PhasePlan, RouterPhaseResult, summarize
-from epp.bench.stats import ratio
+from epp.bench.stats import Distribution, ratio
 from epp.bench.workloads import DEFAULT_MODEL, BenchRequest, Workload, WorkloadParams, poisson_arrivals, words
-from epp.localstack.stack import REPO, LocalStack, StackConfig
+from epp.localstack.stack import REPO, LocalStack, StackConfig, StackError
 
 PD_CONFIG = REPO / "deploy/vllm/pd/epp-config-pd.yaml"
 PD_DECISION_METRIC = "llm_d_inference_scheduler_pd_decision_total"
+# llm-d's newer name (the one above is deprecated there); read when the older one is absent.
+DISAGG_DECISION_METRIC = "llm_d_inference_scheduler_disagg_decision_total"
 SIDECAR_REQUESTS_METRIC = "epp_sidecar_requests_total"
-REMOTE_DECISION = "prefill-decode"
 # The simulator's tokenizer turns VOCABULARY words into about 4 characters per token.
 CHARS_PER_TOKEN = 4.0
 WORKLOAD_NAME = "long-prompt"
@@ -90,10 +91,12 @@ SETUPS: Mapping[str, PDSetup] = {s.key: s for s in (AGGREGATED, DISAGGREGATED, D
 
 @dataclass(slots=True, frozen=True)
 class PDSettings:
-    rates: tuple[float, ...] = (3.0, 6.0, 9.0)  # model requests/s
-    duration_s: float = 20.0  # model seconds of arrivals per rate ...
-    max_requests: int = 150  # ... and at most this many requests per rate
-    time_scale: float = 0.5
+    rates: tuple[float, ...] = (3.0, 6.0, 9.0)  # model requests/s; ~9 nears the aggregated limit
+    duration_s: float = 15.0  # model seconds of arrivals per rate ...
+    max_requests: int = 120  # ... and at most this many requests per rate
+    # Real speed: faster scales make the 2-core machine's client and proxies the bottleneck
+    # (streamed tokens arrive merged and the measured ITL collapses).
+    time_scale: float = 1.0
     shape: LongPromptShape = LongPromptShape()
     setups: tuple[str, ...] = ("aggregated", "pd", "pd-decode-only")
     seed: int = 1
@@ -174,7 +177,8 @@ def scrape_counters(stack: LocalStack) -> PDCounters:
     counters = PDCounters()
     with httpx.Client(timeout=5.0, trust_env=False) as client:
         epp_text = client.get(f"http://127.0.0.1:{stack.cfg.metrics_port}/metrics").text
-        counters.decisions = sum_counter(epp_text, PD_DECISION_METRIC, "decision_type")
+        counters.decisions = (sum_counter(epp_text, PD_DECISION_METRIC, "decision_type")
+                              or sum_counter(epp_text, DISAGG_DECISION_METRIC, "decision_type"))
         for pod in stack.pods:
             if not pod.sidecar_port:
                 continue
@@ -192,6 +196,9 @@ class PDPhaseResult:
     label: str
     rate: float
     row: RouterPhaseResult  # latencies in model seconds, errors, throughput
+    # Per request (e2e - TTFT) / (tokens - 1), model seconds: unlike the client-side ITL it does
+    # not shrink when a busy client reads several SSE events at once.
+    tpot: Distribution = field(default_factory=lambda: Distribution.of([]))
     mean_prompt_tokens: float = math.nan  # as the pods counted them (usage.prompt_tokens)
     decisions: dict[str, float] = field(default_factory=dict)
     sidecar_modes: dict[str, float] = field(default_factory=dict)
@@ -203,7 +210,9 @@ class PDPhaseResult:
         total = sum(self.decisions.values())
         if total <= 0:
             return 0.0 if self.row.ok else math.nan
-        return self.decisions.get(REMOTE_DECISION, 0.0) / total
+        # prefill-decode, and llm-d's encode-prefill-decode: the types that ran a prefill pod.
+        remote = sum(n for kind, n in self.decisions.items() if "prefill" in kind)
+        return remote / total
 
 
 @dataclass(slots=True)
@@ -257,12 +266,33 @@ def _run_phase(stack: LocalStack, setup: PDSetup, workload: Workload, settings: 
     after = scrape_counters(stack)
     row = summarize(spec, plan, phase, settings.time_scale, math.nan, len(stack.pods))
     prompts = [r.prompt_tokens for r in phase.results if r.ok and r.prompt_tokens]
+    tpot = [(r.e2e_s - r.ttft_s) / (r.output_tokens - 1) for r in phase.results if r.ok and r.output_tokens > 1]
     return PDPhaseResult(
         setup.key, setup.label, workload.params.rate, row,
+        tpot=Distribution.of(tpot).scaled(1.0 / settings.time_scale),
         mean_prompt_tokens=math.fsum(prompts) / len(prompts) if prompts else math.nan,
         decisions=counter_delta(before.decisions, after.decisions),
         sidecar_modes=counter_delta(before.sidecar_modes, after.sidecar_modes),
     )
+
+
+def _start_stack(setup: PDSetup, settings: PDSettings, progress: Callable[[str], None]) -> LocalStack:
+    """Start the setup's stack; one retry with fresh ports, since a free port picked for it may be
+    taken by another process on a shared machine before the component binds it."""
+    run_dir = settings.run_dir / setup.key
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for attempt in (1, 2):
+        cfg = StackConfig(run_dir=run_dir, ports_free=True, pd=setup.pd, time_scale=settings.time_scale,
+                          epp_config=_epp_config(setup, run_dir), kv_events=False, loras=())
+        stack = LocalStack(cfg)
+        try:
+            stack.start(timeout=60)
+            return stack
+        except StackError as e:
+            if attempt == 2:
+                raise
+            progress(f"   {setup.label}: could not start ({str(e).splitlines()[0][:160]}); retrying once")
+    raise AssertionError("unreachable")
 
 
 def run_pd_benchmark(settings: PDSettings, command: str = "",
@@ -279,14 +309,8 @@ def run_pd_benchmark(settings: PDSettings, command: str = "",
         if time.monotonic() - started > settings.max_wall_s:
             result.phases += [_skipped(setup, r, "wall-time budget used up") for r in settings.rates]
             continue
-        run_dir = settings.run_dir / setup.key
-        cfg = StackConfig(run_dir=run_dir, ports_free=True, pd=setup.pd, time_scale=settings.time_scale,
-                          epp_config=None, kv_events=False, loras=())
-        run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.epp_config = _epp_config(setup, run_dir)
-        stack = LocalStack(cfg)
         try:
-            stack.start(timeout=60)
+            stack = _start_stack(setup, settings, progress)
         except Exception as e:  # one setup that cannot start must not void the others
             reason = f"stack failed to start: {type(e).__name__}: {str(e)[:200]}"
             result.phases += [_skipped(setup, r, reason) for r in settings.rates]
@@ -298,7 +322,13 @@ def run_pd_benchmark(settings: PDSettings, command: str = "",
                     result.phases.append(_skipped(setup, rate, "wall-time budget used up"))
                     continue
                 phase_started = time.monotonic()
-                phase = _run_phase(stack, setup, workloads[rate], settings)
+                try:
+                    phase = _run_phase(stack, setup, workloads[rate], settings)
+                except (httpx.HTTPError, OSError, ValueError) as e:  # e.g. a component died: keep the rest
+                    reason = f"failed: {type(e).__name__}: {str(e)[:200]}"
+                    result.phases.append(_skipped(setup, rate, reason))
+                    progress(f"   {setup.key} @ {rate:g} req/s: {reason}")
+                    continue
                 result.phases.append(phase)
                 row = phase.row
                 progress(f"   {setup.key:15s} @ {rate:g} req/s: ok {row.ok:3d} err {row.errors:3d} "
@@ -317,7 +347,7 @@ def _metric_rows(phase: PDPhaseResult) -> list[tuple[str, float, str]]:
     """(name, value, formatted) of the metrics a table shows, in display order."""
     row = phase.row
     out: list[tuple[str, float, str]] = []
-    for name, dist in (("TTFT", row.ttft), ("ITL", row.itl), ("E2E", row.e2e)):
+    for name, dist in (("TTFT", row.ttft), ("ITL", row.itl), ("TPOT", phase.tpot), ("E2E", row.e2e)):
         for q, value in (("p50", dist.p50), ("p90", dist.p90), ("p99", dist.p99)):
             out.append((f"{name} {q} (ms)", value, fmt_ms(value)))
     out.append(("output tokens/s", row.output_tokens_per_s, fmt_num(row.output_tokens_per_s)))
@@ -331,7 +361,7 @@ def _metric_rows(phase: PDPhaseResult) -> list[tuple[str, float, str]]:
     return out
 
 
-_RATIO_ROWS = 10  # latency and throughput rows get a ratio; errors and shares do not
+_RATIO_ROWS = 13  # latency and throughput rows get a ratio; errors and shares do not
 
 
 def rate_table(result: PDResult, rate: float) -> str:
@@ -367,6 +397,7 @@ class PDRatios:
     ttft_p50: float
     itl_p50: float
     itl_p99: float
+    tpot_p50: float
     output_tokens_per_s: float
 
 
@@ -375,13 +406,13 @@ def pd_ratios(result: PDResult, rate: float) -> PDRatios | None:
     if agg is None or pd is None:
         return None
     return PDRatios(ratio(pd.row.ttft.p50, agg.row.ttft.p50), ratio(pd.row.itl.p50, agg.row.itl.p50),
-                    ratio(pd.row.itl.p99, agg.row.itl.p99),
+                    ratio(pd.row.itl.p99, agg.row.itl.p99), ratio(pd.tpot.p50, agg.tpot.p50),
                     ratio(pd.row.output_tokens_per_s, agg.row.output_tokens_per_s))
 
 
 def _at(rate: float, r: PDRatios) -> str:
-    return (f"TTFT p50 {fmt_ratio(r.ttft_p50)}, ITL p50 {fmt_ratio(r.itl_p50)}, ITL p99 "
-            f"{fmt_ratio(r.itl_p99)} and throughput {fmt_ratio(r.output_tokens_per_s)} at {rate:g} req/s")
+    return (f"TTFT p50 {fmt_ratio(r.ttft_p50)}, ITL p99 {fmt_ratio(r.itl_p99)}, TPOT p50 "
+            f"{fmt_ratio(r.tpot_p50)} and throughput {fmt_ratio(r.output_tokens_per_s)} at {rate:g} req/s")
 
 
 def interpretation(result: PDResult) -> str:
@@ -401,11 +432,17 @@ def interpretation(result: PDResult) -> str:
         sentences.append("The aggregated pods' prefill stalls do not outweigh what the decode pods pay "
                          "here: two pods carry every decode batch, and each KV pull also lengthens a "
                          "decode step.")
+    local = result.phase(DECODE_ONLY.key, high[0])
+    pd = result.phase(DISAGGREGATED.key, high[0])
     if top.ttft_p50 > 1:
+        remedy = "a larger prefill share (e.g. 2 prefill : 1 decode) or a higher nonCachedTokens threshold"
+        if local is not None and pd is not None and local.row.ttft.p50 < pd.row.ttft.p50:
+            remedy += (f" (with the threshold out of reach the same pods reach TTFT p50 "
+                       f"{fmt_ms(local.row.ttft.p50)} ms instead of {fmt_ms(pd.row.ttft.p50)} ms "
+                       f"at {high[0]:g} req/s, at the cost of the decode stalls)")
         sentences.append("The price is TTFT: one prefill pod does the prompt work that three pods share "
-                         "in the aggregated setup, so its queue grows with the rate; prompt-heavy traffic "
-                         "needs a larger prefill share (e.g. 2 prefill : 1 decode) or a higher "
-                         "nonCachedTokens threshold.")
+                         f"in the aggregated setup, so its queue grows with the rate; prompt-heavy "
+                         f"traffic needs {remedy}.")
     else:
         sentences.append("TTFT does not suffer: the KV transfer costs less than the prefill the decode "
                          "pods avoid.")
@@ -424,7 +461,8 @@ def pd_markdown(result: PDResult) -> str:
         "Three simulated vLLM pods (default H100/Llama-3.1-8B latency model) behind Envoy and the "
         "EPP in every setup; the P/D decode pods sit behind our routing sidecar. "
         f"Simulator time scale {s.time_scale:g}: all latencies and throughputs are **model time** "
-        f"(wall / {s.time_scale:g}). Remote prefill shares come from the EPP's "
+        f"(wall / {s.time_scale:g}). ITL is every gap between streamed tokens as the client saw them; "
+        "TPOT is each request's mean gap, (E2E - TTFT) / (tokens - 1). Remote prefill shares come from the EPP's "
         f"`{PD_DECISION_METRIC}` and the sidecars' `{SIDECAR_REQUESTS_METRIC}{{mode}}`."
         + (" **Quick mode: smoke-test sizes, not a measurement.**" if s.quick else ""),
         "",

@@ -10,6 +10,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ from typing import Literal
 import httpx
 
 from epp.bench.envoy_configs import lb_envoy_config, to_yaml
-from epp.localstack.stack import LocalStack, StackConfig, StackError, envoy_binary, free_port
+from epp.localstack.stack import LocalStack, StackConfig, StackError, envoy_binary
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -112,6 +113,17 @@ class RunningRouter:
         return out
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free loopback ports (all held open while picking, so none repeats)."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind(("127.0.0.1", 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
+
+
 def _spawn(name: str, args: Sequence[str], run_dir: Path) -> tuple[subprocess.Popen[bytes], Path]:
     log_path = run_dir / "logs" / f"{name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -184,7 +196,7 @@ def running_router(spec: RouterSpec, row: RowSettings, tag: str, timeout: float 
 
 
 def _start_envoy_lb(running: RunningRouter, row: RowSettings, run_dir: Path, timeout: float) -> None:
-    port, admin = free_port(), free_port()
+    port, admin = free_ports(2)
     pods = [("127.0.0.1", p.port) for p in running.stack.pods]
     path = run_dir / "envoy-lb.yaml"
     path.write_text(to_yaml(lb_envoy_config(port, admin, pods, running.spec.policy)))
@@ -199,10 +211,10 @@ def _start_vllm_router(running: RunningRouter, row: RowSettings, run_dir: Path, 
     binary = vllm_router_binary()
     if binary is None:
         raise StackError("vllm-router not installed (pip install vllm-router==0.1.17)")
-    port = free_port()
+    port, prometheus_port = free_ports(2)
     args = [binary, "--host", "127.0.0.1", "--port", str(port), "--policy", running.spec.policy,
             "--worker-urls", *running.pod_urls, "--prometheus-host", "127.0.0.1",
-            "--prometheus-port", str(free_port()), "--log-level", "warning",
+            "--prometheus-port", str(prometheus_port), "--log-level", "warning",
             # The benchmark compares routing, not admission: no router-side queue limits.
             "--disable-retries", "--disable-circuit-breaker"]
     if running.spec.policy == "kv_aware":

@@ -25,6 +25,7 @@ from epp.bench.hitrate import best_hit_rate
 from epp.bench.routers import RouterSpec, RowSettings, running_router, unavailable_reason
 from epp.bench.stats import Distribution
 from epp.bench.workloads import Workload, WorkloadParams, build
+from epp.localstack.stack import StackError
 
 log = logging.getLogger("epp.bench")
 
@@ -171,6 +172,26 @@ def log_warnings(path: Path, limit: int = 3) -> list[str]:
     return [f"{message} (x{n})" for message, n in counts.most_common(limit)]
 
 
+def _run_with_one_retry(spec: RouterSpec, plan: PhasePlan, workload: Workload, bench: BenchPlan, tag: str,
+                        progress: Callable[[str], None]) -> RouterPhaseResult:
+    """One retry when the stack fails to start (e.g. a free port taken meanwhile by another
+    process); any other failure, or a second one, becomes a 'failed' row."""
+    for attempt in (1, 2):
+        try:
+            return run_router_phase(spec, plan, workload, bench, f"{tag}-try{attempt}" if attempt > 1 else tag)
+        except StackError as e:
+            if attempt == 1:
+                progress(f"   {spec.label}: could not start ({str(e).splitlines()[0][:160]}); retrying once")
+                continue
+            error: Exception = e
+        except Exception as e:  # one broken router must not void the whole run
+            error = e
+        log.error("router %s failed in phase %s: %s", spec.key, plan.key, error, exc_info=error)
+        break
+    return RouterPhaseResult(spec.key, spec.label, spec.ours, plan.workload, plan.params.rate,
+                             skipped=f"failed: {type(error).__name__}: {str(error)[:200]}")
+
+
 def run_benchmark(bench: BenchPlan, progress: Callable[[str], None] = print) -> list[PhaseOutcome]:
     outcomes: list[PhaseOutcome] = []
     for plan in bench.phases:
@@ -190,12 +211,7 @@ def run_benchmark(bench: BenchPlan, progress: Callable[[str], None] = print) -> 
                 continue
             tag = f"{plan.workload}-{plan.params.rate:g}-{spec.key}"
             started = time.monotonic()
-            try:
-                result = run_router_phase(spec, plan, workload, bench, tag)
-            except Exception as e:  # one broken router must not void the whole run
-                log.exception("router %s failed in phase %s", spec.key, plan.key)
-                result = RouterPhaseResult(spec.key, spec.label, spec.ours, plan.workload, plan.params.rate,
-                                           skipped=f"failed: {type(e).__name__}: {str(e)[:200]}")
+            result = _run_with_one_retry(spec, plan, workload, bench, tag, progress)
             outcome.rows.append(result)
             progress(f"   {spec.label:32s} ok {result.ok:4d} err {result.errors:3d} "
                      f"TTFT p50 {result.ttft.p50 * 1e3:8.1f} ms p99 {result.ttft.p99 * 1e3:8.1f} ms "

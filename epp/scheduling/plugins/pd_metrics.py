@@ -27,6 +27,7 @@ SKIP_BELOW_THRESHOLD = "below-threshold"  # few uncached prompt tokens on the de
 SKIP_NO_PREFILL_ENDPOINT = "no-prefill-endpoint"  # the prefill profile found no pod
 SKIP_SAME_ENDPOINT = "same-endpoint"  # prefill picked the decode pod itself
 SKIP_NO_PREFILL_PROFILE = "no-prefill-profile"  # config has no prefill profile
+SKIP_PREFILL_BACKLOG = "prefill-backlog"  # the prefill pod has maxPrefillBacklog requests already
 
 
 class PDMetrics(Collector):

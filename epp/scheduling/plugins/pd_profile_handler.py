@@ -80,6 +80,10 @@ class PDProfileHandler:
         characters_per_token: float = 4.0
         prefix_plugin_name: str = "prefix-cache-scorer"
         hash_block_size: int = 64
+        # Prefill locally on the decode pod instead when the chosen prefill pod already has this
+        # many requests running or waiting (its backlog would cost more TTFT than the decode
+        # pod's own prefill). 0 disables the check (llm-d's behaviour).
+        max_prefill_backlog: int = 0
 
         def validate(self) -> None:
             if not self.decode_profile or not self.prefill_profile:
@@ -94,6 +98,8 @@ class PDProfileHandler:
                 raise ValueError("the threshold must be >= 0")
             if self.characters_per_token <= 0:
                 raise ValueError(f"'charactersPerToken' must be > 0, got {self.characters_per_token}")
+            if self.max_prefill_backlog < 0:
+                raise ValueError(f"'maxPrefillBacklog' must be >= 0, got {self.max_prefill_backlog}")
             if self.hash_block_size <= 0:
                 raise ValueError(f"'hashBlockSize' must be > 0, got {self.hash_block_size}")
 
@@ -169,6 +175,8 @@ class PDProfileHandler:
             prefill_target = self._prefill_target(results[self.prefill_profile], decode_result.targets[0])
             if prefill_target is None:
                 skip_reason = self._why_no_prefill_target(results[self.prefill_profile])
+            elif self._prefill_backlogged(prefill_target):
+                skip_reason = m.SKIP_PREFILL_BACKLOG
             else:
                 headers[PREFILLER_HEADER] = prefill_target.hostport
                 profile_results[self.prefill_profile] = results[self.prefill_profile]
@@ -218,6 +226,13 @@ class PDProfileHandler:
             return 0
         cached = per_endpoint.get(endpoint.key, 0)
         return cached if isinstance(cached, int) and cached > 0 else 0
+
+    def _prefill_backlogged(self, prefill: Endpoint) -> bool:
+        limit = self.params.max_prefill_backlog
+        if limit <= 0:
+            return False
+        backlog = prefill.metrics.waiting_queue_size + prefill.metrics.running_requests
+        return backlog >= limit
 
     @staticmethod
     def _prefill_target(result: ProfileRunResult | None, decode_target: Endpoint) -> Endpoint | None:

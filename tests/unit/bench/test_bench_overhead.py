@@ -2,7 +2,8 @@ import asyncio
 import json
 import os
 
-from epp.bench.overhead import chat_bodies, closed_loop, free_ports, http_request, parse_head, session_cpu_seconds
+from epp.bench.overhead import chat_bodies, closed_loop, http_request, parse_head, session_cpu_seconds
+from epp.bench.routers import free_ports
 
 
 def test_chat_bodies_are_about_2kb_of_valid_chat_json() -> None:

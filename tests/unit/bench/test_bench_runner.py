@@ -1,7 +1,9 @@
 from pathlib import Path
 
+import pytest
+
 from epp.bench.client import PhaseResult, RequestResult
-from epp.bench.routers import ROUTERS, RowSettings, _stack_config, router_by_key, unavailable_reason
+from epp.bench.routers import ROUTERS, RouterSpec, RowSettings, _stack_config, router_by_key, unavailable_reason
 from epp.bench.runner import PhasePlan, log_warnings, parse_prefix_counters, summarize
 from epp.bench.workloads import WorkloadParams
 
@@ -66,3 +68,28 @@ def test_stack_config_gives_cold_bench_pods_and_only_epp_rows_start_the_epp(tmp_
         assert "--kv-events-bind" in args
         assert args[args.index("--num-gpu-blocks") + 1] == "1000"
         assert args[args.index("--slowdown") + 1] == "2.0"
+
+
+def test_a_stack_that_fails_to_start_is_retried_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from epp.bench import runner
+    from epp.bench.runner import BenchPlan, RouterPhaseResult, run_benchmark
+    from epp.localstack.stack import StackError
+
+    calls: list[str] = []
+
+    def flaky(spec: RouterSpec, plan: PhasePlan, workload: object, bench: object, tag: str) -> RouterPhaseResult:
+        calls.append(tag)
+        if spec.key == "envoy-rr" and len(calls) == 1:
+            raise StackError("envoy-lb exited with code 1: address already in use")
+        if spec.key == "envoy-lr":
+            raise StackError("still broken")
+        return RouterPhaseResult(spec.key, spec.label, spec.ours, plan.workload, plan.params.rate, ok=1)
+
+    monkeypatch.setattr(runner, "run_router_phase", flaky)
+    plan = PhasePlan("no-sharing", WorkloadParams(rate=5, count=3, duration_s=5))
+    bench = BenchPlan([plan], [router_by_key("envoy-rr"), router_by_key("envoy-lr")], RowSettings())
+    outcome = run_benchmark(bench, progress=lambda _: None)[0]
+    rr, lr = outcome.rows
+    assert rr.ok == 1 and not rr.skipped
+    assert lr.skipped.startswith("failed: StackError: still broken")
+    assert len(calls) == 4  # rr twice, lr twice

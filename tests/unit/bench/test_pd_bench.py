@@ -40,7 +40,8 @@ def _phase(setup: PDSetup, rate: float, ttft: float, itl: float, tput: float, *,
                             itl=Distribution(100, itl, itl, itl * 2, itl * 4),
                             e2e=Distribution(10, 1.0, 1.0, 2.0, 3.0),
                             output_tokens_per_s=tput)
-    return PDPhaseResult(setup.key, setup.label, rate, row, mean_prompt_tokens=4000.0,
+    return PDPhaseResult(setup.key, setup.label, rate, row, tpot=Distribution(10, itl, itl, itl, itl),
+                         mean_prompt_tokens=4000.0,
                          decisions=decisions or {},
                          sidecar_modes={"disaggregated": 9.0, "fallback": 1.0} if setup.pd else {})
 
@@ -125,6 +126,9 @@ def test_counter_delta_covers_new_labels() -> None:
 def test_remote_prefill_share() -> None:
     pd = _phase(DISAGGREGATED, 2.0, 0.3, 0.01, 100.0, decisions={"prefill-decode": 3.0, "decode-only": 1.0})
     assert pd.remote_prefill_share == pytest.approx(0.75)
+    newer = _phase(DISAGGREGATED, 2.0, 0.3, 0.01, 100.0,
+                   decisions={"encode-prefill-decode": 1.0, "encode-decode": 1.0, "decode-only": 2.0})
+    assert newer.remote_prefill_share == pytest.approx(0.25)
     agg = _phase(AGGREGATED, 2.0, 0.2, 0.01, 100.0)
     assert agg.remote_prefill_share == 0.0  # no P/D handler: nothing went remote
 
@@ -148,6 +152,7 @@ def test_ratios_are_pd_over_aggregated() -> None:
     assert r.ttft_p50 == pytest.approx(2.5)
     assert r.itl_p50 == pytest.approx(0.8)
     assert r.itl_p99 == pytest.approx(0.8)
+    assert r.tpot_p50 == pytest.approx(0.8)
     assert r.output_tokens_per_s == pytest.approx(0.9)
     assert pd_ratios(result, 9.0) is None
 
@@ -160,6 +165,8 @@ def test_rate_table_has_ratio_column_and_formats() -> None:
     assert lines[0].endswith("| P/D ÷ aggregated |")
     ttft = next(line for line in lines if line.startswith("| TTFT p50"))
     assert ttft == "| TTFT p50 (ms) | 200.0 | 500.0 | 2.50x |"
+    tpot = next(line for line in lines if line.startswith("| TPOT p99"))
+    assert tpot == "| TPOT p99 (ms) | 10.0 | 8.0 | 0.80x |"
     tput = next(line for line in lines if line.startswith("| output tokens/s"))
     assert tput.endswith("| 100 | 90 | 0.90x |")
     errors = next(line for line in lines if line.startswith("| errors"))
@@ -192,6 +199,14 @@ def test_interpretation_spans_lowest_and_highest_rate() -> None:
     phases += [_phase(DISAGGREGATED, 2.0, 0.3, 0.01, 100.0), _phase(DISAGGREGATED, 4.0, 0.8, 0.01, 100.0)]
     text = interpretation(_result(phases, rates=(2.0, 4.0)))
     assert "at 2 req/s" in text and "TTFT p50 4.00x" in text and "at 4 req/s" in text
+    assert "threshold out of reach" not in text  # no decode-only run to quote
+
+
+def test_interpretation_quotes_the_decode_only_run() -> None:
+    phases = [_phase(AGGREGATED, 2.0, 0.2, 0.01, 100.0), _phase(DISAGGREGATED, 2.0, 0.9, 0.005, 90.0),
+              _phase(DECODE_ONLY, 2.0, 0.4, 0.02, 95.0)]
+    text = interpretation(_result(phases, setups=("aggregated", "pd", "pd-decode-only")))
+    assert "TTFT p50 400.0 ms instead of 900.0 ms at 2 req/s" in text
 
 
 def test_markdown_section() -> None:
