@@ -71,7 +71,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--from-results", type=Path, default=None, metavar="RESULTS_JSON",
                    help="rerun nothing: re-render the report and plots from a previous run's results.json")
     p.set_defaults(func=run_bench)
-    bench_sub = p.add_subparsers(dest="bench_command", metavar="{overhead}")
+    bench_sub = p.add_subparsers(dest="bench_command", metavar="{overhead,pd}")
     o = bench_sub.add_parser("overhead", help="only the EPP overhead benchmark (instant upstreams)",
                              description="Envoy direct vs Envoy + EPP on instant upstreams; updates the "
                                          "overhead section of docs/benchmarks.md unless --no-docs.")
@@ -85,6 +85,13 @@ def add_parser(sub: Any) -> None:
     o.add_argument("--out", type=Path, default=argparse.SUPPRESS)
     o.add_argument("--run-dir", type=Path, default=argparse.SUPPRESS)
     o.set_defaults(func=run_overhead_only)
+    d = bench_sub.add_parser("pd", help="P/D vs aggregated on long prompts (issue: disaggregation)",
+                             description="Disaggregated prefill/decode vs aggregated pods on a long-prompt "
+                                         "workload; writes docs/benchmarks-pd.md and the P/D section of "
+                                         "docs/benchmarks.md.")
+    d.add_argument("--quick", action="store_true", default=argparse.SUPPRESS)
+    d.add_argument("--out", type=Path, default=argparse.SUPPRESS)
+    d.set_defaults(func=run_pd_only)
 
 
 # --- plans ---------------------------------------------------------------------------------------
@@ -176,8 +183,46 @@ def write_docs(out: Path, outcomes: list[PhaseOutcome], overhead: OverheadResult
     plots = plot_routing(outcomes, out)
     if overhead is not None:
         plot_overhead(overhead, out)
-    (out / "benchmarks.md").write_text(render_report(outcomes, overhead, info, plots))
+    report = render_report(outcomes, overhead, info, plots)
+    (out / "benchmarks.md").write_text(splice_pd_section(report, out / PD_DOC))
     return len(plots) + (overhead is not None)
+
+
+PD_DOC = "benchmarks-pd.md"
+PD_START, PD_END = "<!-- pd:start -->", "<!-- pd:end -->"
+
+
+def splice_pd_section(report: str, pd_doc: Path) -> str:
+    """The routing report with the last P/D run (docs/benchmarks-pd.md) in its marked section,
+    so rerunning either benchmark keeps the other's results."""
+    if not pd_doc.exists():
+        return report
+    section = f"{PD_START}\n{pd_doc.read_text().strip()}\n{PD_END}"
+    if PD_START in report and PD_END in report:
+        head, rest = report.split(PD_START, 1)
+        return head + section + rest.split(PD_END, 1)[1]
+    marker = "## EPP overhead"
+    if marker in report:
+        head, tail = report.split(marker, 1)
+        return f"{head}{section}\n\n{marker}{tail}"
+    return f"{report.rstrip()}\n\n{section}\n"
+
+
+def run_pd_only(args: argparse.Namespace) -> int:
+    from epp.bench.pd import PDSettings, pd_markdown, run_pd_benchmark
+
+    out: Path = getattr(args, "out", REPO / "docs")
+    settings = PDSettings.quick_settings() if getattr(args, "quick", False) else PDSettings()
+    result = run_pd_benchmark(settings)
+    text = pd_markdown(result)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / PD_DOC).write_text(text)
+    report = out / "benchmarks.md"
+    if report.exists():
+        report.write_text(splice_pd_section(report.read_text(), out / PD_DOC))
+    print(text)
+    print(f"wrote {out / PD_DOC} and its section of {report}")
+    return 0
 
 
 def rerender(args: argparse.Namespace) -> int:

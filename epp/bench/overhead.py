@@ -31,11 +31,11 @@ from pathlib import Path
 import yaml
 
 from epp.bench.envoy_configs import instant_upstream_config, lb_envoy_config, to_yaml
-from epp.bench.routers import free_ports, stop_process, wait_http
+from epp.bench.routers import stop_process, wait_http
 from epp.bench.stats import Distribution
 from epp.bench.workloads import DEFAULT_MODEL, VOCABULARY
 from epp.localstack.envoy_config import EnvoyConfigParams, envoy_config_yaml
-from epp.localstack.stack import POOL_LABELS, REPO, envoy_binary
+from epp.localstack.stack import POOL_LABELS, REPO, envoy_binary, free_ports
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -79,14 +79,17 @@ class PDSetup:
     key: str
     label: str
     pd: bool  # 1 prefill + 2 decode pods with sidecars, P/D config
-    non_cached_tokens: int | None = None  # override of the pd-profile-handler threshold
+    # Overrides of the pd-profile-handler's parameters in epp-config-pd.yaml.
+    handler_params: tuple[tuple[str, int], ...] = ()
 
 
 AGGREGATED = PDSetup("aggregated", "Aggregated (3 x both, default config)", pd=False)
 DISAGGREGATED = PDSetup("pd", "P/D (1 prefill + 2 decode, epp-config-pd.yaml)", pd=True)
+ALWAYS_REMOTE = PDSetup("pd-always", "P/D, maxPrefillBacklog 0 (llm-d: always remote)", pd=True,
+                        handler_params=(("maxPrefillBacklog", 0),))
 DECODE_ONLY = PDSetup("pd-decode-only", "P/D pods, threshold 10^9 (decode-only)", pd=True,
-                      non_cached_tokens=10**9)
-SETUPS: Mapping[str, PDSetup] = {s.key: s for s in (AGGREGATED, DISAGGREGATED, DECODE_ONLY)}
+                      handler_params=(("nonCachedTokens", 10**9),))
+SETUPS: Mapping[str, PDSetup] = {s.key: s for s in (AGGREGATED, DISAGGREGATED, ALWAYS_REMOTE, DECODE_ONLY)}
 
 
 @dataclass(slots=True, frozen=True)
@@ -98,7 +101,7 @@ class PDSettings:
     # (streamed tokens arrive merged and the measured ITL collapses).
     time_scale: float = 1.0
     shape: LongPromptShape = LongPromptShape()
-    setups: tuple[str, ...] = ("aggregated", "pd", "pd-decode-only")
+    setups: tuple[str, ...] = ("aggregated", "pd", "pd-always", "pd-decode-only")
     seed: int = 1
     drain_s: float = 30.0  # wall seconds allowed after a phase's last arrival
     max_wall_s: float = 240.0  # phases that would start after this are skipped
@@ -244,14 +247,14 @@ def _skipped(setup: PDSetup, rate: float, reason: str) -> PDPhaseResult:
 def _epp_config(setup: PDSetup, run_dir: Path) -> Path | None:
     if not setup.pd:
         return None
-    if setup.non_cached_tokens is None:
+    if not setup.handler_params:
         return PD_CONFIG
     config = yaml.safe_load(PD_CONFIG.read_text())
     handlers = [p for p in config["plugins"] if p.get("type") == "pd-profile-handler"]
     if not handlers:
-        raise ValueError(f"{PD_CONFIG}: no pd-profile-handler plugin to set nonCachedTokens on")
+        raise ValueError(f"{PD_CONFIG}: no pd-profile-handler plugin to set {setup.handler_params} on")
     for handler in handlers:
-        handler.setdefault("parameters", {})["nonCachedTokens"] = setup.non_cached_tokens
+        handler.setdefault("parameters", {}).update(dict(setup.handler_params))
     path = run_dir / f"epp-config-{setup.key}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path

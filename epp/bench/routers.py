@@ -10,7 +10,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from typing import Literal
 import httpx
 
 from epp.bench.envoy_configs import lb_envoy_config, to_yaml
-from epp.localstack.stack import LocalStack, StackConfig, StackError, envoy_binary
+from epp.localstack.stack import LocalStack, StackConfig, StackError, envoy_binary, free_ports
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -111,17 +110,6 @@ class RunningRouter:
         out = {name: p.pid for name, p in self.stack.procs.items()}
         out.update({name: p.pid for name, p in self.extra.items()})
         return out
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct free loopback ports (all held open while picking, so none repeats)."""
-    with contextlib.ExitStack() as stack:
-        ports = []
-        for _ in range(count):
-            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind(("127.0.0.1", 0))
-            ports.append(int(sock.getsockname()[1]))
-        return ports
 
 
 def _spawn(name: str, args: Sequence[str], run_dir: Path) -> tuple[subprocess.Popen[bytes], Path]:

