@@ -45,11 +45,13 @@ def test_fail_close(stack_factory: StackFactory) -> None:
     _wait_for(lambda: _post(stack).status_code == 200)
 
     # All pods unhealthy: the simulators stop; their metrics go stale and they are dropped.
+    # Until their metrics go stale (1 s) Envoy's connection to a dead pod fails (a 503 from
+    # Envoy, in the same error shape); then the EPP itself answers.
     for pod in stack.pods:
         stack.stop_one(pod.name)
-    _wait_for(lambda: _post(stack).status_code == 503)
+    _wait_for(lambda: _post(stack).json()["error"]["code"] == "no_healthy_endpoint")
     r = _post(stack)
-    assert r.json()["error"]["code"] == "no_healthy_endpoint"
+    assert r.status_code == 503 and r.headers["content-type"].startswith("application/json")
     ready = httpx.get(f"http://127.0.0.1:{stack.cfg.health_port}/readyz", timeout=5)
     assert ready.status_code == 503
 
