@@ -229,7 +229,9 @@ def overhead_markdown(result: OverheadResult, info: RunInfo) -> str:
         f"Envoys run `--concurrency 1`; requests are ~{result.body_bytes:,} byte chat bodies over keep-alive "
         "HTTP/1.1. Decisions/s per core = 1 / (EPP CPU per request), CPU from /proc utime+stime of the "
         "EPP's process session minus its idle rate (metric scraping). The client, both Envoys and the EPP "
-        "share the same cores, so throughput at c=64 is a floor, not the EPP's ceiling.",
+        "share the same cores, so throughput at c=64 is a floor, not the EPP's ceiling. Where the "
+        "time goes (gRPC layer vs our handler vs scraping) and what was done about it: "
+        "[performance.md](performance.md).",
         "",
         *targets,
         "",
