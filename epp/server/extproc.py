@@ -44,6 +44,8 @@ STREAMED = 1
 _HEADERS_CONTINUE = wire.headers_continue()
 _RESPONSE_HEADERS_CONTINUE = wire.response_headers_continue()
 _RESPONSE_BODY_CONTINUE = wire.response_body_continue()
+_REQUEST_TRAILERS_CONTINUE = wire.request_trailers_continue()
+_RESPONSE_TRAILERS_CONTINUE = wire.response_trailers_continue()
 
 
 class SchedulerLike(Protocol):
@@ -91,6 +93,7 @@ class _Stream:
     subset: frozenset[str] | None = None
     body_mode: int = 2  # BUFFERED unless Envoy says otherwise
     chunks: list[bytes] = field(default_factory=list)
+    body_bytes: int = 0
     request: LLMRequest | None = None
     targets: list[Endpoint] = field(default_factory=list)
     status: int = 0
@@ -103,7 +106,7 @@ class _Stream:
 class HandlerOptions:
     max_fallbacks: int = 3
     max_body_bytes: int = 4 * 1024 * 1024
-    # Envoy's processing mode for responses; when response bodies are sent we parse usage.
+    # Read token usage from response bodies when Envoy sends them (response_body_mode).
     parse_usage: bool = True
 
 
@@ -142,7 +145,7 @@ class ExtProcHandler:
                     elif which == "request_trailers":
                         out = self._on_request_trailers(st)
                     else:  # response trailers: nothing to do but let them through
-                        out = [wire._ld(6, b"")] if which == "response_trailers" else []
+                        out = [_RESPONSE_TRAILERS_CONTINUE] if which == "response_trailers" else []
                 except RequestError as e:
                     self.observer.on_rejected(st.request, e)
                     yield e.to_immediate_response(st.request_id)
@@ -180,7 +183,8 @@ class ExtProcHandler:
                 st.body_mode = msg.protocol_config.request_body_mode
         if not body_msg.end_of_stream:
             st.chunks.append(body_msg.body)
-            if sum(map(len, st.chunks)) > self.options.max_body_bytes:
+            st.body_bytes += len(body_msg.body)
+            if st.body_bytes > self.options.max_body_bytes:
                 raise RequestError(413, f"request body exceeds {self.options.max_body_bytes} bytes",
                                    "request_too_large")
             if st.body_mode == FULL_DUPLEX_STREAMED:
@@ -195,7 +199,7 @@ class ExtProcHandler:
         body = b"".join(st.chunks)
         st.chunks = []
         out = self._decide_with_body(st, body) if st.request is None else []
-        return [*out, wire._ld(5, b"")]
+        return [*out, _REQUEST_TRAILERS_CONTINUE]
 
     def _decide_with_body(self, st: _Stream, body: bytes) -> list[bytes]:
         request = parse_request(body, st.path or "/v1/completions", st.request_id, st.headers,

@@ -97,6 +97,14 @@ def response_body_continue() -> bytes:
     return _ld(4, _ld(1, b""))
 
 
+def request_trailers_continue() -> bytes:
+    return _ld(5, b"")
+
+
+def response_trailers_continue() -> bytes:
+    return _ld(6, b"")
+
+
 def request_headers_response(common: bytes, metadata: bytes = b"") -> bytes:
     return _ld(1, _ld(1, common)) + metadata
 
