@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from epp.datastore.endpoint import Endpoint
+from epp.scheduling.plugins._normalize import lower_is_better
 from epp.scheduling.registry import PluginContext, register_plugin
 from epp.scheduling.types import CycleState, LLMRequest
 
@@ -33,9 +34,4 @@ class QueueScorer:
         self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]
     ) -> list[float]:
         queues = [ep.metrics.waiting_queue_size for ep in endpoints]
-        low = min(queues)
-        span = max(queues) - low
-        if span <= 0:
-            return [1.0] * len(queues)
-        high = low + span
-        return [(high - q) / span for q in queues]
+        return lower_is_better(queues)

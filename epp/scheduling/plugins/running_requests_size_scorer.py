@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from epp.datastore.endpoint import Endpoint
+from epp.scheduling.plugins._normalize import lower_is_better
 from epp.scheduling.registry import PluginContext, register_plugin
 from epp.scheduling.types import CycleState, LLMRequest
 
@@ -40,9 +41,4 @@ class RunningRequestsSizeScorer:
             loads = [max(ep.metrics.running_requests, ep.inflight + ep.peer_inflight) for ep in endpoints]
         else:
             loads = [ep.metrics.running_requests for ep in endpoints]
-        low = min(loads)
-        span = max(loads) - low
-        if span <= 0:
-            return [1.0] * len(loads)
-        high = low + span
-        return [(high - load) / span for load in loads]
+        return lower_is_better(loads)

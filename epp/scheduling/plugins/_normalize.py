@@ -1,0 +1,17 @@
+"""Score normalisation shared by the load scorers (not a plugin: the underscore keeps it out
+of auto-registration)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def lower_is_better(loads: Sequence[float]) -> list[float]:
+    """Min-max normalise so the least loaded endpoint scores 1 and the most loaded 0, as GIE's
+    queue scorer does; equal loads all score 1."""
+    low = min(loads)
+    span = max(loads) - low
+    if span <= 0:
+        return [1.0] * len(loads)
+    high = low + span
+    return [(high - load) / span for load in loads]
