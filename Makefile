@@ -13,7 +13,7 @@ RUN_ARGS := --pods $(PODS) --failure-mode $(FAILURE_MODE) \
 	$(if $(ENGINE),--engine $(ENGINE)) $(if $(MODEL),--vllm-model $(MODEL)) \
 	$(if $(CONFIG),--config $(CONFIG))
 
-.PHONY: install run test lint bench bench-quick clean protos
+.PHONY: install run test lint bench bench-quick bench-pd clean
 
 $(STAMP): pyproject.toml
 	@echo ">> creating $(VENV) and installing the project (first run takes a minute)"
@@ -39,6 +39,9 @@ bench: install
 
 bench-quick: install
 	$(BIN)/python -m epp bench --quick $(BENCH_ARGS)
+
+bench-pd: install
+	$(BIN)/python -m epp bench pd
 
 clean:
 	rm -rf .run .pytest_cache .mypy_cache .ruff_cache
