@@ -201,10 +201,13 @@ def splice_pd_section(report: str, pd_doc: Path) -> str:
     if PD_START in report and PD_END in report:
         head, rest = report.split(PD_START, 1)
         return head + section + rest.split(PD_END, 1)[1]
-    marker = "## EPP overhead"
-    if marker in report:
-        head, tail = report.split(marker, 1)
-        return f"{head}{section}\n\n{marker}{tail}"
+    from epp.bench.report import OVERHEAD_BEGIN
+
+    # Before the overhead section (and its markers, which `bench overhead` rewrites).
+    for marker in (OVERHEAD_BEGIN, "## EPP overhead"):
+        if marker in report:
+            head, tail = report.split(marker, 1)
+            return f"{head}{section}\n\n{marker}{tail}"
     return f"{report.rstrip()}\n\n{section}\n"
 
 

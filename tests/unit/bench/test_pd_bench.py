@@ -249,11 +249,13 @@ def test_pd_section_is_spliced_and_replaced(tmp_path: Path) -> None:
     from epp.bench.cli import PD_END, PD_START, splice_pd_section
 
     doc = tmp_path / "benchmarks-pd.md"
-    report = "# Benchmarks\n\n## Results\n\n## EPP overhead\n\nnumbers\n"
+    report = ("# Benchmarks\n\n## Results\n\n"
+              "<!-- overhead:begin -->\n## EPP overhead\n\nnumbers\n<!-- overhead:end -->\n")
     assert splice_pd_section(report, doc) == report  # no P/D run yet
     doc.write_text("## P/D v1\n")
     once = splice_pd_section(report, doc)
-    assert once.index(PD_START) < once.index("## EPP overhead") and "## P/D v1" in once
+    # Outside the overhead markers, which `bench overhead` rewrites.
+    assert once.index(PD_END) < once.index("<!-- overhead:begin -->") and "## P/D v1" in once
     doc.write_text("## P/D v2\n")
     twice = splice_pd_section(once, doc)
     assert "## P/D v2" in twice and "## P/D v1" not in twice and twice.count(PD_START) == 1 and PD_END in twice
