@@ -87,20 +87,90 @@ def _event_to_wire(event: KVEvent) -> list[Any]:
     return [type(event).__name__, *values[:last]]
 
 
-def encode_event_batch(batch: KVEventBatch) -> bytes:
-    """msgpack bytes identical to what vLLM's publisher sends for the same batch."""
-    wire: list[Any] = [batch.ts, [_event_to_wire(e) for e in batch.events]]
+EVENT_FORMATS = ("array", "map")
+
+
+def _event_to_map(event: KVEvent) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": type(event).__name__}
+    for f in event.__struct_fields__:
+        out[f] = getattr(event, f)
+    return out
+
+
+def encode_event_batch(batch: KVEventBatch, event_format: str = "array") -> bytes:
+    """msgpack bytes identical to what vLLM's publisher sends for the same batch.
+
+    `event_format` "array": each event a tagged positional array (vLLM before #42892);
+    "map": each event a map tagged by "type" (vLLM since #42892). The batch itself is an
+    array [ts, events, data_parallel_rank] in both.
+    """
+    if event_format == "map":
+        events: list[Any] = [_event_to_map(e) for e in batch.events]
+    elif event_format == "array":
+        events = [_event_to_wire(e) for e in batch.events]
+    else:
+        raise ValueError(f"unknown KV event format {event_format!r}; use one of {EVENT_FORMATS}")
+    wire: list[Any] = [batch.ts, events]
     if batch.data_parallel_rank is not None:
         wire.append(batch.data_parallel_rank)
     return _encoder.encode(wire)
 
 
 def decode_event_batch(payload: bytes) -> KVEventBatch:
-    """Decode one payload frame; accepts older short forms and newer extra trailing fields."""
+    """Decode one payload frame, array- or map-shaped events; accepts older short forms and
+    newer extra fields. Raises KVEventDecodeError on anything else."""
     try:
         return _decoder.decode(payload)
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
-        raise KVEventDecodeError(f"not a vLLM KV event batch ({len(payload)} bytes): {e}") from e
+        first = KVEventDecodeError(f"not a vLLM KV event batch ({len(payload)} bytes): {e}")
+    try:
+        return _decode_map_events(payload)
+    except KVEventDecodeError:
+        raise first from None
+
+
+_generic_decoder = msgspec.msgpack.Decoder()
+
+
+def _decode_map_events(payload: bytes) -> KVEventBatch:
+    try:
+        raw = _generic_decoder.decode(payload)
+    except msgspec.DecodeError as e:
+        raise KVEventDecodeError(f"not msgpack: {e}") from e
+    if not isinstance(raw, list) or len(raw) < 2 or not isinstance(raw[1], list):
+        raise KVEventDecodeError("event batch must be an array [ts, [events...], dp_rank?]")
+    ts, events = raw[0], raw[1]
+    rank = raw[2] if len(raw) > 2 else None
+    if isinstance(ts, bool) or not isinstance(ts, int | float):
+        raise KVEventDecodeError("event batch timestamp must be a number")
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int)):
+        raise KVEventDecodeError("data_parallel_rank must be an integer")
+    return KVEventBatch(ts=float(ts), events=[_map_event(e) for e in events], data_parallel_rank=rank)
+
+
+def _map_event(event: Any) -> KVEvent:
+    if not isinstance(event, dict):
+        raise KVEventDecodeError(f"event must be a map or a tagged array, got {type(event).__name__}")
+    tag = event.get("type")
+    try:
+        if tag == "BlockStored":
+            return msgspec.convert([tag, *_positional(event, BlockStored.__struct_fields__)], BlockStored)
+        if tag == "BlockRemoved":
+            return msgspec.convert([tag, *_positional(event, BlockRemoved.__struct_fields__)], BlockRemoved)
+        if tag == "AllBlocksCleared":
+            return AllBlocksCleared()
+    except msgspec.ValidationError as e:
+        raise KVEventDecodeError(f"invalid {tag} event: {e}") from e
+    raise KVEventDecodeError(f"unknown event type {tag!r}")
+
+
+def _positional(event: dict[Any, Any], fields: tuple[str, ...]) -> list[Any]:
+    """The map's values in struct-field order (unknown keys ignored: forward compatible);
+    trailing absent fields are left out."""
+    values = [event.get(f) for f in fields]
+    while values and values[-1] is None:
+        values.pop()
+    return values
 
 
 def encode_seq(seq: int) -> bytes:

@@ -76,6 +76,8 @@ def add_parser(subparsers: Any) -> None:
         default=None,
         help="uint64 block hashes in events (VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES, default on)",
     )
+    p.add_argument("--kv-events-format", choices=("map", "array"),
+                   help="event shape: map (vLLM since #42892, default) or array (older vLLM)")
     p.add_argument("--role", choices=ROLES)
     p.add_argument("--output-len-dist", help="'uniform:LO:HI' or 'exp:MEAN' (default: always max_tokens)")
     p.add_argument("--seed", type=int)

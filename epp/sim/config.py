@@ -97,6 +97,8 @@ class SimPodConfig:
     kv_events_replay_endpoint: str | None = None
     kv_events_topic: str = ""
     kv_events_int_hashes: bool = True  # VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES
+    # "map": events tagged by "type" (vLLM since #42892); "array": the older positional form.
+    kv_events_format: str = "map"
     role: str = "both"
     output_len_dist: str | None = None  # None: always max_tokens; "uniform:LO:HI" or "exp:MEAN"
     seed: int = 0
@@ -104,6 +106,8 @@ class SimPodConfig:
     faults: FaultConfig = field(default_factory=FaultConfig)
 
     def validate(self) -> None:
+        if self.kv_events_format not in ("map", "array"):
+            raise ValueError(f"kv_events_format must be 'map' or 'array', got {self.kv_events_format!r}")
         checks = [
             (self.role in ROLES, f"role must be one of {ROLES}, got {self.role!r}"),
             (

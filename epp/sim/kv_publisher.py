@@ -39,8 +39,10 @@ class KVEventPublisher:
         replay_endpoint: str | None = None,
         data_parallel_rank: int | None = 0,
         context: zmq.asyncio.Context | None = None,
+        event_format: str = "map",
     ) -> None:
         self.endpoint = endpoint
+        self.event_format = event_format
         self.topic = topic.encode("utf-8")
         self.data_parallel_rank = data_parallel_rank
         self._ctx = context or zmq.asyncio.Context.instance()
@@ -71,7 +73,8 @@ class KVEventPublisher:
         if not events:
             return
         payload = encode_event_batch(
-            KVEventBatch(ts=time.time(), events=events, data_parallel_rank=self.data_parallel_rank)
+            KVEventBatch(ts=time.time(), events=events, data_parallel_rank=self.data_parallel_rank),
+            self.event_format,
         )
         seq = self._seq
         self._seq += 1

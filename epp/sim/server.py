@@ -162,6 +162,7 @@ class SimPod:
                 expand_port_template(cfg.kv_events_endpoint, self.port),
                 topic=topic,
                 bind=cfg.kv_events_bind,
+                event_format=cfg.kv_events_format,
                 replay_endpoint=(
                     expand_port_template(cfg.kv_events_replay_endpoint, self.port)
                     if cfg.kv_events_replay_endpoint

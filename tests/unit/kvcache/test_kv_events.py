@@ -125,3 +125,29 @@ def test_seq_frames() -> None:
     assert decode_seq(encode_seq(-1)) == -1
     with pytest.raises(KVEventDecodeError):
         decode_seq(b"\x00")
+
+
+def test_map_format_round_trips_and_is_tagged_by_type() -> None:
+    import msgspec
+
+    from epp.kvcache.events import (
+        AllBlocksCleared,
+        BlockRemoved,
+        BlockStored,
+        KVEventBatch,
+        decode_event_batch,
+        encode_event_batch,
+    )
+
+    batch = KVEventBatch(ts=1.5, events=[
+        BlockStored(block_hashes=[1, 2], parent_block_hash=None, token_ids=list(range(32)), block_size=16,
+                    lora_id=None, medium="GPU"),
+        BlockRemoved(block_hashes=[1], medium="GPU"),
+        AllBlocksCleared(),
+    ], data_parallel_rank=0)
+    payload = encode_event_batch(batch, "map")
+    raw = msgspec.msgpack.decode(payload)
+    assert raw[0] == 1.5 and raw[2] == 0
+    assert [e["type"] for e in raw[1]] == ["BlockStored", "BlockRemoved", "AllBlocksCleared"]
+    assert raw[1][0]["block_hashes"] == [1, 2] and raw[1][0]["block_size"] == 16
+    assert decode_event_batch(payload) == decode_event_batch(encode_event_batch(batch, "array"))
