@@ -7,26 +7,18 @@ Reads EndpointMetrics.kv_cache_usage (vllm:kv_cache_usage_perc, 0..1). Usage out
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import ClassVar
 
 from epp.datastore.endpoint import Endpoint
-from epp.scheduling.registry import PluginContext, register_plugin
+from epp.scheduling.plugins._parameterless import ParameterlessPlugin
+from epp.scheduling.registry import register_plugin
 from epp.scheduling.types import CycleState, LLMRequest
 
 
 @register_plugin
-class KVCacheUtilizationScorer:
+class KVCacheUtilizationScorer(ParameterlessPlugin):
     type_name: ClassVar[str] = "kv-cache-utilization-scorer"
     consumes: ClassVar[tuple[str, ...]] = ("metrics.kv_cache_usage",)
-
-    @dataclass(slots=True)
-    class Params:
-        pass
-
-    def __init__(self, *, name: str = type_name, params: Params | None = None,
-                 ctx: PluginContext | None = None) -> None:
-        self.name = name
 
     def score(
         self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]

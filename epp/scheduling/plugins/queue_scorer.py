@@ -8,27 +8,19 @@ Reads EndpointMetrics.waiting_queue_size (vllm:num_requests_waiting).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import ClassVar
 
 from epp.datastore.endpoint import Endpoint
 from epp.scheduling.plugins._normalize import lower_is_better
-from epp.scheduling.registry import PluginContext, register_plugin
+from epp.scheduling.plugins._parameterless import ParameterlessPlugin
+from epp.scheduling.registry import register_plugin
 from epp.scheduling.types import CycleState, LLMRequest
 
 
 @register_plugin
-class QueueScorer:
+class QueueScorer(ParameterlessPlugin):
     type_name: ClassVar[str] = "queue-scorer"
     consumes: ClassVar[tuple[str, ...]] = ("metrics.waiting_queue_size",)
-
-    @dataclass(slots=True)
-    class Params:
-        pass
-
-    def __init__(self, *, name: str = type_name, params: Params | None = None,
-                 ctx: PluginContext | None = None) -> None:
-        self.name = name
 
     def score(
         self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from epp.scheduling.registry import PluginContext, register_plugin
+from epp.scheduling.plugins._parameterless import ParameterlessPlugin
+from epp.scheduling.registry import register_plugin
 from epp.scheduling.types import CycleState, LLMRequest, ProfileRunResult, SchedulingError, SchedulingResult
 
 if TYPE_CHECKING:
@@ -16,16 +16,8 @@ _NONE: Mapping[str, SchedulerProfile] = {}
 
 
 @register_plugin
-class SingleProfileHandler:
+class SingleProfileHandler(ParameterlessPlugin):
     type_name: ClassVar[str] = "single-profile-handler"
-
-    @dataclass(slots=True)
-    class Params:
-        pass
-
-    def __init__(self, *, name: str = type_name, params: Params | None = None,
-                 ctx: PluginContext | None = None) -> None:
-        self.name = name
 
     def validate_profiles(self, profiles: Mapping[str, SchedulerProfile]) -> None:
         if len(profiles) != 1:

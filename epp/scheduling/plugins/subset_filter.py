@@ -8,25 +8,17 @@ restrict a profile run outside the Scheduler.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import ClassVar
 
 from epp.datastore.endpoint import Endpoint
-from epp.scheduling.registry import PluginContext, register_plugin
+from epp.scheduling.plugins._parameterless import ParameterlessPlugin
+from epp.scheduling.registry import register_plugin
 from epp.scheduling.types import CycleState, LLMRequest
 
 
 @register_plugin
-class SubsetFilter:
+class SubsetFilter(ParameterlessPlugin):
     type_name: ClassVar[str] = "subset-filter"
-
-    @dataclass(slots=True)
-    class Params:
-        pass
-
-    def __init__(self, *, name: str = type_name, params: Params | None = None,
-                 ctx: PluginContext | None = None) -> None:
-        self.name = name
 
     def filter(
         self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]
