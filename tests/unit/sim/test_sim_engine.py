@@ -54,10 +54,11 @@ async def test_queue_builds_past_max_num_seqs() -> None:
         httpx.AsyncClient(timeout=30) as client,
     ):
         pod = cluster[0]
-        body = {"prompt": "queue test", "max_tokens": 40}
+        # Long enough decodes that the first batch is still running when /metrics is read on a busy machine.
+        body = {"prompt": "queue test", "max_tokens": 400}
         tasks = [asyncio.create_task(client.post(pod.url + "/v1/completions", json=body)) for _ in range(6)]
-        await _wait_for(lambda: pod.engine.state()["waiting"] >= 3)
-        assert pod.engine.state()["running"] == 2
+        # Admission into the running batch happens on the engine's next step, so wait for both counts.
+        await _wait_for(lambda: pod.engine.state()["waiting"] >= 3 and pod.engine.state()["running"] == 2)
         metrics = (await client.get(pod.url + "/metrics")).text
         assert 'vllm:num_requests_running{engine="0",model_name="meta-llama/Llama-3.1-8B-Instruct"} 2.0' in metrics
         responses = await asyncio.gather(*tasks)
