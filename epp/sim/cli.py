@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from epp.kvcache.block_hash import HASH_ALGOS
+from epp.prefixcache.block_hash import HASH_ALGOS
 from epp.sim.cluster import start_pods
 from epp.sim.config import ROLES, SimPodConfig, apply_overrides
 

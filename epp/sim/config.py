@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from epp.kvcache.block_hash import DEFAULT_HASH_ALGO, HASH_ALGOS
+from epp.prefixcache.block_hash import DEFAULT_HASH_ALGO, HASH_ALGOS
 
 ROLES = ("prefill", "decode", "both")
 

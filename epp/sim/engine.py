@@ -26,7 +26,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from epp.kvcache.block_hash import BlockHash, BlockHasher, lora_extra_keys
+from epp.prefixcache.block_hash import BlockHash, BlockHasher, lora_extra_keys
 from epp.sim.config import SimPodConfig, parse_output_len_dist
 from epp.sim.kv_cache import KVBlock, PrefixCachingBlockPool
 from epp.sim.kv_publisher import KVEventPublisher

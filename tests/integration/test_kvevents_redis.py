@@ -12,16 +12,16 @@ from prometheus_client import CollectorRegistry
 
 from epp.datastore.datastore import Datastore
 from epp.datastore.endpoint import Endpoint
-from epp.kvcache.block_hash import BlockHasher, wire_hash
-from epp.kvevents import stop_services
-from epp.kvevents.index import RedisKVBlockIndex
-from epp.kvevents.subscriber import KVEventStream
+from epp.prefixcache import stop_services
+from epp.prefixcache.block_hash import BlockHasher, wire_hash
+from epp.prefixcache.index import RedisKVBlockIndex
+from epp.prefixcache.subscriber import KVEventStream
 from epp.scheduling.plugins.precise_prefix_cache_scorer import PrecisePrefixCacheScorer
 from epp.scheduling.registry import PluginContext, parse_params
 from epp.scheduling.types import CycleState, LLMRequest
 from epp.sim.kv_cache import PrefixCachingBlockPool
 from tests.helpers.procs import free_port, running, wait_port
-from tests.unit.kvevents.kv_fixtures import payload, serve
+from tests.unit.prefixcache.kv_fixtures import payload, serve
 
 pytestmark = [
     pytest.mark.integration,

@@ -13,15 +13,15 @@ import zmq.asyncio
 
 from epp.datastore.datastore import Datastore
 from epp.datastore.endpoint import Endpoint
-from epp.kvcache.block_hash import BlockHasher, wire_hash
-from epp.kvcache.events import BlockStored
-from epp.kvevents.config import DEFAULT_REPLAY_PORT_LABEL, DEFAULT_SOCKET_PORT_LABEL, parse_settings
-from epp.kvevents.index import InMemoryKVBlockIndex
-from epp.kvevents.manager import KVEventsManager
+from epp.prefixcache.block_hash import BlockHasher, wire_hash
+from epp.prefixcache.config import DEFAULT_REPLAY_PORT_LABEL, DEFAULT_SOCKET_PORT_LABEL, parse_settings
+from epp.prefixcache.events import BlockStored
+from epp.prefixcache.index import InMemoryKVBlockIndex
+from epp.prefixcache.manager import KVEventsManager
 from epp.sim.kv_cache import PrefixCachingBlockPool
 from epp.sim.kv_publisher import KVEventPublisher
 from tests.helpers.procs import free_port
-from tests.unit.kvevents.kv_fixtures import payload, serve
+from tests.unit.prefixcache.kv_fixtures import payload, serve
 
 pytestmark = pytest.mark.integration
 

@@ -3,11 +3,11 @@
 The prompt is tokenized exactly as the pod does it (completions: the prompt; chat: the chat
 template, then encode), cut into vLLM blocks and hashed with vLLM's chained block hash
 (same algo, block size and seed as the pods), then looked up in the KV-block index that the
-pods' KV events keep current (epp.kvevents). Score = longest run of leading blocks the pod
+pods' KV events keep current (epp.prefixcache). Score = longest run of leading blocks the pod
 holds / blocks of the prompt, in [0, 1].
 
 Parameters follow llm-d's plugin of the same name (tokenProcessorConfig, indexerConfig,
-kvEventsConfig; see epp.kvevents.config and docs/kv-events.md), plus:
+kvEventsConfig; see epp.prefixcache.config and docs/kv-events.md), plus:
 - `tokenizer`: "simple" (the simulator's) or a tokenizer.json path; defaults to
   indexerConfig.tokenizersPoolConfig.modelName, else "simple".
 - `approximateFallback` (default true): pods that publish no events (yet), or whose view is
@@ -37,10 +37,10 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from epp.datastore.endpoint import Endpoint
-from epp.kvcache.block_hash import BlockHasher, lora_extra_keys, wire_hash
-from epp.kvevents.config import PreciseSettings, parse_settings
-from epp.kvevents.index import BlockKey, InMemoryKVBlockIndex
-from epp.kvevents.runtime import KVEventsRuntime, get_or_create_runtime
+from epp.prefixcache.block_hash import BlockHasher, lora_extra_keys, wire_hash
+from epp.prefixcache.config import PreciseSettings, parse_settings
+from epp.prefixcache.index import BlockKey, InMemoryKVBlockIndex
+from epp.prefixcache.runtime import KVEventsRuntime, get_or_create_runtime
 from epp.scheduling.plugins.prefix_cache_scorer import PrefixCacheScorer
 from epp.scheduling.registry import PluginContext, register_plugin
 from epp.scheduling.types import CycleState, LLMRequest, SchedulingResult

@@ -1,5 +1,5 @@
-from epp.kvcache.block_hash import BlockHasher, wire_hash
-from epp.kvcache.events import AllBlocksCleared, BlockRemoved, BlockStored
+from epp.prefixcache.block_hash import BlockHasher, wire_hash
+from epp.prefixcache.events import AllBlocksCleared, BlockRemoved, BlockStored
 from epp.sim.kv_cache import PrefixCachingBlockPool
 
 

@@ -6,10 +6,10 @@ import random
 
 import msgspec
 
-from epp.kvcache.block_hash import BlockHasher
-from epp.kvcache.events import AllBlocksCleared, BlockRemoved, BlockStored
-from epp.kvevents.index import InMemoryKVBlockIndex
-from epp.kvevents.subscriber import KVEventStream
+from epp.prefixcache.block_hash import BlockHasher
+from epp.prefixcache.events import AllBlocksCleared, BlockRemoved, BlockStored
+from epp.prefixcache.index import InMemoryKVBlockIndex
+from epp.prefixcache.subscriber import KVEventStream
 from epp.sim.kv_cache import PrefixCachingBlockPool
 
 from .kv_fixtures import payload, random_tokens, serve

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from epp.kvcache.block_hash import BlockHasher, cbor_encode, lora_extra_keys, wire_hash
+from epp.prefixcache.block_hash import BlockHasher, cbor_encode, lora_extra_keys, wire_hash
 
 CBOR_NONE_HASH = "9bd96a485ad84efdafb72ee48a1d7a69bcead0f8f0433173941b276b9581eef0"
 CBOR_B1 = "dc918a88b139e5afe60b88eda27508d4aee16c10fdc354791efea06206ac0749"

@@ -10,9 +10,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from epp.datastore.datastore import Datastore
 from epp.datastore.endpoint import Endpoint
-from epp.kvcache.block_hash import BlockHasher
-from epp.kvevents import SERVICE_KEY, stop_services
-from epp.kvevents.runtime import KVEventsRuntime
+from epp.prefixcache import SERVICE_KEY, stop_services
+from epp.prefixcache.block_hash import BlockHasher
+from epp.prefixcache.runtime import KVEventsRuntime
 from epp.scheduling.plugins.precise_prefix_cache_scorer import PrecisePrefixCacheScorer
 from epp.scheduling.registry import PluginContext, parse_params
 from epp.scheduling.types import CycleState, LLMRequest, ProfileRunResult, SchedulingResult

@@ -5,9 +5,9 @@ import random
 
 import pytest
 
-from epp.kvcache.block_hash import BlockHasher
-from epp.kvcache.events import BlockStored
-from epp.kvevents.hash_check import HashSettingsChecker
+from epp.prefixcache.block_hash import BlockHasher
+from epp.prefixcache.events import BlockStored
+from epp.prefixcache.hash_check import HashSettingsChecker
 from epp.sim.kv_cache import PrefixCachingBlockPool
 
 from .kv_fixtures import random_tokens, serve
@@ -42,7 +42,7 @@ def test_matching_settings_report_no_mismatch() -> None:
 
 def test_wrong_seed_is_detected_and_logged(caplog: pytest.LogCaptureFixture) -> None:
     checker = HashSettingsChecker(BlockHasher(block_size=16, seed="0"), min_samples=8)
-    with caplog.at_level(logging.ERROR, logger="epp.kvevents.hash_check"):
+    with caplog.at_level(logging.ERROR, logger="epp.prefixcache.hash_check"):
         for e in pod_events("42"):
             checker.check_stored("pod", e)
     assert checker.mismatch_ratio("pod") == 1.0
@@ -53,7 +53,7 @@ def test_wrong_seed_is_detected_and_logged(caplog: pytest.LogCaptureFixture) -> 
 
 def test_wrong_block_size_is_named(caplog: pytest.LogCaptureFixture) -> None:
     checker = HashSettingsChecker(BlockHasher(block_size=16), min_samples=4)
-    with caplog.at_level(logging.ERROR, logger="epp.kvevents.hash_check"):
+    with caplog.at_level(logging.ERROR, logger="epp.prefixcache.hash_check"):
         for e in pod_events("vllm-none-hash", block_size=32, requests=6):
             checker.check_stored("pod", e)
     assert checker.pod("pod").block_size_mismatches > 0

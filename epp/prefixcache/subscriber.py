@@ -38,10 +38,9 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
-from epp.kvcache.events import AllBlocksCleared, BlockRemoved, BlockStored, KVEventBatch
-from epp.kvevents.hash_check import HashSettingsChecker
-from epp.kvevents.index import KVBlockIndex
-from epp.kvevents.wire import decode_payload
+from epp.prefixcache.events import AllBlocksCleared, BlockRemoved, BlockStored, KVEventBatch, decode_event_batch
+from epp.prefixcache.hash_check import HashSettingsChecker
+from epp.prefixcache.index import KVBlockIndex
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +131,7 @@ class KVEventStream:
             await self._recover(last + 1, seq, initial=last < 0)
         stats.last_seq = seq
         try:
-            batch = decode_payload(payload)
+            batch = decode_event_batch(payload)
         except Exception as e:  # any decoder failure is the pod's garbage, never ours to die of
             stats.decode_errors += 1
             if stats.decode_errors <= 3 or stats.decode_errors % 1000 == 0:
@@ -164,7 +163,7 @@ class KVEventStream:
                     complete = False
                     break
                 try:
-                    batch = decode_payload(payload)
+                    batch = decode_event_batch(payload)
                 except Exception:
                     stats.decode_errors += 1
                     complete = False

@@ -3,14 +3,13 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from epp.kvcache.events import AllBlocksCleared, BlockRemoved, BlockStored, KVEventDecodeError
-from epp.kvevents.wire import decode_payload
+from epp.prefixcache.events import AllBlocksCleared, BlockRemoved, BlockStored, KVEventDecodeError, decode_event_batch
 
 from .kv_fixtures import payload
 
 
 def test_array_shaped_events_decode() -> None:
-    batch = decode_payload(payload([BlockRemoved(block_hashes=[1], medium="GPU"), AllBlocksCleared()]))
+    batch = decode_event_batch(payload([BlockRemoved(block_hashes=[1], medium="GPU"), AllBlocksCleared()]))
     assert batch.events == [BlockRemoved(block_hashes=[1], medium="GPU"), AllBlocksCleared()]
 
 
@@ -28,7 +27,7 @@ def test_map_shaped_events_of_newer_vllm_decode() -> None:
         ],
         0,
     ])
-    batch = decode_payload(raw)
+    batch = decode_event_batch(raw)
     stored, removed, cleared = batch.events
     assert isinstance(stored, BlockStored) and stored.block_hashes == [1, 2]
     assert stored.kv_cache_spec_kind == "full_attention"
@@ -46,4 +45,4 @@ def test_map_shaped_events_of_newer_vllm_decode() -> None:
 ])
 def test_bad_map_events_are_rejected(bad: object) -> None:
     with pytest.raises(KVEventDecodeError):
-        decode_payload(msgspec.msgpack.encode(bad))
+        decode_event_batch(msgspec.msgpack.encode(bad))

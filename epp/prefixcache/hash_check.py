@@ -25,8 +25,8 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
-from epp.kvcache.block_hash import BlockHash, BlockHasher, lora_extra_keys, wire_hash
-from epp.kvcache.events import BlockStored
+from epp.prefixcache.block_hash import BlockHash, BlockHasher, lora_extra_keys, wire_hash
+from epp.prefixcache.events import BlockStored
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Endpoints come and go through `Datastore.add_listener`; the manager starts a `Po
 for each new endpoint, restarts it when the endpoint's address or event port changes, and on
 removal stops it and drops the pod's entries from the index. It also runs the optional
 central (bound) subscriber. It needs a running asyncio loop: call `await start()` from the
-server's startup (epp.kvevents.start_services does) and `await stop()` on shutdown;
+server's startup (epp.prefixcache.start_services does) and `await stop()` on shutdown;
 listener calls that arrive before `start()` are picked up by `start()` from the datastore.
 """
 
@@ -20,10 +20,10 @@ import zmq.asyncio
 
 from epp.datastore.datastore import Datastore
 from epp.datastore.endpoint import Endpoint
-from epp.kvevents.config import KVEventsSettings
-from epp.kvevents.hash_check import HashSettingsChecker
-from epp.kvevents.index import KVBlockIndex
-from epp.kvevents.subscriber import (
+from epp.prefixcache.config import KVEventsSettings
+from epp.prefixcache.hash_check import HashSettingsChecker
+from epp.prefixcache.index import KVBlockIndex
+from epp.prefixcache.subscriber import (
     CentralSubscriber,
     KVEventStream,
     PodSubscriber,

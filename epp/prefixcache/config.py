@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from epp.kvcache.block_hash import HASH_ALGOS
+from epp.prefixcache.block_hash import HASH_ALGOS
 from epp.scheduling.registry import parse_params
 
 log = logging.getLogger(__name__)

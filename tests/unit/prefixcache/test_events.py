@@ -4,7 +4,7 @@
 import msgspec
 import pytest
 
-from epp.kvcache.events import (
+from epp.prefixcache.events import (
     AllBlocksCleared,
     BlockRemoved,
     BlockStored,
@@ -130,7 +130,7 @@ def test_seq_frames() -> None:
 def test_map_format_round_trips_and_is_tagged_by_type() -> None:
     import msgspec
 
-    from epp.kvcache.events import (
+    from epp.prefixcache.events import (
         AllBlocksCleared,
         BlockRemoved,
         BlockStored,

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from epp.kvevents.config import parse_settings
+from epp.prefixcache.config import parse_settings
 from epp.scheduling.registry import ConfigError, parse_params, plugin_class
 
 LLMD_PARAMS = {
