@@ -21,6 +21,14 @@ Frames that are not 3 parts, have a bad sequence frame, or a payload that does n
 counted and dropped; nothing a pod sends can stop the loop. Memory stays bounded: the SUB
 socket has a receive high-water mark and a max message size, replays are capped.
 
+Hashes are folded to 64 bits before they reach the index (`fold_hash`), so int- and
+bytes-publishing pods index alike. Each (medium, KV-cache group) of a block is a separate
+tier of the pod's entry (`block_tier`): hybrid models (sliding window, Mamba) publish one
+BlockStored / BlockRemoved per group with `group_idx`, and a sliding-window group dropping a
+block must not erase the full-attention group's copy. A data-parallel rank r > 0 of a pod is
+its own stream with index key `rank_key(pod, r)`; batches carry `data_parallel_rank`, which
+is checked against the rank the stream was opened for.
+
 `CentralSubscriber` is llm-d's centralized mode: the EPP binds one SUB socket, every pod
 connects its publisher to it and names itself in the topic `kv@<pod-ip>:<port>@<model>`.
 """
@@ -38,6 +46,7 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
+from epp.prefixcache.block_hash import fold_hash
 from epp.prefixcache.events import AllBlocksCleared, BlockRemoved, BlockStored, KVEventBatch, decode_event_batch
 from epp.prefixcache.hash_check import HashSettingsChecker
 from epp.prefixcache.index import KVBlockIndex
@@ -45,6 +54,21 @@ from epp.prefixcache.index import KVBlockIndex
 log = logging.getLogger(__name__)
 
 END_OF_REPLAY = -1
+
+
+MAX_LORA_NAMES = 10_000  # bounds the adapter names remembered from events
+
+
+def rank_key(pod: str, rank: int) -> str:
+    """The index key of a pod's data-parallel rank (rank 0 is the pod itself)."""
+    return pod if rank == 0 else f"{pod}#dp{rank}"
+
+
+def block_tier(medium: str | None, group_idx: int | None) -> str | None:
+    """The index tier of a block: its medium, plus the KV-cache group for groups > 0."""
+    if not group_idx:
+        return medium
+    return f"{medium or 'GPU'}/g{group_idx}"
 
 
 @dataclass(slots=True)
@@ -59,6 +83,7 @@ class SubscriberStats:
     all_cleared: int = 0
     malformed_frames: int = 0  # wrong frame count or sequence frame
     decode_errors: int = 0  # payload is not a KV event batch
+    rank_mismatches: int = 0  # batches whose data_parallel_rank is not the stream's rank
     apply_errors: int = 0  # the index refused an update (e.g. Redis down)
     gaps: int = 0
     missed_batches: int = 0
@@ -91,11 +116,17 @@ class KVEventStream:
         *,
         replay: ReplayFn | None = None,
         checker: HashSettingsChecker | None = None,
+        rank: int = 0,
+        lora_names: set[str] | None = None,
     ) -> None:
         self.pod = pod
         self.index = index
         self.replay = replay
         self.checker = checker
+        self.rank = rank
+        # Shared with the scorer: adapter names seen in BlockStored (lora_name), which make a
+        # request for that model a LoRA request even while the adapter is idle.
+        self.lora_names = lora_names
         self.stats = SubscriberStats()
 
     @property
@@ -202,16 +233,26 @@ class KVEventStream:
         stats.batches += 1
         pod = self.pod
         index = self.index
+        rank = batch.data_parallel_rank
+        if rank is not None and rank != self.rank:
+            stats.rank_mismatches += 1
+            if stats.rank_mismatches == 1:
+                log.warning("kv-events %s: batch from data-parallel rank %d on the stream of rank %d; "
+                            "check kvEventsConfig.dataParallelSize and the pod's ports", pod, rank, self.rank)
         for event in batch.events:
             stats.events += 1
             try:
                 if isinstance(event, BlockStored):
-                    await index.add(pod, event.block_hashes, event.medium)
+                    await index.add(pod, [fold_hash(h) for h in event.block_hashes],
+                                    block_tier(event.medium, event.group_idx))
                     stats.blocks_stored += len(event.block_hashes)
+                    if event.lora_name and self.lora_names is not None and len(self.lora_names) < MAX_LORA_NAMES:
+                        self.lora_names.add(event.lora_name)
                     if self.checker is not None:
                         self.checker.check_stored(pod, event)
                 elif isinstance(event, BlockRemoved):
-                    await index.remove(pod, event.block_hashes, event.medium)
+                    tier = block_tier(event.medium, event.group_idx)
+                    await index.remove(pod, [fold_hash(h) for h in event.block_hashes], tier)
                     stats.blocks_removed += len(event.block_hashes)
                 elif isinstance(event, AllBlocksCleared):
                     await index.clear_pod(pod)
@@ -250,6 +291,8 @@ class PodSubscriber:
         replay_endpoint: str | None = None,
         settings: SocketSettings | None = None,
         checker: HashSettingsChecker | None = None,
+        rank: int = 0,
+        lora_names: set[str] | None = None,
     ) -> None:
         self.pod = pod
         self.endpoint = endpoint
@@ -257,7 +300,8 @@ class PodSubscriber:
         self.settings = settings or SocketSettings()
         self._ctx = context
         self.stream = KVEventStream(
-            pod, index, replay=self._replay if self.replay_endpoint else None, checker=checker
+            pod, index, replay=self._replay if self.replay_endpoint else None, checker=checker,
+            rank=rank, lora_names=lora_names,
         )
         self._task: asyncio.Task[None] | None = None
         self._monitor_task: asyncio.Task[None] | None = None
@@ -419,11 +463,13 @@ class CentralSubscriber:
         settings: SocketSettings | None = None,
         checker: HashSettingsChecker | None = None,
         max_streams: int = 4096,
+        lora_names: set[str] | None = None,
     ) -> None:
         self.bind_endpoint = bind_endpoint
         self.index = index
         self.settings = settings or SocketSettings(topic_filter="kv@")
         self.checker = checker
+        self.lora_names = lora_names
         self.resolve = resolve
         self.max_streams = max_streams
         self.streams: dict[str, KVEventStream] = {}
@@ -469,7 +515,7 @@ class CentralSubscriber:
         if stream is None:
             if len(self.streams) >= self.max_streams:
                 self.streams.pop(next(iter(self.streams)))
-            stream = KVEventStream(pod, self.index, checker=self.checker)
+            stream = KVEventStream(pod, self.index, checker=self.checker, lora_names=self.lora_names)
             self.streams[pod] = stream
         return stream
 
