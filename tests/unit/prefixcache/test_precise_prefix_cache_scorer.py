@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from epp.datastore.datastore import Datastore
 from epp.datastore.endpoint import Endpoint
 from epp.prefixcache import SERVICE_KEY, stop_services
-from epp.prefixcache.block_hash import BlockHasher
+from epp.prefixcache.block_hash import BlockHasher, lora_extra_keys
 from epp.prefixcache.runtime import KVEventsRuntime
 from epp.scheduling.plugins.precise_prefix_cache_scorer import PrecisePrefixCacheScorer
 from epp.scheduling.registry import PluginContext, parse_params
@@ -187,3 +187,51 @@ def test_speculative_ttl_parsing() -> None:
 
     assert parse_duration("2s") == 2.0 and parse_duration("500ms") == 0.5
     assert parse_duration("1m") == 60.0 and parse_duration(3) == 3.0
+
+
+def serve_with_adapter(pod: Pod, hasher: BlockHasher, tokens: list[int], adapter: str) -> None:
+    """The pod runs the prompt under a LoRA adapter: vLLM hashes with the adapter's name."""
+    hashes = hasher.hash_tokens(tokens, extra_keys=lora_extra_keys(adapter))
+    blocks = pod.pool.allocate(len(hashes))
+    assert blocks is not None
+    pod.pool.cache_full_blocks(blocks, hashes, tokens[: len(hashes) * 16], None, adapter)
+    pod.pool.free(blocks)
+
+
+def lora_request(prompt: str, model: str) -> LLMRequest:
+    return LLMRequest(request_id="r", model=model, target_model=model, prompt=prompt, body={"prompt": prompt})
+
+
+def test_lora_key_comes_from_the_request_with_base_models() -> None:
+    scorer, pods = setup(2, {"tokenProcessorConfig": {"baseModels": ["base"]}})
+    prompt = text(random.Random(5), 120)
+    tokens = scorer.tokenizer.encode(prompt)
+    serve_with_adapter(pods[0], scorer.hasher, tokens, "sql-lora")
+    pods[0].publish(scorer.runtime)
+    serve(pods[1].pool, scorer.hasher, tokens)  # pod-1 cached the same text on the base model
+    pods[1].publish(scorer.runtime)
+    eps = [p.ep for p in pods]
+    # The adapter is idle (in no pod's running/waiting metrics), yet its blocks match.
+    assert not any(ep.metrics.active_loras or ep.metrics.waiting_loras for ep in eps)
+    lora_scores = scorer.score(CycleState(), lora_request(prompt, "sql-lora"), eps)
+    base_scores = scorer.score(CycleState(), lora_request(prompt, "base"), eps)
+    assert lora_scores[0] > 0.9 and lora_scores[1] == 0.0
+    assert base_scores[1] > 0.9 and base_scores[0] == 0.0
+
+
+def test_lora_adapters_are_learned_from_events_without_base_models() -> None:
+    scorer, pods = setup(2)
+    prompt = text(random.Random(6), 120)
+    tokens = scorer.tokenizer.encode(prompt)
+    eps = [p.ep for p in pods]
+    assert scorer.lora_adapter("sql-lora", eps) is None  # nothing known yet: the base model
+    serve_with_adapter(pods[0], scorer.hasher, tokens, "sql-lora")
+    pods[0].publish(scorer.runtime)
+    assert scorer.lora_adapter("sql-lora", eps) == "sql-lora"
+    scores = scorer.score(CycleState(), lora_request(prompt, "sql-lora"), eps)
+    assert scores[0] > 0.9 and scores[1] == 0.0
+    # An adapter once seen in a pod's lora metrics stays known after it went idle.
+    eps[1].metrics.active_loras = frozenset({"chat-lora"})
+    assert scorer.lora_adapter("chat-lora", eps) == "chat-lora"
+    eps[1].metrics.active_loras = frozenset()
+    assert scorer.lora_adapter("chat-lora", eps) == "chat-lora"
