@@ -141,9 +141,8 @@ class HashSettingsChecker:
             health.last_reported_block_size = event.block_size
             health.diagnosis = (f"tokenProcessorConfig.blockSize: the pod publishes blocks of "
                                 f"{event.block_size} tokens, the EPP hashes blocks of {size}")
-            health.stored.append(True)
-            self.totals.stored_checked += 1
-            self.totals.stored_mismatched += 1
+            for _ in hashes:  # one sample per published block, like the other checks
+                self._record(health, True)
             self._maybe_log(pod, health)
             return
         if event.extra_keys and not all(_lora_only(k, event.lora_name) for k in event.extra_keys):
