@@ -56,6 +56,7 @@ class KVEventsManager:
         # Keyed by rank_key(pod, rank): one subscriber per data-parallel rank of a pod.
         self.subscribers: dict[str, PodSubscriber] = {}
         self._dp_size: dict[str, int] = {}  # pod -> number of data-parallel ranks subscribed
+        self._dp_pods: set[str] = set()  # pods with more than one rank (kept for the hot path)
         # LoRA adapter names seen in the pods' BlockStored events (the scorer reads it).
         self.lora_names: set[str] = set()
         self.central: CentralSubscriber | None = None
@@ -106,6 +107,7 @@ class KVEventsManager:
             await sub.stop()
         self.subscribers.clear()
         self._dp_size.clear()
+        self._dp_pods.clear()
         if self.central is not None:
             await self.central.stop()
             self.central = None
@@ -147,6 +149,11 @@ class KVEventsManager:
             if sub is not None and sub.stream.has_events:
                 return True
         return False
+
+    @property
+    def has_data_parallel_pods(self) -> bool:
+        """True if some pod runs several data-parallel ranks (lookups must then merge keys)."""
+        return bool(self._dp_pods)
 
     def index_keys(self, pod: str) -> list[str]:
         """The index keys holding the pod's blocks: the pod, plus one per data-parallel rank
@@ -209,6 +216,7 @@ class KVEventsManager:
             return
         if event == "removed":
             size = self._dp_size.pop(ep.key, 1)
+            self._dp_pods.discard(ep.key)
             for rank in range(size):
                 key = rank_key(ep.key, rank)
                 self._spawn(self._retire(key, self.subscribers.pop(key, None)))
@@ -225,6 +233,10 @@ class KVEventsManager:
             key = rank_key(ep.key, rank)
             self._spawn(self._retire(key, self.subscribers.pop(key, None)))
         self._dp_size[ep.key] = size
+        if size > 1:
+            self._dp_pods.add(ep.key)
+        else:
+            self._dp_pods.discard(ep.key)
         for rank in range(size):
             key = rank_key(ep.key, rank)
             endpoint, replay = self.endpoints_for(ep, rank)

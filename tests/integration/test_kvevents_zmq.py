@@ -240,6 +240,7 @@ async def test_data_parallel_ranks_publish_on_port_plus_rank() -> None:
         assert sorted(sub.endpoint for sub in manager.subscribers.values()) == [
             f"tcp://127.0.0.1:{port + r}" for r in range(3)]
         assert manager.index_keys(ep.key) == [ep.key, f"{ep.key}#dp1", f"{ep.key}#dp2"]
+        assert manager.has_data_parallel_pods
 
         def tick() -> None:
             for pool, publisher in zip(pools, publishers, strict=True):
@@ -255,6 +256,7 @@ async def test_data_parallel_ranks_publish_on_port_plus_rank() -> None:
         # The pod leaving drops every rank's subscriber and blocks.
         ds.remove_endpoint(ep.key)
         await wait_until(lambda: not manager.subscribers and not index.pods_with_blocks())
+        assert not manager.has_data_parallel_pods
     finally:
         await manager.stop()
         for p in publishers:

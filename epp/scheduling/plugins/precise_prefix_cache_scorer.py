@@ -276,9 +276,9 @@ class PrecisePrefixCacheScorer:
         if not evented:
             return {}
         manager = self.runtime.manager
-        keys = {pod: manager.index_keys(pod) for pod in evented}
-        if all(len(k) == 1 for k in keys.values()):
+        if not manager.has_data_parallel_pods:  # the common case: one index key per pod
             return self.runtime.index.longest_prefix(hashes, evented)
+        keys = {pod: manager.index_keys(pod) for pod in evented}
         owner = {key: pod for pod, ks in keys.items() for key in ks}
         matched: dict[str, int] = {}
         for key, blocks in self.runtime.index.longest_prefix(hashes, list(owner)).items():
