@@ -12,6 +12,7 @@ from epp.datastore.datastore import Datastore
 from epp.datastore.endpoint import Endpoint
 from epp.prefixcache import SERVICE_KEY, stop_services
 from epp.prefixcache.block_hash import BlockHasher, lora_extra_keys
+from epp.prefixcache.events import AllBlocksCleared
 from epp.prefixcache.runtime import KVEventsRuntime
 from epp.scheduling.plugins.precise_prefix_cache_scorer import PrecisePrefixCacheScorer
 from epp.scheduling.registry import PluginContext, parse_params
@@ -235,3 +236,29 @@ def test_lora_adapters_are_learned_from_events_without_base_models() -> None:
     assert scorer.lora_adapter("chat-lora", eps) == "chat-lora"
     eps[1].metrics.active_loras = frozenset()
     assert scorer.lora_adapter("chat-lora", eps) == "chat-lora"
+
+
+async def test_data_parallel_pod_scores_by_its_best_rank() -> None:
+    ds = Datastore()
+    eps = [ds.upsert_endpoint(Endpoint(name=f"dp-{i}", address="127.0.0.1", port=8000 + i)) for i in range(2)]
+    ctx = PluginContext(datastore=ds, services={"metrics.registry": CollectorRegistry()}, source="t.yaml")
+    params = parse_params(PrecisePrefixCacheScorer.Params, {"kvEventsConfig": {"dataParallelSize": 2}}, "t")
+    scorer = PrecisePrefixCacheScorer(name="precise", params=params, ctx=ctx)
+    await scorer.runtime.start()  # sockets connect lazily; events are fed to the streams here
+    try:
+        manager = scorer.runtime.manager
+        assert sorted(manager.subscribers) == sorted(f"{ep.key}{r}" for ep in eps for r in ("", "#dp1"))
+        prompt = text(random.Random(9), 100)
+        tokens = scorer.tokenizer.encode(prompt)
+        pools = {key: PrefixCachingBlockPool(num_blocks=64, block_size=16) for key in manager.subscribers}
+        serve(pools[f"{eps[0].key}#dp1"], scorer.hasher, tokens)  # rank 1 of dp-0 has the prompt
+        serve(pools[eps[1].key], scorer.hasher, tokens[:32])  # rank 0 of dp-1 has 2 blocks
+        serve(pools[f"{eps[1].key}#dp1"], scorer.hasher, tokens[:16])
+        for key, pool in pools.items():
+            await manager.subscribers[key].stream.handle(0, payload(pool.drain_events() or [AllBlocksCleared()]))
+        state = CycleState()
+        scores = scorer.score(state, completion(prompt), eps)
+        total = len(state[scorer.state_key].hashes)
+        assert scores == [(len(tokens) // 16) / total, 2 / total]
+    finally:
+        await stop_services(ctx.services)
