@@ -171,10 +171,17 @@ IGNORED_KEYS: dict[str, frozenset[str]] = {
     "tokenizersPoolConfig": frozenset({"workersCount", "minPrefixOverlapRatio", "hf", "local", "uds",
                                        "tokenizersCacheDir"}),
     "kvEventsConfig": frozenset({"concurrency", "engineType"}),
-    # Ours, before both hash forms were folded to 64 bits in the index: nothing to set now.
-    "tokenProcessorConfig": frozenset({"intBlockHashes"}),
     "podDiscoveryConfig": frozenset({"podLabelSelector", "podNamespace"}),
     "redisConfig": frozenset({"enableRDMA"}),
+}
+
+
+# Keys of ours that no longer do anything, accepted so that older configs still load.
+OBSOLETE_KEYS: dict[str, dict[str, str]] = {
+    "tokenProcessorConfig": {
+        "intBlockHashes": "both forms of block hashes (ints and raw digests) are folded to 64 bits, "
+                          "whatever VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES the pods use",
+    },
 }
 
 
@@ -188,6 +195,10 @@ def _section(raw: Any, name: str, where: str) -> dict[str, Any]:
         if key in out:
             out.pop(key)
             log.info("%s.%s is an llm-d setting this EPP does not use; ignored", where, key)
+    for key, why in OBSOLETE_KEYS.get(name, {}).items():
+        if key in out:
+            out.pop(key)
+            log.info("%s.%s is no longer needed (%s); ignored", where, key, why)
     return out
 
 
