@@ -25,10 +25,12 @@ from epp.prefixcache.hash_check import HashSettingsChecker
 from epp.prefixcache.index import KVBlockIndex
 from epp.prefixcache.subscriber import (
     CentralSubscriber,
+    GroupSpec,
     KVEventStream,
     PodSubscriber,
     SocketSettings,
     SubscriberStats,
+    group_key,
     rank_key,
 )
 
@@ -59,6 +61,9 @@ class KVEventsManager:
         self._dp_pods: set[str] = set()  # pods with more than one rank (kept for the hot path)
         # LoRA adapter names seen in the pods' BlockStored events (the scorer reads it).
         self.lora_names: set[str] = set()
+        # Index keys (pods or their data-parallel ranks) whose events show several KV-cache
+        # groups (hybrid models); the scorer applies vLLM's per-group hit rule to them.
+        self.hybrid_keys: set[str] = set()
         self.central: CentralSubscriber | None = None
         # Streams fed in-process (an embedded simulator, tests): no socket, same bookkeeping.
         self.local_streams: dict[str, KVEventStream] = {}
@@ -93,6 +98,7 @@ class KVEventsManager:
                 self.central = CentralSubscriber(
                     self.settings.zmq_endpoint, self.index, self._ctx, self._resolve_hostport,
                     settings=self.socket_settings(), checker=self.checker, lora_names=self.lora_names,
+                    hybrid_keys=self.hybrid_keys,
                 )
                 self.central.start()
             if self.settings.discover_pods:
@@ -123,7 +129,8 @@ class KVEventsManager:
         stream = self.local_streams.get(pod)
         if stream is None:
             stream = self.local_streams[pod] = KVEventStream(pod, self.index, checker=self.checker,
-                                                             lora_names=self.lora_names)
+                                                             lora_names=self.lora_names,
+                                                             hybrid_keys=self.hybrid_keys)
         return stream
 
     def stream(self, pod: str) -> KVEventStream | None:
@@ -154,6 +161,12 @@ class KVEventsManager:
     def has_data_parallel_pods(self) -> bool:
         """True if some pod runs several data-parallel ranks (lookups must then merge keys)."""
         return bool(self._dp_pods)
+
+    def group_specs(self, key: str) -> dict[int, GroupSpec]:
+        """The KV-cache groups learned from the events of an index key (pod or rank)."""
+        sub = self.subscribers.get(key)
+        stream = sub.stream if sub is not None else self.stream(key)
+        return stream.groups if stream is not None else {}
 
     def index_keys(self, pod: str) -> list[str]:
         """The index keys holding the pod's blocks: the pod, plus one per data-parallel rank
@@ -249,15 +262,20 @@ class KVEventsManager:
                 self._spawn(self._retire(key, current))
             sub = PodSubscriber(key, endpoint, self.index, self._ctx, replay_endpoint=replay,
                                 settings=self.socket_settings(), checker=self.checker, rank=rank,
-                                lora_names=self.lora_names)
+                                lora_names=self.lora_names, hybrid_keys=self.hybrid_keys)
             self.subscribers[key] = sub
             sub.start()
 
     async def _retire(self, pod: str, sub: PodSubscriber | None) -> None:
+        groups = list(sub.stream.groups) if sub is not None else []
         if sub is not None:
             await sub.stop()
+        self.hybrid_keys.discard(pod)
         try:
             await self.index.clear_pod(pod)
+            for group in groups:
+                if group:
+                    await self.index.clear_pod(group_key(pod, group))
         except Exception as e:
             log.warning("kv-events %s: clearing the removed pod's entries failed: %s", pod, e)
 

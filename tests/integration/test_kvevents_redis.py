@@ -103,14 +103,19 @@ async def test_precise_scorer_with_redis_backend(redis_url: str) -> None:
 async def test_hybrid_groups_and_bytes_hashes_in_redis(index: RedisKVBlockIndex) -> None:
     """The stream's per-group tiers and folded bytes hashes work on the shared index too."""
     from epp.prefixcache.events import BlockRemoved, BlockStored
+    from epp.prefixcache.hybrid import hybrid_hit
 
-    stream = KVEventStream("hybrid", index)
+    stream = KVEventStream("hybrid", index, hybrid_keys=set())
     digests = [bytes([i]) * 32 for i in range(1, 4)]
     folded = [int.from_bytes(d[-8:], "big") for d in digests]
     stored = [BlockStored(block_hashes=list(digests), parent_block_hash=None, token_ids=[], block_size=16,
-                          lora_id=None, medium="GPU", lora_name=None, group_idx=g) for g in (0, 1)]
+                          lora_id=None, medium="GPU", lora_name=None, group_idx=g, kv_cache_spec_kind=kind)
+              for g, kind in ((0, "full_attention"), (1, "mamba"))]
     await stream.handle(0, payload(list(stored)))
     await stream.handle(1, payload([BlockRemoved(block_hashes=digests[:2], medium="GPU", group_idx=1)]))
-    assert index.longest_prefix(folded) == {"hybrid": 3}
+    assert index.longest_prefix(folded, ["hybrid"]) == {"hybrid": 3}
+    assert index.held("hybrid/g1", folded) == [False, False, True]
+    assert hybrid_hit(index, "hybrid", stream.groups, folded) == 3
     await stream.handle(2, payload([BlockRemoved(block_hashes=digests[1:2], medium="GPU", group_idx=0)]))
-    assert index.longest_prefix(folded) == {"hybrid": 1}
+    assert index.longest_prefix(folded, ["hybrid"]) == {"hybrid": 1}
+    assert hybrid_hit(index, "hybrid", stream.groups, folded) == 0  # mamba state only at block 3

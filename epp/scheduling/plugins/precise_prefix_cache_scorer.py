@@ -39,6 +39,7 @@ from typing import Any, ClassVar
 from epp.datastore.endpoint import Endpoint
 from epp.prefixcache.block_hash import BlockHasher, fold_hash, lora_extra_keys
 from epp.prefixcache.config import PreciseSettings, parse_settings
+from epp.prefixcache.hybrid import hybrid_hit
 from epp.prefixcache.index import BlockKey, InMemoryKVBlockIndex
 from epp.prefixcache.runtime import KVEventsRuntime, get_or_create_runtime
 from epp.scheduling.plugins.prefix_cache_scorer import PrefixCacheScorer
@@ -272,16 +273,25 @@ class PrecisePrefixCacheScorer:
         return scores
 
     def _lookup(self, hashes: list[BlockKey], evented: list[str]) -> dict[str, int]:
-        """Matched leading blocks per pod; a data-parallel pod's best rank counts."""
+        """Matched leading blocks per pod: a data-parallel pod's best rank counts, and a hybrid
+        model's groups are combined as vLLM does (epp.prefixcache.hybrid)."""
         if not evented:
             return {}
         manager = self.runtime.manager
-        if not manager.has_data_parallel_pods:  # the common case: one index key per pod
-            return self.runtime.index.longest_prefix(hashes, evented)
-        keys = {pod: manager.index_keys(pod) for pod in evented}
-        owner = {key: pod for pod, ks in keys.items() for key in ks}
+        index = self.runtime.index
+        hybrid = manager.hybrid_keys
+        if not manager.has_data_parallel_pods and not hybrid:  # the common case
+            return index.longest_prefix(hashes, evented)
+        owner = {key: pod for pod in evented for key in manager.index_keys(pod)}
+        plain = [key for key in owner if key not in hybrid]
+        found = index.longest_prefix(hashes, plain) if plain else {}
+        for key in owner:
+            if key in hybrid:
+                blocks = hybrid_hit(index, key, manager.group_specs(key), hashes)
+                if blocks:
+                    found[key] = blocks
         matched: dict[str, int] = {}
-        for key, blocks in self.runtime.index.longest_prefix(hashes, list(owner)).items():
+        for key, blocks in found.items():
             pod = owner[key]
             if blocks > matched.get(pod, 0):
                 matched[pod] = blocks

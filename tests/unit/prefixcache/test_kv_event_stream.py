@@ -205,15 +205,19 @@ async def test_hybrid_groups_are_indexed_per_group() -> None:
     """A hybrid model stores each block once per KV-cache group; its sliding-window group then
     drops the old blocks. The full-attention copies still hold the prefix."""
     index = InMemoryKVBlockIndex()
-    stream = KVEventStream("hybrid", index)
+    hybrid: set[str] = set()
+    stream = KVEventStream("hybrid", index, hybrid_keys=hybrid)
     await stream.handle(0, payload([group_stored([1, 2, 3, 4], 0, "full_attention"),
                                     group_stored([1, 2, 3, 4], 1, "sliding_window")]))
+    assert hybrid == {"hybrid"} and stream.groups[1].kind == "sliding_window"
     await stream.handle(1, payload([BlockRemoved(block_hashes=[1, 2], medium="GPU", group_idx=1)]))
-    assert index.longest_prefix([1, 2, 3, 4]) == {"hybrid": 4}
-    assert index.media_of(1, "hybrid") == {"GPU"} and index.media_of(3, "hybrid") == {"GPU", "GPU/g1"}
-    # Once every group dropped a block the pod no longer holds it.
+    assert index.longest_prefix([1, 2, 3, 4], ["hybrid"]) == {"hybrid": 4}
+    assert index.held("hybrid/g1", [1, 2, 3, 4]) == [False, False, True, True]
     await stream.handle(2, payload([BlockRemoved(block_hashes=[2], medium="GPU", group_idx=0)]))
-    assert index.longest_prefix([1, 2, 3, 4]) == {"hybrid": 1}
+    assert index.longest_prefix([1, 2, 3, 4], ["hybrid"]) == {"hybrid": 1}
+    # AllBlocksCleared (and any resync) clears every group.
+    await stream.handle(3, payload([AllBlocksCleared()]))
+    assert index.pods_with_blocks() == set()
 
 
 async def test_rank_mismatch_is_counted_and_lora_names_are_learned() -> None:

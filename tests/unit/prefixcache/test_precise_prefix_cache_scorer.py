@@ -262,3 +262,29 @@ async def test_data_parallel_pod_scores_by_its_best_rank() -> None:
         assert scores == [(len(tokens) // 16) / total, 2 / total]
     finally:
         await stop_services(ctx.services)
+
+
+def test_hybrid_pod_is_scored_by_vllms_group_rule() -> None:
+    from epp.prefixcache.events import BlockRemoved, BlockStored
+
+    scorer, pods = setup(2)
+    prompt = text(random.Random(12), 100)
+    request = completion(prompt)
+    state = CycleState()
+    hashes = scorer.cycle_state(state, request, [p.ep for p in pods]).hashes
+    n = len(hashes)
+
+    def store(group: int, kind: str, which: list[int]) -> BlockStored:
+        return BlockStored(block_hashes=which, parent_block_hash=None, token_ids=[], block_size=16, lora_id=None,
+                           medium="GPU", lora_name=None, group_idx=group, kv_cache_spec_kind=kind,
+                           kv_cache_spec_sliding_window=32 if kind == "sliding_window" else None)
+
+    stream = scorer.runtime.manager.local_stream(pods[0].ep.key)
+    asyncio.run(stream.handle(0, payload([store(0, "full_attention", hashes), store(1, "sliding_window", hashes)])))
+    # The sliding-window group dropped everything but the last window: still a full hit.
+    asyncio.run(stream.handle(1, payload([BlockRemoved(block_hashes=hashes[:-2], medium="GPU", group_idx=1)])))
+    assert scorer.score(CycleState(), request, [p.ep for p in pods]) == [1.0, 0.0]
+    # Without the window's last block the pod cannot reuse the prefix at all.
+    asyncio.run(stream.handle(2, payload([BlockRemoved(block_hashes=hashes[-1:], medium="GPU", group_idx=1)])))
+    scores = scorer.score(CycleState(), request, [p.ep for p in pods])
+    assert scores[0] == 0.0 and n >= 4
