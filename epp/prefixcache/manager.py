@@ -230,9 +230,11 @@ class KVEventsManager:
         if event == "removed":
             size = self._dp_size.pop(ep.key, 1)
             self._dp_pods.discard(ep.key)
+            central = self.central.streams.get(ep.key) if self.central is not None else None
             for rank in range(size):
                 key = rank_key(ep.key, rank)
-                self._spawn(self._retire(key, self.subscribers.pop(key, None)))
+                self._spawn(self._retire(key, self.subscribers.pop(key, None),
+                                         list(central.groups) if central is not None and rank == 0 else []))
             if self.central is not None:
                 self.central.forget(ep.key)
         elif self.settings.discover_pods:
@@ -266,8 +268,9 @@ class KVEventsManager:
             self.subscribers[key] = sub
             sub.start()
 
-    async def _retire(self, pod: str, sub: PodSubscriber | None) -> None:
-        groups = list(sub.stream.groups) if sub is not None else []
+    async def _retire(self, pod: str, sub: PodSubscriber | None, groups: list[int] | None = None) -> None:
+        """Stop a pod's (rank's) subscriber and drop its blocks, in every KV-cache group."""
+        groups = [*(groups or []), *(sub.stream.groups if sub is not None else [])]
         if sub is not None:
             await sub.stop()
         self.hybrid_keys.discard(pod)
