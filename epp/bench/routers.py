@@ -48,6 +48,7 @@ ROUTERS: tuple[RouterSpec, ...] = (
     RouterSpec("epp-prefix", "EPP load + approx. prefix", "epp", "epp-prefix.yaml", ours=True),
     RouterSpec("epp-all", "EPP all scorers", "epp", "epp-all.yaml", ours=True),
     RouterSpec("epp-precise", "EPP precise prefix (KV events)", "epp", "epp-precise.yaml", ours=True),
+    RouterSpec("epp-precise-spec", "EPP precise + speculative (30s)", "epp", "epp-precise-spec.yaml", ours=True),
 )
 
 
@@ -70,7 +71,7 @@ def unavailable_reason(spec: RouterSpec) -> str | None:
     """Why this router cannot run here, or None."""
     if spec.kind == "vllm-router" and vllm_router_binary() is None:
         return "vllm-router not installed (pip install vllm-router==0.1.17)"
-    if spec.kind == "epp" and spec.policy == "epp-precise.yaml":
+    if spec.kind == "epp" and spec.policy.startswith("epp-precise"):
         from epp.scheduling.registry import plugin_types
 
         if "precise-prefix-cache-scorer" not in plugin_types():

@@ -257,12 +257,12 @@ def worker_metrics_app(metrics: WorkerMetrics) -> web.Application:
 
 
 async def _start_plugin_services(ctx: PluginContext) -> None:
-    from epp import kvevents
+    from epp import prefixcache
 
-    await kvevents.start_services(ctx.services)
+    await prefixcache.start_services(ctx.services)
 
 
 async def _stop_plugin_services(ctx: PluginContext) -> None:
-    from epp import kvevents
+    from epp import prefixcache
 
-    await kvevents.stop_services(ctx.services)
+    await prefixcache.stop_services(ctx.services)

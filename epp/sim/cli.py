@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from epp.kvcache.block_hash import HASH_ALGOS
+from epp.prefixcache.block_hash import HASH_ALGOS
 from epp.sim.cluster import start_pods
 from epp.sim.config import ROLES, SimPodConfig, apply_overrides
 
@@ -59,7 +59,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--block-size", type=int)
     p.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--prefix-caching-hash-algo", choices=HASH_ALGOS)
-    p.add_argument("--hash-seed", help="NONE_HASH seed (default: $PYTHONHASHSEED or vLLM's fixed seed)")
+    p.add_argument("--hash-seed", help="NONE_HASH seed (default as vLLM: $PYTHONHASHSEED, else a fixed "
+                   "seed for sha256*, random per process for xxhash*)")
     p.add_argument("--tokenizer", help="'simple' or a path to tokenizer.json")
     p.add_argument("--kv-events-endpoint", help="ZMQ endpoint template, e.g. tcp://127.0.0.1:{port+1000}")
     p.add_argument(

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from epp.kvcache.block_hash import DEFAULT_HASH_ALGO, HASH_ALGOS
+from epp.prefixcache.block_hash import DEFAULT_HASH_ALGO, HASH_ALGOS
 
 ROLES = ("prefill", "decode", "both")
 
@@ -90,7 +90,7 @@ class SimPodConfig:
     block_size: int = 16
     enable_prefix_caching: bool = True
     prefix_caching_hash_algo: str = DEFAULT_HASH_ALGO
-    hash_seed: str | None = None  # NONE_HASH seed; default $PYTHONHASHSEED or vLLM's fixed seed
+    hash_seed: str | None = None  # NONE_HASH seed; default as vLLM (block_hash.process_seed)
     tokenizer: str = "simple"
     kv_events_endpoint: str | None = None  # e.g. tcp://127.0.0.1:{port+1000}
     kv_events_bind: bool | None = None  # None: vLLM's rule (bind if '*', '::', ipc:// or inproc://)

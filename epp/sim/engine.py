@@ -26,7 +26,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from epp.kvcache.block_hash import BlockHash, BlockHasher, lora_extra_keys
+from epp.prefixcache.block_hash import BlockHash, BlockHasher, lora_extra_keys, process_seed
 from epp.sim.config import SimPodConfig, parse_output_len_dist
 from epp.sim.kv_cache import KVBlock, PrefixCachingBlockPool
 from epp.sim.kv_publisher import KVEventPublisher
@@ -153,7 +153,9 @@ class SimEngine:
             config.enable_prefix_caching,
             config.kv_events_int_hashes,
         )
-        self.hasher = BlockHasher(config.prefix_caching_hash_algo, config.block_size, config.hash_seed)
+        algo = config.prefix_caching_hash_algo
+        seed = config.hash_seed if config.hash_seed is not None else process_seed(algo)
+        self.hasher = BlockHasher(algo, config.block_size, seed)
         self.waiting: deque[SimRequest] = deque()
         self.running: list[SimRequest] = []
         self.rng = random.Random(config.seed * 1_000_003 + config.port)
@@ -446,6 +448,7 @@ class SimEngine:
                     req.all_token_ids[start * size : full * size],
                     req.block_hashes[start - 1] if start else None,
                     req.lora_name,
+                    req.cache_salt,
                 )
                 req.num_cached_blocks = full
             if req.num_computed_tokens < len(req.all_token_ids):

@@ -15,8 +15,8 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from epp.kvcache.block_hash import BlockHash, wire_hash
-from epp.kvcache.events import MEDIUM_GPU, AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
+from epp.prefixcache.block_hash import BlockHash, wire_hash
+from epp.prefixcache.events import MEDIUM_GPU, AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
 
 
 @dataclass(slots=True, eq=False)
@@ -99,7 +99,8 @@ class PrefixCachingBlockPool:
         if removed:
             self.evictions += len(removed)
             self.pending_events.append(
-                BlockRemoved(block_hashes=[wire_hash(h, self.int_hashes) for h in removed], medium=MEDIUM_GPU)
+                BlockRemoved(block_hashes=[wire_hash(h, self.int_hashes) for h in removed], medium=MEDIUM_GPU,
+                             group_idx=0)
             )
         return out
 
@@ -117,11 +118,13 @@ class PrefixCachingBlockPool:
         token_ids: Sequence[int],
         parent_hash: BlockHash | None,
         lora_name: str | None,
+        cache_salt: str | None = None,
     ) -> None:
         """Register newly full, consecutive blocks under their hashes; one BlockStored per run.
 
         `token_ids` are the tokens of exactly these blocks; `parent_hash` is the hash of the
-        block before the first one (None at the start of a sequence).
+        block before the first one (None at the start of a sequence). `lora_name` and
+        `cache_salt` only shape the events' per-block `extra_keys`, as in vLLM.
         """
         if not self.enable_caching or not blocks:
             return
@@ -141,14 +144,16 @@ class PrefixCachingBlockPool:
                     run_parent = prev
             elif run_start >= 0:
                 self._emit_stored(
-                    block_hashes[run_start:i], run_parent, token_ids[run_start * size : i * size], lora_name
+                    block_hashes[run_start:i], run_parent, token_ids[run_start * size : i * size], lora_name,
+                    cache_salt,
                 )
                 run_start = -1
             prev = block_hash
         if run_start >= 0:
             end = len(blocks)
             self._emit_stored(
-                block_hashes[run_start:end], run_parent, token_ids[run_start * size : end * size], lora_name
+                block_hashes[run_start:end], run_parent, token_ids[run_start * size : end * size], lora_name,
+                cache_salt,
             )
 
     def _emit_stored(
@@ -157,8 +162,15 @@ class PrefixCachingBlockPool:
         parent: BlockHash | None,
         token_ids: Sequence[int],
         lora_name: str | None,
+        cache_salt: str | None = None,
     ) -> None:
         convert = self.int_hashes
+        # vLLM's generate_block_hash_extra_keys per block: LoRA name, then the cache salt on
+        # the sequence's first block (parent None) only; None when a block has neither.
+        lora: tuple[str, ...] = (lora_name,) if lora_name else ()
+        extra_keys: list[tuple[str, ...] | None] = [lora or None] * len(hashes)
+        if parent is None and cache_salt and hashes:
+            extra_keys[0] = (*lora, cache_salt)
         self.pending_events.append(
             BlockStored(
                 block_hashes=[wire_hash(h, convert) for h in hashes],
@@ -168,6 +180,10 @@ class PrefixCachingBlockPool:
                 lora_id=None,
                 medium=MEDIUM_GPU,
                 lora_name=lora_name,
+                extra_keys=list(extra_keys),
+                # One full-attention KV-cache group, as vLLM reports for a standard model.
+                group_idx=0,
+                kv_cache_spec_kind="full_attention",
             )
         )
 

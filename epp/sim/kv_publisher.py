@@ -18,7 +18,7 @@ from collections import deque
 import zmq
 import zmq.asyncio
 
-from epp.kvcache.events import END_OF_REPLAY_SEQ, KVEvent, KVEventBatch, encode_event_batch, encode_seq
+from epp.prefixcache.events import END_OF_REPLAY_SEQ, KVEvent, KVEventBatch, encode_event_batch, encode_seq
 
 log = logging.getLogger(__name__)
 

@@ -12,27 +12,24 @@ from prometheus_client import CollectorRegistry
 
 from epp.datastore.datastore import Datastore
 from epp.datastore.endpoint import Endpoint
-from epp.kvcache.block_hash import BlockHasher, wire_hash
-from epp.kvevents import stop_services
-from epp.kvevents.index import RedisKVBlockIndex
-from epp.kvevents.subscriber import KVEventStream
+from epp.prefixcache import stop_services
+from epp.prefixcache.block_hash import BlockHasher, wire_hash
+from epp.prefixcache.index import RedisKVBlockIndex
+from epp.prefixcache.subscriber import KVEventStream
 from epp.scheduling.plugins.precise_prefix_cache_scorer import PrecisePrefixCacheScorer
 from epp.scheduling.registry import PluginContext, parse_params
 from epp.scheduling.types import CycleState, LLMRequest
 from epp.sim.kv_cache import PrefixCachingBlockPool
 from tests.helpers.procs import free_port, running, wait_port
-from tests.unit.kvevents.kv_fixtures import payload, serve
+from tests.unit.prefixcache.kv_fixtures import payload, serve
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("redis-server") is None,
-                       reason="redis-server not installed (apt-get install redis-server)"),
-]
-redis = pytest.importorskip("redis", reason="the 'redis' package is not installed (pip install redis)")
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not installed: apt-get install redis-server (.ci/run installs it)")
     port = free_port()
     workdir: Path = tmp_path_factory.mktemp("redis")
     args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
@@ -101,3 +98,24 @@ async def test_precise_scorer_with_redis_backend(redis_url: str) -> None:
         assert scorer.score(CycleState(), request, eps) == [0.0, 1.0]
     finally:
         await stop_services(ctx.services)
+
+
+async def test_hybrid_groups_and_bytes_hashes_in_redis(index: RedisKVBlockIndex) -> None:
+    """The stream's per-group tiers and folded bytes hashes work on the shared index too."""
+    from epp.prefixcache.events import BlockRemoved, BlockStored
+    from epp.prefixcache.hybrid import hybrid_hit
+
+    stream = KVEventStream("hybrid", index, hybrid_keys=set())
+    digests = [bytes([i]) * 32 for i in range(1, 4)]
+    folded = [int.from_bytes(d[-8:], "big") for d in digests]
+    stored = [BlockStored(block_hashes=list(digests), parent_block_hash=None, token_ids=[], block_size=16,
+                          lora_id=None, medium="GPU", lora_name=None, group_idx=g, kv_cache_spec_kind=kind)
+              for g, kind in ((0, "full_attention"), (1, "mamba"))]
+    await stream.handle(0, payload(list(stored)))
+    await stream.handle(1, payload([BlockRemoved(block_hashes=digests[:2], medium="GPU", group_idx=1)]))
+    assert index.longest_prefix(folded, ["hybrid"]) == {"hybrid": 3}
+    assert index.held("hybrid/g1", folded) == [False, False, True]
+    assert hybrid_hit(index, "hybrid", stream.groups, folded) == 3
+    await stream.handle(2, payload([BlockRemoved(block_hashes=digests[1:2], medium="GPU", group_idx=0)]))
+    assert index.longest_prefix(folded, ["hybrid"]) == {"hybrid": 1}
+    assert hybrid_hit(index, "hybrid", stream.groups, folded) == 0  # mamba state only at block 3

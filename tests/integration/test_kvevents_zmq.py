@@ -13,15 +13,15 @@ import zmq.asyncio
 
 from epp.datastore.datastore import Datastore
 from epp.datastore.endpoint import Endpoint
-from epp.kvcache.block_hash import BlockHasher, wire_hash
-from epp.kvcache.events import BlockStored
-from epp.kvevents.config import DEFAULT_REPLAY_PORT_LABEL, DEFAULT_SOCKET_PORT_LABEL, parse_settings
-from epp.kvevents.index import InMemoryKVBlockIndex
-from epp.kvevents.manager import KVEventsManager
+from epp.prefixcache.block_hash import BlockHasher, wire_hash
+from epp.prefixcache.config import DEFAULT_REPLAY_PORT_LABEL, DEFAULT_SOCKET_PORT_LABEL, parse_settings
+from epp.prefixcache.events import BlockStored
+from epp.prefixcache.index import InMemoryKVBlockIndex
+from epp.prefixcache.manager import KVEventsManager
 from epp.sim.kv_cache import PrefixCachingBlockPool
 from epp.sim.kv_publisher import KVEventPublisher
 from tests.helpers.procs import free_port
-from tests.unit.kvevents.kv_fixtures import payload, serve
+from tests.unit.prefixcache.kv_fixtures import payload, serve
 
 pytestmark = pytest.mark.integration
 
@@ -210,3 +210,54 @@ async def test_central_mode_maps_llmd_topics_to_pods() -> None:
         await publisher.close()
         await stranger.close()
         await manager.stop()
+
+
+async def bind_rank_publishers(size: int) -> tuple[int, list[KVEventPublisher]]:
+    """Publishers of data-parallel ranks 0..size-1 on port + rank, as vLLM binds them
+    (ZmqEventPublisher.offset_endpoint_port); retried until a free run of ports is found."""
+    for _ in range(50):
+        port = free_port()
+        publishers: list[KVEventPublisher] = []
+        try:
+            for rank in range(size):
+                publishers.append(KVEventPublisher(f"tcp://127.0.0.1:{port + rank}", bind=True,
+                                                   data_parallel_rank=rank))
+            return port, publishers
+        except zmq.ZMQError:
+            for p in publishers:
+                await p.close()
+    raise AssertionError("no run of free ports")
+
+
+async def test_data_parallel_ranks_publish_on_port_plus_rank() -> None:
+    port, publishers = await bind_rank_publishers(3)
+    pools = [PrefixCachingBlockPool(num_blocks=256, block_size=16) for _ in publishers]
+    ds = Datastore()
+    ep = ds.upsert_endpoint(pod("dp-pod", port))
+    manager, index = manager_for(ds, dataParallelSize=3)
+    await manager.start()
+    try:
+        assert sorted(sub.endpoint for sub in manager.subscribers.values()) == [
+            f"tcp://127.0.0.1:{port + r}" for r in range(3)]
+        assert manager.index_keys(ep.key) == [ep.key, f"{ep.key}#dp1", f"{ep.key}#dp2"]
+        assert manager.has_data_parallel_pods
+
+        def tick() -> None:
+            for pool, publisher in zip(pools, publishers, strict=True):
+                publish_filler(pool, publisher)()
+
+        await wait_until(lambda: all(s.stream.has_events for s in manager.subscribers.values()), tick=tick)
+        # Rank 2 alone computed this prompt: its events arrive on port + 2 and count for the pod.
+        prompt = list(range(7000, 7064))
+        serve_and_publish(pools[2], publishers[2], prompt)
+        await wait_until(lambda: index.longest_prefix(wire(prompt)) == {f"{ep.key}#dp2": 4})
+        assert manager.has_events(ep.key)
+        assert all(s.stats.rank_mismatches == 0 for s in manager.subscribers.values())
+        # The pod leaving drops every rank's subscriber and blocks.
+        ds.remove_endpoint(ep.key)
+        await wait_until(lambda: not manager.subscribers and not index.pods_with_blocks())
+        assert not manager.has_data_parallel_pods
+    finally:
+        await manager.stop()
+        for p in publishers:
+            await p.close()

@@ -10,8 +10,8 @@ import httpx
 import pytest
 import zmq
 
-from epp.kvcache.block_hash import BlockHasher, wire_hash
-from epp.kvcache.events import AllBlocksCleared, BlockStored, decode_event_batch, decode_seq
+from epp.prefixcache.block_hash import BlockHasher, wire_hash
+from epp.prefixcache.events import AllBlocksCleared, BlockStored, decode_event_batch, decode_seq
 from epp.tokenization.tokenizer import SimpleTokenizer
 from tests.helpers.procs import PYTHON, free_port, running, wait_http
 

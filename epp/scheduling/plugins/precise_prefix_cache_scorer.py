@@ -3,11 +3,11 @@
 The prompt is tokenized exactly as the pod does it (completions: the prompt; chat: the chat
 template, then encode), cut into vLLM blocks and hashed with vLLM's chained block hash
 (same algo, block size and seed as the pods), then looked up in the KV-block index that the
-pods' KV events keep current (epp.kvevents). Score = longest run of leading blocks the pod
+pods' KV events keep current (epp.prefixcache). Score = longest run of leading blocks the pod
 holds / blocks of the prompt, in [0, 1].
 
 Parameters follow llm-d's plugin of the same name (tokenProcessorConfig, indexerConfig,
-kvEventsConfig; see epp.kvevents.config and docs/kv-events.md), plus:
+kvEventsConfig; see epp.prefixcache.config and docs/kv-events.md), plus:
 - `tokenizer`: "simple" (the simulator's) or a tokenizer.json path; defaults to
   indexerConfig.tokenizersPoolConfig.modelName, else "simple".
 - `approximateFallback` (default true): pods that publish no events (yet), or whose view is
@@ -37,12 +37,13 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from epp.datastore.endpoint import Endpoint
-from epp.kvcache.block_hash import BlockHasher, lora_extra_keys, wire_hash
-from epp.kvevents.config import PreciseSettings, parse_settings
-from epp.kvevents.index import BlockKey, InMemoryKVBlockIndex
-from epp.kvevents.runtime import KVEventsRuntime, get_or_create_runtime
+from epp.prefixcache.block_hash import BlockHasher, fold_hash, lora_extra_keys
+from epp.prefixcache.config import PreciseSettings, parse_settings
+from epp.prefixcache.hybrid import hybrid_hit
+from epp.prefixcache.index import BlockKey, InMemoryKVBlockIndex
+from epp.prefixcache.runtime import KVEventsRuntime, get_or_create_runtime
 from epp.scheduling.plugins.prefix_cache_scorer import PrefixCacheScorer
-from epp.scheduling.registry import PluginContext, register_plugin
+from epp.scheduling.registry import ConfigError, PluginContext, register_plugin
 from epp.scheduling.types import CycleState, LLMRequest, SchedulingResult
 from epp.tokenization.chat_template import ChatTemplateError, apply_chat_template, render_chat_segments
 from epp.tokenization.tokenizer import SimpleTokenizer, Tokenizer, get_tokenizer
@@ -55,6 +56,7 @@ CACHED_TOKENS_SUFFIX = ".cached-tokens"
 PROMPT_TOKENS_SUFFIX = ".prompt-tokens"
 MAX_TRACKED_PREDICTIONS = 10_000
 MAX_SPECULATIVE_BLOCKS = 200_000
+MAX_REMEMBERED_ADAPTERS = 10_000
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")
 
 
@@ -71,7 +73,7 @@ def parse_duration(value: str | float | int) -> float:
 
 @dataclass(slots=True)
 class PreciseCycleState:
-    hashes: list[int | bytes]
+    hashes: list[BlockKey]
     prompt_tokens: int
     matched_blocks: dict[str, int] = field(default_factory=dict)  # endpoint key -> blocks
 
@@ -118,8 +120,14 @@ class PrecisePrefixCacheScorer:
         settings = self.params.settings()
         self.settings = settings
         tp = settings.token_processor
-        self.hasher = BlockHasher(tp.hash_algo, tp.block_size, tp.seed())
-        self.int_hashes = tp.int_block_hashes
+        try:
+            self.hasher = BlockHasher(tp.hash_algo, tp.block_size, tp.seed())
+        except (RuntimeError, ValueError) as e:  # e.g. xxhash not installed
+            raise ConfigError(f"{where}: tokenProcessorConfig.hashAlgo: {e}") from None
+        self.base_models = frozenset(tp.base_models)
+        # Adapters some pod reported in its lora_requests_info metric, remembered (an idle
+        # adapter's blocks stay cached after it leaves the running/waiting lists).
+        self._metric_adapters: set[str] = set()
         tokenizer_key = f"tokenizer/{settings.tokenizer}"
         tokenizer: Tokenizer | None = ctx.services.get(tokenizer_key)
         if tokenizer is None:
@@ -194,15 +202,28 @@ class PrecisePrefixCacheScorer:
         size = self.hasher.block_size
         limit = self.params.max_prefix_blocks * size
         salt = request.body.get("cache_salt") if request.body else None
-        extra = None
-        model = request.target_model
-        # vLLM puts the LoRA adapter's name in every block's extra keys.
-        if any(model in ep.metrics.active_loras or model in ep.metrics.waiting_loras for ep in endpoints):
-            extra = lora_extra_keys(model)
-        digests = self.hasher.hash_tokens(tokens[:limit], extra_keys=extra,
+        adapter = self.lora_adapter(request.target_model, endpoints)
+        digests = self.hasher.hash_tokens(tokens[:limit], extra_keys=lora_extra_keys(adapter),
                                           cache_salt=salt if isinstance(salt, str) else None)
-        as_int = self.int_hashes
-        return PreciseCycleState([wire_hash(d, as_int) for d in digests], len(tokens))
+        return PreciseCycleState([fold_hash(d) for d in digests], len(tokens))
+
+    def lora_adapter(self, model: str, endpoints: Sequence[Endpoint]) -> str | None:
+        """The LoRA adapter a request for `model` runs with on vLLM, whose name vLLM puts in
+        every block's extra keys; None for the base model.
+
+        With `baseModels` configured this is exact: every other model name is an adapter.
+        Without it, a model is an adapter once any pod reported it as one, in a KV event's
+        lora_name or in its lora_requests_info metric; it stays known while idle."""
+        if self.base_models:
+            return None if model in self.base_models else model
+        if model in self.runtime.manager.lora_names or model in self._metric_adapters:
+            return model
+        for ep in endpoints:
+            if model in ep.metrics.active_loras or model in ep.metrics.waiting_loras:
+                if len(self._metric_adapters) < MAX_REMEMBERED_ADAPTERS:
+                    self._metric_adapters.add(model)
+                return model
+        return None
 
     def cycle_state(self, state: CycleState, request: LLMRequest,
                     endpoints: Sequence[Endpoint]) -> PreciseCycleState:
@@ -226,7 +247,7 @@ class PrecisePrefixCacheScorer:
             return [0.0] * len(endpoints)
         manager = runtime.manager
         evented = [ep.key for ep in endpoints if manager.has_events(ep.key)]
-        matched = runtime.index.longest_prefix(hashes, evented) if evented else {}
+        matched = self._lookup(hashes, evented)
         if self.speculative is not None and evented:
             self._expire_speculation(time.monotonic())
             for key, guessed in self.speculative.longest_prefix(hashes, evented).items():
@@ -250,6 +271,31 @@ class PrecisePrefixCacheScorer:
         for ep, s in zip(endpoints, scores, strict=True):
             cached[ep.key] = min(cycle.prompt_tokens, round(s * total) * size)
         return scores
+
+    def _lookup(self, hashes: list[BlockKey], evented: list[str]) -> dict[str, int]:
+        """Matched leading blocks per pod: a data-parallel pod's best rank counts, and a hybrid
+        model's groups are combined as vLLM does (epp.prefixcache.hybrid)."""
+        if not evented:
+            return {}
+        manager = self.runtime.manager
+        index = self.runtime.index
+        hybrid = manager.hybrid_keys
+        if not manager.has_data_parallel_pods and not hybrid:  # the common case
+            return index.longest_prefix(hashes, evented)
+        owner = {key: pod for pod in evented for key in manager.index_keys(pod)}
+        plain = [key for key in owner if key not in hybrid]
+        found = index.longest_prefix(hashes, plain) if plain else {}
+        for key in owner:
+            if key in hybrid:
+                blocks = hybrid_hit(index, key, manager.group_specs(key), hashes)
+                if blocks:
+                    found[key] = blocks
+        matched: dict[str, int] = {}
+        for key, blocks in found.items():
+            pod = owner[key]
+            if blocks > matched.get(pod, 0):
+                matched[pod] = blocks
+        return matched
 
     # --- hooks ----------------------------------------------------------------------------
     def pre_request(self, state: CycleState, request: LLMRequest, result: SchedulingResult) -> None:

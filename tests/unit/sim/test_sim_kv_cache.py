@@ -1,5 +1,5 @@
-from epp.kvcache.block_hash import BlockHasher, wire_hash
-from epp.kvcache.events import AllBlocksCleared, BlockRemoved, BlockStored
+from epp.prefixcache.block_hash import BlockHasher, wire_hash
+from epp.prefixcache.events import AllBlocksCleared, BlockRemoved, BlockStored
 from epp.sim.kv_cache import PrefixCachingBlockPool
 
 
@@ -14,7 +14,8 @@ def test_store_lookup_and_events() -> None:
     hashes = _hashes(3)
     pool.cache_full_blocks(blocks, hashes, list(range(12)), None, None)
     (event,) = pool.drain_events()
-    assert event == BlockStored([wire_hash(h) for h in hashes], None, list(range(12)), 4, None, "GPU", None)
+    assert event == BlockStored([wire_hash(h) for h in hashes], None, list(range(12)), 4, None, "GPU", None,
+                                extra_keys=[None, None, None], group_idx=0, kv_cache_spec_kind="full_attention")
     assert pool.lookup_prefix(hashes) == blocks
     assert pool.lookup_prefix([hashes[0], b"miss", hashes[2]]) == blocks[:1]
 
@@ -37,6 +38,7 @@ def test_freed_cached_blocks_are_reused_then_evicted_lru() -> None:
     (removed,) = pool.drain_events()
     assert isinstance(removed, BlockRemoved)
     assert removed.block_hashes == [wire_hash(hashes[1]), wire_hash(hashes[0])]
+    assert removed.group_idx == 0
     assert pool.lookup_prefix(hashes) == []
     assert pool.allocate(1) is None
 
@@ -79,3 +81,17 @@ def test_bytes_hashes_when_int_conversion_disabled() -> None:
     pool.cache_full_blocks(blocks, hashes, [0, 1, 2, 3], None, None)
     (event,) = pool.drain_events()
     assert isinstance(event, BlockStored) and event.block_hashes == hashes
+
+
+def test_stored_events_carry_vllms_per_block_extra_keys() -> None:
+    pool = PrefixCachingBlockPool(num_blocks=8, block_size=4)
+    blocks = pool.allocate(3)
+    assert blocks is not None
+    pool.cache_full_blocks(blocks[:2], _hashes(2), list(range(8)), None, "lora-a", "salt")
+    pool.cache_full_blocks(blocks[2:], _hashes(1, 8), list(range(8, 12)), _hashes(2)[1], "lora-a", "salt")
+    first, second = pool.drain_events()
+    assert isinstance(first, BlockStored) and isinstance(second, BlockStored)
+    # generate_block_hash_extra_keys: the LoRA name on every block, the salt on block 0 only.
+    assert first.extra_keys == [("lora-a", "salt"), ("lora-a",)]
+    assert second.extra_keys == [("lora-a",)]
+    assert first.lora_name == "lora-a"

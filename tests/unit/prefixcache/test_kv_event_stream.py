@@ -6,10 +6,10 @@ import random
 
 import msgspec
 
-from epp.kvcache.block_hash import BlockHasher
-from epp.kvcache.events import AllBlocksCleared, BlockRemoved, BlockStored
-from epp.kvevents.index import InMemoryKVBlockIndex
-from epp.kvevents.subscriber import KVEventStream
+from epp.prefixcache.block_hash import BlockHasher
+from epp.prefixcache.events import AllBlocksCleared, BlockRemoved, BlockStored, KVEventBatch, encode_event_batch
+from epp.prefixcache.index import InMemoryKVBlockIndex
+from epp.prefixcache.subscriber import KVEventStream
 from epp.sim.kv_cache import PrefixCachingBlockPool
 
 from .kv_fixtures import payload, random_tokens, serve
@@ -176,3 +176,57 @@ async def test_garbage_never_crashes_and_is_counted() -> None:
     seq += 1
     await stream.handle_frames(frames(seq, payload([stored([42])])))
     assert index.longest_prefix([42]) == {"p": 1}
+
+
+async def test_bytes_hashes_index_like_int_hashes() -> None:
+    """A pod with VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=0 publishes digests; the index folds
+    them to the 64-bit ints the request side computes."""
+    hasher = BlockHasher(block_size=16)
+    pool = PrefixCachingBlockPool(num_blocks=8, block_size=16, int_hashes=False)
+    index = InMemoryKVBlockIndex()
+    stream = KVEventStream("pod-b", index)
+    prompt = random_tokens(random.Random(2), 48)
+    serve(pool, hasher, prompt)
+    events = pool.drain_events()
+    assert isinstance(events[0], BlockStored) and isinstance(events[0].block_hashes[0], bytes)
+    await stream.handle(0, payload(events))
+    wire = [int.from_bytes(d, "big") & ((1 << 64) - 1) for d in hasher.hash_tokens(prompt)]
+    assert index.longest_prefix(wire) == {"pod-b": 3}
+    await stream.handle(1, payload([BlockRemoved(block_hashes=[hasher.hash_tokens(prompt)[2]], medium="GPU")]))
+    assert index.longest_prefix(wire) == {"pod-b": 2}
+
+
+def group_stored(hashes: list[int], group: int, kind: str) -> BlockStored:
+    return BlockStored(block_hashes=hashes, parent_block_hash=None, token_ids=[], block_size=16, lora_id=None,
+                       medium="GPU", lora_name=None, group_idx=group, kv_cache_spec_kind=kind)
+
+
+async def test_hybrid_groups_are_indexed_per_group() -> None:
+    """A hybrid model stores each block once per KV-cache group; its sliding-window group then
+    drops the old blocks. The full-attention copies still hold the prefix."""
+    index = InMemoryKVBlockIndex()
+    hybrid: set[str] = set()
+    stream = KVEventStream("hybrid", index, hybrid_keys=hybrid)
+    await stream.handle(0, payload([group_stored([1, 2, 3, 4], 0, "full_attention"),
+                                    group_stored([1, 2, 3, 4], 1, "sliding_window")]))
+    assert hybrid == {"hybrid"} and stream.groups[1].kind == "sliding_window"
+    await stream.handle(1, payload([BlockRemoved(block_hashes=[1, 2], medium="GPU", group_idx=1)]))
+    assert index.longest_prefix([1, 2, 3, 4], ["hybrid"]) == {"hybrid": 4}
+    assert index.held("hybrid/g1", [1, 2, 3, 4]) == [False, False, True, True]
+    await stream.handle(2, payload([BlockRemoved(block_hashes=[2], medium="GPU", group_idx=0)]))
+    assert index.longest_prefix([1, 2, 3, 4], ["hybrid"]) == {"hybrid": 1}
+    # AllBlocksCleared (and any resync) clears every group.
+    await stream.handle(3, payload([AllBlocksCleared()]))
+    assert index.pods_with_blocks() == set()
+
+
+async def test_rank_mismatch_is_counted_and_lora_names_are_learned() -> None:
+    index = InMemoryKVBlockIndex()
+    names: set[str] = set()
+    stream = KVEventStream("p#dp1", index, rank=1, lora_names=names)
+    event = BlockStored(block_hashes=[9], parent_block_hash=None, token_ids=[], block_size=16, lora_id=None,
+                        medium="GPU", lora_name="sql-adapter")
+    await stream.handle(0, encode_event_batch(KVEventBatch(ts=0.0, events=[event], data_parallel_rank=1)))
+    assert stream.stats.rank_mismatches == 0 and names == {"sql-adapter"}
+    await stream.handle(1, encode_event_batch(KVEventBatch(ts=0.0, events=[], data_parallel_rank=0)))
+    assert stream.stats.rank_mismatches == 1

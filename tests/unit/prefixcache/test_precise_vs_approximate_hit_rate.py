@@ -18,8 +18,8 @@ from prometheus_client import CollectorRegistry
 
 from epp.datastore.datastore import Datastore
 from epp.datastore.endpoint import Endpoint
-from epp.kvcache.block_hash import BlockHasher
-from epp.kvevents.subscriber import KVEventStream
+from epp.prefixcache.block_hash import BlockHasher
+from epp.prefixcache.subscriber import KVEventStream
 from epp.scheduling.plugins.precise_prefix_cache_scorer import PrecisePrefixCacheScorer
 from epp.scheduling.plugins.prefix_cache_scorer import PrefixCacheScorer
 from epp.scheduling.registry import PluginContext, parse_params

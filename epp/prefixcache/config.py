@@ -3,12 +3,13 @@
 The `precise-prefix-cache-scorer` parameters follow llm-d-inference-scheduler's shape so an
 llm-d config carries over:
 
-    tokenProcessorConfig: {blockSize, hashSeed, hashAlgo*, intBlockHashes*}
+    tokenProcessorConfig: {blockSize, hashSeed, hashAlgo*, baseModels*}
     indexerConfig:
       kvBlockIndexConfig: {inMemoryConfig: {size, podCacheSize}, redisConfig: {address, ...}}
       tokenizersPoolConfig: {modelName}          # here: "simple" or a tokenizer.json path
     kvEventsConfig: {zmqEndpoint, topicFilter, discoverPods,
-                     podDiscoveryConfig: {socketPort}, endpointTemplate*, replayPort*, ...}
+                     podDiscoveryConfig: {socketPort}, dataParallelSize*, endpointTemplate*,
+                     replayPort*, ...}
 
 (* = our additions.) llm-d keys we accept but do not implement (tokenizer worker pools,
 prefix store, cost-aware index, concurrency, ...) are listed in `IGNORED_KEYS`, ignored with a
@@ -22,13 +23,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from epp.kvcache.block_hash import HASH_ALGOS
+from epp.prefixcache.block_hash import HASH_ALGOS, UnreproducibleSeedError, resolve_seed
 from epp.scheduling.registry import parse_params
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SOCKET_PORT_LABEL = "kv-events.epp.llm-d.ai/port"
 DEFAULT_REPLAY_PORT_LABEL = "kv-events.epp.llm-d.ai/replay-port"
+DEFAULT_DP_SIZE_LABEL = "kv-events.epp.llm-d.ai/data-parallel-size"
+MAX_DATA_PARALLEL_SIZE = 1024
 
 
 @dataclass(slots=True)
@@ -38,7 +41,11 @@ class TokenProcessorSettings:
     block_size: int = 16  # vLLM --block-size
     hash_seed: str | int = ""  # PYTHONHASHSEED of the pods; "" = the EPP's env, else vLLM's default
     hash_algo: str = "sha256"  # vLLM --prefix-caching-hash-algo
-    int_block_hashes: bool = True  # VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES (default on)
+    # The pods' base served-model names. A request for any other model is a LoRA request and
+    # vLLM adds the adapter name (the request's model) to every block's extra keys. Empty:
+    # a model is taken for an adapter once a pod reported it (KV events' lora_name or the
+    # lora_requests_info metric), remembered from then on.
+    base_models: list[str] = field(default_factory=list)
 
     def seed(self) -> str | None:
         """The seed for BlockHasher (None: $PYTHONHASHSEED, else vLLM's fixed default)."""
@@ -49,6 +56,12 @@ class TokenProcessorSettings:
             raise ValueError(f"blockSize must be >= 1, got {self.block_size}")
         if self.hash_algo not in HASH_ALGOS:
             raise ValueError(f"hashAlgo must be one of {list(HASH_ALGOS)}, got {self.hash_algo!r}")
+        try:
+            resolve_seed(self.seed(), self.hash_algo)
+        except UnreproducibleSeedError as e:
+            raise ValueError(f"hashSeed: must be set for hashAlgo {self.hash_algo!r}: {e}") from None
+        if any(not isinstance(m, str) or not m for m in self.base_models):
+            raise ValueError("baseModels must be a list of non-empty model names")
 
 
 @dataclass(slots=True)
@@ -95,6 +108,10 @@ class KVEventsSettings:
     replay_port: int = 0  # vLLM replay_endpoint port (e.g. 5558); 0 = no replay socket
     replay_port_label: str = DEFAULT_REPLAY_PORT_LABEL  # per-pod override of replay_port
     replay_endpoint_template: str = "tcp://{host}:{replay_port}"
+    # vLLM --data-parallel-size of each pod: rank r publishes on port + r (and replay port +
+    # r); a pod label (data_parallel_size_label) overrides it per pod.
+    data_parallel_size: int = 1
+    data_parallel_size_label: str = DEFAULT_DP_SIZE_LABEL
     rcv_hwm: int = 10_000
     max_message_bytes: int = 64 * 1024 * 1024
     replay_timeout_seconds: float = 2.0
@@ -107,6 +124,9 @@ class KVEventsSettings:
             port = getattr(self, name)
             if not 0 <= port <= 65535:
                 raise ValueError(f"{name} must be a TCP port, got {port}")
+        if not 1 <= self.data_parallel_size <= MAX_DATA_PARALLEL_SIZE:
+            raise ValueError(f"dataParallelSize must be in 1..{MAX_DATA_PARALLEL_SIZE}, "
+                             f"got {self.data_parallel_size}")
         if self.rcv_hwm < 1 or self.max_message_bytes < 1024:
             raise ValueError("rcvHwm must be >= 1 and maxMessageBytes >= 1024")
         try:
@@ -156,6 +176,15 @@ IGNORED_KEYS: dict[str, frozenset[str]] = {
 }
 
 
+# Keys of ours that no longer do anything, accepted so that older configs still load.
+OBSOLETE_KEYS: dict[str, dict[str, str]] = {
+    "tokenProcessorConfig": {
+        "intBlockHashes": "both forms of block hashes (ints and raw digests) are folded to 64 bits, "
+                          "whatever VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES the pods use",
+    },
+}
+
+
 def _section(raw: Any, name: str, where: str) -> dict[str, Any]:
     if raw is None:
         return {}
@@ -166,6 +195,10 @@ def _section(raw: Any, name: str, where: str) -> dict[str, Any]:
         if key in out:
             out.pop(key)
             log.info("%s.%s is an llm-d setting this EPP does not use; ignored", where, key)
+    for key, why in OBSOLETE_KEYS.get(name, {}).items():
+        if key in out:
+            out.pop(key)
+            log.info("%s.%s is no longer needed (%s); ignored", where, key, why)
     return out
 
 

@@ -4,7 +4,7 @@ Endpoints come and go through `Datastore.add_listener`; the manager starts a `Po
 for each new endpoint, restarts it when the endpoint's address or event port changes, and on
 removal stops it and drops the pod's entries from the index. It also runs the optional
 central (bound) subscriber. It needs a running asyncio loop: call `await start()` from the
-server's startup (epp.kvevents.start_services does) and `await stop()` on shutdown;
+server's startup (epp.prefixcache.start_services does) and `await stop()` on shutdown;
 listener calls that arrive before `start()` are picked up by `start()` from the datastore.
 """
 
@@ -20,15 +20,18 @@ import zmq.asyncio
 
 from epp.datastore.datastore import Datastore
 from epp.datastore.endpoint import Endpoint
-from epp.kvevents.config import KVEventsSettings
-from epp.kvevents.hash_check import HashSettingsChecker
-from epp.kvevents.index import KVBlockIndex
-from epp.kvevents.subscriber import (
+from epp.prefixcache.config import MAX_DATA_PARALLEL_SIZE, KVEventsSettings
+from epp.prefixcache.hash_check import HashSettingsChecker
+from epp.prefixcache.index import KVBlockIndex
+from epp.prefixcache.subscriber import (
     CentralSubscriber,
+    GroupSpec,
     KVEventStream,
     PodSubscriber,
     SocketSettings,
     SubscriberStats,
+    group_key,
+    rank_key,
 )
 
 log = logging.getLogger(__name__)
@@ -52,7 +55,15 @@ class KVEventsManager:
         self.index = index
         self.settings = settings
         self.checker = checker
+        # Keyed by rank_key(pod, rank): one subscriber per data-parallel rank of a pod.
         self.subscribers: dict[str, PodSubscriber] = {}
+        self._dp_size: dict[str, int] = {}  # pod -> number of data-parallel ranks subscribed
+        self._dp_pods: set[str] = set()  # pods with more than one rank (kept for the hot path)
+        # LoRA adapter names seen in the pods' BlockStored events (the scorer reads it).
+        self.lora_names: set[str] = set()
+        # Index keys (pods or their data-parallel ranks) whose events show several KV-cache
+        # groups (hybrid models); the scorer applies vLLM's per-group hit rule to them.
+        self.hybrid_keys: set[str] = set()
         self.central: CentralSubscriber | None = None
         # Streams fed in-process (an embedded simulator, tests): no socket, same bookkeeping.
         self.local_streams: dict[str, KVEventStream] = {}
@@ -86,7 +97,8 @@ class KVEventsManager:
             if self.settings.zmq_endpoint:
                 self.central = CentralSubscriber(
                     self.settings.zmq_endpoint, self.index, self._ctx, self._resolve_hostport,
-                    settings=self.socket_settings(), checker=self.checker,
+                    settings=self.socket_settings(), checker=self.checker, lora_names=self.lora_names,
+                    hybrid_keys=self.hybrid_keys,
                 )
                 self.central.start()
             if self.settings.discover_pods:
@@ -100,6 +112,8 @@ class KVEventsManager:
         for sub in list(self.subscribers.values()):
             await sub.stop()
         self.subscribers.clear()
+        self._dp_size.clear()
+        self._dp_pods.clear()
         if self.central is not None:
             await self.central.stop()
             self.central = None
@@ -114,7 +128,9 @@ class KVEventsManager:
         """A stream for events delivered in-process (`await stream.handle(seq, payload)`)."""
         stream = self.local_streams.get(pod)
         if stream is None:
-            stream = self.local_streams[pod] = KVEventStream(pod, self.index, checker=self.checker)
+            stream = self.local_streams[pod] = KVEventStream(pod, self.index, checker=self.checker,
+                                                             lora_names=self.lora_names,
+                                                             hybrid_keys=self.hybrid_keys)
         return stream
 
     def stream(self, pod: str) -> KVEventStream | None:
@@ -129,9 +145,35 @@ class KVEventsManager:
         return None
 
     def has_events(self, pod: str) -> bool:
-        """True if the pod's view comes from its events (and is not being recovered)."""
+        """True if the pod's view comes from its events (and is not being recovered); for a
+        data-parallel pod, if any of its ranks' views does."""
         stream = self.stream(pod)
-        return stream is not None and stream.has_events
+        if stream is not None and stream.has_events:
+            return True
+        size = self._dp_size.get(pod, 1)
+        for rank in range(1, size):
+            sub = self.subscribers.get(rank_key(pod, rank))
+            if sub is not None and sub.stream.has_events:
+                return True
+        return False
+
+    @property
+    def has_data_parallel_pods(self) -> bool:
+        """True if some pod runs several data-parallel ranks (lookups must then merge keys)."""
+        return bool(self._dp_pods)
+
+    def group_specs(self, key: str) -> dict[int, GroupSpec]:
+        """The KV-cache groups learned from the events of an index key (pod or rank)."""
+        sub = self.subscribers.get(key)
+        stream = sub.stream if sub is not None else self.stream(key)
+        return stream.groups if stream is not None else {}
+
+    def index_keys(self, pod: str) -> list[str]:
+        """The index keys holding the pod's blocks: the pod, plus one per data-parallel rank
+        above 0. vLLM's API server hands a request to one rank, so a pod's match is the best
+        of its ranks' matches."""
+        size = self._dp_size.get(pod, 1)
+        return [pod] if size == 1 else [rank_key(pod, r) for r in range(size)]
 
     def all_stats(self) -> Iterator[tuple[str, SubscriberStats]]:
         for pod, sub in self.subscribers.items():
@@ -145,15 +187,28 @@ class KVEventsManager:
                     yield pod, stream.stats
 
     # --- datastore events -----------------------------------------------------------------
-    def endpoints_for(self, ep: Endpoint) -> tuple[str, str | None]:
-        """The pod's publisher endpoint and replay endpoint (None without replay)."""
+    def endpoints_for(self, ep: Endpoint, rank: int = 0) -> tuple[str, str | None]:
+        """The publisher and replay endpoints (None without replay) of one data-parallel rank
+        of the pod: vLLM offsets both ports by the rank (ZmqEventPublisher.offset_endpoint_port)."""
         s = self.settings
-        port = self._port_from_label(ep, s.socket_port_label, s.socket_port)
+        port = self._port_from_label(ep, s.socket_port_label, s.socket_port) + rank
         replay_port = self._port_from_label(ep, s.replay_port_label, s.replay_port)
+        replay_port = replay_port + rank if replay_port else 0
         endpoint = format_endpoint(s.endpoint_template, ep, port, replay_port)
         replay = (format_endpoint(s.replay_endpoint_template, ep, port, replay_port)
                   if replay_port else None)
         return endpoint, replay
+
+    def data_parallel_size(self, ep: Endpoint) -> int:
+        s = self.settings
+        value = ep.labels.get(s.data_parallel_size_label) if s.data_parallel_size_label else None
+        if value is None:
+            return s.data_parallel_size
+        if value.isdigit() and 1 <= int(value) <= MAX_DATA_PARALLEL_SIZE:
+            return int(value)
+        log.warning("kv-events %s: label %s=%r is not a data-parallel size; using %d", ep.key,
+                    s.data_parallel_size_label, value, s.data_parallel_size)
+        return s.data_parallel_size
 
     @staticmethod
     def _port_from_label(ep: Endpoint, label: str, default: int) -> int:
@@ -173,33 +228,57 @@ class KVEventsManager:
         if not self._started:
             return
         if event == "removed":
-            sub = self.subscribers.pop(ep.key, None)
+            size = self._dp_size.pop(ep.key, 1)
+            self._dp_pods.discard(ep.key)
+            central = self.central.streams.get(ep.key) if self.central is not None else None
+            for rank in range(size):
+                key = rank_key(ep.key, rank)
+                self._spawn(self._retire(key, self.subscribers.pop(key, None),
+                                         list(central.groups) if central is not None and rank == 0 else []))
             if self.central is not None:
                 self.central.forget(ep.key)
-            self._spawn(self._retire(ep.key, sub))
         elif self.settings.discover_pods:
             self._ensure(ep)
 
     def _ensure(self, ep: Endpoint) -> None:
         assert self._ctx is not None
-        endpoint, replay = self.endpoints_for(ep)
-        current = self.subscribers.get(ep.key)
-        if current is not None:
-            if current.endpoint == endpoint and current.replay_endpoint == replay:
-                return
-            # The pod moved (new IP or event port): its old view is worthless.
-            self.subscribers.pop(ep.key)
-            self._spawn(self._retire(ep.key, current))
-        sub = PodSubscriber(ep.key, endpoint, self.index, self._ctx, replay_endpoint=replay,
-                            settings=self.socket_settings(), checker=self.checker)
-        self.subscribers[ep.key] = sub
-        sub.start()
+        size = self.data_parallel_size(ep)
+        old_size = self._dp_size.get(ep.key, size)
+        for rank in range(size, old_size):  # the pod runs fewer ranks now
+            key = rank_key(ep.key, rank)
+            self._spawn(self._retire(key, self.subscribers.pop(key, None)))
+        self._dp_size[ep.key] = size
+        if size > 1:
+            self._dp_pods.add(ep.key)
+        else:
+            self._dp_pods.discard(ep.key)
+        for rank in range(size):
+            key = rank_key(ep.key, rank)
+            endpoint, replay = self.endpoints_for(ep, rank)
+            current = self.subscribers.get(key)
+            if current is not None:
+                if current.endpoint == endpoint and current.replay_endpoint == replay:
+                    continue
+                # The pod moved (new IP or event port): its old view is worthless.
+                self.subscribers.pop(key)
+                self._spawn(self._retire(key, current))
+            sub = PodSubscriber(key, endpoint, self.index, self._ctx, replay_endpoint=replay,
+                                settings=self.socket_settings(), checker=self.checker, rank=rank,
+                                lora_names=self.lora_names, hybrid_keys=self.hybrid_keys)
+            self.subscribers[key] = sub
+            sub.start()
 
-    async def _retire(self, pod: str, sub: PodSubscriber | None) -> None:
+    async def _retire(self, pod: str, sub: PodSubscriber | None, groups: list[int] | None = None) -> None:
+        """Stop a pod's (rank's) subscriber and drop its blocks, in every KV-cache group."""
+        groups = [*(groups or []), *(sub.stream.groups if sub is not None else [])]
         if sub is not None:
             await sub.stop()
+        self.hybrid_keys.discard(pod)
         try:
             await self.index.clear_pod(pod)
+            for group in groups:
+                if group:
+                    await self.index.clear_pod(group_key(pod, group))
         except Exception as e:
             log.warning("kv-events %s: clearing the removed pod's entries failed: %s", pod, e)
 

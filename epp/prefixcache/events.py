@@ -2,19 +2,26 @@
 
 vLLM publishes, per engine step with cache changes, a ZMQ PUB multipart message
 `[topic, seq, payload]`: `seq` is an 8-byte big-endian counter per publisher and `payload`
-is a msgpack `EventBatch` encoded by msgspec with `array_like=True`:
+is a msgpack `EventBatch` encoded by msgspec. vLLM declares the structs with `tag=True` (the
+tag is the class name) and `omit_defaults=True`; which shape goes on the wire depends on the
+release:
 
-    [ts: float64, [event, ...], data_parallel_rank?]      (rank omitted when None)
+- array shape (vLLM before #42892): the batch and every event are `array_like=True`:
+      [ts, [["BlockStored", block_hashes, parent_block_hash, token_ids, block_size, lora_id,
+             medium, lora_name, extra_keys, group_idx, kv_cache_spec_kind,
+             kv_cache_spec_sliding_window], ["BlockRemoved", block_hashes, medium, group_idx],
+            ["AllBlocksCleared"]], data_parallel_rank]
+  msgspec writes EVERY field of an array-like struct (omit_defaults does not apply to
+  arrays); older releases simply had fewer fields (ending at lora_id, medium, lora_name...).
+- map shape (vLLM #42892, e.g. v0.26): the events are maps tagged by "type", the batch is
+  still an array: `[ts, [{"type": "BlockStored", "block_hashes": ..., ...}], rank]`.
+  omit_defaults drops fields whose value equals their default: lora_id, medium and lora_name
+  have no default in vLLM and are always written; extra_keys, group_idx, kv_cache_spec_kind,
+  kv_cache_spec_sliding_window (default None) only when set.
+- map batch (later vLLM, where EventBatch lost array_like too):
+  `{"ts": ..., "events": [...], "data_parallel_rank": ...}` (the rank omitted when None).
 
-Each event is a tagged array-like struct: its first element is the tag (class name):
-
-    ["BlockStored", block_hashes, parent_block_hash, token_ids, block_size, lora_id, medium,
-     lora_name, extra_keys?, group_idx?, kv_cache_spec_kind?, kv_cache_spec_sliding_window?]
-    ["BlockRemoved", block_hashes, medium, group_idx?]
-    ["AllBlocksCleared"]
-
-Fields up to `lora_name` have no default in vLLM and are always written (older releases end
-at `lora_id` or `medium`); the trailing optional ones are written only when set. Block hashes
+The decoder takes all three and ignores unknown map keys (forward compatible). Block hashes
 are uint64 ints (default) or raw digest bytes (VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=0).
 vLLM can also bind a ROUTER "replay" socket: a client sends [b"", start_seq(8B BE)] and gets
 back [b"", seq, payload] frames for buffered batches, then [b"", -1 (8B signed), b""].
@@ -36,6 +43,8 @@ class KVEventDecodeError(ValueError):
     """A ZMQ payload that is not a vLLM KV event batch."""
 
 
+# The decoding side of vLLM's structs. Unlike vLLM, lora_id / medium / lora_name default to
+# None so that the short array forms of older releases decode; the encoder writes them anyway.
 class BlockStored(msgspec.Struct, tag=True, array_like=True, omit_defaults=True, frozen=True):
     block_hashes: list[ExternalBlockHash]
     parent_block_hash: ExternalBlockHash | None
@@ -69,51 +78,50 @@ class KVEventBatch(msgspec.Struct, array_like=True, omit_defaults=True):
     data_parallel_rank: int | None = None
 
 
-# Fields vLLM always writes (no default there), per event type, after the tag.
-_REQUIRED_FIELDS: dict[type[msgspec.Struct], int] = {BlockStored: 7, BlockRemoved: 1, AllBlocksCleared: 0}
+# Fields without a default in vLLM (always written, also in the map shape), per event type.
+_REQUIRED_FIELDS: dict[type[msgspec.Struct], int] = {BlockStored: 7, BlockRemoved: 2, AllBlocksCleared: 0}
 
 _decoder = msgspec.msgpack.Decoder(KVEventBatch)
 _encoder = msgspec.msgpack.Encoder()
 
-
-def _event_to_wire(event: KVEvent) -> list[Any]:
-    fields = event.__struct_fields__
-    values = [getattr(event, f) for f in fields]
-    keep = _REQUIRED_FIELDS[type(event)]
-    # Trailing optional fields are dropped while unset, exactly like msgspec omit_defaults.
-    last = len(values)
-    while last > keep and values[last - 1] is None:
-        last -= 1
-    return [type(event).__name__, *values[:last]]
+EVENT_FORMATS = ("array", "map", "map-batch")
 
 
-EVENT_FORMATS = ("array", "map")
+def _event_to_array(event: KVEvent) -> list[Any]:
+    # msgspec writes every field of an array_like struct, defaults included.
+    return [type(event).__name__, *(getattr(event, f) for f in event.__struct_fields__)]
 
 
 def _event_to_map(event: KVEvent) -> dict[str, Any]:
+    # msgspec omit_defaults: a field with a default (None here) is left out while unset;
+    # fields without a default in vLLM are always written.
     out: dict[str, Any] = {"type": type(event).__name__}
-    for f in event.__struct_fields__:
-        out[f] = getattr(event, f)
+    required = _REQUIRED_FIELDS[type(event)]
+    for i, f in enumerate(event.__struct_fields__):
+        value = getattr(event, f)
+        if i < required or value is not None:
+            out[f] = value
     return out
 
 
 def encode_event_batch(batch: KVEventBatch, event_format: str = "array") -> bytes:
     """msgpack bytes identical to what vLLM's publisher sends for the same batch.
 
-    `event_format` "array": each event a tagged positional array (vLLM before #42892);
-    "map": each event a map tagged by "type" (vLLM since #42892). The batch itself is an
-    array [ts, events, data_parallel_rank] in both.
+    "array": the batch and its events are positional arrays (vLLM before #42892); "map":
+    events are maps tagged by "type" inside an array batch (vLLM #42892); "map-batch": the
+    batch is a map too (later vLLM). See the module doc for which fields each writes.
     """
+    if event_format == "array":
+        return _encoder.encode([batch.ts, [_event_to_array(e) for e in batch.events], batch.data_parallel_rank])
+    events = [_event_to_map(e) for e in batch.events]
     if event_format == "map":
-        events: list[Any] = [_event_to_map(e) for e in batch.events]
-    elif event_format == "array":
-        events = [_event_to_wire(e) for e in batch.events]
-    else:
-        raise ValueError(f"unknown KV event format {event_format!r}; use one of {EVENT_FORMATS}")
-    wire: list[Any] = [batch.ts, events]
-    if batch.data_parallel_rank is not None:
-        wire.append(batch.data_parallel_rank)
-    return _encoder.encode(wire)
+        return _encoder.encode([batch.ts, events, batch.data_parallel_rank])
+    if event_format == "map-batch":
+        wire: dict[str, Any] = {"ts": batch.ts, "events": events}
+        if batch.data_parallel_rank is not None:
+            wire["data_parallel_rank"] = batch.data_parallel_rank
+        return _encoder.encode(wire)
+    raise ValueError(f"unknown KV event format {event_format!r}; use one of {EVENT_FORMATS}")
 
 
 def decode_event_batch(payload: bytes) -> KVEventBatch:
@@ -137,10 +145,15 @@ def _decode_map_events(payload: bytes) -> KVEventBatch:
         raw = _generic_decoder.decode(payload)
     except msgspec.DecodeError as e:
         raise KVEventDecodeError(f"not msgpack: {e}") from e
-    if not isinstance(raw, list) or len(raw) < 2 or not isinstance(raw[1], list):
-        raise KVEventDecodeError("event batch must be an array [ts, [events...], dp_rank?]")
-    ts, events = raw[0], raw[1]
-    rank = raw[2] if len(raw) > 2 else None
+    if isinstance(raw, dict):  # the batch as a map (EventBatch without array_like)
+        ts, events, rank = raw.get("ts"), raw.get("events"), raw.get("data_parallel_rank")
+    elif isinstance(raw, list) and len(raw) >= 2:
+        ts, events = raw[0], raw[1]
+        rank = raw[2] if len(raw) > 2 else None
+    else:
+        raise KVEventDecodeError("event batch must be [ts, [events...], dp_rank?] or a map of those")
+    if not isinstance(events, list):
+        raise KVEventDecodeError("event batch events must be an array")
     if isinstance(ts, bool) or not isinstance(ts, int | float):
         raise KVEventDecodeError("event batch timestamp must be a number")
     if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int)):

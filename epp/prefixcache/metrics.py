@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from epp.kvevents.manager import KVEventsManager
+from epp.prefixcache.manager import KVEventsManager
 
 
 class KVEventsCollector(Collector):

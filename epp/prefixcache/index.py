@@ -57,6 +57,11 @@ class KVBlockIndex(Protocol):
         """
         ...
 
+    def held(self, pod: str, hashes: Sequence[BlockKey]) -> list[bool]:
+        """For each hash, whether `pod` holds it (anywhere in the sequence, not only a leading
+        run): hybrid models' sliding-window and Mamba groups hold the END of a prefix."""
+        ...
+
     def pods_with_blocks(self) -> set[str]:
         """Pods that currently have at least one block indexed."""
         ...
@@ -130,6 +135,12 @@ class InMemoryKVBlockIndex:
         if result:
             self.stats.lookup_hits += 1
         return result
+
+    def held(self, pod: str, hashes: Sequence[BlockKey]) -> list[bool]:
+        mine = self._by_pod.get(pod)
+        if not mine:
+            return [False] * len(hashes)
+        return [h in mine for h in hashes]
 
     def pods_with_blocks(self) -> set[str]:
         return {pod for pod, hashes in self._by_pod.items() if hashes}
@@ -326,6 +337,14 @@ class RedisKVBlockIndex:
         if result:
             self.stats.lookup_hits += 1
         return result
+
+    def held(self, pod: str, hashes: Sequence[BlockKey]) -> list[bool]:
+        if not hashes:
+            return []
+        wanted = hashes[: self.max_lookup_blocks]
+        # One round trip on the pod's set of hashes (SMISMEMBER, Redis >= 6.2).
+        rows: list[Any] = self._sync.smismember(self._pkey(pod), [_key_text(h) for h in wanted])
+        return [bool(r) for r in rows] + [False] * (len(hashes) - len(wanted))
 
     def pods_with_blocks(self) -> set[str]:
         prefix = self._pkey("")

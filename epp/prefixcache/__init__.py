@@ -3,9 +3,9 @@
 Server integration (the scorer creates the runtime in `PluginContext.services` when the
 config is loaded; these hooks bind its ZMQ sockets to the server's event loop):
 
-    await epp.kvevents.start_services(ctx.services)   # after the config is loaded
+    await epp.prefixcache.start_services(ctx.services)   # after the config is loaded
     ...
-    await epp.kvevents.stop_services(ctx.services)    # on shutdown
+    await epp.prefixcache.stop_services(ctx.services)    # on shutdown
 
 Both are no-ops when no precise-prefix-cache-scorer is configured. See docs/kv-events.md.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import MutableMapping
 from typing import Any
 
-from epp.kvevents.runtime import SERVICE_KEY, KVEventsRuntime
+from epp.prefixcache.runtime import SERVICE_KEY, KVEventsRuntime
 
 
 async def start_services(services: MutableMapping[str, Any]) -> None:

@@ -11,15 +11,21 @@ is `--prefix-caching-hash-algo`:
 - `sha256_cbor`: sha256(cbor2.dumps(obj, canonical=True)).digest()  (language independent)
 - `xxhash` / `xxhash_cbor`: xxh3_128 digest of the pickle / CBOR bytes (needs `xxhash`).
 
-NONE_HASH = H(seed) with seed = $PYTHONHASHSEED when set. Without it, recent vLLM uses the
-fixed seed "vllm-none-hash" for cryptographic algorithms (older releases used random bytes,
-which made hashes unshareable unless PYTHONHASHSEED was set); we always use the fixed seed
-so the EPP and the simulator agree. Set the same PYTHONHASHSEED (or pass `seed`) for real vLLM.
+NONE_HASH = H(seed) (vLLM `init_none_hash` / `resolve_none_hash_seed`): the seed is
+$PYTHONHASHSEED when set; otherwise current vLLM uses the fixed string "vllm-none-hash" for the
+cryptographic algorithms (sha256, sha256_cbor) and fresh random bytes per process for xxhash /
+xxhash_cbor (a predictable seed would let an attacker precompute colliding blocks). So an
+xxhash pod is only reproducible with PYTHONHASHSEED set, and the EPP refuses xxhash without
+an explicit seed (`resolve_seed`). vLLM releases before that change seeded NONE_HASH randomly
+for every algorithm unless PYTHONHASHSEED was set: such pods need PYTHONHASHSEED too.
 
 `extra_keys` is a tuple (LoRA name first, then multimodal keys, then cache_salt on the first
 block only) or None. In KV events vLLM publishes hashes as ExternalBlockHash: by default
 (VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=1) the low 64 bits of the big-endian digest as an int,
-otherwise the raw digest bytes; `wire_hash` does that conversion.
+otherwise the raw digest bytes; `wire_hash` does that conversion. The index keys every hash
+by `fold_hash`: the low 64 bits, the int form whichever form a pod publishes (llm-d's
+kv-cache manager folds bytes hashes the same way: the last 8 bytes, big-endian), so pods with
+and without VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES match the same request hashes.
 
 The CBOR encoder below covers exactly the value shapes vLLM hashes (str, bytes, int, None,
 bool, and tuples/lists of them) in RFC 8949 canonical form (shortest integer heads,
@@ -43,6 +49,8 @@ DEFAULT_HASH_ALGO = "sha256"
 DEFAULT_BLOCK_SIZE = 16
 DEFAULT_NONE_HASH_SEED = "vllm-none-hash"
 HASH_ALGOS = ("sha256", "sha256_cbor", "xxhash", "xxhash_cbor")
+# vLLM's _NON_CRYPTO_HASH_FUNCTIONS: no fixed default seed, random per process.
+NON_CRYPTO_HASH_ALGOS = frozenset({"xxhash", "xxhash_cbor"})
 
 _UINT64_MASK = (1 << 64) - 1
 
@@ -127,7 +135,7 @@ def _sha256_cbor(obj: Any) -> bytes:
 
 def _xxh3_128(data: bytes) -> bytes:
     try:
-        import xxhash  # type: ignore[import-not-found]
+        import xxhash
     except ModuleNotFoundError as e:
         raise RuntimeError(
             "prefix-caching hash algo 'xxhash'/'xxhash_cbor' needs the optional 'xxhash' package "
@@ -160,11 +168,26 @@ def get_hash_function(algo: str) -> HashFunction:
         ) from None
 
 
-def resolve_seed(seed: str | None) -> str:
-    """Explicit seed, else $PYTHONHASHSEED, else vLLM's fixed default seed."""
+class UnreproducibleSeedError(ValueError):
+    """The pods' NONE_HASH seed cannot be known (xxhash without PYTHONHASHSEED)."""
+
+
+def resolve_seed(seed: str | None, algo: str = DEFAULT_HASH_ALGO) -> str:
+    """The NONE_HASH seed as vLLM resolves it: explicit seed, else $PYTHONHASHSEED, else the
+    fixed "vllm-none-hash" for sha256 / sha256_cbor. For xxhash / xxhash_cbor vLLM draws a
+    random seed per process, which nobody else can reproduce: that raises."""
     if seed is not None:
         return seed
-    return os.environ.get("PYTHONHASHSEED", DEFAULT_NONE_HASH_SEED)
+    env = os.environ.get("PYTHONHASHSEED")
+    if env is not None:
+        return env
+    if algo in NON_CRYPTO_HASH_ALGOS:
+        raise UnreproducibleSeedError(
+            f"hash algo {algo!r} needs an explicit seed: without PYTHONHASHSEED vLLM seeds it with "
+            "random bytes per process, so no other process can compute the same block hashes; "
+            "set PYTHONHASHSEED on the pods and the same value as the hash seed here"
+        )
+    return DEFAULT_NONE_HASH_SEED
 
 
 def wire_hash(block_hash: BlockHash, as_int: bool = True) -> ExternalBlockHash:
@@ -172,6 +195,27 @@ def wire_hash(block_hash: BlockHash, as_int: bool = True) -> ExternalBlockHash:
     if not as_int:
         return block_hash
     return int.from_bytes(block_hash, "big") & _UINT64_MASK
+
+
+def process_seed(algo: str) -> str:
+    """The seed a vLLM process itself ends up with (for the simulator): as `resolve_seed`,
+    but xxhash without PYTHONHASHSEED gets fresh random bytes, as in vLLM."""
+    try:
+        return resolve_seed(None, algo)
+    except UnreproducibleSeedError:
+        return os.urandom(32).hex()
+
+
+def fold_hash(value: ExternalBlockHash) -> int:
+    """A published block hash as the index keys it: the low 64 bits as an unsigned int.
+
+    Int hashes are already that (a negative int, as some msgpack decoders produce for
+    uint64 > 2**63, is read as its two's complement); bytes hashes (raw digests, with
+    VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=0) give their last 8 bytes, big-endian, which is
+    exactly the int vLLM would have published for the same digest."""
+    if isinstance(value, int):
+        return value & _UINT64_MASK
+    return int.from_bytes(value[-8:], "big")
 
 
 def lora_extra_keys(lora_name: str | None) -> tuple[Any, ...] | None:
@@ -192,7 +236,7 @@ class BlockHasher:
         self.algo = algo
         self.block_size = block_size
         self.hash_fn = get_hash_function(algo)
-        self.seed = resolve_seed(seed)
+        self.seed = resolve_seed(seed, algo)
         self.none_hash: BlockHash = self.hash_fn(self.seed)
         # For the CBOR algorithms the 3-tuple is serialized inline (same bytes as
         # cbor_encode) to skip per-block dispatch: ~3x faster on long prompts.

@@ -21,6 +21,15 @@ Frames that are not 3 parts, have a bad sequence frame, or a payload that does n
 counted and dropped; nothing a pod sends can stop the loop. Memory stays bounded: the SUB
 socket has a receive high-water mark and a max message size, replays are capped.
 
+Hashes are folded to 64 bits before they reach the index (`fold_hash`), so int- and
+bytes-publishing pods index alike. Hybrid models (sliding window, Mamba) publish one
+BlockStored / BlockRemoved per KV-cache group with `group_idx` (and the group's
+`kv_cache_spec_kind` on stores): each group > 0 gets its own index key (`group_key`), so a
+sliding-window group dropping a block does not erase the full-attention group's copy, and the
+scorer can apply vLLM's hybrid hit rule per group (`GroupSpec`). A data-parallel rank r > 0 of a pod is
+its own stream with index key `rank_key(pod, r)`; batches carry `data_parallel_rank`, which
+is checked against the rank the stream was opened for.
+
 `CentralSubscriber` is llm-d's centralized mode: the EPP binds one SUB socket, every pod
 connects its publisher to it and names itself in the topic `kv@<pod-ip>:<port>@<model>`.
 """
@@ -38,14 +47,36 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
-from epp.kvcache.events import AllBlocksCleared, BlockRemoved, BlockStored, KVEventBatch
-from epp.kvevents.hash_check import HashSettingsChecker
-from epp.kvevents.index import KVBlockIndex
-from epp.kvevents.wire import decode_payload
+from epp.prefixcache.block_hash import fold_hash
+from epp.prefixcache.events import AllBlocksCleared, BlockRemoved, BlockStored, KVEventBatch, decode_event_batch
+from epp.prefixcache.hash_check import HashSettingsChecker
+from epp.prefixcache.index import KVBlockIndex
 
 log = logging.getLogger(__name__)
 
 END_OF_REPLAY = -1
+
+
+MAX_LORA_NAMES = 10_000  # bounds the adapter names remembered from events
+
+
+def rank_key(pod: str, rank: int) -> str:
+    """The index key of a pod's data-parallel rank (rank 0 is the pod itself)."""
+    return pod if rank == 0 else f"{pod}#dp{rank}"
+
+
+def group_key(key: str, group_idx: int | None) -> str:
+    """The index key of one KV-cache group of a pod (rank); group 0 is the pod itself."""
+    return key if not group_idx else f"{key}/g{group_idx}"
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSpec:
+    """A KV-cache group as its BlockStored events describe it (vLLM KVCacheSpecKind)."""
+
+    kind: str | None  # e.g. "full_attention", "sliding_window", "mamba"; None: not published
+    sliding_window: int | None  # tokens, for sliding-window groups
+    block_size: int
 
 
 @dataclass(slots=True)
@@ -60,6 +91,7 @@ class SubscriberStats:
     all_cleared: int = 0
     malformed_frames: int = 0  # wrong frame count or sequence frame
     decode_errors: int = 0  # payload is not a KV event batch
+    rank_mismatches: int = 0  # batches whose data_parallel_rank is not the stream's rank
     apply_errors: int = 0  # the index refused an update (e.g. Redis down)
     gaps: int = 0
     missed_batches: int = 0
@@ -92,11 +124,22 @@ class KVEventStream:
         *,
         replay: ReplayFn | None = None,
         checker: HashSettingsChecker | None = None,
+        rank: int = 0,
+        lora_names: set[str] | None = None,
+        hybrid_keys: set[str] | None = None,
     ) -> None:
         self.pod = pod
         self.index = index
         self.replay = replay
         self.checker = checker
+        self.rank = rank
+        # KV-cache groups seen in this pod's events; more than group 0 = a hybrid model, whose
+        # key then joins `hybrid_keys` (shared with the scorer).
+        self.groups: dict[int, GroupSpec] = {}
+        self.hybrid_keys = hybrid_keys
+        # Shared with the scorer: adapter names seen in BlockStored (lora_name), which make a
+        # request for that model a LoRA request even while the adapter is idle.
+        self.lora_names = lora_names
         self.stats = SubscriberStats()
 
     @property
@@ -132,7 +175,7 @@ class KVEventStream:
             await self._recover(last + 1, seq, initial=last < 0)
         stats.last_seq = seq
         try:
-            batch = decode_payload(payload)
+            batch = decode_event_batch(payload)
         except Exception as e:  # any decoder failure is the pod's garbage, never ours to die of
             stats.decode_errors += 1
             if stats.decode_errors <= 3 or stats.decode_errors % 1000 == 0:
@@ -164,7 +207,7 @@ class KVEventStream:
                     complete = False
                     break
                 try:
-                    batch = decode_payload(payload)
+                    batch = decode_event_batch(payload)
                 except Exception:
                     stats.decode_errors += 1
                     complete = False
@@ -182,11 +225,25 @@ class KVEventStream:
             return  # no earlier view to correct: an empty view under-estimates, which is safe
         await self._resync("sequence gap")
 
+    def _learn_group(self, group: int, event: BlockStored) -> None:
+        spec = GroupSpec(event.kv_cache_spec_kind, event.kv_cache_spec_sliding_window, event.block_size)
+        if self.groups.get(group) != spec:
+            self.groups[group] = spec
+            if group and self.hybrid_keys is not None:
+                self.hybrid_keys.add(self.pod)
+
+    async def _clear_index(self) -> None:
+        """Drop the pod's blocks from the index, in every KV-cache group."""
+        await self.index.clear_pod(self.pod)
+        for group in self.groups:
+            if group:
+                await self.index.clear_pod(group_key(self.pod, group))
+
     async def _resync(self, reason: str) -> None:
         self.stats.resyncs += 1
         self.stats.stale = True
         try:
-            await self.index.clear_pod(self.pod)
+            await self._clear_index()
         except Exception as e:
             self.stats.apply_errors += 1
             log.error("kv-events %s: clearing the pod's view after %s failed: %s", self.pod, reason, e)
@@ -203,19 +260,32 @@ class KVEventStream:
         stats.batches += 1
         pod = self.pod
         index = self.index
+        rank = batch.data_parallel_rank
+        if rank is not None and rank != self.rank:
+            stats.rank_mismatches += 1
+            if stats.rank_mismatches == 1:
+                log.warning("kv-events %s: batch from data-parallel rank %d on the stream of rank %d; "
+                            "check kvEventsConfig.dataParallelSize and the pod's ports", pod, rank, self.rank)
         for event in batch.events:
             stats.events += 1
             try:
                 if isinstance(event, BlockStored):
-                    await index.add(pod, event.block_hashes, event.medium)
+                    group = event.group_idx or 0
+                    if group or event.kv_cache_spec_kind is not None:
+                        self._learn_group(group, event)
+                    await index.add(group_key(pod, group), [fold_hash(h) for h in event.block_hashes],
+                                    event.medium)
                     stats.blocks_stored += len(event.block_hashes)
+                    if event.lora_name and self.lora_names is not None and len(self.lora_names) < MAX_LORA_NAMES:
+                        self.lora_names.add(event.lora_name)
                     if self.checker is not None:
                         self.checker.check_stored(pod, event)
                 elif isinstance(event, BlockRemoved):
-                    await index.remove(pod, event.block_hashes, event.medium)
+                    await index.remove(group_key(pod, event.group_idx), [fold_hash(h) for h in event.block_hashes],
+                                       event.medium)
                     stats.blocks_removed += len(event.block_hashes)
                 elif isinstance(event, AllBlocksCleared):
-                    await index.clear_pod(pod)
+                    await self._clear_index()
                     stats.all_cleared += 1
             except (TypeError, ValueError) as e:
                 # Well-formed msgpack with values the index cannot hold (e.g. unhashable).
@@ -251,6 +321,9 @@ class PodSubscriber:
         replay_endpoint: str | None = None,
         settings: SocketSettings | None = None,
         checker: HashSettingsChecker | None = None,
+        rank: int = 0,
+        lora_names: set[str] | None = None,
+        hybrid_keys: set[str] | None = None,
     ) -> None:
         self.pod = pod
         self.endpoint = endpoint
@@ -258,7 +331,8 @@ class PodSubscriber:
         self.settings = settings or SocketSettings()
         self._ctx = context
         self.stream = KVEventStream(
-            pod, index, replay=self._replay if self.replay_endpoint else None, checker=checker
+            pod, index, replay=self._replay if self.replay_endpoint else None, checker=checker,
+            rank=rank, lora_names=lora_names, hybrid_keys=hybrid_keys,
         )
         self._task: asyncio.Task[None] | None = None
         self._monitor_task: asyncio.Task[None] | None = None
@@ -420,11 +494,15 @@ class CentralSubscriber:
         settings: SocketSettings | None = None,
         checker: HashSettingsChecker | None = None,
         max_streams: int = 4096,
+        lora_names: set[str] | None = None,
+        hybrid_keys: set[str] | None = None,
     ) -> None:
         self.bind_endpoint = bind_endpoint
         self.index = index
         self.settings = settings or SocketSettings(topic_filter="kv@")
         self.checker = checker
+        self.lora_names = lora_names
+        self.hybrid_keys = hybrid_keys
         self.resolve = resolve
         self.max_streams = max_streams
         self.streams: dict[str, KVEventStream] = {}
@@ -470,7 +548,8 @@ class CentralSubscriber:
         if stream is None:
             if len(self.streams) >= self.max_streams:
                 self.streams.pop(next(iter(self.streams)))
-            stream = KVEventStream(pod, self.index, checker=self.checker)
+            stream = KVEventStream(pod, self.index, checker=self.checker, lora_names=self.lora_names,
+                                   hybrid_keys=self.hybrid_keys)
             self.streams[pod] = stream
         return stream
 

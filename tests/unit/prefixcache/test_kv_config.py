@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from epp.kvevents.config import parse_settings
+from epp.prefixcache.config import parse_settings
 from epp.scheduling.registry import ConfigError, parse_params, plugin_class
 
 LLMD_PARAMS = {
@@ -43,10 +43,26 @@ def test_integer_seed_and_redis_backend() -> None:
     ({"kvEventsConfig": {"discoverPods": False}}, "discoverPods: true or a zmqEndpoint"),
     ({"kvEventsConfig": {"endpointTemplate": "tcp://{ip}:1"}}, "unknown placeholder"),
     ({"maxPrefixBlocks": 0}, "maxPrefixBlocks must be >= 1"),
+    # vLLM seeds xxhash randomly per process without PYTHONHASHSEED: such a config never matches.
+    ({"tokenProcessorConfig": {"hashAlgo": "xxhash"}},
+     "tokenProcessorConfig: hashSeed: must be set for hashAlgo 'xxhash'"),
+    ({"tokenProcessorConfig": {"hashAlgo": "xxhash_cbor"}}, "hashSeed: must be set for hashAlgo 'xxhash_cbor'"),
+    ({"tokenProcessorConfig": {"baseModels": [""]}}, "baseModels must be a list of non-empty model names"),
+    ({"kvEventsConfig": {"dataParallelSize": 0}}, "dataParallelSize must be in 1..1024"),
 ])
-def test_config_errors_name_file_plugin_and_field(params: dict[str, object], fragment: str) -> None:
+def test_config_errors_name_file_plugin_and_field(params: dict[str, object], fragment: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PYTHONHASHSEED", raising=False)
     cls = plugin_class("precise-prefix-cache-scorer")
     with pytest.raises(ConfigError) as err:
         parse_params(cls.Params, params, "sched.yaml: plugin 'precise' (precise-prefix-cache-scorer)")
     assert str(err.value).startswith("sched.yaml: plugin 'precise'")
     assert fragment in str(err.value)
+
+
+def test_xxhash_with_a_seed_loads_and_int_block_hashes_is_obsolete() -> None:
+    s = parse_settings({"hashAlgo": "xxhash", "hashSeed": "42", "intBlockHashes": False,
+                        "baseModels": ["meta-llama/Llama-3.1-8B"]}, None, {"dataParallelSize": 4})
+    assert s.token_processor.hash_algo == "xxhash" and s.token_processor.seed() == "42"
+    assert s.token_processor.base_models == ["meta-llama/Llama-3.1-8B"]
+    assert s.kv_events.data_parallel_size == 4

@@ -13,9 +13,16 @@ matches", so two independent signals are watched:
    prompt_tokens_details.cached_tokens) for a request where the index predicted no match at
    all on that event-publishing pod.
 
+Hashes are compared folded to 64 bits (`fold_hash`), so a pod publishing raw digest bytes
+(VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=0) matches as well as one publishing ints; the form each
+pod publishes is recorded and shown. When a block the EPP hashes differently is seen, the
+checker tries the other settings a pod could run with (each algorithm, the EPP's seed and
+vLLM's default seed "vllm-none-hash"; with bytes hashes, the pod's own parent digest, which
+isolates the seed) and names the one that reproduces the pod's hash.
+
 When the mismatch rate of a pod's recent window passes the threshold, an error naming the
-likely settings is logged (at most once per `log_interval_s` per pod) and the ratio is
-exposed as a metric.
+setting (or, failing a diagnosis, the likely settings) is logged (at most once per
+`log_interval_s` per pod) and the ratio is exposed as a metric.
 """
 
 from __future__ import annotations
@@ -25,8 +32,16 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
-from epp.kvcache.block_hash import BlockHash, BlockHasher, lora_extra_keys, wire_hash
-from epp.kvcache.events import BlockStored
+from epp.prefixcache.block_hash import (
+    DEFAULT_NONE_HASH_SEED,
+    HASH_ALGOS,
+    NON_CRYPTO_HASH_ALGOS,
+    BlockHash,
+    BlockHasher,
+    fold_hash,
+    lora_extra_keys,
+)
+from epp.prefixcache.events import BlockStored
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +55,8 @@ class PodHashHealth:
     block_size_mismatches: int = 0
     last_reported_block_size: int = 0
     last_logged_at: float = 0.0
+    hash_form: str = ""  # "int" or "bytes": what the pod publishes (both fold to 64 bits)
+    diagnosis: str = ""  # the setting found to differ, e.g. "hashAlgo: the pod uses 'sha256_cbor'"
 
     @staticmethod
     def _ratio(window: deque[bool]) -> float:
@@ -88,9 +105,9 @@ class HashSettingsChecker:
         self.log_interval_s = log_interval_s
         # wire hash -> full digest of blocks whose hash we reproduced: lets us verify the
         # continuation of a chain (events with a parent) without the lossy 64-bit wire form.
-        self._known: OrderedDict[int | bytes, BlockHash] = OrderedDict()
+        self._known: OrderedDict[int, BlockHash] = OrderedDict()
         # Published hashes we could not reproduce (values unused), to judge their children.
-        self._failed: OrderedDict[int | bytes, BlockHash] = OrderedDict()
+        self._failed: OrderedDict[int, BlockHash] = OrderedDict()
         self._pods: dict[str, PodHashHealth] = {}
         self.totals = HashCheckTotals()
 
@@ -117,46 +134,105 @@ class HashSettingsChecker:
             self.totals.stored_skipped += 1
             return
         health = self.pod(pod)
+        health.hash_form = "bytes" if isinstance(hashes[0], bytes) else "int"
         size = self.hasher.block_size
         if event.block_size and event.block_size != size:
             health.block_size_mismatches += 1
             health.last_reported_block_size = event.block_size
-            health.stored.append(True)
-            self.totals.stored_checked += 1
-            self.totals.stored_mismatched += 1
+            health.diagnosis = (f"tokenProcessorConfig.blockSize: the pod publishes blocks of "
+                                f"{event.block_size} tokens, the EPP hashes blocks of {size}")
+            for _ in hashes:  # one sample per published block, like the other checks
+                self._record(health, True)
             self._maybe_log(pod, health)
             return
         if event.extra_keys and not all(_lora_only(k, event.lora_name) for k in event.extra_keys):
             self.totals.stored_skipped += 1  # multimodal / salted blocks: not reproducible
             return
+        extra = lora_extra_keys(event.lora_name)
         parent: BlockHash | None = None
-        if event.parent_block_hash is not None:
-            parent = self._known.get(event.parent_block_hash)
+        published_parent = event.parent_block_hash
+        if published_parent is not None:
+            folded_parent = fold_hash(published_parent)
+            parent = self._known.get(folded_parent)
+            if parent is None and isinstance(published_parent, bytes):
+                parent = published_parent  # the pod's full digest: the chain continues from it
             if parent is None:
-                if event.parent_block_hash in self._failed:
+                if folded_parent in self._failed:
                     # Continues a chain we could not reproduce: its blocks cannot match either.
                     for published in hashes:
                         self._record(health, True)
-                        self._remember(self._failed, published, b"")
+                        self._remember(self._failed, fold_hash(published), b"")
                     self._maybe_log(pod, health)
                 else:
                     self.totals.stored_skipped += 1
                 return
-        full = self.hasher.hash_tokens(
-            tokens[: len(hashes) * size], extra_keys=lora_extra_keys(event.lora_name), parent=parent
-        )
+        block_tokens = tokens[: len(hashes) * size]
+        full = self.hasher.hash_tokens(block_tokens, extra_keys=extra, parent=parent)
         if len(full) != len(hashes):
             self.totals.stored_skipped += 1
             return
+        any_mismatch = False
         for digest, published in zip(full, hashes, strict=True):
-            mine = wire_hash(digest, as_int=isinstance(published, int))
-            mismatch = mine != published
+            folded = fold_hash(published)
+            mismatch = fold_hash(digest) != folded
+            any_mismatch |= mismatch
             self._record(health, mismatch)
             if mismatch:
-                self._remember(self._failed, published, b"")
+                self._remember(self._failed, folded, b"")
             else:
-                self._remember(self._known, published, digest)
+                self._remember(self._known, folded, digest)
+        if any_mismatch and not health.diagnosis:
+            found = self.diagnose(block_tokens[:size], extra, parent, published_parent, hashes[0])
+            if found:
+                health.diagnosis = found
         self._maybe_log(pod, health)
+
+    def diagnose(self, first_block: list[int], extra: tuple[object, ...] | None, parent: BlockHash | None,
+                 published_parent: int | bytes | None, published: int | bytes) -> str:
+        """Name the setting under which the pod's hash of `first_block` is reproduced, or "".
+
+        Only the first block of an event is tried (one hash per candidate setting), and only
+        until a pod has a diagnosis, so this stays off the common path."""
+        h = self.hasher
+        want = fold_hash(published)
+        if published_parent is not None and not isinstance(published_parent, bytes):
+            return ""  # continues a chain the EPP reproduced: the difference is not a setting
+        if isinstance(published_parent, bytes):
+            # The parent digest is the pod's own, so NONE_HASH (the seed) plays no part here:
+            # only the algorithm can differ.
+            for algo in self._algos():
+                other = BlockHasher(algo, h.block_size, h.seed)
+                if fold_hash(other.hash_block(published_parent, first_block, extra)) == want:
+                    return f"tokenProcessorConfig.hashAlgo: the pod uses {algo!r}, the EPP {h.algo!r}"
+            return ""
+        seeds = [h.seed] + ([DEFAULT_NONE_HASH_SEED] if h.seed != DEFAULT_NONE_HASH_SEED else [])
+        for algo in self._algos():
+            for seed in seeds:
+                if algo == h.algo and seed == h.seed:
+                    continue
+                other = BlockHasher(algo, h.block_size, seed)
+                if fold_hash(other.hash_block(parent, first_block, extra)) != want:
+                    continue
+                if algo != h.algo:
+                    what = f"tokenProcessorConfig.hashAlgo: the pod uses {algo!r}, the EPP {h.algo!r}"
+                    if seed != h.seed:
+                        what += f"; and tokenProcessorConfig.hashSeed: the pod uses {seed!r}"
+                    return what
+                return (f"tokenProcessorConfig.hashSeed: the pod derives NONE_HASH from {seed!r} "
+                        f"(vLLM's default without PYTHONHASHSEED), the EPP from {h.seed!r}")
+        if parent is None:
+            # No algorithm reproduces the first block with a known seed: the pod's seed
+            # (PYTHONHASHSEED) is one the EPP does not know.
+            return (f"tokenProcessorConfig.hashSeed: the pod's PYTHONHASHSEED differs from the EPP's "
+                    f"{h.seed!r} (no algorithm reproduces its first block with a known seed)")
+        return ""
+
+    def _algos(self) -> list[str]:
+        try:
+            import xxhash  # noqa: F401
+        except ModuleNotFoundError:
+            return [a for a in HASH_ALGOS if a not in NON_CRYPTO_HASH_ALGOS]
+        return list(HASH_ALGOS)
 
     def _record(self, health: PodHashHealth, mismatch: bool) -> None:
         health.stored.append(mismatch)
@@ -164,7 +240,7 @@ class HashSettingsChecker:
         if mismatch:
             self.totals.stored_mismatched += 1
 
-    def _remember(self, table: OrderedDict[int | bytes, BlockHash], published: int | bytes,
+    def _remember(self, table: OrderedDict[int, BlockHash], published: int,
                   digest: BlockHash) -> None:
         table[published] = digest
         table.move_to_end(published)
@@ -207,11 +283,11 @@ class HashSettingsChecker:
             return
         health.last_logged_at = now
         h = self.hasher
-        if health.block_size_mismatches:
+        form = f"; the pod publishes {health.hash_form} hashes" if health.hash_form else ""
+        if health.diagnosis:
             log.error(
-                "KV-event block size mismatch for pod %s: the pod publishes blocks of %d tokens but "
-                "the EPP hashes blocks of %d; set tokenProcessorConfig.blockSize to the pod's "
-                "--block-size", pod, health.last_reported_block_size, h.block_size,
+                "KV-event block hashes from pod %s do not match the EPP's (%.0f%% of recent checks "
+                "failed): %s%s", pod, ratio * 100, health.diagnosis, form,
             )
             return
         log.error(
@@ -220,6 +296,6 @@ class HashSettingsChecker:
             "tokenProcessorConfig.hashAlgo=%r equals the pod's --prefix-caching-hash-algo, "
             "tokenProcessorConfig.hashSeed=%r equals the pod's PYTHONHASHSEED, "
             "tokenProcessorConfig.blockSize=%d equals its --block-size, and that the EPP uses the "
-            "pod's tokenizer and chat template",
-            pod, ratio * 100, h.algo, h.seed, h.block_size,
+            "pod's tokenizer and chat template%s",
+            pod, ratio * 100, h.algo, h.seed, h.block_size, form,
         )

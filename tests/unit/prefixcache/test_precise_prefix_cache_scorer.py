@@ -10,9 +10,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from epp.datastore.datastore import Datastore
 from epp.datastore.endpoint import Endpoint
-from epp.kvcache.block_hash import BlockHasher
-from epp.kvevents import SERVICE_KEY, stop_services
-from epp.kvevents.runtime import KVEventsRuntime
+from epp.prefixcache import SERVICE_KEY, stop_services
+from epp.prefixcache.block_hash import BlockHasher, lora_extra_keys
+from epp.prefixcache.events import AllBlocksCleared
+from epp.prefixcache.runtime import KVEventsRuntime
 from epp.scheduling.plugins.precise_prefix_cache_scorer import PrecisePrefixCacheScorer
 from epp.scheduling.registry import PluginContext, parse_params
 from epp.scheduling.types import CycleState, LLMRequest, ProfileRunResult, SchedulingResult
@@ -187,3 +188,103 @@ def test_speculative_ttl_parsing() -> None:
 
     assert parse_duration("2s") == 2.0 and parse_duration("500ms") == 0.5
     assert parse_duration("1m") == 60.0 and parse_duration(3) == 3.0
+
+
+def serve_with_adapter(pod: Pod, hasher: BlockHasher, tokens: list[int], adapter: str) -> None:
+    """The pod runs the prompt under a LoRA adapter: vLLM hashes with the adapter's name."""
+    hashes = hasher.hash_tokens(tokens, extra_keys=lora_extra_keys(adapter))
+    blocks = pod.pool.allocate(len(hashes))
+    assert blocks is not None
+    pod.pool.cache_full_blocks(blocks, hashes, tokens[: len(hashes) * 16], None, adapter)
+    pod.pool.free(blocks)
+
+
+def lora_request(prompt: str, model: str) -> LLMRequest:
+    return LLMRequest(request_id="r", model=model, target_model=model, prompt=prompt, body={"prompt": prompt})
+
+
+def test_lora_key_comes_from_the_request_with_base_models() -> None:
+    scorer, pods = setup(2, {"tokenProcessorConfig": {"baseModels": ["base"]}})
+    prompt = text(random.Random(5), 120)
+    tokens = scorer.tokenizer.encode(prompt)
+    serve_with_adapter(pods[0], scorer.hasher, tokens, "sql-lora")
+    pods[0].publish(scorer.runtime)
+    serve(pods[1].pool, scorer.hasher, tokens)  # pod-1 cached the same text on the base model
+    pods[1].publish(scorer.runtime)
+    eps = [p.ep for p in pods]
+    # The adapter is idle (in no pod's running/waiting metrics), yet its blocks match.
+    assert not any(ep.metrics.active_loras or ep.metrics.waiting_loras for ep in eps)
+    lora_scores = scorer.score(CycleState(), lora_request(prompt, "sql-lora"), eps)
+    base_scores = scorer.score(CycleState(), lora_request(prompt, "base"), eps)
+    assert lora_scores[0] > 0.9 and lora_scores[1] == 0.0
+    assert base_scores[1] > 0.9 and base_scores[0] == 0.0
+
+
+def test_lora_adapters_are_learned_from_events_without_base_models() -> None:
+    scorer, pods = setup(2)
+    prompt = text(random.Random(6), 120)
+    tokens = scorer.tokenizer.encode(prompt)
+    eps = [p.ep for p in pods]
+    assert scorer.lora_adapter("sql-lora", eps) is None  # nothing known yet: the base model
+    serve_with_adapter(pods[0], scorer.hasher, tokens, "sql-lora")
+    pods[0].publish(scorer.runtime)
+    assert scorer.lora_adapter("sql-lora", eps) == "sql-lora"
+    scores = scorer.score(CycleState(), lora_request(prompt, "sql-lora"), eps)
+    assert scores[0] > 0.9 and scores[1] == 0.0
+    # An adapter once seen in a pod's lora metrics stays known after it went idle.
+    eps[1].metrics.active_loras = frozenset({"chat-lora"})
+    assert scorer.lora_adapter("chat-lora", eps) == "chat-lora"
+    eps[1].metrics.active_loras = frozenset()
+    assert scorer.lora_adapter("chat-lora", eps) == "chat-lora"
+
+
+async def test_data_parallel_pod_scores_by_its_best_rank() -> None:
+    ds = Datastore()
+    eps = [ds.upsert_endpoint(Endpoint(name=f"dp-{i}", address="127.0.0.1", port=8000 + i)) for i in range(2)]
+    ctx = PluginContext(datastore=ds, services={"metrics.registry": CollectorRegistry()}, source="t.yaml")
+    params = parse_params(PrecisePrefixCacheScorer.Params, {"kvEventsConfig": {"dataParallelSize": 2}}, "t")
+    scorer = PrecisePrefixCacheScorer(name="precise", params=params, ctx=ctx)
+    await scorer.runtime.start()  # sockets connect lazily; events are fed to the streams here
+    try:
+        manager = scorer.runtime.manager
+        assert sorted(manager.subscribers) == sorted(f"{ep.key}{r}" for ep in eps for r in ("", "#dp1"))
+        prompt = text(random.Random(9), 100)
+        tokens = scorer.tokenizer.encode(prompt)
+        pools = {key: PrefixCachingBlockPool(num_blocks=64, block_size=16) for key in manager.subscribers}
+        serve(pools[f"{eps[0].key}#dp1"], scorer.hasher, tokens)  # rank 1 of dp-0 has the prompt
+        serve(pools[eps[1].key], scorer.hasher, tokens[:32])  # rank 0 of dp-1 has 2 blocks
+        serve(pools[f"{eps[1].key}#dp1"], scorer.hasher, tokens[:16])
+        for key, pool in pools.items():
+            await manager.subscribers[key].stream.handle(0, payload(pool.drain_events() or [AllBlocksCleared()]))
+        state = CycleState()
+        scores = scorer.score(state, completion(prompt), eps)
+        total = len(state[scorer.state_key].hashes)
+        assert scores == [(len(tokens) // 16) / total, 2 / total]
+    finally:
+        await stop_services(ctx.services)
+
+
+def test_hybrid_pod_is_scored_by_vllms_group_rule() -> None:
+    from epp.prefixcache.events import BlockRemoved, BlockStored
+
+    scorer, pods = setup(2)
+    prompt = text(random.Random(12), 100)
+    request = completion(prompt)
+    state = CycleState()
+    hashes = scorer.cycle_state(state, request, [p.ep for p in pods]).hashes
+    n = len(hashes)
+
+    def store(group: int, kind: str, which: list[int]) -> BlockStored:
+        return BlockStored(block_hashes=which, parent_block_hash=None, token_ids=[], block_size=16, lora_id=None,
+                           medium="GPU", lora_name=None, group_idx=group, kv_cache_spec_kind=kind,
+                           kv_cache_spec_sliding_window=32 if kind == "sliding_window" else None)
+
+    stream = scorer.runtime.manager.local_stream(pods[0].ep.key)
+    asyncio.run(stream.handle(0, payload([store(0, "full_attention", hashes), store(1, "sliding_window", hashes)])))
+    # The sliding-window group dropped everything but the last window: still a full hit.
+    asyncio.run(stream.handle(1, payload([BlockRemoved(block_hashes=hashes[:-2], medium="GPU", group_idx=1)])))
+    assert scorer.score(CycleState(), request, [p.ep for p in pods]) == [1.0, 0.0]
+    # Without the window's last block the pod cannot reuse the prefix at all.
+    asyncio.run(stream.handle(2, payload([BlockRemoved(block_hashes=hashes[-1:], medium="GPU", group_idx=1)])))
+    scores = scorer.score(CycleState(), request, [p.ep for p in pods])
+    assert scores[0] == 0.0 and n >= 4

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from epp.kvevents.index import InMemoryKVBlockIndex
+from epp.prefixcache.index import InMemoryKVBlockIndex
 
 
 async def test_longest_prefix_counts_leading_run_per_pod() -> None:

@@ -3,7 +3,7 @@
 One runtime per process, kept in `PluginContext.services[SERVICE_KEY]` so that every plugin
 instance (several precise scorers, several profiles) reads the same index and only one set
 of ZMQ subscribers runs. The server starts and stops it through
-`epp.kvevents.start_services(services)` / `stop_services(services)`; if nobody does, the
+`epp.prefixcache.start_services(services)` / `stop_services(services)`; if nobody does, the
 scorer starts it itself on the first scheduling cycle that runs inside an event loop.
 """
 
@@ -17,12 +17,12 @@ from typing import Any
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from epp.datastore.datastore import Datastore
-from epp.kvcache.block_hash import BlockHasher
-from epp.kvevents.config import IndexSettings, PreciseSettings
-from epp.kvevents.hash_check import HashSettingsChecker
-from epp.kvevents.index import InMemoryKVBlockIndex, KVBlockIndex, RedisKVBlockIndex
-from epp.kvevents.manager import KVEventsManager
-from epp.kvevents.metrics import KVEventsCollector
+from epp.prefixcache.block_hash import BlockHasher
+from epp.prefixcache.config import IndexSettings, PreciseSettings
+from epp.prefixcache.hash_check import HashSettingsChecker
+from epp.prefixcache.index import InMemoryKVBlockIndex, KVBlockIndex, RedisKVBlockIndex
+from epp.prefixcache.manager import KVEventsManager
+from epp.prefixcache.metrics import KVEventsCollector
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class KVEventsRuntime:
         except RuntimeError:
             return
         self._start_task = loop.create_task(self.start())
-        log.info("kv-events: started lazily on first use; call epp.kvevents.start_services() "
+        log.info("kv-events: started lazily on first use; call epp.prefixcache.start_services() "
                  "at server startup to subscribe before the first request")
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from epp.kvcache.block_hash import BlockHasher
-from epp.kvcache.events import KVEvent, KVEventBatch, encode_event_batch
+from epp.prefixcache.block_hash import BlockHasher
+from epp.prefixcache.events import KVEvent, KVEventBatch, encode_event_batch
 from epp.sim.kv_cache import PrefixCachingBlockPool
 
 
