@@ -323,8 +323,11 @@ class LocalStack:
                     if proc is not None and proc.poll() is not None:
                         raise StackError(f"{name} exited with code {proc.returncode}; see {self.log_path(name)}:\n"
                                          + self.tail(name))
-                    with contextlib.suppress(httpx.HTTPError):
-                        if client.get(url).status_code == 200:
+                    with contextlib.suppress(httpx.HTTPError, ValueError):
+                        resp = client.get(url)
+                        # The EPP is ready before it has scraped a pod (readiness means it can
+                        # answer); the stack waits until it also sees a healthy pod.
+                        if resp.status_code == 200 and (name != "epp" or resp.json()["healthy_endpoints"] > 0):
                             break
                     if time.monotonic() > deadline:
                         raise StackError(f"{name} not ready at {url} after {timeout:.0f}s; see "
