@@ -86,6 +86,12 @@ class _PodHandler:
             self._source._sync_pod(pod)
 
 
+# Where the InferenceObjective CRD comes from: GIE stopped shipping it in v1.6; the llm-d
+# router carries it on (deploy/crds/ has a copy). Named in the warning below.
+OBJECTIVE_CRD_HINT = ("GIE >= v1.6 no longer ships this CRD; install it from the llm-d router "
+                      "(deploy/crds/inference.networking.x-k8s.io_inferenceobjectives.yaml in this repo)")
+
+
 class _ObjectiveHandler:
     """InferenceObjectives (or InferenceModels) of the pool; keyed by object name."""
 
@@ -93,6 +99,19 @@ class _ObjectiveHandler:
         self._source = source
         self._kind = kind
         self._model_by_name: dict[str, str] = {}
+
+    def missing(self, missing: bool) -> None:
+        """The CRD is not served (or is again). Without it every request runs at priority 0
+        and nothing is sheddable: say so, instead of silently reading it as empty."""
+        if missing:
+            log.warning("%s CRD is not installed (404 from the API server): objectives cannot be "
+                        "read, so request priorities are ignored (every request has priority 0, none "
+                        "is sheddable). %s", self._kind,
+                        OBJECTIVE_CRD_HINT if self._kind == "InferenceObjective" else
+                        "InferenceModel is the legacy v1alpha2 API; drop --watch-inference-models")
+        else:
+            log.info("%s CRD is served; reading objectives of pool %s", self._kind,
+                     self._source.options.pool_name)
 
     def _mine(self, obj: JSON) -> bool:
         return objective_pool_name(obj) == self._source.options.pool_name
@@ -182,8 +201,10 @@ class KubernetesSource:
             objective_refs.append(("inferencemodels", "InferenceModel"))
         for plural, kind in objective_refs:
             ref = ResourceRef(plural, opts.pool_namespace, GROUP_X, OBJECTIVE_VERSION)
+            handler = _ObjectiveHandler(self, kind)
             task = ReflectorTask(
-                Reflector(self._api, ref, _ObjectiveHandler(self, kind), watch_timeout_s=opts.watch_timeout_s)
+                Reflector(self._api, ref, handler, watch_timeout_s=opts.watch_timeout_s,
+                          on_missing=handler.missing)
             )
             task.start()
             self._objective_tasks.append(task)
@@ -227,6 +248,10 @@ class KubernetesSource:
             and self._pod_task.reflector.synced()
             and all(t.reflector.synced() for t in self._objective_tasks)
         )
+
+    def missing_crds(self) -> list[str]:
+        """Objective collections the API server does not serve (CRD not installed)."""
+        return [t.reflector.ref.plural for t in self._objective_tasks if t.reflector.missing]
 
     def is_leader(self) -> bool:
         return self.leader.is_leader() if self.leader is not None else not self.options.leader_elect

@@ -17,7 +17,7 @@ from epp.datastore.datastore import Datastore
 from epp.datastore.endpoint import Role
 from epp.k8s.cli import KubernetesOptions
 from epp.k8s.source import KubernetesSource
-from epp.k8s.testing import FakeApiServer, wait_until
+from tests.helpers.fake_apiserver import FakeApiServer, wait_until
 
 POOL = "llama"
 LABELS = {"app": "vllm-llama"}
@@ -236,6 +236,55 @@ async def test_missing_crd_counts_as_synced_and_legacy_inference_model(
         assert obj.target_models == (("sql-lora-v1", 90), ("sql-lora-v2", 10))
     finally:
         await src.stop()
+
+
+async def test_missing_objective_crd_is_a_warning_not_a_silent_empty_set(
+    api: FakeApiServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """GIE >= 1.6 CRDs alone: InferenceObjective is not served. The EPP still becomes ready
+    (routing works) but says that priorities are ignored and where the CRD comes from."""
+    import logging
+
+    from epp.k8s.reflector import Reflector
+    from epp.k8s.source import _ObjectiveHandler
+
+    api.put_pool_v1(POOL, LABELS, [8000])
+    api.missing_plurals.add("inferenceobjectives")
+    ds = Datastore()
+    with caplog.at_level(logging.WARNING, logger="epp.k8s.source"):
+        src = await _started(api, tmp_path, ds)
+    try:
+        assert src.missing_crds() == ["inferenceobjectives"]
+        warnings = [r.getMessage() for r in caplog.records if r.name == "epp.k8s.source"]
+        assert len(warnings) == 1, warnings
+        assert "InferenceObjective CRD is not installed" in warnings[0]
+        assert "priorities are ignored" in warnings[0] and "llm-d router" in warnings[0]
+    finally:
+        await src.stop()
+
+    # The CRD installed later: the next retry lists it, the flag clears, objectives arrive.
+    seen: list[bool] = []
+    handler = _ObjectiveHandler(src, "InferenceObjective")
+    from kubernetes_asyncio import config as k8s_config
+    from kubernetes_asyncio.client import ApiClient, Configuration
+
+    conf = Configuration()
+    await k8s_config.load_kube_config(str(tmp_path / "kubeconfig"), client_configuration=conf)
+    async with ApiClient(conf) as client:
+        from epp.k8s.reflector import ReflectorTask, ResourceRef
+
+        ref = ResourceRef("inferenceobjectives", "default", "inference.networking.x-k8s.io", "v1alpha2")
+        task = ReflectorTask(Reflector(client, ref, handler, missing_retry_s=0.05,
+                                       on_missing=lambda m: (seen.append(m), handler.missing(m))))
+        task.start()
+        try:
+            await wait_until(lambda: seen == [True])
+            api.missing_plurals.discard("inferenceobjectives")
+            api.put_objective("chat", POOL, 5)
+            await wait_until(lambda: seen == [True, False] and ds.objective("chat") is not None)
+            assert task.reflector.missing is False
+        finally:
+            await task.stop()
 
 
 async def test_objective_updates_and_pool_moves(api: FakeApiServer, tmp_path: Path) -> None:
