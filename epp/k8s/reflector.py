@@ -208,8 +208,10 @@ class Reflector:
                 self.resource_version = None
             except ResourceMissingError as e:
                 if not self._missing_logged:
-                    log.warning("%s not served (%s); is the CRD installed? retrying every %.0fs",
-                                self.ref.describe(), e, self._missing_retry_s)
+                    # With an on_missing owner, the owner says what it means (it may be fine).
+                    log.log(logging.INFO if self._on_missing else logging.WARNING,
+                            "%s not served (%s); is the CRD installed? retrying every %gs",
+                            self.ref.describe(), e, self._missing_retry_s)
                     self._missing_logged = True
                     self._set_missing(True)
                 self.resource_version = None

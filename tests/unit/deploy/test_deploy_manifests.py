@@ -247,6 +247,7 @@ ALLOWED_VERBS = {
     ("inference.networking.k8s.io", "inferencepools"): {"get", "list", "watch"},
     ("inference.networking.x-k8s.io", "inferencepools"): {"get", "list", "watch"},
     ("inference.networking.x-k8s.io", "inferenceobjectives"): {"get", "list", "watch"},
+    ("llm-d.ai", "inferenceobjectives"): {"get", "list", "watch"},
     ("inference.networking.x-k8s.io", "inferencemodels"): {"get", "list", "watch"},
     ("coordination.k8s.io", "leases"): {"get", "create", "update"},
 }
@@ -267,7 +268,7 @@ def test_rbac_is_least_privilege_and_sufficient() -> None:
                     granted.setdefault(key, set()).update(rule["verbs"])
     # What epp.k8s actually does: list+watch pods/pools/objectives, get/create/update the Lease.
     for key in [("", "pods"), ("inference.networking.k8s.io", "inferencepools"),
-                ("inference.networking.x-k8s.io", "inferenceobjectives")]:
+                ("inference.networking.x-k8s.io", "inferenceobjectives"), ("llm-d.ai", "inferenceobjectives")]:
         assert {"list", "watch"} <= granted.get(key, set()), key
     assert {"get", "create", "update"} <= granted[("coordination.k8s.io", "leases")]
     for rb in _of_kind("RoleBinding"):
