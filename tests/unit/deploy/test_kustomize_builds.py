@@ -170,7 +170,7 @@ def check_references(inst: Install) -> None:
             for m in c.get("volumeMounts", []):
                 if m["name"] not in volumes:
                     inst.problems.append(f"{inst.name}: {owner}/{c['name']} mounts undeclared volume {m['name']}")
-            check_files(inst, owner, c, volumes)
+            check_files(inst, owner, c, volumes, pod)
     for name, optional in secrets_optional.items():
         if inst.get("Secret", name) is None and not optional:
             inst.problems.append(f"{inst.name}: Secret {name!r} is required but not in the build "
@@ -231,7 +231,8 @@ def _template_labels(inst: Install, pod: Doc) -> dict[str, str]:
     return {}
 
 
-def _mounted_file(inst: Install, c: Doc, volumes: dict[str, Doc], path: str, is_dir: bool) -> str | None:
+def _mounted_file(inst: Install, c: Doc, volumes: dict[str, Doc], path: str, is_dir: bool,
+                  pod: Doc) -> str | None:
     """None if `path` is provided by a volume mounted into `c`, else why not."""
     for m in sorted(c.get("volumeMounts", []), key=lambda m: -len(m["mountPath"])):
         base = m["mountPath"].rstrip("/")
@@ -248,11 +249,15 @@ def _mounted_file(inst: Install, c: Doc, volumes: dict[str, Doc], path: str, is_
             return None if rest in keys else f"ConfigMap volume {m['name']} has no key {rest!r}"
         if "secret" in vol or "persistentVolumeClaim" in vol or "csi" in vol or "image" in vol:
             return None  # provided by the user's Secret / volume (checked by name above)
-        return f"{path} is in volume {m['name']}, which starts empty"
+        writers = [i["name"] for i in pod.get("initContainers", []) if i.get("restartPolicy") != "Always"
+                   and any(w["name"] == m["name"] for w in i.get("volumeMounts", []))]
+        if writers:
+            return None  # an init container fills it before the container starts
+        return f"{path} is in volume {m['name']}, which starts empty and nothing fills"
     return f"{path} is not in any volume mounted into {c['name']}"
 
 
-def check_files(inst: Install, owner: str, c: Doc, volumes: dict[str, Doc]) -> None:
+def check_files(inst: Install, owner: str, c: Doc, volumes: dict[str, Doc], pod: Doc) -> None:
     args = [_expand(a, _env(c)) for a in c.get("args", [])]
     wanted: list[tuple[str, bool]] = []
     for a in args:
@@ -265,7 +270,7 @@ def check_files(inst: Install, owner: str, c: Doc, volumes: dict[str, Doc]) -> N
             for tokenizer in _tokenizer_paths(config):
                 wanted.append((tokenizer, False))
     for path, is_dir in wanted:
-        why = _mounted_file(inst, c, volumes, path, is_dir)
+        why = _mounted_file(inst, c, volumes, path, is_dir, pod)
         if why is not None:
             inst.problems.append(f"{inst.name}: {owner}/{c['name']} reads {path}: {why}")
 
