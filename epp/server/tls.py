@@ -178,6 +178,9 @@ class CertReloader:
                 # Mid-rotation (one file new, one old) or broken: keep serving the old pair.
                 log.warning("certificate reload skipped, keeping the current one: %s", e)
                 return None
+            except Exception:  # e.g. an unsupported key type: never fail the handshake for it
+                log.exception("certificate reload failed, keeping the current one")
+                return None
             self._seen = seen
             if pair == self.pair:
                 return None
