@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 from aiohttp import web
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -49,6 +50,9 @@ class ServeOptions:
     host: str = "127.0.0.1"
     grpc_port: int = 9002
     health_port: int = 9003
+    # Plaintext gRPC health (services liveness / readiness) for kubelet gRPC probes, which
+    # cannot speak TLS to the ext_proc port; 0 = off (the reference EPP's --grpc-health-port).
+    grpc_health_port: int = 0
     metrics_port: int = 9090
     config: Path | None = None
     pool_file: Path | None = None
@@ -226,6 +230,17 @@ class EPPServer:
         await grpc_server.start()
         stack.push_async_callback(health.stop)  # runs first: NOT_SERVING before the drain
         await health.start()
+        if opts.grpc_health_port and opts.worker_id == 0:
+            probe_server = grpc.aio.server()
+            health.add_to_server(probe_server)
+            try:
+                bound = probe_server.add_insecure_port(f"{opts.host}:{opts.grpc_health_port}")
+            except RuntimeError:
+                bound = 0
+            if bound == 0:
+                raise OSError(f"cannot listen on {opts.host}:{opts.grpc_health_port} for gRPC health")
+            stack.push_async_callback(probe_server.stop, 0)
+            await probe_server.start()
         # Worker 0 answers the probes and serves /metrics for every worker (see WorkerMetrics);
         # the others export theirs on a private loopback port.
         http_servers: list[HttpServer] = []

@@ -29,6 +29,9 @@ def add_parser(sub: Any) -> None:
                    help="address to bind (use 0.0.0.0 in a container); default 127.0.0.1")
     p.add_argument("--grpc-port", type=int, default=9002, help="ext_proc + gRPC health port (9002)")
     p.add_argument("--health-port", type=int, default=9003, help="HTTP /healthz and /readyz (9003)")
+    p.add_argument("--grpc-health-port", type=int, default=0,
+                   help="plaintext gRPC health (services liveness, readiness) for kubelet gRPC probes; "
+                        "0 = off (the ext_proc port serves gRPC health too, over TLS when secure)")
     p.add_argument("--metrics-port", type=int, default=9090, help="Prometheus /metrics (9090)")
     p.add_argument("--config", type=Path, default=None,
                    help="EndpointPickerConfig YAML (default: the embedded default config)")
@@ -97,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
                               discover_models=not args.no_model_discovery)
         opts = ServeOptions(
             host=args.host, grpc_port=args.grpc_port, health_port=args.health_port,
+            grpc_health_port=args.grpc_health_port,
             metrics_port=args.metrics_port, config=args.config, pool_file=args.pool_file,
             endpoints_file=args.endpoints_file, objectives_files=list(args.objectives_file),
             kubernetes=k8s, scrape=scrape, max_concurrent_streams=args.max_concurrent_streams,

@@ -20,7 +20,7 @@ LEASES = FakeApiServer.collection("leases", "default", "coordination.k8s.io", "v
 async def test_epp_serve_follows_the_cluster(tmp_path: Path) -> None:
     api = FakeApiServer()
     await api.start()
-    sim_port, grpc_port, health_port, metrics_port = (free_port() for _ in range(4))
+    sim_port, grpc_port, health_port, metrics_port, probe_port = (free_port() for _ in range(5))
     sim = Proc([PYTHON, "-m", "epp", "sim", "--host", "127.0.0.1", "--port", str(sim_port)], tmp_path / "sim.log")
     api.put_pool_v1("pool", {"app": "sim"}, [sim_port])
     config = tmp_path / "config.yaml"
@@ -30,6 +30,7 @@ async def test_epp_serve_follows_the_cluster(tmp_path: Path) -> None:
         "--kubeconfig", str(api.write_kubeconfig(tmp_path / "kubeconfig")),
         "--pool-name", "pool", "--pool-namespace", "default",
         "--grpc-port", str(grpc_port), "--health-port", str(health_port), "--metrics-port", str(metrics_port),
+        "--grpc-health-port", str(probe_port),
         "--config", str(config), "--config-watch-interval", "0.1",
         "--leader-elect", "--identity", "epp-0",
     ], tmp_path / "epp.log")
@@ -54,6 +55,9 @@ async def test_epp_serve_follows_the_cluster(tmp_path: Path) -> None:
                 # Kubernetes mode serves TLS by default (a self-signed certificate).
                 assert await asyncio.to_thread(_grpc_health, grpc_port, tls=True)
                 assert not await asyncio.to_thread(_grpc_health, grpc_port, tls=False)
+                # The kubelet's gRPC probes: plaintext, on a port of their own.
+                for service in ("liveness", "readiness"):
+                    assert await asyncio.to_thread(_grpc_health, probe_port, tls=False, service=service)
                 api.put_pod("sim-0", "127.0.0.1", {"app": "sim"})
                 await wait_until(lambda: last["status"] == 200 and last["healthy"] == 1, timeout=30)
                 await wait_until(lambda: (api.get(LEASES, "pool-epp-leader") or {}).get("spec", {})
@@ -75,7 +79,7 @@ async def test_epp_serve_follows_the_cluster(tmp_path: Path) -> None:
         await api.stop()
 
 
-def _grpc_health(port: int, *, tls: bool) -> bool:
+def _grpc_health(port: int, *, tls: bool, service: str = "liveness") -> bool:
     """gRPC health over TLS without verifying the self-signed certificate (what gateways do
     with the reference EPP: trust the certificate the server presents) or over plaintext."""
     import ssl
@@ -93,7 +97,7 @@ def _grpc_health(port: int, *, tls: bool) -> bool:
     with channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service="liveness"), timeout=3)
+                health_pb2.HealthCheckRequest(service=service), timeout=3)
         except grpc.RpcError:
             return False
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)

@@ -295,7 +295,10 @@ def test_epp_args_parse_with_the_real_cli() -> None:
     opts = KubernetesOptions.from_args(parsed)
     assert opts is not None and opts.pool_name == "vllm-llama3-8b-instruct" and opts.leader_elect
     declared = {p["containerPort"] for p in c["ports"]}
-    assert {parsed.grpc_port, parsed.health_port, parsed.metrics_port} == declared == {9002, 9003, 9090}
+    ports = {parsed.grpc_port, parsed.health_port, parsed.grpc_health_port, parsed.metrics_port}
+    assert ports == declared == {9002, 9003, 9004, 9090}
+    for probe in ("livenessProbe", "readinessProbe"):  # the reference's gRPC probe services
+        assert c[probe]["grpc"] == {"port": parsed.grpc_health_port, "service": probe.removesuffix("Probe")}
     mount_dirs = [m["mountPath"] for m in c["volumeMounts"]]
     assert any(str(parsed.config).startswith(d + "/") for d in mount_dirs)
 
