@@ -16,7 +16,7 @@ from epp.k8s.cli import KubernetesOptions, add_k8s_arguments
 from epp.metricsscrape.scraper import ScrapeConfig
 from epp.observability.logging import configure_logging
 from epp.scheduling.registry import ConfigError
-from epp.server.tls import TLSOptions, parse_bool_flag
+from epp.server.tls import TLSOptions, load_pair, parse_bool_flag
 
 log = logging.getLogger("epp.server")
 
@@ -133,6 +133,8 @@ def tls_options(args: argparse.Namespace, *, kubernetes_mode: bool) -> TLSOption
     enabled = kubernetes_mode if args.secure_serving is None else bool(args.secure_serving)
     if args.cert_path is not None and not enabled:
         raise ConfigError("--cert-path needs --secure-serving=true")
+    if args.cert_path is not None:
+        load_pair(args.cert_path)  # fail at start with a clear message, not at the first handshake
     return TLSOptions(enabled=enabled, cert_path=args.cert_path, reload=bool(args.enable_cert_reload))
 
 

@@ -39,13 +39,19 @@ def test_secure_serving_defaults_follow_the_mode() -> None:
     # The reference EPP's Go-style spellings.
     assert tls_options(_serve_args("--secure-serving=false"), kubernetes_mode=True).enabled is False
     assert tls_options(_serve_args("--secure-serving"), kubernetes_mode=False).enabled is True
-    opts = tls_options(_serve_args("--cert-path", "/etc/epp/tls", "--enable-cert-reload=false"),
-                       kubernetes_mode=True)
-    assert opts == TLSOptions(enabled=True, cert_path=Path("/etc/epp/tls"), reload=False)
+    with pytest.raises(TLSError, match="cannot read"):  # checked at start, not at the first handshake
+        tls_options(_serve_args("--cert-path", "/nonexistent/tls"), kubernetes_mode=True)
     with pytest.raises(ConfigError, match="--cert-path needs"):
         tls_options(_serve_args("--secure-serving=false", "--cert-path", "/x"), kubernetes_mode=True)
     with pytest.raises(SystemExit):
         _serve_args("--secure-serving=maybe")
+
+
+def test_cert_path_flags(tmp_path: Path) -> None:
+    write_pair(self_signed_pair(["localhost"]), tmp_path)
+    opts = tls_options(_serve_args("--cert-path", str(tmp_path), "--enable-cert-reload=false"),
+                       kubernetes_mode=True)
+    assert opts == TLSOptions(enabled=True, cert_path=tmp_path, reload=False)
 
 
 def test_self_signed_certificate_names_and_key(tmp_path: Path) -> None:
