@@ -21,6 +21,7 @@ ENV PATH=/opt/epp/bin:$PATH \
 COPY --from=build /opt/epp /opt/epp
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin epp
 USER 10001:10001
-# 9002 ext_proc gRPC (+ gRPC health), 9003 HTTP /healthz /readyz, 9090 Prometheus /metrics
-EXPOSE 9002 9003 9090
+# 9002 ext_proc gRPC (+ gRPC health; TLS in Kubernetes mode), 9003 HTTP /healthz /readyz,
+# 9004 plaintext gRPC health for kubelet probes (--grpc-health-port), 9090 Prometheus /metrics
+EXPOSE 9002 9003 9004 9090
 ENTRYPOINT ["epp", "serve"]

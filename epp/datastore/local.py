@@ -37,7 +37,8 @@ from epp.datastore.endpoint import Endpoint
 log = logging.getLogger(__name__)
 
 POOL_API_GROUPS = ("inference.networking.k8s.io", "inference.networking.x-k8s.io")
-OBJECTIVE_API_GROUP = "inference.networking.x-k8s.io"
+# llm-d.ai: where the llm-d router ships InferenceObjective since GIE v1.6 dropped it.
+OBJECTIVE_API_GROUPS = ("llm-d.ai", "inference.networking.x-k8s.io")
 FAILURE_MODES = ("FailOpen", "FailClose")
 # InferenceModel criticality -> InferenceObjective priority (v1alpha1 said Default, v1alpha2 Standard).
 CRITICALITY_PRIORITY = {"Critical": 1, "Standard": 0, "Default": 0, "Normal": 0, "Sheddable": -1}
@@ -322,9 +323,9 @@ def load_objectives(path: str | os.PathLike[str], pool_name: str = "") -> list[I
             raise LocalSourceError(f"{p}: document {i}: must be a mapping")
         if doc.get("kind") not in ("InferenceObjective", "InferenceModel"):
             continue
-        if _api_group(doc.get("apiVersion")) != OBJECTIVE_API_GROUP:
+        if _api_group(doc.get("apiVersion")) not in OBJECTIVE_API_GROUPS:
             raise LocalSourceError(f"{p}: document {i}: apiVersion: {doc.get('kind')} must be in group "
-                                   f"{OBJECTIVE_API_GROUP}, got {doc.get('apiVersion')!r}")
+                                   f"{' or '.join(OBJECTIVE_API_GROUPS)}, got {doc.get('apiVersion')!r}")
         obj = parse_objective(doc, str(p))
         if pool_name and obj.pool_name and obj.pool_name != pool_name:
             continue

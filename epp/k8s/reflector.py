@@ -156,8 +156,13 @@ class Reflector:
         page_size: int = 500,
         backoff: Backoff | None = None,
         missing_retry_s: float = 10.0,
+        on_missing: Callable[[bool], None] | None = None,
     ) -> None:
         self.ref = ref
+        # Told True when the collection turns out not to be served (404: CRD absent) and
+        # False when it is served again, so the owner can say what a missing CRD costs.
+        self._on_missing = on_missing
+        self.missing = False
         self._list = list_call_for(api, ref)
         self._handler = handler
         self._selectors: dict[str, str] = {}
@@ -203,9 +208,12 @@ class Reflector:
                 self.resource_version = None
             except ResourceMissingError as e:
                 if not self._missing_logged:
-                    log.warning("%s not served (%s); is the CRD installed? retrying every %.0fs",
-                                self.ref.describe(), e, self._missing_retry_s)
+                    # With an on_missing owner, the owner says what it means (it may be fine).
+                    log.log(logging.INFO if self._on_missing else logging.WARNING,
+                            "%s not served (%s); is the CRD installed? retrying every %gs",
+                            self.ref.describe(), e, self._missing_retry_s)
                     self._missing_logged = True
+                    self._set_missing(True)
                 self.resource_version = None
                 self._handler_replace([])
                 self._synced.set()
@@ -238,6 +246,7 @@ class Reflector:
         self.stats.lists += 1
         self.resource_version = str(meta.get("resourceVersion") or "")
         self._missing_logged = False
+        self._set_missing(False)
         self._handler_replace(items)
         self._backoff.reset()
         self._synced.set()
@@ -302,6 +311,16 @@ class Reflector:
             log.exception("%s: handler failed on %s event", self.ref.describe(), ev_type)
         if rv:
             self.resource_version = str(rv)
+
+    def _set_missing(self, missing: bool) -> None:
+        if missing == self.missing:
+            return
+        self.missing = missing
+        if self._on_missing is not None:
+            try:
+                self._on_missing(missing)
+            except Exception:
+                log.exception("%s: missing-collection callback failed", self.ref.describe())
 
     def _handler_replace(self, items: list[JSON]) -> None:
         try:

@@ -27,6 +27,10 @@ from epp.datastore.endpoint import Endpoint
 
 GROUP_V1 = "inference.networking.k8s.io"
 GROUP_X = "inference.networking.x-k8s.io"
+# The llm-d router moved InferenceObjective to llm-d.ai (GIE v1.6 dropped it from
+# inference.networking.x-k8s.io); it reads both and prefers llm-d.ai, as does this EPP.
+GROUP_LLMD = "llm-d.ai"
+OBJECTIVE_GROUPS = (GROUP_LLMD, GROUP_X)  # preference order
 POOL_VERSION_BY_GROUP = {GROUP_V1: "v1", GROUP_X: "v1alpha2"}
 OBJECTIVE_VERSION = "v1alpha2"
 DEFAULT_EPP_PORT = 9002

@@ -31,7 +31,9 @@ from epp.k8s.config_watch import ConfigChangeCallback, ConfigFileWatcher
 from epp.k8s.leader import LeaderElector, LeadershipCallback, LeaseConfig
 from epp.k8s.reflector import JSON, Reflector, ReflectorTask, ResourceRef
 from epp.k8s.resources import (
+    GROUP_LLMD,
     GROUP_X,
+    OBJECTIVE_GROUPS,
     OBJECTIVE_VERSION,
     POOL_VERSION_BY_GROUP,
     PodState,
@@ -86,35 +88,69 @@ class _PodHandler:
             self._source._sync_pod(pod)
 
 
-class _ObjectiveHandler:
-    """InferenceObjectives (or InferenceModels) of the pool; keyed by object name."""
+# Where the InferenceObjective CRD comes from: GIE stopped shipping it in v1.6; the llm-d
+# router carries it on, in group llm-d.ai (and still reads the legacy group). Named in the
+# warning below.
+OBJECTIVE_CRD_HINT = ("GIE >= v1.6 no longer ships this CRD; install the llm-d router's "
+                      "(llm-d.ai/v1alpha2, config/crd/bases/llm-d.ai_inferenceobjectives.yaml in "
+                      "llm-d/llm-d-router) or this repository's legacy copy "
+                      "(deploy/crds/inference.networking.x-k8s.io_inferenceobjectives.yaml)")
 
-    def __init__(self, source: KubernetesSource, kind: str) -> None:
+
+class _ObjectiveHandler:
+    """InferenceObjectives (or InferenceModels) of the pool in one API group; keyed by name.
+
+    A legacy-group handler is passive while the llm-d.ai group is served (the reference's
+    rule: prefer the new group, ignore the legacy one); it keeps the objects it saw so that it
+    can take over if the new group goes away.
+    """
+
+    def __init__(self, source: KubernetesSource, kind: str, group: str = GROUP_X) -> None:
         self._source = source
         self._kind = kind
+        self.group = group
         self._model_by_name: dict[str, str] = {}
+        self._objects: dict[str, JSON] = {}  # what the API server holds for the pool, by name
+        self.active = True
+
+    def missing(self, missing: bool) -> None:
+        self._source._objective_crd_state(self, missing)
+
+    def set_active(self, active: bool) -> None:
+        if active == self.active:
+            return
+        self.active = active
+        if active:
+            for obj in list(self._objects.values()):
+                self._upsert(obj)
+        else:
+            for name in list(self._model_by_name):
+                self._remove(name)
 
     def _mine(self, obj: JSON) -> bool:
         return objective_pool_name(obj) == self._source.options.pool_name
 
     def replace(self, items: list[JSON]) -> None:
-        seen: set[str] = set()
+        self._objects = {}
         for obj in items:
             if self._mine(obj):
-                name = str((obj.get("metadata") or {}).get("name", ""))
-                seen.add(name)
+                self._objects[str((obj.get("metadata") or {}).get("name", ""))] = obj
                 self._upsert(obj)
-        for name in set(self._model_by_name) - seen:
+        for name in set(self._model_by_name) - set(self._objects):
             self._remove(name)
 
     def event(self, event_type: str, obj: JSON) -> None:
         name = str((obj.get("metadata") or {}).get("name", ""))
         if event_type == "DELETED" or not self._mine(obj):
+            self._objects.pop(name, None)
             self._remove(name)  # also handles a poolRef moved to another pool
         else:
+            self._objects[name] = obj
             self._upsert(obj)
 
     def _upsert(self, obj: JSON) -> None:
+        if not self.active:
+            return
         obj.setdefault("kind", self._kind)
         try:
             objective = parse_inference_objective(obj)
@@ -144,6 +180,7 @@ class KubernetesSource:
         api_client: k8s_client.ApiClient | None = None,
         on_started_leading: LeadershipCallback | None = None,
         on_stopped_leading: LeadershipCallback | None = None,
+        missing_crd_retry_s: float = 10.0,
     ) -> None:
         self.options = options
         self.datastore = datastore
@@ -155,6 +192,10 @@ class KubernetesSource:
         self._pod_task: ReflectorTask | None = None
         self._pod_selector: dict[str, str] | None = None
         self._objective_tasks: list[ReflectorTask] = []
+        self._objective_handlers: list[_ObjectiveHandler] = []
+        self._crd_missing: dict[tuple[str, str], bool] = {}  # (kind, group) -> not served
+        self._warned_no_objectives = False
+        self._missing_crd_retry_s = missing_crd_retry_s
         self._pool_deleted = False
         self.leader: LeaderElector | None = None
         self._leader_callbacks = (on_started_leading, on_stopped_leading)
@@ -177,13 +218,16 @@ class KubernetesSource:
                       field_selector=f"metadata.name={opts.pool_name}", watch_timeout_s=opts.watch_timeout_s)
         )
         self._pool_task.start()
-        objective_refs = [("inferenceobjectives", "InferenceObjective")]
+        objective_refs = [("inferenceobjectives", "InferenceObjective", g) for g in OBJECTIVE_GROUPS]
         if opts.watch_inference_models:
-            objective_refs.append(("inferencemodels", "InferenceModel"))
-        for plural, kind in objective_refs:
-            ref = ResourceRef(plural, opts.pool_namespace, GROUP_X, OBJECTIVE_VERSION)
+            objective_refs.append(("inferencemodels", "InferenceModel", GROUP_X))
+        for plural, kind, group in objective_refs:
+            ref = ResourceRef(plural, opts.pool_namespace, group, OBJECTIVE_VERSION)
+            handler = _ObjectiveHandler(self, kind, group)
+            self._objective_handlers.append(handler)
             task = ReflectorTask(
-                Reflector(self._api, ref, _ObjectiveHandler(self, kind), watch_timeout_s=opts.watch_timeout_s)
+                Reflector(self._api, ref, handler, watch_timeout_s=opts.watch_timeout_s,
+                          on_missing=handler.missing, missing_retry_s=self._missing_crd_retry_s)
             )
             task.start()
             self._objective_tasks.append(task)
@@ -228,13 +272,50 @@ class KubernetesSource:
             and all(t.reflector.synced() for t in self._objective_tasks)
         )
 
+    def missing_crds(self) -> list[str]:
+        """Objective collections the API server does not serve (CRD not installed)."""
+        return [f"{t.reflector.ref.plural}.{t.reflector.ref.group}"
+                for t in self._objective_tasks if t.reflector.missing]
+
+    def _objective_crd_state(self, handler: _ObjectiveHandler, missing: bool) -> None:
+        """A reflector found its collection missing (404) or served. Decides which group's
+        InferenceObjectives count, and warns when none is installed: then every request runs
+        at priority 0 and nothing is sheddable, which must not happen silently."""
+        kind = handler._kind
+        self._crd_missing[(kind, handler.group)] = missing
+        if kind == "InferenceModel":
+            if missing:
+                log.warning("InferenceModel CRD is not installed: --watch-inference-models reads "
+                            "nothing (InferenceModel is the legacy v1alpha2 API; drop the flag)")
+            return
+        states = [self._crd_missing.get((kind, g)) for g in OBJECTIVE_GROUPS]
+        new_served = states[0] is False
+        for h in self._objective_handlers:
+            if h._kind == kind and h.group == GROUP_X:
+                h.set_active(not new_served)
+        if new_served and states[1] is False:
+            log.warning("both the %s and the legacy %s InferenceObjective CRDs are installed: "
+                        "the EPP reads %s only and ignores the legacy objects", GROUP_LLMD, GROUP_X, GROUP_LLMD)
+        if all(s is True for s in states):
+            if not self._warned_no_objectives:
+                log.warning("InferenceObjective CRD is not installed (404 from the API server for %s): "
+                            "objectives cannot be read, so request priorities are ignored (every "
+                            "request has priority 0, none is sheddable). %s",
+                            " and ".join(f"{g}/{OBJECTIVE_VERSION}" for g in OBJECTIVE_GROUPS),
+                            OBJECTIVE_CRD_HINT)
+                self._warned_no_objectives = True
+        elif not missing:
+            if self._warned_no_objectives:
+                log.info("InferenceObjective CRD is served now (%s); reading objectives", handler.group)
+            self._warned_no_objectives = False
+
     def is_leader(self) -> bool:
         return self.leader.is_leader() if self.leader is not None else not self.options.leader_elect
 
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for name, task in [("pool", self._pool_task), ("pods", self._pod_task)] + [
-            (t.reflector.ref.plural, t) for t in self._objective_tasks
+            (f"{t.reflector.ref.plural}.{t.reflector.ref.group}", t) for t in self._objective_tasks
         ]:
             if task is not None:
                 out[name] = task.reflector.stats

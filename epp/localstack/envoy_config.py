@@ -46,6 +46,33 @@ class EnvoyConfigParams:
     # Tests: a static subset hint (envoy.lb.subset_hint) set on every request, as a gateway
     # that pre-filters endpoints would.
     subset_hint: list[str] | None = None
+    # TLS to the EPP (`epp serve --secure-serving`): the CA file Envoy verifies the EPP's
+    # certificate with, and the name it must carry. None: plaintext HTTP/2.
+    epp_tls_ca_file: str | None = None
+    epp_tls_sni: str = "localhost"
+
+
+def _epp_transport_socket(p: EnvoyConfigParams) -> dict[str, Any]:
+    """The upstream TLS context of the EPP cluster (empty: plaintext). ALPN h2 because gRPC
+    needs HTTP/2 and the EPP's TLS server negotiates it; the certificate is verified against
+    the given CA and name, unlike the gateways that accept the EPP's self-signed one."""
+    if p.epp_tls_ca_file is None:
+        return {}
+    return {"transport_socket": {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": p.epp_tls_sni,
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "validation_context": {
+                    "trusted_ca": {"filename": p.epp_tls_ca_file},
+                    "match_typed_subject_alt_names": [
+                        {"san_type": "DNS", "matcher": {"exact": p.epp_tls_sni}}],
+                },
+            },
+        },
+    }}
 
 
 def render_envoy_config(p: EnvoyConfigParams) -> dict[str, Any]:
@@ -163,6 +190,7 @@ def render_envoy_config(p: EnvoyConfigParams) -> dict[str, Any]:
             "load_assignment": {"cluster_name": "epp", "endpoints": [{"lb_endpoints": [
                 {"endpoint": {"address": {"socket_address": {
                     "address": p.epp_address, "port_value": p.epp_port}}}}]}]},
+            **_epp_transport_socket(p),
         },
         {
             "name": "original_destination",

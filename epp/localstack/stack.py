@@ -130,6 +130,9 @@ class StackConfig:
     epp_max_concurrent_streams: int = 32  # per Envoy->EPP connection (more connections spread workers)
     access_log: bool = False  # Envoy access log (with response flags and details) in its log file
     with_envoy: bool = True
+    # TLS between Envoy and the EPP: a certificate is made in <run_dir>/tls, the EPP serves it
+    # (--secure-serving --cert-path) and Envoy verifies it (an upstream TLS context).
+    epp_tls: bool = False
     with_epp: bool = True
     ports_free: bool = False  # pick free ports instead of the documented defaults
     _ports: Iterator[int] = field(default_factory=lambda: iter(()), repr=False)
@@ -212,6 +215,11 @@ class LocalStack:
             access_log=cfg.access_log,
             epp_max_concurrent_streams=cfg.epp_max_concurrent_streams,
         )
+        if cfg.epp_tls:
+            from epp.server.tls import CERT_FILE, self_signed_pair, write_pair
+
+            write_pair(self_signed_pair(["localhost", "127.0.0.1"]), run / "tls")
+            envoy.epp_tls_ca_file = str(run / "tls" / CERT_FILE)
         files["envoy"].write_text(envoy_config_yaml(envoy))
         return files
 
@@ -243,6 +251,8 @@ class LocalStack:
                     config = REPO / "deploy/vllm/pd/epp-config-pd.yaml"
                 if config is not None:
                     args += ["--config", str(config)]
+                if cfg.epp_tls:
+                    args += ["--secure-serving=true", "--cert-path", str(cfg.run_dir / "tls")]
                 args += list(cfg.epp_args)
                 self._spawn("epp", args)
             if cfg.with_envoy:
@@ -313,8 +323,11 @@ class LocalStack:
                     if proc is not None and proc.poll() is not None:
                         raise StackError(f"{name} exited with code {proc.returncode}; see {self.log_path(name)}:\n"
                                          + self.tail(name))
-                    with contextlib.suppress(httpx.HTTPError):
-                        if client.get(url).status_code == 200:
+                    with contextlib.suppress(httpx.HTTPError, ValueError):
+                        resp = client.get(url)
+                        # The EPP is ready before it has scraped a pod (readiness means it can
+                        # answer); the stack waits until it also sees a healthy pod.
+                        if resp.status_code == 200 and (name != "epp" or resp.json()["healthy_endpoints"] > 0):
                             break
                     if time.monotonic() > deadline:
                         raise StackError(f"{name} not ready at {url} after {timeout:.0f}s; see "

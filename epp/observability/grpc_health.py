@@ -1,8 +1,10 @@
 """grpc.health.v1 for the ext_proc server, driven by the ReadinessProbe.
 
 Uses the gRPC project's own `grpcio-health-checking` package (grpc_health.v1) rather than
-protos compiled here. Status is reported for the overall server ("") and for the
-ext_proc service name, which is what GIE's EPP answers health checks for.
+protos compiled here. Service names follow the reference EPP (llm-d-router
+cmd/epp/runner/health.go): "", "readiness" and the ext_proc service name report readiness;
+"liveness" is SERVING while the process runs (also while draining, so a draining EPP is not
+restarted); every name turns NOT_SERVING at shutdown.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from epp.observability.health import ReadinessProbe
 log = logging.getLogger(__name__)
 
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
+LIVENESS_SERVICE = "liveness"
+READINESS_SERVICE = "readiness"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -31,7 +35,8 @@ class GrpcHealthReporter:
     `await stop()` flips everything to NOT_SERVING for graceful shutdown.
     """
 
-    def __init__(self, probe: ReadinessProbe, services: tuple[str, ...] = ("", EXT_PROC_SERVICE),
+    def __init__(self, probe: ReadinessProbe,
+                 services: tuple[str, ...] = ("", READINESS_SERVICE, EXT_PROC_SERVICE),
                  interval: float = 0.5) -> None:
         self.probe = probe
         self.services = services
@@ -54,6 +59,7 @@ class GrpcHealthReporter:
         return ready
 
     async def start(self) -> None:
+        await self.servicer.set(LIVENESS_SERVICE, SERVING)
         await self.update()
         if self._task is None:
             self._task = asyncio.create_task(self._loop(), name="grpc-health")

@@ -1,12 +1,19 @@
 """Liveness and readiness over HTTP (:9003 by default).
 
 - `/healthz`: the process answers, so it is alive.
-- `/readyz`: ready when the pool is synced and at least `min_healthy_endpoints` endpoints
-  are healthy (ready and freshly scraped), and the process is not draining. Otherwise 503
-  with a JSON body listing the reasons, so `curl` explains an unready EPP.
+- `/readyz`: the EPP can answer: its pool is synced (and, in Kubernetes mode, its pods and
+  objectives listed) and it is not draining. Otherwise 503 with a JSON body listing the
+  reasons, so `curl` explains an unready EPP.
 
-The gRPC health service (what Envoy and Kubernetes gRPC probes ask) is in grpc_health.py
-and reports the same ReadinessProbe.
+Readiness deliberately does not depend on the pods' metrics, as in the reference EPP (its
+gRPC health "readiness" service checks pool sync, leadership in its active-passive mode, and
+draining). Stale scrapes under load would otherwise take every EPP replica out of its
+Service at once, which with FailClose is a full outage; an EPP with no healthy pod still
+answers (503 `no_healthy_endpoint`, in the OpenAI error shape). Pod freshness is the
+scheduler's business (Datastore.healthy_endpoints) and is exported as metrics
+(inference_pool_ready_pods); the JSON body reports it too, under `healthy_endpoints`.
+
+The gRPC health service (grpc_health.py) reports the same ReadinessProbe.
 """
 
 from __future__ import annotations
@@ -33,10 +40,8 @@ class Readiness:
 
 
 class ReadinessProbe:
-    def __init__(self, datastore: Datastore, min_healthy_endpoints: int = 1,
-                 source_synced: Callable[[], bool] | None = None) -> None:
+    def __init__(self, datastore: Datastore, source_synced: Callable[[], bool] | None = None) -> None:
         self.datastore = datastore
-        self.min_healthy_endpoints = min_healthy_endpoints
         # The endpoint source's own view (e.g. Kubernetes: pods and objectives listed).
         self.source_synced = source_synced
         # Set during graceful shutdown so load balancers stop sending new streams first.
@@ -54,17 +59,16 @@ class ReadinessProbe:
             reasons.append("InferencePool not synced yet")
         elif self.source_synced is not None and not self.source_synced():
             reasons.append("pods and objectives not listed yet")
-        if healthy < self.min_healthy_endpoints:
-            if total == 0:
-                reasons.append("no endpoints match the pool selector")
-            else:
-                reasons.append(f"{healthy} of {total} endpoints healthy, need {self.min_healthy_endpoints} "
-                               "(unhealthy = not ready or metrics stale)")
         details: dict[str, Any] = {
             "pool": f"{pool.namespace}/{pool.name}" if pool is not None else None,
             "endpoints": total,
             "healthy_endpoints": healthy,
         }
+        # Informational only (see the module doc): why requests may get 503 right now.
+        if total == 0:
+            details["warning"] = "no endpoints match the pool selector"
+        elif healthy == 0:
+            details["warning"] = f"0 of {total} endpoints healthy (not ready or metrics stale)"
         return Readiness(ready=not reasons, reasons=reasons, details=details)
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 from aiohttp import web
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -39,6 +40,7 @@ from epp.server.extproc import ExtProcHandler, HandlerOptions
 from epp.server.grpc_server import build_grpc_server
 from epp.server.peers import SERVICE_KEY as PEER_BUS_KEY
 from epp.server.peers import InflightSharing, PeerBus, WorkerMetrics
+from epp.server.tls import CertReloader, TLSOptions, server_credentials
 
 log = logging.getLogger("epp.server")
 
@@ -48,6 +50,9 @@ class ServeOptions:
     host: str = "127.0.0.1"
     grpc_port: int = 9002
     health_port: int = 9003
+    # Plaintext gRPC health (services liveness / readiness) for kubelet gRPC probes, which
+    # cannot speak TLS to the ext_proc port; 0 = off (the reference EPP's --grpc-health-port).
+    grpc_health_port: int = 0
     metrics_port: int = 9090
     config: Path | None = None
     pool_file: Path | None = None
@@ -60,6 +65,7 @@ class ServeOptions:
     handler: HandlerOptions = field(default_factory=HandlerOptions)
     config_watch_interval_s: float = 1.0
     max_concurrent_streams: int = 0
+    tls: TLSOptions = field(default_factory=TLSOptions)
     shutdown_grace_s: float = 5.0
     # `epp serve --workers N` runs N of these processes on one port; see epp/server/workers.py.
     worker_id: int = 0
@@ -145,6 +151,7 @@ class EPPServer:
         self.probe = ReadinessProbe(self.datastore)
         self._stop = asyncio.Event()
         self._sources: list[Any] = []
+        self.cert_reloader: CertReloader | None = None
 
     def _scheduler(self) -> Any:
         return self.sched_config.scheduler
@@ -211,15 +218,29 @@ class EPPServer:
         await _start_plugin_services(self.ctx)
 
         health = GrpcHealthReporter(self.probe)
+        credentials = None
+        if opts.tls.enabled:
+            credentials, self.cert_reloader = server_credentials(opts.tls)
         grpc_server, port = build_grpc_server(
             self.handler, f"{opts.host}:{opts.grpc_port}", max_concurrent_streams=opts.max_concurrent_streams,
             # Only workers of one EPP share the port; a lone EPP must fail if it is taken.
-            reuse_port=opts.worker_count > 1)
+            reuse_port=opts.worker_count > 1, credentials=credentials)
         health.add_to_server(grpc_server)
         stack.push_async_callback(grpc_server.stop, opts.shutdown_grace_s)
         await grpc_server.start()
         stack.push_async_callback(health.stop)  # runs first: NOT_SERVING before the drain
         await health.start()
+        if opts.grpc_health_port and opts.worker_id == 0:
+            probe_server = grpc.aio.server()
+            health.add_to_server(probe_server)
+            try:
+                bound = probe_server.add_insecure_port(f"{opts.host}:{opts.grpc_health_port}")
+            except RuntimeError:
+                bound = 0
+            if bound == 0:
+                raise OSError(f"cannot listen on {opts.host}:{opts.grpc_health_port} for gRPC health")
+            stack.push_async_callback(probe_server.stop, 0)
+            await probe_server.start()
         # Worker 0 answers the probes and serves /metrics for every worker (see WorkerMetrics);
         # the others export theirs on a private loopback port.
         http_servers: list[HttpServer] = []
@@ -238,8 +259,9 @@ class EPPServer:
             announcer = asyncio.create_task(
                 WorkerMetrics(self.peers, self.metrics.registry).announce(http_servers[0].port))
             stack.callback(announcer.cancel)
-        log.info("EPP worker %d/%d serving ext_proc on %s:%d, health on :%d, metrics on :%d",
-                 opts.worker_id, opts.worker_count, opts.host, port, opts.health_port, opts.metrics_port)
+        log.info("EPP worker %d/%d serving ext_proc (%s) on %s:%d, health on :%d, metrics on :%d",
+                 opts.worker_id, opts.worker_count, "TLS" if opts.tls.enabled else "plaintext",
+                 opts.host, port, opts.health_port, opts.metrics_port)
 
     def stop(self) -> None:
         self._stop.set()

@@ -16,6 +16,7 @@ from epp.k8s.cli import KubernetesOptions, add_k8s_arguments
 from epp.metricsscrape.scraper import ScrapeConfig
 from epp.observability.logging import configure_logging
 from epp.scheduling.registry import ConfigError
+from epp.server.tls import TLSOptions, load_pair, parse_bool_flag
 
 log = logging.getLogger("epp.server")
 
@@ -28,6 +29,9 @@ def add_parser(sub: Any) -> None:
                    help="address to bind (use 0.0.0.0 in a container); default 127.0.0.1")
     p.add_argument("--grpc-port", type=int, default=9002, help="ext_proc + gRPC health port (9002)")
     p.add_argument("--health-port", type=int, default=9003, help="HTTP /healthz and /readyz (9003)")
+    p.add_argument("--grpc-health-port", type=int, default=0,
+                   help="plaintext gRPC health (services liveness, readiness) for kubelet gRPC probes; "
+                        "0 = off (the ext_proc port serves gRPC health too, over TLS when secure)")
     p.add_argument("--metrics-port", type=int, default=9090, help="Prometheus /metrics (9090)")
     p.add_argument("--config", type=Path, default=None,
                    help="EndpointPickerConfig YAML (default: the embedded default config)")
@@ -52,6 +56,15 @@ def add_parser(sub: Any) -> None:
                    help="do not read /v1/models from the pods (then unknown model names are not refused)")
     p.add_argument("--max-concurrent-streams", type=int, default=0,
                    help="HTTP/2 streams per Envoy connection (0 = gRPC default)")
+    # The reference EPP's TLS flags (epp/server/tls.py); Go-style `--flag=false` works.
+    p.add_argument("--secure-serving", type=_bool, nargs="?", const=True, default=None,
+                   metavar="BOOL", help="serve ext_proc over TLS (default: true in Kubernetes mode, "
+                                        "false in local mode); --secure-serving=false for plaintext")
+    p.add_argument("--cert-path", type=Path, default=None,
+                   help="directory with tls.crt and tls.key (a mounted kubernetes.io/tls Secret); "
+                        "default: a self-signed certificate generated at start")
+    p.add_argument("--enable-cert-reload", type=_bool, nargs="?", const=True, default=True,
+                   metavar="BOOL", help="serve a rotated --cert-path pair on new connections (default true)")
     p.add_argument("--workers", type=int, default=int(os.environ.get("EPP_WORKERS", "1")),
                    help="EPP processes sharing the gRPC port (SO_REUSEPORT), one per core (1)")
     p.add_argument("--worker-id", type=int, default=None, help=argparse.SUPPRESS)
@@ -87,13 +100,15 @@ def run(args: argparse.Namespace) -> int:
                               discover_models=not args.no_model_discovery)
         opts = ServeOptions(
             host=args.host, grpc_port=args.grpc_port, health_port=args.health_port,
+            grpc_health_port=args.grpc_health_port,
             metrics_port=args.metrics_port, config=args.config, pool_file=args.pool_file,
             endpoints_file=args.endpoints_file, objectives_files=list(args.objectives_file),
             kubernetes=k8s, scrape=scrape, max_concurrent_streams=args.max_concurrent_streams,
             admission=AdmissionConfig(max_inflight_requests=args.max_inflight_requests),
             saturation=SaturationConfig(queue_depth_threshold=args.saturation_queue_depth,
                                         kv_cache_util_threshold=args.saturation_kv_cache),
-            worker_id=args.worker_id or 0, worker_count=args.worker_count, peer_dir=args.peer_dir)
+            worker_id=args.worker_id or 0, worker_count=args.worker_count, peer_dir=args.peer_dir,
+            tls=tls_options(args, kubernetes_mode=k8s is not None))
         server = EPPServer(opts)
         asyncio.run(server.run())
     except (ConfigError, ValueError) as e:
@@ -103,6 +118,24 @@ def run(args: argparse.Namespace) -> int:
         log.error("cannot start: %s", e)
         return 1
     return 0
+
+
+def _bool(value: str) -> bool:
+    try:
+        return parse_bool_flag(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def tls_options(args: argparse.Namespace, *, kubernetes_mode: bool) -> TLSOptions:
+    """--secure-serving defaults to on in Kubernetes mode (as the reference EPP) and to off
+    in local mode, where Envoy and the EPP share the host."""
+    enabled = kubernetes_mode if args.secure_serving is None else bool(args.secure_serving)
+    if args.cert_path is not None and not enabled:
+        raise ConfigError("--cert-path needs --secure-serving=true")
+    if args.cert_path is not None:
+        load_pair(args.cert_path)  # fail at start with a clear message, not at the first handshake
+    return TLSOptions(enabled=enabled, cert_path=args.cert_path, reload=bool(args.enable_cert_reload))
 
 
 def _validate(config: Path | None) -> int:

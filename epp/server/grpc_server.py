@@ -31,8 +31,10 @@ def build_grpc_server(
     extra_handlers: list[grpc.GenericRpcHandler] | None = None,
     max_concurrent_streams: int = 0,
     reuse_port: bool = False,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> tuple[grpc.aio.Server, int]:
-    """Create (not start) the server; returns it and the bound port."""
+    """Create (not start) the server; returns it and the bound port. With `credentials`
+    the port serves TLS only (epp.server.tls), else plaintext HTTP/2."""
     options: list[tuple[str, Any]] = [
         ("grpc.so_reuseport", 1 if reuse_port else 0),
         ("grpc.keepalive_time_ms", 30_000),
@@ -47,7 +49,10 @@ def build_grpc_server(
     server = grpc.aio.server(options=options)
     server.add_generic_rpc_handlers([ext_proc_generic_handler(handler), *(extra_handlers or [])])
     try:
-        port = server.add_insecure_port(address)
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
     except RuntimeError:
         port = 0
     if port == 0:

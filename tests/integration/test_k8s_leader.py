@@ -14,7 +14,7 @@ from epp.k8s.cli import KubernetesOptions
 from epp.k8s.client import new_api_client
 from epp.k8s.leader import LeaderElector, LeaseConfig
 from epp.k8s.source import KubernetesSource
-from epp.k8s.testing import FakeApiServer, wait_until
+from tests.helpers.fake_apiserver import FakeApiServer, wait_until
 
 LEASES = FakeApiServer.collection("leases", "default", "coordination.k8s.io", "v1")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from epp.k8s.testing import FakeApiServer, wait_until
+from tests.helpers.fake_apiserver import FakeApiServer, wait_until
 from tests.helpers.procs import PYTHON, REPO, Proc, free_port
 
 LEASES = FakeApiServer.collection("leases", "default", "coordination.k8s.io", "v1")
@@ -20,7 +20,7 @@ LEASES = FakeApiServer.collection("leases", "default", "coordination.k8s.io", "v
 async def test_epp_serve_follows_the_cluster(tmp_path: Path) -> None:
     api = FakeApiServer()
     await api.start()
-    sim_port, grpc_port, health_port, metrics_port = (free_port() for _ in range(4))
+    sim_port, grpc_port, health_port, metrics_port, probe_port = (free_port() for _ in range(5))
     sim = Proc([PYTHON, "-m", "epp", "sim", "--host", "127.0.0.1", "--port", str(sim_port)], tmp_path / "sim.log")
     api.put_pool_v1("pool", {"app": "sim"}, [sim_port])
     config = tmp_path / "config.yaml"
@@ -30,33 +30,42 @@ async def test_epp_serve_follows_the_cluster(tmp_path: Path) -> None:
         "--kubeconfig", str(api.write_kubeconfig(tmp_path / "kubeconfig")),
         "--pool-name", "pool", "--pool-namespace", "default",
         "--grpc-port", str(grpc_port), "--health-port", str(health_port), "--metrics-port", str(metrics_port),
+        "--grpc-health-port", str(probe_port),
         "--config", str(config), "--config-watch-interval", "0.1",
         "--leader-elect", "--identity", "epp-0",
     ], tmp_path / "epp.log")
     readyz = f"http://127.0.0.1:{health_port}/readyz"
-    last: dict[str, int] = {"status": 0}
+    last: dict[str, int] = {"status": 0, "healthy": -1}
     try:
         async with httpx.AsyncClient(timeout=1.0) as client:
 
             async def poll_ready() -> None:
                 while True:
                     try:
-                        last["status"] = (await client.get(readyz)).status_code
-                    except httpx.HTTPError:
+                        resp = await client.get(readyz)
+                        last["status"], last["healthy"] = resp.status_code, resp.json()["healthy_endpoints"]
+                    except (httpx.HTTPError, ValueError):
                         last["status"] = 0
                     await asyncio.sleep(0.05)
 
             poller = asyncio.create_task(poll_ready())
             try:
-                await wait_until(lambda: last["status"] == 503, timeout=30)  # up, but no pod yet
+                # Ready once the pool is synced, before any pod: it can answer (with 503s).
+                await wait_until(lambda: last["status"] == 200 and last["healthy"] == 0, timeout=30)
+                # Kubernetes mode serves TLS by default (a self-signed certificate).
+                assert await asyncio.to_thread(_grpc_health, grpc_port, tls=True)
+                assert not await asyncio.to_thread(_grpc_health, grpc_port, tls=False)
+                # The kubelet's gRPC probes: plaintext, on a port of their own.
+                for service in ("liveness", "readiness"):
+                    assert await asyncio.to_thread(_grpc_health, probe_port, tls=False, service=service)
                 api.put_pod("sim-0", "127.0.0.1", {"app": "sim"})
-                await wait_until(lambda: last["status"] == 200, timeout=30)
+                await wait_until(lambda: last["status"] == 200 and last["healthy"] == 1, timeout=30)
                 await wait_until(lambda: (api.get(LEASES, "pool-epp-leader") or {}).get("spec", {})
                                  .get("holderIdentity") == "epp-0")
                 config.write_text(config.read_text().replace("weight: 3", "weight: 4"))
                 await wait_until(lambda: "prefix-cache-scorer*4" in epp.output(), timeout=15)
                 api.put_pod("sim-0", "127.0.0.1", {"app": "sim"}, ready=False)
-                await wait_until(lambda: last["status"] == 503, timeout=15)
+                await wait_until(lambda: last["status"] == 200 and last["healthy"] == 0, timeout=15)
             finally:
                 poller.cancel()
         # Stop in a thread: the API server runs on this event loop and must answer the
@@ -68,3 +77,27 @@ async def test_epp_serve_follows_the_cluster(tmp_path: Path) -> None:
         await asyncio.to_thread(epp.stop)
         await asyncio.to_thread(sim.stop)
         await api.stop()
+
+
+def _grpc_health(port: int, *, tls: bool, service: str = "liveness") -> bool:
+    """gRPC health over TLS without verifying the self-signed certificate (what gateways do
+    with the reference EPP: trust the certificate the server presents) or over plaintext."""
+    import ssl
+
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    target = f"127.0.0.1:{port}"
+    if tls:
+        cert = ssl.get_server_certificate(("127.0.0.1", port)).encode()
+        channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=cert),
+                                      options=[("grpc.ssl_target_name_override", "localhost")])
+    else:
+        channel = grpc.insecure_channel(target)
+    with channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=3)
+        except grpc.RpcError:
+            return False
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)

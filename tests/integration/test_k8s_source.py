@@ -17,7 +17,7 @@ from epp.datastore.datastore import Datastore
 from epp.datastore.endpoint import Role
 from epp.k8s.cli import KubernetesOptions
 from epp.k8s.source import KubernetesSource
-from epp.k8s.testing import FakeApiServer, wait_until
+from tests.helpers.fake_apiserver import FakeApiServer, wait_until
 
 POOL = "llama"
 LABELS = {"app": "vllm-llama"}
@@ -197,8 +197,9 @@ async def test_410_gone_relists_and_converges(
             api.compact()  # ... that is now compacted: HTTP 410 on the watch request
         else:
             api.expire_watches()  # ERROR event with a 410 Status, then the stream ends
-        await wait_until(lambda: pods.expired >= 1 and _keys(ds) == {"default/b", "default/c"})
-        assert pods.lists >= 2
+        # The events before the 410 may already converge the set; wait for the relist itself.
+        await wait_until(lambda: pods.expired >= 1 and pods.lists >= 2)
+        await wait_until(lambda: _keys(ds) == {"default/b", "default/c"})
     finally:
         await src.stop()
 
@@ -234,6 +235,60 @@ async def test_missing_crd_counts_as_synced_and_legacy_inference_model(
         obj = ds.objective("sql-lora")
         assert obj is not None and obj.priority == -1
         assert obj.target_models == (("sql-lora-v1", 90), ("sql-lora-v2", 10))
+    finally:
+        await src.stop()
+
+
+async def test_missing_objective_crd_is_a_warning_not_a_silent_empty_set(
+    api: FakeApiServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """GIE >= 1.6 CRDs alone: InferenceObjective is served in neither group. The EPP still
+    becomes ready (routing works) but says that priorities are ignored and where the CRD comes
+    from; when the CRD is installed later, objectives arrive without a restart."""
+    import logging
+
+    api.put_pool_v1(POOL, LABELS, [8000])
+    api.missing_plurals.add("inferenceobjectives")
+    ds = Datastore()
+    src = KubernetesSource(_options(api.write_kubeconfig(tmp_path / "kubeconfig")), ds,
+                           missing_crd_retry_s=0.05)
+    with caplog.at_level(logging.INFO, logger="epp.k8s.source"):
+        await src.start()
+        try:
+            await wait_until(src.synced)
+            await wait_until(lambda: len(src.missing_crds()) == 2)
+            assert sorted(src.missing_crds()) == ["inferenceobjectives.inference.networking.x-k8s.io",
+                                                  "inferenceobjectives.llm-d.ai"]
+            warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+            assert len(warnings) == 1, warnings
+            assert "InferenceObjective CRD is not installed" in warnings[0]
+            assert "priorities are ignored" in warnings[0] and "llm-d router" in warnings[0]
+            # The llm-d router's CRD (group llm-d.ai) is installed later.
+            api.missing_plurals = {"inferenceobjectives.inference.networking.x-k8s.io"}
+            api.put_objective("chat", POOL, 5, group="llm-d.ai")
+            await wait_until(lambda: ds.objective("chat") is not None)
+            assert ds.objective("chat").priority == 5  # type: ignore[union-attr]
+            assert src.missing_crds() == ["inferenceobjectives.inference.networking.x-k8s.io"]
+            assert any("served now" in r.getMessage() for r in caplog.records)
+        finally:
+            await src.stop()
+
+
+async def test_objectives_prefer_llmd_group_over_legacy(api: FakeApiServer, tmp_path: Path) -> None:
+    """The reference's rule: both groups installed -> llm-d.ai only; legacy only -> legacy."""
+    api.put_pool_v1(POOL, LABELS, [8000])
+    api.missing_plurals.add("inferenceobjectives.llm-d.ai")
+    api.put_objective("legacy-only", POOL, 3)
+    ds = Datastore()
+    src = KubernetesSource(_options(api.write_kubeconfig(tmp_path / "kubeconfig")), ds,
+                           missing_crd_retry_s=0.05)
+    await src.start()
+    try:
+        await wait_until(lambda: ds.objective("legacy-only") is not None)
+        api.missing_plurals.clear()  # the llm-d.ai CRD appears
+        api.put_objective("new", POOL, 7, group="llm-d.ai")
+        await wait_until(lambda: ds.objective("new") is not None and ds.objective("legacy-only") is None)
+        assert ds.objective("new").priority == 7  # type: ignore[union-attr]
     finally:
         await src.stop()
 

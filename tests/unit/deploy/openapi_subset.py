@@ -17,7 +17,7 @@ from typing import Any
 # The CEL rules used in deploy/crds, as Python predicates. An unknown rule is an error, so
 # adding a rule to a CRD forces adding its meaning here.
 CEL_RULES: dict[str, Callable[[Any], bool]] = {
-    "self.all(p1, self.exists_one(p2, p1.number == p2.number))":
+    "self.all(p1, self.exists_one(p2, p1.number==p2.number))":
         lambda ports: len({p.get("number") for p in ports}) == len(ports),
     "self.kind != 'Service' || has(self.port)":
         lambda ref: ref.get("kind", "Service") != "Service" or "port" in ref,

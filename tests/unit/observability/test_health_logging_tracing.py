@@ -40,20 +40,31 @@ async def test_healthz_and_readyz_states(health_server: tuple[Datastore, Readine
         assert resp.status_code == 503
         body = resp.json()
         assert body["ready"] is False
-        assert "InferencePool not synced yet" in body["reasons"]
-        assert "no endpoints match the pool selector" in body["reasons"]
+        assert body["reasons"] == ["InferencePool not synced yet"]
+        assert body["warning"] == "no endpoints match the pool selector"
 
+        # Ready means "the EPP can answer": an unhealthy (stale) pod does not change it,
+        # the body only reports it (issue 17: stale scrapes must not take every replica out).
         ds.set_pool(PoolSpec(name="pool", selector={"app": "x"}))
         ep = ds.upsert_endpoint(Endpoint("pod-a", "127.0.0.1", 8000))
         ds.set_health(ep, False)
-        body = (await client.get("/readyz")).json()
-        assert body["reasons"] == [
-            "0 of 1 endpoints healthy, need 1 (unhealthy = not ready or metrics stale)"]
+        resp = await client.get("/readyz")
+        body = resp.json()
+        assert resp.status_code == 200 and body["ready"] is True and body["reasons"] == []
+        assert body["warning"] == "0 of 1 endpoints healthy (not ready or metrics stale)"
         assert body["pool"] == "default/pool" and body["endpoints"] == 1
+        assert body["healthy_endpoints"] == 0
 
         ds.set_health(ep, True)
         resp = await client.get("/readyz")
-        assert resp.status_code == 200 and resp.json()["ready"] is True
+        assert resp.status_code == 200 and resp.json()["healthy_endpoints"] == 1
+        assert "warning" not in resp.json()
+
+        # A source that has not listed its pods yet (Kubernetes mode) is not ready.
+        probe.source_synced = lambda: False
+        resp = await client.get("/readyz")
+        assert resp.status_code == 503 and resp.json()["reasons"] == ["pods and objectives not listed yet"]
+        probe.source_synced = None
 
         probe.draining = True
         resp = await client.get("/readyz")
@@ -78,16 +89,25 @@ async def test_grpc_health_follows_readiness() -> None:
                 resp = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
                 return int(resp.status)
 
-            assert await status(EXT_PROC_SERVICE) == health_pb2.HealthCheckResponse.NOT_SERVING
+            serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+            # The reference EPP's service names: liveness is up as soon as the process is.
+            assert await status(EXT_PROC_SERVICE) == not_serving
+            assert await status("readiness") == not_serving
+            assert await status("liveness") == serving
             ds.set_pool(PoolSpec(name="pool"))
+            assert await reporter.update() is True  # ready without any pod: it can answer
             ep = Endpoint("pod-a", "127.0.0.1", 8000)
             ep.metrics = EndpointMetrics(updated_at=time.monotonic())
             ds.upsert_endpoint(ep)
             assert await reporter.update() is True
-            assert await status(EXT_PROC_SERVICE) == health_pb2.HealthCheckResponse.SERVING
-            assert await status("") == health_pb2.HealthCheckResponse.SERVING
+            for service in (EXT_PROC_SERVICE, "", "readiness", "liveness"):
+                assert await status(service) == serving
+            probe.draining = True
+            assert await reporter.update() is False
+            assert await status("readiness") == not_serving
+            assert await status("liveness") == serving  # not restarted while draining
             await reporter.stop()
-            assert await status("") == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert await status("") == not_serving
     finally:
         await reporter.stop()
         await server.stop(None)

@@ -45,6 +45,7 @@ KINDS = {
         "inference.networking.x-k8s.io/v1alpha2", "InferencePool"),
     ("inference.networking.x-k8s.io", "inferenceobjectives"): (
         "inference.networking.x-k8s.io/v1alpha2", "InferenceObjective"),
+    ("llm-d.ai", "inferenceobjectives"): ("llm-d.ai/v1alpha2", "InferenceObjective"),
     ("inference.networking.x-k8s.io", "inferencemodels"): (
         "inference.networking.x-k8s.io/v1alpha2", "InferenceModel"),
 }
@@ -131,7 +132,8 @@ class FakeApiServer:
         self._runner: web.AppRunner | None = None
         self.port = 0
         self.requests: list[tuple[str, str, dict[str, str]]] = []
-        self.missing_plurals: set[str] = set()  # collections answered with 404 (CRD absent)
+        # Collections answered with 404 (CRD absent): "plural" (every group) or "plural.group".
+        self.missing_plurals: set[str] = set()
         self.expired_as_http_410 = False  # answer a stale watch with HTTP 410 instead of an event
         self._failures: list[int] = []
         self.watch_connections = 0
@@ -299,14 +301,14 @@ class FakeApiServer:
         coll = self.collection("inferencepools", namespace, "inference.networking.k8s.io", "v1")
         return self.put(coll, pool)
 
-    def put_objective(self, name: str, pool: str, priority: int, namespace: str = "default") -> JSON:
+    def put_objective(self, name: str, pool: str, priority: int, namespace: str = "default",
+                      group: str = "inference.networking.x-k8s.io") -> JSON:
         obj = {
-            "apiVersion": "inference.networking.x-k8s.io/v1alpha2", "kind": "InferenceObjective",
+            "apiVersion": f"{group}/v1alpha2", "kind": "InferenceObjective",
             "metadata": {"name": name, "namespace": namespace},
             "spec": {"priority": priority, "poolRef": {"name": pool}},
         }
-        return self.put(self.collection("inferenceobjectives", namespace,
-                                        "inference.networking.x-k8s.io", "v1alpha2"), obj)
+        return self.put(self.collection("inferenceobjectives", namespace, group, "v1alpha2"), obj)
 
     # --- HTTP ---------------------------------------------------------------------------
     @staticmethod
@@ -340,8 +342,8 @@ class FakeApiServer:
         split = self._split(request.path)
         if split is None:
             return web.json_response(_status(404, "NotFound", f"no route {request.path}"), status=404)
-        collection, _group, plural, name = split
-        if plural in self.missing_plurals:
+        collection, group, plural, name = split
+        if plural in self.missing_plurals or f"{plural}.{group}" in self.missing_plurals:
             return web.json_response(
                 _status(404, "NotFound", "the server could not find the requested resource"), status=404)
         if name is None and request.method == "GET":
