@@ -1,0 +1,179 @@
+"""The model's own tokenizer, from a local directory: tokenizer.json (Hugging Face `tokenizers`)
+and the chat template and special tokens of tokenizer_config.json (or chat_template.jinja).
+
+The directory is the pod's model path, or in Kubernetes a ConfigMap / volume holding the two
+files (deploy/vllm shows how). Nothing is downloaded: a missing file is a clear error at load.
+
+Speed: a chat prompt is split at the tokenizer's special tokens (<|eot_id|>, <|im_end|>, ...)
+and each piece between them is encoded once and cached (bounded LRU), so a long system prompt
+or the earlier turns of a conversation are not re-encoded on every request. This is exact
+only when the `tokenizers` library itself encodes the pieces independently: special added
+tokens that strip no neighbouring whitespace and are not normalized, no normalizer, and a
+pre-tokenizer that adds nothing at the start of the text (ByteLevel without prefix space, as
+Llama 3 and Qwen use). Otherwise the whole prompt is encoded every time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+from tokenizers import Tokenizer as HFTokenizer
+
+from epp.tokenization.chat_template import ChatTemplateError
+from epp.tokenization.hf_chat_template import HFChatTemplate
+from epp.tokenization.prompt import ChatPrompt
+
+log = logging.getLogger(__name__)
+
+TOKENIZER_FILE = "tokenizer.json"
+CONFIG_FILE = "tokenizer_config.json"
+TEMPLATE_FILE = "chat_template.jinja"
+# transformers' special-token attributes, passed to the chat template by name.
+SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+# The piece cache is bounded by the tokens it holds (about 36 bytes each as Python ints).
+PIECE_CACHE_TOKENS = 1_000_000
+# Pieces shorter than this are cheaper to encode than to hash and look up.
+MIN_CACHED_PIECE_CHARS = 64
+
+
+def _token_text(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("content"), str):
+        return str(value["content"])  # AddedToken serialized as an object
+    return None
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read {path}: {e}") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return doc
+
+
+def resolve_dir(spec: str) -> str:
+    """The directory holding tokenizer.json: `spec` itself, or the folder of a tokenizer.json."""
+    directory = spec if os.path.isdir(spec) else os.path.dirname(spec) or "."
+    if not os.path.exists(spec) or not os.path.isfile(os.path.join(directory, TOKENIZER_FILE)):
+        raise ValueError(f"tokenizer {spec!r}: no {TOKENIZER_FILE} in {directory!r}")
+    return directory
+
+
+class HFPromptTokenizer:
+    """tokenizer.json + chat template of one model, from a local directory."""
+
+    def __init__(self, path: str, piece_cache_tokens: int = PIECE_CACHE_TOKENS) -> None:
+        directory = resolve_dir(path)
+        self.directory = directory
+        self.name = directory
+        tokenizer_file = os.path.join(directory, TOKENIZER_FILE)
+        try:
+            self._tok = HFTokenizer.from_file(tokenizer_file)
+        except Exception as e:  # the Rust side raises a bare Exception on a bad file
+            raise ValueError(f"cannot load {tokenizer_file}: {e}") from None
+        config_file = os.path.join(directory, CONFIG_FILE)
+        config = _read_json(config_file) if os.path.isfile(config_file) else {}
+        specials = {k: t for k in SPECIAL_TOKEN_KEYS if (t := _token_text(config.get(k))) is not None}
+        self.special_tokens = specials
+        self.template: HFChatTemplate | None = None
+        source, where = self._template_source(config, config_file)
+        if source is not None:
+            self.template = HFChatTemplate(source, specials, where)
+        self._piece_cache: OrderedDict[str, list[int]] = OrderedDict()
+        self._piece_cache_tokens = piece_cache_tokens
+        self._cached_tokens = 0
+        self._split: re.Pattern[str] | None = self._special_splitter(tokenizer_file)
+
+    @staticmethod
+    def _template_source(config: dict[str, Any], config_file: str) -> tuple[str | None, str]:
+        template = config.get("chat_template")
+        if isinstance(template, list):  # named templates: vLLM/transformers use "default"
+            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            template = named.get("default")
+        if isinstance(template, str):
+            return template, f"{config_file}: chat_template"
+        jinja_file = os.path.join(os.path.dirname(config_file), TEMPLATE_FILE)
+        if os.path.isfile(jinja_file):
+            with open(jinja_file, encoding="utf-8") as f:
+                return f.read(), jinja_file
+        return None, config_file
+
+    def _special_splitter(self, tokenizer_file: str) -> re.Pattern[str] | None:
+        """A regex that cuts text at special tokens, if encoding the pieces separately is exact."""
+        doc = _read_json(tokenizer_file)
+        pre = doc.get("pre_tokenizer") or {}
+        steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+        independent = doc.get("normalizer") is None and all(
+            s.get("type") in ("Split", "Digits", "Punctuation", "Whitespace", "WhitespaceSplit")
+            or (s.get("type") == "ByteLevel" and not s.get("add_prefix_space"))
+            for s in steps if isinstance(s, dict))
+        specials = [a for a in doc.get("added_tokens", []) if isinstance(a, dict) and a.get("special")]
+        if not independent or not specials or any(
+                a.get("lstrip") or a.get("rstrip") or a.get("normalized") for a in specials):
+            log.info("tokenizer %s: prompts are encoded whole (pieces between special tokens "
+                     "would not encode independently)", self.directory)
+            return None
+        contents = sorted((str(a["content"]) for a in specials), key=len, reverse=True)
+        return re.compile("(" + "|".join(re.escape(c) for c in contents) + ")")
+
+    # --- Tokenizer --------------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        return list(self._tok.encode(text, add_special_tokens=False).ids)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return str(self._tok.decode(list(ids), skip_special_tokens=False))
+
+    # --- PromptTokenizer --------------------------------------------------------------------
+    def completion_ids(self, prompt: str, add_special_tokens: bool = True) -> list[int]:
+        return list(self._tok.encode(prompt, add_special_tokens=add_special_tokens).ids)
+
+    def render_chat(self, chat: ChatPrompt) -> str:
+        """The prompt text of a conversation (what vLLM logs as the prompt)."""
+        if self.template is None:
+            raise ChatTemplateError(
+                f"tokenizer {self.directory}: no chat template in {CONFIG_FILE} or {TEMPLATE_FILE} "
+                "(give the model's template, or use the pod's /tokenize: tokenizer 'vllm-tokenize')")
+        return self.template.render(
+            chat.messages, add_generation_prompt=chat.add_generation_prompt,
+            continue_final_message=chat.continue_final_message, tools=chat.tools,
+            documents=chat.documents, template_kwargs=chat.template_kwargs)
+
+    def chat_ids(self, chat: ChatPrompt) -> list[int]:
+        text = self.render_chat(chat)
+        if chat.add_special_tokens or self._split is None:
+            return list(self._tok.encode(text, add_special_tokens=chat.add_special_tokens).ids)
+        return self._encode_pieces(text)
+
+    def _encode_pieces(self, text: str) -> list[int]:
+        assert self._split is not None
+        cache = self._piece_cache
+        tok = self._tok
+        out: list[int] = []
+        for piece in self._split.split(text):
+            if not piece:
+                continue
+            if len(piece) < MIN_CACHED_PIECE_CHARS:
+                out += tok.encode(piece, add_special_tokens=False).ids
+                continue
+            ids = cache.get(piece)
+            if ids is None:
+                ids = tok.encode(piece, add_special_tokens=False).ids
+                if len(ids) <= self._piece_cache_tokens:
+                    cache[piece] = ids
+                    self._cached_tokens += len(ids)
+                    while self._cached_tokens > self._piece_cache_tokens:
+                        self._cached_tokens -= len(cache.popitem(last=False)[1])
+            else:
+                cache.move_to_end(piece)
+            out += ids
+        return out
