@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 
@@ -37,3 +38,10 @@ def load_prompt_tokenizer(spec: str, pods: Callable[[], Sequence[str]] | None = 
     from epp.tokenization.hf import HFPromptTokenizer
 
     return HFPromptTokenizer(spec)
+
+
+@functools.lru_cache(maxsize=8)
+def shared_prompt_tokenizer(spec: str) -> PromptTokenizer:
+    """One local tokenizer per spec in this process: loading tokenizer.json takes about a
+    second, and several simulated pods (or scorer instances) share the same model files."""
+    return load_prompt_tokenizer(spec)
