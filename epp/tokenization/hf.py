@@ -92,7 +92,7 @@ class HFPromptTokenizer:
         self._piece_cache: OrderedDict[str, list[int]] = OrderedDict()
         self._piece_cache_tokens = piece_cache_tokens
         self._cached_tokens = 0
-        self._split: re.Pattern[str] | None = self._special_splitter(tokenizer_file)
+        self._split: re.Pattern[str] | None = self._special_splitter()
 
     @staticmethod
     def _template_source(config: dict[str, Any], config_file: str) -> tuple[str | None, str]:
@@ -108,22 +108,21 @@ class HFPromptTokenizer:
                 return f.read(), jinja_file
         return None, config_file
 
-    def _special_splitter(self, tokenizer_file: str) -> re.Pattern[str] | None:
+    def _special_splitter(self) -> re.Pattern[str] | None:
         """A regex that cuts text at special tokens, if encoding the pieces separately is exact."""
-        doc = _read_json(tokenizer_file)
-        pre = doc.get("pre_tokenizer") or {}
+        tok = self._tok
+        pre = json.loads(tok.pre_tokenizer.__getstate__()) if tok.pre_tokenizer is not None else {}
         steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
-        independent = doc.get("normalizer") is None and all(
+        independent = tok.normalizer is None and all(
             s.get("type") in ("Split", "Digits", "Punctuation", "Whitespace", "WhitespaceSplit")
             or (s.get("type") == "ByteLevel" and not s.get("add_prefix_space"))
-            for s in steps if isinstance(s, dict))
-        specials = [a for a in doc.get("added_tokens", []) if isinstance(a, dict) and a.get("special")]
-        if not independent or not specials or any(
-                a.get("lstrip") or a.get("rstrip") or a.get("normalized") for a in specials):
+            for s in steps if isinstance(s, dict) and s)
+        specials = [a for a in tok.get_added_tokens_decoder().values() if a.special]
+        if not independent or not specials or any(a.lstrip or a.rstrip or a.normalized for a in specials):
             log.info("tokenizer %s: prompts are encoded whole (pieces between special tokens "
                      "would not encode independently)", self.directory)
             return None
-        contents = sorted((str(a["content"]) for a in specials), key=len, reverse=True)
+        contents = sorted((a.content for a in specials), key=len, reverse=True)
         return re.compile("(" + "|".join(re.escape(c) for c in contents) + ")")
 
     # --- Tokenizer --------------------------------------------------------------------------

@@ -40,7 +40,7 @@ class SimplePromptTokenizer:
         return self.tokenizer.decode(ids)
 
     def completion_ids(self, prompt: str, add_special_tokens: bool = True) -> list[int]:
-        return self.tokenizer.encode(prompt)  # no BOS in this vocabulary
+        return self.encode(prompt)  # no BOS in this vocabulary
 
     def chat_ids(self, chat: ChatPrompt) -> list[int]:
         if chat.continue_final_message:

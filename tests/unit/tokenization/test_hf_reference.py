@@ -129,6 +129,7 @@ def _with_template(tmp_path: Path, directory: str, template: str) -> str:
 def test_vocabulary_is_the_real_128k_one(mine: HFPromptTokenizer) -> None:
     assert mine._tok.get_vocab_size() == 128_256
     assert mine.special_tokens["bos_token"] == "<|begin_of_text|>"
+    assert mine._split is not None  # ByteLevel, plain special tokens: the piece cache is exact
 
 
 @pytest.mark.parametrize("text", ["Hello world", " leading space", "", "Numbers 12345 and ünïcödé 🙂",
