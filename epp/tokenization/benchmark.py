@@ -25,7 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
-from time import perf_counter_ns, thread_time_ns
+from time import perf_counter_ns, process_time_ns
 from typing import Any
 
 import httpx
@@ -71,15 +71,15 @@ def _scorer(tokenizer: str, ds: Datastore) -> PrecisePrefixCacheScorer:
 
 def _time(scorer: PrecisePrefixCacheScorer, requests: list[LLMRequest],
           eps: list[Endpoint]) -> tuple[list[int], list[int]]:
-    """Wall-clock and this thread's CPU time per decision (the CPU time is what the decision
+    """Wall-clock and the process CPU time per decision (the CPU time is what the decision
     costs when the machine is shared; wall clock includes being descheduled)."""
     wall: list[int] = []
     cpu: list[int] = []
     for request in requests:
-        start, start_cpu = perf_counter_ns(), thread_time_ns()
+        start, start_cpu = perf_counter_ns(), process_time_ns()
         state = scorer.block_hashes(request, eps)
         wall.append(perf_counter_ns() - start)
-        cpu.append(thread_time_ns() - start_cpu)
+        cpu.append(process_time_ns() - start_cpu)
         if state.prompt_tokens == 0:
             raise RuntimeError(f"request {request.request_id} was not tokenized")
     return wall, cpu
