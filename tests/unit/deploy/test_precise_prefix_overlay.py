@@ -1,4 +1,4 @@
-"""deploy/gateway-api/precise-prefix: the EPP gets the model's tokenizer from a read-only volume
+"""deploy/precise-prefix (an overlay of deploy/gateway-api): the EPP gets the model's tokenizer from a read-only volume
 and the precise scorer's settings equal the vLLM pods' flags."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from epp.scheduling.registry import PluginContext
 from tests.helpers.tokenizers import llama3_dir
 
 DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
-OVERLAY = DEPLOY / "gateway-api" / "precise-prefix"
+OVERLAY = DEPLOY / "precise-prefix"
 
 
 def _load(path: Path) -> list[dict[str, Any]]:
@@ -29,7 +29,7 @@ def _precise(config: dict[str, Any]) -> dict[str, Any]:
 
 def test_patches_target_base_resources_and_mount_the_tokenizer() -> None:
     kustomization = yaml.safe_load((OVERLAY / "kustomization.yaml").read_text())
-    assert kustomization["resources"] == [".."]
+    assert kustomization["resources"] == ["../gateway-api"]
     base = {(d["kind"], d["metadata"]["name"]) for p in (DEPLOY / "gateway-api").glob("*.yaml")
             for d in _load(p) if "metadata" in d}
     patches = [d for p in kustomization["patches"] for d in _load(OVERLAY / p["path"])]
