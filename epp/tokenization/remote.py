@@ -85,6 +85,11 @@ class RemotePromptTokenizer:
         self._last_warning = 0.0
         self.fetches = 0
         self.failures = 0
+        # One connection pool per mode: building an httpx client costs ~10-50 ms of CPU
+        # (TLS context), far more than a loopback /tokenize call.
+        self._client: httpx.Client | None = None
+        self._aclient: httpx.AsyncClient | None = None
+        self._aclient_loop: asyncio.AbstractEventLoop | None = None
 
     # --- Tokenizer (no special tokens; no cache: only the simulator uses these) -------------
     def encode(self, text: str) -> list[int]:
@@ -194,7 +199,9 @@ class RemotePromptTokenizer:
     def _post_sync(self, path: str, body: dict[str, Any]) -> Any:
         self.fetches += 1
         try:
-            response = httpx.post(self._pod() + path, json=self._with_model(body), timeout=self.timeout_s)
+            if self._client is None:
+                self._client = httpx.Client(timeout=self.timeout_s)
+            response = self._client.post(self._pod() + path, json=self._with_model(body))
             response.raise_for_status()
             return response.json()
         except (httpx.HTTPError, ValueError) as e:
@@ -207,10 +214,13 @@ class RemotePromptTokenizer:
     async def _fetch_async(self, key: bytes, body: dict[str, Any]) -> None:
         self.fetches += 1
         try:
-            async with httpx.AsyncClient(timeout=self.timeout_s) as client:
-                response = await client.post(self._pod() + "/tokenize", json=self._with_model(body))
-                response.raise_for_status()
-                self._put(key, parse_tokenize_response(response.json()))
+            loop = asyncio.get_running_loop()
+            if self._aclient is None or self._aclient_loop is not loop:
+                self._aclient = httpx.AsyncClient(timeout=self.timeout_s)
+                self._aclient_loop = loop
+            response = await self._aclient.post(self._pod() + "/tokenize", json=self._with_model(body))
+            response.raise_for_status()
+            self._put(key, parse_tokenize_response(response.json()))
         except (httpx.HTTPError, ValueError, TokenizeError) as e:
             self.failures += 1
             self._warn(e)
@@ -221,6 +231,16 @@ class RemotePromptTokenizer:
         """Wait for the background fetches started so far (tests, shutdown)."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def aclose(self) -> None:
+        """Finish the background fetches and close the connection pools."""
+        await self.settle()
+        if self._aclient is not None:
+            await self._aclient.aclose()
+            self._aclient = None
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
     def _warn(self, error: Exception) -> None:
         now = time.monotonic()

@@ -41,6 +41,7 @@ async def test_cached_per_conversation_prefix_without_blocking_the_loop() -> Non
         third = ChatPrompt([SYSTEM, {"role": "user", "content": "Cancel it."}], tools=[
             {"type": "function", "function": {"name": "cancel"}}])
         assert await asyncio.to_thread(remote.chat_ids, third) == local.chat_ids(third)
+        await remote.aclose()
 
 
 async def test_unreachable_pod_degrades_to_no_tokens() -> None:
@@ -51,6 +52,7 @@ async def test_unreachable_pod_degrades_to_no_tokens() -> None:
     assert remote.chat_ids(chat) == [] and remote.failures >= 1
     empty = RemotePromptTokenizer(lambda: [])
     assert await asyncio.to_thread(empty.completion_ids, "x") == []
+    await remote.aclose()
 
 
 def test_response_shape_is_checked() -> None:
