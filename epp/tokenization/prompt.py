@@ -42,24 +42,33 @@ class ChatPrompt:
         msgs = body.get("messages") if messages is None else messages
         if not isinstance(msgs, list):
             raise ChatTemplateError("messages must be a list")
-        tools = body.get("tools")
-        documents = body.get("documents")
         kwargs = body.get("chat_template_kwargs")
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise ChatTemplateError("chat_template_kwargs must be an object")
+        if body.get("chat_template") is not None or (kwargs and kwargs.get("chat_template") is not None):
+            # vLLM refuses a request's own template unless --trust-request-chat-template.
+            raise ChatTemplateError("a chat template given with the request is not supported")
+        # vLLM merges chat_template_kwargs over the request's own fields, so the kwargs win.
+        merged: dict[str, Any] = {k: body[k] for k in _TEMPLATE_FIELDS if k in body}
+        merged.update(kwargs or {})
+        tools = merged.pop("tools", None)
+        documents = merged.pop("documents", None)
         if tools is not None and not isinstance(tools, list):
             raise ChatTemplateError("tools must be a list")
         if documents is not None and not isinstance(documents, list):
             raise ChatTemplateError("documents must be a list")
-        if kwargs is not None and not isinstance(kwargs, dict):
-            raise ChatTemplateError("chat_template_kwargs must be an object")
         return cls(
             messages=msgs,
-            add_generation_prompt=_flag(body, "add_generation_prompt", True),
-            continue_final_message=_flag(body, "continue_final_message", False),
+            add_generation_prompt=_flag(merged, "add_generation_prompt", True),
+            continue_final_message=_flag(merged, "continue_final_message", False),
             add_special_tokens=_flag(body, "add_special_tokens", False),
             tools=tools or None,
             documents=documents,
-            template_kwargs=kwargs or None,
+            template_kwargs={k: v for k, v in merged.items() if k not in _TEMPLATE_FIELDS} or None,
         )
+
+
+_TEMPLATE_FIELDS = ("add_generation_prompt", "continue_final_message", "tools", "documents")
 
 
 def _flag(body: Mapping[str, Any], key: str, default: bool) -> bool:

@@ -12,7 +12,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from epp.localstack.stack import LocalStack
-from tests.helpers.tokenizers import llama3_dir
+from tests.helpers.tokenizer_fixture import llama3_dir
 from tests.integration.conftest import StackFactory
 
 pytestmark = pytest.mark.integration

@@ -31,7 +31,7 @@ from epp.scheduling.registry import PluginContext, parse_params
 from epp.scheduling.types import CycleState, LLMRequest
 from epp.tokenization.remote import RemotePromptTokenizer
 from tests.helpers.procs import PYTHON, free_port, running, wait_http
-from tests.helpers.tokenizers import llama3_dir
+from tests.helpers.tokenizer_fixture import llama3_dir
 
 pytestmark = pytest.mark.integration
 os.environ["HF_HUB_OFFLINE"] = "1"

@@ -12,7 +12,7 @@ import yaml
 from epp.config.loader import load_scheduler_config
 from epp.datastore.datastore import Datastore
 from epp.scheduling.registry import PluginContext
-from tests.helpers.tokenizers import llama3_dir
+from tests.helpers.tokenizer_fixture import llama3_dir
 
 DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
 OVERLAY = DEPLOY / "precise-prefix"

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from epp.sim.cluster import simulated_pods
-from tests.helpers.tokenizers import llama3_dir
+from tests.helpers.tokenizer_fixture import llama3_dir
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"

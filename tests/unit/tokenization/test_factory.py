@@ -16,7 +16,7 @@ from epp.tokenization.prompt import ChatPrompt, PromptTokenizer
 from epp.tokenization.remote import RemotePromptTokenizer
 from epp.tokenization.simple import SimplePromptTokenizer
 from epp.tokenization.tokenizer import SimpleTokenizer
-from tests.helpers.tokenizers import llama3_dir
+from tests.helpers.tokenizer_fixture import llama3_dir
 
 
 def test_specs(caplog: pytest.LogCaptureFixture) -> None:

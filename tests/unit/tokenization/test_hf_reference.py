@@ -14,7 +14,7 @@ import pytest
 from epp.tokenization.chat_template import ChatTemplateError
 from epp.tokenization.hf import HFPromptTokenizer
 from epp.tokenization.prompt import ChatPrompt, request_token_ids
-from tests.helpers.tokenizers import llama3_dir
+from tests.helpers.tokenizer_fixture import llama3_dir
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # the reference must never reach for the network
 os.environ["TRANSFORMERS_VERBOSITY"] = "error"
@@ -271,3 +271,31 @@ def test_missing_template_and_bad_directory(tmp_path: Path, directory: str) -> N
     (tmp_path / "badtpl" / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{% for %}"}))
     with pytest.raises(ValueError, match="not a valid Jinja2 template"):
         HFPromptTokenizer(str(tmp_path / "badtpl"))
+
+
+def test_chat_template_kwargs_and_documents(tmp_path: Path, directory: str) -> None:
+    from transformers import AutoTokenizer
+
+    template = ("{% if documents %}{% for d in documents %}[{{ d['title'] }}: {{ d['text'] }}]{% endfor %}{% endif %}"
+                "{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] }}"
+                "<|eot_id|>{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>"
+                "\n\n{% if not enable_thinking %}<think></think>{% endif %}{% endif %}")
+    path = _with_template(tmp_path, directory, template)
+    reference = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    mine = HFPromptTokenizer(path)
+    messages = [{"role": "user", "content": "Summarise."}]
+    documents = [{"title": "A", "text": "alpha"}, {"title": "B", "text": "beta"}]
+    for thinking in (True, False):
+        chat = ChatPrompt.from_body({"messages": messages, "documents": documents,
+                                     "chat_template_kwargs": {"enable_thinking": thinking}})
+        expected = reference.apply_chat_template(messages, documents=documents, tokenize=False,
+                                                 add_generation_prompt=True, enable_thinking=thinking)
+        assert mine.render_chat(chat) == expected
+        assert ("<think></think>" in expected) is not thinking
+    # As in vLLM, chat_template_kwargs are merged over the request's own fields.
+    chat = ChatPrompt.from_body({"messages": messages, "add_generation_prompt": True,
+                                 "chat_template_kwargs": {"add_generation_prompt": False}})
+    assert mine.render_chat(chat) == reference.apply_chat_template(messages, tokenize=False,
+                                                                   add_generation_prompt=False)
+    with pytest.raises(ChatTemplateError, match="chat template given with the request"):
+        ChatPrompt.from_body({"messages": messages, "chat_template": "{{ 'x' }}"})

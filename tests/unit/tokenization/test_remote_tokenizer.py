@@ -10,7 +10,7 @@ from epp.sim.cluster import simulated_pods
 from epp.tokenization.hf import HFPromptTokenizer
 from epp.tokenization.prompt import ChatPrompt
 from epp.tokenization.remote import RemotePromptTokenizer, TokenizeError, parse_tokenize_response
-from tests.helpers.tokenizers import llama3_dir
+from tests.helpers.tokenizer_fixture import llama3_dir
 
 SYSTEM = {"role": "system", "content": "You are a support agent for ACME. " * 20}
 
