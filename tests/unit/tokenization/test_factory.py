@@ -27,7 +27,7 @@ def test_specs(caplog: pytest.LogCaptureFixture) -> None:
     model = load_prompt_tokenizer(llama3_dir())
     assert isinstance(model, HFPromptTokenizer)
     assert isinstance(load_prompt_tokenizer(str(Path(llama3_dir()) / "tokenizer.json")), HFPromptTokenizer)
-    assert isinstance(load_prompt_tokenizer("vllm-tokenize", lambda: ["http://127.0.0.1:1"]), RemotePromptTokenizer)
+    assert isinstance(load_prompt_tokenizer("vllm-tokenize", lambda: []), RemotePromptTokenizer)
     with pytest.raises(ValueError, match="needs the pods"):
         load_prompt_tokenizer("vllm-tokenize")
     with pytest.raises(ValueError, match=r"unknown tokenizer 'meta-llama/Llama-3\.1-8B'"):

@@ -10,6 +10,7 @@ from epp.sim.cluster import simulated_pods
 from epp.tokenization.hf import HFPromptTokenizer
 from epp.tokenization.prompt import ChatPrompt
 from epp.tokenization.remote import RemotePromptTokenizer, TokenizeError, parse_tokenize_response
+from tests.helpers.procs import free_port
 from tests.helpers.tokenizer_fixture import llama3_dir
 
 SYSTEM = {"role": "system", "content": "You are a support agent for ACME. " * 20}
@@ -45,7 +46,8 @@ async def test_cached_per_conversation_prefix_without_blocking_the_loop() -> Non
 
 
 async def test_unreachable_pod_degrades_to_no_tokens() -> None:
-    remote = RemotePromptTokenizer(lambda: ["http://127.0.0.1:9"], timeout_s=0.5)
+    url = f"http://127.0.0.1:{free_port()}"  # nobody listens there
+    remote = RemotePromptTokenizer(lambda: [url], timeout_s=0.5)
     chat = ChatPrompt([{"role": "user", "content": "x"}])
     assert remote.chat_ids(chat) == []
     await remote.settle()
