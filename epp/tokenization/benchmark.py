@@ -4,6 +4,8 @@ Times the precise-prefix-cache-scorer's per-decision work before the index looku
 prompt's token ids as the pod computes them, then the chained block hashes) for prompts of
 about 2k and 30k tokens, with the model's tokenizer (--tokenizer DIR):
 - `completion`: a unique text prompt per decision (the whole prompt is encoded every time);
+- `completion-shared`: a long document (lines of ~400 characters) shared by all decisions +
+  a unique question (the document's chunks come from the piece cache);
 - `chat-shared`: a long system prompt shared by all decisions + a short unique user turn
   (the usual case: the system prompt's pieces come from the piece cache);
 - `chat-cold`: a unique system prompt per decision (nothing cached);
@@ -118,6 +120,13 @@ def run(tokenizer_dir: str, sizes: list[int], decisions: int, with_pod: bool) ->
             completions = [LLMRequest(request_id=str(i), model="m", target_model="m", prompt=t, body={"prompt": t})
                            for i, t in enumerate(texts)]
             results[f"completion-{size}"] = _summary(_time(local, completions, eps))
+            document = "\n".join(texts[0][i:i + 400] for i in range(0, len(texts[0]), 400))
+            shared_docs = [LLMRequest(request_id=str(i), model="m", target_model="m",
+                                      prompt=f"{document}\nQuestion {i}: {t[:200]}",
+                                      body={"prompt": f"{document}\nQuestion {i}: {t[:200]}"})
+                           for i, t in enumerate(texts)]
+            _time(local, shared_docs[:1], eps)  # the document's chunks enter the piece cache once
+            results[f"completion-shared-{size}"] = _summary(_time(local, shared_docs[1:], eps))
             system = texts[0]
             shared = [_chat(i, system, f"question {i}: " + _text(rng, hf, 40)) for i in range(count)]
             _time(local, shared[:1], eps)  # the system prompt enters the piece cache once

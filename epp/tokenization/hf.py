@@ -40,6 +40,21 @@ SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_t
 PIECE_CACHE_TOKENS = 1_000_000
 # Pieces shorter than this are cheaper to encode than to hash and look up.
 MIN_CACHED_PIECE_CHARS = 64
+# Long text between special tokens is cut into chunks of at least this many characters, at
+# a line start (see _LINE_CUT), so a long shared prefix (a document, few-shot examples) is
+# cached chunk by chunk even when what follows it differs.
+CHUNK_CHARS = 2048
+# Pre-tokenizer split patterns (Llama 3) for which a cut right after a newline that is
+# followed by a letter or digit is always a pre-token boundary, with identical pre-tokens on
+# both sides: every alternative that can consume a newline ("\s*[\r\n]+", the punctuation
+# run's "[\r\n]*") stops before a letter or digit, none can start with a newline and go on
+# into one, and nothing looks behind. BPE never merges across pre-tokens, so encoding the two
+# sides separately gives the same ids (tests compare with whole-text encoding).
+LINE_CUT_SAFE_PATTERNS = frozenset({
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
+    "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+})
+_LINE_CUT = re.compile(r"[\r\n](?=[^\W_])")
 
 
 def _token_text(value: Any) -> str | None:
@@ -93,6 +108,12 @@ class HFPromptTokenizer:
         self._piece_cache_tokens = piece_cache_tokens
         self._cached_tokens = 0
         self._split: re.Pattern[str] | None = self._special_splitter()
+        self._line_cuts = self._split is not None and self._line_cuts_exact()
+        # What add_special_tokens=True adds, if it only prepends (Llama: BOS).
+        with_specials = self._tok.encode("x", add_special_tokens=True).ids
+        plain = self._tok.encode("x", add_special_tokens=False).ids
+        prefix = self._tok.encode("", add_special_tokens=True).ids
+        self._special_prefix: list[int] | None = prefix if with_specials == prefix + plain else None
 
     @staticmethod
     def _template_source(config: dict[str, Any], config_file: str) -> tuple[str | None, str]:
@@ -125,6 +146,31 @@ class HFPromptTokenizer:
         contents = sorted((a.content for a in specials), key=len, reverse=True)
         return re.compile("(" + "|".join(re.escape(c) for c in contents) + ")")
 
+    def _line_cuts_exact(self) -> bool:
+        tok = self._tok
+        pre = json.loads(tok.pre_tokenizer.__getstate__()) if tok.pre_tokenizer is not None else {}
+        steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+        splits = [s for s in steps if s.get("type") == "Split"]
+        added = tok.get_added_tokens_decoder().values()
+        return bool(splits) and all(
+            s.get("pattern", {}).get("Regex") in LINE_CUT_SAFE_PATTERNS and s.get("behavior") == "Isolated"
+            and not s.get("invert") for s in splits) and all(
+            not ({"\r", "\n"} & set(a.content)) and a.special for a in added)
+
+    def _chunks(self, piece: str) -> list[str]:
+        if not self._line_cuts or len(piece) < 2 * CHUNK_CHARS:
+            return [piece]
+        out: list[str] = []
+        start = 0
+        while len(piece) - start >= 2 * CHUNK_CHARS:
+            cut = _LINE_CUT.search(piece, start + CHUNK_CHARS)
+            if cut is None:
+                break
+            out.append(piece[start:cut.end()])
+            start = cut.end()
+        out.append(piece[start:])
+        return out
+
     # --- Tokenizer --------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
         return list(self._tok.encode(text, add_special_tokens=False).ids)
@@ -134,7 +180,10 @@ class HFPromptTokenizer:
 
     # --- PromptTokenizer --------------------------------------------------------------------
     def completion_ids(self, prompt: str, add_special_tokens: bool = True) -> list[int]:
-        return list(self._tok.encode(prompt, add_special_tokens=add_special_tokens).ids)
+        if self._split is None or (add_special_tokens and self._special_prefix is None):
+            return list(self._tok.encode(prompt, add_special_tokens=add_special_tokens).ids)
+        ids = self._encode_pieces(prompt)
+        return self._special_prefix + ids if add_special_tokens and self._special_prefix else ids
 
     def render_chat(self, chat: ChatPrompt) -> str:
         """The prompt text of a conversation (what vLLM logs as the prompt)."""
@@ -158,21 +207,20 @@ class HFPromptTokenizer:
         cache = self._piece_cache
         tok = self._tok
         out: list[int] = []
-        for piece in self._split.split(text):
-            if not piece:
-                continue
-            if len(piece) < MIN_CACHED_PIECE_CHARS:
-                out += tok.encode(piece, add_special_tokens=False).ids
-                continue
-            ids = cache.get(piece)
-            if ids is None:
-                ids = tok.encode(piece, add_special_tokens=False).ids
-                if len(ids) <= self._piece_cache_tokens:
-                    cache[piece] = ids
-                    self._cached_tokens += len(ids)
-                    while self._cached_tokens > self._piece_cache_tokens:
-                        self._cached_tokens -= len(cache.popitem(last=False)[1])
-            else:
-                cache.move_to_end(piece)
-            out += ids
+        for part in self._split.split(text):
+            for piece in self._chunks(part) if part else ():
+                if len(piece) < MIN_CACHED_PIECE_CHARS:
+                    out += tok.encode(piece, add_special_tokens=False).ids
+                    continue
+                ids = cache.get(piece)
+                if ids is None:
+                    ids = tok.encode(piece, add_special_tokens=False).ids
+                    if len(ids) <= self._piece_cache_tokens:
+                        cache[piece] = ids
+                        self._cached_tokens += len(ids)
+                        while self._cached_tokens > self._piece_cache_tokens:
+                            self._cached_tokens -= len(cache.popitem(last=False)[1])
+                else:
+                    cache.move_to_end(piece)
+                out += ids
         return out

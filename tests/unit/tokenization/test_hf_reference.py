@@ -299,3 +299,23 @@ def test_chat_template_kwargs_and_documents(tmp_path: Path, directory: str) -> N
                                                                    add_generation_prompt=False)
     with pytest.raises(ChatTemplateError, match="chat template given with the request"):
         ChatPrompt.from_body({"messages": messages, "chat_template": "{{ 'x' }}"})
+
+
+def test_line_chunked_long_prompts_are_exact(mine: HFPromptTokenizer, reference: Any) -> None:
+    # Long text is encoded in chunks cut at line starts (and cached); the ids must equal
+    # whole-text encoding by transformers for any text, including odd whitespace.
+    assert mine._line_cuts
+    rng = random.Random(1616)
+    atoms = ["word", " word", "Word", "42", "1234567", ".", "!!", "\n", "\n\n", "\r\n", " \n", "\t", "  ",
+             "\x1c", "\u00a0", "é", "🙂", "'s", "'ll", "<|eot_id|>", "\n<|eot_id|>\n", "_x", "\n_", "\n1", "\n\u00e9"]
+    shared = "".join(rng.choice(atoms) for _ in range(3000))
+    for i in range(12):
+        text = (shared if i % 2 else "") + "".join(rng.choice(atoms) for _ in range(rng.randint(500, 4000)))
+        assert len(text) > 4 * 1024 or i % 2 == 0
+        assert mine.completion_ids(text) == _ids(reference(text).input_ids)
+        assert mine.completion_ids(text, add_special_tokens=False) == _ids(
+            reference(text, add_special_tokens=False).input_ids)
+        messages = [{"role": "system", "content": text}, {"role": "user", "content": "ok?"}]
+        assert mine.chat_ids(ChatPrompt(messages)) == _ids(
+            reference.apply_chat_template(messages, tokenize=True, add_generation_prompt=True))
+    assert len(mine._piece_cache) > 2  # the shared text's chunks were cached and reused
