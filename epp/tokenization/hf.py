@@ -4,13 +4,15 @@ and the chat template and special tokens of tokenizer_config.json (or chat_templ
 The directory is the pod's model path, or in Kubernetes a ConfigMap / volume holding the two
 files (deploy/vllm shows how). Nothing is downloaded: a missing file is a clear error at load.
 
-Speed: a chat prompt is split at the tokenizer's special tokens (<|eot_id|>, <|im_end|>, ...)
-and each piece between them is encoded once and cached (bounded LRU), so a long system prompt
-or the earlier turns of a conversation are not re-encoded on every request. This is exact
-only when the `tokenizers` library itself encodes the pieces independently: special added
-tokens that strip no neighbouring whitespace and are not normalized, no normalizer, and a
-pre-tokenizer that adds nothing at the start of the text (ByteLevel without prefix space, as
-Llama 3 and Qwen use). Otherwise the whole prompt is encoded every time.
+Speed: a prompt is split at the tokenizer's special tokens (<|eot_id|>, <|im_end|>, ...) and
+long text between them at line starts into chunks of at least CHUNK_CHARS; each piece is
+encoded once and cached (LRU bounded by tokens), so a long system prompt, document or the
+earlier turns of a conversation are not re-encoded on every request. Splitting at special
+tokens is exact only when the `tokenizers` library itself encodes the pieces independently:
+special added tokens that strip no neighbouring whitespace and are not normalized, no
+normalizer, and a pre-tokenizer that adds nothing at the start of the text (ByteLevel
+without prefix space, as Llama 3 and Qwen use); line cuts also need a known split pattern
+(LINE_CUT_SAFE_PATTERNS). Otherwise the whole prompt is encoded every time.
 """
 
 from __future__ import annotations
