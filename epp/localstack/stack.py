@@ -123,6 +123,9 @@ class StackConfig:
     kv_events: bool = True
     time_scale: float = 1.0  # simulator speed (0.1 = ten times faster)
     sim_args: Sequence[str] = ()
+    # The model's tokenizer directory: the sims tokenize with it, and (without epp_config, not
+    # P/D) the EPP routes with the precise prefix scorer using the same files.
+    tokenizer: str | None = None
     epp_args: Sequence[str] = ()
     request_body_mode: str = "BUFFERED"
     response_body_mode: str = "NONE"
@@ -249,6 +252,8 @@ class LocalStack:
                 config = cfg.epp_config
                 if config is None and cfg.pd:
                     config = REPO / "deploy/vllm/pd/epp-config-pd.yaml"
+                if config is None and cfg.tokenizer:
+                    config = self._precise_config(cfg.tokenizer)
                 if config is not None:
                     args += ["--config", str(config)]
                 if cfg.epp_tls:
@@ -262,6 +267,22 @@ class LocalStack:
         except BaseException:
             self.stop()
             raise
+
+    def _precise_config(self, tokenizer: str) -> Path:
+        """The embedded default config with the precise prefix scorer (KV events + the model's
+        tokenizer) in place of the approximate one."""
+        config = yaml.safe_load((REPO / "epp/config/default-config.yaml").read_text())
+        for plugin in config["plugins"]:
+            if plugin["type"] == "prefix-cache-scorer":
+                plugin["type"] = "precise-prefix-cache-scorer"
+                plugin["parameters"] = {"tokenizer": str(Path(tokenizer).resolve())}
+        for profile in config["schedulingProfiles"]:
+            for ref in profile["plugins"]:
+                if ref["pluginRef"] == "prefix-cache-scorer":
+                    ref["pluginRef"] = "precise-prefix-cache-scorer"
+        path = self.cfg.run_dir / "epp-config-precise.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return path
 
     def restart_envoy(self, timeout: float = 30.0) -> None:
         """Re-render the Envoy config from the (possibly changed) StackConfig and restart Envoy."""
@@ -284,6 +305,8 @@ class LocalStack:
                 args += ["--lora-modules", *[f"{name}=/loras/{name}" for name in cfg.loras]]
             if pod.kv_events_port:
                 args += ["--kv-events-endpoint", f"tcp://127.0.0.1:{pod.kv_events_port}", "--kv-events-bind"]
+            if cfg.tokenizer:
+                args += ["--tokenizer", cfg.tokenizer]
             args += list(cfg.sim_args)
             self._spawn(pod.name, args)
             if pod.sidecar_port:

@@ -61,7 +61,10 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--prefix-caching-hash-algo", choices=HASH_ALGOS)
     p.add_argument("--hash-seed", help="NONE_HASH seed (default as vLLM: $PYTHONHASHSEED, else a fixed "
                    "seed for sha256*, random per process for xxhash*)")
-    p.add_argument("--tokenizer", help="'simple' or a path to tokenizer.json")
+    p.add_argument("--tokenizer", metavar="DIR",
+                   help="the model's tokenizer directory (tokenizer.json + tokenizer_config.json): token ids, "
+                        "block hashes and KV events then equal a real vLLM's; default 'simple', a fallback "
+                        "that matches no real model")
     p.add_argument("--kv-events-endpoint", help="ZMQ endpoint template, e.g. tcp://127.0.0.1:{port+1000}")
     p.add_argument(
         "--kv-events-bind",

@@ -7,6 +7,7 @@ docs/simulator.md for how each number was chosen.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -114,6 +115,9 @@ class SimPodConfig:
                 self.prefix_caching_hash_algo in HASH_ALGOS,
                 f"prefix_caching_hash_algo must be one of {HASH_ALGOS}",
             ),
+            (self.tokenizer == "simple" or os.path.isfile(os.path.join(self.tokenizer, "tokenizer.json"))
+             or (self.tokenizer.endswith("tokenizer.json") and os.path.isfile(self.tokenizer)),
+             f"tokenizer must be 'simple' or a directory holding tokenizer.json, got {self.tokenizer!r}"),
             (self.block_size >= 1, "block_size must be >= 1"),
             (self.num_gpu_blocks >= 1, "num_gpu_blocks must be >= 1"),
             (self.max_num_seqs >= 1, "max_num_seqs must be >= 1"),

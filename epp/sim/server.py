@@ -24,8 +24,9 @@ from epp.sim.config import SimPodConfig, expand_port_template
 from epp.sim.engine import RequestRejected, SimEngine, SimRequest
 from epp.sim.kv_publisher import KVEventPublisher
 from epp.sim.metrics import VllmMetrics
-from epp.tokenization.chat_template import ChatTemplateError, apply_chat_template
-from epp.tokenization.tokenizer import get_tokenizer
+from epp.tokenization.chat_template import ChatTemplateError
+from epp.tokenization.factory import shared_prompt_tokenizer
+from epp.tokenization.prompt import ChatPrompt, request_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,9 @@ class SimPod:
         config.validate()
         self.config = config
         self.faults = config.faults
-        self.tokenizer = get_tokenizer(config.tokenizer)
+        # The model's tokenizer and chat template (--tokenizer DIR) make token counts, block
+        # hashes and KV events equal a real vLLM's; "simple" is the fallback (with a warning).
+        self.tokenizer = shared_prompt_tokenizer(config.tokenizer)
         self.lora_modules = dict(config.lora_modules)
         self._on_crash = on_crash
         self._runner: web.AppRunner | None = None
@@ -351,17 +354,10 @@ class SimPod:
         await self._pre_inference_faults()
         body = await self._read_json(request)
         model, lora = self._resolve_model(body)
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
-            prompt = prompt[0]
-        if isinstance(prompt, str):
-            prompt_ids = self.tokenizer.encode(prompt)
-        elif isinstance(prompt, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-            prompt_ids = list(prompt)
-        else:
-            raise ApiError(
-                400, "prompt must be a string or a list of token ids (one prompt per request)", "prompt"
-            )
+        try:
+            prompt_ids = request_token_ids(self.tokenizer, {**body, "messages": None})
+        except ValueError as e:
+            raise ApiError(400, str(e), "prompt") from None
         max_tokens = self._max_tokens(body, "max_tokens")
         if max_tokens is None:
             max_tokens = 16  # OpenAI/vLLM default for /v1/completions
@@ -401,13 +397,11 @@ class SimPod:
         if not isinstance(messages, list) or not messages:
             raise ApiError(400, "messages must be a non-empty list", "messages")
         try:
-            prompt = apply_chat_template(
-                messages, add_generation_prompt=bool(body.get("add_generation_prompt", True))
-            )
-        except ChatTemplateError as e:
+            prompt_ids = self.tokenizer.chat_ids(ChatPrompt.from_body(body))
+        except ValueError as e:  # ChatTemplateError included: the template or the messages
             raise ApiError(400, str(e), "messages") from None
         max_tokens = self._max_tokens(body, "max_completion_tokens", "max_tokens")
-        req = await self._run(request, body, self.tokenizer.encode(prompt), lora, max_tokens)
+        req = await self._run(request, body, prompt_ids, lora, max_tokens)
         created = int(time.time())
         completion_id = f"chatcmpl-{req.request_id}"
         if body.get("stream"):
@@ -548,19 +542,24 @@ class SimPod:
     async def _tokenize(self, request: web.Request) -> web.Response:
         body = await self._read_json(request)
         self._resolve_model(body)
-        if "messages" in body:
-            try:
-                text = apply_chat_template(body["messages"], bool(body.get("add_generation_prompt", True)))
-            except ChatTemplateError as e:
-                raise ApiError(400, str(e), "messages") from None
-        elif isinstance(body.get("prompt"), str):
-            text = body["prompt"]
-        else:
-            raise ApiError(400, "tokenize needs a string 'prompt' or 'messages'", "prompt")
-        tokens = self.tokenizer.encode(text)
-        return web.json_response(
-            {"count": len(tokens), "max_model_len": self.config.max_model_len, "tokens": tokens}
-        )
+        # vLLM's TokenizeChatRequest / TokenizeCompletionRequest and their defaults.
+        try:
+            if "messages" in body:
+                tokens = self.tokenizer.chat_ids(ChatPrompt.from_body(body))
+            elif isinstance(body.get("prompt"), str):
+                add_special = body.get("add_special_tokens", True)
+                if not isinstance(add_special, bool):
+                    raise ApiError(400, "add_special_tokens must be a boolean", "add_special_tokens")
+                tokens = self.tokenizer.completion_ids(body["prompt"], add_special)
+            else:
+                raise ApiError(400, "tokenize needs a string 'prompt' or 'messages'", "prompt")
+        except ChatTemplateError as e:
+            raise ApiError(400, str(e), "messages") from None
+        answer: dict[str, Any] = {"count": len(tokens), "max_model_len": self.config.max_model_len,
+                                  "tokens": tokens}
+        if body.get("return_token_strs"):
+            answer["token_strs"] = [self.tokenizer.decode([t]) for t in tokens]
+        return web.json_response(answer)
 
     async def _detokenize(self, request: web.Request) -> web.Response:
         body = await self._read_json(request)

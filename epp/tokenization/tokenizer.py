@@ -13,7 +13,7 @@ import hashlib
 import os
 import re
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 # Llama-3 vocabulary size: keeps ids in a realistic range for msgpack/KV-event sizes.
 DEFAULT_VOCAB_SIZE = 128_256
@@ -88,31 +88,13 @@ class SimpleTokenizer:
         return "".join(table.get(i) or f"<{i}>" for i in ids)
 
 
-class HuggingFaceTokenizer:
-    """A `tokenizer.json` loaded with the optional `tokenizers` package."""
-
-    def __init__(self, path: str) -> None:
-        try:
-            from tokenizers import Tokenizer as HFTokenizer  # type: ignore[import-not-found]
-        except ModuleNotFoundError as e:
-            raise RuntimeError(
-                f"cannot load tokenizer file {path!r}: the optional 'tokenizers' package is not "
-                "installed (pip install tokenizers), or use the built-in tokenizer name 'simple'"
-            ) from e
-        self._tok: Any = HFTokenizer.from_file(path)
-
-    def encode(self, text: str) -> list[int]:
-        return list(self._tok.encode(text, add_special_tokens=False).ids)
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return str(self._tok.decode(list(ids)))
-
-
 def get_tokenizer(name: str = "simple") -> Tokenizer:
-    """`simple` (the built-in SimpleTokenizer) or a path to a Hugging Face tokenizer.json."""
+    """`simple` (the built-in SimpleTokenizer) or a model's tokenizer directory / tokenizer.json
+    (plain text, no special tokens; for requests use epp.tokenization.factory)."""
     if name == "simple":
         return SimpleTokenizer()
-    path = os.path.join(name, "tokenizer.json") if os.path.isdir(name) else name
-    if not os.path.isfile(path):
+    if not os.path.exists(name):
         raise ValueError(f"unknown tokenizer {name!r}: expected 'simple' or a path to a tokenizer.json")
-    return HuggingFaceTokenizer(path)
+    from epp.tokenization.hf import HFPromptTokenizer
+
+    return HFPromptTokenizer(name)

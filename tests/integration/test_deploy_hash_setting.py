@@ -18,8 +18,8 @@ from prometheus_client import CollectorRegistry
 
 from epp.datastore.datastore import Datastore
 from epp.datastore.endpoint import Endpoint
-from epp.kvevents import start_services, stop_services
-from epp.kvevents.config import DEFAULT_REPLAY_PORT_LABEL, DEFAULT_SOCKET_PORT_LABEL
+from epp.prefixcache import start_services, stop_services
+from epp.prefixcache.config import DEFAULT_REPLAY_PORT_LABEL, DEFAULT_SOCKET_PORT_LABEL
 from epp.scheduling.plugins.precise_prefix_cache_scorer import PrecisePrefixCacheScorer
 from epp.scheduling.registry import PluginContext, parse_params
 from epp.scheduling.types import CycleState, LLMRequest

@@ -8,8 +8,11 @@ holds / blocks of the prompt, in [0, 1].
 
 Parameters follow llm-d's plugin of the same name (tokenProcessorConfig, indexerConfig,
 kvEventsConfig; see epp.prefixcache.config and docs/kv-events.md), plus:
-- `tokenizer`: "simple" (the simulator's) or a tokenizer.json path; defaults to
-  indexerConfig.tokenizersPoolConfig.modelName, else "simple".
+- `tokenizer`: the model's tokenizer directory (tokenizer.json + tokenizer_config.json: the
+  pod's model path or a mounted volume; the chat template is rendered locally), or
+  "vllm-tokenize" (ask the pods' own /tokenize, cached per conversation prefix), or "simple"
+  (the simulator's fallback, which matches no real model); defaults to
+  indexerConfig.tokenizersPoolConfig.modelName, else "simple". See epp.tokenization.
 - `approximateFallback` (default true): pods that publish no events (yet), or whose view is
   being recovered after a gap, are scored by an embedded approximate prefix-cache-scorer
   that learns from this EPP's own routing decisions.
@@ -45,10 +48,9 @@ from epp.prefixcache.runtime import KVEventsRuntime, get_or_create_runtime
 from epp.scheduling.plugins.prefix_cache_scorer import PrefixCacheScorer
 from epp.scheduling.registry import ConfigError, PluginContext, register_plugin
 from epp.scheduling.types import CycleState, LLMRequest, SchedulingResult
-from epp.tokenization.chat_template import ChatTemplateError, apply_chat_template, render_chat_segments
-from epp.tokenization.tokenizer import SimpleTokenizer, Tokenizer, get_tokenizer
-
-SEGMENT_CACHE_ENTRIES = 4096
+from epp.tokenization.chat_template import ChatTemplateError
+from epp.tokenization.factory import REMOTE, load_prompt_tokenizer
+from epp.tokenization.prompt import PromptTokenizer, request_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -129,15 +131,19 @@ class PrecisePrefixCacheScorer:
         # adapter's blocks stay cached after it leaves the running/waiting lists).
         self._metric_adapters: set[str] = set()
         tokenizer_key = f"tokenizer/{settings.tokenizer}"
-        tokenizer: Tokenizer | None = ctx.services.get(tokenizer_key)
+        tokenizer: PromptTokenizer | None = ctx.services.get(tokenizer_key)
         if tokenizer is None:
-            tokenizer = get_tokenizer(settings.tokenizer)
+            datastore = ctx.datastore
+
+            def pods() -> list[str]:  # only for "vllm-tokenize": any healthy pod of the pool
+                return [f"http://{ep.hostport}" for ep in datastore.healthy_endpoints()]
+
+            try:
+                tokenizer = load_prompt_tokenizer(settings.tokenizer, pods if settings.tokenizer == REMOTE else None)
+            except ValueError as e:
+                raise ValueError(f"{where}: tokenizer: {e}") from None
             ctx.services[tokenizer_key] = tokenizer
         self.tokenizer = tokenizer
-        # Message-level token cache; only for tokenizers whose pieces never span two rendered
-        # messages (see render_chat_segments), which SimpleTokenizer guarantees.
-        self._segment_cache: OrderedDict[str, list[int]] | None = (
-            OrderedDict() if isinstance(tokenizer, SimpleTokenizer) else None)
         self.runtime: KVEventsRuntime = get_or_create_runtime(ctx.datastore, ctx.services, settings, where)
         self.approximate: PrefixCacheScorer | None = (
             PrefixCacheScorer(name=f"{name}/approximate", ctx=ctx) if self.params.approximate_fallback
@@ -156,42 +162,12 @@ class PrecisePrefixCacheScorer:
 
     # --- request side ---------------------------------------------------------------------
     def token_ids(self, request: LLMRequest) -> list[int]:
-        """The prompt's token ids as the pod computes them."""
+        """The prompt's token ids as the pod computes them (vLLM's defaults: BOS for text
+        prompts, the model's chat template for messages, token-id prompts as given)."""
         body = request.body or {}
-        raw_prompt = body.get("prompt")
-        if isinstance(raw_prompt, list) and len(raw_prompt) == 1:
-            raw_prompt = raw_prompt[0]  # a batch of one, as vLLM unwraps it
-        if isinstance(raw_prompt, list) and raw_prompt and all(type(t) is int for t in raw_prompt):
-            return list(raw_prompt)  # completions API with pre-tokenized prompt
-        if request.messages is not None:
-            add_generation_prompt = body.get("add_generation_prompt", True)
-            if self._segment_cache is not None:
-                return self._encode_segments(
-                    render_chat_segments(request.messages, add_generation_prompt=bool(add_generation_prompt)))
-            text = apply_chat_template(request.messages, add_generation_prompt=bool(add_generation_prompt))
-        elif isinstance(raw_prompt, str):
-            text = raw_prompt
-        else:
-            text = request.prompt or ""
-        return self.tokenizer.encode(text)
-
-    def _encode_segments(self, segments: list[str]) -> list[int]:
-        """Tokens of a rendered conversation, reusing the tokens of messages seen before
-        (a long system prompt is tokenized once, not once per request)."""
-        cache = self._segment_cache
-        assert cache is not None
-        tokens: list[int] = []
-        for segment in segments:
-            ids = cache.get(segment)
-            if ids is None:
-                ids = self.tokenizer.encode(segment)
-                cache[segment] = ids
-                if len(cache) > SEGMENT_CACHE_ENTRIES:
-                    cache.popitem(last=False)
-            else:
-                cache.move_to_end(segment)
-            tokens += ids
-        return tokens
+        if request.messages is None and "prompt" not in body:
+            return self.tokenizer.completion_ids(request.prompt or "")
+        return request_token_ids(self.tokenizer, body, request.messages)
 
     def block_hashes(self, request: LLMRequest, endpoints: Sequence[Endpoint]) -> PreciseCycleState:
         try:
