@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from epp.flowcontrol.interfaces import SaturationDetector
 from epp.scheduling.interfaces import (
     Filter,
     Picker,
@@ -287,7 +288,8 @@ def _default_plugin(
 
 
 def _is_profile_member(plugin: Any) -> bool:
-    return isinstance(plugin, Filter | Scorer | Picker)
+    # Saturation detectors are filters too (GIE), but join a profile only when referenced.
+    return isinstance(plugin, Filter | Scorer | Picker) and not isinstance(plugin, SaturationDetector)
 
 
 # --- profiles -----------------------------------------------------------------------------

@@ -23,7 +23,10 @@ from epp.datastore.datastore import Datastore
 from epp.datastore.endpoint import Endpoint
 from epp.datastore.local import LocalEndpointSource
 from epp.flowcontrol.admission import AdmissionConfig, AdmissionController
-from epp.flowcontrol.saturation import SaturationConfig, SaturationDetector
+from epp.flowcontrol.config import build_flow_control_config
+from epp.flowcontrol.controller import FlowController
+from epp.flowcontrol.metrics import FlowControlMetrics
+from epp.flowcontrol.saturation import PoolSaturation, SaturationConfig
 from epp.k8s.cli import KubernetesOptions
 from epp.k8s.config_watch import ConfigFileWatcher
 from epp.metricsscrape.scraper import ScrapeConfig, ScraperManager
@@ -136,12 +139,14 @@ class EPPServer:
         # Plugins that export metrics of their own (KV events, P/D) register them here.
         self.ctx.services["metrics.registry"] = self.metrics.registry
         register_pd_metrics(self.metrics.registry, self.ctx.services)
-        self.admission = AdmissionController(SaturationDetector(self.datastore, opts.saturation),
-                                             opts.admission)
+        self.admission = AdmissionController(None, opts.admission)
         self.observer = MetricsObserver(self.metrics)
         self.sched_config: SchedulerConfig = load_scheduler_config(opts.config, self.ctx, self.observer)
         self.handler = ExtProcHandler(self.datastore, self._scheduler, AdmissionAdapter(self.admission),
                                       self.observer, opts.handler)
+        self.flow_metrics = FlowControlMetrics(self.metrics.registry)
+        self.flow: FlowController | None = None
+        self._apply_flow_control(self.sched_config)
         self.probe = ReadinessProbe(self.datastore)
         self._stop = asyncio.Event()
         self._sources: list[Any] = []
@@ -149,11 +154,31 @@ class EPPServer:
     def _scheduler(self) -> Any:
         return self.sched_config.scheduler
 
+    def _apply_flow_control(self, sched: SchedulerConfig) -> None:
+        """Saturation detector and flow control from the config's saturationDetector /
+        featureGates / flowControl sections (raises ConfigError naming file and field)."""
+        cfg = build_flow_control_config(sched.extra_sections, sched.plugins, self.ctx, sched.source,
+                                        default_detector=self.opts.saturation.detector)
+        if cfg.enabled:
+            # GIE: with flow control on, saturation queues requests instead of shedding them.
+            self.admission.saturation = None
+            if self.flow is None:
+                self.flow = FlowController(cfg, self.datastore.healthy_endpoints, self.flow_metrics)
+            else:
+                self.flow.reconfigure(cfg)
+        else:
+            self.admission.saturation = PoolSaturation(self.datastore, cfg.detector)
+            if self.flow is not None:
+                self.flow.release_all()
+                self.flow = None
+        self.handler.flow = self.flow
+
     async def reload_config(self, path: str | None = None) -> bool:
         """Rebuild the scheduler from the config file; keeps the old one on error."""
         source = path or (str(self.opts.config) if self.opts.config else None)
         try:
             new = reload_scheduler_config(source, self.ctx, self.sched_config)
+            self._apply_flow_control(new)
         except ConfigError as e:
             log.error("config reload failed, keeping the running config: %s", e)
             return False
@@ -205,6 +230,8 @@ class EPPServer:
             stack.push_async_callback(self.inflight_sharing.stop)
             await self.inflight_sharing.start()
 
+        if self.datastore.pool is not None:
+            self.flow_metrics.set_pool(self.datastore.pool.name)
         scrapers = ScraperManager(self.datastore, opts.scrape)
         stack.push_async_callback(scrapers.stop)
         await scrapers.start()

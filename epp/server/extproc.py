@@ -61,6 +61,15 @@ class Admission(Protocol):
     def release(self) -> None: ...
 
 
+class FlowGate(Protocol):
+    """Flow control (epp/flowcontrol/controller.py): None routes now, a RequestError refuses,
+    anything else is a queue ticket to `await wait(ticket)` on (raises RequestError if refused)."""
+
+    def admit(self, request: LLMRequest, nbytes: int) -> Any: ...
+    async def wait(self, ticket: Any) -> None: ...
+    def on_release(self) -> None: ...
+
+
 class ServerObserver(Protocol):
     """What the server reports to observability (metrics, traces)."""
 
@@ -100,6 +109,10 @@ class _Stream:
     started: float = 0.0
     usage: UsageParser | None = None
     admitted: bool = False
+    # Flow control queued the request: the ticket to wait on and what to finish with.
+    ticket: Any = None
+    pending_body: bytes = b""
+    pending_trailers: bool = False
 
 
 @dataclass(slots=True)
@@ -125,6 +138,8 @@ class ExtProcHandler:
         self.observer: ServerObserver = observer or NullObserver()
         self.options = options or HandlerOptions()
         self._dest_fragments: dict[str, bytes] = {}
+        # Set (and swapped on config reload) by the server when flow control is enabled.
+        self.flow: FlowGate | None = None
 
     # The gRPC stream-stream method (request_deserializer=ProcessingRequest.FromString,
     # response_serializer=identity: we yield encoded bytes).
@@ -146,6 +161,8 @@ class ExtProcHandler:
                         out = self._on_request_trailers(st)
                     else:  # response trailers: nothing to do but let them through
                         out = [_RESPONSE_TRAILERS_CONTINUE] if which == "response_trailers" else []
+                    if st.ticket is not None:  # queued by flow control: wait, then route
+                        out = await self._after_queue(st)
                 except RequestError as e:
                     self.observer.on_rejected(st.request, e)
                     yield e.to_immediate_response(st.request_id)
@@ -199,6 +216,9 @@ class ExtProcHandler:
         body = b"".join(st.chunks)
         st.chunks = []
         out = self._decide_with_body(st, body) if st.request is None else []
+        if st.ticket is not None:
+            st.pending_trailers = True  # answered after the queued decision
+            return out
         return [*out, _REQUEST_TRAILERS_CONTINUE]
 
     def _decide_with_body(self, st: _Stream, body: bytes) -> list[bytes]:
@@ -206,6 +226,27 @@ class ExtProcHandler:
                                 self.datastore)
         request.candidates = st.subset
         st.request = request
+        flow = self.flow
+        if flow is not None:
+            verdict = flow.admit(request, len(body))
+            if verdict is not None:
+                if isinstance(verdict, RequestError):
+                    raise verdict
+                st.ticket, st.pending_body = verdict, body
+                return []
+        return self._route(st, request, body)
+
+    async def _after_queue(self, st: _Stream) -> list[bytes]:
+        ticket, st.ticket = st.ticket, None
+        assert self.flow is not None and st.request is not None
+        await self.flow.wait(ticket)
+        body, st.pending_body = st.pending_body, b""
+        out = self._route(st, st.request, body)
+        if st.pending_trailers:
+            out.append(_REQUEST_TRAILERS_CONTINUE)
+        return out
+
+    def _route(self, st: _Stream, request: LLMRequest, body: bytes) -> list[bytes]:
         mutation, metadata = self._schedule(st, request)
         new_body: bytes | None = None
         if request.target_model != request.model:
@@ -321,6 +362,8 @@ class ExtProcHandler:
         for ep in st.targets:
             if ep.inflight > 0:
                 ep.inflight -= 1
+        if self.flow is not None and st.targets:
+            self.flow.on_release()  # capacity freed: queued requests may go
         if st.request is None or not st.targets:
             return
         response: dict[str, Any] = {"status": st.status}
