@@ -26,7 +26,10 @@ from epp.flowcontrol.admission import AdmissionConfig, AdmissionController
 from epp.flowcontrol.config import build_flow_control_config
 from epp.flowcontrol.controller import FlowController
 from epp.flowcontrol.metrics import FlowControlMetrics
+from epp.flowcontrol.pipeline import AdmissionPipeline, TenantMetrics
+from epp.flowcontrol.ratelimit import LimitStore, MemoryLimitStore, RedisLimitStore, TenantLimiter
 from epp.flowcontrol.saturation import PoolSaturation, SaturationConfig
+from epp.flowcontrol.tenants import ApiKeyAuth, KeysFileError
 from epp.k8s.cli import KubernetesOptions
 from epp.k8s.config_watch import ConfigFileWatcher
 from epp.metricsscrape.scraper import ScrapeConfig, ScraperManager
@@ -62,6 +65,8 @@ class ServeOptions:
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     handler: HandlerOptions = field(default_factory=HandlerOptions)
     config_watch_interval_s: float = 1.0
+    api_keys: Path | None = None  # keys file / Secret directory (epp/flowcontrol/tenants.py)
+    rate_limit_redis: str | None = None  # shared per-tenant limits; None: in memory
     max_concurrent_streams: int = 0
     shutdown_grace_s: float = 5.0
     # `epp serve --workers N` runs N of these processes on one port; see epp/server/workers.py.
@@ -146,6 +151,19 @@ class EPPServer:
                                       self.observer, opts.handler)
         self.flow_metrics = FlowControlMetrics(self.metrics.registry)
         self.flow: FlowController | None = None
+        self.auth: ApiKeyAuth | None = None
+        self.limiter: TenantLimiter | None = None
+        self.tenant_metrics: TenantMetrics | None = None
+        if opts.api_keys is not None:
+            try:
+                self.auth = ApiKeyAuth(opts.api_keys)
+            except KeysFileError as e:
+                raise ConfigError(str(e)) from None
+            store: LimitStore = (RedisLimitStore(opts.rate_limit_redis) if opts.rate_limit_redis
+                                 else MemoryLimitStore())
+            self.limiter = TenantLimiter(store)
+            self.tenant_metrics = TenantMetrics(self.metrics.registry)
+        self.handler.auth = self.auth
         self._apply_flow_control(self.sched_config)
         self.probe = ReadinessProbe(self.datastore)
         self._stop = asyncio.Event()
@@ -171,7 +189,10 @@ class EPPServer:
             if self.flow is not None:
                 self.flow.release_all()
                 self.flow = None
-        self.handler.flow = self.flow
+        gate = None
+        if self.flow is not None or self.auth is not None:
+            gate = AdmissionPipeline(self.flow, self.auth, self.limiter, self.tenant_metrics)
+        self.handler.flow = gate
 
     async def reload_config(self, path: str | None = None) -> bool:
         """Rebuild the scheduler from the config file; keeps the old one on error."""
@@ -232,6 +253,11 @@ class EPPServer:
 
         if self.datastore.pool is not None:
             self.flow_metrics.set_pool(self.datastore.pool.name)
+        if self.auth is not None:
+            stack.push_async_callback(self.auth.stop)
+            await self.auth.start()
+        if self.limiter is not None:
+            stack.push_async_callback(self.limiter.store.close)
         scrapers = ScraperManager(self.datastore, opts.scrape)
         stack.push_async_callback(scrapers.stop)
         await scrapers.start()

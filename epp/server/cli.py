@@ -57,6 +57,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--worker-id", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--worker-count", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--peer-dir", type=Path, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--api-keys", type=Path, default=None,
+                   help="API keys file or mounted Secret directory (tenants, limits); reloaded on change. "
+                        "Without it no key is required")
+    p.add_argument("--rate-limit-redis", default=None, metavar="URL",
+                   help="share per-tenant rate limits through Redis (redis://host:port/db); default: in memory")
     p.add_argument("--log-level", default=os.environ.get("EPP_LOG_LEVEL", "info"))
     p.add_argument("--log-format", default=os.environ.get("EPP_LOG_FORMAT", "json"), choices=("json", "text"))
     p.add_argument("--validate-config", action="store_true",
@@ -93,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
             admission=AdmissionConfig(max_inflight_requests=args.max_inflight_requests),
             saturation=SaturationConfig(queue_depth_threshold=args.saturation_queue_depth,
                                         kv_cache_util_threshold=args.saturation_kv_cache),
+            api_keys=args.api_keys, rate_limit_redis=args.rate_limit_redis,
             worker_id=args.worker_id or 0, worker_count=args.worker_count, peer_dir=args.peer_dir)
         server = EPPServer(opts)
         asyncio.run(server.run())

@@ -67,7 +67,13 @@ class FlowGate(Protocol):
 
     def admit(self, request: LLMRequest, nbytes: int) -> Any: ...
     async def wait(self, ticket: Any) -> None: ...
-    def on_release(self) -> None: ...
+    def on_complete(self, request: LLMRequest | None, response: dict[str, Any] | None) -> None: ...
+
+
+class Authenticator(Protocol):
+    """API keys (epp/flowcontrol/tenants.py): raises RequestError (401) for a missing or bad key."""
+
+    def authenticate(self, headers: dict[str, str]) -> Any: ...
 
 
 class ServerObserver(Protocol):
@@ -140,6 +146,7 @@ class ExtProcHandler:
         self._dest_fragments: dict[str, bytes] = {}
         # Set (and swapped on config reload) by the server when flow control is enabled.
         self.flow: FlowGate | None = None
+        self.auth: Authenticator | None = None
 
     # The gRPC stream-stream method (request_deserializer=ProcessingRequest.FromString,
     # response_serializer=identity: we yield encoded bytes).
@@ -222,6 +229,8 @@ class ExtProcHandler:
         return [*out, _REQUEST_TRAILERS_CONTINUE]
 
     def _decide_with_body(self, st: _Stream, body: bytes) -> list[bytes]:
+        if self.auth is not None:  # here, not on headers: also covers header-skipping modes
+            self.auth.authenticate(st.headers)
         request = parse_request(body, st.path or "/v1/completions", st.request_id, st.headers,
                                 self.datastore)
         request.candidates = st.subset
@@ -260,6 +269,8 @@ class ExtProcHandler:
 
     def _decide_bodyless(self, st: _Stream) -> bytes:
         """GET /v1/models, /health and the like: any healthy endpoint, least in-flight first."""
+        if self.auth is not None:
+            self.auth.authenticate(st.headers)
         endpoints = self._eligible(st.subset)
         if not endpoints:
             raise RequestError(503, "no healthy endpoint in the pool", "no_healthy_endpoint")
@@ -362,14 +373,16 @@ class ExtProcHandler:
         for ep in st.targets:
             if ep.inflight > 0:
                 ep.inflight -= 1
-        if self.flow is not None and st.targets:
-            self.flow.on_release()  # capacity freed: queued requests may go
         if st.request is None or not st.targets:
+            if self.flow is not None:
+                self.flow.on_complete(st.request, None)
             return
         response: dict[str, Any] = {"status": st.status}
         if st.usage is not None:
             response.update(st.usage.result())
         seconds = time.perf_counter() - st.started
+        if self.flow is not None:
+            self.flow.on_complete(st.request, response)  # capacity freed: queued requests may go
         try:
             self._scheduler().post_response(st.request, st.targets[0], response)
             self.observer.on_complete(st.request, st.targets[0], response, seconds)
