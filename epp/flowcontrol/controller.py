@@ -84,7 +84,7 @@ class FlowController:
     def admit(self, request: LLMRequest, nbytes: int) -> RequestError | QueueItem | None:
         if self.size == 0 and self._handoff is None:
             saturation = self.detector.saturation(self._endpoints())
-            self.metrics.saturation.set(saturation)
+            self.metrics.saturation = saturation
             if saturation < 1.0:
                 self.metrics.count(request.priority, DISPATCHED)
                 return None
@@ -198,7 +198,7 @@ class FlowController:
         if self._handoff is not None or self.size == 0:
             return
         saturation = self.detector.saturation(self._endpoints())
-        self.metrics.saturation.set(saturation)
+        self.metrics.saturation = saturation
         if saturation >= 1.0:
             if self._timer is None:
                 self._timer = asyncio.get_running_loop().call_later(POLL_INTERVAL_S, self._on_timer)

@@ -129,6 +129,8 @@ class StackConfig:
     subset_hint: list[str] | None = None  # tests: static envoy.lb.subset_hint metadata
     epp_max_concurrent_streams: int = 32  # per Envoy->EPP connection (more connections spread workers)
     access_log: bool = False  # Envoy access log (with response flags and details) in its log file
+    # Envoy's ext_proc message_timeout: must exceed the longest flow-control queue wait (GIE: 1000s).
+    envoy_message_timeout_ms: int = 2000
     with_envoy: bool = True
     with_epp: bool = True
     ports_free: bool = False  # pick free ports instead of the documented defaults
@@ -211,6 +213,7 @@ class LocalStack:
             subset_hint=cfg.subset_hint,
             access_log=cfg.access_log,
             epp_max_concurrent_streams=cfg.epp_max_concurrent_streams,
+            message_timeout_ms=cfg.envoy_message_timeout_ms,
         )
         files["envoy"].write_text(envoy_config_yaml(envoy))
         return files

@@ -41,7 +41,9 @@ flowControl:
 def stack(stack_factory: StackFactory, tmp_path_factory: pytest.TempPathFactory) -> LocalStack:
     path = Path(tmp_path_factory.mktemp("fc")) / "epp-config.yaml"
     path.write_text(CONFIG)
-    return stack_factory(pods=1, time_scale=0.5, kv_events=False, epp_config=path)
+    # Envoy's ext_proc message timeout must outlast the longest wait in the EPP's queue.
+    return stack_factory(pods=1, time_scale=0.5, kv_events=False, epp_config=path,
+                         envoy_message_timeout_ms=60_000)
 
 
 def body(max_tokens: int) -> dict[str, object]:
