@@ -5,13 +5,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 
 # make run options: PD=1 (disaggregated prefill/decode), ENGINE=vllm MODEL=<path> (real vLLM),
-# PODS=3, FAILURE_MODE=FailOpen|FailClose, CONFIG=<EndpointPickerConfig file>.
+# PODS=3, FAILURE_MODE=FailOpen|FailClose, CONFIG=<EndpointPickerConfig file>,
+# TENANTS=1 (API keys for two example tenants + flow control; see docs/flow-control.md).
 PODS ?= 3
 FAILURE_MODE ?= FailClose
 RUN_ARGS := --pods $(PODS) --failure-mode $(FAILURE_MODE) \
 	$(if $(filter 1 yes true,$(PD)),--pd) \
 	$(if $(ENGINE),--engine $(ENGINE)) $(if $(MODEL),--vllm-model $(MODEL)) \
-	$(if $(CONFIG),--config $(CONFIG))
+	$(if $(CONFIG),--config $(CONFIG)) $(if $(filter 1 yes true,$(TENANTS)),--tenants)
 
 .PHONY: install run test lint bench bench-quick bench-pd clean
 

@@ -114,16 +114,22 @@ def run(args: argparse.Namespace) -> int:
 def _validate(config: Path | None) -> int:
     from epp.config.loader import load_scheduler_config
     from epp.datastore.datastore import Datastore
+    from epp.flowcontrol.config import build_flow_control_config
     from epp.scheduling.registry import PluginContext
 
     try:
-        cfg = load_scheduler_config(config, PluginContext(Datastore(), source=str(config)))
+        ctx = PluginContext(Datastore(), source=str(config))
+        cfg = load_scheduler_config(config, ctx)
+        flow = build_flow_control_config(cfg.extra_sections, cfg.plugins, ctx, cfg.source)
     except ConfigError as e:
         print(f"error: {e}")
         return 2
     print(f"{config or 'embedded default config'}: OK")
     for name, profile in cfg.profiles.items():
         print(f"  profile {name}: {profile}")
+    bands = ", ".join(str(p) for p in sorted(flow.bands, reverse=True)) or "from defaultPriorityBand only"
+    print(f"  saturation detector: {flow.detector.name}; flow control: "
+          f"{'on (priority bands: ' + bands + ')' if flow.enabled else 'off'}")
     return 0
 
 
