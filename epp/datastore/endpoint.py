@@ -66,6 +66,8 @@ class Endpoint:
     # Requests (tokens) other EPP worker processes of this host have in flight to the endpoint.
     peer_inflight: int = 0
     peer_inflight_tokens: int = 0
+    # The other workers' recent-prompt-tokens estimate (InflightTracker.recent_prompt_tokens).
+    peer_recent_prompt_tokens: float = 0.0
     # Precomputed strings used on the hot path (set in __post_init__).
     hostport: str = ""
     key: str = ""

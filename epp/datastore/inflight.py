@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -57,6 +58,7 @@ class InflightConfig:
     default_output_tokens: int = 256  # expected decode tokens when the request has no max_tokens
     reconcile_grace_s: float = 1.0  # charges younger than this are not reconciled with a scrape
     sweep_interval_s: float = 0.25  # how often expiry and reconciliation run
+    prefill_window_s: float = 0.5  # time constant of the recent-prompt-tokens estimate
 
     def validate(self) -> None:
         if self.request_timeout_s <= 0:
@@ -67,6 +69,8 @@ class InflightConfig:
             raise ValueError(f"in-flight reconcile grace must be >= 0 s, got {self.reconcile_grace_s}")
         if self.sweep_interval_s <= 0:
             raise ValueError(f"in-flight sweep interval must be > 0 s, got {self.sweep_interval_s}")
+        if self.prefill_window_s <= 0:
+            raise ValueError(f"--prefill-window must be > 0 s, got {self.prefill_window_s}")
 
 
 @dataclass(slots=True, eq=False)
@@ -100,6 +104,9 @@ class InflightTracker:
         self._by_age: deque[Charge] = deque()
         # updated_at of the scrape each endpoint was last reconciled with.
         self._reconciled_at: dict[Endpoint, float] = {}
+        # Prompt tokens dispatched recently, decayed exponentially: endpoint -> (value, at).
+        self._recent: dict[Endpoint, tuple[float, float]] = {}
+        self._decay_rate = 1.0 / self.config.prefill_window_s
         self.expired = 0  # charges released by the timeout
         self.reconciled = 0  # charges released because the pod no longer held them
         self._task: asyncio.Task[None] | None = None
@@ -114,11 +121,14 @@ class InflightTracker:
         return prompt_chars // CHARACTERS_PER_TOKEN + output
 
     # --- the ledger ---------------------------------------------------------------------
-    def dispatch(self, endpoints: Sequence[Endpoint], tokens: int) -> Dispatch:
-        """Charge each endpoint one request and `tokens` tokens, now."""
+    def dispatch(self, endpoints: Sequence[Endpoint], tokens: int, prompt_tokens: int = 0) -> Dispatch:
+        """Charge each endpoint one request and `tokens` tokens, now; `prompt_tokens` also
+        feed the endpoint's recent-prompt-tokens estimate (see `recent_prompt_tokens`)."""
         now = self.clock()
         handle = Dispatch()
         for ep in endpoints:
+            if prompt_tokens > 0:
+                self._recent[ep] = (self._decayed(ep, now) + prompt_tokens, now)
             charge = Charge(ep, tokens, now)
             ep.inflight += 1
             ep.inflight_tokens += tokens
@@ -146,6 +156,26 @@ class InflightTracker:
         if bucket is not None:
             bucket.pop(charge, None)
         return True
+
+    def recent_prompt_tokens(self, endpoint: Endpoint, now: float | None = None) -> float:
+        """Prompt tokens sent to the endpoint lately, each decaying as exp(-age / window).
+
+        Time to first token is set by the prefills running on a pod, not by how many requests
+        decode there: a pod that took a long prompt 50 ms ago is still busy prefilling it, a
+        pod holding five decoding requests may be free to prefill at once. The EPP does not see
+        a request's first token (responses bypass it), so it estimates the prefill backlog by
+        letting each prompt's weight fade with a time constant of `prefill_window_s`. On equal
+        prompts this favours the pod that was sent one least recently, like round robin; on
+        mixed prompts it weighs them by size."""
+        return self._decayed(endpoint, self.clock() if now is None else now)
+
+    def _decayed(self, endpoint: Endpoint, now: float) -> float:
+        entry = self._recent.get(endpoint)
+        if entry is None:
+            return 0.0
+        value, at = entry
+        age = now - at
+        return value if age <= 0.0 else value * math.exp(-age * self._decay_rate)
 
     def open_charges(self, endpoint: Endpoint) -> int:
         bucket = self._open.get(endpoint)
@@ -198,6 +228,7 @@ class InflightTracker:
             for charge in list(self._open.pop(endpoint, {})):
                 charge.released = True
             self._reconciled_at.pop(endpoint, None)
+            self._recent.pop(endpoint, None)
 
     # --- background sweeping ------------------------------------------------------------
     async def start(self) -> None:

@@ -137,7 +137,7 @@ class EPPServer:
                 raise ConfigError("several workers need a peer directory (--peer-dir)")
             self.peers = PeerBus(opts.peer_dir, opts.worker_id, opts.worker_count)
             self.ctx.services[PEER_BUS_KEY] = self.peers
-            self.inflight_sharing = InflightSharing(self.peers, self.datastore)
+            self.inflight_sharing = InflightSharing(self.peers, self.datastore, tracker=self.tracker)
         self.metrics = EPPMetrics(datastore=self.datastore)
         # Plugins that export metrics of their own (KV events, P/D) register them here.
         self.ctx.services["metrics.registry"] = self.metrics.registry

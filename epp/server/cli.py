@@ -49,6 +49,9 @@ def add_parser(sub: Any) -> None:
                    help="seconds after which an in-flight charge with no completion is released (300)")
     p.add_argument("--default-output-tokens", type=int, default=256,
                    help="expected decode tokens of a request without max_tokens, for token load (256)")
+    p.add_argument("--prefill-window", type=float, default=0.5,
+                   help="seconds over which a dispatched prompt counts as prefilling, for "
+                        "prefill-load-scorer (0.5)")
     p.add_argument("--saturation-queue-depth", type=int, default=5,
                    help="waiting requests at which a pod counts as saturated (5)")
     p.add_argument("--saturation-kv-cache", type=float, default=0.8,
@@ -97,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
             kubernetes=k8s, scrape=scrape, max_concurrent_streams=args.max_concurrent_streams,
             admission=AdmissionConfig(max_inflight_requests=args.max_inflight_requests),
             inflight=InflightConfig(request_timeout_s=args.inflight_timeout,
-                                    default_output_tokens=args.default_output_tokens),
+                                    default_output_tokens=args.default_output_tokens,
+                                    prefill_window_s=args.prefill_window),
             saturation=SaturationConfig(queue_depth_threshold=args.saturation_queue_depth,
                                         kv_cache_util_threshold=args.saturation_kv_cache),
             worker_id=args.worker_id or 0, worker_count=args.worker_count, peer_dir=args.peer_dir)

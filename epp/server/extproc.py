@@ -269,8 +269,9 @@ class ExtProcHandler:
             if profile != result.primary_profile and res is not None and res.targets:
                 st.targets.append(res.targets[0])  # e.g. the prefill pod of a P/D request
         tracker = self.tracker
-        st.dispatch = tracker.dispatch(
-            st.targets, tracker.estimate_tokens(len(request.prompt_text()), request.max_tokens))
+        prompt_chars = len(request.prompt_text())
+        st.dispatch = tracker.dispatch(st.targets, tracker.estimate_tokens(prompt_chars, request.max_tokens),
+                                       tracker.estimate_tokens(prompt_chars, 0))
         mutation = self._dest_fragment(target)
         if result.headers:
             mutation += wire.header_mutation(result.headers.items())

@@ -25,6 +25,7 @@ from typing import Any
 import msgpack
 
 from epp.datastore.datastore import Datastore
+from epp.datastore.inflight import InflightTracker
 
 log = logging.getLogger(__name__)
 
@@ -116,27 +117,35 @@ class InflightSharing:
 
     HEARTBEAT_INTERVALS = 100
 
+    # The recent-prompt-tokens estimate decays continuously; it is sent rounded to this many
+    # tokens so a decaying value does not cause a message every interval.
+    RECENT_QUANTUM = 64
+
     def __init__(self, bus: PeerBus, datastore: Datastore, interval: float = 0.01,
-                 peer_timeout: float = 3.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 peer_timeout: float = 3.0, clock: Callable[[], float] = time.monotonic,
+                 tracker: InflightTracker | None = None) -> None:
         self.bus = bus
         self.datastore = datastore
+        self.tracker = tracker
         self.interval = interval
         self.peer_timeout = peer_timeout
         self.clock = clock
-        # worker -> (endpoint key -> (requests, tokens)), and when we last heard from it
-        self._remote: dict[int, dict[str, tuple[int, int]]] = {}
+        # worker -> (endpoint key -> (requests, tokens, recent prompt tokens)), and when we
+        # last heard from it
+        self._remote: dict[int, dict[str, tuple[int, int, int]]] = {}
         self._heard: dict[int, float] = {}
-        self._last_sent: dict[str, tuple[int, int]] = {}
+        self._last_sent: dict[str, tuple[int, int, int]] = {}
         self._task: asyncio.Task[None] | None = None
         bus.subscribe("inflight", self._on_counts)
 
     def _on_counts(self, worker: int, counts: dict[str, Any]) -> None:
-        parsed: dict[str, tuple[int, int]] = {}
+        parsed: dict[str, tuple[int, int, int]] = {}
         for key, value in counts.items():
-            if isinstance(value, list | tuple) and len(value) == 2:
-                parsed[key] = (int(value[0]), int(value[1]))
+            if isinstance(value, list | tuple) and len(value) >= 2:
+                recent = int(value[2]) if len(value) > 2 else 0
+                parsed[key] = (int(value[0]), int(value[1]), recent)
             elif isinstance(value, int):  # a peer of the previous version: requests only
-                parsed[key] = (value, 0)
+                parsed[key] = (value, 0, 0)
         previous = self._remote.get(worker, {})
         self._remote[worker] = parsed
         self._heard[worker] = self.clock()
@@ -148,6 +157,7 @@ class InflightSharing:
             if ep is not None:
                 ep.peer_inflight = sum(c[key][0] for c in self._remote.values() if key in c)
                 ep.peer_inflight_tokens = sum(c[key][1] for c in self._remote.values() if key in c)
+                ep.peer_recent_prompt_tokens = float(sum(c[key][2] for c in self._remote.values() if key in c))
 
     def expire_silent_peers(self) -> list[int]:
         """Forget the counts of workers not heard from for `peer_timeout` seconds."""
@@ -161,9 +171,14 @@ class InflightSharing:
                         "endpoint counts", worker, self.peer_timeout, len(counts))
         return gone
 
-    def local_counts(self) -> dict[str, tuple[int, int]]:
-        return {ep.key: (ep.inflight, ep.inflight_tokens) for ep in self.datastore.endpoints()
-                if ep.inflight or ep.inflight_tokens}
+    def local_counts(self) -> dict[str, tuple[int, int, int]]:
+        tracker, quantum = self.tracker, self.RECENT_QUANTUM
+        out: dict[str, tuple[int, int, int]] = {}
+        for ep in self.datastore.endpoints():
+            recent = int(tracker.recent_prompt_tokens(ep)) // quantum * quantum if tracker is not None else 0
+            if ep.inflight or ep.inflight_tokens or recent:
+                out[ep.key] = (ep.inflight, ep.inflight_tokens, recent)
+        return out
 
     async def _run(self) -> None:
         heartbeat = 0

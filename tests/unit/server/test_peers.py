@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.exposition import generate_latest
 
 from epp.datastore import Datastore, Endpoint
-from epp.datastore.inflight import InflightTracker
+from epp.datastore.inflight import InflightConfig, InflightTracker
 from epp.server.peers import InflightSharing, PeerBus, merge_expositions
 
 
@@ -59,16 +59,19 @@ async def test_inflight_tokens_reach_the_peer_and_sum_over_workers(tmp_path: Pat
     for ds in stores:
         ds.upsert_endpoint(Endpoint(name="p", address="127.0.0.1", port=1))
     buses = [PeerBus(tmp_path, i, 3) for i in range(3)]
-    sharing = [InflightSharing(b, ds, interval=0.01) for b, ds in zip(buses, stores, strict=True)]
+    trackers = [InflightTracker(ds, InflightConfig(prefill_window_s=3600)) for ds in stores]
+    sharing = [InflightSharing(b, ds, interval=0.01, tracker=t)
+               for b, ds, t in zip(buses, stores, trackers, strict=True)]
     for b, s in zip(buses, sharing, strict=True):
         await b.start()
         await s.start()
-    trackers = [InflightTracker(ds) for ds in stores]
-    trackers[0].dispatch(stores[0].endpoints(), 700)
+    trackers[0].dispatch(stores[0].endpoints(), 700, 640)
     handle = trackers[1].dispatch(stores[1].endpoints(), 300)
     await asyncio.sleep(0.1)
     ep = stores[2].endpoints()[0]
     assert (ep.peer_inflight, ep.peer_inflight_tokens) == (2, 1000)
+    # the recent-prompt estimate travels too, in quanta of 64 tokens (a slow decay: 640 -> 576)
+    assert ep.peer_recent_prompt_tokens == 576.0
     trackers[1].complete(handle)
     await asyncio.sleep(0.1)
     assert (ep.peer_inflight, ep.peer_inflight_tokens) == (1, 700)
