@@ -1,9 +1,9 @@
 """The in-flight load the concurrency detector reads.
 
-Today the server counts requests per pod in `Endpoint.inflight` (this process) and
-`Endpoint.peer_inflight` (the other workers of this replica), and `Endpoint.inflight_tokens`
-for token-aware accounting. The in-flight load tracker of the scheduling layer can replace
-this class behind the same InflightLoad protocol.
+The in-flight ledger (epp/datastore/inflight.py) keeps the read-out on each Endpoint:
+requests and estimated tokens this process has in flight to the pod (`inflight`,
+`inflight_tokens`) and the same for the other `--workers` of this replica (`peer_inflight`,
+`peer_inflight_tokens`). Another source can replace this class behind InflightLoad.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ class EndpointInflightLoad:
         return ep.inflight + ep.peer_inflight
 
     def tokens(self, ep: Endpoint) -> int:
-        return ep.inflight_tokens
+        return ep.inflight_tokens + ep.peer_inflight_tokens
 
 
 SERVICE_KEY = "flowcontrol.inflight_load"

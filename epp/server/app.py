@@ -21,6 +21,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from epp.config.loader import SchedulerConfig, load_scheduler_config, reload_scheduler_config
 from epp.datastore.datastore import Datastore
 from epp.datastore.endpoint import Endpoint
+from epp.datastore.inflight import SERVICE_KEY as INFLIGHT_KEY
+from epp.datastore.inflight import InflightConfig, InflightTracker
 from epp.datastore.local import LocalEndpointSource
 from epp.flowcontrol.admission import AdmissionConfig, AdmissionController
 from epp.flowcontrol.config import build_flow_control_config
@@ -64,6 +66,7 @@ class ServeOptions:
     saturation: SaturationConfig = field(default_factory=SaturationConfig)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     handler: HandlerOptions = field(default_factory=HandlerOptions)
+    inflight: InflightConfig = field(default_factory=InflightConfig)
     config_watch_interval_s: float = 1.0
     api_keys: Path | None = None  # keys file / Secret directory (epp/flowcontrol/tenants.py)
     rate_limit_redis: str | None = None  # shared per-tenant limits; None: in memory
@@ -132,6 +135,9 @@ class EPPServer:
         self.opts = opts
         self.datastore = Datastore()
         self.ctx = PluginContext(self.datastore, source=str(opts.config or "<default config>"))
+        # The one in-flight ledger: the server charges and releases, scorers read it.
+        self.tracker = InflightTracker(self.datastore, opts.inflight)
+        self.ctx.services[INFLIGHT_KEY] = self.tracker
         self.peers: PeerBus | None = None
         self.inflight_sharing: InflightSharing | None = None
         if opts.worker_count > 1:
@@ -139,7 +145,7 @@ class EPPServer:
                 raise ConfigError("several workers need a peer directory (--peer-dir)")
             self.peers = PeerBus(opts.peer_dir, opts.worker_id, opts.worker_count)
             self.ctx.services[PEER_BUS_KEY] = self.peers
-            self.inflight_sharing = InflightSharing(self.peers, self.datastore)
+            self.inflight_sharing = InflightSharing(self.peers, self.datastore, tracker=self.tracker)
         self.metrics = EPPMetrics(datastore=self.datastore)
         # Plugins that export metrics of their own (KV events, P/D) register them here.
         self.ctx.services["metrics.registry"] = self.metrics.registry
@@ -148,7 +154,7 @@ class EPPServer:
         self.observer = MetricsObserver(self.metrics)
         self.sched_config: SchedulerConfig = load_scheduler_config(opts.config, self.ctx, self.observer)
         self.handler = ExtProcHandler(self.datastore, self._scheduler, AdmissionAdapter(self.admission),
-                                      self.observer, opts.handler)
+                                      self.observer, opts.handler, self.tracker)
         self.flow_metrics = FlowControlMetrics(self.metrics.registry)
         self.flow: FlowController | None = None
         self.auth: ApiKeyAuth | None = None
@@ -258,6 +264,8 @@ class EPPServer:
             await self.auth.start()
         if self.limiter is not None:
             stack.push_async_callback(self.limiter.store.close)
+        stack.push_async_callback(self.tracker.stop)
+        await self.tracker.start()
         scrapers = ScraperManager(self.datastore, opts.scrape)
         stack.push_async_callback(scrapers.stop)
         await scrapers.start()
