@@ -34,6 +34,7 @@ from epp.flowcontrol.metrics import (
     DISPATCHED,
     DISPLACED,
     EVICTED_CANCELLED,
+    EVICTED_INFLIGHT,
     EVICTED_TTL,
     REJECTED_CAPACITY,
     FlowControlMetrics,
@@ -79,6 +80,10 @@ class FlowController:
         self._handoff: QueueItem | None = None
         self._kick_pending = False
         self._timer: asyncio.TimerHandle | None = None
+        # enableEviction: in-flight sheddable requests that can be aborted (id(request) ->
+        # request, abort callback), oldest first.
+        self._evictable: dict[int, tuple[LLMRequest, Callable[[], None]]] = {}
+        self.evicted = 0
 
     # --- admission ------------------------------------------------------------------------
     def admit(self, request: LLMRequest, nbytes: int) -> RequestError | QueueItem | None:
@@ -163,7 +168,11 @@ class FlowController:
                 verdict = await item.future
         except TimeoutError:
             if not item.removed:
-                self._leave(self._bands[item.priority], item, EVICTED_TTL)
+                band = self._bands[item.priority]
+                if item.priority >= 0 and self.config.enable_eviction and self._evict_inflight(item):
+                    self._leave(band, item, DISPATCHED)  # routed now, in the evicted request's place
+                    return
+                self._leave(band, item, EVICTED_TTL)
                 raise RequestError(503, _TTL_EXPIRED, "flow_control_ttl_expired",
                                    retry_after_s=RETRY_AFTER_S) from None
             verdict = item.future.result()  # dispatched or displaced just as the TTL ran out
@@ -182,10 +191,37 @@ class FlowController:
             self._handoff = None
             self._kick()
 
-    def on_release(self) -> None:
+    def on_release(self, request: LLMRequest | None = None) -> None:
         """A routed request ended: capacity may have freed."""
+        if self._evictable and request is not None:
+            self._evictable.pop(id(request), None)
         if self.size:
             self._kick()
+
+    # --- eviction of in-flight sheddable requests (enableEviction, off by default) ----------
+    def on_evictable(self, request: LLMRequest, abort: Callable[[], None]) -> None:
+        """An in-flight request whose response passes through the EPP, so `abort()` can end
+        it (the server answers its next response chunk with an error: Envoy resets it)."""
+        if request.priority < 0 and self.config.enable_eviction:
+            self._evictable[id(request)] = (request, abort)
+
+    def _evict_inflight(self, item: QueueItem) -> bool:
+        """A non-sheddable request waited out its TTL on a saturated pool: end the newest
+        in-flight request of the lowest priority, so this one can be routed instead."""
+        victim_key, victim_prio = None, 0
+        for key, (req, _task) in reversed(self._evictable.items()):
+            if victim_key is None or req.priority < victim_prio:
+                victim_key, victim_prio = key, req.priority
+        if victim_key is None:
+            return False
+        victim, abort = self._evictable.pop(victim_key)
+        abort()
+        self.evicted += 1
+        self.metrics.count(victim.priority, EVICTED_INFLIGHT)
+        log.warning("evicted an in-flight sheddable request for a queued one past its TTL",
+                    extra={"request_id": victim.request_id, "priority": victim.priority,
+                           "for_request_id": item.request.request_id, "for_priority": item.priority})
+        return True
 
     # --- dispatch -------------------------------------------------------------------------
     def _kick(self) -> None:

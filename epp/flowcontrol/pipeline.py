@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,9 +89,13 @@ class AdmissionPipeline:
         if request.request_id:
             self._estimates[request.request_id] = estimate
 
+    def on_evictable(self, request: LLMRequest, abort: Callable[[], None]) -> None:
+        if self.flow is not None:
+            self.flow.on_evictable(request, abort)
+
     def on_complete(self, request: LLMRequest | None, response: dict[str, Any] | None) -> None:
         if self.flow is not None:
-            self.flow.on_release()
+            self.flow.on_release(request)
         if request is None or self.limiter is None or not self._estimates:
             return
         estimate = self._estimates.pop(request.request_id, None)

@@ -68,6 +68,7 @@ class FlowGate(Protocol):
 
     def admit(self, request: LLMRequest, nbytes: int) -> Any: ...
     async def wait(self, ticket: Any) -> None: ...
+    def on_evictable(self, request: LLMRequest, abort: Callable[[], None]) -> None: ...
     def on_complete(self, request: LLMRequest | None, response: dict[str, Any] | None) -> None: ...
 
 
@@ -120,6 +121,8 @@ class _Stream:
     ticket: Any = None
     pending_body: bytes = b""
     pending_trailers: bool = False
+    evictable: bool = False  # registered with flow control's eviction (sheddable, body seen)
+    evicted: bool = False
     dispatch: Dispatch | None = None  # the in-flight charges, released when the stream ends
 
 
@@ -371,9 +374,22 @@ class ExtProcHandler:
         return [_RESPONSE_HEADERS_CONTINUE]
 
     def _on_response_body(self, st: _Stream, msg: Any) -> list[bytes]:
+        if self.flow is not None and st.request is not None and st.request.priority < 0:
+            self._evictable(st, st.request)
         if st.usage is not None:
             st.usage.feed(msg.response_body.body)
         return [_RESPONSE_BODY_CONTINUE]
+
+    def _evictable(self, st: _Stream, request: LLMRequest) -> None:
+        """Flow control's optional eviction of in-flight sheddable requests: only a response
+        that streams through the EPP can be ended, by answering its next chunk with an error
+        (Envoy then resets the HTTP stream and the pod sees the client go)."""
+        if st.evicted:
+            raise RequestError(503, "the request was evicted to make room for higher-priority work; "
+                               "retry later", "flow_control_evicted", retry_after_s=1)
+        if not st.evictable and self.flow is not None:
+            st.evictable = True
+            self.flow.on_evictable(request, lambda: setattr(st, "evicted", True))
 
     def _complete(self, st: _Stream) -> None:
         if st.admitted and self.admission is not None:

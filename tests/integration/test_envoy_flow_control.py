@@ -146,3 +146,56 @@ def test_client_disconnect_removes_queued_request(stack: LocalStack) -> None:
             assert not busy.done()
             assert (await busy).status_code == 200
     asyncio.run(scenario())
+
+
+EVICTION_CONFIG = """\
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+featureGates: [flowControl]
+plugins:
+- type: concurrency-detector
+  parameters: {maxConcurrency: 1}
+- type: queue-scorer
+- type: max-score-picker
+flowControl:
+  defaultRequestTTL: 20s
+  requestTTLByObjective: {llama3-8b-instruct: 500ms}
+  enableEviction: true
+"""
+
+
+def test_eviction_of_inflight_sheddable_request(stack_factory: StackFactory, tmp_path: Path) -> None:
+    path = tmp_path / "epp-config.yaml"
+    path.write_text(EVICTION_CONFIG)
+    # Eviction needs the response to stream through the EPP (response_body_mode STREAMED).
+    stack = stack_factory(pods=1, time_scale=1.0, kv_events=False, epp_config=path,
+                          envoy_message_timeout_ms=60_000, response_body_mode="STREAMED")
+
+    async def sheddable(client: httpx.AsyncClient, url: str) -> tuple[str, float]:
+        """Stream a ~10 s sheddable completion; how it ended and when."""
+        done = False
+        try:
+            async with client.stream("POST", url, json={**body(1000), "stream": True},
+                                     headers={"x-gateway-inference-objective": "batch-sheddable"}) as r:
+                async for line in r.aiter_lines():
+                    done = done or line.strip() == "data: [DONE]"
+        except httpx.HTTPError as e:  # Envoy resets the stream
+            return type(e).__name__, time.monotonic()
+        return ("completed" if done else "truncated"), time.monotonic()
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(timeout=30) as client:
+            url = f"{stack.url}/v1/completions"
+            shed = asyncio.create_task(sheddable(client, url))
+            await asyncio.sleep(0.5)  # streaming, holding the only slot
+            t0 = time.monotonic()
+            r = await client.post(url, json=body(1), headers={"x-gateway-inference-objective": "llama3-8b-instruct"})
+            # Past its 500 ms TTL the critical request is routed in place of the evicted one.
+            assert r.status_code == 200, r.text
+            assert time.monotonic() - t0 < 3.0
+            outcome, t_end = await shed
+            assert outcome in ("RemoteProtocolError", "ReadError", "truncated"), outcome
+            assert t_end - t0 < 3.0
+            assert await metric(client, stack, "inference_extension_flow_control_requests_total",
+                                outcome="EvictedInFlight") == 1.0
+    asyncio.run(scenario())

@@ -1,8 +1,8 @@
 """edf-ordering-policy: earliest deadline first within a flow (GIE v1.5).
 
 The deadline is the enqueue time plus the request's effective TTL; requests without a TTL
-sort after every request that has one, first come first served among themselves. A client
-can shorten its own TTL with the deadline header (see FlowControlConfig.deadline_header).
+sort after every request that has one, first come first served among themselves. For a
+per-request deadline from a header, see slo-deadline-ordering-policy (`x-slo-ttft-ms`).
 """
 
 from __future__ import annotations

@@ -230,3 +230,23 @@ def test_release_all_lets_queued_requests_go() -> None:
         pool.ctl.release_all()  # flow control switched off by a config reload
         assert await task == "ok" and pool.ctl.size == 0
     run(scenario)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_eviction_of_inflight_sheddable_for_critical_past_ttl(enabled: bool) -> None:
+    async def scenario() -> None:
+        pool = Pool(enable_eviction=enabled, ttl_by_objective={"critical": 0.05})
+        shed = pool.request("shed", -1)
+        await pool.send(shed)
+        aborted: list[str] = []
+        pool.ctl.on_evictable(shed, lambda: aborted.append("shed"))
+        result = await pool.send(pool.request("crit", 1, objective="critical"))
+        if enabled:
+            assert result == "ok" and aborted == ["shed"]
+            assert pool.outcomes("EvictedInFlight", -1) == 1 and pool.ctl.evicted == 1
+        else:
+            assert result == "503:flow_control_ttl_expired" and aborted == []
+        # An ended request is no longer evictable: the next critical request times out.
+        pool.ctl.on_release(shed)
+        assert await pool.send(pool.request("late", 1, objective="critical")) == "503:flow_control_ttl_expired"
+    run(scenario)
