@@ -1,6 +1,6 @@
 """API keys and per-tenant limits through the real Envoy: 401 for a missing or wrong key
 (the same answer for both), 200 for a good one, 429 + Retry-After past the tenant's
-requests-per-minute."""
+requests-per-minute or tokens-per-minute."""
 
 from __future__ import annotations
 
@@ -30,8 +30,13 @@ tenants:
   objective: batch-sheddable
   requestsPerMinute: 2
   keys: [sk-team-b]
+- name: team-t
+  tokensPerMinute: 100
+  keys: [sk-team-t]
 """)
-    return stack_factory(pods=1, time_scale=0.1, kv_events=False, epp_args=["--api-keys", str(keys)])
+    # Response bodies pass through the EPP: token estimates are corrected from their usage.
+    return stack_factory(pods=1, time_scale=0.1, kv_events=False, epp_args=["--api-keys", str(keys)],
+                         response_body_mode="BUFFERED")
 
 
 def test_missing_or_wrong_key_gets_the_same_401(stack: LocalStack) -> None:
@@ -64,3 +69,21 @@ def test_requests_per_minute_limit_is_429_with_retry_after(stack: LocalStack) ->
     text = httpx.get(f"http://127.0.0.1:{stack.cfg.metrics_port}/metrics", timeout=10).text
     assert 'epp_tenant_requests_total{outcome="admitted",tenant="team-b"} 2.0' in text
     assert 'epp_tenant_requests_total{outcome="rate_limit_requests_per_minute",tenant="team-b"} 1.0' in text
+
+
+def test_tokens_per_minute_limit(stack: LocalStack) -> None:
+    url = f"{stack.url}/v1/completions"
+    hdr = {"x-api-key": "sk-team-t"}
+    # Estimate per request: len("hello") // 4 + max_tokens = 1 + 40 = 41 tokens; 2 fit in 100.
+    body = {**BODY, "max_tokens": 40}
+    ok = [httpx.post(url, json=body, headers=hdr, timeout=30) for _ in range(2)]
+    assert [r.status_code for r in ok] == [200, 200]
+    r = httpx.post(url, json=body, headers=hdr, timeout=30)
+    assert r.status_code == 429, r.text
+    assert r.json()["error"]["code"] == "rate_limit_tokens_per_minute"
+    # The usage the pod reported replaces the estimates (corrections apply to the window too).
+    actual = sum(r.json()["usage"]["prompt_tokens"] + r.json()["usage"]["completion_tokens"] for r in ok)
+    assert 1 <= int(r.headers["retry-after"]) <= 60
+    text = httpx.get(f"http://127.0.0.1:{stack.cfg.metrics_port}/metrics", timeout=10).text
+    assert 'epp_tenant_tokens_total{kind="estimated",tenant="team-t"} 82.0' in text
+    assert f'epp_tenant_tokens_total{{kind="actual",tenant="team-t"}} {float(actual)}' in text
