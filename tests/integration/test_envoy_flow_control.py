@@ -199,3 +199,59 @@ def test_eviction_of_inflight_sheddable_request(stack_factory: StackFactory, tmp
             assert await metric(client, stack, "inference_extension_flow_control_requests_total",
                                 outcome="EvictedInFlight") == 1.0
     asyncio.run(scenario())
+
+
+PRIORITY_CONFIG = """\
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+featureGates: [flowControl]
+plugins:
+- type: concurrency-detector
+  parameters: {maxConcurrency: 1}
+- type: queue-scorer
+- type: max-score-picker
+flowControl:
+  maxRequests: 2
+  defaultRequestTTL: 30s
+"""
+
+
+def test_priority_order_and_displacement(stack_factory: StackFactory, tmp_path: Path) -> None:
+    path = tmp_path / "epp-config.yaml"
+    path.write_text(PRIORITY_CONFIG)
+    stack = stack_factory(pods=1, time_scale=0.5, kv_events=False, epp_config=path,
+                          envoy_message_timeout_ms=60_000)
+    objective = {"critical": "llama3-8b-instruct", "sheddable": "batch-sheddable"}
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(timeout=30) as client:
+            url = f"{stack.url}/v1/completions"
+            size = "inference_extension_flow_control_queue_size"
+
+            def send(kind: str, max_tokens: int = 1) -> asyncio.Task[tuple[httpx.Response, float]]:
+                headers = {"x-gateway-inference-objective": objective[kind]} if kind in objective else {}
+                return asyncio.create_task(timed(client.post(url, json=body(max_tokens), headers=headers)))
+
+            busy = send("standard", 1000)  # ~5 s: everything below happens while it runs
+            await until(lambda: metric(client, stack, "inference_extension_flow_control_requests_total",
+                                       outcome="Dispatched"))
+            shed = send("sheddable")
+            await until(lambda: _eq(metric(client, stack, size), 1.0))
+            std = send("standard")
+            await until(lambda: _eq(metric(client, stack, size), 2.0))  # the global limit is reached
+            # Another sheddable request finds nothing of lower priority to displace: 429 at once.
+            r = await client.post(url, json=body(1), headers={"x-gateway-inference-objective": objective["sheddable"]})
+            assert r.status_code == 429 and r.json()["error"]["code"] == "flow_control_queue_full", r.text
+            # A critical one displaces the queued sheddable request.
+            crit = send("critical")
+            r_shed, _ = await shed
+            assert r_shed.status_code == 429, r_shed.text
+            assert r_shed.json()["error"]["code"] == "flow_control_displaced"
+            assert r_shed.headers["retry-after"] == "1"
+            (r_busy, t_busy), (r_crit, t_crit), (r_std, t_std) = await busy, await crit, await std
+            assert [r_busy.status_code, r_crit.status_code, r_std.status_code] == [200, 200, 200]
+            # Capacity freed once: the critical request (queued last) went before the standard one.
+            assert t_busy <= t_crit < t_std
+            assert await metric(client, stack, "inference_extension_flow_control_requests_total",
+                                outcome="Displaced", priority="-1") == 1.0
+    asyncio.run(scenario())
