@@ -119,6 +119,7 @@ class _Stream:
     admitted: bool = False
     # Flow control queued the request: the ticket to wait on and what to finish with.
     ticket: Any = None
+    gate: FlowGate | None = None  # the gate that issued the ticket (a reload may swap self.flow)
     pending_body: bytes = b""
     pending_trailers: bool = False
     evictable: bool = False  # registered with flow control's eviction (sheddable, body seen)
@@ -250,14 +251,14 @@ class ExtProcHandler:
             if verdict is not None:
                 if isinstance(verdict, RequestError):
                     raise verdict
-                st.ticket, st.pending_body = verdict, body
+                st.ticket, st.gate, st.pending_body = verdict, flow, body
                 return []
         return self._route(st, request, body)
 
     async def _after_queue(self, st: _Stream) -> list[bytes]:
-        ticket, st.ticket = st.ticket, None
-        assert self.flow is not None and st.request is not None
-        await self.flow.wait(ticket)
+        ticket, gate, st.ticket, st.gate = st.ticket, st.gate, None, None
+        assert gate is not None and st.request is not None
+        await gate.wait(ticket)
         body, st.pending_body = st.pending_body, b""
         out = self._route(st, st.request, body)
         if st.pending_trailers:
