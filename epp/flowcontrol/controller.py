@@ -152,20 +152,24 @@ class FlowController:
             return False
         for band, it in victims:
             self._leave(band, it, DISPLACED)
-            it.future.set_result(RequestError(429, _DISPLACED, "flow_control_displaced",
-                                              retry_after_s=RETRY_AFTER_S))
+            if not it.future.done():
+                it.future.set_result(RequestError(429, _DISPLACED, "flow_control_displaced",
+                                                  retry_after_s=RETRY_AFTER_S))
             log.info("displaced a queued request", extra={"request_id": it.request.request_id,
                                                            "priority": it.priority, "for_priority": priority})
         return True
 
     async def wait(self, item: QueueItem) -> None:
         """Wait until `item` is dispatched; raises RequestError if it is refused instead."""
+        # Shielded: cancelling this task (TTL, client gone) must not cancel the future itself,
+        # or a dispatch racing with the cancellation would find it cancelled and hand over
+        # capacity to nobody.
         try:
             if item.ttl > 0:
                 async with asyncio.timeout(max(item.deadline - time.monotonic(), 0.0)):
-                    verdict = await item.future
+                    verdict = await asyncio.shield(item.future)
             else:
-                verdict = await item.future
+                verdict = await asyncio.shield(item.future)
         except TimeoutError:
             if not item.removed:
                 band = self._bands[item.priority]
@@ -248,6 +252,9 @@ class FlowController:
                 continue
             band.flows.move_to_end(flow.flow_id)  # round-robin turn order
             self._leave(band, item, DISPATCHED)
+            if item.future.done():  # cannot happen (shielded); never stall the dispatcher on it
+                self._kick()
+                return
             self._handoff = item
             item.future.set_result(None)
             return
@@ -296,7 +303,8 @@ class FlowController:
             for flow in list(band.flows.values()):
                 for item in flow.items():
                     self._leave(band, item, DISPATCHED)
-                    item.future.set_result(None)
+                    if not item.future.done():
+                        item.future.set_result(None)
 
     def _kick_if_running(self) -> None:
         try:

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -249,4 +250,40 @@ def test_eviction_of_inflight_sheddable_for_critical_past_ttl(enabled: bool) -> 
         # An ended request is no longer evictable: the next critical request times out.
         pool.ctl.on_release(shed)
         assert await pool.send(pool.request("late", 1, objective="critical")) == "503:flow_control_ttl_expired"
+    run(scenario)
+
+
+@pytest.mark.parametrize("reason", ["ttl", "client-gone"])
+def test_dispatch_racing_with_a_waiter_cancellation_does_not_stall_the_queue(reason: str) -> None:
+    # The waiter's task is cancelled (TTL timer or client gone) and, before it runs again,
+    # capacity frees and the dispatcher picks that very request. Found by `epp bench flow`:
+    # the handed-over capacity went to nobody and every later request timed out.
+    async def scenario() -> None:
+        pool = Pool(default_request_ttl=0.05 if reason == "ttl" else 0.0)
+        await pool.send(pool.request("busy"))
+        racing = asyncio.create_task(pool.send(pool.request("racing")))
+        await settle()
+        def free_and_dispatch() -> None:
+            pool.ep.inflight -= 1
+            pool.ctl._dispatch()  # runs before the cancelled task resumes
+
+        if reason == "ttl":
+            # Both timers fall due in the same loop iteration: the TTL timeout cancels the
+            # task, then the dispatch runs before the task's wake-up.
+            asyncio.get_running_loop().call_later(0.051, free_and_dispatch)
+            time.sleep(0.1)
+        else:
+            racing.cancel()
+            free_and_dispatch()
+        if reason == "ttl":
+            assert await racing in ("ok", "503:flow_control_ttl_expired")
+        else:
+            with pytest.raises(asyncio.CancelledError):
+                await racing
+        # The queue still works.
+        pool.ep.inflight = 1
+        nxt = asyncio.create_task(pool.send(pool.request("next")))
+        await settle()
+        pool.finish()
+        assert await asyncio.wait_for(nxt, 1) == "ok"
     run(scenario)
