@@ -2,8 +2,9 @@
 with and without flow control (issue 12's targets; docs/flow-control.md).
 
 Per arm: a fresh local stack (simulated pods, Envoy, the EPP with API keys for two tenants).
-1. Unloaded: a few sequential critical requests give the unloaded TTFT and the request time,
-   hence the pool's capacity = pods x max-num-seqs / request time.
+1. Unloaded: a few sequential critical requests give the unloaded TTFT and (first arm only,
+   reused by the others) the request time, hence the pool's capacity = pods x max-num-seqs /
+   request time.
 2. Overload: open-loop Poisson arrivals at `overload` x capacity for `model_seconds` (scaled
    by the simulator's time scale), classes critical 20% / standard 50% / sheddable 30%, the
    heavy tenant sending 4x the light one's rate. Every request is streamed (TTFT = first
@@ -149,7 +150,7 @@ async def _one(client: httpx.AsyncClient, url: str, cls: str, objective: str, te
     return Outcome(cls, tenant, status, ttft if status == 200 else None, start, time.monotonic())
 
 
-async def _run_arm(arm: str, stack: LocalStack, s: FlowBenchSettings) -> ArmResult:
+async def _run_arm(arm: str, stack: LocalStack, s: FlowBenchSettings, capacity: float | None) -> ArmResult:
     rng = random.Random(s.seed)
     url = stack.url
     limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
@@ -160,7 +161,8 @@ async def _run_arm(arm: str, stack: LocalStack, s: FlowBenchSettings) -> ArmResu
         ttfts = [o.ttft for o in unloaded[1:] if o.ttft is not None]
         if not times or not ttfts:
             raise RuntimeError(f"{arm}: unloaded requests failed: {[o.status for o in unloaded]}")
-        capacity = s.pods * s.max_num_seqs / statistics.mean(times)
+        if capacity is None:  # calibrated once, so every arm gets the same offered load
+            capacity = s.pods * s.max_num_seqs / statistics.mean(times)
         rate = s.overload * capacity
         duration = s.model_seconds * s.time_scale
         bound = max(30.0, 4 * duration)
@@ -188,7 +190,7 @@ def run_flow_bench(s: FlowBenchSettings) -> list[ArmResult]:
     fc = s.run_dir / "epp-config-flow.yaml"
     fc.write_text(FLOW_CONFIG.format(max_concurrency=s.max_num_seqs, ttl_ms=ttl_ms, shed_ttl_ms=shed_ttl_ms))
     arms.append(("flow control", fc))
-    results = []
+    results: list[ArmResult] = []
     for name, config in arms:
         cfg = StackConfig(ports_free=True, run_dir=s.run_dir / name.replace(" ", "-"), pods=s.pods,
                           time_scale=s.time_scale, kv_events=False, epp_config=config,
@@ -197,7 +199,8 @@ def run_flow_bench(s: FlowBenchSettings) -> list[ArmResult]:
         stack = LocalStack(cfg)
         try:
             stack.start(timeout=60)
-            results.append(asyncio.run(_run_arm(name, stack, s)))
+            capacity = results[0].capacity_rps if results else None
+            results.append(asyncio.run(_run_arm(name, stack, s, capacity)))
         finally:
             stack.stop()
     return results
