@@ -24,6 +24,7 @@ from epp.bench.envoy_configs import lb_envoy_config, to_yaml
 from epp.localstack.stack import LocalStack, StackConfig, StackError, envoy_binary, free_ports
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+EMBEDDED_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 
 RouterKind = Literal["envoy", "vllm-router", "epp"]
 
@@ -49,6 +50,11 @@ ROUTERS: tuple[RouterSpec, ...] = (
     RouterSpec("epp-all", "EPP all scorers", "epp", "epp-all.yaml", ours=True),
     RouterSpec("epp-precise", "EPP precise prefix (KV events)", "epp", "epp-precise.yaml", ours=True),
     RouterSpec("epp-precise-spec", "EPP precise + speculative (30s)", "epp", "epp-precise-spec.yaml", ours=True),
+    # The embedded configs themselves (an absolute path wins over CONFIG_DIR).
+    RouterSpec("epp-default", "EPP default config", "epp", str(EMBEDDED_CONFIG_DIR / "default-config.yaml"),
+               ours=True),
+    RouterSpec("epp-gie-default", "EPP with GIE's default config", "epp",
+               str(EMBEDDED_CONFIG_DIR / "gie-default.yaml"), ours=True),
 )
 
 

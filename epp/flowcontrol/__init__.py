@@ -1,4 +1,5 @@
-"""Flow control: pool saturation detection and admission (shedding, EPP overload guard)."""
+"""Flow control: saturation detectors, the flow-control queue (priority bands, fairness,
+ordering, limits) and admission (shedding, EPP overload guard)."""
 
 from epp.flowcontrol.admission import (
     DECISION_QUEUE_FULL,
@@ -10,7 +11,7 @@ from epp.flowcontrol.admission import (
     AdmissionRejected,
     AdmissionRejection,
 )
-from epp.flowcontrol.saturation import SaturationConfig, SaturationDetector
+from epp.flowcontrol.saturation import PoolSaturation, SaturationConfig
 
 __all__ = [
     "DECISION_QUEUE_FULL",
@@ -21,6 +22,6 @@ __all__ = [
     "AdmissionController",
     "AdmissionRejected",
     "AdmissionRejection",
+    "PoolSaturation",
     "SaturationConfig",
-    "SaturationDetector",
 ]

@@ -22,8 +22,8 @@ from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from epp.flowcontrol.saturation import SaturationDetector
 from epp.scheduling.types import LLMRequest
 
 
@@ -93,8 +93,12 @@ class AdmissionConfig:
             raise ValueError(f"queue_timeout must be > 0 seconds, got {self.queue_timeout}")
 
 
+class Saturation(Protocol):
+    def is_saturated(self) -> bool: ...
+
+
 class AdmissionController:
-    def __init__(self, saturation: SaturationDetector | None, config: AdmissionConfig | None = None) -> None:
+    def __init__(self, saturation: Saturation | None, config: AdmissionConfig | None = None) -> None:
         self.saturation = saturation
         self.config = config or AdmissionConfig()
         self.config.validate()

@@ -1,26 +1,30 @@
-"""Pool saturation detection (GIE's utilization detector).
+"""Pool saturation for the legacy admission path, and the detector used when the config
+names none.
 
-An endpoint has capacity when its metrics are fresh and both its waiting queue and its
-KV-cache usage are below the thresholds. The pool is saturated when no healthy endpoint
-has capacity; stale or never-scraped metrics count as "no capacity", since routing
-sheddable work on unknown load is how overload starts.
+`PoolSaturation.is_saturated()` asks the configured SaturationDetector plugin (see
+plugins/utilization_detector.py, plugins/concurrency_detector.py) about the healthy
+endpoints: saturated at >= 1.0, as GIE's admission does. With flow control off, sheddable
+requests (priority < 0) are rejected then; with it on, requests queue instead.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from epp.datastore.datastore import Datastore
-from epp.datastore.endpoint import Endpoint
+from epp.flowcontrol.interfaces import SaturationDetector
 
 
 @dataclass(slots=True)
 class SaturationConfig:
+    """The `epp serve` flags for the utilization detector used when the EndpointPickerConfig
+    configures none (--saturation-queue-depth, --saturation-kv-cache)."""
+
     queue_depth_threshold: int = 5
     kv_cache_util_threshold: float = 0.8
     # Seconds; None disables the freshness requirement (e.g. when nothing scrapes metrics).
+    # 1 s rather than GIE's 200 ms: a busy 2-core host can miss a few 50 ms scrapes, and
+    # flapping to "saturated" would shed sheddable work for nothing.
     metrics_staleness_threshold: float | None = 1.0
 
     def validate(self) -> None:
@@ -33,26 +37,26 @@ class SaturationConfig:
                 f"metricsStalenessThreshold must be > 0 seconds, got {self.metrics_staleness_threshold}"
             )
 
+    def detector(self) -> SaturationDetector:
+        from epp.flowcontrol.plugins.utilization_detector import UtilizationDetector
 
-class SaturationDetector:
-    def __init__(self, datastore: Datastore, config: SaturationConfig | None = None) -> None:
+        self.validate()
+        params = UtilizationDetector.Params(
+            queue_depth_threshold=self.queue_depth_threshold,
+            kv_cache_util_threshold=self.kv_cache_util_threshold,
+            metrics_staleness_threshold=self.metrics_staleness_threshold)
+        return UtilizationDetector(name=UtilizationDetector.type_name, params=params)
+
+
+class PoolSaturation:
+    """Saturation of the pool's healthy endpoints by one detector (replaceable on reload)."""
+
+    def __init__(self, datastore: Datastore, detector: SaturationDetector) -> None:
         self.datastore = datastore
-        self.config = config or SaturationConfig()
-        self.config.validate()
+        self.detector = detector
 
-    def has_capacity(self, ep: Endpoint, now: float | None = None) -> bool:
-        cfg = self.config
-        m = ep.metrics
-        if cfg.metrics_staleness_threshold is not None:
-            if now is None:
-                now = time.monotonic()
-            if m.updated_at <= 0.0 or now - m.updated_at > cfg.metrics_staleness_threshold:
-                return False
-        return (m.waiting_queue_size < cfg.queue_depth_threshold
-                and m.kv_cache_usage < cfg.kv_cache_util_threshold)
+    def saturation(self) -> float:
+        return self.detector.saturation(self.datastore.healthy_endpoints())
 
-    def is_saturated(self, endpoints: Iterable[Endpoint] | None = None) -> bool:
-        """True when none of `endpoints` (default: the healthy endpoints) has capacity."""
-        now = time.monotonic()
-        pool = self.datastore.healthy_endpoints() if endpoints is None else endpoints
-        return not any(self.has_capacity(ep, now) for ep in pool)
+    def is_saturated(self) -> bool:
+        return self.saturation() >= 1.0

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from epp.localstack.stack import DEFAULT_MODEL, LocalStack, StackConfig, StackError
+from epp.localstack.stack import DEFAULT_MODEL, REPO, LocalStack, StackConfig, StackError
 
 
 def add_parser(sub: Any) -> None:
@@ -33,6 +33,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--time-scale", type=float, default=1.0, help="simulator speed factor (1.0 = real time)")
     p.add_argument("--epp-tls", action="store_true",
                    help="TLS between Envoy and the EPP (as in Kubernetes), with a generated certificate")
+    p.add_argument("--tenants", action="store_true",
+                   help="API keys for two example tenants (deploy/local/tenants.yaml) and flow control")
     p.set_defaults(func=run)
 
 
@@ -43,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
                       epp_tls=args.epp_tls, tokenizer=args.tokenizer)
     if args.run_dir is not None:
         cfg.run_dir = args.run_dir
+    if args.tenants:
+        _with_tenants(cfg)
     stack = LocalStack(cfg)
     print(f">> starting {len(stack.pods)} {cfg.engine} pod(s), the EPP and Envoy (logs in {cfg.run_dir / 'logs'})",
           flush=True)
@@ -72,6 +76,8 @@ Try it:
 
 The response header x-sim-pod names the pod that served it. Ctrl-C stops everything.
 """, flush=True)
+    if args.tenants:
+        print(_tenant_curls(url, cfg.model), flush=True)
     stopping = False
 
     def _on_signal(signum: int, frame: object) -> None:
@@ -93,3 +99,25 @@ The response header x-sim-pod names the pod that served it. Ctrl-C stops everyth
     print(">> stopping", flush=True)
     stack.stop()
     return 0
+
+
+TENANT_KEYS = REPO / "deploy/local/tenants.yaml"
+TENANT_EXAMPLE_KEYS = (("team-a", "sk-local-team-a"), ("team-b", "sk-local-team-b"))
+
+
+def _with_tenants(cfg: StackConfig) -> None:
+    """API keys + flow control (docs/flow-control.md): the EPP holds requests while the pool
+    is saturated, so Envoy's ext_proc message timeout must outlast the longest queue TTL."""
+    cfg.epp_args = [*cfg.epp_args, "--api-keys", str(TENANT_KEYS)]
+    if cfg.epp_config is None:
+        cfg.epp_config = REPO / "deploy/local/epp-config-flowcontrol.yaml"
+    cfg.envoy_message_timeout_ms = max(cfg.envoy_message_timeout_ms, 60_000)
+
+
+def _tenant_curls(url: str, model: str) -> str:
+    lines = ["Tenants (API keys in deploy/local/tenants.yaml; without a valid key: 401):"]
+    for tenant, key in TENANT_EXAMPLE_KEYS:
+        lines.append(f"  # {tenant}\n  curl -s {url}/v1/completions -H 'authorization: Bearer {key}' "
+                     f"-H 'content-type: application/json' \\\n"
+                     f"    -d '{{\"model\": \"{model}\", \"prompt\": \"Hello\", \"max_tokens\": 16}}'")
+    return "\n".join(lines) + "\n"

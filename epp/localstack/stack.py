@@ -132,6 +132,8 @@ class StackConfig:
     subset_hint: list[str] | None = None  # tests: static envoy.lb.subset_hint metadata
     epp_max_concurrent_streams: int = 32  # per Envoy->EPP connection (more connections spread workers)
     access_log: bool = False  # Envoy access log (with response flags and details) in its log file
+    # Envoy's ext_proc message_timeout: must exceed the longest flow-control queue wait (GIE: 1000s).
+    envoy_message_timeout_ms: int = 2000
     with_envoy: bool = True
     # TLS between Envoy and the EPP: a certificate is made in <run_dir>/tls, the EPP serves it
     # (--secure-serving --cert-path) and Envoy verifies it (an upstream TLS context).
@@ -217,6 +219,7 @@ class LocalStack:
             subset_hint=cfg.subset_hint,
             access_log=cfg.access_log,
             epp_max_concurrent_streams=cfg.epp_max_concurrent_streams,
+            message_timeout_ms=cfg.envoy_message_timeout_ms,
         )
         if cfg.epp_tls:
             from epp.server.tls import CERT_FILE, self_signed_pair, write_pair

@@ -83,16 +83,19 @@ _loaded = False
 
 
 def load_builtin_plugins() -> None:
-    """Import every module of epp.scheduling.plugins (each registers its classes)."""
+    """Import every module of epp.scheduling.plugins and epp.flowcontrol.plugins (each
+    registers its classes)."""
     global _loaded
     if _loaded:
         return
     _loaded = True
+    import epp.flowcontrol.plugins as flow_pkg
     import epp.scheduling.plugins as pkg
 
-    for mod in pkgutil.iter_modules(pkg.__path__):
-        if not mod.name.startswith("_"):
-            importlib.import_module(f"{pkg.__name__}.{mod.name}")
+    for package in (pkg, flow_pkg):  # flow control's detectors and policies share the registry
+        for mod in pkgutil.iter_modules(package.__path__):
+            if not mod.name.startswith("_"):
+                importlib.import_module(f"{package.__name__}.{mod.name}")
 
 
 # Word boundaries of camelCase, keeping acronyms whole: speculativeTTL -> speculative_ttl,

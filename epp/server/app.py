@@ -22,9 +22,17 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from epp.config.loader import SchedulerConfig, load_scheduler_config, reload_scheduler_config
 from epp.datastore.datastore import Datastore
 from epp.datastore.endpoint import Endpoint
+from epp.datastore.inflight import SERVICE_KEY as INFLIGHT_KEY
+from epp.datastore.inflight import InflightConfig, InflightTracker
 from epp.datastore.local import LocalEndpointSource
 from epp.flowcontrol.admission import AdmissionConfig, AdmissionController
-from epp.flowcontrol.saturation import SaturationConfig, SaturationDetector
+from epp.flowcontrol.config import build_flow_control_config
+from epp.flowcontrol.controller import FlowController
+from epp.flowcontrol.metrics import FlowControlMetrics
+from epp.flowcontrol.pipeline import AdmissionPipeline, TenantMetrics
+from epp.flowcontrol.ratelimit import LimitStore, MemoryLimitStore, RedisLimitStore, TenantLimiter
+from epp.flowcontrol.saturation import PoolSaturation, SaturationConfig
+from epp.flowcontrol.tenants import ApiKeyAuth, KeysFileError
 from epp.k8s.cli import KubernetesOptions
 from epp.k8s.config_watch import ConfigFileWatcher
 from epp.metricsscrape.scraper import ScrapeConfig, ScraperManager
@@ -63,7 +71,10 @@ class ServeOptions:
     saturation: SaturationConfig = field(default_factory=SaturationConfig)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     handler: HandlerOptions = field(default_factory=HandlerOptions)
+    inflight: InflightConfig = field(default_factory=InflightConfig)
     config_watch_interval_s: float = 1.0
+    api_keys: Path | None = None  # keys file / Secret directory (epp/flowcontrol/tenants.py)
+    rate_limit_redis: str | None = None  # shared per-tenant limits; None: in memory
     max_concurrent_streams: int = 0
     tls: TLSOptions = field(default_factory=TLSOptions)
     shutdown_grace_s: float = 5.0
@@ -130,6 +141,9 @@ class EPPServer:
         self.opts = opts
         self.datastore = Datastore()
         self.ctx = PluginContext(self.datastore, source=str(opts.config or "<default config>"))
+        # The one in-flight ledger: the server charges and releases, scorers read it.
+        self.tracker = InflightTracker(self.datastore, opts.inflight)
+        self.ctx.services[INFLIGHT_KEY] = self.tracker
         self.peers: PeerBus | None = None
         self.inflight_sharing: InflightSharing | None = None
         if opts.worker_count > 1:
@@ -137,17 +151,32 @@ class EPPServer:
                 raise ConfigError("several workers need a peer directory (--peer-dir)")
             self.peers = PeerBus(opts.peer_dir, opts.worker_id, opts.worker_count)
             self.ctx.services[PEER_BUS_KEY] = self.peers
-            self.inflight_sharing = InflightSharing(self.peers, self.datastore)
+            self.inflight_sharing = InflightSharing(self.peers, self.datastore, tracker=self.tracker)
         self.metrics = EPPMetrics(datastore=self.datastore)
         # Plugins that export metrics of their own (KV events, P/D) register them here.
         self.ctx.services["metrics.registry"] = self.metrics.registry
         register_pd_metrics(self.metrics.registry, self.ctx.services)
-        self.admission = AdmissionController(SaturationDetector(self.datastore, opts.saturation),
-                                             opts.admission)
+        self.admission = AdmissionController(None, opts.admission)
         self.observer = MetricsObserver(self.metrics)
         self.sched_config: SchedulerConfig = load_scheduler_config(opts.config, self.ctx, self.observer)
         self.handler = ExtProcHandler(self.datastore, self._scheduler, AdmissionAdapter(self.admission),
-                                      self.observer, opts.handler)
+                                      self.observer, opts.handler, self.tracker)
+        self.flow_metrics = FlowControlMetrics(self.metrics.registry)
+        self.flow: FlowController | None = None
+        self.auth: ApiKeyAuth | None = None
+        self.limiter: TenantLimiter | None = None
+        self.tenant_metrics: TenantMetrics | None = None
+        if opts.api_keys is not None:
+            try:
+                self.auth = ApiKeyAuth(opts.api_keys)
+            except KeysFileError as e:
+                raise ConfigError(str(e)) from None
+            store: LimitStore = (RedisLimitStore(opts.rate_limit_redis) if opts.rate_limit_redis
+                                 else MemoryLimitStore())
+            self.limiter = TenantLimiter(store)
+            self.tenant_metrics = TenantMetrics(self.metrics.registry)
+        self.handler.auth = self.auth
+        self._apply_flow_control(self.sched_config)
         self.probe = ReadinessProbe(self.datastore)
         self._stop = asyncio.Event()
         self._sources: list[Any] = []
@@ -156,11 +185,34 @@ class EPPServer:
     def _scheduler(self) -> Any:
         return self.sched_config.scheduler
 
+    def _apply_flow_control(self, sched: SchedulerConfig) -> None:
+        """Saturation detector and flow control from the config's saturationDetector /
+        featureGates / flowControl sections (raises ConfigError naming file and field)."""
+        cfg = build_flow_control_config(sched.extra_sections, sched.plugins, self.ctx, sched.source,
+                                        default_detector=self.opts.saturation.detector)
+        if cfg.enabled:
+            # GIE: with flow control on, saturation queues requests instead of shedding them.
+            self.admission.saturation = None
+            if self.flow is None:
+                self.flow = FlowController(cfg, self.datastore.healthy_endpoints, self.flow_metrics)
+            else:
+                self.flow.reconfigure(cfg)
+        else:
+            self.admission.saturation = PoolSaturation(self.datastore, cfg.detector)
+            if self.flow is not None:
+                self.flow.release_all()
+                self.flow = None
+        gate = None
+        if self.flow is not None or self.auth is not None:
+            gate = AdmissionPipeline(self.flow, self.auth, self.limiter, self.tenant_metrics)
+        self.handler.flow = gate
+
     async def reload_config(self, path: str | None = None) -> bool:
         """Rebuild the scheduler from the config file; keeps the old one on error."""
         source = path or (str(self.opts.config) if self.opts.config else None)
         try:
             new = reload_scheduler_config(source, self.ctx, self.sched_config)
+            self._apply_flow_control(new)
         except ConfigError as e:
             log.error("config reload failed, keeping the running config: %s", e)
             return False
@@ -212,6 +264,15 @@ class EPPServer:
             stack.push_async_callback(self.inflight_sharing.stop)
             await self.inflight_sharing.start()
 
+        if self.datastore.pool is not None:
+            self.flow_metrics.set_pool(self.datastore.pool.name)
+        if self.auth is not None:
+            stack.push_async_callback(self.auth.stop)
+            await self.auth.start()
+        if self.limiter is not None:
+            stack.push_async_callback(self.limiter.store.close)
+        stack.push_async_callback(self.tracker.stop)
+        await self.tracker.start()
         scrapers = ScraperManager(self.datastore, opts.scrape)
         stack.push_async_callback(scrapers.stop)
         await scrapers.start()

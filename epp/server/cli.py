@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from epp.datastore.inflight import InflightConfig
 from epp.flowcontrol.admission import AdmissionConfig
 from epp.flowcontrol.saturation import SaturationConfig
 from epp.k8s.cli import KubernetesOptions, add_k8s_arguments
@@ -48,6 +49,13 @@ def add_parser(sub: Any) -> None:
                    help="metric names of the model servers (vllm)")
     p.add_argument("--max-inflight-requests", type=int, default=10_000,
                    help="requests in flight per EPP process before new ones get 503 (10000)")
+    p.add_argument("--inflight-timeout", type=float, default=300.0,
+                   help="seconds after which an in-flight charge with no completion is released (300)")
+    p.add_argument("--default-output-tokens", type=int, default=256,
+                   help="expected decode tokens of a request without max_tokens, for token load (256)")
+    p.add_argument("--prefill-window", type=float, default=0.5,
+                   help="seconds over which a dispatched prompt counts as prefilling, for "
+                        "prefill-load-scorer (0.5)")
     p.add_argument("--saturation-queue-depth", type=int, default=5,
                    help="waiting requests at which a pod counts as saturated (5)")
     p.add_argument("--saturation-kv-cache", type=float, default=0.8,
@@ -70,6 +78,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--worker-id", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--worker-count", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--peer-dir", type=Path, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--api-keys", type=Path, default=None,
+                   help="API keys file or mounted Secret directory (tenants, limits); reloaded on change. "
+                        "Without it no key is required")
+    p.add_argument("--rate-limit-redis", default=None, metavar="URL",
+                   help="share per-tenant rate limits through Redis (redis://host:port/db); default: in memory")
     p.add_argument("--log-level", default=os.environ.get("EPP_LOG_LEVEL", "info"))
     p.add_argument("--log-format", default=os.environ.get("EPP_LOG_FORMAT", "json"), choices=("json", "text"))
     p.add_argument("--validate-config", action="store_true",
@@ -105,8 +118,12 @@ def run(args: argparse.Namespace) -> int:
             endpoints_file=args.endpoints_file, objectives_files=list(args.objectives_file),
             kubernetes=k8s, scrape=scrape, max_concurrent_streams=args.max_concurrent_streams,
             admission=AdmissionConfig(max_inflight_requests=args.max_inflight_requests),
+            inflight=InflightConfig(request_timeout_s=args.inflight_timeout,
+                                    default_output_tokens=args.default_output_tokens,
+                                    prefill_window_s=args.prefill_window),
             saturation=SaturationConfig(queue_depth_threshold=args.saturation_queue_depth,
                                         kv_cache_util_threshold=args.saturation_kv_cache),
+            api_keys=args.api_keys, rate_limit_redis=args.rate_limit_redis,
             worker_id=args.worker_id or 0, worker_count=args.worker_count, peer_dir=args.peer_dir,
             tls=tls_options(args, kubernetes_mode=k8s is not None))
         server = EPPServer(opts)
@@ -141,16 +158,22 @@ def tls_options(args: argparse.Namespace, *, kubernetes_mode: bool) -> TLSOption
 def _validate(config: Path | None) -> int:
     from epp.config.loader import load_scheduler_config
     from epp.datastore.datastore import Datastore
+    from epp.flowcontrol.config import build_flow_control_config
     from epp.scheduling.registry import PluginContext
 
     try:
-        cfg = load_scheduler_config(config, PluginContext(Datastore(), source=str(config)))
+        ctx = PluginContext(Datastore(), source=str(config))
+        cfg = load_scheduler_config(config, ctx)
+        flow = build_flow_control_config(cfg.extra_sections, cfg.plugins, ctx, cfg.source)
     except ConfigError as e:
         print(f"error: {e}")
         return 2
     print(f"{config or 'embedded default config'}: OK")
     for name, profile in cfg.profiles.items():
         print(f"  profile {name}: {profile}")
+    bands = ", ".join(str(p) for p in sorted(flow.bands, reverse=True)) or "from defaultPriorityBand only"
+    print(f"  saturation detector: {flow.detector.name}; flow control: "
+          f"{'on (priority bands: ' + bands + ')' if flow.enabled else 'off'}")
     return 0
 
 

@@ -8,6 +8,7 @@ from epp.server import wire
 
 _TYPES = {
     400: "BadRequestError",
+    401: "AuthenticationError",
     404: "NotFoundError",
     413: "RequestTooLargeError",
     429: "RateLimitError",

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from epp.datastore.datastore import Datastore
 from epp.datastore.endpoint import Endpoint
+from epp.datastore.inflight import Dispatch, InflightTracker
 from epp.scheduling.types import CycleState, LLMRequest, SchedulingError, SchedulingResult
 from epp.server import wire
 from epp.server.errors import RequestError
@@ -59,6 +60,22 @@ class Admission(Protocol):
 
     def admit(self, request: LLMRequest) -> RequestError | None: ...
     def release(self) -> None: ...
+
+
+class FlowGate(Protocol):
+    """Flow control (epp/flowcontrol/controller.py): None routes now, a RequestError refuses,
+    anything else is a queue ticket to `await wait(ticket)` on (raises RequestError if refused)."""
+
+    def admit(self, request: LLMRequest, nbytes: int) -> Any: ...
+    async def wait(self, ticket: Any) -> None: ...
+    def on_evictable(self, request: LLMRequest, abort: Callable[[], None]) -> None: ...
+    def on_complete(self, request: LLMRequest | None, response: dict[str, Any] | None) -> None: ...
+
+
+class Authenticator(Protocol):
+    """API keys (epp/flowcontrol/tenants.py): raises RequestError (401) for a missing or bad key."""
+
+    def authenticate(self, headers: dict[str, str]) -> Any: ...
 
 
 class ServerObserver(Protocol):
@@ -100,6 +117,14 @@ class _Stream:
     started: float = 0.0
     usage: UsageParser | None = None
     admitted: bool = False
+    # Flow control queued the request: the ticket to wait on and what to finish with.
+    ticket: Any = None
+    gate: FlowGate | None = None  # the gate that issued the ticket (a reload may swap self.flow)
+    pending_body: bytes = b""
+    pending_trailers: bool = False
+    evictable: bool = False  # registered with flow control's eviction (sheddable, body seen)
+    evicted: bool = False
+    dispatch: Dispatch | None = None  # the in-flight charges, released when the stream ends
 
 
 @dataclass(slots=True)
@@ -118,13 +143,20 @@ class ExtProcHandler:
         admission: Admission | None = None,
         observer: ServerObserver | None = None,
         options: HandlerOptions | None = None,
+        tracker: InflightTracker | None = None,
     ) -> None:
         self.datastore = datastore
+        # The in-flight ledger: charged when a decision is committed, released when the
+        # stream ends (see epp/datastore/inflight.py).
+        self.tracker = tracker if tracker is not None else InflightTracker(datastore)
         self._scheduler = scheduler
         self.admission = admission
         self.observer: ServerObserver = observer or NullObserver()
         self.options = options or HandlerOptions()
         self._dest_fragments: dict[str, bytes] = {}
+        # Set (and swapped on config reload) by the server when flow control is enabled.
+        self.flow: FlowGate | None = None
+        self.auth: Authenticator | None = None
 
     # The gRPC stream-stream method (request_deserializer=ProcessingRequest.FromString,
     # response_serializer=identity: we yield encoded bytes).
@@ -146,6 +178,8 @@ class ExtProcHandler:
                         out = self._on_request_trailers(st)
                     else:  # response trailers: nothing to do but let them through
                         out = [_RESPONSE_TRAILERS_CONTINUE] if which == "response_trailers" else []
+                    if st.ticket is not None:  # queued by flow control: wait, then route
+                        out = await self._after_queue(st)
                 except RequestError as e:
                     self.observer.on_rejected(st.request, e)
                     yield e.to_immediate_response(st.request_id)
@@ -199,13 +233,39 @@ class ExtProcHandler:
         body = b"".join(st.chunks)
         st.chunks = []
         out = self._decide_with_body(st, body) if st.request is None else []
+        if st.ticket is not None:
+            st.pending_trailers = True  # answered after the queued decision
+            return out
         return [*out, _REQUEST_TRAILERS_CONTINUE]
 
     def _decide_with_body(self, st: _Stream, body: bytes) -> list[bytes]:
+        if self.auth is not None:  # here, not on headers: also covers header-skipping modes
+            self.auth.authenticate(st.headers)
         request = parse_request(body, st.path or "/v1/completions", st.request_id, st.headers,
                                 self.datastore)
         request.candidates = st.subset
         st.request = request
+        flow = self.flow
+        if flow is not None:
+            verdict = flow.admit(request, len(body))
+            if verdict is not None:
+                if isinstance(verdict, RequestError):
+                    raise verdict
+                st.ticket, st.gate, st.pending_body = verdict, flow, body
+                return []
+        return self._route(st, request, body)
+
+    async def _after_queue(self, st: _Stream) -> list[bytes]:
+        ticket, gate, st.ticket, st.gate = st.ticket, st.gate, None, None
+        assert gate is not None and st.request is not None
+        await gate.wait(ticket)
+        body, st.pending_body = st.pending_body, b""
+        out = self._route(st, st.request, body)
+        if st.pending_trailers:
+            out.append(_REQUEST_TRAILERS_CONTINUE)
+        return out
+
+    def _route(self, st: _Stream, request: LLMRequest, body: bytes) -> list[bytes]:
         mutation, metadata = self._schedule(st, request)
         new_body: bytes | None = None
         if request.target_model != request.model:
@@ -219,12 +279,14 @@ class ExtProcHandler:
 
     def _decide_bodyless(self, st: _Stream) -> bytes:
         """GET /v1/models, /health and the like: any healthy endpoint, least in-flight first."""
+        if self.auth is not None:
+            self.auth.authenticate(st.headers)
         endpoints = self._eligible(st.subset)
         if not endpoints:
             raise RequestError(503, "no healthy endpoint in the pool", "no_healthy_endpoint")
         target = min(endpoints, key=_load)
         st.targets = [target]
-        target.inflight += 1
+        st.dispatch = self.tracker.dispatch(st.targets, 0)
         return wire.request_headers_response(
             wire.common_response(self._dest_fragment(target)),
             wire.dynamic_metadata(METADATA_NAMESPACE, ((DESTINATION_HEADER, target.hostport),)))
@@ -258,12 +320,14 @@ class ExtProcHandler:
         scheduler.pre_request(state, request, result)
         self.observer.on_decision(request, result, time.perf_counter() - t0)
         target = targets[0]
-        target.inflight += 1
         st.targets = [target]
         for profile, res in result.profile_results.items():
             if profile != result.primary_profile and res is not None and res.targets:
-                res.targets[0].inflight += 1  # e.g. the prefill pod of a P/D request
-                st.targets.append(res.targets[0])
+                st.targets.append(res.targets[0])  # e.g. the prefill pod of a P/D request
+        tracker = self.tracker
+        prompt_chars = len(request.prompt_text())
+        st.dispatch = tracker.dispatch(st.targets, tracker.estimate_tokens(prompt_chars, request.max_tokens),
+                                       tracker.estimate_tokens(prompt_chars, 0))
         mutation = self._dest_fragment(target)
         if result.headers:
             mutation += wire.header_mutation(result.headers.items())
@@ -311,22 +375,38 @@ class ExtProcHandler:
         return [_RESPONSE_HEADERS_CONTINUE]
 
     def _on_response_body(self, st: _Stream, msg: Any) -> list[bytes]:
+        if self.flow is not None and st.request is not None and st.request.priority < 0:
+            self._evictable(st, st.request)
         if st.usage is not None:
             st.usage.feed(msg.response_body.body)
         return [_RESPONSE_BODY_CONTINUE]
 
+    def _evictable(self, st: _Stream, request: LLMRequest) -> None:
+        """Flow control's optional eviction of in-flight sheddable requests: only a response
+        that streams through the EPP can be ended, by answering its next chunk with an error
+        (Envoy then resets the HTTP stream and the pod sees the client go)."""
+        if st.evicted:
+            raise RequestError(503, "the request was evicted to make room for higher-priority work; "
+                               "retry later", "flow_control_evicted", retry_after_s=1)
+        if not st.evictable and self.flow is not None:
+            st.evictable = True
+            self.flow.on_evictable(request, lambda: setattr(st, "evicted", True))
+
     def _complete(self, st: _Stream) -> None:
         if st.admitted and self.admission is not None:
             self.admission.release()
-        for ep in st.targets:
-            if ep.inflight > 0:
-                ep.inflight -= 1
+        if st.dispatch is not None:
+            self.tracker.complete(st.dispatch)
         if st.request is None or not st.targets:
+            if self.flow is not None:
+                self.flow.on_complete(st.request, None)
             return
         response: dict[str, Any] = {"status": st.status}
         if st.usage is not None:
             response.update(st.usage.result())
         seconds = time.perf_counter() - st.started
+        if self.flow is not None:
+            self.flow.on_complete(st.request, response)  # capacity freed: queued requests may go
         try:
             self._scheduler().post_response(st.request, st.targets[0], response)
             self.observer.on_complete(st.request, st.targets[0], response, seconds)
@@ -377,4 +457,4 @@ class ExtProcHandler:
 
 
 def _load(ep: Endpoint) -> tuple[int, int]:
-    return (ep.metrics.waiting_queue_size + ep.inflight, ep.metrics.running_requests)
+    return (ep.metrics.waiting_queue_size + ep.inflight + ep.peer_inflight, ep.metrics.running_requests)

@@ -49,7 +49,7 @@ def test_router_table_is_complete_and_keys_unique() -> None:
     keys = [r.key for r in ROUTERS]
     assert len(keys) == len(set(keys))
     assert {"envoy-rr", "envoy-lr", "vr-rr", "vr-p2c", "vr-cache", "vr-kv", "epp-load", "epp-prefix", "epp-all",
-            "epp-precise", "epp-precise-spec"} == set(keys)
+            "epp-precise", "epp-precise-spec", "epp-default", "epp-gie-default"} == set(keys)
     for spec in ROUTERS:
         if spec.kind == "epp":
             assert (Path(__file__).resolve().parents[3] / "epp/bench/configs" / spec.policy).exists()

@@ -16,8 +16,8 @@ from epp.flowcontrol import (
     AdmissionConfig,
     AdmissionController,
     AdmissionRejected,
+    PoolSaturation,
     SaturationConfig,
-    SaturationDetector,
 )
 from epp.scheduling.types import LLMRequest
 
@@ -35,14 +35,16 @@ def request(priority: int = 0) -> LLMRequest:
     return LLMRequest(request_id="r", model="m", target_model="m", priority=priority)
 
 
-def test_saturated_only_when_every_healthy_endpoint_is_full() -> None:
+def test_saturated_when_mean_endpoint_utilization_reaches_one() -> None:
+    # GIE v1.5 utilization detector: mean over healthy endpoints of
+    # max(waiting / queueDepthThreshold, kv / kvCacheUtilThreshold), saturated at >= 1.0.
     ds = Datastore()
-    det = SaturationDetector(ds)
+    det = PoolSaturation(ds, SaturationConfig().detector())
     assert det.is_saturated()  # no endpoints: nothing has capacity
     endpoint(ds, "queue-full", waiting=5)
     endpoint(ds, "kv-full", kv=0.8)
     assert det.is_saturated()
-    spare = endpoint(ds, "spare", waiting=4, kv=0.79)
+    spare = endpoint(ds, "spare", waiting=4, kv=0.79)  # 0.9875: mean (1 + 1 + 0.9875) / 3 < 1
     assert not det.is_saturated()
     ds.set_health(spare, False)  # unhealthy endpoints do not count
     assert det.is_saturated()
@@ -50,11 +52,11 @@ def test_saturated_only_when_every_healthy_endpoint_is_full() -> None:
 
 def test_stale_or_unscraped_metrics_mean_no_capacity() -> None:
     ds = Datastore()
-    det = SaturationDetector(ds, SaturationConfig(metrics_staleness_threshold=0.5))
+    det = PoolSaturation(ds, SaturationConfig(metrics_staleness_threshold=0.5).detector())
     endpoint(ds, "stale", age=2.0)
     endpoint(ds, "never", age=None)
     assert det.is_saturated()
-    relaxed = SaturationDetector(ds, SaturationConfig(metrics_staleness_threshold=None))
+    relaxed = PoolSaturation(ds, SaturationConfig(metrics_staleness_threshold=None).detector())
     assert not relaxed.is_saturated()
 
 
@@ -62,7 +64,7 @@ def test_thresholds_are_configurable_and_validated() -> None:
     ds = Datastore()
     endpoint(ds, "a", waiting=7, kv=0.85)
     lenient = SaturationConfig(queue_depth_threshold=10, kv_cache_util_threshold=0.9)
-    assert not SaturationDetector(ds, lenient).is_saturated()
+    assert not PoolSaturation(ds, lenient.detector()).is_saturated()
     with pytest.raises(ValueError, match="kvCacheUtilThreshold"):
         SaturationConfig(kv_cache_util_threshold=1.5).validate()
     with pytest.raises(ValueError, match="queueDepthThreshold"):
@@ -72,7 +74,7 @@ def test_thresholds_are_configurable_and_validated() -> None:
 def test_sheddable_requests_rejected_with_429_only_when_saturated() -> None:
     ds = Datastore()
     full = endpoint(ds, "full", waiting=9)
-    ctl = AdmissionController(SaturationDetector(ds))
+    ctl = AdmissionController(PoolSaturation(ds, SaturationConfig().detector()))
     assert ctl.admit(request(priority=-1)) is POOL_SATURATED
     assert ctl.admit(request(priority=0)) is None  # critical/standard work passes
     assert ctl.admit(request(priority=5)) is None

@@ -1,0 +1,322 @@
+"""The flow controller: when the pool is saturated, requests wait in the EPP instead of
+being forwarded, and are released by priority, fairness and order as capacity frees.
+
+Per request the server calls
+
+    verdict = controller.admit(request, body_bytes)
+    None          -> not saturated and nobody waiting: route now (the common, allocation-light path)
+    RequestError  -> refused at once (queue limits): answer it (429 + Retry-After)
+    QueueItem     -> queued: `await controller.wait(item)`, then route through the scheduler;
+                     wait() raises RequestError on TTL expiry (503) or displacement (429), and
+                     CancelledError propagates when the client leaves (the item is removed)
+
+and calls `controller.on_release()` when any routed request ends (capacity freed).
+
+Dispatch (GIE v1.5 ShardProcessor.dispatchCycle, static usage limit 1.0): while the detector's
+saturation is below 1.0, take the highest priority band with work, let its fairness policy
+pick a flow and hand that flow's head request over. One request is in hand-over at a time:
+the next cycle runs only after the released request has been scheduled (its in-flight count
+is visible to the detector), so a burst of dispatches cannot overshoot on a stale reading.
+Head-of-line blocking as in GIE: when saturated, nothing lower is dispatched either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from epp.datastore.endpoint import Endpoint
+from epp.flowcontrol.config import FlowControlConfig
+from epp.flowcontrol.metrics import (
+    DISPATCHED,
+    DISPLACED,
+    EVICTED_CANCELLED,
+    EVICTED_INFLIGHT,
+    EVICTED_TTL,
+    REJECTED_CAPACITY,
+    FlowControlMetrics,
+)
+from epp.flowcontrol.queue import Band, QueueItem
+from epp.scheduling.types import LLMRequest
+from epp.server.errors import RequestError
+
+log = logging.getLogger("epp.flowcontrol")
+
+FAIRNESS_ID_HEADER = "x-gateway-inference-fairness-id"
+OBJECTIVE_HEADER = "x-gateway-inference-objective"
+DEFAULT_FAIRNESS_ID = "default-flow"  # GIE metadata.DefaultFairnessID
+# While requests wait on a saturated pool, re-read the detector this often: scraped metrics
+# change without any event the controller would see.
+POLL_INTERVAL_S = 0.01
+RETRY_AFTER_S = 1
+
+
+def _queue_full(what: str) -> RequestError:
+    return RequestError(429, f"the inference pool is saturated and the {what} is full; retry later",
+                        "flow_control_queue_full", retry_after_s=RETRY_AFTER_S)
+
+
+_TTL_EXPIRED = ("the request waited in the flow-control queue for its whole TTL without capacity "
+                "freeing up; retry later")
+_DISPLACED = ("the request was displaced from the flow-control queue by higher-priority work; "
+              "retry later")
+
+
+class FlowController:
+    def __init__(self, config: FlowControlConfig, endpoints: Callable[[], Sequence[Endpoint]],
+                 metrics: FlowControlMetrics | None = None) -> None:
+        self.config = config
+        self.detector = config.detector
+        self._endpoints = endpoints
+        self.metrics = metrics or FlowControlMetrics(None)
+        self._bands: dict[int, Band] = {}
+        self._order: list[Band] = []  # highest priority first
+        self.size = 0
+        self.nbytes = 0
+        self._seq = itertools.count()
+        self._handoff: QueueItem | None = None
+        self._kick_pending = False
+        self._timer: asyncio.TimerHandle | None = None
+        # enableEviction: in-flight sheddable requests that can be aborted (id(request) ->
+        # request, abort callback), oldest first.
+        self._evictable: dict[int, tuple[LLMRequest, Callable[[], None]]] = {}
+        self.evicted = 0
+
+    # --- admission ------------------------------------------------------------------------
+    def admit(self, request: LLMRequest, nbytes: int) -> RequestError | QueueItem | None:
+        if self.size == 0 and self._handoff is None:
+            saturation = self.detector.saturation(self._endpoints())
+            self.metrics.saturation = saturation
+            if saturation < 1.0:
+                self.metrics.count(request.priority, DISPATCHED)
+                return None
+        return self._enqueue(request, nbytes)
+
+    def _enqueue(self, request: LLMRequest, nbytes: int) -> RequestError | QueueItem:
+        cfg = self.config
+        priority = request.priority
+        band = self._band(priority)
+        if not band.fits(nbytes):
+            self.metrics.count(priority, REJECTED_CAPACITY)
+            return _queue_full(f"queue of priority band {priority}")
+        if not self._global_fits(nbytes) and not self._displace_for(priority, nbytes):
+            self.metrics.count(priority, REJECTED_CAPACITY)
+            return _queue_full("flow-control queue")
+        headers = request.headers
+        flow_id = headers.get(FAIRNESS_ID_HEADER) or DEFAULT_FAIRNESS_ID
+        objective = headers.get(OBJECTIVE_HEADER) or request.model
+        ttl = cfg.ttl_by_objective.get(objective, cfg.default_request_ttl)
+        loop = asyncio.get_running_loop()
+        item = QueueItem(request, flow_id, priority, nbytes, next(self._seq), time.monotonic(), ttl,
+                         loop.create_future())
+        item.sort_key = band.config.ordering.sort_key(item)
+        band.flow(flow_id).push(item)
+        band.size += 1
+        band.nbytes += nbytes
+        self.size += 1
+        self.nbytes += nbytes
+        size_g, bytes_g = item.gauges = self.metrics.gauges(flow_id, priority, request.model,
+                                                            request.target_model)
+        size_g.inc()
+        bytes_g.inc(nbytes)
+        self._kick()
+        return item
+
+    def _global_fits(self, nbytes: int) -> bool:
+        cfg = self.config
+        if cfg.max_requests and self.size + 1 > cfg.max_requests:
+            return False
+        return not (cfg.max_bytes and self.nbytes + nbytes > cfg.max_bytes)
+
+    def _displace_for(self, priority: int, nbytes: int) -> bool:
+        """Free global room by removing queued requests of lower priority (lowest priority
+        first, newest first). Removes nothing unless enough can be freed."""
+        cfg = self.config
+        need_requests = self.size + 1 - cfg.max_requests if cfg.max_requests else 0
+        need_bytes = self.nbytes + nbytes - cfg.max_bytes if cfg.max_bytes else 0
+        victims: list[tuple[Band, QueueItem]] = []
+        for band in reversed(self._order):
+            if band.priority >= priority:
+                break
+            items = sorted((it for f in band.flows.values() for it in f.items()), key=lambda it: -it.seq)
+            for it in items:
+                if need_requests <= 0 and need_bytes <= 0:
+                    break
+                victims.append((band, it))
+                need_requests -= 1
+                need_bytes -= it.nbytes
+        if need_requests > 0 or need_bytes > 0:
+            return False
+        for band, it in victims:
+            self._leave(band, it, DISPLACED)
+            if not it.future.done():
+                it.future.set_result(RequestError(429, _DISPLACED, "flow_control_displaced",
+                                                  retry_after_s=RETRY_AFTER_S))
+            log.info("displaced a queued request", extra={"request_id": it.request.request_id,
+                                                           "priority": it.priority, "for_priority": priority})
+        return True
+
+    async def wait(self, item: QueueItem) -> None:
+        """Wait until `item` is dispatched; raises RequestError if it is refused instead."""
+        # Shielded: cancelling this task (TTL, client gone) must not cancel the future itself,
+        # or a dispatch racing with the cancellation would find it cancelled and hand over
+        # capacity to nobody.
+        try:
+            if item.ttl > 0:
+                async with asyncio.timeout(max(item.deadline - time.monotonic(), 0.0)):
+                    verdict = await asyncio.shield(item.future)
+            else:
+                verdict = await asyncio.shield(item.future)
+        except TimeoutError:
+            if not item.removed:
+                band = self._bands[item.priority]
+                if item.priority >= 0 and self.config.enable_eviction and self._evict_inflight(item):
+                    self._leave(band, item, DISPATCHED)  # routed now, in the evicted request's place
+                    return
+                self._leave(band, item, EVICTED_TTL)
+                raise RequestError(503, _TTL_EXPIRED, "flow_control_ttl_expired",
+                                   retry_after_s=RETRY_AFTER_S) from None
+            verdict = item.future.result()  # dispatched or displaced just as the TTL ran out
+        except asyncio.CancelledError:  # the client left: Envoy closed the ext_proc stream
+            if not item.removed:
+                self._leave(self._bands[item.priority], item, EVICTED_CANCELLED)
+            elif self._handoff is item:
+                self._handoff = None
+                self._kick()
+            raise
+        if verdict is not None:
+            raise verdict
+        if self._handoff is item:
+            # The caller schedules synchronously right after this returns; the next cycle
+            # runs after that, seeing this request's in-flight count.
+            self._handoff = None
+            self._kick()
+
+    def on_release(self, request: LLMRequest | None = None) -> None:
+        """A routed request ended: capacity may have freed."""
+        if self._evictable and request is not None:
+            self._evictable.pop(id(request), None)
+        if self.size:
+            self._kick()
+
+    # --- eviction of in-flight sheddable requests (enableEviction, off by default) ----------
+    def on_evictable(self, request: LLMRequest, abort: Callable[[], None]) -> None:
+        """An in-flight request whose response passes through the EPP, so `abort()` can end
+        it (the server answers its next response chunk with an error: Envoy resets it)."""
+        if request.priority < 0 and self.config.enable_eviction:
+            self._evictable[id(request)] = (request, abort)
+
+    def _evict_inflight(self, item: QueueItem) -> bool:
+        """A non-sheddable request waited out its TTL on a saturated pool: end the newest
+        in-flight request of the lowest priority, so this one can be routed instead."""
+        victim_key, victim_prio = None, 0
+        for key, (req, _task) in reversed(self._evictable.items()):
+            if victim_key is None or req.priority < victim_prio:
+                victim_key, victim_prio = key, req.priority
+        if victim_key is None:
+            return False
+        victim, abort = self._evictable.pop(victim_key)
+        abort()
+        self.evicted += 1
+        self.metrics.count(victim.priority, EVICTED_INFLIGHT)
+        log.warning("evicted an in-flight sheddable request for a queued one past its TTL",
+                    extra={"request_id": victim.request_id, "priority": victim.priority,
+                           "for_request_id": item.request.request_id, "for_priority": item.priority})
+        return True
+
+    # --- dispatch -------------------------------------------------------------------------
+    def _kick(self) -> None:
+        if not self._kick_pending:
+            self._kick_pending = True
+            asyncio.get_running_loop().call_soon(self._dispatch)
+
+    def _dispatch(self) -> None:
+        self._kick_pending = False
+        if self._handoff is not None or self.size == 0:
+            return
+        saturation = self.detector.saturation(self._endpoints())
+        self.metrics.saturation = saturation
+        if saturation >= 1.0:
+            if self._timer is None:
+                self._timer = asyncio.get_running_loop().call_later(POLL_INTERVAL_S, self._on_timer)
+            return
+        for band in self._order:
+            if band.size == 0:
+                continue
+            flow = band.config.fairness.pick(band)
+            item = flow.head() if flow is not None else None
+            if flow is None or item is None:
+                continue
+            band.flows.move_to_end(flow.flow_id)  # round-robin turn order
+            self._leave(band, item, DISPATCHED)
+            if item.future.done():  # cannot happen (shielded); never stall the dispatcher on it
+                self._kick()
+                return
+            self._handoff = item
+            item.future.set_result(None)
+            return
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._dispatch()
+
+    def _leave(self, band: Band, item: QueueItem, outcome: str) -> None:
+        item.removed = True
+        flow = band.flows[item.flow_id]
+        flow.size -= 1
+        if flow.size == 0:
+            del band.flows[item.flow_id]
+        band.size -= 1
+        band.nbytes -= item.nbytes
+        self.size -= 1
+        self.nbytes -= item.nbytes
+        size_g, bytes_g = item.gauges
+        size_g.dec()
+        bytes_g.dec(item.nbytes)
+        m = self.metrics
+        m.count(item.priority, outcome)
+        m.waited(item.flow_id, item.priority, outcome, item.request.model, item.request.target_model,
+                 time.monotonic() - item.enqueued_at)
+
+    def _band(self, priority: int) -> Band:
+        band = self._bands.get(priority)
+        if band is None:
+            band = self._bands[priority] = Band(priority, self.config.band_config(priority))
+            self._order = sorted(self._bands.values(), key=lambda b: -b.priority)
+        return band
+
+    # --- configuration ----------------------------------------------------------------------
+    def reconfigure(self, config: FlowControlConfig) -> None:
+        """Apply a reloaded config; queued requests keep their place (and sort keys)."""
+        self.config = config
+        self.detector = config.detector
+        for priority, band in self._bands.items():
+            band.config = config.band_config(priority)
+        self._kick_if_running()
+
+    def release_all(self) -> None:
+        """Flow control was switched off: let every queued request go to the scheduler."""
+        for band in self._order:
+            for flow in list(band.flows.values()):
+                for item in flow.items():
+                    self._leave(band, item, DISPATCHED)
+                    if not item.future.done():
+                        item.future.set_result(None)
+
+    def _kick_if_running(self) -> None:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if self.size:
+            self._kick()
+
+    # --- introspection (tests, debugging) -------------------------------------------------
+    def queued(self, priority: int | None = None) -> int:
+        if priority is None:
+            return self.size
+        band = self._bands.get(priority)
+        return band.size if band is not None else 0

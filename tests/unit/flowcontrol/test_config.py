@@ -1,0 +1,101 @@
+"""The flowControl / saturationDetector sections of the EndpointPickerConfig (GIE v1.5 field
+names), loaded through the real config loader; errors name the file and the field."""
+
+from __future__ import annotations
+
+import pytest
+
+from epp.config.loader import parse_scheduler_config
+from epp.datastore.datastore import Datastore
+from epp.flowcontrol.config import DEFAULT_BAND_MAX_BYTES, FlowControlConfig, build_flow_control_config
+from epp.flowcontrol.plugins.concurrency_detector import ConcurrencyDetector
+from epp.flowcontrol.plugins.edf_ordering import EDFOrdering
+from epp.flowcontrol.plugins.fcfs_ordering import FCFSOrdering
+from epp.flowcontrol.plugins.global_strict_fairness import GlobalStrictFairness
+from epp.flowcontrol.plugins.round_robin_fairness import RoundRobinFairness
+from epp.flowcontrol.plugins.utilization_detector import UtilizationDetector
+from epp.scheduling.registry import ConfigError, PluginContext
+
+HEADER = "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n"
+
+
+def load(text: str) -> FlowControlConfig:
+    ctx = PluginContext(Datastore())
+    cfg = parse_scheduler_config(HEADER + text, ctx, "fc.yaml")
+    return build_flow_control_config(cfg.extra_sections, cfg.plugins, ctx, cfg.source)
+
+
+FULL = """
+featureGates: [flowControl]
+plugins:
+- type: concurrency-detector
+  name: cd
+  parameters: {maxConcurrency: 8}
+- {type: round-robin-fairness-policy, name: rr}
+- type: queue-scorer
+saturationDetector: {pluginRef: cd}
+flowControl:
+  maxBytes: 1Gi
+  maxRequests: 1k
+  defaultRequestTTL: 1m30s
+  defaultPriorityBand: {maxRequests: 100, fairnessPolicyRef: rr}
+  priorityBands:
+  - {priority: 10, maxBytes: 500M, maxRequests: 50, orderingPolicyRef: edf-ordering-policy}
+  - {priority: -1}
+  requestTTLByObjective: {batch: 5s}
+"""
+
+
+def test_full_section_is_read_with_gie_defaults() -> None:
+    cfg = load(FULL)
+    assert cfg.enabled
+    assert isinstance(cfg.detector, ConcurrencyDetector) and cfg.detector.params.max_concurrency == 8
+    assert (cfg.max_bytes, cfg.max_requests, cfg.default_request_ttl) == (2**30, 1000, 90.0)
+    hi = cfg.bands[10]
+    assert (hi.max_bytes, hi.max_requests) == (500_000_000, 50)
+    assert isinstance(hi.ordering, EDFOrdering) and isinstance(hi.fairness, GlobalStrictFairness)
+    low = cfg.bands[-1]  # listed without limits: GIE's band defaults
+    assert (low.max_bytes, low.max_requests) == (DEFAULT_BAND_MAX_BYTES, 0)
+    other = cfg.band_config(3)  # not listed: from the defaultPriorityBand template
+    assert other.max_requests == 100 and isinstance(other.fairness, RoundRobinFairness)
+    assert isinstance(other.ordering, FCFSOrdering)
+    assert cfg.ttl_by_objective == {"batch": 5.0}
+
+
+def test_without_gate_or_section_flow_control_is_off_with_default_detector() -> None:
+    cfg = load("plugins:\n- type: queue-scorer\n")
+    assert not cfg.enabled and isinstance(cfg.detector, UtilizationDetector)
+    # GIE ignores the section without the feature gate; so do we (with a warning).
+    assert not load("flowControl: {maxRequests: 5}\n").enabled
+
+
+def test_detector_plugin_is_not_added_to_the_implicit_profile() -> None:
+    ctx = PluginContext(Datastore())
+    cfg = parse_scheduler_config(HEADER + "plugins:\n- type: utilization-detector\n- type: queue-scorer\n",
+                                 ctx, "fc.yaml")
+    profile = cfg.scheduler.profiles["default"]
+    assert [s.name for s, _ in profile.scorers] == ["queue-scorer"]
+    assert not profile.filters
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("featureGates: [flowControl]\nflowControl: {maxBytes: lots}\n", r"fc.yaml: flowControl.maxBytes: must be"),
+    ("featureGates: [flowControl]\nflowControl: {defaultRequestTTL: soon}\n",
+     r"fc.yaml: flowControl.defaultRequestTTL: must be a duration"),
+    ("featureGates: [flowControl]\nflowControl: {priorityBands: [{maxRequests: 1}]}\n",
+     r"fc.yaml: flowControl.priorityBands\[0\].priority: required"),
+    ("featureGates: [flowControl]\nflowControl: {priorityBands: [{priority: 1}, {priority: 1}]}\n",
+     r"flowControl.priorityBands\[1\].priority: priority 1 configured twice"),
+    ("featureGates: [flowControl]\nflowControl: {priorityBands: [{priority: 1, fairnessPolicyRef: nope}]}\n",
+     r"flowControl.priorityBands\[0\].fairnessPolicyRef: 'nope' names no plugin"),
+    ("featureGates: [flowControl]\nplugins: [{type: queue-scorer}]\n"
+     "flowControl: {defaultPriorityBand: {orderingPolicyRef: queue-scorer}}\n",
+     r"flowControl.defaultPriorityBand.orderingPolicyRef: plugin 'queue-scorer' is not an ordering policy"),
+    ("featureGates: [flowControl]\nflowControl: {maxRequest: 3}\n", r"flowControl: unknown field 'maxRequest'"),
+    ("saturationDetector: {pluginRef: missing}\n", r"saturationDetector.pluginRef: 'missing' names no plugin"),
+    ("plugins: [{type: utilization-detector}, {type: concurrency-detector}]\n",
+     r"several saturation detectors configured"),
+])
+def test_errors_name_file_and_field(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load(text)

@@ -1,0 +1,89 @@
+"""ExtProcHandler with the real flow controller (concurrency-detector, one request per pod):
+a queued request is answered only once capacity frees, in the order Envoy expects (also in
+full-duplex mode ending with trailers); an API-key gate answers 401 before anything else."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+
+from epp.flowcontrol.config import BandConfig, FlowControlConfig
+from epp.flowcontrol.controller import FlowController
+from epp.flowcontrol.pipeline import AdmissionPipeline
+from epp.flowcontrol.plugins.concurrency_detector import ConcurrencyDetector
+from epp.flowcontrol.plugins.fcfs_ordering import FCFSOrdering
+from epp.flowcontrol.plugins.global_strict_fairness import GlobalStrictFairness
+from epp.flowcontrol.tenants import ApiKeyAuth
+from epp.scheduling.registry import parse_params
+from epp.server.extproc import ExtProcHandler
+from tests.unit.server.test_extproc import LeastInflight, _body, _datastore, _headers
+
+
+def _handler() -> ExtProcHandler:
+    ds = _datastore(1)
+    det = ConcurrencyDetector(params=parse_params(ConcurrencyDetector.Params, {"maxConcurrency": 1}, "t"))
+    cfg = FlowControlConfig(enabled=True, detector=det,
+                            default_band=BandConfig(0, GlobalStrictFairness(), FCFSOrdering()))
+    handler = ExtProcHandler(ds, LeastInflight)
+    handler.flow = AdmissionPipeline(FlowController(cfg, ds.healthy_endpoints))
+    return handler
+
+
+async def _stream(handler: ExtProcHandler, msgs: list[pb.ProcessingRequest], hold: asyncio.Event,
+                  out: list[str]) -> None:
+    async def gen() -> AsyncIterator[pb.ProcessingRequest]:
+        for m in msgs:
+            yield m
+        await hold.wait()  # the HTTP request is in flight until `hold` is set
+
+    async for raw in handler.process(gen(), None):
+        r = pb.ProcessingResponse()
+        r.ParseFromString(raw)
+        out.append(r.WhichOneof("response"))
+
+
+async def test_queued_full_duplex_request_with_trailers_answers_in_order_when_capacity_frees() -> None:
+    handler = _handler()
+    body = json.dumps({"model": "m", "prompt": "hi"}).encode()
+    first_done, second_done = asyncio.Event(), asyncio.Event()
+    first: list[str] = []
+    second: list[str] = []
+    a = asyncio.create_task(_stream(handler, [_headers(), _body(body)], first_done, first))
+    await asyncio.sleep(0.01)
+    assert first == ["request_headers", "request_body"]  # routed: the pod is now full
+    trailers = pb.ProcessingRequest(request_trailers=pb.HttpTrailers())
+    b = asyncio.create_task(_stream(handler, [_headers(full_duplex=True), _body(body, eos=False), trailers],
+                                    second_done, second))
+    await asyncio.sleep(0.05)
+    assert second == []  # queued in the EPP: Envoy has no answer yet
+    first_done.set()  # the first request ends: capacity frees
+    await a
+    await asyncio.sleep(0.05)
+    assert second == ["request_headers", "request_body", "request_trailers"]
+    second_done.set()
+    await b
+
+
+async def test_api_key_gate_answers_401_first(tmp_path: Path) -> None:
+    handler = _handler()
+    keys = tmp_path / "keys.yaml"
+    keys.write_text("tenants: [{name: t, keys: [sk-t]}]\n")
+    handler.auth = ApiKeyAuth(keys)
+    body = json.dumps({"model": "m", "prompt": "hi"}).encode()
+    out: list[pb.ProcessingResponse] = []
+
+    async def gen() -> AsyncIterator[pb.ProcessingRequest]:
+        yield _headers(extra={"authorization": "Bearer sk-wrong"})
+        yield _body(body)
+
+    async for raw in handler.process(gen(), None):
+        r = pb.ProcessingResponse()
+        r.ParseFromString(raw)
+        out.append(r)
+    immediate = out[-1].immediate_response
+    assert immediate.status.code == 401
+    assert json.loads(immediate.body)["error"]["code"] == "invalid_api_key"
