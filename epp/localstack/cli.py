@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from epp.localstack.envoy_config import BODY_MODES
 from epp.localstack.stack import DEFAULT_MODEL, LocalStack, StackConfig, StackError
 
 
@@ -28,13 +29,17 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--listen-port", type=int, default=8081, help="Envoy listener (8081)")
     p.add_argument("--run-dir", type=Path, default=None, help="where logs and generated files go (.run)")
     p.add_argument("--time-scale", type=float, default=1.0, help="simulator speed factor (1.0 = real time)")
+    p.add_argument("--request-body-mode", default="BUFFERED", choices=BODY_MODES,
+                   help="Envoy ext_proc request body mode (BUFFERED); STREAMED cannot route, the EPP "
+                        "needs the whole body before Envoy picks the upstream")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = StackConfig(pods=args.pods, pd=args.pd, engine=args.engine, vllm_model=args.vllm_model,
                       model=args.model, epp_config=args.config, failure_mode=args.failure_mode,
-                      listen_port=args.listen_port, time_scale=args.time_scale)
+                      listen_port=args.listen_port, time_scale=args.time_scale,
+                      request_body_mode=args.request_body_mode)
     if args.run_dir is not None:
         cfg.run_dir = args.run_dir
     stack = LocalStack(cfg)
