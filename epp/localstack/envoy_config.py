@@ -118,14 +118,19 @@ def render_envoy_config(p: EnvoyConfigParams) -> dict[str, Any]:
         "stat_prefix": "llm",
         "codec_type": "AUTO",
         "route_config": {"name": "llm", "virtual_hosts": [{"name": "llm", "domains": ["*"], "routes": routes}]},
-        "http_filters": [
-            # A client must not choose the pod itself: drop routing headers it sent
-            # (x-gateway-destination-endpoint and every x-gateway-destination-endpoint-*).
-            {"name": "envoy.filters.http.header_mutation", "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
-                "mutations": {"request_mutations": [
+        # A client must not choose the pod itself: drop the routing headers it sent
+        # (x-gateway-destination-endpoint and every x-gateway-destination-endpoint-*) before
+        # the route is picked. An HTTP filter would run after route selection, so with
+        # FailOpen and the EPP down the route picked on the client's header would stand.
+        "early_header_mutation_extensions": [{
+            "name": "envoy.http.early_header_mutation.header_mutation",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.http.early_header_mutation.header_mutation.v3."
+                         "HeaderMutation",
+                "mutations": [
                     *({"remove": name} for name in STRIPPED_REQUEST_HEADERS),
-                    {"remove_on_match": {"key_matcher": {"prefix": DESTINATION_HEADER}}}]}}},
+                    {"remove_on_match": {"key_matcher": {"prefix": DESTINATION_HEADER}}}]}}],
+        "http_filters": [
             # Bodies above the limit are refused with 413 (as an OpenAI error, see
             # local_reply_config) before they reach the EPP.
             {"name": "envoy.filters.http.buffer", "typed_config": {
