@@ -43,6 +43,8 @@ _OPTIONS_ANSWERS = {kind: wire.immediate_response(204, b"", (("allow", allow),),
 
 def route_kind(path: str) -> RouteKind | None:
     """The kind of a request path (query string ignored), None when the gateway does not serve it."""
+    if path in INFERENCE_PATHS:  # the hot path: one set lookup
+        return RouteKind.INFERENCE
     if "?" in path:
         path = path.split("?", 1)[0]
     if path in INFERENCE_PATHS:
