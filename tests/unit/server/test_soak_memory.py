@@ -124,6 +124,7 @@ def _setup(tmp_path: Path) -> tuple[ExtProcHandler, SimpleTokenizer, KVEventsRun
     return ExtProcHandler(ds, lambda: scheduler), tokenizer, ctx.services[SERVICE_KEY]
 
 
+@pytest.mark.timeout(max(300, SOAK_PROMPTS // 40))  # the opt-in long run needs longer
 async def test_rss_stays_flat_over_unique_prompts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(precise_prefix_cache_scorer, "SEGMENT_CACHE_ENTRIES", SEGMENT_CACHE)
     handler, tokenizer, kv_runtime = _setup(tmp_path)
