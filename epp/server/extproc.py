@@ -220,7 +220,16 @@ class ExtProcHandler:
         if st.kind is None:
             st.kind = classify(st.method, st.path or "/v1/completions")
         if st.kind is RouteKind.READ:
-            raise RequestError(400, f"{st.method} {st.path} takes no request body", "unexpected_body")
+            if body_msg.body or st.chunks:
+                raise RequestError(400, f"{st.method} {st.path} takes no request body", "unexpected_body")
+            if not body_msg.end_of_stream:
+                return []
+            # An empty body that ended after the headers (chunked, zero bytes): route it.
+            mutation, metadata = self._bodyless_mutation(st)
+            if st.body_mode == FULL_DUPLEX_STREAMED:
+                return [wire.request_headers_response(wire.common_response(mutation), metadata),
+                        wire.streamed_body_response(b"", b"", True)]
+            return [wire.request_body_response(wire.common_response(mutation), metadata)]
         if not body_msg.end_of_stream:
             st.chunks.append(body_msg.body)
             st.body_bytes += len(body_msg.body)
@@ -259,6 +268,10 @@ class ExtProcHandler:
 
     def _decide_bodyless(self, st: _Stream) -> bytes:
         """GET /v1/models, /health and the like: any healthy endpoint, least in-flight first."""
+        mutation, metadata = self._bodyless_mutation(st)
+        return wire.request_headers_response(wire.common_response(mutation), metadata)
+
+    def _bodyless_mutation(self, st: _Stream) -> tuple[bytes, bytes]:
         endpoints = self._eligible(st.subset)
         if not endpoints:
             raise RequestError(503, "no healthy endpoint in the pool", "no_healthy_endpoint")
@@ -268,9 +281,7 @@ class ExtProcHandler:
         mutation = self._dest_fragment(target)
         if st.strip:
             mutation += wire.header_mutation((), st.strip)
-        return wire.request_headers_response(
-            wire.common_response(mutation),
-            wire.dynamic_metadata(METADATA_NAMESPACE, ((DESTINATION_HEADER, target.hostport),)))
+        return mutation, wire.dynamic_metadata(METADATA_NAMESPACE, ((DESTINATION_HEADER, target.hostport),))
 
     def _schedule(self, st: _Stream, request: LLMRequest) -> tuple[bytes, bytes]:
         if self.admission is not None:

@@ -111,6 +111,11 @@ def test_full_duplex_client_routing_headers_never_reach_the_canary(
         stack_factory: StackFactory, canary: Canary) -> None:
     fd = stack_factory(pods=2, time_scale=0.05, kv_events=False, request_body_mode="FULL_DUPLEX_STREAMED")
     _assert_spoofs_land_in_the_pool(fd, canary)
+    with httpx.Client(timeout=30) as client:  # bodyless answers hold in full-duplex mode too
+        r = client.request("GET", f"{fd.url}/v1/models", content=iter([b""]))  # chunked, empty
+        assert r.status_code == 200 and r.json()["data"], r.text
+        _json_error(client.post(f"{fd.url}/v1/nope", json={"model": MODEL}), 404, "not_found")
+        _json_error(client.post(f"{fd.url}/v1/completions", content=b"[" * 100_000), 400)
 
 
 def test_failopen_with_the_epp_down_still_strips_routing_headers(
@@ -195,6 +200,10 @@ def test_bodyless_methods_get_correct_answers(stack: LocalStack) -> None:
         assert r.status_code == 200 and r.json()["data"]
         r = client.head(f"{stack.url}/health")
         assert r.status_code == 200
+        r = client.request("GET", f"{stack.url}/v1/models", content=iter([b""]))  # chunked, empty
+        assert r.status_code == 200 and r.json()["data"], r.text
+        r = client.request("GET", f"{stack.url}/v1/models", content=b'{"x": 1}')
+        _json_error(r, 400, "unexpected_body")
         r = client.delete(f"{stack.url}/v1/models")
         _json_error(r, 405, "method_not_allowed")
         r = client.post(f"{stack.url}/v1/completions")  # no body at all

@@ -117,6 +117,19 @@ async def test_bodyless_post_to_an_inference_path_is_a_400() -> None:
     assert status == 400 and body is not None and body["error"]["code"] == "invalid_request_body"
 
 
+@pytest.mark.parametrize("full_duplex", [False, True])
+async def test_get_with_an_empty_chunked_body_is_routed(full_duplex: bool) -> None:
+    ds, sched = _datastore(), LeastInflight()
+    out = await _run(ExtProcHandler(ds, lambda: sched), [
+        _headers("/v1/models", "GET", False, body_mode=4 if full_duplex else None), _body(b"")])
+    assert [r.WhichOneof("response") for r in out] == ["request_headers", "request_body"]
+    if full_duplex:
+        assert out[1].request_body.response.body_mutation.streamed_response.end_of_stream
+    sets = {h.header.key for h in _mutation(out[0 if full_duplex else 1]).set_headers}
+    assert "x-gateway-destination-endpoint" in sets
+    assert all(e.inflight == 0 for e in ds.endpoints())
+
+
 async def test_get_with_a_body_is_a_400() -> None:
     ds, sched = _datastore(), LeastInflight()
     out = await _run(ExtProcHandler(ds, lambda: sched), [
