@@ -7,20 +7,15 @@ The server calls, per request:
     if rejection: answer rejection.status with rejection.body (OpenAI error JSON)
     else: ... schedule, forward ...; finally admission.release()
 
-and may wrap the scheduling step in `async with admission.decision_slot():` when the
-decision awaits (tokenizer, remote index) so that at most `max_concurrent_decisions`
-run at once, at most `max_queued_decisions` wait, and none waits longer than
-`queue_timeout`. Rejections are prebuilt constants: refusing is cheap, which is the point
-of refusing under overload.
+Rejections are prebuilt constants: refusing is cheap, which is the point of refusing under
+overload. (A scheduling decision never awaits, so each worker process runs one at a time
+and needs no separate bound on concurrent decisions: `max_inflight_requests` bounds the
+work a process holds.)
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections import deque
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -53,44 +48,18 @@ EPP_OVERLOADED = AdmissionRejection(
     "The endpoint picker has too many requests in flight. Retry later.",
     "service_unavailable",
 )
-DECISION_QUEUE_FULL = AdmissionRejection(
-    503, "epp_decision_queue_full",
-    "The endpoint picker's scheduling queue is full. Retry later.",
-    "service_unavailable",
-)
-DECISION_QUEUE_TIMEOUT = AdmissionRejection(
-    503, "epp_decision_queue_timeout",
-    "The request waited too long for a scheduling slot in the endpoint picker. Retry later.",
-    "service_unavailable",
-)
-
-
-class AdmissionRejected(Exception):
-    def __init__(self, rejection: AdmissionRejection) -> None:
-        super().__init__(rejection.message)
-        self.rejection = rejection
 
 
 @dataclass(slots=True)
 class AdmissionConfig:
     # Requests admitted and not yet released by this process (whole request lifetime).
     max_inflight_requests: int = 10_000
-    # Scheduling decisions running concurrently inside decision_slot().
-    max_concurrent_decisions: int = 256
-    # Decisions allowed to wait for a slot; beyond this they are refused at once.
-    max_queued_decisions: int = 1024
-    queue_timeout: float = 1.0  # seconds a decision may wait for a slot
     # Requests with priority below this are sheddable (GIE: negative priority).
     sheddable_below_priority: int = 0
 
     def validate(self) -> None:
-        for name in ("max_inflight_requests", "max_concurrent_decisions"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_queued_decisions < 0:
-            raise ValueError(f"max_queued_decisions must be >= 0, got {self.max_queued_decisions}")
-        if self.queue_timeout <= 0:
-            raise ValueError(f"queue_timeout must be > 0 seconds, got {self.queue_timeout}")
+        if self.max_inflight_requests < 1:
+            raise ValueError(f"max_inflight_requests must be >= 1, got {self.max_inflight_requests}")
 
 
 class Saturation(Protocol):
@@ -103,8 +72,6 @@ class AdmissionController:
         self.config = config or AdmissionConfig()
         self.config.validate()
         self.inflight = 0
-        self.decisions_running = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
         self.rejected: dict[str, int] = {}
 
     def admit(self, request: LLMRequest) -> AdmissionRejection | None:
@@ -127,45 +94,3 @@ class AdmissionController:
     def _reject(self, rejection: AdmissionRejection) -> AdmissionRejection:
         self.rejected[rejection.code] = self.rejected.get(rejection.code, 0) + 1
         return rejection
-
-    @property
-    def queued_decisions(self) -> int:
-        return len(self._waiters)
-
-    @asynccontextmanager
-    async def decision_slot(self) -> AsyncIterator[None]:
-        """Bound concurrent scheduling decisions; raises AdmissionRejected when the wait
-        queue is full or the wait exceeds queue_timeout."""
-        cfg = self.config
-        if self.decisions_running >= cfg.max_concurrent_decisions:
-            if len(self._waiters) >= cfg.max_queued_decisions:
-                raise AdmissionRejected(self._reject(DECISION_QUEUE_FULL))
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                async with asyncio.timeout(cfg.queue_timeout):
-                    await waiter
-            except BaseException as e:
-                if waiter.done() and not waiter.cancelled():
-                    self._hand_over_slot()  # granted just as we gave up: pass it on
-                else:
-                    waiter.cancel()
-                    self._waiters.remove(waiter)
-                if isinstance(e, TimeoutError):
-                    raise AdmissionRejected(self._reject(DECISION_QUEUE_TIMEOUT)) from None
-                raise
-            # The releaser handed its slot to us (decisions_running was not decremented).
-        else:
-            self.decisions_running += 1
-        try:
-            yield
-        finally:
-            self._hand_over_slot()
-
-    def _hand_over_slot(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-        self.decisions_running -= 1

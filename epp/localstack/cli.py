@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from epp.localstack.envoy_config import BODY_MODES
 from epp.localstack.stack import DEFAULT_MODEL, REPO, LocalStack, StackConfig, StackError
 
 
@@ -35,6 +36,9 @@ def add_parser(sub: Any) -> None:
                    help="TLS between Envoy and the EPP (as in Kubernetes), with a generated certificate")
     p.add_argument("--tenants", action="store_true",
                    help="API keys for two example tenants (deploy/local/tenants.yaml) and flow control")
+    p.add_argument("--request-body-mode", default="BUFFERED", choices=BODY_MODES,
+                   help="Envoy ext_proc request body mode (BUFFERED); STREAMED cannot route, the EPP "
+                        "needs the whole body before Envoy picks the upstream")
     p.set_defaults(func=run)
 
 
@@ -42,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = StackConfig(pods=args.pods, pd=args.pd, engine=args.engine, vllm_model=args.vllm_model,
                       model=args.model, epp_config=args.config, failure_mode=args.failure_mode,
                       listen_port=args.listen_port, time_scale=args.time_scale,
-                      epp_tls=args.epp_tls, tokenizer=args.tokenizer)
+                      epp_tls=args.epp_tls, tokenizer=args.tokenizer, request_body_mode=args.request_body_mode)
     if args.run_dir is not None:
         cfg.run_dir = args.run_dir
     if args.tenants:

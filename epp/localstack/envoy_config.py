@@ -14,8 +14,14 @@ from typing import Any, Literal
 import yaml
 
 DESTINATION_HEADER = "x-gateway-destination-endpoint"
+# Request headers that steer the upstream. Envoy drops client-sent copies before ext_proc
+# (FailOpen: also when the EPP is down); the EPP removes them again in its own answer.
+STRIPPED_REQUEST_HEADERS = (DESTINATION_HEADER, "x-prefiller-host-port", "x-prefiller-url")
 
-BodyMode = Literal["BUFFERED", "FULL_DUPLEX_STREAMED", "STREAMED"]
+# STREAMED is not offered: the EPP needs the whole body (model, prompt) before it can pick,
+# and in STREAMED mode Envoy forwards chunks upstream before the EPP has answered.
+BodyMode = Literal["BUFFERED", "FULL_DUPLEX_STREAMED"]
+BODY_MODES: tuple[BodyMode, ...] = ("BUFFERED", "FULL_DUPLEX_STREAMED")
 
 
 @dataclass(slots=True)
@@ -73,6 +79,13 @@ def _epp_transport_socket(p: EnvoyConfigParams) -> dict[str, Any]:
             },
         },
     }}
+
+    def __post_init__(self) -> None:
+        if self.request_body_mode not in BODY_MODES:
+            raise ValueError(
+                f"request_body_mode {self.request_body_mode!r} cannot route: the EPP picks the pod "
+                "from the request body, so Envoy must hold the request until the whole body has "
+                f"been processed; use one of {', '.join(BODY_MODES)}")
 
 
 def render_envoy_config(p: EnvoyConfigParams) -> dict[str, Any]:
@@ -132,12 +145,19 @@ def render_envoy_config(p: EnvoyConfigParams) -> dict[str, Any]:
         "stat_prefix": "llm",
         "codec_type": "AUTO",
         "route_config": {"name": "llm", "virtual_hosts": [{"name": "llm", "domains": ["*"], "routes": routes}]},
+        # A client must not choose the pod itself: drop the routing headers it sent
+        # (x-gateway-destination-endpoint and every x-gateway-destination-endpoint-*) before
+        # the route is picked. An HTTP filter would run after route selection, so with
+        # FailOpen and the EPP down the route picked on the client's header would stand.
+        "early_header_mutation_extensions": [{
+            "name": "envoy.http.early_header_mutation.header_mutation",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.http.early_header_mutation.header_mutation.v3."
+                         "HeaderMutation",
+                "mutations": [
+                    *({"remove": name} for name in STRIPPED_REQUEST_HEADERS),
+                    {"remove_on_match": {"key_matcher": {"prefix": DESTINATION_HEADER}}}]}}],
         "http_filters": [
-            # A client must not choose the pod itself: drop routing headers it sent.
-            {"name": "envoy.filters.http.header_mutation", "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
-                "mutations": {"request_mutations": [
-                    {"remove": DESTINATION_HEADER}, {"remove": "x-prefiller-host-port"}]}}},
             # Bodies above the limit are refused with 413 (as an OpenAI error, see
             # local_reply_config) before they reach the EPP.
             {"name": "envoy.filters.http.buffer", "typed_config": {

@@ -315,7 +315,10 @@ class LocalStack:
             if pod.sidecar_port:
                 self._spawn(f"{pod.name}-sidecar", [
                     sys.executable, "-m", "epp", "sidecar", "--host", "127.0.0.1",
-                    "--port", str(pod.sidecar_port), "--decoder-url", self.pod_url(pod)])
+                    "--port", str(pod.sidecar_port), "--decoder-url", self.pod_url(pod),
+                    # SSRF guard: prefill targets must be pool members, read from the EPP's files.
+                    "--pool-file", str(cfg.run_dir / "inferencepool.yaml"),
+                    "--endpoints-file", str(cfg.run_dir / "endpoints.yaml")])
 
     def _start_vllm(self) -> None:
         cfg = self.cfg

@@ -8,11 +8,18 @@ Message flow (Envoy -> EPP), per processing mode:
   once the body is complete we answer the headers message with the mutation and hand the
   body back in a streamed BodyResponse.
 - Bodyless requests (GET /v1/models, /health): decided on the headers message.
+- Unknown paths, wrong methods and bad bodies are answered here (epp/server/routes.py,
+  request.py) with OpenAI-style JSON errors; OPTIONS gets 204 with `Allow`.
 Then optionally response_headers / response_body (usage accounting), and the stream ends
 when the HTTP request ends: that releases the in-flight counts (completion bookkeeping).
 
 All answers are pre-encoded protobuf bytes (see wire.py); the handler never raises into
 gRPC: any unexpected error becomes a 500 ImmediateResponse so Envoy never hangs.
+
+The client never picks the upstream: every routing answer removes the routing headers a
+client could have sent (ROUTING_HEADERS, and any other `x-gateway-destination-endpoint*`
+header seen in the request) before it sets the EPP's own. Envoy applies a HeaderMutation's
+remove_headers before its set_headers, so one prebuilt fragment does both.
 """
 
 from __future__ import annotations
@@ -29,8 +36,9 @@ from epp.datastore.endpoint import Endpoint
 from epp.datastore.inflight import Dispatch, InflightTracker
 from epp.scheduling.types import CycleState, LLMRequest, SchedulingError, SchedulingResult
 from epp.server import wire
-from epp.server.errors import RequestError
+from epp.server.errors import ImmediateAnswer, RequestError
 from epp.server.request import parse_request, rewrite_model
+from epp.server.routes import RouteKind, classify
 from epp.server.usage import UsageParser
 
 log = logging.getLogger("epp.server")
@@ -39,6 +47,12 @@ DESTINATION_HEADER = "x-gateway-destination-endpoint"
 SUBSET_NAMESPACE = "envoy.lb.subset_hint"
 SUBSET_KEY = "x-gateway-destination-endpoint-subset"
 METADATA_NAMESPACE = "envoy.lb"
+PREFILLER_HEADER = "x-prefiller-host-port"
+LEGACY_PREFILLER_HEADER = "x-prefiller-url"  # llm-d's older name; sidecars still read it
+# Request headers that steer the upstream (Envoy's ORIGINAL_DST cluster, the P/D sidecar):
+# only the EPP may set them, so every routing answer removes client-sent copies first.
+ROUTING_HEADERS = (DESTINATION_HEADER, PREFILLER_HEADER, LEGACY_PREFILLER_HEADER)
+ROUTING_HEADER_PREFIX = DESTINATION_HEADER  # -served, -subset, ...: never accepted from clients
 FULL_DUPLEX_STREAMED = 4
 STREAMED = 1
 
@@ -47,6 +61,14 @@ _RESPONSE_HEADERS_CONTINUE = wire.response_headers_continue()
 _RESPONSE_BODY_CONTINUE = wire.response_body_continue()
 _REQUEST_TRAILERS_CONTINUE = wire.request_trailers_continue()
 _RESPONSE_TRAILERS_CONTINUE = wire.response_trailers_continue()
+_STRIP_ROUTING_HEADERS = wire.header_mutation((), remove=ROUTING_HEADERS)
+# In STREAMED mode Envoy picks the route on the headers and forwards body chunks while
+# they are processed: the EPP, which picks from the body, would always be too late. The
+# config generators refuse the mode at load (envoy_config.BODY_MODES); a hand-written
+# config that uses it gets this error on every request instead of unrouted traffic.
+_STREAMED_MODE_ERROR = RequestError(
+    500, "gateway misconfigured: ext_proc request_body_mode STREAMED cannot route; "
+    "use BUFFERED or FULL_DUPLEX_STREAMED", "epp_unsupported_body_mode")
 
 
 class SchedulerLike(Protocol):
@@ -125,6 +147,9 @@ class _Stream:
     evictable: bool = False  # registered with flow control's eviction (sheddable, body seen)
     evicted: bool = False
     dispatch: Dispatch | None = None  # the in-flight charges, released when the stream ends
+    kind: RouteKind | None = None
+    # Client-sent x-gateway-destination-endpoint-* headers beyond ROUTING_HEADERS (rare).
+    strip: list[str] | None = None
 
 
 @dataclass(slots=True)
@@ -184,6 +209,9 @@ class ExtProcHandler:
                     self.observer.on_rejected(st.request, e)
                     yield e.to_immediate_response(st.request_id)
                     return
+                except ImmediateAnswer as a:
+                    yield a.payload
+                    return
                 except Exception:
                     log.exception("ext_proc handler failed", extra={"request_id": st.request_id})
                     err = RequestError(500, "internal error in the endpoint picker", "epp_internal_error")
@@ -202,7 +230,13 @@ class ExtProcHandler:
         self._read_metadata(st, msg)
         if msg.HasField("protocol_config"):
             st.body_mode = msg.protocol_config.request_body_mode
+            if st.body_mode == STREAMED:
+                raise _STREAMED_MODE_ERROR
+        st.kind = classify(st.method, st.path)
         if hdrs.end_of_stream:
+            if st.kind is RouteKind.INFERENCE:
+                raise RequestError(400, "request body is empty; expected a JSON object",
+                                   "invalid_request_body")
             return [self._decide_bodyless(st)]
         if st.body_mode == FULL_DUPLEX_STREAMED:
             return []  # answered once the body is complete
@@ -215,15 +249,28 @@ class ExtProcHandler:
             self._read_metadata(st, msg)
             if msg.HasField("protocol_config"):
                 st.body_mode = msg.protocol_config.request_body_mode
+                if st.body_mode == STREAMED:
+                    raise _STREAMED_MODE_ERROR
+        if st.kind is None:
+            st.kind = classify(st.method, st.path or "/v1/completions")
+        if st.kind is RouteKind.READ:
+            if body_msg.body or st.chunks:
+                raise RequestError(400, f"{st.method} {st.path} takes no request body", "unexpected_body")
+            if not body_msg.end_of_stream:
+                return []
+            # An empty body that ended after the headers (chunked, zero bytes): route it.
+            mutation, metadata = self._bodyless_mutation(st)
+            if st.body_mode == FULL_DUPLEX_STREAMED:
+                return [wire.request_headers_response(wire.common_response(mutation), metadata),
+                        wire.streamed_body_response(b"", b"", True)]
+            return [wire.request_body_response(wire.common_response(mutation), metadata)]
         if not body_msg.end_of_stream:
             st.chunks.append(body_msg.body)
             st.body_bytes += len(body_msg.body)
             if st.body_bytes > self.options.max_body_bytes:
                 raise RequestError(413, f"request body exceeds {self.options.max_body_bytes} bytes",
                                    "request_too_large")
-            if st.body_mode == FULL_DUPLEX_STREAMED:
-                return []
-            return [wire.request_body_response(b"")] if st.body_mode == STREAMED else []
+            return []
         body = b"".join((*st.chunks, body_msg.body)) if st.chunks else body_msg.body
         st.chunks = []
         return self._decide_with_body(st, body)
@@ -232,6 +279,8 @@ class ExtProcHandler:
         # Full-duplex requests may end with trailers instead of an end_of_stream body chunk.
         body = b"".join(st.chunks)
         st.chunks = []
+        if st.kind is RouteKind.READ and body:
+            raise RequestError(400, f"{st.method} {st.path} takes no request body", "unexpected_body")
         out = self._decide_with_body(st, body) if st.request is None else []
         if st.ticket is not None:
             st.pending_trailers = True  # answered after the queued decision
@@ -279,6 +328,10 @@ class ExtProcHandler:
 
     def _decide_bodyless(self, st: _Stream) -> bytes:
         """GET /v1/models, /health and the like: any healthy endpoint, least in-flight first."""
+        mutation, metadata = self._bodyless_mutation(st)
+        return wire.request_headers_response(wire.common_response(mutation), metadata)
+
+    def _bodyless_mutation(self, st: _Stream) -> tuple[bytes, bytes]:
         if self.auth is not None:
             self.auth.authenticate(st.headers)
         endpoints = self._eligible(st.subset)
@@ -287,9 +340,10 @@ class ExtProcHandler:
         target = min(endpoints, key=_load)
         st.targets = [target]
         st.dispatch = self.tracker.dispatch(st.targets, 0)
-        return wire.request_headers_response(
-            wire.common_response(self._dest_fragment(target)),
-            wire.dynamic_metadata(METADATA_NAMESPACE, ((DESTINATION_HEADER, target.hostport),)))
+        mutation = self._dest_fragment(target)
+        if st.strip:
+            mutation += wire.header_mutation((), st.strip)
+        return mutation, wire.dynamic_metadata(METADATA_NAMESPACE, ((DESTINATION_HEADER, target.hostport),))
 
     def _schedule(self, st: _Stream, request: LLMRequest) -> tuple[bytes, bytes]:
         if self.admission is not None:
@@ -329,6 +383,8 @@ class ExtProcHandler:
         st.dispatch = tracker.dispatch(st.targets, tracker.estimate_tokens(prompt_chars, request.max_tokens),
                                        tracker.estimate_tokens(prompt_chars, 0))
         mutation = self._dest_fragment(target)
+        if st.strip:
+            mutation += wire.header_mutation((), st.strip)
         if result.headers:
             mutation += wire.header_mutation(result.headers.items())
         value = target.hostport if len(targets) == 1 else ",".join(e.hostport for e in targets)
@@ -355,9 +411,10 @@ class ExtProcHandler:
         return endpoints
 
     def _dest_fragment(self, ep: Endpoint) -> bytes:
+        """HeaderMutation: remove client-sent routing headers, set the destination (cached)."""
         frag = self._dest_fragments.get(ep.hostport)
         if frag is None:
-            frag = wire.header_mutation(((DESTINATION_HEADER, ep.hostport),))
+            frag = _STRIP_ROUTING_HEADERS + wire.header_mutation(((DESTINATION_HEADER, ep.hostport),))
             if len(self._dest_fragments) > 100_000:
                 self._dest_fragments.clear()
             self._dest_fragments[ep.hostport] = frag
@@ -426,6 +483,8 @@ class ExtProcHandler:
                 st.method = value
             elif key == "x-request-id":
                 st.request_id = value
+            elif key.startswith(ROUTING_HEADER_PREFIX) and key != DESTINATION_HEADER:
+                st.strip = [*(st.strip or ()), key]
             hd[key] = value
 
     @staticmethod

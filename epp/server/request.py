@@ -49,6 +49,9 @@ def parse_request(
         raise RequestError(400, "request body must be a JSON object", "invalid_request_body") from None
     except msgspec.DecodeError as e:
         raise RequestError(400, f"malformed JSON in request body: {e}", "invalid_json") from None
+    except RecursionError:
+        # msgspec bounds nesting by the interpreter's recursion limit (~1000 levels).
+        raise RequestError(400, "request body is nested too deeply", "invalid_json") from None
 
     model = parsed.model
     if model is None or model == "":
@@ -127,18 +130,24 @@ def _scorer_fields(parsed: _OpenAIBody) -> dict[str, Any]:
 
 
 def _prompt_text(prompt: Any) -> str:
-    """Completions accept a string, a list of strings, or token ids; flatten to text for hashing."""
+    """Completions accept a string, a list of strings, token ids or a list of token-id lists
+    (OpenAI's four prompt shapes); flatten to text for hashing. Not recursive: a client
+    cannot make it descend deeper than those shapes."""
     if isinstance(prompt, str):
         return prompt
     if isinstance(prompt, list):
         if all(isinstance(p, str) for p in prompt):
             return "".join(prompt)
-        if all(isinstance(p, int) for p in prompt):
+        if _is_token_ids(prompt):
             return " ".join(map(str, prompt))
-        if all(isinstance(p, list) for p in prompt):
-            return "".join(_prompt_text(p) for p in prompt)
-    raise RequestError(400, "'prompt' must be a string, a list of strings or a list of token ids",
-                       "invalid_prompt", "prompt")
+        if all(isinstance(p, list) and _is_token_ids(p) for p in prompt):
+            return "".join(" ".join(map(str, p)) for p in prompt)
+    raise RequestError(400, "'prompt' must be a string, a list of strings, a list of token ids "
+                       "or a list of token-id lists", "invalid_prompt", "prompt")
+
+
+def _is_token_ids(items: list[Any]) -> bool:
+    return all(isinstance(p, int) and not isinstance(p, bool) for p in items)
 
 
 def _weighted_choice(choices: tuple[tuple[str, int], ...]) -> str:

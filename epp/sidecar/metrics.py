@@ -20,6 +20,7 @@ PREFILL_TIMEOUT = "timeout"
 PREFILL_STATUS = "status"
 PREFILL_INVALID_RESPONSE = "invalid-response"
 PREFILL_MISSING_PARAMS = "missing-kv-transfer-params"
+PREFILL_FORBIDDEN = "forbidden"  # target is not a pool member nor allowed (never contacted)
 
 
 class SidecarMetrics:

@@ -7,6 +7,10 @@ parameters from its answer, and then sends the client's request with those param
 the local decoder, streaming the decoder's answer back unchanged (SSE included). Without
 the header, and for every other path (/health, /v1/models, ...), it is a plain proxy.
 
+The prefill target must be a member of the InferencePool or an explicitly allowed entry
+(epp/sidecar/allowlist.py); anything else is refused with 403 before any connection is
+made, so a header that names an arbitrary host cannot turn the sidecar into a proxy.
+
 Unlike llm-d's sidecar, a failed remote prefill (unreachable, timeout, error status,
 answer without KV parameters) does not fail the request by default: the original request
 goes to the decoder, which prefills locally; the failure is logged and counted
@@ -19,6 +23,7 @@ scraping the engine through the pool's target port; /sidecar/metrics has only th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -32,7 +37,11 @@ import msgspec
 from aiohttp import web
 from prometheus_client import generate_latest
 
+from epp.datastore.datastore import Datastore
+from epp.datastore.local import LocalEndpointSource
+from epp.k8s.cli import KubernetesOptions
 from epp.sidecar import metrics as sm
+from epp.sidecar.allowlist import PrefillAllowlist
 from epp.sidecar.connectors import Connector, MissingTransferParams, make_connector
 
 log = logging.getLogger(__name__)
@@ -65,8 +74,14 @@ class SidecarConfig:
     prefill_timeout: float = 60.0  # seconds for the whole prefill leg
     connect_timeout: float = 5.0
     on_prefill_error: Literal["fallback", "fail"] = "fallback"
-    # Hosts (no ports) the prefill header may name; empty allows any (SSRF guard, as llm-d).
-    allowed_prefill_hosts: frozenset[str] = frozenset()
+    # Prefill targets allowed besides the pool's members: `host:port`, or `host` for any port.
+    allowed_prefill_targets: frozenset[str] = frozenset()
+    # Where the pool's members come from (the same sources as `epp serve`): the local pool
+    # manifest + endpoints file, or the InferencePool in Kubernetes. Neither: only the
+    # explicit targets are allowed.
+    pool_file: str | None = None
+    endpoints_file: str | None = None
+    kubernetes: KubernetesOptions | None = None
     prefiller_scheme: Literal["http", "https"] = "http"
     max_body_bytes: int = 64 * 1024 * 1024
 
@@ -81,6 +96,14 @@ class SidecarConfig:
             raise ValueError("timeouts must be > 0 seconds")
         if self.on_prefill_error not in ("fallback", "fail"):
             raise ValueError(f"on_prefill_error must be 'fallback' or 'fail', got {self.on_prefill_error!r}")
+        if (self.pool_file is None) != (self.endpoints_file is None):
+            raise ValueError("--pool-file and --endpoints-file go together (the local pool source)")
+        if self.pool_file is not None and self.kubernetes is not None:
+            raise ValueError("choose one pool source: --pool-file/--endpoints-file or --pool-name")
+
+    @property
+    def has_pool_source(self) -> bool:
+        return self.pool_file is not None or self.kubernetes is not None
 
 
 class PrefillFailed(Exception):
@@ -94,9 +117,11 @@ class PrefillFailed(Exception):
 class SidecarServer:
     """The aiohttp application and the pooled upstream client of one sidecar."""
 
-    def __init__(self, config: SidecarConfig) -> None:
+    def __init__(self, config: SidecarConfig, pool: Datastore | None = None) -> None:
+        """`pool`: the pool's members, kept current by the caller's endpoint source (serve())."""
         config.validate()
         self.config = config
+        self.allowlist = PrefillAllowlist(config.allowed_prefill_targets, pool)
         self.decoder_url = config.decoder_url.rstrip("/")
         self.connector: Connector = make_connector(config.connector)
         self.metrics = sm.SidecarMetrics()
@@ -147,10 +172,11 @@ class SidecarServer:
             self.metrics.requests.labels(sm.MODE_PASSTHROUGH).inc()
             return await self._forward(request, self._decoder(request), raw, headers, request_id)
 
-        host = _host_of(prefiller)
-        if self.config.allowed_prefill_hosts and host not in self.config.allowed_prefill_hosts:
-            log.error("prefill target %s is not allowed (request %s)", prefiller, request_id)
-            return _error(403, f"prefill target {prefiller!r} is not allowed", "forbidden")
+        if not self.allowlist.allows(prefiller):
+            self.metrics.prefill_errors.labels(sm.PREFILL_FORBIDDEN).inc()
+            log.warning("prefill target %r is not a pool member nor allowed; refused (request %s)",
+                        prefiller[:100], request_id)
+            return _error(403, f"prefill target {prefiller[:100]!r} is not allowed", "forbidden")
         try:
             body = _json_decoder.decode(raw)
         except msgspec.DecodeError as e:
@@ -295,12 +321,6 @@ def _upstream_headers(items: Iterable[tuple[str, str]], request_id: str) -> dict
     return headers
 
 
-def _host_of(hostport: str) -> str:
-    if hostport.startswith("["):  # [v6]:port
-        return hostport[1:].split("]", 1)[0]
-    return hostport.rsplit(":", 1)[0] if hostport.count(":") == 1 else hostport
-
-
 def _error(status: int, message: str, kind: str) -> web.Response:
     # OpenAI / vLLM error shape, so clients report it like an engine error.
     return web.json_response({"error": {"message": message, "type": kind, "code": status}}, status=status)
@@ -308,14 +328,42 @@ def _error(status: int, message: str, kind: str) -> web.Response:
 
 async def serve(config: SidecarConfig, ready: asyncio.Event | None = None) -> None:
     """Run a sidecar until cancelled."""
-    server = SidecarServer(config)
+    async with contextlib.AsyncExitStack() as stack:
+        pool: Datastore | None = None
+        if config.has_pool_source:
+            pool = Datastore()
+            await _start_pool_source(config, pool, stack)
+        server = SidecarServer(config, pool)
+        if server.allowlist.empty:
+            log.warning("no pool source and no --allowed-prefill-targets: every remote prefill "
+                        "target is refused (requests with a prefill header get 403)")
+        await _serve(server, ready)
+
+
+async def _start_pool_source(config: SidecarConfig, pool: Datastore, stack: contextlib.AsyncExitStack) -> None:
+    if config.kubernetes is not None:
+        from epp.k8s.source import KubernetesSource
+
+        k8s = KubernetesSource(config.kubernetes, pool)
+        stack.push_async_callback(k8s.stop)
+        await k8s.start()
+    elif config.pool_file is not None and config.endpoints_file is not None:
+        local = LocalEndpointSource(pool, config.pool_file, config.endpoints_file)
+        stack.push_async_callback(local.stop)
+        await local.start()
+
+
+async def _serve(server: SidecarServer, ready: asyncio.Event | None) -> None:
+    config = server.config
     runner = server.runner()
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
     await site.start()
     log.info(
-        "P/D sidecar listening on %s:%d, decoder %s, connector %s, on prefill error: %s",
+        "P/D sidecar listening on %s:%d, decoder %s, connector %s, on prefill error: %s, "
+        "prefill targets allowed: %s",
         config.host, config.port, config.decoder_url, config.connector, config.on_prefill_error,
+        server.allowlist.describe(),
     )
     if ready is not None:
         ready.set()

@@ -21,6 +21,10 @@ DEFAULT_VOCAB_SIZE = 128_256
 # chunks of CHUNK_CHARS, which lands near 4 chars/token on English prose, like real BPE.
 MAX_PIECE_CHARS = 7
 CHUNK_CHARS = 4
+# Memoized piece -> id entries kept (two generations of half this size; ~130 bytes each).
+# Client text is unbounded, so the cache must be too: an id is a pure function of its piece,
+# and a piece that fell out is simply hashed again.
+MAX_CACHED_PIECES = 131_072
 
 # Words and single punctuation/symbol characters, each with at most one leading space (as
 # GPT-2/Llama BPE pre-tokenizers attach the space to the next word), and other whitespace
@@ -46,26 +50,42 @@ class SimpleTokenizer:
     only matter for decode (e.g. " Hel" and "lo" share an id), never for routing.
     """
 
-    def __init__(self, vocab_size: int = DEFAULT_VOCAB_SIZE, max_piece_chars: int = MAX_PIECE_CHARS) -> None:
+    def __init__(self, vocab_size: int = DEFAULT_VOCAB_SIZE, max_piece_chars: int = MAX_PIECE_CHARS,
+                 max_cached_pieces: int = MAX_CACHED_PIECES) -> None:
+        if max_cached_pieces < 2:
+            raise ValueError(f"max_cached_pieces must be >= 2, got {max_cached_pieces}")
         if vocab_size < 2:
             raise ValueError(f"vocab_size must be >= 2, got {vocab_size}")
         if max_piece_chars < 1:
             raise ValueError(f"max_piece_chars must be >= 1, got {max_piece_chars}")
         self.vocab_size = vocab_size
         self.max_piece_chars = max_piece_chars
+        # Generational cache (approximate LRU without per-hit bookkeeping): lookups hit the
+        # young dict; when it is full it becomes the old one and the previous old one is
+        # dropped; an old hit is promoted. At most max_cached_pieces entries in all.
+        self._generation_size = max_cached_pieces // 2
         self._piece_to_id: dict[str, int] = {}
+        self._old_piece_to_id: dict[str, int] = {}
+        # Bounded by vocab_size (one piece per id: the first one seen).
         self._id_to_piece: dict[int, str] = {}
 
     def _piece_id(self, piece: str) -> int:
         token_id = self._piece_to_id.get(piece)
         if token_id is None:
-            digest = hashlib.blake2b(piece.encode("utf-8"), digest_size=8).digest()
-            token_id = int.from_bytes(digest, "big") % self.vocab_size
-            # The cache is bounded by the number of distinct pieces seen; pieces are at most
-            # max_piece_chars long, so this stays small for realistic traffic.
+            token_id = self._old_piece_to_id.get(piece)
+            if token_id is None:
+                digest = hashlib.blake2b(piece.encode("utf-8"), digest_size=8).digest()
+                token_id = int.from_bytes(digest, "big") % self.vocab_size
+                self._id_to_piece.setdefault(token_id, piece)
+            if len(self._piece_to_id) >= self._generation_size:
+                self._old_piece_to_id = self._piece_to_id
+                self._piece_to_id = {}
             self._piece_to_id[piece] = token_id
-            self._id_to_piece.setdefault(token_id, piece)
         return token_id
+
+    @property
+    def cached_pieces(self) -> int:
+        return len(self._piece_to_id) + len(self._old_piece_to_id)
 
     def pieces(self, text: str) -> list[str]:
         """The text cut into the pieces that become tokens (exposed for tests and docs)."""

@@ -17,8 +17,9 @@ import httpx
 import pytest
 from openai import AsyncOpenAI
 
+from epp.localstack.stack import free_ports
 from epp.sim.cluster import SimCluster, simulated_pods
-from tests.helpers.procs import PYTHON, Proc, free_port
+from tests.helpers.procs import PYTHON, Proc
 
 pytestmark = pytest.mark.integration
 
@@ -31,6 +32,7 @@ class PDRig:
     pods: SimCluster
     sidecar_url: str
     sidecar: Proc
+    dead_port: int  # allowed as a prefill target, nothing listens on it
 
     @property
     def prefill_hostport(self) -> str:
@@ -61,16 +63,17 @@ async def rig(tmp_path: Path) -> AsyncIterator[PDRig]:
         2, per_pod=[{"role": "prefill", "name": "sim-prefill-0"}, {"role": "decode", "name": "sim-decode-0"}],
         latency={"time_scale": 0.05},
     ) as pods:
-        port = free_port()
+        port, dead_port = free_ports(2)
         sidecar = Proc(
             [PYTHON, "-m", "epp", "sidecar", "--host", "127.0.0.1", "--port", str(port),
-             "--decoder-url", pods[1].url, "--prefill-timeout", "10"],
+             "--decoder-url", pods[1].url, "--prefill-timeout", "10",
+             "--allowed-prefill-targets", f"{pods[0].hostport},127.0.0.1:{dead_port}"],
             tmp_path / "sidecar.log",
         )
         try:
             url = f"http://127.0.0.1:{port}"
             await _wait_ready(url + "/health", sidecar)
-            yield PDRig(pods, url, sidecar)
+            yield PDRig(pods, url, sidecar, dead_port)
         finally:
             sidecar.stop()
 
@@ -132,7 +135,7 @@ async def test_prefiller_down_falls_back_to_local_prefill(rig: PDRig) -> None:
         r = await client.post(
             "/v1/completions",
             json={"model": MODEL, "prompt": LONG_PROMPT, "max_tokens": 4},
-            headers={"x-prefiller-host-port": f"127.0.0.1:{free_port()}"},
+            headers={"x-prefiller-host-port": f"127.0.0.1:{rig.dead_port}"},
         )
         metrics = (await client.get("/metrics")).text
     assert r.status_code == 200 and r.headers["x-sim-kv-transferred-tokens"] == "0"

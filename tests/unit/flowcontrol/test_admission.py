@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 
@@ -9,13 +8,10 @@ import pytest
 from epp.datastore.datastore import Datastore
 from epp.datastore.endpoint import Endpoint, EndpointMetrics
 from epp.flowcontrol import (
-    DECISION_QUEUE_FULL,
-    DECISION_QUEUE_TIMEOUT,
     EPP_OVERLOADED,
     POOL_SATURATED,
     AdmissionConfig,
     AdmissionController,
-    AdmissionRejected,
     PoolSaturation,
     SaturationConfig,
 )
@@ -103,51 +99,3 @@ def test_inflight_cap_rejects_fast_and_release_frees() -> None:
     for _ in range(5):
         ctl.release()
     assert ctl.inflight == 0  # never negative
-
-
-async def test_decision_slots_bound_concurrency_queue_and_wait() -> None:
-    ctl = AdmissionController(None, AdmissionConfig(max_concurrent_decisions=1, max_queued_decisions=1,
-                                                    queue_timeout=5.0))
-    gate = asyncio.Event()
-    order: list[str] = []
-
-    async def decide(name: str) -> None:
-        async with ctl.decision_slot():
-            order.append(f"start {name}")
-            await gate.wait()
-            order.append(f"end {name}")
-
-    first = asyncio.create_task(decide("a"))
-    await asyncio.sleep(0)
-    second = asyncio.create_task(decide("b"))  # waits in the queue
-    await asyncio.sleep(0)
-    assert ctl.decisions_running == 1 and ctl.queued_decisions == 1
-    with pytest.raises(AdmissionRejected) as err:  # queue full: refused at once
-        async with ctl.decision_slot():
-            pass
-    assert err.value.rejection is DECISION_QUEUE_FULL
-    gate.set()
-    await asyncio.gather(first, second)
-    assert order == ["start a", "end a", "start b", "end b"]
-    assert ctl.decisions_running == 0 and ctl.queued_decisions == 0
-
-
-async def test_decision_wait_times_out_and_slot_is_not_leaked() -> None:
-    ctl = AdmissionController(None, AdmissionConfig(max_concurrent_decisions=1, queue_timeout=0.05))
-    gate = asyncio.Event()
-
-    async def hold() -> None:
-        async with ctl.decision_slot():
-            await gate.wait()
-
-    holder = asyncio.create_task(hold())
-    await asyncio.sleep(0)
-    with pytest.raises(AdmissionRejected) as err:
-        async with ctl.decision_slot():
-            pass
-    assert err.value.rejection is DECISION_QUEUE_TIMEOUT
-    gate.set()
-    await holder
-    assert ctl.decisions_running == 0 and ctl.queued_decisions == 0
-    async with ctl.decision_slot():
-        assert ctl.decisions_running == 1

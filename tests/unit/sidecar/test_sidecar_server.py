@@ -36,6 +36,7 @@ async def _rig(stack: AsyncExitStack, **config: Any) -> Rig:
     prefill, decode = StubEngine("prefill"), StubEngine("decode")
     prefill_port = await stack.enter_async_context(serving(prefill.app()))
     decode_port = await stack.enter_async_context(serving(decode.app()))
+    config.setdefault("allowed_prefill_targets", frozenset({f"127.0.0.1:{prefill_port}"}))
     sidecar = SidecarServer(SidecarConfig(decoder_url=f"http://127.0.0.1:{decode_port}", **config))
     sidecar_port = await stack.enter_async_context(serving(sidecar.runner()))
     client = await stack.enter_async_context(
@@ -112,8 +113,14 @@ async def test_client_disconnect_aborts_the_decoder_request(rig: Rig) -> None:
     await asyncio.wait_for(rig.decode.cancelled.wait(), 10)
 
 
-async def test_prefiller_down_falls_back_to_local_prefill(rig: Rig) -> None:
+async def test_prefiller_down_falls_back_to_local_prefill() -> None:
     dead = f"127.0.0.1:{free_port()}"
+    async with AsyncExitStack() as stack:
+        rig = await _rig(stack, allowed_prefill_targets=frozenset({dead}))
+        await _prefiller_down_falls_back(rig, dead)
+
+
+async def _prefiller_down_falls_back(rig: Rig, dead: str) -> None:
     r = await rig.client.post("/v1/completions", json=PROMPT, headers={"x-prefiller-host-port": dead})
     assert r.status_code == 200 and r.json()["choices"][0]["text"] == "from-decode"
     assert rig.decode.received == [PROMPT]  # the original request, no kv_transfer_params
@@ -160,7 +167,7 @@ async def test_fail_mode_returns_the_prefiller_error() -> None:
 
 async def test_prefill_target_outside_allowlist_is_forbidden() -> None:
     async with AsyncExitStack() as stack:
-        rig = await _rig(stack, allowed_prefill_hosts=frozenset({"10.1.2.3"}))
+        rig = await _rig(stack, allowed_prefill_targets=frozenset({"10.1.2.3"}))
         r = await rig.client.post(
             "/v1/completions", json=PROMPT, headers={"x-prefiller-host-port": rig.prefill_hostport}
         )
