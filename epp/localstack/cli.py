@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 import time
@@ -28,13 +29,15 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--listen-port", type=int, default=8081, help="Envoy listener (8081)")
     p.add_argument("--run-dir", type=Path, default=None, help="where logs and generated files go (.run)")
     p.add_argument("--time-scale", type=float, default=1.0, help="simulator speed factor (1.0 = real time)")
+    p.add_argument("--epp-replicas", type=int, default=1, help="active-active EPP replicas behind Envoy (1)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = StackConfig(pods=args.pods, pd=args.pd, engine=args.engine, vllm_model=args.vllm_model,
                       model=args.model, epp_config=args.config, failure_mode=args.failure_mode,
-                      listen_port=args.listen_port, time_scale=args.time_scale)
+                      listen_port=args.listen_port, time_scale=args.time_scale,
+                      epp_replicas=args.epp_replicas, supervise=True)
     if args.run_dir is not None:
         cfg.run_dir = args.run_dir
     stack = LocalStack(cfg)
@@ -73,15 +76,12 @@ The response header x-sim-pod names the pod that served it. Ctrl-C stops everyth
         stopping = True
 
     signal.signal(signal.SIGTERM, _on_signal)
+    # A crashed pod, sidecar, EPP or Envoy is restarted by the stack's supervisor (with backoff,
+    # logged on stderr), as a cluster would; the stack keeps serving. Ctrl-C / SIGTERM stop all.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", stream=sys.stderr)
     try:
         while not stopping:
-            for name, proc in stack.procs.items():
-                if proc.poll() is not None:
-                    print(f"error: {name} exited with code {proc.returncode}; last lines of "
-                          f"{stack.log_path(name)}:\n{stack.tail(name)}", file=sys.stderr)
-                    stack.stop()
-                    return 1
-            time.sleep(0.5)
+            time.sleep(0.2)
     except KeyboardInterrupt:
         pass
     print(">> stopping", flush=True)

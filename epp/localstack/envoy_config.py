@@ -43,6 +43,8 @@ class EnvoyConfigParams:
     fallback_endpoints: list[tuple[str, int]] = field(default_factory=list)
     # More EPP replicas (host, port) beside epp_address:epp_port: active-active, one cluster.
     epp_replicas: list[tuple[str, int]] = field(default_factory=list)
+    # Retries of an ext_proc stream that could not be opened (dead EPP replica).
+    epp_retries: int = 2
     # Attempts after the first for a request that never started (dead pod): the fallbacks.
     upstream_retries: int = 3
     # Pool health checking (GET /health); interval in ms.
@@ -76,6 +78,17 @@ def render_envoy_config(p: EnvoyConfigParams) -> dict[str, Any]:
             "grpc_service": {
                 "envoy_grpc": {"cluster_name": "epp"},
                 "timeout": f"{p.message_timeout_ms / 1000:.3f}s",
+                **({"retry_policy": {
+                    # A stream that fails to open (dead replica, refused) is opened again on another
+                    # replica (previous_hosts), so a replica's death loses no decision.
+                    "retry_on": "connect-failure,refused-stream,reset,unavailable",
+                    "num_retries": p.epp_retries,
+                    "retry_back_off": {"base_interval": "0.005s", "max_interval": "0.05s"},
+                    "retry_host_predicate": [{
+                        "name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3."
+                                     "PreviousHostsPredicate"}}],
+                    "host_selection_retry_max_attempts": 3}} if p.epp_retries > 0 else {}),
             },
             # Always allow: a dead or restarting EPP must not cut a response already flowing.
             # FailClose is the route table's job (no destination header -> 503, below).
@@ -172,7 +185,8 @@ def render_envoy_config(p: EnvoyConfigParams) -> dict[str, Any]:
             "log_format": {"text_format_source": {"inline_string":
                 "%START_TIME% %REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% "
                 "%RESPONSE_CODE_DETAILS% %DURATION%ms upstream=%UPSTREAM_HOST% "
-                "picked=%REQ(x-gateway-destination-endpoint)% lb=%DYNAMIC_METADATA(envoy.lb)% id=%REQ(x-request-id)%\n"}}}}]
+                "picked=%REQ(x-gateway-destination-endpoint)% lb=%DYNAMIC_METADATA(envoy.lb)% "
+                "attempts=%UPSTREAM_REQUEST_ATTEMPT_COUNT% id=%REQ(x-request-id)%\n"}}}}]
     clusters: list[dict[str, Any]] = [
         {
             "name": "epp",
@@ -198,7 +212,8 @@ def render_envoy_config(p: EnvoyConfigParams) -> dict[str, Any]:
                 "no_traffic_interval": f"{p.health_check_interval_ms / 1000:.3f}s",
                 "unhealthy_threshold": 2, "healthy_threshold": 1,
                 "grpc_health_check": {}}],
-            "outlier_detection": _outlier_detection(),
+            # Short ejection: a restarted EPP is back in a second or two.
+            "outlier_detection": _outlier_detection(ejection_s=1),
             "common_lb_config": {"healthy_panic_threshold": {"value": 0}},
         },
         {
@@ -265,18 +280,18 @@ def _pool_cluster(p: EnvoyConfigParams) -> dict[str, Any]:
             "timeout": "1s", "interval": interval, "no_traffic_interval": interval,
             "unhealthy_threshold": 2, "healthy_threshold": 1,
             "http_health_check": {"path": "/health"}}],
-        "outlier_detection": _outlier_detection(),
+        "outlier_detection": _outlier_detection(ejection_s=5),
         "circuit_breakers": {"thresholds": [{"max_connections": 100000, "max_pending_requests": 100000,
                                              "max_requests": 100000, "max_retries": 1000}]},
     }
 
 
-def _outlier_detection() -> dict[str, Any]:
+def _outlier_detection(ejection_s: int) -> dict[str, Any]:
     # A refused or reset connection (local-origin failure) ejects the host at once; 5xx from a
     # live server (e.g. a pod answering 500s) eject it after a few in a row.
     return {"split_external_local_origin_errors": True, "consecutive_local_origin_failure": 1,
             "consecutive_5xx": 5, "consecutive_gateway_failure": 3, "interval": "1s",
-            "base_ejection_time": "5s", "max_ejection_percent": 100,
+            "base_ejection_time": f"{ejection_s}s", "max_ejection_percent": 100,
             "enforcing_consecutive_local_origin_failure": 100}
 
 
