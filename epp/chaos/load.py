@@ -82,7 +82,8 @@ class StreamingLoad:
             n += 1
             # Distinct prompts: the prefix scorer must not pin all load on one pod.
             body = {"model": p.model, "prompt": f"chaos worker {worker} request {n}: tell me a story",
-                    "max_tokens": p.max_tokens, "stream": True}
+                    "max_tokens": p.max_tokens, "stream": True,
+                    "stream_options": {"include_usage": True}}  # the EPP's usage accounting reads it
             self.result.records.append(await self._one(client, body))
 
     async def _one(self, client: httpx.AsyncClient, body: dict[str, object]) -> RequestRecord:

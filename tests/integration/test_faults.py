@@ -122,6 +122,8 @@ def test_an_epp_sigkill_cuts_no_flowing_stream(stack_factory: StackFactory, mode
             break
         time.sleep(0.1)
     assert r.status_code == 200, r.text
+    # The restarted EPP's books start clean and balance: nothing of the old one's is held.
+    assert _metrics(stack.epps[0].metrics_port)["inference_objective_running_requests"] == 0
 
 
 def test_fail_open_skips_a_dead_pod(stack_factory: StackFactory) -> None:
@@ -145,7 +147,9 @@ def _host_flags(stack: LocalStack, cluster: str, port: int) -> str:
 
 @pytest.mark.parametrize("mode", ["FailClose", "FailOpen"])
 def test_losing_one_of_two_epp_replicas_loses_nothing(stack_factory: StackFactory, mode: str) -> None:
-    stack = stack_factory(pods=2, time_scale=0.3, kv_events=False, failure_mode=mode, epp_replicas=2)
+    # Response bodies go to the EPP too (usage accounting), so losing the replica tests that path.
+    stack = stack_factory(pods=2, time_scale=0.3, kv_events=False, failure_mode=mode, epp_replicas=2,
+                          response_body_mode="STREAMED")
     victim = stack.epps[1]
 
     async def run() -> tuple[StreamingLoad, float]:
@@ -166,3 +170,20 @@ def test_losing_one_of_two_epp_replicas_loses_nothing(stack_factory: StackFactor
     assert sum(1 for r in records if r.started_at > t_kill) > 10, "too little load after the kill"
     bad = [r for r in records if r.outcome != "ok"]
     assert not bad, bad[:5]
+    # The survivor's books balance: every request it routed was released and its usage counted.
+    survivor = _metrics(stack.epps[0].metrics_port)
+    assert survivor["inference_objective_running_requests"] == 0
+    routed = survivor["inference_objective_request_total"]
+    assert routed >= sum(1 for r in records if r.started_at > t_kill + 0.5)
+    assert survivor["inference_objective_output_tokens_count"] == routed
+
+
+def _metrics(port: int) -> dict[str, float]:
+    """Sum of each Prometheus sample name over its labels."""
+    out: dict[str, float] = {}
+    for line in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
