@@ -30,6 +30,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--run-dir", type=Path, default=None, help="where logs and generated files go (.run)")
     p.add_argument("--time-scale", type=float, default=1.0, help="simulator speed factor (1.0 = real time)")
     p.add_argument("--epp-replicas", type=int, default=1, help="active-active EPP replicas behind Envoy (1)")
+    p.add_argument("--free-ports", action="store_true",
+                   help="pick free loopback ports for everything instead of the documented ones")
     p.set_defaults(func=run)
 
 
@@ -37,7 +39,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = StackConfig(pods=args.pods, pd=args.pd, engine=args.engine, vllm_model=args.vllm_model,
                       model=args.model, epp_config=args.config, failure_mode=args.failure_mode,
                       listen_port=args.listen_port, time_scale=args.time_scale,
-                      epp_replicas=args.epp_replicas, supervise=True)
+                      epp_replicas=args.epp_replicas, supervise=True, ports_free=args.free_ports)
+    if args.free_ports and args.listen_port != 8081:
+        cfg.listen_port = args.listen_port
     if args.run_dir is not None:
         cfg.run_dir = args.run_dir
     stack = LocalStack(cfg)
