@@ -40,6 +40,7 @@ class LoadParams:
     duration_s: float = 6.0  # stop sending new requests after this long
     max_requests: int = 2000
     request_timeout_s: float = 20.0
+    retry_pause_s: float = 0.1  # pause after a failed request
 
 
 @dataclass(slots=True)
@@ -84,7 +85,12 @@ class StreamingLoad:
             body = {"model": p.model, "prompt": f"chaos worker {worker} request {n}: tell me a story",
                     "max_tokens": p.max_tokens, "stream": True,
                     "stream_options": {"include_usage": True}}  # the EPP's usage accounting reads it
-            self.result.records.append(await self._one(client, body))
+            record = await self._one(client, body)
+            self.result.records.append(record)
+            if record.outcome != "ok":
+                # A real client backs off a little before trying again; without this a worker
+                # would spin on instant 503s and the counts would measure the loop speed.
+                await asyncio.sleep(p.retry_pause_s)
 
     async def _one(self, client: httpx.AsyncClient, body: dict[str, object]) -> RequestRecord:
         t0 = time.monotonic()

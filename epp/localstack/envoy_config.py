@@ -297,8 +297,11 @@ def _outlier_detection(ejection_s: int) -> dict[str, Any]:
 
 def _retry_policy(retries: int) -> dict[str, Any]:
     # Only requests that never started: nothing was streamed to the client yet, and a pod that
-    # refused, or reset before its response headers, did no work worth keeping.
-    return {"retry_on": "connect-failure,refused-stream,reset", "num_retries": retries,
+    # refused, reset before its response headers, or answered a 5xx did no work worth keeping.
+    # (A pod failing every request fast looks idle to the EPP, so without this retry it would
+    # draw most of the traffic and fail it; docs/reliability.md.)
+    return {"retry_on": "connect-failure,refused-stream,reset,retriable-status-codes",
+            "retriable_status_codes": [500, 502, 503, 504], "num_retries": retries,
             "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}],
             "host_selection_retry_max_attempts": 5,

@@ -60,7 +60,8 @@ def test_pool_cluster_reads_pick_and_fallbacks_from_envoy_lb_metadata() -> None:
     route = _routes(cfg)[0]["route"]
     assert route["cluster"] == "pool"
     retry = route["retry_policy"]
-    assert set(retry["retry_on"].split(",")) == {"connect-failure", "refused-stream", "reset"}
+    assert set(retry["retry_on"].split(",")) == {"connect-failure", "refused-stream", "reset", "retriable-status-codes"}
+    assert retry["retriable_status_codes"] == [500, 502, 503, 504]
     assert retry["retry_host_predicate"][0]["name"] == "envoy.retry_host_predicates.previous_hosts"
     # FailClose is the route table's: no pick -> 503; the filter itself never cuts a stream.
     assert "direct_response" in _routes(cfg)[-1]
