@@ -30,7 +30,7 @@ def add_parser(sub: Any) -> None:
 
 
 def quick_timing() -> Timing:
-    return Timing(warmup=0.8, hold=1.2, after=1.5, concurrency=6, max_tokens=30)
+    return Timing(warmup=0.6, hold=0.8, after=1.0, concurrency=4, max_tokens=20)
 
 
 def run(args: argparse.Namespace) -> int:

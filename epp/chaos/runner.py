@@ -78,7 +78,7 @@ class Scenario:
     name: str
     inject: Injector
     failure_mode: str = "FailClose"
-    epp_replicas: int = 1
+    epp_replicas: int = 2
     kv_events: bool = False
     redis: bool = False
 
@@ -117,7 +117,8 @@ async def pod_metrics_garbage(ctx: Context) -> None:
 
 
 async def epp_sigkill(ctx: Context) -> None:
-    ctx.stack.kill("epp")
+    for epp in ctx.stack.epps:  # every replica: no EPP at all until the supervisor restarts them
+        ctx.stack.kill(epp.name)
 
 
 async def epp_replica_loss(ctx: Context) -> None:
@@ -170,20 +171,22 @@ async def redis_down(ctx: Context) -> None:
 
 
 # Scenarios that need the same stack run one after another on it (the supervisor brings back
-# what a fault killed), so keep them adjacent: each group costs one stack start-up.
+# what a fault killed), so keep them adjacent: each group costs one stack start-up. Every stack
+# has 3 pods and 2 EPP replicas; "EPP SIGKILL" kills both, which is what a single EPP's death is.
 SCENARIOS: list[Scenario] = [
     Scenario("pod SIGKILL", pod_sigkill),
     Scenario("pod hang (accepts, never answers)", pod_hang),
     Scenario("pod returns 500s", pod_500s),
     Scenario("pod metrics endpoint returns garbage", pod_metrics_garbage),
+    Scenario("EPP replica loss (1 of 2), FailClose", epp_replica_loss),
     Scenario("EPP SIGKILL, FailClose", epp_sigkill),
     Scenario("Envoy restart (SIGKILL)", envoy_restart),
+    Scenario("EPP replica loss (1 of 2), FailOpen", epp_replica_loss, failure_mode="FailOpen"),
     Scenario("EPP SIGKILL, FailOpen", epp_sigkill, failure_mode="FailOpen"),
-    Scenario("EPP replica loss (1 of 2), FailClose", epp_replica_loss, epp_replicas=2),
-    Scenario("EPP replica loss (1 of 2), FailOpen", epp_replica_loss, failure_mode="FailOpen", epp_replicas=2),
-    # With the Redis index configured too, so both share one stack (Redis goes down last).
-    Scenario("garbage KV events", kv_garbage, kv_events=True, redis=True),
-    Scenario("Redis down (Redis KV index configured)", redis_down, kv_events=True, redis=True),
+    # With the Redis index configured, so both share one stack (Redis goes down last). One EPP:
+    # it binds the ZMQ endpoint the garbage is sent to.
+    Scenario("garbage KV events", kv_garbage, kv_events=True, redis=True, epp_replicas=1),
+    Scenario("Redis down (Redis KV index configured)", redis_down, kv_events=True, redis=True, epp_replicas=1),
 ]
 
 
@@ -266,7 +269,7 @@ def run_group(scenarios: list[Scenario], timing: Timing, work_dir: Path,
                 if progress is not None:
                     progress(rows[-1])
         finally:
-            stack.stop()
+            stack.stop(sig=signal.SIGKILL)  # nothing to drain: the measurements are taken
     finally:
         if redis is not None and redis.poll() is None:
             redis.send_signal(signal.SIGTERM)

@@ -478,14 +478,14 @@ class LocalStack:
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
 
-    def stop(self) -> None:
+    def stop(self, sig: int = signal.SIGTERM) -> None:
         self._closing.set()
         if self._supervisor is not None:
             self._supervisor.join(5)
             self._supervisor = None
         # Envoy first so clients see clean errors, then the EPP, then the pods.
         for name in sorted(self.procs, key=lambda n: (n != "envoy", not n.startswith("epp"))):
-            self.stop_one(name)
+            self.stop_one(name, sig)
         for log in self._logs:
             with contextlib.suppress(Exception):
                 log.close()  # type: ignore[attr-defined]
