@@ -13,7 +13,7 @@ RUN_ARGS := --pods $(PODS) --failure-mode $(FAILURE_MODE) \
 	$(if $(ENGINE),--engine $(ENGINE)) $(if $(MODEL),--vllm-model $(MODEL)) \
 	$(if $(CONFIG),--config $(CONFIG))
 
-.PHONY: install run test lint bench bench-quick bench-pd clean
+.PHONY: install run test lint bench bench-quick bench-pd chaos chaos-quick clean
 
 $(STAMP): pyproject.toml
 	@echo ">> creating $(VENV) and installing the project (first run takes a minute)"
@@ -42,6 +42,14 @@ bench-quick: install
 
 bench-pd: install
 	$(BIN)/python -m epp bench pd
+
+# Each fault of docs/reliability.md under streaming load through the real Envoy (loopback,
+# bounded: about 3 minutes), table written into docs/reliability.md. Needs redis-server.
+chaos: install
+	$(BIN)/python -m epp chaos --write docs/reliability.md $(CHAOS_ARGS)
+
+chaos-quick: install
+	$(BIN)/python -m epp chaos --quick $(CHAOS_ARGS)
 
 clean:
 	rm -rf .run .pytest_cache .mypy_cache .ruff_cache
