@@ -211,7 +211,9 @@ def render_envoy_config(p: EnvoyConfigParams) -> dict[str, Any]:
                 "timeout": "1s", "interval": f"{p.health_check_interval_ms / 1000:.3f}s",
                 "no_traffic_interval": f"{p.health_check_interval_ms / 1000:.3f}s",
                 "unhealthy_threshold": 2, "healthy_threshold": 1,
-                "grpc_health_check": {}}],
+                # Liveness, not readiness: an EPP whose pool is empty must still be asked, so
+                # that it answers with its own error (see epp/observability/grpc_health.py).
+                "grpc_health_check": {"service_name": "epp.liveness"}}],
             # Short ejection: a restarted EPP is back in a second or two.
             "outlier_detection": _outlier_detection(ejection_s=1),
             "common_lb_config": {"healthy_panic_threshold": {"value": 0}},

@@ -19,6 +19,11 @@ from epp.observability.health import ReadinessProbe
 log = logging.getLogger(__name__)
 
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
+# SERVING while this process answers ext_proc at all (until graceful shutdown), whatever the
+# pool's state: what Envoy's health check of the ext_proc cluster asks. Readiness ("" and the
+# ext_proc name) also drops when the pool has no healthy pod, and then the EPP must still be
+# reached to answer that with its own error (empty_pool, no_healthy_endpoint).
+LIVENESS_SERVICE = "epp.liveness"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -54,6 +59,7 @@ class GrpcHealthReporter:
         return ready
 
     async def start(self) -> None:
+        await self.servicer.set(LIVENESS_SERVICE, SERVING)
         await self.update()
         if self._task is None:
             self._task = asyncio.create_task(self._loop(), name="grpc-health")

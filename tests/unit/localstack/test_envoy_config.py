@@ -86,7 +86,7 @@ def test_epp_replicas_share_one_health_checked_cluster() -> None:
     ports = [e["endpoint"]["address"]["socket_address"]["port_value"]
              for e in epp["load_assignment"]["endpoints"][0]["lb_endpoints"]]
     assert ports == [1, 2]
-    assert "grpc_health_check" in epp["health_checks"][0]
+    assert epp["health_checks"][0]["grpc_health_check"] == {"service_name": "epp.liveness"}
     assert epp["outlier_detection"]["consecutive_local_origin_failure"] == 1
 
 

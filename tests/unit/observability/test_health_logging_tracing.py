@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from epp.datastore.datastore import Datastore, PoolSpec
 from epp.datastore.endpoint import Endpoint, EndpointMetrics
 from epp.observability.exposition import HttpServer
-from epp.observability.grpc_health import EXT_PROC_SERVICE, GrpcHealthReporter
+from epp.observability.grpc_health import EXT_PROC_SERVICE, LIVENESS_SERVICE, GrpcHealthReporter
 from epp.observability.health import ReadinessProbe, health_app
 from epp.observability.logging import bind_request_id, configure_logging
 from epp.observability.tracing import TracingConfig, setup_tracing, tracer
@@ -79,6 +79,8 @@ async def test_grpc_health_follows_readiness() -> None:
                 return int(resp.status)
 
             assert await status(EXT_PROC_SERVICE) == health_pb2.HealthCheckResponse.NOT_SERVING
+            # Liveness (what Envoy's health check asks) holds while the pool is not ready.
+            assert await status(LIVENESS_SERVICE) == health_pb2.HealthCheckResponse.SERVING
             ds.set_pool(PoolSpec(name="pool"))
             ep = Endpoint("pod-a", "127.0.0.1", 8000)
             ep.metrics = EndpointMetrics(updated_at=time.monotonic())
@@ -88,6 +90,7 @@ async def test_grpc_health_follows_readiness() -> None:
             assert await status("") == health_pb2.HealthCheckResponse.SERVING
             await reporter.stop()
             assert await status("") == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert await status(LIVENESS_SERVICE) == health_pb2.HealthCheckResponse.NOT_SERVING
     finally:
         await reporter.stop()
         await server.stop(None)
