@@ -93,7 +93,7 @@ async def _sim_faults(ctx: Context, pod_index: int, faults: dict[str, object]) -
 
 
 async def pod_sigkill(ctx: Context) -> None:
-    ctx.stack.kill(ctx.stack.pods[0].name)  # the supervisor restarts it
+    await asyncio.to_thread(ctx.stack.kill, ctx.stack.pods[0].name)  # the supervisor restarts it
 
 
 async def pod_hang(ctx: Context) -> None:
@@ -118,15 +118,21 @@ async def pod_metrics_garbage(ctx: Context) -> None:
 
 async def epp_sigkill(ctx: Context) -> None:
     for epp in ctx.stack.epps:  # every replica: no EPP at all until the supervisor restarts them
-        ctx.stack.kill(epp.name)
+        await asyncio.to_thread(ctx.stack.kill, epp.name)
 
 
 async def epp_replica_loss(ctx: Context) -> None:
-    ctx.stack.kill(ctx.stack.epps[-1].name)
+    await asyncio.to_thread(ctx.stack.kill, ctx.stack.epps[-1].name)
+
+
+async def epp_rolling_update(ctx: Context) -> None:
+    # SIGTERM: the replica drains (NOT_SERVING first, then up to 5 s for open streams) and the
+    # supervisor starts the new one, as a Deployment's rolling update would.
+    await asyncio.to_thread(ctx.stack.kill, ctx.stack.epps[-1].name, signal.SIGTERM)
 
 
 async def envoy_restart(ctx: Context) -> None:
-    ctx.stack.kill("envoy")
+    await asyncio.to_thread(ctx.stack.kill, "envoy")
 
 
 async def kv_garbage(ctx: Context) -> None:
@@ -166,7 +172,7 @@ async def kv_garbage(ctx: Context) -> None:
 async def redis_down(ctx: Context) -> None:
     assert ctx.redis is not None
     ctx.redis.kill()
-    ctx.redis.wait(5)
+    await asyncio.to_thread(ctx.redis.wait, 5)
     await asyncio.sleep(ctx.timing.hold)
 
 
@@ -179,6 +185,7 @@ SCENARIOS: list[Scenario] = [
     Scenario("pod returns 500s", pod_500s),
     Scenario("pod metrics endpoint returns garbage", pod_metrics_garbage),
     Scenario("EPP replica loss (1 of 2), FailClose", epp_replica_loss),
+    Scenario("EPP rolling update (SIGTERM 1 of 2), FailClose", epp_rolling_update),
     Scenario("EPP SIGKILL, FailClose", epp_sigkill),
     Scenario("Envoy restart (SIGKILL)", envoy_restart),
     Scenario("EPP replica loss (1 of 2), FailOpen", epp_replica_loss, failure_mode="FailOpen"),

@@ -349,6 +349,8 @@ class LocalStack:
                         config = REPO / "deploy/vllm/pd/epp-config-pd.yaml"
                     if config is not None:
                         args += ["--config", str(config)]
+                    # A lone EPP has nobody to hand its new streams to while it drains.
+                    args += ["--shutdown-delay", "1.5" if len(self.epps) > 1 else "0"]
                     args += list(cfg.epp_args)
                     self._spawn(epp.name, args)
             if cfg.with_envoy:

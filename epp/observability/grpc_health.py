@@ -44,11 +44,15 @@ class GrpcHealthReporter:
         self.servicer = health.aio.HealthServicer()
         self.serving: bool | None = None
         self._task: asyncio.Task[None] | None = None
+        self._live_off = False
 
     def add_to_server(self, server: Any) -> None:
         health_pb2_grpc.add_HealthServicer_to_server(self.servicer, server)
 
     async def update(self) -> bool:
+        if self.probe.draining and not self._live_off:
+            await self.servicer.set(LIVENESS_SERVICE, NOT_SERVING)  # shutting down: go elsewhere
+            self._live_off = True
         ready = self.probe.check().ready
         if ready != self.serving:
             status = SERVING if ready else NOT_SERVING

@@ -61,6 +61,10 @@ class ServeOptions:
     config_watch_interval_s: float = 1.0
     max_concurrent_streams: int = 0
     shutdown_grace_s: float = 5.0
+    # After SIGTERM, keep accepting new streams this long while health says NOT_SERVING, so
+    # Envoy's health checks move new streams to another replica before this one refuses them
+    # (a rolling update then loses nothing; docs/reliability.md). 0 with a single EPP.
+    shutdown_delay_s: float = 1.5
     # `epp serve --workers N` runs N of these processes on one port; see epp/server/workers.py.
     worker_id: int = 0
     worker_count: int = 1
@@ -144,6 +148,7 @@ class EPPServer:
                                       self.observer, opts.handler)
         self.probe = ReadinessProbe(self.datastore)
         self._stop = asyncio.Event()
+        self._health: GrpcHealthReporter | None = None
         self._sources: list[Any] = []
 
     def _scheduler(self) -> Any:
@@ -175,6 +180,9 @@ class EPPServer:
             await self._stop.wait()
             log.info("shutting down: draining for up to %.1fs", self.opts.shutdown_grace_s)
             self.probe.draining = True
+            if self._health is not None and self.opts.shutdown_delay_s > 0:
+                await self._health.update()  # NOT_SERVING now, liveness included
+                await asyncio.sleep(self.opts.shutdown_delay_s)
 
     async def _start(self, stack: contextlib.AsyncExitStack) -> None:
         opts = self.opts
@@ -210,7 +218,7 @@ class EPPServer:
         await scrapers.start()
         await _start_plugin_services(self.ctx)
 
-        health = GrpcHealthReporter(self.probe)
+        health = self._health = GrpcHealthReporter(self.probe)
         grpc_server, port = build_grpc_server(
             self.handler, f"{opts.host}:{opts.grpc_port}", max_concurrent_streams=opts.max_concurrent_streams,
             # Only workers of one EPP share the port; a lone EPP must fail if it is taken.

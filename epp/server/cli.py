@@ -52,6 +52,9 @@ def add_parser(sub: Any) -> None:
                    help="do not read /v1/models from the pods (then unknown model names are not refused)")
     p.add_argument("--max-concurrent-streams", type=int, default=0,
                    help="HTTP/2 streams per Envoy connection (0 = gRPC default)")
+    p.add_argument("--shutdown-delay", type=float, default=1.5,
+                   help="seconds to keep serving after SIGTERM while health says NOT_SERVING, so the "
+                        "gateway moves to another replica first (1.5; 0 for a single EPP)")
     p.add_argument("--workers", type=int, default=int(os.environ.get("EPP_WORKERS", "1")),
                    help="EPP processes sharing the gRPC port (SO_REUSEPORT), one per core (1)")
     p.add_argument("--worker-id", type=int, default=None, help=argparse.SUPPRESS)
@@ -93,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
             admission=AdmissionConfig(max_inflight_requests=args.max_inflight_requests),
             saturation=SaturationConfig(queue_depth_threshold=args.saturation_queue_depth,
                                         kv_cache_util_threshold=args.saturation_kv_cache),
-            worker_id=args.worker_id or 0, worker_count=args.worker_count, peer_dir=args.peer_dir)
+            worker_id=args.worker_id or 0, worker_count=args.worker_count, peer_dir=args.peer_dir,
+            shutdown_delay_s=args.shutdown_delay)
         server = EPPServer(opts)
         asyncio.run(server.run())
     except (ConfigError, ValueError) as e:

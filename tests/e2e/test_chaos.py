@@ -29,6 +29,7 @@ def test_no_fault_loses_a_request_it_need_not_lose(tmp_path: Path) -> None:
     assert pod_kill.failed_not_started == 0, pod_kill.failures
     for name in ("pod hang (accepts, never answers)", "pod returns 500s", "pod metrics endpoint returns garbage",
                  "EPP SIGKILL, FailOpen", "EPP replica loss (1 of 2), FailClose",
+                 "EPP rolling update (SIGTERM 1 of 2), FailClose",
                  "EPP replica loss (1 of 2), FailOpen", "garbage KV events",
                  "Redis down (Redis KV index configured)"):
         clean(rows[name])

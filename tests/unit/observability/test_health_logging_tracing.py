@@ -88,6 +88,12 @@ async def test_grpc_health_follows_readiness() -> None:
             assert await reporter.update() is True
             assert await status(EXT_PROC_SERVICE) == health_pb2.HealthCheckResponse.SERVING
             assert await status("") == health_pb2.HealthCheckResponse.SERVING
+            assert await status(LIVENESS_SERVICE) == health_pb2.HealthCheckResponse.SERVING
+            # SIGTERM: draining flips liveness at once, so gateways move to another replica
+            # while this one still accepts streams (ServeOptions.shutdown_delay_s).
+            probe.draining = True
+            await reporter.update()
+            assert await status(LIVENESS_SERVICE) == health_pb2.HealthCheckResponse.NOT_SERVING
             await reporter.stop()
             assert await status("") == health_pb2.HealthCheckResponse.NOT_SERVING
             assert await status(LIVENESS_SERVICE) == health_pb2.HealthCheckResponse.NOT_SERVING
