@@ -267,11 +267,12 @@ class LocalStack:
     def _spawn(self, name: str, args: Sequence[str], env: dict[str, str] | None = None) -> None:
         with self._lock:
             spec = self._specs.get(name)
+            # A restarted process's log follows its predecessor's; a new stack starts fresh logs.
+            mode = "wb" if spec is None else "ab"
             if spec is None or spec.args != list(args):
                 spec = self._specs[name] = _Supervised(list(args), env)
             self._stopped.discard(name)
-            # Append: a restarted process's log follows its predecessor's.
-            log_file = open(self.cfg.run_dir / "logs" / f"{name}.log", "ab")  # noqa: SIM115
+            log_file = open(self.cfg.run_dir / "logs" / f"{name}.log", mode)  # noqa: SIM115
             self._logs.append(log_file)
             spec.started = time.monotonic()
             spec.restart_at = 0.0
