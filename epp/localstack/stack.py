@@ -188,7 +188,8 @@ class LocalStack:
         self._lock = threading.RLock()
         self._supervisor: threading.Thread | None = None
         self._closing = threading.Event()
-        self.restarts: list[tuple[float, str, int]] = []  # (monotonic time, name, exit code)
+        # Every crash seen: (monotonic time, name, exit code, restart delay in seconds).
+        self.restarts: list[tuple[float, str, int, float]] = []
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
         (cfg.run_dir / "logs").mkdir(exist_ok=True)
 
@@ -308,7 +309,7 @@ class LocalStack:
                         spec.restarts = 0  # it ran long enough: the next crash starts the backoff over
                     delay = min(largest, first * 2 ** spec.restarts)
                     spec.restart_at = now + delay
-                    self.restarts.append((now, name, code))
+                    self.restarts.append((now, name, code, delay))
                     log.warning("%s exited with code %s; restarting in %.1fs (restart #%d); log: %s",
                                 name, code, delay, spec.restarts + 1, self.log_path(name))
                 elif now >= spec.restart_at:
