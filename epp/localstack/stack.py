@@ -427,7 +427,8 @@ class LocalStack:
             for name, url in checks:
                 while True:
                     proc = self.procs.get(name)
-                    if proc is not None and proc.poll() is not None:
+                    # Supervised: a child that died is being restarted; wait for it.
+                    if proc is not None and proc.poll() is not None and self._supervisor is None:
                         raise StackError(f"{name} exited with code {proc.returncode}; see {self.log_path(name)}:\n"
                                          + self.tail(name))
                     with contextlib.suppress(httpx.HTTPError):
