@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import os
@@ -30,7 +31,7 @@ import httpx
 import yaml
 
 from epp.chaos.load import LoadParams, LoadResult, StreamingLoad
-from epp.localstack.stack import LocalStack, StackConfig, free_port
+from epp.localstack.stack import LocalStack, StackConfig, StackError, free_port
 
 log = logging.getLogger("epp.chaos")
 
@@ -261,13 +262,11 @@ def run_group(scenarios: list[Scenario], timing: Timing, work_dir: Path,
                 redis, redis_url = _start_redis(run_dir)
             garbage_port = free_port()
             epp_config = _precise_config(run_dir / "epp-config.yaml", garbage_port, redis_url)
-        cfg = StackConfig(ports_free=True, run_dir=run_dir, pods=3, kv_events=first.kv_events,
-                          time_scale=timing.time_scale, failure_mode=first.failure_mode,
-                          epp_replicas=first.epp_replicas, supervise=True, epp_config=epp_config,
-                          access_log=True)
-        stack = LocalStack(cfg)
+        stack = _start_stack(StackConfig(
+            ports_free=True, run_dir=run_dir, pods=3, kv_events=first.kv_events, time_scale=timing.time_scale,
+            failure_mode=first.failure_mode, epp_replicas=first.epp_replicas, supervise=True,
+            epp_config=epp_config, access_log=True))
         try:
-            stack.start(timeout=90)
             for scenario in scenarios:
                 stack.wait_ready(60)  # what the previous fault killed is back
                 ctx = Context(stack, timing, redis, garbage_port)
@@ -282,6 +281,22 @@ def run_group(scenarios: list[Scenario], timing: Timing, work_dir: Path,
             redis.send_signal(signal.SIGTERM)
             redis.wait(5)
     return rows
+
+
+def _start_stack(cfg: StackConfig) -> LocalStack:
+    """Start the stack; once more on fresh ports if a port was taken meanwhile (other jobs on
+    this machine pick free ports too)."""
+    for attempt in range(2):
+        stack = LocalStack(cfg)
+        try:
+            stack.start(timeout=90)
+            return stack
+        except StackError as e:
+            if attempt == 1 or "address already in use" not in str(e):
+                raise
+            log.warning("a port was taken while the stack started; again on fresh ports")
+            cfg = dataclasses.replace(cfg, listen_port=0)  # __post_init__ picks a new batch
+    raise AssertionError("unreachable")
 
 
 async def _drive(ctx: Context, inject: Injector) -> tuple[LoadResult, float]:
