@@ -17,7 +17,7 @@ RUN_ARGS := --pods $(PODS) --failure-mode $(FAILURE_MODE) \
 	$(if $(CONFIG),--config $(CONFIG)) $(if $(filter 1 yes true,$(TENANTS)),--tenants) \
 	$(if $(wildcard $(TOKENIZER)/tokenizer.json),--tokenizer $(TOKENIZER))
 
-.PHONY: install tokenizer-fixture run test lint bench bench-quick bench-pd clean
+.PHONY: install tokenizer-fixture run test lint bench bench-quick bench-pd chaos chaos-quick clean
 
 $(STAMP): pyproject.toml
 	@echo ">> creating $(VENV) and installing the project (first run takes a minute)"
@@ -50,6 +50,14 @@ bench-quick: install
 
 bench-pd: install
 	$(BIN)/python -m epp bench pd
+
+# Each fault of docs/reliability.md under streaming load through the real Envoy (loopback,
+# bounded: about 3 minutes), table written into docs/reliability.md. Needs redis-server.
+chaos: install
+	$(BIN)/python -m epp chaos --write docs/reliability.md $(CHAOS_ARGS)
+
+chaos-quick: install
+	$(BIN)/python -m epp chaos --quick $(CHAOS_ARGS)
 
 clean:
 	rm -rf .run .pytest_cache .mypy_cache .ruff_cache

@@ -17,6 +17,7 @@ _SUBCOMMANDS = (
     "epp.sidecar.cli",  # epp sidecar
     "epp.bench.cli",  # epp bench
     "epp.localstack.cli",  # epp run-local
+    "epp.chaos.cli",  # epp chaos
 )
 
 

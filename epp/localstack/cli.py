@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 import time
@@ -39,6 +40,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--request-body-mode", default="BUFFERED", choices=BODY_MODES,
                    help="Envoy ext_proc request body mode (BUFFERED); STREAMED cannot route, the EPP "
                         "needs the whole body before Envoy picks the upstream")
+    p.add_argument("--epp-replicas", type=int, default=1, help="active-active EPP replicas behind Envoy (1)")
+    p.add_argument("--free-ports", action="store_true",
+                   help="pick free loopback ports for everything instead of the documented ones")
     p.set_defaults(func=run)
 
 
@@ -46,7 +50,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = StackConfig(pods=args.pods, pd=args.pd, engine=args.engine, vllm_model=args.vllm_model,
                       model=args.model, epp_config=args.config, failure_mode=args.failure_mode,
                       listen_port=args.listen_port, time_scale=args.time_scale,
-                      epp_tls=args.epp_tls, tokenizer=args.tokenizer, request_body_mode=args.request_body_mode)
+                      epp_tls=args.epp_tls, tokenizer=args.tokenizer, request_body_mode=args.request_body_mode,
+                      epp_replicas=args.epp_replicas, supervise=True, ports_free=args.free_ports)
+    if args.free_ports and args.listen_port != 8081:
+        cfg.listen_port = args.listen_port
     if args.run_dir is not None:
         cfg.run_dir = args.run_dir
     if args.tenants:
@@ -89,15 +96,12 @@ The response header x-sim-pod names the pod that served it. Ctrl-C stops everyth
         stopping = True
 
     signal.signal(signal.SIGTERM, _on_signal)
+    # A crashed pod, sidecar, EPP or Envoy is restarted by the stack's supervisor (with backoff,
+    # logged on stderr), as a cluster would; the stack keeps serving. Ctrl-C / SIGTERM stop all.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", stream=sys.stderr)
     try:
         while not stopping:
-            for name, proc in stack.procs.items():
-                if proc.poll() is not None:
-                    print(f"error: {name} exited with code {proc.returncode}; last lines of "
-                          f"{stack.log_path(name)}:\n{stack.tail(name)}", file=sys.stderr)
-                    stack.stop()
-                    return 1
-            time.sleep(0.5)
+            time.sleep(0.2)
     except KeyboardInterrupt:
         pass
     print(">> stopping", flush=True)

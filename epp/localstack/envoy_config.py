@@ -1,9 +1,20 @@
 """Envoy bootstrap for the local stack, tests and benchmarks.
 
-Listener -> ext_proc (the EPP) -> router. Requests carrying the EPP's
-`x-gateway-destination-endpoint` header go to an ORIGINAL_DST cluster that connects to that
-host:port. With FailOpen, a request that reached the router without the header (the EPP was
-down and Envoy skipped it) goes to a plain round-robin cluster over the pool instead.
+Listener -> ext_proc (the EPP) -> router. When the pool's endpoints are known (the local
+stack, tests, benchmarks) requests go to the `pool` cluster, whose override-host load-balancing
+policy (envoy.load_balancing_policies.override_host) reads the EPP's pick and its fallbacks from
+the `envoy.lb` dynamic metadata key `x-gateway-destination-endpoint` ("ip:port,ip:port,...").
+The route retries a request that never started (connect failure, refused stream, reset before
+response headers) on the next endpoint of that list; the pool has active health checks and
+outlier ejection, so FailOpen (no metadata: plain least-request) avoids a dead pod too.
+Without known endpoints requests go to an ORIGINAL_DST cluster on the EPP's header (one host,
+no fallback).
+
+Failure modes are enforced by the route table, not by ext_proc: the filter always runs with
+failure_mode_allow, so the EPP dying or restarting after its decision never cuts a response
+that is already flowing (see docs/reliability.md). A request the EPP did not decide reaches the
+router without the destination header: FailClose answers it with a 503, FailOpen sends it to
+the pool cluster's own load balancer.
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ DESTINATION_HEADER = "x-gateway-destination-endpoint"
 # Request headers that steer the upstream. Envoy drops client-sent copies before ext_proc
 # (FailOpen: also when the EPP is down); the EPP removes them again in its own answer.
 STRIPPED_REQUEST_HEADERS = (DESTINATION_HEADER, "x-prefiller-host-port", "x-prefiller-url")
+METADATA_NAMESPACE = "envoy.lb"
 
 # STREAMED is not offered: the EPP needs the whole body (model, prompt) before it can pick,
 # and in STREAMED mode Envoy forwards chunks upstream before the EPP has answered.
@@ -32,8 +44,17 @@ class EnvoyConfigParams:
     epp_address: str = "127.0.0.1"
     epp_port: int = 9002
     failure_mode: Literal["FailOpen", "FailClose"] = "FailClose"
-    # Pool endpoints (host, port) for the FailOpen fallback cluster.
+    # Pool endpoints (host, port): the `pool` cluster (override-host LB, health checks, outlier
+    # ejection) that serves the EPP's picks and the FailOpen fallback. Empty: ORIGINAL_DST.
     fallback_endpoints: list[tuple[str, int]] = field(default_factory=list)
+    # More EPP replicas (host, port) beside epp_address:epp_port: active-active, one cluster.
+    epp_replicas: list[tuple[str, int]] = field(default_factory=list)
+    # Retries of an ext_proc stream that could not be opened (dead EPP replica).
+    epp_retries: int = 2
+    # Attempts after the first for a request that never started (dead pod): the fallbacks.
+    upstream_retries: int = 3
+    # Pool health checking (GET /health); interval in ms.
+    health_check_interval_ms: int = 500
     # How request headers reach the EPP: "SEND" (two messages per request) or "SKIP" (the EPP
     # gets only the buffered body; path and request id travel as attributes).
     request_header_mode: Literal["SEND", "SKIP"] = "SEND"
@@ -97,9 +118,21 @@ def render_envoy_config(p: EnvoyConfigParams) -> dict[str, Any]:
             "grpc_service": {
                 "envoy_grpc": {"cluster_name": "epp"},
                 "timeout": f"{p.message_timeout_ms / 1000:.3f}s",
+                **({"retry_policy": {
+                    # A stream that fails to open (dead replica, refused) is opened again on another
+                    # replica (previous_hosts), so a replica's death loses no decision.
+                    "retry_on": "connect-failure,refused-stream,reset,unavailable",
+                    "num_retries": p.epp_retries,
+                    "retry_back_off": {"base_interval": "0.005s", "max_interval": "0.05s"},
+                    "retry_host_predicate": [{
+                        "name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3."
+                                     "PreviousHostsPredicate"}}],
+                    "host_selection_retry_max_attempts": 3}} if p.epp_retries > 0 else {}),
             },
-            "failure_mode_allow": fail_open,
-            # FailClose: an unreachable EPP is a 503 for the client, not Envoy's default 500.
+            # Always allow: a dead or restarting EPP must not cut a response already flowing.
+            # FailClose is the route table's job (no destination header -> 503, below).
+            "failure_mode_allow": True,
             "status_on_error": {"code": 503},
             "message_timeout": f"{p.message_timeout_ms / 1000:.3f}s",
             "processing_mode": {
@@ -113,21 +146,29 @@ def render_envoy_config(p: EnvoyConfigParams) -> dict[str, Any]:
             },
             "allow_mode_override": True,
             # Forward the gateway's candidate endpoints (GIE subset hint) to the EPP.
-            "metadata_options": {"forwarding_namespaces": {"untyped": ["envoy.lb.subset_hint"]}},
+            # and accept the EPP's pick + fallbacks into envoy.lb (the override-host policy reads
+            # them there; unlisted namespaces are dropped).
+            "metadata_options": {"forwarding_namespaces": {"untyped": ["envoy.lb.subset_hint"]},
+                                 "receiving_namespaces": {"untyped": [METADATA_NAMESPACE]}},
             "send_body_without_waiting_for_header_response": p.send_body_without_waiting,
             # The route was chosen before the EPP set the destination header: re-match it.
             "route_cache_action": "CLEAR",
             "mutation_rules": {"allow_all_routing": True},
         },
     }
+    pool = bool(p.fallback_endpoints)
     dest_route: dict[str, Any] = {
         "match": {"prefix": "/", "headers": [{"name": DESTINATION_HEADER, "present_match": True}]},
-        "route": {"cluster": "original_destination", "timeout": f"{p.route_timeout_s}s"},
+        "route": {"cluster": "pool" if pool else "original_destination", "timeout": f"{p.route_timeout_s}s"},
     }
+    if pool and p.upstream_retries > 0:
+        dest_route["route"]["retry_policy"] = _retry_policy(p.upstream_retries)
     routes: list[dict[str, Any]] = [dest_route]
     if fail_open:
-        routes.append({"match": {"prefix": "/"},
-                       "route": {"cluster": "pool_fallback", "timeout": f"{p.route_timeout_s}s"}})
+        fallback_route: dict[str, Any] = {"cluster": "pool", "timeout": f"{p.route_timeout_s}s"}
+        if p.upstream_retries > 0:
+            fallback_route["retry_policy"] = _retry_policy(p.upstream_retries)
+        routes.append({"match": {"prefix": "/"}, "route": fallback_route})
     else:
         routes.append({"match": {"prefix": "/"}, "direct_response": {
             "status": 503,
@@ -191,7 +232,8 @@ def render_envoy_config(p: EnvoyConfigParams) -> dict[str, Any]:
             "log_format": {"text_format_source": {"inline_string":
                 "%START_TIME% %REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% "
                 "%RESPONSE_CODE_DETAILS% %DURATION%ms upstream=%UPSTREAM_HOST% "
-                "picked=%REQ(x-gateway-destination-endpoint)% id=%REQ(x-request-id)%\n"}}}}]
+                "picked=%REQ(x-gateway-destination-endpoint)% lb=%DYNAMIC_METADATA(envoy.lb)% "
+                "attempts=%UPSTREAM_REQUEST_ATTEMPT_COUNT% id=%REQ(x-request-id)%\n"}}}}]
     clusters: list[dict[str, Any]] = [
         {
             "name": "epp",
@@ -208,9 +250,22 @@ def render_envoy_config(p: EnvoyConfigParams) -> dict[str, Any]:
                 }
             },
             "load_assignment": {"cluster_name": "epp", "endpoints": [{"lb_endpoints": [
-                {"endpoint": {"address": {"socket_address": {
-                    "address": p.epp_address, "port_value": p.epp_port}}}}]}]},
+                {"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}
+                for host, port in [(p.epp_address, p.epp_port), *p.epp_replicas]]}]},
             **_epp_transport_socket(p),
+            # A dead replica (or the restarting single EPP) is found by its gRPC health service
+            # and by the first refused connection, so new streams go to a live replica at once.
+            "health_checks": [{
+                "timeout": "1s", "interval": f"{p.health_check_interval_ms / 1000:.3f}s",
+                "no_traffic_interval": f"{p.health_check_interval_ms / 1000:.3f}s",
+                "unhealthy_threshold": 2, "healthy_threshold": 1,
+                # Readiness (the reference EPP's service name): it drops while the EPP drains after
+                # SIGTERM, but not when the pool has no healthy pod, so such an EPP is still asked
+                # and answers with its own error (see epp/observability/grpc_health.py).
+                "grpc_health_check": {"service_name": "readiness"}}],
+            # Short ejection: a restarted EPP is back in a second or two.
+            "outlier_detection": _outlier_detection(ejection_s=1),
+            "common_lb_config": {"healthy_panic_threshold": {"value": 0}},
         },
         {
             "name": "original_destination",
@@ -223,16 +278,10 @@ def render_envoy_config(p: EnvoyConfigParams) -> dict[str, Any]:
                                                  "max_requests": 100000, "max_retries": 1000}]},
         },
     ]
-    if fail_open:
-        clusters.append({
-            "name": "pool_fallback",
-            "type": "STATIC",
-            "connect_timeout": "2s",
-            "lb_policy": "LEAST_REQUEST",
-            "load_assignment": {"cluster_name": "pool_fallback", "endpoints": [{"lb_endpoints": [
-                {"endpoint": {"address": {"socket_address": {"address": h, "port_value": port}}}}
-                for h, port in p.fallback_endpoints]}]},
-        })
+    if pool:
+        clusters.append(_pool_cluster(p))
+    elif fail_open:
+        raise ValueError("FailOpen needs the pool's endpoints (fallback_endpoints)")
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": p.admin_port}}},
         "static_resources": {
@@ -254,6 +303,62 @@ def render_envoy_config(p: EnvoyConfigParams) -> dict[str, Any]:
     }
 
 
+def _pool_cluster(p: EnvoyConfigParams) -> dict[str, Any]:
+    """The pool: the EPP's pick and fallbacks via override-host, least-request without them."""
+    interval = f"{p.health_check_interval_ms / 1000:.3f}s"
+    return {
+        "name": "pool",
+        "type": "STATIC",
+        "connect_timeout": "2s",
+        "load_assignment": {"cluster_name": "pool", "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address": {"address": h, "port_value": port}}}}
+            for h, port in p.fallback_endpoints]}]},
+        "load_balancing_policy": {"policies": [{"typed_extension_config": {
+            "name": "envoy.load_balancing_policies.override_host",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.load_balancing_policies.override_host.v3."
+                         "OverrideHost",
+                # Metadata only: the header names just the pick, the metadata the whole
+                # "pick,fallback,..." list that a retry walks down.
+                "override_host_sources": [{"metadata": {
+                    "key": METADATA_NAMESPACE, "path": [{"key": DESTINATION_HEADER}]}}],
+                "fallback_policy": {"policies": [{"typed_extension_config": {
+                    "name": "envoy.load_balancing_policies.least_request",
+                    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.load_balancing_policies."
+                                              "least_request.v3.LeastRequest"}}}]},
+            }}}]},
+        "health_checks": [{
+            "timeout": "1s", "interval": interval, "no_traffic_interval": interval,
+            "unhealthy_threshold": 2, "healthy_threshold": 1,
+            "http_health_check": {"path": "/health"}}],
+        "outlier_detection": _outlier_detection(ejection_s=5),
+        "circuit_breakers": {"thresholds": [{"max_connections": 100000, "max_pending_requests": 100000,
+                                             "max_requests": 100000, "max_retries": 1000}]},
+    }
+
+
+def _outlier_detection(ejection_s: int) -> dict[str, Any]:
+    # A refused or reset connection (local-origin failure) ejects the host at once; 5xx from a
+    # live server (e.g. a pod answering 500s) eject it after a few in a row.
+    return {"split_external_local_origin_errors": True, "consecutive_local_origin_failure": 1,
+            "consecutive_5xx": 5, "consecutive_gateway_failure": 3, "interval": "1s",
+            "base_ejection_time": f"{ejection_s}s", "max_ejection_percent": 100,
+            "enforcing_consecutive_local_origin_failure": 100}
+
+
+def _retry_policy(retries: int) -> dict[str, Any]:
+    # Only requests that never started: nothing was streamed to the client yet, and a pod that
+    # refused, reset before its response headers, or answered a 5xx did no work worth keeping.
+    # (A pod failing every request fast looks idle to the EPP, so without this retry it would
+    # draw most of the traffic and fail it; docs/reliability.md.)
+    return {"retry_on": "connect-failure,refused-stream,reset,retriable-status-codes",
+            "retriable_status_codes": [500, 502, 503, 504], "num_retries": retries,
+            "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}],
+            "host_selection_retry_max_attempts": 5,
+            "retry_back_off": {"base_interval": "0.01s", "max_interval": "0.1s"}}
+
+
 def _openai_error_format() -> dict[str, Any]:
     return {"json_format": {"error": {
         "message": "%LOCAL_REPLY_BODY%",
@@ -270,11 +375,14 @@ def envoy_config_yaml(p: EnvoyConfigParams) -> str:
 # The configs checked in under envoy/ (regenerate with `python -m epp.localstack.envoy_config`;
 # tests/unit/localstack/test_envoy_config.py fails when they drift).
 CHECKED_IN: dict[str, EnvoyConfigParams] = {
-    "envoy-local.yaml": EnvoyConfigParams(),
+    "envoy-local.yaml": EnvoyConfigParams(
+        fallback_endpoints=[("127.0.0.1", 8001), ("127.0.0.1", 8002), ("127.0.0.1", 8003)]),
     "envoy-local-failopen.yaml": EnvoyConfigParams(
         failure_mode="FailOpen",
         fallback_endpoints=[("127.0.0.1", 8001), ("127.0.0.1", 8002), ("127.0.0.1", 8003)]),
-    "envoy-full-duplex.yaml": EnvoyConfigParams(request_body_mode="FULL_DUPLEX_STREAMED"),
+    "envoy-full-duplex.yaml": EnvoyConfigParams(
+        request_body_mode="FULL_DUPLEX_STREAMED",
+        fallback_endpoints=[("127.0.0.1", 8001), ("127.0.0.1", 8002), ("127.0.0.1", 8003)]),
 }
 
 _HEADER = ("# Generated by `python -m epp.localstack.envoy_config` from epp/localstack/envoy_config.py.\n"

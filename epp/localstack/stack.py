@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import random
 import shutil
@@ -17,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +28,8 @@ import httpx
 import yaml
 
 from epp.localstack.envoy_config import EnvoyConfigParams, envoy_config_yaml
+
+log = logging.getLogger("epp.localstack")
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -139,13 +143,17 @@ class StackConfig:
     # (--secure-serving --cert-path) and Envoy verifies it (an upstream TLS context).
     epp_tls: bool = False
     with_epp: bool = True
+    epp_replicas: int = 1  # active-active EPPs behind one Envoy (one ext_proc cluster)
+    # Restart a crashed pod, sidecar, EPP or Envoy with exponential backoff, as a cluster would.
+    supervise: bool = False
+    restart_backoff_s: tuple[float, float] = (0.2, 10.0)  # first and largest delay
     ports_free: bool = False  # pick free ports instead of the documented defaults
     _ports: Iterator[int] = field(default_factory=lambda: iter(()), repr=False)
 
     def __post_init__(self) -> None:
         if self.ports_free:
             # Every port of the stack is picked in one batch (see LocalStack), none twice.
-            self._ports = iter(free_ports(5 + 3 * max(self.pods, 3)))
+            self._ports = iter(free_ports(5 + 3 * max(self.pods, 3) + 3 * max(self.epp_replicas - 1, 0)))
             self.listen_port, self.admin_port, self.grpc_port = self.next_port(), self.next_port(), self.next_port()
             self.health_port, self.metrics_port = self.next_port(), self.next_port()
             self.base_pod_port = 0
@@ -155,14 +163,54 @@ class StackConfig:
         return next(self._ports)
 
 
+@dataclass(slots=True)
+class EppSpec:
+    """One EPP replica's ports."""
+
+    name: str
+    grpc_port: int
+    health_port: int
+    metrics_port: int
+
+
+@dataclass(slots=True)
+class _Supervised:
+    """How to (re)start one child process, and its crash history."""
+
+    args: list[str]
+    env: dict[str, str] | None
+    restarts: int = 0
+    started: float = 0.0
+    restart_at: float = 0.0  # when a crashed process is due to start again (0: not crashed)
+
+
 class LocalStack:
     def __init__(self, cfg: StackConfig) -> None:
         self.cfg = cfg
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: list[object] = []
         self.pods: list[PodSpec] = self._plan_pods()
+        self.epps: list[EppSpec] = self._plan_epps()
+        self._specs: dict[str, _Supervised] = {}
+        self._stopped: set[str] = set()  # stopped on purpose: not restarted
+        self._lock = threading.RLock()
+        self._supervisor: threading.Thread | None = None
+        self._closing = threading.Event()
+        # Every crash seen: (monotonic time, name, exit code, restart delay in seconds).
+        self.restarts: list[tuple[float, str, int, float]] = []
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
         (cfg.run_dir / "logs").mkdir(exist_ok=True)
+
+    def _plan_epps(self) -> list[EppSpec]:
+        cfg = self.cfg
+        epps = [EppSpec("epp", cfg.grpc_port, cfg.health_port, cfg.metrics_port)]
+        for i in range(1, cfg.epp_replicas):
+            if cfg.base_pod_port == 0:
+                ports = (cfg.next_port(), cfg.next_port(), cfg.next_port())
+            else:  # documented defaults: the second replica at 9012/9013/9091, ...
+                ports = (cfg.grpc_port + 10 * i, cfg.health_port + 10 * i, cfg.metrics_port + i)
+            epps.append(EppSpec(f"epp-{i}", *ports))
+        return epps
 
     # --- plan ---------------------------------------------------------------------------
     def _port(self, i: int) -> int:
@@ -218,6 +266,7 @@ class LocalStack:
             response_header_mode="SKIP" if cfg.response_body_mode == "NONE" else "SEND",
             subset_hint=cfg.subset_hint,
             access_log=cfg.access_log,
+            epp_replicas=[("127.0.0.1", e.grpc_port) for e in self.epps[1:]],
             epp_max_concurrent_streams=cfg.epp_max_concurrent_streams,
             message_timeout_ms=cfg.envoy_message_timeout_ms,
         )
@@ -231,11 +280,69 @@ class LocalStack:
 
     # --- processes ----------------------------------------------------------------------
     def _spawn(self, name: str, args: Sequence[str], env: dict[str, str] | None = None) -> None:
-        log = open(self.cfg.run_dir / "logs" / f"{name}.log", "wb")  # noqa: SIM115
-        self._logs.append(log)
-        self.procs[name] = subprocess.Popen(
-            list(args), stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+        with self._lock:
+            spec = self._specs.get(name)
+            # A restarted process's log follows its predecessor's; a new stack starts fresh logs.
+            mode = "wb" if spec is None else "ab"
+            if spec is None or spec.args != list(args):
+                spec = self._specs[name] = _Supervised(list(args), env)
+            self._stopped.discard(name)
+            log_file = open(self.cfg.run_dir / "logs" / f"{name}.log", mode)  # noqa: SIM115
+            self._logs.append(log_file)
+            spec.started = time.monotonic()
+            spec.restart_at = 0.0
+            self.procs[name] = subprocess.Popen(
+                list(args), stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+
+    # --- supervision --------------------------------------------------------------------
+    def start_supervisor(self, interval: float = 0.1) -> None:
+        """Restart crashed children (not the ones stopped on purpose) with exponential backoff."""
+        if self._supervisor is not None:
+            return
+        self._closing.clear()
+
+        def loop() -> None:
+            while not self._closing.wait(interval):
+                self.supervise_once()
+
+        self._supervisor = threading.Thread(target=loop, name="stack-supervisor", daemon=True)
+        self._supervisor.start()
+
+    def supervise_once(self) -> None:
+        first, largest = self.cfg.restart_backoff_s
+        now = time.monotonic()
+        with self._lock:
+            for name, proc in list(self.procs.items()):
+                code = proc.poll()
+                if code is None or name in self._stopped or self._closing.is_set():
+                    continue
+                spec = self._specs[name]
+                if spec.restart_at == 0.0:
+                    if now - spec.started > 30.0:
+                        spec.restarts = 0  # it ran long enough: the next crash starts the backoff over
+                    delay = min(largest, first * 2 ** spec.restarts)
+                    spec.restart_at = now + delay
+                    self.restarts.append((now, name, code, delay))
+                    log.warning("%s exited with code %s; restarting in %.1fs (restart #%d); log: %s",
+                                name, code, delay, spec.restarts + 1, self.log_path(name))
+                elif now >= spec.restart_at:
+                    spec.restarts += 1
+                    self._spawn(name, spec.args, spec.env)
+                    log.warning("%s restarted (pid %d)", name, self.procs[name].pid)
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Crash a child (chaos): unlike stop_one the supervisor brings it back."""
+        proc = self.procs[name]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5)
+
+    def resume(self, name: str) -> None:
+        """Start again a child stopped with stop_one (same arguments)."""
+        spec = self._specs[name]
+        self._spawn(name, spec.args, spec.env)
 
     def log_path(self, name: str) -> Path:
         return self.cfg.run_dir / "logs" / f"{name}.log"
@@ -246,30 +353,34 @@ class LocalStack:
         try:
             self._start_engines()
             if cfg.with_epp:
-                args = [sys.executable, "-m", "epp", "serve",
-                        "--grpc-port", str(cfg.grpc_port), "--health-port", str(cfg.health_port),
-                        "--metrics-port", str(cfg.metrics_port),
-                        "--pool-file", str(files["pool"]), "--endpoints-file", str(files["endpoints"])]
-                if cfg.objectives is not None:
-                    args += ["--objectives-file", str(cfg.objectives)]
-                config = cfg.epp_config
-                if config is None and cfg.pd:
-                    config = REPO / "deploy/vllm/pd/epp-config-pd.yaml"
-                if config is None and cfg.tokenizer:
-                    config = self._precise_config(cfg.tokenizer)
-                if config is not None:
-                    args += ["--config", str(config)]
-                if cfg.epp_tls:
-                    args += ["--secure-serving=true", "--cert-path", str(cfg.run_dir / "tls")]
-                args += list(cfg.epp_args)
-                self._spawn("epp", args)
+                for epp in self.epps:
+                    args = [sys.executable, "-m", "epp", "serve",
+                            "--grpc-port", str(epp.grpc_port), "--health-port", str(epp.health_port),
+                            "--metrics-port", str(epp.metrics_port),
+                            "--pool-file", str(files["pool"]), "--endpoints-file", str(files["endpoints"])]
+                    if cfg.objectives is not None:
+                        args += ["--objectives-file", str(cfg.objectives)]
+                    config = cfg.epp_config
+                    if config is None and cfg.pd:
+                        config = REPO / "deploy/vllm/pd/epp-config-pd.yaml"
+                    if config is None and cfg.tokenizer:
+                        config = self._precise_config(cfg.tokenizer)
+                    if config is not None:
+                        args += ["--config", str(config)]
+                    if cfg.epp_tls:
+                        args += ["--secure-serving=true", "--cert-path", str(cfg.run_dir / "tls")]
+                    # A lone EPP has nobody to hand its new streams to while it drains.
+                    args += ["--shutdown-delay", "1.5" if len(self.epps) > 1 else "0"]
+                    args += list(cfg.epp_args)
+                    self._spawn(epp.name, args)
             if cfg.with_envoy:
-                self._spawn("envoy", [envoy_binary(), "-c", str(files["envoy"]), "--concurrency", "1",
-                                      "--base-id", str(cfg.admin_port), "--log-level", "warn"])
+                self._spawn("envoy", self._envoy_args(files["envoy"]))
             self.wait_ready(timeout)
         except BaseException:
             self.stop()
             raise
+        if cfg.supervise:
+            self.start_supervisor()
 
     def _precise_config(self, tokenizer: str) -> Path:
         """The embedded default config with the precise prefix scorer (KV events + the model's
@@ -291,9 +402,15 @@ class LocalStack:
         """Re-render the Envoy config from the (possibly changed) StackConfig and restart Envoy."""
         self.stop_one("envoy")
         files = self.write_files()
-        self._spawn("envoy", [envoy_binary(), "-c", str(files["envoy"]), "--concurrency", "1",
-                              "--base-id", str(self.cfg.admin_port + 1), "--log-level", "warn"])
+        self._spawn("envoy", self._envoy_args(files["envoy"]))
         self.wait_ready(timeout)
+
+    @staticmethod
+    def _envoy_args(config: Path) -> list[str]:
+        # No hot restart: no shared memory or domain socket left behind by a killed Envoy, so
+        # a restarted one (or a parallel test's) never collides with it.
+        return [envoy_binary(), "-c", str(config), "--concurrency", "1", "--disable-hot-restart",
+                "--log-level", "warn"]
 
     def _start_engines(self) -> None:
         cfg = self.cfg
@@ -342,14 +459,15 @@ class LocalStack:
         checks += [(f"{p.name}-sidecar", f"http://127.0.0.1:{p.sidecar_port}/health")
                    for p in self.pods if p.sidecar_port]
         if self.cfg.with_epp:
-            checks.append(("epp", f"http://127.0.0.1:{self.cfg.health_port}/readyz"))
+            checks += [(e.name, f"http://127.0.0.1:{e.health_port}/readyz") for e in self.epps]
         if self.cfg.with_envoy:
             checks.append(("envoy", f"http://127.0.0.1:{self.cfg.admin_port}/ready"))
         with httpx.Client(timeout=1.0) as client:
             for name, url in checks:
                 while True:
                     proc = self.procs.get(name)
-                    if proc is not None and proc.poll() is not None:
+                    # Supervised: a child that died is being restarted; wait for it.
+                    if proc is not None and proc.poll() is not None and self._supervisor is None:
                         raise StackError(f"{name} exited with code {proc.returncode}; see {self.log_path(name)}:\n"
                                          + self.tail(name))
                     with contextlib.suppress(httpx.HTTPError, ValueError):
@@ -362,6 +480,29 @@ class LocalStack:
                         raise StackError(f"{name} not ready at {url} after {timeout:.0f}s; see "
                                          f"{self.log_path(name)}:\n{self.tail(name)}")
                     time.sleep(0.1)
+        if self.cfg.with_envoy and self.cfg.with_epp:
+            self.wait_envoy_hosts_healthy(max(1.0, deadline - time.monotonic()))
+
+    def wait_envoy_hosts_healthy(self, timeout: float) -> None:
+        """Until Envoy's active health checks have passed every host (EPPs and pods) once.
+
+        Health-checked hosts start unhealthy; without this wait the first requests of a test
+        would find no EPP and no pod.
+        """
+        deadline = time.monotonic() + timeout
+        url = f"http://127.0.0.1:{self.cfg.admin_port}/clusters"
+        last = ""
+        with httpx.Client(timeout=1.0) as client:
+            while True:
+                with contextlib.suppress(httpx.HTTPError):
+                    last = client.get(url).text
+                    flags = [line for line in last.splitlines() if "::health_flags::" in line]
+                    if flags and all(line.endswith("::healthy") for line in flags):
+                        return
+                if time.monotonic() > deadline:
+                    raise StackError(f"Envoy's hosts not healthy after {timeout:.0f}s:\n"
+                                     + "\n".join(line for line in last.splitlines() if "health_flags" in line))
+                time.sleep(0.1)
 
     def tail(self, name: str, lines: int = 30) -> str:
         try:
@@ -370,6 +511,8 @@ class LocalStack:
             return ""
 
     def stop_one(self, name: str, sig: int = signal.SIGTERM) -> None:
+        with self._lock:
+            self._stopped.add(name)
         proc = self.procs.get(name)
         if proc is None or proc.poll() is not None:
             return
@@ -382,10 +525,14 @@ class LocalStack:
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
 
-    def stop(self) -> None:
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        self._closing.set()
+        if self._supervisor is not None:
+            self._supervisor.join(5)
+            self._supervisor = None
         # Envoy first so clients see clean errors, then the EPP, then the pods.
-        for name in sorted(self.procs, key=lambda n: (n != "envoy", n != "epp")):
-            self.stop_one(name)
+        for name in sorted(self.procs, key=lambda n: (n != "envoy", not n.startswith("epp"))):
+            self.stop_one(name, sig)
         for log in self._logs:
             with contextlib.suppress(Exception):
                 log.close()  # type: ignore[attr-defined]

@@ -78,6 +78,10 @@ class ServeOptions:
     max_concurrent_streams: int = 0
     tls: TLSOptions = field(default_factory=TLSOptions)
     shutdown_grace_s: float = 5.0
+    # After SIGTERM, keep accepting new streams this long while health says NOT_SERVING, so
+    # Envoy's health checks move new streams to another replica before this one refuses them
+    # (a rolling update then loses nothing; docs/reliability.md). 0 with a single EPP.
+    shutdown_delay_s: float = 1.5
     # `epp serve --workers N` runs N of these processes on one port; see epp/server/workers.py.
     worker_id: int = 0
     worker_count: int = 1
@@ -179,6 +183,7 @@ class EPPServer:
         self._apply_flow_control(self.sched_config)
         self.probe = ReadinessProbe(self.datastore)
         self._stop = asyncio.Event()
+        self._health: GrpcHealthReporter | None = None
         self._sources: list[Any] = []
         self.cert_reloader: CertReloader | None = None
 
@@ -234,6 +239,9 @@ class EPPServer:
             await self._stop.wait()
             log.info("shutting down: draining for up to %.1fs", self.opts.shutdown_grace_s)
             self.probe.draining = True
+            if self._health is not None and self.opts.shutdown_delay_s > 0:
+                await self._health.update()  # readiness NOT_SERVING now: gateways move new streams away
+                await asyncio.sleep(self.opts.shutdown_delay_s)
 
     async def _start(self, stack: contextlib.AsyncExitStack) -> None:
         opts = self.opts
@@ -278,7 +286,7 @@ class EPPServer:
         await scrapers.start()
         await _start_plugin_services(self.ctx)
 
-        health = GrpcHealthReporter(self.probe)
+        health = self._health = GrpcHealthReporter(self.probe)
         credentials = None
         if opts.tls.enabled:
             credentials, self.cert_reloader = server_credentials(opts.tls)

@@ -73,6 +73,9 @@ def add_parser(sub: Any) -> None:
                         "default: a self-signed certificate generated at start")
     p.add_argument("--enable-cert-reload", type=_bool, nargs="?", const=True, default=True,
                    metavar="BOOL", help="serve a rotated --cert-path pair on new connections (default true)")
+    p.add_argument("--shutdown-delay", type=float, default=1.5,
+                   help="seconds to keep serving after SIGTERM while health says NOT_SERVING, so the "
+                        "gateway moves to another replica first (1.5; 0 for a single EPP)")
     p.add_argument("--workers", type=int, default=int(os.environ.get("EPP_WORKERS", "1")),
                    help="EPP processes sharing the gRPC port (SO_REUSEPORT), one per core (1)")
     p.add_argument("--worker-id", type=int, default=None, help=argparse.SUPPRESS)
@@ -125,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
                                         kv_cache_util_threshold=args.saturation_kv_cache),
             api_keys=args.api_keys, rate_limit_redis=args.rate_limit_redis,
             worker_id=args.worker_id or 0, worker_count=args.worker_count, peer_dir=args.peer_dir,
-            tls=tls_options(args, kubernetes_mode=k8s is not None))
+            tls=tls_options(args, kubernetes_mode=k8s is not None), shutdown_delay_s=args.shutdown_delay)
         server = EPPServer(opts)
         asyncio.run(server.run())
     except (ConfigError, ValueError) as e:
