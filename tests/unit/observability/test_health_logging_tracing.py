@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from epp.datastore.datastore import Datastore, PoolSpec
 from epp.datastore.endpoint import Endpoint, EndpointMetrics
 from epp.observability.exposition import HttpServer
-from epp.observability.grpc_health import EXT_PROC_SERVICE, LIVENESS_SERVICE, GrpcHealthReporter
+from epp.observability.grpc_health import EXT_PROC_SERVICE, GrpcHealthReporter
 from epp.observability.health import ReadinessProbe, health_app
 from epp.observability.logging import bind_request_id, configure_logging
 from epp.observability.tracing import TracingConfig, setup_tracing, tracer
