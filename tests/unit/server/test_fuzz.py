@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
-from epp.kvevents.runtime import SERVICE_KEY
+from epp.prefixcache.runtime import SERVICE_KEY
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry

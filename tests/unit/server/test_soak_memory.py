@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
-from epp.kvevents.runtime import SERVICE_KEY, KVEventsRuntime
+from epp.prefixcache.runtime import SERVICE_KEY, KVEventsRuntime
 from prometheus_client import CollectorRegistry
 
 from epp.config.loader import load_scheduler_config
