@@ -1,11 +1,16 @@
 """What the EPP costs: `python -m epp bench overhead`.
 
 Upstreams are instant (one Envoy answering direct_response on N loopback ports), so every
-microsecond measured is router path. Two front Envoys (`--concurrency 1`) are compared on the
-same upstreams and the same 2 KB chat bodies:
+microsecond measured is router path. Two front Envoys (`--concurrency 1`) with the SAME HTTP
+filter chain (header mutation, buffer; see envoy_configs.epp_chain_without_ext_proc) are
+compared on the same upstreams and the same chat bodies:
 
   direct:     client -> Envoy (ROUND_ROBIN cluster) -> instant upstream
   with EPP:   client -> Envoy -> ext_proc -> EPP (`epp serve`) -> Envoy ORIGINAL_DST -> upstream
+
+Every measurement is repeated `repeats` times on the same processes (direct and EPP arms
+alternate within a run); the report gives the median and the min-max of the runs. Long
+prompts (~220 KB bodies) are measured at the `long_concurrency` levels on the first pool.
 
 Reported: latency p50/p99 at concurrency 1 and 64 and the difference (added latency), the
 EPP's CPU per request (utime+stime of the EPP's whole process session from /proc, minus its
@@ -53,6 +58,19 @@ class OverheadSettings:
     epp_config: Path | None = None  # None: the embedded default config
     epp_args: Sequence[str] = ()
     run_dir: Path = Path(".run/bench/overhead")
+    repeats: int = 3
+    idle_seconds: float = 3.0  # EPP CPU with no traffic (metric scraping) is measured this long
+    long_prompt_bytes: int = 220_000
+    long_concurrency: Sequence[int] = (20, 150)
+    long_requests: int = 600  # per arm and concurrency level (bounded by max_seconds_per_run too)
+
+    def validate(self) -> None:
+        if self.repeats < 1 or self.sequential_requests < 1 or self.concurrent_requests < 1:
+            raise ValueError("repeats, sequential_requests and concurrent_requests must be >= 1")
+        if self.idle_seconds <= 0 or self.max_seconds_per_run <= 0:
+            raise ValueError("idle_seconds and max_seconds_per_run must be > 0")
+        if any(c < 1 for c in self.long_concurrency) or self.long_requests < 1:
+            raise ValueError("long_concurrency levels and long_requests must be >= 1")
 
 
 @dataclass(slots=True)
@@ -81,7 +99,12 @@ class PoolOverhead:
     epp_cn_rps: float
     epp_errors: int
     epp_cpu_us_per_request: float  # idle (scrape) CPU subtracted
-    epp_idle_cpu_percent: float  # scraping + housekeeping with no traffic
+    epp_idle_cpu_percent: float  # scraping + housekeeping with no traffic, % of one core
+    # Per-run values behind the medians above (the report prints their min-max).
+    added_c1_p50_runs_ms: list[float] = field(default_factory=list)
+    decisions_runs: list[float] = field(default_factory=list)
+    idle_cpu_runs: list[float] = field(default_factory=list)
+    runs: int = 1
 
     @property
     def added_c1_p50_ms(self) -> float:
@@ -106,6 +129,29 @@ class PoolOverhead:
 
 
 @dataclass(slots=True)
+class LongPromptOverhead:
+    """Envoy + EPP vs Envoy alone (same filter chain) on ~220 KB chat bodies."""
+
+    pods: int
+    concurrency: int
+    body_bytes: int
+    direct: Distribution
+    epp: Distribution
+    errors: int
+    added_p50_runs_ms: list[float] = field(default_factory=list)
+    direct_rps: float = float("nan")
+    epp_rps: float = float("nan")
+
+    @property
+    def added_p50_ms(self) -> float:
+        return (self.epp.p50 - self.direct.p50) * 1e3
+
+    @property
+    def added_p99_ms(self) -> float:
+        return (self.epp.p99 - self.direct.p99) * 1e3
+
+
+@dataclass(slots=True)
 class DecisionLatency:
     pods: int
     p50_us: float
@@ -119,16 +165,21 @@ class OverheadResult:
     decisions: list[DecisionLatency] = field(default_factory=list)
     body_bytes: int = 0
     measured: str = ""  # "<date> with `<command>`", set by the command that ran it
+    long_prompts: list[LongPromptOverhead] = field(default_factory=list)
+    repeats: int = 1
+    idle_seconds: float = 0.0  # 0: not recorded (older results)
 
 
 # --- the client ---------------------------------------------------------------------------------
 
 def chat_bodies(count: int = 64, chars: int = 1900) -> list[bytes]:
-    """~2 KB chat bodies; 8 shared system prompts so prefix scorers have real work."""
+    """~`chars`-byte chat bodies (2 KB by default); 8 shared system prompts so prefix scorers
+    have real work (the shared part is about the first 1 KB of every prompt)."""
     out = []
+    words_needed = max(400, chars // 4)
     for i in range(count):
         system = f"system {i % 8}: " + " ".join(VOCABULARY[(i % 8) * 97 + k] for k in range(150))
-        user = " ".join(VOCABULARY[(i * 31 + k) % len(VOCABULARY)] for k in range(400))
+        user = " ".join(VOCABULARY[(i * 31 + k) % len(VOCABULARY)] for k in range(words_needed))
         content = (system + " " + user)[:chars]
         out.append(json.dumps({"model": DEFAULT_MODEL, "max_tokens": 1,
                                "messages": [{"role": "user", "content": content}]}).encode())
@@ -304,34 +355,91 @@ def _wait_serving(port: int, bodies: Sequence[bytes], timeout: float = 30.0) -> 
         time.sleep(0.2)
 
 
-def measure_pool(pods: int, settings: OverheadSettings, bodies: Sequence[bytes]) -> PoolOverhead:
+def _median(values: Sequence[float]) -> float:
+    finite = sorted(v for v in values if v == v)
+    if not finite:
+        return float("nan")
+    mid = len(finite) // 2
+    return finite[mid] if len(finite) % 2 else (finite[mid - 1] + finite[mid]) / 2
+
+
+def _median_distribution(runs: Sequence[LoadRun]) -> Distribution:
+    from epp.bench.aggregate import median_distribution
+
+    return median_distribution([r.distribution() for r in runs])
+
+
+def idle_cpu_percent(session: int, seconds: float) -> float:
+    """CPU of a process session over `seconds` with no traffic, in % of one core."""
+    cpu0 = session_cpu_seconds(session)
+    started = time.monotonic()
+    time.sleep(seconds)
+    return (session_cpu_seconds(session) - cpu0) / (time.monotonic() - started) * 100
+
+
+def measure_pool(pods: int, settings: OverheadSettings, bodies: Sequence[bytes],
+                 long_bodies: Sequence[bytes] = (), progress: Callable[[str], None] = print,
+                 ) -> tuple[PoolOverhead, list[LongPromptOverhead]]:
+    cap = settings.max_seconds_per_run
+    direct_c1: list[LoadRun] = []
+    epp_c1: list[LoadRun] = []
+    direct_cn: list[LoadRun] = []
+    epp_cn: list[LoadRun] = []
+    idle: list[float] = []
+    cpu_per_request: list[float] = []
+    long_runs: dict[int, tuple[list[LoadRun], list[LoadRun]]] = {c: ([], []) for c in settings.long_concurrency}
     with overhead_stack(pods, settings) as stack:
         _wait_serving(stack.epp_port, bodies)
         for port in (stack.direct_port, stack.epp_port):
-            load(port, bodies, 8, settings.warmup_requests, settings.max_seconds_per_run)
-        cap = settings.max_seconds_per_run
-        direct_c1 = load(stack.direct_port, bodies, 1, settings.sequential_requests, cap)
-        epp_c1 = load(stack.epp_port, bodies, 1, settings.sequential_requests, cap)
-        direct_cn = load(stack.direct_port, bodies, settings.concurrency, settings.concurrent_requests, cap)
-        idle_window = 1.0
-        cpu0 = session_cpu_seconds(stack.epp.pid)
-        time.sleep(idle_window)
-        cpu1 = session_cpu_seconds(stack.epp.pid)
-        idle_rate = (cpu1 - cpu0) / idle_window
-        epp_cn = load(stack.epp_port, bodies, settings.concurrency, settings.concurrent_requests, cap)
-        cpu2 = session_cpu_seconds(stack.epp.pid)
-    served = len(epp_cn.latencies_s) + epp_cn.errors
-    busy = max(0.0, (cpu2 - cpu1) - idle_rate * epp_cn.wall_s)
-    return PoolOverhead(
+            load(port, bodies, 8, settings.warmup_requests, cap)
+        for repeat in range(settings.repeats):
+            direct_c1.append(load(stack.direct_port, bodies, 1, settings.sequential_requests, cap))
+            epp_c1.append(load(stack.epp_port, bodies, 1, settings.sequential_requests, cap))
+            direct_cn.append(load(stack.direct_port, bodies, settings.concurrency, settings.concurrent_requests, cap))
+            idle_rate = idle_cpu_percent(stack.epp.pid, settings.idle_seconds) / 100
+            idle.append(idle_rate * 100)
+            cpu1 = session_cpu_seconds(stack.epp.pid)
+            run = load(stack.epp_port, bodies, settings.concurrency, settings.concurrent_requests, cap)
+            busy = max(0.0, (session_cpu_seconds(stack.epp.pid) - cpu1) - idle_rate * run.wall_s)
+            served = len(run.latencies_s) + run.errors
+            epp_cn.append(run)
+            cpu_per_request.append(busy / served * 1e6 if served else float("nan"))
+            for c in settings.long_concurrency if long_bodies else ():
+                direct_runs, epp_runs = long_runs[c]
+                direct_runs.append(load(stack.direct_port, long_bodies, c, settings.long_requests, cap))
+                epp_runs.append(load(stack.epp_port, long_bodies, c, settings.long_requests, cap))
+            progress(f"   overhead pods={pods} run {repeat + 1}/{settings.repeats}: added c=1 p50 "
+                     f"{(epp_c1[-1].distribution().p50 - direct_c1[-1].distribution().p50) * 1e3:.3f} ms, "
+                     f"{1e6 / cpu_per_request[-1] if cpu_per_request[-1] > 0 else float('nan'):.0f} decisions/s "
+                     f"per core, idle {idle[-1]:.1f}% of a core"
+                     + "".join(f", 220KB c={c} added p50 "
+                               f"{(runs[1][-1].distribution().p50 - runs[0][-1].distribution().p50) * 1e3:.1f} ms"
+                               for c, runs in long_runs.items() if runs[0]))
+    added_c1 = [(e.distribution().p50 - d.distribution().p50) * 1e3 for d, e in zip(direct_c1, epp_c1, strict=True)]
+    decisions = [1e6 / us if us > 0 else float("nan") for us in cpu_per_request]
+    pool = PoolOverhead(
         pods=pods,
-        direct_c1=direct_c1.distribution(), epp_c1=epp_c1.distribution(),
-        direct_cn=direct_cn.distribution(), epp_cn=epp_cn.distribution(),
+        direct_c1=_median_distribution(direct_c1), epp_c1=_median_distribution(epp_c1),
+        direct_cn=_median_distribution(direct_cn), epp_cn=_median_distribution(epp_cn),
         concurrency=settings.concurrency,
-        direct_cn_rps=direct_cn.throughput, epp_cn_rps=epp_cn.throughput,
-        epp_errors=epp_c1.errors + epp_cn.errors,
-        epp_cpu_us_per_request=busy / served * 1e6 if served else float("nan"),
-        epp_idle_cpu_percent=idle_rate * 100,
+        direct_cn_rps=_median([r.throughput for r in direct_cn]), epp_cn_rps=_median([r.throughput for r in epp_cn]),
+        epp_errors=sum(r.errors for r in (*epp_c1, *epp_cn)),
+        epp_cpu_us_per_request=_median(cpu_per_request),
+        epp_idle_cpu_percent=_median(idle),
+        added_c1_p50_runs_ms=added_c1, decisions_runs=decisions, idle_cpu_runs=idle, runs=settings.repeats,
     )
+    longs = []
+    for c, (direct_runs, epp_runs) in long_runs.items():
+        if not direct_runs:
+            continue
+        longs.append(LongPromptOverhead(
+            pods=pods, concurrency=c, body_bytes=round(sum(len(b) for b in long_bodies) / len(long_bodies)),
+            direct=_median_distribution(direct_runs), epp=_median_distribution(epp_runs),
+            errors=sum(r.errors for r in (*direct_runs, *epp_runs)),
+            added_p50_runs_ms=[(e.distribution().p50 - d.distribution().p50) * 1e3
+                               for d, e in zip(direct_runs, epp_runs, strict=True)],
+            direct_rps=_median([r.throughput for r in direct_runs]), epp_rps=_median([r.throughput for r in epp_runs])))
+    return pool, longs
 
 
 def measure_decisions(settings: OverheadSettings) -> list[DecisionLatency]:
@@ -347,18 +455,26 @@ def measure_decisions(settings: OverheadSettings) -> list[DecisionLatency]:
 
 
 def run_overhead(settings: OverheadSettings, progress: Callable[[str], None] = print) -> OverheadResult:
+    settings.validate()
     say = progress
     bodies = chat_bodies()
-    result = OverheadResult(body_bytes=round(sum(len(b) for b in bodies) / len(bodies)))
-    for pods in settings.pool_sizes:
-        pool = measure_pool(pods, settings, bodies)
+    long_bodies = chat_bodies(8, settings.long_prompt_bytes) if settings.long_concurrency else []
+    result = OverheadResult(body_bytes=round(sum(len(b) for b in bodies) / len(bodies)), repeats=settings.repeats,
+                            idle_seconds=settings.idle_seconds)
+    for index, pods in enumerate(settings.pool_sizes):
+        pool, longs = measure_pool(pods, settings, bodies, long_bodies if index == 0 else (), progress)
         result.pools.append(pool)
-        say(f"overhead pods={pods}: c=1 direct p50 {pool.direct_c1.p50 * 1e3:.3f} ms, with EPP "
+        result.long_prompts.extend(longs)
+        say(f"overhead pods={pods} (median of {pool.runs}): c=1 direct p50 {pool.direct_c1.p50 * 1e3:.3f} ms, with EPP "
             f"{pool.epp_c1.p50 * 1e3:.3f} ms (added p50 {pool.added_c1_p50_ms:.3f} ms, p99 "
             f"{pool.added_c1_p99_ms:.3f} ms); c={pool.concurrency} added p50 {pool.added_cn_p50_ms:.3f} ms, "
             f"{pool.epp_cn_rps:.0f} req/s vs direct {pool.direct_cn_rps:.0f}; EPP CPU "
             f"{pool.epp_cpu_us_per_request:.0f} us/request -> {pool.decisions_per_core_s:.0f} decisions/s "
-            f"per core (idle {pool.epp_idle_cpu_percent:.0f}% CPU); errors {pool.epp_errors}")
+            f"per core (idle {pool.epp_idle_cpu_percent:.1f}% CPU); errors {pool.epp_errors}")
+        for lp in longs:
+            say(f"long prompts ({lp.body_bytes / 1000:.0f} KB) pods={lp.pods} c={lp.concurrency}: direct p50 "
+                f"{lp.direct.p50 * 1e3:.1f} ms, with EPP {lp.epp.p50 * 1e3:.1f} ms (added p50 "
+                f"{lp.added_p50_ms:.1f} ms), errors {lp.errors}")
     result.decisions = measure_decisions(settings)
     for d in result.decisions:
         say(f"decision latency pods={d.pods}: p50 {d.p50_us:.1f} us, p99 {d.p99_us:.1f} us")

@@ -9,9 +9,11 @@ by the simulator's time scale) so the numbers read as if the pods ran at real sp
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import re
+import statistics
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -20,11 +22,12 @@ from pathlib import Path
 
 import httpx
 
+from epp.bench.aggregate import aggregate_runs
 from epp.bench.client import PhaseResult, run_phase
 from epp.bench.hitrate import best_hit_rate
 from epp.bench.routers import RouterSpec, RowSettings, running_router, unavailable_reason
 from epp.bench.stats import Distribution
-from epp.bench.workloads import Workload, WorkloadParams, build
+from epp.bench.workloads import Workload, WorkloadParams, build, pod_profile
 from epp.localstack.stack import StackError
 
 log = logging.getLogger("epp.bench")
@@ -34,6 +37,7 @@ log = logging.getLogger("epp.bench")
 class PhasePlan:
     workload: str
     params: WorkloadParams
+    routers: tuple[str, ...] = ()  # router keys that run this phase; empty = every router of the plan
 
     @property
     def key(self) -> str:
@@ -46,6 +50,16 @@ class BenchPlan:
     routers: list[RouterSpec]
     row: RowSettings
     drain_s: float = 30.0  # wall seconds allowed after the last arrival
+    repeats: int = 1  # runs per (phase, router); the report gives the median and the min-max
+
+    def routers_of(self, phase: PhasePlan) -> list[RouterSpec]:
+        if not phase.routers:
+            return list(self.routers)
+        return [r for r in self.routers if r.key in phase.routers]
+
+    def cells(self) -> int:
+        """(phase, router, run) triples this plan runs."""
+        return sum(len(self.routers_of(p)) for p in self.phases) * self.repeats
 
 
 @dataclass(slots=True)
@@ -67,6 +81,10 @@ class RouterPhaseResult:
     error_examples: list[str] = field(default_factory=list)
     router_warnings: list[str] = field(default_factory=list)  # distinct warnings from the router's log
     skipped: str = ""  # why the router did not run
+    repeat: int = 0  # which run (0-based) of a single sample; aggregated rows keep 0
+    runs: int = 1  # samples behind an aggregated row
+    # Aggregated rows: "metric" -> [min, max] over the runs (metric as in spread_value()).
+    spread: dict[str, list[float]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -76,7 +94,8 @@ class PhaseOutcome:
     requests: int
     mean_prompt_tokens: float
     best_hit_rate: float
-    rows: list[RouterPhaseResult] = field(default_factory=list)
+    rows: list[RouterPhaseResult] = field(default_factory=list)  # one per router: the median of its runs
+    samples: list[RouterPhaseResult] = field(default_factory=list)  # every run of every router
 
 
 def parse_prefix_counters(metrics_text: str) -> tuple[float, float]:
@@ -136,6 +155,9 @@ def summarize(spec: RouterSpec, plan: PhasePlan, phase: PhaseResult, time_scale:
 def run_router_phase(spec: RouterSpec, plan: PhasePlan, workload: Workload, bench: BenchPlan,
                      tag: str) -> RouterPhaseResult:
     row = bench.row
+    slow = pod_profile(plan.workload)
+    if slow:
+        row = dataclasses.replace(row, pod_slowdown=slow)
     with running_router(spec, row, tag) as router:
         hits0, queries0 = scrape_prefix_counters(router.pod_urls)
         deadline = workload.span_s * row.time_scale + bench.drain_s
@@ -192,31 +214,70 @@ def _run_with_one_retry(spec: RouterSpec, plan: PhasePlan, workload: Workload, b
                              skipped=f"failed: {type(error).__name__}: {str(error)[:200]}")
 
 
-def run_benchmark(bench: BenchPlan, progress: Callable[[str], None] = print) -> list[PhaseOutcome]:
+def phase_workload(plan: PhasePlan, repeat: int) -> Workload:
+    """The workload of one run of a phase: run r uses seed+r (and its own nonce), so the
+    spread over runs covers the arrival process too, not only machine noise."""
+    params = dataclasses.replace(plan.params, seed=plan.params.seed + repeat,
+                                 nonce=f"{plan.params.nonce}-r{repeat}")
+    return build(plan.workload, params)
+
+
+def run_benchmark(bench: BenchPlan, progress: Callable[[str], None] = print,
+                  on_phase: Callable[[list[PhaseOutcome]], None] | None = None,
+                  deadline: float | None = None) -> list[PhaseOutcome]:
+    """Every phase: all its runs (run r of every router, then run r+1), then the per-router
+    median rows. Runs of one phase sit close in time, so machine noise hits all routers alike.
+
+    `on_phase` gets the outcomes so far after each phase (the CLI saves them, so a cut-short
+    run keeps what it measured). Past `deadline` (time.monotonic()) no new run starts: a phase
+    keeps the runs it finished (its rows say how many), later phases do not run.
+    """
     outcomes: list[PhaseOutcome] = []
     for plan in bench.phases:
-        workload = build(plan.workload, plan.params)
-        bound = best_hit_rate(workload.requests, bench.row.block_size)
-        outcome = PhaseOutcome(plan, workload.title, len(workload.requests),
-                               bound.prompt_tokens / max(1, len(workload.requests)), bound.rate)
-        progress(f"== {workload.title} @ {plan.params.rate:g} req/s: {len(workload.requests)} requests over "
-                 f"{workload.span_s:.1f} model-s, mean prompt {outcome.mean_prompt_tokens:.0f} tokens, "
-                 f"best achievable prefix hit rate {bound.rate:.1%}")
-        for spec in bench.routers:
-            reason = unavailable_reason(spec)
-            if reason is not None:
-                outcome.rows.append(RouterPhaseResult(spec.key, spec.label, spec.ours, plan.workload,
-                                                      plan.params.rate, skipped=reason))
-                progress(f"   {spec.label:32s} skipped: {reason}")
-                continue
-            tag = f"{plan.workload}-{plan.params.rate:g}-{spec.key}"
-            started = time.monotonic()
-            result = _run_with_one_retry(spec, plan, workload, bench, tag, progress)
-            outcome.rows.append(result)
-            progress(f"   {spec.label:32s} ok {result.ok:4d} err {result.errors:3d} "
-                     f"TTFT p50 {result.ttft.p50 * 1e3:8.1f} ms p99 {result.ttft.p99 * 1e3:8.1f} ms "
-                     f"hit {result.prefix_hit_rate:6.1%} ({time.monotonic() - started:.1f}s)")
+        if deadline is not None and time.monotonic() > deadline:
+            progress(f"== time budget used up: {plan.key} and later phases not run")
+            break
+        routers = bench.routers_of(plan)
+        counts: list[float] = []
+        prompts: list[float] = []
+        bounds: list[float] = []
+        samples: list[RouterPhaseResult] = []
+        title = plan.workload
+        for repeat in range(bench.repeats):
+            if repeat and deadline is not None and time.monotonic() > deadline:
+                progress(f"== time budget used up: {plan.key} keeps {repeat} of {bench.repeats} runs")
+                break
+            workload = phase_workload(plan, repeat)
+            title = workload.title
+            bound = best_hit_rate(workload.requests, bench.row.block_size)
+            counts.append(len(workload.requests))
+            prompts.append(bound.prompt_tokens / max(1, len(workload.requests)))
+            bounds.append(bound.rate)
+            progress(f"== {workload.title} @ {plan.params.rate:g} req/s, run {repeat + 1}/{bench.repeats}: "
+                     f"{len(workload.requests)} requests over {workload.span_s:.1f} model-s, mean prompt "
+                     f"{prompts[-1]:.0f} tokens, best achievable prefix hit rate {bound.rate:.1%}")
+            for spec in routers:
+                reason = unavailable_reason(spec)
+                if reason is not None:
+                    samples.append(RouterPhaseResult(spec.key, spec.label, spec.ours, plan.workload,
+                                                     plan.params.rate, skipped=reason, repeat=repeat))
+                    if repeat == 0:
+                        progress(f"   {spec.label:32s} skipped: {reason}")
+                    continue
+                tag = f"{plan.workload}-{plan.params.rate:g}-{spec.key}-r{repeat}"
+                started = time.monotonic()
+                result = _run_with_one_retry(spec, plan, workload, bench, tag, progress)
+                result.repeat = repeat
+                samples.append(result)
+                progress(f"   {spec.label:32s} ok {result.ok:4d} err {result.errors:3d} "
+                         f"TTFT p50 {result.ttft.p50 * 1e3:8.1f} ms p99 {result.ttft.p99 * 1e3:8.1f} ms "
+                         f"hit {result.prefix_hit_rate:6.1%} ({time.monotonic() - started:.1f}s)")
+        outcome = PhaseOutcome(plan, title, round(statistics.median(counts)), statistics.median(prompts),
+                               statistics.median(bounds), samples=samples)
+        outcome.rows = [aggregate_runs([s for s in samples if s.router == spec.key]) for spec in routers]
         outcomes.append(outcome)
+        if on_phase is not None:
+            on_phase(outcomes)
     return outcomes
 
 

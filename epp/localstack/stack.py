@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,6 +123,9 @@ class StackConfig:
     kv_events: bool = True
     time_scale: float = 1.0  # simulator speed (0.1 = ten times faster)
     sim_args: Sequence[str] = ()
+    # Extra simulator arguments for single pods, by pod index (after sim_args, so they win):
+    # e.g. {0: ["--slowdown", "8"]} for a pool with one slower GPU.
+    pod_sim_args: Mapping[int, Sequence[str]] = field(default_factory=dict)
     epp_args: Sequence[str] = ()
     request_body_mode: str = "BUFFERED"
     response_body_mode: str = "NONE"
@@ -266,7 +269,7 @@ class LocalStack:
         if cfg.engine == "vllm":
             self._start_vllm()
             return
-        for pod in self.pods:
+        for index, pod in enumerate(self.pods):
             args = [sys.executable, "-m", "epp", "sim", "--host", "127.0.0.1", "--port", str(pod.port),
                     "--model", cfg.model, "--name", pod.name, "--role", pod.role,
                     "--time-scale", str(cfg.time_scale)]
@@ -275,6 +278,7 @@ class LocalStack:
             if pod.kv_events_port:
                 args += ["--kv-events-endpoint", f"tcp://127.0.0.1:{pod.kv_events_port}", "--kv-events-bind"]
             args += list(cfg.sim_args)
+            args += list(cfg.pod_sim_args.get(index, ()))
             self._spawn(pod.name, args)
             if pod.sidecar_port:
                 self._spawn(f"{pod.name}-sidecar", [

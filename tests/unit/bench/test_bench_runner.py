@@ -3,7 +3,15 @@ from pathlib import Path
 import pytest
 
 from epp.bench.client import PhaseResult, RequestResult
-from epp.bench.routers import ROUTERS, RouterSpec, RowSettings, _stack_config, router_by_key, unavailable_reason
+from epp.bench.routers import (
+    ROUTERS,
+    RouterSpec,
+    RowSettings,
+    _stack_config,
+    epp_config_path,
+    router_by_key,
+    unavailable_reason,
+)
 from epp.bench.runner import PhasePlan, log_warnings, parse_prefix_counters, summarize
 from epp.bench.workloads import WorkloadParams
 
@@ -48,11 +56,17 @@ def test_summarize_converts_to_model_seconds_and_counts_errors() -> None:
 def test_router_table_is_complete_and_keys_unique() -> None:
     keys = [r.key for r in ROUTERS]
     assert len(keys) == len(set(keys))
-    assert {"envoy-rr", "envoy-lr", "vr-rr", "vr-p2c", "vr-cache", "vr-kv", "epp-load", "epp-prefix", "epp-all",
-            "epp-precise"} == set(keys)
+    assert {"envoy-rr", "envoy-lr", "vr-rr", "vr-p2c", "vr-cache", "vr-kv", "epp-default", "epp-gie", "epp-load",
+            "epp-prefix", "epp-all", "epp-precise"} == set(keys)
     for spec in ROUTERS:
         if spec.kind == "epp":
-            assert (Path(__file__).resolve().parents[3] / "epp/bench/configs" / spec.policy).exists()
+            path = epp_config_path(spec)
+            if spec.key == "epp-default":
+                assert path is None  # the embedded default: no --config
+            elif spec.key == "epp-gie":
+                assert path is None or path.name == "gie-default.yaml"
+            else:
+                assert path is not None and path.exists()
         assert unavailable_reason(spec) is None or spec.kind in ("vllm-router", "epp")
 
 
@@ -68,6 +82,14 @@ def test_stack_config_gives_cold_bench_pods_and_only_epp_rows_start_the_epp(tmp_
         assert "--kv-events-bind" in args
         assert args[args.index("--num-gpu-blocks") + 1] == "1000"
         assert args[args.index("--slowdown") + 1] == "2.0"
+        assert not cfg.pod_sim_args
+    assert _stack_config(router_by_key("epp-default"), row, tmp_path).epp_config is None
+
+
+def test_heterogeneous_row_slows_down_one_pod_only(tmp_path: Path) -> None:
+    row = RowSettings(pods=4, run_dir=tmp_path, slowdown=4.0, pod_slowdown={0: 2.0})
+    cfg = _stack_config(router_by_key("envoy-rr"), row, tmp_path)
+    assert dict(cfg.pod_sim_args) == {0: ["--slowdown", "8"]}  # after sim_args: the last --slowdown wins
 
 
 def test_a_stack_that_fails_to_start_is_retried_once(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -93,3 +115,44 @@ def test_a_stack_that_fails_to_start_is_retried_once(monkeypatch: pytest.MonkeyP
     assert rr.ok == 1 and not rr.skipped
     assert lr.skipped.startswith("failed: StackError: still broken")
     assert len(calls) == 4  # rr twice, lr twice
+
+
+def test_each_cell_runs_repeats_times_with_its_own_seed_and_rows_are_medians(monkeypatch: pytest.MonkeyPatch) -> None:
+    from epp.bench import runner
+    from epp.bench.runner import BenchPlan, RouterPhaseResult, run_benchmark
+    from epp.bench.stats import Distribution
+
+    seen: list[tuple[str, int, str]] = []
+
+    def fake(spec: RouterSpec, plan: PhasePlan, workload: object, bench: object, tag: str) -> RouterPhaseResult:
+        seed = workload.params.seed  # type: ignore[attr-defined]
+        seen.append((spec.key, seed, tag))
+        ttft = Distribution.of([0.1 * (seed + 1)])
+        return RouterPhaseResult(spec.key, spec.label, spec.ours, plan.workload, plan.params.rate, sent=1, ok=1,
+                                 ttft=ttft)
+
+    monkeypatch.setattr(runner, "run_router_phase", fake)
+    plans = [PhasePlan("no-sharing", WorkloadParams(rate=5, count=3, duration_s=5, seed=1), ("envoy-rr",)),
+             PhasePlan("mixed", WorkloadParams(rate=5, count=3, duration_s=5, seed=1))]
+    bench = BenchPlan(plans, [router_by_key("envoy-rr"), router_by_key("vr-rr")], RowSettings(), repeats=3)
+    assert bench.cells() == (1 + 2) * 3
+    saved: list[int] = []
+    outcomes = run_benchmark(bench, progress=lambda _: None, on_phase=lambda done: saved.append(len(done)))
+    assert saved == [1, 2]
+    first, second = outcomes
+    assert [s.repeat for s in first.samples] == [0, 1, 2]
+    assert [seed for key, seed, _ in seen[:3]] == [1, 2, 3]  # run r: seed + r
+    assert len(first.rows) == 1 and first.rows[0].runs == 3
+    assert first.rows[0].ttft.p50 == pytest.approx(0.3)  # median of 0.2, 0.3, 0.4
+    assert [r.router for r in second.rows] == ["envoy-rr", "vr-rr"]
+    assert len({tag for _, _, tag in seen}) == len(seen)  # every run has its own log directory
+
+
+def test_a_passed_deadline_stops_new_phases(monkeypatch: pytest.MonkeyPatch) -> None:
+    from epp.bench import runner
+    from epp.bench.runner import BenchPlan, run_benchmark
+
+    monkeypatch.setattr(runner, "run_router_phase", lambda *a: pytest.fail("no run may start"))
+    plan = PhasePlan("no-sharing", WorkloadParams(rate=5, count=3, duration_s=5))
+    bench = BenchPlan([plan], [router_by_key("envoy-rr")], RowSettings(), repeats=3)
+    assert run_benchmark(bench, progress=lambda _: None, deadline=0.0) == []
