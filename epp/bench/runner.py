@@ -222,45 +222,58 @@ def phase_workload(plan: PhasePlan, repeat: int) -> Workload:
     return build(plan.workload, params)
 
 
+@dataclass(slots=True)
+class _PhaseRuns:
+    """What the runs of one phase measured so far."""
+
+    plan: PhasePlan
+    title: str
+    counts: list[float] = field(default_factory=list)
+    prompts: list[float] = field(default_factory=list)
+    bounds: list[float] = field(default_factory=list)
+    samples: list[RouterPhaseResult] = field(default_factory=list)
+
+    def outcome(self, routers: Sequence[RouterSpec]) -> PhaseOutcome:
+        out = PhaseOutcome(self.plan, self.title, round(statistics.median(self.counts)),
+                           statistics.median(self.prompts), statistics.median(self.bounds), samples=self.samples)
+        out.rows = [aggregate_runs([s for s in self.samples if s.router == spec.key]) for spec in routers]
+        return out
+
+
 def run_benchmark(bench: BenchPlan, progress: Callable[[str], None] = print,
                   on_phase: Callable[[list[PhaseOutcome]], None] | None = None,
                   deadline: float | None = None) -> list[PhaseOutcome]:
-    """Every phase: all its runs (run r of every router, then run r+1), then the per-router
-    median rows. Runs of one phase sit close in time, so machine noise hits all routers alike.
+    """Run 1 of every phase (every router of a phase back to back, so machine noise hits them
+    alike), then run 2 of every phase, and so on; each phase's rows are the per-router medians
+    of its runs.
 
-    `on_phase` gets the outcomes so far after each phase (the CLI saves them, so a cut-short
-    run keeps what it measured). Past `deadline` (time.monotonic()) no new run starts: a phase
-    keeps the runs it finished (its rows say how many), later phases do not run.
+    Round by round, so that a run cut short by `deadline` (time.monotonic(); no new phase run
+    starts after it) still has every phase measured at least once, rather than some phases
+    three times and the rest never. `on_phase` gets the outcomes so far after each phase run
+    (the CLI saves them, so even an interrupted run keeps what it measured).
     """
-    outcomes: list[PhaseOutcome] = []
-    for plan in bench.phases:
-        if deadline is not None and time.monotonic() > deadline:
-            progress(f"== time budget used up: {plan.key} and later phases not run")
-            break
-        routers = bench.routers_of(plan)
-        counts: list[float] = []
-        prompts: list[float] = []
-        bounds: list[float] = []
-        samples: list[RouterPhaseResult] = []
-        title = plan.workload
-        for repeat in range(bench.repeats):
-            if repeat and deadline is not None and time.monotonic() > deadline:
-                progress(f"== time budget used up: {plan.key} keeps {repeat} of {bench.repeats} runs")
+    runs: dict[str, _PhaseRuns] = {}
+    stop = False
+    for repeat in range(bench.repeats):
+        for plan in bench.phases:
+            if deadline is not None and time.monotonic() > deadline:
+                progress(f"== time budget used up before run {repeat + 1} of {plan.key}: no further runs")
+                stop = True
                 break
             workload = phase_workload(plan, repeat)
-            title = workload.title
+            state = runs.setdefault(plan.key, _PhaseRuns(plan, workload.title))
             bound = best_hit_rate(workload.requests, bench.row.block_size)
-            counts.append(len(workload.requests))
-            prompts.append(bound.prompt_tokens / max(1, len(workload.requests)))
-            bounds.append(bound.rate)
+            state.counts.append(len(workload.requests))
+            state.prompts.append(bound.prompt_tokens / max(1, len(workload.requests)))
+            state.bounds.append(bound.rate)
             progress(f"== {workload.title} @ {plan.params.rate:g} req/s, run {repeat + 1}/{bench.repeats}: "
                      f"{len(workload.requests)} requests over {workload.span_s:.1f} model-s, mean prompt "
-                     f"{prompts[-1]:.0f} tokens, best achievable prefix hit rate {bound.rate:.1%}")
-            for spec in routers:
+                     f"{state.prompts[-1]:.0f} tokens, best achievable prefix hit rate {bound.rate:.1%}")
+            for spec in bench.routers_of(plan):
                 reason = unavailable_reason(spec)
                 if reason is not None:
-                    samples.append(RouterPhaseResult(spec.key, spec.label, spec.ours, plan.workload,
-                                                     plan.params.rate, skipped=reason, repeat=repeat))
+                    state.samples.append(RouterPhaseResult(spec.key, spec.label, spec.ours, plan.workload,
+                                                           plan.params.rate, skipped=reason, repeat=repeat))
                     if repeat == 0:
                         progress(f"   {spec.label:32s} skipped: {reason}")
                     continue
@@ -268,17 +281,19 @@ def run_benchmark(bench: BenchPlan, progress: Callable[[str], None] = print,
                 started = time.monotonic()
                 result = _run_with_one_retry(spec, plan, workload, bench, tag, progress)
                 result.repeat = repeat
-                samples.append(result)
+                state.samples.append(result)
                 progress(f"   {spec.label:32s} ok {result.ok:4d} err {result.errors:3d} "
                          f"TTFT p50 {result.ttft.p50 * 1e3:8.1f} ms p99 {result.ttft.p99 * 1e3:8.1f} ms "
                          f"hit {result.prefix_hit_rate:6.1%} ({time.monotonic() - started:.1f}s)")
-        outcome = PhaseOutcome(plan, title, round(statistics.median(counts)), statistics.median(prompts),
-                               statistics.median(bounds), samples=samples)
-        outcome.rows = [aggregate_runs([s for s in samples if s.router == spec.key]) for spec in routers]
-        outcomes.append(outcome)
-        if on_phase is not None:
-            on_phase(outcomes)
-    return outcomes
+            if on_phase is not None:
+                on_phase(_outcomes(bench, runs))
+        if stop:
+            break
+    return _outcomes(bench, runs)
+
+
+def _outcomes(bench: BenchPlan, runs: dict[str, _PhaseRuns]) -> list[PhaseOutcome]:
+    return [runs[p.key].outcome(bench.routers_of(p)) for p in bench.phases if p.key in runs]
 
 
 def default_run_dir() -> Path:

@@ -138,10 +138,12 @@ def test_each_cell_runs_repeats_times_with_its_own_seed_and_rows_are_medians(mon
     assert bench.cells() == (1 + 2) * 3
     saved: list[int] = []
     outcomes = run_benchmark(bench, progress=lambda _: None, on_phase=lambda done: saved.append(len(done)))
-    assert saved == [1, 2]
+    assert saved == [1, 2, 2, 2, 2, 2]  # after every phase run
     first, second = outcomes
     assert [s.repeat for s in first.samples] == [0, 1, 2]
-    assert [seed for key, seed, _ in seen[:3]] == [1, 2, 3]  # run r: seed + r
+    # Round by round: run 1 of both phases, then run 2 ...; run r uses seed + r.
+    assert [(key, seed) for key, seed, _ in seen[:4]] == [("envoy-rr", 1), ("envoy-rr", 1), ("vr-rr", 1),
+                                                          ("envoy-rr", 2)]
     assert len(first.rows) == 1 and first.rows[0].runs == 3
     assert first.rows[0].ttft.p50 == pytest.approx(0.3)  # median of 0.2, 0.3, 0.4
     assert [r.router for r in second.rows] == ["envoy-rr", "vr-rr"]
@@ -156,3 +158,28 @@ def test_a_passed_deadline_stops_new_phases(monkeypatch: pytest.MonkeyPatch) -> 
     plan = PhasePlan("no-sharing", WorkloadParams(rate=5, count=3, duration_s=5))
     bench = BenchPlan([plan], [router_by_key("envoy-rr")], RowSettings(), repeats=3)
     assert run_benchmark(bench, progress=lambda _: None, deadline=0.0) == []
+
+
+def test_a_deadline_after_the_first_round_keeps_every_phase_with_one_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from epp.bench import runner
+    from epp.bench.runner import BenchPlan, RouterPhaseResult, run_benchmark
+
+    def fake(spec: RouterSpec, plan: PhasePlan, workload: object, bench: object, tag: str) -> RouterPhaseResult:
+        return RouterPhaseResult(spec.key, spec.label, spec.ours, plan.workload, plan.params.rate, sent=1, ok=1)
+
+    monkeypatch.setattr(runner, "run_router_phase", fake)
+    plans = [PhasePlan(w, WorkloadParams(rate=5, count=3, duration_s=5)) for w in ("no-sharing", "mixed")]
+    bench = BenchPlan(plans, [router_by_key("envoy-rr")], RowSettings(), repeats=3)
+    deadline = [time.monotonic() + 3600]
+
+    def cut_after_first_round(done: list[object]) -> None:
+        if len(done) == 2:
+            deadline[0] = 0.0
+
+    # The deadline is read when each phase run starts; move it once both phases ran once.
+    monkeypatch.setattr(runner.time, "monotonic", lambda: 1.0 if deadline[0] else 2.0)
+    outcomes = run_benchmark(bench, progress=lambda _: None, on_phase=cut_after_first_round, deadline=1.5)
+    assert [o.plan.workload for o in outcomes] == ["no-sharing", "mixed"]
+    assert all(o.rows[0].runs == 1 for o in outcomes)
