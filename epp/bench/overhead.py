@@ -141,6 +141,8 @@ class LongPromptOverhead:
     added_p50_runs_ms: list[float] = field(default_factory=list)
     direct_rps: float = float("nan")
     epp_rps: float = float("nan")
+    # EPP CPU per long request (idle CPU subtracted): body parse + prefix hashing + gRPC.
+    epp_cpu_us_per_request: float = float("nan")
 
     @property
     def added_p50_ms(self) -> float:
@@ -388,6 +390,7 @@ def measure_pool(pods: int, settings: OverheadSettings, bodies: Sequence[bytes],
     idle: list[float] = []
     cpu_per_request: list[float] = []
     long_runs: dict[int, tuple[list[LoadRun], list[LoadRun]]] = {c: ([], []) for c in settings.long_concurrency}
+    long_cpu: dict[int, list[float]] = {c: [] for c in settings.long_concurrency}
     with overhead_stack(pods, settings) as stack:
         _wait_serving(stack.epp_port, bodies)
         for port in (stack.direct_port, stack.epp_port):
@@ -407,7 +410,11 @@ def measure_pool(pods: int, settings: OverheadSettings, bodies: Sequence[bytes],
             for c in settings.long_concurrency if long_bodies else ():
                 direct_runs, epp_runs = long_runs[c]
                 direct_runs.append(load(stack.direct_port, long_bodies, c, settings.long_requests, cap))
+                cpu_before = session_cpu_seconds(stack.epp.pid)
                 epp_runs.append(load(stack.epp_port, long_bodies, c, settings.long_requests, cap))
+                spent = session_cpu_seconds(stack.epp.pid) - cpu_before - idle_rate * epp_runs[-1].wall_s
+                count = len(epp_runs[-1].latencies_s) + epp_runs[-1].errors
+                long_cpu[c].append(max(0.0, spent) / count * 1e6 if count else float("nan"))
             progress(f"   overhead pods={pods} run {repeat + 1}/{settings.repeats}: added c=1 p50 "
                      f"{(epp_c1[-1].distribution().p50 - direct_c1[-1].distribution().p50) * 1e3:.3f} ms, "
                      f"{1e6 / cpu_per_request[-1] if cpu_per_request[-1] > 0 else float('nan'):.0f} decisions/s "
@@ -438,7 +445,8 @@ def measure_pool(pods: int, settings: OverheadSettings, bodies: Sequence[bytes],
             errors=sum(r.errors for r in (*direct_runs, *epp_runs)),
             added_p50_runs_ms=[(e.distribution().p50 - d.distribution().p50) * 1e3
                                for d, e in zip(direct_runs, epp_runs, strict=True)],
-            direct_rps=_median([r.throughput for r in direct_runs]), epp_rps=_median([r.throughput for r in epp_runs])))
+            direct_rps=_median([r.throughput for r in direct_runs]), epp_rps=_median([r.throughput for r in epp_runs]),
+            epp_cpu_us_per_request=_median(long_cpu[c])))
     return pool, longs
 
 
@@ -474,7 +482,7 @@ def run_overhead(settings: OverheadSettings, progress: Callable[[str], None] = p
         for lp in longs:
             say(f"long prompts ({lp.body_bytes / 1000:.0f} KB) pods={lp.pods} c={lp.concurrency}: direct p50 "
                 f"{lp.direct.p50 * 1e3:.1f} ms, with EPP {lp.epp.p50 * 1e3:.1f} ms (added p50 "
-                f"{lp.added_p50_ms:.1f} ms), errors {lp.errors}")
+                f"{lp.added_p50_ms:.1f} ms), EPP CPU {lp.epp_cpu_us_per_request:,.0f} us/request, errors {lp.errors}")
     result.decisions = measure_decisions(settings)
     for d in result.decisions:
         say(f"decision latency pods={d.pods}: p50 {d.p50_us:.1f} us, p99 {d.p99_us:.1f} us")

@@ -365,12 +365,12 @@ def overhead_markdown(result: OverheadResult, info: RunInfo) -> str:
             f"{p.epp_idle_cpu_percent:.1f}%", str(p.epp_errors),
         ])
     longs = table(["pods", "concurrency", "body", "direct p50 / p99 (ms)", "Envoy + EPP p50 / p99 (ms)",
-                   "added p50 (min-max of runs)", "added p99", "req/s direct / EPP", "errors"],
+                   "added p50 (min-max of runs)", "added p99", "req/s direct / EPP", "EPP CPU us/req", "errors"],
                   [[str(lp.pods), str(lp.concurrency), f"{lp.body_bytes / 1000:,.0f} KB",
                     f"{lp.direct.p50 * 1e3:.1f} / {lp.direct.p99 * 1e3:.1f}",
                     f"{lp.epp.p50 * 1e3:.1f} / {lp.epp.p99 * 1e3:.1f}",
                     f"**{lp.added_p50_ms:.1f}** ({_span(lp.added_p50_runs_ms, '.1f')})", f"{lp.added_p99_ms:.1f}",
-                    f"{lp.direct_rps:,.0f} / {lp.epp_rps:,.0f}", str(lp.errors)]
+                    f"{lp.direct_rps:,.0f} / {lp.epp_rps:,.0f}", fmt_num(lp.epp_cpu_us_per_request), str(lp.errors)]
                    for lp in result.long_prompts])
     decisions = table(["pods", "decision p50 (us)", "decision p99 (us)", "mean (us)"],
                       [[str(d.pods), f"{d.p50_us:.1f}", f"{d.p99_us:.1f}", f"{d.mean_us:.1f}"]

@@ -64,7 +64,7 @@ def test_samples_spread_and_long_prompts_survive_the_round_trip(tmp_path: Path) 
         s.repeat = i
     outcome = PhaseOutcome(plan, "Mixed", 2, 1500.0, 0.2, [aggregate_runs(samples)], samples)
     d = Distribution.of([0.01])
-    longs = [LongPromptOverhead(4, 20, 220_000, d, d, 0, [1.0, 2.0], 90.0, 80.0)]
+    longs = [LongPromptOverhead(4, 20, 220_000, d, d, 0, [1.0, 2.0], 90.0, 80.0, 1500.0)]
     overhead = OverheadResult([], [], 2000, "", longs, 3, 3.0)
     info = RunInfo("c", "d", MachineFacts("cpu", 2, "py", "e", "v", "l", "0"), False, 4, 0.5, commit="abc",
                    settings={"runs per cell": "3"}, raw_results="bench-results/x.json")
