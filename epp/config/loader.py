@@ -119,11 +119,28 @@ def load_scheduler_config(
     if path is None:
         return parse_scheduler_config(default_config_text(), ctx, DEFAULT_CONFIG_NAME, observer)
     source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(f"{source}: cannot read the scheduler config: {e.strerror or e}") from None
+    text = _read_config(path)
     return parse_scheduler_config(text, ctx, source, observer)
+
+
+def embedded_config_names() -> list[str]:
+    """The configs shipped in epp/config (`--config` accepts their bare file names)."""
+    return sorted(p.name for p in resources.files("epp.config").iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_config(path: str | Path) -> str:
+    """A config file's text; a bare name of an embedded config (gie-default.yaml) that is not
+    a file in the working directory reads the embedded one."""
+    source = str(path)
+    file = Path(path)
+    if not file.exists() and file.name == source and source in embedded_config_names():
+        return resources.files("epp.config").joinpath(source).read_text(encoding="utf-8")
+    try:
+        return file.read_text(encoding="utf-8")
+    except OSError as e:
+        embedded = ", ".join(embedded_config_names())
+        raise ConfigError(f"{source}: cannot read the scheduler config: {e.strerror or e} "
+                          f"(embedded configs: {embedded})") from None
 
 
 def reload_scheduler_config(
@@ -139,13 +156,7 @@ def reload_scheduler_config(
     `previous` stays untouched: the caller keeps serving with it.
     """
     source = DEFAULT_CONFIG_NAME if path is None else str(path)
-    if path is None:
-        text = default_config_text()
-    else:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as e:
-            raise ConfigError(f"{source}: cannot read the scheduler config: {e.strerror or e}") from None
+    text = default_config_text() if path is None else _read_config(path)
     return parse_scheduler_config(text, ctx, source, previous.scheduler.observer, previous=previous)
 
 

@@ -48,7 +48,10 @@ class Endpoint:
 
     Identity is the object itself (eq=False keeps hashing O(1) and allocation-free);
     `key` ("namespace/name:port" style) is the stable name used in logs, metrics and indexes.
-    `inflight` counts requests this EPP process sent to the endpoint that have not completed.
+    `inflight` / `inflight_tokens` count the requests (and their estimated tokens) this EPP
+    process sent to the endpoint that have not completed; only epp.datastore.inflight's
+    InflightTracker writes them. `peer_inflight` / `peer_inflight_tokens` are the same for the
+    other worker processes of this EPP (`--workers N`).
     """
 
     name: str
@@ -60,8 +63,11 @@ class Endpoint:
     healthy: bool = True
     inflight: int = 0
     inflight_tokens: int = 0
-    # Requests other EPP worker processes of this host have in flight to the endpoint.
+    # Requests (tokens) other EPP worker processes of this host have in flight to the endpoint.
     peer_inflight: int = 0
+    peer_inflight_tokens: int = 0
+    # The other workers' recent-prompt-tokens estimate (InflightTracker.recent_prompt_tokens).
+    peer_recent_prompt_tokens: float = 0.0
     # Precomputed strings used on the hot path (set in __post_init__).
     hostport: str = ""
     key: str = ""

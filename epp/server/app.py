@@ -21,6 +21,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from epp.config.loader import SchedulerConfig, load_scheduler_config, reload_scheduler_config
 from epp.datastore.datastore import Datastore
 from epp.datastore.endpoint import Endpoint
+from epp.datastore.inflight import SERVICE_KEY as INFLIGHT_KEY
+from epp.datastore.inflight import InflightConfig, InflightTracker
 from epp.datastore.local import LocalEndpointSource
 from epp.flowcontrol.admission import AdmissionConfig, AdmissionController
 from epp.flowcontrol.saturation import SaturationConfig, SaturationDetector
@@ -58,6 +60,7 @@ class ServeOptions:
     saturation: SaturationConfig = field(default_factory=SaturationConfig)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     handler: HandlerOptions = field(default_factory=HandlerOptions)
+    inflight: InflightConfig = field(default_factory=InflightConfig)
     config_watch_interval_s: float = 1.0
     max_concurrent_streams: int = 0
     shutdown_grace_s: float = 5.0
@@ -124,6 +127,9 @@ class EPPServer:
         self.opts = opts
         self.datastore = Datastore()
         self.ctx = PluginContext(self.datastore, source=str(opts.config or "<default config>"))
+        # The one in-flight ledger: the server charges and releases, scorers read it.
+        self.tracker = InflightTracker(self.datastore, opts.inflight)
+        self.ctx.services[INFLIGHT_KEY] = self.tracker
         self.peers: PeerBus | None = None
         self.inflight_sharing: InflightSharing | None = None
         if opts.worker_count > 1:
@@ -131,7 +137,7 @@ class EPPServer:
                 raise ConfigError("several workers need a peer directory (--peer-dir)")
             self.peers = PeerBus(opts.peer_dir, opts.worker_id, opts.worker_count)
             self.ctx.services[PEER_BUS_KEY] = self.peers
-            self.inflight_sharing = InflightSharing(self.peers, self.datastore)
+            self.inflight_sharing = InflightSharing(self.peers, self.datastore, tracker=self.tracker)
         self.metrics = EPPMetrics(datastore=self.datastore)
         # Plugins that export metrics of their own (KV events, P/D) register them here.
         self.ctx.services["metrics.registry"] = self.metrics.registry
@@ -141,7 +147,7 @@ class EPPServer:
         self.observer = MetricsObserver(self.metrics)
         self.sched_config: SchedulerConfig = load_scheduler_config(opts.config, self.ctx, self.observer)
         self.handler = ExtProcHandler(self.datastore, self._scheduler, AdmissionAdapter(self.admission),
-                                      self.observer, opts.handler)
+                                      self.observer, opts.handler, self.tracker)
         self.probe = ReadinessProbe(self.datastore)
         self._stop = asyncio.Event()
         self._sources: list[Any] = []
@@ -205,6 +211,8 @@ class EPPServer:
             stack.push_async_callback(self.inflight_sharing.stop)
             await self.inflight_sharing.start()
 
+        stack.push_async_callback(self.tracker.stop)
+        await self.tracker.start()
         scrapers = ScraperManager(self.datastore, opts.scrape)
         stack.push_async_callback(scrapers.stop)
         await scrapers.start()

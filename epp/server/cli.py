@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from epp.datastore.inflight import InflightConfig
 from epp.flowcontrol.admission import AdmissionConfig
 from epp.flowcontrol.saturation import SaturationConfig
 from epp.k8s.cli import KubernetesOptions, add_k8s_arguments
@@ -44,6 +45,13 @@ def add_parser(sub: Any) -> None:
                    help="metric names of the model servers (vllm)")
     p.add_argument("--max-inflight-requests", type=int, default=10_000,
                    help="requests in flight per EPP process before new ones get 503 (10000)")
+    p.add_argument("--inflight-timeout", type=float, default=300.0,
+                   help="seconds after which an in-flight charge with no completion is released (300)")
+    p.add_argument("--default-output-tokens", type=int, default=256,
+                   help="expected decode tokens of a request without max_tokens, for token load (256)")
+    p.add_argument("--prefill-window", type=float, default=0.5,
+                   help="seconds over which a dispatched prompt counts as prefilling, for "
+                        "prefill-load-scorer (0.5)")
     p.add_argument("--saturation-queue-depth", type=int, default=5,
                    help="waiting requests at which a pod counts as saturated (5)")
     p.add_argument("--saturation-kv-cache", type=float, default=0.8,
@@ -91,6 +99,9 @@ def run(args: argparse.Namespace) -> int:
             endpoints_file=args.endpoints_file, objectives_files=list(args.objectives_file),
             kubernetes=k8s, scrape=scrape, max_concurrent_streams=args.max_concurrent_streams,
             admission=AdmissionConfig(max_inflight_requests=args.max_inflight_requests),
+            inflight=InflightConfig(request_timeout_s=args.inflight_timeout,
+                                    default_output_tokens=args.default_output_tokens,
+                                    prefill_window_s=args.prefill_window),
             saturation=SaturationConfig(queue_depth_threshold=args.saturation_queue_depth,
                                         kv_cache_util_threshold=args.saturation_kv_cache),
             worker_id=args.worker_id or 0, worker_count=args.worker_count, peer_dir=args.peer_dir)

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from epp.datastore.datastore import Datastore
 from epp.datastore.endpoint import Endpoint
+from epp.datastore.inflight import Dispatch, InflightTracker
 from epp.scheduling.types import CycleState, LLMRequest, SchedulingError, SchedulingResult
 from epp.server import wire
 from epp.server.errors import RequestError
@@ -100,6 +101,7 @@ class _Stream:
     started: float = 0.0
     usage: UsageParser | None = None
     admitted: bool = False
+    dispatch: Dispatch | None = None  # the in-flight charges, released when the stream ends
 
 
 @dataclass(slots=True)
@@ -118,8 +120,12 @@ class ExtProcHandler:
         admission: Admission | None = None,
         observer: ServerObserver | None = None,
         options: HandlerOptions | None = None,
+        tracker: InflightTracker | None = None,
     ) -> None:
         self.datastore = datastore
+        # The in-flight ledger: charged when a decision is committed, released when the
+        # stream ends (see epp/datastore/inflight.py).
+        self.tracker = tracker if tracker is not None else InflightTracker(datastore)
         self._scheduler = scheduler
         self.admission = admission
         self.observer: ServerObserver = observer or NullObserver()
@@ -224,7 +230,7 @@ class ExtProcHandler:
             raise RequestError(503, "no healthy endpoint in the pool", "no_healthy_endpoint")
         target = min(endpoints, key=_load)
         st.targets = [target]
-        target.inflight += 1
+        st.dispatch = self.tracker.dispatch(st.targets, 0)
         return wire.request_headers_response(
             wire.common_response(self._dest_fragment(target)),
             wire.dynamic_metadata(METADATA_NAMESPACE, ((DESTINATION_HEADER, target.hostport),)))
@@ -258,12 +264,14 @@ class ExtProcHandler:
         scheduler.pre_request(state, request, result)
         self.observer.on_decision(request, result, time.perf_counter() - t0)
         target = targets[0]
-        target.inflight += 1
         st.targets = [target]
         for profile, res in result.profile_results.items():
             if profile != result.primary_profile and res is not None and res.targets:
-                res.targets[0].inflight += 1  # e.g. the prefill pod of a P/D request
-                st.targets.append(res.targets[0])
+                st.targets.append(res.targets[0])  # e.g. the prefill pod of a P/D request
+        tracker = self.tracker
+        prompt_chars = len(request.prompt_text())
+        st.dispatch = tracker.dispatch(st.targets, tracker.estimate_tokens(prompt_chars, request.max_tokens),
+                                       tracker.estimate_tokens(prompt_chars, 0))
         mutation = self._dest_fragment(target)
         if result.headers:
             mutation += wire.header_mutation(result.headers.items())
@@ -318,9 +326,8 @@ class ExtProcHandler:
     def _complete(self, st: _Stream) -> None:
         if st.admitted and self.admission is not None:
             self.admission.release()
-        for ep in st.targets:
-            if ep.inflight > 0:
-                ep.inflight -= 1
+        if st.dispatch is not None:
+            self.tracker.complete(st.dispatch)
         if st.request is None or not st.targets:
             return
         response: dict[str, Any] = {"status": st.status}
@@ -377,4 +384,4 @@ class ExtProcHandler:
 
 
 def _load(ep: Endpoint) -> tuple[int, int]:
-    return (ep.metrics.waiting_queue_size + ep.inflight, ep.metrics.running_requests)
+    return (ep.metrics.waiting_queue_size + ep.inflight + ep.peer_inflight, ep.metrics.running_requests)

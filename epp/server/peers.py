@@ -17,13 +17,15 @@ import contextlib
 import errno
 import logging
 import socket
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import msgpack
 
 from epp.datastore.datastore import Datastore
+from epp.datastore.inflight import InflightTracker
 
 log = logging.getLogger(__name__)
 
@@ -107,37 +109,89 @@ class PeerBus:
 
 
 class InflightSharing:
-    """Publishes this worker's in-flight counts per endpoint every `interval` and keeps
-    `Endpoint.peer_inflight` = the sum of the other workers' counts."""
+    """Publishes this worker's in-flight requests and tokens per endpoint every `interval`
+    and keeps `Endpoint.peer_inflight` / `peer_inflight_tokens` = the sums over the other
+    workers. A worker heard from for the last time more than `peer_timeout` ago (it died and
+    was not restarted, or was restarted and lost its ledger) no longer counts: its
+    heartbeat is one message per `HEARTBEAT_INTERVALS` intervals even when nothing changes."""
 
-    def __init__(self, bus: PeerBus, datastore: Datastore, interval: float = 0.01) -> None:
+    HEARTBEAT_INTERVALS = 100
+
+    # The recent-prompt-tokens estimate decays continuously; it is sent rounded to this many
+    # tokens so a decaying value does not cause a message every interval.
+    RECENT_QUANTUM = 64
+
+    def __init__(self, bus: PeerBus, datastore: Datastore, interval: float = 0.01,
+                 peer_timeout: float = 3.0, clock: Callable[[], float] = time.monotonic,
+                 tracker: InflightTracker | None = None) -> None:
         self.bus = bus
         self.datastore = datastore
+        self.tracker = tracker
         self.interval = interval
-        self._remote: dict[int, dict[str, int]] = {}
-        self._last_sent: dict[str, int] = {}
+        self.peer_timeout = peer_timeout
+        self.clock = clock
+        # worker -> (endpoint key -> (requests, tokens, recent prompt tokens)), and when we
+        # last heard from it
+        self._remote: dict[int, dict[str, tuple[int, int, int]]] = {}
+        self._heard: dict[int, float] = {}
+        self._last_sent: dict[str, tuple[int, int, int]] = {}
         self._task: asyncio.Task[None] | None = None
         bus.subscribe("inflight", self._on_counts)
 
-    def _on_counts(self, worker: int, counts: dict[str, int]) -> None:
+    def _on_counts(self, worker: int, counts: dict[str, Any]) -> None:
+        parsed: dict[str, tuple[int, int, int]] = {}
+        for key, value in counts.items():
+            if isinstance(value, list | tuple) and len(value) >= 2:
+                recent = int(value[2]) if len(value) > 2 else 0
+                parsed[key] = (int(value[0]), int(value[1]), recent)
+            elif isinstance(value, int):  # a peer of the previous version: requests only
+                parsed[key] = (value, 0, 0)
         previous = self._remote.get(worker, {})
-        self._remote[worker] = counts
-        for key in previous.keys() | counts.keys():
+        self._remote[worker] = parsed
+        self._heard[worker] = self.clock()
+        self._refresh(previous.keys() | parsed.keys())
+
+    def _refresh(self, keys: Iterable[str]) -> None:
+        for key in keys:
             ep = self.datastore.get(key)
             if ep is not None:
-                ep.peer_inflight = sum(c.get(key, 0) for c in self._remote.values())
+                ep.peer_inflight = sum(c[key][0] for c in self._remote.values() if key in c)
+                ep.peer_inflight_tokens = sum(c[key][1] for c in self._remote.values() if key in c)
+                ep.peer_recent_prompt_tokens = float(sum(c[key][2] for c in self._remote.values() if key in c))
+
+    def expire_silent_peers(self) -> list[int]:
+        """Forget the counts of workers not heard from for `peer_timeout` seconds."""
+        cutoff = self.clock() - self.peer_timeout
+        gone = [w for w, at in self._heard.items() if at < cutoff]
+        for worker in gone:
+            del self._heard[worker]
+            counts = self._remote.pop(worker, {})
+            self._refresh(counts.keys())
+            log.warning("peer bus: no in-flight counts from worker %d for %.1fs; dropping its %d "
+                        "endpoint counts", worker, self.peer_timeout, len(counts))
+        return gone
+
+    def local_counts(self) -> dict[str, tuple[int, int, int]]:
+        tracker, quantum = self.tracker, self.RECENT_QUANTUM
+        out: dict[str, tuple[int, int, int]] = {}
+        for ep in self.datastore.endpoints():
+            recent = int(tracker.recent_prompt_tokens(ep)) // quantum * quantum if tracker is not None else 0
+            if ep.inflight or ep.inflight_tokens or recent:
+                out[ep.key] = (ep.inflight, ep.inflight_tokens, recent)
+        return out
 
     async def _run(self) -> None:
         heartbeat = 0
         while True:
             await asyncio.sleep(self.interval)
-            counts = {ep.key: ep.inflight for ep in self.datastore.endpoints() if ep.inflight}
+            counts = self.local_counts()
             heartbeat += 1
-            # Send on change, and every 100 intervals anyway so a restarted peer catches up.
-            if counts != self._last_sent or heartbeat >= 100:
+            # Send on change, and on every heartbeat so a restarted peer catches up.
+            if counts != self._last_sent or heartbeat >= self.HEARTBEAT_INTERVALS:
                 heartbeat = 0
                 self._last_sent = counts
-                self.bus.publish("inflight", counts)
+                self.bus.publish("inflight", {k: list(v) for k, v in counts.items()})
+                self.expire_silent_peers()
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="inflight-sharing")

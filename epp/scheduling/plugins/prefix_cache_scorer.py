@@ -10,6 +10,20 @@ the hashes of the prompts it was sent, in an LRU bounded by `lruCapacityPerServe
 
 Score = matched prefix blocks / prompt blocks.
 
+Letting go (SGLang's cache-aware router thresholds; off unless configured, so the GIE
+defaults behave as GIE):
+- `cacheThreshold` (0 = off, SGLang 0.3): a match ratio below it scores 0. A weak match
+  (a shared greeting, the first block of a template) saves little prefill, and following it
+  only concentrates unrelated traffic.
+- `balanceAbsThreshold` (0 = off, SGLang 64) and `balanceRelThreshold` (SGLang 1.5): an
+  endpoint whose load exceeds the least loaded endpoint's by more than the absolute threshold
+  AND is more than `balanceRelThreshold` times it loses its affinity (scores 0): the prefix
+  it holds is worth less than the queue in front of it, so the load scorers decide. Load is
+  max(requests this EPP has in flight there incl. the other workers', scraped running +
+  waiting): the first moves within a burst, the second sees other EPP replicas' traffic.
+  SGLang applies the thresholds globally (imbalanced pool -> pure least-load); per endpoint,
+  a busy pod lets go while the others keep their affinity.
+
 Design notes (why, not what):
 - The hash is zlib's CRC-32 and Adler-32 fed incrementally, so hash i+1 continues from hash
   i: chaining costs nothing extra, runs in C, and is stable across processes (unlike
@@ -94,6 +108,9 @@ class PrefixCacheScorer:
         max_prefix_blocks_to_match: int = 256
         lru_capacity_per_server: int = 31250
         auto_tune: bool = True
+        cache_threshold: float = 0.0
+        balance_abs_threshold: int = 0
+        balance_rel_threshold: float = 1.5
 
         def validate(self) -> None:
             for field_name in ("block_size", "max_prefix_blocks_to_match", "lru_capacity_per_server"):
@@ -103,6 +120,14 @@ class PrefixCacheScorer:
                         p if i == 0 else p.title() for i, p in enumerate(field_name.split("_"))
                     )
                     raise ValueError(f"parameter {camel!r} must be a positive integer, got {value}")
+            if not 0.0 <= self.cache_threshold <= 1.0:
+                raise ValueError(f"parameter 'cacheThreshold' must be within [0, 1], got {self.cache_threshold}")
+            if self.balance_abs_threshold < 0:
+                raise ValueError(
+                    f"parameter 'balanceAbsThreshold' must be >= 0 (0 = off), got {self.balance_abs_threshold}")
+            if self.balance_rel_threshold < 1.0:
+                raise ValueError(
+                    f"parameter 'balanceRelThreshold' must be >= 1, got {self.balance_rel_threshold}")
 
     def __init__(self, *, name: str = type_name, params: Params | None = None,
                  ctx: PluginContext | None = None) -> None:
@@ -144,7 +169,22 @@ class PrefixCacheScorer:
                 blocks = matched[key] = self.match_length(key, hashes)
                 cached_tokens[key] = blocks * tokens_per_block
             scores.append(blocks / total)
+        params = self.params
+        if params.cache_threshold > 0.0:
+            floor = params.cache_threshold
+            scores = [0.0 if s < floor else s for s in scores]
+        if params.balance_abs_threshold > 0 and max(scores) > 0.0:
+            scores = self._let_go_of_busy(scores, endpoints)
         return scores
+
+    def _let_go_of_busy(self, scores: list[float], endpoints: Sequence[Endpoint]) -> list[float]:
+        loads = [max(ep.inflight + ep.peer_inflight,
+                     ep.metrics.running_requests + ep.metrics.waiting_queue_size) for ep in endpoints]
+        least = min(loads)
+        gap = self.params.balance_abs_threshold
+        ratio = self.params.balance_rel_threshold
+        return [0.0 if s > 0.0 and load - least > gap and load > ratio * least else s
+                for s, load in zip(scores, loads, strict=True)]
 
     def cycle_state(
         self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]

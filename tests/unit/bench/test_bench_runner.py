@@ -64,7 +64,7 @@ def test_router_table_is_complete_and_keys_unique() -> None:
             if spec.key == "epp-default":
                 assert path is None  # the embedded default: no --config
             elif spec.key == "epp-gie":
-                assert path is None or path.name == "gie-default.yaml"
+                assert path is not None and path.name == "gie-default.yaml" and path.exists()
             else:
                 assert path is not None and path.exists()
         assert unavailable_reason(spec) is None or spec.kind in ("vllm-router", "epp")

@@ -1,4 +1,5 @@
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -71,15 +72,37 @@ def test_good_config_wires_profiles_plugins_and_defaults() -> None:
     assert [p.name for p in cfg.scheduler.pre_request_plugins] == ["prefix", "prefix-coarse"]
 
 
-def test_default_config_is_gie_default_and_loads_from_none() -> None:
+def test_default_config_loads_from_none_and_reads_the_inflight_ledger() -> None:
     cfg = load_scheduler_config(None, _ctx())
     assert cfg.source == "default-config.yaml"
     profile = cfg.profiles["default"]
     assert [(s.type_name, w) for s, w in profile.scorers] == [
-        ("queue-scorer", 2.0), ("kv-cache-utilization-scorer", 2.0), ("prefix-cache-scorer", 3.0)
+        ("active-request-scorer", 2.0), ("token-load-scorer", 1.0),
+        ("kv-cache-utilization-scorer", 1.0), ("prefix-cache-scorer", 3.0),
     ]
+    assert cfg.plugins["prefix-cache-scorer"].params.balance_abs_threshold > 0
     assert isinstance(profile.picker, MaxScorePicker)
     assert "EndpointPickerConfig" in default_config_text()
+
+
+def test_gie_default_is_embedded_and_named_by_bare_file_name(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.chdir(tmp_path)  # no gie-default.yaml here: the embedded one is read
+    cfg = load_scheduler_config("gie-default.yaml", _ctx())
+    profile = cfg.profiles["default"]
+    # GIE's Helm chart default-plugins.yaml: queue 2, KV-cache utilization 2, prefix 3.
+    assert [(s.type_name, w) for s, w in profile.scorers] == [
+        ("queue-scorer", 2.0), ("kv-cache-utilization-scorer", 2.0), ("prefix-cache-scorer", 3.0)
+    ]
+    prefix = cfg.plugins["prefix-cache-scorer"].params
+    assert (prefix.block_size, prefix.max_prefix_blocks_to_match, prefix.lru_capacity_per_server) == (64, 256, 31250)
+    assert prefix.balance_abs_threshold == 0 and prefix.cache_threshold == 0.0  # GIE has no let-go
+    assert isinstance(profile.picker, MaxScorePicker)
+
+
+def test_missing_config_names_the_embedded_ones(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"nope\.yaml: cannot read.*embedded configs: default-config\.yaml, "
+                                          r"gie-default\.yaml"):
+        load_scheduler_config(tmp_path / "nope.yaml", _ctx())
 
 
 def test_no_profiles_means_one_default_profile_with_everything_and_max_score_picker() -> None:
@@ -132,7 +155,8 @@ def test_missing_file_is_named() -> None:
             HEADER + "plugins:\n- type: prefix-cache-scorer\n  name: prefix\n"
             "  parameters: {blokSize: 64}\n",
             "sched.yaml: plugin 'prefix' (prefix-cache-scorer): unknown parameter 'blokSize' "
-            "(known: autoTune, blockSize, lruCapacityPerServer, maxPrefixBlocksToMatch)",
+            "(known: autoTune, balanceAbsThreshold, balanceRelThreshold, blockSize, cacheThreshold, "
+            "lruCapacityPerServer, maxPrefixBlocksToMatch)",
         ),
         (
             HEADER + "plugins:\n- type: fancy-scorer\n  name: f\n",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -12,6 +13,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf import struct_pb2
 
 from epp.datastore import Datastore, Endpoint, InferenceObjective
+from epp.datastore.inflight import InflightConfig, InflightTracker
 from epp.scheduling.types import CycleState, LLMRequest, ProfileRunResult, SchedulingResult
 from epp.server.errors import RequestError
 from epp.server.extproc import ExtProcHandler
@@ -240,3 +242,61 @@ async def test_usage_is_read_from_streamed_response() -> None:
     assert out[-1].WhichOneof("response") == "response_body"
     assert sched.completed[-1][1] == {"status": 200, "prompt_tokens": 5, "completion_tokens": 2,
                                       "cached_tokens": 3}
+
+
+async def test_inflight_charge_holds_until_the_stream_ends_and_counts_tokens() -> None:
+    ds, sched = _datastore(), LeastInflight()
+    tracker = InflightTracker(ds, InflightConfig(default_output_tokens=7))
+    handler = ExtProcHandler(ds, lambda: sched, tracker=tracker)
+    gate = asyncio.Event()
+
+    async def gen() -> AsyncIterator[pb.ProcessingRequest]:
+        yield _headers()
+        yield _body({"model": "m", "prompt": "x" * 400})  # 100 prompt tokens, no max_tokens
+        await gate.wait()  # the response is still streaming
+
+    task = asyncio.create_task(_drain(handler.process(gen(), None)))
+    await asyncio.sleep(0.01)
+    pod0 = ds.endpoints()[0]
+    assert (pod0.inflight, pod0.inflight_tokens) == (1, 107)
+    gate.set()
+    await task
+    assert (pod0.inflight, pod0.inflight_tokens) == (0, 0)
+
+
+async def test_dropped_stream_releases_the_charge() -> None:
+    ds, sched = _datastore(), LeastInflight()
+    handler = ExtProcHandler(ds, lambda: sched)
+
+    async def gen() -> AsyncIterator[pb.ProcessingRequest]:
+        yield _headers()
+        yield _body({"model": "m", "prompt": "hello", "max_tokens": 5})
+        raise ConnectionResetError("Envoy went away")  # what a reset gRPC stream looks like
+
+    with pytest.raises(ConnectionResetError):
+        await _drain(handler.process(gen(), None))
+    assert all(e.inflight == 0 and e.inflight_tokens == 0 for e in ds.endpoints())
+    assert handler.tracker.open_charges(ds.endpoints()[0]) == 0
+
+
+async def test_cancelled_stream_releases_the_charge() -> None:
+    ds, sched = _datastore(), LeastInflight()
+    handler = ExtProcHandler(ds, lambda: sched)
+
+    async def gen() -> AsyncIterator[pb.ProcessingRequest]:
+        yield _headers()
+        yield _body({"model": "m", "prompt": "hello"})
+        await asyncio.sleep(3600)
+
+    task = asyncio.create_task(_drain(handler.process(gen(), None)))
+    await asyncio.sleep(0.01)
+    assert ds.endpoints()[0].inflight == 1
+    task.cancel()  # grpc.aio cancels the handler when the client (Envoy) cancels
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert ds.endpoints()[0].inflight == 0
+
+
+async def _drain(responses: AsyncIterator[bytes]) -> None:
+    async for _ in responses:
+        pass

@@ -146,3 +146,72 @@ def test_non_positive_parameters_are_config_errors() -> None:
         parse_params(PrefixCacheScorer.Params, {"blockSize": 0}, where)
     with pytest.raises(ConfigError, match=r"parameter 'blockSize' must be an integer"):
         parse_params(PrefixCacheScorer.Params, {"blockSize": "64"}, where)
+
+
+# --- letting go (SGLang-style thresholds) ---------------------------------------------------
+
+PROMPT = "".join(chr(97 + i % 26) for i in range(BLOCK * 8))
+
+
+def test_affinity_yields_when_the_matching_pod_is_much_busier() -> None:
+    scorer = _scorer(balance_abs_threshold=4, balance_rel_threshold=1.5)
+    eps = pool(3)
+    _send(scorer, PROMPT, eps, 0)
+    eps[0].inflight = 6  # 6 - 1 > 4 and 6 > 1.5 x 1
+    eps[1].inflight = eps[2].inflight = 1
+    assert scorer.score(state(), request(PROMPT), eps) == [0.0, 0.0, 0.0]
+
+
+def test_affinity_holds_within_the_thresholds() -> None:
+    scorer = _scorer(balance_abs_threshold=4, balance_rel_threshold=1.5)
+    eps = pool(3)
+    _send(scorer, PROMPT, eps, 0)
+    eps[0].inflight = 5  # gap 4 is not more than 4
+    eps[1].inflight = eps[2].inflight = 1
+    assert scorer.score(state(), request(PROMPT), eps) == [1.0, 0.0, 0.0]
+    eps[0].inflight, eps[1].inflight, eps[2].inflight = 20, 14, 14  # gap 6 > 4 but 20 < 1.5 x 14
+    assert scorer.score(state(), request(PROMPT), eps) == [1.0, 0.0, 0.0]
+
+
+def test_scraped_load_counts_when_it_is_higher_than_ours() -> None:
+    # Other EPP replicas' traffic shows only in the scrape: running + waiting.
+    scorer = _scorer(balance_abs_threshold=4)
+    eps = pool(2)
+    _send(scorer, PROMPT, eps, 0)
+    eps[0].metrics.running_requests, eps[0].metrics.waiting_queue_size = 4, 3
+    assert scorer.score(state(), request(PROMPT), eps) == [0.0, 0.0]
+
+
+def test_only_the_busy_pod_lets_go() -> None:
+    scorer = _scorer(balance_abs_threshold=2)
+    eps = pool(3)
+    _send(scorer, PROMPT, eps, 0)
+    _send(scorer, PROMPT, eps, 1)
+    eps[0].inflight, eps[1].inflight = 9, 1
+    assert scorer.score(state(), request(PROMPT), eps) == [0.0, 1.0, 0.0]
+
+
+def test_weak_matches_below_the_cache_threshold_score_zero() -> None:
+    scorer = _scorer(cache_threshold=0.3)
+    eps = pool(2)
+    _send(scorer, PROMPT[: BLOCK * 2], eps, 0)  # 2 of 8 blocks match on pod 0: 0.25 < 0.3
+    _send(scorer, PROMPT[: BLOCK * 4], eps, 1)  # 4 of 8 on pod 1: 0.5
+    assert scorer.score(state(), request(PROMPT), eps) == [0.0, 0.5]
+
+
+def test_let_go_is_off_by_default_as_gie() -> None:
+    scorer = _scorer()
+    eps = pool(2)
+    _send(scorer, PROMPT, eps, 0)
+    eps[0].inflight = 1000
+    assert scorer.score(state(), request(PROMPT), eps) == [1.0, 0.0]
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"cacheThreshold": 1.5}, "'cacheThreshold' must be within"),
+    ({"balanceAbsThreshold": -1}, "'balanceAbsThreshold' must be >= 0"),
+    ({"balanceRelThreshold": 0.5}, "'balanceRelThreshold' must be >= 1"),
+])
+def test_let_go_parameters_are_validated(params: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_params(PrefixCacheScorer.Params, params, "t.yaml")

@@ -1,0 +1,251 @@
+"""In-flight load the EPP tracks itself: requests and tokens per endpoint, live.
+
+Scraped metrics are one scrape interval old (50 ms by default). A burst that arrives within
+one interval sees every pod as it was before the burst, so a picker that reads only scraped
+signals sends the whole burst to the pod that looked idlest (herding). The tracker is the
+EPP's own ledger of what it sent where, updated in the same event-loop turn as the decision:
+
+- `dispatch()` charges each target endpoint one request and the request's token estimate
+  (prompt tokens + expected decode tokens) as soon as the server commits to the decision;
+- `complete()` releases every charge of that request when its ext_proc stream ends (response
+  finished, client gone, Envoy reset: the stream's `finally` always runs). It is idempotent.
+
+Nothing may leak, so two more rules bound every charge:
+
+- Expiry: a charge older than `request_timeout_s` is released by the periodic `sweep()` even
+  if no completion ever came (llm-d's active-request scorer does the same with a 2 min TTL).
+- Reconciliation with the scrape: when a pod's metrics are refreshed, the pod reports how
+  many requests it holds (running + waiting). Every request we sent it more than
+  `reconcile_grace_s` before that scrape must be among them, unless it already finished. So
+  if our charges older than the grace outnumber the pod's own count, the surplus (oldest
+  first) is released: the pod has finished them, and only their completion is still on its
+  way (or was lost). Charges younger than the grace are kept: they may not have reached the
+  pod yet when it was scraped. The pod's count includes other clients' and other EPP
+  replicas' requests, which only makes the rule more conservative, never wrong.
+
+The read-out lives on the Endpoint (`inflight`, `inflight_tokens`) so scorers read two ints
+without a lookup; `peer_inflight` / `peer_inflight_tokens` hold what the other `--workers`
+processes have in flight (epp.server.peers.InflightSharing), so a scorer sums both.
+A restarted EPP starts from zero: the charges of its previous life are gone with it, and its
+peers drop the counts of a worker they have not heard from for a few seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from epp.datastore.datastore import Datastore
+from epp.datastore.endpoint import Endpoint
+
+log = logging.getLogger(__name__)
+
+SERVICE_KEY = "inflight.tracker"  # PluginContext.services key
+CHARACTERS_PER_TOKEN = 4  # prompt-size estimate without a tokenizer (same as prefix-cache-scorer)
+
+
+@dataclass(slots=True)
+class InflightConfig:
+    """How the tracker charges and when it lets go (`epp serve --inflight-*` flags)."""
+
+    request_timeout_s: float = 300.0  # a charge with no completion is released after this
+    default_output_tokens: int = 256  # expected decode tokens when the request has no max_tokens
+    reconcile_grace_s: float = 1.0  # charges younger than this are not reconciled with a scrape
+    sweep_interval_s: float = 0.25  # how often expiry and reconciliation run
+    prefill_window_s: float = 0.5  # time constant of the recent-prompt-tokens estimate
+
+    def validate(self) -> None:
+        if self.request_timeout_s <= 0:
+            raise ValueError(f"--inflight-timeout must be > 0 s, got {self.request_timeout_s}")
+        if self.default_output_tokens < 0:
+            raise ValueError(f"--default-output-tokens must be >= 0, got {self.default_output_tokens}")
+        if self.reconcile_grace_s < 0:
+            raise ValueError(f"in-flight reconcile grace must be >= 0 s, got {self.reconcile_grace_s}")
+        if self.sweep_interval_s <= 0:
+            raise ValueError(f"in-flight sweep interval must be > 0 s, got {self.sweep_interval_s}")
+        if self.prefill_window_s <= 0:
+            raise ValueError(f"--prefill-window must be > 0 s, got {self.prefill_window_s}")
+
+
+@dataclass(slots=True, eq=False)
+class Charge:
+    """One request's load on one endpoint (a P/D request charges its prefill and decode pods)."""
+
+    endpoint: Endpoint
+    tokens: int
+    at: float  # clock() at dispatch
+    released: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class Dispatch:
+    """The handle the server keeps for one request; `complete()` takes it back."""
+
+    charges: list[Charge] = field(default_factory=list)
+
+
+class InflightTracker:
+    """The one ledger of in-flight requests and tokens per endpoint (see module docstring)."""
+
+    def __init__(self, datastore: Datastore | None = None, config: InflightConfig | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config if config is not None else InflightConfig()
+        self.config.validate()
+        self.clock = clock
+        # Open charges per endpoint, oldest first (dicts keep insertion order, O(1) removal).
+        self._open: dict[Endpoint, dict[Charge, None]] = {}
+        # Every charge in dispatch order, for expiry (released ones are skipped lazily).
+        self._by_age: deque[Charge] = deque()
+        # updated_at of the scrape each endpoint was last reconciled with.
+        self._reconciled_at: dict[Endpoint, float] = {}
+        # Prompt tokens dispatched recently, decayed exponentially: endpoint -> (value, at).
+        self._recent: dict[Endpoint, tuple[float, float]] = {}
+        self._decay_rate = 1.0 / self.config.prefill_window_s
+        self.expired = 0  # charges released by the timeout
+        self.reconciled = 0  # charges released because the pod no longer held them
+        self._task: asyncio.Task[None] | None = None
+        if datastore is not None:
+            datastore.add_listener(self._on_endpoint_event)
+
+    # --- estimates ----------------------------------------------------------------------
+    def estimate_tokens(self, prompt_chars: int, max_tokens: int | None) -> int:
+        """Prompt tokens (characters / 4) plus expected decode tokens (max_tokens, or the
+        configured default when the client set none)."""
+        output = max_tokens if max_tokens is not None and max_tokens >= 0 else self.config.default_output_tokens
+        return prompt_chars // CHARACTERS_PER_TOKEN + output
+
+    # --- the ledger ---------------------------------------------------------------------
+    def dispatch(self, endpoints: Sequence[Endpoint], tokens: int, prompt_tokens: int = 0) -> Dispatch:
+        """Charge each endpoint one request and `tokens` tokens, now; `prompt_tokens` also
+        feed the endpoint's recent-prompt-tokens estimate (see `recent_prompt_tokens`)."""
+        now = self.clock()
+        handle = Dispatch()
+        for ep in endpoints:
+            if prompt_tokens > 0:
+                self._recent[ep] = (self._decayed(ep, now) + prompt_tokens, now)
+            charge = Charge(ep, tokens, now)
+            ep.inflight += 1
+            ep.inflight_tokens += tokens
+            bucket = self._open.get(ep)
+            if bucket is None:
+                bucket = self._open[ep] = {}
+            bucket[charge] = None
+            self._by_age.append(charge)
+            handle.charges.append(charge)
+        return handle
+
+    def complete(self, handle: Dispatch) -> None:
+        """Release every charge of the request that is still open (idempotent)."""
+        for charge in handle.charges:
+            self._release(charge)
+
+    def _release(self, charge: Charge) -> bool:
+        if charge.released:
+            return False
+        charge.released = True
+        ep = charge.endpoint
+        ep.inflight = max(0, ep.inflight - 1)
+        ep.inflight_tokens = max(0, ep.inflight_tokens - charge.tokens)
+        bucket = self._open.get(ep)
+        if bucket is not None:
+            bucket.pop(charge, None)
+        return True
+
+    def recent_prompt_tokens(self, endpoint: Endpoint, now: float | None = None) -> float:
+        """Prompt tokens sent to the endpoint lately, each decaying as exp(-age / window).
+
+        Time to first token is set by the prefills running on a pod, not by how many requests
+        decode there: a pod that took a long prompt 50 ms ago is still busy prefilling it, a
+        pod holding five decoding requests may be free to prefill at once. The EPP does not see
+        a request's first token (responses bypass it), so it estimates the prefill backlog by
+        letting each prompt's weight fade with a time constant of `prefill_window_s`. On equal
+        prompts this favours the pod that was sent one least recently, like round robin; on
+        mixed prompts it weighs them by size."""
+        return self._decayed(endpoint, self.clock() if now is None else now)
+
+    def _decayed(self, endpoint: Endpoint, now: float) -> float:
+        entry = self._recent.get(endpoint)
+        if entry is None:
+            return 0.0
+        value, at = entry
+        age = now - at
+        return value if age <= 0.0 else value * math.exp(-age * self._decay_rate)
+
+    def open_charges(self, endpoint: Endpoint) -> int:
+        bucket = self._open.get(endpoint)
+        return len(bucket) if bucket is not None else 0
+
+    # --- expiry and reconciliation ----------------------------------------------------------
+    def sweep(self, now: float | None = None) -> int:
+        """Expire old charges and reconcile with fresh scrapes; returns how many it released."""
+        now = self.clock() if now is None else now
+        released = 0
+        cutoff = now - self.config.request_timeout_s
+        by_age = self._by_age
+        while by_age and (by_age[0].released or by_age[0].at <= cutoff):
+            charge = by_age.popleft()
+            if self._release(charge):
+                released += 1
+                self.expired += 1
+        for ep, bucket in self._open.items():
+            if bucket:
+                released += self._reconcile(ep, bucket)
+        # Completed charges leave the age queue only when they reach its head; behind one
+        # long-running request they pile up, so compact when they dominate.
+        open_count = sum(len(b) for b in self._open.values())
+        if len(by_age) > 4 * open_count + 1024:
+            self._by_age = deque(c for c in by_age if not c.released)
+        return released
+
+    def _reconcile(self, ep: Endpoint, bucket: dict[Charge, None]) -> int:
+        scraped_at = ep.metrics.updated_at
+        if scraped_at <= 0.0 or self._reconciled_at.get(ep) == scraped_at:
+            return 0  # never scraped, or this scrape was already used
+        self._reconciled_at[ep] = scraped_at
+        held = ep.metrics.running_requests + ep.metrics.waiting_queue_size
+        before = scraped_at - self.config.reconcile_grace_s
+        old: list[Charge] = []
+        for charge in bucket:  # oldest first
+            if charge.at > before:
+                break
+            old.append(charge)
+        surplus = len(old) - held
+        if surplus <= 0:
+            return 0
+        for charge in old[:surplus]:
+            self._release(charge)
+        self.reconciled += surplus
+        return surplus
+
+    def _on_endpoint_event(self, event: str, endpoint: Endpoint) -> None:
+        if event == "removed":
+            for charge in list(self._open.pop(endpoint, {})):
+                charge.released = True
+            self._reconciled_at.pop(endpoint, None)
+            self._recent.pop(endpoint, None)
+
+    # --- background sweeping ------------------------------------------------------------
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="inflight-sweep")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.sweep_interval_s)
+            try:
+                self.sweep()
+            except Exception:  # a bookkeeping bug must not stop the sweeping for good
+                log.exception("in-flight sweep failed")

@@ -1,0 +1,58 @@
+"""prefill-load-scorer: prefer endpoints that were sent the fewest prompt tokens lately.
+
+Time to first token is decided by the prefills a pod is running when a request arrives, not
+by how many requests it is decoding: a pod that took a 2k-token prompt 50 ms ago is still
+prefilling it, while a pod holding five requests in decode can start a prefill at once.
+Request counts (active-request-scorer, Envoy's least_request) therefore send a new request
+to the pod whose old request just finished, even if it was handed a fresh prompt a moment
+ago; on homogeneous traffic that collides prefills and loses to plain round robin.
+
+The EPP does not see first tokens (responses do not pass through it), so the ledger
+(epp.datastore.inflight) keeps, per endpoint, the prompt tokens it dispatched there with
+each prompt's weight fading as exp(-age / window) (`epp serve --prefill-window`, 0.5 s),
+this worker's plus what the other workers last reported. Scores are min-max normalised like
+queue-scorer: the endpoint with the smallest recent prompt load scores 1, the largest 0. On
+equal prompts this picks the pod that was sent a request least recently (round robin's
+spacing); on mixed prompts it weighs them by size.
+
+Not a GIE or llm-d plugin: our own; see docs/scheduling.md for the measurements.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+from epp.datastore.endpoint import Endpoint
+from epp.datastore.inflight import SERVICE_KEY as TRACKER_KEY
+from epp.datastore.inflight import InflightTracker
+from epp.scheduling.plugins._normalize import lower_is_better
+from epp.scheduling.plugins._parameterless import NoParams, ParameterlessPlugin
+from epp.scheduling.registry import PluginContext, register_plugin
+from epp.scheduling.types import CycleState, LLMRequest
+
+
+@register_plugin
+class PrefillLoadScorer(ParameterlessPlugin):
+    type_name: ClassVar[str] = "prefill-load-scorer"
+    consumes: ClassVar[tuple[str, ...]] = ("inflight.recent_prompt_tokens",)
+
+    def __init__(self, *, name: str | None = None, params: NoParams | None = None,
+                 ctx: PluginContext | None = None) -> None:
+        super().__init__(name=name, params=params, ctx=ctx)
+        tracker = ctx.services.get(TRACKER_KEY) if ctx is not None else None
+        if not isinstance(tracker, InflightTracker):
+            # Built outside a server (config validation, tests): a private ledger that no one
+            # charges scores every endpoint equal.
+            tracker = InflightTracker()
+            if ctx is not None:
+                ctx.services[TRACKER_KEY] = tracker
+        self.tracker: InflightTracker = tracker
+
+    def score(
+        self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]
+    ) -> list[float]:
+        tracker = self.tracker
+        now = tracker.clock()
+        recent = tracker.recent_prompt_tokens
+        return lower_is_better([recent(ep, now) + ep.peer_recent_prompt_tokens for ep in endpoints])

@@ -1,0 +1,149 @@
+"""The in-flight ledger: dispatch, completion, expiry, reconciliation with scrapes."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from epp.datastore import Datastore, Endpoint, EndpointMetrics
+from epp.datastore.inflight import InflightConfig, InflightTracker
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _pool(n: int = 2) -> tuple[Datastore, list[Endpoint]]:
+    ds = Datastore()
+    eps = [ds.upsert_endpoint(Endpoint(name=f"p{i}", address="127.0.0.1", port=8000 + i)) for i in range(n)]
+    return ds, eps
+
+
+def _scrape(ep: Endpoint, at: float, running: int = 0, waiting: int = 0) -> None:
+    ep.metrics = EndpointMetrics(running_requests=running, waiting_queue_size=waiting, updated_at=at)
+
+
+def test_dispatch_charges_and_complete_releases_once() -> None:
+    ds, (a, b) = _pool()
+    tracker = InflightTracker(ds)
+    first = tracker.dispatch([a], 300)
+    second = tracker.dispatch([a, b], 50)  # e.g. P/D: decode and prefill pod
+    assert (a.inflight, a.inflight_tokens, b.inflight, b.inflight_tokens) == (2, 350, 1, 50)
+    tracker.complete(second)
+    tracker.complete(second)  # a second completion of the same request changes nothing
+    assert (a.inflight, a.inflight_tokens, b.inflight, b.inflight_tokens) == (1, 300, 0, 0)
+    tracker.complete(first)
+    assert (a.inflight, a.inflight_tokens) == (0, 0)
+    assert tracker.open_charges(a) == tracker.open_charges(b) == 0
+
+
+def test_token_estimate_is_prompt_plus_expected_output() -> None:
+    tracker = InflightTracker(config=InflightConfig(default_output_tokens=100))
+    assert tracker.estimate_tokens(4000, 20) == 1000 + 20  # max_tokens given
+    assert tracker.estimate_tokens(4000, None) == 1000 + 100  # the configured default
+
+
+def test_a_charge_without_completion_expires() -> None:
+    clock = Clock()
+    ds, (a, _) = _pool()
+    tracker = InflightTracker(ds, InflightConfig(request_timeout_s=30.0), clock=clock)
+    lost = tracker.dispatch([a], 10)
+    clock.now += 10
+    kept = tracker.dispatch([a], 10)
+    clock.now += 25  # lost is 35 s old, kept 25 s
+    assert tracker.sweep() == 1
+    assert (a.inflight, a.inflight_tokens, tracker.expired) == (1, 10, 1)
+    tracker.complete(lost)  # a late completion of an expired charge is a no-op
+    assert a.inflight == 1
+    tracker.complete(kept)
+    assert a.inflight == 0
+
+
+def test_scrape_releases_old_charges_the_pod_no_longer_holds() -> None:
+    clock = Clock()
+    ds, (a, _) = _pool()
+    tracker = InflightTracker(ds, InflightConfig(reconcile_grace_s=1.0), clock=clock)
+    old = [tracker.dispatch([a], 100) for _ in range(5)]  # completions lost (e.g. a dropped stream)
+    clock.now += 5
+    young = [tracker.dispatch([a], 100) for _ in range(2)]  # may not have reached the pod yet
+    _scrape(a, at=clock.now, running=2, waiting=1)  # the pod holds 3 requests
+    assert tracker.sweep() == 2  # 5 old charges, the pod holds at most 3 of them
+    assert a.inflight == 5 and a.inflight_tokens == 500
+    assert tracker.reconciled == 2
+    # The oldest went first; their late completions change nothing.
+    tracker.complete(old[0])
+    tracker.complete(old[1])
+    assert a.inflight == 5
+    # The same scrape is used once: no further release until a new one.
+    assert tracker.sweep() == 0
+    for handle in old[2:] + young:
+        tracker.complete(handle)
+    assert (a.inflight, a.inflight_tokens) == (0, 0)
+
+
+def test_young_charges_are_not_reconciled_away() -> None:
+    clock = Clock()
+    ds, (a, _) = _pool()
+    tracker = InflightTracker(ds, InflightConfig(reconcile_grace_s=1.0), clock=clock)
+    for _ in range(4):
+        tracker.dispatch([a], 1)
+    _scrape(a, at=clock.now + 0.2)  # the pod says 0, but our requests are 0.2 s old
+    assert tracker.sweep() == 0 and a.inflight == 4
+
+
+def test_scrape_that_covers_our_requests_releases_nothing() -> None:
+    clock = Clock()
+    ds, (a, _) = _pool()
+    tracker = InflightTracker(ds, InflightConfig(reconcile_grace_s=1.0), clock=clock)
+    for _ in range(3):
+        tracker.dispatch([a], 1)
+    clock.now += 2
+    _scrape(a, at=clock.now, running=7)  # other clients' requests too
+    assert tracker.sweep() == 0 and a.inflight == 3
+
+
+def test_removed_endpoint_drops_its_charges() -> None:
+    ds, (a, b) = _pool()
+    tracker = InflightTracker(ds)
+    handle = tracker.dispatch([a, b], 5)
+    ds.remove_endpoint(a.key)
+    assert tracker.open_charges(a) == 0
+    tracker.complete(handle)
+    assert b.inflight == 0
+
+
+def test_age_queue_is_compacted_behind_a_long_request() -> None:
+    ds, (a, _) = _pool()
+    tracker = InflightTracker(ds)
+    tracker.dispatch([a], 1)  # stays open: every later charge queues behind it
+    for _ in range(3000):
+        tracker.complete(tracker.dispatch([a], 1))
+    tracker.sweep()
+    assert len(tracker._by_age) == 1
+
+
+@pytest.mark.parametrize("config", [InflightConfig(request_timeout_s=0), InflightConfig(default_output_tokens=-1),
+                                    InflightConfig(sweep_interval_s=0)])
+def test_invalid_config_is_refused(config: InflightConfig) -> None:
+    with pytest.raises(ValueError, match="must be"):
+        InflightTracker(config=config)
+
+
+async def test_background_sweep_expires_without_being_called() -> None:
+    ds, (a, _) = _pool()
+    tracker = InflightTracker(ds, InflightConfig(request_timeout_s=0.05, sweep_interval_s=0.01))
+    tracker.dispatch([a], 1)
+    await tracker.start()
+    try:
+        for _ in range(100):
+            if a.inflight == 0:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await tracker.stop()
+    assert a.inflight == 0 and tracker.expired == 1
