@@ -56,7 +56,7 @@ def test_settings_and_raw_results_name_come_from_the_run() -> None:
     assert settings["runs per cell"].startswith("2 ")
     assert settings["arrivals per phase"].startswith("7 model seconds")
     assert settings["time budget"] == "no new run after 40 minutes"
-    assert settings["phase mixed@6"].startswith("envoy-rr, envoy-lr, vr-rr")
+    assert settings["phase mixed@6"] == "envoy-rr, envoy-lr, vr-rr, vr-cache, epp-default, epp-gie"
     info = RunInfo("c", "2026-12-01 04:05 UTC", MachineFacts("", 2, "", "", "", "", ""), False, 4, 0.5,
                    commit="abc1234")
     assert raw_results_name(info) == "bench-results/2026-12-01-0405-abc1234.json"
