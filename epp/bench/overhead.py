@@ -99,12 +99,15 @@ class PoolOverhead:
     epp_cn_rps: float
     epp_errors: int
     epp_cpu_us_per_request: float  # idle (scrape) CPU subtracted
-    epp_idle_cpu_percent: float  # scraping + housekeeping with no traffic, % of one core
+    epp_idle_cpu_percent: float  # scraping + housekeeping with no traffic, % of one core (default adaptive interval)
     # Per-run values behind the medians above (the report prints their min-max).
     added_c1_p50_runs_ms: list[float] = field(default_factory=list)
     decisions_runs: list[float] = field(default_factory=list)
     idle_cpu_runs: list[float] = field(default_factory=list)
     runs: int = 1
+    # The same with a fixed 50 ms scrape interval (what the EPP did before the adaptive one).
+    fixed_idle_cpu_percent: float = float("nan")
+    fixed_idle_cpu_runs: list[float] = field(default_factory=list)
 
     @property
     def added_c1_p50_ms(self) -> float:
@@ -300,6 +303,16 @@ class OverheadStack:
     direct_port: int
     epp_port: int
     epp: subprocess.Popen[bytes]
+    # The same EPP with the default (adaptive) scrape interval and no traffic: its CPU is the
+    # idle scrape cost a user gets (the measured `epp` scrapes at a fixed rate; see below).
+    idle_epp: subprocess.Popen[bytes]
+
+
+# The EPP on the request path scrapes at a fixed 50 ms, so that its idle CPU (subtracted from
+# the CPU under load to get the cost per decision) is also its scrape CPU under load; with the
+# adaptive interval idle pods are scraped far less often than busy ones and the subtraction
+# would charge scraping to the decisions.
+FIXED_SCRAPE_ARGS = ("--scrape-idle-interval", "0.05")
 
 
 @contextlib.contextmanager
@@ -308,8 +321,8 @@ def overhead_stack(pods: int, settings: OverheadSettings) -> Iterator[OverheadSt
     run_dir.mkdir(parents=True, exist_ok=True)
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        *up_ports, up_admin, direct_port, direct_admin, grpc, health, metrics, epp_port, epp_admin = (
-            free_ports(pods + 8))
+        (*up_ports, up_admin, direct_port, direct_admin, grpc, health, metrics, epp_port, epp_admin,
+         idle_grpc, idle_health, idle_metrics) = free_ports(pods + 11)
         upstream = _envoy(instant_upstream_config(up_ports, up_admin, DEFAULT_MODEL), "upstream", run_dir, up_admin)
         procs.append(upstream)
         wait_http(f"http://127.0.0.1:{up_admin}/ready", upstream, run_dir / "logs/upstream.log", 30)
@@ -321,25 +334,33 @@ def overhead_stack(pods: int, settings: OverheadSettings) -> Iterator[OverheadSt
         endpoints = {"pods": [{"name": f"pod-{i}", "ip": "127.0.0.1", "port": p, "labels": dict(POOL_LABELS)}
                               for i, p in enumerate(up_ports)]}
         (run_dir / "endpoints.yaml").write_text(yaml.safe_dump(endpoints, sort_keys=False))
-        pool = yaml.safe_load((REPO / "deploy/local/inferencepool.yaml").read_text())
-        pool["spec"]["endpointPickerRef"]["port"]["number"] = grpc
-        (run_dir / "pool.yaml").write_text(yaml.safe_dump(pool, sort_keys=False))
-        args = [sys.executable, "-m", "epp", "serve", "--grpc-port", str(grpc), "--health-port", str(health),
-                "--metrics-port", str(metrics), "--pool-file", str(run_dir / "pool.yaml"),
-                "--endpoints-file", str(run_dir / "endpoints.yaml"), "--log-level", "warning"]
-        if settings.epp_config is not None:
-            args += ["--config", str(settings.epp_config)]
-        args += list(settings.epp_args)
-        epp = _spawn(args, run_dir / "logs/epp.log")
+        def epp_args(name: str, grpc_port: int, health_port: int, metrics_port: int) -> list[str]:
+            pool = yaml.safe_load((REPO / "deploy/local/inferencepool.yaml").read_text())
+            pool["spec"]["endpointPickerRef"]["port"]["number"] = grpc_port
+            (run_dir / f"pool-{name}.yaml").write_text(yaml.safe_dump(pool, sort_keys=False))
+            args = [sys.executable, "-m", "epp", "serve", "--grpc-port", str(grpc_port),
+                    "--health-port", str(health_port), "--metrics-port", str(metrics_port),
+                    "--pool-file", str(run_dir / f"pool-{name}.yaml"),
+                    "--endpoints-file", str(run_dir / "endpoints.yaml"), "--log-level", "warning"]
+            if settings.epp_config is not None:
+                args += ["--config", str(settings.epp_config)]
+            return args
+
+        epp = _spawn([*epp_args("epp", grpc, health, metrics), *FIXED_SCRAPE_ARGS, *settings.epp_args],
+                     run_dir / "logs/epp.log")
         procs.append(epp)
+        idle_epp = _spawn([*epp_args("idle", idle_grpc, idle_health, idle_metrics), *settings.epp_args],
+                          run_dir / "logs/epp-idle.log")
+        procs.append(idle_epp)
 
         front = _envoy(envoy_config_yaml(EnvoyConfigParams(listen_port=epp_port, admin_port=epp_admin,
                                                            epp_port=grpc)), "front-epp", run_dir, epp_admin)
         procs.append(front)
         wait_http(f"http://127.0.0.1:{direct_admin}/ready", direct, run_dir / "logs/direct.log", 30)
         wait_http(f"http://127.0.0.1:{health}/readyz", epp, run_dir / "logs/epp.log", 60)
+        wait_http(f"http://127.0.0.1:{idle_health}/readyz", idle_epp, run_dir / "logs/epp-idle.log", 60)
         wait_http(f"http://127.0.0.1:{epp_admin}/ready", front, run_dir / "logs/front-epp.log", 30)
-        yield OverheadStack(direct_port, epp_port, epp)
+        yield OverheadStack(direct_port, epp_port, epp, idle_epp)
     finally:
         for proc in reversed(procs):
             stop_process(proc)
@@ -371,12 +392,13 @@ def _median_distribution(runs: Sequence[LoadRun]) -> Distribution:
     return median_distribution([r.distribution() for r in runs])
 
 
-def idle_cpu_percent(session: int, seconds: float) -> float:
-    """CPU of a process session over `seconds` with no traffic, in % of one core."""
-    cpu0 = session_cpu_seconds(session)
+def idle_cpu_percent(sessions: Sequence[int], seconds: float) -> list[float]:
+    """CPU of each process session over the same `seconds` with no traffic, in % of one core."""
+    cpu0 = [session_cpu_seconds(s) for s in sessions]
     started = time.monotonic()
     time.sleep(seconds)
-    return (session_cpu_seconds(session) - cpu0) / (time.monotonic() - started) * 100
+    wall = time.monotonic() - started
+    return [(session_cpu_seconds(s) - c) / wall * 100 for s, c in zip(sessions, cpu0, strict=True)]
 
 
 def measure_pool(pods: int, settings: OverheadSettings, bodies: Sequence[bytes],
@@ -388,6 +410,7 @@ def measure_pool(pods: int, settings: OverheadSettings, bodies: Sequence[bytes],
     direct_cn: list[LoadRun] = []
     epp_cn: list[LoadRun] = []
     idle: list[float] = []
+    fixed: list[float] = []
     cpu_per_request: list[float] = []
     long_runs: dict[int, tuple[list[LoadRun], list[LoadRun]]] = {c: ([], []) for c in settings.long_concurrency}
     long_cpu: dict[int, list[float]] = {c: [] for c in settings.long_concurrency}
@@ -399,8 +422,10 @@ def measure_pool(pods: int, settings: OverheadSettings, bodies: Sequence[bytes],
             direct_c1.append(load(stack.direct_port, bodies, 1, settings.sequential_requests, cap))
             epp_c1.append(load(stack.epp_port, bodies, 1, settings.sequential_requests, cap))
             direct_cn.append(load(stack.direct_port, bodies, settings.concurrency, settings.concurrent_requests, cap))
-            idle_rate = idle_cpu_percent(stack.epp.pid, settings.idle_seconds) / 100
-            idle.append(idle_rate * 100)
+            fixed_idle, adaptive_idle = idle_cpu_percent((stack.epp.pid, stack.idle_epp.pid), settings.idle_seconds)
+            idle_rate = fixed_idle / 100
+            idle.append(adaptive_idle)
+            fixed.append(fixed_idle)
             cpu1 = session_cpu_seconds(stack.epp.pid)
             run = load(stack.epp_port, bodies, settings.concurrency, settings.concurrent_requests, cap)
             busy = max(0.0, (session_cpu_seconds(stack.epp.pid) - cpu1) - idle_rate * run.wall_s)
@@ -418,7 +443,7 @@ def measure_pool(pods: int, settings: OverheadSettings, bodies: Sequence[bytes],
             progress(f"   overhead pods={pods} run {repeat + 1}/{settings.repeats}: added c=1 p50 "
                      f"{(epp_c1[-1].distribution().p50 - direct_c1[-1].distribution().p50) * 1e3:.3f} ms, "
                      f"{1e6 / cpu_per_request[-1] if cpu_per_request[-1] > 0 else float('nan'):.0f} decisions/s "
-                     f"per core, idle {idle[-1]:.1f}% of a core"
+                     f"per core, idle {idle[-1]:.1f}% of a core (fixed 50 ms: {fixed[-1]:.1f}%)"
                      + "".join(f", 220KB c={c} added p50 "
                                f"{(runs[1][-1].distribution().p50 - runs[0][-1].distribution().p50) * 1e3:.1f} ms"
                                for c, runs in long_runs.items() if runs[0]))
@@ -434,6 +459,7 @@ def measure_pool(pods: int, settings: OverheadSettings, bodies: Sequence[bytes],
         epp_cpu_us_per_request=_median(cpu_per_request),
         epp_idle_cpu_percent=_median(idle),
         added_c1_p50_runs_ms=added_c1, decisions_runs=decisions, idle_cpu_runs=idle, runs=settings.repeats,
+        fixed_idle_cpu_percent=_median(fixed), fixed_idle_cpu_runs=fixed,
     )
     longs = []
     for c, (direct_runs, epp_runs) in long_runs.items():
@@ -478,7 +504,8 @@ def run_overhead(settings: OverheadSettings, progress: Callable[[str], None] = p
             f"{pool.added_c1_p99_ms:.3f} ms); c={pool.concurrency} added p50 {pool.added_cn_p50_ms:.3f} ms, "
             f"{pool.epp_cn_rps:.0f} req/s vs direct {pool.direct_cn_rps:.0f}; EPP CPU "
             f"{pool.epp_cpu_us_per_request:.0f} us/request -> {pool.decisions_per_core_s:.0f} decisions/s "
-            f"per core (idle {pool.epp_idle_cpu_percent:.1f}% CPU); errors {pool.epp_errors}")
+            f"per core (idle {pool.epp_idle_cpu_percent:.1f}% CPU, fixed 50 ms {pool.fixed_idle_cpu_percent:.1f}%); "
+            f"errors {pool.epp_errors}")
         for lp in longs:
             say(f"long prompts ({lp.body_bytes / 1000:.0f} KB) pods={lp.pods} c={lp.concurrency}: direct p50 "
                 f"{lp.direct.p50 * 1e3:.1f} ms, with EPP {lp.epp.p50 * 1e3:.1f} ms (added p50 "

@@ -45,7 +45,7 @@ def outcome(rows: list[RouterPhaseResult], workload: str = "shared-prefix", rate
 def overhead() -> OverheadResult:
     d1, d2 = Distribution.of([0.0004, 0.0005]), Distribution.of([0.0012, 0.0014])
     pools = [PoolOverhead(p, d1, d2, d1, d2, 64, 5000.0, 2000.0, 0, 300.0, 2.0, [0.85, 0.8, 0.9],
-                          [3333.0, 3000.0, 3500.0], [2.0, 1.5, 2.5], 3) for p in (4, 64)]
+                          [3333.0, 3000.0, 3500.0], [2.0, 1.5, 2.5], 3, 12.0, [12.0]) for p in (4, 64)]
     longs = [LongPromptOverhead(4, c, 220_000, Distribution.of([0.010]), Distribution.of([0.030]), 0,
                                 [20.0, 19.0, 22.0]) for c in (20, 150)]
     return OverheadResult(pools, [DecisionLatency(4, 20.0, 40.0, 22.0)], 2000, "", longs, 3, 3.0)
@@ -153,7 +153,7 @@ def test_overhead_targets_are_judged() -> None:
     assert "0.850 ms (median of 3, runs 0.800-0.900), **met**" in text  # added p50 850 us < 1 ms
     assert "3,333 (median of 3, runs 3,000-3,500), **met**" in text
     assert "20.0 ms (median of 3, runs 19.0-22.0), **met**" in text  # long prompts at c=20
-    assert "2.0% (median of 3, runs 1.5-2.5%), **met**" in text  # idle scrape cost at 64 pods
+    assert "2.0% (median of 3, runs 1.5-2.5%; with a fixed 50 ms interval 12.0%), **met**" in text  # 64 idle pods
     assert "| 4 | 150 | 220 KB |" in text
 
 

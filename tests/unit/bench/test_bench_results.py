@@ -22,7 +22,7 @@ def test_results_round_trip_including_nan(tmp_path: Path) -> None:
     plan = PhasePlan("no-sharing", WorkloadParams(rate=6.0, count=2, duration_s=1.0, nonce="n"))
     outcome = PhaseOutcome(plan, "No sharing", 2, 1500.0, 0.0, [_row("envoy-rr", 0.1, False), _row("epp", 0.2, True)])
     d = Distribution.of([0.001])
-    overhead = OverheadResult([PoolOverhead(4, d, d, d, d, 64, 1.0, 2.0, 0, 300.0, 1.0)],
+    overhead = OverheadResult([PoolOverhead(4, d, d, d, d, 64, 1.0, 2.0, 0, 300.0, 1.0, fixed_idle_cpu_percent=9.0)],
                               [DecisionLatency(4, 1.0, 2.0, 1.5)], 2000)
     info = RunInfo("python -m epp bench", "today", MachineFacts("cpu", 2, "py", "envoy", "vr", "linux", "0"),
                    False, 4, 0.5, pod_profile="p", notes=["n"])
