@@ -468,7 +468,7 @@ def render_report(outcomes: Sequence[PhaseOutcome], overhead: OverheadResult | N
         "## Setup",
         "",
         f"- Backends: {info.pods} simulated vLLM pods (`python -m epp sim`, Llama-3.1-8B on H100 latency "
-        "model, prefix caching on, block size 16, KV events on a bound ZMQ socket per pod), started "
+        "model, prefix caching on, KV events on a bound ZMQ socket per pod), started "
         "**fresh for every router, phase and run**, so every router sees identical cold pods."
         + (f" Pod profile: {info.pod_profile}." if info.pod_profile else ""),
         f"- Time scale {info.time_scale:g}: the simulator sleeps {info.time_scale:g} x its model time. "
