@@ -170,3 +170,12 @@ def test_plots_are_written(tmp_path: Path) -> None:
     assert plot_overhead(overhead(), tmp_path) == "bench-overhead.png"
     for name in [*names, "bench-overhead.png"]:
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_targets_whose_cells_did_not_run_are_listed_as_not_measured() -> None:
+    ns = outcome([row("envoy-rr", 0.4), row("epp-default", 0.3, ours=True)], "no-sharing", 3.0)
+    checks = all_checks([ns], None)
+    unmeasured = [c for c in checks if math.isnan(c.value)]
+    assert len(unmeasured) == 7  # everything but the baseline target
+    assert all(c.verdict == "not measured" and c.measured == "its cells did not run" for c in unmeasured)
+    assert "1 of 8 checks met, 0 **MISSED**, 7 not measured" in targets_markdown([ns], None)
