@@ -75,10 +75,10 @@ async def test_burst_of_unrelated_requests_spreads_evenly() -> None:
 
 
 async def test_burst_of_one_shared_prefix_lets_go_of_the_busy_pod() -> None:
-    # Affinity keeps the prefix's pod until it is balanceAbsThreshold (4) requests ahead of the
+    # Affinity keeps the prefix's pod until it is balanceAbsThreshold (8) requests ahead of the
     # others (and 1.5x), then the load scorers spread the rest.
     shared = "system: you are a helpful assistant. " * 40
     prompts = [shared + f"question {i}" for i in range(BURST)]
     picked, _ = await _burst(None, prompts)
     assert len(picked) == PODS
-    assert max(picked.values()) - min(picked.values()) <= 6
+    assert max(picked.values()) - min(picked.values()) <= 9
