@@ -330,7 +330,8 @@ def rerender(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    info.notes = findings(outcomes)
+    # Keep the run's own notes (--note, time budget); refresh the findings about peers.
+    info.notes = [*info.notes, *(n for n in findings(outcomes) if n not in info.notes)]
     count = write_docs(args.out, outcomes, overhead, info)
     print(f"re-rendered {args.out / 'benchmarks.md'} and {count} plots from {args.from_results}")
     return 0
