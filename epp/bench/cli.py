@@ -1,6 +1,6 @@
 """`epp bench`: the routing benchmark (all routers, all workloads) and `epp bench overhead`.
 
-    python -m epp bench                 # full run, ~20 min, writes docs/benchmarks.md + docs/bench-*.png
+    python -m epp bench                 # full run, ~35 min, writes docs/benchmarks.md + docs/bench-*.png
     python -m epp bench --quick         # < 2 min smoke run, same structure, tiny phases
     python -m epp bench overhead        # only the EPP overhead section (updates docs/benchmarks.md)
 """
@@ -11,6 +11,7 @@ import argparse
 import datetime as dt
 import logging
 import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,18 +29,50 @@ if TYPE_CHECKING:  # the heavy modules load only when a bench command runs, not 
 
 log = logging.getLogger("epp.bench")
 
-# Full run: ~20 minutes of wall time on 2 cores. With the bench pods (see routers.py) round
-# robin saturates near 12 req/s on the shared-prefix workload, so the sweep ends there; the
-# other workloads run at one rate each (bursty: x4 in the middle third, overload).
+# Full run (`make bench`): 150 cells of ~10 s (fresh pods and router ~4 s, 5 s of arrivals,
+# drain) plus ~3 minutes of overhead: about 30 minutes on 2 otherwise idle cores. Every cell
+# (phase x router) runs FULL_REPEATS times on fresh pods; the report gives medians and
+# min-max. To fit the budget, each phase runs only the routers it needs (FULL_PHASE_ROUTERS):
+# the default config, GIE's default and the three baselines everywhere, the prefix-aware
+# peers where prefixes are shared, the other variants on one phase.
 FULL_TIME_SCALE = 0.5
-FULL_SWEEP_RATES = (3.0, 6.0, 9.0, 12.0)
-FULL_OTHER_RATES = {"no-sharing": 6.0, "bursty": 4.0, "lora-mix": 6.0}
-FULL_PHASE_SECONDS = 24.0  # model seconds of arrivals per phase
-FULL_MAX_REQUESTS = 400
+FULL_REPEATS = 3
+FULL_PHASE_SECONDS = 10.0  # model seconds of arrivals per phase
+FULL_MAX_REQUESTS = 200
+FULL_DRAIN_S = 15.0  # wall seconds a phase may run past its last arrival
+FULL_BUDGET_MIN = 45.0  # no new run starts after this many minutes (the overhead section still runs)
+FULL_RATES: dict[str, tuple[float, ...]] = {
+    "no-sharing": (3.0, 6.0, 9.0, 12.0),
+    "shared-prefix": (6.0, 12.0),
+    "mixed": (6.0,),
+    "heterogeneous": (6.0,),
+    "bursty": (4.0,),
+    "lora-mix": (6.0,),
+}
+# In this order within every round (issue 10's main complaint first); bursty, lora-mix: --workloads.
+FULL_WORKLOADS = ("no-sharing", "heterogeneous", "mixed", "shared-prefix")
+CORE_ROUTERS = ("envoy-rr", "envoy-lr", "vr-rr", "epp-default", "epp-gie")
+PREFIX_PEERS = ("vr-cache", "vr-kv")
+VARIANTS = ("vr-p2c", "epp-load", "epp-prefix", "epp-all", "epp-precise")
+VARIANT_PHASES = (("shared-prefix", 12.0),)
+FULL_PHASE_ROUTERS: dict[str, tuple[str, ...]] = {
+    "no-sharing": CORE_ROUTERS,
+    "shared-prefix": CORE_ROUTERS + PREFIX_PEERS,
+    "mixed": (*CORE_ROUTERS, "vr-cache"),
+    "heterogeneous": CORE_ROUTERS,
+}
 QUICK_TIME_SCALE = 0.5
 QUICK_RATE = 6.0
 QUICK_PHASE_SECONDS = 3.0
 QUICK_MAX_REQUESTS = 16
+
+
+def phase_routers(workload: str, rate: float) -> tuple[str, ...]:
+    """Routers of a full-run phase; () = all (workloads outside the default plan)."""
+    routers = FULL_PHASE_ROUTERS.get(workload, ())
+    if routers and (workload, rate) in VARIANT_PHASES:
+        routers = routers + VARIANTS
+    return routers
 
 
 def _csv(value: str) -> list[str]:
@@ -56,7 +89,17 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--workloads", type=_csv, default=None,
                    help=f"comma-separated subset of: {', '.join(GENERATORS)}")
     p.add_argument("--rates", type=float, nargs="+", default=None,
-                   help="shared-prefix sweep rates, model requests/s")
+                   help="rates (model requests/s) for every selected workload (default: FULL_RATES per workload)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help=f"runs per cell; the report gives medians and min-max ({FULL_REPEATS} full, 1 quick)")
+    p.add_argument("--phase-seconds", type=float, default=None,
+                   help=f"model seconds of arrivals per phase ({FULL_PHASE_SECONDS:g} full, "
+                        f"{QUICK_PHASE_SECONDS:g} quick)")
+    p.add_argument("--budget-min", type=float, default=None,
+                   help=f"start no new run after this many minutes ({FULL_BUDGET_MIN:g} full)")
+    p.add_argument("--all-routers", action="store_true",
+                   help="every selected router on every phase (default: the per-phase sets of the full plan)")
+    p.add_argument("--note", action="append", default=[], help="a line for the report's Machine section")
     p.add_argument("--pods", type=int, default=4, help="simulated pods per router row (4)")
     p.add_argument("--time-scale", type=float, default=None,
                    help=f"simulator time scale ({FULL_TIME_SCALE} full, {QUICK_TIME_SCALE} quick)")
@@ -102,33 +145,53 @@ def add_parser(sub: Any) -> None:
 def build_plan(args: argparse.Namespace) -> BenchPlan:
     quick = bool(args.quick)
     routers = [router_by_key(k) for k in args.routers] if args.routers else list(ROUTERS)
-    workloads = args.workloads or list(GENERATORS)
+    workloads = args.workloads or (["shared-prefix"] if quick else list(FULL_WORKLOADS))
     for name in workloads:
         if name not in GENERATORS:
             raise ValueError(f"unknown workload {name!r}; known: {', '.join(GENERATORS)}")
     time_scale = args.time_scale or (QUICK_TIME_SCALE if quick else FULL_TIME_SCALE)
+    repeats = args.repeats if args.repeats is not None else (1 if quick else FULL_REPEATS)
+    duration = args.phase_seconds or (QUICK_PHASE_SECONDS if quick else FULL_PHASE_SECONDS)
+    if repeats < 1 or duration <= 0:
+        raise ValueError("--repeats must be >= 1 and --phase-seconds > 0")
+    # Explicit --routers or --all-routers: every chosen router on every phase.
+    subsets = not (quick or args.routers or args.all_routers)
     phases: list[PhasePlan] = []
     for name in workloads:
-        if quick:
-            if name != "shared-prefix" and args.workloads is None:
-                continue  # quick mode: one phase per router unless asked for more
-            rates = [QUICK_RATE]
-        elif name == "shared-prefix":
-            rates = list(args.rates or FULL_SWEEP_RATES)
-        else:
-            rates = [FULL_OTHER_RATES[name]]
+        rates = args.rates or ([QUICK_RATE] if quick else list(FULL_RATES[name]))
         for rate in rates:
             count = QUICK_MAX_REQUESTS if quick else FULL_MAX_REQUESTS
-            duration = QUICK_PHASE_SECONDS if quick else FULL_PHASE_SECONDS
             params = WorkloadParams(rate=rate, count=count, duration_s=duration, seed=args.seed,
                                     nonce=f"{name}-{rate:g}-{args.seed}")
             params.validate()
-            phases.append(PhasePlan(name, params))
+            phases.append(PhasePlan(name, params, phase_routers(name, rate) if subsets else ()))
     if args.pods < 1 or args.gpu_blocks < 1 or args.slowdown <= 0 or time_scale <= 0:
         raise ValueError("--pods and --gpu-blocks must be >= 1, --slowdown and --time-scale > 0")
     row = RowSettings(pods=args.pods, time_scale=time_scale, run_dir=args.run_dir,
                       gpu_blocks=args.gpu_blocks, slowdown=args.slowdown)
-    return BenchPlan(phases, routers, row, drain_s=15.0 if quick else 40.0)
+    return BenchPlan(phases, routers, row, drain_s=15.0 if quick else FULL_DRAIN_S, repeats=repeats)
+
+
+def plan_settings(plan: BenchPlan, args: argparse.Namespace, budget_min: float | None) -> dict[str, str]:
+    """Every knob of the run, for the report (generated, never typed by hand)."""
+    from epp.bench.workloads import HETEROGENEOUS_SLOW_POD, HETEROGENEOUS_SLOWDOWN
+
+    first = plan.phases[0].params if plan.phases else None
+    out = {
+        "runs per cell": f"{plan.repeats} (run r uses seed {args.seed} + r)",
+        "cells run": f"{plan.cells()} ({len(plan.phases)} phases; routers per phase below)",
+        "arrivals per phase": (f"{first.duration_s:g} model seconds, at most {first.count} requests, "
+                               f"max_tokens {first.max_tokens}") if first else "-",
+        "time scale": f"{plan.row.time_scale:g} (wall = model x scale)",
+        "drain": f"{plan.drain_s:g} wall seconds after the last arrival",
+        "pods": f"{plan.row.pods} per cell, {plan.row.gpu_blocks} KV blocks of {plan.row.block_size} tokens, "
+                f"engine steps x{plan.row.slowdown:g} the H100 model",
+        "heterogeneous pool": f"pod {HETEROGENEOUS_SLOW_POD} runs x{HETEROGENEOUS_SLOWDOWN:g} slower than the others",
+        "time budget": (f"no new run after {budget_min:g} minutes" if budget_min else "none"),
+    }
+    for phase in plan.phases:
+        out[f"phase {phase.key}"] = ", ".join(r.key for r in plan.routers_of(phase))
+    return out
 
 
 def overhead_settings(args: argparse.Namespace, run_dir: Path) -> OverheadSettings:
@@ -148,6 +211,15 @@ def overhead_settings(args: argparse.Namespace, run_dir: Path) -> OverheadSettin
         settings.max_seconds_per_run = 5.0
         settings.warmup_requests = 100
         settings.decisions = 200
+        settings.repeats = 1
+        settings.idle_seconds = 1.0
+        settings.long_requests = 60
+    else:
+        # Sized for the `make bench` budget: 3 runs of every arm take about a minute per pool.
+        settings.sequential_requests = 1000
+        settings.concurrent_requests = 3000
+        settings.max_seconds_per_run = 8.0
+        settings.long_requests = 300
     return settings
 
 
@@ -161,7 +233,29 @@ def _info(args: argparse.Namespace, time_scale: float, pods: int) -> RunInfo:
         command=shlex.join(["python", "-m", "epp", *sys.argv[1:]]) if sys.argv[1:2] == ["bench"]
         else "python -m epp bench",
         date=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        machine=machine_facts(), quick=bool(getattr(args, "quick", False)), pods=pods, time_scale=time_scale)
+        machine=machine_facts(), quick=bool(getattr(args, "quick", False)), pods=pods, time_scale=time_scale,
+        notes=list(getattr(args, "note", [])), commit=git_commit())
+
+
+def git_commit() -> str:
+    """Short commit of the repository, '+dirty' when tracked files changed; '' outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return head + ("+dirty" if dirty else "")
+
+
+RESULTS_DIR = "bench-results"
+
+
+def raw_results_name(info: RunInfo) -> str:
+    """docs/bench-results/<date>-<commit>.json: the raw JSON next to the report."""
+    stamp = info.date.replace(" UTC", "").replace(" ", "-").replace(":", "")
+    return f"{RESULTS_DIR}/{stamp}-{info.commit or 'nocommit'}.json"
 
 
 def findings(outcomes: list[PhaseOutcome]) -> list[str]:
@@ -239,7 +333,8 @@ def rerender(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    info.notes = findings(outcomes)
+    # Keep the run's own notes (--note, time budget); refresh the findings about peers.
+    info.notes = [*info.notes, *(n for n in findings(outcomes) if n not in info.notes)]
     count = write_docs(args.out, outcomes, overhead, info)
     print(f"re-rendered {args.out / 'benchmarks.md'} and {count} plots from {args.from_results}")
     return 0
@@ -259,25 +354,48 @@ def run_bench(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     started = time.monotonic()
+    budget_min = args.budget_min if args.budget_min is not None else (None if args.quick else FULL_BUDGET_MIN)
     info = _info(args, plan.row.time_scale, plan.row.pods)
+    info.settings = plan_settings(plan, args, budget_min)
     info.pod_profile = (f"a mid-range GPU instead of the simulator's H100 default: engine steps x{plan.row.slowdown:g} "
                         f"slower, {plan.row.gpu_blocks} KV blocks of {plan.row.block_size} tokens per pod, so the "
                         "shared-prefix working set fits the pool's aggregate cache but not every pod's")
+    if not args.quick:
+        info.raw_results = raw_results_name(info)
     for line in info.machine.lines():
         print(line)
-    print(f"{len(plan.phases)} phases x {len(plan.routers)} routers, {plan.row.pods} pods, "
+    print(f"{len(plan.phases)} phases, {plan.cells()} cells (phase x router x run), {plan.row.pods} pods, "
           f"time scale {plan.row.time_scale:g}")
-    outcomes = run_benchmark(plan, progress=lambda s: print(s, flush=True))
+    raw = plan.row.run_dir / "results.json"
+
+    def checkpoint(done: list[PhaseOutcome]) -> None:
+        # After every phase: a run cut short (budget, Ctrl-C, deadline) keeps what it measured.
+        info.wall_s = time.monotonic() - started
+        save_results(raw, done, None, info)
+
+    deadline = started + budget_min * 60 if budget_min else None
+    outcomes = run_benchmark(plan, progress=lambda s: print(s, flush=True), on_phase=checkpoint, deadline=deadline)
+    ran = {o.plan.key for o in outcomes}
+    missing = [p.key for p in plan.phases if p.key not in ran]
+    if missing:
+        info.notes.append(f"The time budget ran out: phases not run: {', '.join(missing)}.")
+    short = [f"{o.plan.key} ({max(r.runs for r in o.rows)} runs)" for o in outcomes
+             if o.rows and max(r.runs for r in o.rows) < plan.repeats]
+    if short:
+        info.notes.append(f"Phases with fewer runs than planned (time budget): {', '.join(short)}.")
     info.notes.extend(findings(outcomes))
     overhead = None
     if not args.no_overhead:
         overhead = run_overhead(overhead_settings(args, plan.row.run_dir), progress=lambda s: print(s, flush=True))
         overhead.measured = f"{info.date} with `{info.command}`"
     info.wall_s = time.monotonic() - started
-    raw = plan.row.run_dir / "results.json"
     save_results(raw, outcomes, overhead, info)
+    if info.raw_results:
+        (args.out / info.raw_results).parent.mkdir(parents=True, exist_ok=True)
+        save_results(args.out / info.raw_results, outcomes, overhead, info)
     count = write_docs(args.out, outcomes, overhead, info)
-    print(f"wrote {args.out / 'benchmarks.md'}, {count} plots, raw results {raw} ({info.wall_s:.0f}s)")
+    print(f"wrote {args.out / 'benchmarks.md'}, {count} plots, raw results {raw}"
+          + (f" and {args.out / info.raw_results}" if info.raw_results else "") + f" ({info.wall_s:.0f}s)")
     return 0
 
 

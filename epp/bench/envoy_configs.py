@@ -2,7 +2,9 @@
 
 - `lb_envoy_config`: a listener that routes every request to a STATIC cluster of the pods
   with one of Envoy's load-balancing policies (ROUND_ROBIN, LEAST_REQUEST, ...), no EPP: the
-  baseline the EPP has to beat.
+  baseline the EPP has to beat. Its HTTP filter chain is the EPP front Envoy's chain
+  (header mutation, buffer, router) minus ext_proc, taken from the same renderer, so a
+  comparison of the two measures the EPP and nothing else.
 - `instant_upstream_config`: one Envoy answering on many loopback ports with direct_response
   (a canned chat completion, plus a vLLM-shaped /metrics and /v1/models so the EPP's scraper
   sees healthy idle pods). It is the cheapest upstream there is, so what the overhead
@@ -17,14 +19,26 @@ from typing import Any
 
 import yaml
 
+from epp.localstack.envoy_config import EnvoyConfigParams, render_envoy_config
+
 ENVOY_LB_POLICIES = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH")
 
 _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 _ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 
 
-def _listener(name: str, port: int, routes: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
+def epp_chain_without_ext_proc() -> tuple[list[dict[str, Any]], int]:
+    """(HTTP filters, per-connection buffer limit) of the EPP's front Envoy, minus ext_proc."""
+    rendered = render_envoy_config(EnvoyConfigParams())
+    listener = rendered["static_resources"]["listeners"][0]
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    filters = [f for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.ext_proc"]
+    return filters, int(listener.get("per_connection_buffer_limit_bytes", 0))
+
+
+def _listener(name: str, port: int, routes: list[dict[str, Any]],
+              filters: list[dict[str, Any]] | None = None, buffer_limit: int = 0) -> dict[str, Any]:
+    listener: dict[str, Any] = {
         "name": name,
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
         "filter_chains": [{"filters": [{
@@ -35,12 +49,15 @@ def _listener(name: str, port: int, routes: list[dict[str, Any]]) -> dict[str, A
                 "codec_type": "AUTO",
                 "route_config": {"name": name, "virtual_hosts": [
                     {"name": name, "domains": ["*"], "routes": routes}]},
-                "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}}],
+                "http_filters": filters or [{"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}}],
                 "stream_idle_timeout": "600s",
                 "request_timeout": "0s",
             },
         }]}],
     }
+    if buffer_limit:
+        listener["per_connection_buffer_limit_bytes"] = buffer_limit
+    return listener
 
 
 def _admin(port: int) -> dict[str, Any]:
@@ -48,7 +65,8 @@ def _admin(port: int) -> dict[str, Any]:
 
 
 def lb_envoy_config(listen_port: int, admin_port: int, pods: Sequence[tuple[str, int]],
-                    lb_policy: str = "ROUND_ROBIN") -> dict[str, Any]:
+                    lb_policy: str = "ROUND_ROBIN", epp_chain: bool = True) -> dict[str, Any]:
+    """`epp_chain`: the EPP front Envoy's filters minus ext_proc (False: the router alone)."""
     if lb_policy not in ENVOY_LB_POLICIES:
         raise ValueError(f"unknown Envoy lb_policy {lb_policy!r}; known: {', '.join(ENVOY_LB_POLICIES)}")
     if not pods:
@@ -70,7 +88,8 @@ def lb_envoy_config(listen_port: int, admin_port: int, pods: Sequence[tuple[str,
         route["route"]["hash_policy"] = [{"header": {"header_name": "x-session-id"}}]
     return {
         "admin": _admin(admin_port),
-        "static_resources": {"listeners": [_listener("lb", listen_port, [route])], "clusters": [cluster]},
+        "static_resources": {"listeners": [_listener("lb", listen_port, [route], *(
+            epp_chain_without_ext_proc() if epp_chain else (None, 0)))], "clusters": [cluster]},
     }
 
 

@@ -1,11 +1,16 @@
 """What the EPP costs: `python -m epp bench overhead`.
 
 Upstreams are instant (one Envoy answering direct_response on N loopback ports), so every
-microsecond measured is router path. Two front Envoys (`--concurrency 1`) are compared on the
-same upstreams and the same 2 KB chat bodies:
+microsecond measured is router path. Two front Envoys (`--concurrency 1`) with the SAME HTTP
+filter chain (header mutation, buffer; see envoy_configs.epp_chain_without_ext_proc) are
+compared on the same upstreams and the same chat bodies:
 
   direct:     client -> Envoy (ROUND_ROBIN cluster) -> instant upstream
   with EPP:   client -> Envoy -> ext_proc -> EPP (`epp serve`) -> Envoy ORIGINAL_DST -> upstream
+
+Every measurement is repeated `repeats` times on the same processes (direct and EPP arms
+alternate within a run); the report gives the median and the min-max of the runs. Long
+prompts (~220 KB bodies) are measured at the `long_concurrency` levels on the first pool.
 
 Reported: latency p50/p99 at concurrency 1 and 64 and the difference (added latency), the
 EPP's CPU per request (utime+stime of the EPP's whole process session from /proc, minus its
@@ -53,6 +58,19 @@ class OverheadSettings:
     epp_config: Path | None = None  # None: the embedded default config
     epp_args: Sequence[str] = ()
     run_dir: Path = Path(".run/bench/overhead")
+    repeats: int = 3
+    idle_seconds: float = 3.0  # EPP CPU with no traffic (metric scraping) is measured this long
+    long_prompt_bytes: int = 220_000
+    long_concurrency: Sequence[int] = (20, 150)
+    long_requests: int = 600  # per arm and concurrency level (bounded by max_seconds_per_run too)
+
+    def validate(self) -> None:
+        if self.repeats < 1 or self.sequential_requests < 1 or self.concurrent_requests < 1:
+            raise ValueError("repeats, sequential_requests and concurrent_requests must be >= 1")
+        if self.idle_seconds <= 0 or self.max_seconds_per_run <= 0:
+            raise ValueError("idle_seconds and max_seconds_per_run must be > 0")
+        if any(c < 1 for c in self.long_concurrency) or self.long_requests < 1:
+            raise ValueError("long_concurrency levels and long_requests must be >= 1")
 
 
 @dataclass(slots=True)
@@ -81,7 +99,15 @@ class PoolOverhead:
     epp_cn_rps: float
     epp_errors: int
     epp_cpu_us_per_request: float  # idle (scrape) CPU subtracted
-    epp_idle_cpu_percent: float  # scraping + housekeeping with no traffic
+    epp_idle_cpu_percent: float  # scraping + housekeeping with no traffic, % of one core (default adaptive interval)
+    # Per-run values behind the medians above (the report prints their min-max).
+    added_c1_p50_runs_ms: list[float] = field(default_factory=list)
+    decisions_runs: list[float] = field(default_factory=list)
+    idle_cpu_runs: list[float] = field(default_factory=list)
+    runs: int = 1
+    # The same with a fixed 50 ms scrape interval (what the EPP did before the adaptive one).
+    fixed_idle_cpu_percent: float = float("nan")
+    fixed_idle_cpu_runs: list[float] = field(default_factory=list)
 
     @property
     def added_c1_p50_ms(self) -> float:
@@ -106,6 +132,31 @@ class PoolOverhead:
 
 
 @dataclass(slots=True)
+class LongPromptOverhead:
+    """Envoy + EPP vs Envoy alone (same filter chain) on ~220 KB chat bodies."""
+
+    pods: int
+    concurrency: int
+    body_bytes: int
+    direct: Distribution
+    epp: Distribution
+    errors: int
+    added_p50_runs_ms: list[float] = field(default_factory=list)
+    direct_rps: float = float("nan")
+    epp_rps: float = float("nan")
+    # EPP CPU per long request (idle CPU subtracted): body parse + prefix hashing + gRPC.
+    epp_cpu_us_per_request: float = float("nan")
+
+    @property
+    def added_p50_ms(self) -> float:
+        return (self.epp.p50 - self.direct.p50) * 1e3
+
+    @property
+    def added_p99_ms(self) -> float:
+        return (self.epp.p99 - self.direct.p99) * 1e3
+
+
+@dataclass(slots=True)
 class DecisionLatency:
     pods: int
     p50_us: float
@@ -119,16 +170,21 @@ class OverheadResult:
     decisions: list[DecisionLatency] = field(default_factory=list)
     body_bytes: int = 0
     measured: str = ""  # "<date> with `<command>`", set by the command that ran it
+    long_prompts: list[LongPromptOverhead] = field(default_factory=list)
+    repeats: int = 1
+    idle_seconds: float = 0.0  # 0: not recorded (older results)
 
 
 # --- the client ---------------------------------------------------------------------------------
 
 def chat_bodies(count: int = 64, chars: int = 1900) -> list[bytes]:
-    """~2 KB chat bodies; 8 shared system prompts so prefix scorers have real work."""
+    """~`chars`-byte chat bodies (2 KB by default); 8 shared system prompts so prefix scorers
+    have real work (the shared part is about the first 1 KB of every prompt)."""
     out = []
+    words_needed = max(400, chars // 4)
     for i in range(count):
         system = f"system {i % 8}: " + " ".join(VOCABULARY[(i % 8) * 97 + k] for k in range(150))
-        user = " ".join(VOCABULARY[(i * 31 + k) % len(VOCABULARY)] for k in range(400))
+        user = " ".join(VOCABULARY[(i * 31 + k) % len(VOCABULARY)] for k in range(words_needed))
         content = (system + " " + user)[:chars]
         out.append(json.dumps({"model": DEFAULT_MODEL, "max_tokens": 1,
                                "messages": [{"role": "user", "content": content}]}).encode())
@@ -247,6 +303,16 @@ class OverheadStack:
     direct_port: int
     epp_port: int
     epp: subprocess.Popen[bytes]
+    # The same EPP with the default (adaptive) scrape interval and no traffic: its CPU is the
+    # idle scrape cost a user gets (the measured `epp` scrapes at a fixed rate; see below).
+    idle_epp: subprocess.Popen[bytes]
+
+
+# The EPP on the request path scrapes at a fixed 50 ms, so that its idle CPU (subtracted from
+# the CPU under load to get the cost per decision) is also its scrape CPU under load; with the
+# adaptive interval idle pods are scraped far less often than busy ones and the subtraction
+# would charge scraping to the decisions.
+FIXED_SCRAPE_ARGS = ("--scrape-idle-interval", "0.05")
 
 
 @contextlib.contextmanager
@@ -255,8 +321,8 @@ def overhead_stack(pods: int, settings: OverheadSettings) -> Iterator[OverheadSt
     run_dir.mkdir(parents=True, exist_ok=True)
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        *up_ports, up_admin, direct_port, direct_admin, grpc, health, metrics, epp_port, epp_admin = (
-            free_ports(pods + 8))
+        (*up_ports, up_admin, direct_port, direct_admin, grpc, health, metrics, epp_port, epp_admin,
+         idle_grpc, idle_health, idle_metrics) = free_ports(pods + 11)
         upstream = _envoy(instant_upstream_config(up_ports, up_admin, DEFAULT_MODEL), "upstream", run_dir, up_admin)
         procs.append(upstream)
         wait_http(f"http://127.0.0.1:{up_admin}/ready", upstream, run_dir / "logs/upstream.log", 30)
@@ -268,25 +334,33 @@ def overhead_stack(pods: int, settings: OverheadSettings) -> Iterator[OverheadSt
         endpoints = {"pods": [{"name": f"pod-{i}", "ip": "127.0.0.1", "port": p, "labels": dict(POOL_LABELS)}
                               for i, p in enumerate(up_ports)]}
         (run_dir / "endpoints.yaml").write_text(yaml.safe_dump(endpoints, sort_keys=False))
-        pool = yaml.safe_load((REPO / "deploy/local/inferencepool.yaml").read_text())
-        pool["spec"]["endpointPickerRef"]["port"]["number"] = grpc
-        (run_dir / "pool.yaml").write_text(yaml.safe_dump(pool, sort_keys=False))
-        args = [sys.executable, "-m", "epp", "serve", "--grpc-port", str(grpc), "--health-port", str(health),
-                "--metrics-port", str(metrics), "--pool-file", str(run_dir / "pool.yaml"),
-                "--endpoints-file", str(run_dir / "endpoints.yaml"), "--log-level", "warning"]
-        if settings.epp_config is not None:
-            args += ["--config", str(settings.epp_config)]
-        args += list(settings.epp_args)
-        epp = _spawn(args, run_dir / "logs/epp.log")
+        def epp_args(name: str, grpc_port: int, health_port: int, metrics_port: int) -> list[str]:
+            pool = yaml.safe_load((REPO / "deploy/local/inferencepool.yaml").read_text())
+            pool["spec"]["endpointPickerRef"]["port"]["number"] = grpc_port
+            (run_dir / f"pool-{name}.yaml").write_text(yaml.safe_dump(pool, sort_keys=False))
+            args = [sys.executable, "-m", "epp", "serve", "--grpc-port", str(grpc_port),
+                    "--health-port", str(health_port), "--metrics-port", str(metrics_port),
+                    "--pool-file", str(run_dir / f"pool-{name}.yaml"),
+                    "--endpoints-file", str(run_dir / "endpoints.yaml"), "--log-level", "warning"]
+            if settings.epp_config is not None:
+                args += ["--config", str(settings.epp_config)]
+            return args
+
+        epp = _spawn([*epp_args("epp", grpc, health, metrics), *FIXED_SCRAPE_ARGS, *settings.epp_args],
+                     run_dir / "logs/epp.log")
         procs.append(epp)
+        idle_epp = _spawn([*epp_args("idle", idle_grpc, idle_health, idle_metrics), *settings.epp_args],
+                          run_dir / "logs/epp-idle.log")
+        procs.append(idle_epp)
 
         front = _envoy(envoy_config_yaml(EnvoyConfigParams(listen_port=epp_port, admin_port=epp_admin,
                                                            epp_port=grpc)), "front-epp", run_dir, epp_admin)
         procs.append(front)
         wait_http(f"http://127.0.0.1:{direct_admin}/ready", direct, run_dir / "logs/direct.log", 30)
         wait_http(f"http://127.0.0.1:{health}/readyz", epp, run_dir / "logs/epp.log", 60)
+        wait_http(f"http://127.0.0.1:{idle_health}/readyz", idle_epp, run_dir / "logs/epp-idle.log", 60)
         wait_http(f"http://127.0.0.1:{epp_admin}/ready", front, run_dir / "logs/front-epp.log", 30)
-        yield OverheadStack(direct_port, epp_port, epp)
+        yield OverheadStack(direct_port, epp_port, epp, idle_epp)
     finally:
         for proc in reversed(procs):
             stop_process(proc)
@@ -304,34 +378,102 @@ def _wait_serving(port: int, bodies: Sequence[bytes], timeout: float = 30.0) -> 
         time.sleep(0.2)
 
 
-def measure_pool(pods: int, settings: OverheadSettings, bodies: Sequence[bytes]) -> PoolOverhead:
+def _median(values: Sequence[float]) -> float:
+    finite = sorted(v for v in values if v == v)
+    if not finite:
+        return float("nan")
+    mid = len(finite) // 2
+    return finite[mid] if len(finite) % 2 else (finite[mid - 1] + finite[mid]) / 2
+
+
+def _median_distribution(runs: Sequence[LoadRun]) -> Distribution:
+    from epp.bench.aggregate import median_distribution
+
+    return median_distribution([r.distribution() for r in runs])
+
+
+def idle_cpu_percent(sessions: Sequence[int], seconds: float) -> list[float]:
+    """CPU of each process session over the same `seconds` with no traffic, in % of one core."""
+    cpu0 = [session_cpu_seconds(s) for s in sessions]
+    started = time.monotonic()
+    time.sleep(seconds)
+    wall = time.monotonic() - started
+    return [(session_cpu_seconds(s) - c) / wall * 100 for s, c in zip(sessions, cpu0, strict=True)]
+
+
+def measure_pool(pods: int, settings: OverheadSettings, bodies: Sequence[bytes],
+                 long_bodies: Sequence[bytes] = (), progress: Callable[[str], None] = print,
+                 ) -> tuple[PoolOverhead, list[LongPromptOverhead]]:
+    cap = settings.max_seconds_per_run
+    direct_c1: list[LoadRun] = []
+    epp_c1: list[LoadRun] = []
+    direct_cn: list[LoadRun] = []
+    epp_cn: list[LoadRun] = []
+    idle: list[float] = []
+    fixed: list[float] = []
+    cpu_per_request: list[float] = []
+    long_runs: dict[int, tuple[list[LoadRun], list[LoadRun]]] = {c: ([], []) for c in settings.long_concurrency}
+    long_cpu: dict[int, list[float]] = {c: [] for c in settings.long_concurrency}
     with overhead_stack(pods, settings) as stack:
         _wait_serving(stack.epp_port, bodies)
         for port in (stack.direct_port, stack.epp_port):
-            load(port, bodies, 8, settings.warmup_requests, settings.max_seconds_per_run)
-        cap = settings.max_seconds_per_run
-        direct_c1 = load(stack.direct_port, bodies, 1, settings.sequential_requests, cap)
-        epp_c1 = load(stack.epp_port, bodies, 1, settings.sequential_requests, cap)
-        direct_cn = load(stack.direct_port, bodies, settings.concurrency, settings.concurrent_requests, cap)
-        idle_window = 1.0
-        cpu0 = session_cpu_seconds(stack.epp.pid)
-        time.sleep(idle_window)
-        cpu1 = session_cpu_seconds(stack.epp.pid)
-        idle_rate = (cpu1 - cpu0) / idle_window
-        epp_cn = load(stack.epp_port, bodies, settings.concurrency, settings.concurrent_requests, cap)
-        cpu2 = session_cpu_seconds(stack.epp.pid)
-    served = len(epp_cn.latencies_s) + epp_cn.errors
-    busy = max(0.0, (cpu2 - cpu1) - idle_rate * epp_cn.wall_s)
-    return PoolOverhead(
+            load(port, bodies, 8, settings.warmup_requests, cap)
+        for repeat in range(settings.repeats):
+            direct_c1.append(load(stack.direct_port, bodies, 1, settings.sequential_requests, cap))
+            epp_c1.append(load(stack.epp_port, bodies, 1, settings.sequential_requests, cap))
+            direct_cn.append(load(stack.direct_port, bodies, settings.concurrency, settings.concurrent_requests, cap))
+            fixed_idle, adaptive_idle = idle_cpu_percent((stack.epp.pid, stack.idle_epp.pid), settings.idle_seconds)
+            idle_rate = fixed_idle / 100
+            idle.append(adaptive_idle)
+            fixed.append(fixed_idle)
+            cpu1 = session_cpu_seconds(stack.epp.pid)
+            run = load(stack.epp_port, bodies, settings.concurrency, settings.concurrent_requests, cap)
+            busy = max(0.0, (session_cpu_seconds(stack.epp.pid) - cpu1) - idle_rate * run.wall_s)
+            served = len(run.latencies_s) + run.errors
+            epp_cn.append(run)
+            cpu_per_request.append(busy / served * 1e6 if served else float("nan"))
+            for c in settings.long_concurrency if long_bodies else ():
+                direct_runs, epp_runs = long_runs[c]
+                direct_runs.append(load(stack.direct_port, long_bodies, c, settings.long_requests, cap))
+                cpu_before = session_cpu_seconds(stack.epp.pid)
+                epp_runs.append(load(stack.epp_port, long_bodies, c, settings.long_requests, cap))
+                spent = session_cpu_seconds(stack.epp.pid) - cpu_before - idle_rate * epp_runs[-1].wall_s
+                count = len(epp_runs[-1].latencies_s) + epp_runs[-1].errors
+                long_cpu[c].append(max(0.0, spent) / count * 1e6 if count else float("nan"))
+            progress(f"   overhead pods={pods} run {repeat + 1}/{settings.repeats}: added c=1 p50 "
+                     f"{(epp_c1[-1].distribution().p50 - direct_c1[-1].distribution().p50) * 1e3:.3f} ms, "
+                     f"{1e6 / cpu_per_request[-1] if cpu_per_request[-1] > 0 else float('nan'):.0f} decisions/s "
+                     f"per core, idle {idle[-1]:.1f}% of a core (fixed 50 ms: {fixed[-1]:.1f}%)"
+                     + "".join(f", 220KB c={c} added p50 "
+                               f"{(runs[1][-1].distribution().p50 - runs[0][-1].distribution().p50) * 1e3:.1f} ms"
+                               for c, runs in long_runs.items() if runs[0]))
+    added_c1 = [(e.distribution().p50 - d.distribution().p50) * 1e3 for d, e in zip(direct_c1, epp_c1, strict=True)]
+    decisions = [1e6 / us if us > 0 else float("nan") for us in cpu_per_request]
+    pool = PoolOverhead(
         pods=pods,
-        direct_c1=direct_c1.distribution(), epp_c1=epp_c1.distribution(),
-        direct_cn=direct_cn.distribution(), epp_cn=epp_cn.distribution(),
+        direct_c1=_median_distribution(direct_c1), epp_c1=_median_distribution(epp_c1),
+        direct_cn=_median_distribution(direct_cn), epp_cn=_median_distribution(epp_cn),
         concurrency=settings.concurrency,
-        direct_cn_rps=direct_cn.throughput, epp_cn_rps=epp_cn.throughput,
-        epp_errors=epp_c1.errors + epp_cn.errors,
-        epp_cpu_us_per_request=busy / served * 1e6 if served else float("nan"),
-        epp_idle_cpu_percent=idle_rate * 100,
+        direct_cn_rps=_median([r.throughput for r in direct_cn]), epp_cn_rps=_median([r.throughput for r in epp_cn]),
+        epp_errors=sum(r.errors for r in (*epp_c1, *epp_cn)),
+        epp_cpu_us_per_request=_median(cpu_per_request),
+        epp_idle_cpu_percent=_median(idle),
+        added_c1_p50_runs_ms=added_c1, decisions_runs=decisions, idle_cpu_runs=idle, runs=settings.repeats,
+        fixed_idle_cpu_percent=_median(fixed), fixed_idle_cpu_runs=fixed,
     )
+    longs = []
+    for c, (direct_runs, epp_runs) in long_runs.items():
+        if not direct_runs:
+            continue
+        longs.append(LongPromptOverhead(
+            pods=pods, concurrency=c, body_bytes=round(sum(len(b) for b in long_bodies) / len(long_bodies)),
+            direct=_median_distribution(direct_runs), epp=_median_distribution(epp_runs),
+            errors=sum(r.errors for r in (*direct_runs, *epp_runs)),
+            added_p50_runs_ms=[(e.distribution().p50 - d.distribution().p50) * 1e3
+                               for d, e in zip(direct_runs, epp_runs, strict=True)],
+            direct_rps=_median([r.throughput for r in direct_runs]), epp_rps=_median([r.throughput for r in epp_runs]),
+            epp_cpu_us_per_request=_median(long_cpu[c])))
+    return pool, longs
 
 
 def measure_decisions(settings: OverheadSettings) -> list[DecisionLatency]:
@@ -347,18 +489,27 @@ def measure_decisions(settings: OverheadSettings) -> list[DecisionLatency]:
 
 
 def run_overhead(settings: OverheadSettings, progress: Callable[[str], None] = print) -> OverheadResult:
+    settings.validate()
     say = progress
     bodies = chat_bodies()
-    result = OverheadResult(body_bytes=round(sum(len(b) for b in bodies) / len(bodies)))
-    for pods in settings.pool_sizes:
-        pool = measure_pool(pods, settings, bodies)
+    long_bodies = chat_bodies(8, settings.long_prompt_bytes) if settings.long_concurrency else []
+    result = OverheadResult(body_bytes=round(sum(len(b) for b in bodies) / len(bodies)), repeats=settings.repeats,
+                            idle_seconds=settings.idle_seconds)
+    for index, pods in enumerate(settings.pool_sizes):
+        pool, longs = measure_pool(pods, settings, bodies, long_bodies if index == 0 else (), progress)
         result.pools.append(pool)
-        say(f"overhead pods={pods}: c=1 direct p50 {pool.direct_c1.p50 * 1e3:.3f} ms, with EPP "
+        result.long_prompts.extend(longs)
+        say(f"overhead pods={pods} (median of {pool.runs}): c=1 direct p50 {pool.direct_c1.p50 * 1e3:.3f} ms, with EPP "
             f"{pool.epp_c1.p50 * 1e3:.3f} ms (added p50 {pool.added_c1_p50_ms:.3f} ms, p99 "
             f"{pool.added_c1_p99_ms:.3f} ms); c={pool.concurrency} added p50 {pool.added_cn_p50_ms:.3f} ms, "
             f"{pool.epp_cn_rps:.0f} req/s vs direct {pool.direct_cn_rps:.0f}; EPP CPU "
             f"{pool.epp_cpu_us_per_request:.0f} us/request -> {pool.decisions_per_core_s:.0f} decisions/s "
-            f"per core (idle {pool.epp_idle_cpu_percent:.0f}% CPU); errors {pool.epp_errors}")
+            f"per core (idle {pool.epp_idle_cpu_percent:.1f}% CPU, fixed 50 ms {pool.fixed_idle_cpu_percent:.1f}%); "
+            f"errors {pool.epp_errors}")
+        for lp in longs:
+            say(f"long prompts ({lp.body_bytes / 1000:.0f} KB) pods={lp.pods} c={lp.concurrency}: direct p50 "
+                f"{lp.direct.p50 * 1e3:.1f} ms, with EPP {lp.epp.p50 * 1e3:.1f} ms (added p50 "
+                f"{lp.added_p50_ms:.1f} ms), EPP CPU {lp.epp_cpu_us_per_request:,.0f} us/request, errors {lp.errors}")
     result.decisions = measure_decisions(settings)
     for d in result.decisions:
         say(f"decision latency pods={d.pods}: p50 {d.p50_us:.1f} us, p99 {d.p99_us:.1f} us")

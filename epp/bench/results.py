@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from epp.bench.machine import MachineFacts
-from epp.bench.overhead import DecisionLatency, OverheadResult, PoolOverhead
+from epp.bench.overhead import DecisionLatency, LongPromptOverhead, OverheadResult, PoolOverhead
 from epp.bench.report import RunInfo
 from epp.bench.runner import PhaseOutcome, PhasePlan, RouterPhaseResult
 from epp.bench.stats import Distribution
@@ -63,14 +63,17 @@ def _build(cls: type[Any], doc: dict[str, Any], **nested: Any) -> Any:
 
 
 def _row(doc: dict[str, Any]) -> RouterPhaseResult:
+    spread = {k: [_float(v) for v in values] for k, values in doc.get("spread", {}).items()}
     row: RouterPhaseResult = _build(RouterPhaseResult, doc, ttft=_distribution(doc["ttft"]),
-                                    itl=_distribution(doc["itl"]), e2e=_distribution(doc["e2e"]))
+                                    itl=_distribution(doc["itl"]), e2e=_distribution(doc["e2e"]), spread=spread)
     return row
 
 
 def _phase(doc: dict[str, Any]) -> PhaseOutcome:
-    plan = PhasePlan(doc["plan"]["workload"], _build(WorkloadParams, doc["plan"]["params"]))
-    phase: PhaseOutcome = _build(PhaseOutcome, doc, plan=plan, rows=[_row(r) for r in doc["rows"]])
+    plan = PhasePlan(doc["plan"]["workload"], _build(WorkloadParams, doc["plan"]["params"]),
+                     tuple(doc["plan"].get("routers", ())))
+    phase: PhaseOutcome = _build(PhaseOutcome, doc, plan=plan, rows=[_row(r) for r in doc["rows"]],
+                                 samples=[_row(r) for r in doc.get("samples", [])])
     return phase
 
 
@@ -81,7 +84,10 @@ def _overhead(doc: dict[str, Any] | None) -> OverheadResult | None:
                                                                          "epp_cn")})
              for p in doc["pools"]]
     decisions = [_build(DecisionLatency, d) for d in doc["decisions"]]
-    return OverheadResult(pools, decisions, int(doc.get("body_bytes", 0)), str(doc.get("measured", "")))
+    longs = [_build(LongPromptOverhead, lp, direct=_distribution(lp["direct"]), epp=_distribution(lp["epp"]))
+             for lp in doc.get("long_prompts", [])]
+    return OverheadResult(pools, decisions, int(doc.get("body_bytes", 0)), str(doc.get("measured", "")),
+                          longs, int(doc.get("repeats", 1)), float(doc.get("idle_seconds") or 0.0))
 
 
 def load_results(path: Path) -> tuple[list[PhaseOutcome], OverheadResult | None, RunInfo]:

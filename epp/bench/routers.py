@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -21,12 +21,33 @@ from typing import Literal
 import httpx
 
 from epp.bench.envoy_configs import lb_envoy_config, to_yaml
-from epp.localstack.stack import LocalStack, StackConfig, StackError, envoy_binary, free_ports
+from epp.localstack.stack import REPO, LocalStack, StackConfig, StackError, envoy_binary, free_ports
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-EMBEDDED_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 
 RouterKind = Literal["envoy", "vllm-router", "epp"]
+GIE_DEFAULT_NAME = "gie-default.yaml"
+# Where the project ships GIE's default config (looked up, not assumed: its home is the
+# config package's choice).
+_GIE_DEFAULT_DIRS = ("epp/config", "epp/config/defaults", "deploy", "deploy/local", "config")
+
+
+def gie_default_config() -> Path | None:
+    for folder in _GIE_DEFAULT_DIRS:
+        path = REPO / folder / GIE_DEFAULT_NAME
+        if path.is_file():
+            return path
+    found = sorted((REPO / "epp").rglob(GIE_DEFAULT_NAME))
+    return found[0] if found else None
+
+
+def epp_config_path(spec: RouterSpec) -> Path | None:
+    """The --config an EPP row runs with; None = the embedded default."""
+    if spec.policy == "":
+        return None
+    if spec.policy == GIE_DEFAULT_NAME:
+        return gie_default_config()
+    return CONFIG_DIR / spec.policy
 
 
 @dataclass(slots=True, frozen=True)
@@ -45,16 +66,15 @@ ROUTERS: tuple[RouterSpec, ...] = (
     RouterSpec("vr-p2c", "vllm-router power_of_two", "vllm-router", "power_of_two"),
     RouterSpec("vr-cache", "vllm-router cache_aware", "vllm-router", "cache_aware"),
     RouterSpec("vr-kv", "vllm-router kv_aware", "vllm-router", "kv_aware"),
+    # The embedded default configuration (no --config): the one the targets are judged on.
+    RouterSpec("epp-default", "EPP default config", "epp", "", ours=True),
+    # GIE's exact default, shipped for comparison (found by gie_default_config()).
+    RouterSpec("epp-gie", "EPP with GIE's default config", "epp", GIE_DEFAULT_NAME, ours=True),
     RouterSpec("epp-load", "EPP load only", "epp", "epp-load.yaml", ours=True),
     RouterSpec("epp-prefix", "EPP load + approx. prefix", "epp", "epp-prefix.yaml", ours=True),
     RouterSpec("epp-all", "EPP all scorers", "epp", "epp-all.yaml", ours=True),
     RouterSpec("epp-precise", "EPP precise prefix (KV events)", "epp", "epp-precise.yaml", ours=True),
     RouterSpec("epp-precise-spec", "EPP precise + speculative (30s)", "epp", "epp-precise-spec.yaml", ours=True),
-    # The embedded configs themselves (an absolute path wins over CONFIG_DIR).
-    RouterSpec("epp-default", "EPP default config", "epp", str(EMBEDDED_CONFIG_DIR / "default-config.yaml"),
-               ours=True),
-    RouterSpec("epp-gie-default", "EPP with GIE's default config", "epp",
-               str(EMBEDDED_CONFIG_DIR / "gie-default.yaml"), ours=True),
 )
 
 
@@ -77,6 +97,8 @@ def unavailable_reason(spec: RouterSpec) -> str | None:
     """Why this router cannot run here, or None."""
     if spec.kind == "vllm-router" and vllm_router_binary() is None:
         return "vllm-router not installed (pip install vllm-router==0.1.17)"
+    if spec.kind == "epp" and spec.policy == GIE_DEFAULT_NAME and gie_default_config() is None:
+        return f"{GIE_DEFAULT_NAME} not found under {', '.join(_GIE_DEFAULT_DIRS)} or epp/"
     if spec.kind == "epp" and spec.policy.startswith("epp-precise"):
         from epp.scheduling.registry import plugin_types
 
@@ -102,6 +124,8 @@ class RowSettings:
     slowdown: float = BENCH_SLOWDOWN
     sim_args: Sequence[str] = ()
     epp_args: Sequence[str] = ()
+    # Per-pod multipliers on `slowdown` (pod index -> factor): a heterogeneous pool.
+    pod_slowdown: Mapping[int, float] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -161,13 +185,15 @@ def _stack_config(spec: RouterSpec, row: RowSettings, run_dir: Path) -> StackCon
     return StackConfig(
         run_dir=run_dir, pods=row.pods, ports_free=True, time_scale=row.time_scale,
         with_epp=is_epp, with_envoy=is_epp,
-        epp_config=CONFIG_DIR / spec.policy if is_epp else None,
+        epp_config=epp_config_path(spec) if is_epp else None,
         # Pods bind their KV-event sockets (vLLM's `tcp://*:port` style) so that whoever
         # follows them (our EPP or vllm-router kv_aware) connects, one subscriber per pod.
         kv_events=True,
         sim_args=["--kv-events-bind", "--block-size", str(row.block_size), "--log-level", "WARNING",
                   "--num-gpu-blocks", str(row.gpu_blocks), "--slowdown", str(row.slowdown), *row.sim_args],
         epp_args=["--log-level", "warning", *row.epp_args],
+        pod_sim_args={index: ["--slowdown", f"{row.slowdown * factor:g}"]
+                      for index, factor in row.pod_slowdown.items()},
     )
 
 

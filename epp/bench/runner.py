@@ -9,9 +9,11 @@ by the simulator's time scale) so the numbers read as if the pods ran at real sp
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import re
+import statistics
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -20,11 +22,12 @@ from pathlib import Path
 
 import httpx
 
+from epp.bench.aggregate import aggregate_runs
 from epp.bench.client import PhaseResult, run_phase
 from epp.bench.hitrate import best_hit_rate
 from epp.bench.routers import RouterSpec, RowSettings, running_router, unavailable_reason
 from epp.bench.stats import Distribution
-from epp.bench.workloads import Workload, WorkloadParams, build
+from epp.bench.workloads import Workload, WorkloadParams, build, pod_profile
 from epp.localstack.stack import StackError
 
 log = logging.getLogger("epp.bench")
@@ -34,6 +37,7 @@ log = logging.getLogger("epp.bench")
 class PhasePlan:
     workload: str
     params: WorkloadParams
+    routers: tuple[str, ...] = ()  # router keys that run this phase; empty = every router of the plan
 
     @property
     def key(self) -> str:
@@ -46,6 +50,16 @@ class BenchPlan:
     routers: list[RouterSpec]
     row: RowSettings
     drain_s: float = 30.0  # wall seconds allowed after the last arrival
+    repeats: int = 1  # runs per (phase, router); the report gives the median and the min-max
+
+    def routers_of(self, phase: PhasePlan) -> list[RouterSpec]:
+        if not phase.routers:
+            return list(self.routers)
+        return [r for r in self.routers if r.key in phase.routers]
+
+    def cells(self) -> int:
+        """(phase, router, run) triples this plan runs."""
+        return sum(len(self.routers_of(p)) for p in self.phases) * self.repeats
 
 
 @dataclass(slots=True)
@@ -67,6 +81,10 @@ class RouterPhaseResult:
     error_examples: list[str] = field(default_factory=list)
     router_warnings: list[str] = field(default_factory=list)  # distinct warnings from the router's log
     skipped: str = ""  # why the router did not run
+    repeat: int = 0  # which run (0-based) of a single sample; aggregated rows keep 0
+    runs: int = 1  # samples behind an aggregated row
+    # Aggregated rows: "metric" -> [min, max] over the runs (metric as in spread_value()).
+    spread: dict[str, list[float]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -76,7 +94,8 @@ class PhaseOutcome:
     requests: int
     mean_prompt_tokens: float
     best_hit_rate: float
-    rows: list[RouterPhaseResult] = field(default_factory=list)
+    rows: list[RouterPhaseResult] = field(default_factory=list)  # one per router: the median of its runs
+    samples: list[RouterPhaseResult] = field(default_factory=list)  # every run of every router
 
 
 def parse_prefix_counters(metrics_text: str) -> tuple[float, float]:
@@ -136,6 +155,9 @@ def summarize(spec: RouterSpec, plan: PhasePlan, phase: PhaseResult, time_scale:
 def run_router_phase(spec: RouterSpec, plan: PhasePlan, workload: Workload, bench: BenchPlan,
                      tag: str) -> RouterPhaseResult:
     row = bench.row
+    slow = pod_profile(plan.workload)
+    if slow:
+        row = dataclasses.replace(row, pod_slowdown=slow)
     with running_router(spec, row, tag) as router:
         hits0, queries0 = scrape_prefix_counters(router.pod_urls)
         deadline = workload.span_s * row.time_scale + bench.drain_s
@@ -192,32 +214,86 @@ def _run_with_one_retry(spec: RouterSpec, plan: PhasePlan, workload: Workload, b
                              skipped=f"failed: {type(error).__name__}: {str(error)[:200]}")
 
 
-def run_benchmark(bench: BenchPlan, progress: Callable[[str], None] = print) -> list[PhaseOutcome]:
-    outcomes: list[PhaseOutcome] = []
-    for plan in bench.phases:
-        workload = build(plan.workload, plan.params)
-        bound = best_hit_rate(workload.requests, bench.row.block_size)
-        outcome = PhaseOutcome(plan, workload.title, len(workload.requests),
-                               bound.prompt_tokens / max(1, len(workload.requests)), bound.rate)
-        progress(f"== {workload.title} @ {plan.params.rate:g} req/s: {len(workload.requests)} requests over "
-                 f"{workload.span_s:.1f} model-s, mean prompt {outcome.mean_prompt_tokens:.0f} tokens, "
-                 f"best achievable prefix hit rate {bound.rate:.1%}")
-        for spec in bench.routers:
-            reason = unavailable_reason(spec)
-            if reason is not None:
-                outcome.rows.append(RouterPhaseResult(spec.key, spec.label, spec.ours, plan.workload,
-                                                      plan.params.rate, skipped=reason))
-                progress(f"   {spec.label:32s} skipped: {reason}")
-                continue
-            tag = f"{plan.workload}-{plan.params.rate:g}-{spec.key}"
-            started = time.monotonic()
-            result = _run_with_one_retry(spec, plan, workload, bench, tag, progress)
-            outcome.rows.append(result)
-            progress(f"   {spec.label:32s} ok {result.ok:4d} err {result.errors:3d} "
-                     f"TTFT p50 {result.ttft.p50 * 1e3:8.1f} ms p99 {result.ttft.p99 * 1e3:8.1f} ms "
-                     f"hit {result.prefix_hit_rate:6.1%} ({time.monotonic() - started:.1f}s)")
-        outcomes.append(outcome)
-    return outcomes
+def phase_workload(plan: PhasePlan, repeat: int) -> Workload:
+    """The workload of one run of a phase: run r uses seed+r (and its own nonce), so the
+    spread over runs covers the arrival process too, not only machine noise."""
+    params = dataclasses.replace(plan.params, seed=plan.params.seed + repeat,
+                                 nonce=f"{plan.params.nonce}-r{repeat}")
+    return build(plan.workload, params)
+
+
+@dataclass(slots=True)
+class _PhaseRuns:
+    """What the runs of one phase measured so far."""
+
+    plan: PhasePlan
+    title: str
+    counts: list[float] = field(default_factory=list)
+    prompts: list[float] = field(default_factory=list)
+    bounds: list[float] = field(default_factory=list)
+    samples: list[RouterPhaseResult] = field(default_factory=list)
+
+    def outcome(self, routers: Sequence[RouterSpec]) -> PhaseOutcome:
+        out = PhaseOutcome(self.plan, self.title, round(statistics.median(self.counts)),
+                           statistics.median(self.prompts), statistics.median(self.bounds), samples=self.samples)
+        out.rows = [aggregate_runs([s for s in self.samples if s.router == spec.key]) for spec in routers]
+        return out
+
+
+def run_benchmark(bench: BenchPlan, progress: Callable[[str], None] = print,
+                  on_phase: Callable[[list[PhaseOutcome]], None] | None = None,
+                  deadline: float | None = None) -> list[PhaseOutcome]:
+    """Run 1 of every phase (every router of a phase back to back, so machine noise hits them
+    alike), then run 2 of every phase, and so on; each phase's rows are the per-router medians
+    of its runs.
+
+    Round by round, so that a run cut short by `deadline` (time.monotonic(); no new phase run
+    starts after it) still has every phase measured at least once, rather than some phases
+    three times and the rest never. `on_phase` gets the outcomes so far after each phase run
+    (the CLI saves them, so even an interrupted run keeps what it measured).
+    """
+    runs: dict[str, _PhaseRuns] = {}
+    stop = False
+    for repeat in range(bench.repeats):
+        for plan in bench.phases:
+            if deadline is not None and time.monotonic() > deadline:
+                progress(f"== time budget used up before run {repeat + 1} of {plan.key}: no further runs")
+                stop = True
+                break
+            workload = phase_workload(plan, repeat)
+            state = runs.setdefault(plan.key, _PhaseRuns(plan, workload.title))
+            bound = best_hit_rate(workload.requests, bench.row.block_size)
+            state.counts.append(len(workload.requests))
+            state.prompts.append(bound.prompt_tokens / max(1, len(workload.requests)))
+            state.bounds.append(bound.rate)
+            progress(f"== {workload.title} @ {plan.params.rate:g} req/s, run {repeat + 1}/{bench.repeats}: "
+                     f"{len(workload.requests)} requests over {workload.span_s:.1f} model-s, mean prompt "
+                     f"{state.prompts[-1]:.0f} tokens, best achievable prefix hit rate {bound.rate:.1%}")
+            for spec in bench.routers_of(plan):
+                reason = unavailable_reason(spec)
+                if reason is not None:
+                    state.samples.append(RouterPhaseResult(spec.key, spec.label, spec.ours, plan.workload,
+                                                           plan.params.rate, skipped=reason, repeat=repeat))
+                    if repeat == 0:
+                        progress(f"   {spec.label:32s} skipped: {reason}")
+                    continue
+                tag = f"{plan.workload}-{plan.params.rate:g}-{spec.key}-r{repeat}"
+                started = time.monotonic()
+                result = _run_with_one_retry(spec, plan, workload, bench, tag, progress)
+                result.repeat = repeat
+                state.samples.append(result)
+                progress(f"   {spec.label:32s} ok {result.ok:4d} err {result.errors:3d} "
+                         f"TTFT p50 {result.ttft.p50 * 1e3:8.1f} ms p99 {result.ttft.p99 * 1e3:8.1f} ms "
+                         f"hit {result.prefix_hit_rate:6.1%} ({time.monotonic() - started:.1f}s)")
+            if on_phase is not None:
+                on_phase(_outcomes(bench, runs))
+        if stop:
+            break
+    return _outcomes(bench, runs)
+
+
+def _outcomes(bench: BenchPlan, runs: dict[str, _PhaseRuns]) -> list[PhaseOutcome]:
+    return [runs[p.key].outcome(bench.routers_of(p)) for p in bench.phases if p.key in runs]
 
 
 def default_run_dir() -> Path:

@@ -50,7 +50,7 @@ class WorkloadParams:
 
 @dataclass(slots=True)
 class Workload:
-    name: str  # shared-prefix | no-sharing | bursty | lora-mix
+    name: str  # a key of GENERATORS
     title: str
     params: WorkloadParams
     requests: list[BenchRequest] = field(default_factory=list)
@@ -140,43 +140,54 @@ def _system_prompts(nonce: str, groups: int, chars: int, rng: random.Random, tag
             + words(rng, chars) for g in range(groups)]
 
 
+class _ChatState:
+    """The live conversations of a shared-prefix chat: each call adds one user turn to a
+    random conversation and returns its request (the assistant turn is scripted)."""
+
+    def __init__(self, nonce: str, shape: ChatShape, rng: random.Random) -> None:
+        self.shape = shape
+        self.rng = rng
+        self.systems = _system_prompts(nonce, shape.groups, shape.system_chars, rng)
+        self.next_user = 0
+        self.live = [self._new(g) for g in range(shape.groups) for _ in range(shape.users_per_group)]
+
+    def _new(self, group: int) -> _Conversation:
+        self.next_user += 1
+        return _Conversation(group, self.next_user, [{"role": "system", "content": self.systems[group]}])
+
+    def request(self, index: int, at: float, max_tokens: int) -> BenchRequest:
+        rng, shape = self.rng, self.shape
+        slot = rng.randrange(len(self.live))
+        conv = self.live[slot]
+        conv.messages.append({"role": "user", "content": f"user {conv.user} turn {conv.turns}: "
+                              + words(rng, shape.user_chars)})
+        request = BenchRequest(index, at, DEFAULT_MODEL, list(conv.messages), max_tokens,
+                               f"g{conv.group}/u{conv.user}")
+        # The assistant turn is scripted (not the simulator's output) so the prompts, and so
+        # the best achievable hit rate, are the same whatever the router did.
+        conv.messages.append({"role": "assistant", "content": words(rng, shape.assistant_chars)})
+        conv.turns += 1
+        if conv.turns >= shape.max_turns:
+            self.live[slot] = self._new(conv.group)
+        return request
+
+
 def shared_prefix_chat(params: WorkloadParams, shape: ChatShape | None = None,
                        arrivals: list[float] | None = None, name: str = "shared-prefix",
                        title: str = "Shared-prefix multi-turn chat") -> Workload:
     """Many users in a few groups; each group has one long system prompt and every
     conversation grows turn by turn, so each request's prefix is the previous turn's prompt."""
     params.validate()
-    shape = shape or ChatShape()
     rng = random.Random(params.seed)
-    systems = _system_prompts(params.nonce, shape.groups, shape.system_chars, rng)
+    chat = _ChatState(params.nonce, shape or ChatShape(), rng)
     times = arrivals if arrivals is not None else poisson_arrivals(
         params.rate, params.count, params.duration_s, rng)
-    next_user = 0
-
-    def new_conversation(group: int) -> _Conversation:
-        nonlocal next_user
-        next_user += 1
-        return _Conversation(group, next_user, [{"role": "system", "content": systems[group]}])
-
-    live = [new_conversation(g) for g in range(shape.groups) for _ in range(shape.users_per_group)]
-    requests: list[BenchRequest] = []
-    for index, at in enumerate(times):
-        slot = rng.randrange(len(live))
-        conv = live[slot]
-        conv.messages.append({"role": "user", "content": f"user {conv.user} turn {conv.turns}: "
-                              + words(rng, shape.user_chars)})
-        requests.append(BenchRequest(index, at, DEFAULT_MODEL, list(conv.messages), params.max_tokens,
-                                     f"g{conv.group}/u{conv.user}"))
-        # The assistant turn is scripted (not the simulator's output) so the prompts, and so
-        # the best achievable hit rate, are the same whatever the router did.
-        conv.messages.append({"role": "assistant", "content": words(rng, shape.assistant_chars)})
-        conv.turns += 1
-        if conv.turns >= shape.max_turns:
-            live[slot] = new_conversation(conv.group)
+    requests = [chat.request(index, at, params.max_tokens) for index, at in enumerate(times)]
     return Workload(name, title, params, requests)
 
 
-def no_sharing(params: WorkloadParams, prompt_chars: int = 6_000) -> Workload:
+def no_sharing(params: WorkloadParams, prompt_chars: int = 6_000, name: str = "no-sharing",
+               title: str = "No sharing (random prompts)") -> Workload:
     """Independent single-turn prompts that share nothing: pure load balancing."""
     params.validate()
     rng = random.Random(params.seed)
@@ -187,7 +198,61 @@ def no_sharing(params: WorkloadParams, prompt_chars: int = 6_000) -> Workload:
                      params.max_tokens, f"r{i}")
         for i, at in enumerate(times)
     ]
-    return Workload("no-sharing", "No sharing (random prompts)", params, requests)
+    return Workload(name, title, params, requests)
+
+
+# The heterogeneous pool: pod 0 runs this many times slower than the others (mixed GPU types).
+HETEROGENEOUS_SLOW_POD = 0
+HETEROGENEOUS_SLOWDOWN = 2.0
+
+
+def heterogeneous(params: WorkloadParams) -> Workload:
+    """No-sharing traffic on a pool where one pod is HETEROGENEOUS_SLOWDOWN x slower (the
+    runner starts that pod slower; see pod_profile()): round robin gives the slow pod its
+    full share, a load-aware router gives it less."""
+    return no_sharing(params, name="heterogeneous",
+                      title=f"Heterogeneous pool (one pod {HETEROGENEOUS_SLOWDOWN:g}x slower, no sharing)")
+
+
+@dataclass(slots=True)
+class MixShape:
+    """Sizes of the mixed workload (characters; ~5 characters per sim token)."""
+
+    chat_share: float = 0.5  # the rest are unique prompts
+    short_chars: int = 800
+    long_chars: int = 16_000
+    chat: ChatShape = field(default_factory=lambda: ChatShape(groups=8))
+
+
+def mixed(params: WorkloadParams, shape: MixShape | None = None) -> Workload:
+    """Half shared-prefix chat, half unique prompts; the unique prompts alternate short and
+    long, so short and long prompts are interleaved in time."""
+    params.validate()
+    shape = shape or MixShape()
+    if not 0.0 <= shape.chat_share <= 1.0:
+        raise ValueError(f"chat_share must be within [0, 1], got {shape.chat_share}")
+    rng = random.Random(params.seed)
+    chat = _ChatState(params.nonce, shape.chat, rng)
+    times = poisson_arrivals(params.rate, params.count, params.duration_s, rng)
+    requests: list[BenchRequest] = []
+    unique = 0
+    for i, at in enumerate(times):
+        if rng.random() < shape.chat_share:
+            requests.append(chat.request(i, at, params.max_tokens))
+            continue
+        chars = shape.long_chars if unique % 2 else shape.short_chars
+        unique += 1
+        requests.append(BenchRequest(
+            i, at, DEFAULT_MODEL, [{"role": "user", "content": f"[{params.nonce}:{i}] " + words(rng, chars)}],
+            params.max_tokens, f"r{i}"))
+    return Workload("mixed", "Mixed (half shared-prefix chat, half unique short/long prompts)", params, requests)
+
+
+def pod_profile(workload: str) -> dict[int, float]:
+    """Per-pod slowdown multipliers (on top of the bench's) a workload's pool runs with."""
+    if workload == "heterogeneous":
+        return {HETEROGENEOUS_SLOW_POD: HETEROGENEOUS_SLOWDOWN}
+    return {}
 
 
 def bursty(params: WorkloadParams, burst_factor: float = 4.0, shape: ChatShape | None = None) -> Workload:
@@ -227,6 +292,8 @@ def lora_mix(params: WorkloadParams, loras: tuple[str, ...] = DEFAULT_LORAS,
 GENERATORS: Mapping[str, Callable[[WorkloadParams], Workload]] = MappingProxyType({
     "shared-prefix": shared_prefix_chat,
     "no-sharing": no_sharing,
+    "mixed": mixed,
+    "heterogeneous": heterogeneous,
     "bursty": bursty,
     "lora-mix": lora_mix,
 })

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,6 +130,9 @@ class StackConfig:
     # The model's tokenizer directory: the sims tokenize with it, and (without epp_config, not
     # P/D) the EPP routes with the precise prefix scorer using the same files.
     tokenizer: str | None = None
+    # Extra simulator arguments for single pods, by pod index (after sim_args, so they win):
+    # e.g. {0: ["--slowdown", "8"]} for a pool with one slower GPU.
+    pod_sim_args: Mapping[int, Sequence[str]] = field(default_factory=dict)
     epp_args: Sequence[str] = ()
     request_body_mode: str = "BUFFERED"
     response_body_mode: str = "NONE"
@@ -417,7 +420,7 @@ class LocalStack:
         if cfg.engine == "vllm":
             self._start_vllm()
             return
-        for pod in self.pods:
+        for index, pod in enumerate(self.pods):
             args = [sys.executable, "-m", "epp", "sim", "--host", "127.0.0.1", "--port", str(pod.port),
                     "--model", cfg.model, "--name", pod.name, "--role", pod.role,
                     "--time-scale", str(cfg.time_scale)]
@@ -428,6 +431,7 @@ class LocalStack:
             if cfg.tokenizer:
                 args += ["--tokenizer", cfg.tokenizer]
             args += list(cfg.sim_args)
+            args += list(cfg.pod_sim_args.get(index, ()))
             self._spawn(pod.name, args)
             if pod.sidecar_port:
                 self._spawn(f"{pod.name}-sidecar", [

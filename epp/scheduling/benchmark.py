@@ -12,11 +12,14 @@ import argparse
 import random
 import statistics
 import sys
+from collections import deque
 from time import perf_counter_ns
 
 from epp.config.loader import load_scheduler_config
 from epp.datastore.datastore import Datastore
 from epp.datastore.endpoint import Endpoint, EndpointMetrics
+from epp.datastore.inflight import SERVICE_KEY as TRACKER_KEY
+from epp.datastore.inflight import Dispatch, InflightTracker
 from epp.scheduling.registry import PluginContext
 from epp.scheduling.types import LLMRequest
 
@@ -52,8 +55,12 @@ def run(pods: int, decisions: int, prompt_chars: int, config: str | None) -> dic
     rng = random.Random(42)
     ds = Datastore()
     endpoints = _endpoints(ds, pods, rng)
-    cfg = load_scheduler_config(config, PluginContext(datastore=ds))
+    # The server's in-flight ledger, charged per decision as the server does and released
+    # after `2 * pods` later decisions, so the ledger scorers read a busy pool.
+    tracker = InflightTracker(ds)
+    cfg = load_scheduler_config(config, PluginContext(datastore=ds, services={TRACKER_KEY: tracker}))
     scheduler = cfg.scheduler
+    open_dispatches: deque[Dispatch] = deque()
     prompts = _prompts(256, prompt_chars, rng)
     requests = [
         LLMRequest(request_id=str(i), model="m", target_model="m", prompt=prompts[i % len(prompts)])
@@ -76,6 +83,11 @@ def run(pods: int, decisions: int, prompt_chars: int, config: str | None) -> dic
         t2 = perf_counter_ns()
         schedule_ns.append(t1 - t0)
         full_ns.append(t2 - t0)
+        primary = result.primary
+        if primary is not None:
+            open_dispatches.append(tracker.dispatch(primary.targets[:1], prompt_chars // 4 + 256, prompt_chars // 4))
+        if len(open_dispatches) > 2 * pods:
+            tracker.complete(open_dispatches.popleft())
 
     def summary(samples: list[int]) -> tuple[float, float, float]:
         q = statistics.quantiles(samples, n=100)

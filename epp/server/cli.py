@@ -42,6 +42,9 @@ def add_parser(sub: Any) -> None:
                    help="local mode: InferenceObjective / InferenceModel manifests (repeatable)")
     p.add_argument("--scrape-interval", type=float, default=0.05,
                    help="seconds between metric scrapes of each pod (0.05)")
+    p.add_argument("--scrape-idle-interval", type=float, default=0.5,
+                   help="longest seconds between scrapes of an idle pod whose metrics do not change "
+                        "(0.5; equal to --scrape-interval turns the adaptive interval off)")
     p.add_argument("--scrape-timeout", type=float, default=0.5, help="seconds (0.5)")
     p.add_argument("--staleness-threshold", type=float, default=1.0,
                    help="seconds without fresh metrics before a pod is considered unhealthy (1.0)")
@@ -110,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
         return run_supervisor(_argv_without_workers(sys.argv), args.workers)
     try:
         k8s = KubernetesOptions.from_args(args)
-        scrape = ScrapeConfig(interval=args.scrape_interval, timeout=args.scrape_timeout,
+        scrape = ScrapeConfig(interval=args.scrape_interval, idle_interval=args.scrape_idle_interval,
+                              timeout=args.scrape_timeout,
                               staleness_threshold=args.staleness_threshold,
                               mapping=ENGINE_MAPPINGS[args.engine],
                               discover_models=not args.no_model_discovery)

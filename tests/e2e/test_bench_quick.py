@@ -26,12 +26,12 @@ def test_quick_bench_writes_a_complete_report(tmp_path: Path) -> None:
     out, run_dir = tmp_path / "docs", tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, "-m", "epp", "bench", "--quick", "--out", str(out), "--run-dir", str(run_dir)],
-        cwd=REPO, capture_output=True, text=True, timeout=240, check=False)
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     report = (out / "benchmarks.md").read_text()
-    for section in ("## Machine", "## Setup", "## Routing targets", "## Results per workload",
-                    "## EPP overhead", OVERHEAD_BEGIN, OVERHEAD_END):
+    for section in ("## Machine", "## Settings of this run", "## Setup", "## Targets (issue 10)",
+                    "## Results per workload", "## EPP overhead", OVERHEAD_BEGIN, OVERHEAD_END):
         assert section in report
     for spec in ROUTERS:
         assert f"| {spec.label} |" in report or f"| **{spec.label}** |" in report, spec.label
@@ -62,3 +62,7 @@ def test_quick_bench_writes_a_complete_report(tmp_path: Path) -> None:
         assert pool["epp_errors"] == 0
         assert pool["epp_cpu_us_per_request"] > 0
     assert [d["pods"] for d in overhead["decisions"]] == [4, 64, 256, 1024]
+    assert [(lp["pods"], lp["concurrency"]) for lp in overhead["long_prompts"]] == [(4, 20), (4, 150)]
+    for lp in overhead["long_prompts"]:
+        assert lp["errors"] == 0 and lp["body_bytes"] > 200_000
+    assert not (out / "bench-results").exists()  # quick runs are not committed as results

@@ -7,6 +7,11 @@ arrives between two scrapes still spreads over the pool. Score as llm-d's scorer
 1 and the busiest 0; when nothing is in flight anywhere every endpoint scores 1 (the
 picker's random tie-break then spreads the load).
 
+`includeScraped` (false: llm-d's behaviour) counts max(ledger count, the pod's scraped
+running + waiting) instead: the ledger only knows this EPP's requests, the scrape also sees
+other EPP replicas' and clients that bypass the gateway, and the max (not the sum) avoids
+counting our own requests twice once the scrape catches up.
+
 `requestTimeout` (llm-d's parameter, a duration such as "30s" or "2m") bounds how long a
 request without a completion keeps counting. The tracker is shared by every plugin of the
 EPP, so the shortest timeout configured anywhere (or `epp serve --inflight-timeout`) wins.
@@ -45,11 +50,13 @@ def parse_duration(text: str) -> float:
 @register_plugin
 class ActiveRequestScorer:
     type_name: ClassVar[str] = "active-request-scorer"
-    consumes: ClassVar[tuple[str, ...]] = ("inflight", "peer_inflight")
+    consumes: ClassVar[tuple[str, ...]] = ("inflight", "peer_inflight", "metrics.running_requests",
+                                           "metrics.waiting_queue_size")
 
     @dataclass(slots=True)
     class Params:
         request_timeout: str = ""  # empty: the tracker's timeout (epp serve --inflight-timeout)
+        include_scraped: bool = False
 
         def validate(self) -> None:
             if self.request_timeout and parse_duration(self.request_timeout) <= 0:
@@ -67,7 +74,11 @@ class ActiveRequestScorer:
     def score(
         self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]
     ) -> list[float]:
-        counts = [ep.inflight + ep.peer_inflight for ep in endpoints]
+        if self.params.include_scraped:
+            counts = [max(ep.inflight + ep.peer_inflight,
+                          ep.metrics.running_requests + ep.metrics.waiting_queue_size) for ep in endpoints]
+        else:
+            counts = [ep.inflight + ep.peer_inflight for ep in endpoints]
         busiest = max(counts)
         if busiest <= 0:
             return [1.0] * len(counts)

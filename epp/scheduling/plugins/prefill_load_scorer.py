@@ -15,6 +15,11 @@ queue-scorer: the endpoint with the smallest recent prompt load scores 1, the la
 equal prompts this picks the pod that was sent a request least recently (round robin's
 spacing); on mixed prompts it weighs them by size.
 
+The ledger only knows this EPP's requests. Requests waiting in a pod's queue have not been
+prefilled either, whoever sent them, so the load is max(ledger estimate, scraped waiting
+requests x this request's prompt tokens): a pod that other EPP replicas or direct clients
+have queued up looks busy too, and our own waiting requests are not counted twice.
+
 Not a GIE or llm-d plugin: our own; see docs/scheduling.md for the measurements.
 """
 
@@ -24,8 +29,8 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 from epp.datastore.endpoint import Endpoint
+from epp.datastore.inflight import CHARACTERS_PER_TOKEN, InflightTracker
 from epp.datastore.inflight import SERVICE_KEY as TRACKER_KEY
-from epp.datastore.inflight import InflightTracker
 from epp.scheduling.plugins._normalize import lower_is_better
 from epp.scheduling.plugins._parameterless import NoParams, ParameterlessPlugin
 from epp.scheduling.registry import PluginContext, register_plugin
@@ -35,7 +40,7 @@ from epp.scheduling.types import CycleState, LLMRequest
 @register_plugin
 class PrefillLoadScorer(ParameterlessPlugin):
     type_name: ClassVar[str] = "prefill-load-scorer"
-    consumes: ClassVar[tuple[str, ...]] = ("inflight.recent_prompt_tokens",)
+    consumes: ClassVar[tuple[str, ...]] = ("inflight.recent_prompt_tokens", "metrics.waiting_queue_size")
 
     def __init__(self, *, name: str | None = None, params: NoParams | None = None,
                  ctx: PluginContext | None = None) -> None:
@@ -55,4 +60,6 @@ class PrefillLoadScorer(ParameterlessPlugin):
         tracker = self.tracker
         now = tracker.clock()
         recent = tracker.recent_prompt_tokens
-        return lower_is_better([recent(ep, now) + ep.peer_recent_prompt_tokens for ep in endpoints])
+        per_request = max(1, len(request.prompt_text()) // CHARACTERS_PER_TOKEN)
+        return lower_is_better([max(recent(ep, now) + ep.peer_recent_prompt_tokens,
+                                    ep.metrics.waiting_queue_size * per_request) for ep in endpoints])

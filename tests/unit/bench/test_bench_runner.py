@@ -3,7 +3,15 @@ from pathlib import Path
 import pytest
 
 from epp.bench.client import PhaseResult, RequestResult
-from epp.bench.routers import ROUTERS, RouterSpec, RowSettings, _stack_config, router_by_key, unavailable_reason
+from epp.bench.routers import (
+    ROUTERS,
+    RouterSpec,
+    RowSettings,
+    _stack_config,
+    epp_config_path,
+    router_by_key,
+    unavailable_reason,
+)
 from epp.bench.runner import PhasePlan, log_warnings, parse_prefix_counters, summarize
 from epp.bench.workloads import WorkloadParams
 
@@ -48,11 +56,17 @@ def test_summarize_converts_to_model_seconds_and_counts_errors() -> None:
 def test_router_table_is_complete_and_keys_unique() -> None:
     keys = [r.key for r in ROUTERS]
     assert len(keys) == len(set(keys))
-    assert {"envoy-rr", "envoy-lr", "vr-rr", "vr-p2c", "vr-cache", "vr-kv", "epp-load", "epp-prefix", "epp-all",
-            "epp-precise", "epp-precise-spec", "epp-default", "epp-gie-default"} == set(keys)
+    assert {"envoy-rr", "envoy-lr", "vr-rr", "vr-p2c", "vr-cache", "vr-kv", "epp-default", "epp-gie", "epp-load",
+            "epp-prefix", "epp-all", "epp-precise", "epp-precise-spec"} == set(keys)
     for spec in ROUTERS:
         if spec.kind == "epp":
-            assert (Path(__file__).resolve().parents[3] / "epp/bench/configs" / spec.policy).exists()
+            path = epp_config_path(spec)
+            if spec.key == "epp-default":
+                assert path is None  # the embedded default: no --config
+            elif spec.key == "epp-gie":
+                assert path is not None and path.name == "gie-default.yaml" and path.exists()
+            else:
+                assert path is not None and path.exists()
         assert unavailable_reason(spec) is None or spec.kind in ("vllm-router", "epp")
 
 
@@ -68,6 +82,14 @@ def test_stack_config_gives_cold_bench_pods_and_only_epp_rows_start_the_epp(tmp_
         assert "--kv-events-bind" in args
         assert args[args.index("--num-gpu-blocks") + 1] == "1000"
         assert args[args.index("--slowdown") + 1] == "2.0"
+        assert not cfg.pod_sim_args
+    assert _stack_config(router_by_key("epp-default"), row, tmp_path).epp_config is None
+
+
+def test_heterogeneous_row_slows_down_one_pod_only(tmp_path: Path) -> None:
+    row = RowSettings(pods=4, run_dir=tmp_path, slowdown=4.0, pod_slowdown={0: 2.0})
+    cfg = _stack_config(router_by_key("envoy-rr"), row, tmp_path)
+    assert dict(cfg.pod_sim_args) == {0: ["--slowdown", "8"]}  # after sim_args: the last --slowdown wins
 
 
 def test_a_stack_that_fails_to_start_is_retried_once(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -93,3 +115,71 @@ def test_a_stack_that_fails_to_start_is_retried_once(monkeypatch: pytest.MonkeyP
     assert rr.ok == 1 and not rr.skipped
     assert lr.skipped.startswith("failed: StackError: still broken")
     assert len(calls) == 4  # rr twice, lr twice
+
+
+def test_each_cell_runs_repeats_times_with_its_own_seed_and_rows_are_medians(monkeypatch: pytest.MonkeyPatch) -> None:
+    from epp.bench import runner
+    from epp.bench.runner import BenchPlan, RouterPhaseResult, run_benchmark
+    from epp.bench.stats import Distribution
+
+    seen: list[tuple[str, int, str]] = []
+
+    def fake(spec: RouterSpec, plan: PhasePlan, workload: object, bench: object, tag: str) -> RouterPhaseResult:
+        seed = workload.params.seed  # type: ignore[attr-defined]
+        seen.append((spec.key, seed, tag))
+        ttft = Distribution.of([0.1 * (seed + 1)])
+        return RouterPhaseResult(spec.key, spec.label, spec.ours, plan.workload, plan.params.rate, sent=1, ok=1,
+                                 ttft=ttft)
+
+    monkeypatch.setattr(runner, "run_router_phase", fake)
+    plans = [PhasePlan("no-sharing", WorkloadParams(rate=5, count=3, duration_s=5, seed=1), ("envoy-rr",)),
+             PhasePlan("mixed", WorkloadParams(rate=5, count=3, duration_s=5, seed=1))]
+    bench = BenchPlan(plans, [router_by_key("envoy-rr"), router_by_key("vr-rr")], RowSettings(), repeats=3)
+    assert bench.cells() == (1 + 2) * 3
+    saved: list[int] = []
+    outcomes = run_benchmark(bench, progress=lambda _: None, on_phase=lambda done: saved.append(len(done)))
+    assert saved == [1, 2, 2, 2, 2, 2]  # after every phase run
+    first, second = outcomes
+    assert [s.repeat for s in first.samples] == [0, 1, 2]
+    # Round by round: run 1 of both phases, then run 2 ...; run r uses seed + r.
+    assert [(key, seed) for key, seed, _ in seen[:4]] == [("envoy-rr", 1), ("envoy-rr", 1), ("vr-rr", 1),
+                                                          ("envoy-rr", 2)]
+    assert len(first.rows) == 1 and first.rows[0].runs == 3
+    assert first.rows[0].ttft.p50 == pytest.approx(0.3)  # median of 0.2, 0.3, 0.4
+    assert [r.router for r in second.rows] == ["envoy-rr", "vr-rr"]
+    assert len({tag for _, _, tag in seen}) == len(seen)  # every run has its own log directory
+
+
+def test_a_passed_deadline_stops_new_phases(monkeypatch: pytest.MonkeyPatch) -> None:
+    from epp.bench import runner
+    from epp.bench.runner import BenchPlan, run_benchmark
+
+    monkeypatch.setattr(runner, "run_router_phase", lambda *a: pytest.fail("no run may start"))
+    plan = PhasePlan("no-sharing", WorkloadParams(rate=5, count=3, duration_s=5))
+    bench = BenchPlan([plan], [router_by_key("envoy-rr")], RowSettings(), repeats=3)
+    assert run_benchmark(bench, progress=lambda _: None, deadline=0.0) == []
+
+
+def test_a_deadline_after_the_first_round_keeps_every_phase_with_one_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from epp.bench import runner
+    from epp.bench.runner import BenchPlan, RouterPhaseResult, run_benchmark
+
+    def fake(spec: RouterSpec, plan: PhasePlan, workload: object, bench: object, tag: str) -> RouterPhaseResult:
+        return RouterPhaseResult(spec.key, spec.label, spec.ours, plan.workload, plan.params.rate, sent=1, ok=1)
+
+    monkeypatch.setattr(runner, "run_router_phase", fake)
+    plans = [PhasePlan(w, WorkloadParams(rate=5, count=3, duration_s=5)) for w in ("no-sharing", "mixed")]
+    bench = BenchPlan(plans, [router_by_key("envoy-rr")], RowSettings(), repeats=3)
+    deadline = [time.monotonic() + 3600]
+
+    def cut_after_first_round(done: list[object]) -> None:
+        if len(done) == 2:
+            deadline[0] = 0.0
+
+    # The deadline is read when each phase run starts; move it once both phases ran once.
+    monkeypatch.setattr(runner.time, "monotonic", lambda: 1.0 if deadline[0] else 2.0)
+    outcomes = run_benchmark(bench, progress=lambda _: None, on_phase=cut_after_first_round, deadline=1.5)
+    assert [o.plan.workload for o in outcomes] == ["no-sharing", "mixed"]
+    assert all(o.rows[0].runs == 1 for o in outcomes)

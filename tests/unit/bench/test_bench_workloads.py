@@ -24,7 +24,7 @@ def params(**kw: object) -> WorkloadParams:
 
 
 def test_same_seed_gives_identical_requests() -> None:
-    for name in ("shared-prefix", "no-sharing", "bursty", "lora-mix"):
+    for name in ("shared-prefix", "no-sharing", "mixed", "heterogeneous", "bursty", "lora-mix"):
         a, b = build(name, params()), build(name, params())
         assert [(r.arrival_s, r.model, r.messages) for r in a.requests] == \
                [(r.arrival_s, r.model, r.messages) for r in b.requests], name
@@ -90,3 +90,40 @@ def test_invalid_params_are_rejected(field: str, value: float) -> None:
 def test_unknown_workload_names_the_known_ones() -> None:
     with pytest.raises(ValueError, match="shared-prefix"):
         build("nope", params())
+
+
+def test_mixed_is_half_chat_half_unique_with_short_and_long_prompts_interleaved() -> None:
+    from epp.bench.workloads import MixShape, mixed
+
+    w = mixed(params(count=400, duration_s=60.0), MixShape())
+    chat = [r for r in w.requests if r.session.startswith("g")]
+    unique = [r for r in w.requests if r.session.startswith("r")]
+    assert len(chat) + len(unique) == len(w.requests) == 400
+    assert 0.4 < len(chat) / len(w.requests) < 0.6  # seeded coin flips around one half
+    sizes = [len(r.messages[0]["content"]) for r in unique]
+    short = [s < 2_000 for s in sizes]
+    assert short[:4] == [True, False, True, False]  # strictly alternating
+    assert all(a != b for a, b in itertools.pairwise(short))
+    assert min(s for s in sizes if s > 2_000) >= 16_000
+    # Chat turns grow a shared system prompt; unique prompts share nothing with each other.
+    assert len({r.messages[0]["content"] for r in chat}) <= MixShape().chat.groups
+    assert len({r.messages[0]["content"][:40] for r in unique}) == len(unique)
+    assert [r.index for r in w.requests] == list(range(len(w.requests)))
+    assert all(a.arrival_s <= b.arrival_s for a, b in itertools.pairwise(w.requests))
+
+
+def test_mixed_rejects_a_share_outside_0_1() -> None:
+    from epp.bench.workloads import MixShape, mixed
+
+    with pytest.raises(ValueError, match="chat_share"):
+        mixed(params(), MixShape(chat_share=1.5))
+
+
+def test_heterogeneous_is_no_sharing_traffic_on_a_pool_with_one_slow_pod() -> None:
+    from epp.bench.workloads import HETEROGENEOUS_SLOWDOWN, heterogeneous, pod_profile
+
+    het, plain = heterogeneous(params()), no_sharing(params())
+    assert het.name == "heterogeneous" and "slower" in het.title
+    assert [r.messages for r in het.requests] == [r.messages for r in plain.requests]
+    assert pod_profile("heterogeneous") == {0: HETEROGENEOUS_SLOWDOWN} and HETEROGENEOUS_SLOWDOWN == 2.0
+    assert pod_profile("no-sharing") == {} and pod_profile("mixed") == {}

@@ -77,8 +77,7 @@ def test_default_config_loads_from_none_and_reads_the_inflight_ledger() -> None:
     assert cfg.source == "default-config.yaml"
     profile = cfg.profiles["default"]
     assert [(s.type_name, w) for s, w in profile.scorers] == [
-        ("active-request-scorer", 2.0), ("token-load-scorer", 1.0),
-        ("kv-cache-utilization-scorer", 1.0), ("prefix-cache-scorer", 3.0),
+        ("prefill-load-scorer", 2.0), ("active-request-scorer", 1.0), ("prefix-cache-scorer", 30.0),
     ]
     assert cfg.plugins["prefix-cache-scorer"].params.balance_abs_threshold > 0
     assert isinstance(profile.picker, MaxScorePicker)

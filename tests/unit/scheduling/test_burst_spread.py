@@ -75,10 +75,13 @@ async def test_burst_of_unrelated_requests_spreads_evenly() -> None:
 
 
 async def test_burst_of_one_shared_prefix_lets_go_of_the_busy_pod() -> None:
-    # Affinity keeps the prefix's pod until it is balanceAbsThreshold (4) requests ahead of the
-    # others (and 1.5x), then the load scorers spread the rest.
+    # Affinity keeps the prefix's pod until it is more than balanceAbsThreshold (16) requests
+    # ahead of the least loaded pod (and 1.5x), then lets go; the next pod to take the prefix
+    # does the same. Without letting go (GIE's default) the whole burst lands on one pod.
     shared = "system: you are a helpful assistant. " * 40
     prompts = [shared + f"question {i}" for i in range(BURST)]
     picked, _ = await _burst(None, prompts)
-    assert len(picked) == PODS
-    assert max(picked.values()) - min(picked.values()) <= 6
+    assert len(picked) >= 3
+    assert max(picked.values()) == 17  # 17 - 0 > 16: the 18th request goes elsewhere
+    gie, _ = await _burst("gie-default.yaml", prompts)
+    assert list(gie.values()) == [BURST]

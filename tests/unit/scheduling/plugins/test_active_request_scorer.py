@@ -46,3 +46,11 @@ def test_bad_durations_are_refused(text: str) -> None:
 def test_bad_request_timeout_names_the_parameter() -> None:
     with pytest.raises(ConfigError, match=r"t.yaml: parameter 'requestTimeout' must be a duration"):
         parse_params(ActiveRequestScorer.Params, {"requestTimeout": "soon"}, "t.yaml")
+
+
+def test_include_scraped_sees_load_the_ledger_does_not() -> None:
+    # Pod a is busy with another replica's traffic (scrape: 12 waiting); pod b has 2 of ours,
+    # which the scrape already shows (no double counting).
+    eps = [endpoint("a", queue=12, running=4), endpoint("b", running=2, inflight=2)]
+    scorer = ActiveRequestScorer(params=ActiveRequestScorer.Params(include_scraped=True))
+    assert scorer.score(state(), request(), eps) == [0.0, 0.875]

@@ -65,3 +65,12 @@ def test_other_workers_recent_prompts_count() -> None:
 
 def test_without_a_server_ledger_every_endpoint_is_equal() -> None:
     assert PrefillLoadScorer().score(state(), request(), pool(3)) == [1.0, 1.0, 1.0]
+
+
+def test_a_queue_we_did_not_send_counts_as_prefill_backlog() -> None:
+    scorer, tracker, _ = _setup()
+    eps = pool(3)
+    eps[0].metrics.waiting_queue_size = 12  # another replica's requests, unknown to our ledger
+    tracker.dispatch([eps[1]], 0, 400)  # one of ours, just sent
+    # 12 waiting x this request's 100 prompt tokens = 1200 > 400 on pod 1 > 0 on pod 2
+    assert scorer.score(state(), request("x" * 400), eps) == [0.0, 800 / 1200, 1.0]

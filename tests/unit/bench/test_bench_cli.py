@@ -1,0 +1,62 @@
+"""The `epp bench` plans: what `make bench` and `make bench-quick` run."""
+
+import argparse
+
+import pytest
+
+from epp.bench.cli import FULL_REPEATS, add_parser, build_plan, plan_settings, raw_results_name
+from epp.bench.machine import MachineFacts
+from epp.bench.report import RunInfo
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    return parser.parse_args(["bench", *argv])
+
+
+def test_full_plan_covers_issue_10_workloads_with_three_runs() -> None:
+    plan = build_plan(parse())
+    keys = [p.key for p in plan.phases]
+    for key in ("no-sharing@3", "no-sharing@6", "no-sharing@9", "no-sharing@12", "mixed@6", "heterogeneous@6"):
+        assert key in keys
+    assert any(k.startswith("shared-prefix@") for k in keys)
+    assert plan.repeats == FULL_REPEATS == 3
+    for phase in plan.phases:
+        routers = {r.key for r in plan.routers_of(phase)}
+        assert {"envoy-rr", "envoy-lr", "vr-rr", "epp-default", "epp-gie"} <= routers, phase.key
+        if phase.workload == "shared-prefix":
+            assert {"vr-cache", "vr-kv"} <= routers
+    # The existing variants still run somewhere.
+    everywhere = {r.key for p in plan.phases for r in plan.routers_of(p)}
+    assert {"vr-p2c", "epp-load", "epp-prefix", "epp-all", "epp-precise"} <= everywhere
+    # About 35 minutes on 2 cores at ~10 s per cell (startup + arrivals + drain).
+    assert plan.cells() * 10 <= 35 * 60
+
+
+def test_quick_plan_is_one_small_phase_with_every_router() -> None:
+    plan = build_plan(parse("--quick"))
+    assert [p.key for p in plan.phases] == ["shared-prefix@6"] and plan.repeats == 1
+    assert len(plan.routers_of(plan.phases[0])) == len(plan.routers)
+
+
+def test_explicit_routers_run_on_every_phase_and_bad_values_are_refused() -> None:
+    plan = build_plan(parse("--routers", "envoy-rr,epp-default", "--workloads", "mixed", "--repeats", "2"))
+    assert [r.key for r in plan.routers_of(plan.phases[0])] == ["envoy-rr", "epp-default"]
+    with pytest.raises(ValueError, match="unknown workload"):
+        build_plan(parse("--workloads", "nope"))
+    with pytest.raises(ValueError, match="--repeats"):
+        build_plan(parse("--repeats", "0"))
+
+
+def test_settings_and_raw_results_name_come_from_the_run() -> None:
+    args = parse("--phase-seconds", "7", "--repeats", "2")
+    plan = build_plan(args)
+    settings = plan_settings(plan, args, 40.0)
+    assert settings["runs per cell"].startswith("2 ")
+    assert settings["arrivals per phase"].startswith("7 model seconds")
+    assert settings["time budget"] == "no new run after 40 minutes"
+    assert settings["phase mixed@6"] == "envoy-rr, envoy-lr, vr-rr, vr-cache, epp-default, epp-gie"
+    info = RunInfo("c", "2026-12-01 04:05 UTC", MachineFacts("", 2, "", "", "", "", ""), False, 4, 0.5,
+                   commit="abc1234")
+    assert raw_results_name(info) == "bench-results/2026-12-01-0405-abc1234.json"
