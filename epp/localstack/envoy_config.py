@@ -78,6 +78,13 @@ class EnvoyConfigParams:
     epp_tls_ca_file: str | None = None
     epp_tls_sni: str = "localhost"
 
+    def __post_init__(self) -> None:
+        if self.request_body_mode not in BODY_MODES:
+            raise ValueError(
+                f"request_body_mode {self.request_body_mode!r} cannot route: the EPP picks the pod "
+                "from the request body, so Envoy must hold the request until the whole body has "
+                f"been processed; use one of {', '.join(BODY_MODES)}")
+
 
 def _epp_transport_socket(p: EnvoyConfigParams) -> dict[str, Any]:
     """The upstream TLS context of the EPP cluster (empty: plaintext). ALPN h2 because gRPC
@@ -100,13 +107,6 @@ def _epp_transport_socket(p: EnvoyConfigParams) -> dict[str, Any]:
             },
         },
     }}
-
-    def __post_init__(self) -> None:
-        if self.request_body_mode not in BODY_MODES:
-            raise ValueError(
-                f"request_body_mode {self.request_body_mode!r} cannot route: the EPP picks the pod "
-                "from the request body, so Envoy must hold the request until the whole body has "
-                f"been processed; use one of {', '.join(BODY_MODES)}")
 
 
 def render_envoy_config(p: EnvoyConfigParams) -> dict[str, Any]:

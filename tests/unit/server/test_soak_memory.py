@@ -8,7 +8,7 @@ run of 100,000 unique prompts is opt-in:
     EPP_SOAK_PROMPTS=100000 .venv/bin/python -m pytest tests/unit/server/test_soak_memory.py -s
 
 The caches are sized down (tokenizer pieces and vocabulary, the pods' KV blocks that size
-the prefix LRUs, the precise scorer's message cache) so a short run fills them during the
+the prefix LRUs, the simple prompt tokenizer's message cache) so a short run fills them during the
 warm-up; the same code bounds them at their production sizes.
 """
 
@@ -26,14 +26,15 @@ from typing import Any
 import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
-from epp.prefixcache.runtime import SERVICE_KEY, KVEventsRuntime
 from prometheus_client import CollectorRegistry
 
 from epp.config.loader import load_scheduler_config
 from epp.datastore import Datastore, Endpoint
-from epp.scheduling.plugins import precise_prefix_cache_scorer
+from epp.prefixcache.runtime import SERVICE_KEY, KVEventsRuntime
 from epp.scheduling.registry import PluginContext
 from epp.server.extproc import ExtProcHandler
+from epp.tokenization import simple
+from epp.tokenization.simple import SimplePromptTokenizer
 from epp.tokenization.tokenizer import SimpleTokenizer
 
 SOAK_PROMPTS = int(os.environ.get("EPP_SOAK_PROMPTS", "3000"))
@@ -41,7 +42,7 @@ WARMUP_PROMPTS = min(3000, SOAK_PROMPTS // 3)  # fills every sized-down cache
 TOKENIZER_CACHE = 4096
 TOKENIZER_VOCAB = 4096  # id -> piece (for decode) is bounded by the vocabulary size
 POD_KV_BLOCKS = 300  # autoTune sizes the prefix LRUs from the pods' num_gpu_blocks
-SEGMENT_CACHE = 256  # the precise scorer's per-message token cache (4096 in production)
+SEGMENT_CACHE = 256  # the simple prompt tokenizer's per-message token cache (4096 in production)
 MODEL = "m"
 
 CONFIG = """
@@ -118,15 +119,17 @@ def _setup(tmp_path: Path) -> tuple[ExtProcHandler, SimpleTokenizer, KVEventsRun
         ep = ds.upsert_endpoint(Endpoint(name=f"pod-{i}", address="127.0.0.1", port=8000 + i))
         ep.metrics.num_gpu_blocks = POD_KV_BLOCKS
     tokenizer = SimpleTokenizer(vocab_size=TOKENIZER_VOCAB, max_cached_pieces=TOKENIZER_CACHE)
+    prompt_tokenizer = SimplePromptTokenizer(warn=False)
+    prompt_tokenizer.tokenizer = tokenizer
     ctx = PluginContext(datastore=ds, services={"metrics.registry": CollectorRegistry(),
-                                                "tokenizer/simple": tokenizer})
+                                                "tokenizer/simple": prompt_tokenizer})
     scheduler = load_scheduler_config(tmp_path / "epp.yaml", ctx).scheduler
     return ExtProcHandler(ds, lambda: scheduler), tokenizer, ctx.services[SERVICE_KEY]
 
 
 @pytest.mark.timeout(max(300, SOAK_PROMPTS // 40))  # the opt-in long run needs longer
 async def test_rss_stays_flat_over_unique_prompts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(precise_prefix_cache_scorer, "SEGMENT_CACHE_ENTRIES", SEGMENT_CACHE)
+    monkeypatch.setattr(simple, "SEGMENT_CACHE_ENTRIES", SEGMENT_CACHE)
     handler, tokenizer, kv_runtime = _setup(tmp_path)
     try:
         await _soak(handler, tokenizer)
