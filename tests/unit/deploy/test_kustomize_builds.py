@@ -167,6 +167,10 @@ def check_references(inst: Install) -> None:
                     cm = inst.need("ConfigMap", ref["configMapKeyRef"]["name"], f"{owner} env {e['name']}")
                     if cm is not None and ref["configMapKeyRef"]["key"] not in cm.get("data", {}):
                         inst.problems.append(f"{inst.name}: {owner}: env {e['name']}: no such ConfigMap key")
+            for arg in c.get("args", []):
+                # The EPP and the P/D sidecar watch their pool by name: it must be in the build.
+                if arg.startswith("--pool-name=") and not inst.partial:
+                    inst.need("InferencePool", arg.split("=", 1)[1], f"{owner}/{c['name']} --pool-name")
             for m in c.get("volumeMounts", []):
                 if m["name"] not in volumes:
                     inst.problems.append(f"{inst.name}: {owner}/{c['name']} mounts undeclared volume {m['name']}")

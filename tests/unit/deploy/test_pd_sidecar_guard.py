@@ -27,7 +27,7 @@ def test_decode_sidecar_watches_its_pool_with_a_service_account_that_may_read_it
     args = [a.replace("$(POD_NAMESPACE)", env["POD_NAMESPACE"]) for a in sidecar["args"]]
     config = sidecar_cli.config_from_args(parser.parse_args(["sidecar", *args]))
     config.validate()
-    [pool] = _docs("inferencepool.yaml")
+    [pool] = _docs("inferencepool-pd-patch.yaml")
     assert config.kubernetes is not None and config.kubernetes.pool_name == pool["metadata"]["name"]
 
     rbac = {(d["kind"], d["metadata"]["name"]): d for d in _docs("sidecar-rbac.yaml")}

@@ -29,7 +29,7 @@ def _precise(config: dict[str, Any]) -> dict[str, Any]:
 
 def test_patches_target_base_resources_and_mount_the_tokenizer() -> None:
     kustomization = yaml.safe_load((OVERLAY / "kustomization.yaml").read_text())
-    assert kustomization["resources"] == ["../gateway-api"]
+    assert kustomization["resources"] == ["../gateway-api", "../vllm"]  # the EPP and its pool, the model servers
     base = {(d["kind"], d["metadata"]["name"]) for p in (DEPLOY / "gateway-api").glob("*.yaml")
             for d in _load(p) if "metadata" in d}
     patches = [d for p in kustomization["patches"] for d in _load(OVERLAY / p["path"])]
