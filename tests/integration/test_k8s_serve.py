@@ -56,8 +56,13 @@ async def test_epp_serve_follows_the_cluster(tmp_path: Path) -> None:
                 assert await asyncio.to_thread(_grpc_health, grpc_port, tls=True)
                 assert not await asyncio.to_thread(_grpc_health, grpc_port, tls=False)
                 # The kubelet's gRPC probes: plaintext, on a port of their own.
+                # The gRPC reporter follows the probe on its own 0.5 s tick, so readiness may
+                # trail /readyz by one tick.
                 for service in ("liveness", "readiness"):
-                    assert await asyncio.to_thread(_grpc_health, probe_port, tls=False, service=service)
+                    deadline = asyncio.get_running_loop().time() + 5
+                    while not await asyncio.to_thread(_grpc_health, probe_port, tls=False, service=service):
+                        assert asyncio.get_running_loop().time() < deadline, f"{service} not SERVING"
+                        await asyncio.sleep(0.1)
                 api.put_pod("sim-0", "127.0.0.1", {"app": "sim"})
                 await wait_until(lambda: last["status"] == 200 and last["healthy"] == 1, timeout=30)
                 await wait_until(lambda: (api.get(LEASES, "pool-epp-leader") or {}).get("spec", {})

@@ -26,13 +26,13 @@ from typing import Any
 import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
-from epp.prefixcache.runtime import SERVICE_KEY
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from epp.config.loader import load_scheduler_config
 from epp.datastore import Datastore, Endpoint, InferenceObjective
+from epp.prefixcache.runtime import SERVICE_KEY
 from epp.scheduling.registry import PluginContext
 from epp.server.errors import RequestError
 from epp.server.extproc import ExtProcHandler
