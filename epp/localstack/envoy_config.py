@@ -355,7 +355,9 @@ def _retry_policy(retries: int) -> dict[str, Any]:
             "retriable_status_codes": [500, 502, 503, 504], "num_retries": retries,
             "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}],
-            "host_selection_retry_max_attempts": 5,
+            # Least-request prefers an idle host, and a dead one looks idle: re-pick often enough
+            # that a retry almost surely leaves it (previous_hosts rejects it on each pick).
+            "host_selection_retry_max_attempts": 20,
             "retry_back_off": {"base_interval": "0.01s", "max_interval": "0.1s"}}
 
 

@@ -131,9 +131,14 @@ def test_fail_open_skips_a_dead_pod(stack_factory: StackFactory) -> None:
     stack = stack_factory(pods=2, time_scale=0.1, kv_events=False, failure_mode="FailOpen")
     stack.stop_one("epp")
     stack.kill(stack.pods[0].name)
-    # No EPP, one of two pods dead: Envoy's own least-request balancing over the pool retries
-    # the refused connections on the live pod, and health checks / outlier ejection soon stop
-    # picking the dead one at all.
+    # No EPP, one of two pods dead: Envoy's health checks (0.5 s) mark the dead pod, and from
+    # then on its own least-request balancing over the pool never picks it. In the first
+    # moments after the kill a burst can still lose requests: least-request favours the dead
+    # pod (it looks idle) and a retry may pick it again, so the test waits for the detection.
+    deadline = time.monotonic() + 5
+    while _host_flags(stack, "pool", stack.pods[0].port) == "healthy":
+        assert time.monotonic() < deadline, "Envoy never marked the dead pod unhealthy"
+        time.sleep(0.05)
     for _ in range(3):
         responses = asyncio.run(_burst(stack, 20))
         assert [r.status_code for r in responses] == [200] * 20, [r.text for r in responses if r.status_code != 200]
