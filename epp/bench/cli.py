@@ -107,6 +107,10 @@ def add_parser(sub: Any) -> None:
                    help=f"KV-cache blocks per simulated pod ({BENCH_GPU_BLOCKS})")
     p.add_argument("--slowdown", type=float, default=BENCH_SLOWDOWN,
                    help=f"simulated engine step multiplier vs the H100 model ({BENCH_SLOWDOWN:g})")
+    p.add_argument("--tokenizer", type=Path, default=None, metavar="DIR",
+                   help="the model's tokenizer directory (tokenizer.json), e.g. .cache/tokenizers/llama3_1: "
+                        "every simulated pod tokenizes with it and the precise-prefix rows hash with it "
+                        "(default: the simulator's built-in 'simple' tokenizer)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", type=Path, default=REPO / "docs", help="where benchmarks.md and plots go")
     p.add_argument("--run-dir", type=Path, default=REPO / ".run" / "bench", help="logs and raw results")
@@ -167,8 +171,13 @@ def build_plan(args: argparse.Namespace) -> BenchPlan:
             phases.append(PhasePlan(name, params, phase_routers(name, rate) if subsets else ()))
     if args.pods < 1 or args.gpu_blocks < 1 or args.slowdown <= 0 or time_scale <= 0:
         raise ValueError("--pods and --gpu-blocks must be >= 1, --slowdown and --time-scale > 0")
+    tokenizer: Path | None = args.tokenizer
+    if tokenizer is not None and not (tokenizer / "tokenizer.json").is_file():
+        raise ValueError(f"--tokenizer {tokenizer}: no tokenizer.json there (fetch the Llama-3.1 one with "
+                         "deploy/local/fetch-tokenizer.sh)")
     row = RowSettings(pods=args.pods, time_scale=time_scale, run_dir=args.run_dir,
-                      gpu_blocks=args.gpu_blocks, slowdown=args.slowdown)
+                      gpu_blocks=args.gpu_blocks, slowdown=args.slowdown,
+                      tokenizer=tokenizer.resolve() if tokenizer is not None else None)
     return BenchPlan(phases, routers, row, drain_s=15.0 if quick else FULL_DRAIN_S, repeats=repeats)
 
 
@@ -186,12 +195,20 @@ def plan_settings(plan: BenchPlan, args: argparse.Namespace, budget_min: float |
         "drain": f"{plan.drain_s:g} wall seconds after the last arrival",
         "pods": f"{plan.row.pods} per cell, {plan.row.gpu_blocks} KV blocks of {plan.row.block_size} tokens, "
                 f"engine steps x{plan.row.slowdown:g} the H100 model",
+        "tokenizer": (f"{_shown(plan.row.tokenizer)} in every pod and in the precise-prefix rows' configs"
+                      if plan.row.tokenizer is not None else "simple (the simulator's built-in fallback, "
+                      "in the pods and the precise-prefix rows)"),
         "heterogeneous pool": f"pod {HETEROGENEOUS_SLOW_POD} runs x{HETEROGENEOUS_SLOWDOWN:g} slower than the others",
         "time budget": (f"no new run after {budget_min:g} minutes" if budget_min else "none"),
     }
     for phase in plan.phases:
         out[f"phase {phase.key}"] = ", ".join(r.key for r in plan.routers_of(phase))
     return out
+
+
+def _shown(path: Path) -> str:
+    """`path` relative to the repository when inside it (the report names no home directories)."""
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
 def overhead_settings(args: argparse.Namespace, run_dir: Path) -> OverheadSettings:

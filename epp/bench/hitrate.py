@@ -59,7 +59,16 @@ def best_hit_rate_of_tokens(prompts: Iterable[tuple[str, list[int]]], block_size
 
 
 def best_hit_rate(requests: Iterable[BenchRequest], block_size: int = 16,
-                  tokenizer: Tokenizer | None = None) -> HitRateBound:
-    tok = tokenizer or get_tokenizer("simple")
+                  tokenizer: Tokenizer | None = None, model_tokenizer: str | None = None) -> HitRateBound:
+    """`model_tokenizer`: the pods' tokenizer directory (`--tokenizer`); its chat template and
+    special tokens give the ids those pods hash (None: the simulator's default, "simple")."""
     ordered = sorted(requests, key=lambda r: r.arrival_s)
+    if model_tokenizer is not None:
+        from epp.tokenization.factory import shared_prompt_tokenizer
+        from epp.tokenization.prompt import ChatPrompt
+
+        prompt = shared_prompt_tokenizer(model_tokenizer)
+        return best_hit_rate_of_tokens(
+            ((r.model, prompt.chat_ids(ChatPrompt.from_body({"messages": r.messages}))) for r in ordered), block_size)
+    tok = tokenizer or get_tokenizer("simple")
     return best_hit_rate_of_tokens(((r.model, prompt_token_ids(r, tok)) for r in ordered), block_size)

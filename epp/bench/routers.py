@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 import httpx
+import yaml
 
 from epp.bench.envoy_configs import lb_envoy_config, to_yaml
 from epp.localstack.stack import REPO, LocalStack, StackConfig, StackError, envoy_binary, free_ports
@@ -126,6 +127,9 @@ class RowSettings:
     epp_args: Sequence[str] = ()
     # Per-pod multipliers on `slowdown` (pod index -> factor): a heterogeneous pool.
     pod_slowdown: Mapping[int, float] = field(default_factory=dict)
+    # The model's tokenizer directory (`epp bench --tokenizer`): every pod tokenizes with it
+    # and the precise-prefix rows hash with it; None = the simulator's built-in "simple".
+    tokenizer: Path | None = None
 
 
 @dataclass(slots=True)
@@ -180,17 +184,47 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float
             time.sleep(0.1)
 
 
+PRECISE_SCORER = "precise-prefix-cache-scorer"
+
+
+def with_tokenizer(config: Path, tokenizer: Path, out: Path) -> Path:
+    """A copy of `config` (written to `out`) whose precise prefix scorers use `tokenizer`;
+    `config` itself when it has none (the approximate scorer hashes characters, not tokens)."""
+    data = yaml.safe_load(config.read_text())
+    plugins = [p for p in data.get("plugins") or [] if isinstance(p, dict) and p.get("type") == PRECISE_SCORER]
+    if not plugins:
+        return config
+    for plugin in plugins:
+        plugin["parameters"] = {**(plugin.get("parameters") or {}), "tokenizer": str(tokenizer.resolve())}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(f"# {config.name} with tokenizer {tokenizer.resolve()} (epp bench --tokenizer)\n"
+                   + yaml.safe_dump(data, sort_keys=False))
+    return out
+
+
+def row_epp_config(spec: RouterSpec, row: RowSettings, run_dir: Path) -> Path | None:
+    """The --config of an EPP row: epp_config_path(), patched for row.tokenizer."""
+    config = epp_config_path(spec)
+    if config is None or row.tokenizer is None:
+        return config
+    return with_tokenizer(config, row.tokenizer, run_dir / f"tokenizer-{config.name}")
+
+
 def _stack_config(spec: RouterSpec, row: RowSettings, run_dir: Path) -> StackConfig:
     is_epp = spec.kind == "epp"
+    # The tokenizer goes to the pods as a simulator argument, not StackConfig.tokenizer: that
+    # would also swap the embedded default config (epp-default) for a precise one.
+    tokenizer = ["--tokenizer", str(row.tokenizer.resolve())] if row.tokenizer is not None else []
     return StackConfig(
         run_dir=run_dir, pods=row.pods, ports_free=True, time_scale=row.time_scale,
         with_epp=is_epp, with_envoy=is_epp,
-        epp_config=epp_config_path(spec) if is_epp else None,
+        epp_config=row_epp_config(spec, row, run_dir) if is_epp else None,
         # Pods bind their KV-event sockets (vLLM's `tcp://*:port` style) so that whoever
         # follows them (our EPP or vllm-router kv_aware) connects, one subscriber per pod.
         kv_events=True,
         sim_args=["--kv-events-bind", "--block-size", str(row.block_size), "--log-level", "WARNING",
-                  "--num-gpu-blocks", str(row.gpu_blocks), "--slowdown", str(row.slowdown), *row.sim_args],
+                  "--num-gpu-blocks", str(row.gpu_blocks), "--slowdown", str(row.slowdown), *tokenizer,
+                  *row.sim_args],
         epp_args=["--log-level", "warning", *row.epp_args],
         pod_sim_args={index: ["--slowdown", f"{row.slowdown * factor:g}"]
                       for index, factor in row.pod_slowdown.items()},

@@ -262,7 +262,9 @@ def run_benchmark(bench: BenchPlan, progress: Callable[[str], None] = print,
                 break
             workload = phase_workload(plan, repeat)
             state = runs.setdefault(plan.key, _PhaseRuns(plan, workload.title))
-            bound = best_hit_rate(workload.requests, bench.row.block_size)
+            tokenizer = bench.row.tokenizer
+            bound = best_hit_rate(workload.requests, bench.row.block_size,
+                                  model_tokenizer=str(tokenizer.resolve()) if tokenizer is not None else None)
             state.counts.append(len(workload.requests))
             state.prompts.append(bound.prompt_tokens / max(1, len(workload.requests)))
             state.bounds.append(bound.rate)
