@@ -8,6 +8,7 @@ disabled, `tracer()` returns OpenTelemetry's no-op tracer and spans cost next to
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -32,7 +33,7 @@ class TracingConfig:
     service_name: str = "llm-epp"
     exporter: Exporter = "console"
     sample_ratio: float = 1.0
-    otlp_endpoint: str = ""  # e.g. http://127.0.0.1:4317; needs opentelemetry-exporter-otlp
+    otlp_endpoint: str = ""  # e.g. http://127.0.0.1:4317 (OTLP over gRPC)
 
     def validate(self) -> None:
         if not 0.0 <= self.sample_ratio <= 1.0:
@@ -42,13 +43,12 @@ class TracingConfig:
 
 
 def _otlp_exporter(endpoint: str) -> SpanExporter:
-    try:
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # type: ignore[import-not-found]
-            OTLPSpanExporter,
-        )
-    except ImportError as e:
-        raise RuntimeError("tracing exporter 'otlp' needs the opentelemetry-exporter-otlp package") from e
-    exporter: SpanExporter = OTLPSpanExporter(endpoint=endpoint or None)
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    # An http:// endpoint means plaintext gRPC (a collector beside the EPP); https:// and
+    # the OTEL_EXPORTER_OTLP_* variables (certificates, headers) are the exporter's own.
+    insecure = True if endpoint.startswith("http://") else None
+    exporter: SpanExporter = OTLPSpanExporter(endpoint=endpoint or None, insecure=insecure)
     return exporter
 
 
@@ -60,6 +60,10 @@ def setup_tracing(config: TracingConfig, extra_exporters: Sequence[SpanExporter]
         return None
     provider = TracerProvider(resource=Resource.create({"service.name": config.service_name}),
                               sampler=ParentBasedTraceIdRatio(config.sample_ratio))
+    if config.exporter == "otlp" and not config.otlp_endpoint and not os.environ.get(
+            "OTEL_EXPORTER_OTLP_ENDPOINT") and not os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        raise ValueError("tracing exporter 'otlp' needs a collector: --otlp-endpoint or "
+                         "OTEL_EXPORTER_OTLP_ENDPOINT (e.g. http://127.0.0.1:4317)")
     if config.exporter == "console":
         provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
     elif config.exporter == "otlp":

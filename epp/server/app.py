@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 from aiohttp import web
+from opentelemetry.sdk.trace.export import SpanExporter
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from epp.config.loader import SchedulerConfig, load_scheduler_config, reload_scheduler_config
@@ -40,6 +41,8 @@ from epp.observability.exposition import HttpServer, metrics_app
 from epp.observability.grpc_health import GrpcHealthReporter
 from epp.observability.health import ReadinessProbe, health_app
 from epp.observability.metrics import EPPMetrics
+from epp.observability.request_tracing import RequestTracing
+from epp.observability.tracing import TracingConfig, setup_tracing
 from epp.scheduling.plugins.pd_metrics import register_pd_metrics
 from epp.scheduling.registry import ConfigError, PluginContext
 from epp.scheduling.types import LLMRequest, SchedulingResult
@@ -86,6 +89,9 @@ class ServeOptions:
     worker_id: int = 0
     worker_count: int = 1
     peer_dir: Path | None = None
+    # OpenTelemetry spans per request (off by default); tests add in-memory exporters.
+    tracing: TracingConfig = field(default_factory=TracingConfig)
+    span_exporters: list[SpanExporter] = field(default_factory=list)
 
 
 class MetricsObserver:
@@ -180,6 +186,9 @@ class EPPServer:
             self.limiter = TenantLimiter(store)
             self.tenant_metrics = TenantMetrics(self.metrics.registry)
         self.handler.auth = self.auth
+        self.tracer_provider = setup_tracing(opts.tracing, opts.span_exporters)
+        if self.tracer_provider is not None:
+            self.handler.tracing = RequestTracing(self.tracer_provider)
         self._apply_flow_control(self.sched_config)
         self.probe = ReadinessProbe(self.datastore)
         self._stop = asyncio.Event()
@@ -274,6 +283,10 @@ class EPPServer:
 
         if self.datastore.pool is not None:
             self.flow_metrics.set_pool(self.datastore.pool.name)
+            if self.handler.tracing is not None:
+                self.handler.tracing.pool = self.datastore.pool.name
+        if self.tracer_provider is not None:
+            stack.callback(self.tracer_provider.shutdown)  # flushes the batched spans
         if self.auth is not None:
             stack.push_async_callback(self.auth.stop)
             await self.auth.start()

@@ -16,6 +16,7 @@ from epp.flowcontrol.saturation import SaturationConfig
 from epp.k8s.cli import KubernetesOptions, add_k8s_arguments
 from epp.metricsscrape.scraper import ScrapeConfig
 from epp.observability.logging import configure_logging
+from epp.observability.request_tracing import tracing_config_from_env
 from epp.scheduling.registry import ConfigError
 from epp.server.tls import TLSOptions, load_pair, parse_bool_flag
 
@@ -65,6 +66,19 @@ def add_parser(sub: Any) -> None:
                    help="KV-cache use at which a pod counts as saturated (0.8)")
     p.add_argument("--no-model-discovery", action="store_true",
                    help="do not read /v1/models from the pods (then unknown model names are not refused)")
+    # The reference EPP's --tracing; exporter, ratio and collector also from the standard
+    # OTEL_TRACES_EXPORTER / OTEL_TRACES_SAMPLER_ARG / OTEL_EXPORTER_OTLP_ENDPOINT variables.
+    p.add_argument("--tracing", type=_bool, nargs="?", const=True, default=False, metavar="BOOL",
+                   help="emit OpenTelemetry spans per request and pass traceparent on to the pod "
+                        "(default false); see docs/observability.md")
+    p.add_argument("--tracing-exporter", choices=("console", "otlp", "none"), default=None,
+                   help="where spans go (default: $OTEL_TRACES_EXPORTER or console)")
+    p.add_argument("--otlp-endpoint", default=None,
+                   help="OTLP/gRPC collector, e.g. http://127.0.0.1:4317 "
+                        "(default: $OTEL_EXPORTER_OTLP_ENDPOINT)")
+    p.add_argument("--tracing-sample-ratio", type=float, default=None,
+                   help="share of new traces sampled, parent-based (default: "
+                        "$OTEL_TRACES_SAMPLER_ARG or 0.1, as the reference EPP)")
     p.add_argument("--max-concurrent-streams", type=int, default=0,
                    help="HTTP/2 streams per Envoy connection (0 = gRPC default)")
     # The reference EPP's TLS flags (epp/server/tls.py); Go-style `--flag=false` works.
@@ -132,7 +146,9 @@ def run(args: argparse.Namespace) -> int:
                                         kv_cache_util_threshold=args.saturation_kv_cache),
             api_keys=args.api_keys, rate_limit_redis=args.rate_limit_redis,
             worker_id=args.worker_id or 0, worker_count=args.worker_count, peer_dir=args.peer_dir,
-            tls=tls_options(args, kubernetes_mode=k8s is not None), shutdown_delay_s=args.shutdown_delay)
+            tls=tls_options(args, kubernetes_mode=k8s is not None), shutdown_delay_s=args.shutdown_delay,
+            tracing=tracing_config_from_env(args.tracing, args.tracing_exporter, args.otlp_endpoint,
+                                            args.tracing_sample_ratio))
         server = EPPServer(opts)
         asyncio.run(server.run())
     except (ConfigError, ValueError) as e:

@@ -29,7 +29,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from epp.datastore.datastore import Datastore
 from epp.datastore.endpoint import Endpoint
@@ -40,6 +40,9 @@ from epp.server.errors import ImmediateAnswer, RequestError
 from epp.server.request import parse_request, rewrite_model
 from epp.server.routes import RouteKind, classify
 from epp.server.usage import UsageParser
+
+if TYPE_CHECKING:
+    from epp.observability.request_tracing import RequestSpans, RequestTracing
 
 log = logging.getLogger("epp.server")
 
@@ -150,6 +153,8 @@ class _Stream:
     kind: RouteKind | None = None
     # Client-sent x-gateway-destination-endpoint-* headers beyond ROUTING_HEADERS (rare).
     strip: list[str] | None = None
+    spans: RequestSpans | None = None  # OpenTelemetry spans, when tracing is on
+    error: str = ""  # the error code this stream was answered with, for the span
 
 
 @dataclass(slots=True)
@@ -182,6 +187,8 @@ class ExtProcHandler:
         # Set (and swapped on config reload) by the server when flow control is enabled.
         self.flow: FlowGate | None = None
         self.auth: Authenticator | None = None
+        # OpenTelemetry spans per request (epp/observability/request_tracing.py); None = off.
+        self.tracing: RequestTracing | None = None
 
     # The gRPC stream-stream method (request_deserializer=ProcessingRequest.FromString,
     # response_serializer=identity: we yield encoded bytes).
@@ -206,6 +213,7 @@ class ExtProcHandler:
                     if st.ticket is not None:  # queued by flow control: wait, then route
                         out = await self._after_queue(st)
                 except RequestError as e:
+                    st.status, st.error = e.status, e.code or "error"
                     self.observer.on_rejected(st.request, e)
                     yield e.to_immediate_response(st.request_id)
                     return
@@ -215,6 +223,7 @@ class ExtProcHandler:
                 except Exception:
                     log.exception("ext_proc handler failed", extra={"request_id": st.request_id})
                     err = RequestError(500, "internal error in the endpoint picker", "epp_internal_error")
+                    st.status, st.error = 500, "epp_internal_error"
                     self.observer.on_rejected(st.request, err)
                     yield err.to_immediate_response(st.request_id)
                     return
@@ -288,12 +297,16 @@ class ExtProcHandler:
         return [*out, _REQUEST_TRAILERS_CONTINUE]
 
     def _decide_with_body(self, st: _Stream, body: bytes) -> list[bytes]:
+        if self.tracing is not None:
+            self._start_spans(st)
         if self.auth is not None:  # here, not on headers: also covers header-skipping modes
             self.auth.authenticate(st.headers)
         request = parse_request(body, st.path or "/v1/completions", st.request_id, st.headers,
                                 self.datastore)
         request.candidates = st.subset
         st.request = request
+        if st.spans is not None and self.tracing is not None:
+            self.tracing.on_request(st.spans, request)
         flow = self.flow
         if flow is not None:
             verdict = flow.admit(request, len(body))
@@ -332,6 +345,8 @@ class ExtProcHandler:
         return wire.request_headers_response(wire.common_response(mutation), metadata)
 
     def _bodyless_mutation(self, st: _Stream) -> tuple[bytes, bytes]:
+        if self.tracing is not None:
+            self._start_spans(st)
         if self.auth is not None:
             self.auth.authenticate(st.headers)
         endpoints = self._eligible(st.subset)
@@ -343,6 +358,9 @@ class ExtProcHandler:
         mutation = self._dest_fragment(target)
         if st.strip:
             mutation += wire.header_mutation((), st.strip)
+        if st.spans is not None and self.tracing is not None:
+            self.tracing.end_admission(st.spans)
+            mutation += wire.header_mutation(self.tracing.propagation_headers(st.spans))
         return mutation, wire.dynamic_metadata(METADATA_NAMESPACE, ((DESTINATION_HEADER, target.hostport),))
 
     def _schedule(self, st: _Stream, request: LLMRequest) -> tuple[bytes, bytes]:
@@ -362,7 +380,10 @@ class ExtProcHandler:
         t0 = time.perf_counter()
         scheduler = self._scheduler()
         try:
-            result, state = scheduler.schedule(request, endpoints)
+            if st.spans is None or self.tracing is None:
+                result, state = scheduler.schedule(request, endpoints)
+            else:
+                result, state = self.tracing.schedule(st.spans, scheduler, request, endpoints)
         except SchedulingError as e:
             raise RequestError(e.status, str(e), e.code) from None
         primary = result.primary
@@ -387,6 +408,9 @@ class ExtProcHandler:
             mutation += wire.header_mutation((), st.strip)
         if result.headers:
             mutation += wire.header_mutation(result.headers.items())
+        if st.spans is not None and self.tracing is not None:
+            self.tracing.on_decision(st.spans, result, state, st.targets)
+            mutation += wire.header_mutation(self.tracing.propagation_headers(st.spans))
         value = target.hostport if len(targets) == 1 else ",".join(e.hostport for e in targets)
         metadata = wire.dynamic_metadata(METADATA_NAMESPACE, ((DESTINATION_HEADER, value),))
         if log.isEnabledFor(logging.DEBUG):
@@ -449,7 +473,15 @@ class ExtProcHandler:
             st.evictable = True
             self.flow.on_evictable(request, lambda: setattr(st, "evicted", True))
 
+    def _start_spans(self, st: _Stream) -> None:
+        assert self.tracing is not None
+        if st.spans is None:
+            start_ns = time.time_ns() - int((time.perf_counter() - st.started) * 1e9)
+            st.spans = self.tracing.start(st.headers, st.request_id, st.path, start_ns)
+
     def _complete(self, st: _Stream) -> None:
+        if st.spans is not None and self.tracing is not None:
+            self.tracing.end(st.spans, st.status, st.error)
         if st.admitted and self.admission is not None:
             self.admission.release()
         if st.dispatch is not None:

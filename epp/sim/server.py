@@ -15,6 +15,7 @@ import logging
 import os
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -79,6 +80,7 @@ class SimPod:
         # hashes and KV events equal a real vLLM's; "simple" is the fallback (with a warning).
         self.tokenizer = shared_prompt_tokenizer(config.tokenizer)
         self.lora_modules = dict(config.lora_modules)
+        self.traceparents: deque[str] = deque(maxlen=64)  # W3C trace context received, newest last
         self._on_crash = on_crash
         self._runner: web.AppRunner | None = None
         self._started_at = time.monotonic()
@@ -305,6 +307,9 @@ class SimPod:
         max_tokens: int | None,
     ) -> SimRequest:
         request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+        traceparent = request.headers.get("traceparent")
+        if traceparent:  # vLLM parents its request span on it; /sim/state shows what came
+            self.traceparents.append(traceparent)
         arrival = time.monotonic()
         salt = body.get("cache_salt")
         try:
@@ -635,5 +640,6 @@ class SimPod:
             kv_events_endpoint=self.kv_events_endpoint,
             models=self.config.model_names,
             lora_modules=sorted(self.lora_modules),
+            traceparents=list(self.traceparents),
         )
         return web.json_response(state)
