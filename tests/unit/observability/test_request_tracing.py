@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 from concurrent import futures
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -60,7 +61,28 @@ def _request(i: int, prompt: str) -> LLMRequest:
     return LLMRequest(request_id=f"r{i}", model="m", target_model="m", prompt=prompt, max_tokens=8)
 
 
-def test_traced_scheduling_picks_exactly_what_untraced_scheduling_picks() -> None:
+# Deterministic scorers only (the default's prefill-load-scorer decays with wall time).
+CONFIG = """apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: queue-scorer
+- type: kv-cache-utilization-scorer
+- type: prefix-cache-scorer
+- type: max-score-picker
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: queue-scorer
+  - pluginRef: kv-cache-utilization-scorer
+  - pluginRef: prefix-cache-scorer
+    weight: 3
+  - pluginRef: max-score-picker
+"""
+
+
+def test_traced_scheduling_picks_exactly_what_untraced_scheduling_picks(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG)
     exporter = InMemorySpanExporter()
     provider = setup_tracing(TracingConfig(enabled=True, exporter="none"), [exporter])
     assert provider is not None
@@ -68,10 +90,13 @@ def test_traced_scheduling_picks_exactly_what_untraced_scheduling_picks() -> Non
     prompts = [f"shared system prompt {i % 3} " * 20 + f"question {i}" for i in range(40)]
     picks: list[list[str]] = []
     for traced in (False, True):
-        random.seed(7)  # the default config breaks ties at random
         ctx = PluginContext(Datastore(), source="test")
-        sched = load_scheduler_config(None, ctx).scheduler
+        sched = load_scheduler_config(config, ctx).scheduler
+        sched.profiles["default"].picker.rng = random.Random(7)  # type: ignore[attr-defined]
         endpoints = pool(4)
+        for i, ep in enumerate(endpoints):
+            ep.metrics.waiting_queue_size = i % 2
+            ep.metrics.kv_cache_usage = 0.1 * i
         out: list[str] = []
         for i, prompt in enumerate(prompts):
             request = _request(i, prompt)
@@ -96,7 +121,7 @@ class _Collector(trace_service_pb2_grpc.TraceServiceServicer):
     def __init__(self) -> None:
         self.requests: list[trace_service_pb2.ExportTraceServiceRequest] = []
 
-    def Export(self, request: trace_service_pb2.ExportTraceServiceRequest,  # noqa: N802 (gRPC name)
+    def Export(self, request: trace_service_pb2.ExportTraceServiceRequest,
                context: Any) -> trace_service_pb2.ExportTraceServiceResponse:
         self.requests.append(request)
         return trace_service_pb2.ExportTraceServiceResponse()
