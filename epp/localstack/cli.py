@@ -30,8 +30,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--listen-port", type=int, default=8081, help="Envoy listener (8081)")
     p.add_argument("--run-dir", type=Path, default=None, help="where logs and generated files go (.run)")
     p.add_argument("--tokenizer", default=None, metavar="DIR",
-                   help="the model's tokenizer directory: the sims tokenize with it and the EPP uses the "
-                        "precise prefix scorer with it (make run passes the Llama-3.1 fixture when present)")
+                   help="the model's tokenizer directory: the sims tokenize with it (make run passes the "
+                        "Llama-3.1 fixture when present)")
+    p.add_argument("--precise", action="store_true",
+                   help="with --tokenizer: the EPP routes with the precise prefix scorer (KV events + "
+                        "the same tokenizer) instead of the default config's approximate one")
     p.add_argument("--time-scale", type=float, default=1.0, help="simulator speed factor (1.0 = real time)")
     p.add_argument("--epp-tls", action="store_true",
                    help="TLS between Envoy and the EPP (as in Kubernetes), with a generated certificate")
@@ -50,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = StackConfig(pods=args.pods, pd=args.pd, engine=args.engine, vllm_model=args.vllm_model,
                       model=args.model, epp_config=args.config, failure_mode=args.failure_mode,
                       listen_port=args.listen_port, time_scale=args.time_scale,
-                      epp_tls=args.epp_tls, tokenizer=args.tokenizer, request_body_mode=args.request_body_mode,
+                      epp_tls=args.epp_tls, tokenizer=args.tokenizer, precise=args.precise,
+                      request_body_mode=args.request_body_mode,
                       epp_replicas=args.epp_replicas, supervise=True, ports_free=args.free_ports)
     if args.free_ports and args.listen_port != 8081:
         cfg.listen_port = args.listen_port

@@ -127,9 +127,12 @@ class StackConfig:
     kv_events: bool = True
     time_scale: float = 1.0  # simulator speed (0.1 = ten times faster)
     sim_args: Sequence[str] = ()
-    # The model's tokenizer directory: the sims tokenize with it, and (without epp_config, not
-    # P/D) the EPP routes with the precise prefix scorer using the same files.
+    # The model's tokenizer directory: the sims tokenize with it (real token counts). With
+    # `precise` (and no epp_config, not P/D) the EPP routes with the precise prefix scorer
+    # using the same files. Not the default: with the real Llama-3.1 tokenizer the approximate
+    # scorer measured the higher hit rate (docs/kv-events.md).
     tokenizer: str | None = None
+    precise: bool = False
     # Extra simulator arguments for single pods, by pod index (after sim_args, so they win):
     # e.g. {0: ["--slowdown", "8"]} for a pool with one slower GPU.
     pod_sim_args: Mapping[int, Sequence[str]] = field(default_factory=dict)
@@ -366,7 +369,7 @@ class LocalStack:
                     config = cfg.epp_config
                     if config is None and cfg.pd:
                         config = REPO / "deploy/vllm/pd/epp-config-pd.yaml"
-                    if config is None and cfg.tokenizer:
+                    if config is None and cfg.tokenizer and cfg.precise:
                         config = self._precise_config(cfg.tokenizer)
                     if config is not None:
                         args += ["--config", str(config)]

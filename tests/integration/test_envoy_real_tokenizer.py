@@ -1,4 +1,4 @@
-"""`make run` with the real Llama-3.1 tokenizer (run-local --tokenizer DIR): real Envoy, the EPP
+"""`make run PRECISE=1` with the real Llama-3.1 tokenizer (--tokenizer DIR --precise): real Envoy, the EPP
 routing with the precise prefix scorer, and simulated pods, all tokenizing with the same
 model files. The EPP re-hashes the pods' published blocks and must find them all equal."""
 
@@ -22,7 +22,7 @@ MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 
 @pytest.fixture(scope="module")
 def stack(stack_factory: StackFactory) -> LocalStack:
-    return stack_factory(pods=3, time_scale=0.05, tokenizer=llama3_dir())
+    return stack_factory(pods=3, time_scale=0.05, tokenizer=llama3_dir(), precise=True)
 
 
 def _hash_checks(stack: LocalStack) -> dict[str, float]:
