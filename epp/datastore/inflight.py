@@ -33,7 +33,6 @@ peers drop the counts of a worker they have not heard from for a few seconds.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -41,6 +40,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from epp.aio import cancel_and_wait
 from epp.datastore.datastore import Datastore
 from epp.datastore.endpoint import Endpoint
 
@@ -237,10 +237,7 @@ class InflightTracker:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def _run(self) -> None:
         while True:

@@ -21,7 +21,6 @@ reconciles the datastore on change; a broken edit is logged and the last good st
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -31,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from epp.aio import cancel_and_wait
 from epp.datastore.datastore import Datastore, InferenceObjective, PoolSpec
 from epp.datastore.endpoint import Endpoint
 
@@ -442,10 +442,7 @@ class LocalEndpointSource:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def _watch(self) -> None:
         while True:

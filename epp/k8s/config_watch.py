@@ -15,13 +15,14 @@ Usage:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import inspect
 import logging
 import os
 from collections.abc import Callable
 from typing import Any
+
+from epp.aio import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +99,5 @@ class ConfigFileWatcher:
             await self.check()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)

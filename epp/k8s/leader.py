@@ -15,7 +15,6 @@ Writes carry metadata.resourceVersion: a concurrent writer gets 409 Conflict, ne
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import json
 import logging
@@ -26,6 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubernetes_asyncio import client as k8s_client
+
+from epp.aio import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +86,8 @@ class LeaderElector:
 
     async def stop(self) -> None:
         """Stop campaigning; a leader releases the lease."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
 
     async def run(self) -> None:
         try:

@@ -14,7 +14,6 @@ kubernetes-asyncio's model classes would cost a deserialization per event for no
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import random
@@ -25,6 +24,8 @@ from typing import Any, Protocol
 
 import aiohttp
 from kubernetes_asyncio import client as k8s_client
+
+from epp.aio import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -346,8 +347,5 @@ class ReflectorTask:
             self._task = None
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)

@@ -10,12 +10,12 @@ restarted); every name turns NOT_SERVING at shutdown.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from epp.aio import cancel_and_wait
 from epp.observability.health import ReadinessProbe
 
 log = logging.getLogger(__name__)
@@ -71,9 +71,6 @@ class GrpcHealthReporter:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         await self.servicer.enter_graceful_shutdown()
         self.serving = False

@@ -47,6 +47,7 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
+from epp.aio import cancel_and_wait
 from epp.prefixcache.block_hash import fold_hash
 from epp.prefixcache.events import AllBlocksCleared, BlockRemoved, BlockStored, KVEventBatch, decode_event_batch
 from epp.prefixcache.hash_check import HashSettingsChecker
@@ -531,11 +532,8 @@ class CentralSubscriber:
         return str(self._sub.getsockopt_string(zmq.LAST_ENDPOINT))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
         if self._sub is not None:
             self._sub.close(linger=0)
             self._sub = None

@@ -24,6 +24,7 @@ from typing import Any
 
 import msgpack
 
+from epp.aio import cancel_and_wait
 from epp.datastore.datastore import Datastore
 from epp.datastore.inflight import InflightTracker
 
@@ -198,10 +199,7 @@ class InflightSharing:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
 
 class WorkerMetrics:

@@ -26,6 +26,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from epp.aio import cancel_and_wait
 from epp.prefixcache.block_hash import BlockHash, BlockHasher, lora_extra_keys, process_seed
 from epp.sim.config import SimPodConfig, parse_output_len_dist
 from epp.sim.kv_cache import KVBlock, PrefixCachingBlockPool
@@ -185,11 +186,8 @@ class SimEngine:
             self._update_gauges()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
         for req in [*self.running, *self.waiting]:
             self._finish(req, "abort")
 

@@ -10,7 +10,6 @@ start_seq on, then the end marker seq -1 with an empty payload.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -18,6 +17,7 @@ from collections import deque
 import zmq
 import zmq.asyncio
 
+from epp.aio import cancel_and_wait
 from epp.prefixcache.events import END_OF_REPLAY_SEQ, KVEvent, KVEventBatch, encode_event_batch, encode_seq
 
 log = logging.getLogger(__name__)
@@ -100,10 +100,8 @@ class KVEventPublisher:
             await self._replay.send_multipart((client_id, b"", END_OF_REPLAY_SEQ, b""))
 
     async def close(self) -> None:
-        if self._replay_task is not None:
-            self._replay_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._replay_task
+        task, self._replay_task = self._replay_task, None
+        await cancel_and_wait(task)
         if self._replay is not None:
             self._replay.close(linger=0)
         self._pub.close(linger=0)
