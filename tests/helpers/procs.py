@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -95,3 +96,28 @@ def running(args: Sequence[str], log: Path, env: dict[str, str] | None = None) -
         yield p
     finally:
         p.stop()
+
+
+@contextlib.contextmanager
+def sim_pods_with_kv_events(workdir: Path, count: int,
+                            extra_args: Sequence[str] = ()) -> Iterator[list[dict[str, int]]]:
+    """`count` simulated pods in one `epp sim` process, each publishing KV events (bound ZMQ
+    PUB + replay ROUTER sockets) on free loopback ports. Yields [{port, events, replay}]."""
+    pods = [{"port": free_port(), "events": free_port(), "replay": free_port()} for _ in range(count)]
+    config = {
+        "defaults": {"time_scale": 0.01, "num_gpu_blocks": 512, "kv_events_bind": True},
+        "pods": [
+            {"name": f"sim-{i}", "port": p["port"],
+             "kv_events_endpoint": f"tcp://127.0.0.1:{p['events']}",
+             "kv_events_replay_endpoint": f"tcp://127.0.0.1:{p['replay']}"}
+            for i, p in enumerate(pods)
+        ],
+    }
+    (workdir / "sim.yaml").write_text(yaml.safe_dump(config))
+    args = [PYTHON, "-m", "epp", "sim", "--config", str(workdir / "sim.yaml"), *extra_args,
+            "--log-level", "WARNING"]
+    with running(args, workdir / "sim.log") as proc:
+        for p in pods:
+            wait_http(f"http://127.0.0.1:{p['port']}/health")
+        yield pods
+        assert proc.alive(), proc.output()[-2000:]

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import yaml
 from prometheus_client import CollectorRegistry
 
 from epp.datastore.datastore import Datastore
@@ -24,7 +22,7 @@ from epp.prefixcache.config import DEFAULT_REPLAY_PORT_LABEL, DEFAULT_SOCKET_POR
 from epp.scheduling.plugins.precise_prefix_cache_scorer import PrecisePrefixCacheScorer
 from epp.scheduling.registry import PluginContext, parse_params
 from epp.scheduling.types import CycleState, LLMRequest
-from tests.helpers.procs import PYTHON, free_port, running, wait_http
+from tests.helpers.procs import sim_pods_with_kv_events
 
 pytestmark = pytest.mark.integration
 
@@ -33,24 +31,8 @@ PODS = 2
 
 @pytest.fixture(scope="module")
 def sim_pods(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[dict[str, int]]]:
-    workdir: Path = tmp_path_factory.mktemp("sim")
-    pods = [{"port": free_port(), "events": free_port(), "replay": free_port()} for _ in range(PODS)]
-    config = {
-        "defaults": {"time_scale": 0.01, "num_gpu_blocks": 512, "kv_events_bind": True},
-        "pods": [
-            {"name": f"sim-{i}", "port": p["port"],
-             "kv_events_endpoint": f"tcp://127.0.0.1:{p['events']}",
-             "kv_events_replay_endpoint": f"tcp://127.0.0.1:{p['replay']}"}
-            for i, p in enumerate(pods)
-        ],
-    }
-    (workdir / "sim.yaml").write_text(yaml.safe_dump(config))
-    args = [PYTHON, "-m", "epp", "sim", "--config", str(workdir / "sim.yaml"), "--log-level", "WARNING"]
-    with running(args, workdir / "sim.log") as proc:
-        for p in pods:
-            wait_http(f"http://127.0.0.1:{p['port']}/health")
+    with sim_pods_with_kv_events(tmp_path_factory.mktemp("sim"), PODS) as pods:
         yield pods
-        assert proc.alive(), proc.output()[-2000:]
 
 
 def epp_side(pods: list[dict[str, int]], **params: Any) -> tuple[PrecisePrefixCacheScorer, list[Endpoint],

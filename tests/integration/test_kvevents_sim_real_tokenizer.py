@@ -14,12 +14,10 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import yaml
 from prometheus_client import CollectorRegistry
 
 from epp.datastore.datastore import Datastore
@@ -30,7 +28,7 @@ from epp.scheduling.plugins.precise_prefix_cache_scorer import PrecisePrefixCach
 from epp.scheduling.registry import PluginContext, parse_params
 from epp.scheduling.types import CycleState, LLMRequest
 from epp.tokenization.remote import RemotePromptTokenizer
-from tests.helpers.procs import PYTHON, free_port, running, wait_http
+from tests.helpers.procs import sim_pods_with_kv_events
 from tests.helpers.tokenizer_fixture import llama3_dir
 
 pytestmark = pytest.mark.integration
@@ -43,25 +41,9 @@ SYSTEM = " ".join(f"Rule {i}: answer politely and cite the policy section." for 
 
 @pytest.fixture(scope="module")
 def sim_pods(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[dict[str, int]]]:
-    workdir: Path = tmp_path_factory.mktemp("sim-real-tokenizer")
-    pods = [{"port": free_port(), "events": free_port(), "replay": free_port()} for _ in range(PODS)]
-    config = {
-        "defaults": {"time_scale": 0.01, "num_gpu_blocks": 512, "kv_events_bind": True},
-        "pods": [
-            {"name": f"sim-{i}", "port": p["port"],
-             "kv_events_endpoint": f"tcp://127.0.0.1:{p['events']}",
-             "kv_events_replay_endpoint": f"tcp://127.0.0.1:{p['replay']}"}
-            for i, p in enumerate(pods)
-        ],
-    }
-    (workdir / "sim.yaml").write_text(yaml.safe_dump(config))
-    args = [PYTHON, "-m", "epp", "sim", "--config", str(workdir / "sim.yaml"), "--tokenizer", llama3_dir(),
-            "--log-level", "WARNING"]
-    with running(args, workdir / "sim.log") as proc:
-        for p in pods:
-            wait_http(f"http://127.0.0.1:{p['port']}/health")
+    workdir = tmp_path_factory.mktemp("sim-real-tokenizer")
+    with sim_pods_with_kv_events(workdir, PODS, ["--tokenizer", llama3_dir()]) as pods:
         yield pods
-        assert proc.alive(), proc.output()[-2000:]
 
 
 @pytest.fixture(scope="module")
