@@ -50,6 +50,9 @@ def add_parser(sub: Any) -> None:
                    help="seconds without fresh metrics before a pod is considered unhealthy (1.0)")
     p.add_argument("--engine", default="vllm", choices=("vllm", "sglang"),
                    help="metric names of the model servers (vllm)")
+    p.add_argument("--engine-label", default="", metavar="LABEL",
+                   help="pod label naming that pod's engine (vllm, sglang): its metric names, for pools "
+                        "that mix engines; pods without it use --engine (default: off)")
     p.add_argument("--max-inflight-requests", type=int, default=10_000,
                    help="requests in flight per EPP process before new ones get 503 (10000)")
     p.add_argument("--inflight-timeout", type=float, default=300.0,
@@ -116,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         scrape = ScrapeConfig(interval=args.scrape_interval, idle_interval=args.scrape_idle_interval,
                               timeout=args.scrape_timeout,
                               staleness_threshold=args.staleness_threshold,
-                              mapping=ENGINE_MAPPINGS[args.engine],
+                              mapping=ENGINE_MAPPINGS[args.engine], engine_label=args.engine_label,
                               discover_models=not args.no_model_discovery)
         opts = ServeOptions(
             host=args.host, grpc_port=args.grpc_port, health_port=args.health_port,
