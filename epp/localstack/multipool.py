@@ -101,6 +101,8 @@ class MultiPoolStack:
     def __init__(self, cfg: MultiStackConfig) -> None:
         self.cfg = cfg
         self.pools: dict[str, LocalStack] = {}
+        # The EPPs see responses: count streamed usage too (docs/multi-model.md, usage accounting).
+        usage_args = ["--stream-include-usage"] if cfg.response_body_mode != "NONE" else []
         for plan in cfg.pools:
             free = cfg.ports_free or not plan.base_pod_port
             sc = StackConfig(
@@ -108,7 +110,7 @@ class MultiPoolStack:
                 with_envoy=False, kv_events=plan.kv_events, tokenizer=plan.tokenizer, epp_config=plan.epp_config,
                 time_scale=cfg.time_scale, failure_mode=cfg.failure_mode, supervise=cfg.supervise,
                 sim_args=["--engine", plan.engine, *plan.sim_args],
-                epp_args=["--engine", plan.engine, *cfg.epp_args, *plan.epp_args],
+                epp_args=["--engine", plan.engine, *usage_args, *cfg.epp_args, *plan.epp_args],
                 pod_sim_args=plan.pod_sim_args, pod_labels=plan.pod_labels,
                 pod_prefix=f"{plan.engine}-{plan.name}", ports_free=free)
             if not free:

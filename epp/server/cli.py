@@ -50,6 +50,9 @@ def add_parser(sub: Any) -> None:
                    help="seconds without fresh metrics before a pod is considered unhealthy (1.0)")
     p.add_argument("--engine", default="vllm", choices=("vllm", "sglang"),
                    help="metric names of the model servers (vllm)")
+    p.add_argument("--stream-include-usage", action="store_true",
+                   help="add stream_options.include_usage to streaming requests so their token usage is "
+                        "counted (epp_usage_* metrics); clients then also get the final usage chunk")
     p.add_argument("--engine-label", default="", metavar="LABEL",
                    help="pod label naming that pod's engine (vllm, sglang): its metric names, for pools "
                         "that mix engines; pods without it use --engine (default: off)")
@@ -136,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
             api_keys=args.api_keys, rate_limit_redis=args.rate_limit_redis,
             worker_id=args.worker_id or 0, worker_count=args.worker_count, peer_dir=args.peer_dir,
             tls=tls_options(args, kubernetes_mode=k8s is not None), shutdown_delay_s=args.shutdown_delay)
+        opts.handler.stream_include_usage = args.stream_include_usage
         server = EPPServer(opts)
         asyncio.run(server.run())
     except (ConfigError, ValueError) as e:
