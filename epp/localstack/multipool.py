@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,8 +155,10 @@ class MultiPoolStack:
 
     def start(self, timeout: float = 60.0) -> None:
         try:
-            for stack in self.pools.values():
-                stack.start(timeout)
+            # The pools start side by side (each waits for its own pods and EPP).
+            with ThreadPoolExecutor(len(self.pools)) as pool_starts:
+                for started in [pool_starts.submit(stack.start, timeout) for stack in self.pools.values()]:
+                    started.result()
             files = self.write_files()
             self._spawn("bbr", [sys.executable, "-m", "epp", "bbr", "--config", str(files["bbr"]),
                                 "--grpc-port", str(self.cfg.bbr_grpc_port),
