@@ -157,27 +157,28 @@ def _counter(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name
 
 
 def test_usage_metrics_per_model_streaming_included(gateway: MultiPoolStack) -> None:
-    stack = gateway.pools["b"]
+    # Pool a routes with prefix affinity, so the repeated prompt meets its cached blocks.
+    stack = gateway.pools["a"]
     before = _usage_samples(stack)
     prompt_sum = completion_sum = cached_sum = 0
     prompt = "a shared system prompt that repeats " * 12
     with httpx.Client(base_url=gateway.url, timeout=20) as client:
         for _ in range(2):
-            r = client.post("/v1/completions", json={"model": SGLANG_MODEL, "prompt": prompt, "max_tokens": 3})
+            r = client.post("/v1/completions", json={"model": DEFAULT_MODEL, "prompt": prompt, "max_tokens": 3})
             usage = r.json()["usage"]
             prompt_sum += usage["prompt_tokens"]
             completion_sum += usage["completion_tokens"]
             cached_sum += usage["prompt_tokens_details"]["cached_tokens"]
         # Streaming without include_usage: the EPP asks the pod for the usage chunk.
         with client.stream("POST", "/v1/chat/completions", json={
-                "model": SGLANG_MODEL, "messages": [{"role": "user", "content": prompt}], "max_tokens": 4,
+                "model": DEFAULT_MODEL, "messages": [{"role": "user", "content": prompt}], "max_tokens": 4,
                 "stream": True}) as r:
             events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
         usage = events[-1]["usage"]
         prompt_sum += usage["prompt_tokens"]
         completion_sum += usage["completion_tokens"]
         cached_sum += usage["prompt_tokens_details"]["cached_tokens"]
-    labels = {"model_name": SGLANG_MODEL, "target_model_name": SGLANG_MODEL, "tenant": ""}
+    labels = {"model_name": DEFAULT_MODEL, "target_model_name": DEFAULT_MODEL, "tenant": ""}
     after = before
     for _ in range(50):  # the EPP records when Envoy closes the stream, just after the client got it
         after = _usage_samples(stack)
