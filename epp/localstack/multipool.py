@@ -208,8 +208,8 @@ class MultiPoolStack:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(5)
-        for stack in self.pools.values():
-            stack.stop()
+        with ThreadPoolExecutor(max(1, len(self.pools))) as pool_stops:
+            list(pool_stops.map(lambda stack: stack.stop(), self.pools.values()))
         for log in self._logs:
             with contextlib.suppress(Exception):
                 log.close()  # type: ignore[attr-defined]
