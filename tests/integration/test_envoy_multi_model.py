@@ -20,7 +20,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from epp.localstack.multipool import SGLANG_MODEL, MultiPoolStack, MultiStackConfig, PoolPlan
 from epp.localstack.stack import DEFAULT_LORAS, DEFAULT_MODEL, LocalStack
-from tests.integration.conftest import StackFactory
 
 pytestmark = pytest.mark.integration
 
@@ -39,6 +38,7 @@ schedulingProfiles:
   - pluginRef: max-score-picker
 """
 ENGINE_LABEL = "epp.llm-d.ai/engine"
+MIXED_MODEL = "mixed/model-c"
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +50,11 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MultiPoolStack
         # One sequence at a time: a queue builds on an SGLang pod with a few direct requests.
         PoolPlan("b", "sglang", SGLANG_MODEL, (), pods=2, epp_config=run_dir / "queue-only.yaml",
                  sim_args=["--max-num-seqs", "1"]),
+        # A pool mixing engines: pod 0 vLLM, pod 1 SGLang; the label tells the EPP which is which.
+        PoolPlan("c", "vllm", MIXED_MODEL, (), pods=2, epp_config=run_dir / "queue-only.yaml",
+                 sim_args=["--max-num-seqs", "1"], pod_sim_args={1: ["--engine", "sglang"]},
+                 pod_labels={0: {ENGINE_LABEL: "vllm"}, 1: {ENGINE_LABEL: "sglang"}},
+                 epp_args=["--engine-label", ENGINE_LABEL]),
     ]
     stack = MultiPoolStack(MultiStackConfig(pools=pools, run_dir=run_dir, ports_free=True, time_scale=0.1))
     stack.start(timeout=60)
@@ -75,6 +80,14 @@ def test_each_model_reaches_its_own_pool(gateway: MultiPoolStack) -> None:
                 pod = r.headers["x-sim-pod"]
                 assert pod in pool, f"{model} served by {pod}, not by its pool {sorted(pool)}"
                 assert r.headers["x-gateway-destination-endpoint-served"] == pool[pod]
+    # Each pool's own EPP made the decisions for its models, and only for those.
+    for name, mine in (("a", {DEFAULT_MODEL, "sql-lora"}), ("b", {SGLANG_MODEL})):
+        page = httpx.get(f"http://127.0.0.1:{gateway.pools[name].cfg.metrics_port}/metrics").text
+        decided = {s.labels["model_name"] for f in text_string_to_metric_families(page)
+                   if f.name == "inference_objective_request" for s in f.samples
+                   if s.name.endswith("_total") and s.value > 0}
+        assert decided == mine, (name, decided)
+    with httpx.Client(base_url=gateway.url, timeout=20) as client:
         # A client naming another pool in the routing header does not move its request.
         r = client.post("/v1/completions", headers={"x-gateway-model-name": SGLANG_MODEL},
                         json={"model": DEFAULT_MODEL, "prompt": "hi", "max_tokens": 2})
@@ -82,18 +95,20 @@ def test_each_model_reaches_its_own_pool(gateway: MultiPoolStack) -> None:
 
 
 def test_models_list_is_aggregated_once_with_owned_by(gateway: MultiPoolStack) -> None:
-    expected: dict[str, str] = {}
+    expected: dict[str, set[str]] = {}
     for stack in gateway.pools.values():
         for hostport in _pods(stack).values():  # the pods' own lists are the reference
             for card in httpx.get(f"http://{hostport}/v1/models").json()["data"]:
-                expected[card["id"]] = card["owned_by"]
+                expected.setdefault(card["id"], set()).add(card["owned_by"])
     r = httpx.get(f"{gateway.url}/v1/models")
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
     body = r.json()
     ids = [m["id"] for m in body["data"]]
     assert body["object"] == "list" and len(ids) == len(set(ids)), ids
-    assert {m["id"]: m["owned_by"] for m in body["data"]} == expected
-    assert expected[SGLANG_MODEL] == "sglang" and expected[DEFAULT_MODEL] == "vllm"
+    listed = {m["id"]: m["owned_by"] for m in body["data"]}
+    assert set(listed) == set(expected) and all(listed[m] in expected[m] for m in listed)
+    assert listed[SGLANG_MODEL] == "sglang" and listed[DEFAULT_MODEL] == "vllm"
+    assert expected[MIXED_MODEL] == {"vllm", "sglang"}  # a mixed pool: one of its engines
     one = httpx.get(f"{gateway.url}/v1/models/sql-lora")
     assert one.status_code == 200 and one.json()["owned_by"] == "vllm"
 
@@ -195,35 +210,33 @@ def test_usage_metrics_per_model_streaming_included(gateway: MultiPoolStack) -> 
         before, "epp_usage_responses_total", usage="missing", **labels)
 
 
-def test_a_pool_mixing_engines(stack_factory: StackFactory, tmp_path: Path) -> None:
-    """Pod 0 is vLLM, pod 1 SGLang; the engine label picks each pod's metric names."""
-    config = tmp_path / "queue-only.yaml"
-    config.write_text(QUEUE_ONLY)
-    stack = stack_factory(pods=2, time_scale=0.1, kv_events=False, epp_config=config,
-                          sim_args=["--max-num-seqs", "1"], pod_sim_args={1: ["--engine", "sglang"]},
-                          pod_labels={0: {ENGINE_LABEL: "vllm"}, 1: {ENGINE_LABEL: "sglang"}},
-                          epp_args=["--engine-label", ENGINE_LABEL])
-    long = {"model": DEFAULT_MODEL, "prompt": "a long story " * 10, "max_tokens": 2000}
-
-    async def scenario() -> None:
-        async with httpx.AsyncClient(timeout=30) as client:
-            for busy, idle in ((stack.pods[1], stack.pods[0]), (stack.pods[0], stack.pods[1])):
-                direct = [asyncio.create_task(client.post(f"http://127.0.0.1:{busy.port}/v1/completions",
-                                                          json=long)) for _ in range(3)]
-                try:
-                    for _ in range(100):
-                        if (await client.get(f"http://127.0.0.1:{busy.port}/sim/state")).json()["waiting"] >= 2:
-                            break
-                        await asyncio.sleep(0.05)
-                    await asyncio.sleep(1.0)
-                    for i in range(3):
-                        r = await client.post(f"{stack.url}/v1/completions",
-                                              json={"model": DEFAULT_MODEL, "prompt": f"q {i}", "max_tokens": 2})
-                        assert r.status_code == 200 and r.headers["x-sim-pod"] == idle.name, (busy.name, r.text)
-                finally:
-                    for t in direct:
-                        t.cancel()
-                    await asyncio.gather(*direct, return_exceptions=True)
-                await asyncio.sleep(0.5)  # the aborted requests leave the busy pod's queue
-
-    asyncio.run(scenario())
+async def test_a_pool_mixing_engines(gateway: MultiPoolStack) -> None:
+    """Pool c: pod 0 is vLLM, pod 1 SGLang; the engine label picks each pod's metric names,
+    so whichever pod is queued (by direct requests only its /metrics show) is avoided."""
+    stack = gateway.pools["c"]
+    vllm_pod, sglang_pod = stack.pods
+    async with httpx.AsyncClient(timeout=30) as client:
+        assert "sglang:num_queue_reqs" in (await client.get(f"http://127.0.0.1:{sglang_pod.port}/metrics")).text
+        long = {"model": MIXED_MODEL, "prompt": "a long story " * 10, "max_tokens": 2000}
+        for busy, idle in ((sglang_pod, vllm_pod), (vllm_pod, sglang_pod)):
+            direct = [asyncio.create_task(client.post(f"http://127.0.0.1:{busy.port}/v1/completions", json=long))
+                      for _ in range(3)]
+            try:
+                for _ in range(100):
+                    if (await client.get(f"http://127.0.0.1:{busy.port}/sim/state")).json()["waiting"] >= 2:
+                        break
+                    await asyncio.sleep(0.05)
+                await asyncio.sleep(1.0)  # the EPP's idle scrape interval is at most 0.5 s
+                for i in range(6):
+                    r = await client.post(f"{gateway.url}/v1/completions",
+                                          json={"model": MIXED_MODEL, "prompt": f"q {i}", "max_tokens": 2})
+                    assert r.status_code == 200 and r.headers["x-sim-pod"] == idle.name, (busy.name, r.text)
+            finally:
+                for t in direct:
+                    t.cancel()
+                await asyncio.gather(*direct, return_exceptions=True)
+            for _ in range(100):  # the aborted requests leave the busy pod's queue
+                if (await client.get(f"http://127.0.0.1:{busy.port}/sim/state")).json()["waiting"] == 0:
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.6)
