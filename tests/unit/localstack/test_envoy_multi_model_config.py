@@ -55,7 +55,8 @@ def test_each_model_routes_to_its_pool_and_its_epp() -> None:
     clusters = {c["name"] for c in cfg["static_resources"]["clusters"]}
     assert clusters == {"bbr", "epp-a", "pool-a", "epp-b", "pool-b"}
     for pool, model in (("a", "m-a"), ("a", "lora"), ("b", "m-b")):
-        mine = [r for r in routes if {"name": MODEL_HEADER, "string_match": {"exact": model}} in r["match"].get("headers", [])]
+        header = {"name": MODEL_HEADER, "string_match": {"exact": model}}
+        mine = [r for r in routes if header in r["match"].get("headers", [])]
         assert len(mine) == 2  # picked (destination header present) and undecided (FailClose 503)
         assert mine[0]["route"]["cluster"] == f"pool-{pool}"
         assert mine[1]["direct_response"]["status"] == 503
