@@ -3,7 +3,7 @@
     python -m epp bbr --config bbr.yaml --grpc-port 9004 --health-port 9005
 
 Readiness (`GET /readyz` on the health port) turns 200 once every pool's models are known;
-its JSON lists model -> pool.
+its JSON lists model -> pool. `GET /metrics` there: bbr_requests_total{outcome}, bbr_models{pool}.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc_pb2
 from epp.bbr.catalog import ModelCatalog
 from epp.bbr.config import BbrConfigError, load_config
 from epp.bbr.handler import BbrHandler
+from epp.bbr.metrics import BbrMetrics
 
 log = logging.getLogger("epp.bbr")
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
@@ -52,7 +53,8 @@ async def serve(args: argparse.Namespace) -> int:
         log.error("invalid BBR configuration: %s", e)
         return 2
     catalog = ModelCatalog(config)
-    handler = BbrHandler(catalog)
+    metrics = BbrMetrics(catalog)
+    handler = BbrHandler(catalog, metrics=metrics)
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     method = grpc.stream_stream_rpc_method_handler(
         handler.process, request_deserializer=ext_proc_pb2.ProcessingRequest.FromString,
@@ -70,8 +72,11 @@ async def serve(args: argparse.Namespace) -> int:
         return web.json_response({"ready": ready, "missing_pools": catalog.missing_pools(),
                                   "models": catalog.models()}, status=200 if ready else 503)
 
+    async def prometheus(_: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), content_type="text/plain", charset="utf-8")
+
     app = web.Application()
-    app.add_routes([web.get("/healthz", healthz), web.get("/readyz", readyz)])
+    app.add_routes([web.get("/healthz", healthz), web.get("/readyz", readyz), web.get("/metrics", prometheus)])
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, args.host, args.health_port).start()

@@ -22,7 +22,10 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
+
 from epp.bbr.catalog import ModelCatalog
+from epp.bbr.metrics import BbrMetrics
 from epp.server import wire
 from epp.server.errors import RequestError
 
@@ -34,12 +37,17 @@ FULL_DUPLEX_STREAMED = 4
 _HEADERS_CONTINUE = wire.headers_continue()
 _TRAILERS_CONTINUE = wire.request_trailers_continue()
 _JSON = (("content-type", "application/json"),)
+_decode = msgspec.json.Decoder().decode
+_OUTCOME_BY_CODE = {"missing_model": "missing_model", "model_not_found": "unknown_model",
+                    "model_catalog_not_ready": "not_ready"}
 
 
 class BbrHandler:
-    def __init__(self, catalog: ModelCatalog, max_body_bytes: int = 4 * 1024 * 1024) -> None:
+    def __init__(self, catalog: ModelCatalog, max_body_bytes: int = 4 * 1024 * 1024,
+                 metrics: BbrMetrics | None = None) -> None:
         self.catalog = catalog
         self.max_body_bytes = max_body_bytes
+        self.metrics = metrics if metrics is not None else BbrMetrics(catalog)
 
     async def process(self, requests: AsyncIterator[Any], context: Any) -> AsyncIterator[bytes]:
         path, method, request_id, mode = "", "POST", "", 2
@@ -90,10 +98,12 @@ class BbrHandler:
                 elif which == "response_trailers":
                     yield wire.response_trailers_continue()
             except RequestError as e:
+                self.metrics.count(_OUTCOME_BY_CODE.get(e.code or "", "invalid_request"))
                 yield e.to_immediate_response(request_id)
                 return
             except Exception:
                 log.exception("bbr handler failed")
+                self.metrics.count("internal_error")
                 yield RequestError(500, "internal error in the body-based router",
                                    "bbr_internal_error").to_immediate_response(request_id)
                 return
@@ -102,20 +112,23 @@ class BbrHandler:
         route = path.split("?", 1)[0]
         if method in ("GET", "HEAD") and route == MODELS_PATH:
             self._require_complete()
+            self.metrics.count("models_list")
             return wire.immediate_response(200, self.catalog.listing(), _JSON)
         if method in ("GET", "HEAD") and route.startswith(MODELS_PATH + "/"):
             model = route[len(MODELS_PATH) + 1:]
             card = self.catalog.card(model)
             if card is None:
                 raise self._unknown(model)
+            self.metrics.count("models_list")
             return wire.immediate_response(200, json.dumps(card).encode(), _JSON)
         # Anything else without a body (/health, ...) carries no model: the route table decides.
+        self.metrics.count("passthrough")
         return _HEADERS_CONTINUE
 
     def _with_body(self, body: bytes, mode: int) -> list[bytes]:
         try:
-            parsed = json.loads(body) if body else None
-        except (ValueError, UnicodeDecodeError):
+            parsed = _decode(body) if body else None
+        except msgspec.DecodeError:
             raise RequestError(400, "request body is not valid JSON", "invalid_request_body") from None
         if not isinstance(parsed, dict):
             raise RequestError(400, "request body must be a JSON object", "invalid_request_body")
@@ -131,6 +144,7 @@ class BbrHandler:
         mutation = wire.header_mutation(((MODEL_HEADER, model),))
         # clear_route_cache: the route was picked on the headers alone; match it again now.
         common = wire.common_response(mutation, clear_route_cache=True)
+        self.metrics.count("routed")
         if mode == FULL_DUPLEX_STREAMED:
             return [wire.request_headers_response(common), wire.streamed_body_response(b"", body, True)]
         return [wire.request_body_response(common)]

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from prometheus_client.parser import text_string_to_metric_families
 
 from epp.bbr.catalog import ModelCatalog
 from epp.bbr.config import BbrConfig, BbrConfigError, PoolModels, StaticModel, parse_config
@@ -68,6 +69,19 @@ async def test_full_duplex_answers_headers_then_returns_the_body() -> None:
     assert out[0].request_headers.response.clear_route_cache
     streamed = out[1].request_body.response.body_mutation.streamed_response
     assert json.loads(streamed.body) == body and streamed.end_of_stream
+
+
+async def test_outcomes_are_counted() -> None:
+    handler = BbrHandler(_catalog())
+    await _run(handler, [_headers(), _body({"model": A})])
+    await _run(handler, [_headers(), _body({"model": "zzz"})])
+    await _run(handler, [_headers(), _body({"prompt": "x"})])
+    await _run(handler, [_headers("GET", "/v1/models", eos=True)])
+    samples = {(s.name, tuple(s.labels.items())): s.value
+               for f in text_string_to_metric_families(handler.metrics.render().decode()) for s in f.samples}
+    for outcome in ("routed", "unknown_model", "missing_model", "models_list"):
+        assert samples[("bbr_requests_total", (("outcome", outcome),))] == 1
+    assert samples[("bbr_models", (("pool", "a"),))] == 1 and samples[("bbr_models", (("pool", "b"),))] == 1
 
 
 @pytest.mark.parametrize(("body", "status", "code"), [
