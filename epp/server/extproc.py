@@ -325,8 +325,10 @@ class ExtProcHandler:
         if request.target_model != request.model:
             # InferenceModel-style rewrite: the pod must see the target model's name.
             new_body = rewrite_model(body, request.target_model)
-        if self.options.stream_include_usage and request.stream and not stream_usage_requested(request.body):
-            new_body = msgspec.json.encode(with_stream_usage(msgspec.json.decode(new_body or body)))
+        if self.options.stream_include_usage and request.stream:
+            decoded = msgspec.json.decode(new_body or body)  # only streams, only with the flag
+            if not stream_usage_requested(decoded):
+                new_body = msgspec.json.encode(with_stream_usage(decoded))
         if new_body is not None:
             mutation += wire.header_mutation((("content-length", str(len(new_body))),))
         if st.body_mode == FULL_DUPLEX_STREAMED:
