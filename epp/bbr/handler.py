@@ -33,6 +33,7 @@ log = logging.getLogger("epp.bbr")
 
 MODEL_HEADER = "x-gateway-model-name"  # GIE pkg/bbr/plugins/common: X-Gateway-Model-Name
 MODELS_PATH = "/v1/models"
+MAX_MODEL_LEN = 4096
 FULL_DUPLEX_STREAMED = 4
 _HEADERS_CONTINUE = wire.headers_continue()
 _TRAILERS_CONTINUE = wire.request_trailers_continue()
@@ -121,6 +122,9 @@ class BbrHandler:
                 raise self._unknown(model)
             self.metrics.count("models_list")
             return wire.immediate_response(200, json.dumps(card).encode(), _JSON)
+        if method == "POST":
+            raise RequestError(400, "request body is empty; expected a JSON object with a model",
+                               "invalid_request_body")
         # Anything else without a body (/health, ...) carries no model: the route table decides.
         self.metrics.count("passthrough")
         return _HEADERS_CONTINUE
@@ -137,6 +141,11 @@ class BbrHandler:
             raise RequestError(400, "you must provide a model parameter", "missing_model", param="model")
         if not isinstance(model, str) or not model:
             raise RequestError(400, "model must be a non-empty string", "invalid_model", param="model")
+        # It becomes a header value: no control characters, and no longer than an HTTPRoute
+        # header match value may be (Gateway API: 4096).
+        if len(model) > MAX_MODEL_LEN or any(ord(c) < 0x20 or ord(c) == 0x7F for c in model):
+            raise RequestError(400, "model must be at most 4096 characters without control characters",
+                               "invalid_model", param="model")
         if self.catalog.pool_of(model) is None:
             self._require_complete()
             raise self._unknown(model)

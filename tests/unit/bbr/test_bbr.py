@@ -88,6 +88,8 @@ async def test_outcomes_are_counted() -> None:
     ({"prompt": "no model"}, 400, "missing_model"),
     ({"model": 7}, 400, "invalid_model"),
     ({"model": ""}, 400, "invalid_model"),
+    ({"model": "a\nb"}, 400, "invalid_model"),
+    ({"model": "x" * 4097}, 400, "invalid_model"),
     (b"{nope", 400, "invalid_request_body"),
     (b"[1]", 400, "invalid_request_body"),
     ({"model": "other"}, 404, "model_not_found"),
@@ -110,6 +112,8 @@ async def test_models_list_once_each_first_pool_wins() -> None:
     assert json.loads(one[0].immediate_response.body)["owned_by"] == "sglang"
     missing = await _run(BbrHandler(_catalog()), [_headers("GET", "/v1/models/zzz", eos=True)])
     assert missing[0].immediate_response.status.code == 404
+    empty_post = await _run(BbrHandler(_catalog()), [_headers("POST", "/v1/completions", eos=True)])
+    assert empty_post[0].immediate_response.status.code == 400
     health = await _run(BbrHandler(_catalog()), [_headers("GET", "/health", eos=True)])
     assert health[0].WhichOneof("response") == "request_headers"  # no model: the route table decides
 
