@@ -13,10 +13,12 @@ this class adds the body-based router and the one Envoy in front.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +40,7 @@ from epp.localstack.stack import (
 )
 
 SGLANG_MODEL = "Qwen/Qwen2.5-7B-Instruct"
+log = logging.getLogger("epp.localstack")
 
 
 @dataclass(slots=True)
@@ -119,7 +122,12 @@ class MultiPoolStack:
                 sc.grpc_port, sc.health_port, sc.metrics_port = plan.grpc_port, plan.health_port, plan.metrics_port
             self.pools[plan.name] = LocalStack(sc)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._args: dict[str, list[str]] = {}
         self._logs: list[object] = []
+        self._closing = threading.Event()
+        self._supervisor: threading.Thread | None = None
+        # Every crash of the BBR or Envoy: (monotonic time, name, exit code, restart delay).
+        self.restarts: list[tuple[float, str, int, float]] = []
         (cfg.run_dir / "logs").mkdir(parents=True, exist_ok=True)
 
     @property
@@ -148,10 +156,28 @@ class MultiPoolStack:
         return files
 
     def _spawn(self, name: str, args: list[str]) -> None:
-        log_file = open(self.log_path(name), "wb")  # noqa: SIM115
+        log_file = open(self.log_path(name), "ab" if name in self._args else "wb")  # noqa: SIM115
         self._logs.append(log_file)
+        self._args[name] = args
         self.procs[name] = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO,
                                             start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    def _supervise(self, first: float = 0.2, largest: float = 10.0) -> None:
+        """Restart a crashed BBR or Envoy with exponential backoff (each pool's LocalStack
+        restarts its own pods and EPP), as the single-pool stack does."""
+        failures = dict.fromkeys(self.procs, 0)
+        while not self._closing.wait(0.1):
+            for name, proc in list(self.procs.items()):
+                if proc.poll() is None or self._closing.is_set():
+                    continue
+                delay = min(largest, first * 2 ** failures[name])
+                failures[name] += 1
+                self.restarts.append((time.monotonic(), name, proc.returncode or 0, delay))
+                log.warning("%s exited with code %s; restarting in %.1fs; log: %s",
+                            name, proc.returncode, delay, self.log_path(name))
+                if self._closing.wait(delay):
+                    return
+                self._spawn(name, self._args[name])
 
     def start(self, timeout: float = 60.0) -> None:
         try:
@@ -168,6 +194,9 @@ class MultiPoolStack:
         except BaseException:
             self.stop()
             raise
+        if self.cfg.supervise:
+            self._supervisor = threading.Thread(target=self._supervise, name="multipool-supervisor", daemon=True)
+            self._supervisor.start()
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -196,6 +225,10 @@ class MultiPoolStack:
                 time.sleep(0.1)
 
     def stop(self) -> None:
+        self._closing.set()
+        if self._supervisor is not None:
+            self._supervisor.join(5)
+            self._supervisor = None
         for name in ("envoy", "bbr"):
             proc = self.procs.get(name)
             if proc is None or proc.poll() is not None:

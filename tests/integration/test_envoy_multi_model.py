@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,7 +58,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MultiPoolStack
                  pod_labels={0: {ENGINE_LABEL: "vllm"}, 1: {ENGINE_LABEL: "sglang"}},
                  epp_args=["--engine-label", ENGINE_LABEL]),
     ]
-    stack = MultiPoolStack(MultiStackConfig(pools=pools, run_dir=run_dir, ports_free=True, time_scale=0.1))
+    stack = MultiPoolStack(MultiStackConfig(pools=pools, run_dir=run_dir, ports_free=True, time_scale=0.1,
+                                            supervise=True))
     stack.start(timeout=60)
     try:
         yield stack
@@ -240,3 +243,23 @@ async def test_a_pool_mixing_engines(gateway: MultiPoolStack) -> None:
                     break
                 await asyncio.sleep(0.05)
             await asyncio.sleep(0.6)
+
+
+def test_router_down_means_503_not_a_wrong_pool_then_it_is_restarted(gateway: MultiPoolStack) -> None:
+    """Runs last: kills the body-based router. Without it no request may reach a pool (the
+    bbr filter is failure_mode_allow: false); the stack's supervisor brings it back."""
+    body = {"model": SGLANG_MODEL, "prompt": "hi", "max_tokens": 2}
+    proc = gateway.procs["bbr"]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(5)
+    with httpx.Client(base_url=gateway.url, timeout=10) as client:
+        r = client.post("/v1/completions", json=body)
+        assert r.status_code == 503 and "x-sim-pod" not in r.headers, r.text
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            r = client.post("/v1/completions", json=body)
+            if r.status_code == 200:
+                break
+            time.sleep(0.1)
+        assert r.status_code == 200 and r.headers["x-sim-pod"] in _pods(gateway.pools["b"])
+    assert [name for _, name, _, _ in gateway.restarts] == ["bbr"]
