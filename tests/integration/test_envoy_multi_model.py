@@ -48,7 +48,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MultiPoolStack
     run_dir = Path(tmp_path_factory.mktemp("models"))
     (run_dir / "queue-only.yaml").write_text(QUEUE_ONLY)
     pools = [
-        PoolPlan("a", "vllm", DEFAULT_MODEL, DEFAULT_LORAS, pods=2),
+        PoolPlan("a", "vllm", DEFAULT_MODEL, DEFAULT_LORAS, pods=1),
         # One sequence at a time: a queue builds on an SGLang pod with a few direct requests.
         PoolPlan("b", "sglang", SGLANG_MODEL, (), pods=2, epp_config=run_dir / "queue-only.yaml",
                  sim_args=["--max-num-seqs", "1"]),
@@ -175,7 +175,7 @@ def _counter(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name
 
 
 def test_usage_metrics_per_model_streaming_included(gateway: MultiPoolStack) -> None:
-    # Pool a routes with prefix affinity, so the repeated prompt meets its cached blocks.
+    # Pool a has one pod, so the repeated prompt meets its cached blocks.
     stack = gateway.pools["a"]
     before = _usage_samples(stack)
     prompt_sum = completion_sum = cached_sum = 0
