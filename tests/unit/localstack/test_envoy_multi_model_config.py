@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from epp.localstack.envoy_config import (
     CHECKED_IN_MULTI,
@@ -80,3 +81,24 @@ def test_bad_params_are_refused() -> None:
         MultiPoolParams(pools=[PoolRoute("a", ["x"], 1, [("h", 1)]), PoolRoute("a", ["y"], 2, [("h", 2)])])
     with pytest.raises(ValueError, match="needs models"):
         MultiPoolParams(pools=[PoolRoute("a", [], 1, [("h", 1)])])
+
+
+def test_make_run_models2_plan_matches_the_checked_in_config(tmp_path: Path) -> None:
+    """`make run MODELS=2` on its documented ports writes exactly envoy/envoy-multi-model.yaml
+    (planned only: nothing is started) and a BBR config naming each pool's endpoints file."""
+    from epp.localstack.envoy_config import multi_pool_config_yaml
+    from epp.localstack.multipool import MultiPoolStack, MultiStackConfig, default_pools
+
+    stack = MultiPoolStack(MultiStackConfig(pools=default_pools(pods=3), run_dir=tmp_path))
+    files = stack.write_files()
+    (name,) = CHECKED_IN_MULTI
+    assert files["envoy"].read_text() == multi_pool_config_yaml(CHECKED_IN_MULTI[name])
+    a, b = stack.pools["a"].cfg, stack.pools["b"].cfg
+    assert (a.grpc_port, a.health_port, a.metrics_port, [p.port for p in stack.pools["a"].pods]) == (
+        9002, 9003, 9090, [8001, 8002, 8003])
+    assert (b.grpc_port, b.health_port, b.metrics_port, [p.port for p in stack.pools["b"].pods]) == (
+        9102, 9103, 9190, [8011, 8012, 8013])
+    assert not b.kv_events and "--engine" in b.epp_args and b.epp_args[b.epp_args.index("--engine") + 1] == "sglang"
+    bbr = yaml.safe_load(files["bbr"].read_text())
+    assert [p["endpointsFile"] for p in bbr["pools"]] == [
+        str(tmp_path / "pool-a" / "endpoints.yaml"), str(tmp_path / "pool-b" / "endpoints.yaml")]
