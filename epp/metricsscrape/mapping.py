@@ -1,7 +1,10 @@
 """Which Prometheus names carry which signal, per model-server engine.
 
-vLLM is the reference (GIE model-server protocol); SGLang names come from its production
-metrics docs (`sglang:num_queue_reqs`, `sglang:num_running_reqs`, `sglang:token_usage`).
+vLLM is the reference (GIE model-server protocol). SGLang's names are those of its
+SchedulerMetricsCollector (sglang/srt/metrics/collector.py): `sglang:num_queue_reqs`,
+`sglang:num_running_reqs`, `sglang:token_usage` (KV pool use, 0..1), one series per
+scheduler labelled model_name, engine_type, tp_rank, pp_rank, moe_ep_rank (+ dp_rank).
+The mapping is chosen per pool (`epp serve --engine sglang`) or per pod (`--engine-label`).
 Each signal lists candidate names; the first one present in a scrape wins, which is how
 vLLM's rename of `gpu_cache_usage_perc` to `kv_cache_usage_perc` is absorbed.
 Several series of one name (data-parallel ranks, tp_rank labels) are summed for counts and

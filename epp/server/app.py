@@ -33,7 +33,7 @@ from epp.flowcontrol.metrics import FlowControlMetrics
 from epp.flowcontrol.pipeline import AdmissionPipeline, TenantMetrics
 from epp.flowcontrol.ratelimit import LimitStore, MemoryLimitStore, RedisLimitStore, TenantLimiter
 from epp.flowcontrol.saturation import PoolSaturation, SaturationConfig
-from epp.flowcontrol.tenants import ApiKeyAuth, KeysFileError
+from epp.flowcontrol.tenants import TENANT_HEADER, ApiKeyAuth, KeysFileError
 from epp.k8s.cli import KubernetesOptions
 from epp.k8s.config_watch import ConfigFileWatcher
 from epp.metricsscrape.scraper import ScrapeConfig, ScraperManager
@@ -52,6 +52,7 @@ from epp.server.grpc_server import build_grpc_server
 from epp.server.peers import SERVICE_KEY as PEER_BUS_KEY
 from epp.server.peers import InflightSharing, PeerBus, WorkerMetrics
 from epp.server.tls import CertReloader, TLSOptions, server_credentials
+from epp.server.usage import UsageMetrics
 
 log = logging.getLogger("epp.server")
 
@@ -97,8 +98,11 @@ class ServeOptions:
 class MetricsObserver:
     """Bridges server and scheduler events to the EPP's Prometheus metrics."""
 
-    def __init__(self, metrics: EPPMetrics) -> None:
+    def __init__(self, metrics: EPPMetrics, usage: UsageMetrics | None = None) -> None:
         self.metrics = metrics
+        self.usage = usage
+        # Only an authenticated tenant labels usage (a client-sent header would be unbounded).
+        self.trust_tenant = False
 
     # ServerObserver
     def on_decision(self, request: LLMRequest, result: SchedulingResult, seconds: float) -> None:
@@ -120,6 +124,10 @@ class MetricsObserver:
         if isinstance(status, int) and status >= 400:
             series.on_error(str(status))
         series.on_done(seconds, response.get("prompt_tokens"), response.get("completion_tokens"))
+        # status 0: Envoy did not send us the response (response_header_mode SKIP).
+        if self.usage is not None and isinstance(status, int) and 200 <= status < 300:
+            tenant = request.headers.get(TENANT_HEADER, "") if self.trust_tenant else ""
+            self.usage.record(request.model, request.target_model, tenant, response)
 
     # PluginTimingObserver
     def observe_plugin(self, extension_point: str, plugin_type: str, plugin_name: str,
@@ -167,7 +175,7 @@ class EPPServer:
         self.ctx.services["metrics.registry"] = self.metrics.registry
         register_pd_metrics(self.metrics.registry, self.ctx.services)
         self.admission = AdmissionController(None, opts.admission)
-        self.observer = MetricsObserver(self.metrics)
+        self.observer = MetricsObserver(self.metrics, UsageMetrics(self.metrics.registry))
         self.sched_config: SchedulerConfig = load_scheduler_config(opts.config, self.ctx, self.observer)
         self.handler = ExtProcHandler(self.datastore, self._scheduler, AdmissionAdapter(self.admission),
                                       self.observer, opts.handler, self.tracker)
@@ -189,6 +197,7 @@ class EPPServer:
         self.tracer_provider = setup_tracing(opts.tracing, opts.span_exporters)
         if self.tracer_provider is not None:
             self.handler.tracing = RequestTracing(self.tracer_provider)
+        self.observer.trust_tenant = self.auth is not None
         self._apply_flow_control(self.sched_config)
         self.probe = ReadinessProbe(self.datastore)
         self._stop = asyncio.Event()

@@ -51,6 +51,12 @@ def add_parser(sub: Any) -> None:
                    help="seconds without fresh metrics before a pod is considered unhealthy (1.0)")
     p.add_argument("--engine", default="vllm", choices=("vllm", "sglang"),
                    help="metric names of the model servers (vllm)")
+    p.add_argument("--stream-include-usage", action="store_true",
+                   help="add stream_options.include_usage to streaming requests so their token usage is "
+                        "counted (epp_usage_* metrics); clients then also get the final usage chunk")
+    p.add_argument("--engine-label", default="", metavar="LABEL",
+                   help="pod label naming that pod's engine (vllm, sglang): its metric names, for pools "
+                        "that mix engines; pods without it use --engine (default: off)")
     p.add_argument("--max-inflight-requests", type=int, default=10_000,
                    help="requests in flight per EPP process before new ones get 503 (10000)")
     p.add_argument("--inflight-timeout", type=float, default=300.0,
@@ -130,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         scrape = ScrapeConfig(interval=args.scrape_interval, idle_interval=args.scrape_idle_interval,
                               timeout=args.scrape_timeout,
                               staleness_threshold=args.staleness_threshold,
-                              mapping=ENGINE_MAPPINGS[args.engine],
+                              mapping=ENGINE_MAPPINGS[args.engine], engine_label=args.engine_label,
                               discover_models=not args.no_model_discovery)
         opts = ServeOptions(
             host=args.host, grpc_port=args.grpc_port, health_port=args.health_port,
@@ -149,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
             tls=tls_options(args, kubernetes_mode=k8s is not None), shutdown_delay_s=args.shutdown_delay,
             tracing=tracing_config_from_env(args.tracing, args.tracing_exporter, args.otlp_endpoint,
                                             args.tracing_sample_ratio))
+        opts.handler.stream_include_usage = args.stream_include_usage
         server = EPPServer(opts)
         asyncio.run(server.run())
     except (ConfigError, ValueError) as e:

@@ -31,6 +31,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+import msgspec
+
 from epp.datastore.datastore import Datastore
 from epp.datastore.endpoint import Endpoint
 from epp.datastore.inflight import Dispatch, InflightTracker
@@ -39,7 +41,7 @@ from epp.server import wire
 from epp.server.errors import ImmediateAnswer, RequestError
 from epp.server.request import parse_request, rewrite_model
 from epp.server.routes import RouteKind, classify
-from epp.server.usage import UsageParser
+from epp.server.usage import UsageParser, stream_usage_requested, with_stream_usage
 
 if TYPE_CHECKING:
     from epp.observability.request_tracing import RequestSpans, RequestTracing
@@ -163,6 +165,9 @@ class HandlerOptions:
     max_body_bytes: int = 4 * 1024 * 1024
     # Read token usage from response bodies when Envoy sends them (response_body_mode).
     parse_usage: bool = True
+    # Ask streaming requests for the final usage chunk (stream_options.include_usage), so
+    # usage accounting covers streams too; the client then also receives that chunk.
+    stream_include_usage: bool = False
 
 
 class ExtProcHandler:
@@ -333,6 +338,11 @@ class ExtProcHandler:
         if request.target_model != request.model:
             # InferenceModel-style rewrite: the pod must see the target model's name.
             new_body = rewrite_model(body, request.target_model)
+        if self.options.stream_include_usage and request.stream:
+            decoded = msgspec.json.decode(new_body or body)  # only streams, only with the flag
+            if not stream_usage_requested(decoded):
+                new_body = msgspec.json.encode(with_stream_usage(decoded))
+        if new_body is not None:
             mutation += wire.header_mutation((("content-length", str(len(new_body))),))
         if st.body_mode == FULL_DUPLEX_STREAMED:
             return [wire.request_headers_response(wire.common_response(mutation), metadata),

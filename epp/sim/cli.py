@@ -24,7 +24,7 @@ import yaml
 
 from epp.prefixcache.block_hash import HASH_ALGOS
 from epp.sim.cluster import start_pods
-from epp.sim.config import ROLES, SimPodConfig, apply_overrides
+from epp.sim.config import ENGINES, ROLES, SimPodConfig, apply_overrides
 
 log = logging.getLogger("epp.sim")
 
@@ -83,6 +83,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--kv-events-format", choices=("map", "array"),
                    help="event shape: map (vLLM since #42892, default) or array (older vLLM)")
     p.add_argument("--role", choices=ROLES)
+    p.add_argument("--engine", choices=ENGINES,
+                   help="personality: vllm (default) or sglang (SGLang's metric names, owned_by and error bodies)")
     p.add_argument("--output-len-dist", help="'uniform:LO:HI' or 'exp:MEAN' (default: always max_tokens)")
     p.add_argument("--seed", type=int)
     lat = p.add_argument_group("latency model (model milliseconds)")

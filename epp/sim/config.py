@@ -15,6 +15,8 @@ from typing import Any
 from epp.prefixcache.block_hash import DEFAULT_HASH_ALGO, HASH_ALGOS
 
 ROLES = ("prefill", "decode", "both")
+# Which model server the pod pretends to be: metric names, /v1/models owned_by, error bodies.
+ENGINES = ("vllm", "sglang")
 
 
 @dataclass(slots=True)
@@ -101,6 +103,7 @@ class SimPodConfig:
     # "map": events tagged by "type" (vLLM since #42892); "array": the older positional form.
     kv_events_format: str = "map"
     role: str = "both"
+    engine: str = "vllm"  # personality: vllm | sglang (ENGINES)
     output_len_dist: str | None = None  # None: always max_tokens; "uniform:LO:HI" or "exp:MEAN"
     seed: int = 0
     latency: LatencyModel = field(default_factory=LatencyModel)
@@ -111,6 +114,7 @@ class SimPodConfig:
             raise ValueError(f"kv_events_format must be 'map' or 'array', got {self.kv_events_format!r}")
         checks = [
             (self.role in ROLES, f"role must be one of {ROLES}, got {self.role!r}"),
+            (self.engine in ENGINES, f"engine must be one of {ENGINES}, got {self.engine!r}"),
             (
                 self.prefix_caching_hash_algo in HASH_ALGOS,
                 f"prefix_caching_hash_algo must be one of {HASH_ALGOS}",

@@ -32,6 +32,7 @@ from epp.sim.config import SimPodConfig, parse_output_len_dist
 from epp.sim.kv_cache import KVBlock, PrefixCachingBlockPool
 from epp.sim.kv_publisher import KVEventPublisher
 from epp.sim.metrics import VllmMetrics
+from epp.sim.sglang_metrics import SglangMetrics
 from epp.tokenization.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ class SimEngine:
         self,
         config: SimPodConfig,
         tokenizer: Tokenizer,
-        metrics: VllmMetrics,
+        metrics: VllmMetrics | SglangMetrics,
         publisher: KVEventPublisher | None = None,
     ) -> None:
         self.config = config
@@ -532,6 +533,7 @@ class SimEngine:
         usage = self.pool.usage()
         m.kv_cache_usage_perc.set(usage)
         m.gpu_cache_usage_perc.set(usage)
+        m.set_cache_hit_rate(self.total_cache_hit_tokens, self.total_cache_query_tokens)
         if self.config.lora_modules:
             running = sorted({r.lora_name for r in self.running if r.lora_name})
             waiting = sorted({r.lora_name for r in self.waiting if r.lora_name})

@@ -160,5 +160,8 @@ class VllmMetrics:
             (old_waiting, old_running), _ = self._lora_series.popitem(last=False)
             self.lora_requests_info.remove(self._max_lora, old_waiting, old_running)
 
+    def set_cache_hit_rate(self, hit_tokens: int, query_tokens: int) -> None:
+        """vLLM exports the hit and query counters instead of a rate (prefix_cache_*)."""
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

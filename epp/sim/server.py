@@ -25,6 +25,7 @@ from epp.sim.config import SimPodConfig, expand_port_template
 from epp.sim.engine import RequestRejected, SimEngine, SimRequest
 from epp.sim.kv_publisher import KVEventPublisher
 from epp.sim.metrics import VllmMetrics
+from epp.sim.sglang_metrics import SglangMetrics
 from epp.tokenization.chat_template import ChatTemplateError
 from epp.tokenization.factory import shared_prompt_tokenizer
 from epp.tokenization.prompt import ChatPrompt, request_token_ids
@@ -55,15 +56,16 @@ class ApiError(Exception):
         self.message = message
         self.param = param
 
-    def response(self, headers: dict[str, str]) -> web.Response:
-        body = {
-            "error": {
-                "message": self.message,
-                "type": self.TYPES.get(self.status, "APIError"),
-                "param": self.param,
-                "code": self.status,
-            }
+    def response(self, headers: dict[str, str], engine: str = "vllm") -> web.Response:
+        error: dict[str, Any] = {
+            "message": self.message,
+            "type": self.TYPES.get(self.status, "APIError"),
+            "param": self.param,
+            "code": self.status,
         }
+        # SGLang's ErrorResponse is flat with object="error" (its releases before the OpenAI
+        # envelope); vLLM wraps it in {"error": ...}.
+        body = {"object": "error", **error} if engine == "sglang" else {"error": error}
         return web.json_response(body, status=self.status, headers=headers)
 
 
@@ -90,7 +92,7 @@ class SimPod:
         self._tasks: set[asyncio.Task[None]] = set()
         self.port = config.port
         self.engine: SimEngine
-        self.metrics: VllmMetrics
+        self.metrics: VllmMetrics | SglangMetrics
         self.publisher: KVEventPublisher | None = None
 
     @property
@@ -158,7 +160,10 @@ class SimPod:
             "num_gpu_blocks": str(cfg.num_gpu_blocks),
             "prefix_caching_hash_algo": cfg.prefix_caching_hash_algo,
         }
-        self.metrics = VllmMetrics(cfg.model_names[0], cfg.max_model_len, cfg.max_loras, cache_info)
+        if cfg.engine == "sglang":
+            self.metrics = SglangMetrics(cfg.model_names[0], cfg.num_gpu_blocks * cfg.block_size, cfg.role)
+        else:
+            self.metrics = VllmMetrics(cfg.model_names[0], cfg.max_model_len, cfg.max_loras, cache_info)
         if cfg.kv_events_endpoint:
             topic = cfg.kv_events_topic.format(
                 pod=self.name, model=cfg.model_names[0], host=cfg.host, port=self.port
@@ -230,7 +235,7 @@ class SimPod:
         try:
             response = await handler(request)
         except ApiError as e:
-            return e.response(self._headers(request))
+            return e.response(self._headers(request), self.config.engine)
         if not response.prepared:
             response.headers.update(self._headers(request))
         return response
@@ -516,7 +521,7 @@ class SimPod:
                 "id": name,
                 "object": "model",
                 "created": created,
-                "owned_by": "vllm",
+                "owned_by": self.config.engine,
                 "root": self.config.model,
                 "parent": None,
                 "max_model_len": self.config.max_model_len,
@@ -528,7 +533,7 @@ class SimPod:
                 "id": name,
                 "object": "model",
                 "created": created,
-                "owned_by": "vllm",
+                "owned_by": self.config.engine,
                 "root": path,
                 "parent": self.config.model_names[0],
                 "max_model_len": None,
