@@ -100,6 +100,15 @@ class Authenticator(Protocol):
     def authenticate(self, headers: dict[str, str]) -> Any: ...
 
 
+class RolloutHook(Protocol):
+    """Traffic splitting (epp/rollout/controller.py): `assign` may set request.target_model and
+    returns a decision (or None) that `observe` gets back with the response status and the
+    seconds from the routing answer to the response headers."""
+
+    def assign(self, request: LLMRequest) -> Any: ...
+    def observe(self, decision: Any, status: int, ttft_s: float) -> None: ...
+
+
 class ServerObserver(Protocol):
     """What the server reports to observability (metrics, traces)."""
 
@@ -150,6 +159,10 @@ class _Stream:
     kind: RouteKind | None = None
     # Client-sent x-gateway-destination-endpoint-* headers beyond ROUTING_HEADERS (rare).
     strip: list[str] | None = None
+    rollout: Any = None  # the RolloutHook's decision for this request
+    routed: float = 0.0  # when the routing answer was built (perf_counter)
+    ttft: float = -1.0  # routing answer -> response headers, seconds (-1: not seen)
+    response_headers: dict[str, str] | None = None  # set on the client's response (session token)
 
 
 @dataclass(slots=True)
@@ -182,6 +195,7 @@ class ExtProcHandler:
         # Set (and swapped on config reload) by the server when flow control is enabled.
         self.flow: FlowGate | None = None
         self.auth: Authenticator | None = None
+        self.rollout: RolloutHook | None = None  # set (and kept across reloads) by the server
 
     # The gRPC stream-stream method (request_deserializer=ProcessingRequest.FromString,
     # response_serializer=identity: we yield encoded bytes).
@@ -294,6 +308,8 @@ class ExtProcHandler:
                                 self.datastore)
         request.candidates = st.subset
         st.request = request
+        if self.rollout is not None:
+            st.rollout = self.rollout.assign(request)
         flow = self.flow
         if flow is not None:
             verdict = flow.admit(request, len(body))
@@ -316,6 +332,7 @@ class ExtProcHandler:
 
     def _route(self, st: _Stream, request: LLMRequest, body: bytes) -> list[bytes]:
         mutation, metadata = self._schedule(st, request)
+        st.routed = time.perf_counter()
         new_body: bytes | None = None
         if request.target_model != request.model:
             # InferenceModel-style rewrite: the pod must see the target model's name.
@@ -387,6 +404,8 @@ class ExtProcHandler:
             mutation += wire.header_mutation((), st.strip)
         if result.headers:
             mutation += wire.header_mutation(result.headers.items())
+        if result.response_headers:
+            st.response_headers = result.response_headers
         value = target.hostport if len(targets) == 1 else ",".join(e.hostport for e in targets)
         metadata = wire.dynamic_metadata(METADATA_NAMESPACE, ((DESTINATION_HEADER, value),))
         if log.isEnabledFor(logging.DEBUG):
@@ -427,8 +446,13 @@ class ExtProcHandler:
                 value = h.raw_value or h.value.encode()
                 st.status = int(value) if value.isdigit() else 0
                 break
+        if st.routed:
+            st.ttft = time.perf_counter() - st.routed
         if self.options.parse_usage and st.request is not None:
             st.usage = UsageParser(st.request.stream)
+        if st.response_headers:
+            return [wire.response_headers_response(wire.common_response(
+                wire.header_mutation(st.response_headers.items())))]
         return [_RESPONSE_HEADERS_CONTINUE]
 
     def _on_response_body(self, st: _Stream, msg: Any) -> list[bytes]:
@@ -454,6 +478,11 @@ class ExtProcHandler:
             self.admission.release()
         if st.dispatch is not None:
             self.tracker.complete(st.dispatch)
+        if st.rollout is not None and self.rollout is not None:
+            try:
+                self.rollout.observe(st.rollout, st.status, st.ttft)
+            except Exception:
+                log.exception("rollout observe failed", extra={"request_id": st.request_id})
         if st.request is None or not st.targets:
             if self.flow is not None:
                 self.flow.on_complete(st.request, None)

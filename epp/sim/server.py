@@ -273,10 +273,17 @@ class SimPod:
         if f.crash_after_requests and self._served_requests > f.crash_after_requests:
             self._background(self.crash())
             raise ApiError(503, "The simulated server crashed.")
-        if f.error_rate > 0 and self.engine.rng.random() < f.error_rate:
+        if f.error_rate > 0 and not f.error_models and self.engine.rng.random() < f.error_rate:
             raise ApiError(f.error_status, "Injected fault: simulated engine error.")
         if f.hang_requests:
             await self._wait_while(lambda: self.faults.hang_requests)
+
+    def _model_faults(self, model: str) -> None:
+        """Faults injected only for some models (FaultConfig.error_models)."""
+        f = self.faults
+        if f.error_models and f.error_rate > 0 and model in f.error_models \
+                and self.engine.rng.random() < f.error_rate:
+            raise ApiError(f.error_status, f"Injected fault: simulated engine error for model {model}.")
 
     @staticmethod
     def _max_tokens(body: dict[str, Any], *keys: str) -> int | None:
@@ -354,6 +361,7 @@ class SimPod:
         await self._pre_inference_faults()
         body = await self._read_json(request)
         model, lora = self._resolve_model(body)
+        self._model_faults(model)
         try:
             prompt_ids = request_token_ids(self.tokenizer, {**body, "messages": None})
         except ValueError as e:
@@ -393,6 +401,7 @@ class SimPod:
         await self._pre_inference_faults()
         body = await self._read_json(request)
         model, lora = self._resolve_model(body)
+        self._model_faults(model)
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise ApiError(400, "messages must be a non-empty list", "messages")
