@@ -137,6 +137,8 @@ class Rollouts:
         self._states: dict[tuple[str, int], _RuleState] = {}
         self._seen: tuple[int, int] = (-1, -1)
         self._policy_gen = 0
+        store.listeners.append(self._refresh)
+        self._refresh()
 
     # --- configuration ------------------------------------------------------------------
     def set_policy(self, policy: RolloutPolicy) -> None:
@@ -144,6 +146,7 @@ class Rollouts:
         if policy != self.policy:
             self.policy = policy
             self._policy_gen += 1
+            self._refresh()
 
     def _refresh(self) -> None:
         """Rebuild rule states after a rewrite or policy change, keeping the guard (and its

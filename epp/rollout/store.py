@@ -6,6 +6,7 @@ A lookup is one dict get; the index is rebuilt on every change (changes are rare
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from epp.rollout.api import ModelRewrite, RewriteRule
@@ -32,6 +33,8 @@ class RewriteStore:
         self._exact: dict[str, RuleRef] = {}
         self._generic: RuleRef | None = None
         self.generation = 0  # bumped on every change
+        # Called after every change (Rollouts re-exports its weights at once, traffic or not).
+        self.listeners: list[Callable[[], None]] = []
 
     def __len__(self) -> int:
         return len(self._rewrites)
@@ -84,3 +87,5 @@ class RewriteStore:
                     exact.setdefault(model, ref)
         self._exact, self._generic = exact, generic
         self.generation += 1
+        for listener in self.listeners:
+            listener()

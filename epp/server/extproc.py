@@ -161,7 +161,8 @@ class _Stream:
     strip: list[str] | None = None
     rollout: Any = None  # the RolloutHook's decision for this request
     routed: float = 0.0  # when the routing answer was built (perf_counter)
-    ttft: float = -1.0  # routing answer -> response headers, seconds (-1: not seen)
+    ttft: float = -1.0  # routing answer -> response headers (or first body bytes), seconds
+    first_body: bool = False
     response_headers: dict[str, str] | None = None  # set on the client's response (session token)
 
 
@@ -460,6 +461,12 @@ class ExtProcHandler:
             self._evictable(st, st.request)
         if st.usage is not None:
             st.usage.feed(msg.response_body.body)
+        if st.routed and not st.first_body:
+            # The first body bytes: a streamed completion's first token (vLLM sends its headers
+            # before it), so a better time to first token than the headers when Envoy streams
+            # response bodies to the EPP.
+            st.first_body = True
+            st.ttft = time.perf_counter() - st.routed
         return [_RESPONSE_BODY_CONTINUE]
 
     def _evictable(self, st: _Stream, request: LLMRequest) -> None:
