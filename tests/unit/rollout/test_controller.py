@@ -4,10 +4,13 @@ guard's rollback (error rate, TTFT), pins, and what /metrics shows."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
+import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
+from epp.flowcontrol.tenants import ApiKeyAuth
 from epp.rollout.api import parse_model_rewrite
 from epp.rollout.config import parse_rollout_policy
 from epp.rollout.controller import Rollouts
@@ -218,3 +221,23 @@ def test_policy_errors_name_the_field(raw: dict, message: str) -> None:  # type:
     with pytest.raises(ConfigError) as e:
         parse_rollout_policy(raw, "epp.yaml")
     assert str(e.value).startswith("epp.yaml: rollouts") and message in str(e.value)
+
+
+def test_sticky_on_the_authenticated_tenant_not_on_a_forged_header(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.yaml"
+    tenants = [{"name": f"tenant-{i}", "keys": [f"sk-{i}"]} for i in range(400)]
+    keys.write_text(yaml.safe_dump({"tenants": tenants}))
+    auth = ApiKeyAuth(keys)
+    _, ro, _, _ = _setup({"stickyHeaders": ["x-gateway-inference-tenant"]})
+    sides = {}
+    for i in range(400):
+        for forged in ("tenant-0", "tenant-399"):  # a client-sent tenant header is overwritten
+            headers = {"authorization": f"Bearer sk-{i}", "x-gateway-inference-tenant": forged}
+            auth.authenticate(headers)
+            r = LLMRequest(request_id="r", model="llama", target_model="llama", headers=headers)
+            assert ro.assign(r) is not None and ro.assign(r).sticky  # type: ignore[union-attr]
+            sides.setdefault(i, set()).add(r.target_model)
+    assert all(len(s) == 1 for s in sides.values())  # each tenant on one side
+    canary = sum("llama-v2" in s for s in sides.values()) / 400
+    assert 0.05 <= canary <= 0.15
+
