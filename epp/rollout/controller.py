@@ -40,6 +40,8 @@ from epp.scheduling.types import LLMRequest
 log = logging.getLogger("epp.rollout")
 
 _LABELS = ["model_rewrite_name", "rule", "target_model"]
+MAX_MODEL_SERIES = 256  # (model, target) label pairs per rule, as EPPMetrics' max_model_series
+OTHER_MODEL = "__other__"
 
 
 class RolloutMetrics:
@@ -97,7 +99,7 @@ class _RuleState:
             params = replace(params, enabled=False)
         self.guard = RuleGuard(params, stable, tuple(t for t, _ in self.weights), clock)
         self.effective = self.weights
-        self.decisions: dict[str, Any] = {}
+        self.decisions: dict[tuple[str, str], Any] = {}
         self.evaluations = 0
         self.labels = (ref.rewrite.name, str(ref.index))
 
@@ -215,10 +217,14 @@ class Rollouts:
             return None
         target = weights[index][0]
         request.target_model = target
-        child = state.decisions.get(target)
+        child = state.decisions.get((request.model, target))
         if child is None:
-            child = state.decisions[target] = self.metrics.decisions.labels(
-                ref.rewrite.name, request.model, target)
+            # A generic rule matches any client-sent model name: past MAX_MODEL_SERIES names
+            # the label folds into "__other__", so clients cannot grow the series without bound.
+            model = request.model if len(state.decisions) < MAX_MODEL_SERIES else OTHER_MODEL
+            child = self.metrics.decisions.labels(ref.rewrite.name, model, target)
+            if model is not OTHER_MODEL:
+                state.decisions[(request.model, target)] = child
         child.inc()
         return Decision(state, target, bool(key))
 

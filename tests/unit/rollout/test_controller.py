@@ -241,3 +241,24 @@ def test_sticky_on_the_authenticated_tenant_not_on_a_forged_header(tmp_path: Pat
     canary = sum("llama-v2" in s for s in sides.values()) / 400
     assert 0.05 <= canary <= 0.15
 
+
+
+def test_decision_series_per_model_and_bounded_for_generic_rules() -> None:
+    store = RewriteStore()
+    store.set(parse_model_rewrite({"metadata": {"name": "fallback"}, "spec": {
+        "poolRef": {"name": "pool"}, "rules": [{"targets": [{"modelRewrite": "base"}]}]}}))
+    registry = CollectorRegistry()
+    ro = Rollouts(store, registry=registry)
+    for model in ("a", "b", "a"):
+        ro.assign(_req(model=model))
+    assert _value(registry, "inference_extension_model_rewrite_decisions_total", model_rewrite_name="fallback",
+                  model_name="a", target_model="base") == 2
+    assert _value(registry, "inference_extension_model_rewrite_decisions_total", model_rewrite_name="fallback",
+                  model_name="b", target_model="base") == 1
+    for i in range(1000):  # client-chosen names: the series count stays bounded
+        r = _req(model=f"junk-{i}")
+        ro.assign(r)
+        assert r.target_model == "base"
+    names = {s.labels["model_name"] for m in registry.collect() for s in m.samples
+             if s.name == "inference_extension_model_rewrite_decisions_total"}
+    assert len(names) <= 257 and "__other__" in names
