@@ -99,6 +99,9 @@ def add_parser(subparsers: Any) -> None:
     faults.add_argument("--error-status", type=int)
     faults.add_argument("--error-models", nargs="+", metavar="MODEL",
                         help="inject --error-rate only into requests for these models (e.g. a canary)")
+    faults.add_argument("--slow-models", nargs="+", metavar="MODEL",
+                        help="delay requests for these models by --slow-models-delay-s")
+    faults.add_argument("--slow-models-delay-s", type=float)
     faults.add_argument("--startup-delay-s", type=float)
     faults.add_argument("--hang-requests", action="store_true", default=None)
     faults.add_argument("--hang-health", action="store_true", default=None)

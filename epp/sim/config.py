@@ -48,6 +48,10 @@ class FaultConfig:
     # Only requests for these model names (base or LoRA) get `error_rate`; empty: all. A
     # canary model served beside the stable one can fail while the stable one stays healthy.
     error_models: list[str] = field(default_factory=list)
+    # Requests for these models wait `slow_models_delay_s` (wall clock, not time-scaled) before
+    # the engine sees them: a canary with a slower first token.
+    slow_models: list[str] = field(default_factory=list)
+    slow_models_delay_s: float = 0.0
     startup_delay_s: float = 0.0  # /health answers 503 (and inference 503) for this long
     hang_requests: bool = False  # inference requests never complete
     hang_health: bool = False  # /health never answers
@@ -178,7 +182,8 @@ def apply_overrides(config: SimPodConfig, overrides: dict[str, Any], where: str 
     new = dataclasses.replace(
         config,
         latency=dataclasses.replace(config.latency),
-        faults=dataclasses.replace(config.faults, error_models=list(config.faults.error_models)),
+        faults=dataclasses.replace(config.faults, error_models=list(config.faults.error_models),
+                                   slow_models=list(config.faults.slow_models)),
         served_model_name=list(config.served_model_name),
         lora_modules=dict(config.lora_modules),
     )

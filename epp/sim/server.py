@@ -278,12 +278,14 @@ class SimPod:
         if f.hang_requests:
             await self._wait_while(lambda: self.faults.hang_requests)
 
-    def _model_faults(self, model: str) -> None:
-        """Faults injected only for some models (FaultConfig.error_models)."""
+    async def _model_faults(self, model: str) -> None:
+        """Faults injected only for some models (FaultConfig.error_models / slow_models)."""
         f = self.faults
         if f.error_models and f.error_rate > 0 and model in f.error_models \
                 and self.engine.rng.random() < f.error_rate:
             raise ApiError(f.error_status, f"Injected fault: simulated engine error for model {model}.")
+        if f.slow_models_delay_s > 0 and model in f.slow_models:
+            await asyncio.sleep(f.slow_models_delay_s)
 
     @staticmethod
     def _max_tokens(body: dict[str, Any], *keys: str) -> int | None:
@@ -361,7 +363,7 @@ class SimPod:
         await self._pre_inference_faults()
         body = await self._read_json(request)
         model, lora = self._resolve_model(body)
-        self._model_faults(model)
+        await self._model_faults(model)
         try:
             prompt_ids = request_token_ids(self.tokenizer, {**body, "messages": None})
         except ValueError as e:
@@ -401,7 +403,7 @@ class SimPod:
         await self._pre_inference_faults()
         body = await self._read_json(request)
         model, lora = self._resolve_model(body)
-        self._model_faults(model)
+        await self._model_faults(model)
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise ApiError(400, "messages must be a non-empty list", "messages")

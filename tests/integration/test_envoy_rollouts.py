@@ -34,7 +34,14 @@ USERS = 200
 
 
 def _rewrite(canary_weight: int) -> str:
-    return yaml.safe_dump({
+    # A second rewrite, `llama-ttft` 50/50, for the TTFT rollback (its own guard thresholds).
+    ttft = yaml.safe_dump({
+        "apiVersion": "llm-d.ai/v1alpha2", "kind": "InferenceModelRewrite",
+        "metadata": {"name": "ttft-canary"},
+        "spec": {"poolRef": {"name": "vllm-llama3-8b-instruct"}, "rules": [{
+            "matches": [{"model": {"value": "llama-ttft"}}],
+            "targets": [{"modelRewrite": BASE, "weight": 50}, {"modelRewrite": CANARY, "weight": 50}]}]}})
+    return ttft + "---\n" + yaml.safe_dump({
         "apiVersion": "llm-d.ai/v1alpha2", "kind": "InferenceModelRewrite",
         "metadata": {"name": "llama-canary"},
         "spec": {"poolRef": {"name": "vllm-llama3-8b-instruct"}, "rules": [{
@@ -65,7 +72,10 @@ def stack(stack_factory: StackFactory, rewrites_file: Path) -> LocalStack:
                           # latency varies too much to be a stable test signal; the unit tests
                           # cover the TTFT rule.
                           "guard": {"minRequests": 20, "windowSeconds": 60, "evaluationIntervalSeconds": 0,
-                                    "maxErrorRateDelta": 0.2, "maxTtftP95Ratio": 1000}}
+                                    "maxErrorRateDelta": 0.2, "maxTtftP95Ratio": 1000},
+                          # ... except for this rewrite, whose canary gets a 1 s injected delay.
+                          "rewrites": [{"name": "ttft-canary", "guard": {"maxTtftP95Ratio": 3,
+                                                                        "minTtftP95DeltaSeconds": 0.3}}]}
     epp_config = rewrites_file.parent / "epp-config.yaml"
     epp_config.write_text(yaml.safe_dump(config, sort_keys=False))
     return stack_factory(pods=3, time_scale=0.02, loras=[CANARY], objectives=rewrites_file,
@@ -152,14 +162,15 @@ def test_rollback_when_the_canary_fails(stack: LocalStack) -> None:
                 r = client.post(f"{stack.url}/v1/completions", json=_body(f"anonymous {i}"))
                 statuses[r.status_code] += 1
                 if i % 20 == 19 and _sample(_metrics(stack), "epp_rollout_rollbacks_total",
-                                            target_model=CANARY, reason="error_rate"):
+                                            model_rewrite_name="llama-canary", reason="error_rate"):
                     break
             text = _metrics(stack)
             assert _sample(text, "epp_rollout_rollbacks_total", model_rewrite_name="llama-canary",
                            rule="0", target_model=CANARY, reason="error_rate") == 1, statuses
-            assert _sample(text, "epp_rollout_effective_weight", target_model=CANARY) == 0
-            assert _sample(text, "epp_rollout_effective_weight", target_model=BASE) == 100
-            assert (_sample(text, "epp_rollout_window_error_rate", target_model=CANARY) or 0) > 0.2
+            name = {"model_rewrite_name": "llama-canary"}
+            assert _sample(text, "epp_rollout_effective_weight", **name, target_model=CANARY) == 0
+            assert _sample(text, "epp_rollout_effective_weight", **name, target_model=BASE) == 100
+            assert (_sample(text, "epp_rollout_window_error_rate", **name, target_model=CANARY) or 0) > 0.2
             assert statuses[500] > 0
             # Rolled back: every request, sticky or not, now goes to the stable model and succeeds.
             for i in range(40):
@@ -170,6 +181,40 @@ def test_rollback_when_the_canary_fails(stack: LocalStack) -> None:
             for pod in stack.pods:
                 client.post(f"{stack.pod_url(pod)}/sim/faults", json={"error_rate": 0.0, "error_models": []})
     assert re.search(r"rolled back canary-lora .* error_rate", stack.log_path("epp").read_text())
+
+
+def test_rollback_when_the_canary_is_slow(stack: LocalStack) -> None:
+    async def burst(n: int) -> Counter[str]:
+        sem = asyncio.Semaphore(16)
+        models: Counter[str] = Counter()
+        async with httpx.AsyncClient(timeout=30) as client:
+            async def one(i: int) -> None:
+                async with sem:
+                    r = await client.post(f"{stack.url}/v1/completions",
+                                          json={"model": "llama-ttft", "prompt": f"slow {i}", "max_tokens": 2})
+                assert r.status_code == 200, r.text
+                models[r.json()["model"]] += 1
+
+            await asyncio.gather(*(one(i) for i in range(n)))
+        return models
+
+    with httpx.Client(timeout=30) as client:
+        for pod in stack.pods:
+            client.post(f"{stack.pod_url(pod)}/sim/faults", json={"slow_models": [CANARY], "slow_models_delay_s": 1.0})
+        try:
+            seen = asyncio.run(burst(100))
+            assert seen[CANARY] >= 20 and seen[BASE] >= 20
+            text = _metrics(stack)
+            assert _sample(text, "epp_rollout_rollbacks_total", model_rewrite_name="ttft-canary",
+                           target_model=CANARY, reason="ttft_p95") == 1, text[-2000:]
+            assert _sample(text, "epp_rollout_effective_weight", model_rewrite_name="ttft-canary",
+                           target_model=CANARY) == 0
+            assert (_sample(text, "epp_rollout_window_ttft_p95_seconds", model_rewrite_name="ttft-canary",
+                            target_model=CANARY) or 0) >= 1.0
+            assert asyncio.run(burst(20)) == Counter({BASE: 20})
+        finally:
+            for pod in stack.pods:
+                client.post(f"{stack.pod_url(pod)}/sim/faults", json={"slow_models": [], "slow_models_delay_s": 0})
 
 
 def _decode(token: str) -> str:
