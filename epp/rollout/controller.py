@@ -74,6 +74,7 @@ class _RuleState:
     """One rule under one policy: its weights, its guard, cached metric children."""
 
     __slots__ = (
+        "configured_guard",
         "decisions",
         "effective",
         "evaluations",
@@ -89,11 +90,10 @@ class _RuleState:
                  clock: Callable[[], float]) -> None:
         self.ref = ref
         self.policy = policy
-        configured = ref.rule.weights()
         self.pinned = policy is not None and policy.pinned_weights is not None
-        self.weights = policy.pinned_weights if policy is not None and policy.pinned_weights else configured
-        stable = self._stable(configured, policy)
-        params = rollout.guard_for(ref.rewrite.name)
+        self.weights = policy.pinned_weights if policy is not None and policy.pinned_weights else ref.rule.weights()
+        stable = self._stable(policy)
+        params = self.configured_guard = rollout.guard_for(ref.rewrite.name)
         if self.pinned and params.enabled:
             # A pin is the operator's decision: the guard keeps measuring but does not act.
             params = replace(params, enabled=False)
@@ -103,7 +103,7 @@ class _RuleState:
         self.evaluations = 0
         self.labels = (ref.rewrite.name, str(ref.index))
 
-    def _stable(self, configured: tuple[tuple[str, float], ...], policy: RewritePolicy | None) -> str:
+    def _stable(self, policy: RewritePolicy | None) -> str:
         names = [t for t, _ in self.weights]
         if policy is not None and policy.stable_model:
             if policy.stable_model in names:
@@ -115,7 +115,7 @@ class _RuleState:
         return self.weights[best][0]
 
     def signature(self) -> tuple[Any, ...]:
-        return (self.ref.rule, self.policy)
+        return (self.ref.rule, self.policy, self.configured_guard)
 
 
 @dataclass(slots=True)
@@ -160,7 +160,7 @@ class Rollouts:
                 ref = RuleRef(rewrite, i, rule)
                 policy = self.policy.rewrites.get(rewrite.name)
                 prev = old.get(ref.key)
-                if prev is not None and prev.signature() == (rule, policy):
+                if prev is not None and prev.signature() == (rule, policy, self.policy.guard_for(rewrite.name)):
                     prev.ref = ref
                     new[ref.key] = prev
                     continue

@@ -262,3 +262,10 @@ def test_decision_series_per_model_and_bounded_for_generic_rules() -> None:
     names = {s.labels["model_name"] for m in registry.collect() for s in m.samples
              if s.name == "inference_extension_model_rewrite_decisions_total"}
     assert len(names) <= 257 and "__other__" in names
+
+
+def test_global_guard_change_applies_to_running_rules() -> None:
+    _, ro, _, clock = _setup(GUARD, stable=50, canary=50)
+    ro.set_policy(parse_rollout_policy({"guard": {**GUARD["guard"], "enabled": False}}))
+    _drive(ro, clock, 100, canary_status=500)
+    assert not ro.status()[0]["rolledBack"]
