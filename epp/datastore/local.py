@@ -394,9 +394,13 @@ class LocalEndpointSource:
         rewrites: list[ModelRewrite] = []
         for path in self.objective_paths:  # InferenceModelRewrites live beside the objectives
             try:
-                rewrites += rewrites_from_documents(_load_documents(path), f"{path}: ", pool.name)
+                found = rewrites_from_documents(_load_documents(path), f"{path}: ", pool.name)
             except RewriteError as e:
                 raise LocalSourceError(str(e)) from None
+            for rewrite in found:
+                if any(r.name == rewrite.name for r in rewrites):
+                    raise LocalSourceError(f"{path}: InferenceModelRewrite {rewrite.name!r} defined in several files")
+            rewrites += found
         return LocalState(pool, endpoints, objectives, rewrites)
 
     def sync(self) -> LocalState:

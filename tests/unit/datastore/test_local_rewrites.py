@@ -6,8 +6,10 @@ import asyncio
 import os
 from pathlib import Path
 
+import pytest
+
 from epp.datastore.datastore import Datastore
-from epp.datastore.local import LocalEndpointSource
+from epp.datastore.local import LocalEndpointSource, LocalSourceError
 from tests.unit.datastore.test_local_source import PODS, POOL_V1
 
 OBJECTIVE = """
@@ -73,3 +75,14 @@ async def test_rewrites_load_and_reload_with_the_objectives(tmp_path: Path) -> N
         await _until(lambda: _weights(ds) is None)
     finally:
         await source.stop()
+
+
+def test_a_rewrite_name_in_two_files_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "pool.yaml").write_text(POOL_V1)
+    (tmp_path / "pods.yaml").write_text(PODS)
+    (tmp_path / "a.yaml").write_text(_rewrite(10))
+    (tmp_path / "b.yaml").write_text(_rewrite(20))
+    source = LocalEndpointSource(Datastore(), tmp_path / "pool.yaml", tmp_path / "pods.yaml",
+                                 [tmp_path / "a.yaml", tmp_path / "b.yaml"])
+    with pytest.raises(LocalSourceError, match="'canary' defined in several files"):
+        source.read()
