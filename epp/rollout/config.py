@@ -9,6 +9,7 @@
         maxErrorRateDelta: 0.05
         maxTtftP95Ratio: 1.5
         minTtftP95DeltaSeconds: 0.05
+        minTtftSamples: 100
         evaluationIntervalSeconds: 1
       rewrites:                               # per InferenceModelRewrite (metadata.name)
       - name: llama-canary

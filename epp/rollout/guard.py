@@ -10,7 +10,7 @@ Signals, per completed request the EPP routed with a rewrite:
   completion that is the time to the first token; for a non-streamed one, the whole latency.
 
 A target is judged only once both it and the stable target have `minRequests` samples in the
-window. Breaches (either is enough):
+window (the TTFT rule: `minTtftSamples` time samples each). Breaches (either is enough):
 - error rate:   canary_rate - stable_rate > maxErrorRateDelta;
 - TTFT p95:     canary_p95 > stable_p95 * maxTtftP95Ratio and canary_p95 - stable_p95 >
                 minTtftP95DeltaSeconds (so microsecond noise on a fast pool never trips it).
@@ -40,6 +40,9 @@ class GuardParams:
     max_error_rate_delta: float = 0.05
     max_ttft_p95_ratio: float = 1.5
     min_ttft_p95_delta_seconds: float = 0.05
+    # The TTFT rule needs more samples than the error rule: the p95 of 20 samples is their
+    # slowest one, which on a busy pool is noise (a false rollback), not a signal.
+    min_ttft_samples: int = 100
     evaluation_interval_seconds: float = 1.0
     max_samples: int = 10_000  # per target and window: bounds memory and the p95 sort
 
@@ -56,8 +59,10 @@ class GuardParams:
             raise ValueError(f"minTtftP95DeltaSeconds must be >= 0, got {self.min_ttft_p95_delta_seconds}")
         if self.evaluation_interval_seconds < 0:
             raise ValueError(f"evaluationIntervalSeconds must be >= 0, got {self.evaluation_interval_seconds}")
-        if self.max_samples < self.min_requests:
-            raise ValueError(f"maxSamples must be >= minRequests, got {self.max_samples}")
+        if self.min_ttft_samples < 1:
+            raise ValueError(f"minTtftSamples must be >= 1, got {self.min_ttft_samples}")
+        if self.max_samples < max(self.min_requests, self.min_ttft_samples):
+            raise ValueError(f"maxSamples must be >= minRequests and minTtftSamples, got {self.max_samples}")
 
 
 @dataclass(slots=True)
@@ -65,6 +70,7 @@ class WindowStats:
     requests: int
     error_rate: float
     ttft_p95: float  # seconds; nan without TTFT samples
+    ttft_samples: int = 0
 
 
 class TargetWindow:
@@ -97,7 +103,7 @@ class TargetWindow:
             return WindowStats(0, 0.0, math.nan)
         ttfts = sorted(s[2] for s in self.samples if s[2] >= 0)
         p95 = ttfts[min(len(ttfts) - 1, math.ceil(0.95 * len(ttfts)) - 1)] if ttfts else math.nan
-        return WindowStats(n, self.errors / n, p95)
+        return WindowStats(n, self.errors / n, p95, len(ttfts))
 
 
 @dataclass(slots=True)
@@ -150,7 +156,7 @@ class RuleGuard:
             reason = ""
             if stats.error_rate - stable.error_rate > p.max_error_rate_delta:
                 reason = REASON_ERROR_RATE
-            elif (not math.isnan(stats.ttft_p95) and not math.isnan(stable.ttft_p95)
+            elif (min(stats.ttft_samples, stable.ttft_samples) >= p.min_ttft_samples
                   and stats.ttft_p95 > stable.ttft_p95 * p.max_ttft_p95_ratio
                   and stats.ttft_p95 - stable.ttft_p95 > p.min_ttft_p95_delta_seconds):
                 reason = REASON_TTFT

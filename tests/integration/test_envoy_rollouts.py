@@ -75,7 +75,8 @@ def stack(stack_factory: StackFactory, rewrites_file: Path) -> LocalStack:
                                     "maxErrorRateDelta": 0.2, "maxTtftP95Ratio": 1000},
                           # ... except for this rewrite, whose canary gets a 1 s injected delay.
                           "rewrites": [{"name": "ttft-canary", "guard": {"maxTtftP95Ratio": 3,
-                                                                        "minTtftP95DeltaSeconds": 0.3}}]}
+                                                                        "minTtftP95DeltaSeconds": 0.3,
+                                                                        "minTtftSamples": 20}}]}
     epp_config = rewrites_file.parent / "epp-config.yaml"
     epp_config.write_text(yaml.safe_dump(config, sort_keys=False))
     return stack_factory(pods=3, time_scale=0.02, loras=[CANARY], objectives=rewrites_file,

@@ -109,7 +109,7 @@ def _drive(ro: Rollouts, clock: Clock, n: int, canary_status: int = 200, canary_
             ro.observe(d, 200, 0.1)
 
 
-GUARD = {"guard": {"minRequests": 10, "windowSeconds": 30, "evaluationIntervalSeconds": 0}}
+GUARD = {"guard": {"minRequests": 10, "minTtftSamples": 50, "windowSeconds": 30, "evaluationIntervalSeconds": 0}}
 
 
 def test_error_rate_breach_rolls_the_canary_back_and_shows_in_metrics(caplog: pytest.LogCaptureFixture) -> None:
@@ -133,6 +133,9 @@ def test_error_rate_breach_rolls_the_canary_back_and_shows_in_metrics(caplog: py
 
 def test_ttft_breach_rolls_back_but_small_differences_do_not() -> None:
     _, ro, registry, clock = _setup(GUARD, stable=50, canary=50)
+    _drive(ro, clock, 60, canary_ttft=0.5)  # far slower, but fewer than minTtftSamples: no verdict yet
+    assert not ro.status()[0]["rolledBack"]
+    clock.now += 100  # a fresh window
     _drive(ro, clock, 200, canary_ttft=0.12)  # 1.2x: within 1.5x
     assert not ro.status()[0]["rolledBack"]
     _drive(ro, clock, 300, canary_ttft=0.5)
