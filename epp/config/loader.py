@@ -74,7 +74,7 @@ DEFAULT_SCORER_WEIGHT = 1.0
 # layer, ...): accepted so a GIE config loads, and exposed as SchedulerConfig.extra_sections.
 OTHER_SECTIONS = (
     "featureGates", "saturationDetector", "dataLayer", "flowControl", "parser", "requestHandler",
-    "requestControl", "data",
+    "requestControl", "data", "rollouts",
 )
 _TOP_LEVEL = ("apiVersion", "kind", "plugins", "schedulingProfiles", *OTHER_SECTIONS)
 _PLUGIN_KEYS = ("type", "name", "parameters")

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from epp.datastore.endpoint import Endpoint
+from epp.rollout.store import RewriteStore
 
 
 @dataclass(slots=True)
@@ -61,6 +62,8 @@ class Datastore:
         # Models served by the pool (base models and LoRA adapters), when known. Empty means
         # "accept any model name"; filled from /v1/models of the pods or from config.
         self.served_models: set[str] = set()
+        # InferenceModelRewrites of the pool (epp/rollout), written by the endpoint sources.
+        self.model_rewrites = RewriteStore()
 
     # --- pool ---------------------------------------------------------------------------
     def set_pool(self, pool: PoolSpec) -> None:

@@ -33,6 +33,7 @@ import yaml
 from epp.aio import cancel_and_wait
 from epp.datastore.datastore import Datastore, InferenceObjective, PoolSpec
 from epp.datastore.endpoint import Endpoint
+from epp.rollout.api import ModelRewrite, RewriteError, rewrites_from_documents
 
 log = logging.getLogger(__name__)
 
@@ -345,6 +346,7 @@ class LocalState:
     pool: PoolSpec
     endpoints: list[Endpoint]
     objectives: list[InferenceObjective]
+    rewrites: list[ModelRewrite] = field(default_factory=list)
 
 
 class LocalEndpointSource:
@@ -389,7 +391,17 @@ class LocalEndpointSource:
                     raise LocalSourceError(f"{path}: model name {obj.model_name!r} defined in several files")
                 seen.add(obj.model_name)
                 objectives.append(obj)
-        return LocalState(pool, endpoints, objectives)
+        rewrites: list[ModelRewrite] = []
+        for path in self.objective_paths:  # InferenceModelRewrites live beside the objectives
+            try:
+                found = rewrites_from_documents(_load_documents(path), f"{path}: ", pool.name)
+            except RewriteError as e:
+                raise LocalSourceError(str(e)) from None
+            for rewrite in found:
+                if any(r.name == rewrite.name for r in rewrites):
+                    raise LocalSourceError(f"{path}: InferenceModelRewrite {rewrite.name!r} defined in several files")
+            rewrites += found
+        return LocalState(pool, endpoints, objectives, rewrites)
 
     def sync(self) -> LocalState:
         """Read all files and reconcile the datastore. Raises LocalSourceError, leaving the
@@ -416,8 +428,10 @@ class LocalEndpointSource:
                 ds.remove_objective(obj.model_name)
         for obj in state.objectives:
             ds.upsert_objective(obj)
-        log.info("local source: pool %s/%s, %d endpoints, %d objectives",
-                 state.pool.namespace, state.pool.name, len(state.endpoints), len(state.objectives))
+        ds.model_rewrites.replace_all(state.rewrites)
+        log.info("local source: pool %s/%s, %d endpoints, %d objectives, %d model rewrites",
+                 state.pool.namespace, state.pool.name, len(state.endpoints), len(state.objectives),
+                 len(state.rewrites))
 
     def poll_once(self) -> bool:
         """Reload if any file changed since the last sync; returns whether it reloaded."""

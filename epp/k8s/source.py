@@ -45,6 +45,10 @@ from epp.k8s.resources import (
     parse_pod,
     pod_endpoints,
 )
+from epp.k8s.rewrites import RewriteGroups
+from epp.rollout.api import GROUPS as REWRITE_GROUPS
+from epp.rollout.api import PLURAL as REWRITE_PLURAL
+from epp.rollout.api import VERSION as REWRITE_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +196,7 @@ class KubernetesSource:
         self._pod_task: ReflectorTask | None = None
         self._pod_selector: dict[str, str] | None = None
         self._objective_tasks: list[ReflectorTask] = []
+        self._rewrite_tasks: list[ReflectorTask] = []  # InferenceModelRewrites (epp/k8s/rewrites.py)
         self._objective_handlers: list[_ObjectiveHandler] = []
         self._crd_missing: dict[tuple[str, str], bool] = {}  # (kind, group) -> not served
         self._warned_no_objectives = False
@@ -231,6 +236,15 @@ class KubernetesSource:
             )
             task.start()
             self._objective_tasks.append(task)
+        rewrites = RewriteGroups(self.datastore.model_rewrites, opts.pool_name)
+        for group in REWRITE_GROUPS:
+            rw_handler = rewrites.handler(group)
+            task = ReflectorTask(Reflector(
+                self._api, ResourceRef(REWRITE_PLURAL, opts.pool_namespace, group, REWRITE_VERSION), rw_handler,
+                watch_timeout_s=opts.watch_timeout_s, on_missing=rw_handler.missing,
+                missing_retry_s=self._missing_crd_retry_s))
+            task.start()
+            self._rewrite_tasks.append(task)
         if opts.leader_elect:
             self.leader = LeaderElector(
                 self._api,
@@ -253,11 +267,12 @@ class KubernetesSource:
             await self.config_watcher.stop()
         if self.leader is not None:
             await self.leader.stop()
-        for task in [self._pool_task, self._pod_task, *self._objective_tasks]:
+        for task in [self._pool_task, self._pod_task, *self._objective_tasks, *self._rewrite_tasks]:
             if task is not None:
                 await task.stop()
         self._pool_task = self._pod_task = None
         self._objective_tasks = []
+        self._rewrite_tasks = []
         if self._owns_api and self._api is not None:
             await self._api.close()
             self._api = None
@@ -270,6 +285,7 @@ class KubernetesSource:
             and self._pod_task is not None
             and self._pod_task.reflector.synced()
             and all(t.reflector.synced() for t in self._objective_tasks)
+            and all(t.reflector.synced() for t in self._rewrite_tasks)
         )
 
     def missing_crds(self) -> list[str]:
@@ -315,7 +331,8 @@ class KubernetesSource:
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for name, task in [("pool", self._pool_task), ("pods", self._pod_task)] + [
-            (f"{t.reflector.ref.plural}.{t.reflector.ref.group}", t) for t in self._objective_tasks
+            (f"{t.reflector.ref.plural}.{t.reflector.ref.group}", t)
+            for t in [*self._objective_tasks, *self._rewrite_tasks]
         ]:
             if task is not None:
                 out[name] = task.reflector.stats

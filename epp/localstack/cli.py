@@ -48,6 +48,9 @@ def add_parser(sub: Any) -> None:
                    help="2: two pools behind one gateway, vLLM pods serving one model and SGLang pods "
                         "serving another, each with its own EPP, routed by the body's model "
                         "(docs/multi-model.md); --pods is then per pool")
+    p.add_argument("--rollouts", action="store_true",
+                   help="a 90/10 canary of model `llama` (deploy/local/rollouts.yaml) with the SLO guard "
+                        "and session affinity (docs/rollouts.md)")
     p.add_argument("--free-ports", action="store_true",
                    help="pick free loopback ports for everything instead of the documented ones")
     p.set_defaults(func=run)
@@ -68,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
         cfg.run_dir = args.run_dir
     if args.tenants:
         _with_tenants(cfg)
+    if args.rollouts:
+        _with_rollouts(cfg)
     stack = LocalStack(cfg)
     print(f">> starting {len(stack.pods)} {cfg.engine} pod(s), the EPP and Envoy (logs in {cfg.run_dir / 'logs'})",
           flush=True)
@@ -99,6 +104,8 @@ The response header x-sim-pod names the pod that served it. Ctrl-C stops everyth
 """, flush=True)
     if args.tenants:
         print(_tenant_curls(url, cfg.model), flush=True)
+    if args.rollouts:
+        print(_rollout_help(url, cfg), flush=True)
     stopping = False
 
     def _on_signal(signum: int, frame: object) -> None:
@@ -130,6 +137,30 @@ def _with_tenants(cfg: StackConfig) -> None:
     if cfg.epp_config is None:
         cfg.epp_config = REPO / "deploy/local/epp-config-flowcontrol.yaml"
     cfg.envoy_message_timeout_ms = max(cfg.envoy_message_timeout_ms, 60_000)
+
+
+def _with_rollouts(cfg: StackConfig) -> None:
+    """The canary example of docs/rollouts.md. The objectives and the InferenceModelRewrite go
+    into one file in the run directory (the EPP re-reads it on change: edit the weights there);
+    Envoy sends response headers to the EPP for the SLO guard and the session token."""
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    combined = cfg.run_dir / "objectives-rollouts.yaml"
+    parts = [p.read_text() for p in (cfg.objectives, REPO / "deploy/local/rollouts.yaml") if p is not None]
+    combined.write_text("\n---\n".join(parts))
+    cfg.objectives = combined
+    if cfg.epp_config is None:
+        cfg.epp_config = REPO / "deploy/local/epp-config-rollouts.yaml"
+    cfg.response_header_mode = "SEND"
+
+
+def _rollout_help(url: str, cfg: StackConfig) -> str:
+    return f"""Rollouts (docs/rollouts.md): model `llama` goes 90/10 to {cfg.model} and `tweet-summary`,
+sticky on x-user-id; edit the weights in {cfg.objectives} (re-read on save).
+  curl -s {url}/v1/completions -H 'x-user-id: alice' -H 'content-type: application/json' \\
+    -d '{{"model": "llama", "prompt": "Hello", "max_tokens": 8}}'
+  curl -s http://127.0.0.1:{cfg.metrics_port}/metrics | grep -E 'epp_rollout|model_rewrite'
+Session affinity: send back the x-session-token response header, or name a session in x-session-id.
+"""
 
 
 def _tenant_curls(url: str, model: str) -> str:

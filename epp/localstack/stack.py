@@ -142,6 +142,9 @@ class StackConfig:
     epp_args: Sequence[str] = ()
     request_body_mode: str = "BUFFERED"
     response_body_mode: str = "NONE"
+    # "" = SEND when response bodies go to the EPP, else SKIP; SEND for the rollout guard
+    # (status, time to first byte) and the session-affinity token (docs/rollouts.md).
+    response_header_mode: str = ""
     subset_hint: list[str] | None = None  # tests: static envoy.lb.subset_hint metadata
     epp_max_concurrent_streams: int = 32  # per Envoy->EPP connection (more connections spread workers)
     access_log: bool = False  # Envoy access log (with response flags and details) in its log file
@@ -273,7 +276,8 @@ class LocalStack:
             fallback_endpoints=[("127.0.0.1", p.serving_port) for p in self.pods if p.role != "prefill"],
             request_body_mode=cfg.request_body_mode,  # type: ignore[arg-type]
             response_body_mode=cfg.response_body_mode,  # type: ignore[arg-type]
-            response_header_mode="SKIP" if cfg.response_body_mode == "NONE" else "SEND",
+            response_header_mode=cfg.response_header_mode  # type: ignore[arg-type]
+            or ("SKIP" if cfg.response_body_mode == "NONE" else "SEND"),
             subset_hint=cfg.subset_hint,
             access_log=cfg.access_log,
             epp_replicas=[("127.0.0.1", e.grpc_port) for e in self.epps[1:]],

@@ -85,6 +85,9 @@ class SchedulingResult:
     primary_profile: str
     # Extra request headers to set upstream (e.g. x-prefiller-host-port for P/D).
     headers: dict[str, str] = field(default_factory=dict)
+    # Headers to set on the response to the client (e.g. llm-d's x-session-token); needs
+    # Envoy's response_header_mode SEND.
+    response_headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def primary(self) -> ProfileRunResult | None:

@@ -43,6 +43,9 @@ from epp.observability.health import ReadinessProbe, health_app
 from epp.observability.metrics import EPPMetrics
 from epp.observability.request_tracing import RequestTracing
 from epp.observability.tracing import TracingConfig, setup_tracing
+from epp.rollout.config import SECTION as ROLLOUTS_SECTION
+from epp.rollout.config import RolloutPolicy, parse_rollout_policy
+from epp.rollout.controller import Rollouts
 from epp.scheduling.plugins.pd_metrics import register_pd_metrics
 from epp.scheduling.registry import ConfigError, PluginContext
 from epp.scheduling.types import LLMRequest, SchedulingResult
@@ -199,6 +202,9 @@ class EPPServer:
             self.handler.tracing = RequestTracing(self.tracer_provider)
         self.observer.trust_tenant = self.auth is not None
         self._apply_flow_control(self.sched_config)
+        self.rollouts = Rollouts(self.datastore.model_rewrites, self._rollout_policy(self.sched_config),
+                                 self.metrics.registry)
+        self.handler.rollout = self.rollouts
         self.probe = ReadinessProbe(self.datastore)
         self._stop = asyncio.Event()
         self._health: GrpcHealthReporter | None = None
@@ -230,16 +236,22 @@ class EPPServer:
             gate = AdmissionPipeline(self.flow, self.auth, self.limiter, self.tenant_metrics)
         self.handler.flow = gate
 
+    @staticmethod
+    def _rollout_policy(sched: SchedulerConfig) -> RolloutPolicy:
+        return parse_rollout_policy(sched.extra_sections.get(ROLLOUTS_SECTION), sched.source)
+
     async def reload_config(self, path: str | None = None) -> bool:
         """Rebuild the scheduler from the config file; keeps the old one on error."""
         source = path or (str(self.opts.config) if self.opts.config else None)
         try:
             new = reload_scheduler_config(source, self.ctx, self.sched_config)
+            policy = self._rollout_policy(new)
             self._apply_flow_control(new)
         except ConfigError as e:
             log.error("config reload failed, keeping the running config: %s", e)
             return False
         self.sched_config = new
+        self.rollouts.set_policy(policy)
         await _start_plugin_services(self.ctx)
         log.info("scheduler config reloaded from %s", source or "the embedded default")
         return True

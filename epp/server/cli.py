@@ -40,7 +40,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--pool-file", type=Path, help="local mode: InferencePool manifest")
     p.add_argument("--endpoints-file", type=Path, help="local mode: the pods (name, ip, port, labels)")
     p.add_argument("--objectives-file", type=Path, action="append", default=[],
-                   help="local mode: InferenceObjective / InferenceModel manifests (repeatable)")
+                   help="local mode: InferenceObjective / InferenceModel / InferenceModelRewrite "
+                        "manifests (repeatable; re-read on change)")
     p.add_argument("--scrape-interval", type=float, default=0.05,
                    help="seconds between metric scrapes of each pod (0.05)")
     p.add_argument("--scrape-idle-interval", type=float, default=0.5,

@@ -105,6 +105,15 @@ class Authenticator(Protocol):
     def authenticate(self, headers: dict[str, str]) -> Any: ...
 
 
+class RolloutHook(Protocol):
+    """Traffic splitting (epp/rollout/controller.py): `assign` may set request.target_model and
+    returns a decision (or None) that `observe` gets back with the response status and the
+    seconds from the routing answer to the response headers."""
+
+    def assign(self, request: LLMRequest) -> Any: ...
+    def observe(self, decision: Any, status: int, ttft_s: float) -> None: ...
+
+
 class ServerObserver(Protocol):
     """What the server reports to observability (metrics, traces)."""
 
@@ -157,6 +166,11 @@ class _Stream:
     strip: list[str] | None = None
     spans: RequestSpans | None = None  # OpenTelemetry spans, when tracing is on
     error: str = ""  # the error code this stream was answered with, for the span
+    rollout: Any = None  # the RolloutHook's decision for this request
+    routed: float = 0.0  # when the routing answer was built (perf_counter)
+    ttft: float = -1.0  # routing answer -> response headers (or first body bytes), seconds
+    first_body: bool = False
+    response_headers: dict[str, str] | None = None  # set on the client's response (session token)
 
 
 @dataclass(slots=True)
@@ -194,6 +208,7 @@ class ExtProcHandler:
         self.auth: Authenticator | None = None
         # OpenTelemetry spans per request (epp/observability/request_tracing.py); None = off.
         self.tracing: RequestTracing | None = None
+        self.rollout: RolloutHook | None = None  # set (and kept across reloads) by the server
 
     # The gRPC stream-stream method (request_deserializer=ProcessingRequest.FromString,
     # response_serializer=identity: we yield encoded bytes).
@@ -310,6 +325,8 @@ class ExtProcHandler:
                                 self.datastore)
         request.candidates = st.subset
         st.request = request
+        if self.rollout is not None:
+            st.rollout = self.rollout.assign(request)
         if st.spans is not None and self.tracing is not None:
             self.tracing.on_request(st.spans, request)
         flow = self.flow
@@ -334,6 +351,7 @@ class ExtProcHandler:
 
     def _route(self, st: _Stream, request: LLMRequest, body: bytes) -> list[bytes]:
         mutation, metadata = self._schedule(st, request)
+        st.routed = time.perf_counter()
         new_body: bytes | None = None
         if request.target_model != request.model:
             # InferenceModel-style rewrite: the pod must see the target model's name.
@@ -421,6 +439,8 @@ class ExtProcHandler:
         if st.spans is not None and self.tracing is not None:
             self.tracing.on_decision(st.spans, result, state, st.targets)
             mutation += wire.header_mutation(self.tracing.propagation_headers(st.spans))
+        if result.response_headers:
+            st.response_headers = result.response_headers
         value = target.hostport if len(targets) == 1 else ",".join(e.hostport for e in targets)
         metadata = wire.dynamic_metadata(METADATA_NAMESPACE, ((DESTINATION_HEADER, value),))
         if log.isEnabledFor(logging.DEBUG):
@@ -461,8 +481,13 @@ class ExtProcHandler:
                 value = h.raw_value or h.value.encode()
                 st.status = int(value) if value.isdigit() else 0
                 break
+        if st.routed:
+            st.ttft = time.perf_counter() - st.routed
         if self.options.parse_usage and st.request is not None:
             st.usage = UsageParser(st.request.stream)
+        if st.response_headers:
+            return [wire.response_headers_response(wire.common_response(
+                wire.header_mutation(st.response_headers.items())))]
         return [_RESPONSE_HEADERS_CONTINUE]
 
     def _on_response_body(self, st: _Stream, msg: Any) -> list[bytes]:
@@ -470,6 +495,12 @@ class ExtProcHandler:
             self._evictable(st, st.request)
         if st.usage is not None:
             st.usage.feed(msg.response_body.body)
+        if st.routed and not st.first_body:
+            # The first body bytes: a streamed completion's first token (vLLM sends its headers
+            # before it), so a better time to first token than the headers when Envoy streams
+            # response bodies to the EPP.
+            st.first_body = True
+            st.ttft = time.perf_counter() - st.routed
         return [_RESPONSE_BODY_CONTINUE]
 
     def _evictable(self, st: _Stream, request: LLMRequest) -> None:
@@ -496,6 +527,11 @@ class ExtProcHandler:
             self.admission.release()
         if st.dispatch is not None:
             self.tracker.complete(st.dispatch)
+        if st.rollout is not None and self.rollout is not None:
+            try:
+                self.rollout.observe(st.rollout, st.status, st.ttft)
+            except Exception:
+                log.exception("rollout observe failed", extra={"request_id": st.request_id})
         if st.request is None or not st.targets:
             if self.flow is not None:
                 self.flow.on_complete(st.request, None)

@@ -96,7 +96,8 @@ def parse_request(
         if objective.target_models:
             target_model = _weighted_choice(objective.target_models)
     if datastore.served_models and model not in datastore.served_models and \
-            (objective is None or not objective.target_models):
+            (objective is None or not objective.target_models) and \
+            datastore.model_rewrites.rule(model) is None:  # a rewrite names served targets
         raise RequestError(404, f"The model `{model}` does not exist.", "model_not_found", "model")
 
     return LLMRequest(

@@ -99,6 +99,11 @@ def add_parser(subparsers: Any) -> None:
     faults = p.add_argument_group("fault injection (also: POST /sim/faults)")
     faults.add_argument("--error-rate", type=float)
     faults.add_argument("--error-status", type=int)
+    faults.add_argument("--error-models", nargs="+", metavar="MODEL",
+                        help="inject --error-rate only into requests for these models (e.g. a canary)")
+    faults.add_argument("--slow-models", nargs="+", metavar="MODEL",
+                        help="delay requests for these models by --slow-models-delay-s")
+    faults.add_argument("--slow-models-delay-s", type=float)
     faults.add_argument("--startup-delay-s", type=float)
     faults.add_argument("--hang-requests", action="store_true", default=None)
     faults.add_argument("--hang-health", action="store_true", default=None)

@@ -47,6 +47,13 @@ class FaultConfig:
 
     error_rate: float = 0.0  # fraction of inference requests answered with `error_status`
     error_status: int = 500
+    # Only requests for these model names (base or LoRA) get `error_rate`; empty: all. A
+    # canary model served beside the stable one can fail while the stable one stays healthy.
+    error_models: list[str] = field(default_factory=list)
+    # Requests for these models wait `slow_models_delay_s` (wall clock, not time-scaled) before
+    # the engine sees them: a canary with a slower first token.
+    slow_models: list[str] = field(default_factory=list)
+    slow_models_delay_s: float = 0.0
     startup_delay_s: float = 0.0  # /health answers 503 (and inference 503) for this long
     hang_requests: bool = False  # inference requests never complete
     hang_health: bool = False  # /health never answers
@@ -61,7 +68,13 @@ class FaultConfig:
             if key not in known:
                 raise ValueError(f"unknown fault {key!r}; known: {', '.join(sorted(known))}")
             current = getattr(self, key)
-            if isinstance(current, bool):
+            if isinstance(current, list):
+                if isinstance(value, str):
+                    value = [v for v in value.split(",") if v]
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    raise ValueError(f"fault {key!r} must be a list of strings")
+                value = list(value)
+            elif isinstance(current, bool):
                 if not isinstance(value, bool):
                     raise ValueError(f"fault {key!r} must be a boolean")
             elif isinstance(current, int):
@@ -173,7 +186,8 @@ def apply_overrides(config: SimPodConfig, overrides: dict[str, Any], where: str 
     new = dataclasses.replace(
         config,
         latency=dataclasses.replace(config.latency),
-        faults=dataclasses.replace(config.faults),
+        faults=dataclasses.replace(config.faults, error_models=list(config.faults.error_models),
+                                   slow_models=list(config.faults.slow_models)),
         served_model_name=list(config.served_model_name),
         lora_modules=dict(config.lora_modules),
     )

@@ -280,10 +280,19 @@ class SimPod:
         if f.crash_after_requests and self._served_requests > f.crash_after_requests:
             self._background(self.crash())
             raise ApiError(503, "The simulated server crashed.")
-        if f.error_rate > 0 and self.engine.rng.random() < f.error_rate:
+        if f.error_rate > 0 and not f.error_models and self.engine.rng.random() < f.error_rate:
             raise ApiError(f.error_status, "Injected fault: simulated engine error.")
         if f.hang_requests:
             await self._wait_while(lambda: self.faults.hang_requests)
+
+    async def _model_faults(self, model: str) -> None:
+        """Faults injected only for some models (FaultConfig.error_models / slow_models)."""
+        f = self.faults
+        if f.error_models and f.error_rate > 0 and model in f.error_models \
+                and self.engine.rng.random() < f.error_rate:
+            raise ApiError(f.error_status, f"Injected fault: simulated engine error for model {model}.")
+        if f.slow_models_delay_s > 0 and model in f.slow_models:
+            await asyncio.sleep(f.slow_models_delay_s)
 
     @staticmethod
     def _max_tokens(body: dict[str, Any], *keys: str) -> int | None:
@@ -364,6 +373,7 @@ class SimPod:
         await self._pre_inference_faults()
         body = await self._read_json(request)
         model, lora = self._resolve_model(body)
+        await self._model_faults(model)
         try:
             prompt_ids = request_token_ids(self.tokenizer, {**body, "messages": None})
         except ValueError as e:
@@ -403,6 +413,7 @@ class SimPod:
         await self._pre_inference_faults()
         body = await self._read_json(request)
         model, lora = self._resolve_model(body)
+        await self._model_faults(model)
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise ApiError(400, "messages must be a non-empty list", "messages")

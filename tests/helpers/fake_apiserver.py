@@ -48,6 +48,9 @@ KINDS = {
     ("llm-d.ai", "inferenceobjectives"): ("llm-d.ai/v1alpha2", "InferenceObjective"),
     ("inference.networking.x-k8s.io", "inferencemodels"): (
         "inference.networking.x-k8s.io/v1alpha2", "InferenceModel"),
+    ("llm-d.ai", "inferencemodelrewrites"): ("llm-d.ai/v1alpha2", "InferenceModelRewrite"),
+    ("inference.networking.x-k8s.io", "inferencemodelrewrites"): (
+        "inference.networking.x-k8s.io/v1alpha2", "InferenceModelRewrite"),
 }
 
 

@@ -247,6 +247,8 @@ ALLOWED_VERBS = {
     ("inference.networking.x-k8s.io", "inferenceobjectives"): {"get", "list", "watch"},
     ("llm-d.ai", "inferenceobjectives"): {"get", "list", "watch"},
     ("inference.networking.x-k8s.io", "inferencemodels"): {"get", "list", "watch"},
+    ("llm-d.ai", "inferencemodelrewrites"): {"get", "list", "watch"},
+    ("inference.networking.x-k8s.io", "inferencemodelrewrites"): {"get", "list", "watch"},
     ("coordination.k8s.io", "leases"): {"get", "create", "update"},
 }
 
@@ -266,7 +268,8 @@ def test_rbac_is_least_privilege_and_sufficient() -> None:
                     granted.setdefault(key, set()).update(rule["verbs"])
     # What epp.k8s actually does: list+watch pods/pools/objectives, get/create/update the Lease.
     for key in [("", "pods"), ("inference.networking.k8s.io", "inferencepools"),
-                ("inference.networking.x-k8s.io", "inferenceobjectives"), ("llm-d.ai", "inferenceobjectives")]:
+                ("inference.networking.x-k8s.io", "inferenceobjectives"), ("llm-d.ai", "inferenceobjectives"),
+                ("llm-d.ai", "inferencemodelrewrites"), ("inference.networking.x-k8s.io", "inferencemodelrewrites")]:
         assert {"list", "watch"} <= granted.get(key, set()), key
     assert {"get", "create", "update"} <= granted[("coordination.k8s.io", "leases")]
     for rb in _of_kind("RoleBinding"):
