@@ -34,6 +34,7 @@ from typing import Any, Protocol
 from epp.datastore.datastore import Datastore
 from epp.datastore.endpoint import Endpoint
 from epp.datastore.inflight import Dispatch, InflightTracker
+from epp.observability.decisions import DecisionBus
 from epp.scheduling.types import CycleState, LLMRequest, SchedulingError, SchedulingResult
 from epp.server import wire
 from epp.server.errors import ImmediateAnswer, RequestError
@@ -182,6 +183,8 @@ class ExtProcHandler:
         # Set (and swapped on config reload) by the server when flow control is enabled.
         self.flow: FlowGate | None = None
         self.auth: Authenticator | None = None
+        # Committed decisions for the recorder and the admin API (costs a bool check when idle).
+        self.decisions = DecisionBus()
 
     # The gRPC stream-stream method (request_deserializer=ProcessingRequest.FromString,
     # response_serializer=identity: we yield encoded bytes).
@@ -372,7 +375,10 @@ class ExtProcHandler:
         if len(targets) == 1 and self.options.max_fallbacks > 0 and len(primary.scores) > 1:
             targets = self._with_fallbacks(targets[0], primary.scores)
         scheduler.pre_request(state, request, result)
-        self.observer.on_decision(request, result, time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        self.observer.on_decision(request, result, seconds)
+        if self.decisions.active:
+            self.decisions.publish_decision(request, result, state, seconds)
         target = targets[0]
         st.targets = [target]
         for profile, res in result.profile_results.items():
