@@ -63,6 +63,9 @@ class DecisionEvent:
     headers_set: dict[str, str] = field(default_factory=dict)  # e.g. x-prefiller-host-port
     prompt: str | None = None  # only for subscriptions that asked for prompts
     cache_salt: str | None = None
+    # The admin API's step-by-step trace when this decision was sampled for explanation
+    # (epp/admin/feed.py ExplainedDecision); None otherwise.
+    detail: Any = None
 
     @property
     def target(self) -> str:
@@ -79,7 +82,7 @@ class DecisionEvent:
 
 
 def build_event(request: LLMRequest, result: SchedulingResult, state: CycleState, seconds: float,
-                with_prompt: bool = False) -> DecisionEvent:
+                with_prompt: bool = False, detail: Any = None) -> DecisionEvent:
     """The event for one decision; only called when somebody listens."""
     hashes: list[int] = []
     block_size = 0
@@ -120,6 +123,7 @@ def build_event(request: LLMRequest, result: SchedulingResult, state: CycleState
         headers_set=dict(result.headers),
         prompt=prompt if with_prompt else None,
         cache_salt=salt if isinstance(salt, str) else None,
+        detail=detail,
     )
 
 
@@ -245,9 +249,9 @@ class DecisionBus:
             sub.offer(event)
 
     def publish_decision(self, request: LLMRequest, result: SchedulingResult, state: CycleState,
-                         seconds: float) -> None:
+                         seconds: float, detail: Any = None) -> None:
         """Build the event for a committed decision and publish it (call only when `active`)."""
-        self.publish(build_event(request, result, state, seconds, self.want_prompts))
+        self.publish(build_event(request, result, state, seconds, self.want_prompts, detail))
 
     def stats(self) -> dict[str, Any]:
         return {"published": self.published, "subscriptions": len(self._subs),
