@@ -19,6 +19,7 @@ import grpc
 from aiohttp import web
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from epp.admin.options import AdminOptions
 from epp.config.loader import SchedulerConfig, load_scheduler_config, reload_scheduler_config
 from epp.datastore.datastore import Datastore
 from epp.datastore.endpoint import Endpoint
@@ -86,6 +87,9 @@ class ServeOptions:
     worker_id: int = 0
     worker_count: int = 1
     peer_dir: Path | None = None
+    # The admin API (epp/admin, docs/admin-api.md) and the opt-in x-epp-explain debug header.
+    admin: AdminOptions = field(default_factory=AdminOptions)
+    explain_header: bool = False
 
 
 class MetricsObserver:
@@ -180,6 +184,10 @@ class EPPServer:
             self.limiter = TenantLimiter(store)
             self.tenant_metrics = TenantMetrics(self.metrics.registry)
         self.handler.auth = self.auth
+        self.admin_state: Any = None
+        self.admin_server: Any = None
+        if opts.admin.enabled or opts.explain_header:
+            self._setup_admin()
         self._apply_flow_control(self.sched_config)
         self.probe = ReadinessProbe(self.datastore)
         self._stop = asyncio.Event()
@@ -189,6 +197,24 @@ class EPPServer:
 
     def _scheduler(self) -> Any:
         return self.sched_config.scheduler
+
+    def _setup_admin(self) -> None:
+        """The admin API's view of this process: decision counters beside the metrics, and
+        the explainer hook the handler consults before each decision (imported only here:
+        without the admin API the protobuf stubs are never needed)."""
+        from epp.admin.feed import DecisionExplainer
+        from epp.admin.service import AdminState
+        from epp.admin.stats import DecisionStatsCollector, TeeObserver
+
+        opts = self.opts
+        stats = DecisionStatsCollector()
+        self.handler.observer = TeeObserver(self.observer, stats)
+        explainer = DecisionExplainer(header_enabled=opts.explain_header, datastore=self.datastore,
+                                      max_fallbacks=opts.handler.max_fallbacks)
+        self.handler.explainer = explainer
+        self.admin_state = AdminState(self.datastore, self._scheduler, self.handler.decisions, explainer,
+                                      stats, self.ctx.services, opts.handler.max_fallbacks,
+                                      str(opts.config or ""))
 
     def _apply_flow_control(self, sched: SchedulerConfig) -> None:
         """Saturation detector and flow control from the config's saturationDetector /
@@ -324,6 +350,12 @@ class EPPServer:
         for http in http_servers:
             stack.push_async_callback(http.stop)
             await http.start()
+        if opts.admin.enabled and opts.worker_id == 0 and self.admin_state is not None:
+            from epp.admin.server import AdminServer
+
+            self.admin_server = AdminServer(opts.admin, self.admin_state)
+            stack.push_async_callback(self.admin_server.stop)
+            await self.admin_server.start()
         if opts.worker_id != 0 and self.peers is not None:
             announcer = asyncio.create_task(
                 WorkerMetrics(self.peers, self.metrics.registry).announce(http_servers[0].port))

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from epp.admin.options import TOKEN_ENV, AdminOptions
 from epp.datastore.inflight import InflightConfig
 from epp.flowcontrol.admission import AdmissionConfig
 from epp.flowcontrol.saturation import SaturationConfig
@@ -93,6 +94,16 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--log-format", default=os.environ.get("EPP_LOG_FORMAT", "json"), choices=("json", "text"))
     p.add_argument("--validate-config", action="store_true",
                    help="load the config, print the scheduling profiles and exit")
+    p.add_argument("--admin-port", type=int, default=None,
+                   help="serve the read-only admin API (epp.v1.Admin: Explain, WatchDecisions, GetPool; "
+                        "docs/admin-api.md) on this port; default off")
+    p.add_argument("--admin-host", default=os.environ.get("EPP_ADMIN_HOST", "127.0.0.1"),
+                   help="address of the admin API (127.0.0.1); any non-loopback address requires a token")
+    p.add_argument("--admin-token-file", type=Path, default=None,
+                   help="file holding the admin API's bearer token (or set $EPP_ADMIN_TOKEN)")
+    p.add_argument("--explain-header", type=_bool, nargs="?", const=True, default=False, metavar="BOOL",
+                   help="answer requests carrying 'x-epp-explain: 1' with an x-epp-explain response "
+                        "header summarising the decision (needs Envoy to send response headers); off by default")
     add_k8s_arguments(p)
     p.set_defaults(func=run)
 
@@ -132,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
                                         kv_cache_util_threshold=args.saturation_kv_cache),
             api_keys=args.api_keys, rate_limit_redis=args.rate_limit_redis,
             worker_id=args.worker_id or 0, worker_count=args.worker_count, peer_dir=args.peer_dir,
-            tls=tls_options(args, kubernetes_mode=k8s is not None), shutdown_delay_s=args.shutdown_delay)
+            tls=tls_options(args, kubernetes_mode=k8s is not None), shutdown_delay_s=args.shutdown_delay,
+            admin=admin_options(args), explain_header=bool(args.explain_header))
         server = EPPServer(opts)
         asyncio.run(server.run())
     except (ConfigError, ValueError) as e:
@@ -142,6 +154,21 @@ def run(args: argparse.Namespace) -> int:
         log.error("cannot start: %s", e)
         return 1
     return 0
+
+
+def admin_options(args: argparse.Namespace) -> AdminOptions:
+    token = os.environ.get(TOKEN_ENV, "")
+    if args.admin_token_file is not None:
+        try:
+            token = args.admin_token_file.read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"--admin-token-file {args.admin_token_file}: {e.strerror}") from None
+        if not token:
+            raise ConfigError(f"--admin-token-file {args.admin_token_file} is empty")
+    opts = AdminOptions(host=args.admin_host, port=args.admin_port or 0,
+                        enabled=args.admin_port is not None, token=token)
+    opts.validate()
+    return opts
 
 
 def _bool(value: str) -> bool:

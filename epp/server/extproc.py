@@ -95,6 +95,19 @@ class FlowGate(Protocol):
     def on_complete(self, request: LLMRequest | None, response: dict[str, Any] | None) -> None: ...
 
 
+class Explainer(Protocol):
+    """Admin API hook (epp/admin/feed.py): decisions it `wants` are made through the traced
+    scheduling path and published with their detail; None (the default) costs nothing."""
+
+    def wants(self, request: LLMRequest) -> bool: ...
+    def schedule(self, scheduler: Any, request: LLMRequest, endpoints: Sequence[Endpoint]
+                 ) -> tuple[SchedulingResult, CycleState, Any]: ...
+    def header_value(self, detail: Any) -> str | None: ...
+
+
+EXPLAIN_HEADER = "x-epp-explain"
+
+
 class Authenticator(Protocol):
     """API keys (epp/flowcontrol/tenants.py): raises RequestError (401) for a missing or bad key."""
 
@@ -151,6 +164,7 @@ class _Stream:
     kind: RouteKind | None = None
     # Client-sent x-gateway-destination-endpoint-* headers beyond ROUTING_HEADERS (rare).
     strip: list[str] | None = None
+    explain: str | None = None  # x-epp-explain response header value (opt-in debug header)
 
 
 @dataclass(slots=True)
@@ -185,6 +199,8 @@ class ExtProcHandler:
         self.auth: Authenticator | None = None
         # Committed decisions for the recorder and the admin API (costs a bool check when idle).
         self.decisions = DecisionBus()
+        # Set by the server when the admin API or the x-epp-explain debug header is enabled.
+        self.explainer: Explainer | None = None
 
     # The gRPC stream-stream method (request_deserializer=ProcessingRequest.FromString,
     # response_serializer=identity: we yield encoded bytes).
@@ -364,8 +380,13 @@ class ExtProcHandler:
             raise RequestError(503, "no healthy endpoint in the inference pool", "no_healthy_endpoint")
         t0 = time.perf_counter()
         scheduler = self._scheduler()
+        explainer = self.explainer
+        detail: Any = None
         try:
-            result, state = scheduler.schedule(request, endpoints)
+            if explainer is not None and explainer.wants(request):
+                result, state, detail = explainer.schedule(scheduler, request, endpoints)
+            else:
+                result, state = scheduler.schedule(request, endpoints)
         except SchedulingError as e:
             raise RequestError(e.status, str(e), e.code) from None
         primary = result.primary
@@ -378,7 +399,9 @@ class ExtProcHandler:
         seconds = time.perf_counter() - t0
         self.observer.on_decision(request, result, seconds)
         if self.decisions.active:
-            self.decisions.publish_decision(request, result, state, seconds)
+            self.decisions.publish_decision(request, result, state, seconds, detail)
+        if detail is not None and explainer is not None:
+            st.explain = explainer.header_value(detail)
         target = targets[0]
         st.targets = [target]
         for profile, res in result.profile_results.items():
@@ -435,6 +458,9 @@ class ExtProcHandler:
                 break
         if self.options.parse_usage and st.request is not None:
             st.usage = UsageParser(st.request.stream)
+        if st.explain is not None:
+            return [wire.response_headers_response(wire.common_response(
+                wire.header_mutation(((EXPLAIN_HEADER, st.explain),))))]
         return [_RESPONSE_HEADERS_CONTINUE]
 
     def _on_response_body(self, st: _Stream, msg: Any) -> list[bytes]:

@@ -109,6 +109,11 @@ def request_headers_response(common: bytes, metadata: bytes = b"") -> bytes:
     return _ld(1, _ld(1, common)) + metadata
 
 
+def response_headers_response(common: bytes) -> bytes:
+    """Answer to response headers with a CommonResponse (e.g. a header mutation)."""
+    return _ld(2, _ld(1, common))
+
+
 def request_body_response(common: bytes, metadata: bytes = b"") -> bytes:
     return _ld(3, _ld(1, common)) + metadata
 
