@@ -84,7 +84,8 @@ def ensure(root: Path = PROTO_ROOT, target: Path = GENERATED_DIR) -> bool:
     """Regenerate `target` if the protos changed since it was generated. Returns True when it
     (re)generated. Without a protos/ tree (an installed wheel) the shipped stubs are used."""
     if not root.is_dir():
-        if not (target / STAMP).is_file():
+        # An installed wheel: it ships the stubs (generated before the build), not protos/.
+        if not (target / "epp/v1/admin_pb2.py").is_file():
             raise ProtoGenError(f"neither {root} nor generated stubs in {target}: "
                                 "reinstall the package (make install)")
         return False
