@@ -3,7 +3,8 @@
 Fed as a ServerObserver beside the metrics observer (epp/server/app.py tees them): decisions
 per endpoint, and from completed responses the prompt tokens the pod reported as cached
 (vLLM's usage.prompt_tokens_details.cached_tokens; only when Envoy sends response bodies).
-Rates are over the last `window_s` seconds, from snapshots taken when somebody reads.
+Rates are over the last `window_s` seconds, from snapshots taken when somebody reads (the
+first read after start: the average since start).
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ class DecisionStatsCollector:
     per_endpoint: dict[str, EndpointCounters] = field(default_factory=dict)
     # (monotonic time, total, {endpoint key: decisions}) snapshots for the rates
     _history: deque[tuple[float, int, dict[str, int]]] = field(default_factory=deque)
+
+    def __post_init__(self) -> None:
+        # A first snapshot at start: until `window_s` has passed between two reads, the rate
+        # is the average since start (so a single `epp top --once` shows a real number).
+        self._history.append((time.monotonic(), 0, {}))
 
     # --- ServerObserver ---------------------------------------------------------------------
     def on_decision(self, request: LLMRequest, result: SchedulingResult, seconds: float) -> None:

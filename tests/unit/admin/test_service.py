@@ -186,3 +186,27 @@ async def _until(cond: object, timeout: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.01)
+
+
+def test_decision_rates_since_start_then_over_the_window() -> None:
+    from epp.admin.stats import DecisionStatsCollector
+    from epp.datastore.endpoint import Endpoint
+    from epp.scheduling.types import LLMRequest, ProfileRunResult, SchedulingResult
+
+    stats = DecisionStatsCollector(window_s=5.0)
+    t0 = stats._history[0][0]
+    a, b = Endpoint("a", "127.0.0.1", 1), Endpoint("b", "127.0.0.1", 2)
+    req = LLMRequest("r", "m", "m")
+
+    def decide(ep: Endpoint, n: int) -> None:
+        for _ in range(n):
+            stats.on_decision(req, SchedulingResult({"p": ProfileRunResult([ep])}, "p"), 0.0)
+
+    decide(a, 20)
+    total, per = stats.rates(t0 + 2.0)  # first read: the average since start
+    assert total == pytest.approx(10.0) and per == {"default/a": pytest.approx(10.0)}
+    decide(b, 30)
+    total, per = stats.rates(t0 + 8.0)  # window: the reads at t0 and t0+2 are both older than 5 s
+    assert total == pytest.approx(30 / 6.0) and per["default/b"] == pytest.approx(5.0)
+    assert per["default/a"] == 0.0
+    assert stats.total == 50
