@@ -56,12 +56,11 @@ async def test_precise_prefix_match_and_index_coverage(tmp_path: Path) -> None:
     assert isinstance(scorer, PrecisePrefixCacheScorer)
     prompt = " ".join(f"doc{i}" for i in range(300))
     request = LLMRequest(request_id="r1", model="m", target_model="m", prompt=prompt, body={"prompt": prompt})
-    # pod-1 serves the prompt: its KV events reach the index, as from a real vLLM pod.
-    pool = PrefixCachingBlockPool(num_blocks=256, block_size=16)
-    serve(pool, scorer.hasher, scorer.token_ids(request))
-    await scorer.runtime.manager.local_stream(eps[1].key).handle(0, payload(pool.drain_events()))
-
     try:
+        # pod-1 serves the prompt: its KV events reach the index, as from a real vLLM pod.
+        pool = PrefixCachingBlockPool(num_blocks=256, block_size=16)
+        serve(pool, scorer.hasher, scorer.token_ids(request))
+        await scorer.runtime.manager.local_stream(eps[1].key).handle(0, payload(pool.drain_events()))
         await _check(ds, ctx, config, request, prompt)
     finally:
         # The scorer started its KV-event subscribers lazily in this loop: stop them, or their
