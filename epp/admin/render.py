@@ -102,6 +102,13 @@ def render_pool(snap: Any, address: str = "") -> RenderableType:
                          ("decisions/s", "right"), ("hit rate", "right"), ("index blocks", "right"),
                          ("metrics age", "right")):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    # One namespace (the usual case): show pod names only, the header names the namespace,
+    # and keep that column whole on a narrow terminal (the numbers shrink first).
+    names = {e.key: e.key.split("/", 1)[-1] for e in snap.endpoints}
+    if len({e.key.split("/", 1)[0] for e in snap.endpoints}) > 1:
+        names = {e.key: e.key for e in snap.endpoints}
+    table.columns[0].min_width = max((len(n) for n in names.values()), default=3)
+    table.columns[0].no_wrap = True
     blocks: dict[str, int] = {}
     for c in snap.index_coverage:
         if c.blocks >= 0:
@@ -110,7 +117,7 @@ def render_pool(snap: Any, address: str = "") -> RenderableType:
         m = e.metrics
         inflight = e.inflight + e.peer_inflight
         table.add_row(
-            e.key, e.role, Text("ok" if e.healthy else "DOWN", style="green" if e.healthy else "bold red"),
+            names[e.key], e.role, Text("ok" if e.healthy else "DOWN", style="green" if e.healthy else "bold red"),
             str(m.waiting_queue_size), str(m.running_requests), f"{m.kv_cache_usage:.0%}", str(inflight),
             f"{e.decisions_per_second:.1f}", f"{e.prefix_hit_rate:.0%}" if e.prefix_hit_rate >= 0 else "-",
             str(blocks[e.key]) if e.key in blocks else "-",
