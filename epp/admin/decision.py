@@ -38,7 +38,7 @@ def to_proto(cycle: TracedCycle, datastore: Datastore, *, max_fallbacks: int, dr
         for fstep in trace.filters:
             for ep in fstep.dropped:
                 p.dropped.add(endpoint=ep.key, filter=fstep.filter.name, filter_type=fstep.filter.type_name,
-                              reason=drop_reason(fstep.filter, ep, request))
+                              reason=drop_reason(fstep.filter, ep))
         for i, ep in enumerate(trace.survivors):
             e = p.endpoints.add(endpoint=ep.key, hostport=ep.hostport,
                                 total=trace.totals[i] if i < len(trace.totals) else 0.0)

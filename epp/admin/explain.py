@@ -183,7 +183,7 @@ def prefix_matches(state: CycleState) -> dict[str, tuple[int, int, int]]:
     return out
 
 
-def drop_reason(flt: Filter, ep: Endpoint, request: LLMRequest) -> str:
+def drop_reason(flt: Filter, ep: Endpoint) -> str:
     """Why `flt` removed `ep`. A filter may say so itself (`explain_drop(endpoint) -> str`);
     the built-in filters' rules are spelled out here; anything else names the filter."""
     explain = getattr(flt, "explain_drop", None)
