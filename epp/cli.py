@@ -18,6 +18,7 @@ _SUBCOMMANDS = (
     "epp.bench.cli",  # epp bench
     "epp.localstack.cli",  # epp run-local
     "epp.chaos.cli",  # epp chaos
+    "epp.replay.cli",  # epp record, epp replay, epp tune
 )
 
 

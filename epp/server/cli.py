@@ -16,6 +16,7 @@ from epp.flowcontrol.saturation import SaturationConfig
 from epp.k8s.cli import KubernetesOptions, add_k8s_arguments
 from epp.metricsscrape.scraper import ScrapeConfig
 from epp.observability.logging import configure_logging
+from epp.replay.record import add_record_arguments, record_options
 from epp.scheduling.registry import ConfigError
 from epp.server.tls import TLSOptions, load_pair, parse_bool_flag
 
@@ -94,6 +95,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--validate-config", action="store_true",
                    help="load the config, print the scheduling profiles and exit")
     add_k8s_arguments(p)
+    add_record_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -132,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
                                         kv_cache_util_threshold=args.saturation_kv_cache),
             api_keys=args.api_keys, rate_limit_redis=args.rate_limit_redis,
             worker_id=args.worker_id or 0, worker_count=args.worker_count, peer_dir=args.peer_dir,
-            tls=tls_options(args, kubernetes_mode=k8s is not None), shutdown_delay_s=args.shutdown_delay)
+            tls=tls_options(args, kubernetes_mode=k8s is not None), shutdown_delay_s=args.shutdown_delay,
+            record=record_options(args))
         server = EPPServer(opts)
         asyncio.run(server.run())
     except (ConfigError, ValueError) as e:
