@@ -107,8 +107,18 @@ def _describe(trace: Trace, paths: list[Path]) -> str:
             f"({len(trace.records) / max(trace.duration_s, 1e-9):.1f} req/s), {pods} pods")
 
 
-def _command() -> str:
-    return "epp " + shlex.join(sys.argv[1:])
+def _command(args: argparse.Namespace, *extra: str) -> str:
+    """The command line that reproduces this run (written next to its numbers)."""
+    words = ["epp", args.command, *map(str, args.trace)]
+    if args.rate_scale != 1.0:
+        words += ["--rate-scale", f"{args.rate_scale:g}"]
+    if args.sim_profile is not None:
+        words += ["--sim-profile", str(args.sim_profile)]
+    if args.seed:
+        words += ["--seed", str(args.seed)]
+    if args.limit:
+        words += ["--limit", str(args.limit)]
+    return shlex.join([*words, *extra])
 
 
 def _run_replay(args: argparse.Namespace) -> int:
@@ -131,7 +141,10 @@ def _run_replay(args: argparse.Namespace) -> int:
     if plot_path is not None:
         plot_path.write_text(svg_plot(results), encoding="utf-8")
         plot_ref = plot_path.name if args.out is not None and plot_path.parent == args.out.parent else str(plot_path)
-    text = markdown(results, _describe(trace, args.trace), _command(), plot_ref)
+    extra = [w for spec in args.config for w in ("--config", spec)]
+    if args.out is not None:
+        extra += ["--out", str(args.out)]
+    text = markdown(results, _describe(trace, args.trace), _command(args, *extra), plot_ref)
     print(text)
     if args.out is not None:
         args.out.write_text(text, encoding="utf-8")
@@ -170,7 +183,13 @@ def _run_tune(args: argparse.Namespace) -> int:
         outcome = tune(trace, text, source, dims, objective=args.objective, budget_s=args.budget_s,
                        max_trials=args.max_trials, profile=profile, rate_scale=args.rate_scale,
                        seed=args.seed, progress=lambda line: print(line, file=sys.stderr))
-        command = _command()
+        extra = [w for spec in args.search for w in ("--search", spec)]
+        if args.config != RECORDED:
+            extra += ["--config", args.config]
+        extra += ["--budget-s", f"{args.budget_s:g}", "--objective", args.objective]
+        if args.max_trials:
+            extra += ["--max-trials", str(args.max_trials)]
+        command = _command(args, *extra, "--out", str(args.out))
         best = winning_config(outcome, command)
     except (TraceError, ProfileError, ReplayError, ConfigError, SearchError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -233,6 +233,7 @@ def tune(trace: Trace, base_text: str, base_source: str, dimensions: Sequence[Di
         rng.shuffle(pending)
     else:
         pending = rng.sample(pending, max_trials)
+    covered = 0  # grid points evaluated, or skipped as the base config
     for values in pending:
         elapsed = time.perf_counter() - started
         mean = elapsed / len(trials)
@@ -242,13 +243,16 @@ def tune(trace: Trace, base_text: str, base_source: str, dimensions: Sequence[Di
             break
         settings = list(zip(dimensions, values, strict=True))
         doc = apply(base, settings, base_source)
+        covered += 1
+        if doc == base:
+            continue  # the base config itself: trial 0 already ran it
         text = yaml.safe_dump(doc, sort_keys=False)
         trials.append(run(len(trials), text, tuple((d.label, v) for d, v in settings)))
         if progress is not None:
             progress(_progress_line(trials[-1], objective))
-    return TuneOutcome(objective, trials, grid_size, budget_s, time.perf_counter() - started,
-                       "random" if order == "random" else ("grid" if len(trials) - 1 >= grid_size
-                                                           else "grid (cut by the budget)"),
+    if order == "grid" and covered < grid_size:
+        order = "grid (cut by the budget)"
+    return TuneOutcome(objective, trials, grid_size, budget_s, time.perf_counter() - started, order,
                        list(dimensions))
 
 
