@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -86,8 +87,8 @@ def test_sim_profile_models_a_slower_gpu(tmp_path: Path) -> None:
     assert [p.requests for p in slow.pods] == [p.requests for p in fast.pods]  # random picks, same seed
     assert slow.ttft.mean > 3 * fast.ttft.mean
     path.write_text("latency:\n  warp_speed: 9\n")
-    with pytest.raises(ProfileError, match="profile.yaml: unknown latency field 'warp_speed'"):
+    with pytest.raises(ProfileError, match=re.escape("profile.yaml: unknown latency field 'warp_speed'")):
         SimProfile.load(path)
     path.write_text("pods:\n  '10.0.0.1:8000': {gpus: 8}\n")
-    with pytest.raises(ProfileError, match="pods.10.0.0.1:8000: unknown simulator setting 'gpus'"):
+    with pytest.raises(ProfileError, match=re.escape("pods.10.0.0.1:8000: unknown simulator setting 'gpus'")):
         SimProfile.load(path)

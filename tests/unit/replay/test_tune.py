@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 
@@ -33,7 +35,7 @@ def test_apply_sets_weights_and_parameters_and_names_what_is_missing() -> None:
     assert refs["queue-scorer"] == 5
     assert doc["plugins"][0]["parameters"] == {"blockSize": 128}
     assert base["plugins"][0].get("parameters") is None  # the base is not modified
-    with pytest.raises(SearchError, match="base.yaml: nope.weight: no pluginRef 'nope'"):
+    with pytest.raises(SearchError, match=re.escape("base.yaml: nope.weight: no pluginRef 'nope'")):
         apply(base, [(parse_dimension("nope.weight=1"), 1)], "base.yaml")
     with pytest.raises(SearchError, match="no plugin named 'nope'"):
         apply(base, [(parse_dimension("nope.x=1"), 1)], "base.yaml")
