@@ -37,7 +37,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import CollectorRegistry
 
@@ -146,6 +146,36 @@ class _Pod:
     stats: PodStats
     overhead_s: float
     plan: _StepPlan | None = None  # the step in flight
+
+
+class _NullSeries:
+    """Stands in for every Prometheus series of a replayed engine: the replay reads the
+    engine's state directly, and updating real series was a quarter of a replay's time."""
+
+    __slots__ = ()
+
+    def inc(self, amount: float = 1.0) -> None:
+        pass
+
+    def observe(self, value: float) -> None:
+        pass
+
+    def set(self, value: float) -> None:
+        pass
+
+    def __getitem__(self, key: str) -> _NullSeries:
+        return self
+
+
+class _NullMetrics:
+    __slots__ = ()
+    _series = _NullSeries()
+
+    def __getattr__(self, name: str) -> _NullSeries:
+        return self._series
+
+    def set_lora_info(self, running: list[str], waiting: list[str]) -> None:
+        pass
 
 
 class _Clock:
@@ -264,8 +294,7 @@ class Replayer:
             pod_cfg = self.profile.pod_config(index, info.hostport)
             pod_cfg.port = port
             pod_cfg.role = info.role
-            metrics = VllmMetrics(pod_cfg.model_names[0], pod_cfg.max_model_len, pod_cfg.max_loras, {})
-            engine = SimEngine(pod_cfg, tokenizer, metrics, None)
+            engine = SimEngine(pod_cfg, tokenizer, cast(VllmMetrics, _NullMetrics()), None)
             ep.metrics.block_size = pod_cfg.block_size
             ep.metrics.num_gpu_blocks = pod_cfg.num_gpu_blocks
             self.pods[info.hostport] = _Pod(ep, engine, PodStats(info.hostport),
