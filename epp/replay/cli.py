@@ -80,6 +80,9 @@ def _add_replay(sub: Any) -> None:
     p.add_argument("--config", action="append", default=[], metavar="FILE",
                    help=f"EndpointPickerConfig to replay (repeatable; '{RECORDED}' = the config in the "
                         "trace header; default: the recorded one)")
+    p.add_argument("--seeded-ties", action="store_true",
+                   help=f"with --config {RECORDED}: break score ties with the seeded generator instead of "
+                        "taking the recorded pick when it is among the best (the default)")
     p.add_argument("--out", type=Path, default=None, help="write the Markdown report here too")
     p.add_argument("--plot", type=Path, default=None,
                    help="write the SVG plot here (default: the report's path with .svg when --out is given)")
@@ -130,7 +133,8 @@ def _run_replay(args: argparse.Namespace) -> int:
             text, source = _config(trace, spec)
             print(f"replaying {len(trace.records)} decisions with {source} ...", file=sys.stderr)
             results.append(Replayer(trace, text, source, name=spec, profile=profile,
-                                    rate_scale=args.rate_scale, seed=args.seed).run())
+                                    rate_scale=args.rate_scale, seed=args.seed,
+                                    follow_ties=spec == RECORDED and not args.seeded_ties).run())
     except (TraceError, ProfileError, ReplayError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

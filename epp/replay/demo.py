@@ -8,9 +8,9 @@ stops everything and leaves in `--out`:
 - `live.json`: what the client measured (TTFT / E2E percentiles in model seconds, hit rate
   from the pods' usage reports, requests per pod), to compare with the replay's prediction.
 
-The pods run at `--time-scale` (0.5 = twice as fast as the latency model), so recorded
-arrival gaps are model gaps x time scale: replay with `--rate-scale <time scale>` to get the
-recorded model-time rate back.
+The pods run at `--time-scale` (1 = the latency model's real time; 0.5 = twice as fast), so
+recorded arrival gaps are model gaps x time scale: replay with `--rate-scale <time scale>`
+to get the model-time rate back.
 """
 
 from __future__ import annotations
@@ -41,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--gpu-blocks", type=int, default=2048, help="KV-cache blocks per pod (2048)")
     p.add_argument("--slowdown", type=float, default=2.0, help="engine step multiplier (2)")
-    p.add_argument("--time-scale", type=float, default=0.5)
+    p.add_argument("--time-scale", type=float, default=1.0,
+                   help="simulator speed (1 = real time: the EPP's scrape and prefill windows then "
+                        "mean the same as in the replay, which runs in model time)")
     p.add_argument("--config", type=Path, default=None, help="EPP config (default: embedded)")
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args(argv)

@@ -22,7 +22,9 @@ Design (why in-process, why virtual time):
 - Determinism: the pickers' random tie-break is seeded (`seed`), the simulated pods are
   seeded from their hostports, and everything else is a function of the trace. Given the
   recorded config, the same simulator state and the seed the recording EPP used, the
-  replay makes the recorded picks (tests/unit/replay/test_replay.py).
+  replay makes the recorded picks (tests/unit/replay/test_record_replay.py). A live EPP's
+  tie-breaks are not seeded: `follow_ties` (on for `--config recorded`) makes a
+  max-score-picker take the recorded pick whenever it is among the best-scored endpoints.
 
 Not modelled: admission control / flow control (every recorded request is routed), the
 precise prefix-cache scorer (it needs the pods' KV events), request cancellations, and
@@ -35,9 +37,9 @@ import heapq
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 from prometheus_client import CollectorRegistry
 
@@ -49,10 +51,11 @@ from epp.datastore.inflight import SERVICE_KEY as INFLIGHT_KEY
 from epp.datastore.inflight import Dispatch, InflightConfig, InflightTracker
 from epp.replay.profile import SimProfile
 from epp.replay.trace import Trace, TraceRecord
+from epp.scheduling.interfaces import Picker
 from epp.scheduling.plugins.pd_metrics import register_pd_metrics
 from epp.scheduling.plugins.prefix_cache_scorer import AVERAGE_CHARACTERS_PER_TOKEN
 from epp.scheduling.registry import PluginContext
-from epp.scheduling.types import LLMRequest, SchedulingError
+from epp.scheduling.types import CycleState, LLMRequest, ProfileRunResult, SchedulingError, ScoredEndpoint
 from epp.sim.engine import RequestRejected, SimEngine, SimRequest, _StepPlan
 from epp.sim.metrics import VllmMetrics
 from epp.tokenization.tokenizer import SimpleTokenizer
@@ -100,6 +103,8 @@ class ReplayResult:
     virtual_s: float  # simulated time from the first arrival to the last completion
     wall_s: float  # how long the replay took
     mismatches: list[tuple[str, str, str]] = field(default_factory=list)  # (request id, recorded, replayed)
+    ties: int = 0  # decisions with several best-scored endpoints (when following recorded ties)
+    ties_followed: int = 0  # ... of which the recorded pick was among the best
 
     @property
     def balance(self) -> float:
@@ -176,6 +181,37 @@ class _NullMetrics:
 
     def set_lora_info(self, running: list[str], waiting: list[str]) -> None:
         pass
+
+
+class _FollowRecordedTies:
+    """Wraps a profile's max-score-picker: when several endpoints share the best score and
+    the recording picked one of them, pick that one. The recording EPP broke such ties at
+    random; following its choices replays the recording's randomness instead of inventing
+    new randomness (a tie broken differently relabels every later decision of a sticky
+    prefix group). Decisions that are not ties are the config's own, untouched."""
+
+    __slots__ = ("inner", "name", "profile", "replayer")
+    type_name: ClassVar[str] = "max-score-picker"  # the only picker it wraps
+
+    def __init__(self, inner: Picker, profile: str, replayer: Replayer) -> None:
+        self.inner = inner
+        self.profile = profile
+        self.replayer = replayer
+        self.name = inner.name
+
+    def pick(self, state: CycleState, request: LLMRequest, scored: Sequence[ScoredEndpoint]) -> ProfileRunResult:
+        rec = self.replayer.current
+        want = rec.picks.get(self.profile) if rec is not None else None
+        if want and len(scored) > 1:
+            best = max(s.score for s in scored)
+            ties = [s for s in scored if s.score == best]
+            if len(ties) > 1:
+                self.replayer.ties += 1
+                for s in ties:
+                    if s.endpoint.hostport == want:
+                        self.replayer.ties_followed += 1
+                        return ProfileRunResult(targets=[s.endpoint])
+        return self.inner.pick(state, request, scored)
 
 
 class _Clock:
@@ -257,6 +293,14 @@ def build_scheduler(config_text: str, source: str, datastore: Datastore, tracker
     return cfg
 
 
+def follow_recorded_ties(cfg: SchedulerConfig, replayer: Replayer) -> None:
+    for name, profile in cfg.scheduler.profiles.items():
+        picker = profile.picker
+        params = getattr(picker, "params", None)
+        if picker.type_name == "max-score-picker" and getattr(params, "max_num_of_endpoints", 1) == 1:
+            profile.picker = _FollowRecordedTies(picker, name, replayer)
+
+
 def seed_pickers(cfg: SchedulerConfig, seed: int) -> None:
     """Give every plugin with a random tie-break its own seeded generator (by plugin name, so
     adding a plugin does not shift the others' streams)."""
@@ -270,7 +314,7 @@ class Replayer:
 
     def __init__(self, trace: Trace, config_text: str, config_source: str, *, name: str = "",
                  profile: SimProfile | None = None, rate_scale: float = 1.0, seed: int = 0,
-                 inflight: InflightConfig | None = None,
+                 inflight: InflightConfig | None = None, follow_ties: bool = False,
                  progress: Callable[[int, int], None] | None = None) -> None:
         if rate_scale <= 0:
             raise ReplayError(f"--rate-scale must be > 0, got {rate_scale}")
@@ -301,6 +345,10 @@ class Replayer:
                                             pod_cfg.latency.frontend_overhead_ms / 1000.0)
         self._by_endpoint = {id(p.endpoint): p for p in self.pods.values()}
         self.sched = build_scheduler(config_text, config_source, self.datastore, self.tracker, seed)
+        self.current: TraceRecord | None = None  # the record being decided (for tie following)
+        self.ties = self.ties_followed = 0
+        if follow_ties:
+            follow_recorded_ties(self.sched, self)
         self.prompts = SyntheticPrompts(tokenizer)
         self._heap: list[tuple[float, int, int, Any]] = []
         self._seq = 0
@@ -365,7 +413,7 @@ class Replayer:
             decision_us=Distribution.of([s * 1e6 for s in self._decision_s]),
             picks_compared=self._compared, picks_matched=self._matched, rate_scale=self.rate_scale,
             virtual_s=self._last_done, wall_s=time.perf_counter() - started,
-            mismatches=self._mismatches[:20])
+            mismatches=self._mismatches[:20], ties=self.ties, ties_followed=self.ties_followed)
 
     def _scrape(self) -> None:
         now = self.clock.now
@@ -388,6 +436,7 @@ class Replayer:
             body={"cache_salt": rec.cache_salt} if rec.cache_salt else {},
         )
         scheduler = self.sched.scheduler
+        self.current = rec
         t0 = time.perf_counter()
         try:
             result, state = scheduler.schedule(request, self.datastore.healthy_endpoints())

@@ -25,6 +25,8 @@ def summary_table(results: Sequence[ReplayResult]) -> str:
     rows = []
     for r in results:
         agree = "-" if not r.picks_compared else f"{r.picks_matched}/{r.picks_compared}"
+        if r.ties:
+            agree += f" ({r.ties_followed} of {r.ties} ties broken as recorded)"
         rows.append([
             f"`{r.name}`", f"{r.completed}/{r.requests}", _errors(r),
             fmt_ms(r.ttft.p50), fmt_ms(r.ttft.p90), fmt_ms(r.ttft.p99),

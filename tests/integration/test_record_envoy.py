@@ -49,6 +49,9 @@ def test_recorded_picks_are_the_pods_that_served(tmp_path: Path) -> None:
     assert records[0].prefix_hashes[0] != records[1].prefix_hashes[0]
     assert set(served) <= {p.hostport for p in trace.header.pods}
     assert "prefix-cache-scorer" in trace.header.config_text  # the embedded default config
-    result = Replayer(trace, trace.header.config_text, "recorded").run()
+    result = Replayer(trace, trace.header.config_text, "recorded", follow_ties=True).run()
     assert result.completed == 16 and result.picks_compared == 16
     assert result.hit_rate > 0.3  # the repeated system prompts hit
+    # The live EPP's state at each decision (scrape age, in-flight timing) is only modelled,
+    # so allow a stray difference; a systematic one (wrong pod mapping, lost ties) fails.
+    assert result.picks_matched >= 14, result.mismatches
