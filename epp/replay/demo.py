@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--time-scale", type=float, default=1.0,
                    help="simulator speed (1 = real time: the EPP's scrape and prefill windows then "
                         "mean the same as in the replay, which runs in model time)")
+    p.add_argument("--pod-slowdown", action="append", default=[], metavar="INDEX=FACTOR",
+                   help="one pod on a slower GPU: its engine steps take FACTOR x the model (repeatable)")
     p.add_argument("--config", type=Path, default=None, help="EPP config (default: embedded)")
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args(argv)
@@ -53,10 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     trace_dir = out / "trace"
     for old in trace_dir.glob("*.jsonl") if trace_dir.exists() else ():
         old.unlink()
-    profile = {"num_gpu_blocks": args.gpu_blocks, "latency": {"slowdown": args.slowdown}}
-    (out / "sim-profile.yaml").write_text(
-        "# The simulator settings of the recorded pods (python -m epp.replay.demo)\n"
-        + yaml.safe_dump(profile, sort_keys=False), encoding="utf-8")
+    slow: dict[int, float] = {}
+    for spec in args.pod_slowdown:
+        index, _, factor = spec.partition("=")
+        if not index.isdigit() or int(index) >= args.pods or not factor:
+            p.error(f"--pod-slowdown {spec!r}: expected INDEX=FACTOR with INDEX < --pods")
+        slow[int(index)] = float(factor)
     workload = build(args.workload, WorkloadParams(rate=args.rate, count=args.count,
                                                    duration_s=args.count / args.rate * 2,
                                                    seed=args.seed, nonce=f"demo{args.seed}",
@@ -64,8 +68,16 @@ def main(argv: list[str] | None = None) -> int:
     cfg = StackConfig(ports_free=True, run_dir=out / "stack", pods=args.pods, time_scale=args.time_scale,
                       epp_config=args.config, kv_events=False,
                       sim_args=["--num-gpu-blocks", str(args.gpu_blocks), "--slowdown", str(args.slowdown)],
+                      pod_sim_args={i: ["--slowdown", str(f)] for i, f in slow.items()},
                       epp_args=["--record-dir", str(trace_dir)])
     stack = LocalStack(cfg)
+    # The same settings for the replay, per pod by the hostport the EPP routes to.
+    profile: dict[str, object] = {"num_gpu_blocks": args.gpu_blocks, "latency": {"slowdown": args.slowdown}}
+    if slow:
+        profile["pods"] = {f"127.0.0.1:{stack.pods[i].serving_port}": {"slowdown": f} for i, f in slow.items()}
+    (out / "sim-profile.yaml").write_text(
+        "# The simulator settings of the recorded pods (python -m epp.replay.demo)\n"
+        + yaml.safe_dump(profile, sort_keys=False), encoding="utf-8")
     stack.start(timeout=90)
     try:
         print(f"sending {len(workload.requests)} {args.workload} requests at {args.rate:g}/s (model time) "

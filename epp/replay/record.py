@@ -24,7 +24,7 @@ from pathlib import Path
 from epp.config.loader import DEFAULT_CONFIG_NAME, ConfigError, default_config_text, embedded_config_names
 from epp.datastore.datastore import Datastore
 from epp.observability.decisions import DecisionBus, Subscription
-from epp.replay.trace import PodInfo, RotatingTraceWriter, TraceHeader, encode_events
+from epp.replay.trace import PodInfo, RotatingTraceWriter, TraceHeader
 
 log = logging.getLogger("epp.replay.record")
 
@@ -90,7 +90,7 @@ class TraceRecorder:
             return 0
         rotations = writer.rotations
         events = sub.drain()
-        writer.write(encode_events(events), len(events))
+        writer.write_events(events)
         writer.flush()
         if writer.rotations != rotations:
             writer.header = self._header()  # the next file starts with the current pool

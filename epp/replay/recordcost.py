@@ -33,7 +33,7 @@ from epp.config.loader import default_config_text, parse_scheduler_config
 from epp.datastore.datastore import Datastore
 from epp.datastore.endpoint import Endpoint
 from epp.observability.decisions import DecisionBus, build_event
-from epp.replay.trace import PodInfo, RotatingTraceWriter, TraceHeader, encode_events
+from epp.replay.trace import PodInfo, RotatingTraceWriter, TraceHeader
 from epp.scheduling.registry import PluginContext
 from epp.server.request import parse_request
 
@@ -103,10 +103,10 @@ def measure_in_process(decisions: int = 20000) -> tuple[float, float]:
                 bus.publish(build_event(req, result, state, 1e-4))
             if i % 500 == 499:  # the recorder drains on a timer; batch like it does
                 events = sub.drain()
-                writer.write(encode_events(events), len(events))
+                writer.write_events(events)
                 writer.flush()
         events = sub.drain()
-        writer.write(encode_events(events), len(events))
+        writer.write_events(events)
         writer.close()
         record_s = time.process_time() - t0
     return record_s / decisions * 1e6, schedule_s / decisions * 1e6

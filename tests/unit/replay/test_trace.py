@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
@@ -10,10 +11,11 @@ from epp.observability.decisions import DecisionEvent
 from epp.replay.trace import (
     TRACE_VERSION,
     PodInfo,
+    PrefixCoder,
+    PrefixDecoder,
     RotatingTraceWriter,
     TraceError,
     TraceHeader,
-    encode_events,
     read_trace,
 )
 
@@ -34,7 +36,7 @@ def _header() -> TraceHeader:
 def test_rotation_keeps_at_most_max_files_of_max_bytes_each(tmp_path: Path) -> None:
     writer = RotatingTraceWriter(tmp_path, _header(), max_bytes=4096, max_files=3, prefix="trace-w0")
     for i in range(200):
-        writer.write(encode_events([_event(i, 100.0 + i)]), 1)
+        writer.write_events([_event(i, 100.0 + i)])
     writer.close()
     files = sorted(tmp_path.glob("*.jsonl"))
     assert len(files) == 3 and writer.rotations > 3
@@ -49,7 +51,7 @@ def test_rotation_keeps_at_most_max_files_of_max_bytes_each(tmp_path: Path) -> N
 
 def test_reader_ignores_a_torn_last_line_and_sorts_by_time(tmp_path: Path) -> None:
     writer = RotatingTraceWriter(tmp_path, _header())
-    writer.write(encode_events([_event(1, 5.0), _event(0, 3.0)]), 2)
+    writer.write_events([_event(1, 5.0), _event(0, 3.0)])
     writer.close()
     with open(writer.path, "ab") as f:
         f.write(b'{"kind":"decision","time":9.0,"mod')  # the recorder was killed mid-write
@@ -73,3 +75,30 @@ def test_bad_traces_are_named(tmp_path: Path) -> None:
         read_trace([bad])
     with pytest.raises(ValueError, match="4096"):
         RotatingTraceWriter(tmp_path, _header(), max_bytes=100)
+
+
+def test_prefix_hashes_are_delta_coded_and_decode_exactly(tmp_path: Path) -> None:
+    # Conversations: each turn's prompt extends the previous one, so its leading blocks repeat.
+    rng = random.Random(4)
+    convs: list[list[int]] = [[] for _ in range(5)]
+    events = []
+    for i in range(300):
+        conv = convs[rng.randrange(5)]
+        conv.extend(rng.getrandbits(64) for _ in range(rng.randrange(1, 8)))
+        ev = _event(i, float(i))
+        ev.prefix_hashes = list(conv[:256])
+        events.append(ev)
+    writer = RotatingTraceWriter(tmp_path / "coded", _header(), max_bytes=64 << 10, max_files=100)
+    for start in range(0, 300, 7):
+        writer.write_events(events[start:start + 7])
+    writer.close()
+    trace = read_trace([tmp_path / "coded"])
+    assert writer.rotations >= 1  # decoding works across files, each on its own
+    assert [r.prefix_hashes for r in trace.records] == [e.prefix_hashes for e in events]
+    plain = sum(len(str(e.prefix_hashes)) for e in events)
+    coded = sum(f.stat().st_size for f in (tmp_path / "coded").glob("*.jsonl"))
+    assert coded < plain / 4
+    coder = PrefixCoder(limit=50)  # a full map is cleared: later lines start new bases
+    decoder = PrefixDecoder()
+    for e in events[:60]:
+        assert decoder.decode(*coder.encode(e.prefix_hashes)) == e.prefix_hashes
