@@ -19,6 +19,7 @@ _SUBCOMMANDS = (
     "epp.localstack.cli",  # epp run-local
     "epp.chaos.cli",  # epp chaos
     "epp.admin.cli",  # epp explain, epp top
+    "epp.replay.cli",  # epp record, epp replay, epp tune
 )
 
 

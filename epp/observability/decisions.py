@@ -66,6 +66,7 @@ class DecisionEvent:
     # The admin API's step-by-step trace when this decision was sampled for explanation
     # (epp/admin/feed.py ExplainedDecision); None otherwise.
     detail: Any = None
+    # The containers are shared with the scheduler's result (see build_event): read-only.
 
     @property
     def target(self) -> str:
@@ -83,48 +84,46 @@ class DecisionEvent:
 
 def build_event(request: LLMRequest, result: SchedulingResult, state: CycleState, seconds: float,
                 with_prompt: bool = False, detail: Any = None) -> DecisionEvent:
-    """The event for one decision; only called when somebody listens."""
-    hashes: list[int] = []
+    """The event for one decision; only called when somebody listens.
+
+    Lists and dicts are shared, not copied: every decision has its own result and cycle
+    state, which nothing changes after the decision, so consumers must only read them."""
+    hashes: list[int] = _NO_HASHES
     block_size = 0
     tokens: int | None = None
     for value in state.values():
-        if isinstance(value, PrefixCacheCycleState) and not hashes:
-            hashes, block_size = list(value.hashes), value.block_size
-        elif isinstance(value, PreciseCycleState) and tokens is None:
+        kind = type(value)
+        if kind is PrefixCacheCycleState:
+            if block_size == 0:
+                hashes, block_size = value.hashes, value.block_size
+        elif kind is PreciseCycleState and tokens is None:
             tokens = value.prompt_tokens
-    picks: dict[str, str] = {}
-    for profile, res in result.profile_results.items():
-        if res is not None and res.targets:
-            picks[profile] = res.targets[0].hostport
-    primary = result.primary
-    fallbacks = [ep.hostport for ep in primary.targets[1:]] if primary is not None else []
-    scores = dict(primary.scores) if primary is not None else {}
-    salt = request.body.get("cache_salt") if request.body else None
+    profile_results = result.profile_results
+    primary_profile = result.primary_profile
+    primary = profile_results.get(primary_profile)
+    if len(profile_results) == 1 and primary is not None and primary.targets:
+        targets = primary.targets
+        picks = {primary_profile: targets[0].hostport}
+    else:
+        picks = {p: r.targets[0].hostport for p, r in profile_results.items() if r is not None and r.targets}
+        targets = primary.targets if primary is not None else []
+    body = request.body
+    salt = body.get("cache_salt") if body else None
     prompt = request.prompt_text()
     return DecisionEvent(
-        time=time.time(),
-        request_id=request.request_id,
-        model=request.model,
-        target_model=request.target_model,
-        objective=request.headers.get(OBJECTIVE_HEADER),
-        priority=request.priority,
-        path=request.path,
-        stream=request.stream,
-        max_tokens=request.max_tokens,
-        prompt_chars=len(prompt),
-        prompt_tokens=tokens,
-        prefix_hashes=hashes,
-        prefix_block_size=block_size,
-        primary_profile=result.primary_profile,
-        picks=picks,
-        fallbacks=fallbacks,
-        scores=scores,
-        decision_s=seconds,
-        headers_set=dict(result.headers),
-        prompt=prompt if with_prompt else None,
-        cache_salt=salt if isinstance(salt, str) else None,
-        detail=detail,
+        time.time(), request.request_id, request.model, request.target_model,
+        request.headers.get(OBJECTIVE_HEADER), request.priority, request.path, request.stream,
+        request.max_tokens, len(prompt), tokens, hashes, block_size, primary_profile, picks,
+        [ep.hostport for ep in targets[1:]] if len(targets) > 1 else _NO_FALLBACKS,
+        primary.scores if primary is not None else _NO_SCORES, seconds, result.headers,
+        prompt if with_prompt else None, salt if isinstance(salt, str) else None, detail,
     )
+
+
+# Shared empty values (read-only, like every container of an event).
+_NO_HASHES: list[int] = []
+_NO_FALLBACKS: list[str] = []
+_NO_SCORES: dict[str, float] = {}
 
 
 class Subscription:

@@ -41,6 +41,7 @@ from epp.observability.exposition import HttpServer, metrics_app
 from epp.observability.grpc_health import GrpcHealthReporter
 from epp.observability.health import ReadinessProbe, health_app
 from epp.observability.metrics import EPPMetrics
+from epp.replay.record import RecordOptions, TraceRecorder, config_text
 from epp.scheduling.plugins.pd_metrics import register_pd_metrics
 from epp.scheduling.registry import ConfigError, PluginContext
 from epp.scheduling.types import LLMRequest, SchedulingResult
@@ -90,6 +91,7 @@ class ServeOptions:
     # The admin API (epp/admin, docs/admin-api.md) and the opt-in x-epp-explain debug header.
     admin: AdminOptions = field(default_factory=AdminOptions)
     explain_header: bool = False
+    record: RecordOptions | None = None  # --record-dir: write a decision trace (epp/replay)
 
 
 class MetricsObserver:
@@ -311,6 +313,11 @@ class EPPServer:
         stack.push_async_callback(scrapers.stop)
         await scrapers.start()
         await _start_plugin_services(self.ctx)
+        if opts.record is not None:
+            recorder = TraceRecorder(opts.record, self.handler.decisions, self.datastore,
+                                     lambda: config_text(self.opts.config), opts.worker_id)
+            stack.push_async_callback(recorder.stop)
+            await recorder.start()
 
         health = self._health = GrpcHealthReporter(self.probe)
         credentials = None

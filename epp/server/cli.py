@@ -17,6 +17,7 @@ from epp.flowcontrol.saturation import SaturationConfig
 from epp.k8s.cli import KubernetesOptions, add_k8s_arguments
 from epp.metricsscrape.scraper import ScrapeConfig
 from epp.observability.logging import configure_logging
+from epp.replay.record import add_record_arguments, record_options
 from epp.scheduling.registry import ConfigError
 from epp.server.tls import TLSOptions, load_pair, parse_bool_flag
 
@@ -105,6 +106,7 @@ def add_parser(sub: Any) -> None:
                    help="answer requests carrying 'x-epp-explain: 1' with an x-epp-explain response "
                         "header summarising the decision (needs Envoy to send response headers); off by default")
     add_k8s_arguments(p)
+    add_record_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -144,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
             api_keys=args.api_keys, rate_limit_redis=args.rate_limit_redis,
             worker_id=args.worker_id or 0, worker_count=args.worker_count, peer_dir=args.peer_dir,
             tls=tls_options(args, kubernetes_mode=k8s is not None), shutdown_delay_s=args.shutdown_delay,
-            admin=admin_options(args), explain_header=bool(args.explain_header))
+            admin=admin_options(args), explain_header=bool(args.explain_header),
+            record=record_options(args))
         server = EPPServer(opts)
         asyncio.run(server.run())
     except (ConfigError, ValueError) as e:
