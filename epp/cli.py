@@ -19,6 +19,8 @@ _SUBCOMMANDS = (
     "epp.localstack.cli",  # epp run-local
     "epp.chaos.cli",  # epp chaos
     "epp.bbr.cli",  # epp bbr
+    "epp.admin.cli",  # epp explain, epp top
+    "epp.replay.cli",  # epp record, epp replay, epp tune
 )
 
 

@@ -14,6 +14,7 @@ from time import perf_counter_ns
 
 from epp.datastore.endpoint import Endpoint
 from epp.scheduling.interfaces import Filter, Picker, PluginTimingObserver, Scorer
+from epp.scheduling.trace import FilterStep, ProfileTrace, ScorerStep
 from epp.scheduling.types import CycleState, LLMRequest, ProfileRunResult, ScoredEndpoint
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,53 @@ class SchedulerProfile:
         if not result.targets:
             return None
         result.scores = {ep.key: total for ep, total in zip(endpoints, totals, strict=True)}
+        return result
+
+    def run_traced(
+        self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint], trace: ProfileTrace
+    ) -> ProfileRunResult | None:
+        """`run` that records every step into `trace` (explain and sampled live decisions).
+
+        A separate path so `run` stays untouched; it must decide exactly as `run` does
+        (tests/unit/admin/test_explain.py runs both on the same state and compares). It skips
+        the plugin-timing observer: an explained decision is not a hot-path sample.
+        """
+        trace.candidates = list(endpoints)
+        for flt in self.filters:
+            kept = flt.filter(state, request, endpoints)
+            if len(kept) != len(endpoints):
+                survivors = {id(ep) for ep in kept}
+                trace.filters.append(FilterStep(flt, [ep for ep in endpoints if id(ep) not in survivors]))
+            endpoints = kept
+            if not endpoints:
+                trace.empty_reason = f"filter {flt.name!r} ({flt.type_name}) left no endpoint"
+                return None
+        if not endpoints:
+            trace.empty_reason = "no candidate endpoint"
+            return None
+        trace.survivors = list(endpoints)
+        n = len(endpoints)
+        totals = [0.0] * n
+        for scorer, weight in self.scorers:
+            scores = scorer.score(state, request, endpoints)
+            if len(scores) != n:
+                scores = self._misbehaved_length(scorer, scores, n)
+            if (min(scores) < 0.0 or max(scores) > 1.0 or sum(scores) != sum(scores)):
+                scores = self._clamped(scorer, scores)
+            trace.scorers.append(ScorerStep(scorer, weight, list(scores)))
+            if weight == 1.0:
+                totals = [t + s for t, s in zip(totals, scores, strict=True)]
+            elif weight != 0.0:
+                totals = [t + weight * s for t, s in zip(totals, scores, strict=True)]
+        trace.totals = totals
+        trace.picker = self.picker
+        scored = [ScoredEndpoint(ep, total) for ep, total in zip(endpoints, totals, strict=True)]
+        result = self.picker.pick(state, request, scored)
+        if not result.targets:
+            trace.empty_reason = f"picker {self.picker.name!r} ({self.picker.type_name}) chose nothing"
+            return None
+        result.scores = {ep.key: total for ep, total in zip(endpoints, totals, strict=True)}
+        trace.result = result
         return result
 
     def _clamped(self, scorer: Scorer, scores: Sequence[float]) -> list[float]:

@@ -20,6 +20,7 @@ from aiohttp import web
 from opentelemetry.sdk.trace.export import SpanExporter
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from epp.admin.options import AdminOptions
 from epp.config.loader import SchedulerConfig, load_scheduler_config, reload_scheduler_config
 from epp.datastore.datastore import Datastore
 from epp.datastore.endpoint import Endpoint
@@ -43,6 +44,7 @@ from epp.observability.health import ReadinessProbe, health_app
 from epp.observability.metrics import EPPMetrics
 from epp.observability.request_tracing import RequestTracing
 from epp.observability.tracing import TracingConfig, setup_tracing
+from epp.replay.record import RecordOptions, TraceRecorder, config_text
 from epp.rollout.config import SECTION as ROLLOUTS_SECTION
 from epp.rollout.config import RolloutPolicy, parse_rollout_policy
 from epp.rollout.controller import Rollouts
@@ -96,6 +98,10 @@ class ServeOptions:
     # OpenTelemetry spans per request (off by default); tests add in-memory exporters.
     tracing: TracingConfig = field(default_factory=TracingConfig)
     span_exporters: list[SpanExporter] = field(default_factory=list)
+    # The admin API (epp/admin, docs/admin-api.md) and the opt-in x-epp-explain debug header.
+    admin: AdminOptions = field(default_factory=AdminOptions)
+    explain_header: bool = False
+    record: RecordOptions | None = None  # --record-dir: write a decision trace (epp/replay)
 
 
 class MetricsObserver:
@@ -201,6 +207,10 @@ class EPPServer:
         if self.tracer_provider is not None:
             self.handler.tracing = RequestTracing(self.tracer_provider)
         self.observer.trust_tenant = self.auth is not None
+        self.admin_state: Any = None
+        self.admin_server: Any = None
+        if opts.admin.enabled or opts.explain_header:
+            self._setup_admin()
         self._apply_flow_control(self.sched_config)
         self.rollouts = Rollouts(self.datastore.model_rewrites, self._rollout_policy(self.sched_config),
                                  self.metrics.registry)
@@ -213,6 +223,24 @@ class EPPServer:
 
     def _scheduler(self) -> Any:
         return self.sched_config.scheduler
+
+    def _setup_admin(self) -> None:
+        """The admin API's view of this process: decision counters beside the metrics, and
+        the explainer hook the handler consults before each decision (imported only here:
+        without the admin API the protobuf stubs are never needed)."""
+        from epp.admin.feed import DecisionExplainer
+        from epp.admin.service import AdminState
+        from epp.admin.stats import DecisionStatsCollector, TeeObserver
+
+        opts = self.opts
+        stats = DecisionStatsCollector()
+        self.handler.observer = TeeObserver(self.observer, stats)
+        explainer = DecisionExplainer(header_enabled=opts.explain_header, datastore=self.datastore,
+                                      max_fallbacks=opts.handler.max_fallbacks)
+        self.handler.explainer = explainer
+        self.admin_state = AdminState(self.datastore, self._scheduler, self.handler.decisions, explainer,
+                                      stats, self.ctx.services, opts.handler.max_fallbacks,
+                                      str(opts.config or ""))
 
     def _apply_flow_control(self, sched: SchedulerConfig) -> None:
         """Saturation detector and flow control from the config's saturationDetector /
@@ -319,6 +347,11 @@ class EPPServer:
         stack.push_async_callback(scrapers.stop)
         await scrapers.start()
         await _start_plugin_services(self.ctx)
+        if opts.record is not None:
+            recorder = TraceRecorder(opts.record, self.handler.decisions, self.datastore,
+                                     lambda: config_text(self.opts.config), opts.worker_id)
+            stack.push_async_callback(recorder.stop)
+            await recorder.start()
 
         health = self._health = GrpcHealthReporter(self.probe)
         credentials = None
@@ -358,6 +391,12 @@ class EPPServer:
         for http in http_servers:
             stack.push_async_callback(http.stop)
             await http.start()
+        if opts.admin.enabled and opts.worker_id == 0 and self.admin_state is not None:
+            from epp.admin.server import AdminServer
+
+            self.admin_server = AdminServer(opts.admin, self.admin_state)
+            stack.push_async_callback(self.admin_server.stop)
+            await self.admin_server.start()
         if opts.worker_id != 0 and self.peers is not None:
             announcer = asyncio.create_task(
                 WorkerMetrics(self.peers, self.metrics.registry).announce(http_servers[0].port))

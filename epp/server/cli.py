@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from epp.admin.options import TOKEN_ENV, AdminOptions
 from epp.datastore.inflight import InflightConfig
 from epp.flowcontrol.admission import AdmissionConfig
 from epp.flowcontrol.saturation import SaturationConfig
@@ -17,6 +18,7 @@ from epp.k8s.cli import KubernetesOptions, add_k8s_arguments
 from epp.metricsscrape.scraper import ScrapeConfig
 from epp.observability.logging import configure_logging
 from epp.observability.request_tracing import tracing_config_from_env
+from epp.replay.record import add_record_arguments, record_options
 from epp.scheduling.registry import ConfigError
 from epp.server.tls import TLSOptions, load_pair, parse_bool_flag
 
@@ -114,7 +116,18 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--log-format", default=os.environ.get("EPP_LOG_FORMAT", "json"), choices=("json", "text"))
     p.add_argument("--validate-config", action="store_true",
                    help="load the config, print the scheduling profiles and exit")
+    p.add_argument("--admin-port", type=int, default=None,
+                   help="serve the read-only admin API (epp.v1.Admin: Explain, WatchDecisions, GetPool; "
+                        "docs/admin-api.md) on this port; default off")
+    p.add_argument("--admin-host", default=os.environ.get("EPP_ADMIN_HOST", "127.0.0.1"),
+                   help="address of the admin API (127.0.0.1); any non-loopback address requires a token")
+    p.add_argument("--admin-token-file", type=Path, default=None,
+                   help="file holding the admin API's bearer token (or set $EPP_ADMIN_TOKEN)")
+    p.add_argument("--explain-header", type=_bool, nargs="?", const=True, default=False, metavar="BOOL",
+                   help="answer requests carrying 'x-epp-explain: 1' with an x-epp-explain response "
+                        "header summarising the decision (needs Envoy to send response headers); off by default")
     add_k8s_arguments(p)
+    add_record_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -155,7 +168,9 @@ def run(args: argparse.Namespace) -> int:
             worker_id=args.worker_id or 0, worker_count=args.worker_count, peer_dir=args.peer_dir,
             tls=tls_options(args, kubernetes_mode=k8s is not None), shutdown_delay_s=args.shutdown_delay,
             tracing=tracing_config_from_env(args.tracing, args.tracing_exporter, args.otlp_endpoint,
-                                            args.tracing_sample_ratio))
+                                            args.tracing_sample_ratio),
+            admin=admin_options(args), explain_header=bool(args.explain_header),
+            record=record_options(args))
         opts.handler.stream_include_usage = args.stream_include_usage
         server = EPPServer(opts)
         asyncio.run(server.run())
@@ -166,6 +181,21 @@ def run(args: argparse.Namespace) -> int:
         log.error("cannot start: %s", e)
         return 1
     return 0
+
+
+def admin_options(args: argparse.Namespace) -> AdminOptions:
+    token = os.environ.get(TOKEN_ENV, "")
+    if args.admin_token_file is not None:
+        try:
+            token = args.admin_token_file.read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"--admin-token-file {args.admin_token_file}: {e.strerror}") from None
+        if not token:
+            raise ConfigError(f"--admin-token-file {args.admin_token_file} is empty")
+    opts = AdminOptions(host=args.admin_host, port=args.admin_port or 0,
+                        enabled=args.admin_port is not None, token=token)
+    opts.validate()
+    return opts
 
 
 def _bool(value: str) -> bool:

@@ -36,6 +36,7 @@ import msgspec
 from epp.datastore.datastore import Datastore
 from epp.datastore.endpoint import Endpoint
 from epp.datastore.inflight import Dispatch, InflightTracker
+from epp.observability.decisions import DecisionBus
 from epp.scheduling.types import CycleState, LLMRequest, SchedulingError, SchedulingResult
 from epp.server import wire
 from epp.server.errors import ImmediateAnswer, RequestError
@@ -97,6 +98,19 @@ class FlowGate(Protocol):
     async def wait(self, ticket: Any) -> None: ...
     def on_evictable(self, request: LLMRequest, abort: Callable[[], None]) -> None: ...
     def on_complete(self, request: LLMRequest | None, response: dict[str, Any] | None) -> None: ...
+
+
+class Explainer(Protocol):
+    """Admin API hook (epp/admin/feed.py): decisions it `wants` are made through the traced
+    scheduling path and published with their detail; None (the default) costs nothing."""
+
+    def wants(self, request: LLMRequest) -> bool: ...
+    def schedule(self, scheduler: Any, request: LLMRequest, endpoints: Sequence[Endpoint]
+                 ) -> tuple[SchedulingResult, CycleState, Any]: ...
+    def header_value(self, detail: Any) -> str | None: ...
+
+
+EXPLAIN_HEADER = "x-epp-explain"
 
 
 class Authenticator(Protocol):
@@ -171,6 +185,7 @@ class _Stream:
     ttft: float = -1.0  # routing answer -> response headers (or first body bytes), seconds
     first_body: bool = False
     response_headers: dict[str, str] | None = None  # set on the client's response (session token)
+    explain: str | None = None  # x-epp-explain response header value (opt-in debug header)
 
 
 @dataclass(slots=True)
@@ -209,6 +224,10 @@ class ExtProcHandler:
         # OpenTelemetry spans per request (epp/observability/request_tracing.py); None = off.
         self.tracing: RequestTracing | None = None
         self.rollout: RolloutHook | None = None  # set (and kept across reloads) by the server
+        # Committed decisions for the recorder and the admin API (costs a bool check when idle).
+        self.decisions = DecisionBus()
+        # Set by the server when the admin API or the x-epp-explain debug header is enabled.
+        self.explainer: Explainer | None = None
 
     # The gRPC stream-stream method (request_deserializer=ProcessingRequest.FromString,
     # response_serializer=identity: we yield encoded bytes).
@@ -407,8 +426,12 @@ class ExtProcHandler:
             raise RequestError(503, "no healthy endpoint in the inference pool", "no_healthy_endpoint")
         t0 = time.perf_counter()
         scheduler = self._scheduler()
+        explainer = self.explainer
+        detail: Any = None
         try:
-            if st.spans is None or self.tracing is None:
+            if explainer is not None and explainer.wants(request):
+                result, state, detail = explainer.schedule(scheduler, request, endpoints)
+            elif st.spans is None or self.tracing is None:
                 result, state = scheduler.schedule(request, endpoints)
             else:
                 result, state = self.tracing.schedule(st.spans, scheduler, request, endpoints)
@@ -421,7 +444,12 @@ class ExtProcHandler:
         if len(targets) == 1 and self.options.max_fallbacks > 0 and len(primary.scores) > 1:
             targets = self._with_fallbacks(targets[0], primary.scores)
         scheduler.pre_request(state, request, result)
-        self.observer.on_decision(request, result, time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        self.observer.on_decision(request, result, seconds)
+        if self.decisions.active:
+            self.decisions.publish_decision(request, result, state, seconds, detail)
+        if detail is not None and explainer is not None:
+            st.explain = explainer.header_value(detail)
         target = targets[0]
         st.targets = [target]
         for profile, res in result.profile_results.items():
@@ -485,9 +513,11 @@ class ExtProcHandler:
             st.ttft = time.perf_counter() - st.routed
         if self.options.parse_usage and st.request is not None:
             st.usage = UsageParser(st.request.stream)
-        if st.response_headers:
-            return [wire.response_headers_response(wire.common_response(
-                wire.header_mutation(st.response_headers.items())))]
+        if st.response_headers or st.explain is not None:
+            headers = list((st.response_headers or {}).items())
+            if st.explain is not None:
+                headers.append((EXPLAIN_HEADER, st.explain))
+            return [wire.response_headers_response(wire.common_response(wire.header_mutation(headers)))]
         return [_RESPONSE_HEADERS_CONTINUE]
 
     def _on_response_body(self, st: _Stream, msg: Any) -> list[bytes]:

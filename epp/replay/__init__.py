@@ -1,0 +1,1 @@
+"""Record, replay and tune: offline evaluation of scheduler configs on recorded traffic."""
