@@ -40,6 +40,9 @@ from epp.observability.exposition import HttpServer, metrics_app
 from epp.observability.grpc_health import GrpcHealthReporter
 from epp.observability.health import ReadinessProbe, health_app
 from epp.observability.metrics import EPPMetrics
+from epp.responsecache.cache import ResponseCache
+from epp.responsecache.config import CacheConfigError, load_cache_config
+from epp.responsecache.metrics import CacheMetrics
 from epp.scheduling.plugins.pd_metrics import register_pd_metrics
 from epp.scheduling.registry import ConfigError, PluginContext
 from epp.scheduling.types import LLMRequest, SchedulingResult
@@ -75,6 +78,8 @@ class ServeOptions:
     config_watch_interval_s: float = 1.0
     api_keys: Path | None = None  # keys file / Secret directory (epp/flowcontrol/tenants.py)
     rate_limit_redis: str | None = None  # shared per-tenant limits; None: in memory
+    response_cache: Path | None = None  # ResponseCacheConfig file (epp/responsecache); None: no cache
+    response_cache_redis: str | None = None  # overrides the file's storage.redis
     max_concurrent_streams: int = 0
     tls: TLSOptions = field(default_factory=TLSOptions)
     shutdown_grace_s: float = 5.0
@@ -180,6 +185,7 @@ class EPPServer:
             self.limiter = TenantLimiter(store)
             self.tenant_metrics = TenantMetrics(self.metrics.registry)
         self.handler.auth = self.auth
+        self.handler.cache = _response_cache(opts, self.metrics)
         self._apply_flow_control(self.sched_config)
         self.probe = ReadinessProbe(self.datastore)
         self._stop = asyncio.Event()
@@ -279,6 +285,8 @@ class EPPServer:
             await self.auth.start()
         if self.limiter is not None:
             stack.push_async_callback(self.limiter.store.close)
+        if self.handler.cache is not None:
+            stack.push_async_callback(self.handler.cache.close)
         stack.push_async_callback(self.tracker.stop)
         await self.tracker.start()
         scrapers = ScraperManager(self.datastore, opts.scrape)
@@ -345,6 +353,21 @@ def worker_metrics_app(metrics: WorkerMetrics) -> web.Application:
     app = web.Application()
     app.router.add_get("/metrics", handle)
     return app
+
+
+def _response_cache(opts: ServeOptions, metrics: EPPMetrics) -> ResponseCache | None:
+    """The exact-response cache (docs/response-cache.md), or None when not configured."""
+    if opts.response_cache is None:
+        if opts.response_cache_redis:
+            raise ConfigError("--response-cache-redis needs --response-cache FILE (the cache rules)")
+        return None
+    try:
+        cfg = load_cache_config(opts.response_cache, opts.response_cache_redis)
+    except CacheConfigError as e:
+        raise ConfigError(str(e)) from None
+    log.info("response cache on: %d rule(s), storage %s", len(cfg.rules),
+             "redis" if cfg.storage.redis else "memory")
+    return ResponseCache(cfg, metrics=CacheMetrics(metrics.registry))
 
 
 async def _start_plugin_services(ctx: PluginContext) -> None:

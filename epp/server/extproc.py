@@ -34,6 +34,9 @@ from typing import Any, Protocol
 from epp.datastore.datastore import Datastore
 from epp.datastore.endpoint import Endpoint
 from epp.datastore.inflight import Dispatch, InflightTracker
+from epp.responsecache.cache import ResponseCache
+from epp.responsecache.fill import ResponseAssembler
+from epp.responsecache.policy import CachePlan
 from epp.scheduling.types import CycleState, LLMRequest, SchedulingError, SchedulingResult
 from epp.server import wire
 from epp.server.errors import ImmediateAnswer, RequestError
@@ -55,6 +58,8 @@ ROUTING_HEADERS = (DESTINATION_HEADER, PREFILLER_HEADER, LEGACY_PREFILLER_HEADER
 ROUTING_HEADER_PREFIX = DESTINATION_HEADER  # -served, -subset, ...: never accepted from clients
 FULL_DUPLEX_STREAMED = 4
 STREAMED = 1
+BUFFERED = 2
+SEND = 1  # HeaderSendMode
 
 _HEADERS_CONTINUE = wire.headers_continue()
 _RESPONSE_HEADERS_CONTINUE = wire.response_headers_continue()
@@ -150,6 +155,11 @@ class _Stream:
     kind: RouteKind | None = None
     # Client-sent x-gateway-destination-endpoint-* headers beyond ROUTING_HEADERS (rare).
     strip: list[str] | None = None
+    # Response cache (epp/responsecache): the request's plan, a lookup to await, a fill.
+    resp_body_mode: int = 0  # the filter's configured response_body_mode
+    cache: CachePlan | None = None
+    cache_pending: bool = False
+    fill: ResponseAssembler | None = None
 
 
 @dataclass(slots=True)
@@ -182,6 +192,7 @@ class ExtProcHandler:
         # Set (and swapped on config reload) by the server when flow control is enabled.
         self.flow: FlowGate | None = None
         self.auth: Authenticator | None = None
+        self.cache: ResponseCache | None = None  # the exact-response cache, when configured
 
     # The gRPC stream-stream method (request_deserializer=ProcessingRequest.FromString,
     # response_serializer=identity: we yield encoded bytes).
@@ -203,6 +214,8 @@ class ExtProcHandler:
                         out = self._on_request_trailers(st)
                     else:  # response trailers: nothing to do but let them through
                         out = [_RESPONSE_TRAILERS_CONTINUE] if which == "response_trailers" else []
+                    if st.cache_pending:  # cacheable: look it up (a hit answers here)
+                        out = await self._after_cache_lookup(st)
                     if st.ticket is not None:  # queued by flow control: wait, then route
                         out = await self._after_queue(st)
                 except RequestError as e:
@@ -230,6 +243,7 @@ class ExtProcHandler:
         self._read_metadata(st, msg)
         if msg.HasField("protocol_config"):
             st.body_mode = msg.protocol_config.request_body_mode
+            st.resp_body_mode = msg.protocol_config.response_body_mode
             if st.body_mode == STREAMED:
                 raise _STREAMED_MODE_ERROR
         st.kind = classify(st.method, st.path)
@@ -240,6 +254,11 @@ class ExtProcHandler:
             return [self._decide_bodyless(st)]
         if st.body_mode == FULL_DUPLEX_STREAMED:
             return []  # answered once the body is complete
+        cache = self.cache
+        if cache is not None and cache.wants_response_headers(st.method, st.path, st.headers):
+            # Possibly cacheable: ask for this request's response headers (Envoy honours a mode
+            # override only on a headers message); other requests keep the configured mode.
+            return [_HEADERS_CONTINUE + wire.processing_mode(st.body_mode, st.resp_body_mode, SEND)]
         return [_HEADERS_CONTINUE]
 
     def _on_request_body(self, st: _Stream, msg: Any) -> list[bytes]:
@@ -282,7 +301,7 @@ class ExtProcHandler:
         if st.kind is RouteKind.READ and body:
             raise RequestError(400, f"{st.method} {st.path} takes no request body", "unexpected_body")
         out = self._decide_with_body(st, body) if st.request is None else []
-        if st.ticket is not None:
+        if st.ticket is not None or st.cache_pending:
             st.pending_trailers = True  # answered after the queued decision
             return out
         return [*out, _REQUEST_TRAILERS_CONTINUE]
@@ -294,6 +313,30 @@ class ExtProcHandler:
                                 self.datastore)
         request.candidates = st.subset
         st.request = request
+        cache = self.cache
+        if cache is not None:
+            st.cache = cache.plan(request.model, request.target_model, st.path or "/v1/completions", body,
+                                  st.headers)
+            if st.cache is not None and st.cache.lookup:
+                st.cache_pending, st.pending_body = True, body
+                return []
+        return self._admit(st, request, body)
+
+    async def _after_cache_lookup(self, st: _Stream) -> list[bytes]:
+        st.cache_pending = False
+        plan, cache, request = st.cache, self.cache, st.request
+        assert plan is not None and cache is not None and request is not None
+        body, st.pending_body = st.pending_body, b""
+        value = await cache.lookup(plan)
+        if value is not None:
+            st.cache, st.request = None, None  # never routed: no completion bookkeeping
+            raise ImmediateAnswer(cache.hit_response(plan, value, st.request_id), 200)
+        out = self._admit(st, request, body)
+        if st.pending_trailers and st.ticket is None:
+            out.append(_REQUEST_TRAILERS_CONTINUE)
+        return out
+
+    def _admit(self, st: _Stream, request: LLMRequest, body: bytes) -> list[bytes]:
         flow = self.flow
         if flow is not None:
             verdict = flow.admit(request, len(body))
@@ -429,6 +472,12 @@ class ExtProcHandler:
                 break
         if self.options.parse_usage and st.request is not None:
             st.usage = UsageParser(st.request.stream)
+        if st.cache is not None and self.cache is not None:
+            st.fill = self.cache.start_fill(st.cache, st.status)
+            if st.fill is not None and st.resp_body_mode == 0:
+                # A cache fill: this response's body comes to the EPP (SSE chunk by chunk).
+                mode = STREAMED if st.cache.stream else BUFFERED
+                return [_RESPONSE_HEADERS_CONTINUE + wire.processing_mode(st.body_mode, mode)]
         return [_RESPONSE_HEADERS_CONTINUE]
 
     def _on_response_body(self, st: _Stream, msg: Any) -> list[bytes]:
@@ -436,6 +485,12 @@ class ExtProcHandler:
             self._evictable(st, st.request)
         if st.usage is not None:
             st.usage.feed(msg.response_body.body)
+        fill = st.fill
+        if fill is not None and st.cache is not None and self.cache is not None:
+            fill.feed(msg.response_body.body, msg.response_body.end_of_stream)
+            if msg.response_body.end_of_stream:
+                st.fill = None
+                self.cache.finish_fill(st.cache, fill)
         return [_RESPONSE_BODY_CONTINUE]
 
     def _evictable(self, st: _Stream, request: LLMRequest) -> None:
@@ -450,6 +505,8 @@ class ExtProcHandler:
             self.flow.on_evictable(request, lambda: setattr(st, "evicted", True))
 
     def _complete(self, st: _Stream) -> None:
+        if st.fill is not None and self.cache is not None:
+            self.cache.abandon_fill()  # the response never ended (cut): nothing is stored
         if st.admitted and self.admission is not None:
             self.admission.release()
         if st.dispatch is not None:

@@ -113,6 +113,16 @@ def request_body_response(common: bytes, metadata: bytes = b"") -> bytes:
     return _ld(3, _ld(1, common)) + metadata
 
 
+def processing_mode(request_body_mode: int, response_body_mode: int, response_header_mode: int = 0) -> bytes:
+    """ProcessingResponse.mode_override (field 9), a ProcessingMode: request_header_mode=1
+    response_header_mode=2 request_body_mode=3 response_body_mode=4 (enum values; header
+    DEFAULT=0 keeps the filter's configured mode, body modes are always taken as given)."""
+    inner = (_vi(2, response_header_mode) if response_header_mode else b"") \
+        + (_vi(3, request_body_mode) if request_body_mode else b"") \
+        + (_vi(4, response_body_mode) if response_body_mode else b"")
+    return _ld(9, inner)
+
+
 def immediate_response(status: int, body: bytes, headers: Iterable[tuple[str, str]] = (),
                        details: str = "") -> bytes:
     inner = _ld(1, _vi(1, status))
