@@ -73,7 +73,10 @@ def json_entry(body: bytes) -> bytes | str:
 def sse_entry(body: bytes) -> bytes | str:
     events: list[bytes] = []
     done = False
-    for block in body.replace(b"\r\n", b"\n").split(b"\n\n"):
+    body = body.replace(b"\r\n", b"\n")
+    if not body.endswith(b"\n\n"):
+        return INCOMPLETE  # cut inside an event
+    for block in body.split(b"\n\n"):
         data = [line[5:].lstrip(b" ") for line in block.split(b"\n") if line.startswith(b"data:")]
         if not data:
             continue
