@@ -34,8 +34,13 @@ log = logging.getLogger("epp.responsecache")
 CACHE_HEADER = "x-epp-cache"
 STORE_UNAVAILABLE = "store_unavailable"
 _INFERENCE_PATHS = ("/v1/completions", "/v1/chat/completions")
-_JSON_HEADERS = (("content-type", "application/json"), (CACHE_HEADER, "hit"))
-_SSE_HEADERS = (("content-type", "text/event-stream"), ("cache-control", "no-cache"), (CACHE_HEADER, "hit"))
+# The answer to a cacheable miss's response headers: it tells the client the pods answered.
+MISS_RESPONSE_HEADERS = wire.response_headers_response(wire.common_response(
+    wire.header_mutation(((CACHE_HEADER, "miss"),))))
+# Encoded once: a hit only adds its request id.
+_JSON_HEADERS = wire.header_mutation((("content-type", "application/json"), (CACHE_HEADER, "hit")))
+_SSE_HEADERS = wire.header_mutation((("content-type", "text/event-stream"), ("cache-control", "no-cache"),
+                                     (CACHE_HEADER, "hit")))
 
 
 def build_store(cfg: ResponseCacheConfig) -> CacheStore:
@@ -96,10 +101,9 @@ class ResponseCache:
 
     @staticmethod
     def hit_response(plan: CachePlan, value: bytes, request_id: str) -> bytes:
-        headers: tuple[tuple[str, str], ...] = _SSE_HEADERS if plan.stream else _JSON_HEADERS
-        if request_id:
-            headers = (*headers, ("x-request-id", request_id))
-        return wire.immediate_response(200, value, headers, details="epp_response_cache_hit")
+        return wire.immediate_response(200, value, (("x-request-id", request_id),) if request_id else (),
+                                       details="epp_response_cache_hit",
+                                       mutation=_SSE_HEADERS if plan.stream else _JSON_HEADERS)
 
     # --- response side ------------------------------------------------------------------
     def start_fill(self, plan: CachePlan, status: int) -> ResponseAssembler | None:

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 from epp.datastore.datastore import Datastore
 from epp.datastore.endpoint import Endpoint
 from epp.datastore.inflight import Dispatch, InflightTracker
-from epp.responsecache.cache import ResponseCache
+from epp.responsecache.cache import MISS_RESPONSE_HEADERS, ResponseCache
 from epp.responsecache.fill import ResponseAssembler
 from epp.responsecache.policy import CachePlan
 from epp.scheduling.types import CycleState, LLMRequest, SchedulingError, SchedulingResult
@@ -472,12 +472,13 @@ class ExtProcHandler:
                 break
         if self.options.parse_usage and st.request is not None:
             st.usage = UsageParser(st.request.stream)
-        if st.cache is not None and self.cache is not None:
+        if st.cache is not None and self.cache is not None:  # a cacheable miss: `x-epp-cache: miss`
             st.fill = self.cache.start_fill(st.cache, st.status)
             if st.fill is not None and st.resp_body_mode == 0:
                 # A cache fill: this response's body comes to the EPP (SSE chunk by chunk).
                 mode = STREAMED if st.cache.stream else BUFFERED
-                return [_RESPONSE_HEADERS_CONTINUE + wire.processing_mode(st.body_mode, mode)]
+                return [MISS_RESPONSE_HEADERS + wire.processing_mode(st.body_mode, mode)]
+            return [MISS_RESPONSE_HEADERS]
         return [_RESPONSE_HEADERS_CONTINUE]
 
     def _on_response_body(self, st: _Stream, msg: Any) -> list[bytes]:

@@ -43,3 +43,13 @@ def test_hit_is_an_immediate_200_with_the_cache_header() -> None:
     headers = {h.header.key: h.header.raw_value for h in ir.headers.set_headers}
     assert headers == {"content-type": b"text/event-stream", "cache-control": b"no-cache",
                        "x-epp-cache": b"hit", "x-request-id": b"req-1"}
+
+
+def test_miss_response_headers_name_the_miss_and_can_turn_on_the_body() -> None:
+    from epp.responsecache.cache import MISS_RESPONSE_HEADERS
+
+    msg = _parse(MISS_RESPONSE_HEADERS + wire.processing_mode(2, 1))
+    assert msg.WhichOneof("response") == "response_headers"
+    headers = {h.header.key: h.header.raw_value for h in msg.response_headers.response.header_mutation.set_headers}
+    assert headers == {"x-epp-cache": b"miss"}
+    assert msg.mode_override.response_body_mode == mode_pb.ProcessingMode.STREAMED
