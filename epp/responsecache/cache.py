@@ -22,6 +22,7 @@ import asyncio
 import logging
 from typing import Any
 
+from epp.observability.metrics import OVERFLOW_LABEL
 from epp.responsecache.config import ResponseCacheConfig
 from epp.responsecache.fill import INCOMPLETE, NOT_200, ResponseAssembler
 from epp.responsecache.metrics import CacheMetrics
@@ -33,6 +34,7 @@ log = logging.getLogger("epp.responsecache")
 
 CACHE_HEADER = "x-epp-cache"
 STORE_UNAVAILABLE = "store_unavailable"
+MAX_MODEL_SERIES = 256  # as EPPMetrics: more model names fold into OVERFLOW_LABEL
 _INFERENCE_PATHS = ("/v1/completions", "/v1/chat/completions")
 # The answer to a cacheable miss's response headers: it tells the client the pods answered.
 MISS_RESPONSE_HEADERS = wire.response_headers_response(wire.common_response(
@@ -147,6 +149,11 @@ class ResponseCache:
     def _model_series(self, model: str) -> tuple[Any, Any, Any]:
         s = self._series.get(model)
         if s is None:
+            if len(self._series) >= MAX_MODEL_SERIES:  # client-chosen names must not grow memory
+                model = OVERFLOW_LABEL
+                s = self._series.get(model)
+                if s is not None:
+                    return s
             m = self.metrics
             s = self._series[model] = (m.hits.labels(model), m.misses.labels(model), m.fills.labels(model))
         return s

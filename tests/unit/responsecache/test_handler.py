@@ -105,3 +105,17 @@ def test_full_duplex_trailers_after_a_lookup() -> None:
         kinds = [m.WhichOneof("response") for m in out]
         assert kinds == ["request_headers", "request_body", "request_trailers"]
     asyncio.run(scenario())
+
+
+def test_model_label_values_are_bounded() -> None:
+    from epp.responsecache.cache import MAX_MODEL_SERIES
+    from epp.responsecache.policy import CachePlan
+
+    async def scenario() -> None:
+        _, cache, _ = _handler()
+        for i in range(MAX_MODEL_SERIES + 5):
+            plan = CachePlan(key=f"k{i}", model=f"model-{i}", stream=False, ttl_s=5, max_entry_bytes=10,
+                             lookup=True)
+            assert await cache.lookup(plan) is None
+        assert _count(cache, "misses", model="__other__") == 5
+    asyncio.run(scenario())
