@@ -34,6 +34,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -41,12 +42,20 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 
-from epp.bench.envoy_configs import _admin, _listener, epp_chain_without_ext_proc
-from epp.bench.overhead import _envoy, _spawn, parse_head, session_cpu_seconds
-from epp.bench.routers import stop_process
+from epp.bench.envoy_configs import (
+    _admin,
+    _listener,
+    epp_chain_without_ext_proc,
+    instant_upstream_config,
+    lb_envoy_config,
+)
+from epp.bench.overhead import _envoy, _read_chunked, _spawn, parse_head, session_cpu_seconds
+from epp.bench.routers import stop_process, wait_http
 from epp.bench.stats import Distribution
-from epp.localstack.stack import REPO, LocalStack, StackConfig, free_ports
+from epp.localstack.envoy_config import EnvoyConfigParams, envoy_config_yaml
+from epp.localstack.stack import POOL_LABELS, REPO, LocalStack, StackConfig, free_ports
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 FAIRNESS_HEADER = "x-gateway-inference-fairness-id"
@@ -112,6 +121,9 @@ class CacheBenchResult:
     added_p50_ms: float
     added_p99_ms: float
     epp_metrics: dict[str, float]
+    # Instant upstreams, one sequential client: what the cache costs the requests it does not
+    # answer. arm -> latency distribution (seconds); see measure_processing_cost.
+    processing_cost: dict[str, Distribution] = field(default_factory=dict)
     measured: str = ""
 
 
@@ -195,9 +207,11 @@ def epp_metrics(stack: LocalStack) -> dict[str, float]:
     return out
 
 
-def _raw_request(port: int, body: bytes, tenant: int) -> bytes:
+def _raw_request(port: int, body: bytes, tenant: int, headers: dict[str, str] | None = None) -> bytes:
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items()).encode()
     return (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
-            b"%s: org-%d\r\nContent-Length: %d\r\n\r\n" % (port, FAIRNESS_HEADER.encode(), tenant, len(body))) + body
+            b"%s: org-%d\r\n%sContent-Length: %d\r\n\r\n"
+            % (port, FAIRNESS_HEADER.encode(), tenant, extra, len(body))) + body
 
 
 async def sequential(port: int, request: bytes, count: int) -> list[float]:
@@ -209,7 +223,10 @@ async def sequential(port: int, request: bytes, count: int) -> list[float]:
             start = time.perf_counter()
             writer.write(request)
             status, length = parse_head(await reader.readuntil(b"\r\n\r\n"))
-            await reader.readexactly(length)
+            if length >= 0:
+                await reader.readexactly(length)
+            else:
+                await _read_chunked(reader)
             if status != 200:
                 raise RuntimeError(f"side-by-side request answered {status}")
             out.append(time.perf_counter() - start)
@@ -244,6 +261,88 @@ def redis_server(run_dir: Path) -> Iterator[str]:
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         stop_process(proc)
+
+
+COST_ARMS = {
+    "envoy-alone": "Envoy alone (least-request to the instant upstream, no ext_proc)",
+    "today": "default Envoy config + EPP without cache, sampled request",
+    "cache-config-sampled": "cache Envoy config + EPP with cache, sampled request (not cacheable)",
+    "cache-config-no-store": "cache Envoy config + EPP with cache, `cache-control: no-store`",
+    "cache-config-fill": "cache Envoy config + EPP with cache, temperature 0 + `no-cache` (a fill every time)",
+    "cache-config-hit": "cache Envoy config + EPP with cache, temperature 0 (a hit)",
+}
+
+
+def _cost_body(temperature: float) -> bytes:
+    words = " ".join(f"word{k % 97}" for k in range(400))
+    return json.dumps({"model": MODEL, "max_tokens": 16, "temperature": temperature,
+                       "messages": [{"role": "user", "content": f"Summarise: {words}"}]}).encode()
+
+
+def measure_processing_cost(s: CacheBenchSettings, progress: Any = print) -> dict[str, Distribution]:
+    """Instant upstreams (an Envoy answering every request at once), so the numbers are the
+    router path only. Two EPPs on the same pool: one without cache behind the default Envoy
+    config ("today"), one with the cache behind EnvoyConfigParams(response_cache=True)."""
+    run_dir = s.run_dir / "cost"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (up, up_admin, alone, alone_admin, front_a, admin_a, front_b, admin_b, grpc_a, health_a, metrics_a,
+     grpc_b, health_b, metrics_b) = free_ports(14)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        upstream = _envoy(instant_upstream_config([up], up_admin, MODEL), "upstream", run_dir, up_admin)
+        procs.append(upstream)
+        procs.append(_envoy(lb_envoy_config(alone, alone_admin, [("127.0.0.1", up)], "LEAST_REQUEST"),
+                            "alone", run_dir, alone_admin))
+        endpoints = run_dir / "endpoints.yaml"
+        endpoints.write_text(yaml.safe_dump({"pods": [{"name": "pod-0", "ip": "127.0.0.1", "port": up,
+                                                       "labels": dict(POOL_LABELS)}]}))
+        rules = run_dir / "cache-rules.yaml"
+        rules.write_text(CACHE_RULES)
+        for name, grpc, health, metrics, extra in (("a", grpc_a, health_a, metrics_a, []),
+                                                   ("b", grpc_b, health_b, metrics_b,
+                                                    ["--response-cache", str(rules)])):
+            pool = yaml.safe_load((REPO / "deploy/local/inferencepool.yaml").read_text())
+            pool["spec"]["endpointPickerRef"]["port"]["number"] = grpc
+            (run_dir / f"pool-{name}.yaml").write_text(yaml.safe_dump(pool))
+            epp = _spawn([sys.executable, "-m", "epp", "serve", "--grpc-port", str(grpc),
+                          "--health-port", str(health), "--metrics-port", str(metrics),
+                          "--pool-file", str(run_dir / f"pool-{name}.yaml"),
+                          "--endpoints-file", str(endpoints), "--log-level", "warning", *extra],
+                         run_dir / "logs" / f"epp-{name}.log")
+            procs.append(epp)
+            wait_http(f"http://127.0.0.1:{health}/readyz", epp, run_dir / "logs" / f"epp-{name}.log", 60)
+        procs.append(_envoy(envoy_config_yaml(EnvoyConfigParams(listen_port=front_a, admin_port=admin_a,
+                                                                epp_port=grpc_a)), "front-today", run_dir, admin_a))
+        procs.append(_envoy(envoy_config_yaml(EnvoyConfigParams(listen_port=front_b, admin_port=admin_b,
+                                                                epp_port=grpc_b, response_cache=True)),
+                            "front-cache", run_dir, admin_b))
+        for port in (alone, front_a, front_b):
+            _wait_port(port)
+        sampled, det = _cost_body(0.7), _cost_body(0.0)
+        requests = {
+            "envoy-alone": _raw_request(alone, sampled, 1),
+            "today": _raw_request(front_a, sampled, 1),
+            "cache-config-sampled": _raw_request(front_b, sampled, 1),
+            "cache-config-no-store": _raw_request(front_b, det, 1, {"cache-control": "no-store"}),
+            "cache-config-fill": _raw_request(front_b, det, 1, {"cache-control": "no-cache"}),
+            "cache-config-hit": _raw_request(front_b, det, 1),
+        }
+        ports = {"envoy-alone": alone, "today": front_a}
+        for arm, request in requests.items():  # warm-up; the first fill makes the hit arm hit
+            for _ in range(100):
+                with contextlib.suppress(OSError, RuntimeError, asyncio.IncompleteReadError):
+                    asyncio.run(sequential(ports.get(arm, front_b), request, 20))
+                    break
+                time.sleep(0.1)
+        samples: dict[str, list[float]] = {arm: [] for arm in requests}
+        for r in range(s.side_by_side_rounds):
+            progress(f"cache bench: processing cost, round {r + 1}/{s.side_by_side_rounds}")
+            for arm, request in requests.items():
+                samples[arm] += asyncio.run(sequential(ports.get(arm, front_b), request, s.side_by_side_requests))
+        return {arm: Distribution.of(v) for arm, v in samples.items()}
+    finally:
+        for proc in reversed(procs):
+            stop_process(proc)
 
 
 def run_cache_bench(s: CacheBenchSettings, progress: Any = print) -> CacheBenchResult:
@@ -302,6 +401,7 @@ def run_cache_bench(s: CacheBenchSettings, progress: Any = print) -> CacheBenchR
             via_epp += asyncio.run(sequential(stack.cfg.listen_port, req_epp, s.side_by_side_requests))
             via_alone += asyncio.run(sequential(alone_port, req_alone, s.side_by_side_requests))
         metrics = epp_metrics(stack)
+    cost = measure_processing_cost(s, progress)
 
     ok = [x for x in samples if x.status == 200]
     hits = [x for x in ok if x.hit]
@@ -317,7 +417,7 @@ def run_cache_bench(s: CacheBenchSettings, progress: Any = print) -> CacheBenchR
         pod_requests=pods_used, pod_requests_saved=len(samples) - pods_used,
         epp_cpu_ms_per_hit=cpu_per_hit_ms, hit_latency=hit_d, envoy_alone=alone_d,
         added_p50_ms=1000 * (hit_d.p50 - alone_d.p50), added_p99_ms=1000 * (hit_d.p99 - alone_d.p99),
-        epp_metrics=metrics)
+        epp_metrics=metrics, processing_cost=cost)
 
 
 def _wait_port(port: int, timeout: float = 20.0) -> None:
@@ -349,7 +449,20 @@ def report(r: CacheBenchResult) -> str:
         f"{ms(r.envoy_alone)} ms",
         f"- added by the EPP for a hit: p50 {r.added_p50_ms:.2f} ms, p99 {r.added_p99_ms:.2f} ms "
         f"(target p50 < 5 ms: {verdict})",
+        "",
+        "What the cache costs the requests it does not answer (instant upstreams, one sequential "
+        f"keep-alive client, {s_count(r)} requests per arm, alternating rounds):",
+        "",
+        "| arm | p50 ms | p99 ms | p50 added over Envoy alone |",
+        "|---|---|---|---|",
+        *(f"| {COST_ARMS.get(arm, arm)} | {1000 * d.p50:.2f} | {1000 * d.p99:.2f} | "
+          f"{1000 * (d.p50 - r.processing_cost['envoy-alone'].p50):+.2f} |"
+          for arm, d in r.processing_cost.items()),
     ])
+
+
+def s_count(r: CacheBenchResult) -> int:
+    return next(iter(r.processing_cost.values())).count if r.processing_cost else 0
 
 
 def add_cache_parser(bench_sub: Any) -> None:
