@@ -33,6 +33,7 @@ import random
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -83,8 +84,10 @@ class CacheBenchSettings:
     time_scale: float = 0.2  # simulator speed
     pods: int = 2
     hit_phase_requests: int = 300  # hits only: EPP CPU per hit
-    side_by_side_rounds: int = 5
-    side_by_side_requests: int = 100  # per arm and round
+    # Alternating rounds: load on the shared machine drifts, so arms are compared round by round
+    # (paired per-round p50 differences) as well as over all samples.
+    side_by_side_rounds: int = 10
+    side_by_side_requests: int = 50  # per arm and round
     redis: bool = False
     seed: int = 15
     run_dir: Path = field(default_factory=lambda: REPO / ".run" / "bench" / "cache")
@@ -121,9 +124,12 @@ class CacheBenchResult:
     added_p50_ms: float
     added_p99_ms: float
     epp_metrics: dict[str, float]
+    # Per round: p50 of the hit arm minus p50 of Envoy alone (ms); median and min-max reported.
+    added_p50_rounds_ms: list[float] = field(default_factory=list)
     # Instant upstreams, one sequential client: what the cache costs the requests it does not
     # answer. arm -> latency distribution (seconds); see measure_processing_cost.
     processing_cost: dict[str, Distribution] = field(default_factory=dict)
+    cost_added_rounds_ms: dict[str, list[float]] = field(default_factory=dict)  # per-round p50 - alone p50
     measured: str = ""
 
 
@@ -279,7 +285,8 @@ def _cost_body(temperature: float) -> bytes:
                        "messages": [{"role": "user", "content": f"Summarise: {words}"}]}).encode()
 
 
-def measure_processing_cost(s: CacheBenchSettings, progress: Any = print) -> dict[str, Distribution]:
+def measure_processing_cost(s: CacheBenchSettings, progress: Any = print, redis_url: str = ""
+                            ) -> tuple[dict[str, Distribution], dict[str, list[float]]]:
     """Instant upstreams (an Envoy answering every request at once), so the numbers are the
     router path only. Two EPPs on the same pool: one without cache behind the default Envoy
     config ("today"), one with the cache behind EnvoyConfigParams(response_cache=True)."""
@@ -300,7 +307,8 @@ def measure_processing_cost(s: CacheBenchSettings, progress: Any = print) -> dic
         rules.write_text(CACHE_RULES)
         for name, grpc, health, metrics, extra in (("a", grpc_a, health_a, metrics_a, []),
                                                    ("b", grpc_b, health_b, metrics_b,
-                                                    ["--response-cache", str(rules)])):
+                                                    ["--response-cache", str(rules),
+                                                     *(["--response-cache-redis", redis_url] if redis_url else [])])):
             pool = yaml.safe_load((REPO / "deploy/local/inferencepool.yaml").read_text())
             pool["spec"]["endpointPickerRef"]["port"]["number"] = grpc
             (run_dir / f"pool-{name}.yaml").write_text(yaml.safe_dump(pool))
@@ -335,11 +343,17 @@ def measure_processing_cost(s: CacheBenchSettings, progress: Any = print) -> dic
                     break
                 time.sleep(0.1)
         samples: dict[str, list[float]] = {arm: [] for arm in requests}
-        for r in range(s.side_by_side_rounds):
-            progress(f"cache bench: processing cost, round {r + 1}/{s.side_by_side_rounds}")
+        rounds: dict[str, list[float]] = {arm: [] for arm in requests}
+        progress(f"cache bench: processing cost, {s.side_by_side_rounds} rounds")
+        for _ in range(s.side_by_side_rounds):
+            p50: dict[str, float] = {}
             for arm, request in requests.items():
-                samples[arm] += asyncio.run(sequential(ports.get(arm, front_b), request, s.side_by_side_requests))
-        return {arm: Distribution.of(v) for arm, v in samples.items()}
+                got = asyncio.run(sequential(ports.get(arm, front_b), request, s.side_by_side_requests))
+                samples[arm] += got
+                p50[arm] = Distribution.of(got).p50
+            for arm in requests:
+                rounds[arm].append(1000 * (p50[arm] - p50["envoy-alone"]))
+        return {arm: Distribution.of(v) for arm, v in samples.items()}, rounds
     finally:
         for proc in reversed(procs):
             stop_process(proc)
@@ -351,8 +365,10 @@ def run_cache_bench(s: CacheBenchSettings, progress: Any = print) -> CacheBenchR
     rules.write_text(CACHE_RULES)
     with contextlib.ExitStack() as stack_ctx:
         epp_args = ["--response-cache", str(rules)]
+        redis_url = ""
         if s.redis:
-            epp_args += ["--response-cache-redis", stack_ctx.enter_context(redis_server(s.run_dir))]
+            redis_url = stack_ctx.enter_context(redis_server(s.run_dir))
+            epp_args += ["--response-cache-redis", redis_url]
         stack = LocalStack(StackConfig(ports_free=True, run_dir=s.run_dir / "stack", pods=s.pods,
                                        time_scale=s.time_scale, kv_events=False, response_cache=True,
                                        epp_args=epp_args))
@@ -397,11 +413,16 @@ def run_cache_bench(s: CacheBenchSettings, progress: Any = print) -> CacheBenchR
         req_alone = _raw_request(alone_port, body, 1)
         asyncio.run(sequential(alone_port, req_alone, 20))  # warm-up
         asyncio.run(sequential(stack.cfg.listen_port, req_epp, 20))
+        paired: list[float] = []
         for _ in range(s.side_by_side_rounds):
-            via_epp += asyncio.run(sequential(stack.cfg.listen_port, req_epp, s.side_by_side_requests))
-            via_alone += asyncio.run(sequential(alone_port, req_alone, s.side_by_side_requests))
+            hit_round = asyncio.run(sequential(stack.cfg.listen_port, req_epp, s.side_by_side_requests))
+            alone_round = asyncio.run(sequential(alone_port, req_alone, s.side_by_side_requests))
+            via_epp += hit_round
+            via_alone += alone_round
+            paired.append(1000 * (Distribution.of(hit_round).p50 - Distribution.of(alone_round).p50))
         metrics = epp_metrics(stack)
-    cost = measure_processing_cost(s, progress)
+        stack.stop()
+        cost, cost_rounds = measure_processing_cost(s, progress, redis_url)
 
     ok = [x for x in samples if x.status == 200]
     hits = [x for x in ok if x.hit]
@@ -417,7 +438,7 @@ def run_cache_bench(s: CacheBenchSettings, progress: Any = print) -> CacheBenchR
         pod_requests=pods_used, pod_requests_saved=len(samples) - pods_used,
         epp_cpu_ms_per_hit=cpu_per_hit_ms, hit_latency=hit_d, envoy_alone=alone_d,
         added_p50_ms=1000 * (hit_d.p50 - alone_d.p50), added_p99_ms=1000 * (hit_d.p99 - alone_d.p99),
-        epp_metrics=metrics, processing_cost=cost)
+        added_p50_rounds_ms=paired, epp_metrics=metrics, processing_cost=cost, cost_added_rounds_ms=cost_rounds)
 
 
 def _wait_port(port: int, timeout: float = 20.0) -> None:
@@ -432,6 +453,11 @@ def _wait_port(port: int, timeout: float = 20.0) -> None:
 def report(r: CacheBenchResult) -> str:
     def ms(d: Distribution) -> str:
         return f"{1000 * d.p50:.2f} / {1000 * d.p99:.2f}"
+
+    def rounds(values: Sequence[float]) -> str:
+        if not values:
+            return "-"
+        return f"{statistics.median(values):+.2f} ({min(values):+.2f} .. {max(values):+.2f})"
 
     verdict = "met" if r.added_p50_ms < 5.0 else "MISSED"
     return "\n".join([
@@ -448,15 +474,18 @@ def report(r: CacheBenchResult) -> str:
         f"Envoy + EPP hit p50 / p99 {ms(r.hit_latency)} ms; Envoy alone (direct_response, same bytes) "
         f"{ms(r.envoy_alone)} ms",
         f"- added by the EPP for a hit: p50 {r.added_p50_ms:.2f} ms, p99 {r.added_p99_ms:.2f} ms "
+        f"(per round, paired: median p50 added {rounds(r.added_p50_rounds_ms)} ms) "
         f"(target p50 < 5 ms: {verdict})",
         "",
-        "What the cache costs the requests it does not answer (instant upstreams, one sequential "
+        "What the cache costs the requests it does not answer (instant upstreams, the same store, "
+        "one sequential "
         f"keep-alive client, {s_count(r)} requests per arm, alternating rounds):",
         "",
-        "| arm | p50 ms | p99 ms | p50 added over Envoy alone |",
-        "|---|---|---|---|",
+        "| arm | p50 ms | p99 ms | p50 added over Envoy alone | per round, paired: median (min .. max) |",
+        "|---|---|---|---|---|",
         *(f"| {COST_ARMS.get(arm, arm)} | {1000 * d.p50:.2f} | {1000 * d.p99:.2f} | "
-          f"{1000 * (d.p50 - r.processing_cost['envoy-alone'].p50):+.2f} |"
+          f"{1000 * (d.p50 - r.processing_cost['envoy-alone'].p50):+.2f} | "
+          f"{rounds(r.cost_added_rounds_ms.get(arm, []))} |"
           for arm, d in r.processing_cost.items()),
     ])
 
@@ -479,7 +508,7 @@ def add_cache_parser(bench_sub: Any) -> None:
 def run_cache_only(args: argparse.Namespace) -> int:
     s = CacheBenchSettings(redis=bool(args.redis))
     if getattr(args, "quick", False):
-        s.requests, s.hit_phase_requests, s.side_by_side_rounds, s.side_by_side_requests = 200, 100, 2, 50
+        s.requests, s.hit_phase_requests, s.side_by_side_rounds, s.side_by_side_requests = 200, 100, 3, 30
     if args.requests is not None:
         s.requests = args.requests
     command = "python -m epp bench cache" + (" --quick" if getattr(args, "quick", False) else "") \
