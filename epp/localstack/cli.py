@@ -41,6 +41,9 @@ def add_parser(sub: Any) -> None:
                    help="Envoy ext_proc request body mode (BUFFERED); STREAMED cannot route, the EPP "
                         "needs the whole body before Envoy picks the upstream")
     p.add_argument("--epp-replicas", type=int, default=1, help="active-active EPP replicas behind Envoy (1)")
+    p.add_argument("--response-cache", type=Path, default=None, metavar="RULES",
+                   help="the EPP's exact-response cache with these rules (e.g. deploy/local/response-cache.yaml; "
+                        "docs/response-cache.md), Envoy set up for it")
     p.add_argument("--free-ports", action="store_true",
                    help="pick free loopback ports for everything instead of the documented ones")
     p.set_defaults(func=run)
@@ -58,6 +61,9 @@ def run(args: argparse.Namespace) -> int:
         cfg.run_dir = args.run_dir
     if args.tenants:
         _with_tenants(cfg)
+    if args.response_cache is not None:
+        cfg.response_cache = True
+        cfg.epp_args = [*cfg.epp_args, "--response-cache", str(args.response_cache)]
     stack = LocalStack(cfg)
     print(f">> starting {len(stack.pods)} {cfg.engine} pod(s), the EPP and Envoy (logs in {cfg.run_dir / 'logs'})",
           flush=True)
