@@ -513,6 +513,8 @@ def run_cache_only(args: argparse.Namespace) -> int:
         s.requests = args.requests
     command = "python -m epp bench cache" + (" --quick" if getattr(args, "quick", False) else "") \
         + (" --redis" if s.redis else "") + (f" --requests {args.requests}" if args.requests else "")
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                         text=True, check=False).stdout.strip() or "unknown"  # the code that runs
     result = run_cache_bench(s)
     now = dt.datetime.now(dt.UTC)
     result.measured = f"{now:%Y-%m-%d %H:%M} UTC with `{command}`, {'Redis' if s.redis else 'memory'} storage"
@@ -520,8 +522,6 @@ def run_cache_only(args: argparse.Namespace) -> int:
     print(text, flush=True)
     if not args.no_save:
         s.out_dir.mkdir(parents=True, exist_ok=True)
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                             text=True, check=False).stdout.strip() or "unknown"
         path = s.out_dir / f"{now:%Y-%m-%d-%H%M}-cache-{'redis' if s.redis else 'memory'}-{rev}.json"
         path.write_text(json.dumps({"report": text, **asdict(result)}, indent=1, default=str) + "\n")
         print(f"raw results: {path}")
