@@ -1,9 +1,9 @@
 """The exact-response cache through the real Envoy, the EPP and simulated pods: hit and miss
-for streaming and non-streaming requests, tenant isolation, `cache-control: no-store`, a
-non-cacheable request keeping the configured processing mode (Envoy's own ext_proc counters),
-a stream cut by a dying pod never stored, and Redis (the real redis-server) killed in the
-middle of a run with every request still answered. Fails (never skips) when redis-server is
-missing."""
+for streaming and non-streaming requests, tenant isolation, `cache-control: no-store`, the
+ext_proc messages each kind of request costs (Envoy's own counters: no response body unless a
+cacheable miss), a stream cut by a dying pod never stored, and Redis (the real redis-server)
+killed in the middle of a run with every request still answered. Fails (never skips) when
+redis-server is missing."""
 
 from __future__ import annotations
 
@@ -176,7 +176,7 @@ def test_no_store_and_no_cache_are_honoured(stack: LocalStack) -> None:
         assert fresh.status_code == 200 and fresh.headers.get("x-epp-cache") == "miss"
 
 
-def test_non_cacheable_requests_keep_the_configured_mode(stack: LocalStack) -> None:
+def test_ext_proc_messages_per_kind_of_request(stack: LocalStack) -> None:
     """Envoy's ext_proc counters. At request-header time the EPP cannot know the temperature
     yet, so an inference call a rule could match asks for its response headers (one message,
     never the body); `no-store` calls and other routes keep the configured mode exactly; only a
