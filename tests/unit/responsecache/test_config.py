@@ -75,3 +75,22 @@ def test_unreadable_and_invalid_yaml(tmp_path: Path) -> None:
     with pytest.raises(CacheConfigError, match="not valid YAML"):
         load_cache_config(bad)
     assert yaml.safe_load(FULL)  # the docstring example shape stays valid YAML
+
+
+def test_epp_serve_refuses_a_bad_cache_file_naming_it(tmp_path: Path) -> None:
+    from epp.observability.metrics import EPPMetrics
+    from epp.scheduling.registry import ConfigError
+    from epp.server.app import ServeOptions, _response_cache
+
+    bad = tmp_path / "cache.yaml"
+    bad.write_text("rules: [{model: m, ttlSeconds: -1}]")
+    with pytest.raises(ConfigError, match=str(bad)):
+        _response_cache(ServeOptions(response_cache=bad), EPPMetrics())
+    with pytest.raises(ConfigError, match="needs --response-cache FILE"):
+        _response_cache(ServeOptions(response_cache_redis="redis://127.0.0.1:1/0"), EPPMetrics())
+    assert _response_cache(ServeOptions(), EPPMetrics()) is None
+    good = tmp_path / "good.yaml"
+    good.write_text("rules: [{model: '*'}]")
+    cache = _response_cache(ServeOptions(response_cache=good, response_cache_redis="redis://127.0.0.1:1/0"),
+                            EPPMetrics())
+    assert cache is not None and cache.store.name == "redis"
