@@ -62,6 +62,10 @@ def run(args: argparse.Namespace) -> int:
     if args.tenants:
         _with_tenants(cfg)
     if args.response_cache is not None:
+        if args.request_body_mode != "BUFFERED":
+            print("error: --response-cache needs --request-body-mode BUFFERED (Envoy ignores per-request "
+                  "mode overrides with FULL_DUPLEX_STREAMED)", file=sys.stderr)
+            return 2
         cfg.response_cache = True
         cfg.epp_args = [*cfg.epp_args, "--response-cache", str(args.response_cache)]
     stack = LocalStack(cfg)
