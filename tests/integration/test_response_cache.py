@@ -176,6 +176,18 @@ def test_no_store_and_no_cache_are_honoured(stack: LocalStack) -> None:
         assert fresh.status_code == 200 and fresh.headers.get("x-epp-cache") == "miss"
 
 
+def test_cache_control_max_age_opts_a_sampled_request_in(stack: LocalStack) -> None:
+    body = _body("Write a slogan for our shop", temperature=0.9)
+    with httpx.Client(timeout=30) as client:
+        assert "x-epp-cache" not in _post(client, stack.url, body).headers  # sampled: not cacheable
+        fills = _fills(stack)
+        first = _post(client, stack.url, body, **{"cache-control": "max-age=60"})
+        assert first.status_code == 200 and first.headers.get("x-epp-cache") == "miss"
+        _wait_fills(stack, fills + 1)
+        hit = _post(client, stack.url, body, **{"cache-control": "max-age=60"})
+    assert hit.headers.get("x-epp-cache") == "hit" and hit.json()["choices"] == first.json()["choices"]
+
+
 def test_ext_proc_messages_per_kind_of_request(stack: LocalStack) -> None:
     """Envoy's ext_proc counters. At request-header time the EPP cannot know the temperature
     yet, so an inference call a rule could match asks for its response headers (one message,
