@@ -51,6 +51,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--rollouts", action="store_true",
                    help="a 90/10 canary of model `llama` (deploy/local/rollouts.yaml) with the SLO guard "
                         "and session affinity (docs/rollouts.md)")
+    p.add_argument("--response-cache", type=Path, default=None, metavar="RULES",
+                   help="the EPP's exact-response cache with these rules (e.g. deploy/local/response-cache.yaml; "
+                        "docs/response-cache.md), Envoy set up for it")
     p.add_argument("--free-ports", action="store_true",
                    help="pick free loopback ports for everything instead of the documented ones")
     p.set_defaults(func=run)
@@ -73,6 +76,13 @@ def run(args: argparse.Namespace) -> int:
         _with_tenants(cfg)
     if args.rollouts:
         _with_rollouts(cfg)
+    if args.response_cache is not None:
+        if args.request_body_mode != "BUFFERED":
+            print("error: --response-cache needs --request-body-mode BUFFERED (Envoy ignores per-request "
+                  "mode overrides with FULL_DUPLEX_STREAMED)", file=sys.stderr)
+            return 2
+        cfg.response_cache = True
+        cfg.epp_args = [*cfg.epp_args, "--response-cache", str(args.response_cache)]
     stack = LocalStack(cfg)
     print(f">> starting {len(stack.pods)} {cfg.engine} pod(s), the EPP and Envoy (logs in {cfg.run_dir / 'logs'})",
           flush=True)

@@ -77,8 +77,17 @@ class EnvoyConfigParams:
     # certificate with, and the name it must carry. None: plaintext HTTP/2.
     epp_tls_ca_file: str | None = None
     epp_tls_sni: str = "localhost"
+    # The EPP's response cache (docs/response-cache.md) fills through per-request mode overrides,
+    # which Envoy honours only on headers messages and only without
+    # send_body_without_waiting_for_header_response and FULL_DUPLEX_STREAMED.
+    response_cache: bool = False
 
     def __post_init__(self) -> None:
+        if self.response_cache:
+            if self.request_body_mode != "BUFFERED":
+                raise ValueError("response_cache needs request_body_mode BUFFERED: Envoy ignores "
+                                 "mode_override when a body mode is FULL_DUPLEX_STREAMED")
+            self.send_body_without_waiting = False
         if self.request_body_mode not in BODY_MODES:
             raise ValueError(
                 f"request_body_mode {self.request_body_mode!r} cannot route: the EPP picks the pod "
@@ -144,6 +153,7 @@ def render_envoy_config(p: EnvoyConfigParams) -> dict[str, Any]:
                 "request_trailer_mode": "SEND" if p.request_body_mode == "FULL_DUPLEX_STREAMED" else "SKIP",
                 "response_trailer_mode": "SKIP",
             },
+            # The response cache asks for a cacheable request's response (docs/response-cache.md).
             "allow_mode_override": True,
             # Forward the gateway's candidate endpoints (GIE subset hint) to the EPP.
             # and accept the EPP's pick + fallbacks into envoy.lb (the override-host policy reads
@@ -381,6 +391,9 @@ CHECKED_IN: dict[str, EnvoyConfigParams] = {
         fallback_endpoints=[("127.0.0.1", 8001), ("127.0.0.1", 8002), ("127.0.0.1", 8003)]),
     "envoy-local-failopen.yaml": EnvoyConfigParams(
         failure_mode="FailOpen",
+        fallback_endpoints=[("127.0.0.1", 8001), ("127.0.0.1", 8002), ("127.0.0.1", 8003)]),
+    "envoy-response-cache.yaml": EnvoyConfigParams(
+        response_cache=True,
         fallback_endpoints=[("127.0.0.1", 8001), ("127.0.0.1", 8002), ("127.0.0.1", 8003)]),
     "envoy-full-duplex.yaml": EnvoyConfigParams(
         request_body_mode="FULL_DUPLEX_STREAMED",

@@ -45,6 +45,9 @@ from epp.observability.metrics import EPPMetrics
 from epp.observability.request_tracing import RequestTracing
 from epp.observability.tracing import TracingConfig, setup_tracing
 from epp.replay.record import RecordOptions, TraceRecorder, config_text
+from epp.responsecache.cache import ResponseCache
+from epp.responsecache.config import CacheConfigError, load_cache_config
+from epp.responsecache.metrics import CacheMetrics
 from epp.rollout.config import SECTION as ROLLOUTS_SECTION
 from epp.rollout.config import RolloutPolicy, parse_rollout_policy
 from epp.rollout.controller import Rollouts
@@ -84,6 +87,8 @@ class ServeOptions:
     config_watch_interval_s: float = 1.0
     api_keys: Path | None = None  # keys file / Secret directory (epp/flowcontrol/tenants.py)
     rate_limit_redis: str | None = None  # shared per-tenant limits; None: in memory
+    response_cache: Path | None = None  # ResponseCacheConfig file (epp/responsecache); None: no cache
+    response_cache_redis: str | None = None  # overrides the file's storage.redis
     max_concurrent_streams: int = 0
     tls: TLSOptions = field(default_factory=TLSOptions)
     shutdown_grace_s: float = 5.0
@@ -211,6 +216,7 @@ class EPPServer:
         self.admin_server: Any = None
         if opts.admin.enabled or opts.explain_header:
             self._setup_admin()
+        self.handler.cache = _response_cache(opts, self.metrics)
         self._apply_flow_control(self.sched_config)
         self.rollouts = Rollouts(self.datastore.model_rewrites, self._rollout_policy(self.sched_config),
                                  self.metrics.registry)
@@ -341,6 +347,8 @@ class EPPServer:
             await self.auth.start()
         if self.limiter is not None:
             stack.push_async_callback(self.limiter.store.close)
+        if self.handler.cache is not None:
+            stack.push_async_callback(self.handler.cache.close)
         stack.push_async_callback(self.tracker.stop)
         await self.tracker.start()
         scrapers = ScraperManager(self.datastore, opts.scrape)
@@ -418,6 +426,21 @@ def worker_metrics_app(metrics: WorkerMetrics) -> web.Application:
     app = web.Application()
     app.router.add_get("/metrics", handle)
     return app
+
+
+def _response_cache(opts: ServeOptions, metrics: EPPMetrics) -> ResponseCache | None:
+    """The exact-response cache (docs/response-cache.md), or None when not configured."""
+    if opts.response_cache is None:
+        if opts.response_cache_redis:
+            raise ConfigError("--response-cache-redis needs --response-cache FILE (the cache rules)")
+        return None
+    try:
+        cfg = load_cache_config(opts.response_cache, opts.response_cache_redis)
+    except CacheConfigError as e:
+        raise ConfigError(str(e)) from None
+    log.info("response cache on: %d rule(s), storage %s", len(cfg.rules),
+             "redis" if cfg.storage.redis else "memory")
+    return ResponseCache(cfg, metrics=CacheMetrics(metrics.registry))
 
 
 async def _start_plugin_services(ctx: PluginContext) -> None:

@@ -112,6 +112,12 @@ def add_parser(sub: Any) -> None:
                         "Without it no key is required")
     p.add_argument("--rate-limit-redis", default=None, metavar="URL",
                    help="share per-tenant rate limits through Redis (redis://host:port/db); default: in memory")
+    p.add_argument("--response-cache", type=Path, default=None, metavar="FILE",
+                   help="exact-response cache rules (ResponseCacheConfig YAML, docs/response-cache.md); "
+                        "default: no cache")
+    p.add_argument("--response-cache-redis", default=None, metavar="URL",
+                   help="keep the response cache in Redis (redis://host:port/db); default: the file's "
+                        "storage, else an in-memory LRU per EPP process")
     p.add_argument("--log-level", default=os.environ.get("EPP_LOG_LEVEL", "info"))
     p.add_argument("--log-format", default=os.environ.get("EPP_LOG_FORMAT", "json"), choices=("json", "text"))
     p.add_argument("--validate-config", action="store_true",
@@ -165,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
             saturation=SaturationConfig(queue_depth_threshold=args.saturation_queue_depth,
                                         kv_cache_util_threshold=args.saturation_kv_cache),
             api_keys=args.api_keys, rate_limit_redis=args.rate_limit_redis,
+            response_cache=args.response_cache, response_cache_redis=args.response_cache_redis,
             worker_id=args.worker_id or 0, worker_count=args.worker_count, peer_dir=args.peer_dir,
             tls=tls_options(args, kubernetes_mode=k8s is not None), shutdown_delay_s=args.shutdown_delay,
             tracing=tracing_config_from_env(args.tracing, args.tracing_exporter, args.otlp_endpoint,

@@ -37,6 +37,9 @@ from epp.datastore.datastore import Datastore
 from epp.datastore.endpoint import Endpoint
 from epp.datastore.inflight import Dispatch, InflightTracker
 from epp.observability.decisions import DecisionBus
+from epp.responsecache.cache import CACHE_HEADER, MISS_RESPONSE_HEADERS, ResponseCache
+from epp.responsecache.fill import ResponseAssembler
+from epp.responsecache.policy import CachePlan
 from epp.scheduling.types import CycleState, LLMRequest, SchedulingError, SchedulingResult
 from epp.server import wire
 from epp.server.errors import ImmediateAnswer, RequestError
@@ -61,6 +64,8 @@ ROUTING_HEADERS = (DESTINATION_HEADER, PREFILLER_HEADER, LEGACY_PREFILLER_HEADER
 ROUTING_HEADER_PREFIX = DESTINATION_HEADER  # -served, -subset, ...: never accepted from clients
 FULL_DUPLEX_STREAMED = 4
 STREAMED = 1
+BUFFERED = 2
+SEND = 1  # HeaderSendMode
 
 _HEADERS_CONTINUE = wire.headers_continue()
 _RESPONSE_HEADERS_CONTINUE = wire.response_headers_continue()
@@ -186,6 +191,11 @@ class _Stream:
     first_body: bool = False
     response_headers: dict[str, str] | None = None  # set on the client's response (session token)
     explain: str | None = None  # x-epp-explain response header value (opt-in debug header)
+    # Response cache (epp/responsecache): the request's plan, a lookup to await, a fill.
+    resp_body_mode: int = 0  # the filter's configured response_body_mode
+    cache: CachePlan | None = None
+    cache_pending: bool = False
+    fill: ResponseAssembler | None = None
 
 
 @dataclass(slots=True)
@@ -228,6 +238,7 @@ class ExtProcHandler:
         self.decisions = DecisionBus()
         # Set by the server when the admin API or the x-epp-explain debug header is enabled.
         self.explainer: Explainer | None = None
+        self.cache: ResponseCache | None = None  # the exact-response cache, when configured
 
     # The gRPC stream-stream method (request_deserializer=ProcessingRequest.FromString,
     # response_serializer=identity: we yield encoded bytes).
@@ -249,6 +260,8 @@ class ExtProcHandler:
                         out = self._on_request_trailers(st)
                     else:  # response trailers: nothing to do but let them through
                         out = [_RESPONSE_TRAILERS_CONTINUE] if which == "response_trailers" else []
+                    if st.cache_pending:  # cacheable: look it up (a hit answers here)
+                        out = await self._after_cache_lookup(st)
                     if st.ticket is not None:  # queued by flow control: wait, then route
                         out = await self._after_queue(st)
                 except RequestError as e:
@@ -257,6 +270,7 @@ class ExtProcHandler:
                     yield e.to_immediate_response(st.request_id)
                     return
                 except ImmediateAnswer as a:
+                    st.status = a.status
                     yield a.payload
                     return
                 except Exception:
@@ -278,6 +292,7 @@ class ExtProcHandler:
         self._read_metadata(st, msg)
         if msg.HasField("protocol_config"):
             st.body_mode = msg.protocol_config.request_body_mode
+            st.resp_body_mode = msg.protocol_config.response_body_mode
             if st.body_mode == STREAMED:
                 raise _STREAMED_MODE_ERROR
         st.kind = classify(st.method, st.path)
@@ -288,6 +303,11 @@ class ExtProcHandler:
             return [self._decide_bodyless(st)]
         if st.body_mode == FULL_DUPLEX_STREAMED:
             return []  # answered once the body is complete
+        cache = self.cache
+        if cache is not None and cache.wants_response_headers(st.method, st.path, st.headers):
+            # Possibly cacheable: ask for this request's response headers (Envoy honours a mode
+            # override only on a headers message); other requests keep the configured mode.
+            return [_HEADERS_CONTINUE + wire.processing_mode(st.body_mode, st.resp_body_mode, SEND)]
         return [_HEADERS_CONTINUE]
 
     def _on_request_body(self, st: _Stream, msg: Any) -> list[bytes]:
@@ -330,7 +350,7 @@ class ExtProcHandler:
         if st.kind is RouteKind.READ and body:
             raise RequestError(400, f"{st.method} {st.path} takes no request body", "unexpected_body")
         out = self._decide_with_body(st, body) if st.request is None else []
-        if st.ticket is not None:
+        if st.ticket is not None or st.cache_pending:
             st.pending_trailers = True  # answered after the queued decision
             return out
         return [*out, _REQUEST_TRAILERS_CONTINUE]
@@ -348,6 +368,30 @@ class ExtProcHandler:
             st.rollout = self.rollout.assign(request)
         if st.spans is not None and self.tracing is not None:
             self.tracing.on_request(st.spans, request)
+        cache = self.cache
+        if cache is not None:
+            st.cache = cache.plan(request.model, request.target_model, st.path or "/v1/completions", body,
+                                  st.headers)
+            if st.cache is not None and st.cache.lookup:
+                st.cache_pending, st.pending_body = True, body
+                return []
+        return self._admit(st, request, body)
+
+    async def _after_cache_lookup(self, st: _Stream) -> list[bytes]:
+        st.cache_pending = False
+        plan, cache, request = st.cache, self.cache, st.request
+        assert plan is not None and cache is not None and request is not None
+        body, st.pending_body = st.pending_body, b""
+        value = await cache.lookup(plan)
+        if value is not None:
+            st.cache, st.request = None, None  # never routed: no completion bookkeeping
+            raise ImmediateAnswer(cache.hit_response(plan, value, st.request_id), 200)
+        out = self._admit(st, request, body)
+        if st.pending_trailers and st.ticket is None:
+            out.append(_REQUEST_TRAILERS_CONTINUE)
+        return out
+
+    def _admit(self, st: _Stream, request: LLMRequest, body: bytes) -> list[bytes]:
         flow = self.flow
         if flow is not None:
             verdict = flow.admit(request, len(body))
@@ -513,11 +557,24 @@ class ExtProcHandler:
             st.ttft = time.perf_counter() - st.routed
         if self.options.parse_usage and st.request is not None:
             st.usage = UsageParser(st.request.stream)
+        extra: list[tuple[str, str]] | None = None  # response headers to set for the client
         if st.response_headers or st.explain is not None:
-            headers = list((st.response_headers or {}).items())
+            extra = list((st.response_headers or {}).items())
             if st.explain is not None:
-                headers.append((EXPLAIN_HEADER, st.explain))
-            return [wire.response_headers_response(wire.common_response(wire.header_mutation(headers)))]
+                extra.append((EXPLAIN_HEADER, st.explain))
+        if st.cache is not None and self.cache is not None:  # a cacheable miss: `x-epp-cache: miss`
+            st.fill = self.cache.start_fill(st.cache, st.status)
+            head = MISS_RESPONSE_HEADERS
+            if extra:
+                head = wire.response_headers_response(wire.common_response(
+                    wire.header_mutation([*extra, (CACHE_HEADER, "miss")])))
+            if st.fill is not None and st.resp_body_mode == 0:
+                # A cache fill: this response's body comes to the EPP (SSE chunk by chunk).
+                mode = STREAMED if st.cache.stream else BUFFERED
+                return [head + wire.processing_mode(st.body_mode, mode)]
+            return [head]
+        if extra:
+            return [wire.response_headers_response(wire.common_response(wire.header_mutation(extra)))]
         return [_RESPONSE_HEADERS_CONTINUE]
 
     def _on_response_body(self, st: _Stream, msg: Any) -> list[bytes]:
@@ -531,6 +588,12 @@ class ExtProcHandler:
             # response bodies to the EPP.
             st.first_body = True
             st.ttft = time.perf_counter() - st.routed
+        fill = st.fill
+        if fill is not None and st.cache is not None and self.cache is not None:
+            fill.feed(msg.response_body.body, msg.response_body.end_of_stream)
+            if msg.response_body.end_of_stream:
+                st.fill = None
+                self.cache.finish_fill(st.cache, fill)
         return [_RESPONSE_BODY_CONTINUE]
 
     def _evictable(self, st: _Stream, request: LLMRequest) -> None:
@@ -553,6 +616,8 @@ class ExtProcHandler:
     def _complete(self, st: _Stream) -> None:
         if st.spans is not None and self.tracing is not None:
             self.tracing.end(st.spans, st.status, st.error)
+        if st.fill is not None and self.cache is not None:
+            self.cache.abandon_fill()  # the response never ended (cut): nothing is stored
         if st.admitted and self.admission is not None:
             self.admission.release()
         if st.dispatch is not None:

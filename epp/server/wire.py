@@ -18,6 +18,7 @@ Field numbers (envoy.service.ext_proc.v3):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 OVERWRITE_IF_EXISTS_OR_ADD = 2
@@ -118,10 +119,22 @@ def request_body_response(common: bytes, metadata: bytes = b"") -> bytes:
     return _ld(3, _ld(1, common)) + metadata
 
 
+@functools.lru_cache(maxsize=64)  # a handful of (int, int, int) shapes: encoded once each
+def processing_mode(request_body_mode: int, response_body_mode: int, response_header_mode: int = 0) -> bytes:
+    """ProcessingResponse.mode_override (field 9), a ProcessingMode: request_header_mode=1
+    response_header_mode=2 request_body_mode=3 response_body_mode=4 (enum values; header
+    DEFAULT=0 keeps the filter's configured mode, body modes are always taken as given)."""
+    inner = (_vi(2, response_header_mode) if response_header_mode else b"") \
+        + (_vi(3, request_body_mode) if request_body_mode else b"") \
+        + (_vi(4, response_body_mode) if response_body_mode else b"")
+    return _ld(9, inner)
+
+
 def immediate_response(status: int, body: bytes, headers: Iterable[tuple[str, str]] = (),
-                       details: str = "") -> bytes:
+                       details: str = "", mutation: bytes = b"") -> bytes:
+    """`mutation`: an already encoded HeaderMutation payload, sent before `headers`."""
     inner = _ld(1, _vi(1, status))
-    mutation = header_mutation(headers)
+    mutation += header_mutation(headers)
     if mutation:
         inner += _ld(2, mutation)
     inner += _ld(3, body)

@@ -1,0 +1,1 @@
+"""Exact-response cache: repeated deterministic requests answered by the EPP (docs/response-cache.md)."""
