@@ -127,3 +127,18 @@ flowControl:
     default = load("featureGates: [flowControl]\n")  # llm-d's default: static, threshold 1.0
     assert default.usage_limit is not None and default.usage_limit.ceilings([0]) == [1.0]
     assert (default.eviction_delay, default.eviction_victim_max_priority) == (None, -1)
+
+
+def test_a_detector_referenced_in_a_profile_filters_there() -> None:
+    # GIE: saturation detectors are filters; listed in a profile they drop full endpoints.
+    ctx = PluginContext(Datastore())
+    cfg = parse_scheduler_config(HEADER + """
+plugins:
+- {type: concurrency-detector, parameters: {maxConcurrency: 4}}
+- type: queue-scorer
+schedulingProfiles:
+- name: default
+  plugins: [{pluginRef: concurrency-detector}, {pluginRef: queue-scorer}]
+""", ctx, "fc.yaml")
+    profile = cfg.scheduler.profiles["default"]
+    assert [f.name for f in profile.filters] == ["concurrency-detector"]
