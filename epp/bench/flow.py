@@ -92,7 +92,7 @@ class ArmSpec:
 ARMS = (
     ArmSpec("none", "no flow control (today's default EPP)"),
     ArmSpec("fc-gie", "flow control, GIE defaults (static usage limit 1.0)"),
-    ArmSpec("fc-reserve", "flow control + priority holdback + eviction (extensions)"),
+    ArmSpec("fc-reserve", "flow control + priority holdback{eviction} (extensions)"),
     ArmSpec("vllm-router", "vllm-router, queue + rate limit"),
 )
 
@@ -292,29 +292,56 @@ def _scrape(url: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
     return out
 
 
+def _hist(m: dict[str, dict[tuple[tuple[str, str], ...], float]], name: str, key: str | None
+          ) -> dict[str, tuple[float, float, list[tuple[float, float]]]]:
+    """Histogram `name` summed over every label but `key`: key value -> (sum, count, buckets)."""
+    out: dict[str, tuple[float, float, list[tuple[float, float]]]] = {}
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    buckets: dict[str, dict[float, float]] = {}
+    for suffix, target in (("_sum", sums), ("_count", counts)):
+        for labels, v in m.get(name + suffix, {}).items():
+            k = dict(labels).get(key, "") if key else ""
+            target[k] = target.get(k, 0.0) + v
+    for labels, v in m.get(name + "_bucket", {}).items():
+        d = dict(labels)
+        k = d.get(key, "") if key else ""
+        le = float(d["le"])
+        buckets.setdefault(k, {})[le] = buckets.setdefault(k, {}).get(le, 0.0) + v
+    for k, n in counts.items():
+        out[k] = (sums.get(k, 0.0), n, sorted(buckets.get(k, {}).items()))
+    return out
+
+
+def _p99_bound(n: float, buckets: list[tuple[float, float]]) -> float:
+    """Upper bound of the histogram's 99th percentile: the first bucket holding 99%."""
+    for le, cumulative in buckets:
+        if cumulative >= 0.99 * n:
+            return le
+    return float("inf")
+
+
 def _breakdown(stack: LocalStack, time_scale: float) -> dict[str, Any]:
-    """Where the waiting happened: the EPP's flow-control queue (mean wait by priority, only
-    requests that waited) and the pods' own queues (vLLM's request_queue_time, all requests;
-    the simulator reports model time, scaled back to wall time here)."""
+    """Where the waiting happened: the EPP's flow-control queue (by priority, over the
+    requests that waited; the others waited 0) and the pods' own queues (vLLM's
+    request_queue_time over all requests; the simulator reports model time, scaled back to
+    wall time here). p99 values are histogram bucket bounds."""
     result: dict[str, Any] = {}
     if stack.cfg.with_epp:
         m = _scrape(f"http://127.0.0.1:{stack.epps[0].metrics_port}/metrics")
-        name = "inference_extension_flow_control_request_queue_duration_seconds"
-        sums, counts = m.get(f"{name}_sum", {}), m.get(f"{name}_count", {})
-        by_prio: dict[str, tuple[float, float]] = {}
-        for labels, total in sums.items():
-            prio = dict(labels).get("priority", "?")
-            n = counts.get(labels, 0.0)
-            s0, n0 = by_prio.get(prio, (0.0, 0.0))
-            by_prio[prio] = (s0 + total, n0 + n)
-        result["epp_queue"] = {p: {"waited": int(n), "mean_s": s / n if n else 0.0}
-                               for p, (s, n) in sorted(by_prio.items())}
+        h = _hist(m, "inference_extension_flow_control_request_queue_duration_seconds", "priority")
+        result["epp_queue"] = {p: {"waited": int(n), "mean_s": total / n if n else 0.0,
+                                   "p99_le_s": _p99_bound(n, b)} for p, (total, n, b) in sorted(h.items())}
     total, n = 0.0, 0.0
+    merged: dict[float, float] = {}
     for pod in stack.pods:
-        m = _scrape(stack.pod_url(pod) + "/metrics")
-        total += sum(m.get("vllm:request_queue_time_seconds_sum", {}).values())
-        n += sum(m.get("vllm:request_queue_time_seconds_count", {}).values())
-    result["pod_queue"] = {"requests": int(n), "mean_s": total * time_scale / n if n else 0.0}
+        h = _hist(_scrape(stack.pod_url(pod) + "/metrics"), "vllm:request_queue_time_seconds", None)
+        for t, c, b in h.values():
+            total, n = total + t, n + c
+            for le, v in b:
+                merged[le] = merged.get(le, 0.0) + v
+    result["pod_queue"] = {"requests": int(n), "mean_s": total * time_scale / n if n else 0.0,
+                           "p99_le_s": _p99_bound(n, sorted(merged.items())) * time_scale}
     return result
 
 
@@ -391,7 +418,8 @@ def run_flow_bench(s: FlowBenchSettings) -> list[ArmResult]:
                                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
                 wait_http(f"http://127.0.0.1:{port}/health", proc, log, 60)
                 url = f"http://127.0.0.1:{port}"
-            result = asyncio.run(_run_arm(arm, url, s, capacity))
+            label = arm.label.format(eviction=" + eviction" if s.eviction else "")
+            result = asyncio.run(_run_arm(ArmSpec(arm.key, label), url, s, capacity))
             result.breakdown = _breakdown(stack, s.time_scale)
             results.append(result)
         finally:
@@ -419,12 +447,13 @@ def report(results: list[ArmResult]) -> str:
     for r in results:
         m = r.summary()
         b = m["breakdown"]
-        epp = ", ".join(f"priority {p}: {v['waited']} waited, mean {_ms(v['mean_s'])} ms"
-                        for p, v in b.get("epp_queue", {}).items()) or "none"
+        epp = ", ".join(f"priority {p}: {v['waited']} waited, mean {_ms(v['mean_s'])} ms, "
+                        f"p99 <= {_ms(v['p99_le_s'])} ms" for p, v in b.get("epp_queue", {}).items()) or "none"
         pod = b.get("pod_queue", {})
         lines.append(f"{m['arm']}: capacity {m['capacity_rps']:.1f} req/s, offered {m['rate_rps']:.1f} req/s; "
                      f"critical TTFT p50 {_ms(m['critical_ttft_p50_s'])} ms; EPP queue: {epp}; pod queues: "
-                     f"{pod.get('requests', 0)} requests, mean {_ms(pod.get('mean_s'))} ms; "
+                     f"{pod.get('requests', 0)} requests, mean {_ms(pod.get('mean_s'))} ms, "
+                     f"p99 <= {_ms(pod.get('p99_le_s'))} ms; "
                      f"statuses by class {m['by_class']}")
     return "\n".join(lines)
 
@@ -453,6 +482,8 @@ def add_flow_parser(bench_sub: Any) -> None:
                    help="fc-reserve: priority-holdback-policy minCeiling (default 0.5)")
     f.add_argument("--no-eviction", action="store_true", default=False,
                    help="fc-reserve without enableEviction")
+    f.add_argument("--unloaded-requests", type=int, default=None,
+                   help="sequential requests measuring the unloaded TTFT and capacity (default 12)")
     f.add_argument("--json", type=Path, default=None, help="write the raw results (every request) here")
     f.add_argument("--run-dir", type=Path, default=argparse.SUPPRESS)
     f.set_defaults(func=run_flow_only)
@@ -472,6 +503,8 @@ def run_flow_only(args: argparse.Namespace) -> int:
         s.run_dir = Path(args.run_dir) / "flow"
     if args.arms:
         s.arms = tuple(a.strip() for a in args.arms.split(",") if a.strip())
+    if args.unloaded_requests is not None:
+        s.unloaded_requests = args.unloaded_requests
     if args.min_ceiling is not None:
         s.min_ceiling = args.min_ceiling
     s.eviction = not args.no_eviction
