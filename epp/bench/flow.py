@@ -444,18 +444,91 @@ def report(results: list[ArmResult]) -> str:
                      f"{m['hung']} | {m['lost']} | {_ms(m['critical_ttft_p99_s'])} / "
                      f"{_ms(m['unloaded_ttft_p99_s'])} ms ({ratio if ratio is not None else float('nan'):.2f}x) | "
                      f"{m['jain_backlogged']:.3f} ({m['jain_backlogged_dispatches']}) | {m['jain_whole_run']:.3f} |")
+    lines.append("")
     for r in results:
         m = r.summary()
         b = m["breakdown"]
         epp = ", ".join(f"priority {p}: {v['waited']} waited, mean {_ms(v['mean_s'])} ms, "
                         f"p99 <= {_ms(v['p99_le_s'])} ms" for p, v in b.get("epp_queue", {}).items()) or "none"
         pod = b.get("pod_queue", {})
-        lines.append(f"{m['arm']}: capacity {m['capacity_rps']:.1f} req/s, offered {m['rate_rps']:.1f} req/s; "
+        lines.append(f"- {m['arm']}: capacity {m['capacity_rps']:.1f} req/s, offered {m['rate_rps']:.1f} req/s; "
                      f"critical TTFT p50 {_ms(m['critical_ttft_p50_s'])} ms; EPP queue: {epp}; pod queues: "
                      f"{pod.get('requests', 0)} requests, mean {_ms(pod.get('mean_s'))} ms, "
                      f"p99 <= {_ms(pod.get('p99_le_s'))} ms; "
                      f"statuses by class {m['by_class']}")
     return "\n".join(lines)
+
+
+FLOW_DOC = "benchmarks-flow.md"
+FLOW_START, FLOW_END = "<!-- flow:start -->", "<!-- flow:end -->"
+TARGET_TTFT_RATIO, TARGET_JAIN = 1.5, 0.95
+
+
+def _verdict(ok: bool) -> str:
+    return "**met**" if ok else "**MISSED**"
+
+
+def flow_markdown(results: list[ArmResult], s: FlowBenchSettings, command: str, note: str = "",
+                  measured: tuple[str, Sequence[float]] | None = None) -> str:
+    """The benchmarks.md section: setup, command, the side-by-side table, where the waiting
+    happened, and each target's verdict per arm (computed, not written by hand). `measured`:
+    the run's date and load average (default: now)."""
+    date, load = measured or (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), os.getloadavg())
+    lines = [
+        "## Flow control under 2x overload (issue 12)",
+        "",
+        f"Measured {date} with `{command}` (load average at the end "
+        f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} CPUs: the machine is shared, so "
+        "latencies are noisy; rerun to compare).",
+        *([note, ""] if note else [""]),
+        f"{s.pods} simulated pods (`--max-num-seqs {s.max_num_seqs}`, time scale {s.time_scale:g}); capacity "
+        "= pods x max-num-seqs / mean request time of unloaded requests (calibrated on the first arm, the same "
+        f"offered load for all); open-loop Poisson arrivals at {s.overload:g}x capacity for {s.model_seconds:g} "
+        f"model-seconds; streaming completions of {s.max_tokens} tokens; critical 20% / standard 50% / sheddable "
+        "30% of the traffic (objectives of priority 1 / 0 / -1); tenants heavy and light (API keys) at 4:1. "
+        "TTLs 30 model-seconds, 5 for sheddable work. Unloaded TTFT p99: "
+        f"{s.unloaded_requests} sequential critical requests on the same arm before the load. "
+        "Arms: the EPP's embedded default config (legacy admission: sheddable 429 when saturated); flow control "
+        "with GIE's defaults (static usage limit 1.0; concurrency-detector at max-num-seqs, also filtering "
+        "in the profile; round-robin between tenants); the same with priority-holdback-policy "
+        f"(minCeiling {s.min_ceiling:g}) and eviction of in-flight standard/sheddable work as soon as a higher "
+        "band is blocked (`enableEviction`, `evictionDelay: 0s`, `evictionVictimMaxPriority: 0`: extensions); "
+        "vllm-router `--policy round_robin --max-concurrent-requests` pods x max-num-seqs `--queue-size 1000 "
+        "--queue-timeout-secs` 30 `--rate-limit-tokens-per-second` ceil(capacity). Jain: over dispatches made "
+        "while both tenants had a request of the same class waiting (count in parentheses); whole run: the "
+        "earlier, looser measure. Raw results (every request): the JSON next to this file in bench-results/.",
+        "",
+        report(results),
+        "",
+        "Targets (issue 12):",
+        "",
+    ]
+    for r in results:
+        m = r.summary()
+        ratio = m["critical_ttft_ratio"]
+        every = m["hung"] == 0 and m["lost"] == 0
+        lines.append(f"- {m['label']}: critical TTFT p99 <= {TARGET_TTFT_RATIO}x unloaded: "
+                     f"{(ratio if ratio is not None else float('nan')):.2f}x, "
+                     f"{_verdict(ratio is not None and ratio <= TARGET_TTFT_RATIO)}; Jain >= {TARGET_JAIN} while both "
+                     f"backlogged: {m['jain_backlogged']:.3f}, {_verdict(m['jain_backlogged'] >= TARGET_JAIN)}; "
+                     f"every request answered (0 hung, 0 lost): {m['hung']} hung, {m['lost']} lost, {_verdict(every)}.")
+    return "\n".join(lines) + "\n"
+
+
+def splice_flow_section(report_text: str, flow_doc: Path) -> str:
+    """benchmarks.md with the last `epp bench flow` run (benchmarks-flow.md) in its marked
+    section, so rerunning the routing benchmark keeps it (and the reverse)."""
+    if not flow_doc.exists():
+        return report_text
+    section = f"{FLOW_START}\n{flow_doc.read_text().strip()}\n{FLOW_END}"
+    if FLOW_START in report_text and FLOW_END in report_text:
+        head, rest = report_text.split(FLOW_START, 1)
+        return head + section + rest.split(FLOW_END, 1)[1]
+    for marker in ("<!-- overhead:begin -->", "## EPP overhead"):
+        if marker in report_text:
+            head, tail = report_text.split(marker, 1)
+            return f"{head}{section}\n\n{marker}{tail}"
+    return f"{report_text.rstrip()}\n\n{section}\n"
 
 
 def results_json(results: list[ArmResult], s: FlowBenchSettings, command: str) -> dict[str, Any]:
@@ -465,6 +538,18 @@ def results_json(results: list[ArmResult], s: FlowBenchSettings, command: str) -
             "loadavg": os.getloadavg(), "cpus": os.cpu_count(), "settings": settings,
             "arms": [r.summary() for r in results],
             "outcomes": {r.arm: [asdict(o) for o in r.outcomes] for r in results}}
+
+
+def results_from_json(data: dict[str, Any]) -> tuple[list[ArmResult], FlowBenchSettings]:
+    """Rebuild a run from its raw JSON (results_json), e.g. to re-render the markdown."""
+    raw = dict(data["settings"])
+    raw["run_dir"] = Path(raw["run_dir"])
+    raw["arms"] = tuple(raw["arms"])
+    s = FlowBenchSettings(**raw)
+    results = [ArmResult(a["arm"], a["capacity_rps"], a["rate_rps"], a["unloaded_ttft_p99_s"],
+                         [Outcome(**o) for o in data["outcomes"][a["arm"]]], a["label"], a["breakdown"])
+               for a in data["arms"]]
+    return results, s
 
 
 def add_flow_parser(bench_sub: Any) -> None:
@@ -485,6 +570,11 @@ def add_flow_parser(bench_sub: Any) -> None:
     f.add_argument("--unloaded-requests", type=int, default=None,
                    help="sequential requests measuring the unloaded TTFT and capacity (default 12)")
     f.add_argument("--json", type=Path, default=None, help="write the raw results (every request) here")
+    f.add_argument("--out", type=Path, default=None,
+                   help=f"write the markdown section to OUT/{FLOW_DOC} and splice it into OUT/benchmarks.md")
+    f.add_argument("--from-json", type=Path, default=None,
+                   help="do not run: re-render the report (and --out) from a --json file of an earlier run")
+    f.add_argument("--note", default="", help="a sentence added to the markdown section (e.g. machine state)")
     f.add_argument("--run-dir", type=Path, default=argparse.SUPPRESS)
     f.set_defaults(func=run_flow_only)
 
@@ -508,10 +598,22 @@ def run_flow_only(args: argparse.Namespace) -> int:
     if args.min_ceiling is not None:
         s.min_ceiling = args.min_ceiling
     s.eviction = not args.no_eviction
-    results = run_flow_bench(s)
+    command = "python -m epp " + " ".join(sys.argv[1:])
+    measured: tuple[str, Sequence[float]] | None = None
+    if args.from_json is not None:
+        data = json.loads(args.from_json.read_text())
+        results, s = results_from_json(data)
+        command, measured = data["command"], (data["date_utc"], data["loadavg"])
+    else:
+        results = run_flow_bench(s)
     print(report(results), flush=True)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        command = "python -m epp " + " ".join(sys.argv[1:])
         args.json.write_text(json.dumps(results_json(results, s, command), indent=1, default=float) + "\n")
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / FLOW_DOC).write_text(flow_markdown(results, s, command, args.note, measured))
+        bench_md = args.out / "benchmarks.md"
+        if bench_md.exists():
+            bench_md.write_text(splice_flow_section(bench_md.read_text(), args.out / FLOW_DOC))
     return 0

@@ -4,10 +4,11 @@ definition), the whole-run index over max-min fair shares, and the summary's acc
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
-from epp.bench.flow import EVICTED, ArmResult, Outcome, backlogged_jain, jain_index
+from epp.bench.flow import EVICTED, ArmResult, Outcome, backlogged_jain, jain_index, splice_flow_section
 
 
 def outcomes(tenant: str, served: int, refused: int) -> list[Outcome]:
@@ -64,3 +65,14 @@ def test_backlogged_jain_is_per_class_priority_is_not_unfairness() -> None:
     outs = [started("critical", "heavy", 0.0, t) for t in (1, 2)]
     outs += [started("standard", "light", 0.0, 3.0), started("standard", "heavy", 0.0, 4.0)]
     assert backlogged_jain(outs)[1] == 1
+
+
+def test_flow_section_is_spliced_before_the_overhead_section_and_replaced_on_rerun(tmp_path: Path) -> None:
+    doc = tmp_path / "benchmarks-flow.md"
+    doc.write_text("## Flow control under 2x overload (issue 12)\nrun 1\n")
+    report = "# Benchmarks\n\n<!-- overhead:begin -->\n## EPP overhead\n<!-- overhead:end -->\n"
+    once = splice_flow_section(report, doc)
+    assert once.index("run 1") < once.index("<!-- overhead:begin -->")
+    doc.write_text("## Flow control under 2x overload (issue 12)\nrun 2\n")
+    twice = splice_flow_section(once, doc)
+    assert "run 2" in twice and "run 1" not in twice and twice.count("<!-- flow:start -->") == 1
