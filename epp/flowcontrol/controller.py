@@ -99,6 +99,8 @@ class FlowController:
         self._evicting: tuple[int, float] | None = None
         # Usage-limit ceiling per known priority (recomputed when a band appears or on reload).
         self._ceilings: dict[int, float] = {}
+        for priority in config.bands:  # configured bands are known from the start
+            self._band(priority)
 
     # --- admission ------------------------------------------------------------------------
     def admit(self, request: LLMRequest, nbytes: int) -> RequestError | QueueItem | None:
@@ -351,6 +353,8 @@ class FlowController:
         self.detector = config.detector
         for priority, band in self._bands.items():
             band.config = config.band_config(priority)
+        for priority in config.bands:
+            self._band(priority)
         self._compute_ceilings()
         if not config.enable_eviction:
             self._evictable.clear()
