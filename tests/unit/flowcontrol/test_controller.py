@@ -344,3 +344,24 @@ def test_eviction_delay_evicts_an_inflight_lower_request_as_soon_as_the_band_is_
         await settle()
         assert await crit == "ok" and pool.outcomes("EvictedInFlight", -1) == 1
     run(scenario)
+
+
+def test_reload_recomputes_the_ceilings_and_configured_bands_count_from_the_start() -> None:
+    async def scenario() -> None:
+        pool = Pool(max_concurrency=4)
+        for prio in (1, 0):
+            pool.ctl._band(prio)
+        await pool.send(pool.request("a", 0))
+        await pool.send(pool.request("b", 0))  # static 1.0: 2/4 is no limit for standard work
+        assert pool.ctl.size == 0 and len(pool.order) == 2
+        pool.cfg.usage_limit = PriorityHoldback(
+            params=parse_params(PriorityHoldback.Params, {"minCeiling": 0.5}, "t"))
+        pool.cfg.bands[-1] = pool.cfg.band_config(-1)  # a configured band, never seen yet
+        pool.ctl.reconfigure(pool.cfg)  # three bands now: 1.0 / 0.75 / 0.5
+        held = asyncio.create_task(pool.send(pool.request("c", -1)))
+        await settle()
+        assert not held.done() and pool.ctl.queued(-1) == 1  # 2/4 >= 0.5
+        pool.finish()
+        await settle()
+        assert await held == "ok"
+    run(scenario)
