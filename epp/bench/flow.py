@@ -225,7 +225,7 @@ def backlogged_jain(outcomes: list[Outcome]) -> tuple[float, int]:
 
 
 async def _one(client: httpx.AsyncClient, url: str, cls: str, objective: str, tenant: str, key: str,
-               max_tokens: int, bound_s: float) -> Outcome:
+               max_tokens: int, bound_s: float, eviction: bool = False) -> Outcome:
     headers = {"authorization": f"Bearer {key}"}
     if objective:
         headers["x-gateway-inference-objective"] = objective
@@ -244,13 +244,15 @@ async def _one(client: httpx.AsyncClient, url: str, cls: str, objective: str, te
     except TimeoutError:
         status = -1
     except httpx.HTTPError:
-        # A 200 stream cut after it started: flow control evicted it (enableEviction), an
-        # answer with a status rather than a lost request. Anything else is lost.
-        status = EVICTED if got == 200 and ttft is not None else 0
+        # A 200 stream cut after it started, where eviction is on: flow control evicted it,
+        # an answer rather than a lost request (the EPP's EvictedInFlight count is reported
+        # next to it as a cross-check). Anything else is lost.
+        status = EVICTED if eviction and got == 200 and ttft is not None else 0
     return Outcome(cls, tenant, status, ttft, start, time.monotonic())
 
 
-async def _run_arm(arm: ArmSpec, url: str, s: FlowBenchSettings, capacity: float | None) -> ArmResult:
+async def _run_arm(arm: ArmSpec, url: str, s: FlowBenchSettings, capacity: float | None,
+                   eviction: bool = False) -> ArmResult:
     rng = random.Random(s.seed)
     limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
     async with httpx.AsyncClient(timeout=httpx.Timeout(None), limits=limits, trust_env=False) as client:
@@ -272,7 +274,8 @@ async def _run_arm(arm: ArmSpec, url: str, s: FlowBenchSettings, capacity: float
         while t < end:
             cls, objective, _ = rng.choices(CLASSES, [w for _, _, w in CLASSES])[0]
             tenant, key, _ = rng.choices(TENANTS, weights)[0]
-            tasks.append(asyncio.create_task(_one(client, url, cls, objective, tenant, key, s.max_tokens, bound)))
+            tasks.append(asyncio.create_task(_one(client, url, cls, objective, tenant, key, s.max_tokens, bound,
+                                                  eviction)))
             t += rng.expovariate(rate)
             await asyncio.sleep(max(0.0, t - time.monotonic()))
         outcomes = list(await asyncio.gather(*tasks))
@@ -332,6 +335,9 @@ def _breakdown(stack: LocalStack, time_scale: float) -> dict[str, Any]:
         h = _hist(m, "inference_extension_flow_control_request_queue_duration_seconds", "priority")
         result["epp_queue"] = {p: {"waited": int(n), "mean_s": total / n if n else 0.0,
                                    "p99_le_s": _p99_bound(n, b)} for p, (total, n, b) in sorted(h.items())}
+        outcomes = m.get("inference_extension_flow_control_requests_total", {})
+        result["epp_evicted_inflight"] = int(sum(v for labels, v in outcomes.items()
+                                                 if dict(labels).get("outcome") == "EvictedInFlight"))
     total, n = 0.0, 0.0
     merged: dict[float, float] = {}
     for pod in stack.pods:
@@ -419,7 +425,8 @@ def run_flow_bench(s: FlowBenchSettings) -> list[ArmResult]:
                 wait_http(f"http://127.0.0.1:{port}/health", proc, log, 60)
                 url = f"http://127.0.0.1:{port}"
             label = arm.label.format(eviction=" + eviction" if s.eviction else "")
-            result = asyncio.run(_run_arm(ArmSpec(arm.key, label), url, s, capacity))
+            result = asyncio.run(_run_arm(ArmSpec(arm.key, label), url, s, capacity,
+                                          eviction=key == "fc-reserve" and s.eviction))
             result.breakdown = _breakdown(stack, s.time_scale)
             results.append(result)
         finally:
@@ -451,6 +458,8 @@ def report(results: list[ArmResult]) -> str:
         epp = ", ".join(f"priority {p}: {v['waited']} waited, mean {_ms(v['mean_s'])} ms, "
                         f"p99 <= {_ms(v['p99_le_s'])} ms" for p, v in b.get("epp_queue", {}).items()) or "none"
         pod = b.get("pod_queue", {})
+        if b.get("epp_evicted_inflight"):
+            epp += f"; evicted in flight (EPP count): {b['epp_evicted_inflight']}"
         lines.append(f"- {m['arm']}: capacity {m['capacity_rps']:.1f} req/s, offered {m['rate_rps']:.1f} req/s; "
                      f"critical TTFT p50 {_ms(m['critical_ttft_p50_s'])} ms; EPP queue: {epp}; pod queues: "
                      f"{pod.get('requests', 0)} requests, mean {_ms(pod.get('mean_s'))} ms, "

@@ -35,6 +35,9 @@ def test_flow_bench_all_arms_answer_every_request(tmp_path: Path) -> None:
         assert arm["sent"] == arm["ok"] + arm["rejected"] + arm["evicted"], arm
         assert len(data["outcomes"][arm["arm"]]) == arm["sent"]
         assert arm["capacity_rps"] == arms["none"]["capacity_rps"]  # the same offered load everywhere
+    # A cut stream counts as evicted only where eviction is on, and matches the EPP's own count.
+    assert arms["fc-reserve"]["evicted"] == arms["fc-reserve"]["breakdown"]["epp_evicted_inflight"]
+    assert all(arms[k]["evicted"] == 0 for k in ("none", "fc-gie", "vllm-router"))
     # The flow-control arms queue in the EPP (the breakdown reads its metrics); the others do not.
     assert "epp_queue" in arms["fc-gie"]["breakdown"] and "epp_queue" not in arms["vllm-router"]["breakdown"]
     for line in ("| no flow control", "| flow control, GIE defaults", "| vllm-router, queue + rate limit"):
