@@ -251,9 +251,19 @@ async def _one(client: httpx.AsyncClient, url: str, cls: str, objective: str, te
     return Outcome(cls, tenant, status, ttft, start, time.monotonic())
 
 
+async def _loop_lag(samples: list[float], period: float = 0.01) -> None:
+    """The load generator's own event-loop lag (how late a 10 ms sleep wakes up): when the
+    host is CPU-starved, client-side TTFTs include this, not only the router's and pods' time."""
+    while True:
+        t = time.monotonic()
+        await asyncio.sleep(period)
+        samples.append(time.monotonic() - t - period)
+
+
 async def _run_arm(arm: ArmSpec, url: str, s: FlowBenchSettings, capacity: float | None,
                    eviction: bool = False) -> ArmResult:
     rng = random.Random(s.seed)
+    lag: list[float] = []
     limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
     async with httpx.AsyncClient(timeout=httpx.Timeout(None), limits=limits, trust_env=False) as client:
         unloaded = [await _one(client, url, "critical", CLASSES[0][1], "light", TENANTS[1][1], s.max_tokens, 60)
@@ -271,6 +281,7 @@ async def _run_arm(arm: ArmSpec, url: str, s: FlowBenchSettings, capacity: float
         t = time.monotonic()
         end = t + duration
         weights = [w for _, _, w in TENANTS]
+        monitor = asyncio.create_task(_loop_lag(lag))
         while t < end:
             cls, objective, _ = rng.choices(CLASSES, [w for _, _, w in CLASSES])[0]
             tenant, key, _ = rng.choices(TENANTS, weights)[0]
@@ -279,7 +290,11 @@ async def _run_arm(arm: ArmSpec, url: str, s: FlowBenchSettings, capacity: float
             t += rng.expovariate(rate)
             await asyncio.sleep(max(0.0, t - time.monotonic()))
         outcomes = list(await asyncio.gather(*tasks))
-    return ArmResult(arm.key, capacity, rate, _pct(ttfts, 0.99), outcomes, arm.label)
+        monitor.cancel()
+    result = ArmResult(arm.key, capacity, rate, _pct(ttfts, 0.99), outcomes, arm.label)
+    result.breakdown["client_loop_lag"] = {"p50_s": _pct(lag, 0.5), "p99_s": _pct(lag, 0.99),
+                                           "max_s": max(lag, default=float("nan"))}
+    return result
 
 
 def _scrape(url: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
@@ -427,7 +442,7 @@ def run_flow_bench(s: FlowBenchSettings) -> list[ArmResult]:
             label = arm.label.format(eviction=" + eviction" if s.eviction else "")
             result = asyncio.run(_run_arm(ArmSpec(arm.key, label), url, s, capacity,
                                           eviction=key == "fc-reserve" and s.eviction))
-            result.breakdown = _breakdown(stack, s.time_scale)
+            result.breakdown.update(_breakdown(stack, s.time_scale))
             results.append(result)
         finally:
             if proc is not None:
@@ -460,6 +475,10 @@ def report(results: list[ArmResult]) -> str:
         pod = b.get("pod_queue", {})
         if b.get("epp_evicted_inflight"):
             epp += f"; evicted in flight (EPP count): {b['epp_evicted_inflight']}"
+        if "client_loop_lag" in b:
+            lag = b["client_loop_lag"]
+            epp += (f"; load generator's event-loop lag p50 {_ms(lag['p50_s'])} / p99 {_ms(lag['p99_s'])} / "
+                    f"max {_ms(lag['max_s'])} ms")
         lines.append(f"- {m['arm']}: capacity {m['capacity_rps']:.1f} req/s, offered {m['rate_rps']:.1f} req/s; "
                      f"critical TTFT p50 {_ms(m['critical_ttft_p50_s'])} ms; EPP queue: {epp}; pod queues: "
                      f"{pod.get('requests', 0)} requests, mean {_ms(pod.get('mean_s'))} ms, "
