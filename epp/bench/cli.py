@@ -300,7 +300,9 @@ def write_docs(out: Path, outcomes: list[PhaseOutcome], overhead: OverheadResult
     if overhead is not None:
         plot_overhead(overhead, out)
     report = render_report(outcomes, overhead, info, plots)
-    (out / "benchmarks.md").write_text(splice_pd_section(report, out / PD_DOC))
+    from epp.bench.flow import FLOW_DOC, splice_flow_section
+
+    (out / "benchmarks.md").write_text(splice_flow_section(splice_pd_section(report, out / PD_DOC), out / FLOW_DOC))
     return len(plots) + (overhead is not None)
 
 

@@ -1,38 +1,56 @@
 """`epp bench flow`: the pool at about 2x its capacity, three priority classes and two tenants,
-with and without flow control (issue 12's targets; docs/flow-control.md).
+side by side: no flow control, our flow control (GIE defaults, then with our extensions) and
+vllm-router with its queue and rate limit (issue 12's targets; docs/flow-control.md).
 
-Per arm: a fresh local stack (simulated pods, Envoy, the EPP with API keys for two tenants).
-1. Unloaded: a few sequential critical requests give the unloaded TTFT and (first arm only,
-   reused by the others) the request time, hence the pool's capacity = pods x max-num-seqs /
-   request time.
-2. Overload: open-loop Poisson arrivals at `overload` x capacity for `model_seconds` (scaled
-   by the simulator's time scale), classes critical 20% / standard 50% / sheddable 30%, the
-   heavy tenant sending 4x the light one's rate. Every request is streamed (TTFT = first
-   chunk) and must end with a status within a bound: anything else counts as hung or lost.
-Reported: critical TTFT p99 loaded / unloaded (target <= 1.5), Jain's index over the tenants'
-served / max-min-fair share (target >= 0.95), sent = answered OK + rejected with a status.
+Per arm: fresh simulated pods and the router under test (Envoy + the EPP with API keys for two
+tenants, or vllm-router).
+1. Unloaded: sequential critical requests give the unloaded TTFT and (first arm only, reused by
+   the others) the request time, hence the pool's capacity = pods x max-num-seqs / request time.
+2. Overload: open-loop Poisson arrivals at `overload` x capacity for `model_seconds` (scaled by
+   the simulator's time scale), classes critical 20% / standard 50% / sheddable 30%, the heavy
+   tenant sending 4x the light one's rate. Every request is streamed (TTFT = first chunk) and
+   must end with a status within a bound: anything else counts as hung or lost.
+Reported: critical TTFT p99 loaded / unloaded (target <= 1.5); Jain's index of the tenants'
+served / fair share counted only while both are backlogged (target >= 0.95, see
+`backlogged_jain`); sent = OK + rejected with a status + evicted (in-flight requests ended by
+flow control's optional eviction: a 200 whose stream is cut); where the critical latency goes
+(mean wait in the EPP's queue by priority, mean wait in the pods' own queues).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
+import json
+import math
+import os
 import random
 import statistics
+import subprocess
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
-from epp.localstack.stack import REPO, LocalStack, StackConfig
+from epp.localstack.stack import REPO, LocalStack, StackConfig, StackError, free_ports
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 CLASSES = (("critical", "llama3-8b-instruct", 0.2), ("standard", "", 0.5), ("sheddable", "batch-sheddable", 0.3))
+PRIORITY = {"critical": 1, "standard": 0, "sheddable": -1}  # deploy/local/objectives.yaml
 TENANTS = (("heavy", "sk-bench-heavy", 4.0), ("light", "sk-bench-light", 1.0))
 KEYS = "tenants:\n" + "".join(f"- {{name: {n}, keys: [{k}]}}\n" for n, k, _ in TENANTS)
+EVICTED = -2  # status of a request whose 200 stream was cut by flow control's eviction
+# The flow-control arms: the detector counts the EPP's own in-flight requests (exact, unlike
+# scraped queue depths) with the pods' max-num-seqs as the limit, so work waits in the EPP
+# rather than in vLLM's queue; the same detector filters endpoints in the profile, so a request
+# dispatched into a free slot is routed to the pod that has it. {extra_plugins} and
+# {extensions} are empty for the GIE-defaults arm.
 FLOW_CONFIG = """\
 apiVersion: inference.networking.x-k8s.io/v1alpha1
 kind: EndpointPickerConfig
@@ -43,18 +61,40 @@ plugins:
 - type: queue-scorer
 - type: kv-cache-utilization-scorer
 - type: max-score-picker
-saturationDetector: {{pluginRef: concurrency-detector}}
+{extra_plugins}saturationDetector: {{pluginRef: concurrency-detector}}
 flowControl:
   defaultRequestTTL: {ttl_ms}ms
   defaultPriorityBand: {{fairnessPolicyRef: round-robin-fairness-policy}}
   requestTTLByObjective: {{batch-sheddable: {shed_ttl_ms}ms}}
-schedulingProfiles:
+{extensions}schedulingProfiles:
 - name: default
   plugins:
+  - {{pluginRef: concurrency-detector}}
   - {{pluginRef: queue-scorer, weight: 2}}
   - {{pluginRef: kv-cache-utilization-scorer, weight: 2}}
   - {{pluginRef: max-score-picker}}
 """
+RESERVE_PLUGINS = "- type: priority-holdback-policy\n  parameters: {{minCeiling: {min_ceiling}}}\n"
+RESERVE_EXTENSIONS = """\
+  usageLimitPolicyPluginRef: priority-holdback-policy
+  enableEviction: {eviction}
+  evictionDelay: 0s
+  evictionVictimMaxPriority: 0
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ArmSpec:
+    key: str
+    label: str
+
+
+ARMS = (
+    ArmSpec("none", "no flow control (today's default EPP)"),
+    ArmSpec("fc-gie", "flow control, GIE defaults (static usage limit 1.0)"),
+    ArmSpec("fc-reserve", "flow control + priority holdback{eviction} (extensions)"),
+    ArmSpec("vllm-router", "vllm-router, queue + rate limit"),
+)
 
 
 @dataclass(slots=True)
@@ -63,9 +103,13 @@ class FlowBenchSettings:
     max_num_seqs: int = 4
     max_tokens: int = 64
     model_seconds: float = 60.0
-    time_scale: float = 0.1
+    time_scale: float = 1.0
     overload: float = 2.0
     seed: int = 1
+    unloaded_requests: int = 12
+    arms: Sequence[str] = tuple(a.key for a in ARMS)
+    min_ceiling: float = 0.5  # fc-reserve: priority-holdback-policy minCeiling
+    eviction: bool = True  # fc-reserve: enableEviction
     run_dir: Path = field(default_factory=lambda: REPO / ".run" / "bench-flow")
 
 
@@ -73,8 +117,8 @@ class FlowBenchSettings:
 class Outcome:
     cls: str
     tenant: str
-    status: int  # 0: exception (lost), -1: no answer within the bound (hung)
-    ttft: float | None
+    status: int  # 0: exception (lost), -1: no answer within the bound (hung), -2: evicted
+    ttft: float | None  # seconds to the first chunk, whenever one came
     sent_at: float
     ended_at: float
 
@@ -86,21 +130,29 @@ class ArmResult:
     rate_rps: float
     unloaded_ttft_p99: float
     outcomes: list[Outcome]
+    label: str = ""
+    breakdown: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         sent = len(self.outcomes)
         ok = sum(1 for o in self.outcomes if o.status == 200)
         rejected = sum(1 for o in self.outcomes if o.status >= 400)
+        evicted = sum(1 for o in self.outcomes if o.status == EVICTED)
         hung = sum(1 for o in self.outcomes if o.status == -1)
-        lost = sent - ok - rejected - hung
+        lost = sent - ok - rejected - evicted - hung
         crit = [o.ttft for o in self.outcomes if o.cls == "critical" and o.status == 200 and o.ttft is not None]
         crit_p99 = _pct(crit, 0.99)
         by_class = {c: dict(Counter(o.status for o in self.outcomes if o.cls == c)) for c, _, _ in CLASSES}
-        return {"arm": self.arm, "sent": sent, "ok": ok, "rejected": rejected, "hung": hung, "lost": lost,
+        jain, counted = backlogged_jain(self.outcomes)
+        return {"arm": self.arm, "label": self.label, "sent": sent, "ok": ok, "rejected": rejected,
+                "evicted": evicted, "hung": hung, "lost": lost,
                 "capacity_rps": self.capacity_rps, "rate_rps": self.rate_rps,
-                "critical_ttft_p99_s": crit_p99, "unloaded_ttft_p99_s": self.unloaded_ttft_p99,
+                "critical_ttft_p50_s": _pct(crit, 0.5), "critical_ttft_p99_s": crit_p99,
+                "unloaded_ttft_p99_s": self.unloaded_ttft_p99,
                 "critical_ttft_ratio": crit_p99 / self.unloaded_ttft_p99 if self.unloaded_ttft_p99 else None,
-                "jain": jain_index(self.outcomes), "by_class": by_class}
+                "jain_backlogged": jain, "jain_backlogged_dispatches": counted,
+                "jain_whole_run": jain_index(self.outcomes), "by_class": by_class,
+                "breakdown": self.breakdown}
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -110,9 +162,15 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def _jain(x: Sequence[float]) -> float:
+    total = sum(x)
+    return total * total / (len(x) * sum(v * v for v in x)) if total else float("nan")
+
+
 def jain_index(outcomes: list[Outcome]) -> float:
-    """Jain's index of served / fair share over the tenants, fair share being the max-min fair
-    split of everything served given each tenant's demand."""
+    """Whole run (the earlier measure, kept for comparison): Jain's index of served / fair
+    share, fair share being the max-min fair split of everything served given each tenant's
+    demand. It mixes in the windows where only one tenant was waiting."""
     demand = Counter(o.tenant for o in outcomes)
     served = Counter(o.tenant for o in outcomes if o.status == 200)
     total = sum(served.values())
@@ -124,21 +182,61 @@ def jain_index(outcomes: list[Outcome]) -> float:
         share = min(float(demand[t]), left / (len(names) - i))
         fair[t] = share
         left -= share
-    x = [served[t] / fair[t] for t in names if fair[t] > 0]
-    return sum(x) ** 2 / (len(x) * sum(v * v for v in x))
+    return _jain([served[t] / fair[t] for t in names if fair[t] > 0])
+
+
+def _started(o: Outcome) -> float | None:
+    """When the request left the waiting state for service (its first chunk), if it did."""
+    return o.sent_at + o.ttft if o.ttft is not None and o.status in (200, EVICTED) else None
+
+
+def backlogged_jain(outcomes: list[Outcome]) -> tuple[float, int]:
+    """Jain's index of served share / fair share over the dispatches made while both tenants
+    were backlogged (the issue's definition), and how many dispatches that counted.
+
+    A tenant is backlogged in a class at time t when it has a request of that class waiting:
+    sent and neither started (first chunk) nor refused by t. A dispatch (first chunk) of a
+    request of class c counts when every other tenant was backlogged in class c at that
+    moment, i.e. when the router chose between the tenants; then the fair share is equal (the
+    tenants' weights are equal). Per class, because across classes the priority, not the
+    tenant, decides: a heavy tenant's critical request served before the light one's
+    standard request is not unfair."""
+    waits: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
+    for o in outcomes:
+        start = _started(o)
+        starts, ends = waits.setdefault((o.cls, o.tenant), ([], []))
+        starts.append(o.sent_at)
+        ends.append(start if start is not None else o.ended_at)
+    for starts, ends in waits.values():
+        starts.sort()
+        ends.sort()
+    tenants = [t for t, _, _ in TENANTS]
+
+    def waiting(cls: str, tenant: str, t: float) -> int:
+        starts, ends = waits.get((cls, tenant), ((), ()))
+        return bisect.bisect_right(starts, t) - bisect.bisect_right(ends, t)
+
+    served: Counter[str] = Counter()
+    for o in outcomes:
+        t = _started(o)
+        if t is not None and all(waiting(o.cls, u, t) > 0 for u in tenants if u != o.tenant):
+            served[o.tenant] += 1
+    return _jain([float(served[t]) for t in tenants]), sum(served.values())
 
 
 async def _one(client: httpx.AsyncClient, url: str, cls: str, objective: str, tenant: str, key: str,
-               max_tokens: int, bound_s: float) -> Outcome:
+               max_tokens: int, bound_s: float, eviction: bool = False) -> Outcome:
     headers = {"authorization": f"Bearer {key}"}
     if objective:
         headers["x-gateway-inference-objective"] = objective
     start = time.monotonic()
     ttft: float | None = None
+    got = 0
     try:
         async with asyncio.timeout(bound_s):
             async with client.stream("POST", f"{url}/v1/completions", headers=headers, json={
                     "model": MODEL, "prompt": "flow bench", "max_tokens": max_tokens, "stream": True}) as r:
+                got = r.status_code
                 async for chunk in r.aiter_bytes():
                     if ttft is None and chunk:
                         ttft = time.monotonic() - start
@@ -146,21 +244,34 @@ async def _one(client: httpx.AsyncClient, url: str, cls: str, objective: str, te
     except TimeoutError:
         status = -1
     except httpx.HTTPError:
-        status = 0
-    return Outcome(cls, tenant, status, ttft if status == 200 else None, start, time.monotonic())
+        # A 200 stream cut after it started, where eviction is on: flow control evicted it,
+        # an answer rather than a lost request (the EPP's EvictedInFlight count is reported
+        # next to it as a cross-check). Anything else is lost.
+        status = EVICTED if eviction and got == 200 and ttft is not None else 0
+    return Outcome(cls, tenant, status, ttft, start, time.monotonic())
 
 
-async def _run_arm(arm: str, stack: LocalStack, s: FlowBenchSettings, capacity: float | None) -> ArmResult:
+async def _loop_lag(samples: list[float], period: float = 0.01) -> None:
+    """The load generator's own event-loop lag (how late a 10 ms sleep wakes up): when the
+    host is CPU-starved, client-side TTFTs include this, not only the router's and pods' time."""
+    while True:
+        t = time.monotonic()
+        await asyncio.sleep(period)
+        samples.append(time.monotonic() - t - period)
+
+
+async def _run_arm(arm: ArmSpec, url: str, s: FlowBenchSettings, capacity: float | None,
+                   eviction: bool = False) -> ArmResult:
     rng = random.Random(s.seed)
-    url = stack.url
+    lag: list[float] = []
     limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(None), limits=limits) as client:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(None), limits=limits, trust_env=False) as client:
         unloaded = [await _one(client, url, "critical", CLASSES[0][1], "light", TENANTS[1][1], s.max_tokens, 60)
-                    for _ in range(6)]
-        times = [o.ended_at - o.sent_at for o in unloaded[1:] if o.status == 200]
-        ttfts = [o.ttft for o in unloaded[1:] if o.ttft is not None]
+                    for _ in range(s.unloaded_requests + 1)]
+        times = [o.ended_at - o.sent_at for o in unloaded[1:] if o.status == 200]  # the first warms up
+        ttfts = [o.ttft for o in unloaded[1:] if o.status == 200 and o.ttft is not None]
         if not times or not ttfts:
-            raise RuntimeError(f"{arm}: unloaded requests failed: {[o.status for o in unloaded]}")
+            raise RuntimeError(f"{arm.key}: unloaded requests failed: {[o.status for o in unloaded]}")
         if capacity is None:  # calibrated once, so every arm gets the same offered load
             capacity = s.pods * s.max_num_seqs / statistics.mean(times)
         rate = s.overload * capacity
@@ -170,70 +281,335 @@ async def _run_arm(arm: str, stack: LocalStack, s: FlowBenchSettings, capacity: 
         t = time.monotonic()
         end = t + duration
         weights = [w for _, _, w in TENANTS]
+        monitor = asyncio.create_task(_loop_lag(lag))
         while t < end:
             cls, objective, _ = rng.choices(CLASSES, [w for _, _, w in CLASSES])[0]
             tenant, key, _ = rng.choices(TENANTS, weights)[0]
-            tasks.append(asyncio.create_task(_one(client, url, cls, objective, tenant, key, s.max_tokens, bound)))
+            tasks.append(asyncio.create_task(_one(client, url, cls, objective, tenant, key, s.max_tokens, bound,
+                                                  eviction)))
             t += rng.expovariate(rate)
             await asyncio.sleep(max(0.0, t - time.monotonic()))
         outcomes = list(await asyncio.gather(*tasks))
-    return ArmResult(arm, capacity, rate, _pct(ttfts, 0.99), outcomes)
+        monitor.cancel()
+    result = ArmResult(arm.key, capacity, rate, _pct(ttfts, 0.99), outcomes, arm.label)
+    result.breakdown["client_loop_lag"] = {"p50_s": _pct(lag, 0.5), "p99_s": _pct(lag, 0.99),
+                                           "max_s": max(lag, default=float("nan"))}
+    return result
+
+
+def _scrape(url: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """name -> labels -> value, for the histogram _sum/_count samples read below."""
+    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    try:
+        text = httpx.get(url, timeout=5.0, trust_env=False).text
+    except httpx.HTTPError:
+        return out
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return out
+
+
+def _hist(m: dict[str, dict[tuple[tuple[str, str], ...], float]], name: str, key: str | None
+          ) -> dict[str, tuple[float, float, list[tuple[float, float]]]]:
+    """Histogram `name` summed over every label but `key`: key value -> (sum, count, buckets)."""
+    out: dict[str, tuple[float, float, list[tuple[float, float]]]] = {}
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    buckets: dict[str, dict[float, float]] = {}
+    for suffix, target in (("_sum", sums), ("_count", counts)):
+        for labels, v in m.get(name + suffix, {}).items():
+            k = dict(labels).get(key, "") if key else ""
+            target[k] = target.get(k, 0.0) + v
+    for labels, v in m.get(name + "_bucket", {}).items():
+        d = dict(labels)
+        k = d.get(key, "") if key else ""
+        le = float(d["le"])
+        buckets.setdefault(k, {})[le] = buckets.setdefault(k, {}).get(le, 0.0) + v
+    for k, n in counts.items():
+        out[k] = (sums.get(k, 0.0), n, sorted(buckets.get(k, {}).items()))
+    return out
+
+
+def _p99_bound(n: float, buckets: list[tuple[float, float]]) -> float:
+    """Upper bound of the histogram's 99th percentile: the first bucket holding 99%."""
+    for le, cumulative in buckets:
+        if cumulative >= 0.99 * n:
+            return le
+    return float("inf")
+
+
+def _breakdown(stack: LocalStack, time_scale: float) -> dict[str, Any]:
+    """Where the waiting happened: the EPP's flow-control queue (by priority, over the
+    requests that waited; the others waited 0) and the pods' own queues (vLLM's
+    request_queue_time over all requests; the simulator reports model time, scaled back to
+    wall time here). p99 values are histogram bucket bounds."""
+    result: dict[str, Any] = {}
+    if stack.cfg.with_epp:
+        m = _scrape(f"http://127.0.0.1:{stack.epps[0].metrics_port}/metrics")
+        h = _hist(m, "inference_extension_flow_control_request_queue_duration_seconds", "priority")
+        result["epp_queue"] = {p: {"waited": int(n), "mean_s": total / n if n else 0.0,
+                                   "p99_le_s": _p99_bound(n, b)} for p, (total, n, b) in sorted(h.items())}
+        outcomes = m.get("inference_extension_flow_control_requests_total", {})
+        result["epp_evicted_inflight"] = int(sum(v for labels, v in outcomes.items()
+                                                 if dict(labels).get("outcome") == "EvictedInFlight"))
+    total, n = 0.0, 0.0
+    merged: dict[float, float] = {}
+    for pod in stack.pods:
+        h = _hist(_scrape(stack.pod_url(pod) + "/metrics"), "vllm:request_queue_time_seconds", None)
+        for t, c, b in h.values():
+            total, n = total + t, n + c
+            for le, v in b:
+                merged[le] = merged.get(le, 0.0) + v
+    result["pod_queue"] = {"requests": int(n), "mean_s": total * time_scale / n if n else 0.0,
+                           "p99_le_s": _p99_bound(n, sorted(merged.items())) * time_scale}
+    return result
+
+
+def _flow_config(arm: str, s: FlowBenchSettings) -> str:
+    # TTLs in model time: 30 s for everyone, 5 s for sheddable work.
+    ttl_ms, shed_ttl_ms = round(30_000 * s.time_scale), round(5_000 * s.time_scale)
+    extra = RESERVE_PLUGINS.format(min_ceiling=s.min_ceiling) if arm == "fc-reserve" else ""
+    ext = RESERVE_EXTENSIONS.format(eviction=str(s.eviction).lower()) if arm == "fc-reserve" else ""
+    return FLOW_CONFIG.format(max_concurrency=s.max_num_seqs, ttl_ms=ttl_ms, shed_ttl_ms=shed_ttl_ms,
+                              extra_plugins=extra, extensions=ext)
+
+
+def _vllm_router_args(binary: str, stack: LocalStack, port: int, prom: int, s: FlowBenchSettings,
+                      capacity: float) -> list[str]:
+    """vllm-router with the same admission budget as our flow control: at most pods x
+    max-num-seqs requests in flight, the rest queued (up to 1000, as long as the TTL), and its
+    token-bucket rate limit refilled at the pool's calibrated capacity (requests/s)."""
+    return [binary, "--host", "127.0.0.1", "--port", str(port), "--policy", "round_robin",
+            "--worker-urls", *[stack.pod_url(p) for p in stack.pods],
+            "--prometheus-host", "127.0.0.1", "--prometheus-port", str(prom), "--log-level", "warning",
+            "--max-concurrent-requests", str(s.pods * s.max_num_seqs), "--queue-size", "1000",
+            "--queue-timeout-secs", str(max(1, round(30 * s.time_scale))),
+            "--rate-limit-tokens-per-second", str(max(1, math.ceil(capacity))),
+            "--disable-retries", "--disable-circuit-breaker"]
 
 
 def run_flow_bench(s: FlowBenchSettings) -> list[ArmResult]:
+    from epp.bench.routers import stop_process, vllm_router_binary, wait_http
+
     s.run_dir.mkdir(parents=True, exist_ok=True)
     keys = s.run_dir / "keys.yaml"
     keys.write_text(KEYS)
-    # TTLs in model time: 30 s for everyone, 5 s for sheddable work.
-    ttl_ms, shed_ttl_ms = round(30_000 * s.time_scale), round(5_000 * s.time_scale)
-    arms: list[tuple[str, Path | None]] = [("no flow control", None)]
-    fc = s.run_dir / "epp-config-flow.yaml"
-    fc.write_text(FLOW_CONFIG.format(max_concurrency=s.max_num_seqs, ttl_ms=ttl_ms, shed_ttl_ms=shed_ttl_ms))
-    arms.append(("flow control", fc))
+    specs = {a.key: a for a in ARMS}
+    unknown = [k for k in s.arms if k not in specs]
+    if unknown:
+        raise ValueError(f"unknown arm(s) {', '.join(unknown)}; known: {', '.join(specs)}")
     results: list[ArmResult] = []
-    for name, config in arms:
-        cfg = StackConfig(ports_free=True, run_dir=s.run_dir / name.replace(" ", "-"), pods=s.pods,
-                          time_scale=s.time_scale, kv_events=False, epp_config=config,
-                          sim_args=["--max-num-seqs", str(s.max_num_seqs)],
-                          epp_args=["--api-keys", str(keys)], envoy_message_timeout_ms=600_000)
+    for key in s.arms:
+        arm = specs[key]
+        run_dir = s.run_dir / key
+        config: Path | None = None
+        if key.startswith("fc-"):
+            run_dir.mkdir(parents=True, exist_ok=True)
+            config = run_dir / "epp-config.yaml"
+            config.write_text(_flow_config(key, s))
+        router = key == "vllm-router"
+        binary = vllm_router_binary() if router else None
+        if router and binary is None:
+            raise StackError("vllm-router not installed (pip install vllm-router==0.1.17; .ci/run installs it)")
+        cfg = StackConfig(ports_free=True, run_dir=run_dir, pods=s.pods, time_scale=s.time_scale, kv_events=False,
+                          epp_config=config, with_epp=not router, with_envoy=not router,
+                          sim_args=["--max-num-seqs", str(s.max_num_seqs), "--log-level", "WARNING"],
+                          epp_args=["--api-keys", str(keys), "--log-level", "warning"],
+                          # eviction ends a response by answering one of its chunks: bodies must pass
+                          response_body_mode="STREAMED" if key == "fc-reserve" and s.eviction else "NONE",
+                          envoy_message_timeout_ms=600_000)
         stack = LocalStack(cfg)
+        proc: subprocess.Popen[bytes] | None = None
         try:
             stack.start(timeout=60)
             capacity = results[0].capacity_rps if results else None
-            results.append(asyncio.run(_run_arm(name, stack, s, capacity)))
+            url = stack.url
+            if router:
+                assert binary is not None
+                if capacity is None:
+                    raise ValueError("the vllm-router arm reuses the capacity calibrated by an earlier arm: "
+                                     "list another arm first")
+                port, prom = free_ports(2)
+                log = run_dir / "logs" / "vllm-router.log"
+                log.parent.mkdir(parents=True, exist_ok=True)
+                with open(log, "wb") as out:
+                    proc = subprocess.Popen(_vllm_router_args(binary, stack, port, prom, s, capacity),
+                                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                wait_http(f"http://127.0.0.1:{port}/health", proc, log, 60)
+                url = f"http://127.0.0.1:{port}"
+            label = arm.label.format(eviction=" + eviction" if s.eviction else "")
+            result = asyncio.run(_run_arm(ArmSpec(arm.key, label), url, s, capacity,
+                                          eviction=key == "fc-reserve" and s.eviction))
+            result.breakdown.update(_breakdown(stack, s.time_scale))
+            results.append(result)
         finally:
+            if proc is not None:
+                stop_process(proc)
             stack.stop()
     return results
 
 
+def _ms(v: float | None) -> str:
+    return "n/a" if v is None or math.isnan(v) else f"{v * 1000:.0f}"
+
+
 def report(results: list[ArmResult]) -> str:
-    lines = ["| arm | sent | OK | rejected | hung | lost | critical TTFT p99 loaded / unloaded | Jain |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| arm | sent | OK | rejected | evicted | hung | lost | critical TTFT p99 loaded / unloaded | "
+             "Jain (both backlogged) | Jain (whole run) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         m = r.summary()
-        lines.append(f"| {m['arm']} | {m['sent']} | {m['ok']} | {m['rejected']} | {m['hung']} | {m['lost']} | "
-                     f"{m['critical_ttft_p99_s'] * 1000:.0f} / {m['unloaded_ttft_p99_s'] * 1000:.0f} ms "
-                     f"({m['critical_ttft_ratio']:.2f}x) | {m['jain']:.3f} |")
+        ratio = m["critical_ttft_ratio"]
+        lines.append(f"| {m['label'] or m['arm']} | {m['sent']} | {m['ok']} | {m['rejected']} | {m['evicted']} | "
+                     f"{m['hung']} | {m['lost']} | {_ms(m['critical_ttft_p99_s'])} / "
+                     f"{_ms(m['unloaded_ttft_p99_s'])} ms ({ratio if ratio is not None else float('nan'):.2f}x) | "
+                     f"{m['jain_backlogged']:.3f} ({m['jain_backlogged_dispatches']}) | {m['jain_whole_run']:.3f} |")
+    lines.append("")
     for r in results:
         m = r.summary()
-        lines.append(f"{m['arm']}: capacity {m['capacity_rps']:.1f} req/s, offered {m['rate_rps']:.1f} req/s; "
+        b = m["breakdown"]
+        epp = ", ".join(f"priority {p}: {v['waited']} waited, mean {_ms(v['mean_s'])} ms, "
+                        f"p99 <= {_ms(v['p99_le_s'])} ms" for p, v in b.get("epp_queue", {}).items()) or "none"
+        pod = b.get("pod_queue", {})
+        if b.get("epp_evicted_inflight"):
+            epp += f"; evicted in flight (EPP count): {b['epp_evicted_inflight']}"
+        if "client_loop_lag" in b:
+            lag = b["client_loop_lag"]
+            epp += (f"; load generator's event-loop lag p50 {_ms(lag['p50_s'])} / p99 {_ms(lag['p99_s'])} / "
+                    f"max {_ms(lag['max_s'])} ms")
+        lines.append(f"- {m['arm']}: capacity {m['capacity_rps']:.1f} req/s, offered {m['rate_rps']:.1f} req/s; "
+                     f"critical TTFT p50 {_ms(m['critical_ttft_p50_s'])} ms; EPP queue: {epp}; pod queues: "
+                     f"{pod.get('requests', 0)} requests, mean {_ms(pod.get('mean_s'))} ms, "
+                     f"p99 <= {_ms(pod.get('p99_le_s'))} ms; "
                      f"statuses by class {m['by_class']}")
     return "\n".join(lines)
 
 
+FLOW_DOC = "benchmarks-flow.md"
+FLOW_START, FLOW_END = "<!-- flow:start -->", "<!-- flow:end -->"
+TARGET_TTFT_RATIO, TARGET_JAIN = 1.5, 0.95
+
+
+def _verdict(ok: bool) -> str:
+    return "**met**" if ok else "**MISSED**"
+
+
+def flow_markdown(results: list[ArmResult], s: FlowBenchSettings, command: str, note: str = "",
+                  measured: tuple[str, Sequence[float]] | None = None) -> str:
+    """The benchmarks.md section: setup, command, the side-by-side table, where the waiting
+    happened, and each target's verdict per arm (computed, not written by hand). `measured`:
+    the run's date and load average (default: now)."""
+    date, load = measured or (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), os.getloadavg())
+    lines = [
+        "## Flow control under 2x overload (issue 12)",
+        "",
+        f"Measured {date} with `{command}` (load average at the end "
+        f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} CPUs: the machine is shared, so "
+        "latencies are noisy; rerun to compare).",
+        *([note, ""] if note else [""]),
+        f"{s.pods} simulated pods (`--max-num-seqs {s.max_num_seqs}`, time scale {s.time_scale:g}); capacity "
+        "= pods x max-num-seqs / mean request time of unloaded requests (calibrated on the first arm, the same "
+        f"offered load for all); open-loop Poisson arrivals at {s.overload:g}x capacity for {s.model_seconds:g} "
+        f"model-seconds; streaming completions of {s.max_tokens} tokens; critical 20% / standard 50% / sheddable "
+        "30% of the traffic (objectives of priority 1 / 0 / -1); tenants heavy and light (API keys) at 4:1. "
+        "TTLs 30 model-seconds, 5 for sheddable work. Unloaded TTFT p99: "
+        f"{s.unloaded_requests} sequential critical requests on the same arm before the load. "
+        "Arms: the EPP's embedded default config (legacy admission: sheddable 429 when saturated); flow control "
+        "with GIE's defaults (static usage limit 1.0; concurrency-detector at max-num-seqs, also filtering "
+        "in the profile; round-robin between tenants); the same with priority-holdback-policy "
+        f"(minCeiling {s.min_ceiling:g}) and eviction of in-flight standard/sheddable work as soon as a higher "
+        "band is blocked (`enableEviction`, `evictionDelay: 0s`, `evictionVictimMaxPriority: 0`: extensions); "
+        "vllm-router `--policy round_robin --max-concurrent-requests` pods x max-num-seqs `--queue-size 1000 "
+        "--queue-timeout-secs` 30 `--rate-limit-tokens-per-second` ceil(capacity). Jain: over dispatches made "
+        "while both tenants had a request of the same class waiting (count in parentheses); whole run: the "
+        "earlier, looser measure. Raw results (every request): the JSON next to this file in bench-results/.",
+        "",
+        report(results),
+        "",
+        "Targets (issue 12):",
+        "",
+    ]
+    for r in results:
+        m = r.summary()
+        ratio = m["critical_ttft_ratio"]
+        every = m["hung"] == 0 and m["lost"] == 0
+        lines.append(f"- {m['label']}: critical TTFT p99 <= {TARGET_TTFT_RATIO}x unloaded: "
+                     f"{(ratio if ratio is not None else float('nan')):.2f}x, "
+                     f"{_verdict(ratio is not None and ratio <= TARGET_TTFT_RATIO)}; Jain >= {TARGET_JAIN} while both "
+                     f"backlogged: {m['jain_backlogged']:.3f}, {_verdict(m['jain_backlogged'] >= TARGET_JAIN)}; "
+                     f"every request answered (0 hung, 0 lost): {m['hung']} hung, {m['lost']} lost, {_verdict(every)}.")
+    return "\n".join(lines) + "\n"
+
+
+def splice_flow_section(report_text: str, flow_doc: Path) -> str:
+    """benchmarks.md with the last `epp bench flow` run (benchmarks-flow.md) in its marked
+    section, so rerunning the routing benchmark keeps it (and the reverse)."""
+    if not flow_doc.exists():
+        return report_text
+    section = f"{FLOW_START}\n{flow_doc.read_text().strip()}\n{FLOW_END}"
+    if FLOW_START in report_text and FLOW_END in report_text:
+        head, rest = report_text.split(FLOW_START, 1)
+        return head + section + rest.split(FLOW_END, 1)[1]
+    for marker in ("<!-- overhead:begin -->", "## EPP overhead"):
+        if marker in report_text:
+            head, tail = report_text.split(marker, 1)
+            return f"{head}{section}\n\n{marker}{tail}"
+    return f"{report_text.rstrip()}\n\n{section}\n"
+
+
+def results_json(results: list[ArmResult], s: FlowBenchSettings, command: str) -> dict[str, Any]:
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(s).items()}
+    settings["arms"] = list(s.arms)
+    return {"command": command, "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "loadavg": os.getloadavg(), "cpus": os.cpu_count(), "settings": settings,
+            "arms": [r.summary() for r in results],
+            "outcomes": {r.arm: [asdict(o) for o in r.outcomes] for r in results}}
+
+
+def results_from_json(data: dict[str, Any]) -> tuple[list[ArmResult], FlowBenchSettings]:
+    """Rebuild a run from its raw JSON (results_json), e.g. to re-render the markdown."""
+    raw = dict(data["settings"])
+    raw["run_dir"] = Path(raw["run_dir"])
+    raw["arms"] = tuple(raw["arms"])
+    s = FlowBenchSettings(**raw)
+    results = [ArmResult(a["arm"], a["capacity_rps"], a["rate_rps"], a["unloaded_ttft_p99_s"],
+                         [Outcome(**o) for o in data["outcomes"][a["arm"]]], a["label"], a["breakdown"])
+               for a in data["arms"]]
+    return results, s
+
+
 def add_flow_parser(bench_sub: Any) -> None:
-    f = bench_sub.add_parser("flow", help="2x overload, three priorities, two tenants: with vs without flow "
-                                          "control (issue: flow control)", description=__doc__,
-                             formatter_class=argparse.RawDescriptionHelpFormatter)
+    f = bench_sub.add_parser("flow", help="2x overload, three priorities, two tenants: no flow control, our "
+                                          "flow control and vllm-router's queue (issue: flow control)",
+                             description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     f.add_argument("--quick", action="store_true", default=argparse.SUPPRESS,
                    help="10 model-seconds instead of 60")
     f.add_argument("--model-seconds", type=float, default=None)
-    f.add_argument("--time-scale", type=float, default=argparse.SUPPRESS)
+    f.add_argument("--time-scale", type=float, default=argparse.SUPPRESS,
+                   help="simulator speed (default 1.0: below that the host's CPU saturates before the pool)")
+    f.add_argument("--arms", default=None,
+                   help=f"comma-separated, in order (default all): {', '.join(a.key for a in ARMS)}")
+    f.add_argument("--min-ceiling", type=float, default=None,
+                   help="fc-reserve: priority-holdback-policy minCeiling (default 0.5)")
+    f.add_argument("--no-eviction", action="store_true", default=False,
+                   help="fc-reserve without enableEviction")
+    f.add_argument("--unloaded-requests", type=int, default=None,
+                   help="sequential requests measuring the unloaded TTFT and capacity (default 12)")
+    f.add_argument("--json", type=Path, default=None, help="write the raw results (every request) here")
+    f.add_argument("--out", type=Path, default=None,
+                   help=f"write the markdown section to OUT/{FLOW_DOC} and splice it into OUT/benchmarks.md")
+    f.add_argument("--from-json", type=Path, default=None,
+                   help="do not run: re-render the report (and --out) from a --json file of an earlier run")
+    f.add_argument("--note", default="", help="a sentence added to the markdown section (e.g. machine state)")
     f.add_argument("--run-dir", type=Path, default=argparse.SUPPRESS)
     f.set_defaults(func=run_flow_only)
 
 
 def run_flow_only(args: argparse.Namespace) -> int:
+    import sys
+
     s = FlowBenchSettings()
     if getattr(args, "quick", False):
         s.model_seconds = 10.0
@@ -243,5 +619,29 @@ def run_flow_only(args: argparse.Namespace) -> int:
         s.time_scale = args.time_scale
     if getattr(args, "run_dir", None) is not None:
         s.run_dir = Path(args.run_dir) / "flow"
-    print(report(run_flow_bench(s)), flush=True)
+    if args.arms:
+        s.arms = tuple(a.strip() for a in args.arms.split(",") if a.strip())
+    if args.unloaded_requests is not None:
+        s.unloaded_requests = args.unloaded_requests
+    if args.min_ceiling is not None:
+        s.min_ceiling = args.min_ceiling
+    s.eviction = not args.no_eviction
+    command = "python -m epp " + " ".join(sys.argv[1:])
+    measured: tuple[str, Sequence[float]] | None = None
+    if args.from_json is not None:
+        data = json.loads(args.from_json.read_text())
+        results, s = results_from_json(data)
+        command, measured = data["command"], (data["date_utc"], data["loadavg"])
+    else:
+        results = run_flow_bench(s)
+    print(report(results), flush=True)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results_json(results, s, command), indent=1, default=float) + "\n")
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / FLOW_DOC).write_text(flow_markdown(results, s, command, args.note, measured))
+        bench_md = args.out / "benchmarks.md"
+        if bench_md.exists():
+            bench_md.write_text(splice_flow_section(bench_md.read_text(), args.out / FLOW_DOC))
     return 0

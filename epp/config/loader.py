@@ -357,7 +357,7 @@ def _read_profiles(
                     raise ConfigError(f"{ref_where}: field 'weight' must be >= 0, got {weight}")
                 if not isinstance(plugin, Scorer):
                     log.warning("%s: 'weight' ignored, the plugin is not a scorer", ref_where)
-            if not _is_profile_member(plugin):
+            if not isinstance(plugin, Filter | Scorer | Picker):  # a referenced detector is a filter
                 raise ConfigError(
                     f"{ref_where}: not a filter, scorer or picker, so it cannot be part of a "
                     "scheduling profile (profile handlers and pre-request/post-response plugins "

@@ -16,6 +16,8 @@ FlowControlConfig), validated at load; every error names the file and the field.
       # extensions beyond GIE:
       requestTTLByObjective: {batch-sheddable: 5s}
       enableEviction: false             # evict in-flight sheddable requests (llm-d's field)
+      evictionDelay: 0s                 # evict as soon as a band is blocked (absent: at the TTL)
+      evictionVictimMaxPriority: -1     # victims have at most this priority (default: sheddable)
 
 Policy refs name plugins of the `plugins:` section; as in GIE, a ref equal to a built-in
 policy type name works without listing it. Band defaults follow GIE: maxBytes 1 GB
@@ -29,7 +31,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from epp.flowcontrol.interfaces import FairnessPolicy, OrderingPolicy, SaturationDetector
+from epp.flowcontrol.interfaces import FairnessPolicy, OrderingPolicy, SaturationDetector, UsageLimitPolicy
 from epp.flowcontrol.quantity import parse_duration, parse_quantity
 from epp.scheduling.registry import ConfigError, PluginContext, parse_params, plugin_class
 
@@ -39,9 +41,11 @@ FEATURE_GATE = "flowControl"
 DEFAULT_FAIRNESS = "global-strict-fairness-policy"
 DEFAULT_ORDERING = "fcfs-ordering-policy"
 DEFAULT_DETECTOR = "utilization-detector"  # GIE's default
+DEFAULT_USAGE_LIMIT = "static-usage-limit-policy"  # llm-d-router's default (threshold 1.0)
 DEFAULT_BAND_MAX_BYTES = 1_000_000_000  # GIE defaultPriorityBandMaxBytes
 _TOP_KEYS = ("maxBytes", "maxRequests", "defaultRequestTTL", "defaultPriorityBand", "priorityBands",
-             "usageLimitPolicyPluginRef", "requestTTLByObjective", "enableEviction")
+             "usageLimitPolicyPluginRef", "requestTTLByObjective", "enableEviction", "evictionDelay",
+             "evictionVictimMaxPriority")
 _BAND_KEYS = ("priority", "maxBytes", "maxRequests", "fairnessPolicyRef", "orderingPolicyRef")
 
 
@@ -65,6 +69,11 @@ class FlowControlConfig:
     bands: dict[int, BandConfig] = field(default_factory=dict)
     ttl_by_objective: dict[str, float] = field(default_factory=dict)
     enable_eviction: bool = False
+    # Extensions to enableEviction: None = evict only for a request that waited its whole TTL;
+    # a number = evict as soon as the head of a blocked band has waited that long (seconds).
+    eviction_delay: float | None = None
+    eviction_victim_max_priority: int = -1  # -1: sheddable only (llm-d's eviction-sheddable-filter)
+    usage_limit: UsageLimitPolicy | None = None  # None: static 1.0
 
     def band_config(self, priority: int) -> BandConfig:
         cfg = self.bands.get(priority)
@@ -103,10 +112,9 @@ def build_flow_control_config(
     for key in raw:
         if key not in _TOP_KEYS:
             raise ConfigError(f"{where}: unknown field {key!r} (allowed: {', '.join(_TOP_KEYS)})")
-    if raw.get("usageLimitPolicyPluginRef") not in (None, "", "static-usage-limit-policy"):
-        raise ConfigError(f"{where}.usageLimitPolicyPluginRef: only the static policy (saturation "
-                          f"limit 1.0) is supported, got {raw['usageLimitPolicyPluginRef']!r}")
     cfg = FlowControlConfig(enabled=enabled, detector=detector)
+    cfg.usage_limit = _policy(raw.get("usageLimitPolicyPluginRef"), DEFAULT_USAGE_LIMIT, UsageLimitPolicy,
+                              plugins, ctx, f"{where}.usageLimitPolicyPluginRef")
     cfg.max_bytes = _quantity(raw, "maxBytes", where, 0)
     cfg.max_requests = _quantity(raw, "maxRequests", where, 0)
     cfg.default_request_ttl = _duration(raw, "defaultRequestTTL", where, 0.0)
@@ -129,6 +137,15 @@ def build_flow_control_config(
     if not isinstance(evict, bool):
         raise ConfigError(f"{where}.enableEviction: must be true or false, got {evict!r}")
     cfg.enable_eviction = evict
+    if raw.get("evictionDelay") is not None:
+        cfg.eviction_delay = _duration(raw, "evictionDelay", where, 0.0)
+    victim_max = raw.get("evictionVictimMaxPriority", -1)
+    if isinstance(victim_max, bool) or not isinstance(victim_max, int):
+        raise ConfigError(f"{where}.evictionVictimMaxPriority: must be an integer, got {victim_max!r}")
+    cfg.eviction_victim_max_priority = victim_max
+    if not evict and ("evictionDelay" in raw or "evictionVictimMaxPriority" in raw):
+        log.warning("%s: evictionDelay / evictionVictimMaxPriority have no effect without "
+                    "enableEviction: true", where)
     return cfg
 
 
@@ -177,7 +194,7 @@ def _policy(ref: Any, default: str, proto: Any, plugins: Mapping[str, Any], ctx:
                               f"(defined plugins: {', '.join(plugins) or 'none'})")
         plugin = cls(name=ref, params=parse_params(cls.Params, None, where), ctx=ctx)
     if not isinstance(plugin, proto):
-        kind = "a fairness" if proto is FairnessPolicy else "an ordering"
+        kind = {FairnessPolicy: "a fairness", OrderingPolicy: "an ordering"}.get(proto, "a usage limit")
         raise ConfigError(f"{where}: plugin {ref!r} is not {kind} policy")
     return plugin
 

@@ -12,12 +12,20 @@ Per request the server calls
 
 and calls `controller.on_release()` when any routed request ends (capacity freed).
 
-Dispatch (GIE v1.5 ShardProcessor.dispatchCycle, static usage limit 1.0): while the detector's
-saturation is below 1.0, take the highest priority band with work, let its fairness policy
-pick a flow and hand that flow's head request over. One request is in hand-over at a time:
-the next cycle runs only after the released request has been scheduled (its in-flight count
-is visible to the detector), so a burst of dispatches cannot overshoot on a stale reading.
-Head-of-line blocking as in GIE: when saturated, nothing lower is dispatched either.
+Dispatch (GIE v1.5 ShardProcessor.dispatchCycle; llm-d-router's per-priority usage limits):
+bands are visited highest priority first; a band whose ceiling (the usage-limit policy's,
+1.0 by default) the detector's saturation has reached stops the cycle (head-of-line
+blocking: nothing lower goes either); otherwise the first band with work lets its fairness
+policy pick a flow and hands that flow's head request over. One request is in hand-over at
+a time: the next cycle runs only after the released request has been scheduled (its
+in-flight count is visible to the detector), so a burst of dispatches cannot overshoot on a
+stale reading. With priority-holdback-policy lower bands stop below 1.0, so the top band
+finds free capacity without waiting for a request to end.
+
+Eviction (enableEviction, off by default): with `evictionDelay` set, a blocked band whose
+head has waited that long ends one in-flight request of priority <= evictionVictimMaxPriority
+(and below its own), one at a time (the next only after the victim's stream ended);
+without it, only a request that waited its whole TTL evicts (and takes the victim's place).
 """
 
 from __future__ import annotations
@@ -52,6 +60,9 @@ DEFAULT_FAIRNESS_ID = "default-flow"  # GIE metadata.DefaultFairnessID
 # change without any event the controller would see.
 POLL_INTERVAL_S = 0.01
 RETRY_AFTER_S = 1
+# An evicted request whose stream has not ended after this long no longer blocks the next
+# eviction (its response may have stalled, so the abort never fired).
+EVICTION_CONFIRM_TIMEOUT_S = 1.0
 
 
 def _queue_full(what: str) -> RequestError:
@@ -84,13 +95,22 @@ class FlowController:
         # request, abort callback), oldest first.
         self._evictable: dict[int, tuple[LLMRequest, Callable[[], None]]] = {}
         self.evicted = 0
+        # evictionDelay mode: the victim evicted last and not yet ended (stop-and-wait pacing).
+        self._evicting: tuple[int, float] | None = None
+        # Usage-limit ceiling per known priority (recomputed when a band appears or on reload).
+        self._ceilings: dict[int, float] = {}
+        for priority in config.bands:  # configured bands are known from the start
+            self._band(priority)
 
     # --- admission ------------------------------------------------------------------------
     def admit(self, request: LLMRequest, nbytes: int) -> RequestError | QueueItem | None:
         if self.size == 0 and self._handoff is None:
             saturation = self.detector.saturation(self._endpoints())
             self.metrics.saturation = saturation
-            if saturation < 1.0:
+            ceiling = self._ceilings.get(request.priority)
+            if ceiling is None:
+                ceiling = self._band(request.priority).ceiling
+            if saturation < ceiling:
                 self.metrics.count(request.priority, DISPATCHED)
                 return None
         return self._enqueue(request, nbytes)
@@ -197,8 +217,11 @@ class FlowController:
 
     def on_release(self, request: LLMRequest | None = None) -> None:
         """A routed request ended: capacity may have freed."""
-        if self._evictable and request is not None:
-            self._evictable.pop(id(request), None)
+        if request is not None:
+            if self._evictable:
+                self._evictable.pop(id(request), None)
+            if self._evicting is not None and self._evicting[0] == id(request):
+                self._evicting = None
         if self.size:
             self._kick()
 
@@ -206,19 +229,21 @@ class FlowController:
     def on_evictable(self, request: LLMRequest, abort: Callable[[], None]) -> None:
         """An in-flight request whose response passes through the EPP, so `abort()` can end
         it (the server answers its next response chunk with an error: Envoy resets it)."""
-        if request.priority < 0 and self.config.enable_eviction:
+        cfg = self.config
+        if cfg.enable_eviction and request.priority <= cfg.eviction_victim_max_priority:
             self._evictable[id(request)] = (request, abort)
 
     def _evict_inflight(self, item: QueueItem) -> bool:
-        """A non-sheddable request waited out its TTL on a saturated pool: end the newest
-        in-flight request of the lowest priority, so this one can be routed instead."""
-        victim_key, victim_prio = None, 0
+        """A request is blocked on a saturated pool: end the newest in-flight request of the
+        lowest priority (below the waiting one's), so capacity frees for it."""
+        victim_key, victim_prio = None, item.priority
         for key, (req, _task) in reversed(self._evictable.items()):
-            if victim_key is None or req.priority < victim_prio:
+            if req.priority < victim_prio:
                 victim_key, victim_prio = key, req.priority
         if victim_key is None:
             return False
         victim, abort = self._evictable.pop(victim_key)
+        self._evicting = (victim_key, time.monotonic())
         abort()
         self.evicted += 1
         self.metrics.count(victim.priority, EVICTED_INFLIGHT)
@@ -239,11 +264,13 @@ class FlowController:
             return
         saturation = self.detector.saturation(self._endpoints())
         self.metrics.saturation = saturation
-        if saturation >= 1.0:
-            if self._timer is None:
-                self._timer = asyncio.get_running_loop().call_later(POLL_INTERVAL_S, self._on_timer)
-            return
         for band in self._order:
+            if saturation >= band.ceiling:  # blocked: head-of-line, nothing lower goes either
+                if self.config.enable_eviction and self.config.eviction_delay is not None:
+                    self._maybe_evict(band)
+                if self._timer is None:
+                    self._timer = asyncio.get_running_loop().call_later(POLL_INTERVAL_S, self._on_timer)
+                return
             if band.size == 0:
                 continue
             flow = band.config.fairness.pick(band)
@@ -258,6 +285,26 @@ class FlowController:
             self._handoff = item
             item.future.set_result(None)
             return
+
+    def _maybe_evict(self, blocked: Band) -> None:
+        """evictionDelay mode: the first blocked band, or a lower one, holds a request that has
+        waited at least evictionDelay: evict one in-flight victim below its priority. One
+        eviction at a time: the next waits until the victim's stream has ended (its capacity
+        is then visible to the detector) or EVICTION_CONFIRM_TIMEOUT_S passed."""
+        if not self._evictable:
+            return
+        now = time.monotonic()
+        if self._evicting is not None and now - self._evicting[1] < EVICTION_CONFIRM_TIMEOUT_S:
+            return
+        delay = self.config.eviction_delay or 0.0
+        start = self._order.index(blocked)
+        for band in self._order[start:]:
+            if band.size == 0:
+                continue
+            flow = band.config.fairness.pick(band)
+            head = flow.head() if flow is not None else None
+            if head is not None and now - head.enqueued_at >= delay and self._evict_inflight(head):
+                return
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -286,7 +333,18 @@ class FlowController:
         if band is None:
             band = self._bands[priority] = Band(priority, self.config.band_config(priority))
             self._order = sorted(self._bands.values(), key=lambda b: -b.priority)
+            self._compute_ceilings()
         return band
+
+    def _compute_ceilings(self) -> None:
+        """Ask the usage-limit policy for every known band's ceiling (bands are never
+        dropped, so the set only grows; llm-d-router's registry keeps configured bands too)."""
+        policy = self.config.usage_limit
+        priorities = [b.priority for b in self._order]
+        ceilings = policy.ceilings(priorities) if policy is not None else [1.0] * len(priorities)
+        for band, ceiling in zip(self._order, ceilings, strict=True):
+            band.ceiling = ceiling
+        self._ceilings = dict(zip(priorities, ceilings, strict=True))
 
     # --- configuration ----------------------------------------------------------------------
     def reconfigure(self, config: FlowControlConfig) -> None:
@@ -295,6 +353,11 @@ class FlowController:
         self.detector = config.detector
         for priority, band in self._bands.items():
             band.config = config.band_config(priority)
+        for priority in config.bands:
+            self._band(priority)
+        self._compute_ceilings()
+        if not config.enable_eviction:
+            self._evictable.clear()
         self._kick_if_running()
 
     def release_all(self) -> None:

@@ -52,3 +52,22 @@ class FairnessPolicy(Protocol):
     def pick(self, band: Band) -> Flow | None:
         """The flow of `band` whose head request is dispatched next (None: band empty)."""
         ...
+
+
+@runtime_checkable
+class UsageLimitPolicy(Protocol):
+    """How much of the pool each priority band may fill (llm-d-router's UsageLimitPolicy,
+    `flowControl.usageLimitPolicyPluginRef`): a band dispatches only while the pool's
+    saturation is below its ceiling, so a ceiling below 1.0 keeps headroom for the bands
+    above. Ceilings must not increase from higher to lower priority (the dispatch cycle stops
+    at the first blocked band).
+
+    Unlike upstream's ComputeLimit the ceilings do not depend on the current saturation (no
+    built-in policy upstream uses it), so the controller computes them once per change of the
+    band set and the admission fast path reads a dict."""
+
+    name: str
+
+    def ceilings(self, priorities: Sequence[int]) -> list[float]:
+        """One ceiling in [0, 1] per priority of `priorities` (highest first)."""
+        ...

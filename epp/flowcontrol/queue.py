@@ -81,6 +81,7 @@ class Band:
     flows: OrderedDict[str, Flow] = field(default_factory=OrderedDict)
     size: int = 0
     nbytes: int = 0
+    ceiling: float = 1.0  # the usage-limit policy's: dispatch only while saturation < ceiling
 
     def flow(self, flow_id: str) -> Flow:
         f = self.flows.get(flow_id)

@@ -578,7 +578,7 @@ class ExtProcHandler:
         return [_RESPONSE_HEADERS_CONTINUE]
 
     def _on_response_body(self, st: _Stream, msg: Any) -> list[bytes]:
-        if self.flow is not None and st.request is not None and st.request.priority < 0:
+        if self.flow is not None and st.request is not None:  # the gate decides who is evictable
             self._evictable(st, st.request)
         if st.usage is not None:
             st.usage.feed(msg.response_body.body)

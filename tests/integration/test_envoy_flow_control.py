@@ -255,3 +255,74 @@ def test_priority_order_and_displacement(stack_factory: StackFactory, tmp_path: 
             assert await metric(client, stack, "inference_extension_flow_control_requests_total",
                                 outcome="Displaced", priority="-1") == 1.0
     asyncio.run(scenario())
+
+
+HOLDBACK_CONFIG = """\
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+featureGates: [flowControl]
+plugins:
+- type: concurrency-detector
+  parameters: {maxConcurrency: 2}
+- type: priority-holdback-policy
+  parameters: {minCeiling: 0.5}
+- type: queue-scorer
+- type: max-score-picker
+flowControl:
+  defaultRequestTTL: 1500ms
+  priorityBands: [{priority: 1}, {priority: 0}]   # ceilings 1.0 and 0.5
+  usageLimitPolicyPluginRef: priority-holdback-policy
+  enableEviction: true
+  evictionDelay: 0s
+  evictionVictimMaxPriority: 0
+"""
+
+
+def test_holdback_reserves_a_slot_and_eviction_frees_one_at_once(stack_factory: StackFactory,
+                                                                tmp_path: Path) -> None:
+    """One pod, 2 slots: standard work stops at 1 (ceiling 0.5), so a critical request goes
+    straight through; with both slots taken, the next critical request evicts the in-flight
+    standard one at once (evictionDelay 0s) instead of waiting for a slot."""
+    path = tmp_path / "epp-config.yaml"
+    path.write_text(HOLDBACK_CONFIG)
+    stack = stack_factory(pods=1, time_scale=1.0, kv_events=False, epp_config=path,
+                          envoy_message_timeout_ms=60_000, response_body_mode="STREAMED")
+    critical = {"x-gateway-inference-objective": "llama3-8b-instruct"}
+
+    async def stream(client: httpx.AsyncClient, url: str, headers: dict[str, str],
+                     first: asyncio.Event) -> str:
+        """A ~10 s streamed completion: how it ended."""
+        try:
+            async with client.stream("POST", url, json={**body(1000), "stream": True}, headers=headers) as r:
+                async for _ in r.aiter_bytes():
+                    first.set()
+        except httpx.HTTPError as e:  # Envoy resets the evicted stream
+            return type(e).__name__
+        return "completed"
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(timeout=30) as client:
+            url = f"{stack.url}/v1/completions"
+            std_started, crit_started = asyncio.Event(), asyncio.Event()
+            std = asyncio.create_task(stream(client, url, {}, std_started))
+            await asyncio.wait_for(std_started.wait(), 5)  # 1 of 2 slots: saturation 0.5
+            held = asyncio.create_task(client.post(url, json=body(1)))  # standard: held back at 0.5
+            await asyncio.sleep(0.3)
+            assert not held.done()
+            t0 = time.monotonic()
+            crit = asyncio.create_task(stream(client, url, critical, crit_started))
+            await asyncio.wait_for(crit_started.wait(), 5)  # the reserved slot: no wait for a slot to free
+            assert time.monotonic() - t0 < 2.0
+            # Both slots busy (1.0): the next critical request evicts the standard stream.
+            t1 = time.monotonic()
+            r = await client.post(url, json=body(1), headers=critical)
+            assert r.status_code == 200, r.text
+            assert time.monotonic() - t1 < 3.0
+            assert await asyncio.wait_for(std, 5) in ("RemoteProtocolError", "ReadError")
+            assert await metric(client, stack, "inference_extension_flow_control_requests_total",
+                                outcome="EvictedInFlight", priority="0") == 1.0
+            # The held-back standard request never got under its ceiling: TTL 503.
+            late = await held
+            assert late.status_code == 503 and late.json()["error"]["code"] == "flow_control_ttl_expired"
+            crit.cancel()
+    asyncio.run(scenario())

@@ -95,7 +95,50 @@ def test_detector_plugin_is_not_added_to_the_implicit_profile() -> None:
     ("saturationDetector: {pluginRef: missing}\n", r"saturationDetector.pluginRef: 'missing' names no plugin"),
     ("plugins: [{type: utilization-detector}, {type: concurrency-detector}]\n",
      r"several saturation detectors configured"),
+    ("featureGates: [flowControl]\nflowControl: {usageLimitPolicyPluginRef: priority-holdback-policy}\n",
+     r"flowControl.usageLimitPolicyPluginRef: parameter 'minCeiling' is required"),
+    ("featureGates: [flowControl]\nplugins: [{type: queue-scorer}]\n"
+     "flowControl: {usageLimitPolicyPluginRef: queue-scorer}\n",
+     r"flowControl.usageLimitPolicyPluginRef: plugin 'queue-scorer' is not a usage limit policy"),
+    ("featureGates: [flowControl]\nflowControl: {enableEviction: true, evictionVictimMaxPriority: low}\n",
+     r"flowControl.evictionVictimMaxPriority: must be an integer"),
+    ("featureGates: [flowControl]\nflowControl: {enableEviction: true, evictionDelay: now}\n",
+     r"flowControl.evictionDelay: must be a duration"),
 ])
 def test_errors_name_file_and_field(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load(text)
+
+
+def test_usage_limit_policy_and_eviction_extensions() -> None:
+    cfg = load("""
+featureGates: [flowControl]
+plugins:
+- {type: priority-holdback-policy, name: hold, parameters: {minCeiling: 0.5}}
+- type: queue-scorer
+flowControl:
+  usageLimitPolicyPluginRef: hold
+  enableEviction: true
+  evictionDelay: 20ms
+  evictionVictimMaxPriority: 0
+""")
+    assert cfg.usage_limit is not None and cfg.usage_limit.ceilings([1, 0, -1]) == [1.0, 0.75, 0.5]
+    assert (cfg.enable_eviction, cfg.eviction_delay, cfg.eviction_victim_max_priority) == (True, 0.02, 0)
+    default = load("featureGates: [flowControl]\n")  # llm-d's default: static, threshold 1.0
+    assert default.usage_limit is not None and default.usage_limit.ceilings([0]) == [1.0]
+    assert (default.eviction_delay, default.eviction_victim_max_priority) == (None, -1)
+
+
+def test_a_detector_referenced_in_a_profile_filters_there() -> None:
+    # GIE: saturation detectors are filters; listed in a profile they drop full endpoints.
+    ctx = PluginContext(Datastore())
+    cfg = parse_scheduler_config(HEADER + """
+plugins:
+- {type: concurrency-detector, parameters: {maxConcurrency: 4}}
+- type: queue-scorer
+schedulingProfiles:
+- name: default
+  plugins: [{pluginRef: concurrency-detector}, {pluginRef: queue-scorer}]
+""", ctx, "fc.yaml")
+    profile = cfg.scheduler.profiles["default"]
+    assert [f.name for f in profile.filters] == ["concurrency-detector"]

@@ -19,6 +19,7 @@ from epp.flowcontrol.plugins.concurrency_detector import ConcurrencyDetector
 from epp.flowcontrol.plugins.edf_ordering import EDFOrdering
 from epp.flowcontrol.plugins.fcfs_ordering import FCFSOrdering
 from epp.flowcontrol.plugins.global_strict_fairness import GlobalStrictFairness
+from epp.flowcontrol.plugins.priority_holdback import PriorityHoldback
 from epp.flowcontrol.plugins.round_robin_fairness import RoundRobinFairness
 from epp.flowcontrol.queue import QueueItem
 from epp.scheduling.registry import parse_params
@@ -286,4 +287,81 @@ def test_dispatch_racing_with_a_waiter_cancellation_does_not_stall_the_queue(rea
         await settle()
         pool.finish()
         assert await asyncio.wait_for(nxt, 1) == "ok"
+    run(scenario)
+
+
+def test_priority_holdback_keeps_headroom_for_the_top_band() -> None:
+    # 4 slots, ceilings 1.0 / 0.75 / 0.5: standard work stops at 3 in flight, sheddable at 2,
+    # so a critical request finds a free slot without waiting for one to end.
+    async def scenario() -> None:
+        pool = Pool(max_concurrency=4, usage_limit=PriorityHoldback(
+            params=parse_params(PriorityHoldback.Params, {"minCeiling": 0.5}, "t")))
+        for prio in (1, 0, -1):
+            pool.ctl._band(prio)  # the three bands are known (as after the first requests)
+        assert [await pool.send(pool.request(f"s{i}", 0)) for i in range(2)] == ["ok", "ok"]
+        shed = asyncio.create_task(pool.send(pool.request("shed", -1)))  # 2/4 = 0.5: held back
+        await pool.send(pool.request("s2", 0))  # 2/4 < 0.75 but a sheddable one waits: queued...
+        await settle()
+        assert pool.order == ["s0", "s1", "s2"] and not shed.done()
+        std = asyncio.create_task(pool.send(pool.request("s3", 0)))  # 3/4 >= 0.75: waits
+        await settle()
+        assert not std.done()
+        assert await pool.send(pool.request("crit", 1)) == "ok"  # 3/4 < 1.0: straight through
+        assert pool.order[-1] == "crit" and pool.ctl.size == 2
+        pool.finish()  # 3/4: standard still held back
+        await settle()
+        assert not std.done()
+        pool.finish()  # 2/4: standard goes (back to 3/4); sheddable still held back
+        await settle()
+        assert await std == "ok" and not shed.done()
+        pool.finish()
+        pool.finish()  # 1/4: sheddable goes
+        await settle()
+        assert pool.order[-2:] == ["s3", "shed"] and await shed == "ok"
+    run(scenario)
+
+
+def test_eviction_delay_evicts_an_inflight_lower_request_as_soon_as_the_band_is_blocked() -> None:
+    async def scenario() -> None:
+        pool = Pool(max_concurrency=2, enable_eviction=True, eviction_delay=0.0, eviction_victim_max_priority=0)
+        aborted: list[str] = []
+        for rid, prio in (("shed", -1), ("std", 0)):
+            req = pool.request(rid, prio)
+            await pool.send(req)
+            pool.ctl.on_evictable(req, lambda rid=rid, req=req: aborted.append(rid))
+        crit = asyncio.create_task(pool.send(pool.request("crit", 1)))
+        await settle()
+        assert aborted == ["shed"]  # the lowest priority goes first, once per freed slot
+        # Until the victim's stream ends no second eviction is issued (stop-and-wait).
+        await asyncio.sleep(0.03)
+        assert aborted == ["shed"] and not crit.done()
+        pool.ep.inflight -= 1
+        pool.ctl.on_release(pool.request("x"))  # an unrelated request ended: still paced
+        pool.ep.inflight += 1
+        await settle()
+        assert aborted == ["shed"]
+        pool.finish()  # the victim's stream ended: capacity frees, the critical request goes
+        await settle()
+        assert await crit == "ok" and pool.outcomes("EvictedInFlight", -1) == 1
+    run(scenario)
+
+
+def test_reload_recomputes_the_ceilings_and_configured_bands_count_from_the_start() -> None:
+    async def scenario() -> None:
+        pool = Pool(max_concurrency=4)
+        for prio in (1, 0):
+            pool.ctl._band(prio)
+        await pool.send(pool.request("a", 0))
+        await pool.send(pool.request("b", 0))  # static 1.0: 2/4 is no limit for standard work
+        assert pool.ctl.size == 0 and len(pool.order) == 2
+        pool.cfg.usage_limit = PriorityHoldback(
+            params=parse_params(PriorityHoldback.Params, {"minCeiling": 0.5}, "t"))
+        pool.cfg.bands[-1] = pool.cfg.band_config(-1)  # a configured band, never seen yet
+        pool.ctl.reconfigure(pool.cfg)  # three bands now: 1.0 / 0.75 / 0.5
+        held = asyncio.create_task(pool.send(pool.request("c", -1)))
+        await settle()
+        assert not held.done() and pool.ctl.queued(-1) == 1  # 2/4 >= 0.5
+        pool.finish()
+        await settle()
+        assert await held == "ok"
     run(scenario)
