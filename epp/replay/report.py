@@ -36,7 +36,7 @@ def summary_table(results: Sequence[ReplayResult]) -> str:
         ])
     return table(["config", "completed", "errors", "TTFT p50 ms", "TTFT p90 ms", "TTFT p99 ms",
                   "E2E p50 ms", "E2E p99 ms", "prefix hit rate", "max/mean pod load",
-                  "decision µs mean", "decision µs p99", "recorded picks reproduced"], rows)
+                  "decision CPU µs mean", "decision CPU µs p99", "recorded picks reproduced"], rows)
 
 
 def pods_table(results: Sequence[ReplayResult]) -> str:
@@ -63,7 +63,8 @@ def markdown(results: Sequence[ReplayResult], trace_desc: str, command: str, plo
         f"Trace: {trace_desc}; rate scale {rate:g}.", "",
         f"Command: `{command}`", "",
         "Latencies are simulated time (epp/sim's latency model, `--sim-profile`); decision cost is "
-        "this machine's wall time per scheduling decision, in-process, without Envoy.", "",
+        "this machine's CPU time per scheduling decision (schedule + pre-request plugins, in-process, "
+        "without Envoy and gRPC).", "",
         summary_table(results), "",
         "## Requests per pod", "",
         pods_table(results), "",
