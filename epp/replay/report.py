@@ -2,7 +2,7 @@
 
 The plot is SVG written here rather than matplotlib: `epp replay` runs on an operator's
 machine with the plain `epp` install, and matplotlib is only a `bench` extra. Two panels:
-TTFT p50 / p99 per config, and the share of requests each pod received per config.
+TTFT p50 / p90 / p99 per config, and the share of requests each pod received per config.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def summary_table(results: Sequence[ReplayResult]) -> str:
         ])
     return table(["config", "completed", "errors", "TTFT p50 ms", "TTFT p90 ms", "TTFT p99 ms",
                   "E2E p50 ms", "E2E p99 ms", "prefix hit rate", "max/mean pod load",
-                  "decision µs mean", "decision µs p99", "recorded picks reproduced"], rows)
+                  "decision CPU µs mean", "decision CPU µs p99", "recorded picks reproduced"], rows)
 
 
 def pods_table(results: Sequence[ReplayResult]) -> str:
@@ -63,7 +63,8 @@ def markdown(results: Sequence[ReplayResult], trace_desc: str, command: str, plo
         f"Trace: {trace_desc}; rate scale {rate:g}.", "",
         f"Command: `{command}`", "",
         "Latencies are simulated time (epp/sim's latency model, `--sim-profile`); decision cost is "
-        "this machine's wall time per scheduling decision, in-process, without Envoy.", "",
+        "this machine's CPU time per scheduling decision (schedule + pre-request plugins, in-process, "
+        "without Envoy and gRPC).", "",
         summary_table(results), "",
         "## Requests per pod", "",
         pods_table(results), "",
@@ -83,15 +84,16 @@ def markdown(results: Sequence[ReplayResult], trace_desc: str, command: str, plo
 
 
 def svg_plot(results: Sequence[ReplayResult], width: int = 900, height: int = 360) -> str:
-    """Two bar charts: TTFT p50 and p99 per config (left), requests per pod per config (right)."""
+    """Two bar charts: TTFT p50 / p90 / p99 per config (left), share of requests per pod per
+    config (right)."""
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
            f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
            f'<rect width="{width}" height="{height}" fill="white"/>']
     half = width // 2
     groups = [("TTFT p50", [r.ttft.p50 * 1e3 for r in results]),
-              ("TTFT p99", [r.ttft.p99 * 1e3 for r in results]),
-              ("E2E p50", [r.e2e.p50 * 1e3 for r in results])]
-    out += _bars(groups, [r.name for r in results], 0, half, height, "latency (simulated ms)")
+              ("TTFT p90", [r.ttft.p90 * 1e3 for r in results]),
+              ("TTFT p99", [r.ttft.p99 * 1e3 for r in results])]
+    out += _bars(groups, [r.name for r in results], 0, half, height, "time to first token (simulated ms)")
     hostports = list(dict.fromkeys(p.hostport for r in results for p in r.pods))
     pod_groups = []
     for hp in hostports:
@@ -127,9 +129,12 @@ def _bars(groups: Sequence[tuple[str, Sequence[float]]], series: Sequence[str], 
             if math.isnan(v):
                 continue
             h = v * scale
-            out.append(f'<rect x="{gx + si * bar:.1f}" y="{bottom - h:.1f}" width="{bar * 0.95:.1f}" '
+            x = gx + si * bar
+            out.append(f'<rect x="{x:.1f}" y="{bottom - h:.1f}" width="{bar * 0.95:.1f}" '
                        f'height="{h:.1f}" fill="{PALETTE[si % len(PALETTE)]}"><title>{escape(series[si])}: '
                        f'{v:.3g}</title></rect>')
+            out.append(f'<text x="{x + bar * 0.47:.1f}" y="{bottom - h - 3:.1f}" text-anchor="middle" '
+                       f'font-size="9">{v:.3g}</text>')
         out.append(f'<text x="{gx + slot * 0.4:.1f}" y="{bottom + 14}" text-anchor="middle">'
                    f'{escape(label[:18])}</text>')
     for si, name in enumerate(series):  # legend

@@ -65,7 +65,7 @@ async def _send(handler: ExtProcHandler, msgs: list[pb.ProcessingRequest]) -> No
         pass
 
 
-async def _record(tmp_path: Path) -> Path:
+async def _record(tmp_path: Path, with_prompts: bool = False) -> Path:
     sim = SimPodConfig()  # what a scrape of an idle simulated pod reports
     ds = Datastore()
     for i in range(4):
@@ -78,7 +78,7 @@ async def _record(tmp_path: Path) -> Path:
     seed_pickers(cfg, SEED)
     handler = ExtProcHandler(ds, lambda: cfg.scheduler, tracker=tracker)
     out = tmp_path / "trace"
-    recorder = TraceRecorder(RecordOptions(out, flush_interval_s=60), handler.decisions, ds,
+    recorder = TraceRecorder(RecordOptions(out, flush_interval_s=60, with_prompts=with_prompts), handler.decisions, ds,
                              lambda: ("epp.yaml", CONFIG))
     await recorder.start()
     rng = random.Random(3)
@@ -119,3 +119,11 @@ async def test_another_config_or_seed_makes_other_picks(tmp_path: Path) -> None:
     assert other.picks_matched < other.picks_compared
     reseeded = Replayer(trace, CONFIG, "reseeded", rate_scale=1e-4, seed=SEED + 1).run()
     assert reseeded.picks_matched < reseeded.picks_compared
+
+
+async def test_a_trace_recorded_with_prompts_replays_the_real_text(tmp_path: Path) -> None:
+    trace = read_trace([await _record(tmp_path, with_prompts=True)])
+    assert trace.header.with_prompts
+    assert all(r.prompt is not None and len(r.prompt) == r.prompt_chars for r in trace.records)
+    result = Replayer(trace, trace.header.config_text, "recorded", rate_scale=1e-4, seed=SEED).run()
+    assert (result.picks_compared, result.picks_matched) == (48, 48)
