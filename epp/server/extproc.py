@@ -364,7 +364,7 @@ class ExtProcHandler:
         try:
             result, state = scheduler.schedule(request, endpoints)
         except SchedulingError as e:
-            raise RequestError(e.status, str(e), e.code) from None
+            raise RequestError(e.status, str(e), e.code, retry_after_s=e.retry_after_s) from None
         primary = result.primary
         if primary is None or not primary.targets:
             raise RequestError(503, "no endpoint can serve this request", "no_endpoint_picked")
@@ -429,6 +429,11 @@ class ExtProcHandler:
                 break
         if self.options.parse_usage and st.request is not None:
             st.usage = UsageParser(st.request.stream)
+        if st.request is not None and st.targets:
+            # The first byte of the response (GIE ResponseReceived): latency plugins learn TTFT.
+            hook = getattr(self._scheduler(), "response_received", None)
+            if hook is not None:
+                hook(st.request, st.targets[0], st.status)
         return [_RESPONSE_HEADERS_CONTINUE]
 
     def _on_response_body(self, st: _Stream, msg: Any) -> list[bytes]:
