@@ -5,7 +5,7 @@ Header names follow llm-d (llm-d/llm-d-router pkg/epp/metadata/consts.go): the c
 `x-slo-tpot-ms` that GIE's first SLO-aware router used and llm-d still accepts. A header
 wins over the default of the request's InferenceObjective (the objective named by
 `x-gateway-inference-objective`, else the model name), configured on the
-predicted-latency-producer plugin (`objectiveSLOs`): the InferenceObjective API has no SLO
+predicted-latency-producer plugin (`sloDefaults`): the InferenceObjective API has no SLO
 field, so the defaults live in the EndpointPickerConfig.
 
 A request without any target is routed as without the latency plugins. A header that is not
@@ -45,7 +45,7 @@ NO_SLO = SLO()
 
 @dataclass(frozen=True, slots=True)
 class ObjectiveSLO:
-    """One entry of the producer's `objectiveSLOs` parameter (milliseconds)."""
+    """One entry of the producer's `sloDefaults` parameter (milliseconds)."""
 
     ttft_ms: float | None = None
     tpot_ms: float | None = None

@@ -16,7 +16,7 @@ also the response body (usage); without them the predictor never trains and the 
 plugins keep falling back to the weighted scorers.
 
 Parameters (all optional):
-    objectiveSLOs: {objective-or-model: {ttftMs: 500, tpotMs: 50}}  default SLOs per
+    sloDefaults: {objective-or-model: {ttftMs: 500, tpotMs: 50}}  default SLOs per
         InferenceObjective (name from x-gateway-inference-objective, else the model name)
     scoreRequestsWithoutSLO: false  true: requests without SLO go to the pod with the lowest
         predicted latency too (false: they are routed as without the latency plugins)
@@ -44,18 +44,18 @@ def _objective_slos(raw: Mapping[str, Any]) -> dict[str, ObjectiveSLO]:
     out: dict[str, ObjectiveSLO] = {}
     for name, entry in raw.items():
         if not isinstance(entry, dict):
-            raise ValueError(f"objectiveSLOs[{name!r}] must be a mapping with ttftMs and/or tpotMs")
+            raise ValueError(f"sloDefaults[{name!r}] must be a mapping with ttftMs and/or tpotMs")
         values: dict[str, float | None] = {"ttftMs": None, "tpotMs": None}
         for key, value in entry.items():
             if key not in values:
-                raise ValueError(f"objectiveSLOs[{name!r}]: unknown field {key!r} (known: ttftMs, tpotMs)")
+                raise ValueError(f"sloDefaults[{name!r}]: unknown field {key!r} (known: ttftMs, tpotMs)")
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= MAX_SLO_MS \
                     or not math.isfinite(value):
-                raise ValueError(f"objectiveSLOs[{name!r}].{key} must be a positive number of milliseconds, "
+                raise ValueError(f"sloDefaults[{name!r}].{key} must be a positive number of milliseconds, "
                                  f"got {value!r}")
             values[key] = float(value)
         if values["ttftMs"] is None and values["tpotMs"] is None:
-            raise ValueError(f"objectiveSLOs[{name!r}] sets neither ttftMs nor tpotMs")
+            raise ValueError(f"sloDefaults[{name!r}] sets neither ttftMs nor tpotMs")
         out[str(name)] = ObjectiveSLO(values["ttftMs"], values["tpotMs"])
     return out
 
@@ -69,7 +69,7 @@ class PredictedLatencyProducer:
 
     @dataclass(slots=True)
     class Params:
-        objective_slos: dict[str, Any] = field(default_factory=dict)
+        slo_defaults: dict[str, Any] = field(default_factory=dict)
         score_requests_without_slo: bool = False
         state_file: str = ""
         window: int = 512
@@ -80,7 +80,7 @@ class PredictedLatencyProducer:
         save_interval_s: float = 30.0
 
         def validate(self) -> None:
-            _objective_slos(self.objective_slos)
+            _objective_slos(self.slo_defaults)
             try:
                 self.predictor_config().validate()
             except ValueError as e:
@@ -98,7 +98,7 @@ class PredictedLatencyProducer:
         self.params = params if params is not None else self.Params()
         self.runtime: LatencyRuntime = latency_runtime(ctx.services if ctx is not None else {})
         rt = self.runtime
-        rt.objective_slos = _objective_slos(self.params.objective_slos)
+        rt.objective_slos = _objective_slos(self.params.slo_defaults)
         rt.score_without_slo = self.params.score_requests_without_slo
         rt.predictor.config = self.params.predictor_config()
         # A config reload builds a new producer on the same runtime: keep what it learned.
