@@ -48,6 +48,7 @@ class CyclePredictions:
     by_key: dict[str, tuple[float, float]] = field(default_factory=dict)
     features: dict[str, list[float]] = field(default_factory=dict)
     prefix_source: object = None  # the cached-tokens dict used (None: no prefix info yet)
+    predict_ns: int = 0  # time spent predicting in this cycle (observed once, at dispatch)
 
     def headroom(self, key: str) -> tuple[float, float]:
         """(TTFT, TPOT) headroom in seconds, SLO - predicted; +inf where there is no target."""
@@ -127,18 +128,23 @@ class LatencyRuntime:
             cached = CyclePredictions(slo, len(request.prompt_text()) // CHARACTERS_PER_TOKEN)
             state[STATE_KEY] = cached
         prefix = _cached_tokens(state)
-        if prefix is not cached.prefix_source:  # a prefix scorer ran since: better new-token counts
+        if prefix is not cached.prefix_source:
+            # A prefix scorer ran since: pods holding part of the prompt have fewer new tokens.
             cached.prefix_source = prefix
-            cached.by_key.clear()
-        missing = [ep for ep in endpoints if ep.key not in cached.by_key]
-        if missing:
-            t0 = time.perf_counter_ns()
-            predict = self.predictor.predict
-            for ep in missing:
-                x = self.features(ep, cached.prompt_tokens, prefix.get(ep.key, 0) if prefix else 0)
-                cached.features[ep.key] = x
-                cached.by_key[ep.key] = predict(ep.key, x)
-            self.metrics.observe_prediction_duration(request, (time.perf_counter_ns() - t0) / 1e9)
+            if prefix:
+                for key, tokens in prefix.items():
+                    if tokens > 0:
+                        cached.by_key.pop(key, None)
+        by_key = cached.by_key
+        t0 = time.perf_counter_ns()
+        predict = self.predictor.predict
+        for ep in endpoints:
+            key = ep.key
+            if key not in by_key:
+                x = self.features(ep, cached.prompt_tokens, prefix.get(key, 0) if prefix else 0)
+                cached.features[key] = x
+                by_key[key] = predict(key, x)
+        cached.predict_ns += time.perf_counter_ns() - t0
         return cached
 
     def features(self, ep: Endpoint, prompt_tokens: int, cached_tokens: int) -> list[float]:
@@ -158,23 +164,24 @@ class LatencyRuntime:
     # --- request lifecycle ----------------------------------------------------------------
     def on_dispatch(self, state: CycleState, request: LLMRequest, target: Endpoint) -> None:
         """The decision is final: charge the ledger and remember what was predicted."""
-        slo = NO_SLO
         cycle: CyclePredictions | bool | None = state.get(STATE_KEY)
-        prompt_tokens = len(request.prompt_text()) // CHARACTERS_PER_TOKEN
-        prefix = _cached_tokens(state)
-        cached = prefix.get(target.key, 0) if prefix else 0
         if isinstance(cycle, CyclePredictions):
+            # The cycle's prediction for the target, brought up to date with the prefix info.
+            self.cycle(state, request, (target,))
             slo = cycle.slo
-            if cycle.prefix_source is not prefix:
-                cycle.prefix_source = prefix
-                cycle.by_key.clear()
+            x = cycle.features[target.key]
+            ttft, tpot = cycle.by_key[target.key]
+            if cycle.predict_ns:
+                self.metrics.observe_prediction_duration(request, cycle.predict_ns / 1e9)
         else:
             try:
                 slo = self.slo_of(request)
-            except Exception:
+            except Exception:  # a bad header was answered with a 400 already; never fail here
                 slo = NO_SLO
-        x = self.features(target, prompt_tokens, cached)
-        ttft, tpot = self.predictor.predict(target.key, x) if self.predictor.ready else (math.nan, math.nan)
+            prefix = _cached_tokens(state)
+            x = self.features(target, len(request.prompt_text()) // CHARACTERS_PER_TOKEN,
+                              prefix.get(target.key, 0) if prefix else 0)
+            ttft, tpot = self.predictor.predict(target.key, x) if self.predictor.ready else (math.nan, math.nan)
         max_tokens = request.max_tokens if request.max_tokens is not None and request.max_tokens >= 0 \
             else DEFAULT_OUTPUT_TOKENS
         record = RequestRecord(request, target.key, request.model, request.target_model, slo, x, ttft, tpot,
