@@ -17,7 +17,7 @@ RUN_ARGS := --pods $(PODS) --failure-mode $(FAILURE_MODE) \
 	$(if $(CONFIG),--config $(CONFIG)) $(if $(filter 1 yes true,$(TENANTS)),--tenants) \
 	$(if $(wildcard $(TOKENIZER)/tokenizer.json),--tokenizer $(TOKENIZER))
 
-.PHONY: install tokenizer-fixture run test lint bench bench-quick bench-pd chaos chaos-quick clean
+.PHONY: install tokenizer-fixture run test lint bench bench-quick bench-latency bench-pd chaos chaos-quick clean
 
 $(STAMP): pyproject.toml
 	@echo ">> creating $(VENV) and installing the project (first run takes a minute)"
@@ -51,6 +51,11 @@ bench: install
 
 bench-quick: install
 	$(BIN)/python -m epp bench --quick $(BENCH_ARGS)
+
+# make bench-latency: predicted-latency routing with SLOs (issue 18), ~15 min; raw JSON in
+# docs/bench-results/latency-*.json, summary printed (docs/latency-routing.md).
+bench-latency: install
+	$(BIN)/python -m epp bench latency $(BENCH_ARGS)
 
 bench-pd: install
 	$(BIN)/python -m epp bench pd

@@ -371,6 +371,60 @@ def summary_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def decision_cost(decisions: int = 3000, pods: int = 4, seed: int = 1) -> dict[str, float]:
+    """In-process cost of one scheduling decision (schedule + pre-request), microseconds:
+    the default config vs the predicted-latency profile untrained and trained (the
+    predictor fitted on synthetic samples), same requests and pod states. Median and mean."""
+    import random
+
+    from epp.config.loader import default_config_text, parse_scheduler_config
+    from epp.datastore.datastore import Datastore
+    from epp.datastore.endpoint import Endpoint
+    from epp.latency.predictor import N_FEATURES
+    from epp.latency.runtime import latency_runtime
+    from epp.scheduling.registry import PluginContext
+    from epp.scheduling.types import LLMRequest
+
+    latency_text = (CONFIG_DIR / "epp-latency.yaml").read_text()
+    out: dict[str, float] = {}
+    for label, text, train in (("default", default_config_text(), False),
+                               ("latency-untrained", latency_text, False),
+                               ("latency-trained", latency_text, True)):
+        rng = random.Random(seed)
+        ctx = PluginContext(Datastore(), source=label)
+        cfg = parse_scheduler_config(text, ctx, label)
+        eps = [Endpoint(name=f"vllm-{i}", address="127.0.0.1", port=8000 + i) for i in range(pods)]
+        runtime = latency_runtime(ctx.services) if "latency" in label else None
+        if runtime is not None and train:
+            for _ in range(200):
+                for ep in eps:
+                    x = [1.0] + [rng.random() * 10 for _ in range(N_FEATURES - 1)]
+                    runtime.predictor.observe("ttft", ep.key, x, 0.05 + 0.1 * x[1] + 0.02 * x[2])
+                    runtime.predictor.observe("tpot", ep.key, x, 0.01 + 0.001 * x[4])
+            runtime.predictor.refit()
+        samples: list[int] = []
+        for i in range(decisions):
+            for ep in eps:
+                ep.metrics.waiting_queue_size = rng.randint(0, 4)
+                ep.metrics.running_requests = rng.randint(0, 16)
+                ep.metrics.kv_cache_usage = rng.random()
+            prompt = f"system prompt {i % 8} " * 300 + f"question {i}"
+            headers = {SLO_TTFT_HEADER: "1000", SLO_TPOT_HEADER: "100"} if i % 2 else {}
+            req = LLMRequest(request_id=f"r{i}", model="m", target_model="m", prompt=prompt, headers=headers)
+            t0 = time.perf_counter_ns()
+            result, state = cfg.scheduler.schedule(req, eps)
+            cfg.scheduler.pre_request(state, req, result)
+            samples.append(time.perf_counter_ns() - t0)
+            if runtime is not None:
+                runtime.on_complete(req, {"status": 200})
+        if runtime is not None:
+            runtime.predictor.stop()
+        warm = samples[decisions // 10:]
+        out[f"{label}_median_us"] = statistics.median(warm) / 1e3
+        out[f"{label}_mean_us"] = statistics.fmean(warm) / 1e3
+    return out
+
+
 def add_latency_parser(sub: Any) -> None:
     p = sub.add_parser("latency", help="predicted-latency routing with SLOs (issue 18)",
                        description="Heterogeneous pool, short chats + long prefills, SLOs on half: round "
@@ -384,14 +438,21 @@ def add_latency_parser(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--note", default="", help="free text stored with the results (e.g. 'shared machine')")
     p.add_argument("--out", type=Path, default=REPO / "docs" / "bench-results")
+    p.add_argument("--cost-only", action="store_true",
+                   help="only the in-process decision cost (default vs predicted-latency profile)")
     p.set_defaults(func=run_latency_only)
 
 
 def run_latency_only(args: argparse.Namespace) -> int:
+    if args.cost_only:
+        for key, value in decision_cost().items():
+            print(f"{key:32s} {value:8.1f}")
+        return 0
     settings = LatencyBenchSettings(loads=tuple(args.loads), duration_s=args.duration, warmup_s=args.warmup,
                                     time_scale=args.time_scale, routers=tuple(args.routers), seed=args.seed)
     started = dt.datetime.now(dt.UTC)
     result = run_latency_benchmark(settings)
+    result["decision_cost_in_process_us"] = decision_cost()
     result["started"] = started.isoformat(timespec="seconds")
     result["commit"] = _commit()
     result["note"] = args.note

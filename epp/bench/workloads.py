@@ -288,8 +288,11 @@ def latency_slo(params: WorkloadParams, shape: LatencySLOShape | None = None) ->
         with_slo = rng.random() < shape.slo_share
         if rng.random() < shape.long_share:
             tokens = rng.randint(*shape.long_tokens)
-            req = BenchRequest(i, at, DEFAULT_MODEL, [{"role": "user", "content": f"[{params.nonce}:{i}] "
-                                                       + words(rng, tokens * SIM_CHARS_PER_TOKEN)}],
+            # A few thousand random words, repeated: the unique head makes every block hash
+            # unique (hashes chain), and generating 150k random characters per prompt is slow.
+            base = words(rng, 6_000)
+            text = (base * (tokens * SIM_CHARS_PER_TOKEN // len(base) + 1))[: tokens * SIM_CHARS_PER_TOKEN]
+            req = BenchRequest(i, at, DEFAULT_MODEL, [{"role": "user", "content": f"[{params.nonce}:{i}] " + text}],
                                params.max_tokens, f"long/{i}")
             ttft, tpot = shape.long_ttft_ms_base + shape.long_ttft_ms_per_token * tokens, shape.long_tpot_ms
         else:

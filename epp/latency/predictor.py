@@ -5,6 +5,10 @@ Features (one vector per request x pod, built by LatencyRuntime.features):
     bias, new_prompt_ktokens      prompt tokens the pod's prefix cache does not hold (k tokens)
     pending_prefill_ktokens       prompt tokens this EPP sent the pod that have not produced a
                                   first byte yet: the prefill queue in front of the request
+    queue_clear_s                 seconds until the last of those is predicted to produce its
+                                  first byte (its dispatch time + its predicted TTFT - now): the
+                                  queue's remaining work, which the token count overstates once
+                                  a long prefill is under way
     waiting, running              the pod's scraped vllm:num_requests_waiting / _running
     inflight                      requests in flight to the pod (the EPP's ledger, all workers)
     inflight_decode_ktokens       decode tokens still expected from the pod's in-flight requests
@@ -21,7 +25,7 @@ samples per pod, with weights 1/y^2 so the fit minimises relative error (the acc
 is a median absolute percentage error). Samples are appended from the event loop under a
 lock (O(1)); a daemon thread refits every `retrain_interval_s` when new samples arrived and
 publishes the coefficients by swapping one dict, so the hot path never waits and never sees a
-half-written model. A prediction is a pure-Python dot product of 8 floats (no numpy call on
+half-written model. A prediction is a pure-Python dot product of 9 floats (no numpy call on
 the hot path: numpy's per-call overhead is larger than the arithmetic at this size).
 
 Warm start: `save()` writes the recent samples and the coefficients as JSON (atomically);
@@ -49,8 +53,8 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 FEATURES = (
-    "bias", "new_prompt_ktokens", "pending_prefill_ktokens", "waiting", "running", "inflight",
-    "inflight_decode_ktokens", "kv_cache_usage",
+    "bias", "new_prompt_ktokens", "pending_prefill_ktokens", "queue_clear_s", "waiting", "running",
+    "inflight", "inflight_decode_ktokens", "kv_cache_usage",
 )
 N_FEATURES = len(FEATURES)
 POOLED = ""  # model key of the pooled model

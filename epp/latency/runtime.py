@@ -88,6 +88,10 @@ class LatencyRuntime:
         self.score_without_slo = False
         self.pending_prefill: dict[str, float] = {}  # pod key -> k tokens awaiting a first byte
         self.inflight_decode: dict[str, float] = {}  # pod key -> k decode tokens still expected
+        # pod key -> monotonic time the last pending prefill is predicted to produce its first
+        # byte, and how many requests are still pending there (the time resets when none is).
+        self.queue_clear_at: dict[str, float] = {}
+        self.pending_count: dict[str, int] = {}
         self._records: dict[int, RequestRecord] = {}
         self._dispatches = 0
         self._registered: set[int] = set()
@@ -150,10 +154,12 @@ class LatencyRuntime:
     def features(self, ep: Endpoint, prompt_tokens: int, cached_tokens: int) -> list[float]:
         m = ep.metrics
         key = ep.key
+        clear_at = self.queue_clear_at.get(key, 0.0)
         return [
             1.0,
             max(0, prompt_tokens - cached_tokens) / 1000.0,
             self.pending_prefill.get(key, 0.0),
+            max(0.0, clear_at - self.clock()) if clear_at else 0.0,
             float(m.waiting_queue_size),
             float(m.running_requests),
             float(ep.inflight + ep.peer_inflight),
@@ -187,6 +193,9 @@ class LatencyRuntime:
         record = RequestRecord(request, target.key, request.model, request.target_model, slo, x, ttft, tpot,
                                x[1], max_tokens / 1000.0, self.clock())
         self.pending_prefill[target.key] = self.pending_prefill.get(target.key, 0.0) + record.new_tokens
+        self.pending_count[target.key] = self.pending_count.get(target.key, 0) + 1
+        if ttft == ttft:
+            self.queue_clear_at[target.key] = max(self.queue_clear_at.get(target.key, 0.0), record.dispatched + ttft)
         self.inflight_decode[target.key] = self.inflight_decode.get(target.key, 0.0) + record.decode_tokens
         self._records[id(request)] = record
         if ttft == ttft:
@@ -227,8 +236,11 @@ class LatencyRuntime:
     def _release_prefill(self, record: RequestRecord) -> None:
         if not record.prefill_released:
             record.prefill_released = True
-            self.pending_prefill[record.pod] = max(0.0, self.pending_prefill.get(record.pod, 0.0)
-                                                   - record.new_tokens)
+            pod = record.pod
+            self.pending_prefill[pod] = max(0.0, self.pending_prefill.get(pod, 0.0) - record.new_tokens)
+            left = self.pending_count[pod] = max(0, self.pending_count.get(pod, 0) - 1)
+            if left == 0:
+                self.queue_clear_at[pod] = 0.0
 
     def _expire(self) -> None:
         cutoff = self.clock() - RECORD_TTL_S

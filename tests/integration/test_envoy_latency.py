@@ -21,7 +21,7 @@ CONFIG = """apiVersion: inference.networking.x-k8s.io/v1alpha1
 kind: EndpointPickerConfig
 plugins:
 - type: predicted-latency-producer
-  parameters: {minSamples: 8, minPodSamples: 8, retrainIntervalS: 0.05}
+  parameters: {minSamples: 10, minPodSamples: 10, retrainIntervalS: 0.05}
 - type: latency-slo-admitter
 - type: slo-headroom-tier-filter
 - type: latency-scorer

@@ -15,13 +15,13 @@ from epp.latency.predictor import FEATURES, N_FEATURES, LatencyPredictor, Predic
 
 # A known TTFT function shaped like a vLLM step model, with per-pod speed: pod "slow" takes
 # twice as long for everything. Coefficients in seconds per feature unit (FEATURES order).
-TRUE_TTFT = (0.010, 0.060, 0.055, 0.004, 0.0008, 0.001, 0.002, 0.030)
-TRUE_TPOT = (0.008, 0.0, 0.004, 0.0003, 0.0004, 0.0002, 0.001, 0.005)
+TRUE_TTFT = (0.010, 0.060, 0.055, 1.0, 0.004, 0.0008, 0.001, 0.002, 0.030)
+TRUE_TPOT = (0.008, 0.0, 0.004, 0.0, 0.0003, 0.0004, 0.0002, 0.001, 0.005)
 SPEED = {"fast": 1.0, "slow": 2.0}
 
 
 def features(rng: random.Random) -> list[float]:
-    return [1.0, rng.uniform(0.05, 30.0), rng.uniform(0.0, 20.0), rng.randint(0, 8),
+    return [1.0, rng.uniform(0.05, 30.0), rng.uniform(0.0, 20.0), rng.uniform(0.0, 5.0), rng.randint(0, 8),
             rng.randint(0, 32), rng.randint(0, 40), rng.uniform(0.0, 10.0), rng.uniform(0.0, 0.9)]
 
 
