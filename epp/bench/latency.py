@@ -112,15 +112,22 @@ def prompt_tokens(workload: Workload) -> list[int]:
 
 def build_workload(settings: LatencyBenchSettings, load: float, duration_s: float, seed: int,
                    nonce: str) -> tuple[Workload, float]:
-    """The workload at `load` x capacity: (workload, rate)."""
-    probe = latency_slo(WorkloadParams(rate=1.0, count=400, duration_s=400.0, seed=seed, nonce=nonce,
-                                       max_tokens=settings.max_tokens))
-    mean_tokens = statistics.fmean(prompt_tokens(probe))
-    rate = load * settings.capacity_tokens_per_s() / mean_tokens
-    count = math.ceil(rate * duration_s * 2) + 10
-    workload = latency_slo(WorkloadParams(rate=rate, count=count, duration_s=duration_s, seed=seed,
-                                          nonce=nonce, max_tokens=settings.max_tokens))
-    return workload, rate
+    """The workload at `load` x capacity: (workload, rate). The requests are drawn at 1 req/s,
+    then their arrivals are compressed so that the prompt tokens of the requests that fall in
+    `duration_s` arrive at `load` x the capacity (a fixed point: the mean prompt of the kept
+    requests sets the rate, which sets which requests are kept)."""
+    base = latency_slo(WorkloadParams(rate=1.0, count=100_000, duration_s=duration_s * 20, seed=seed,
+                                      nonce=nonce, max_tokens=settings.max_tokens))
+    tokens = prompt_tokens(base)
+    capacity = load * settings.capacity_tokens_per_s()
+    rate = capacity / statistics.fmean(tokens)
+    for _ in range(5):
+        kept = [t for r, t in zip(base.requests, tokens, strict=True) if r.arrival_s / rate <= duration_s]
+        rate = capacity / statistics.fmean(kept) if kept else rate
+    requests = [dataclasses.replace(r, arrival_s=r.arrival_s / rate) for r in base.requests
+                if r.arrival_s / rate <= duration_s]
+    params = dataclasses.replace(base.params, rate=rate, count=len(requests), duration_s=duration_s)
+    return dataclasses.replace(base, params=params, requests=requests), rate
 
 
 def scaled(workload: Workload, time_scale: float) -> Workload:
