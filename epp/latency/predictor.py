@@ -21,7 +21,7 @@ Pods differ (GPU type, clocks, neighbours), so every pod gets its own coefficien
 has `min_pod_samples` observations; until then a pooled model over all pods stands in.
 
 Training: weighted ridge least squares (numpy) over a sliding window of the most recent
-samples per pod, with weights 1/y^2 so the fit minimises relative error (the accuracy target
+samples per pod (preallocated numpy rings), with weights 1/y^2 so the fit minimises relative error (the accuracy target
 is a median absolute percentage error). Samples are appended from the event loop under a
 lock (O(1)); a daemon thread refits every `retrain_interval_s` when new samples arrived and
 publishes the coefficients by swapping one dict, so the hot path never waits and never sees a
@@ -85,12 +85,34 @@ class PredictorConfig:
             raise ValueError("retrainIntervalS and saveIntervalS must be > 0")
 
 
-@dataclass(slots=True)
-class Sample:
-    pod: str
-    x: tuple[float, ...]
-    y: float  # seconds
-    at: float  # monotonic arrival time (training lag)
+class _Ring:
+    """The most recent observations of one pod as preallocated numpy arrays: an append is one
+    row assignment, and the trainer copies whole arrays (no per-sample Python objects to
+    convert while holding the GIL)."""
+
+    __slots__ = ("n", "pos", "x", "y")
+
+    def __init__(self, size: int) -> None:
+        self.x = np.zeros((size, N_FEATURES), dtype=np.float64)
+        self.y = np.zeros(size, dtype=np.float64)
+        self.n = 0
+        self.pos = 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def append(self, x: Sequence[float], y: float) -> None:
+        self.x[self.pos] = x
+        self.y[self.pos] = y
+        self.pos = (self.pos + 1) % len(self.y)
+        if self.n < len(self.y):
+            self.n += 1
+
+    def arrays(self) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+        """Copies of the filled rows, oldest first."""
+        size = len(self.y)
+        order = (np.arange(self.n) + (self.pos - self.n)) % size
+        return self.x[order], self.y[order]
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +127,7 @@ class Coefficients:
 class _Series:
     """Samples of one target (TTFT or TPOT): per-pod windows plus what is not fitted yet."""
 
-    per_pod: dict[str, deque[Sample]] = field(default_factory=dict)
+    per_pod: dict[str, _Ring] = field(default_factory=dict)
     unfitted: int = 0
     oldest_unfitted: float = 0.0  # monotonic arrival of the oldest sample not in a model
 
@@ -190,8 +212,8 @@ class LatencyPredictor:
         with self._lock:
             window = series.per_pod.get(pod)
             if window is None:
-                window = series.per_pod[pod] = deque(maxlen=self.config.window)
-            window.append(Sample(pod, tuple(x), actual_s, now))
+                window = series.per_pod[pod] = _Ring(self.config.window)
+            window.append(x, actual_s)
             if series.unfitted == 0:
                 series.oldest_unfitted = now
             series.unfitted += 1
@@ -200,7 +222,8 @@ class LatencyPredictor:
                 if errors is None:
                     errors = self.errors[pod] = deque(maxlen=self.config.errors_kept)
                 errors.append((now, target, predicted_s, actual_s))
-        self._wake.set()
+        if not self._wake.is_set():  # set() takes a lock: skip it when the trainer is already due
+            self._wake.set()
 
     def training_lag(self) -> float:
         """Age in seconds of the oldest observation not yet in a published model (0: none)."""
@@ -221,7 +244,7 @@ class LatencyPredictor:
         with self._lock:
             if not any(s.unfitted for s in self._series.values()):
                 return False
-            snapshot = {target: {pod: list(w) for pod, w in s.per_pod.items()}
+            snapshot = {target: {pod: w.arrays() for pod, w in s.per_pod.items()}
                         for target, s in self._series.items()}
             for s in self._series.values():
                 s.unfitted = 0
@@ -229,12 +252,15 @@ class LatencyPredictor:
         cfg = self.config
         fitted: dict[str, dict[str, tuple[tuple[float, ...], int]]] = {"ttft": {}, "tpot": {}}
         for target, per_pod in snapshot.items():
-            pooled = [smp for window in per_pod.values() for smp in window]
-            if len(pooled) >= cfg.min_samples:
-                fitted[target][POOLED] = (self._fit(pooled), len(pooled))
-            for pod, window in per_pod.items():
-                if len(window) >= cfg.min_pod_samples:
-                    fitted[target][pod] = (self._fit(window), len(window))
+            if not per_pod:
+                continue
+            xs = np.concatenate([x for x, _ in per_pod.values()])
+            ys = np.concatenate([y for _, y in per_pod.values()])
+            if len(ys) >= cfg.min_samples:
+                fitted[target][POOLED] = (fit_ridge(xs, ys, cfg.ridge), len(ys))
+            for pod, (x, y) in per_pod.items():
+                if len(y) >= cfg.min_pod_samples:
+                    fitted[target][pod] = (fit_ridge(x, y, cfg.ridge), len(y))
         models: dict[str, Coefficients] = {}
         for key in set(fitted["ttft"]) | set(fitted["tpot"]):
             ttft = fitted["ttft"].get(key)
@@ -246,11 +272,6 @@ class LatencyPredictor:
         self.fits += 1
         self.last_fit_s = time.perf_counter() - t0
         return True
-
-    def _fit(self, samples: Sequence[Sample]) -> tuple[float, ...]:
-        x = np.array([s.x for s in samples], dtype=np.float64)
-        y = np.array([s.y for s in samples], dtype=np.float64)
-        return fit_ridge(x, y, self.config.ridge)
 
     def start(self) -> None:
         """Start the training thread (idempotent)."""
@@ -297,10 +318,12 @@ class LatencyPredictor:
     def state(self) -> dict[str, Any]:
         now = self.clock()
         with self._lock:
-            samples = {target: {pod: [[list(smp.x), smp.y] for smp in w] for pod, w in s.per_pod.items()}
-                       for target, s in self._series.items()}
+            arrays = {target: {pod: w.arrays() for pod, w in s.per_pod.items()}
+                      for target, s in self._series.items()}
             errors = {pod: [[round(at - now, 3), target, p, a] for at, target, p, a in e]
                       for pod, e in self.errors.items()}
+        samples = {target: {pod: [[row.tolist(), float(v)] for row, v in zip(x, y, strict=True)]
+                            for pod, (x, y) in per_pod.items()} for target, per_pod in arrays.items()}
         models = {key: {"ttft": list(m.ttft) if m.ttft else None, "tpot": list(m.tpot) if m.tpot else None,
                         "ttftSamples": m.ttft_samples, "tpotSamples": m.tpot_samples}
                   for key, m in self.models.items()}
@@ -334,17 +357,16 @@ class LatencyPredictor:
                                        int(m.get("ttftSamples", 0)), int(m.get("tpotSamples", 0)))
                 for key, m in raw.get("models", {}).items()
             }
-            now = self.clock()
             with self._lock:
                 for target, per_pod in raw.get("samples", {}).items():
                     series = self._series.get(target)
                     if series is None:
                         continue
                     for pod, rows in per_pod.items():
-                        window = series.per_pod[str(pod)] = deque(maxlen=self.config.window)
+                        window = series.per_pod[str(pod)] = _Ring(self.config.window)
                         for xs, y in rows:
                             if len(xs) == N_FEATURES:
-                                window.append(Sample(str(pod), tuple(float(v) for v in xs), float(y), now))
+                                window.append([float(v) for v in xs], float(y))
         except (TypeError, ValueError, AttributeError) as e:
             log.warning("ignoring the latency predictor state %s: malformed (%s)", path, e)
             return False
