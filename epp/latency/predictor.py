@@ -58,6 +58,8 @@ FEATURES = (
 )
 N_FEATURES = len(FEATURES)
 POOLED = ""  # model key of the pooled model
+NEW_TOKENS, QUEUE_CLEAR = 1, 3  # feature indexes checked against a pod's cover
+MIN_SPEED_SAMPLES = 8  # observations of a pod before its speed factor is estimated
 STATE_VERSION = 1
 _MIN_Y = 0.002  # seconds: floor of the relative-error weights (a 0 ms TTFT would dominate)
 
@@ -117,10 +119,23 @@ class _Ring:
 
 @dataclass(frozen=True, slots=True)
 class Coefficients:
+    """One pod's model (or the pooled one, key POOLED, in speed-1 units).
+
+    `ttft` / `tpot`: the pod's own coefficients (None until `min_pod_samples`); `*_speed`:
+    how much slower than the pooled model the pod is (median of observed / pooled predicted);
+    `cover`: the largest new-prompt and queue-clear features in the pod's window. A query
+    beyond 1.25x its cover is predicted with pooled x speed instead of the pod's own fit: a pod
+    that only served short prompts lately has no data to extrapolate a 20k-token prefill from,
+    while the pooled shape has (other pods served them) and the speed carries its identity.
+    """
+
     ttft: tuple[float, ...] | None
     tpot: tuple[float, ...] | None
     ttft_samples: int = 0
     tpot_samples: int = 0
+    ttft_speed: float = 1.0
+    tpot_speed: float = 1.0
+    cover: tuple[float, float] = (math.inf, math.inf)
 
 
 @dataclass(slots=True)
@@ -151,6 +166,15 @@ def fit_ridge(x: np.ndarray[Any, Any], y: np.ndarray[Any, Any], ridge: float) ->
         w = np.linalg.lstsq(xs, yw, rcond=None)[0]
     coef = w / scale
     return tuple(float(c) for c in coef)
+
+
+def _speed(coef: tuple[float, ...], x: np.ndarray[Any, Any], y: np.ndarray[Any, Any]) -> float:
+    """How many times slower than the pooled model a pod is: the median of observed over
+    predicted, clamped to [0.1, 10]; 1 with too few observations."""
+    if len(y) < MIN_SPEED_SAMPLES:
+        return 1.0
+    predicted = np.maximum(x @ np.asarray(coef), _MIN_Y)
+    return float(np.clip(np.median(y / predicted), 0.1, 10.0))
 
 
 def dot(coef: tuple[float, ...], x: Sequence[float]) -> float:
@@ -193,13 +217,25 @@ class LatencyPredictor:
         models = self.models
         own = models.get(pod)
         pooled = models.get(POOLED)
-        ttft_coef = own.ttft if own is not None and own.ttft is not None else (
-            pooled.ttft if pooled is not None else None)
-        tpot_coef = own.tpot if own is not None and own.tpot is not None else (
-            pooled.tpot if pooled is not None else None)
-        ttft = max(0.0, dot(ttft_coef, x)) if ttft_coef is not None else math.nan
-        tpot = max(0.0, dot(tpot_coef, x)) if tpot_coef is not None else math.nan
-        return ttft, tpot
+        if own is None:
+            ttft = dot(pooled.ttft, x) if pooled is not None and pooled.ttft is not None else math.nan
+            tpot = dot(pooled.tpot, x) if pooled is not None and pooled.tpot is not None else math.nan
+            return max(0.0, ttft) if ttft == ttft else ttft, max(0.0, tpot) if tpot == tpot else tpot
+        cover = own.cover
+        inside = x[NEW_TOKENS] <= 1.25 * cover[0] + 0.5 and x[QUEUE_CLEAR] <= 1.25 * cover[1] + 0.5
+        if own.ttft is not None and inside:
+            ttft = dot(own.ttft, x)
+        elif pooled is not None and pooled.ttft is not None:
+            ttft = own.ttft_speed * dot(pooled.ttft, x)
+        else:
+            ttft = math.nan
+        if own.tpot is not None and inside:
+            tpot = dot(own.tpot, x)
+        elif pooled is not None and pooled.tpot is not None:
+            tpot = own.tpot_speed * dot(pooled.tpot, x)
+        else:
+            tpot = math.nan
+        return max(0.0, ttft) if ttft == ttft else ttft, max(0.0, tpot) if tpot == tpot else tpot
 
     # --- observations -------------------------------------------------------------------------
     def observe(self, target: str, pod: str, x: Sequence[float], actual_s: float,
@@ -250,23 +286,36 @@ class LatencyPredictor:
                 s.unfitted = 0
         t0 = time.perf_counter()
         cfg = self.config
-        fitted: dict[str, dict[str, tuple[tuple[float, ...], int]]] = {"ttft": {}, "tpot": {}}
+        fitted: dict[str, dict[str, tuple[tuple[float, ...] | None, int]]] = {"ttft": {}, "tpot": {}}
+        speeds: dict[str, dict[str, float]] = {"ttft": {}, "tpot": {}}
+        covers: dict[str, tuple[float, float]] = {}
         for target, per_pod in snapshot.items():
             if not per_pod:
                 continue
             xs = np.concatenate([x for x, _ in per_pod.values()])
             ys = np.concatenate([y for _, y in per_pod.values()])
             if len(ys) >= cfg.min_samples:
-                fitted[target][POOLED] = (fit_ridge(xs, ys, cfg.ridge), len(ys))
+                # Pooled shape in speed-1 units: fit, estimate each pod's speed against it, fit
+                # again on the speed-normalised observations, re-estimate the speeds.
+                coef = fit_ridge(xs, ys, cfg.ridge)
+                for _ in range(2):
+                    speed = {pod: _speed(coef, x, y) for pod, (x, y) in per_pod.items()}
+                    norm = np.concatenate([y / speed[pod] for pod, (_, y) in per_pod.items()])
+                    coef = fit_ridge(xs, norm, cfg.ridge)
+                speeds[target] = {pod: _speed(coef, x, y) for pod, (x, y) in per_pod.items()}
+                fitted[target][POOLED] = (coef, len(ys))
             for pod, (x, y) in per_pod.items():
-                if len(y) >= cfg.min_pod_samples:
-                    fitted[target][pod] = (fit_ridge(x, y, cfg.ridge), len(y))
+                covers[pod] = (float(x[:, NEW_TOKENS].max()), float(x[:, QUEUE_CLEAR].max()))
+                own = fit_ridge(x, y, cfg.ridge) if len(y) >= cfg.min_pod_samples else None
+                fitted[target][pod] = (own, len(y))
         models: dict[str, Coefficients] = {}
         for key in set(fitted["ttft"]) | set(fitted["tpot"]):
             ttft = fitted["ttft"].get(key)
             tpot = fitted["tpot"].get(key)
             models[key] = Coefficients(ttft[0] if ttft else None, tpot[0] if tpot else None,
-                                       ttft[1] if ttft else 0, tpot[1] if tpot else 0)
+                                       ttft[1] if ttft else 0, tpot[1] if tpot else 0,
+                                       speeds["ttft"].get(key, 1.0), speeds["tpot"].get(key, 1.0),
+                                       covers.get(key, (math.inf, math.inf)))
         self.models = models  # one reference swap: readers see the old or the new dict
         self.version += 1
         self.fits += 1
@@ -325,7 +374,9 @@ class LatencyPredictor:
         samples = {target: {pod: [[row.tolist(), float(v)] for row, v in zip(x, y, strict=True)]
                             for pod, (x, y) in per_pod.items()} for target, per_pod in arrays.items()}
         models = {key: {"ttft": list(m.ttft) if m.ttft else None, "tpot": list(m.tpot) if m.tpot else None,
-                        "ttftSamples": m.ttft_samples, "tpotSamples": m.tpot_samples}
+                        "ttftSamples": m.ttft_samples, "tpotSamples": m.tpot_samples,
+                        "ttftSpeed": m.ttft_speed, "tpotSpeed": m.tpot_speed,
+                        "cover": [c if math.isfinite(c) else None for c in m.cover]}
                   for key, m in self.models.items()}
         return {"version": STATE_VERSION, "features": list(FEATURES), "models": models,
                 "samples": samples, "errors": errors}
@@ -354,7 +405,9 @@ class LatencyPredictor:
         try:
             models = {
                 str(key): Coefficients(_coef(m.get("ttft")), _coef(m.get("tpot")),
-                                       int(m.get("ttftSamples", 0)), int(m.get("tpotSamples", 0)))
+                                       int(m.get("ttftSamples", 0)), int(m.get("tpotSamples", 0)),
+                                       float(m.get("ttftSpeed", 1.0)), float(m.get("tpotSpeed", 1.0)),
+                                       _cover(m.get("cover")))
                 for key, m in raw.get("models", {}).items()
             }
             with self._lock:
@@ -373,6 +426,13 @@ class LatencyPredictor:
         self.models = models
         self.version += 1
         return True
+
+
+def _cover(value: Any) -> tuple[float, float]:
+    if value is None:
+        return (math.inf, math.inf)
+    new, queue = value
+    return (math.inf if new is None else float(new), math.inf if queue is None else float(queue))
 
 
 def _coef(value: Any) -> tuple[float, ...] | None:

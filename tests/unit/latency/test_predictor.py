@@ -155,3 +155,25 @@ def test_config_validation() -> None:
         PredictorConfig(min_samples=2).validate()
     with pytest.raises(ValueError, match="window"):
         PredictorConfig(window=4).validate()
+
+
+def test_a_pod_seen_only_with_short_prompts_extrapolates_with_its_speed() -> None:
+    """The feedback loop of per-pod models: a slow pod that latency routing keeps for short
+    prompts has no long prefill in its window. Its prediction for a long one must come from
+    the pooled shape times its speed, not from extrapolating its own short-prompt fit."""
+    p = LatencyPredictor()
+    rng = random.Random(8)
+    for _ in range(300):
+        x = features(rng)
+        p.observe("ttft", "fast", x, truth(TRUE_TTFT, "fast", x))
+        short = features(rng)
+        short[1], short[2], short[3] = rng.uniform(0.05, 1.0), 0.0, 0.0  # short prompts, no queue
+        # The slow pod's latency has a component the short prompts cannot reveal: prefill
+        # cost grows faster than linearly there (e.g. attention), seen only on long prompts.
+        p.observe("ttft", "slow", short, truth(TRUE_TTFT, "slow", short) + 0.3 * short[1] ** 2)
+    p.refit()
+    x = features(random.Random(2))
+    x[1], x[3] = 20.0, 0.0
+    fast = p.predict("fast", x)[0]
+    slow = p.predict("slow", x)[0]
+    assert slow / fast == pytest.approx(2.0, rel=0.25)
