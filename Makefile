@@ -23,7 +23,7 @@ RUN_ARGS := --pods $(PODS) --failure-mode $(FAILURE_MODE) \
 	$(if $(wildcard $(TOKENIZER)/tokenizer.json),--tokenizer $(TOKENIZER)) \
 	$(if $(filter 1 yes true,$(PRECISE)),--precise)
 
-.PHONY: install tokenizer-fixture protos run test lint bench bench-quick bench-pd chaos chaos-quick clean
+.PHONY: install tokenizer-fixture protos run test lint bench bench-quick bench-latency bench-pd chaos chaos-quick clean
 
 $(STAMP): pyproject.toml
 	@echo ">> creating $(VENV) and installing the project (first run takes a minute)"
@@ -57,11 +57,21 @@ lint: install
 # run after --budget-min, default 45). Writes docs/benchmarks.md, docs/bench-*.png and the raw
 # JSON docs/bench-results/<date>-<commit>.json. BENCH_ARGS e.g. --note "shared machine"
 # --budget-min 30 --repeats 1 --workloads mixed.
+# Then the sections of issues 12, 15 and 18, each bounded: flow control at 2x overload
+# (~10 min), the response cache (~1.5 min), predicted-latency routing (~17 min).
 bench: install
 	$(BIN)/python -m epp bench $(BENCH_ARGS)
+	$(BIN)/python -m epp bench flow --model-seconds 60 --json docs/bench-results/$$(date -u +%Y-%m-%d-%H%M)-flow.json --out docs
+	$(BIN)/python -m epp bench cache
+	$(BIN)/python -m epp bench latency --loads 0.7 0.9 --duration 60 --warmup 40
 
 bench-quick: install
 	$(BIN)/python -m epp bench --quick $(BENCH_ARGS)
+
+# make bench-latency: predicted-latency routing with SLOs (issue 18), ~15 min; raw JSON in
+# docs/bench-results/latency-*.json, summary printed (docs/latency-routing.md).
+bench-latency: install
+	$(BIN)/python -m epp bench latency $(BENCH_ARGS)
 
 bench-pd: install
 	$(BIN)/python -m epp bench pd

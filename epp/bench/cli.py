@@ -118,7 +118,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--from-results", type=Path, default=None, metavar="RESULTS_JSON",
                    help="rerun nothing: re-render the report and plots from a previous run's results.json")
     p.set_defaults(func=run_bench)
-    bench_sub = p.add_subparsers(dest="bench_command", metavar="{overhead,pd,flow,cache}")
+    bench_sub = p.add_subparsers(dest="bench_command", metavar="{overhead,pd,flow,cache,latency}")
     o = bench_sub.add_parser("overhead", help="only the EPP overhead benchmark (instant upstreams)",
                              description="Envoy direct vs Envoy + EPP on instant upstreams; updates the "
                                          "overhead section of docs/benchmarks.md unless --no-docs.")
@@ -141,9 +141,11 @@ def add_parser(sub: Any) -> None:
     d.set_defaults(func=run_pd_only)
     from epp.bench.cache import add_cache_parser
     from epp.bench.flow import add_flow_parser
+    from epp.bench.latency import add_latency_parser
 
     add_flow_parser(bench_sub)
     add_cache_parser(bench_sub)
+    add_latency_parser(bench_sub)
 
 
 # --- plans ---------------------------------------------------------------------------------------

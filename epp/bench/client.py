@@ -79,7 +79,7 @@ async def _one(client: httpx.AsyncClient, url: str, req: BenchRequest, result: R
     result.sent_at = start - t0
     last = start
     try:
-        async with client.stream("POST", url, json=request_body(req)) as resp:
+        async with client.stream("POST", url, json=request_body(req), headers=req.headers or None) as resp:
             result.status = resp.status_code
             result.pod = resp.headers.get(POD_HEADER, "")
             if resp.status_code != 200:

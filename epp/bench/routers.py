@@ -130,6 +130,9 @@ class RowSettings:
     # The model's tokenizer directory (`epp bench --tokenizer`): every pod tokenizes with it
     # and the precise-prefix rows hash with it; None = the simulator's built-in "simple".
     tokenizer: Path | None = None
+    # Envoy's ext_proc response_body_mode for EPP rows ("STREAMED": the EPP sees response
+    # headers and usage, which predicted-latency routing learns from).
+    response_body_mode: str = "NONE"
 
 
 @dataclass(slots=True)
@@ -217,7 +220,7 @@ def _stack_config(spec: RouterSpec, row: RowSettings, run_dir: Path) -> StackCon
     tokenizer = ["--tokenizer", str(row.tokenizer.resolve())] if row.tokenizer is not None else []
     return StackConfig(
         run_dir=run_dir, pods=row.pods, ports_free=True, time_scale=row.time_scale,
-        with_epp=is_epp, with_envoy=is_epp,
+        with_epp=is_epp, with_envoy=is_epp, response_body_mode=row.response_body_mode,
         epp_config=row_epp_config(spec, row, run_dir) if is_epp else None,
         # Pods bind their KV-event sockets (vLLM's `tcp://*:port` style) so that whoever
         # follows them (our EPP or vllm-router kv_aware) connects, one subscriber per pod.

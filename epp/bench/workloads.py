@@ -26,6 +26,9 @@ class BenchRequest:
     messages: list[dict[str, str]]
     max_tokens: int
     session: str  # conversation id: requests of one session share a growing prefix
+    # Extra request headers, e.g. latency SLOs (their values in model milliseconds: the
+    # latency runner scales them by the simulator's time scale before sending).
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -248,9 +251,64 @@ def mixed(params: WorkloadParams, shape: MixShape | None = None) -> Workload:
     return Workload("mixed", "Mixed (half shared-prefix chat, half unique short/long prompts)", params, requests)
 
 
+@dataclass(slots=True)
+class LatencySLOShape:
+    """The predicted-latency workload (issue 18): short chats and long prefills, SLOs on half."""
+
+    long_share: float = 0.1  # share of requests that are long prefills
+    long_tokens: tuple[int, int] = (8_000, 30_000)  # uniform prompt size of a long prefill
+    slo_share: float = 0.5  # requests that carry SLO headers
+    chat_ttft_ms: float = 1_500.0  # TTFT target of a chat request (model ms)
+    chat_tpot_ms: float = 150.0
+    # A long prefill's TTFT target: this many model ms per prompt token plus a constant (1.8x
+    # the prefill time of a normal bench pod: the slow pod cannot make it even idle).
+    long_ttft_ms_per_token: float = 0.4
+    long_ttft_ms_base: float = 1_000.0
+    long_tpot_ms: float = 300.0
+    chat: ChatShape = field(default_factory=lambda: ChatShape(
+        groups=8, users_per_group=4, system_chars=2_500, user_chars=400, assistant_chars=300, max_turns=4))
+
+
+SIM_CHARS_PER_TOKEN = 5  # the simulator's simple tokenizer: about 5 characters per token
+SLO_TTFT_HEADER = "x-llm-d-slo-ttft-ms"
+SLO_TPOT_HEADER = "x-llm-d-slo-tpot-ms"
+
+
+def latency_slo(params: WorkloadParams, shape: LatencySLOShape | None = None) -> Workload:
+    """Short multi-turn chats and unique long-prefill prompts (8k-30k tokens) on the
+    heterogeneous pool; half the requests carry TTFT/TPOT SLO headers (model milliseconds).
+    Sessions are "chat/..." or "long/..." so reports can split the two."""
+    params.validate()
+    shape = shape or LatencySLOShape()
+    rng = random.Random(params.seed)
+    chat = _ChatState(params.nonce, shape.chat, rng)
+    times = poisson_arrivals(params.rate, params.count, params.duration_s, rng)
+    requests: list[BenchRequest] = []
+    for i, at in enumerate(times):
+        with_slo = rng.random() < shape.slo_share
+        if rng.random() < shape.long_share:
+            tokens = rng.randint(*shape.long_tokens)
+            # A few thousand random words, repeated: the unique head makes every block hash
+            # unique (hashes chain), and generating 150k random characters per prompt is slow.
+            base = words(rng, 6_000)
+            text = (base * (tokens * SIM_CHARS_PER_TOKEN // len(base) + 1))[: tokens * SIM_CHARS_PER_TOKEN]
+            req = BenchRequest(i, at, DEFAULT_MODEL, [{"role": "user", "content": f"[{params.nonce}:{i}] " + text}],
+                               params.max_tokens, f"long/{i}")
+            ttft, tpot = shape.long_ttft_ms_base + shape.long_ttft_ms_per_token * tokens, shape.long_tpot_ms
+        else:
+            req = chat.request(i, at, params.max_tokens)
+            req.session = f"chat/{req.session}"
+            ttft, tpot = shape.chat_ttft_ms, shape.chat_tpot_ms
+        if with_slo:
+            req.headers = {SLO_TTFT_HEADER: f"{ttft:g}", SLO_TPOT_HEADER: f"{tpot:g}"}
+        requests.append(req)
+    return Workload("latency-slo", "Short chats + long prefills (8k-30k tokens), SLOs on half, one pod "
+                    f"{HETEROGENEOUS_SLOWDOWN:g}x slower", params, requests)
+
+
 def pod_profile(workload: str) -> dict[int, float]:
     """Per-pod slowdown multipliers (on top of the bench's) a workload's pool runs with."""
-    if workload == "heterogeneous":
+    if workload in ("heterogeneous", "latency-slo"):
         return {HETEROGENEOUS_SLOW_POD: HETEROGENEOUS_SLOWDOWN}
     return {}
 
@@ -296,6 +354,7 @@ GENERATORS: Mapping[str, Callable[[WorkloadParams], Workload]] = MappingProxyTyp
     "heterogeneous": heterogeneous,
     "bursty": bursty,
     "lora-mix": lora_mix,
+    "latency-slo": latency_slo,
 })
 
 

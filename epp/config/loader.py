@@ -16,7 +16,7 @@ Wiring follows GIE's loader: a plugin's role in a profile (filter, scorer, picke
 the Protocols it implements; a profile without a picker gets a max-score-picker; a config
 without a profile handler gets a single-profile-handler; a config without profiles gets one
 "default" profile with every filter, scorer and picker in plugin order. Every plugin that
-implements PreRequest / PostResponse is called for every request, whether or not a profile
+implements PreRequest / ResponseReceived / PostResponse is called for every request, whether or not a profile
 references it. Each error is a ConfigError naming the file, the plugin and the field.
 """
 
@@ -39,6 +39,7 @@ from epp.scheduling.interfaces import (
     PostResponse,
     PreRequest,
     ProfileHandler,
+    ResponseReceived,
     Scorer,
 )
 from epp.scheduling.profile import SchedulerProfile
@@ -219,6 +220,7 @@ def parse_scheduler_config(
         pre_request_plugins=[p for p in plugins.values() if isinstance(p, PreRequest)],
         post_response_plugins=[p for p in plugins.values() if isinstance(p, PostResponse)],
         observer=observer,
+        response_received_plugins=[p for p in plugins.values() if isinstance(p, ResponseReceived)],
     )
     extra = {k: raw[k] for k in OTHER_SECTIONS if k in raw}
     log.info(

@@ -86,6 +86,14 @@ class PreRequest(Plugin, Protocol):
 
 
 @runtime_checkable
+class ResponseReceived(Plugin, Protocol):
+    def response_received(self, request: LLMRequest, target: Endpoint, status: int) -> None:
+        """Called when the response headers come back through the EPP (GIE's ResponseReceived):
+        the first byte of the response; only when Envoy sends response headers to ext_proc."""
+        ...
+
+
+@runtime_checkable
 class PostResponse(Plugin, Protocol):
     def post_response(
         self, request: LLMRequest, target: Endpoint, response: Mapping[str, Any]
@@ -100,7 +108,7 @@ class PluginTimingObserver(Protocol):
     """Receives how long each plugin call took (the scheduler does not import prometheus).
 
     `extension_point` is one of "Filter", "Scorer", "Picker", "ProfileHandler", "PreRequest",
-    "PostResponse"; `plugin_type` / `plugin_name` are the plugin's type name and instance name.
+    "ResponseReceived", "PostResponse"; `plugin_type` / `plugin_name` are the plugin's type name and instance name.
     Called on the hot path: keep it cheap (e.g. a histogram observe).
     """
 

@@ -19,7 +19,13 @@ from time import perf_counter_ns
 from typing import Any
 
 from epp.datastore.endpoint import Endpoint
-from epp.scheduling.interfaces import PluginTimingObserver, PostResponse, PreRequest, ProfileHandler
+from epp.scheduling.interfaces import (
+    PluginTimingObserver,
+    PostResponse,
+    PreRequest,
+    ProfileHandler,
+    ResponseReceived,
+)
 from epp.scheduling.profile import SchedulerProfile
 from epp.scheduling.types import (
     CycleState,
@@ -40,6 +46,7 @@ class Scheduler:
         "pre_request_plugins",
         "profile_handler",
         "profiles",
+        "response_received_plugins",
     )
 
     def __init__(
@@ -49,6 +56,7 @@ class Scheduler:
         pre_request_plugins: Sequence[PreRequest] = (),
         post_response_plugins: Sequence[PostResponse] = (),
         observer: PluginTimingObserver | None = None,
+        response_received_plugins: Sequence[ResponseReceived] = (),
     ) -> None:
         if isinstance(profiles, Mapping):
             self.profiles: dict[str, SchedulerProfile] = dict(profiles)
@@ -63,6 +71,7 @@ class Scheduler:
         self.profile_handler = profile_handler
         self.pre_request_plugins: tuple[PreRequest, ...] = tuple(pre_request_plugins)
         self.post_response_plugins: tuple[PostResponse, ...] = tuple(post_response_plugins)
+        self.response_received_plugins: tuple[ResponseReceived, ...] = tuple(response_received_plugins)
         # A handler that keeps asking for new profiles is a bug; bound the loop by the
         # number of distinct profiles (each can run once per cycle).
         self._max_rounds = len(self.profiles) + 1
@@ -147,6 +156,20 @@ class Scheduler:
                 log.exception("pre-request plugin %r failed", plugin.name)
             if observer is not None:
                 observer.observe_plugin("PreRequest", plugin.type_name, plugin.name, perf_counter_ns() - t0)
+
+    def response_received(self, request: LLMRequest, target: Endpoint, status: int) -> None:
+        """Run the ResponseReceived plugins when the response headers come back."""
+        observer = self.observer
+        for plugin in self.response_received_plugins:
+            t0 = perf_counter_ns()
+            try:
+                plugin.response_received(request, target, status)
+            except Exception:
+                log.exception("response-received plugin %r failed", plugin.name)
+            if observer is not None:
+                observer.observe_plugin(
+                    "ResponseReceived", plugin.type_name, plugin.name, perf_counter_ns() - t0
+                )
 
     def post_response(
         self, request: LLMRequest, target: Endpoint, response: Mapping[str, Any]

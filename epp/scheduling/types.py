@@ -97,7 +97,9 @@ class SchedulingResult:
 class SchedulingError(Exception):
     """No endpoint can serve the request. `status` is the HTTP status to answer with."""
 
-    def __init__(self, message: str, status: int = 503, code: str = "service_unavailable") -> None:
+    def __init__(self, message: str, status: int = 503, code: str = "service_unavailable",
+                 retry_after_s: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
+        self.retry_after_s = retry_after_s  # answered as Retry-After (e.g. a 429)

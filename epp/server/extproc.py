@@ -480,7 +480,7 @@ class ExtProcHandler:
             else:
                 result, state = self.tracing.schedule(st.spans, scheduler, request, endpoints)
         except SchedulingError as e:
-            raise RequestError(e.status, str(e), e.code) from None
+            raise RequestError(e.status, str(e), e.code, retry_after_s=e.retry_after_s) from None
         primary = result.primary
         if primary is None or not primary.targets:
             raise RequestError(503, "no endpoint can serve this request", "no_endpoint_picked")
@@ -557,6 +557,11 @@ class ExtProcHandler:
             st.ttft = time.perf_counter() - st.routed
         if self.options.parse_usage and st.request is not None:
             st.usage = UsageParser(st.request.stream)
+        if st.request is not None and st.targets:
+            # The first byte of the response (GIE ResponseReceived): latency plugins learn TTFT.
+            hook = getattr(self._scheduler(), "response_received", None)
+            if hook is not None:
+                hook(st.request, st.targets[0], st.status)
         extra: list[tuple[str, str]] | None = None  # response headers to set for the client
         if st.response_headers or st.explain is not None:
             extra = list((st.response_headers or {}).items())

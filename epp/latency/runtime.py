@@ -1,0 +1,275 @@
+"""The one latency runtime of an EPP process, shared by the latency plugins.
+
+Kept in `PluginContext.services[SERVICE_KEY]`; whichever latency plugin is built first
+creates it, the predicted-latency-producer configures it. It holds:
+
+- the pool's LatencyPredictor (one per process: one EPP serves one pool);
+- a ledger of this process's requests per pod that have not produced a first byte yet
+  (their prompt tokens are the prefill queue a new request waits behind) and of the decode
+  tokens still expected from every in-flight request: built on the decisions
+  (pre-request), the response headers (first byte) and the stream ends (post-response);
+- per-request records: the features and predictions at decision time, turned into training
+  samples and predicted-vs-actual metrics when the latencies are observed;
+- per-cycle predictions: computed once per scheduling cycle for every candidate and shared by
+  the filter, the scorer and the admitter through the CycleState;
+- the Prometheus metrics (registered into the server's registry when there is one).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from epp.datastore.endpoint import Endpoint
+from epp.datastore.inflight import CHARACTERS_PER_TOKEN
+from epp.latency.metrics import LatencyMetrics
+from epp.latency.predictor import LatencyPredictor, PredictorConfig
+from epp.latency.slo import NO_SLO, SLO, ObjectiveSLO, request_slo
+from epp.scheduling.types import CycleState, LLMRequest
+
+SERVICE_KEY = "latency.runtime"
+REGISTRY_KEY = "metrics.registry"  # the server's CollectorRegistry (epp/server/app.py)
+CACHED_TOKENS_SUFFIX = ".cached-tokens"  # prefix scorers' CycleState contract (prefix_cache_scorer.py)
+STATE_KEY = "latency/cycle"
+DEFAULT_OUTPUT_TOKENS = 256  # expected decode tokens of a request without max_tokens
+RECORD_TTL_S = 600.0  # a record with no stream end after this long is dropped (leak bound)
+
+
+@dataclass(slots=True)
+class CyclePredictions:
+    """Predictions of one scheduling cycle, by endpoint key: (TTFT s, TPOT s)."""
+
+    slo: SLO
+    prompt_tokens: int
+    by_key: dict[str, tuple[float, float]] = field(default_factory=dict)
+    features: dict[str, list[float]] = field(default_factory=dict)
+    prefix_source: object = None  # the cached-tokens dict used (None: no prefix info yet)
+    predict_ns: int = 0  # time spent predicting in this cycle (observed once, at dispatch)
+
+    def headroom(self, key: str) -> tuple[float, float]:
+        """(TTFT, TPOT) headroom in seconds, SLO - predicted; +inf where there is no target."""
+        ttft, tpot = self.by_key[key]
+        slo = self.slo
+        h_ttft = math.inf if slo.ttft_s is None else slo.ttft_s - ttft
+        h_tpot = math.inf if slo.tpot_s is None or tpot != tpot else slo.tpot_s - tpot
+        return h_ttft, h_tpot
+
+    def meets(self, key: str) -> bool:
+        h_ttft, h_tpot = self.headroom(key)
+        return h_ttft >= 0.0 and h_tpot >= 0.0
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    request: LLMRequest
+    pod: str
+    model: str
+    target_model: str
+    slo: SLO
+    features: list[float]
+    predicted_ttft: float
+    predicted_tpot: float
+    new_tokens: float  # k tokens charged to the pod's pending prefill
+    decode_tokens: float  # k tokens charged to the pod's in-flight decode
+    dispatched: float  # monotonic
+    first_byte: float = 0.0
+    prefill_released: bool = False
+
+
+class LatencyRuntime:
+    def __init__(self, config: PredictorConfig | None = None) -> None:
+        self.predictor = LatencyPredictor(config)
+        self.metrics = LatencyMetrics(self.predictor)
+        self.objective_slos: Mapping[str, ObjectiveSLO] = {}
+        self.score_without_slo = False
+        self.pending_prefill: dict[str, float] = {}  # pod key -> k tokens awaiting a first byte
+        self.inflight_decode: dict[str, float] = {}  # pod key -> k decode tokens still expected
+        # pod key -> monotonic time the last pending prefill is predicted to produce its first
+        # byte, and how many requests are still pending there (the time resets when none is).
+        self.queue_clear_at: dict[str, float] = {}
+        self.pending_count: dict[str, int] = {}
+        self._records: dict[int, RequestRecord] = {}
+        self._dispatches = 0
+        self._registered: set[int] = set()
+        self.clock = time.monotonic
+
+    # --- setup ------------------------------------------------------------------------------
+    def register_metrics(self, services: Mapping[str, Any]) -> None:
+        registry = services.get(REGISTRY_KEY)
+        if registry is not None and id(registry) not in self._registered:
+            registry.register(self.metrics)
+            self._registered.add(id(registry))
+
+    def warm_start(self, path: Path | None) -> bool:
+        self.predictor.state_path = path
+        loaded = self.predictor.load(path) if path is not None else False
+        self.predictor.start()
+        return loaded
+
+    # --- per cycle (hot path) -----------------------------------------------------------------
+    def slo_of(self, request: LLMRequest) -> SLO:
+        return request_slo(request, self.objective_slos)
+
+    def cycle(self, state: CycleState, request: LLMRequest,
+              endpoints: Sequence[Endpoint]) -> CyclePredictions | None:
+        """Predictions for `endpoints`, computed once per cycle; None while the predictor is
+        untrained, or for a request without SLO unless `score_without_slo`: the plugins then
+        step aside and the weighted scorers decide alone (the fallback)."""
+        entry: CyclePredictions | bool | None = state.get(STATE_KEY)
+        if entry is False:
+            return None
+        if isinstance(entry, CyclePredictions):
+            cached = entry
+        else:
+            slo = self.slo_of(request)  # raises SchedulingError(400) on a bad header
+            if not self.predictor.ready or (slo.empty and not self.score_without_slo):
+                state[STATE_KEY] = False
+                return None
+            cached = CyclePredictions(slo, len(request.prompt_text()) // CHARACTERS_PER_TOKEN)
+            state[STATE_KEY] = cached
+        prefix = _cached_tokens(state)
+        if prefix is not cached.prefix_source:
+            # A prefix scorer ran since: pods holding part of the prompt have fewer new tokens.
+            cached.prefix_source = prefix
+            if prefix:
+                for key, tokens in prefix.items():
+                    if tokens > 0:
+                        cached.by_key.pop(key, None)
+        by_key = cached.by_key
+        t0 = time.perf_counter_ns()
+        predict = self.predictor.predict
+        for ep in endpoints:
+            key = ep.key
+            if key not in by_key:
+                x = self.features(ep, cached.prompt_tokens, prefix.get(key, 0) if prefix else 0)
+                cached.features[key] = x
+                by_key[key] = predict(key, x)
+        cached.predict_ns += time.perf_counter_ns() - t0
+        return cached
+
+    def features(self, ep: Endpoint, prompt_tokens: int, cached_tokens: int) -> list[float]:
+        m = ep.metrics
+        key = ep.key
+        clear_at = self.queue_clear_at.get(key, 0.0)
+        return [
+            1.0,
+            max(0, prompt_tokens - cached_tokens) / 1000.0,
+            self.pending_prefill.get(key, 0.0),
+            max(0.0, clear_at - self.clock()) if clear_at else 0.0,
+            float(m.waiting_queue_size),
+            float(m.running_requests),
+            float(ep.inflight + ep.peer_inflight),
+            self.inflight_decode.get(key, 0.0),
+            m.kv_cache_usage,
+        ]
+
+    # --- request lifecycle ----------------------------------------------------------------
+    def on_dispatch(self, state: CycleState, request: LLMRequest, target: Endpoint) -> None:
+        """The decision is final: charge the ledger and remember what was predicted."""
+        cycle: CyclePredictions | bool | None = state.get(STATE_KEY)
+        if isinstance(cycle, CyclePredictions):
+            # The cycle's prediction for the target, brought up to date with the prefix info.
+            self.cycle(state, request, (target,))
+            slo = cycle.slo
+            x = cycle.features[target.key]
+            ttft, tpot = cycle.by_key[target.key]
+            if cycle.predict_ns:
+                self.metrics.observe_prediction_duration(request, cycle.predict_ns / 1e9)
+        else:
+            try:
+                slo = self.slo_of(request)
+            except Exception:  # a bad header was answered with a 400 already; never fail here
+                slo = NO_SLO
+            prefix = _cached_tokens(state)
+            x = self.features(target, len(request.prompt_text()) // CHARACTERS_PER_TOKEN,
+                              prefix.get(target.key, 0) if prefix else 0)
+            ttft, tpot = self.predictor.predict(target.key, x) if self.predictor.ready else (math.nan, math.nan)
+        max_tokens = request.max_tokens if request.max_tokens is not None and request.max_tokens >= 0 \
+            else DEFAULT_OUTPUT_TOKENS
+        record = RequestRecord(request, target.key, request.model, request.target_model, slo, x, ttft, tpot,
+                               x[1], max_tokens / 1000.0, self.clock())
+        self.pending_prefill[target.key] = self.pending_prefill.get(target.key, 0.0) + record.new_tokens
+        self.pending_count[target.key] = self.pending_count.get(target.key, 0) + 1
+        if ttft == ttft:
+            self.queue_clear_at[target.key] = max(self.queue_clear_at.get(target.key, 0.0), record.dispatched + ttft)
+        self.inflight_decode[target.key] = self.inflight_decode.get(target.key, 0.0) + record.decode_tokens
+        self._records[id(request)] = record
+        if ttft == ttft:
+            self.metrics.observe_predicted(record)
+        self._dispatches += 1
+        if self._dispatches % 1024 == 0:
+            self._expire()
+
+    def on_first_byte(self, request: LLMRequest, status: int) -> None:
+        """Response headers came back: the request's prefill is done (its first token, for a
+        streamed response from vLLM or the simulator)."""
+        record = self._records.get(id(request))
+        if record is None or record.request is not request or record.first_byte:
+            return
+        record.first_byte = self.clock()
+        self._release_prefill(record)
+        if status != 200:
+            return
+        ttft = record.first_byte - record.dispatched
+        self.predictor.observe("ttft", record.pod, record.features, ttft, record.predicted_ttft)
+        self.metrics.observe_ttft(record, ttft)
+
+    def on_complete(self, request: LLMRequest, response: Mapping[str, Any]) -> None:
+        record = self._records.pop(id(request), None)
+        if record is None or record.request is not request:
+            return
+        self._release_prefill(record)
+        self.inflight_decode[record.pod] = max(0.0, self.inflight_decode.get(record.pod, 0.0) - record.decode_tokens)
+        tokens = response.get("completion_tokens")
+        if not record.first_byte or response.get("status") != 200 or not isinstance(tokens, int) or tokens < 2:
+            return
+        # TPOT as vLLM and the benchmarks define it: decode time after the first token over
+        # the tokens after the first.
+        tpot = (self.clock() - record.first_byte) / (tokens - 1)
+        self.predictor.observe("tpot", record.pod, record.features, tpot, record.predicted_tpot)
+        self.metrics.observe_tpot(record, tpot)
+
+    def _release_prefill(self, record: RequestRecord) -> None:
+        if not record.prefill_released:
+            record.prefill_released = True
+            pod = record.pod
+            self.pending_prefill[pod] = max(0.0, self.pending_prefill.get(pod, 0.0) - record.new_tokens)
+            left = self.pending_count[pod] = max(0, self.pending_count.get(pod, 0) - 1)
+            if left == 0:
+                self.queue_clear_at[pod] = 0.0
+
+    def _expire(self) -> None:
+        cutoff = self.clock() - RECORD_TTL_S
+        for key in [k for k, r in self._records.items() if r.dispatched < cutoff]:
+            record = self._records.pop(key)
+            self._release_prefill(record)
+            self.inflight_decode[record.pod] = max(0.0, self.inflight_decode.get(record.pod, 0.0)
+                                                   - record.decode_tokens)
+
+    def open_records(self) -> int:
+        return len(self._records)
+
+
+def _cached_tokens(state: CycleState) -> dict[str, int] | None:
+    """The prefix scorers' per-endpoint cached prompt tokens of this cycle (the largest when
+    several prefix scorers ran), None before any ran."""
+    found: dict[str, int] | None = None
+    for key, value in state.items():
+        if key.endswith(CACHED_TOKENS_SUFFIX) and isinstance(value, dict) and value:
+            found = value if found is None else {k: max(v, found.get(k, 0)) for k, v in value.items()}
+    return found
+
+
+def latency_runtime(services: MutableMapping[str, Any]) -> LatencyRuntime:
+    """The process's LatencyRuntime, created in `services` on first use."""
+    runtime = services.get(SERVICE_KEY)
+    if runtime is None:
+        runtime = services[SERVICE_KEY] = LatencyRuntime()
+        runtime.register_metrics(services)
+    if not isinstance(runtime, LatencyRuntime):
+        raise TypeError(f"services[{SERVICE_KEY!r}] holds {type(runtime).__name__}, not LatencyRuntime")
+    return runtime

@@ -1,0 +1,119 @@
+"""predicted-latency-producer: trains the pool's latency predictor from what it observes.
+
+The producer of predicted-latency routing (llm-d's `predicted-latency-producer` plays the same
+part; there the model is XGBoost in sidecars, here an in-process ridge regression, see
+epp/latency/predictor.py). It configures the process's LatencyRuntime and feeds it:
+
+- PreRequest: the decision is final; charge the chosen pod's prefill / decode ledger and keep
+  the features and the predictions of the chosen pod for the request;
+- ResponseReceived: the response headers are the first byte (vLLM and the simulator send
+  them with the first token of a streamed response): observed TTFT, one TTFT sample;
+- PostResponse: the stream ended; with the usage's completion_tokens, observed TPOT =
+  (end - first byte) / (completion_tokens - 1), one TPOT sample.
+
+TTFT needs Envoy to send response headers to ext_proc (`response_header_mode: SEND`), TPOT
+also the response body (usage); without them the predictor never trains and the latency
+plugins keep falling back to the weighted scorers.
+
+Parameters (all optional):
+    sloDefaults: {objective-or-model: {ttftMs: 500, tpotMs: 50}}  default SLOs per
+        InferenceObjective (name from x-gateway-inference-objective, else the model name)
+    scoreRequestsWithoutSLO: false  true: requests without SLO go to the pod with the lowest
+        predicted latency too (false: they are routed as without the latency plugins)
+    stateFile: ""  warm start: load the model at start, save it every saveIntervalS
+    window, minSamples, minPodSamples, ridge, retrainIntervalS, saveIntervalS: the predictor
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from epp.datastore.endpoint import Endpoint
+from epp.latency.predictor import PredictorConfig
+from epp.latency.runtime import LatencyRuntime, latency_runtime
+from epp.latency.slo import MAX_SLO_MS, ObjectiveSLO
+from epp.scheduling.registry import PluginContext, register_plugin
+from epp.scheduling.types import CycleState, LLMRequest, SchedulingResult
+
+
+def _objective_slos(raw: Mapping[str, Any]) -> dict[str, ObjectiveSLO]:
+    out: dict[str, ObjectiveSLO] = {}
+    for name, entry in raw.items():
+        if not isinstance(entry, dict):
+            raise ValueError(f"sloDefaults[{name!r}] must be a mapping with ttftMs and/or tpotMs")
+        values: dict[str, float | None] = {"ttftMs": None, "tpotMs": None}
+        for key, value in entry.items():
+            if key not in values:
+                raise ValueError(f"sloDefaults[{name!r}]: unknown field {key!r} (known: ttftMs, tpotMs)")
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= MAX_SLO_MS \
+                    or not math.isfinite(value):
+                raise ValueError(f"sloDefaults[{name!r}].{key} must be a positive number of milliseconds, "
+                                 f"got {value!r}")
+            values[key] = float(value)
+        if values["ttftMs"] is None and values["tpotMs"] is None:
+            raise ValueError(f"sloDefaults[{name!r}] sets neither ttftMs nor tpotMs")
+        out[str(name)] = ObjectiveSLO(values["ttftMs"], values["tpotMs"])
+    return out
+
+
+@register_plugin
+class PredictedLatencyProducer:
+    type_name: ClassVar[str] = "predicted-latency-producer"
+    consumes: ClassVar[tuple[str, ...]] = (
+        "metrics.waiting_queue_size", "metrics.running_requests", "metrics.kv_cache_usage",
+        "inflight.requests", "prefix.cached_tokens")
+
+    @dataclass(slots=True)
+    class Params:
+        slo_defaults: dict[str, Any] = field(default_factory=dict)
+        score_requests_without_slo: bool = False
+        state_file: str = ""
+        window: int = 512
+        min_samples: int = 24
+        min_pod_samples: int = 48
+        ridge: float = 1e-3
+        retrain_interval_s: float = 0.5
+        save_interval_s: float = 30.0
+
+        def validate(self) -> None:
+            _objective_slos(self.slo_defaults)
+            try:
+                self.predictor_config().validate()
+            except ValueError as e:
+                raise ValueError(f"parameter {e}") from None
+
+        def predictor_config(self) -> PredictorConfig:
+            return PredictorConfig(window=self.window, min_samples=self.min_samples,
+                                   min_pod_samples=self.min_pod_samples, ridge=self.ridge,
+                                   retrain_interval_s=self.retrain_interval_s,
+                                   save_interval_s=self.save_interval_s)
+
+    def __init__(self, *, name: str = type_name, params: Params | None = None,
+                 ctx: PluginContext | None = None) -> None:
+        self.name = name
+        self.params = params if params is not None else self.Params()
+        self.runtime: LatencyRuntime = latency_runtime(ctx.services if ctx is not None else {})
+        rt = self.runtime
+        rt.objective_slos = _objective_slos(self.params.slo_defaults)
+        rt.score_without_slo = self.params.score_requests_without_slo
+        rt.predictor.config = self.params.predictor_config()
+        # A config reload builds a new producer on the same runtime: keep what it learned.
+        if rt.predictor.version == 0:
+            rt.warm_start(Path(self.params.state_file) if self.params.state_file else None)
+        else:
+            rt.predictor.start()
+
+    def pre_request(self, state: CycleState, request: LLMRequest, result: SchedulingResult) -> None:
+        primary = result.primary
+        if primary is not None and primary.targets:
+            self.runtime.on_dispatch(state, request, primary.targets[0])
+
+    def response_received(self, request: LLMRequest, target: Endpoint, status: int) -> None:
+        self.runtime.on_first_byte(request, status)
+
+    def post_response(self, request: LLMRequest, target: Endpoint, response: Mapping[str, Any]) -> None:
+        self.runtime.on_complete(request, response)

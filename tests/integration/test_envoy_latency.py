@@ -1,0 +1,115 @@
+"""Predicted-latency routing through the real Envoy: response headers and bodies flow through
+ext_proc, the predictor trains on what it observes, and the SLO metrics move."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from epp.localstack.stack import LocalStack
+from tests.integration.conftest import StackFactory
+
+pytestmark = pytest.mark.integration
+
+MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+CONFIG = """apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: predicted-latency-producer
+  parameters: {minSamples: 10, minPodSamples: 10, retrainIntervalS: 0.05}
+- type: latency-slo-admitter
+- type: slo-headroom-tier-filter
+- type: latency-scorer
+- type: active-request-scorer
+- type: max-score-picker
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: latency-slo-admitter
+  - pluginRef: slo-headroom-tier-filter
+  - pluginRef: latency-scorer
+    weight: 10
+  - pluginRef: active-request-scorer
+  - pluginRef: max-score-picker
+"""
+
+
+@pytest.fixture(scope="module")
+def stack(stack_factory: StackFactory, tmp_path_factory: pytest.TempPathFactory) -> LocalStack:
+    config = Path(tmp_path_factory.mktemp("cfg")) / "latency.yaml"
+    config.write_text(CONFIG)
+    # STREAMED response bodies: the EPP sees the response headers (TTFT) and the usage (TPOT).
+    return stack_factory(pods=2, time_scale=0.2, kv_events=False, epp_config=config,
+                         response_body_mode="STREAMED")
+
+
+def _metric(text: str, name: str, labels: str = "") -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and (not labels or labels in line):
+            match = re.match(rf"{re.escape(name)}(\{{[^}}]*\}})? (\S+)$", line)
+            if match:
+                total += float(match.group(2))
+    return total
+
+
+async def _send(client: httpx.AsyncClient, stack: LocalStack, i: int, headers: dict[str, str]) -> int:
+    body = {"model": MODEL, "prompt": f"request {i} " + "lorem ipsum dolor " * (20 + 10 * (i % 7)),
+            "max_tokens": 8, "stream": True, "stream_options": {"include_usage": True}}
+    async with client.stream("POST", f"{stack.url}/v1/completions", json=body, headers=headers) as r:
+        async for _ in r.aiter_bytes():
+            pass
+        return r.status_code
+
+
+async def test_slo_metrics_move_through_envoy(stack: LocalStack) -> None:
+    metrics_url = f"http://127.0.0.1:{stack.epps[0].metrics_port}/metrics"
+    async with httpx.AsyncClient(timeout=60, trust_env=False) as client:
+        before = (await client.get(metrics_url)).text
+        assert _metric(before, "epp_latency_model_trained") == 0.0
+        # A 1 ms TTFT target no pod meets: every such request is a TTFT SLO violation.
+        tight = {"x-llm-d-slo-ttft-ms": "1", "x-slo-tpot-ms": "10000"}
+        for batch in range(4):
+            statuses = await asyncio.gather(*(_send(client, stack, batch * 6 + j, tight) for j in range(6)))
+            assert statuses == [200] * 6
+        deadline = time.monotonic() + 20
+        text = ""
+        while time.monotonic() < deadline:
+            text = (await client.get(metrics_url)).text
+            if _metric(text, "epp_latency_model_trained") == 1.0:
+                break
+            await asyncio.sleep(0.1)
+        assert _metric(text, "epp_latency_model_trained") == 1.0, "the predictor never trained"
+        # Once trained, decisions are predicted: more requests move the predicted histograms.
+        for batch in range(2):
+            statuses = await asyncio.gather(*(_send(client, stack, 100 + batch * 4 + j, tight) for j in range(4)))
+            assert statuses == [200] * 4
+        await asyncio.sleep(0.3)
+        text = (await client.get(metrics_url)).text
+    observed = _metric(text, "inference_objective_request_ttft_seconds_count")
+    assert observed >= 32, observed
+    assert _metric(text, "inference_objective_request_tpot_seconds_count") >= 32
+    assert _metric(text, "inference_objective_request_slo_violation_total", 'type="ttft"') >= 32
+    assert _metric(text, "inference_objective_request_slo_violation_total", 'type="tpot"') == 0
+    assert _metric(text, "inference_objective_request_predicted_ttft_seconds_count") >= 8
+    assert _metric(text, "inference_objective_request_ttft_prediction_duration_seconds_count") >= 8
+    assert _metric(text, "epp_latency_prediction_error_ratio_count", 'type="ttft"') >= 8
+    assert _metric(text, "epp_latency_slo_requests_total", 'type="ttft"') >= 8
+    assert _metric(text, "epp_latency_model_samples", 'type="ttft"') >= 32
+    assert "epp_latency_training_lag_seconds" in text
+
+
+async def test_bad_slo_header_is_a_400_with_an_openai_error(stack: LocalStack) -> None:
+    async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
+        # The predictor is trained by the test above only when run in order; either way a
+        # malformed header is refused before any routing.
+        r = await client.post(f"{stack.url}/v1/completions",
+                              json={"model": MODEL, "prompt": "hi", "max_tokens": 2},
+                              headers={"x-llm-d-slo-ttft-ms": "soon"})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] == "invalid_slo_header"

@@ -1,0 +1,59 @@
+"""The predicted-latency bench: its workload and its SLO-attainment arithmetic."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from epp.bench.client import PhaseResult, RequestResult
+from epp.bench.latency import ROUTERS, LatencyBenchSettings, build_workload, prompt_tokens, scaled, summarize
+from epp.bench.workloads import SLO_TPOT_HEADER, SLO_TTFT_HEADER, WorkloadParams, latency_slo, pod_profile
+
+
+def test_workload_is_deterministic_with_slos_on_half_and_long_prefills() -> None:
+    params = WorkloadParams(rate=4.0, count=600, duration_s=150.0, seed=3, nonce="t")
+    a, b = latency_slo(params), latency_slo(params)
+    assert [r.messages for r in a.requests] == [r.messages for r in b.requests]
+    n = len(a.requests)
+    with_slo = sum(1 for r in a.requests if SLO_TTFT_HEADER in r.headers and SLO_TPOT_HEADER in r.headers)
+    assert 0.42 < with_slo / n < 0.58
+    tokens = prompt_tokens(a)
+    long = [t for r, t in zip(a.requests, tokens, strict=True) if r.session.startswith("long/")]
+    assert 0.06 < len(long) / n < 0.14
+    assert all(7_900 <= t <= 30_100 for t in long)
+    assert pod_profile("latency-slo") == {0: 2.0}
+
+
+def test_rate_follows_the_load_and_slos_scale_with_time() -> None:
+    settings = LatencyBenchSettings()
+    w70, r70 = build_workload(settings, 0.7, 60.0, 1, "x")
+    _, r90 = build_workload(settings, 0.9, 60.0, 1, "x")
+    assert r90 / r70 == pytest.approx(0.9 / 0.7, rel=0.1)
+    fast = scaled(w70, 0.5)
+    for slow_req, fast_req in zip(w70.requests, fast.requests, strict=True):
+        if SLO_TTFT_HEADER in slow_req.headers:
+            assert float(fast_req.headers[SLO_TTFT_HEADER]) == float(slow_req.headers[SLO_TTFT_HEADER]) * 0.5
+
+
+def test_attainment_counts_both_targets_and_errors_as_misses() -> None:
+    w = latency_slo(WorkloadParams(rate=2.0, count=40, duration_s=100.0, seed=5, nonce="s"))
+    results = []
+    for r in w.requests:
+        res = RequestResult(r.index, status=200, sent=True, e2e_s=1.0, pod="vllm-1")
+        slo = float(r.headers.get(SLO_TTFT_HEADER, "1000")) / 1000
+        # Alternate: meets both / misses TTFT / misses TPOT / error.
+        case = r.index % 4
+        res.ttft_s = slo * (0.5 if case != 1 else 2.0)
+        tpot = float(r.headers.get(SLO_TPOT_HEADER, "100")) / 1000
+        res.token_gaps_s = [tpot * (0.5 if case != 2 else 3.0)] * 4
+        if case == 3:
+            res.error, res.status = "HTTP 429", 429
+        results.append(res)
+    row = summarize(ROUTERS["epp-latency"], 0.7, 2.0, w, PhaseResult(results, 10.0), 1.0, "vllm-0")
+    slo_cases = [r.index % 4 for r in w.requests if r.headers]
+    assert row.slo_requests == len(slo_cases)
+    assert row.slo_met == slo_cases.count(0)
+    assert row.attainment == pytest.approx(slo_cases.count(0) / len(slo_cases))
+    assert row.slow_pod_share == 0.0
+    assert not math.isnan(row.ttft_p90_chat)

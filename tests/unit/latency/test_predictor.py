@@ -1,0 +1,179 @@
+"""The latency predictor against a known latency function (no EPP, no network)."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import statistics
+import time
+from pathlib import Path
+
+import pytest
+
+from epp.latency.predictor import FEATURES, N_FEATURES, LatencyPredictor, PredictorConfig
+
+# A known TTFT function shaped like a vLLM step model, with per-pod speed: pod "slow" takes
+# twice as long for everything. Coefficients in seconds per feature unit (FEATURES order).
+TRUE_TTFT = (0.010, 0.060, 0.055, 1.0, 0.004, 0.0008, 0.001, 0.002, 0.030)
+TRUE_TPOT = (0.008, 0.0, 0.004, 0.0, 0.0003, 0.0004, 0.0002, 0.001, 0.005)
+SPEED = {"fast": 1.0, "slow": 2.0}
+
+
+def features(rng: random.Random) -> list[float]:
+    return [1.0, rng.uniform(0.05, 30.0), rng.uniform(0.0, 20.0), rng.uniform(0.0, 5.0), rng.randint(0, 8),
+            rng.randint(0, 32), rng.randint(0, 40), rng.uniform(0.0, 10.0), rng.uniform(0.0, 0.9)]
+
+
+def truth(coef: tuple[float, ...], pod: str, x: list[float]) -> float:
+    return SPEED[pod] * sum(c * v for c, v in zip(coef, x, strict=True))
+
+
+def train(predictor: LatencyPredictor, samples: int, seed: int = 1, noise: float = 0.05) -> None:
+    rng = random.Random(seed)
+    for _ in range(samples):
+        for pod in SPEED:
+            x = features(rng)
+            predictor.observe("ttft", pod, x, truth(TRUE_TTFT, pod, x) * (1 + rng.uniform(-noise, noise)))
+            predictor.observe("tpot", pod, x, truth(TRUE_TPOT, pod, x) * (1 + rng.uniform(-noise, noise)))
+
+
+def mape(predictor: LatencyPredictor, target: str, pod: str, seed: int = 99, n: int = 400) -> float:
+    rng = random.Random(seed)
+    coef = TRUE_TTFT if target == "ttft" else TRUE_TPOT
+    errors = []
+    for _ in range(n):
+        x = features(rng)
+        predicted = predictor.predict(pod, x)[0 if target == "ttft" else 1]
+        actual = truth(coef, pod, x)
+        errors.append(abs(predicted - actual) / actual)
+    return statistics.median(errors)
+
+
+def test_untrained_predictor_is_not_ready_and_predicts_nan() -> None:
+    p = LatencyPredictor()
+    assert not p.ready
+    ttft, tpot = p.predict("fast", [1.0] * N_FEATURES)
+    assert math.isnan(ttft) and math.isnan(tpot)
+    train(p, 5)  # 10 samples < min_samples (24)
+    p.refit()
+    assert not p.ready
+
+
+def test_learns_a_known_latency_function_per_pod() -> None:
+    p = LatencyPredictor(PredictorConfig(window=512))
+    train(p, 300)
+    assert p.refit()
+    assert p.ready
+    for pod in SPEED:
+        assert mape(p, "ttft", pod) < 0.05, pod
+        assert mape(p, "tpot", pod) < 0.05, pod
+    # The same request is predicted twice as slow on the slow pod (pod identity is learned).
+    x = features(random.Random(5))
+    fast, slow = p.predict("fast", x)[0], p.predict("slow", x)[0]
+    assert slow / fast == pytest.approx(2.0, rel=0.1)
+    # A pod without its own model yet gets the pooled one (between the two speeds).
+    unknown = p.predict("new-pod", x)[0]
+    assert fast < unknown < slow
+
+
+def test_background_thread_trains_and_reports_lag() -> None:
+    p = LatencyPredictor(PredictorConfig(retrain_interval_s=0.02))
+    p.start()
+    try:
+        train(p, 60)
+        deadline = time.monotonic() + 10
+        while not p.ready and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert p.ready
+        deadline = time.monotonic() + 10
+        while p.training_lag() > 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert p.training_lag() == 0.0
+        assert p.fits >= 1 and p.last_fit_s > 0
+    finally:
+        p.stop()
+
+
+def test_warm_start_restores_the_model(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "latency.json"
+    p = LatencyPredictor()
+    train(p, 100)
+    p.refit()
+    p.save(path)
+    x = features(random.Random(3))
+    q = LatencyPredictor()
+    assert q.load(path)
+    assert q.ready
+    assert q.predict("slow", x) == pytest.approx(p.predict("slow", x))
+    # The samples came back too: the next refit keeps the model, it does not start over.
+    assert q.sample_counts() == p.sample_counts()
+    q.observe("ttft", "slow", x, truth(TRUE_TTFT, "slow", x))
+    q.refit()
+    assert mape(q, "ttft", "slow") < 0.05
+
+
+def test_warm_start_ignores_missing_foreign_or_broken_state(tmp_path: Path) -> None:
+    p = LatencyPredictor()
+    assert not p.load(tmp_path / "missing.json")
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"version": 1, "features": ["a"], "models": {}}))
+    assert not p.load(other)
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    assert not p.load(broken)
+    bad_coef = tmp_path / "bad.json"
+    bad_coef.write_text(json.dumps({"version": 1, "features": list(FEATURES), "models": {"": {"ttft": [1, 2]}}}))
+    assert not p.load(bad_coef)
+    assert not p.ready
+
+
+def test_prediction_costs_microseconds() -> None:
+    p = LatencyPredictor()
+    train(p, 100)
+    p.refit()
+    x = features(random.Random(1))
+    n = 20_000
+    t0 = time.perf_counter()
+    for _ in range(n):
+        p.predict("slow", x)
+    per_call_us = (time.perf_counter() - t0) / n * 1e6
+    print(f"predict(): {per_call_us:.2f} us per pod")
+    assert per_call_us < 50  # generous: a noisy shared machine; typically ~1-2 us
+
+
+def test_rejects_bad_observations() -> None:
+    p = LatencyPredictor()
+    p.observe("ttft", "a", [1.0] * N_FEATURES, math.nan)
+    p.observe("ttft", "a", [1.0] * N_FEATURES, -1.0)
+    p.observe("ttft", "a", [1.0] * 3, 1.0)
+    assert p.sample_counts() == {"ttft": 0, "tpot": 0}
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError, match="minSamples"):
+        PredictorConfig(min_samples=2).validate()
+    with pytest.raises(ValueError, match="window"):
+        PredictorConfig(window=4).validate()
+
+
+def test_a_pod_seen_only_with_short_prompts_extrapolates_with_its_speed() -> None:
+    """The feedback loop of per-pod models: a slow pod that latency routing keeps for short
+    prompts has no long prefill in its window. Its prediction for a long one must come from
+    the pooled shape times its speed, not from extrapolating its own short-prompt fit."""
+    p = LatencyPredictor()
+    rng = random.Random(8)
+    for _ in range(300):
+        x = features(rng)
+        p.observe("ttft", "fast", x, truth(TRUE_TTFT, "fast", x))
+        short = features(rng)
+        short[1], short[2], short[3] = rng.uniform(0.05, 1.0), 0.0, 0.0  # short prompts, no queue
+        # The slow pod's latency has a component the short prompts cannot reveal: prefill
+        # cost grows faster than linearly there (e.g. attention), seen only on long prompts.
+        p.observe("ttft", "slow", short, truth(TRUE_TTFT, "slow", short) + 0.3 * short[1] ** 2)
+    p.refit()
+    x = features(random.Random(2))
+    x[1], x[3] = 20.0, 0.0
+    fast = p.predict("fast", x)[0]
+    slow = p.predict("slow", x)[0]
+    assert slow / fast == pytest.approx(2.0, rel=0.25)

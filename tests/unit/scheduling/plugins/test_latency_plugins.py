@@ -1,0 +1,234 @@
+"""The latency plugins on a heterogeneous pool: scorer, headroom filter, SLO admitter, and the
+fallback before training (no network; the predictor learns through the runtime's own
+request lifecycle with a controlled clock)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from epp.config.loader import ConfigError, default_config_text, parse_scheduler_config
+from epp.datastore.endpoint import Endpoint
+from epp.latency.runtime import SERVICE_KEY, LatencyRuntime, latency_runtime
+from epp.scheduling.plugins.latency_scorer import LatencyScorer
+from epp.scheduling.plugins.latency_slo_admitter import LatencySLOAdmitter
+from epp.scheduling.plugins.slo_headroom_filter import SLOHeadroomTierFilter
+from epp.scheduling.registry import PluginContext
+from epp.scheduling.types import CycleState, LLMRequest, SchedulingError
+from tests.unit.scheduling.sched_fakes import context, endpoint, request
+
+SPEED = {"fast": 1.0, "slow": 2.0}  # the slow pod takes twice as long for everything
+
+
+def true_ttft(pod: str, prompt_tokens: int) -> float:
+    return SPEED[pod] * (0.02 + 0.05 * prompt_tokens / 1000)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def trained_runtime(ctx: PluginContext, pods: list[Endpoint], samples: int = 80) -> LatencyRuntime:
+    """Run `samples` requests per pod through the runtime's lifecycle (dispatch, first byte,
+    completion) with each pod's true latency, then refit."""
+    rt = latency_runtime(ctx.services)
+    clock = Clock()
+    rt.clock = clock
+    rt.predictor.clock = clock
+    rng = random.Random(4)
+    for i in range(samples):
+        for ep in pods:
+            tokens = rng.randint(50, 12_000)
+            req = request("x" * (tokens * 4), request_id=f"t{i}-{ep.name}", max_tokens=16)
+            rt.on_dispatch(CycleState(), req, ep)
+            clock.now += true_ttft(ep.name, tokens)
+            rt.on_first_byte(req, 200)
+            clock.now += SPEED[ep.name] * 0.01 * 15
+            rt.on_complete(req, {"status": 200, "completion_tokens": 16})
+    assert rt.predictor.refit()
+    assert rt.predictor.ready
+    assert rt.open_records() == 0 and all(v == pytest.approx(0.0, abs=1e-9) for v in rt.pending_prefill.values())
+    return rt
+
+
+@pytest.fixture
+def pods() -> list[Endpoint]:
+    return [endpoint("fast", port=8000, inflight=1), endpoint("slow", port=8001, inflight=1)]
+
+
+@pytest.fixture
+def ctx() -> Iterator[PluginContext]:
+    c = context()
+    yield c
+    rt = c.services.get(SERVICE_KEY)
+    if isinstance(rt, LatencyRuntime):
+        rt.predictor.stop()
+
+
+def slo_request(ttft_ms: float | None, prompt_tokens: int = 8000, priority: int = 0,
+                tpot_ms: float | None = None) -> LLMRequest:
+    headers = {}
+    if ttft_ms is not None:
+        headers["x-llm-d-slo-ttft-ms"] = str(ttft_ms)
+    if tpot_ms is not None:
+        headers["x-llm-d-slo-tpot-ms"] = str(tpot_ms)
+    return request("y" * (prompt_tokens * 4), headers=headers, priority=priority)
+
+
+def test_scorer_prefers_the_faster_pod(ctx: PluginContext, pods: list[Endpoint]) -> None:
+    trained_runtime(ctx, pods)
+    scorer = LatencyScorer(ctx=ctx)
+    # 8k prompt: fast ~0.42 s, slow ~0.84 s. Loose SLO (both meet): most headroom = fast.
+    assert scorer.score(CycleState(), slo_request(2000), pods) == [1.0, 0.0]
+    # Tight SLO only the fast pod meets.
+    assert scorer.score(CycleState(), slo_request(600), pods) == [1.0, 0.0]
+    # No pod meets it: least deficit is still the fast pod.
+    assert scorer.score(CycleState(), slo_request(100), pods) == [1.0, 0.0]
+    # `least` packs onto the pod closest to the SLO when both meet it.
+    least = LatencyScorer(ctx=ctx, params=LatencyScorer.Params(headroom_selection_strategy="least"))
+    assert least.score(CycleState(), slo_request(2000), pods) == [0.0, 1.0]
+    # Predictions are close to the truth on both pods.
+    cycle = latency_runtime(ctx.services).cycle(CycleState(), slo_request(2000), pods)
+    assert cycle is not None
+    for ep in pods:
+        assert cycle.by_key[ep.key][0] == pytest.approx(true_ttft(ep.name, 8000), rel=0.1)
+
+
+def test_requests_without_slo_are_left_to_the_other_scorers(ctx: PluginContext, pods: list[Endpoint]) -> None:
+    rt = trained_runtime(ctx, pods)
+    scorer = LatencyScorer(ctx=ctx)
+    assert scorer.score(CycleState(), slo_request(None), pods) == [0.0, 0.0]
+    rt.score_without_slo = True  # the producer's scoreRequestsWithoutSLO
+    assert scorer.score(CycleState(), slo_request(None), pods) == [1.0, 0.0]
+
+
+def test_headroom_filter_keeps_pods_meeting_the_slo_else_all(ctx: PluginContext, pods: list[Endpoint]) -> None:
+    trained_runtime(ctx, pods)
+    flt = SLOHeadroomTierFilter(ctx=ctx, params=SLOHeadroomTierFilter.Params(epsilon_explore_neg=0.0))
+    assert [e.name for e in flt.filter(CycleState(), slo_request(600), pods)] == ["fast"]
+    assert [e.name for e in flt.filter(CycleState(), slo_request(2000), pods)] == ["fast", "slow"]
+    assert [e.name for e in flt.filter(CycleState(), slo_request(100), pods)] == ["fast", "slow"]
+    # TPOT counts too: a TPOT target only the fast pod meets (fast ~10 ms, slow ~20 ms).
+    assert [e.name for e in flt.filter(CycleState(), slo_request(2000, tpot_ms=15), pods)] == ["fast"]
+    explore = SLOHeadroomTierFilter(ctx=ctx, params=SLOHeadroomTierFilter.Params(epsilon_explore_neg=1.0))
+    assert [e.name for e in explore.filter(CycleState(), slo_request(600), pods)] == ["slow"]
+
+
+def test_admitter_sheds_only_sheddable_requests(ctx: PluginContext, pods: list[Endpoint]) -> None:
+    rt = trained_runtime(ctx, pods)
+    admitter = LatencySLOAdmitter(ctx=ctx, params=LatencySLOAdmitter.Params(retry_after_s=3))
+    # Unattainable SLO, sheddable: 429 with Retry-After.
+    with pytest.raises(SchedulingError) as info:
+        admitter.filter(CycleState(), slo_request(100, priority=-1), pods)
+    assert (info.value.status, info.value.code, info.value.retry_after_s) == (429, "slo_unattainable", 3)
+    assert rt.metrics.slo_rejected._value.get() == 1
+    # Same request, not sheddable (priority 0 and above): admitted.
+    for priority in (0, 1):
+        assert admitter.filter(CycleState(), slo_request(100, priority=priority), pods) == pods
+    # Sheddable but attainable on one pod, or without an SLO: admitted.
+    assert admitter.filter(CycleState(), slo_request(600, priority=-1), pods) == pods
+    assert admitter.filter(CycleState(), slo_request(None, priority=-1), pods) == pods
+    # An idle pod admits (the predictor knows idle pods least; llm-d does the same).
+    pods[1].inflight = 0
+    assert admitter.filter(CycleState(), slo_request(100, priority=-1), pods) == pods
+
+
+def test_untrained_plugins_step_aside(ctx: PluginContext, pods: list[Endpoint]) -> None:
+    req = slo_request(1, priority=-1)
+    assert LatencyScorer(ctx=ctx).score(CycleState(), req, pods) == [0.0, 0.0]
+    assert SLOHeadroomTierFilter(ctx=ctx).filter(CycleState(), req, pods) == pods
+    assert LatencySLOAdmitter(ctx=ctx).filter(CycleState(), req, pods) == pods
+
+
+WITH_LATENCY = default_config_text().replace("""- type: single-profile-handler
+schedulingProfiles:
+- name: default
+  plugins:
+""", """- type: single-profile-handler
+- type: predicted-latency-producer
+  parameters:
+    scoreRequestsWithoutSLO: true
+- type: latency-slo-admitter
+- type: slo-headroom-tier-filter
+- type: latency-scorer
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: latency-slo-admitter
+  - pluginRef: slo-headroom-tier-filter
+  - pluginRef: latency-scorer
+    weight: 10
+""")
+
+
+def test_before_training_decisions_equal_the_fallback_config() -> None:
+    assert "latency-scorer" in WITH_LATENCY
+    rng = random.Random(11)
+    pods_a = [endpoint(f"p{i}", port=8000 + i) for i in range(4)]
+    pods_b = [endpoint(f"p{i}", port=8000 + i) for i in range(4)]
+    ctx_a, ctx_b = context(), context()
+    fallback = parse_scheduler_config(default_config_text(), ctx_a, "default.yaml")
+    latency = parse_scheduler_config(WITH_LATENCY, ctx_b, "latency.yaml")
+    try:
+        for cfg in (fallback, latency):
+            cfg.plugins["max-score-picker"].rng = random.Random(3)
+        systems = [f"system prompt {g} " * 200 for g in range(3)]
+        picks_a, picks_b = [], []
+        for i in range(300):
+            for a, b in zip(pods_a, pods_b, strict=True):  # same random pod state for both
+                a.metrics.waiting_queue_size = b.metrics.waiting_queue_size = rng.randint(0, 5)
+                a.metrics.running_requests = b.metrics.running_requests = rng.randint(0, 20)
+                a.metrics.kv_cache_usage = b.metrics.kv_cache_usage = rng.random()
+                a.inflight = b.inflight = rng.randint(0, 4)
+            prompt = rng.choice(systems) + f"question {i} " * rng.randint(1, 50)
+            headers = {"x-llm-d-slo-ttft-ms": "200"} if i % 2 else {}
+            priority = -1 if i % 3 == 0 else 0
+            for cfg, pods, picks in ((fallback, pods_a, picks_a), (latency, pods_b, picks_b)):
+                req = request(prompt, request_id=f"r{i}", headers=dict(headers), priority=priority)
+                result, state = cfg.scheduler.schedule(req, pods)
+                cfg.scheduler.pre_request(state, req, result)
+                picks.append(result.primary.targets[0].name if result.primary else None)
+        assert picks_a == picks_b
+        assert len(set(picks_a)) > 1  # the comparison saw real choices, not one pod
+        assert not latency_runtime(ctx_b.services).predictor.ready
+    finally:
+        latency_runtime(ctx_b.services).predictor.stop()
+
+
+def test_bad_slo_header_is_a_400_through_the_scheduler(tmp_path: Path) -> None:
+    ctx = context()
+    cfg = parse_scheduler_config(WITH_LATENCY, ctx, "latency.yaml")
+    try:
+        rt = trained_runtime(ctx, [endpoint("fast", port=8000), endpoint("slow", port=8001)])
+        assert rt.predictor.ready
+        req = request("hi", headers={"x-slo-ttft-ms": "soon"})
+        with pytest.raises(SchedulingError) as info:
+            cfg.scheduler.schedule(req, [endpoint("fast", port=8000)])
+        assert info.value.status == 400
+    finally:
+        latency_runtime(ctx.services).predictor.stop()
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ("{sloDefaults: {chat: {ttftMs: -1}}}", "sloDefaults['chat'].ttftMs"),
+    ("{sloDefaults: {chat: {latency: 5}}}", "unknown field 'latency'"),
+    ("{sloDefaults: {chat: {}}}", "neither ttftMs nor tpotMs"),
+    ("{minSamples: 2}", "minSamples"),
+])
+def test_config_errors_name_the_plugin_and_field(params: str, message: str) -> None:
+    text = f"""plugins:
+- type: predicted-latency-producer
+  parameters: {params}
+- type: latency-scorer
+"""
+    with pytest.raises(ConfigError) as info:
+        parse_scheduler_config(text, context(), "latency.yaml")
+    assert "latency.yaml" in str(info.value) and "predicted-latency-producer" in str(info.value)
+    assert message in str(info.value)
