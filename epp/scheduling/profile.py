@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from itertools import repeat
+from operator import add, mul
 from time import perf_counter_ns
 
 from epp.datastore.endpoint import Endpoint
-from epp.scheduling.interfaces import Filter, Picker, PluginTimingObserver, Scorer
+from epp.scheduling.interfaces import Filter, Picker, PluginTimingObserver, Scorer, ScoresPicker
 from epp.scheduling.types import CycleState, LLMRequest, ProfileRunResult, ScoredEndpoint
 
 log = logging.getLogger(__name__)
@@ -22,7 +24,8 @@ log = logging.getLogger(__name__)
 class SchedulerProfile:
     """Runs filters -> scorers -> picker over the candidate endpoints of one request."""
 
-    __slots__ = ("_misbehaving", "filters", "name", "observer", "picker", "scorers")
+    __slots__ = ("_keys_cache", "_keys_of", "_misbehaving", "_pick_scores", "filters", "name", "observer",
+                 "picker", "scorers")
 
     def __init__(
         self,
@@ -45,6 +48,11 @@ class SchedulerProfile:
         self.observer = observer
         # Scorers already reported for out-of-range output: log once, not per request.
         self._misbehaving: set[str] = set()
+        # A picker with the ScoresPicker fast path gets the totals without per-endpoint
+        # ScoredEndpoint objects.
+        self._pick_scores = picker.pick_scores if isinstance(picker, ScoresPicker) else None
+        self._keys_of: Sequence[Endpoint] | None = None
+        self._keys_cache: list[str] = []
 
     def __repr__(self) -> str:
         scorers = ", ".join(f"{s.name}*{w:g}" for s, w in self.scorers)
@@ -86,23 +94,37 @@ class SchedulerProfile:
             # per-element clamp only runs for a misbehaving scorer.
             if (min(scores) < 0.0 or max(scores) > 1.0 or sum(scores) != sum(scores)):
                 scores = self._clamped(scorer, scores)
+            # map() over operator functions runs the per-endpoint arithmetic in C; the
+            # operations (t + s, t + s * w) are the same as a per-element loop's, so the
+            # totals are bit for bit what they always were.
             if weight == 1.0:
-                totals = [t + s for t, s in zip(totals, scores, strict=True)]
+                totals = list(map(add, totals, scores))
             elif weight != 0.0:
-                totals = [t + weight * s for t, s in zip(totals, scores, strict=True)]
+                totals = list(map(add, totals, map(mul, scores, repeat(weight))))
 
-        scored = [ScoredEndpoint(ep, total) for ep, total in zip(endpoints, totals, strict=True)]
         picker = self.picker
-        if observer is None:
-            result = picker.pick(state, request, scored)
+        pick_scores = self._pick_scores
+        t0 = perf_counter_ns() if observer is not None else 0
+        if pick_scores is not None:
+            result = pick_scores(state, request, endpoints, totals)
         else:
-            t0 = perf_counter_ns()
-            result = picker.pick(state, request, scored)
+            result = picker.pick(state, request, list(map(ScoredEndpoint, endpoints, totals)))
+        if observer is not None:
             observer.observe_plugin("Picker", picker.type_name, picker.name, perf_counter_ns() - t0)
         if not result.targets:
             return None
-        result.scores = {ep.key: total for ep, total in zip(endpoints, totals, strict=True)}
+        result.scores = dict(zip(self._keys(endpoints), totals, strict=True))
         return result
+
+    def _keys(self, endpoints: Sequence[Endpoint]) -> list[str]:
+        """Endpoint keys in order; cached for the datastore's snapshot tuple, which is the
+        same object for every decision until the pool changes."""
+        if endpoints is self._keys_of:
+            return self._keys_cache
+        keys = [ep.key for ep in endpoints]
+        if type(endpoints) is tuple:  # immutable: identity is a safe cache key
+            self._keys_of, self._keys_cache = endpoints, keys
+        return keys
 
     def _clamped(self, scorer: Scorer, scores: Sequence[float]) -> list[float]:
         if scorer.name not in self._misbehaving:

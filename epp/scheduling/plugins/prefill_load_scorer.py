@@ -26,11 +26,14 @@ Not a GIE or llm-d plugin: our own; see docs/scheduling.md for the measurements.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import repeat
+from operator import mul
 from typing import ClassVar
 
 from epp.datastore.endpoint import Endpoint
 from epp.datastore.inflight import CHARACTERS_PER_TOKEN, InflightTracker
 from epp.datastore.inflight import SERVICE_KEY as TRACKER_KEY
+from epp.scheduling.plugins._loads import waiting
 from epp.scheduling.plugins._normalize import lower_is_better
 from epp.scheduling.plugins._parameterless import NoParams, ParameterlessPlugin
 from epp.scheduling.registry import PluginContext, register_plugin
@@ -58,8 +61,7 @@ class PrefillLoadScorer(ParameterlessPlugin):
         self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]
     ) -> list[float]:
         tracker = self.tracker
-        now = tracker.clock()
-        recent = tracker.recent_prompt_tokens
         per_request = max(1, len(request.prompt_text()) // CHARACTERS_PER_TOKEN)
-        return lower_is_better([max(recent(ep, now) + ep.peer_recent_prompt_tokens,
-                                    ep.metrics.waiting_queue_size * per_request) for ep in endpoints])
+        recent = tracker.recent_prompt_tokens_of(endpoints, tracker.clock())
+        queued = map(mul, waiting(endpoints), repeat(per_request))
+        return lower_is_better(list(map(max, recent, queued)))

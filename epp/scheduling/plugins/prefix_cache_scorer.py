@@ -48,15 +48,18 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import ClassVar
 
 from epp.datastore.endpoint import Endpoint
+from epp.scheduling.plugins._loads import request_load
 from epp.scheduling.registry import PluginContext, register_plugin
 from epp.scheduling.types import CycleState, LLMRequest, SchedulingResult
 
 AVERAGE_CHARACTERS_PER_TOKEN = 4
 CACHED_TOKENS_SUFFIX = ".cached-tokens"  # CycleState contract with pd-profile-handler
 PEER_BUS_KEY = "peers.bus"  # PluginContext.services key of epp.server.peers.PeerBus
+_key = attrgetter("key")
 
 
 def prefix_block_hashes(text: str, seed: str, block_size: int, max_blocks: int) -> list[int]:
@@ -161,14 +164,28 @@ class PrefixCacheScorer:
                 matched[ep.key] = cached_tokens[ep.key] = 0
             return [0.0] * len(endpoints)
         tokens_per_block = cycle.tokens_per_block
-        scores: list[float] = []
-        for ep in endpoints:
-            key = ep.key
-            blocks = matched.get(key)
-            if blocks is None:
-                blocks = matched[key] = self.match_length(key, hashes)
-                cached_tokens[key] = blocks * tokens_per_block
-            scores.append(blocks / total)
+        if not matched:
+            # First profile of the cycle (the usual case): one pass, and the two per-endpoint
+            # dicts filled in C from the keys. Most endpoints do not hold the first block;
+            # that test is inlined so they cost one dict lookup each.
+            lru_get = self._lru.get
+            first = hashes[0]
+            match_length = self.match_length
+            keys = list(map(_key, endpoints))
+            blocks_list = [0 if (lru := lru_get(key)) is None or first not in lru else match_length(key, hashes)
+                           for key in keys]
+            matched.update(zip(keys, blocks_list, strict=True))
+            cached_tokens.update(zip(keys, [b * tokens_per_block for b in blocks_list], strict=True))
+            scores = [b / total for b in blocks_list] if any(blocks_list) else [0.0] * len(blocks_list)
+        else:
+            scores = []
+            for ep in endpoints:
+                key = ep.key
+                blocks = matched.get(key)
+                if blocks is None:
+                    blocks = matched[key] = self.match_length(key, hashes)
+                    cached_tokens[key] = blocks * tokens_per_block
+                scores.append(blocks / total)
         params = self.params
         if params.cache_threshold > 0.0:
             floor = params.cache_threshold
@@ -178,8 +195,7 @@ class PrefixCacheScorer:
         return scores
 
     def _let_go_of_busy(self, scores: list[float], endpoints: Sequence[Endpoint]) -> list[float]:
-        loads = [max(ep.inflight + ep.peer_inflight,
-                     ep.metrics.running_requests + ep.metrics.waiting_queue_size) for ep in endpoints]
+        loads = request_load(endpoints)
         least = min(loads)
         gap = self.params.balance_abs_threshold
         ratio = self.params.balance_rel_threshold
