@@ -76,6 +76,9 @@ ROUTERS: tuple[RouterSpec, ...] = (
     RouterSpec("epp-all", "EPP all scorers", "epp", "epp-all.yaml", ours=True),
     RouterSpec("epp-precise", "EPP precise prefix (KV events)", "epp", "epp-precise.yaml", ours=True),
     RouterSpec("epp-precise-spec", "EPP precise + speculative (30s)", "epp", "epp-precise-spec.yaml", ours=True),
+    # Control row: the whole EPP path (ext_proc hop, body parse, scraping) with round robin's
+    # picks and no scorer; its gap to envoy-rr is what the path costs (docs/performance.md).
+    RouterSpec("epp-rr", "EPP round robin (control: no scorers)", "epp", "epp-rr.yaml", ours=True),
 )
 
 
