@@ -7,6 +7,7 @@ sees identical, cold pods: empty prefix caches, no adapter loaded, empty queues.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -246,11 +247,45 @@ def running_router(spec: RouterSpec, row: RowSettings, tag: str, timeout: float 
             _start_envoy_lb(running, row, run_dir, timeout)
         elif spec.kind == "vllm-router":
             _start_vllm_router(running, row, run_dir, timeout)
+        cpu0, wall0 = process_cpu_seconds(running.pids()), time.monotonic()
         yield running
+        write_cpu_use(run_dir / CPU_USE_FILE, spec.key, process_cpu_seconds(running.pids()), cpu0,
+                      time.monotonic() - wall0)
     finally:
         for proc in running.extra.values():
             stop_process(proc)
         stack.stop()
+
+
+# Per cell: CPU seconds each process (simulated pods, Envoy, EPP, vllm-router) used while the
+# cell ran, so a report can tell whether the router's own CPU competed with the pods
+# (`python -m epp.bench.cpu_use <run dir>` sums them up; docs/performance.md).
+CPU_USE_FILE = "cpu-use.json"
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_seconds(pids: Mapping[str, int]) -> dict[str, float]:
+    """utime+stime of each named process and its session (worker processes), from /proc."""
+    sessions = {pid: name for name, pid in pids.items()}
+    out = dict.fromkeys(pids, 0.0)
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        name = sessions.get(int(rest[3]))  # field 6: session id (every process starts its own)
+        if name is not None:
+            out[name] += (int(rest[11]) + int(rest[12])) / _CLOCK_TICKS
+    return out
+
+
+def write_cpu_use(path: Path, router: str, after: Mapping[str, float], before: Mapping[str, float],
+                  wall_s: float) -> None:
+    cpu = {name: round(max(0.0, after.get(name, 0.0) - before.get(name, 0.0)), 3) for name in after}
+    path.write_text(json.dumps({"router": router, "wall_s": round(wall_s, 3), "cpu_s": cpu}) + "\n")
 
 
 def _start_envoy_lb(running: RunningRouter, row: RowSettings, run_dir: Path, timeout: float) -> None:

@@ -40,14 +40,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from operator import attrgetter
 
 from epp.datastore.datastore import Datastore
 from epp.datastore.endpoint import Endpoint
 
 log = logging.getLogger(__name__)
 
-_peer_recent = attrgetter("peer_recent_prompt_tokens")
 SERVICE_KEY = "inflight.tracker"  # PluginContext.services key
 CHARACTERS_PER_TOKEN = 4  # prompt-size estimate without a tokenizer (same as prefix-cache-scorer)
 
@@ -176,8 +174,11 @@ class InflightTracker:
         one loop with no call per endpoint (the prefill-load scorer reads it per decision)."""
         rate = self._decay_rate
         exp = math.exp
+        get = self._recent.get
         out = []
-        for entry, peer in zip(map(self._recent.get, endpoints), map(_peer_recent, endpoints), strict=True):
+        for ep in endpoints:
+            entry = get(ep)
+            peer = ep.peer_recent_prompt_tokens
             if entry is None:
                 out.append(0.0 + peer)
                 continue

@@ -10,8 +10,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from itertools import repeat
-from operator import add, mul
 from time import perf_counter_ns
 
 from epp.datastore.endpoint import Endpoint
@@ -90,17 +88,15 @@ class SchedulerProfile:
                 observer.observe_plugin("Scorer", scorer.type_name, scorer.name, perf_counter_ns() - t0)
             if len(scores) != n:
                 scores = self._misbehaved_length(scorer, scores, n)
-            # One C-level pass each catches NaN (sum != sum) and out-of-range values; the
-            # per-element clamp only runs for a misbehaving scorer.
-            if (min(scores) < 0.0 or max(scores) > 1.0 or sum(scores) != sum(scores)):
+            # One C-level pass each catches NaN (total != total) and out-of-range values;
+            # the per-element clamp only runs for a misbehaving scorer.
+            total = sum(scores)
+            if min(scores) < 0.0 or max(scores) > 1.0 or total != total:
                 scores = self._clamped(scorer, scores)
-            # map() over operator functions runs the per-endpoint arithmetic in C; the
-            # operations (t + s, t + s * w) are the same as a per-element loop's, so the
-            # totals are bit for bit what they always were.
             if weight == 1.0:
-                totals = list(map(add, totals, scores))
+                totals = [t + s for t, s in zip(totals, scores, strict=True)]
             elif weight != 0.0:
-                totals = list(map(add, totals, map(mul, scores, repeat(weight))))
+                totals = [t + weight * s for t, s in zip(totals, scores, strict=True)]
 
         picker = self.picker
         pick_scores = self._pick_scores
@@ -108,7 +104,8 @@ class SchedulerProfile:
         if pick_scores is not None:
             result = pick_scores(state, request, endpoints, totals)
         else:
-            result = picker.pick(state, request, list(map(ScoredEndpoint, endpoints, totals)))
+            scored = [ScoredEndpoint(ep, t) for ep, t in zip(endpoints, totals, strict=True)]
+            result = picker.pick(state, request, scored)
         if observer is not None:
             observer.observe_plugin("Picker", picker.type_name, picker.name, perf_counter_ns() - t0)
         if not result.targets:

@@ -26,8 +26,6 @@ Not a GIE or llm-d plugin: our own; see docs/scheduling.md for the measurements.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import repeat
-from operator import mul
 from typing import ClassVar
 
 from epp.datastore.endpoint import Endpoint
@@ -63,5 +61,6 @@ class PrefillLoadScorer(ParameterlessPlugin):
         tracker = self.tracker
         per_request = max(1, len(request.prompt_text()) // CHARACTERS_PER_TOKEN)
         recent = tracker.recent_prompt_tokens_of(endpoints, tracker.clock())
-        queued = map(mul, waiting(endpoints), repeat(per_request))
-        return lower_is_better(list(map(max, recent, queued)))
+        # max(recent, queued) as `q if q > r else r`: same result, no builtin call per endpoint.
+        return lower_is_better([q if q > r else r for r, q in zip(
+            recent, [w * per_request for w in waiting(endpoints)], strict=True)])

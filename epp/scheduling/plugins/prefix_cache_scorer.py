@@ -48,7 +48,6 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from operator import attrgetter
 from typing import ClassVar
 
 from epp.datastore.endpoint import Endpoint
@@ -59,7 +58,6 @@ from epp.scheduling.types import CycleState, LLMRequest, SchedulingResult
 AVERAGE_CHARACTERS_PER_TOKEN = 4
 CACHED_TOKENS_SUFFIX = ".cached-tokens"  # CycleState contract with pd-profile-handler
 PEER_BUS_KEY = "peers.bus"  # PluginContext.services key of epp.server.peers.PeerBus
-_key = attrgetter("key")
 
 
 def prefix_block_hashes(text: str, seed: str, block_size: int, max_blocks: int) -> list[int]:
@@ -171,7 +169,7 @@ class PrefixCacheScorer:
             lru_get = self._lru.get
             first = hashes[0]
             match_length = self.match_length
-            keys = list(map(_key, endpoints))
+            keys = [ep.key for ep in endpoints]
             blocks_list = [0 if (lru := lru_get(key)) is None or first not in lru else match_length(key, hashes)
                            for key in keys]
             matched.update(zip(keys, blocks_list, strict=True))
