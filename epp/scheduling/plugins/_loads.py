@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from epp.datastore.endpoint import Endpoint
+from epp.scheduling.types import CycleState
 
 
 def waiting(endpoints: Sequence[Endpoint]) -> list[int]:
@@ -31,3 +32,18 @@ def request_load(endpoints: Sequence[Endpoint]) -> list[int]:
             for ep in endpoints
             for a, m in ((ep.inflight + ep.peer_inflight, ep.metrics),)
             for b in (m.running_requests + m.waiting_queue_size,)]
+
+
+_REQUEST_LOAD_KEY = "loads/request-load"  # CycleState key: (endpoints, request_load(endpoints))
+
+
+def cycle_request_load(state: CycleState, endpoints: Sequence[Endpoint]) -> list[int]:
+    """request_load(endpoints), computed once per scheduling cycle: active-request-scorer
+    (includeScraped) and prefix-cache-scorer's let-go both read it. The list is shared:
+    callers must not modify it."""
+    cached: tuple[Sequence[Endpoint], list[int]] | None = state.get(_REQUEST_LOAD_KEY)
+    if cached is not None and cached[0] is endpoints:
+        return cached[1]
+    loads = request_load(endpoints)
+    state[_REQUEST_LOAD_KEY] = (endpoints, loads)
+    return loads

@@ -27,7 +27,7 @@ from typing import ClassVar
 from epp.datastore.endpoint import Endpoint
 from epp.datastore.inflight import SERVICE_KEY as TRACKER_KEY
 from epp.datastore.inflight import InflightTracker
-from epp.scheduling.plugins._loads import inflight_requests, request_load
+from epp.scheduling.plugins._loads import cycle_request_load, inflight_requests
 from epp.scheduling.registry import PluginContext, register_plugin
 from epp.scheduling.types import CycleState, LLMRequest
 
@@ -75,7 +75,7 @@ class ActiveRequestScorer:
     def score(
         self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]
     ) -> list[float]:
-        counts = request_load(endpoints) if self.params.include_scraped else inflight_requests(endpoints)
+        counts = cycle_request_load(state, endpoints) if self.params.include_scraped else inflight_requests(endpoints)
         busiest = max(counts)
         if busiest <= 0:
             return [1.0] * len(counts)

@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from epp.datastore.endpoint import Endpoint
-from epp.scheduling.plugins._loads import request_load
+from epp.scheduling.plugins._loads import cycle_request_load
 from epp.scheduling.registry import PluginContext, register_plugin
 from epp.scheduling.types import CycleState, LLMRequest, SchedulingResult
 
@@ -189,11 +189,10 @@ class PrefixCacheScorer:
             floor = params.cache_threshold
             scores = [0.0 if s < floor else s for s in scores]
         if params.balance_abs_threshold > 0 and max(scores) > 0.0:
-            scores = self._let_go_of_busy(scores, endpoints)
+            scores = self._let_go_of_busy(scores, cycle_request_load(state, endpoints))
         return scores
 
-    def _let_go_of_busy(self, scores: list[float], endpoints: Sequence[Endpoint]) -> list[float]:
-        loads = request_load(endpoints)
+    def _let_go_of_busy(self, scores: list[float], loads: list[int]) -> list[float]:
         least = min(loads)
         gap = self.params.balance_abs_threshold
         ratio = self.params.balance_rel_threshold
