@@ -59,6 +59,7 @@ class RouterSpec:
     kind: RouterKind
     policy: str  # Envoy lb_policy, vllm-router --policy, or EPP config file name
     ours: bool = False  # our EPP (vs a peer)
+    epp_args: tuple[str, ...] = ()  # extra `epp serve` arguments of this row
 
 
 ROUTERS: tuple[RouterSpec, ...] = (
@@ -80,6 +81,10 @@ ROUTERS: tuple[RouterSpec, ...] = (
     # Control row: the whole EPP path (ext_proc hop, body parse, scraping) with round robin's
     # picks and no scorer; its gap to envoy-rr is what the path costs (docs/performance.md).
     RouterSpec("epp-rr", "EPP round robin (control: no scorers)", "epp", "epp-rr.yaml", ours=True),
+    # The same with each pod scraped once a second instead of every 50 ms: the simulated pods
+    # render a vLLM-sized /metrics page per scrape on the same cores as their engine loop.
+    RouterSpec("epp-rr-scrape1s", "EPP round robin, 1 s scrapes (control)", "epp", "epp-rr.yaml", ours=True,
+               epp_args=("--scrape-interval", "1", "--scrape-idle-interval", "1", "--staleness-threshold", "5")),
 )
 
 
@@ -229,7 +234,7 @@ def _stack_config(spec: RouterSpec, row: RowSettings, run_dir: Path) -> StackCon
         sim_args=["--kv-events-bind", "--block-size", str(row.block_size), "--log-level", "WARNING",
                   "--num-gpu-blocks", str(row.gpu_blocks), "--slowdown", str(row.slowdown), *tokenizer,
                   *row.sim_args],
-        epp_args=["--log-level", "warning", *row.epp_args],
+        epp_args=["--log-level", "warning", *row.epp_args, *spec.epp_args],
         pod_sim_args={index: ["--slowdown", f"{row.slowdown * factor:g}"]
                       for index, factor in row.pod_slowdown.items()},
     )
