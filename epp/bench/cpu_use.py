@@ -24,7 +24,8 @@ _CELL = re.compile(r"^(?P<workload>.+)-(?P<rate>[0-9.]+)-(?P<router>[a-z0-9-]+?)
 
 
 def is_pod(process: str) -> bool:
-    return process.startswith("vllm-") and not process.endswith("-sidecar")
+    """A simulated pod or its P/D sidecar (which runs next to the pod, not in the router)."""
+    return process.startswith("vllm-")
 
 
 def collect(run_dir: Path) -> dict[tuple[str, str, str], list[tuple[float, float]]]:
