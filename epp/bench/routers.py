@@ -7,6 +7,7 @@ sees identical, cold pods: empty prefix caches, no adapter loaded, empty queues.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -58,6 +59,7 @@ class RouterSpec:
     kind: RouterKind
     policy: str  # Envoy lb_policy, vllm-router --policy, or EPP config file name
     ours: bool = False  # our EPP (vs a peer)
+    epp_args: tuple[str, ...] = ()  # extra `epp serve` arguments of this row
 
 
 ROUTERS: tuple[RouterSpec, ...] = (
@@ -76,6 +78,13 @@ ROUTERS: tuple[RouterSpec, ...] = (
     RouterSpec("epp-all", "EPP all scorers", "epp", "epp-all.yaml", ours=True),
     RouterSpec("epp-precise", "EPP precise prefix (KV events)", "epp", "epp-precise.yaml", ours=True),
     RouterSpec("epp-precise-spec", "EPP precise + speculative (30s)", "epp", "epp-precise-spec.yaml", ours=True),
+    # Control row: the whole EPP path (ext_proc hop, body parse, scraping) with round robin's
+    # picks and no scorer; its gap to envoy-rr is what the path costs (docs/performance.md).
+    RouterSpec("epp-rr", "EPP round robin (control: no scorers)", "epp", "epp-rr.yaml", ours=True),
+    # The same with each pod scraped once a second instead of every 50 ms: the simulated pods
+    # render a vLLM-sized /metrics page per scrape on the same cores as their engine loop.
+    RouterSpec("epp-rr-scrape1s", "EPP round robin, 1 s scrapes (control)", "epp", "epp-rr.yaml", ours=True,
+               epp_args=("--scrape-interval", "1", "--scrape-idle-interval", "1", "--staleness-threshold", "5")),
 )
 
 
@@ -228,7 +237,7 @@ def _stack_config(spec: RouterSpec, row: RowSettings, run_dir: Path) -> StackCon
         sim_args=["--kv-events-bind", "--block-size", str(row.block_size), "--log-level", "WARNING",
                   "--num-gpu-blocks", str(row.gpu_blocks), "--slowdown", str(row.slowdown), *tokenizer,
                   *row.sim_args],
-        epp_args=["--log-level", "warning", *row.epp_args],
+        epp_args=["--log-level", "warning", *row.epp_args, *spec.epp_args],
         pod_sim_args={index: ["--slowdown", f"{row.slowdown * factor:g}"]
                       for index, factor in row.pod_slowdown.items()},
     )
@@ -246,11 +255,45 @@ def running_router(spec: RouterSpec, row: RowSettings, tag: str, timeout: float 
             _start_envoy_lb(running, row, run_dir, timeout)
         elif spec.kind == "vllm-router":
             _start_vllm_router(running, row, run_dir, timeout)
+        cpu0, wall0 = process_cpu_seconds(running.pids()), time.monotonic()
         yield running
+        write_cpu_use(run_dir / CPU_USE_FILE, spec.key, process_cpu_seconds(running.pids()), cpu0,
+                      time.monotonic() - wall0)
     finally:
         for proc in running.extra.values():
             stop_process(proc)
         stack.stop()
+
+
+# Per cell: CPU seconds each process (simulated pods, Envoy, EPP, vllm-router) used while the
+# cell ran, so a report can tell whether the router's own CPU competed with the pods
+# (`python -m epp.bench.cpu_use <run dir>` sums them up; docs/performance.md).
+CPU_USE_FILE = "cpu-use.json"
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_seconds(pids: Mapping[str, int]) -> dict[str, float]:
+    """utime+stime of each named process and its session (worker processes), from /proc."""
+    sessions = {pid: name for name, pid in pids.items()}
+    out = dict.fromkeys(pids, 0.0)
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        name = sessions.get(int(rest[3]))  # field 6: session id (every process starts its own)
+        if name is not None:
+            out[name] += (int(rest[11]) + int(rest[12])) / _CLOCK_TICKS
+    return out
+
+
+def write_cpu_use(path: Path, router: str, after: Mapping[str, float], before: Mapping[str, float],
+                  wall_s: float) -> None:
+    cpu = {name: round(max(0.0, after.get(name, 0.0) - before.get(name, 0.0)), 3) for name in after}
+    path.write_text(json.dumps({"router": router, "wall_s": round(wall_s, 3), "cpu_s": cpu}) + "\n")
 
 
 def _start_envoy_lb(running: RunningRouter, row: RowSettings, run_dir: Path, timeout: float) -> None:

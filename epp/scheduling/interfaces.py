@@ -57,6 +57,18 @@ class Picker(Plugin, Protocol):
 
 
 @runtime_checkable
+class ScoresPicker(Picker, Protocol):
+    """Optional fast path of a Picker: pick from the endpoints and their weighted totals as two
+    parallel sequences, so the profile does not build one ScoredEndpoint per endpoint on
+    every decision. Must choose exactly as `pick` would on the same input."""
+
+    def pick_scores(
+        self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint],
+        scores: Sequence[float],
+    ) -> ProfileRunResult: ...
+
+
+@runtime_checkable
 class ProfileHandler(Plugin, Protocol):
     def pick_profiles(
         self,

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from time import perf_counter_ns
 
 from epp.datastore.endpoint import Endpoint
-from epp.scheduling.interfaces import Filter, Picker, PluginTimingObserver, Scorer
+from epp.scheduling.interfaces import Filter, Picker, PluginTimingObserver, Scorer, ScoresPicker
 from epp.scheduling.trace import FilterStep, ProfileTrace, ScorerStep
 from epp.scheduling.types import CycleState, LLMRequest, ProfileRunResult, ScoredEndpoint
 
@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 class SchedulerProfile:
     """Runs filters -> scorers -> picker over the candidate endpoints of one request."""
 
-    __slots__ = ("_misbehaving", "filters", "name", "observer", "picker", "scorers")
+    __slots__ = ("_keys_cache", "_keys_of", "_misbehaving", "_pick_scores", "filters", "name", "observer",
+                 "picker", "scorers")
 
     def __init__(
         self,
@@ -46,6 +47,11 @@ class SchedulerProfile:
         self.observer = observer
         # Scorers already reported for out-of-range output: log once, not per request.
         self._misbehaving: set[str] = set()
+        # A picker with the ScoresPicker fast path gets the totals without per-endpoint
+        # ScoredEndpoint objects.
+        self._pick_scores = picker.pick_scores if isinstance(picker, ScoresPicker) else None
+        self._keys_of: Sequence[Endpoint] | None = None
+        self._keys_cache: list[str] = []
 
     def __repr__(self) -> str:
         scorers = ", ".join(f"{s.name}*{w:g}" for s, w in self.scorers)
@@ -83,26 +89,29 @@ class SchedulerProfile:
                 observer.observe_plugin("Scorer", scorer.type_name, scorer.name, perf_counter_ns() - t0)
             if len(scores) != n:
                 scores = self._misbehaved_length(scorer, scores, n)
-            # One C-level pass each catches NaN (sum != sum) and out-of-range values; the
-            # per-element clamp only runs for a misbehaving scorer.
-            if (min(scores) < 0.0 or max(scores) > 1.0 or sum(scores) != sum(scores)):
+            # One C-level pass each catches NaN (total != total) and out-of-range values;
+            # the per-element clamp only runs for a misbehaving scorer.
+            total = sum(scores)
+            if min(scores) < 0.0 or max(scores) > 1.0 or total != total:
                 scores = self._clamped(scorer, scores)
             if weight == 1.0:
                 totals = [t + s for t, s in zip(totals, scores, strict=True)]
             elif weight != 0.0:
                 totals = [t + weight * s for t, s in zip(totals, scores, strict=True)]
 
-        scored = [ScoredEndpoint(ep, total) for ep, total in zip(endpoints, totals, strict=True)]
         picker = self.picker
-        if observer is None:
-            result = picker.pick(state, request, scored)
+        pick_scores = self._pick_scores
+        t0 = perf_counter_ns() if observer is not None else 0
+        if pick_scores is not None:
+            result = pick_scores(state, request, endpoints, totals)
         else:
-            t0 = perf_counter_ns()
+            scored = [ScoredEndpoint(ep, t) for ep, t in zip(endpoints, totals, strict=True)]
             result = picker.pick(state, request, scored)
+        if observer is not None:
             observer.observe_plugin("Picker", picker.type_name, picker.name, perf_counter_ns() - t0)
         if not result.targets:
             return None
-        result.scores = {ep.key: total for ep, total in zip(endpoints, totals, strict=True)}
+        result.scores = dict(zip(self._keys(endpoints), totals, strict=True))
         return result
 
     def run_traced(
@@ -143,14 +152,26 @@ class SchedulerProfile:
                 totals = [t + weight * s for t, s in zip(totals, scores, strict=True)]
         trace.totals = totals
         trace.picker = self.picker
-        scored = [ScoredEndpoint(ep, total) for ep, total in zip(endpoints, totals, strict=True)]
-        result = self.picker.pick(state, request, scored)
+        if self._pick_scores is not None:  # the same picker path as `run`
+            result = self._pick_scores(state, request, endpoints, totals)
+        else:
+            scored = [ScoredEndpoint(ep, total) for ep, total in zip(endpoints, totals, strict=True)]
+            result = self.picker.pick(state, request, scored)
         if not result.targets:
             trace.empty_reason = f"picker {self.picker.name!r} ({self.picker.type_name}) chose nothing"
             return None
         result.scores = {ep.key: total for ep, total in zip(endpoints, totals, strict=True)}
         trace.result = result
         return result
+    def _keys(self, endpoints: Sequence[Endpoint]) -> list[str]:
+        """Endpoint keys in order; cached for the datastore's snapshot tuple, which is the
+        same object for every decision until the pool changes."""
+        if endpoints is self._keys_of:
+            return self._keys_cache
+        keys = [ep.key for ep in endpoints]
+        if type(endpoints) is tuple:  # immutable: identity is a safe cache key
+            self._keys_of, self._keys_cache = endpoints, keys
+        return keys
 
     def _clamped(self, scorer: Scorer, scores: Sequence[float]) -> list[float]:
         if scorer.name not in self._misbehaving:

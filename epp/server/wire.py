@@ -24,7 +24,12 @@ from collections.abc import Iterable
 OVERWRITE_IF_EXISTS_OR_ADD = 2
 
 
+_SMALL_VARINTS = tuple(bytes((i,)) for i in range(128))  # one byte each: tags, short lengths
+
+
 def _varint(n: int) -> bytes:
+    if 0 <= n < 128:
+        return _SMALL_VARINTS[n]
     out = bytearray()
     while True:
         b = n & 0x7F

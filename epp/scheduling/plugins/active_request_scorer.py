@@ -27,6 +27,7 @@ from typing import ClassVar
 from epp.datastore.endpoint import Endpoint
 from epp.datastore.inflight import SERVICE_KEY as TRACKER_KEY
 from epp.datastore.inflight import InflightTracker
+from epp.scheduling.plugins._loads import cycle_request_load, inflight_requests
 from epp.scheduling.registry import PluginContext, register_plugin
 from epp.scheduling.types import CycleState, LLMRequest
 
@@ -74,11 +75,7 @@ class ActiveRequestScorer:
     def score(
         self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]
     ) -> list[float]:
-        if self.params.include_scraped:
-            counts = [max(ep.inflight + ep.peer_inflight,
-                          ep.metrics.running_requests + ep.metrics.waiting_queue_size) for ep in endpoints]
-        else:
-            counts = [ep.inflight + ep.peer_inflight for ep in endpoints]
+        counts = cycle_request_load(state, endpoints) if self.params.include_scraped else inflight_requests(endpoints)
         busiest = max(counts)
         if busiest <= 0:
             return [1.0] * len(counts)

@@ -31,6 +31,7 @@ from typing import ClassVar
 from epp.datastore.endpoint import Endpoint
 from epp.datastore.inflight import CHARACTERS_PER_TOKEN, InflightTracker
 from epp.datastore.inflight import SERVICE_KEY as TRACKER_KEY
+from epp.scheduling.plugins._loads import waiting
 from epp.scheduling.plugins._normalize import lower_is_better
 from epp.scheduling.plugins._parameterless import NoParams, ParameterlessPlugin
 from epp.scheduling.registry import PluginContext, register_plugin
@@ -58,8 +59,8 @@ class PrefillLoadScorer(ParameterlessPlugin):
         self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]
     ) -> list[float]:
         tracker = self.tracker
-        now = tracker.clock()
-        recent = tracker.recent_prompt_tokens
         per_request = max(1, len(request.prompt_text()) // CHARACTERS_PER_TOKEN)
-        return lower_is_better([max(recent(ep, now) + ep.peer_recent_prompt_tokens,
-                                    ep.metrics.waiting_queue_size * per_request) for ep in endpoints])
+        recent = tracker.recent_prompt_tokens_of(endpoints, tracker.clock())
+        # max(recent, queued) as `q if q > r else r`: same result, no builtin call per endpoint.
+        return lower_is_better([q if q > r else r for r, q in zip(
+            recent, [w * per_request for w in waiting(endpoints)], strict=True)])

@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from epp.datastore.endpoint import Endpoint
+from epp.scheduling.plugins._loads import cycle_request_load
 from epp.scheduling.registry import PluginContext, register_plugin
 from epp.scheduling.types import CycleState, LLMRequest, SchedulingResult
 
@@ -161,25 +162,37 @@ class PrefixCacheScorer:
                 matched[ep.key] = cached_tokens[ep.key] = 0
             return [0.0] * len(endpoints)
         tokens_per_block = cycle.tokens_per_block
-        scores: list[float] = []
-        for ep in endpoints:
-            key = ep.key
-            blocks = matched.get(key)
-            if blocks is None:
-                blocks = matched[key] = self.match_length(key, hashes)
-                cached_tokens[key] = blocks * tokens_per_block
-            scores.append(blocks / total)
+        if not matched:
+            # First profile of the cycle (the usual case): one pass, and the two per-endpoint
+            # dicts filled in C from the keys. Most endpoints do not hold the first block;
+            # that test is inlined so they cost one dict lookup each.
+            lru_get = self._lru.get
+            first = hashes[0]
+            match_length = self.match_length
+            keys = [ep.key for ep in endpoints]
+            blocks_list = [0 if (lru := lru_get(key)) is None or first not in lru else match_length(key, hashes)
+                           for key in keys]
+            matched.update(zip(keys, blocks_list, strict=True))
+            cached_tokens.update(zip(keys, [b * tokens_per_block for b in blocks_list], strict=True))
+            scores = [b / total for b in blocks_list] if any(blocks_list) else [0.0] * len(blocks_list)
+        else:
+            scores = []
+            for ep in endpoints:
+                key = ep.key
+                blocks = matched.get(key)
+                if blocks is None:
+                    blocks = matched[key] = self.match_length(key, hashes)
+                    cached_tokens[key] = blocks * tokens_per_block
+                scores.append(blocks / total)
         params = self.params
         if params.cache_threshold > 0.0:
             floor = params.cache_threshold
             scores = [0.0 if s < floor else s for s in scores]
         if params.balance_abs_threshold > 0 and max(scores) > 0.0:
-            scores = self._let_go_of_busy(scores, endpoints)
+            scores = self._let_go_of_busy(scores, cycle_request_load(state, endpoints))
         return scores
 
-    def _let_go_of_busy(self, scores: list[float], endpoints: Sequence[Endpoint]) -> list[float]:
-        loads = [max(ep.inflight + ep.peer_inflight,
-                     ep.metrics.running_requests + ep.metrics.waiting_queue_size) for ep in endpoints]
+    def _let_go_of_busy(self, scores: list[float], loads: list[int]) -> list[float]:
         least = min(loads)
         gap = self.params.balance_abs_threshold
         ratio = self.params.balance_rel_threshold

@@ -67,3 +67,12 @@ def test_large_varints_roundtrip() -> None:
     msg = _parse(wire.request_body_response(wire.common_response(
         wire.header_mutation([("k", value)]))))
     assert msg.request_body.response.header_mutation.set_headers[0].header.raw_value == value.encode()
+
+
+def test_varints_match_protobufs_own_encoder() -> None:
+    # One-byte values come from a table, longer ones from the loop: both must be the
+    # protobuf library's encoding (google.protobuf.internal.encoder is its pure-Python one).
+    from google.protobuf.internal import encoder
+
+    for n in (*range(0, 300), 16383, 16384, 2**21, 2**32 - 1, 2**35 + 7, 4 * 1024 * 1024):
+        assert wire._varint(n) == encoder._VarintBytes(n), n
