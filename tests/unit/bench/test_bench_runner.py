@@ -57,7 +57,8 @@ def test_router_table_is_complete_and_keys_unique() -> None:
     keys = [r.key for r in ROUTERS]
     assert len(keys) == len(set(keys))
     assert {"envoy-rr", "envoy-lr", "vr-rr", "vr-p2c", "vr-cache", "vr-kv", "epp-default", "epp-gie", "epp-load",
-            "epp-prefix", "epp-all", "epp-precise", "epp-precise-spec", "epp-rr", "epp-rr-scrape1s"} == set(keys)
+            "epp-prefix", "epp-all", "epp-precise", "epp-precise-spec", "epp-rr", "epp-rr-scrape1s",
+            "epp-default-scrape200ms"} == set(keys)
     for spec in ROUTERS:
         if spec.kind == "epp":
             path = epp_config_path(spec)
