@@ -62,7 +62,7 @@ def test_router_table_is_complete_and_keys_unique() -> None:
     for spec in ROUTERS:
         if spec.kind == "epp":
             path = epp_config_path(spec)
-            if spec.key == "epp-default":
+            if spec.key in ("epp-default", "epp-default-scrape200ms"):
                 assert path is None  # the embedded default: no --config
             elif spec.key == "epp-gie":
                 assert path is not None and path.name == "gie-default.yaml" and path.exists()
