@@ -8,7 +8,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from epp.localstack.envoy_config import BODY_MODES
 from epp.localstack.stack import DEFAULT_MODEL, REPO, LocalStack, StackConfig, StackError
@@ -116,24 +116,7 @@ The response header x-sim-pod names the pod that served it. Ctrl-C stops everyth
         print(_tenant_curls(url, cfg.model), flush=True)
     if args.rollouts:
         print(_rollout_help(url, cfg), flush=True)
-    stopping = False
-
-    def _on_signal(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    # A crashed pod, sidecar, EPP or Envoy is restarted by the stack's supervisor (with backoff,
-    # logged on stderr), as a cluster would; the stack keeps serving. Ctrl-C / SIGTERM stop all.
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", stream=sys.stderr)
-    try:
-        while not stopping:
-            time.sleep(0.2)
-    except KeyboardInterrupt:
-        pass
-    print(">> stopping", flush=True)
-    stack.stop()
-    return 0
+    return _serve_until_stopped(stack)
 
 
 TENANT_KEYS = REPO / "deploy/local/tenants.yaml"
@@ -235,6 +218,19 @@ Try it:
 
 The response header x-sim-pod names the pod that served it. Ctrl-C stops everything.
 """, flush=True)
+    return _serve_until_stopped(stack)
+
+
+class _Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
+def _serve_until_stopped(stack: _Stoppable) -> int:
+    """Keep a started stack running until Ctrl-C or SIGTERM, then stop all of it.
+
+    A crashed pod, sidecar, EPP or Envoy is restarted by the stack's supervisor (with backoff,
+    logged on stderr), as a cluster would; the stack keeps serving meanwhile.
+    """
     stopping = False
 
     def _on_signal(signum: int, frame: object) -> None:
