@@ -6,8 +6,8 @@ estimated at admission (prompt characters / 4 + max_tokens) and corrected from t
 response's usage when Envoy sends response bodies to the EPP.
 
 The state lives in memory (one EPP process) or, with a Redis URL, in Redis: windows keyed by
-tenant and minute number, checked and counted atomically by one Lua script, so every EPP
-replica and worker shares the same limits.
+tenant and minute number, checked and counted atomically by one Lua script on the Redis
+server's clock, so every EPP replica and worker shares the same limits and the same windows.
 """
 
 from __future__ import annotations
@@ -82,52 +82,79 @@ class MemoryLimitStore:
         pass
 
 
-_ADMIT_LUA = """
-local frac = tonumber(ARGV[1])
-local function used(cur, prev)
-  return tonumber(redis.call('GET', prev) or '0') * (1 - frac) + tonumber(redis.call('GET', cur) or '0')
+# The window's minute and fraction come from the Redis server's clock (TIME) unless the caller
+# passes its own `now` (ARGV[1] non-empty; the tests' simulated clock). Why: with several EPP
+# processes, a request whose `now` was read just before a minute boundary can reach Redis after
+# one read just after it; judged against different windows, the two together could admit more
+# than the limit. One clock, read inside the atomic script, orders every decision.
+# Key names are built here from the prefix (one Redis, not a cluster: see docs/flow-control.md).
+_CLOCK_LUA = """
+local now = tonumber(ARGV[1])
+if now == nil then
+  if redis.replicate_commands then redis.replicate_commands() end
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
-local rlimit, tlimit, tokens = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-if rlimit > 0 and used(KEYS[1], KEYS[2]) + 1 > rlimit then return 1 end
-if tlimit > 0 and used(KEYS[3], KEYS[4]) + tokens > tlimit then return 2 end
-redis.call('INCRBY', KEYS[1], 1)
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-redis.call('INCRBY', KEYS[3], tokens)
-redis.call('EXPIRE', KEYS[3], ARGV[5])
+local window = tonumber(ARGV[2])
+local minute = math.floor(now / window)
+local frac = (now % window) / window
+"""
+
+_ADMIT_LUA = _CLOCK_LUA + """
+local function used(kind)
+  local prev = redis.call('GET', KEYS[1] .. kind .. ':' .. (minute - 1)) or '0'
+  local cur = redis.call('GET', KEYS[1] .. kind .. ':' .. minute) or '0'
+  return tonumber(prev) * (1 - frac) + tonumber(cur)
+end
+local rlimit, tlimit, tokens = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local retry = math.max(1, math.ceil(window - now % window))
+if rlimit > 0 and used('requests') + 1 > rlimit then return {1, retry} end
+if tlimit > 0 and used('tokens') + tokens > tlimit then return {2, retry} end
+for _, kv in ipairs({{'requests', 1}, {'tokens', tokens}}) do
+  local key = KEYS[1] .. kv[1] .. ':' .. minute
+  redis.call('INCRBY', key, kv[2])
+  redis.call('EXPIRE', key, 2 * window)
+end
+return {0, 0}
+"""
+
+_ADD_TOKENS_LUA = _CLOCK_LUA + """
+local key = KEYS[1] .. 'tokens:' .. minute
+redis.call('INCRBY', key, tonumber(ARGV[3]))
+redis.call('EXPIRE', key, 2 * window)
 return 0
 """
 
 
 class RedisLimitStore:
-    """Windows in Redis: `<prefix><tenant>:<kind>:<minute>` counters expiring after 2 minutes."""
+    """Windows in Redis: `<prefix><tenant>:<kind>:<minute>` counters expiring after 2 minutes.
 
-    def __init__(self, url: str, key_prefix: str = "epp:ratelimit:") -> None:
+    `server_clock` (the default) judges every request by the Redis server's clock and ignores the
+    caller's `now`, so all EPP processes share one timeline; False uses the caller's `now` (tests
+    that simulate time)."""
+
+    def __init__(self, url: str, key_prefix: str = "epp:ratelimit:", server_clock: bool = True) -> None:
         import redis.asyncio as aioredis
 
         self._redis: Any = aioredis.Redis.from_url(url)
         self._prefix = key_prefix
+        self._server_clock = server_clock
         self._admit = self._redis.register_script(_ADMIT_LUA)
+        self._add_tokens = self._redis.register_script(_ADD_TOKENS_LUA)
 
-    def _key(self, tenant: str, kind: str, minute: int) -> str:
-        return f"{self._prefix}{tenant}:{kind}:{minute}"
+    def _now_arg(self, now: float) -> str:
+        return "" if self._server_clock else repr(now)
 
     async def admit(self, tenant: Tenant, tokens: int, now: float) -> Verdict:
-        minute = int(now // WINDOW_S)
-        keys = [self._key(tenant.name, "requests", minute), self._key(tenant.name, "requests", minute - 1),
-                self._key(tenant.name, "tokens", minute), self._key(tenant.name, "tokens", minute - 1)]
-        args = [(now % WINDOW_S) / WINDOW_S, tenant.requests_per_minute, tenant.tokens_per_minute, tokens,
-                2 * WINDOW_S]
-        result = int(await self._admit(keys=keys, args=args))
-        if result == 0:
+        args: list[str | int] = [self._now_arg(now), WINDOW_S, tenant.requests_per_minute,
+                                 tenant.tokens_per_minute, tokens]
+        result, retry_after = await self._admit(keys=[f"{self._prefix}{tenant.name}:"], args=args)
+        if int(result) == 0:
             return Verdict("")
-        return Verdict("requests" if result == 1 else "tokens", _retry_after(now))
+        return Verdict("requests" if int(result) == 1 else "tokens", int(retry_after))
 
     async def add_tokens(self, tenant: str, delta: int, now: float) -> None:
-        key = self._key(tenant, "tokens", int(now // WINDOW_S))
-        pipe = self._redis.pipeline()
-        pipe.incrby(key, delta)
-        pipe.expire(key, 2 * WINDOW_S)
-        await pipe.execute()
+        await self._add_tokens(keys=[f"{self._prefix}{tenant}:"], args=[self._now_arg(now), WINDOW_S, delta])
 
     async def close(self) -> None:
         await self._redis.aclose()

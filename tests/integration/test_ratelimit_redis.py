@@ -42,7 +42,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.__name__)
 def test_redis_store(redis_url: str, case: LimitCase) -> None:
     async def scenario() -> None:
-        store = RedisLimitStore(redis_url, key_prefix=f"t-{uuid.uuid4().hex[:8]}:")
+        store = RedisLimitStore(redis_url, key_prefix=f"t-{uuid.uuid4().hex[:8]}:", server_clock=False)
         try:
             await case(store)
         finally:
@@ -64,6 +64,31 @@ def test_two_processes_share_one_budget(redis_url: str) -> None:
         for limiter in (a, b):
             await limiter.store.close()
     asyncio.run(scenario())
+
+
+async def _admitted_across_a_boundary(redis_url: str, server_clock: bool) -> int:
+    """Two processes whose clocks disagree at a minute boundary: one still in minute m, the other
+    already in m+1, alternating. Returns how many of 10 requests a 4-per-minute limit admits."""
+    prefix = f"skew-{uuid.uuid4().hex[:8]}:"
+    late, early = (RedisLimitStore(redis_url, key_prefix=prefix, server_clock=server_clock) for _ in range(2))
+    tenant, boundary = Tenant("team", requests_per_minute=4), 1_800_000_000.0
+    try:
+        admitted = 0
+        for i in range(10):
+            store, now = (late, boundary - 0.001) if i % 2 == 0 else (early, boundary + 0.001)
+            admitted += (await store.admit(tenant, 1, now)).exceeded == ""
+        return admitted
+    finally:
+        await late.close()
+        await early.close()
+
+
+def test_server_clock_orders_processes_whose_clocks_disagree(redis_url: str) -> None:
+    # With the callers' clocks each side is judged against a different window and 6 get in (the
+    # flake this fixes: a `now` read just before a boundary reaching Redis after one read just
+    # after it); Redis's own clock gives everyone one window.
+    assert asyncio.run(_admitted_across_a_boundary(redis_url, server_clock=False)) == 6
+    assert asyncio.run(_admitted_across_a_boundary(redis_url, server_clock=True)) == 4
 
 
 def test_two_epp_workers_behind_envoy_share_limits(redis_url: str, stack_factory: StackFactory,
