@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -23,7 +22,15 @@ import httpx
 import yaml
 
 from epp.bench.envoy_configs import lb_envoy_config, to_yaml
-from epp.localstack.stack import REPO, LocalStack, StackConfig, StackError, envoy_binary, free_ports
+from epp.localstack.stack import (
+    REPO,
+    LocalStack,
+    StackConfig,
+    StackError,
+    envoy_binary,
+    free_ports,
+    stop_process_group,
+)
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -173,17 +180,7 @@ def _spawn(name: str, args: Sequence[str], run_dir: Path) -> tuple[subprocess.Po
     return proc, log_path
 
 
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
+stop_process = stop_process_group  # the bench's children run in their own process groups too
 
 
 def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -37,6 +36,7 @@ from epp.localstack.stack import (
     StackConfig,
     StackError,
     free_ports,
+    stop_process_group,
 )
 
 SGLANG_MODEL = "Qwen/Qwen2.5-7B-Instruct"
@@ -231,16 +231,8 @@ class MultiPoolStack:
             self._supervisor = None
         for name in ("envoy", "bbr"):
             proc = self.procs.get(name)
-            if proc is None or proc.poll() is not None:
-                continue
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
+            if proc is not None:
+                stop_process_group(proc)
         with ThreadPoolExecutor(max(1, len(self.pools))) as pool_stops:
             list(pool_stops.map(lambda stack: stack.stop(), self.pools.values()))
         for log in self._logs:

@@ -92,6 +92,21 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
+def stop_process_group(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    """Stop a child started in its own process group (start_new_session) and its children:
+    `sig`, 10 s to exit, then SIGKILL."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
 @dataclass(slots=True)
 class PodSpec:
     name: str
@@ -531,16 +546,8 @@ class LocalStack:
         with self._lock:
             self._stopped.add(name)
         proc = self.procs.get(name)
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        if proc is not None:
+            stop_process_group(proc, sig)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         self._closing.set()
