@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -43,6 +44,18 @@ from epp.localstack.envoy_config import EnvoyConfigParams, envoy_config_yaml
 from epp.localstack.stack import POOL_LABELS, REPO, envoy_binary, free_ports
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+# How the front Envoy's ext_proc filter talks to the EPP (`--ext-proc-mode`), as
+# EnvoyConfigParams overrides. "buffered" is the generated configs' default.
+EXT_PROC_MODES: dict[str, dict[str, Any]] = {
+    # Headers, then the buffered body right behind them (send_body_without_waiting_for_header_response):
+    # two messages each way, one round trip.
+    "buffered": {},
+    # The body only after the EPP answered the headers: two sequential round trips.
+    "buffered-wait": {"send_body_without_waiting": False},
+    # GIE's mode: headers and body chunks without waiting; the EPP answers both once the body is complete.
+    "full-duplex": {"request_body_mode": "FULL_DUPLEX_STREAMED"},
+}
 
 
 @dataclass(slots=True)
@@ -63,6 +76,9 @@ class OverheadSettings:
     long_prompt_bytes: int = 220_000
     long_concurrency: Sequence[int] = (20, 150)
     long_requests: int = 600  # per arm and concurrency level (bounded by max_seconds_per_run too)
+    # Front Envoy ext_proc modes (EXT_PROC_MODES); the first is the reported one, the others are
+    # measured as extra arms (c=1 latency, CPU per request at c=`concurrency`) in the same runs.
+    ext_proc_modes: Sequence[str] = ("buffered",)
 
     def validate(self) -> None:
         if self.repeats < 1 or self.sequential_requests < 1 or self.concurrent_requests < 1:
@@ -71,6 +87,10 @@ class OverheadSettings:
             raise ValueError("idle_seconds and max_seconds_per_run must be > 0")
         if any(c < 1 for c in self.long_concurrency) or self.long_requests < 1:
             raise ValueError("long_concurrency levels and long_requests must be >= 1")
+        unknown = [m for m in self.ext_proc_modes if m not in EXT_PROC_MODES]
+        if unknown or not self.ext_proc_modes:
+            raise ValueError(f"ext_proc_modes {list(self.ext_proc_modes)}: use one or more of "
+                             f"{', '.join(EXT_PROC_MODES)}")
 
 
 @dataclass(slots=True)
@@ -108,6 +128,11 @@ class PoolOverhead:
     # The same with a fixed 50 ms scrape interval (what the EPP did before the adaptive one).
     fixed_idle_cpu_percent: float = float("nan")
     fixed_idle_cpu_runs: list[float] = field(default_factory=list)
+    # The reported arm's ext_proc mode and, per extra mode, its runs (same processes, same runs):
+    # {mode: [added c=1 p50 ms per run]} and {mode: [decisions/s per core per run]}.
+    ext_proc_mode: str = "buffered"
+    mode_added_c1_p50_runs_ms: dict[str, list[float]] = field(default_factory=dict)
+    mode_decisions_runs: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def added_c1_p50_ms(self) -> float:
@@ -306,6 +331,8 @@ class OverheadStack:
     # The same EPP with the default (adaptive) scrape interval and no traffic: its CPU is the
     # idle scrape cost a user gets (the measured `epp` scrapes at a fixed rate; see below).
     idle_epp: subprocess.Popen[bytes]
+    # Front Envoy listener per extra ext_proc mode (same EPP, same upstreams).
+    mode_ports: dict[str, int] = field(default_factory=dict)
 
 
 # The EPP on the request path scrapes at a fixed 50 ms, so that its idle CPU (subtracted from
@@ -321,8 +348,10 @@ def overhead_stack(pods: int, settings: OverheadSettings) -> Iterator[OverheadSt
     run_dir.mkdir(parents=True, exist_ok=True)
     procs: list[subprocess.Popen[bytes]] = []
     try:
+        ports = free_ports(pods + 11 + 2 * (len(settings.ext_proc_modes) - 1))
+        mode_ports = ports[pods + 11:]
         (*up_ports, up_admin, direct_port, direct_admin, grpc, health, metrics, epp_port, epp_admin,
-         idle_grpc, idle_health, idle_metrics) = free_ports(pods + 11)
+         idle_grpc, idle_health, idle_metrics) = ports[:pods + 11]
         upstream = _envoy(instant_upstream_config(up_ports, up_admin, DEFAULT_MODEL), "upstream", run_dir, up_admin)
         procs.append(upstream)
         wait_http(f"http://127.0.0.1:{up_admin}/ready", upstream, run_dir / "logs/upstream.log", 30)
@@ -353,14 +382,25 @@ def overhead_stack(pods: int, settings: OverheadSettings) -> Iterator[OverheadSt
                           run_dir / "logs/epp-idle.log")
         procs.append(idle_epp)
 
+        first, *extra_modes = settings.ext_proc_modes
         front = _envoy(envoy_config_yaml(EnvoyConfigParams(listen_port=epp_port, admin_port=epp_admin,
-                                                           epp_port=grpc)), "front-epp", run_dir, epp_admin)
+                                                           epp_port=grpc, **EXT_PROC_MODES[first])),
+                       "front-epp", run_dir, epp_admin)
         procs.append(front)
+        listeners: dict[str, int] = {}
+        for i, mode in enumerate(extra_modes):
+            listen, admin = mode_ports[2 * i], mode_ports[2 * i + 1]
+            extra = _envoy(envoy_config_yaml(EnvoyConfigParams(listen_port=listen, admin_port=admin, epp_port=grpc,
+                                                               **EXT_PROC_MODES[mode])),
+                           f"front-epp-{mode}", run_dir, admin)
+            procs.append(extra)
+            wait_http(f"http://127.0.0.1:{admin}/ready", extra, run_dir / f"logs/front-epp-{mode}.log", 30)
+            listeners[mode] = listen
         wait_http(f"http://127.0.0.1:{direct_admin}/ready", direct, run_dir / "logs/direct.log", 30)
         wait_http(f"http://127.0.0.1:{health}/readyz", epp, run_dir / "logs/epp.log", 60)
         wait_http(f"http://127.0.0.1:{idle_health}/readyz", idle_epp, run_dir / "logs/epp-idle.log", 60)
         wait_http(f"http://127.0.0.1:{epp_admin}/ready", front, run_dir / "logs/front-epp.log", 30)
-        yield OverheadStack(direct_port, epp_port, epp, idle_epp)
+        yield OverheadStack(direct_port, epp_port, epp, idle_epp, listeners)
     finally:
         for proc in reversed(procs):
             stop_process(proc)
@@ -414,9 +454,12 @@ def measure_pool(pods: int, settings: OverheadSettings, bodies: Sequence[bytes],
     cpu_per_request: list[float] = []
     long_runs: dict[int, tuple[list[LoadRun], list[LoadRun]]] = {c: ([], []) for c in settings.long_concurrency}
     long_cpu: dict[int, list[float]] = {c: [] for c in settings.long_concurrency}
+    mode_c1: dict[str, list[float]] = {m: [] for m in settings.ext_proc_modes[1:]}
+    mode_decisions: dict[str, list[float]] = {m: [] for m in settings.ext_proc_modes[1:]}
     with overhead_stack(pods, settings) as stack:
         _wait_serving(stack.epp_port, bodies)
-        for port in (stack.direct_port, stack.epp_port):
+        for port in (stack.direct_port, stack.epp_port, *stack.mode_ports.values()):
+            _wait_serving(port, bodies)
             load(port, bodies, 8, settings.warmup_requests, cap)
         for repeat in range(settings.repeats):
             direct_c1.append(load(stack.direct_port, bodies, 1, settings.sequential_requests, cap))
@@ -432,6 +475,19 @@ def measure_pool(pods: int, settings: OverheadSettings, bodies: Sequence[bytes],
             served = len(run.latencies_s) + run.errors
             epp_cn.append(run)
             cpu_per_request.append(busy / served * 1e6 if served else float("nan"))
+            for mode, port in stack.mode_ports.items():
+                # Same runs, same processes: the mode's c=1 latency against this run's direct arm,
+                # and its EPP CPU per request at the same concurrency.
+                c1 = load(port, bodies, 1, settings.sequential_requests, cap)
+                mode_c1[mode].append((c1.distribution().p50 - direct_c1[-1].distribution().p50) * 1e3)
+                cpu_m = session_cpu_seconds(stack.epp.pid)
+                run_m = load(port, bodies, settings.concurrency, settings.concurrent_requests, cap)
+                busy_m = max(0.0, (session_cpu_seconds(stack.epp.pid) - cpu_m) - idle_rate * run_m.wall_s)
+                served_m = len(run_m.latencies_s) + run_m.errors
+                mode_decisions[mode].append(served_m / busy_m if busy_m > 0 else float("nan"))
+                progress(f"   overhead pods={pods} run {repeat + 1}, ext_proc mode {mode}: added c=1 p50 "
+                         f"{mode_c1[mode][-1]:.3f} ms, {mode_decisions[mode][-1]:.0f} decisions/s per core, "
+                         f"errors {c1.errors + run_m.errors}")
             for c in settings.long_concurrency if long_bodies else ():
                 direct_runs, epp_runs = long_runs[c]
                 direct_runs.append(load(stack.direct_port, long_bodies, c, settings.long_requests, cap))
@@ -460,6 +516,8 @@ def measure_pool(pods: int, settings: OverheadSettings, bodies: Sequence[bytes],
         epp_idle_cpu_percent=_median(idle),
         added_c1_p50_runs_ms=added_c1, decisions_runs=decisions, idle_cpu_runs=idle, runs=settings.repeats,
         fixed_idle_cpu_percent=_median(fixed), fixed_idle_cpu_runs=fixed,
+        ext_proc_mode=settings.ext_proc_modes[0], mode_added_c1_p50_runs_ms=mode_c1,
+        mode_decisions_runs=mode_decisions,
     )
     longs = []
     for c, (direct_runs, epp_runs) in long_runs.items():
@@ -506,6 +564,14 @@ def run_overhead(settings: OverheadSettings, progress: Callable[[str], None] = p
             f"{pool.epp_cpu_us_per_request:.0f} us/request -> {pool.decisions_per_core_s:.0f} decisions/s "
             f"per core (idle {pool.epp_idle_cpu_percent:.1f}% CPU, fixed 50 ms {pool.fixed_idle_cpu_percent:.1f}%); "
             f"errors {pool.epp_errors}")
+        say(f"   ext_proc mode {pool.ext_proc_mode} (reported): added c=1 p50 runs "
+            f"{', '.join(f'{v:.3f}' for v in pool.added_c1_p50_runs_ms)} ms, decisions/s per core runs "
+            f"{', '.join(f'{v:.0f}' for v in pool.decisions_runs)}")
+        for mode, runs in pool.mode_added_c1_p50_runs_ms.items():
+            say(f"   ext_proc mode {mode}: added c=1 p50 median {_median(runs):.3f} ms (runs "
+                f"{', '.join(f'{v:.3f}' for v in runs)}), decisions/s per core median "
+                f"{_median(pool.mode_decisions_runs[mode]):.0f} (runs "
+                f"{', '.join(f'{v:.0f}' for v in pool.mode_decisions_runs[mode])})")
         for lp in longs:
             say(f"long prompts ({lp.body_bytes / 1000:.0f} KB) pods={lp.pods} c={lp.concurrency}: direct p50 "
                 f"{lp.direct.p50 * 1e3:.1f} ms, with EPP {lp.epp.p50 * 1e3:.1f} ms (added p50 "

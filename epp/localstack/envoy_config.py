@@ -55,8 +55,9 @@ class EnvoyConfigParams:
     upstream_retries: int = 3
     # Pool health checking (GET /health); interval in ms.
     health_check_interval_ms: int = 500
-    # How request headers reach the EPP: "SEND" (two messages per request) or "SKIP" (the EPP
-    # gets only the buffered body; path and request id travel as attributes).
+    # Request headers go to the EPP: "SEND" only. "SKIP" is refused below: Envoy then lets the
+    # headers through to the router before the body reaches the EPP, so no pick can be applied
+    # (Envoy 1.40: ext_proc never opens a stream and the router answers the no-pick 503).
     request_header_mode: Literal["SEND", "SKIP"] = "SEND"
     request_body_mode: BodyMode = "BUFFERED"
     response_header_mode: Literal["SEND", "SKIP"] = "SKIP"
@@ -83,6 +84,9 @@ class EnvoyConfigParams:
     response_cache: bool = False
 
     def __post_init__(self) -> None:
+        if self.request_header_mode != "SEND":
+            raise ValueError(f"request_header_mode {self.request_header_mode!r} cannot route: with the request "
+                             "headers skipped Envoy routes on them before the EPP has seen the body; use SEND")
         if self.response_cache:
             if self.request_body_mode != "BUFFERED":
                 raise ValueError("response_cache needs request_body_mode BUFFERED: Envoy ignores "

@@ -4,21 +4,29 @@ Names follow GIE's EPP (pkg/epp/metrics: `inference_objective_*`, `inference_poo
 `inference_extension_*`; the pre-v1 `inference_model_request_total` is still emitted for
 dashboards that use it) plus the names operator guides alert on (`scheduler_*`).
 
-Hot-path cost is kept low: label children are created once per (model, target) and cached
-in `ModelSeries` bundles, and the pool gauges are not updated per request at all: the
-`PoolCollector` computes them from the Datastore when Prometheus scrapes.
+Hot-path cost is kept low: the series updated per request are lock-free families
+(epp/observability/fastmetrics.py, same exposition as prometheus_client's classes), their
+label children are created once per (model, target) and cached in `ModelSeries` bundles (per
+plugin and per profile in dicts), and the pool gauges are not updated per request at all:
+the `PoolCollector` computes them from the Datastore when Prometheus scrapes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from epp.datastore.datastore import Datastore
+from epp.observability.fastmetrics import (
+    CounterChild,
+    FastCounter,
+    FastGauge,
+    FastHistogram,
+    HistogramChild,
+)
 
 # Buckets as in GIE's EPP so that dashboards built for it read the same.
 DURATION_BUCKETS = (0.005, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 2, 3, 4, 5, 6, 8, 10, 15,
@@ -107,18 +115,18 @@ class ModelSeries:
         self.input_tokens = metrics.input_tokens.labels(model, target)
         self.output_tokens = metrics.output_tokens.labels(model, target)
         self.running = metrics.running_requests.labels(model)
-        self._errors: dict[str, Any] = {}
+        self._errors: dict[str, CounterChild] = {}
 
     def on_request(self) -> None:
         """A request for this model was received (counted and marked running)."""
         self.request_total.inc()
         self.legacy_total.inc()
-        self.running.inc()
+        self.running.value += 1.0
 
     def on_done(self, duration: float | None = None, input_tokens: int | None = None,
                 output_tokens: int | None = None) -> None:
         """The request finished (successfully or not): no longer running; record what is known."""
-        self.running.dec()
+        self.running.value -= 1.0
         if duration is not None:
             self.duration.observe(duration)
         if input_tokens is not None:
@@ -154,38 +162,38 @@ class EPPMetrics:
         r = self.registry
         mt = ["model_name", "target_model_name"]
         per_pair = "for each model and target model."
-        self.request_total = Counter(
+        self.request_total = FastCounter(
             "inference_objective_request_total",
             f"Counter of inference objective requests broken out {per_pair}", mt, registry=r)
-        self.legacy_request_total = Counter(
+        self.legacy_request_total = FastCounter(
             "inference_model_request_total",
             "Deprecated alias of inference_objective_request_total.", mt, registry=r)
-        self.request_errors = Counter(
+        self.request_errors = FastCounter(
             "inference_objective_request_error_total",
             f"Counter of inference objective requests errors broken out {per_pair}",
             [*mt, "error_code"], registry=r)
-        self.request_duration = Histogram(
+        self.request_duration = FastHistogram(
             "inference_objective_request_duration_seconds",
             f"Inference objective response latency distribution in seconds {per_pair}",
             mt, buckets=DURATION_BUCKETS, registry=r)
-        self.input_tokens = Histogram(
+        self.input_tokens = FastHistogram(
             "inference_objective_input_tokens",
             f"Inference objective input token count distribution {per_pair}",
             mt, buckets=INPUT_TOKEN_BUCKETS, registry=r)
-        self.output_tokens = Histogram(
+        self.output_tokens = FastHistogram(
             "inference_objective_output_tokens",
             f"Inference objective output token count distribution {per_pair}",
             mt, buckets=OUTPUT_TOKEN_BUCKETS, registry=r)
-        self.running_requests = Gauge(
+        self.running_requests = FastGauge(
             "inference_objective_running_requests",
             "Inference objective number of running requests in each model.", ["model_name"], registry=r)
-        self.scheduler_e2e = Histogram(
+        self.scheduler_e2e = FastHistogram(
             "inference_extension_scheduler_e2e_duration_seconds",
             "End-to-end scheduling latency distribution in seconds.", buckets=SCHEDULER_BUCKETS, registry=r)
-        self.scheduler_attempts = Counter(
+        self.scheduler_attempts = FastCounter(
             "inference_extension_scheduler_attempts_total",
             "Number of scheduling attempts by outcome.", ["status"], registry=r)
-        self.plugin_duration = Histogram(
+        self.plugin_duration = FastHistogram(
             "inference_extension_plugin_duration_seconds",
             "Plugin processing latency distribution in seconds for each extension point, plugin type "
             "and plugin name.",
@@ -196,18 +204,20 @@ class EPPMetrics:
             ["commit", "build_ref"], registry=r)
         info.labels(commit or "unknown", build_ref or "unknown").set(1)
         # Names from the operator guides (alert: scheduler_decision_duration_seconds p99 > 10 ms).
-        self.scheduler_requests = Counter(
+        self.scheduler_requests = FastCounter(
             "scheduler_requests_total",
             "Scheduling decisions by profile and result.", ["profile", "result"], registry=r)
         self.pod_score = PodScoreCollector()
         r.register(self.pod_score)
-        self.cache_hits = Counter(
+        self.cache_hits = FastCounter(
             "scheduler_cache_hits_total",
             "Prefix-cache lookups that found a pod holding the prefix.", registry=r)
-        self.cache_misses = Counter(
+        self.cache_misses = FastCounter(
             "scheduler_cache_misses_total",
             "Prefix-cache lookups that found no pod holding the prefix.", registry=r)
-        self.decision_duration = Histogram(
+        self._cache_hit = self.cache_hits.labels()
+        self._cache_miss = self.cache_misses.labels()
+        self.decision_duration = FastHistogram(
             "scheduler_decision_duration_seconds",
             "Time to reach a scheduling decision in seconds.", buckets=DECISION_BUCKETS, registry=r)
         if datastore is not None:
@@ -218,8 +228,12 @@ class EPPMetrics:
         self._models: set[str] = set()
         self._attempt_ok = self.scheduler_attempts.labels("success")
         self._attempt_fail = self.scheduler_attempts.labels("failure")
-        self._profile_results: dict[tuple[str, str], Any] = {}
-        self._plugins: dict[tuple[str, str, str], Any] = {}
+        self._e2e = self.scheduler_e2e.labels()
+        self._decision = self.decision_duration.labels()
+        self._profile_results: dict[tuple[str, str], CounterChild] = {}
+        # Plugin timing children by (extension point, plugin type, plugin name): read by
+        # MetricsObserver.observe_plugin directly (eight lookups per request).
+        self.plugin_children: dict[tuple[str, str, str], HistogramChild] = {}
 
     # --- per-request, per-model ---------------------------------------------------------
     def series(self, model: str, target: str) -> ModelSeries:
@@ -239,25 +253,28 @@ class EPPMetrics:
     # --- scheduler ----------------------------------------------------------------------
     def observe_decision(self, profile: str, seconds: float, success: bool = True) -> None:
         """One scheduling cycle: GIE's e2e histogram/attempts and the operator-guide names."""
-        self.scheduler_e2e.observe(seconds)
-        self.decision_duration.observe(seconds)
-        (self._attempt_ok if success else self._attempt_fail).inc()
+        self._e2e.observe(seconds)
+        self._decision.observe(seconds)
+        (self._attempt_ok if success else self._attempt_fail).value += 1.0
         result = "success" if success else "failure"
         child = self._profile_results.get((profile, result))
         if child is None:
             child = self.scheduler_requests.labels(profile, result)
             self._profile_results[(profile, result)] = child
-        child.inc()
+        child.value += 1.0
 
     def observe_plugin(
         self, extension_point: str, plugin_type: str, plugin_name: str, seconds: float
     ) -> None:
         key = (extension_point, plugin_type, plugin_name)
-        child = self._plugins.get(key)
+        child = self.plugin_children.get(key)
         if child is None:
-            child = self.plugin_duration.labels(*key)
-            self._plugins[key] = child
+            child = self.plugin_child(key)
         child.observe(seconds)
+
+    def plugin_child(self, key: tuple[str, str, str]) -> HistogramChild:
+        child = self.plugin_children[key] = self.plugin_duration.labels(*key)
+        return child
 
     def set_pod_scores(self, scores: Mapping[str, float]) -> None:
         """Latest score per pod name (e.g. ProfileRunResult.scores keyed by endpoint key)."""
@@ -268,4 +285,4 @@ class EPPMetrics:
         self.pod_score.scores.pop(pod, None)
 
     def prefix_cache_lookup(self, hit: bool) -> None:
-        (self.cache_hits if hit else self.cache_misses).inc()
+        (self._cache_hit if hit else self._cache_miss).value += 1.0

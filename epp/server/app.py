@@ -146,7 +146,12 @@ class MetricsObserver:
     # PluginTimingObserver
     def observe_plugin(self, extension_point: str, plugin_type: str, plugin_name: str,
                        duration_ns: int) -> None:
-        self.metrics.observe_plugin(extension_point, plugin_type, plugin_name, duration_ns / 1e9)
+        # Eight calls per request: the cached child directly (EPPMetrics.observe_plugin is the same).
+        key = (extension_point, plugin_type, plugin_name)
+        child = self.metrics.plugin_children.get(key)
+        if child is None:
+            child = self.metrics.plugin_child(key)
+        child.observe(duration_ns / 1e9)
 
 
 class AdmissionAdapter:

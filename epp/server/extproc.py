@@ -228,6 +228,7 @@ class ExtProcHandler:
         self.observer: ServerObserver = observer or NullObserver()
         self.options = options or HandlerOptions()
         self._dest_fragments: dict[str, bytes] = {}
+        self._dest_metadata: dict[str, bytes] = {}  # "pick,fallback,..." -> encoded envoy.lb metadata
         # Set (and swapped on config reload) by the server when flow control is enabled.
         self.flow: FlowGate | None = None
         self.auth: Authenticator | None = None
@@ -452,7 +453,7 @@ class ExtProcHandler:
         if st.spans is not None and self.tracing is not None:
             self.tracing.end_admission(st.spans)
             mutation += wire.header_mutation(self.tracing.propagation_headers(st.spans))
-        return mutation, wire.dynamic_metadata(METADATA_NAMESPACE, ((DESTINATION_HEADER, target.hostport),))
+        return mutation, self._lb_metadata(target.hostport)
 
     def _schedule(self, st: _Stream, request: LLMRequest) -> tuple[bytes, bytes]:
         if self.admission is not None:
@@ -514,7 +515,7 @@ class ExtProcHandler:
         if result.response_headers:
             st.response_headers = result.response_headers
         value = target.hostport if len(targets) == 1 else ",".join(e.hostport for e in targets)
-        metadata = wire.dynamic_metadata(METADATA_NAMESPACE, ((DESTINATION_HEADER, value),))
+        metadata = self._lb_metadata(value)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("picked", extra={"request_id": request.request_id, "model": request.model,
                                        "target": target.hostport, "profile": result.primary_profile})
@@ -545,6 +546,17 @@ class ExtProcHandler:
                 self._dest_fragments.clear()
             self._dest_fragments[ep.hostport] = frag
         return frag
+
+    def _lb_metadata(self, value: str) -> bytes:
+        """The envoy.lb dynamic metadata naming the pick and its fallbacks (cached: the same
+        few lists recur, and encoding one is a dozen small Python calls)."""
+        metadata = self._dest_metadata.get(value)
+        if metadata is None:
+            metadata = wire.dynamic_metadata(METADATA_NAMESPACE, ((DESTINATION_HEADER, value),))
+            if len(self._dest_metadata) > 100_000:
+                self._dest_metadata.clear()
+            self._dest_metadata[value] = metadata
+        return metadata
 
     # --- response side ------------------------------------------------------------------
     def _on_response_headers(self, st: _Stream, msg: Any) -> list[bytes]:

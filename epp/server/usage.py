@@ -93,7 +93,7 @@ class UsageMetrics:
     """
 
     def __init__(self, registry: Any, max_series: int = 2000) -> None:
-        from prometheus_client import Counter
+        from epp.observability.fastmetrics import FastCounter as Counter  # per response: lock-free
 
         labels = ["model_name", "target_model_name", "tenant"]
         self.prompt = Counter("epp_usage_prompt_tokens", "Prompt tokens reported by the model servers.",

@@ -93,3 +93,10 @@ def test_epp_replicas_share_one_health_checked_cluster() -> None:
 def test_full_duplex_sends_trailers() -> None:
     text = yaml.safe_dump(render_envoy_config(EnvoyConfigParams(request_body_mode="FULL_DUPLEX_STREAMED")))
     assert "request_trailer_mode: SEND" in text
+
+
+def test_skipping_request_headers_is_refused() -> None:
+    # With the headers skipped, Envoy 1.40 routes on them before the EPP sees the body (the
+    # overhead stack's Envoy answered the no-pick 503 and never opened an ext_proc stream).
+    with pytest.raises(ValueError, match="request_header_mode 'SKIP' cannot route"):
+        EnvoyConfigParams(request_header_mode="SKIP")
