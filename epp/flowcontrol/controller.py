@@ -319,11 +319,16 @@ class FlowController:
             self._kick()
 
     # --- eviction of in-flight sheddable requests (enableEviction, off by default) ----------
+    def may_evict(self, request: LLMRequest) -> bool:
+        """Whether eviction may end this request (its response must then stream through the
+        EPP): eviction on and the priority at most evictionVictimMaxPriority."""
+        cfg = self.config
+        return cfg.enable_eviction and request.priority <= cfg.eviction_victim_max_priority
+
     def on_evictable(self, request: LLMRequest, abort: Callable[[], None]) -> None:
         """An in-flight request whose response passes through the EPP, so `abort()` can end
         it (the server answers its next response chunk with an error: Envoy resets it)."""
-        cfg = self.config
-        if cfg.enable_eviction and request.priority <= cfg.eviction_victim_max_priority:
+        if self.may_evict(request):
             self._evictable[id(request)] = (request, abort)
 
     def _evict_inflight(self, item: QueueItem) -> bool:

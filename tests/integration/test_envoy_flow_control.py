@@ -396,3 +396,54 @@ def test_no_endpoint_request_ttl_waits_for_a_pod_and_then_answers_503(stack_fact
         asyncio.run(scenario())
     finally:
         os.killpg(pgid, signal.SIGCONT)
+
+
+def test_eviction_with_response_bodies_of_evictable_requests_only(stack_factory: StackFactory,
+                                                                   tmp_path: Path) -> None:
+    """Envoy's response body mode NONE with allow_mode_override: the EPP asks (mode_override on
+    the response headers) for the bodies of the requests eviction may end, so a critical stream
+    costs 3 ext_proc messages (request headers, body, response headers) whatever its length,
+    while a sheddable stream sends its chunks to the EPP, which can still evict it."""
+    path = tmp_path / "epp-config.yaml"
+    path.write_text(EVICTION_CONFIG)
+    stack = stack_factory(pods=1, time_scale=1.0, kv_events=False, epp_config=path,
+                          envoy_message_timeout_ms=60_000, response_body_mode="NONE",
+                          response_header_mode="SEND", mode_overrides=True)
+    critical = {"x-gateway-inference-objective": "llama3-8b-instruct"}
+
+    def sent() -> int:
+        stats = httpx.get(f"http://127.0.0.1:{stack.cfg.admin_port}/stats?filter=ext_proc.stream_msgs_sent",
+                          timeout=5).text
+        return sum(int(line.rsplit(":", 1)[1]) for line in stats.splitlines() if "stream_msgs_sent" in line)
+
+    async def stream(client: httpx.AsyncClient, url: str, headers: dict[str, str], max_tokens: int) -> str:
+        done = False
+        try:
+            async with client.stream("POST", url, json={**body(max_tokens), "stream": True}, headers=headers) as r:
+                async for line in r.aiter_lines():
+                    done = done or line.strip() == "data: [DONE]"
+        except httpx.HTTPError as e:  # Envoy resets the evicted stream
+            return type(e).__name__
+        return "completed" if done else "truncated"
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(timeout=30) as client:
+            url = f"{stack.url}/v1/completions"
+            before = sent()
+            assert await stream(client, url, critical, 20) == "completed"
+            assert sent() - before == 3  # no response body message for a critical stream
+            before = sent()
+            assert await stream(client, url, {"x-gateway-inference-objective": "batch-sheddable"}, 20) == "completed"
+            assert sent() - before > 3 + 10  # ... but every chunk of a sheddable one
+            # Eviction still works: a critical request past its 500 ms TTL ends the sheddable stream.
+            shed = asyncio.create_task(stream(client, url, {"x-gateway-inference-objective": "batch-sheddable"},
+                                              1000))
+            await asyncio.sleep(0.5)
+            t0 = time.monotonic()
+            r = await client.post(url, json=body(1), headers=critical)
+            assert r.status_code == 200, r.text
+            assert time.monotonic() - t0 < 3.0
+            assert await asyncio.wait_for(shed, 5) in ("RemoteProtocolError", "ReadError", "truncated")
+            assert await metric(client, stack, "inference_extension_flow_control_requests_total",
+                                outcome="EvictedInFlight") == 1.0
+    asyncio.run(scenario())
