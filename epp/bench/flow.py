@@ -101,6 +101,7 @@ ARMS = (
 
 
 RESERVE_ARMS = ("fc-reserve", "fc-reserve-override")
+DEFAULT_ARMS = ("none", "fc-gie", "fc-reserve", "vllm-router")  # the side-by-side set
 
 
 def _envoy_modes(key: str, eviction: bool) -> dict[str, Any]:
@@ -127,7 +128,7 @@ class FlowBenchSettings:
     # Extra unloaded TTFT samples, cheap: each probe is closed at its first chunk (a p99 of 11
     # full requests is their maximum; with the probes it is a p99 of ~50).
     unloaded_probes: int = 40
-    arms: Sequence[str] = tuple(a.key for a in ARMS)
+    arms: Sequence[str] = DEFAULT_ARMS
     min_ceiling: float = 0.5  # fc-reserve: priority-holdback-policy minCeiling
     eviction: bool = True  # fc-reserve: enableEviction
     run_dir: Path = field(default_factory=lambda: REPO / ".run" / "bench-flow")
@@ -632,7 +633,8 @@ def add_flow_parser(bench_sub: Any) -> None:
     f.add_argument("--time-scale", type=float, default=argparse.SUPPRESS,
                    help="simulator speed (default 1.0: below that the host's CPU saturates before the pool)")
     f.add_argument("--arms", default=None,
-                   help=f"comma-separated, in order (default all): {', '.join(a.key for a in ARMS)}")
+                   help=f"comma-separated, in order (default {','.join(DEFAULT_ARMS)}): "
+                        f"{', '.join(a.key for a in ARMS)}")
     f.add_argument("--min-ceiling", type=float, default=None,
                    help="fc-reserve: priority-holdback-policy minCeiling (default 0.5)")
     f.add_argument("--no-eviction", action="store_true", default=False,
