@@ -93,8 +93,26 @@ ARMS = (
     ArmSpec("none", "no flow control (today's default EPP)"),
     ArmSpec("fc-gie", "flow control, GIE defaults (static usage limit 1.0)"),
     ArmSpec("fc-reserve", "flow control + priority holdback{eviction} (extensions)"),
+    # The same, but Envoy sends response bodies to the EPP only for the requests eviction may
+    # end (a per-request mode_override), so critical streams skip the extra hop.
+    ArmSpec("fc-reserve-override", "flow control + priority holdback{eviction}, evictable bodies only"),
     ArmSpec("vllm-router", "vllm-router, queue + rate limit"),
 )
+
+
+RESERVE_ARMS = ("fc-reserve", "fc-reserve-override")
+DEFAULT_ARMS = ("none", "fc-gie", "fc-reserve", "vllm-router")  # the issue's side-by-side set
+
+
+def _envoy_modes(key: str, eviction: bool) -> dict[str, Any]:
+    """Envoy's ext_proc response modes per arm: eviction ends a response by answering one of
+    its chunks, so the bodies it may end must pass through the EPP."""
+    if key == "fc-reserve" and eviction:
+        return {"response_body_mode": "STREAMED"}  # every response body
+    if key == "fc-reserve-override" and eviction:
+        # No body by default; the EPP asks for evictable ones on their response headers.
+        return {"response_body_mode": "NONE", "response_header_mode": "SEND", "mode_overrides": True}
+    return {"response_body_mode": "NONE"}
 
 
 @dataclass(slots=True)
@@ -107,7 +125,10 @@ class FlowBenchSettings:
     overload: float = 2.0
     seed: int = 1
     unloaded_requests: int = 12
-    arms: Sequence[str] = tuple(a.key for a in ARMS)
+    # Extra unloaded TTFT samples, cheap: each probe is closed at its first chunk (a p99 of 11
+    # full requests is their maximum; with the probes it is a p99 of ~50).
+    unloaded_probes: int = 40
+    arms: Sequence[str] = DEFAULT_ARMS
     min_ceiling: float = 0.5  # fc-reserve: priority-holdback-policy minCeiling
     eviction: bool = True  # fc-reserve: enableEviction
     run_dir: Path = field(default_factory=lambda: REPO / ".run" / "bench-flow")
@@ -251,6 +272,22 @@ async def _one(client: httpx.AsyncClient, url: str, cls: str, objective: str, te
     return Outcome(cls, tenant, status, ttft, start, time.monotonic())
 
 
+async def _probe_ttft(client: httpx.AsyncClient, url: str, max_tokens: int) -> float | None:
+    """An unloaded critical request (the same as the loaded ones), closed at its first chunk:
+    its TTFT without waiting for the rest."""
+    headers = {"authorization": f"Bearer {TENANTS[1][1]}", "x-gateway-inference-objective": CLASSES[0][1]}
+    start = time.monotonic()
+    async with asyncio.timeout(60):
+        async with client.stream("POST", f"{url}/v1/completions", headers=headers, json={
+                "model": MODEL, "prompt": "flow bench", "max_tokens": max_tokens, "stream": True}) as r:
+            if r.status_code != 200:
+                return None
+            async for chunk in r.aiter_bytes():
+                if chunk:
+                    return time.monotonic() - start
+    return None
+
+
 async def _loop_lag(samples: list[float], period: float = 0.01) -> None:
     """The load generator's own event-loop lag (how late a 10 ms sleep wakes up): when the
     host is CPU-starved, client-side TTFTs include this, not only the router's and pods' time."""
@@ -270,6 +307,11 @@ async def _run_arm(arm: ArmSpec, url: str, s: FlowBenchSettings, capacity: float
                     for _ in range(s.unloaded_requests + 1)]
         times = [o.ended_at - o.sent_at for o in unloaded[1:] if o.status == 200]  # the first warms up
         ttfts = [o.ttft for o in unloaded[1:] if o.status == 200 and o.ttft is not None]
+        for _ in range(s.unloaded_probes):
+            ttft = await _probe_ttft(client, url, s.max_tokens)
+            if ttft is not None:
+                ttfts.append(ttft)
+            await asyncio.sleep(0.05)  # the pod notices the closed stream and frees its slot
         if not times or not ttfts:
             raise RuntimeError(f"{arm.key}: unloaded requests failed: {[o.status for o in unloaded]}")
         if capacity is None:  # calibrated once, so every arm gets the same offered load
@@ -369,8 +411,9 @@ def _breakdown(stack: LocalStack, time_scale: float) -> dict[str, Any]:
 def _flow_config(arm: str, s: FlowBenchSettings) -> str:
     # TTLs in model time: 30 s for everyone, 5 s for sheddable work.
     ttl_ms, shed_ttl_ms = round(30_000 * s.time_scale), round(5_000 * s.time_scale)
-    extra = RESERVE_PLUGINS.format(min_ceiling=s.min_ceiling) if arm == "fc-reserve" else ""
-    ext = RESERVE_EXTENSIONS.format(eviction=str(s.eviction).lower()) if arm == "fc-reserve" else ""
+    reserve = arm in RESERVE_ARMS
+    extra = RESERVE_PLUGINS.format(min_ceiling=s.min_ceiling) if reserve else ""
+    ext = RESERVE_EXTENSIONS.format(eviction=str(s.eviction).lower()) if reserve else ""
     return FLOW_CONFIG.format(max_concurrency=s.max_num_seqs, ttl_ms=ttl_ms, shed_ttl_ms=shed_ttl_ms,
                               extra_plugins=extra, extensions=ext)
 
@@ -416,9 +459,7 @@ def run_flow_bench(s: FlowBenchSettings) -> list[ArmResult]:
                           epp_config=config, with_epp=not router, with_envoy=not router,
                           sim_args=["--max-num-seqs", str(s.max_num_seqs), "--log-level", "WARNING"],
                           epp_args=["--api-keys", str(keys), "--log-level", "warning"],
-                          # eviction ends a response by answering one of its chunks: bodies must pass
-                          response_body_mode="STREAMED" if key == "fc-reserve" and s.eviction else "NONE",
-                          envoy_message_timeout_ms=600_000)
+                          envoy_message_timeout_ms=600_000, **_envoy_modes(key, s.eviction))
         stack = LocalStack(cfg)
         proc: subprocess.Popen[bytes] | None = None
         try:
@@ -441,7 +482,7 @@ def run_flow_bench(s: FlowBenchSettings) -> list[ArmResult]:
                 url = f"http://127.0.0.1:{port}"
             label = arm.label.format(eviction=" + eviction" if s.eviction else "")
             result = asyncio.run(_run_arm(ArmSpec(arm.key, label), url, s, capacity,
-                                          eviction=key == "fc-reserve" and s.eviction))
+                                          eviction=key in RESERVE_ARMS and s.eviction))
             result.breakdown.update(_breakdown(stack, s.time_scale))
             results.append(result)
         finally:
@@ -515,7 +556,8 @@ def flow_markdown(results: list[ArmResult], s: FlowBenchSettings, command: str, 
         f"model-seconds; streaming completions of {s.max_tokens} tokens; critical 20% / standard 50% / sheddable "
         "30% of the traffic (objectives of priority 1 / 0 / -1); tenants heavy and light (API keys) at 4:1. "
         "TTLs 30 model-seconds, 5 for sheddable work. Unloaded TTFT p99: "
-        f"{s.unloaded_requests} sequential critical requests on the same arm before the load. "
+        f"{s.unloaded_requests} sequential critical requests on the same arm before the load, plus "
+        f"{s.unloaded_probes} sequential probes (the same request, closed at its first chunk). "
         "Arms: the EPP's embedded default config (legacy admission: sheddable 429 when saturated); flow control "
         "with GIE's defaults (static usage limit 1.0; concurrency-detector at max-num-seqs, also filtering "
         "in the profile; round-robin between tenants); the same with priority-holdback-policy "
@@ -573,6 +615,7 @@ def results_from_json(data: dict[str, Any]) -> tuple[list[ArmResult], FlowBenchS
     raw = dict(data["settings"])
     raw["run_dir"] = Path(raw["run_dir"])
     raw["arms"] = tuple(raw["arms"])
+    raw.setdefault("unloaded_probes", 0)  # runs from before the probes existed
     s = FlowBenchSettings(**raw)
     results = [ArmResult(a["arm"], a["capacity_rps"], a["rate_rps"], a["unloaded_ttft_p99_s"],
                          [Outcome(**o) for o in data["outcomes"][a["arm"]]], a["label"], a["breakdown"])
@@ -590,13 +633,16 @@ def add_flow_parser(bench_sub: Any) -> None:
     f.add_argument("--time-scale", type=float, default=argparse.SUPPRESS,
                    help="simulator speed (default 1.0: below that the host's CPU saturates before the pool)")
     f.add_argument("--arms", default=None,
-                   help=f"comma-separated, in order (default all): {', '.join(a.key for a in ARMS)}")
+                   help=f"comma-separated, in order (default {','.join(DEFAULT_ARMS)}): "
+                        f"{', '.join(a.key for a in ARMS)}")
     f.add_argument("--min-ceiling", type=float, default=None,
                    help="fc-reserve: priority-holdback-policy minCeiling (default 0.5)")
     f.add_argument("--no-eviction", action="store_true", default=False,
                    help="fc-reserve without enableEviction")
     f.add_argument("--unloaded-requests", type=int, default=None,
                    help="sequential requests measuring the unloaded TTFT and capacity (default 12)")
+    f.add_argument("--unloaded-probes", type=int, default=None,
+                   help="extra unloaded TTFT samples, each closed at its first chunk (default 40)")
     f.add_argument("--json", type=Path, default=None, help="write the raw results (every request) here")
     f.add_argument("--out", type=Path, default=None,
                    help=f"write the markdown section to OUT/{FLOW_DOC} and splice it into OUT/benchmarks.md")
@@ -623,6 +669,8 @@ def run_flow_only(args: argparse.Namespace) -> int:
         s.arms = tuple(a.strip() for a in args.arms.split(",") if a.strip())
     if args.unloaded_requests is not None:
         s.unloaded_requests = args.unloaded_requests
+    if args.unloaded_probes is not None:
+        s.unloaded_probes = args.unloaded_probes
     if args.min_ceiling is not None:
         s.min_ceiling = args.min_ceiling
     s.eviction = not args.no_eviction

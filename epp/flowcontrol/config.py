@@ -1,13 +1,22 @@
-"""The `flowControl` section of the EndpointPickerConfig (GIE v1.5 apix/config/v1alpha1
-FlowControlConfig), validated at load; every error names the file and the field.
+"""The `flowControl` section of the EndpointPickerConfig (llm-d-router / GIE
+apix/config/v1alpha1 FlowControlConfig), validated at load; every error names the file and the
+field. Field names, defaults and semantics follow llm-d-router (commit ebab687, 2026-08-22:
+apix/config/v1alpha1/endpointpickerconfig_types.go, pkg/epp/flowcontrol/controller/config.go,
+pkg/epp/flowcontrol/registry/config.go, pkg/epp/config/loader/flowcontrol.go).
 
-    featureGates: [flowControl]          # GIE: the section is only used with this gate
-    saturationDetector: {pluginRef: cd}  # top level; default: a utilization-detector
+    featureGates: [flowControl]          # the section is only used with this gate ("flowControl=true" too)
     flowControl:
+      saturationDetector: {pluginRef: cd}  # default: a utilization-detector (the top-level
+                                           # `saturationDetector` is the deprecated spelling; this one wins)
       maxBytes: 1Gi                      # global limit over all queued requests (0/absent: none)
       maxRequests: 1k
-      defaultRequestTTL: 30s             # 0/absent: wait until dispatched or the client leaves
+      defaultRequestTTL: 30s             # queue-wait budget while the pool has endpoints
+                                         # (absent: 60s; explicit 0s: wait until dispatched / client leaves)
+      noEndpointRequestTTL: 5m           # the budget while the pool has no (healthy) endpoint
+                                         # (absent: follows defaultRequestTTL, else 60s; 0s: no limit)
       defaultPriorityBand: {maxRequests: 100}   # template for priorities not listed below
+      defaultNegativePriorityBand: {maxRequests: 10}  # template for unlisted priorities < 0
+                                                     # (absent: defaultPriorityBand)
       priorityBands:
       - priority: 10
         maxRequests: 50
@@ -20,8 +29,14 @@ FlowControlConfig), validated at load; every error names the file and the field.
       evictionVictimMaxPriority: -1     # victims have at most this priority (default: sheddable)
 
 Policy refs name plugins of the `plugins:` section; as in GIE, a ref equal to a built-in
-policy type name works without listing it. Band defaults follow GIE: maxBytes 1 GB
-(1,000,000,000), maxRequests unlimited.
+policy type name works without listing it. Band defaults follow llm-d-router: maxBytes 1 GB
+(1,000,000,000), maxRequests 5000; a band limit of 0 counts as unset and gets the default
+(band limits are always bounded); a global limit of 0 means none.
+
+The TTL in force depends on the regime, re-evaluated while a request waits (controller.py):
+defaultRequestTTL (or requestTTLByObjective) while the pool has endpoints, noEndpointRequestTTL
+while it has none; each regime change starts a fresh budget, and the total wait stays bounded by
+the longer of the two.
 """
 
 from __future__ import annotations
@@ -42,10 +57,15 @@ DEFAULT_FAIRNESS = "global-strict-fairness-policy"
 DEFAULT_ORDERING = "fcfs-ordering-policy"
 DEFAULT_DETECTOR = "utilization-detector"  # GIE's default
 DEFAULT_USAGE_LIMIT = "static-usage-limit-policy"  # llm-d-router's default (threshold 1.0)
-DEFAULT_BAND_MAX_BYTES = 1_000_000_000  # GIE defaultPriorityBandMaxBytes
-_TOP_KEYS = ("maxBytes", "maxRequests", "defaultRequestTTL", "defaultPriorityBand", "priorityBands",
-             "usageLimitPolicyPluginRef", "requestTTLByObjective", "enableEviction", "evictionDelay",
-             "evictionVictimMaxPriority")
+DEFAULT_BAND_MAX_BYTES = 1_000_000_000  # llm-d-router registry defaultPriorityBandMaxBytes
+DEFAULT_BAND_MAX_REQUESTS = 5000  # llm-d-router registry defaultPriorityBandMaxRequests
+DEFAULT_REQUEST_TTL = 60.0  # llm-d-router controller defaultRequestTTL (seconds)
+DEFAULT_NO_ENDPOINT_REQUEST_TTL = 60.0  # llm-d-router controller defaultNoEndpointRequestTTL
+# llm-d-router's FlowControlConfig fields, then ours (extensions).
+_TOP_KEYS = ("maxBytes", "maxRequests", "defaultRequestTTL", "noEndpointRequestTTL", "defaultPriorityBand",
+             "defaultNegativePriorityBand", "priorityBands", "usageLimitPolicyPluginRef", "saturationDetector",
+             "enableEviction",
+             "requestTTLByObjective", "evictionDelay", "evictionVictimMaxPriority")
 _BAND_KEYS = ("priority", "maxBytes", "maxRequests", "fairnessPolicyRef", "orderingPolicyRef")
 
 
@@ -54,8 +74,8 @@ class BandConfig:
     priority: int
     fairness: FairnessPolicy
     ordering: OrderingPolicy
-    max_bytes: int = DEFAULT_BAND_MAX_BYTES  # 0 = unlimited
-    max_requests: int = 0  # 0 = unlimited
+    max_bytes: int = DEFAULT_BAND_MAX_BYTES
+    max_requests: int = DEFAULT_BAND_MAX_REQUESTS
 
 
 @dataclass(slots=True)
@@ -64,8 +84,11 @@ class FlowControlConfig:
     detector: SaturationDetector
     max_bytes: int = 0  # 0 = unlimited
     max_requests: int = 0
-    default_request_ttl: float = 0.0  # seconds; 0 = none
+    default_request_ttl: float = DEFAULT_REQUEST_TTL  # seconds; 0 = none
+    # The budget while the pool has no healthy endpoint (seconds; 0 = none).
+    no_endpoint_request_ttl: float = DEFAULT_NO_ENDPOINT_REQUEST_TTL
     default_band: BandConfig | None = None
+    default_negative_band: BandConfig | None = None  # None: default_band serves priorities < 0 too
     bands: dict[int, BandConfig] = field(default_factory=dict)
     ttl_by_objective: dict[str, float] = field(default_factory=dict)
     enable_eviction: bool = False
@@ -79,6 +102,8 @@ class FlowControlConfig:
         cfg = self.bands.get(priority)
         if cfg is None:
             tpl = self.default_band
+            if priority < 0 and self.default_negative_band is not None:
+                tpl = self.default_negative_band
             assert tpl is not None
             cfg = BandConfig(priority, tpl.fairness, tpl.ordering, tpl.max_bytes, tpl.max_requests)
             self.bands[priority] = cfg
@@ -94,32 +119,44 @@ def build_flow_control_config(
 ) -> FlowControlConfig:
     """Build the flow-control config from the EndpointPickerConfig's extra sections
     (SchedulerConfig.extra_sections) and its plugin instances."""
-    detector = _detector(sections.get("saturationDetector"), plugins, ctx, source, default_detector)
-    gates = sections.get("featureGates") or []
-    if not isinstance(gates, list) or not all(isinstance(g, str) for g in gates):
-        raise ConfigError(f"{source}: field 'featureGates' must be a list of names, got {gates!r}")
+    enabled = _gate_enabled(sections.get("featureGates"), source)
     raw = sections.get("flowControl")
-    enabled = FEATURE_GATE in gates
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: field 'flowControl' must be a mapping, got {type(raw).__name__}")
-    if raw and not enabled:
-        # GIE loads such a config and ignores the section; do the same, but say so.
-        log.warning("%s: field 'flowControl' is ignored: feature gate %r is not enabled "
-                    "(add 'featureGates: [%s]')", source, FEATURE_GATE, FEATURE_GATE)
     where = f"{source}: flowControl"
     for key in raw:
         if key not in _TOP_KEYS:
             raise ConfigError(f"{where}: unknown field {key!r} (allowed: {', '.join(_TOP_KEYS)})")
+    if not enabled and set(raw) - {"saturationDetector"}:
+        # llm-d-router loads such a config and ignores the section (all but the saturation
+        # detector, which the legacy admission path uses too); do the same, but say so.
+        log.warning("%s: field 'flowControl' is ignored: feature gate %r is not enabled "
+                    "(add 'featureGates: [%s]')", source, FEATURE_GATE, FEATURE_GATE)
+    # flowControl.saturationDetector wins over the deprecated top-level saturationDetector.
+    if raw.get("saturationDetector") is not None:
+        detector = _detector(raw["saturationDetector"], plugins, ctx, f"{where}.saturationDetector",
+                             default_detector)
+    else:
+        detector = _detector(sections.get("saturationDetector"), plugins, ctx, f"{source}: saturationDetector",
+                             default_detector)
     cfg = FlowControlConfig(enabled=enabled, detector=detector)
     cfg.usage_limit = _policy(raw.get("usageLimitPolicyPluginRef"), DEFAULT_USAGE_LIMIT, UsageLimitPolicy,
                               plugins, ctx, f"{where}.usageLimitPolicyPluginRef")
     cfg.max_bytes = _quantity(raw, "maxBytes", where, 0)
     cfg.max_requests = _quantity(raw, "maxRequests", where, 0)
-    cfg.default_request_ttl = _duration(raw, "defaultRequestTTL", where, 0.0)
+    cfg.default_request_ttl = _duration(raw, "defaultRequestTTL", where, DEFAULT_REQUEST_TTL)
+    # Absent, the no-endpoint budget follows defaultRequestTTL (llm-d-router NewConfigFromAPI):
+    # splitting the two regimes is opt-in.
+    cfg.no_endpoint_request_ttl = _duration(
+        raw, "noEndpointRequestTTL", where,
+        cfg.default_request_ttl if raw.get("defaultRequestTTL") is not None else DEFAULT_NO_ENDPOINT_REQUEST_TTL)
     tpl_raw = raw.get("defaultPriorityBand") or {}
     cfg.default_band = _band(tpl_raw, plugins, ctx, f"{where}.defaultPriorityBand", template=True)
+    if raw.get("defaultNegativePriorityBand") is not None:
+        cfg.default_negative_band = _band(raw["defaultNegativePriorityBand"], plugins, ctx,
+                                          f"{where}.defaultNegativePriorityBand", template=True)
     bands_raw = raw.get("priorityBands") or []
     if not isinstance(bands_raw, list):
         raise ConfigError(f"{where}.priorityBands: must be a list, got {type(bands_raw).__name__}")
@@ -149,28 +186,55 @@ def build_flow_control_config(
     return cfg
 
 
-def _detector(raw: Any, plugins: Mapping[str, Any], ctx: PluginContext, source: str,
+def _gate_enabled(gates: Any, source: str) -> bool:
+    """featureGates entries are "name", "name=true" or "name=false" (llm-d-router
+    loadFeatureConfig: the value parsed as Go's strconv.ParseBool of its lower-cased text);
+    the flowControl gate is off by default."""
+    if gates is None:
+        return False
+    if not isinstance(gates, list) or not all(isinstance(g, str) for g in gates):
+        raise ConfigError(f"{source}: field 'featureGates' must be a list of names, got {gates!r}")
+    enabled = False
+    for i, gate in enumerate(gates):
+        name, sep, value = gate.partition("=")
+        if name != FEATURE_GATE:
+            continue
+        if not sep:
+            enabled = True
+            continue
+        text = value.strip().lower()
+        if text in ("1", "t", "true"):
+            enabled = True
+        elif text in ("0", "f", "false"):
+            enabled = False
+        else:
+            raise ConfigError(f"{source}: featureGates[{i}]: {gate!r}: the value after '=' must be "
+                              "true or false")
+    return enabled
+
+
+def _detector(raw: Any, plugins: Mapping[str, Any], ctx: PluginContext, where: str,
               default: Callable[[], SaturationDetector] | None) -> SaturationDetector:
     ref = None
     if raw is not None:
         if not isinstance(raw, dict) or set(raw) - {"pluginRef"}:
-            raise ConfigError(f"{source}: field 'saturationDetector' must be a mapping with 'pluginRef', "
-                              f"got {raw!r}")
+            raise ConfigError(f"{where}: must be a mapping with 'pluginRef', got {raw!r}")
         ref = raw.get("pluginRef") or None
     if ref is not None:
         plugin = plugins.get(ref)
         if plugin is None:
-            raise ConfigError(f"{source}: saturationDetector.pluginRef: {ref!r} names no plugin "
+            raise ConfigError(f"{where}.pluginRef: {ref!r} names no plugin "
                               f"(defined: {', '.join(plugins) or 'none'})")
         if not isinstance(plugin, SaturationDetector):
-            raise ConfigError(f"{source}: saturationDetector.pluginRef: plugin {ref!r} is not a saturation "
+            raise ConfigError(f"{where}.pluginRef: plugin {ref!r} is not a saturation "
                               "detector (utilization-detector, concurrency-detector)")
         return plugin
     # Without a ref: the one detector configured, else the default utilization detector.
     found = [p for p in plugins.values() if isinstance(p, SaturationDetector)]
     if len(found) > 1:
-        raise ConfigError(f"{source}: several saturation detectors configured "
-                          f"({', '.join(p.name for p in found)}); choose one with saturationDetector.pluginRef")
+        raise ConfigError(f"{where}: several saturation detectors configured "
+                          f"({', '.join(p.name for p in found)}); choose one with "
+                          "flowControl.saturationDetector.pluginRef")
     if found:
         return found[0]
     if default is not None:
@@ -216,8 +280,9 @@ def _band(raw: Any, plugins: Mapping[str, Any], ctx: PluginContext, where: str, 
                          f"{where}.fairnessPolicyRef"),
         ordering=_policy(raw.get("orderingPolicyRef"), DEFAULT_ORDERING, OrderingPolicy, plugins, ctx,
                          f"{where}.orderingPolicyRef"),
-        max_bytes=_quantity(raw, "maxBytes", where, DEFAULT_BAND_MAX_BYTES),
-        max_requests=_quantity(raw, "maxRequests", where, 0),
+        # 0 counts as unset (llm-d-router: band limits are always bounded).
+        max_bytes=_quantity(raw, "maxBytes", where, DEFAULT_BAND_MAX_BYTES) or DEFAULT_BAND_MAX_BYTES,
+        max_requests=_quantity(raw, "maxRequests", where, DEFAULT_BAND_MAX_REQUESTS) or DEFAULT_BAND_MAX_REQUESTS,
     )
 
 

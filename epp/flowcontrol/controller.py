@@ -5,10 +5,22 @@ Per request the server calls
 
     verdict = controller.admit(request, body_bytes)
     None          -> not saturated and nobody waiting: route now (the common, allocation-light path)
-    RequestError  -> refused at once (queue limits): answer it (429 + Retry-After)
+    RequestError  -> refused at once (queue limits): answer it (429 + Retry-After; 503 while the
+                     pool has no healthy endpoint)
     QueueItem     -> queued: `await controller.wait(item)`, then route through the scheduler;
-                     wait() raises RequestError on TTL expiry (503) or displacement (429), and
-                     CancelledError propagates when the client leaves (the item is removed)
+                     wait() raises RequestError on TTL expiry (429 while the pool has endpoints,
+                     503 while it has none) or displacement (429), and CancelledError propagates
+                     when the client leaves (the item is removed)
+
+Status codes follow llm-d-router (pkg/epp/requestcontrol/admission.go
+translateFlowControlOutcome): 429 = capacity exists but is contended (backpressure), 503 = no
+serving capacity exists right now; the `x-llm-d-request-dropped-reason` header says why.
+
+Two regimes (llm-d-router processor.go isExpired): while the pool has healthy endpoints a
+queued request's budget is its TTL (defaultRequestTTL / requestTTLByObjective); while it has
+none, noEndpointRequestTTL (a scale-from-zero waiting room). The budget in force is charged from
+the later of enqueue and the last regime change, so a pod coming back gives waiting requests a
+fresh saturation budget; the total wait is bounded by the longer of the two budgets.
 
 and calls `controller.on_release()` when any routed request ends (capacity freed).
 
@@ -43,8 +55,10 @@ from epp.flowcontrol.metrics import (
     DISPLACED,
     EVICTED_CANCELLED,
     EVICTED_INFLIGHT,
+    EVICTED_NO_ENDPOINTS,
     EVICTED_TTL,
     REJECTED_CAPACITY,
+    REJECTED_NO_ENDPOINTS,
     FlowControlMetrics,
 )
 from epp.flowcontrol.queue import Band, QueueItem
@@ -60,18 +74,38 @@ DEFAULT_FAIRNESS_ID = "default-flow"  # GIE metadata.DefaultFairnessID
 # change without any event the controller would see.
 POLL_INTERVAL_S = 0.01
 RETRY_AFTER_S = 1
+# The bound on a queued request's total wait is the longer of the two budgets plus this margin
+# (llm-d-router controller.go createRequestContext: 2 x its 1 s expiry sweep interval), so a
+# request whose regime changed shortly before the bound still gets most of its fresh budget.
+BACKSTOP_MARGIN_S = 2.0
 # An evicted request whose stream has not ended after this long no longer blocks the next
 # eviction (its response may have stalled, so the abort never fired).
 EVICTION_CONFIRM_TIMEOUT_S = 1.0
 
 
+DROPPED_REASON_HEADER = "x-llm-d-request-dropped-reason"  # llm-d-router pkg/common/error
+
+
+def _reason(value: str) -> tuple[tuple[str, str], ...]:
+    return ((DROPPED_REASON_HEADER, value),)
+
+
 def _queue_full(what: str) -> RequestError:
     return RequestError(429, f"the inference pool is saturated and the {what} is full; retry later",
-                        "flow_control_queue_full", retry_after_s=RETRY_AFTER_S)
+                        "flow_control_queue_full", retry_after_s=RETRY_AFTER_S,
+                        headers=_reason("rejected-saturated"))
+
+
+def _queue_full_no_endpoints(what: str) -> RequestError:
+    return RequestError(503, f"the inference pool has no healthy endpoint and the {what} is full; "
+                        "retry later", "flow_control_no_endpoints", retry_after_s=RETRY_AFTER_S,
+                        headers=_reason("rejected-no-endpoints"))
 
 
 _TTL_EXPIRED = ("the request waited in the flow-control queue for its whole TTL without capacity "
                 "freeing up; retry later")
+_NO_ENDPOINTS = ("the request waited in the flow-control queue for noEndpointRequestTTL and the "
+                 "inference pool still has no healthy endpoint; retry later")
 _DISPLACED = ("the request was displaced from the flow-control queue by higher-priority work; "
               "retry later")
 
@@ -96,16 +130,26 @@ class FlowController:
         self._evictable: dict[int, tuple[LLMRequest, Callable[[], None]]] = {}
         self.evicted = 0
         # evictionDelay mode: the victim evicted last and not yet ended (stop-and-wait pacing).
-        self._evicting: tuple[int, float] | None = None
+        # Holds the request itself: an id() of a freed object could match a new request.
+        self._evicting: tuple[LLMRequest, float] | None = None
         # Usage-limit ceiling per known priority (recomputed when a band appears or on reload).
         self._ceilings: dict[int, float] = {}
+        # The unavailability regime: whether the pool had no healthy endpoint when last looked
+        # at, since when (monotonic; 0 = never changed), and a future resolved (and replaced)
+        # at each change so that queued requests re-evaluate their budget.
+        self._empty = False
+        self._empty_since = 0.0
+        self._regime_changed: asyncio.Future[None] | None = None
         for priority in config.bands:  # configured bands are known from the start
             self._band(priority)
 
     # --- admission ------------------------------------------------------------------------
     def admit(self, request: LLMRequest, nbytes: int) -> RequestError | QueueItem | None:
         if self.size == 0 and self._handoff is None:
-            saturation = self.detector.saturation(self._endpoints())
+            endpoints = self._endpoints()
+            if not endpoints or self._empty:
+                self._observe(endpoints)
+            saturation = self.detector.saturation(endpoints)
             self.metrics.saturation = saturation
             ceiling = self._ceilings.get(request.priority)
             if ceiling is None:
@@ -120,11 +164,9 @@ class FlowController:
         priority = request.priority
         band = self._band(priority)
         if not band.fits(nbytes):
-            self.metrics.count(priority, REJECTED_CAPACITY)
-            return _queue_full(f"queue of priority band {priority}")
+            return self._rejected(priority, f"queue of priority band {priority}")
         if not self._global_fits(nbytes) and not self._displace_for(priority, nbytes):
-            self.metrics.count(priority, REJECTED_CAPACITY)
-            return _queue_full("flow-control queue")
+            return self._rejected(priority, "flow-control queue")
         headers = request.headers
         flow_id = headers.get(FAIRNESS_ID_HEADER) or DEFAULT_FAIRNESS_ID
         objective = headers.get(OBJECTIVE_HEADER) or request.model
@@ -144,6 +186,37 @@ class FlowController:
         bytes_g.inc(nbytes)
         self._kick()
         return item
+
+    def _rejected(self, priority: int, what: str) -> RequestError:
+        # With no endpoint, a full queue is genuine unavailability (503), not backpressure.
+        if self._empty:
+            self.metrics.count(priority, REJECTED_NO_ENDPOINTS)
+            return _queue_full_no_endpoints(what)
+        self.metrics.count(priority, REJECTED_CAPACITY)
+        return _queue_full(what)
+
+    def _observe(self, endpoints: Sequence[Endpoint]) -> None:
+        """Track the unavailability regime (the pool has no healthy endpoint or has some)."""
+        empty = not endpoints
+        if empty != self._empty:
+            self._empty, self._empty_since = empty, time.monotonic()
+            changed, self._regime_changed = self._regime_changed, None
+            if changed is not None and not changed.done():
+                changed.set_result(None)
+
+    def _budget(self, item: QueueItem) -> tuple[float, bool]:
+        """The absolute deadline of the budget in force for `item` (inf: none) and whether it
+        is the no-endpoint budget."""
+        ttl = self.config.no_endpoint_request_ttl if self._empty else item.ttl
+        deadline = float("inf")
+        if ttl > 0:
+            deadline = max(item.enqueued_at, self._empty_since) + ttl
+        # A regime change grants a fresh budget but never extends the wait past the longer of
+        # the two budgets (llm-d-router's context backstop; none when either budget is off).
+        no_ep = self.config.no_endpoint_request_ttl
+        if item.ttl > 0 and no_ep > 0:
+            deadline = min(deadline, item.enqueued_at + max(item.ttl, no_ep) + BACKSTOP_MARGIN_S)
+        return deadline, self._empty
 
     def _global_fits(self, nbytes: int) -> bool:
         cfg = self.config
@@ -181,25 +254,25 @@ class FlowController:
 
     async def wait(self, item: QueueItem) -> None:
         """Wait until `item` is dispatched; raises RequestError if it is refused instead."""
-        # Shielded: cancelling this task (TTL, client gone) must not cancel the future itself,
-        # or a dispatch racing with the cancellation would find it cancelled and hand over
-        # capacity to nobody.
+        # The item's future is never cancelled here (asyncio.wait leaves it alone): cancelling
+        # it (TTL, client gone) would let a dispatch racing with the cancellation hand capacity
+        # over to nobody.
+        loop = asyncio.get_running_loop()
         try:
-            if item.ttl > 0:
-                async with asyncio.timeout(max(item.deadline - time.monotonic(), 0.0)):
-                    verdict = await asyncio.shield(item.future)
-            else:
-                verdict = await asyncio.shield(item.future)
-        except TimeoutError:
-            if not item.removed:
-                band = self._bands[item.priority]
-                if item.priority >= 0 and self.config.enable_eviction and self._evict_inflight(item):
-                    self._leave(band, item, DISPATCHED)  # routed now, in the evicted request's place
-                    return
-                self._leave(band, item, EVICTED_TTL)
-                raise RequestError(503, _TTL_EXPIRED, "flow_control_ttl_expired",
-                                   retry_after_s=RETRY_AFTER_S) from None
-            verdict = item.future.result()  # dispatched or displaced just as the TTL ran out
+            while not item.future.done():
+                deadline, empty = self._budget(item)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self._expire(item, empty)
+                    if item.removed and self._handoff is not item and not item.future.done():
+                        return  # routed in an evicted request's place
+                    break
+                changed = self._regime_changed
+                if changed is None:
+                    changed = self._regime_changed = loop.create_future()
+                await asyncio.wait((item.future, changed),
+                                   timeout=None if remaining == float("inf") else remaining,
+                                   return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:  # the client left: Envoy closed the ext_proc stream
             if not item.removed:
                 self._leave(self._bands[item.priority], item, EVICTED_CANCELLED)
@@ -207,6 +280,7 @@ class FlowController:
                 self._handoff = None
                 self._kick()
             raise
+        verdict = item.future.result()
         if verdict is not None:
             raise verdict
         if self._handoff is item:
@@ -215,22 +289,46 @@ class FlowController:
             self._handoff = None
             self._kick()
 
+    def _expire(self, item: QueueItem, empty: bool) -> None:
+        """The budget in force ran out: evict `item` from the queue (its future gets the error),
+        or, with enableEviction and endpoints, route it in an evicted request's place."""
+        if item.removed:
+            return
+        band = self._bands[item.priority]
+        if not empty and item.priority >= 0 and self.config.enable_eviction and self._evict_inflight(item):
+            self._leave(band, item, DISPATCHED)  # routed now, in the evicted request's place
+            return
+        if empty:
+            self._leave(band, item, EVICTED_NO_ENDPOINTS)
+            error = RequestError(503, _NO_ENDPOINTS, "flow_control_no_endpoints", retry_after_s=RETRY_AFTER_S,
+                                 headers=_reason("rejected-no-endpoints"))
+        else:
+            self._leave(band, item, EVICTED_TTL)
+            error = RequestError(429, _TTL_EXPIRED, "flow_control_ttl_expired", retry_after_s=RETRY_AFTER_S,
+                                 headers=_reason("rejected-ttl-expired"))
+        item.future.set_result(error)
+
     def on_release(self, request: LLMRequest | None = None) -> None:
         """A routed request ended: capacity may have freed."""
         if request is not None:
             if self._evictable:
                 self._evictable.pop(id(request), None)
-            if self._evicting is not None and self._evicting[0] == id(request):
+            if self._evicting is not None and self._evicting[0] is request:
                 self._evicting = None
         if self.size:
             self._kick()
 
     # --- eviction of in-flight sheddable requests (enableEviction, off by default) ----------
+    def may_evict(self, request: LLMRequest) -> bool:
+        """Whether eviction may end this request (its response must then stream through the
+        EPP): eviction on and the priority at most evictionVictimMaxPriority."""
+        cfg = self.config
+        return cfg.enable_eviction and request.priority <= cfg.eviction_victim_max_priority
+
     def on_evictable(self, request: LLMRequest, abort: Callable[[], None]) -> None:
         """An in-flight request whose response passes through the EPP, so `abort()` can end
         it (the server answers its next response chunk with an error: Envoy resets it)."""
-        cfg = self.config
-        if cfg.enable_eviction and request.priority <= cfg.eviction_victim_max_priority:
+        if self.may_evict(request):
             self._evictable[id(request)] = (request, abort)
 
     def _evict_inflight(self, item: QueueItem) -> bool:
@@ -243,7 +341,7 @@ class FlowController:
         if victim_key is None:
             return False
         victim, abort = self._evictable.pop(victim_key)
-        self._evicting = (victim_key, time.monotonic())
+        self._evicting = (victim, time.monotonic())
         abort()
         self.evicted += 1
         self.metrics.count(victim.priority, EVICTED_INFLIGHT)
@@ -262,7 +360,9 @@ class FlowController:
         self._kick_pending = False
         if self._handoff is not None or self.size == 0:
             return
-        saturation = self.detector.saturation(self._endpoints())
+        endpoints = self._endpoints()
+        self._observe(endpoints)
+        saturation = self.detector.saturation(endpoints)
         self.metrics.saturation = saturation
         for band in self._order:
             if saturation >= band.ceiling:  # blocked: head-of-line, nothing lower goes either

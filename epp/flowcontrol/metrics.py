@@ -10,7 +10,7 @@ GIE names (same labels):
 Ours:
 - inference_extension_flow_control_requests_total {priority, outcome}: Dispatched (also the
   requests that never waited), RejectedCapacity, EvictedTTL, EvictedContextCancelled,
-  Displaced, EvictedInFlight.
+  Displaced, EvictedInFlight, RejectedNoEndpoints, EvictedNoEndpoints.
 """
 
 from __future__ import annotations
@@ -31,6 +31,9 @@ EVICTED_TTL = "EvictedTTL"
 EVICTED_CANCELLED = "EvictedContextCancelled"
 DISPLACED = "Displaced"
 EVICTED_INFLIGHT = "EvictedInFlight"
+# llm-d-router QueueOutcome names for the empty-pool regime (noEndpointRequestTTL).
+REJECTED_NO_ENDPOINTS = "RejectedNoEndpoints"
+EVICTED_NO_ENDPOINTS = "EvictedNoEndpoints"
 
 
 class FlowControlMetrics:

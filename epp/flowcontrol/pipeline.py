@@ -93,6 +93,9 @@ class AdmissionPipeline:
         if self.flow is not None:
             self.flow.on_evictable(request, abort)
 
+    def may_evict(self, request: LLMRequest) -> bool:
+        return self.flow is not None and self.flow.may_evict(request)
+
     def on_complete(self, request: LLMRequest | None, response: dict[str, Any] | None) -> None:
         if self.flow is not None:
             self.flow.on_release(request)

@@ -82,15 +82,18 @@ class EnvoyConfigParams:
     # which Envoy honours only on headers messages and only without
     # send_body_without_waiting_for_header_response and FULL_DUPLEX_STREAMED.
     response_cache: bool = False
+    # Per-request mode overrides for other features too (flow control's eviction asks for the
+    # response bodies of evictable requests only): the same Envoy preconditions.
+    mode_overrides: bool = False
 
     def __post_init__(self) -> None:
         if self.request_header_mode != "SEND":
             raise ValueError(f"request_header_mode {self.request_header_mode!r} cannot route: with the request "
                              "headers skipped Envoy routes on them before the EPP has seen the body; use SEND")
-        if self.response_cache:
+        if self.response_cache or self.mode_overrides:
             if self.request_body_mode != "BUFFERED":
-                raise ValueError("response_cache needs request_body_mode BUFFERED: Envoy ignores "
-                                 "mode_override when a body mode is FULL_DUPLEX_STREAMED")
+                raise ValueError("mode overrides (response_cache) need request_body_mode BUFFERED: Envoy "
+                                 "ignores mode_override when a body mode is FULL_DUPLEX_STREAMED")
             self.send_body_without_waiting = False
         if self.request_body_mode not in BODY_MODES:
             raise ValueError(

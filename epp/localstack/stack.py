@@ -163,6 +163,7 @@ class StackConfig:
     subset_hint: list[str] | None = None  # tests: static envoy.lb.subset_hint metadata
     epp_max_concurrent_streams: int = 32  # per Envoy->EPP connection (more connections spread workers)
     response_cache: bool = False  # Envoy set up for the EPP's response cache (mode overrides)
+    mode_overrides: bool = False  # Envoy honours the EPP's per-request mode overrides (see envoy_config)
     access_log: bool = False  # Envoy access log (with response flags and details) in its log file
     # Envoy's ext_proc message_timeout: must exceed the longest flow-control queue wait (GIE: 1000s).
     envoy_message_timeout_ms: int = 2000
@@ -300,6 +301,7 @@ class LocalStack:
             epp_max_concurrent_streams=cfg.epp_max_concurrent_streams,
             message_timeout_ms=cfg.envoy_message_timeout_ms,
             response_cache=cfg.response_cache,
+            mode_overrides=cfg.mode_overrides,
         )
         if cfg.epp_tls:
             from epp.server.tls import CERT_FILE, self_signed_pair, write_pair

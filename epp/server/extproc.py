@@ -102,6 +102,7 @@ class FlowGate(Protocol):
     def admit(self, request: LLMRequest, nbytes: int) -> Any: ...
     async def wait(self, ticket: Any) -> None: ...
     def on_evictable(self, request: LLMRequest, abort: Callable[[], None]) -> None: ...
+    def may_evict(self, request: LLMRequest) -> bool: ...
     def on_complete(self, request: LLMRequest | None, response: dict[str, Any] | None) -> None: ...
 
 
@@ -590,9 +591,17 @@ class ExtProcHandler:
                 mode = STREAMED if st.cache.stream else BUFFERED
                 return [head + wire.processing_mode(st.body_mode, mode)]
             return [head]
+        head = _RESPONSE_HEADERS_CONTINUE
         if extra:
-            return [wire.response_headers_response(wire.common_response(wire.header_mutation(extra)))]
-        return [_RESPONSE_HEADERS_CONTINUE]
+            head = wire.response_headers_response(wire.common_response(wire.header_mutation(extra)))
+        if (st.resp_body_mode == 0 and self.flow is not None and st.request is not None
+                and self.flow.may_evict(st.request)):
+            # Flow control's eviction ends a response by answering one of its chunks, so a
+            # request it may evict needs its body through the EPP; with the filter's response
+            # body mode NONE, ask for this one only (a per-request mode_override, honoured on a
+            # headers message), so critical streams skip the extra hop (docs/flow-control.md).
+            return [head + wire.processing_mode(st.body_mode, STREAMED)]
+        return [head]
 
     def _on_response_body(self, st: _Stream, msg: Any) -> list[bytes]:
         if self.flow is not None and st.request is not None:  # the gate decides who is evictable

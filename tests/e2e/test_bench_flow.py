@@ -23,7 +23,7 @@ def test_flow_bench_all_arms_answer_every_request(tmp_path: Path) -> None:
     out = tmp_path / "flow.json"
     proc = subprocess.run(
         [sys.executable, "-m", "epp", "bench", "flow", "--model-seconds", "1", "--time-scale", "0.5",
-         "--unloaded-requests", "1", "--run-dir", str(tmp_path / "run"), "--json", str(out)],
+         "--unloaded-requests", "1", "--unloaded-probes", "2", "--run-dir", str(tmp_path / "run"), "--json", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=240, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = json.loads(out.read_text())

@@ -1,11 +1,15 @@
 """Flow control through the real Envoy, EPP and simulated pod: with the pool saturated
 (concurrency-detector, one request per pod) a request waits in the EPP and is routed when
-capacity frees; queue limits answer 429, TTL expiry 503, both with Retry-After and an OpenAI
-error body; a client that disconnects while queued leaves the queue at once."""
+capacity frees; queue limits and TTL expiry answer 429 (llm-d-router: backpressure while the
+pool has endpoints), a request that waited noEndpointRequestTTL with no healthy endpoint 503,
+all with Retry-After and an OpenAI error body; a client that disconnects while queued leaves
+the queue at once."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import Awaitable
 from pathlib import Path
@@ -100,7 +104,7 @@ async def _eq(value: object, expected: float) -> bool:
     return await value == expected  # type: ignore[misc]
 
 
-def test_ttl_expiry_is_503_and_full_band_is_429_with_retry_after(stack: LocalStack) -> None:
+def test_ttl_expiry_and_full_band_are_429_with_retry_after(stack: LocalStack) -> None:
     async def scenario() -> None:
         async with httpx.AsyncClient(timeout=30) as client:
             url = f"{stack.url}/v1/completions"
@@ -109,9 +113,10 @@ def test_ttl_expiry_is_503_and_full_band_is_429_with_retry_after(stack: LocalSta
             # batch-sheddable has a 300 ms TTL: it times out in the queue.
             t0 = time.monotonic()
             r = await client.post(url, json=body(1), headers={"x-gateway-inference-objective": "batch-sheddable"})
-            assert r.status_code == 503, r.text
+            assert r.status_code == 429, r.text
             assert 0.25 <= time.monotonic() - t0 < 2.0
             assert r.headers["retry-after"] == "1"
+            assert r.headers["x-llm-d-request-dropped-reason"] == "rejected-ttl-expired"
             assert r.json()["error"]["code"] == "flow_control_ttl_expired"
             # Priority band 1 (llama3-8b-instruct) holds at most 2 queued requests: the third is refused.
             hdr = {"x-gateway-inference-objective": "llama3-8b-instruct"}
@@ -321,8 +326,124 @@ def test_holdback_reserves_a_slot_and_eviction_frees_one_at_once(stack_factory: 
             assert await asyncio.wait_for(std, 5) in ("RemoteProtocolError", "ReadError")
             assert await metric(client, stack, "inference_extension_flow_control_requests_total",
                                 outcome="EvictedInFlight", priority="0") == 1.0
-            # The held-back standard request never got under its ceiling: TTL 503.
+            # The held-back standard request never got under its ceiling: TTL 429.
             late = await held
-            assert late.status_code == 503 and late.json()["error"]["code"] == "flow_control_ttl_expired"
+            assert late.status_code == 429 and late.json()["error"]["code"] == "flow_control_ttl_expired"
             crit.cancel()
+    asyncio.run(scenario())
+
+
+NO_ENDPOINT_CONFIG = """\
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+featureGates: ["flowControl=true"]
+plugins:
+- type: concurrency-detector
+  parameters: {maxConcurrency: 4}
+- type: queue-scorer
+- type: max-score-picker
+flowControl:
+  saturationDetector: {pluginRef: concurrency-detector}
+  defaultRequestTTL: 20s
+  noEndpointRequestTTL: 1500ms
+"""
+
+
+def test_no_endpoint_request_ttl_waits_for_a_pod_and_then_answers_503(stack_factory: StackFactory,
+                                                                      tmp_path: Path) -> None:
+    """llm-d-router's noEndpointRequestTTL: with no healthy endpoint a request waits in the EPP
+    up to that budget (not defaultRequestTTL) and then gets 503 with an OpenAI error body; a
+    pod coming back within the budget serves the waiting request."""
+    path = tmp_path / "epp-config.yaml"
+    path.write_text(NO_ENDPOINT_CONFIG)
+    stack = stack_factory(pods=1, time_scale=0.5, kv_events=False, epp_config=path,
+                          envoy_message_timeout_ms=60_000)
+    # The pod is frozen (SIGSTOP), not stopped: its scrapes time out and the EPP marks it
+    # unhealthy; SIGCONT brings it back within milliseconds (a restart takes longer than the
+    # budget this test can afford).
+    pgid = stack.procs[stack.pods[0].name].pid
+
+    async def ready_pods(client: httpx.AsyncClient) -> float:
+        return await metric(client, stack, "inference_pool_ready_pods")
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(timeout=30) as client:
+            url = f"{stack.url}/v1/completions"
+            assert (await client.post(url, json=body(1))).status_code == 200
+            os.killpg(pgid, signal.SIGSTOP)
+            await until(lambda: _eq(ready_pods(client), 0.0))
+            # 1. Nobody comes back: 503 after the 1.5 s no-endpoint budget.
+            t0 = time.monotonic()
+            r = await client.post(url, json=body(1))
+            waited = time.monotonic() - t0
+            assert r.status_code == 503, r.text
+            assert 1.4 <= waited < 5.0, waited
+            assert r.headers["retry-after"] == "1"
+            assert r.headers["x-llm-d-request-dropped-reason"] == "rejected-no-endpoints"
+            error = r.json()["error"]
+            assert error["code"] == "flow_control_no_endpoints" and "no healthy endpoint" in error["message"]
+            assert await metric(client, stack, "inference_extension_flow_control_requests_total",
+                                outcome="EvictedNoEndpoints") == 1.0
+            # 2. The pod comes back within the budget: the waiting request is served.
+            waiting = asyncio.create_task(client.post(url, json=body(1)))
+            await until(lambda: _eq(metric(client, stack, "inference_extension_flow_control_queue_size"), 1.0))
+            os.killpg(pgid, signal.SIGCONT)
+            r = await waiting
+            assert r.status_code == 200, r.text
+            assert await metric(client, stack, "inference_extension_flow_control_requests_total",
+                                outcome="EvictedNoEndpoints") == 1.0
+    try:
+        asyncio.run(scenario())
+    finally:
+        os.killpg(pgid, signal.SIGCONT)
+
+
+def test_eviction_with_response_bodies_of_evictable_requests_only(stack_factory: StackFactory,
+                                                                   tmp_path: Path) -> None:
+    """Envoy's response body mode NONE with allow_mode_override: the EPP asks (mode_override on
+    the response headers) for the bodies of the requests eviction may end, so a critical stream
+    costs 3 ext_proc messages (request headers, body, response headers) whatever its length,
+    while a sheddable stream sends its chunks to the EPP, which can still evict it."""
+    path = tmp_path / "epp-config.yaml"
+    path.write_text(EVICTION_CONFIG)
+    stack = stack_factory(pods=1, time_scale=1.0, kv_events=False, epp_config=path,
+                          envoy_message_timeout_ms=60_000, response_body_mode="NONE",
+                          response_header_mode="SEND", mode_overrides=True)
+    critical = {"x-gateway-inference-objective": "llama3-8b-instruct"}
+
+    def sent() -> int:
+        stats = httpx.get(f"http://127.0.0.1:{stack.cfg.admin_port}/stats?filter=ext_proc.stream_msgs_sent",
+                          timeout=5).text
+        return sum(int(line.rsplit(":", 1)[1]) for line in stats.splitlines() if "stream_msgs_sent" in line)
+
+    async def stream(client: httpx.AsyncClient, url: str, headers: dict[str, str], max_tokens: int) -> str:
+        done = False
+        try:
+            async with client.stream("POST", url, json={**body(max_tokens), "stream": True}, headers=headers) as r:
+                async for line in r.aiter_lines():
+                    done = done or line.strip() == "data: [DONE]"
+        except httpx.HTTPError as e:  # Envoy resets the evicted stream
+            return type(e).__name__
+        return "completed" if done else "truncated"
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(timeout=30) as client:
+            url = f"{stack.url}/v1/completions"
+            before = sent()
+            assert await stream(client, url, critical, 20) == "completed"
+            assert sent() - before == 3  # no response body message for a critical stream
+            before = sent()
+            assert await stream(client, url, {"x-gateway-inference-objective": "batch-sheddable"}, 20) == "completed"
+            assert sent() - before > 3 + 10  # ... but every chunk of a sheddable one
+            # Eviction still works: a critical request past its 500 ms TTL ends the sheddable stream.
+            shed = asyncio.create_task(stream(client, url, {"x-gateway-inference-objective": "batch-sheddable"},
+                                              1000))
+            await asyncio.sleep(0.5)
+            t0 = time.monotonic()
+            r = await client.post(url, json=body(1), headers=critical)
+            assert r.status_code == 200, r.text
+            assert time.monotonic() - t0 < 3.0
+            assert await asyncio.wait_for(shed, 5) in ("RemoteProtocolError", "ReadError", "truncated")
+            assert await metric(client, stack, "inference_extension_flow_control_requests_total",
+                                outcome="EvictedInFlight") == 1.0
     asyncio.run(scenario())

@@ -90,5 +90,7 @@ def test_bounded_overload_every_request_answered(stack: LocalStack) -> None:
             for t in ("heavy", "light")}
     print("outcomes by class:", by_class, "median standard latency (s):", wait)
     assert set(by_class["llama3-8b-instruct"]) == {200}, by_class  # critical traffic is never refused
-    assert by_class["batch-sheddable"][503] > 0, by_class  # sheddable work waits behind, times out (1 s TTL)
+    # Sheddable work waits behind, times out (1 s TTL): 429 (llm-d-router: TTL expiry with
+    # endpoints in the pool is backpressure).
+    assert by_class["batch-sheddable"][429] > 0, by_class
     assert wait["light"] < wait["heavy"], wait

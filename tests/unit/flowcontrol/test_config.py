@@ -7,7 +7,7 @@ import pytest
 
 from epp.config.loader import parse_scheduler_config
 from epp.datastore.datastore import Datastore
-from epp.flowcontrol.config import DEFAULT_BAND_MAX_BYTES, FlowControlConfig, build_flow_control_config
+from epp.flowcontrol.config import FlowControlConfig, build_flow_control_config
 from epp.flowcontrol.plugins.concurrency_detector import ConcurrencyDetector
 from epp.flowcontrol.plugins.edf_ordering import EDFOrdering
 from epp.flowcontrol.plugins.fcfs_ordering import FCFSOrdering
@@ -54,8 +54,10 @@ def test_full_section_is_read_with_gie_defaults() -> None:
     hi = cfg.bands[10]
     assert (hi.max_bytes, hi.max_requests) == (500_000_000, 50)
     assert isinstance(hi.ordering, EDFOrdering) and isinstance(hi.fairness, GlobalStrictFairness)
-    low = cfg.bands[-1]  # listed without limits: GIE's band defaults
-    assert (low.max_bytes, low.max_requests) == (DEFAULT_BAND_MAX_BYTES, 0)
+    low = cfg.bands[-1]  # listed without limits: llm-d-router's band defaults
+    # llm-d-router ebab687 pkg/epp/flowcontrol/registry/config.go: defaultPriorityBandMaxBytes
+    # 1_000_000_000, defaultPriorityBandMaxRequests 5000 (literals here, not our constants).
+    assert (low.max_bytes, low.max_requests) == (1_000_000_000, 5000)
     other = cfg.band_config(3)  # not listed: from the defaultPriorityBand template
     assert other.max_requests == 100 and isinstance(other.fairness, RoundRobinFairness)
     assert isinstance(other.ordering, FCFSOrdering)
@@ -142,3 +144,117 @@ schedulingProfiles:
 """, ctx, "fc.yaml")
     profile = cfg.scheduler.profiles["default"]
     assert [f.name for f in profile.filters] == ["concurrency-detector"]
+
+
+# --- llm-d-router interoperability. Expected values come from llm-d-router commit ebab687
+# (2026-08-22): apix/config/v1alpha1/endpointpickerconfig_types.go (field docs),
+# pkg/epp/flowcontrol/controller/config.go (defaultRequestTTL = defaultNoEndpointRequestTTL =
+# 60s; NewConfigFromAPI: an unset noEndpointRequestTTL follows defaultRequestTTL),
+# pkg/epp/flowcontrol/registry/config.go (band defaults 1e9 bytes / 5000 requests, 0 = unset),
+# pkg/epp/config/loader/configloader.go (loadFeatureConfig "name=bool") and the loader's test
+# configs in pkg/epp/config/loader/testdata_test.go. Written as literals, not our constants.
+
+UPSTREAM_FLOW_CONTROL = """
+plugins:
+- name: maxScore
+  type: max-score-picker
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: maxScore
+featureGates:
+- flowControl
+flowControl:
+  maxBytes: "1024"
+  defaultRequestTTL: 1m
+  noEndpointRequestTTL: 5m
+"""
+
+
+def test_upstream_flow_control_config_loads_with_upstream_values() -> None:
+    cfg = load(UPSTREAM_FLOW_CONTROL)  # successFlowControlConfigText
+    assert cfg.enabled and cfg.max_bytes == 1024
+    assert (cfg.default_request_ttl, cfg.no_endpoint_request_ttl) == (60.0, 300.0)
+
+
+def test_no_endpoint_ttl_follows_default_request_ttl_and_both_default_to_60s() -> None:
+    inherited = load("featureGates: [flowControl]\nflowControl: {defaultRequestTTL: 0s}\n")
+    assert (inherited.default_request_ttl, inherited.no_endpoint_request_ttl) == (0.0, 0.0)
+    inherited = load("featureGates: [flowControl]\nflowControl: {defaultRequestTTL: 7s}\n")
+    assert (inherited.default_request_ttl, inherited.no_endpoint_request_ttl) == (7.0, 7.0)
+    unset = load("featureGates: [flowControl]\n")
+    assert (unset.default_request_ttl, unset.no_endpoint_request_ttl) == (60.0, 60.0)
+    split = load("featureGates: [flowControl]\nflowControl: {noEndpointRequestTTL: 0s}\n")
+    assert (split.default_request_ttl, split.no_endpoint_request_ttl) == (60.0, 0.0)
+
+
+def test_default_negative_priority_band_templates_unlisted_negative_priorities() -> None:
+    cfg = load("""
+featureGates: [flowControl]
+plugins: [{type: round-robin-fairness-policy, name: rr}]
+flowControl:
+  defaultPriorityBand: {maxRequests: 100}
+  defaultNegativePriorityBand: {maxRequests: 3, maxBytes: 1k, fairnessPolicyRef: rr}
+  priorityBands: [{priority: -5, maxRequests: 7}]
+""")
+    neg = cfg.band_config(-1)
+    assert (neg.max_requests, neg.max_bytes) == (3, 1000) and isinstance(neg.fairness, RoundRobinFairness)
+    assert isinstance(neg.ordering, FCFSOrdering)  # unset policy refs: the system defaults
+    assert cfg.band_config(-5).max_requests == 7  # a listed band wins over the template
+    assert cfg.band_config(0).max_requests == 100  # 0 is not negative: defaultPriorityBand
+    assert cfg.band_config(2).max_requests == 100
+    # Absent, negative priorities fall back to defaultPriorityBand.
+    plain = load("featureGates: [flowControl]\nflowControl: {defaultPriorityBand: {maxRequests: 9}}\n")
+    assert plain.band_config(-1).max_requests == 9
+    # A band limit of 0 is unset and gets the system default (band limits are always bounded).
+    zero = load("featureGates: [flowControl]\nflowControl: {defaultNegativePriorityBand: {maxRequests: 0}}\n")
+    assert (zero.band_config(-1).max_requests, zero.band_config(-1).max_bytes) == (5000, 1_000_000_000)
+
+
+def test_saturation_detector_under_flow_control_wins_over_the_deprecated_top_level_one() -> None:
+    text = """
+featureGates: [flowControl]
+plugins:
+- {type: concurrency-detector, name: cd, parameters: {maxConcurrency: 3}}
+- {type: utilization-detector, name: ud}
+saturationDetector: {pluginRef: ud}
+flowControl:
+  saturationDetector: {pluginRef: cd}
+"""
+    assert isinstance(load(text).detector, ConcurrencyDetector)
+    # Without the gate the nested detector still serves the legacy admission path.
+    assert isinstance(load(text.replace("featureGates: [flowControl]\n", "")).detector, ConcurrencyDetector)
+
+
+@pytest.mark.parametrize(("gates", "enabled"), [
+    ("[flowControl]", True), ('["flowControl=true"]', True), ('["flowControl=false"]', False),
+    ('["flowControl=TRUE"]', True), ('["flowControl=0"]', False), ("[otherGate]", False),
+    ('["flowControl", "flowControl=false"]', False),  # the last entry wins
+])
+def test_feature_gate_values(gates: str, enabled: bool) -> None:
+    assert load(f"featureGates: {gates}\nflowControl: {{maxRequests: 5}}\n").enabled is enabled
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("featureGates: [flowControl]\nflowControl: {noEndpointRequestTTL: later}\n",
+     r"fc.yaml: flowControl.noEndpointRequestTTL: must be a duration"),
+    ("featureGates: [flowControl]\nflowControl: {noEndpointRequestTTL: -1}\n",
+     r"fc.yaml: flowControl.noEndpointRequestTTL: must be >= 0"),
+    ("featureGates: [flowControl]\nflowControl: {defaultNegativePriorityBand: {maxBytes: -5}}\n",
+     r"fc.yaml: flowControl.defaultNegativePriorityBand.maxBytes: must be >= 0"),
+    ("featureGates: [flowControl]\nflowControl: {defaultNegativePriorityBand: {maxRequest: 5}}\n",
+     r"fc.yaml: flowControl.defaultNegativePriorityBand: unknown field 'maxRequest'"),
+    ("featureGates: [flowControl]\nflowControl: {defaultNegativePriorityBand: {orderingPolicyRef: nope}}\n",
+     r"flowControl.defaultNegativePriorityBand.orderingPolicyRef: 'nope' names no plugin"),
+    ("featureGates: [flowControl]\nflowControl: {saturationDetector: {pluginRef: missing}}\n",
+     r"fc.yaml: flowControl.saturationDetector.pluginRef: 'missing' names no plugin"),
+    ("featureGates: [flowControl]\nflowControl: {saturationDetector: cd}\n",
+     r"fc.yaml: flowControl.saturationDetector: must be a mapping with 'pluginRef'"),
+    ("featureGates: [flowControl]\nplugins: [{type: queue-scorer}]\n"
+     "flowControl: {saturationDetector: {pluginRef: queue-scorer}}\n",
+     r"flowControl.saturationDetector.pluginRef: plugin 'queue-scorer' is not a saturation detector"),
+    ('featureGates: ["flowControl=maybe"]\n', r"fc.yaml: featureGates\[0\]: 'flowControl=maybe'"),
+])
+def test_llm_d_field_errors_name_file_and_field(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load(text)

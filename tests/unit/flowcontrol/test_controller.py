@@ -37,7 +37,8 @@ class Pool:
         self.cfg = FlowControlConfig(enabled=True, detector=det, **limits)  # type: ignore[arg-type]
         self.cfg.default_band = BandConfig(0, fairness, ordering)  # type: ignore[arg-type]
         self.registry = CollectorRegistry()
-        self.ctl = FlowController(self.cfg, lambda: [self.ep], FlowControlMetrics(self.registry, "pool"))
+        self.endpoints = [self.ep]  # empty it for the no-endpoint regime
+        self.ctl = FlowController(self.cfg, lambda: self.endpoints, FlowControlMetrics(self.registry, "pool"))
         self.order: list[str] = []
 
     def request(self, rid: str, priority: int = 0, flow: str = "", objective: str = "") -> LLMRequest:
@@ -144,11 +145,13 @@ def test_edf_serves_earliest_deadline_first() -> None:
     run(scenario)
 
 
-def test_ttl_expiry_answers_503_and_leaves_the_queue() -> None:
+def test_ttl_expiry_answers_429_and_leaves_the_queue() -> None:
+    # llm-d-router ebab687 pkg/epp/requestcontrol/admission.go translateFlowControlOutcome:
+    # EvictedTTL with endpoints in the pool is ResourceExhausted (429, backpressure).
     async def scenario() -> None:
         pool = Pool(default_request_ttl=0.05)
         await pool.send(pool.request("busy"))
-        assert await pool.send(pool.request("late")) == "503:flow_control_ttl_expired"
+        assert await pool.send(pool.request("late")) == "429:flow_control_ttl_expired"
         assert pool.ctl.size == 0 and pool.outcomes("EvictedTTL") == 1
     run(scenario)
 
@@ -247,10 +250,10 @@ def test_eviction_of_inflight_sheddable_for_critical_past_ttl(enabled: bool) -> 
             assert result == "ok" and aborted == ["shed"]
             assert pool.outcomes("EvictedInFlight", -1) == 1 and pool.ctl.evicted == 1
         else:
-            assert result == "503:flow_control_ttl_expired" and aborted == []
+            assert result == "429:flow_control_ttl_expired" and aborted == []
         # An ended request is no longer evictable: the next critical request times out.
         pool.ctl.on_release(shed)
-        assert await pool.send(pool.request("late", 1, objective="critical")) == "503:flow_control_ttl_expired"
+        assert await pool.send(pool.request("late", 1, objective="critical")) == "429:flow_control_ttl_expired"
     run(scenario)
 
 
@@ -277,7 +280,7 @@ def test_dispatch_racing_with_a_waiter_cancellation_does_not_stall_the_queue(rea
             racing.cancel()
             free_and_dispatch()
         if reason == "ttl":
-            assert await racing in ("ok", "503:flow_control_ttl_expired")
+            assert await racing in ("ok", "429:flow_control_ttl_expired")
         else:
             with pytest.raises(asyncio.CancelledError):
                 await racing
@@ -364,4 +367,93 @@ def test_reload_recomputes_the_ceilings_and_configured_bands_count_from_the_star
         pool.finish()
         await settle()
         assert await held == "ok"
+    run(scenario)
+
+
+# --- the no-endpoint regime (noEndpointRequestTTL; llm-d-router ebab687
+# pkg/epp/flowcontrol/controller/internal/processor.go isExpired, requestcontrol/admission.go) ---
+
+def test_no_endpoint_budget_expires_with_503_no_endpoints() -> None:
+    async def scenario() -> None:
+        pool = Pool(default_request_ttl=5.0, no_endpoint_request_ttl=0.05)
+        pool.endpoints = []
+        t0 = time.monotonic()
+        # EvictedNoEndpoints -> ServiceUnavailable (503): nothing can serve the request.
+        assert await pool.send(pool.request("r")) == "503:flow_control_no_endpoints"
+        assert 0.04 <= time.monotonic() - t0 < 1.0  # the no-endpoint budget, not the 5 s TTL
+        assert pool.outcomes("EvictedNoEndpoints") == 1 and pool.ctl.size == 0
+    run(scenario)
+
+
+def test_endpoint_coming_back_within_the_budget_serves_the_waiting_request() -> None:
+    async def scenario() -> None:
+        pool = Pool(no_endpoint_request_ttl=2.0)
+        pool.endpoints = []
+        task = asyncio.create_task(pool.send(pool.request("r")))
+        await asyncio.sleep(0.05)
+        assert not task.done() and pool.ctl.size == 1
+        pool.endpoints = [pool.ep]  # the pod is back (the dispatcher polls while blocked)
+        assert await asyncio.wait_for(task, 1) == "ok"
+        assert pool.outcomes("Dispatched") == 1
+    run(scenario)
+
+
+def test_regime_change_starts_a_fresh_budget() -> None:
+    async def scenario() -> None:
+        # Both budgets 0.2 s. Enqueued on an empty pool; at 0.15 s a (full) pod appears: the
+        # saturation budget is charged from then, so the request expires at ~0.35 s with 429,
+        # not at 0.2 s (processor.go: "each regime change therefore starts its budget fresh").
+        pool = Pool(default_request_ttl=0.2, no_endpoint_request_ttl=0.2)
+        pool.ep.inflight = 1  # the pod, once back, is saturated
+        pool.endpoints = []
+        t0 = time.monotonic()
+        task = asyncio.create_task(pool.send(pool.request("r")))
+        await asyncio.sleep(0.15)
+        pool.endpoints = [pool.ep]
+        assert await task == "429:flow_control_ttl_expired"
+        assert 0.33 <= time.monotonic() - t0 < 1.0
+    run(scenario)
+
+
+def test_total_wait_is_bounded_by_the_longer_budget_plus_margin(monkeypatch: pytest.MonkeyPatch) -> None:
+    import epp.flowcontrol.controller as controller_module
+
+    monkeypatch.setattr(controller_module, "BACKSTOP_MARGIN_S", 0.0)
+
+    async def scenario() -> None:
+        pool = Pool(default_request_ttl=0.2, no_endpoint_request_ttl=0.2)
+        pool.ep.inflight = 1
+        pool.endpoints = []
+        t0 = time.monotonic()
+        task = asyncio.create_task(pool.send(pool.request("r")))
+        await asyncio.sleep(0.15)
+        pool.endpoints = [pool.ep]  # fresh budget until 0.35 s, but the bound is 0.2 s
+        assert await task == "429:flow_control_ttl_expired"
+        assert 0.18 <= time.monotonic() - t0 < 0.3
+    run(scenario)
+
+
+def test_zero_no_endpoint_budget_waits_until_an_endpoint_appears() -> None:
+    async def scenario() -> None:
+        pool = Pool(default_request_ttl=0.05, no_endpoint_request_ttl=0.0)
+        pool.endpoints = []
+        task = asyncio.create_task(pool.send(pool.request("r")))
+        await asyncio.sleep(0.2)  # well past the 50 ms saturation TTL: that budget is not in force
+        assert not task.done()
+        pool.endpoints = [pool.ep]
+        assert await asyncio.wait_for(task, 1) == "ok"
+    run(scenario)
+
+
+def test_full_queue_with_no_endpoint_is_503() -> None:
+    async def scenario() -> None:
+        pool = Pool(max_requests=1, no_endpoint_request_ttl=2.0)
+        pool.endpoints = []
+        first = asyncio.create_task(pool.send(pool.request("a")))
+        await settle()
+        # RejectedNoEndpoints -> 503: a capacity rejection with no endpoint is unavailability.
+        assert await pool.send(pool.request("b")) == "503:flow_control_no_endpoints"
+        assert pool.outcomes("RejectedNoEndpoints") == 1
+        pool.endpoints = [pool.ep]
+        assert await asyncio.wait_for(first, 1) == "ok"
     run(scenario)

@@ -87,3 +87,46 @@ async def test_api_key_gate_answers_401_first(tmp_path: Path) -> None:
     immediate = out[-1].immediate_response
     assert immediate.status.code == 401
     assert json.loads(immediate.body)["error"]["code"] == "invalid_api_key"
+
+
+async def test_response_body_mode_override_only_for_requests_eviction_may_end() -> None:
+    """With eviction on and the filter's response body mode NONE, the answer to an evictable
+    request's response headers carries mode_override response_body_mode STREAMED (Envoy then
+    sends its body chunks, which eviction answers); a critical request's does not, and neither
+    does any request when the filter already streams response bodies."""
+    from epp.datastore import InferenceObjective
+    from tests.unit.server.test_extproc import _response_headers
+
+    ds = _datastore(1)
+    ds.upsert_objective(InferenceObjective(name="crit", model_name="crit", priority=1))
+    ds.upsert_objective(InferenceObjective(name="shed", model_name="shed", priority=-1))
+    det = ConcurrencyDetector(params=parse_params(ConcurrencyDetector.Params, {"maxConcurrency": 8}, "t"))
+    cfg = FlowControlConfig(enabled=True, detector=det, enable_eviction=True, eviction_victim_max_priority=0,
+                            default_band=BandConfig(0, GlobalStrictFairness(), FCFSOrdering()))
+    handler = ExtProcHandler(ds, LeastInflight)
+    handler.flow = AdmissionPipeline(FlowController(cfg, ds.healthy_endpoints))
+
+    async def response_mode(objective: str, configured_mode: int) -> int | None:
+        headers = _headers(extra={"x-gateway-inference-objective": objective})
+        headers.protocol_config.response_body_mode = configured_mode
+        msgs = [headers, _body({"model": "m", "prompt": "hi"}), _response_headers(200)]
+
+        async def gen() -> AsyncIterator[pb.ProcessingRequest]:
+            for m in msgs:
+                yield m
+
+        out = []
+        async for raw in handler.process(gen(), None):
+            r = pb.ProcessingResponse()
+            r.ParseFromString(raw)
+            out.append(r)
+        assert out[-1].WhichOneof("response") == "response_headers"
+        return out[-1].mode_override.response_body_mode if out[-1].HasField("mode_override") else None
+
+    streamed = 1
+    assert await response_mode("shed", 0) == streamed  # sheddable (-1 <= 0): evictable
+    assert await response_mode("", 0) == streamed  # standard (0 <= 0): evictable
+    assert await response_mode("crit", 0) is None  # critical: eviction never ends it
+    assert await response_mode("shed", streamed) is None  # bodies already come: no override
+    cfg.enable_eviction = False
+    assert await response_mode("shed", 0) is None
