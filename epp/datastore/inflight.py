@@ -28,6 +28,22 @@ without a lookup; `peer_inflight` / `peer_inflight_tokens` hold what the other `
 processes have in flight (epp.server.peers.InflightSharing), so a scorer sums both.
 A restarted EPP starts from zero: the charges of its previous life are gone with it, and its
 peers drop the counts of a worker they have not heard from for a few seconds.
+
+Speed (`slowness()`): a pool may mix GPU types, and a pod that is 2x slower must get about
+half the prompts, or its queue grows while the others idle. The EPP does not see first
+tokens, but it sees how long each request stays in flight (dispatch to completion). Per
+endpoint it keeps an average of seconds per unit of work, where a request's work is its
+expected decode steps plus its prompt tokens / PROMPT_TOKENS_PER_STEP (one decode step costs
+about as much engine time as prefilling ~100 prompt tokens: vLLM on an H100 runs 8B-model
+decode steps of ~7-10 ms and prefills ~10-20k tokens/s). `sweep()` turns those averages
+into a slowness factor per endpoint: its average over the pool's lower quartile, 1.0 below
+SLOWNESS_DEAD_ZONE (a homogeneous pool's pods differ by noise and by the queueing the load
+scorers already see; they must not be skewed by it), capped at SLOWNESS_CAP. Queueing is in
+the measured time too, so a pod that is over capacity looks slower until its queue drains,
+which moves load the same way. A pod far behind completes late, so completions alone would
+tell too late: the age of its oldest open request over that request's work is a lower bound
+of its time per work and counts as soon as it exceeds the average (the reference, the
+lower quartile, comes from completions only: lower bounds would pull it down).
 """
 
 from __future__ import annotations
@@ -48,6 +64,12 @@ log = logging.getLogger(__name__)
 
 SERVICE_KEY = "inflight.tracker"  # PluginContext.services key
 CHARACTERS_PER_TOKEN = 4  # prompt-size estimate without a tokenizer (same as prefix-cache-scorer)
+# Speed learning (see the module docstring, "Speed").
+PROMPT_TOKENS_PER_STEP = 100  # prompt tokens whose prefill costs about one decode step
+SPEED_SAMPLE_WEIGHT = 0.25  # weight of the newest completion in an endpoint's average
+SPEED_MIN_SAMPLES = 1  # completions an endpoint needs before its speed counts (the dead zone absorbs one odd sample)
+SLOWNESS_DEAD_ZONE = 1.5  # slowness below this is noise: the endpoint counts as full speed
+SLOWNESS_CAP = 4.0  # an endpoint never counts as more than 4x slower (bounds one bad sample)
 
 
 @dataclass(slots=True)
@@ -81,6 +103,13 @@ class Charge:
     tokens: int
     at: float  # clock() at dispatch
     released: bool = False
+    prompt_tokens: int = 0
+
+
+def _work(charge: Charge) -> float:
+    """A request's engine work in decode steps: expected decode tokens plus its prompt tokens
+    / PROMPT_TOKENS_PER_STEP."""
+    return (charge.tokens - charge.prompt_tokens) + charge.prompt_tokens / PROMPT_TOKENS_PER_STEP
 
 
 @dataclass(slots=True, eq=False)
@@ -107,6 +136,10 @@ class InflightTracker:
         # Prompt tokens dispatched recently, decayed exponentially: endpoint -> (value, at).
         self._recent: dict[Endpoint, tuple[float, float]] = {}
         self._decay_rate = 1.0 / self.config.prefill_window_s
+        # Seconds per unit of work, averaged over completions: endpoint -> [average, samples].
+        self._speed: dict[Endpoint, list[float]] = {}
+        # Endpoints slower than the dead zone -> factor (> 1); empty on a homogeneous pool.
+        self._slowness: dict[Endpoint, float] = {}
         self.expired = 0  # charges released by the timeout
         self.reconciled = 0  # charges released because the pod no longer held them
         self._task: asyncio.Task[None] | None = None
@@ -129,7 +162,7 @@ class InflightTracker:
         for ep in endpoints:
             if prompt_tokens > 0:
                 self._recent[ep] = (self._decayed(ep, now) + prompt_tokens, now)
-            charge = Charge(ep, tokens, now)
+            charge = Charge(ep, tokens, now, False, prompt_tokens)
             ep.inflight += 1
             ep.inflight_tokens += tokens
             bucket = self._open.get(ep)
@@ -141,9 +174,67 @@ class InflightTracker:
         return handle
 
     def complete(self, handle: Dispatch) -> None:
-        """Release every charge of the request that is still open (idempotent)."""
+        """Release every charge of the request that is still open (idempotent); its time in
+        flight feeds the endpoint's speed average."""
+        now = -1.0
         for charge in handle.charges:
-            self._release(charge)
+            if self._release(charge):
+                if now < 0.0:
+                    now = self.clock()
+                self._learn_speed(charge, now - charge.at)
+
+    def _learn_speed(self, charge: Charge, seconds: float) -> None:
+        work = _work(charge)
+        if work <= 0.0 or seconds <= 0.0:
+            return
+        per_work = seconds / work
+        entry = self._speed.get(charge.endpoint)
+        if entry is None:
+            self._speed[charge.endpoint] = [per_work, 1.0]
+        else:
+            entry[0] += SPEED_SAMPLE_WEIGHT * (per_work - entry[0])
+            entry[1] += 1.0
+
+    def slowness(self, endpoint: Endpoint) -> float:
+        """How many times slower than the pool's faster endpoints this one serves (1.0 = full speed
+        or not known yet); refreshed by `sweep()`."""
+        return self._slowness.get(endpoint, 1.0)
+
+    def slowness_of(self, endpoints: Sequence[Endpoint]) -> list[float] | None:
+        """`slowness(ep)` for every endpoint, or None when none is slow (the common case: the
+        caller then skips the weighting)."""
+        slow = self._slowness
+        if not slow:
+            return None
+        get = slow.get
+        return [get(ep, 1.0) for ep in endpoints]
+
+    def _update_slowness(self, now: float) -> None:
+        known = {ep: entry[0] for ep, entry in self._speed.items() if entry[1] >= SPEED_MIN_SAMPLES}
+        if len(known) < 2:
+            self._slowness = {}
+            return
+        # A pod that is far behind finishes late, so its completions alone would tell too
+        # late: its oldest open request is a lower bound of its time per work already.
+        measured = dict(known)
+        for ep, bucket in self._open.items():
+            for oldest in bucket:
+                work = _work(oldest)
+                if work > 0.0:
+                    bound = (now - oldest.at) / work
+                    if bound > measured.get(ep, 0.0):
+                        measured[ep] = bound
+                break
+        # The reference is the lower quartile, not the minimum: from 4 endpoints on, one that
+        # answers everything at once (failing fast) must not make every other one look slow.
+        values = sorted(known.values())
+        reference = values[len(values) // 4]
+        slowness: dict[Endpoint, float] = {}
+        for ep, per_work in measured.items():
+            ratio = per_work / reference
+            if ratio >= SLOWNESS_DEAD_ZONE:
+                slowness[ep] = min(ratio, SLOWNESS_CAP)
+        self._slowness = slowness
 
     def _release(self, charge: Charge) -> bool:
         if charge.released:
@@ -214,6 +305,7 @@ class InflightTracker:
         for ep, bucket in self._open.items():
             if bucket:
                 released += self._reconcile(ep, bucket)
+        self._update_slowness(now)
         # Completed charges leave the age queue only when they reach its head; behind one
         # long-running request they pile up, so compact when they dominate.
         open_count = sum(len(b) for b in self._open.values())
@@ -247,6 +339,8 @@ class InflightTracker:
                 charge.released = True
             self._reconciled_at.pop(endpoint, None)
             self._recent.pop(endpoint, None)
+            self._speed.pop(endpoint, None)
+            self._slowness.pop(endpoint, None)
 
     # --- background sweeping ------------------------------------------------------------
     async def start(self) -> None:
