@@ -68,7 +68,7 @@ CHARACTERS_PER_TOKEN = 4  # prompt-size estimate without a tokenizer (same as pr
 PROMPT_TOKENS_PER_STEP = 100  # prompt tokens whose prefill costs about one decode step
 SPEED_SAMPLE_WEIGHT = 0.25  # weight of the newest completion in an endpoint's average
 SPEED_MIN_SAMPLES = 1  # completions an endpoint needs before its speed counts (the dead zone absorbs one odd sample)
-SLOWNESS_DEAD_ZONE = 1.5  # slowness below this is noise: the endpoint counts as full speed
+SLOWNESS_DEAD_ZONE = 1.3  # slowness below this is noise: the endpoint counts as full speed
 SLOWNESS_CAP = 4.0  # an endpoint never counts as more than 4x slower (bounds one bad sample)
 
 
@@ -140,6 +140,9 @@ class InflightTracker:
         self._speed: dict[Endpoint, list[float]] = {}
         # Endpoints slower than the dead zone -> factor (> 1); empty on a homogeneous pool.
         self._slowness: dict[Endpoint, float] = {}
+        # A slow pod also works through its prompts more slowly: with this set (by a
+        # speed-aware prefill-load-scorer) its prompts fade over window x slowness.
+        self.speed_aware_decay = False
         self.expired = 0  # charges released by the timeout
         self.reconciled = 0  # charges released because the pod no longer held them
         self._task: asyncio.Task[None] | None = None
@@ -266,6 +269,7 @@ class InflightTracker:
         rate = self._decay_rate
         exp = math.exp
         get = self._recent.get
+        slow = self._slowness if self.speed_aware_decay else None
         out = []
         for ep in endpoints:
             entry = get(ep)
@@ -275,7 +279,12 @@ class InflightTracker:
                 continue
             value, at = entry
             age = now - at
-            out.append((value if age <= 0.0 else value * exp(-age * rate)) + peer)
+            if age <= 0.0:
+                out.append(value + peer)
+            elif slow:
+                out.append(value * exp(-age * rate / slow.get(ep, 1.0)) + peer)
+            else:
+                out.append(value * exp(-age * rate) + peer)
         return out
 
     def _decayed(self, endpoint: Endpoint, now: float) -> float:
@@ -284,7 +293,12 @@ class InflightTracker:
             return 0.0
         value, at = entry
         age = now - at
-        return value if age <= 0.0 else value * math.exp(-age * self._decay_rate)
+        if age <= 0.0:
+            return value
+        rate = self._decay_rate
+        if self.speed_aware_decay:
+            rate /= self._slowness.get(endpoint, 1.0)
+        return value * math.exp(-age * rate)
 
     def open_charges(self, endpoint: Endpoint) -> int:
         bucket = self._open.get(endpoint)

@@ -74,6 +74,8 @@ class PrefillLoadScorer:
             if ctx is not None:
                 ctx.services[TRACKER_KEY] = tracker
         self.tracker: InflightTracker = tracker
+        if self.speed_aware:
+            tracker.speed_aware_decay = True
 
     def score(
         self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]

@@ -1,5 +1,7 @@
 import math
 
+import pytest
+
 from epp.datastore.inflight import SERVICE_KEY, InflightConfig, InflightTracker
 from epp.scheduling.plugins.prefill_load_scorer import PrefillLoadScorer
 from tests.unit.scheduling.sched_fakes import context, pool, request, state
@@ -173,3 +175,20 @@ def test_a_burst_never_funnels_onto_one_pod() -> None:
         tracker.dispatch([eps[i]], 1548, 1500)
     assert max(picks) <= 4
     assert picks[0] >= 1 and min(picks[1:]) >= 3
+
+
+def test_a_slow_pods_prompts_fade_over_a_longer_window() -> None:
+    # A pod 2x slower works through a prompt in twice the time: with speedAware its prompts
+    # fade over 2 x the window, and count twice (as does the prompt being placed).
+    scorer, tracker, clock, eps = _speed_setup(2, {0: 2.0})
+    tracker.dispatch(eps, 0, 1000)
+    clock.now += 0.5
+    loads = tracker.recent_prompt_tokens_of(eps, clock())
+    assert loads == pytest.approx([1000 * math.exp(-0.5), 1000 * math.exp(-1)])
+    slow, fast = (loads[0] + 100) * 2.0, loads[1] + 100
+    assert scorer.score(state(), request("x" * 400), eps) == [0.0, 1.0]
+    assert slow > fast
+    plain = InflightTracker(config=InflightConfig(prefill_window_s=0.5), clock=clock)
+    plain.dispatch(eps, 0, 1000)
+    clock.now += 0.5
+    assert plain.recent_prompt_tokens_of(eps, clock()) == pytest.approx([1000 * math.exp(-1)] * 2)  # speed-blind
