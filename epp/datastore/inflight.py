@@ -29,8 +29,8 @@ processes have in flight (epp.server.peers.InflightSharing), so a scorer sums bo
 A restarted EPP starts from zero: the charges of its previous life are gone with it, and its
 peers drop the counts of a worker they have not heard from for a few seconds.
 
-Speed (`slowness()`): a pool may mix GPU types, and a pod that is 2x slower must get about
-half the prompts, or its queue grows while the others idle. The EPP does not see first
+Speed (`slowness()`): a pool may mix GPU types, and a pod that is 2x slower must get fewer
+prompts than the others, or its queue grows while they idle. The EPP does not see first
 tokens, but it sees how long each request stays in flight (dispatch to completion). Per
 endpoint it keeps an average of seconds per unit of work, where a request's work is its
 expected decode steps plus its prompt tokens / PROMPT_TOKENS_PER_STEP (one decode step costs
@@ -43,7 +43,10 @@ the measured time too, so a pod that is over capacity looks slower until its que
 which moves load the same way. A pod far behind completes late, so completions alone would
 tell too late: the age of its oldest open request over that request's work is a lower bound
 of its time per work and counts as soon as it exceeds the average (the reference, the
-lower quartile, comes from completions only: lower bounds would pull it down).
+lower quartile, comes from completions only: lower bounds would pull it down). A pod that
+gets no traffic because it looked slow would keep that verdict forever, so an average
+without new samples relaxes towards the reference (time constant SPEED_MEMORY_S): the pod is
+tried again and measured anew.
 """
 
 from __future__ import annotations
@@ -67,7 +70,8 @@ CHARACTERS_PER_TOKEN = 4  # prompt-size estimate without a tokenizer (same as pr
 # Speed learning (see the module docstring, "Speed").
 PROMPT_TOKENS_PER_STEP = 100  # prompt tokens whose prefill costs about one decode step
 SPEED_SAMPLE_WEIGHT = 0.25  # weight of the newest completion in an endpoint's average
-SPEED_MIN_SAMPLES = 1  # completions an endpoint needs before its speed counts (the dead zone absorbs one odd sample)
+SPEED_MIN_SAMPLES = 1  # completions before an endpoint's speed counts (the dead zone absorbs odd ones)
+SPEED_MEMORY_S = 30.0  # an average without new samples relaxes to the reference over this
 SLOWNESS_DEAD_ZONE = 1.3  # slowness below this is noise: the endpoint counts as full speed
 SLOWNESS_CAP = 4.0  # an endpoint never counts as more than 4x slower (bounds one bad sample)
 
@@ -136,7 +140,8 @@ class InflightTracker:
         # Prompt tokens dispatched recently, decayed exponentially: endpoint -> (value, at).
         self._recent: dict[Endpoint, tuple[float, float]] = {}
         self._decay_rate = 1.0 / self.config.prefill_window_s
-        # Seconds per unit of work, averaged over completions: endpoint -> [average, samples].
+        # Seconds per unit of work, averaged over completions:
+        # endpoint -> [average, samples, clock() of the last sample].
         self._speed: dict[Endpoint, list[float]] = {}
         # Endpoints slower than the dead zone -> factor (> 1); empty on a homogeneous pool.
         self._slowness: dict[Endpoint, float] = {}
@@ -193,10 +198,11 @@ class InflightTracker:
         per_work = seconds / work
         entry = self._speed.get(charge.endpoint)
         if entry is None:
-            self._speed[charge.endpoint] = [per_work, 1.0]
+            self._speed[charge.endpoint] = [per_work, 1.0, charge.at + seconds]
         else:
             entry[0] += SPEED_SAMPLE_WEIGHT * (per_work - entry[0])
             entry[1] += 1.0
+            entry[2] = charge.at + seconds
 
     def slowness(self, endpoint: Endpoint) -> float:
         """How many times slower than the pool's faster endpoints this one serves (1.0 = full speed
@@ -213,13 +219,25 @@ class InflightTracker:
         return [get(ep, 1.0) for ep in endpoints]
 
     def _update_slowness(self, now: float) -> None:
-        known = {ep: entry[0] for ep, entry in self._speed.items() if entry[1] >= SPEED_MIN_SAMPLES}
+        known = {ep: entry for ep, entry in self._speed.items() if entry[1] >= SPEED_MIN_SAMPLES}
         if len(known) < 2:
             self._slowness = {}
             return
+        # The reference is the lower quartile, not the minimum: from 4 endpoints on, one that
+        # answers everything at once (failing fast) must not make every other one look slow.
+        values = sorted(entry[0] for entry in known.values())
+        reference = values[len(values) // 4]
+        measured: dict[Endpoint, float] = {}
+        for ep, entry in known.items():
+            idle = now - entry[2]
+            if idle > 0.0 and entry[0] > reference:
+                # No sample since: relax towards the reference, so that a pod shunned for
+                # being slow is tried (and measured) again.
+                entry[0] = reference + (entry[0] - reference) * math.exp(-idle / SPEED_MEMORY_S)
+                entry[2] = now
+            measured[ep] = entry[0]
         # A pod that is far behind finishes late, so its completions alone would tell too
         # late: its oldest open request is a lower bound of its time per work already.
-        measured = dict(known)
         for ep, bucket in self._open.items():
             for oldest in bucket:
                 work = _work(oldest)
@@ -228,10 +246,6 @@ class InflightTracker:
                     if bound > measured.get(ep, 0.0):
                         measured[ep] = bound
                 break
-        # The reference is the lower quartile, not the minimum: from 4 endpoints on, one that
-        # answers everything at once (failing fast) must not make every other one look slow.
-        values = sorted(known.values())
-        reference = values[len(values) // 4]
         slowness: dict[Endpoint, float] = {}
         for ep, per_work in measured.items():
             ratio = per_work / reference

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 
 import pytest
 
@@ -261,3 +262,22 @@ def test_a_pod_far_behind_looks_slow_before_its_requests_complete() -> None:
     tracker.complete(stuck)
     tracker.sweep()
     assert tracker.slowness(eps[3]) == pytest.approx(1.75)  # the average: 1.6 s + 0.25 x 4.8 s more
+
+
+def test_a_pod_no_longer_sent_anything_is_tried_again() -> None:
+    # A pod judged slow gets little traffic; without new samples its verdict fades (30 s time
+    # constant), so a pod that recovered is measured anew instead of being shunned for good.
+    ds, eps = _pool(4)
+    clock = Clock()
+    tracker = InflightTracker(ds, clock=clock)
+    for ep in eps[:3]:
+        _serve(tracker, clock, ep, 1.6)
+    _serve(tracker, clock, eps[3], 4.8)
+    tracker.sweep()
+    assert tracker.slowness(eps[3]) == pytest.approx(3.0)
+    clock.now += 30.0
+    tracker.sweep()
+    assert tracker.slowness(eps[3]) == pytest.approx(1 + 2 * math.exp(-1))
+    clock.now += 60.0
+    tracker.sweep()
+    assert tracker.slowness(eps[3]) == 1.0

@@ -88,12 +88,13 @@ def _speed_setup(n: int, slow: dict[int, float]) -> tuple[PrefillLoadScorer, Inf
     tracker = ctx.services[SERVICE_KEY] = InflightTracker(config=InflightConfig(prefill_window_s=0.5), clock=clock)
     eps = pool(n)
     for _ in range(3):
-        for i, ep in enumerate(eps):
-            handle = tracker.dispatch([ep], 1548, 1500)
-            clock.now += 1.6 * slow.get(i, 1.0)
+        start = clock.now
+        handles = [(1.6 * slow.get(i, 1.0), tracker.dispatch([ep], 1548, 1500)) for i, ep in enumerate(eps)]
+        for seconds, handle in sorted(handles, key=lambda h: h[0]):  # each completes after its time
+            clock.now = start + seconds
             tracker.complete(handle)
+    tracker.sweep()  # the slowest pod's sample is the newest: nothing has relaxed yet
     clock.now += 100.0  # the learning requests' prompts have faded (to below float precision)
-    tracker.sweep()
     return PrefillLoadScorer(ctx=ctx, params=PrefillLoadScorer.Params(speed_aware=True)), tracker, clock, eps
 
 
