@@ -72,7 +72,7 @@ PROMPT_TOKENS_PER_STEP = 100  # prompt tokens whose prefill costs about one deco
 SPEED_SAMPLE_WEIGHT = 0.25  # weight of the newest completion in an endpoint's average
 SPEED_MIN_SAMPLES = 1  # completions before an endpoint's speed counts (the dead zone absorbs odd ones)
 SPEED_MEMORY_S = 30.0  # an average without new samples relaxes to the reference over this
-SLOWNESS_DEAD_ZONE = 1.3  # slowness below this is noise: the endpoint counts as full speed
+SLOWNESS_DEAD_ZONE = 1.5  # slowness below this is noise: the endpoint counts as full speed
 SLOWNESS_CAP = 4.0  # an endpoint never counts as more than 4x slower (bounds one bad sample)
 
 
