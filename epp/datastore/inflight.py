@@ -74,6 +74,10 @@ SPEED_MIN_SAMPLES = 1  # completions before an endpoint's speed counts (the dead
 SPEED_MEMORY_S = 30.0  # an average without new samples relaxes to the reference over this
 SLOWNESS_DEAD_ZONE = 1.5  # slowness below this is noise: the endpoint counts as full speed
 SLOWNESS_CAP = 4.0  # an endpoint never counts as more than 4x slower (bounds one bad sample)
+# The oldest open request is the longest-running of several: on a busy homogeneous pool it is
+# often well above the average by chance. For an endpoint that has completions its age counts
+# only after dividing by this margin; one that completed nothing yet is judged by it as is.
+OPEN_AGE_MARGIN = 1.5
 
 
 @dataclass(slots=True)
@@ -243,6 +247,8 @@ class InflightTracker:
                 work = _work(oldest)
                 if work > 0.0:
                     bound = (now - oldest.at) / work
+                    if ep in known:
+                        bound /= OPEN_AGE_MARGIN
                     if bound > measured.get(ep, 0.0):
                         measured[ep] = bound
                 break

@@ -248,20 +248,40 @@ def test_a_pod_far_behind_looks_slow_before_its_requests_complete() -> None:
     clock = Clock()
     tracker = InflightTracker(ds, clock=clock)
     for _ in range(2):
-        for ep in eps:
+        for ep in eps[:3]:
             _serve(tracker, clock, ep, 1.6)
+    stuck = tracker.dispatch([eps[3]], 1548, 1500)  # pod 3 never completed anything yet
+    clock.now += 2.0
     tracker.sweep()
-    assert tracker.slowness_of(eps) is None
-    stuck = tracker.dispatch([eps[3]], 1548, 1500)  # pod 3 falls behind: no completion yet
-    clock.now += 4.8
+    assert tracker.slowness_of(eps) is None  # open 2.0 s against the others' 1.6 s: 1.25x
+    clock.now += 2.8
     tracker.sweep()
-    assert tracker.slowness(eps[3]) == pytest.approx(3.0)  # its open request: >= 3x the others
+    assert tracker.slowness(eps[3]) == pytest.approx(3.0)  # open 4.8 s: 3x, judged as is
     clock.now += 1.6
     tracker.sweep()
     assert tracker.slowness(eps[3]) == pytest.approx(4.0)  # capped
     tracker.complete(stuck)
     tracker.sweep()
-    assert tracker.slowness(eps[3]) == pytest.approx(1.75)  # the average: 1.6 s + 0.25 x 4.8 s more
+    assert tracker.slowness(eps[3]) == pytest.approx(4.0)  # its one completion: 6.4 s
+
+
+def test_a_long_request_on_a_measured_pod_counts_with_a_margin() -> None:
+    # The oldest of a pod's open requests is the longest-running of several: once the pod has
+    # completions, its age counts only after a 1.5 margin, so one request that ran long by
+    # chance on a homogeneous pool does not make the pod slow.
+    ds, eps = _pool(4)
+    clock = Clock()
+    tracker = InflightTracker(ds, clock=clock)
+    for _ in range(2):
+        for ep in eps:
+            _serve(tracker, clock, ep, 1.6)
+    tracker.dispatch([eps[3]], 1548, 1500)
+    clock.now += 3.2
+    tracker.sweep()
+    assert tracker.slowness_of(eps) is None  # 2x the others, / 1.5 = 1.33x: inside the dead zone
+    clock.now += 1.6
+    tracker.sweep()
+    assert tracker.slowness(eps[3]) == pytest.approx(2.0)  # 4.8 s: 3x / 1.5
 
 
 def test_a_pod_no_longer_sent_anything_is_tried_again() -> None:
