@@ -43,7 +43,9 @@ the measured time too, so a pod that is over capacity looks slower until its que
 which moves load the same way. A pod far behind completes late, so completions alone would
 tell too late: the age of its oldest open request over that request's work is a lower bound
 of its time per work and counts as soon as it exceeds the average (the reference, the
-lower quartile, comes from completions only: lower bounds would pull it down). A pod that
+lower quartile, comes from completions only: lower bounds would pull it down). Once a pod
+has completions, that age counts only after an OPEN_AGE_MARGIN: the oldest of its open
+requests is the longest-running of several, often well above the average by chance. A pod that
 gets no traffic because it looked slow would keep that verdict forever, so an average
 without new samples relaxes towards the reference (time constant SPEED_MEMORY_S): the pod is
 tried again and measured anew.
