@@ -97,6 +97,10 @@ ROUTERS: tuple[RouterSpec, ...] = (
     # Prometheus text per scrape (2.7 ms of CPU with prometheus_client, vLLM's library too).
     RouterSpec("epp-default-scrape200ms", "EPP default config, 200 ms scrapes", "epp", "", ours=True,
                epp_args=("--scrape-interval", "0.2")),
+    # The default config as it was before its prefill load became speed-aware (issue 10's
+    # heterogeneous pool): what the speed learning gains, side by side.
+    RouterSpec("epp-speedblind", "EPP default config, speed-blind prefill load (previous default)", "epp",
+               "epp-speedblind.yaml", ours=True),
 )
 
 

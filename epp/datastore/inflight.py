@@ -28,6 +28,27 @@ without a lookup; `peer_inflight` / `peer_inflight_tokens` hold what the other `
 processes have in flight (epp.server.peers.InflightSharing), so a scorer sums both.
 A restarted EPP starts from zero: the charges of its previous life are gone with it, and its
 peers drop the counts of a worker they have not heard from for a few seconds.
+
+Speed (`slowness()`): a pool may mix GPU types, and a pod that is 2x slower must get fewer
+prompts than the others, or its queue grows while they idle. The EPP does not see first
+tokens, but it sees how long each request stays in flight (dispatch to completion). Per
+endpoint it keeps an average of seconds per unit of work, where a request's work is its
+expected decode steps plus its prompt tokens / PROMPT_TOKENS_PER_STEP (one decode step costs
+about as much engine time as prefilling ~100 prompt tokens: vLLM on an H100 runs 8B-model
+decode steps of ~7-10 ms and prefills ~10-20k tokens/s). `sweep()` turns those averages
+into a slowness factor per endpoint: its average over the pool's lower quartile, 1.0 below
+SLOWNESS_DEAD_ZONE (a homogeneous pool's pods differ by noise and by the queueing the load
+scorers already see; they must not be skewed by it), capped at SLOWNESS_CAP. Queueing is in
+the measured time too, so a pod that is over capacity looks slower until its queue drains,
+which moves load the same way. A pod far behind completes late, so completions alone would
+tell too late: the age of its oldest open request over that request's work is a lower bound
+of its time per work and counts as soon as it exceeds the average (the reference, the
+lower quartile, comes from completions only: lower bounds would pull it down). Once a pod
+has completions, that age counts only after an OPEN_AGE_MARGIN: the oldest of its open
+requests is the longest-running of several, often well above the average by chance. A pod that
+gets no traffic because it looked slow would keep that verdict forever, so an average
+without new samples relaxes towards the reference (time constant SPEED_MEMORY_S): the pod is
+tried again and measured anew.
 """
 
 from __future__ import annotations
@@ -48,6 +69,17 @@ log = logging.getLogger(__name__)
 
 SERVICE_KEY = "inflight.tracker"  # PluginContext.services key
 CHARACTERS_PER_TOKEN = 4  # prompt-size estimate without a tokenizer (same as prefix-cache-scorer)
+# Speed learning (see the module docstring, "Speed").
+PROMPT_TOKENS_PER_STEP = 100  # prompt tokens whose prefill costs about one decode step
+SPEED_SAMPLE_WEIGHT = 0.25  # weight of the newest completion in an endpoint's average
+SPEED_MIN_SAMPLES = 1  # completions before an endpoint's speed counts (the dead zone absorbs odd ones)
+SPEED_MEMORY_S = 30.0  # an average without new samples relaxes to the reference over this
+SLOWNESS_DEAD_ZONE = 1.5  # slowness below this is noise: the endpoint counts as full speed
+SLOWNESS_CAP = 4.0  # an endpoint never counts as more than 4x slower (bounds one bad sample)
+# The oldest open request is the longest-running of several: on a busy homogeneous pool it is
+# often well above the average by chance. For an endpoint that has completions its age counts
+# only after dividing by this margin; one that completed nothing yet is judged by it as is.
+OPEN_AGE_MARGIN = 1.5
 
 
 @dataclass(slots=True)
@@ -81,6 +113,13 @@ class Charge:
     tokens: int
     at: float  # clock() at dispatch
     released: bool = False
+    prompt_tokens: int = 0
+
+
+def _work(charge: Charge) -> float:
+    """A request's engine work in decode steps: expected decode tokens plus its prompt tokens
+    / PROMPT_TOKENS_PER_STEP."""
+    return (charge.tokens - charge.prompt_tokens) + charge.prompt_tokens / PROMPT_TOKENS_PER_STEP
 
 
 @dataclass(slots=True, eq=False)
@@ -107,6 +146,14 @@ class InflightTracker:
         # Prompt tokens dispatched recently, decayed exponentially: endpoint -> (value, at).
         self._recent: dict[Endpoint, tuple[float, float]] = {}
         self._decay_rate = 1.0 / self.config.prefill_window_s
+        # Seconds per unit of work, averaged over completions:
+        # endpoint -> [average, samples, clock() of the last sample].
+        self._speed: dict[Endpoint, list[float]] = {}
+        # Endpoints slower than the dead zone -> factor (> 1); empty on a homogeneous pool.
+        self._slowness: dict[Endpoint, float] = {}
+        # A slow pod also works through its prompts more slowly: with this set (by a
+        # speed-aware prefill-load-scorer) its prompts fade over window x slowness.
+        self.speed_aware_decay = False
         self.expired = 0  # charges released by the timeout
         self.reconciled = 0  # charges released because the pod no longer held them
         self._task: asyncio.Task[None] | None = None
@@ -129,7 +176,7 @@ class InflightTracker:
         for ep in endpoints:
             if prompt_tokens > 0:
                 self._recent[ep] = (self._decayed(ep, now) + prompt_tokens, now)
-            charge = Charge(ep, tokens, now)
+            charge = Charge(ep, tokens, now, False, prompt_tokens)
             ep.inflight += 1
             ep.inflight_tokens += tokens
             bucket = self._open.get(ep)
@@ -141,9 +188,78 @@ class InflightTracker:
         return handle
 
     def complete(self, handle: Dispatch) -> None:
-        """Release every charge of the request that is still open (idempotent)."""
+        """Release every charge of the request that is still open (idempotent); its time in
+        flight feeds the endpoint's speed average."""
+        now = -1.0
         for charge in handle.charges:
-            self._release(charge)
+            if self._release(charge):
+                if now < 0.0:
+                    now = self.clock()
+                self._learn_speed(charge, now - charge.at)
+
+    def _learn_speed(self, charge: Charge, seconds: float) -> None:
+        work = _work(charge)
+        if work <= 0.0 or seconds <= 0.0:
+            return
+        per_work = seconds / work
+        entry = self._speed.get(charge.endpoint)
+        if entry is None:
+            self._speed[charge.endpoint] = [per_work, 1.0, charge.at + seconds]
+        else:
+            entry[0] += SPEED_SAMPLE_WEIGHT * (per_work - entry[0])
+            entry[1] += 1.0
+            entry[2] = charge.at + seconds
+
+    def slowness(self, endpoint: Endpoint) -> float:
+        """How many times slower than the pool's faster endpoints this one serves (1.0 = full speed
+        or not known yet); refreshed by `sweep()`."""
+        return self._slowness.get(endpoint, 1.0)
+
+    def slowness_of(self, endpoints: Sequence[Endpoint]) -> list[float] | None:
+        """`slowness(ep)` for every endpoint, or None when none is slow (the common case: the
+        caller then skips the weighting)."""
+        slow = self._slowness
+        if not slow:
+            return None
+        get = slow.get
+        return [get(ep, 1.0) for ep in endpoints]
+
+    def _update_slowness(self, now: float) -> None:
+        known = {ep: entry for ep, entry in self._speed.items() if entry[1] >= SPEED_MIN_SAMPLES}
+        if len(known) < 2:
+            self._slowness = {}
+            return
+        # The reference is the lower quartile, not the minimum: from 4 endpoints on, one that
+        # answers everything at once (failing fast) must not make every other one look slow.
+        values = sorted(entry[0] for entry in known.values())
+        reference = values[len(values) // 4]
+        measured: dict[Endpoint, float] = {}
+        for ep, entry in known.items():
+            idle = now - entry[2]
+            if idle > 0.0 and entry[0] > reference:
+                # No sample since: relax towards the reference, so that a pod shunned for
+                # being slow is tried (and measured) again.
+                entry[0] = reference + (entry[0] - reference) * math.exp(-idle / SPEED_MEMORY_S)
+                entry[2] = now
+            measured[ep] = entry[0]
+        # A pod that is far behind finishes late, so its completions alone would tell too
+        # late: its oldest open request is a lower bound of its time per work already.
+        for ep, bucket in self._open.items():
+            for oldest in bucket:
+                work = _work(oldest)
+                if work > 0.0:
+                    bound = (now - oldest.at) / work
+                    if ep in known:
+                        bound /= OPEN_AGE_MARGIN
+                    if bound > measured.get(ep, 0.0):
+                        measured[ep] = bound
+                break
+        slowness: dict[Endpoint, float] = {}
+        for ep, per_work in measured.items():
+            ratio = per_work / reference
+            if ratio >= SLOWNESS_DEAD_ZONE:
+                slowness[ep] = min(ratio, SLOWNESS_CAP)
+        self._slowness = slowness
 
     def _release(self, charge: Charge) -> bool:
         if charge.released:
@@ -175,6 +291,7 @@ class InflightTracker:
         rate = self._decay_rate
         exp = math.exp
         get = self._recent.get
+        slow = self._slowness if self.speed_aware_decay else None
         out = []
         for ep in endpoints:
             entry = get(ep)
@@ -184,7 +301,12 @@ class InflightTracker:
                 continue
             value, at = entry
             age = now - at
-            out.append((value if age <= 0.0 else value * exp(-age * rate)) + peer)
+            if age <= 0.0:
+                out.append(value + peer)
+            elif slow:
+                out.append(value * exp(-age * rate / slow.get(ep, 1.0)) + peer)
+            else:
+                out.append(value * exp(-age * rate) + peer)
         return out
 
     def _decayed(self, endpoint: Endpoint, now: float) -> float:
@@ -193,7 +315,12 @@ class InflightTracker:
             return 0.0
         value, at = entry
         age = now - at
-        return value if age <= 0.0 else value * math.exp(-age * self._decay_rate)
+        if age <= 0.0:
+            return value
+        rate = self._decay_rate
+        if self.speed_aware_decay:
+            rate /= self._slowness.get(endpoint, 1.0)
+        return value * math.exp(-age * rate)
 
     def open_charges(self, endpoint: Endpoint) -> int:
         bucket = self._open.get(endpoint)
@@ -214,6 +341,7 @@ class InflightTracker:
         for ep, bucket in self._open.items():
             if bucket:
                 released += self._reconcile(ep, bucket)
+        self._update_slowness(now)
         # Completed charges leave the age queue only when they reach its head; behind one
         # long-running request they pile up, so compact when they dominate.
         open_count = sum(len(b) for b in self._open.values())
@@ -247,6 +375,8 @@ class InflightTracker:
                 charge.released = True
             self._reconciled_at.pop(endpoint, None)
             self._recent.pop(endpoint, None)
+            self._speed.pop(endpoint, None)
+            self._slowness.pop(endpoint, None)
 
     # --- background sweeping ------------------------------------------------------------
     async def start(self) -> None:

@@ -20,12 +20,23 @@ prefilled either, whoever sent them, so the load is max(ledger estimate, scraped
 requests x this request's prompt tokens): a pod that other EPP replicas or direct clients
 have queued up looks busy too, and our own waiting requests are not counted twice.
 
+`speedAware` (false by default; the embedded default config turns it on) makes the load
+speed-aware for pools that mix GPU types. Prompt tokens sent are speed-blind: a pod 2x slower
+takes as many prompts as the others, falls behind and queues, while the faster pods idle
+between their prompts. With speedAware each endpoint's load (and the prompt this request
+would add to it) is multiplied by the slowness the ledger learned from how long that pod
+keeps requests in flight (InflightTracker.slowness: 1.0 on a homogeneous pool, where the
+scores are exactly those without it). Equalising slowness x prompt tokens sends a pod 2x
+slower half the prompts, and the request's own prompt counts too, so an idle slow pod is
+only picked once the fast ones hold more than one prompt's worth of recent load.
+
 Not a GIE or llm-d plugin: our own; see docs/scheduling.md for the measurements.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
 from epp.datastore.endpoint import Endpoint
@@ -33,19 +44,28 @@ from epp.datastore.inflight import CHARACTERS_PER_TOKEN, InflightTracker
 from epp.datastore.inflight import SERVICE_KEY as TRACKER_KEY
 from epp.scheduling.plugins._loads import waiting
 from epp.scheduling.plugins._normalize import lower_is_better
-from epp.scheduling.plugins._parameterless import NoParams, ParameterlessPlugin
 from epp.scheduling.registry import PluginContext, register_plugin
 from epp.scheduling.types import CycleState, LLMRequest
 
 
 @register_plugin
-class PrefillLoadScorer(ParameterlessPlugin):
+class PrefillLoadScorer:
     type_name: ClassVar[str] = "prefill-load-scorer"
-    consumes: ClassVar[tuple[str, ...]] = ("inflight.recent_prompt_tokens", "metrics.waiting_queue_size")
+    consumes: ClassVar[tuple[str, ...]] = ("inflight.recent_prompt_tokens", "inflight.slowness",
+                                           "metrics.waiting_queue_size")
 
-    def __init__(self, *, name: str | None = None, params: NoParams | None = None,
+    @dataclass(slots=True)
+    class Params:
+        speed_aware: bool = False
+
+        def validate(self) -> None:
+            pass
+
+    def __init__(self, *, name: str | None = None, params: Params | None = None,
                  ctx: PluginContext | None = None) -> None:
-        super().__init__(name=name, params=params, ctx=ctx)
+        self.name = name or self.type_name
+        self.params = params if params is not None else self.Params()
+        self.speed_aware = self.params.speed_aware
         tracker = ctx.services.get(TRACKER_KEY) if ctx is not None else None
         if not isinstance(tracker, InflightTracker):
             # Built outside a server (config validation, tests): a private ledger that no one
@@ -54,6 +74,8 @@ class PrefillLoadScorer(ParameterlessPlugin):
             if ctx is not None:
                 ctx.services[TRACKER_KEY] = tracker
         self.tracker: InflightTracker = tracker
+        if self.speed_aware:
+            tracker.speed_aware_decay = True
 
     def score(
         self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]
@@ -62,5 +84,11 @@ class PrefillLoadScorer(ParameterlessPlugin):
         per_request = max(1, len(request.prompt_text()) // CHARACTERS_PER_TOKEN)
         recent = tracker.recent_prompt_tokens_of(endpoints, tracker.clock())
         # max(recent, queued) as `q if q > r else r`: same result, no builtin call per endpoint.
-        return lower_is_better([q if q > r else r for r, q in zip(
-            recent, [w * per_request for w in waiting(endpoints)], strict=True)])
+        loads = [q if q > r else r for r, q in zip(
+            recent, [w * per_request for w in waiting(endpoints)], strict=True)]
+        slowness = tracker.slowness_of(endpoints) if self.speed_aware else None
+        if slowness is not None:
+            # (load + this prompt) x slowness: the time the pod needs for what it was sent
+            # lately plus this request's prefill, in units of a full-speed pod.
+            loads = [(load + per_request) * slow for load, slow in zip(loads, slowness, strict=True)]
+        return lower_is_better(loads)

@@ -1,9 +1,11 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from epp.bench.client import PhaseResult, RequestResult
 from epp.bench.routers import (
+    CONFIG_DIR,
     ROUTERS,
     RouterSpec,
     RowSettings,
@@ -14,6 +16,7 @@ from epp.bench.routers import (
 )
 from epp.bench.runner import PhasePlan, log_warnings, parse_prefix_counters, summarize
 from epp.bench.workloads import WorkloadParams
+from epp.localstack.stack import REPO
 
 METRICS = """# HELP vllm:prefix_cache_hits Prefix cache hits
 # TYPE vllm:prefix_cache_hits counter
@@ -58,7 +61,7 @@ def test_router_table_is_complete_and_keys_unique() -> None:
     assert len(keys) == len(set(keys))
     assert {"envoy-rr", "envoy-lr", "vr-rr", "vr-p2c", "vr-cache", "vr-kv", "epp-default", "epp-gie", "epp-load",
             "epp-prefix", "epp-all", "epp-precise", "epp-precise-spec", "epp-rr", "epp-rr-scrape1s",
-            "epp-default-scrape200ms"} == set(keys)
+            "epp-default-scrape200ms", "epp-speedblind"} == set(keys)
     for spec in ROUTERS:
         if spec.kind == "epp":
             path = epp_config_path(spec)
@@ -69,6 +72,16 @@ def test_router_table_is_complete_and_keys_unique() -> None:
             else:
                 assert path is not None and path.exists()
         assert unavailable_reason(spec) is None or spec.kind in ("vllm-router", "epp")
+
+
+def test_speedblind_row_is_the_embedded_default_without_speed_awareness() -> None:
+    # The comparison row must not drift from the default it stands for.
+    default = yaml.safe_load((REPO / "epp/config/default-config.yaml").read_text())
+    blind = yaml.safe_load((CONFIG_DIR / "epp-speedblind.yaml").read_text())
+    prefill = [p for p in default["plugins"] if p["type"] == "prefill-load-scorer"]
+    assert prefill and prefill[0]["parameters"]["speedAware"] is True
+    prefill[0]["parameters"]["speedAware"] = False
+    assert blind == default
 
 
 def test_stack_config_gives_cold_bench_pods_and_only_epp_rows_start_the_epp(tmp_path: Path) -> None:

@@ -80,6 +80,7 @@ def test_default_config_loads_from_none_and_reads_the_inflight_ledger() -> None:
         ("prefill-load-scorer", 2.0), ("active-request-scorer", 1.0), ("prefix-cache-scorer", 30.0),
     ]
     assert cfg.plugins["prefix-cache-scorer"].params.balance_abs_threshold > 0
+    assert cfg.plugins["prefill-load-scorer"].params.speed_aware  # a slow pod gets fewer prompts
     assert isinstance(profile.picker, MaxScorePicker)
     assert "EndpointPickerConfig" in default_config_text()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 
 import pytest
 
@@ -147,3 +148,156 @@ async def test_background_sweep_expires_without_being_called() -> None:
     finally:
         await tracker.stop()
     assert a.inflight == 0 and tracker.expired == 1
+
+
+# --- speed learning (slowness) --------------------------------------------------------------
+
+def _serve(tracker: InflightTracker, clock: Clock, ep: Endpoint, seconds: float, prompt: int = 1500,
+           output: int = 48) -> None:
+    """One request on `ep` that stays in flight `seconds`."""
+    handle = tracker.dispatch([ep], prompt + output, prompt)
+    clock.now += seconds
+    tracker.complete(handle)
+
+
+def test_a_pod_twice_as_slow_is_learned_from_time_in_flight() -> None:
+    ds, eps = _pool(4)
+    clock = Clock()
+    tracker = InflightTracker(ds, clock=clock)
+    for _ in range(3):
+        for ep in eps[1:]:
+            _serve(tracker, clock, ep, 1.6)
+        _serve(tracker, clock, eps[0], 3.2)
+    tracker.sweep()
+    assert [tracker.slowness(ep) for ep in eps] == pytest.approx([2.0, 1.0, 1.0, 1.0])
+    assert tracker.slowness_of(eps) == pytest.approx([2.0, 1.0, 1.0, 1.0])
+
+
+def test_work_is_weighed_by_request_shape() -> None:
+    # A long prompt with few output tokens and a short prompt with many take different times
+    # on pods of the same speed: work = decode steps + prompt tokens / 100.
+    ds, (a, b) = _pool(2)
+    clock = Clock()
+    tracker = InflightTracker(ds, clock=clock)
+    for _ in range(3):
+        _serve(tracker, clock, a, 0.02 * (48 + 8000 / 100), prompt=8000, output=48)
+        _serve(tracker, clock, b, 0.02 * (500 + 100 / 100), prompt=100, output=500)
+    tracker.sweep()
+    assert tracker.slowness_of([a, b]) is None
+
+
+def test_noise_within_the_dead_zone_keeps_a_homogeneous_pool_at_full_speed() -> None:
+    ds, eps = _pool(4)
+    clock = Clock()
+    tracker = InflightTracker(ds, clock=clock)
+    for _ in range(5):
+        for ep, seconds in zip(eps, (1.6, 1.8, 1.95, 1.7), strict=True):  # up to 1.2x: queueing noise
+            _serve(tracker, clock, ep, seconds)
+    tracker.sweep()
+    assert tracker.slowness_of(eps) is None
+    assert [tracker.slowness(ep) for ep in eps] == [1.0] * 4
+
+
+def test_slowness_needs_two_known_pods_and_forgets_removed_ones() -> None:
+    ds, (a, b) = _pool(2)
+    clock = Clock()
+    tracker = InflightTracker(ds, clock=clock)
+    _serve(tracker, clock, a, 1.0)
+    tracker.sweep()
+    assert tracker.slowness_of([a, b]) is None  # one pod known: nothing to compare with
+    _serve(tracker, clock, b, 3.0)
+    tracker.sweep()
+    assert tracker.slowness(b) == pytest.approx(3.0)
+    ds.remove_endpoint(b.key)
+    assert tracker.slowness(b) == 1.0
+    tracker.sweep()
+    assert tracker.slowness_of([a]) is None
+
+
+def test_a_pod_that_fails_fast_does_not_make_the_others_look_slow() -> None:
+    ds, eps = _pool(4)
+    clock = Clock()
+    tracker = InflightTracker(ds, clock=clock)
+    for _ in range(3):
+        _serve(tracker, clock, eps[0], 0.01)  # answers everything at once (errors)
+        for ep in eps[1:]:
+            _serve(tracker, clock, ep, 1.6)
+    tracker.sweep()
+    assert [tracker.slowness(ep) for ep in eps[1:]] == [1.0, 1.0, 1.0]
+
+
+def test_released_charges_do_not_teach_speed() -> None:
+    # A charge released by expiry or reconciliation has no true completion time.
+    ds, (a, b) = _pool(2)
+    clock = Clock()
+    tracker = InflightTracker(ds, InflightConfig(request_timeout_s=5.0), clock=clock)
+    for _ in range(2):
+        _serve(tracker, clock, a, 1.0)
+        _serve(tracker, clock, b, 1.0)
+    stuck = [tracker.dispatch([b], 1548, 1500) for _ in range(3)]
+    clock.now += 10.0
+    tracker.sweep()  # expires them
+    for handle in stuck:
+        tracker.complete(handle)  # late completions after 10 s must not count
+    tracker.sweep()
+    assert tracker.slowness(b) == 1.0
+
+
+def test_a_pod_far_behind_looks_slow_before_its_requests_complete() -> None:
+    ds, eps = _pool(4)
+    clock = Clock()
+    tracker = InflightTracker(ds, clock=clock)
+    for _ in range(2):
+        for ep in eps[:3]:
+            _serve(tracker, clock, ep, 1.6)
+    stuck = tracker.dispatch([eps[3]], 1548, 1500)  # pod 3 never completed anything yet
+    clock.now += 2.0
+    tracker.sweep()
+    assert tracker.slowness_of(eps) is None  # open 2.0 s against the others' 1.6 s: 1.25x
+    clock.now += 2.8
+    tracker.sweep()
+    assert tracker.slowness(eps[3]) == pytest.approx(3.0)  # open 4.8 s: 3x, judged as is
+    clock.now += 1.6
+    tracker.sweep()
+    assert tracker.slowness(eps[3]) == pytest.approx(4.0)  # capped
+    tracker.complete(stuck)
+    tracker.sweep()
+    assert tracker.slowness(eps[3]) == pytest.approx(4.0)  # its one completion: 6.4 s
+
+
+def test_a_long_request_on_a_measured_pod_counts_with_a_margin() -> None:
+    # The oldest of a pod's open requests is the longest-running of several: once the pod has
+    # completions, its age counts only after a 1.5 margin, so one request that ran long by
+    # chance on a homogeneous pool does not make the pod slow.
+    ds, eps = _pool(4)
+    clock = Clock()
+    tracker = InflightTracker(ds, clock=clock)
+    for _ in range(2):
+        for ep in eps:
+            _serve(tracker, clock, ep, 1.6)
+    tracker.dispatch([eps[3]], 1548, 1500)
+    clock.now += 3.2
+    tracker.sweep()
+    assert tracker.slowness_of(eps) is None  # 2x the others, / 1.5 = 1.33x: inside the dead zone
+    clock.now += 1.6
+    tracker.sweep()
+    assert tracker.slowness(eps[3]) == pytest.approx(2.0)  # 4.8 s: 3x / 1.5
+
+
+def test_a_pod_no_longer_sent_anything_is_tried_again() -> None:
+    # A pod judged slow gets little traffic; without new samples its verdict fades (30 s time
+    # constant), so a pod that recovered is measured anew instead of being shunned for good.
+    ds, eps = _pool(4)
+    clock = Clock()
+    tracker = InflightTracker(ds, clock=clock)
+    for ep in eps[:3]:
+        _serve(tracker, clock, ep, 1.6)
+    _serve(tracker, clock, eps[3], 4.8)
+    tracker.sweep()
+    assert tracker.slowness(eps[3]) == pytest.approx(3.0)
+    clock.now += 30.0
+    tracker.sweep()
+    assert tracker.slowness(eps[3]) == pytest.approx(1 + 2 * math.exp(-1))
+    clock.now += 60.0
+    tracker.sweep()
+    assert tracker.slowness(eps[3]) == 1.0
