@@ -59,7 +59,8 @@ FULL_PHASE_ROUTERS: dict[str, tuple[str, ...]] = {
     "no-sharing": CORE_ROUTERS,
     "shared-prefix": CORE_ROUTERS + PREFIX_PEERS,
     "mixed": (*CORE_ROUTERS, "vr-cache"),
-    "heterogeneous": CORE_ROUTERS,
+    # The speed-blind previous default side by side: what the speed-aware prefill load buys.
+    "heterogeneous": (*CORE_ROUTERS, "epp-speedblind"),
 }
 QUICK_TIME_SCALE = 0.5
 QUICK_RATE = 6.0
