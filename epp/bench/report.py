@@ -368,6 +368,11 @@ def routing_markdown(outcomes: Sequence[PhaseOutcome]) -> str:
 
 # --- overhead ----------------------------------------------------------------------------------
 
+
+def _bold(verdict: str) -> str:
+    """A verdict in bold once (a MISSED verdict is bold already)."""
+    return verdict if verdict.startswith("**") else f"**{verdict}**"
+
 def overhead_markdown(result: OverheadResult, info: RunInfo) -> str:
     header = ["pods", "runs", "direct c=1 p50/p99 (ms)", "EPP c=1 p50/p99 (ms)", "added c=1 p50/p99 (ms)",
               "direct c=64 p50/p99", "EPP c=64 p50/p99", "added c=64 p50/p99", "req/s direct / EPP",
@@ -397,7 +402,7 @@ def overhead_markdown(result: OverheadResult, info: RunInfo) -> str:
     decisions = table(["pods", "decision p50 (us)", "decision p99 (us)", "mean (us)"],
                       [[str(d.pods), f"{d.p50_us:.1f}", f"{d.p99_us:.1f}", f"{d.mean_us:.1f}"]
                        for d in result.decisions])
-    targets = [f"- {c.target} ({c.where}): {c.measured}, **{c.verdict}**." for c in overhead_checks(result)]
+    targets = [f"- {c.target} ({c.where}): {c.measured}, {_bold(c.verdict)}." for c in overhead_checks(result)]
     return "\n".join([
         OVERHEAD_BEGIN,
         "## EPP overhead (instant upstreams)",
