@@ -69,14 +69,22 @@ def test_loaded_pod_is_avoided(stack: LocalStack) -> None:
         tasks = await _load_pod(busy.port, 16)  # 4 running + 12 waiting on the busy pod
         try:
             async with httpx.AsyncClient(timeout=20) as client:
-                deadline = time.monotonic() + 10
-                while time.monotonic() < deadline:  # wait until the queue is visible in /metrics
-                    text = (await client.get(f"http://127.0.0.1:{busy.port}/metrics")).text
-                    waiting = [ln for ln in text.splitlines() if ln.startswith("vllm:num_requests_waiting")]
-                    if waiting and float(waiting[0].split()[-1]) >= 8:
+                # Wait until the EPP itself has scraped the queue (its per-pod gauge), not just until
+                # the pod shows it: a pod the EPP sends nothing to is scraped at the idle interval
+                # (0.5 s), later still on a loaded machine.
+                deadline = time.monotonic() + 20
+                epp_metrics = f"http://127.0.0.1:{stack.cfg.metrics_port}/metrics"
+                seen = 0.0
+                while time.monotonic() < deadline:
+                    text = (await client.get(epp_metrics)).text
+                    for ln in text.splitlines():
+                        if (ln.startswith("inference_pool_per_pod_queue_size{")
+                                and f'model_server_pod="{busy.name}"' in ln):
+                            seen = float(ln.split()[-1])
+                    if seen >= 8:
                         break
                     await asyncio.sleep(0.05)
-                await asyncio.sleep(0.3)  # a few scrape intervals
+                assert seen >= 8, f"the EPP never saw the busy pod's queue (last {seen})"
                 served = []
                 for i in range(10):
                     r = await client.post(f"{stack.url}/v1/completions",
