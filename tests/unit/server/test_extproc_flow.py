@@ -20,7 +20,7 @@ from epp.flowcontrol.plugins.global_strict_fairness import GlobalStrictFairness
 from epp.flowcontrol.tenants import ApiKeyAuth
 from epp.scheduling.registry import parse_params
 from epp.server.extproc import ExtProcHandler
-from tests.unit.server.test_extproc import LeastInflight, _body, _datastore, _headers
+from tests.unit.server.test_extproc import LeastInflight, _body, _datastore, _headers, _response_headers, _run
 
 
 def _handler() -> ExtProcHandler:
@@ -95,7 +95,6 @@ async def test_response_body_mode_override_only_for_requests_eviction_may_end() 
     sends its body chunks, which eviction answers); a critical request's does not, and neither
     does any request when the filter already streams response bodies."""
     from epp.datastore import InferenceObjective
-    from tests.unit.server.test_extproc import _response_headers
 
     ds = _datastore(1)
     ds.upsert_objective(InferenceObjective(name="crit", model_name="crit", priority=1))
@@ -109,17 +108,7 @@ async def test_response_body_mode_override_only_for_requests_eviction_may_end() 
     async def response_mode(objective: str, configured_mode: int) -> int | None:
         headers = _headers(extra={"x-gateway-inference-objective": objective})
         headers.protocol_config.response_body_mode = configured_mode
-        msgs = [headers, _body({"model": "m", "prompt": "hi"}), _response_headers(200)]
-
-        async def gen() -> AsyncIterator[pb.ProcessingRequest]:
-            for m in msgs:
-                yield m
-
-        out = []
-        async for raw in handler.process(gen(), None):
-            r = pb.ProcessingResponse()
-            r.ParseFromString(raw)
-            out.append(r)
+        out = await _run(handler, [headers, _body({"model": "m", "prompt": "hi"}), _response_headers(200)])
         assert out[-1].WhichOneof("response") == "response_headers"
         return out[-1].mode_override.response_body_mode if out[-1].HasField("mode_override") else None
 
