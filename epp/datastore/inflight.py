@@ -58,7 +58,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from epp.aio import cancel_and_wait
@@ -168,15 +168,25 @@ class InflightTracker:
         return prompt_chars // CHARACTERS_PER_TOKEN + output
 
     # --- the ledger ---------------------------------------------------------------------
-    def dispatch(self, endpoints: Sequence[Endpoint], tokens: int, prompt_tokens: int = 0) -> Dispatch:
+    def dispatch(self, endpoints: Sequence[Endpoint], tokens: int, prompt_tokens: int = 0,
+                 cached: Mapping[str, int] | None = None) -> Dispatch:
         """Charge each endpoint one request and `tokens` tokens, now; `prompt_tokens` also
-        feed the endpoint's recent-prompt-tokens estimate (see `recent_prompt_tokens`)."""
+        feed the endpoint's recent-prompt-tokens estimate (see `recent_prompt_tokens`).
+
+        `cached` (Endpoint.key -> prompt tokens that endpoint holds in its prefix cache, from
+        this decision's prefix scorer) takes those tokens off the endpoint's prompt charge:
+        vLLM prefills only the tokens it does not hold, so a cache hit adds little prefill
+        backlog, and counting its whole prompt would make the pods that serve hits look busy."""
         now = self.clock()
         handle = Dispatch()
         for ep in endpoints:
-            if prompt_tokens > 0:
-                self._recent[ep] = (self._decayed(ep, now) + prompt_tokens, now)
-            charge = Charge(ep, tokens, now, False, prompt_tokens)
+            prompt = prompt_tokens
+            if cached and prompt > 0:
+                hit = cached.get(ep.key, 0)
+                prompt = prompt - hit if hit < prompt else 0
+            if prompt > 0:
+                self._recent[ep] = (self._decayed(ep, now) + prompt, now)
+            charge = Charge(ep, tokens, now, False, prompt)
             ep.inflight += 1
             ep.inflight_tokens += tokens
             bucket = self._open.get(ep)

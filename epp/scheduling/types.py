@@ -62,6 +62,22 @@ class CycleState(dict[str, Any]):
     """
 
 
+# Prefix scorers publish, under "<plugin name>" + this suffix, a dict Endpoint.key -> prompt
+# tokens that endpoint already holds in its prefix cache (read by pd-profile-handler, the
+# latency plugins and the in-flight ledger's prefill charge).
+CACHED_TOKENS_SUFFIX = ".cached-tokens"
+
+
+def cached_prompt_tokens(state: CycleState) -> dict[str, int] | None:
+    """This cycle's cached prompt tokens per endpoint key (the largest when several prefix
+    scorers ran); None when no prefix scorer ran."""
+    found: dict[str, int] | None = None
+    for key, value in state.items():
+        if key.endswith(CACHED_TOKENS_SUFFIX) and isinstance(value, dict) and value:
+            found = value if found is None else {k: max(v, found.get(k, 0)) for k, v in value.items()}
+    return found
+
+
 @dataclass(slots=True)
 class ScoredEndpoint:
     endpoint: Endpoint

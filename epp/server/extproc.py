@@ -40,7 +40,7 @@ from epp.observability.decisions import DecisionBus
 from epp.responsecache.cache import CACHE_HEADER, MISS_RESPONSE_HEADERS, ResponseCache
 from epp.responsecache.fill import ResponseAssembler
 from epp.responsecache.policy import CachePlan
-from epp.scheduling.types import CycleState, LLMRequest, SchedulingError, SchedulingResult
+from epp.scheduling.types import CycleState, LLMRequest, SchedulingError, SchedulingResult, cached_prompt_tokens
 from epp.server import wire
 from epp.server.errors import ImmediateAnswer, RequestError
 from epp.server.request import parse_request, rewrite_model
@@ -504,7 +504,7 @@ class ExtProcHandler:
         tracker = self.tracker
         prompt_chars = len(request.prompt_text())
         st.dispatch = tracker.dispatch(st.targets, tracker.estimate_tokens(prompt_chars, request.max_tokens),
-                                       tracker.estimate_tokens(prompt_chars, 0))
+                                       tracker.estimate_tokens(prompt_chars, 0), cached_prompt_tokens(state))
         mutation = self._dest_fragment(target)
         if st.strip:
             mutation += wire.header_mutation((), st.strip)

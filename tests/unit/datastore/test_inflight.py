@@ -301,3 +301,16 @@ def test_a_pod_no_longer_sent_anything_is_tried_again() -> None:
     clock.now += 60.0
     tracker.sweep()
     assert tracker.slowness(eps[3]) == 1.0
+
+
+def test_prompt_tokens_a_pod_holds_are_not_charged_as_prefill() -> None:
+    clock = Clock()
+    ds, (a, b, c) = _pool(3)
+    tracker = InflightTracker(ds, clock=clock)
+    # P/D-like: one request charged to three pods; a holds 600 of the 1,000 prompt tokens,
+    # b holds more than the prompt (another request's longer prefix), c holds nothing.
+    handle = tracker.dispatch([a, b, c], 1_100, 1_000, {a.key: 600, b.key: 5_000})
+    assert tracker.recent_prompt_tokens_of([a, b, c], clock.now) == [400.0, 0.0, 1_000.0]
+    # Requests and tokens in flight are charged in full: only the prefill estimate changes.
+    assert [(e.inflight, e.inflight_tokens) for e in (a, b, c)] == [(1, 1_100)] * 3
+    assert [charge.prompt_tokens for charge in handle.charges] == [400, 0, 1_000]
