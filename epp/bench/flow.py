@@ -744,6 +744,9 @@ def results_from_json(data: dict[str, Any]) -> tuple[list[ArmResult], FlowBenchS
     results = [ArmResult(a["arm"], a["capacity_rps"], a["rate_rps"], a["unloaded_ttft_p99_s"],
                          [Outcome(**o) for o in data["outcomes"][a["arm"]]], a["label"], a["breakdown"])
                for a in data["arms"]]
+    for r in results:  # runs from before the wait causes were recorded: derive them
+        r.breakdown.setdefault("critical_wait_causes", critical_wait_causes(
+            r.outcomes, s.pods * s.max_num_seqs, TARGET_TTFT_RATIO * r.unloaded_ttft_p99))
     return results, s
 
 
