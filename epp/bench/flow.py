@@ -14,7 +14,9 @@ Reported: critical TTFT p99 loaded / unloaded (target <= 1.5); Jain's index of t
 served / fair share counted only while both are backlogged (target >= 0.95, see
 `backlogged_jain`); sent = OK + rejected with a status + evicted (in-flight requests ended by
 flow control's optional eviction: a 200 whose stream is cut); where the critical latency goes
-(mean wait in the EPP's queue by priority, mean wait in the pods' own queues).
+(mean wait in the EPP's queue by priority, mean wait in the pods' own queues, and per critical
+request what it found on arrival: `critical_wait_causes`, with Erlang C as the reference).
+`--repeat N` runs the arm list N times interleaved (seed + round) and pools the p99 per arm.
 """
 
 from __future__ import annotations
