@@ -14,7 +14,9 @@ Reported: critical TTFT p99 loaded / unloaded (target <= 1.5); Jain's index of t
 served / fair share counted only while both are backlogged (target >= 0.95, see
 `backlogged_jain`); sent = OK + rejected with a status + evicted (in-flight requests ended by
 flow control's optional eviction: a 200 whose stream is cut); where the critical latency goes
-(mean wait in the EPP's queue by priority, mean wait in the pods' own queues).
+(mean wait in the EPP's queue by priority, mean wait in the pods' own queues, and per critical
+request what it found on arrival: `critical_wait_causes`, with Erlang C as the reference).
+`--repeat N` runs the arm list N times interleaved (seed + round) and pools the p99 per arm.
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ RESERVE_EXTENSIONS = """\
   evictionDelay: 0s
   evictionVictimMaxPriority: 0
 """
+PRIO_EXTENSIONS = "  forwardPriorityToPods: true\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,11 +99,15 @@ ARMS = (
     # The same, but Envoy sends response bodies to the EPP only for the requests eviction may
     # end (a per-request mode_override), so critical streams skip the extra hop.
     ArmSpec("fc-reserve-override", "flow control + priority holdback{eviction}, evictable bodies only"),
+    # The same, plus the objective's priority written into each forwarded body
+    # (flowControl.forwardPriorityToPods) for pods run with --scheduling-policy priority.
+    ArmSpec("fc-prio", "flow control + priority holdback{eviction}, evictable bodies only, pod priority"),
     ArmSpec("vllm-router", "vllm-router, queue + rate limit"),
 )
 
 
-RESERVE_ARMS = ("fc-reserve", "fc-reserve-override")
+RESERVE_ARMS = ("fc-reserve", "fc-reserve-override", "fc-prio")
+OVERRIDE_ARMS = ("fc-reserve-override", "fc-prio")  # only evictable response bodies via the EPP
 DEFAULT_ARMS = ("none", "fc-gie", "fc-reserve", "vllm-router")  # the issue's side-by-side set
 
 
@@ -109,7 +116,7 @@ def _envoy_modes(key: str, eviction: bool) -> dict[str, Any]:
     its chunks, so the bodies it may end must pass through the EPP."""
     if key == "fc-reserve" and eviction:
         return {"response_body_mode": "STREAMED"}  # every response body
-    if key == "fc-reserve-override" and eviction:
+    if key in OVERRIDE_ARMS and eviction:
         # No body by default; the EPP asks for evictable ones on their response headers.
         return {"response_body_mode": "NONE", "response_header_mode": "SEND", "mode_overrides": True}
     return {"response_body_mode": "NONE"}
@@ -131,6 +138,9 @@ class FlowBenchSettings:
     arms: Sequence[str] = DEFAULT_ARMS
     min_ceiling: float = 0.5  # fc-reserve: priority-holdback-policy minCeiling
     eviction: bool = True  # fc-reserve: enableEviction
+    # Each arm list runs `repeat` times, interleaved (A B A B ...), the i-th round with seed
+    # `seed + i`: more critical samples and no arm always measured first.
+    repeat: int = 1
     run_dir: Path = field(default_factory=lambda: REPO / ".run" / "bench-flow")
 
 
@@ -298,8 +308,8 @@ async def _loop_lag(samples: list[float], period: float = 0.01) -> None:
 
 
 async def _run_arm(arm: ArmSpec, url: str, s: FlowBenchSettings, capacity: float | None,
-                   eviction: bool = False) -> ArmResult:
-    rng = random.Random(s.seed)
+                   eviction: bool = False, seed: int | None = None) -> ArmResult:
+    rng = random.Random(s.seed if seed is None else seed)
     lag: list[float] = []
     limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
     async with httpx.AsyncClient(timeout=httpx.Timeout(None), limits=limits, trust_env=False) as client:
@@ -336,7 +346,95 @@ async def _run_arm(arm: ArmSpec, url: str, s: FlowBenchSettings, capacity: float
     result = ArmResult(arm.key, capacity, rate, _pct(ttfts, 0.99), outcomes, arm.label)
     result.breakdown["client_loop_lag"] = {"p50_s": _pct(lag, 0.5), "p99_s": _pct(lag, 0.99),
                                            "max_s": max(lag, default=float("nan"))}
+    result.breakdown["unloaded_ttfts_s"] = ttfts  # pooled across rounds by `pooled`
+    result.breakdown["critical_wait_causes"] = critical_wait_causes(
+        outcomes, s.pods * s.max_num_seqs, TARGET_TTFT_RATIO * result.unloaded_ttft_p99)
     return result
+
+
+def critical_wait_causes(outcomes: list[Outcome], slots: int, slow_s: float) -> dict[str, Any]:
+    """Why critical requests were slow, from the client's own timeline: at each critical
+    request's send time, how many earlier critical requests were not done yet, and how many
+    lower-priority streams were open (first chunk seen, end not yet). `overflow`: critical
+    requests alone held (or were about to take) every slot of the
+    pool (pods x max-num-seqs), so the request had to wait for a critical one to finish; no
+    ordering, holdback or eviction can avoid that (only more slots). `evict`: every slot was
+    busy but some with lower-priority work (the wait is eviction's: the victim's next chunk,
+    the reset, the pod noticing); `free`: a slot was free (the time is the stack's own:
+    Envoy, the EPP, the pod's step, the host). Counted over all critical requests and over the
+    slow ones (TTFT > `slow_s`, 1.5x the unloaded p99)."""
+    spans = sorted((o.sent_at + o.ttft, o.ended_at) for o in outcomes
+                   if o.ttft is not None and o.status in (200, EVICTED) and o.cls != "critical")
+    crit = sorted((o for o in outcomes if o.cls == "critical" and o.status == 200 and o.ttft is not None),
+                  key=lambda o: o.sent_at)
+    counts = {"overflow": 0, "evict": 0, "free": 0}
+    slow = {"overflow": 0, "evict": 0, "free": 0}
+    ttfts: dict[str, list[float]] = {"overflow": [], "evict": [], "free": []}
+    for i, o in enumerate(crit):
+        t = o.sent_at
+        # Critical requests sent earlier and not done: each holds or is about to take a slot
+        # (they are dispatched ahead of everything else). Lower priorities: open streams only.
+        open_crit = sum(1 for c in crit[:i] if c.ended_at > t)
+        end = bisect.bisect_right(spans, (t, math.inf))
+        open_all = open_crit + sum(1 for _start, stop in spans[:end] if stop > t)
+        cause = "overflow" if open_crit >= slots else "evict" if open_all >= slots else "free"
+        counts[cause] += 1
+        ttfts[cause].append(o.ttft or 0.0)
+        if (o.ttft or 0.0) > slow_s:
+            slow[cause] += 1
+    rest = ttfts["evict"] + ttfts["free"]
+    return {"slots": slots, "slow_above_s": slow_s, "all": counts, "slow": slow,
+            "ttft_p50_s": {k: _pct(v, 0.5) for k, v in ttfts.items()},
+            "ttft_max_s": {k: max(v, default=float("nan")) for k, v in ttfts.items()},
+            "p99_without_overflow_s": _pct(rest, 0.99)}
+
+
+def erlang_c(servers: int, load: float) -> float:
+    """Erlang C: the probability that a Poisson arrival finds all `servers` busy at offered
+    `load` (Erlangs; M/M/c, an upper-side reference for the near-fixed request times here)."""
+    if load >= servers:
+        return 1.0
+    term, total = 1.0, 1.0
+    for k in range(1, servers):
+        term *= load / k
+        total += term
+    top = term * load / servers * servers / (servers - load)
+    return top / (total + top)
+
+
+def pooled(results: list[ArmResult]) -> dict[str, dict[str, Any]]:
+    """Per arm key (rounds of --repeat pooled): critical TTFT p50/p99 over every round's
+    critical requests against the p99 of every round's unloaded samples, and the wait causes
+    summed; with Erlang C's chance that critical work alone fills the pool."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in results:
+        key = r.arm.split("#")[0]
+        agg = out.setdefault(key, {"rounds": 0, "crit": [], "unloaded": [], "slow": Counter(), "all": Counter(),
+                                   "crit_busy_s": 0.0, "span_s": 0.0, "slots": 0})
+        agg["rounds"] += 1
+        agg["crit"] += [o.ttft for o in r.outcomes if o.cls == "critical" and o.status == 200 and o.ttft is not None]
+        agg["unloaded"] += r.breakdown.get("unloaded_ttfts_s", [r.unloaded_ttft_p99])
+        causes = r.breakdown.get("critical_wait_causes") or {}
+        agg["slow"].update(causes.get("slow", {}))
+        agg["all"].update(causes.get("all", {}))
+        agg["slots"] = causes.get("slots", 0)
+        crit_done = [o for o in r.outcomes if o.cls == "critical" and o.status == 200 and o.ttft is not None]
+        agg["crit_busy_s"] += sum(o.ended_at - o.sent_at - o.ttft for o in crit_done if o.ttft is not None)
+        if r.outcomes:
+            agg["span_s"] += max(o.sent_at for o in r.outcomes) - min(o.sent_at for o in r.outcomes)
+    for agg in out.values():
+        crit, unloaded = agg.pop("crit"), agg.pop("unloaded")
+        busy, span = agg.pop("crit_busy_s"), agg.pop("span_s")
+        load = busy / span if span else float("nan")
+        p99, u99 = _pct(crit, 0.99), _pct(unloaded, 0.99)
+        agg.update({"critical": len(crit), "critical_ttft_p50_s": _pct(crit, 0.5), "critical_ttft_p99_s": p99,
+                    "unloaded_samples": len(unloaded), "unloaded_ttft_p99_s": u99,
+                    "critical_ttft_ratio": p99 / u99 if u99 else float("nan"),
+                    "critical_load_erlangs": load,
+                    "erlang_c_all_slots_busy": erlang_c(agg["slots"], load) if agg["slots"] and load == load
+                    else float("nan"),
+                    "slow": dict(agg["slow"]), "all": dict(agg["all"])})
+    return out
 
 
 def _scrape(url: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
@@ -414,6 +512,8 @@ def _flow_config(arm: str, s: FlowBenchSettings) -> str:
     reserve = arm in RESERVE_ARMS
     extra = RESERVE_PLUGINS.format(min_ceiling=s.min_ceiling) if reserve else ""
     ext = RESERVE_EXTENSIONS.format(eviction=str(s.eviction).lower()) if reserve else ""
+    if arm == "fc-prio":
+        ext += PRIO_EXTENSIONS
     return FLOW_CONFIG.format(max_concurrency=s.max_num_seqs, ttl_ms=ttl_ms, shed_ttl_ms=shed_ttl_ms,
                               extra_plugins=extra, extensions=ext)
 
@@ -443,9 +543,11 @@ def run_flow_bench(s: FlowBenchSettings) -> list[ArmResult]:
     if unknown:
         raise ValueError(f"unknown arm(s) {', '.join(unknown)}; known: {', '.join(specs)}")
     results: list[ArmResult] = []
-    for key in s.arms:
+    rounds = [(r, key) for r in range(max(1, s.repeat)) for key in s.arms]  # interleaved
+    for rnd, key in rounds:
         arm = specs[key]
-        run_dir = s.run_dir / key
+        name = key if rnd == 0 else f"{key}#{rnd + 1}"
+        run_dir = s.run_dir / name
         config: Path | None = None
         if key.startswith("fc-"):
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -457,7 +559,8 @@ def run_flow_bench(s: FlowBenchSettings) -> list[ArmResult]:
             raise StackError("vllm-router not installed (pip install vllm-router==0.1.17; .ci/run installs it)")
         cfg = StackConfig(ports_free=True, run_dir=run_dir, pods=s.pods, time_scale=s.time_scale, kv_events=False,
                           epp_config=config, with_epp=not router, with_envoy=not router,
-                          sim_args=["--max-num-seqs", str(s.max_num_seqs), "--log-level", "WARNING"],
+                          sim_args=["--max-num-seqs", str(s.max_num_seqs), "--log-level", "WARNING",
+                                    *(["--scheduling-policy", "priority"] if key == "fc-prio" else [])],
                           epp_args=["--api-keys", str(keys), "--log-level", "warning"],
                           envoy_message_timeout_ms=600_000, **_envoy_modes(key, s.eviction))
         stack = LocalStack(cfg)
@@ -481,8 +584,8 @@ def run_flow_bench(s: FlowBenchSettings) -> list[ArmResult]:
                 wait_http(f"http://127.0.0.1:{port}/health", proc, log, 60)
                 url = f"http://127.0.0.1:{port}"
             label = arm.label.format(eviction=" + eviction" if s.eviction else "")
-            result = asyncio.run(_run_arm(ArmSpec(arm.key, label), url, s, capacity,
-                                          eviction=key in RESERVE_ARMS and s.eviction))
+            result = asyncio.run(_run_arm(ArmSpec(name, label), url, s, capacity,
+                                          eviction=key in RESERVE_ARMS and s.eviction, seed=s.seed + rnd))
             result.breakdown.update(_breakdown(stack, s.time_scale))
             results.append(result)
         finally:
@@ -520,11 +623,34 @@ def report(results: list[ArmResult]) -> str:
             lag = b["client_loop_lag"]
             epp += (f"; load generator's event-loop lag p50 {_ms(lag['p50_s'])} / p99 {_ms(lag['p99_s'])} / "
                     f"max {_ms(lag['max_s'])} ms")
+        causes = b.get("critical_wait_causes")
+        why = ""
+        if causes:
+            why = (f"; critical requests by what they found on arrival (all / slower than "
+                   f"{_ms(causes['slow_above_s'])} ms): critical streams holding all {causes['slots']} slots "
+                   f"{causes['all']['overflow']} / {causes['slow']['overflow']}, all slots busy with some "
+                   f"lower-priority {causes['all']['evict']} / {causes['slow']['evict']}, a slot free "
+                   f"{causes['all']['free']} / {causes['slow']['free']}; p99 without the first kind "
+                   f"{_ms(causes['p99_without_overflow_s'])} ms")
         lines.append(f"- {m['arm']}: capacity {m['capacity_rps']:.1f} req/s, offered {m['rate_rps']:.1f} req/s; "
                      f"critical TTFT p50 {_ms(m['critical_ttft_p50_s'])} ms; EPP queue: {epp}; pod queues: "
                      f"{pod.get('requests', 0)} requests, mean {_ms(pod.get('mean_s'))} ms, "
                      f"p99 <= {_ms(pod.get('p99_le_s'))} ms; "
-                     f"statuses by class {m['by_class']}")
+                     f"statuses by class {m['by_class']}{why}")
+    pool = pooled(results)
+    if len(pool) < len(results):
+        lines += ["", "Pooled over the rounds (`--repeat`, interleaved, one seed per round):", "",
+                  "| arm | rounds | critical requests | critical TTFT p50 / p99 | unloaded p99 (samples) | ratio | "
+                  "slow: all-critical slots / lower-priority busy / free | critical load (Erlang C: all busy) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for key, p in pool.items():
+            slow = p["slow"]
+            lines.append(f"| {key} | {p['rounds']} | {p['critical']} | {_ms(p['critical_ttft_p50_s'])} / "
+                         f"{_ms(p['critical_ttft_p99_s'])} ms | {_ms(p['unloaded_ttft_p99_s'])} ms "
+                         f"({p['unloaded_samples']}) | {p['critical_ttft_ratio']:.2f}x | "
+                         f"{slow.get('overflow', 0)} / {slow.get('evict', 0)} / {slow.get('free', 0)} | "
+                         f"{p['critical_load_erlangs']:.2f} of {p['slots']} slots "
+                         f"({100 * p['erlang_c_all_slots_busy']:.1f}%) |")
     return "\n".join(lines)
 
 
@@ -620,6 +746,9 @@ def results_from_json(data: dict[str, Any]) -> tuple[list[ArmResult], FlowBenchS
     results = [ArmResult(a["arm"], a["capacity_rps"], a["rate_rps"], a["unloaded_ttft_p99_s"],
                          [Outcome(**o) for o in data["outcomes"][a["arm"]]], a["label"], a["breakdown"])
                for a in data["arms"]]
+    for r in results:  # runs from before the wait causes were recorded: derive them
+        r.breakdown.setdefault("critical_wait_causes", critical_wait_causes(
+            r.outcomes, s.pods * s.max_num_seqs, TARGET_TTFT_RATIO * r.unloaded_ttft_p99))
     return results, s
 
 
@@ -643,6 +772,11 @@ def add_flow_parser(bench_sub: Any) -> None:
                    help="sequential requests measuring the unloaded TTFT and capacity (default 12)")
     f.add_argument("--unloaded-probes", type=int, default=None,
                    help="extra unloaded TTFT samples, each closed at its first chunk (default 40)")
+    f.add_argument("--repeat", type=int, default=None,
+                   help="run the arm list this many times, interleaved, round i with seed+i (default 1); "
+                        "the report adds the rounds pooled per arm")
+    f.add_argument("--seed", type=int, default=None, help="arrival seed of the first round (default 1)")
+    f.add_argument("--max-num-seqs", type=int, default=None, help="each pod's batch slots (default 4)")
     f.add_argument("--json", type=Path, default=None, help="write the raw results (every request) here")
     f.add_argument("--out", type=Path, default=None,
                    help=f"write the markdown section to OUT/{FLOW_DOC} and splice it into OUT/benchmarks.md")
@@ -673,6 +807,14 @@ def run_flow_only(args: argparse.Namespace) -> int:
         s.unloaded_probes = args.unloaded_probes
     if args.min_ceiling is not None:
         s.min_ceiling = args.min_ceiling
+    if args.repeat is not None:
+        if args.repeat < 1:
+            raise SystemExit("--repeat must be >= 1")
+        s.repeat = args.repeat
+    if args.seed is not None:
+        s.seed = args.seed
+    if args.max_num_seqs is not None:
+        s.max_num_seqs = args.max_num_seqs
     s.eviction = not args.no_eviction
     command = "python -m epp " + " ".join(sys.argv[1:])
     measured: tuple[str, Sequence[float]] | None = None

@@ -27,6 +27,8 @@ pkg/epp/flowcontrol/registry/config.go, pkg/epp/config/loader/flowcontrol.go).
       enableEviction: false             # evict in-flight sheddable requests (llm-d's field)
       evictionDelay: 0s                 # evict as soon as a band is blocked (absent: at the TTL)
       evictionVictimMaxPriority: -1     # victims have at most this priority (default: sheddable)
+      forwardPriorityToPods: false      # write vLLM's `priority` body field: -(objective priority)
+                                        # (pods need --scheduling-policy priority; see below)
 
 Policy refs name plugins of the `plugins:` section; as in GIE, a ref equal to a built-in
 policy type name works without listing it. Band defaults follow llm-d-router: maxBytes 1 GB
@@ -37,6 +39,12 @@ The TTL in force depends on the regime, re-evaluated while a request waits (cont
 defaultRequestTTL (or requestTTLByObjective) while the pool has endpoints, noEndpointRequestTTL
 while it has none; each regime change starts a fresh budget, and the total wait stays bounded by
 the longer of the two.
+
+forwardPriorityToPods (extension): every routed request's body gets vLLM's `priority` field set
+to the negated InferenceObjective priority (GIE: higher is more important; vLLM: lower is
+handled earlier), overwriting whatever the client sent there, so a pod started with
+`--scheduling-policy priority` orders its own waiting queue (and its KV-pressure preemption)
+by the objective. vLLM answers 400 to a non-zero `priority` without that policy.
 """
 
 from __future__ import annotations
@@ -65,7 +73,7 @@ DEFAULT_NO_ENDPOINT_REQUEST_TTL = 60.0  # llm-d-router controller defaultNoEndpo
 _TOP_KEYS = ("maxBytes", "maxRequests", "defaultRequestTTL", "noEndpointRequestTTL", "defaultPriorityBand",
              "defaultNegativePriorityBand", "priorityBands", "usageLimitPolicyPluginRef", "saturationDetector",
              "enableEviction",
-             "requestTTLByObjective", "evictionDelay", "evictionVictimMaxPriority")
+             "requestTTLByObjective", "evictionDelay", "evictionVictimMaxPriority", "forwardPriorityToPods")
 _BAND_KEYS = ("priority", "maxBytes", "maxRequests", "fairnessPolicyRef", "orderingPolicyRef")
 
 
@@ -97,6 +105,7 @@ class FlowControlConfig:
     eviction_delay: float | None = None
     eviction_victim_max_priority: int = -1  # -1: sheddable only (llm-d's eviction-sheddable-filter)
     usage_limit: UsageLimitPolicy | None = None  # None: static 1.0
+    forward_priority_to_pods: bool = False  # set vLLM's body `priority` to -(objective priority)
 
     def band_config(self, priority: int) -> BandConfig:
         cfg = self.bands.get(priority)
@@ -180,6 +189,10 @@ def build_flow_control_config(
     if isinstance(victim_max, bool) or not isinstance(victim_max, int):
         raise ConfigError(f"{where}.evictionVictimMaxPriority: must be an integer, got {victim_max!r}")
     cfg.eviction_victim_max_priority = victim_max
+    forward = raw.get("forwardPriorityToPods", False)
+    if not isinstance(forward, bool):
+        raise ConfigError(f"{where}.forwardPriorityToPods: must be true or false, got {forward!r}")
+    cfg.forward_priority_to_pods = forward
     if not evict and ("evictionDelay" in raw or "evictionVictimMaxPriority" in raw):
         log.warning("%s: evictionDelay / evictionVictimMaxPriority have no effect without "
                     "enableEviction: true", where)

@@ -319,6 +319,11 @@ class FlowController:
             self._kick()
 
     # --- eviction of in-flight sheddable requests (enableEviction, off by default) ----------
+    def pod_priority(self, request: LLMRequest) -> int | None:
+        """vLLM's body `priority` for a routed request (forwardPriorityToPods), else None:
+        the objective priority negated, since vLLM handles lower values earlier."""
+        return -request.priority if self.config.forward_priority_to_pods else None
+
     def may_evict(self, request: LLMRequest) -> bool:
         """Whether eviction may end this request (its response must then stream through the
         EPP): eviction on and the priority at most evictionVictimMaxPriority."""

@@ -93,6 +93,9 @@ class AdmissionPipeline:
         if self.flow is not None:
             self.flow.on_evictable(request, abort)
 
+    def pod_priority(self, request: LLMRequest) -> int | None:
+        return None if self.flow is None else self.flow.pod_priority(request)
+
     def may_evict(self, request: LLMRequest) -> bool:
         return self.flow is not None and self.flow.may_evict(request)
 

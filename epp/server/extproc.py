@@ -43,7 +43,7 @@ from epp.responsecache.policy import CachePlan
 from epp.scheduling.types import CycleState, LLMRequest, SchedulingError, SchedulingResult, cached_prompt_tokens
 from epp.server import wire
 from epp.server.errors import ImmediateAnswer, RequestError
-from epp.server.request import parse_request, rewrite_model
+from epp.server.request import parse_request, rewrite_model, with_priority
 from epp.server.routes import RouteKind, classify
 from epp.server.usage import UsageParser, stream_usage_requested, with_stream_usage
 
@@ -103,6 +103,7 @@ class FlowGate(Protocol):
     async def wait(self, ticket: Any) -> None: ...
     def on_evictable(self, request: LLMRequest, abort: Callable[[], None]) -> None: ...
     def may_evict(self, request: LLMRequest) -> bool: ...
+    def pod_priority(self, request: LLMRequest) -> int | None: ...
     def on_complete(self, request: LLMRequest | None, response: dict[str, Any] | None) -> None: ...
 
 
@@ -425,6 +426,13 @@ class ExtProcHandler:
             decoded = msgspec.json.decode(new_body or body)  # only streams, only with the flag
             if not stream_usage_requested(decoded):
                 new_body = msgspec.json.encode(with_stream_usage(decoded))
+        flow = self.flow
+        if flow is not None:
+            # flowControl.forwardPriorityToPods: the pod's vLLM priority comes from the
+            # objective; a client-sent `priority` is overwritten, never trusted.
+            priority = flow.pod_priority(request)
+            if priority is not None:
+                new_body = with_priority(new_body or body, priority)
         if new_body is not None:
             mutation += wire.header_mutation((("content-length", str(len(new_body))),))
         if st.body_mode == FULL_DUPLEX_STREAMED:

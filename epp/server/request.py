@@ -163,6 +163,14 @@ def _weighted_choice(choices: tuple[tuple[str, int], ...]) -> str:
     return choices[-1][0]
 
 
+def with_priority(body: bytes, priority: int) -> bytes:
+    """The request body with vLLM's `priority` field set (flowControl.forwardPriorityToPods):
+    any client-sent value is replaced, as routing headers are."""
+    obj = msgspec.json.decode(body)
+    obj["priority"] = priority
+    return msgspec.json.encode(obj)
+
+
 def rewrite_model(body: bytes, model: str) -> bytes:
     """The request body with its `model` field replaced (the rare rewrite path: a full re-encode)."""
     obj = msgspec.json.decode(body)

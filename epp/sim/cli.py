@@ -24,7 +24,7 @@ import yaml
 
 from epp.prefixcache.block_hash import HASH_ALGOS
 from epp.sim.cluster import start_pods
-from epp.sim.config import ENGINES, ROLES, SimPodConfig, apply_overrides
+from epp.sim.config import ENGINES, ROLES, SCHEDULING_POLICIES, SimPodConfig, apply_overrides
 
 log = logging.getLogger("epp.sim")
 
@@ -53,6 +53,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--max-loras", type=int)
     p.add_argument("--max-num-seqs", type=int)
     p.add_argument("--max-num-batched-tokens", type=int)
+    p.add_argument("--scheduling-policy", choices=SCHEDULING_POLICIES,
+                   help="as vLLM: fcfs (default; a non-zero request `priority` is a 400) or priority "
+                        "(waiting requests by (priority, arrival), lower priority value first)")
     p.add_argument("--max-model-len", type=int)
     p.add_argument("--default-max-tokens", type=int)
     p.add_argument("--num-gpu-blocks", "--num-gpu-blocks-override", dest="num_gpu_blocks", type=int)

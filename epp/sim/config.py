@@ -15,6 +15,7 @@ from typing import Any
 from epp.prefixcache.block_hash import DEFAULT_HASH_ALGO, HASH_ALGOS
 
 ROLES = ("prefill", "decode", "both")
+SCHEDULING_POLICIES = ("fcfs", "priority")  # vLLM --scheduling-policy (sjf: not simulated)
 # Which model server the pod pretends to be: metric names, /v1/models owned_by, error bodies.
 ENGINES = ("vllm", "sglang")
 
@@ -100,6 +101,10 @@ class SimPodConfig:
     max_loras: int = 1
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 8192
+    # vLLM's --scheduling-policy: "fcfs" (a non-zero request `priority` is a 400) or "priority"
+    # (waiting queue by (priority, arrival), lower first; KV-pressure preemption takes the
+    # running request with the largest (priority, arrival)).
+    scheduling_policy: str = "fcfs"
     max_model_len: int = 8192
     default_max_tokens: int = 128  # used when a request has no max_tokens (vLLM: max_model_len - prompt)
     num_gpu_blocks: int = 24_000
@@ -140,6 +145,8 @@ class SimPodConfig:
             (self.max_num_seqs >= 1, "max_num_seqs must be >= 1"),
             (self.max_num_batched_tokens >= 1, "max_num_batched_tokens must be >= 1"),
             (self.max_loras >= 1, "max_loras must be >= 1"),
+            (self.scheduling_policy in SCHEDULING_POLICIES,
+             f"scheduling_policy must be one of {SCHEDULING_POLICIES}, got {self.scheduling_policy!r}"),
             (self.latency.time_scale > 0, "time_scale must be > 0"),
             (0 <= self.port <= 65535, f"port out of range: {self.port}"),
         ]

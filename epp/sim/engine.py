@@ -4,7 +4,11 @@ One asyncio task per pod runs engine steps like vLLM v1's scheduler loop:
 1. running requests first (in admission order): each gets its next chunk (the remaining
    prompt, capped by the token budget, or the one token sampled last step); a request that
    cannot get a KV block preempts the most recently admitted running request (recompute);
-2. then waiting requests FCFS while `max_num_seqs`, the token budget and free blocks allow;
+2. then waiting requests in queue order while `max_num_seqs`, the token budget and free
+   blocks allow: FCFS, or with `scheduling_policy: priority` (vLLM's --scheduling-policy
+   priority) by (priority, arrival), the lower priority value first; a KV-starved running
+   request then preempts the running request with the largest (priority, arrival) instead of
+   the last admitted one (vLLM v1 preempts only for KV blocks, never for a batch slot);
    a LoRA request whose adapter is not loaded waits while `max_loras` adapters are running
    (later requests may pass it, as in vLLM); on admission the longest cached block prefix
    is reused (at least one prompt token is always computed);
@@ -96,6 +100,7 @@ class SimRequest:
     cache_salt: str | None = None
     kv_transfer_params: dict[str, Any] | None = None
     arrival: float = field(default_factory=time.monotonic)
+    priority: int = 0  # vLLM's request `priority`: lower is handled earlier (priority policy)
     all_token_ids: list[int] = field(default_factory=list)
     output_token_ids: list[int] = field(default_factory=list)
     output_text: list[str] = field(default_factory=list)
@@ -203,11 +208,15 @@ class SimEngine:
         cache_salt: str | None = None,
         kv_transfer_params: dict[str, Any] | None = None,
         arrival: float | None = None,
+        priority: int = 0,
     ) -> SimRequest:
         cfg = self.config
         n_prompt = len(prompt_token_ids)
         if n_prompt == 0:
             raise RequestRejected("The prompt cannot be empty.")
+        if priority != 0 and cfg.scheduling_policy != "priority":
+            # vLLM's engine raises the same ValueError (a 400) unless --scheduling-policy priority.
+            raise RequestRejected(f"Got priority {priority} but Priority scheduling is not enabled.")
         if max_tokens is None:
             max_tokens = min(cfg.default_max_tokens, cfg.max_model_len - n_prompt)
         if max_tokens < 1:
@@ -235,13 +244,14 @@ class SimEngine:
             cache_salt=cache_salt,
             kv_transfer_params=kv_transfer_params,
             arrival=time.monotonic() if arrival is None else arrival,
+            priority=priority,
         )
 
     def submit(self, req: SimRequest) -> None:
         if self._task is None:
             raise RuntimeError("engine not started")
         self.total_requests += 1
-        self.waiting.append(req)
+        self._enqueue(req, front=False)
         self._update_gauges()
         self._wake.set()
 
@@ -310,6 +320,30 @@ class SimEngine:
             0, math.ceil((req.num_computed_tokens + num_new) / self.config.block_size) - len(req.blocks)
         )
 
+    def _enqueue(self, req: SimRequest, front: bool) -> None:
+        """Into the waiting queue: FCFS appends (`front`: a preempted or skipped request goes
+        back to the head); the priority policy keeps (priority, arrival) order either way, as
+        vLLM's PriorityRequestQueue (its prepend is an ordered insert)."""
+        waiting = self.waiting
+        if self.config.scheduling_policy != "priority":
+            if front:
+                waiting.appendleft(req)
+            else:
+                waiting.append(req)
+            return
+        key = (req.priority, req.arrival)
+        i = len(waiting)
+        while i > 0 and (waiting[i - 1].priority, waiting[i - 1].arrival) > key:
+            i -= 1  # queues are short and arrivals mostly in order: scan from the tail
+        waiting.insert(i, req)
+
+    def _victim(self) -> SimRequest:
+        """The running request KV pressure preempts: the last admitted (FCFS), or the one
+        with the largest (priority, arrival) (vLLM's priority policy)."""
+        if self.config.scheduling_policy == "priority":
+            return max(self.running, key=lambda r: (r.priority, r.arrival))
+        return self.running[-1]
+
     def _preempt(self, victim: SimRequest) -> None:
         self.running.remove(victim)
         self.pool.free(victim.blocks)
@@ -319,7 +353,7 @@ class SimEngine:
         victim.preemptions += 1
         self.total_preemptions += 1
         self.metrics.num_preemptions.inc()
-        self.waiting.appendleft(victim)
+        self._enqueue(victim, front=True)
 
     def _schedule(self) -> _StepPlan:
         cfg = self.config
@@ -333,11 +367,15 @@ class SimEngine:
             need = self._blocks_needed(req, num_new)
             allocated: list[KVBlock] | None = [] if need == 0 else self.pool.allocate(need)
             while allocated is None:
-                victim = self.running[-1]
+                victim = self._victim()
+                scheduled = self.running.index(victim) < i  # already planned in this step
                 self._preempt(victim)
                 plan.preempted += 1
                 if victim is req:
                     break
+                if scheduled:  # take its tokens back, as vLLM does
+                    budget += self._unplan(plan, victim)
+                    i -= 1
                 allocated = self.pool.allocate(need)
             if allocated is None:
                 break  # req itself was preempted; it was the last running request
@@ -366,7 +404,8 @@ class SimEngine:
                 running_loras.add(req.lora_name)
             self._add_to_plan(plan, req, num_new, transferred)
             budget -= num_new
-        self.waiting.extendleft(reversed(skipped))
+        for req in reversed(skipped):
+            self._enqueue(req, front=True)
         return plan
 
     def _admit(self, req: SimRequest, budget: int) -> tuple[int, int] | None:
@@ -415,12 +454,29 @@ class SimEngine:
 
     def _add_to_plan(self, plan: _StepPlan, req: SimRequest, num_new: int, transferred: int = 0) -> None:
         plan.items.append((req, num_new))
-        if num_new == 1 and req.output_token_ids and req.num_computed_tokens == len(req.all_token_ids) - 1:
+        if self._is_decode(req, num_new):
             plan.decode_seqs += 1
         else:
             plan.prefill_tokens += num_new
         # Pulled KV costs transfer time in this step, not prefill compute.
         plan.transfer_tokens += transferred
+
+    @staticmethod
+    def _is_decode(req: SimRequest, num_new: int) -> bool:
+        return num_new == 1 and bool(req.output_token_ids) and req.num_computed_tokens == len(req.all_token_ids) - 1
+
+    def _unplan(self, plan: _StepPlan, victim: SimRequest) -> int:
+        """Drop a preempted request from this step's plan; returns its scheduled tokens (its
+        KV state is already reset, so the decode/prefill split uses the plan's own count)."""
+        for k, (req, num_new) in enumerate(plan.items):
+            if req is victim:
+                del plan.items[k]
+                if num_new == 1 and plan.decode_seqs > 0 and victim.output_token_ids:
+                    plan.decode_seqs -= 1
+                else:
+                    plan.prefill_tokens -= num_new
+                return num_new
+        return 0
 
     # ------------------------------------------------------------------ step completion
 

@@ -304,6 +304,16 @@ class SimPod:
                 return value
         return None
 
+    @staticmethod
+    def _priority(body: dict[str, Any]) -> int:
+        """vLLM's `priority` request field (an int, default 0; lower is handled earlier)."""
+        value = body.get("priority", 0)
+        if value is None:
+            return 0
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ApiError(400, "priority must be an integer", "priority")
+        return value
+
     def _kv_transfer_params(self, body: dict[str, Any]) -> dict[str, Any] | None:
         params = body.get("kv_transfer_params")
         if params is None:
@@ -335,6 +345,7 @@ class SimPod:
                 cache_salt=salt if isinstance(salt, str) else None,
                 kv_transfer_params=self._kv_transfer_params(body),
                 arrival=arrival,
+                priority=self._priority(body),
             )
         except RequestRejected as e:
             raise ApiError(400, str(e)) from None

@@ -447,3 +447,76 @@ def test_eviction_with_response_bodies_of_evictable_requests_only(stack_factory:
             assert await metric(client, stack, "inference_extension_flow_control_requests_total",
                                 outcome="EvictedInFlight") == 1.0
     asyncio.run(scenario())
+
+
+PRIORITY_TO_PODS_CONFIG = """\
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+featureGates: [flowControl]
+plugins:
+- type: concurrency-detector
+  parameters: {maxConcurrency: 8}
+- type: queue-scorer
+- type: max-score-picker
+saturationDetector: {pluginRef: concurrency-detector}
+flowControl:
+  forwardPriorityToPods: true
+"""
+
+
+def test_forward_priority_to_pods_reaches_a_fcfs_pod_as_vllm_priority(stack_factory: StackFactory,
+                                                                       tmp_path: Path) -> None:
+    """forwardPriorityToPods through Envoy: the pod sees vLLM's `priority` = -(objective
+    priority). A FCFS pod (vLLM's default) answers 400 to a non-zero priority naming the value
+    it received, which shows what Envoy forwarded; a client's own `priority` is overwritten."""
+    path = tmp_path / "epp-config.yaml"
+    path.write_text(PRIORITY_TO_PODS_CONFIG)
+    stack = stack_factory(pods=1, time_scale=0.2, kv_events=False, epp_config=path)
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(timeout=30) as client:
+            url = f"{stack.url}/v1/completions"
+            r = await client.post(url, json=body(2), headers={"x-gateway-inference-objective": "llama3-8b-instruct"})
+            assert r.status_code == 400, r.text
+            assert r.json()["error"]["message"] == "Got priority -1 but Priority scheduling is not enabled."
+            r = await client.post(url, json={**body(2), "priority": 7})  # standard: overwritten with 0
+            assert r.status_code == 200, r.text
+    asyncio.run(scenario())
+
+
+def test_forward_priority_to_pods_orders_a_priority_pods_queue(stack_factory: StackFactory,
+                                                               tmp_path: Path) -> None:
+    """A pod with --scheduling-policy priority and one batch slot, the EPP letting requests
+    through (concurrency limit 8): requests queue in the pod, and the critical one sent last
+    runs before the sheddable one sent first, even though the sheddable client asked for
+    vLLM priority -100 (the EPP writes the objective's instead)."""
+    path = tmp_path / "epp-config.yaml"
+    path.write_text(PRIORITY_TO_PODS_CONFIG)
+    stack = stack_factory(pods=1, time_scale=0.2, kv_events=False, epp_config=path,
+                          sim_args=["--max-num-seqs", "1", "--scheduling-policy", "priority"])
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(timeout=30) as client:
+            url = f"{stack.url}/v1/completions"
+            done: list[str] = []
+
+            async def send(name: str, objective: str, payload: dict[str, object]) -> None:
+                headers = {"x-gateway-inference-objective": objective} if objective else {}
+                r = await client.post(url, json=payload, headers=headers)
+                assert r.status_code == 200, (name, r.text)
+                done.append(name)
+
+            busy = asyncio.create_task(send("busy", "", body(300)))
+            await until(lambda: _pod_gauge(client, stack, "vllm:num_requests_running", 1.0))
+            shed = asyncio.create_task(send("sheddable", "batch-sheddable", {**body(2), "priority": -100}))
+            await until(lambda: _pod_gauge(client, stack, "vllm:num_requests_waiting", 1.0))
+            crit = asyncio.create_task(send("critical", "llama3-8b-instruct", body(2)))
+            await until(lambda: _pod_gauge(client, stack, "vllm:num_requests_waiting", 2.0))
+            await asyncio.gather(busy, shed, crit)
+            assert done == ["busy", "critical", "sheddable"]
+    asyncio.run(scenario())
+
+
+async def _pod_gauge(client: httpx.AsyncClient, stack: LocalStack, name: str, value: float) -> bool:
+    text = (await client.get(stack.pod_url(stack.pods[0]) + "/metrics")).text
+    return any(line.startswith(name + "{") and float(line.rsplit(" ", 1)[1]) == value for line in text.splitlines())

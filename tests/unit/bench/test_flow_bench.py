@@ -8,7 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from epp.bench.flow import EVICTED, ArmResult, Outcome, backlogged_jain, jain_index, splice_flow_section
+from epp.bench.flow import (
+    EVICTED,
+    ArmResult,
+    Outcome,
+    backlogged_jain,
+    critical_wait_causes,
+    erlang_c,
+    jain_index,
+    pooled,
+    splice_flow_section,
+)
 
 
 def outcomes(tenant: str, served: int, refused: int) -> list[Outcome]:
@@ -76,3 +86,38 @@ def test_flow_section_is_spliced_before_the_overhead_section_and_replaced_on_rer
     doc.write_text("## Flow control under 2x overload (issue 12)\nrun 2\n")
     twice = splice_flow_section(once, doc)
     assert "run 2" in twice and "run 1" not in twice and twice.count("<!-- flow:start -->") == 1
+
+
+def test_critical_wait_causes_by_hand() -> None:
+    """Two slots. c3 arrives while c1 and c2 (critical) hold both: overflow. c4 arrives while
+    c2 and a standard stream hold them: evict. c5 arrives with only c4 open: free."""
+    outs = [Outcome("critical", "light", 200, 0.01, 0.0, 1.0),     # c1: 0.0 - 1.0
+            Outcome("critical", "light", 200, 0.01, 0.1, 1.5),     # c2: 0.1 - 1.5
+            Outcome("critical", "light", 200, 0.91, 0.5, 2.0),     # c3 waits for c1's end
+            Outcome("standard", "heavy", EVICTED, 0.2, 1.0, 1.65),  # streams 1.2 - 1.65
+            Outcome("critical", "light", 200, 0.05, 1.6, 2.2),     # c4
+            Outcome("critical", "light", 200, 0.01, 2.1, 2.3)]     # c5: c4 open, c2/c3 ended
+    c = critical_wait_causes(outs, slots=2, slow_s=0.04)
+    assert c["all"] == {"overflow": 1, "evict": 1, "free": 3}
+    assert c["slow"] == {"overflow": 1, "evict": 1, "free": 0}
+    assert c["ttft_max_s"]["overflow"] == pytest.approx(0.91)
+    assert c["p99_without_overflow_s"] == pytest.approx(0.05)
+
+
+def test_erlang_c_against_published_values() -> None:
+    # Textbook call-centre values: 2 agents at 1 Erlang wait with probability 1/3;
+    # 10 agents at 8 Erlangs: 40.9% (Erlang C tables).
+    assert erlang_c(2, 1.0) == pytest.approx(1 / 3)
+    assert erlang_c(10, 8.0) == pytest.approx(0.409, abs=0.001)
+    assert erlang_c(4, 4.0) == 1.0
+
+
+def test_pooled_rounds_share_one_p99_per_arm() -> None:
+    fast = [Outcome("critical", "light", 200, 0.02, float(i), i + 0.5) for i in range(99)]
+    slow = [Outcome("critical", "light", 200, 0.5, 200.0, 201.0)]
+    r1 = ArmResult("fc-prio", 1.0, 2.0, 0.02, fast, "x", {"unloaded_ttfts_s": [0.02, 0.02]})
+    r2 = ArmResult("fc-prio#2", 1.0, 2.0, 0.02, fast + slow, "x", {"unloaded_ttfts_s": [0.02]})
+    p = pooled([r1, r2])["fc-prio"]
+    assert (p["rounds"], p["critical"], p["unloaded_samples"]) == (2, 199, 3)
+    assert p["critical_ttft_p99_s"] == pytest.approx(0.02)  # 1 slow of 199: above the p99
+    assert p["critical_ttft_ratio"] == pytest.approx(1.0)

@@ -106,6 +106,10 @@ def test_detector_plugin_is_not_added_to_the_implicit_profile() -> None:
      r"flowControl.evictionVictimMaxPriority: must be an integer"),
     ("featureGates: [flowControl]\nflowControl: {enableEviction: true, evictionDelay: now}\n",
      r"flowControl.evictionDelay: must be a duration"),
+    ("featureGates: [flowControl]\nflowControl: {forwardPriorityToPods: 'yes'}\n",
+     r"flowControl.forwardPriorityToPods: must be true or false, got 'yes'"),
+    ("featureGates: [flowControl]\nflowControl: {forwardPriorityToPod: true}\n",
+     r"flowControl: unknown field 'forwardPriorityToPod'"),
 ])
 def test_errors_name_file_and_field(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -129,6 +133,11 @@ flowControl:
     default = load("featureGates: [flowControl]\n")  # llm-d's default: static, threshold 1.0
     assert default.usage_limit is not None and default.usage_limit.ceilings([0]) == [1.0]
     assert (default.eviction_delay, default.eviction_victim_max_priority) == (None, -1)
+
+
+def test_forward_priority_to_pods_is_off_by_default() -> None:
+    assert load("featureGates: [flowControl]\n").forward_priority_to_pods is False
+    assert load("featureGates: [flowControl]\nflowControl: {forwardPriorityToPods: true}\n").forward_priority_to_pods
 
 
 def test_a_detector_referenced_in_a_profile_filters_there() -> None:

@@ -119,3 +119,39 @@ async def test_response_body_mode_override_only_for_requests_eviction_may_end() 
     assert await response_mode("shed", streamed) is None  # bodies already come: no override
     cfg.enable_eviction = False
     assert await response_mode("shed", 0) is None
+
+
+async def test_forward_priority_to_pods_writes_the_negated_objective_priority_into_the_body() -> None:
+    """flowControl.forwardPriorityToPods: the forwarded body's vLLM `priority` is the negated
+    InferenceObjective priority (GIE: higher is more important; vLLM: lower goes first); a
+    client-sent `priority` is overwritten, other fields are kept; off, the body is untouched."""
+    from epp.datastore import InferenceObjective
+
+    ds = _datastore(1)
+    ds.upsert_objective(InferenceObjective(name="crit", model_name="crit", priority=1))
+    ds.upsert_objective(InferenceObjective(name="shed", model_name="shed", priority=-1))
+    det = ConcurrencyDetector(params=parse_params(ConcurrencyDetector.Params, {"maxConcurrency": 8}, "t"))
+    cfg = FlowControlConfig(enabled=True, detector=det, forward_priority_to_pods=True,
+                            default_band=BandConfig(0, GlobalStrictFairness(), FCFSOrdering()))
+    handler = ExtProcHandler(ds, LeastInflight)
+    handler.flow = AdmissionPipeline(FlowController(cfg, ds.healthy_endpoints))
+
+    async def forwarded(objective: str, body: dict[str, object]) -> dict[str, object] | None:
+        headers = _headers(extra={"x-gateway-inference-objective": objective} if objective else {})
+        out = await _run(handler, [headers, _body(body), _response_headers(200)])
+        common = out[1].request_body.response
+        assert out[1].WhichOneof("response") == "request_body"
+        if not common.HasField("body_mutation"):
+            return None
+        lengths = [h.header.raw_value for h in common.header_mutation.set_headers
+                   if h.header.key == "content-length"]
+        assert lengths == [str(len(common.body_mutation.body)).encode()]
+        decoded: dict[str, object] = json.loads(common.body_mutation.body)
+        return decoded
+
+    body = {"model": "m", "prompt": "hi", "max_tokens": 3}
+    assert await forwarded("crit", body) == {**body, "priority": -1}
+    assert await forwarded("shed", {**body, "priority": -100}) == {**body, "priority": 1}
+    assert await forwarded("", {**body, "priority": 7}) == {**body, "priority": 0}
+    cfg.forward_priority_to_pods = False
+    assert await forwarded("crit", {**body, "priority": 7}) is None  # off: the client's body as sent
