@@ -76,6 +76,7 @@ class RequestRecord:
     new_tokens: float  # k tokens charged to the pod's pending prefill
     decode_tokens: float  # k tokens charged to the pod's in-flight decode
     dispatched: float  # monotonic
+    virtual_first_byte: float = 0.0  # when the pod's virtual queue expects its first byte (0: unknown)
     first_byte: float = 0.0
     prefill_released: bool = False
 
@@ -88,8 +89,11 @@ class LatencyRuntime:
         self.score_without_slo = False
         self.pending_prefill: dict[str, float] = {}  # pod key -> k tokens awaiting a first byte
         self.inflight_decode: dict[str, float] = {}  # pod key -> k decode tokens still expected
-        # pod key -> monotonic time the last pending prefill is predicted to produce its first
-        # byte, and how many requests are still pending there (the time resets when none is).
+        # pod key -> monotonic time the pod's prefill queue of this EPP's requests clears: a
+        # virtual FCFS queue, charged at dispatch with the request's predicted service time on
+        # an idle pod (start at max(now, clear time)), shifted by the error of every observed
+        # first byte (a prefill that ends late delays those behind it), reset when none is
+        # pending. How many requests are pending there.
         self.queue_clear_at: dict[str, float] = {}
         self.pending_count: dict[str, int] = {}
         self._records: dict[int, RequestRecord] = {}
@@ -194,8 +198,10 @@ class LatencyRuntime:
                                x[1], max_tokens / 1000.0, self.clock())
         self.pending_prefill[target.key] = self.pending_prefill.get(target.key, 0.0) + record.new_tokens
         self.pending_count[target.key] = self.pending_count.get(target.key, 0) + 1
-        if ttft == ttft:
-            self.queue_clear_at[target.key] = max(self.queue_clear_at.get(target.key, 0.0), record.dispatched + ttft)
+        service = self.predictor.service_time(target.key, record.new_tokens) if self.predictor.ready else math.nan
+        if service == service:
+            start = max(record.dispatched, self.queue_clear_at.get(target.key, 0.0))
+            record.virtual_first_byte = self.queue_clear_at[target.key] = start + service
         self.inflight_decode[target.key] = self.inflight_decode.get(target.key, 0.0) + record.decode_tokens
         self._records[id(request)] = record
         if ttft == ttft:
@@ -211,6 +217,13 @@ class LatencyRuntime:
         if record is None or record.request is not request or record.first_byte:
             return
         record.first_byte = self.clock()
+        if record.virtual_first_byte and not record.prefill_released:
+            # The queue behind this request moves by its error (FCFS): later if it ended late.
+            pod = record.pod
+            clear_at = self.queue_clear_at.get(pod, 0.0)
+            if clear_at:
+                self.queue_clear_at[pod] = max(record.first_byte,
+                                               clear_at + record.first_byte - record.virtual_first_byte)
         self._release_prefill(record)
         if status != 200:
             return
