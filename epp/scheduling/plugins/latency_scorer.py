@@ -16,8 +16,9 @@ which gives a TPOT spread of 3% the same pull as a TTFT spread of 300%. For a lo
 outvoted the TTFT ranking: the benchmark's long prefills went to the pod with the most
 prefill work queued (docs/latency-routing.md, "Long prefills"). Here each candidate's cost
 is `ttftWeight x TTFT / ref + tpotWeight x TPOT / ref`, the references being the request's
-targets (or the best candidate's prediction for a dimension without target), and the costs
-are min-max normalised once, so the weights act on comparable, magnitude-keeping units.
+targets (a request without any target: the best candidate's predictions; a dimension
+without target next to one with a target does not count), and the costs are min-max
+normalised once, so the weights act on comparable, magnitude-keeping units.
 
 Before the predictor is trained, and for requests without SLO (unless the producer's
 `scoreRequestsWithoutSLO`), every pod scores 0, so the profile's other scorers decide exactly
@@ -47,11 +48,16 @@ def _relative_costs(preds: Sequence[tuple[float, float]], slo_ttft: float | None
     slower than the best pod"). Unlike per-dimension min-max normalisation this keeps the
     magnitudes: a TPOT spread of a few percent (prediction noise, for a request that decodes
     32 tokens after a 6 s prefill) no longer weighs as much as a TTFT spread of several
-    seconds. A dimension whose predictions are unknown (NaN) or all equal contributes nothing."""
+    seconds. A dimension whose predictions are unknown (NaN) or all equal contributes nothing,
+    nor does one without target when the request has a target for the other (relative to the
+    best pod, a dimension the request asked nothing of would outweigh the one it did)."""
     costs = [0.0] * len(preds)
+    has_slo = slo_ttft is not None or slo_tpot is not None
     for dim, slo, weight in ((0, slo_ttft, w_ttft), (1, slo_tpot, w_tpot)):
         values = [p[dim] for p in preds]
-        if weight <= 0.0 or not all(v == v for v in values) or max(values) == min(values):
+        if weight <= 0.0 or (has_slo and slo is None):
+            continue  # a request with targets is ranked on the dimensions it has targets for
+        if not all(v == v for v in values) or max(values) == min(values):
             continue
         ref = slo if slo is not None else min(values)
         scale = weight / max(ref, _MIN_REFERENCE_S)

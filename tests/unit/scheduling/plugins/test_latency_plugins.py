@@ -140,6 +140,26 @@ def test_scorer_blends_ttft_and_tpot_in_comparable_units(ctx: PluginContext) -> 
     nan = {ep.key: (preds[ep.name][0], float("nan")) for ep in pods}
     for case in (flat, nan):
         assert scorer.score(state_with(NO_SLO, case), request("q"), pods) == pytest.approx([1.0, 0.5, 0.0])
+    # A request with a TTFT target only is ranked on TTFT only (b's better TPOT does not count).
+    assert scorer.score(state_with(SLO(ttft_s=30.0), keyed), request("q"), pods) == pytest.approx([1.0, 0.5, 0.0])
+
+
+def test_scorer_counts_the_prefill_queue_a_long_request_left_on_a_pod(ctx: PluginContext,
+                                                                       pods: list[Endpoint]) -> None:
+    """Training never queued (requests one after another), yet a 20k-token prefill just sent
+    to the fast pod (~1.0 s there) makes the slow pod (~0.84 s for 8k tokens, idle) the
+    better place for the next 8k-token request: the fast pod's prediction is its queue wait
+    plus its own ~0.42 s."""
+    rt = trained_runtime(ctx, pods)
+    scorer = LatencyScorer(ctx=ctx)
+    assert scorer.score(CycleState(), slo_request(5000), pods) == [1.0, 0.0]
+    rt.on_dispatch(CycleState(), request("z" * 80_000, request_id="long"), pods[0])
+    cycle = rt.cycle(CycleState(), slo_request(5000), pods)
+    assert cycle is not None
+    assert cycle.by_key[pods[0].key][0] == pytest.approx(true_ttft("fast", 20_000) + true_ttft("fast", 8000),
+                                                         rel=0.1)
+    assert cycle.by_key[pods[1].key][0] == pytest.approx(true_ttft("slow", 8000), rel=0.1)
+    assert scorer.score(CycleState(), slo_request(5000), pods) == [0.0, 1.0]
 
 
 def test_requests_without_slo_are_left_to_the_other_scorers(ctx: PluginContext, pods: list[Endpoint]) -> None:
