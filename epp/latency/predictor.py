@@ -14,10 +14,10 @@ Features (one vector per request x pod, built by LatencyRuntime.features):
     inflight_decode_ktokens       decode tokens still expected from the pod's in-flight requests
     kv_cache_usage                the pod's scraped KV-cache usage (0..1)
 
-TTFT = queue_clear_s + a linear model of the rest: the wait for the queue ahead enters with a
-fixed coefficient of 1 (an offset; the fit only learns the residual, and a correction on the
-queue feature that the ridge shrinks towards 0). Learnt freely, that coefficient came out
-near 0 (the warm-up at 70% load rarely queues, and the 1/y^2 weights favour short requests),
+TTFT = queue_clear_s + a linear model of the rest (floored at 0): the wait for the queue
+ahead enters with a fixed coefficient of 1 (an offset; the fit learns the residual, with no
+coefficient on the two queue features, which it would otherwise use to cancel the offset).
+Learnt freely, the queue's coefficient came out near 0 (the warm-up at 70% load rarely queues, and the 1/y^2 weights favour short requests),
 so a pod with 10 s of long prefills queued looked as fast as an idle one at 90% load.
 
 The model is linear in these, which is the shape of a vLLM engine step (step time = base +
@@ -64,7 +64,7 @@ FEATURES = (
 )
 N_FEATURES = len(FEATURES)
 POOLED = ""  # model key of the pooled model
-NEW_TOKENS, QUEUE_CLEAR = 1, 3  # feature indexes checked against a pod's cover
+NEW_TOKENS, PENDING, QUEUE_CLEAR = 1, 2, 3  # feature indexes (cover, TTFT offset)
 MIN_SPEED_SAMPLES = 8  # observations of a pod before its speed factor is estimated
 STATE_VERSION = 2  # 2: TTFT has the queue-clear offset (version-1 coefficients do not)
 _MIN_Y = 0.002  # seconds: floor of the relative-error weights (a 0 ms TTFT would dominate)
@@ -159,6 +159,12 @@ def fit_ridge(x: np.ndarray[Any, Any], y: np.ndarray[Any, Any], ridge: float,
     |w_scaled|^2; column 0 is the bias (not penalised). Returns w in the original feature
     units."""
     weights = 1.0 / np.maximum(y, _MIN_Y)
+    if offset is not None:
+        # The queue is in the offset: its features get no coefficient of their own, else the
+        # fit would use them to cancel the offset (pending tokens and queue time are collinear).
+        x = x.copy()
+        x[:, PENDING] = 0.0
+        x[:, QUEUE_CLEAR] = 0.0
     xw = x * weights[:, None]
     yw = (y if offset is None else y - offset) * weights
     scale = np.sqrt(np.mean(xw * xw, axis=0))
@@ -234,17 +240,18 @@ class LatencyPredictor:
         models = self.models
         own = models.get(pod)
         pooled = models.get(POOLED)
-        queue = x[QUEUE_CLEAR]  # the TTFT offset (module docstring)
+        queue = x[QUEUE_CLEAR]  # the TTFT offset (module docstring); its own part is >= 0
         if own is None:
-            ttft = queue + dot(pooled.ttft, x) if pooled is not None and pooled.ttft is not None else math.nan
+            ttft = queue + max(0.0, dot(pooled.ttft, x)) if pooled is not None and pooled.ttft is not None \
+                else math.nan
             tpot = dot(pooled.tpot, x) if pooled is not None and pooled.tpot is not None else math.nan
             return max(0.0, ttft) if ttft == ttft else ttft, max(0.0, tpot) if tpot == tpot else tpot
         cover = own.cover
         inside = x[NEW_TOKENS] <= 1.25 * cover[0] + 0.5 and x[QUEUE_CLEAR] <= 1.25 * cover[1] + 0.5
         if own.ttft is not None and inside:
-            ttft = queue + dot(own.ttft, x)
+            ttft = queue + max(0.0, dot(own.ttft, x))
         elif pooled is not None and pooled.ttft is not None:
-            ttft = queue + own.ttft_speed * dot(pooled.ttft, x)
+            ttft = queue + own.ttft_speed * max(0.0, dot(pooled.ttft, x))
         else:
             ttft = math.nan
         if own.tpot is not None and inside:

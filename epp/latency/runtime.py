@@ -96,6 +96,9 @@ class LatencyRuntime:
         # pending. How many requests are pending there.
         self.queue_clear_at: dict[str, float] = {}
         self.pending_count: dict[str, int] = {}
+        # pod key -> the pod's pending records in dispatch order (a dict as an ordered set):
+        # only the head's first byte moves the virtual queue (FCFS).
+        self._pending_order: dict[str, dict[int, RequestRecord]] = {}
         self._records: dict[int, RequestRecord] = {}
         self._dispatches = 0
         self._registered: set[int] = set()
@@ -204,6 +207,7 @@ class LatencyRuntime:
             record.virtual_first_byte = self.queue_clear_at[target.key] = start + service
         self.inflight_decode[target.key] = self.inflight_decode.get(target.key, 0.0) + record.decode_tokens
         self._records[id(request)] = record
+        self._pending_order.setdefault(target.key, {})[id(request)] = record
         if ttft == ttft:
             self.metrics.observe_predicted(record)
         self._dispatches += 1
@@ -217,8 +221,10 @@ class LatencyRuntime:
         if record is None or record.request is not request or record.first_byte:
             return
         record.first_byte = self.clock()
-        if record.virtual_first_byte and not record.prefill_released:
-            # The queue behind this request moves by its error (FCFS): later if it ended late.
+        if record.virtual_first_byte and not record.prefill_released and self._is_head(record):
+            # The queue behind the oldest pending request moves by its error (FCFS): later if
+            # it ended late, earlier if early. A younger request done first (batched with the
+            # head) says nothing about the head and moves nothing.
             pod = record.pod
             clear_at = self.queue_clear_at.get(pod, 0.0)
             if clear_at:
@@ -246,10 +252,17 @@ class LatencyRuntime:
         self.predictor.observe("tpot", record.pod, record.features, tpot, record.predicted_tpot)
         self.metrics.observe_tpot(record, tpot)
 
+    def _is_head(self, record: RequestRecord) -> bool:
+        order = self._pending_order.get(record.pod)
+        return bool(order) and next(iter(order.values())) is record
+
     def _release_prefill(self, record: RequestRecord) -> None:
         if not record.prefill_released:
             record.prefill_released = True
             pod = record.pod
+            order = self._pending_order.get(pod)
+            if order is not None:
+                order.pop(id(record.request), None)
             self.pending_prefill[pod] = max(0.0, self.pending_prefill.get(pod, 0.0) - record.new_tokens)
             left = self.pending_count[pod] = max(0, self.pending_count.get(pod, 0) - 1)
             if left == 0:

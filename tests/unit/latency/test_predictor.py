@@ -15,7 +15,10 @@ from epp.latency.predictor import FEATURES, N_FEATURES, STATE_VERSION, LatencyPr
 
 # A known TTFT function shaped like a vLLM step model, with per-pod speed: pod "slow" takes
 # twice as long for everything. Coefficients in seconds per feature unit (FEATURES order).
-TRUE_TTFT = (0.010, 0.060, 0.055, 1.0, 0.004, 0.0008, 0.001, 0.002, 0.030)
+# TTFT: the queue wait (feature 3, seconds, already in the pod's own time) adds one for one and
+# the pending tokens (feature 2, the same queue counted in tokens) cost nothing beyond it; the
+# rest scales with the pod's speed.
+TRUE_TTFT = (0.010, 0.060, 0.0, 1.0, 0.004, 0.0008, 0.001, 0.002, 0.030)
 TRUE_TPOT = (0.008, 0.0, 0.004, 0.0, 0.0003, 0.0004, 0.0002, 0.001, 0.005)
 SPEED = {"fast": 1.0, "slow": 2.0}
 
@@ -26,6 +29,9 @@ def features(rng: random.Random) -> list[float]:
 
 
 def truth(coef: tuple[float, ...], pod: str, x: list[float]) -> float:
+    if coef is TRUE_TTFT:
+        rest = sum(c * v for i, (c, v) in enumerate(zip(coef, x, strict=True)) if i != 3)
+        return SPEED[pod] * rest + x[3]
     return SPEED[pod] * sum(c * v for c, v in zip(coef, x, strict=True))
 
 
@@ -70,6 +76,7 @@ def test_learns_a_known_latency_function_per_pod() -> None:
         assert mape(p, "tpot", pod) < 0.05, pod
     # The same request is predicted twice as slow on the slow pod (pod identity is learned).
     x = features(random.Random(5))
+    x[3] = 0.0  # no queue wait: the rest scales with the pod's speed
     fast, slow = p.predict("fast", x)[0], p.predict("slow", x)[0]
     assert slow / fast == pytest.approx(2.0, rel=0.1)
     # A pod without its own model yet gets the pooled one (between the two speeds).

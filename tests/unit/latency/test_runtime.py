@@ -75,3 +75,26 @@ def test_untrained_runtime_charges_no_virtual_queue() -> None:
     assert rt.queue_clear_at.get(pod.key, 0.0) == 0.0
     assert rt.features(pod, 1000, 0)[3] == 0.0
     assert rt.pending_prefill[pod.key] == pytest.approx(10.0)
+
+
+def test_a_younger_request_done_before_the_head_moves_nothing() -> None:
+    """A short request batched with the head's last chunk produces its first byte long before
+    its virtual time: that says nothing about the head, so the queue stays where it was."""
+    clock = Clock()
+    rt = trained(clock)
+    pod = endpoint("p", port=8000)
+    t0 = clock.now
+    head = request("a" * 80_000, request_id="head")  # 20k tokens
+    short = request("s" * 4_000, request_id="short")  # 1k tokens
+    tail = request("t" * 20_000, request_id="tail")  # 5k tokens
+    for r in (head, short, tail):
+        rt.on_dispatch(CycleState(), r, pod)
+    expected_clear = t0 + service(20.0) + service(1.0) + service(5.0)
+    assert rt.queue_clear_at[pod.key] == pytest.approx(expected_clear, rel=0.02)
+    clock.now += 0.5
+    rt.on_first_byte(short, 200)  # far earlier than its virtual time, not the head
+    assert rt.queue_clear_at[pod.key] == pytest.approx(expected_clear, rel=0.02)
+    clock.now = t0 + service(20.0) - 1.0  # the head is 1 s early: the tail moves 1 s earlier
+    rt.on_first_byte(head, 200)
+    assert rt.queue_clear_at[pod.key] == pytest.approx(expected_clear - 1.0, rel=0.02)
+    rt.predictor.stop()
