@@ -17,8 +17,9 @@ Features (one vector per request x pod, built by LatencyRuntime.features):
 TTFT = queue_clear_s + a linear model of the rest (floored at 0): the wait for the queue
 ahead enters with a fixed coefficient of 1 (an offset; the fit learns the residual, with no
 coefficient on the two queue features, which it would otherwise use to cancel the offset).
-Learnt freely, the queue's coefficient came out near 0 (the warm-up at 70% load rarely queues, and the 1/y^2 weights favour short requests),
-so a pod with 10 s of long prefills queued looked as fast as an idle one at 90% load.
+Learnt freely, the queue's coefficient came out near 0 (the warm-up at 70% load rarely
+queues, and the 1/y^2 weights favour short requests), so a pod with 10 s of long prefills
+queued looked as fast as an idle one at 90% load.
 
 The model is linear in these, which is the shape of a vLLM engine step (step time = base +
 per-sequence decode cost + per-token prefill cost, see epp/sim/config.py LatencyModel): TTFT
