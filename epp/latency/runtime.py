@@ -77,6 +77,7 @@ class RequestRecord:
     decode_tokens: float  # k tokens charged to the pod's in-flight decode
     dispatched: float  # monotonic
     virtual_first_byte: float = 0.0  # when the pod's virtual queue expects its first byte (0: unknown)
+    service: float = 0.0  # its predicted service time on an idle pod, charged to the virtual queue
     first_byte: float = 0.0
     prefill_released: bool = False
 
@@ -91,9 +92,9 @@ class LatencyRuntime:
         self.inflight_decode: dict[str, float] = {}  # pod key -> k decode tokens still expected
         # pod key -> monotonic time the pod's prefill queue of this EPP's requests clears: a
         # virtual FCFS queue, charged at dispatch with the request's predicted service time on
-        # an idle pod (start at max(now, clear time)), shifted by the error of every observed
-        # first byte (a prefill that ends late delays those behind it), reset when none is
-        # pending. How many requests are pending there.
+        # an idle pod (start at max(now, clear time)); when the oldest pending request's first
+        # byte comes, the rest's services from then; a younger one's takes its service off;
+        # reset when none is pending. How many requests are pending there.
         self.queue_clear_at: dict[str, float] = {}
         self.pending_count: dict[str, int] = {}
         # pod key -> the pod's pending records in dispatch order (a dict as an ordered set):
@@ -204,6 +205,7 @@ class LatencyRuntime:
         service = self.predictor.service_time(target.key, record.new_tokens) if self.predictor.ready else math.nan
         if service == service:
             start = max(record.dispatched, self.queue_clear_at.get(target.key, 0.0))
+            record.service = service
             record.virtual_first_byte = self.queue_clear_at[target.key] = start + service
         self.inflight_decode[target.key] = self.inflight_decode.get(target.key, 0.0) + record.decode_tokens
         self._records[id(request)] = record
@@ -221,15 +223,18 @@ class LatencyRuntime:
         if record is None or record.request is not request or record.first_byte:
             return
         record.first_byte = self.clock()
-        if record.virtual_first_byte and not record.prefill_released and self._is_head(record):
-            # The queue behind the oldest pending request moves by its error (FCFS): later if
-            # it ended late, earlier if early. A younger request done first (batched with the
-            # head) says nothing about the head and moves nothing.
-            pod = record.pod
-            clear_at = self.queue_clear_at.get(pod, 0.0)
-            if clear_at:
-                self.queue_clear_at[pod] = max(record.first_byte,
-                                               clear_at + record.first_byte - record.virtual_first_byte)
+        pod = record.pod
+        clear_at = self.queue_clear_at.get(pod, 0.0)
+        if record.virtual_first_byte and not record.prefill_released and clear_at:
+            order = self._pending_order.get(pod) or {}
+            if next(iter(order.values()), None) is record:
+                # The oldest pending request is done (FCFS): what is left is the service of
+                # the others, from now, whether it ended late or early.
+                self.queue_clear_at[pod] = record.first_byte + sum(r.service for r in order.values() if r is not record)
+            else:
+                # A younger request done first (batched with the head's last chunk): its work
+                # is done; the head's says nothing new.
+                self.queue_clear_at[pod] = max(record.first_byte, clear_at - record.service)
         self._release_prefill(record)
         if status != 200:
             return
@@ -251,10 +256,6 @@ class LatencyRuntime:
         tpot = (self.clock() - record.first_byte) / (tokens - 1)
         self.predictor.observe("tpot", record.pod, record.features, tpot, record.predicted_tpot)
         self.metrics.observe_tpot(record, tpot)
-
-    def _is_head(self, record: RequestRecord) -> bool:
-        order = self._pending_order.get(record.pod)
-        return bool(order) and next(iter(order.values())) is record
 
     def _release_prefill(self, record: RequestRecord) -> None:
         if not record.prefill_released:

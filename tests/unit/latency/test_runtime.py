@@ -77,9 +77,10 @@ def test_untrained_runtime_charges_no_virtual_queue() -> None:
     assert rt.pending_prefill[pod.key] == pytest.approx(10.0)
 
 
-def test_a_younger_request_done_before_the_head_moves_nothing() -> None:
+def test_a_younger_request_done_before_the_head_leaves_the_queue() -> None:
     """A short request batched with the head's last chunk produces its first byte long before
-    its virtual time: that says nothing about the head, so the queue stays where it was."""
+    its virtual time: its work is done (the queue loses its service), the head's timing is
+    unknown still. When the head is done, what is left is the tail's service, from then."""
     clock = Clock()
     rt = trained(clock)
     pod = endpoint("p", port=8000)
@@ -93,8 +94,8 @@ def test_a_younger_request_done_before_the_head_moves_nothing() -> None:
     assert rt.queue_clear_at[pod.key] == pytest.approx(expected_clear, rel=0.02)
     clock.now += 0.5
     rt.on_first_byte(short, 200)  # far earlier than its virtual time, not the head
-    assert rt.queue_clear_at[pod.key] == pytest.approx(expected_clear, rel=0.02)
-    clock.now = t0 + service(20.0) - 1.0  # the head is 1 s early: the tail moves 1 s earlier
+    assert rt.queue_clear_at[pod.key] == pytest.approx(expected_clear - service(1.0), rel=0.02)
+    clock.now = t0 + service(20.0) - 1.0  # the head is 1 s early: the tail follows it
     rt.on_first_byte(head, 200)
-    assert rt.queue_clear_at[pod.key] == pytest.approx(expected_clear - 1.0, rel=0.02)
+    assert rt.queue_clear_at[pod.key] == pytest.approx(clock.now + service(5.0), rel=0.02)
     rt.predictor.stop()
