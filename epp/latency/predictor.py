@@ -5,14 +5,21 @@ Features (one vector per request x pod, built by LatencyRuntime.features):
     bias, new_prompt_ktokens      prompt tokens the pod's prefix cache does not hold (k tokens)
     pending_prefill_ktokens       prompt tokens this EPP sent the pod that have not produced a
                                   first byte yet: the prefill queue in front of the request
-    queue_clear_s                 seconds until the last of those is predicted to produce its
-                                  first byte (its dispatch time + its predicted TTFT - now): the
-                                  queue's remaining work, which the token count overstates once
-                                  a long prefill is under way
+    queue_clear_s                 seconds until the pod's prefill queue of this EPP's requests
+                                  clears: a virtual FCFS queue per pod (LatencyRuntime), charged
+                                  at dispatch with each request's predicted service time on an
+                                  idle pod and corrected by every observed first byte
     waiting, running              the pod's scraped vllm:num_requests_waiting / _running
     inflight                      requests in flight to the pod (the EPP's ledger, all workers)
     inflight_decode_ktokens       decode tokens still expected from the pod's in-flight requests
     kv_cache_usage                the pod's scraped KV-cache usage (0..1)
+
+TTFT = queue_clear_s + a linear model of the rest (floored at 0): the wait for the queue
+ahead enters with a fixed coefficient of 1 (an offset; the fit learns the residual, with no
+coefficient on the two queue features, which it would otherwise use to cancel the offset).
+Learnt freely, the queue's coefficient came out near 0 (the warm-up at 70% load rarely
+queues, and the 1/y^2 weights favour short requests), so a pod with 10 s of long prefills
+queued looked as fast as an idle one at 90% load.
 
 The model is linear in these, which is the shape of a vLLM engine step (step time = base +
 per-sequence decode cost + per-token prefill cost, see epp/sim/config.py LatencyModel): TTFT
@@ -58,9 +65,9 @@ FEATURES = (
 )
 N_FEATURES = len(FEATURES)
 POOLED = ""  # model key of the pooled model
-NEW_TOKENS, QUEUE_CLEAR = 1, 3  # feature indexes checked against a pod's cover
+NEW_TOKENS, PENDING, QUEUE_CLEAR = 1, 2, 3  # feature indexes (cover, TTFT offset)
 MIN_SPEED_SAMPLES = 8  # observations of a pod before its speed factor is estimated
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: TTFT has the queue-clear offset (version-1 coefficients do not)
 _MIN_Y = 0.002  # seconds: floor of the relative-error weights (a 0 ms TTFT would dominate)
 
 
@@ -147,12 +154,20 @@ class _Series:
     oldest_unfitted: float = 0.0  # monotonic arrival of the oldest sample not in a model
 
 
-def fit_ridge(x: np.ndarray[Any, Any], y: np.ndarray[Any, Any], ridge: float) -> tuple[float, ...]:
-    """Weighted ridge regression minimising sum(((x @ w - y) / y)^2) + ridge * |w_scaled|^2;
-    column 0 is the bias (not penalised). Returns w in the original feature units."""
+def fit_ridge(x: np.ndarray[Any, Any], y: np.ndarray[Any, Any], ridge: float,
+              offset: np.ndarray[Any, Any] | None = None) -> tuple[float, ...]:
+    """Weighted ridge regression minimising sum(((offset + x @ w - y) / y)^2) + ridge *
+    |w_scaled|^2; column 0 is the bias (not penalised). Returns w in the original feature
+    units."""
     weights = 1.0 / np.maximum(y, _MIN_Y)
+    if offset is not None:
+        # The queue is in the offset: its features get no coefficient of their own, else the
+        # fit would use them to cancel the offset (pending tokens and queue time are collinear).
+        x = x.copy()
+        x[:, PENDING] = 0.0
+        x[:, QUEUE_CLEAR] = 0.0
     xw = x * weights[:, None]
-    yw = y * weights
+    yw = (y if offset is None else y - offset) * weights
     scale = np.sqrt(np.mean(xw * xw, axis=0))
     scale[scale == 0.0] = 1.0
     xs = xw / scale
@@ -168,13 +183,22 @@ def fit_ridge(x: np.ndarray[Any, Any], y: np.ndarray[Any, Any], ridge: float) ->
     return tuple(float(c) for c in coef)
 
 
-def _speed(coef: tuple[float, ...], x: np.ndarray[Any, Any], y: np.ndarray[Any, Any]) -> float:
+def _speed(coef: tuple[float, ...], x: np.ndarray[Any, Any], y: np.ndarray[Any, Any],
+           offset: np.ndarray[Any, Any] | None = None) -> float:
     """How many times slower than the pooled model a pod is: the median of observed over
-    predicted, clamped to [0.1, 10]; 1 with too few observations."""
+    predicted (beyond the offset, the queue wait, which is in the pod's own time already),
+    clamped to [0.1, 10]; 1 with too few observations."""
     if len(y) < MIN_SPEED_SAMPLES:
         return 1.0
     predicted = np.maximum(x @ np.asarray(coef), _MIN_Y)
-    return float(np.clip(np.median(y / predicted), 0.1, 10.0))
+    own = y if offset is None else np.maximum(y - offset, _MIN_Y)
+    return float(np.clip(np.median(own / predicted), 0.1, 10.0))
+
+
+def _normalised(y: np.ndarray[Any, Any], offset: np.ndarray[Any, Any] | None, speed: float) -> np.ndarray[Any, Any]:
+    """Observations in speed-1 units: the part beyond the offset divided by the pod's speed."""
+    out: np.ndarray[Any, Any] = y / speed if offset is None else offset + (y - offset) / speed
+    return out
 
 
 def dot(coef: tuple[float, ...], x: Sequence[float]) -> float:
@@ -217,16 +241,18 @@ class LatencyPredictor:
         models = self.models
         own = models.get(pod)
         pooled = models.get(POOLED)
+        queue = x[QUEUE_CLEAR]  # the TTFT offset (module docstring); its own part is >= 0
         if own is None:
-            ttft = dot(pooled.ttft, x) if pooled is not None and pooled.ttft is not None else math.nan
+            ttft = queue + max(0.0, dot(pooled.ttft, x)) if pooled is not None and pooled.ttft is not None \
+                else math.nan
             tpot = dot(pooled.tpot, x) if pooled is not None and pooled.tpot is not None else math.nan
             return max(0.0, ttft) if ttft == ttft else ttft, max(0.0, tpot) if tpot == tpot else tpot
         cover = own.cover
         inside = x[NEW_TOKENS] <= 1.25 * cover[0] + 0.5 and x[QUEUE_CLEAR] <= 1.25 * cover[1] + 0.5
         if own.ttft is not None and inside:
-            ttft = dot(own.ttft, x)
+            ttft = queue + max(0.0, dot(own.ttft, x))
         elif pooled is not None and pooled.ttft is not None:
-            ttft = own.ttft_speed * dot(pooled.ttft, x)
+            ttft = queue + own.ttft_speed * max(0.0, dot(pooled.ttft, x))
         else:
             ttft = math.nan
         if own.tpot is not None and inside:
@@ -236,6 +262,14 @@ class LatencyPredictor:
         else:
             tpot = math.nan
         return max(0.0, ttft) if ttft == ttft else ttft, max(0.0, tpot) if tpot == tpot else tpot
+
+    def service_time(self, pod: str, new_prompt_ktokens: float) -> float:
+        """Predicted TTFT of a request on `pod` if it found the pod idle (no queue, no load):
+        what it adds to the pod's prefill queue. NaN without a model."""
+        x = [0.0] * N_FEATURES
+        x[0] = 1.0
+        x[NEW_TOKENS] = new_prompt_ktokens
+        return self.predict(pod, x)[0]
 
     # --- observations -------------------------------------------------------------------------
     def observe(self, target: str, pod: str, x: Sequence[float], actual_s: float,
@@ -294,19 +328,24 @@ class LatencyPredictor:
                 continue
             xs = np.concatenate([x for x, _ in per_pod.values()])
             ys = np.concatenate([y for _, y in per_pod.values()])
+            # TTFT: the queue wait is an offset (module docstring); TPOT has none.
+            offsets = {pod: (x[:, QUEUE_CLEAR] if target == "ttft" else None) for pod, (x, _) in per_pod.items()}
             if len(ys) >= cfg.min_samples:
                 # Pooled shape in speed-1 units: fit, estimate each pod's speed against it, fit
-                # again on the speed-normalised observations, re-estimate the speeds.
-                coef = fit_ridge(xs, ys, cfg.ridge)
+                # again on the speed-normalised observations, re-estimate the speeds. The
+                # offset is in the pod's own time already, so only the rest is normalised.
+                off_all = np.concatenate([x[:, QUEUE_CLEAR] for x, _ in per_pod.values()]) \
+                    if target == "ttft" else None
+                coef = fit_ridge(xs, ys, cfg.ridge, off_all)
                 for _ in range(2):
-                    speed = {pod: _speed(coef, x, y) for pod, (x, y) in per_pod.items()}
-                    norm = np.concatenate([y / speed[pod] for pod, (_, y) in per_pod.items()])
-                    coef = fit_ridge(xs, norm, cfg.ridge)
-                speeds[target] = {pod: _speed(coef, x, y) for pod, (x, y) in per_pod.items()}
+                    speed = {pod: _speed(coef, x, y, offsets[pod]) for pod, (x, y) in per_pod.items()}
+                    norm = np.concatenate([_normalised(y, offsets[pod], speed[pod]) for pod, (_, y) in per_pod.items()])
+                    coef = fit_ridge(xs, norm, cfg.ridge, off_all)
+                speeds[target] = {pod: _speed(coef, x, y, offsets[pod]) for pod, (x, y) in per_pod.items()}
                 fitted[target][POOLED] = (coef, len(ys))
             for pod, (x, y) in per_pod.items():
                 covers[pod] = (float(x[:, NEW_TOKENS].max()), float(x[:, QUEUE_CLEAR].max()))
-                own = fit_ridge(x, y, cfg.ridge) if len(y) >= cfg.min_pod_samples else None
+                own = fit_ridge(x, y, cfg.ridge, offsets[pod]) if len(y) >= cfg.min_pod_samples else None
                 fitted[target][pod] = (own, len(y))
         models: dict[str, Coefficients] = {}
         for key in set(fitted["ttft"]) | set(fitted["tpot"]):

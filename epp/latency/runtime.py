@@ -76,6 +76,8 @@ class RequestRecord:
     new_tokens: float  # k tokens charged to the pod's pending prefill
     decode_tokens: float  # k tokens charged to the pod's in-flight decode
     dispatched: float  # monotonic
+    virtual_first_byte: float = 0.0  # when the pod's virtual queue expects its first byte (0: unknown)
+    service: float = 0.0  # its predicted service time on an idle pod, charged to the virtual queue
     first_byte: float = 0.0
     prefill_released: bool = False
 
@@ -88,10 +90,16 @@ class LatencyRuntime:
         self.score_without_slo = False
         self.pending_prefill: dict[str, float] = {}  # pod key -> k tokens awaiting a first byte
         self.inflight_decode: dict[str, float] = {}  # pod key -> k decode tokens still expected
-        # pod key -> monotonic time the last pending prefill is predicted to produce its first
-        # byte, and how many requests are still pending there (the time resets when none is).
+        # pod key -> monotonic time the pod's prefill queue of this EPP's requests clears: a
+        # virtual FCFS queue, charged at dispatch with the request's predicted service time on
+        # an idle pod (start at max(now, clear time)); when the oldest pending request's first
+        # byte comes, the rest's services from then; a younger one's takes its service off;
+        # reset when none is pending. How many requests are pending there.
         self.queue_clear_at: dict[str, float] = {}
         self.pending_count: dict[str, int] = {}
+        # pod key -> the pod's pending records in dispatch order (a dict as an ordered set):
+        # only the head's first byte moves the virtual queue (FCFS).
+        self._pending_order: dict[str, dict[int, RequestRecord]] = {}
         self._records: dict[int, RequestRecord] = {}
         self._dispatches = 0
         self._registered: set[int] = set()
@@ -194,10 +202,14 @@ class LatencyRuntime:
                                x[1], max_tokens / 1000.0, self.clock())
         self.pending_prefill[target.key] = self.pending_prefill.get(target.key, 0.0) + record.new_tokens
         self.pending_count[target.key] = self.pending_count.get(target.key, 0) + 1
-        if ttft == ttft:
-            self.queue_clear_at[target.key] = max(self.queue_clear_at.get(target.key, 0.0), record.dispatched + ttft)
+        service = self.predictor.service_time(target.key, record.new_tokens) if self.predictor.ready else math.nan
+        if service == service:
+            start = max(record.dispatched, self.queue_clear_at.get(target.key, 0.0))
+            record.service = service
+            record.virtual_first_byte = self.queue_clear_at[target.key] = start + service
         self.inflight_decode[target.key] = self.inflight_decode.get(target.key, 0.0) + record.decode_tokens
         self._records[id(request)] = record
+        self._pending_order.setdefault(target.key, {})[id(request)] = record
         if ttft == ttft:
             self.metrics.observe_predicted(record)
         self._dispatches += 1
@@ -211,6 +223,18 @@ class LatencyRuntime:
         if record is None or record.request is not request or record.first_byte:
             return
         record.first_byte = self.clock()
+        pod = record.pod
+        clear_at = self.queue_clear_at.get(pod, 0.0)
+        if record.virtual_first_byte and not record.prefill_released and clear_at:
+            order = self._pending_order.get(pod) or {}
+            if next(iter(order.values()), None) is record:
+                # The oldest pending request is done (FCFS): what is left is the service of
+                # the others, from now, whether it ended late or early.
+                self.queue_clear_at[pod] = record.first_byte + sum(r.service for r in order.values() if r is not record)
+            else:
+                # A younger request done first (batched with the head's last chunk): its work
+                # is done; the head's says nothing new.
+                self.queue_clear_at[pod] = max(record.first_byte, clear_at - record.service)
         self._release_prefill(record)
         if status != 200:
             return
@@ -237,6 +261,9 @@ class LatencyRuntime:
         if not record.prefill_released:
             record.prefill_released = True
             pod = record.pod
+            order = self._pending_order.get(pod)
+            if order is not None:
+                order.pop(id(record.request), None)
             self.pending_prefill[pod] = max(0.0, self.pending_prefill.get(pod, 0.0) - record.new_tokens)
             left = self.pending_count[pod] = max(0, self.pending_count.get(pod, 0) - 1)
             if left == 0:

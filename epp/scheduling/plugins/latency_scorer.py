@@ -1,15 +1,24 @@
 """latency-scorer: rank pods by predicted latency headroom against the request's SLO.
 
-llm-d's `latency-scorer` (pkg/epp/framework/plugins/scheduling/scorer/latency): headroom =
-SLO - predicted, per TTFT and TPOT, min-max normalised over the candidates and blended with
-`ttftWeight` / `tpotWeight` (a dimension whose values are all equal gives its weight to the
-other). When some pods meet both targets and others do not, only those that meet them score
-above 0. Among pods that meet the SLO, `headroomSelectionStrategy` picks the shape:
-`most` (our default) prefers the most headroom, `least` (llm-d's default) the least, packing
-requests onto busier pods to keep idle ones for tight SLOs. We default to `most` because the
+After llm-d's `latency-scorer` (pkg/epp/framework/plugins/scheduling/scorer/latency): when
+some pods meet both targets and others do not, only those that meet them score above 0.
+Among pods that meet the SLO, `headroomSelectionStrategy` picks the shape: `most` (our
+default) prefers the most headroom, `least` (llm-d's default) the least, packing requests
+onto busier pods to keep idle ones for tight SLOs. We default to `most` because the
 predictions are ~10-20% off (docs/latency-routing.md): packing onto the boundary turns that
 error into SLO misses. Pods that all miss the SLO are ranked by least deficit, i.e. lowest
 predicted latency.
+
+How TTFT and TPOT are blended differs from llm-d's: llm-d min-max normalises each
+dimension's headroom over the candidates and blends them with `ttftWeight` / `tpotWeight`,
+which gives a TPOT spread of 3% the same pull as a TTFT spread of 300%. For a long prefill
+(a 6 s prefill, then 32 tokens of decode) the TPOT spread is mostly prediction noise, and it
+outvoted the TTFT ranking: the benchmark's long prefills went to the pod with the most
+prefill work queued (docs/latency-routing.md, "Long prefills"). Here each candidate's cost
+is `ttftWeight x TTFT / ref + tpotWeight x TPOT / ref`, the references being the request's
+targets (a request without any target: the best candidate's predictions; a dimension
+without target next to one with a target does not count), and the costs are min-max
+normalised once, so the weights act on comparable, magnitude-keeping units.
 
 Before the predictor is trained, and for requests without SLO (unless the producer's
 `scoreRequestsWithoutSLO`), every pod scores 0, so the profile's other scorers decide exactly
@@ -28,14 +37,33 @@ from epp.latency.runtime import LatencyRuntime, latency_runtime
 from epp.scheduling.registry import PluginContext, register_plugin
 from epp.scheduling.types import CycleState, LLMRequest
 
+_MIN_REFERENCE_S = 0.001  # floor of a reference latency (a 0 s prediction would divide by 0)
 
-def _normalised(values: Sequence[float]) -> list[float] | None:
-    """Min-max to [0, 1], higher is better; None when all are equal (no information)."""
-    low, high = min(values), max(values)
-    span = high - low
-    if not span > 0:
-        return None
-    return [(v - low) / span for v in values]
+
+def _relative_costs(preds: Sequence[tuple[float, float]], slo_ttft: float | None, slo_tpot: float | None,
+                    w_ttft: float, w_tpot: float) -> list[float]:
+    """The blended cost of each candidate in units of the request's targets: w_ttft x TTFT /
+    reference + w_tpot x TPOT / reference, where the reference is the request's target, or,
+    for a dimension without target, the best candidate's prediction (so the cost is "times
+    slower than the best pod"). Unlike per-dimension min-max normalisation this keeps the
+    magnitudes: a TPOT spread of a few percent (prediction noise, for a request that decodes
+    32 tokens after a 6 s prefill) no longer weighs as much as a TTFT spread of several
+    seconds. A dimension whose predictions are unknown (NaN) or all equal contributes nothing,
+    nor does one without target when the request has a target for the other (relative to the
+    best pod, a dimension the request asked nothing of would outweigh the one it did)."""
+    costs = [0.0] * len(preds)
+    has_slo = slo_ttft is not None or slo_tpot is not None
+    for dim, slo, weight in ((0, slo_ttft, w_ttft), (1, slo_tpot, w_tpot)):
+        values = [p[dim] for p in preds]
+        if weight <= 0.0 or (has_slo and slo is None):
+            continue  # a request with targets is ranked on the dimensions it has targets for
+        if not all(v == v for v in values) or max(values) == min(values):
+            continue
+        ref = slo if slo is not None else min(values)
+        scale = weight / max(ref, _MIN_REFERENCE_S)
+        for i, v in enumerate(values):
+            costs[i] += scale * v
+    return costs
 
 
 @register_plugin
@@ -72,25 +100,16 @@ class LatencyScorer:
         tier = [i for i in range(n) if meets[i]] if any(meets) else list(range(n))
         least = self.params.headroom_selection_strategy == "least" and any(meets)
         preds = [cycle.by_key[endpoints[i].key] for i in tier]
-        # Higher is better: -predicted (most headroom / least deficit) or +predicted (least
-        # headroom: closest to the SLO from below, all in the tier meet it).
-        sign = 1.0 if least else -1.0
-        ttft_vals = [sign * p[0] for p in preds]
-        tpot_known = all(p[1] == p[1] for p in preds)
-        n_ttft = _normalised(ttft_vals)
-        n_tpot = _normalised([sign * p[1] for p in preds]) if tpot_known else None
-        w_ttft = self.params.ttft_weight if n_ttft is not None else 0.0
-        w_tpot = self.params.tpot_weight if n_tpot is not None else 0.0
+        slo = cycle.slo
+        costs = _relative_costs(preds, slo.ttft_s, slo.tpot_s, self.params.ttft_weight, self.params.tpot_weight)
+        low, high = min(costs), max(costs)
+        span = high - low
         out = [0.0] * n
-        total = w_ttft + w_tpot
         for j, i in enumerate(tier):
-            if total <= 0:
+            if not span > 0:
                 out[i] = 1.0  # the tier is indistinguishable: all of it scores the same
-                continue
-            s = 0.0
-            if n_ttft is not None:
-                s += w_ttft * n_ttft[j]
-            if n_tpot is not None:
-                s += w_tpot * n_tpot[j]
-            out[i] = s / total
+            elif least:
+                out[i] = (costs[j] - low) / span  # closest to the SLO (all in the tier meet it)
+            else:
+                out[i] = (high - costs[j]) / span  # most headroom / least deficit
         return out

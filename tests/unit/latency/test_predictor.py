@@ -11,11 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from epp.latency.predictor import FEATURES, N_FEATURES, LatencyPredictor, PredictorConfig
+from epp.latency.predictor import FEATURES, N_FEATURES, STATE_VERSION, LatencyPredictor, PredictorConfig
 
 # A known TTFT function shaped like a vLLM step model, with per-pod speed: pod "slow" takes
 # twice as long for everything. Coefficients in seconds per feature unit (FEATURES order).
-TRUE_TTFT = (0.010, 0.060, 0.055, 1.0, 0.004, 0.0008, 0.001, 0.002, 0.030)
+# TTFT: the queue wait (feature 3, seconds, already in the pod's own time) adds one for one and
+# the pending tokens (feature 2, the same queue counted in tokens) cost nothing beyond it; the
+# rest scales with the pod's speed.
+TRUE_TTFT = (0.010, 0.060, 0.0, 1.0, 0.004, 0.0008, 0.001, 0.002, 0.030)
 TRUE_TPOT = (0.008, 0.0, 0.004, 0.0, 0.0003, 0.0004, 0.0002, 0.001, 0.005)
 SPEED = {"fast": 1.0, "slow": 2.0}
 
@@ -26,6 +29,9 @@ def features(rng: random.Random) -> list[float]:
 
 
 def truth(coef: tuple[float, ...], pod: str, x: list[float]) -> float:
+    if coef is TRUE_TTFT:
+        rest = sum(c * v for i, (c, v) in enumerate(zip(coef, x, strict=True)) if i != 3)
+        return SPEED[pod] * rest + x[3]
     return SPEED[pod] * sum(c * v for c, v in zip(coef, x, strict=True))
 
 
@@ -70,6 +76,7 @@ def test_learns_a_known_latency_function_per_pod() -> None:
         assert mape(p, "tpot", pod) < 0.05, pod
     # The same request is predicted twice as slow on the slow pod (pod identity is learned).
     x = features(random.Random(5))
+    x[3] = 0.0  # no queue wait: the rest scales with the pod's speed
     fast, slow = p.predict("fast", x)[0], p.predict("slow", x)[0]
     assert slow / fast == pytest.approx(2.0, rel=0.1)
     # A pod without its own model yet gets the pooled one (between the two speeds).
@@ -123,8 +130,18 @@ def test_warm_start_ignores_missing_foreign_or_broken_state(tmp_path: Path) -> N
     broken.write_text("{not json")
     assert not p.load(broken)
     bad_coef = tmp_path / "bad.json"
-    bad_coef.write_text(json.dumps({"version": 1, "features": list(FEATURES), "models": {"": {"ttft": [1, 2]}}}))
+    bad_coef.write_text(json.dumps({"version": STATE_VERSION, "features": list(FEATURES),
+                                    "models": {"": {"ttft": [1, 2]}}}))
     assert not p.load(bad_coef)
+    # A state of the previous version (TTFT without the queue offset) is not reused either.
+    good = LatencyPredictor()
+    train(good, 30)
+    good.refit()
+    state = good.state()
+    state["version"] = STATE_VERSION - 1
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(state))
+    assert not p.load(old)
     assert not p.ready
 
 
@@ -177,3 +194,30 @@ def test_a_pod_seen_only_with_short_prompts_extrapolates_with_its_speed() -> Non
     fast = p.predict("fast", x)[0]
     slow = p.predict("slow", x)[0]
     assert slow / fast == pytest.approx(2.0, rel=0.25)
+
+
+def test_queue_wait_adds_to_ttft_even_if_training_never_queued() -> None:
+    """A warm-up at moderate load rarely queues: the queue-clear feature is ~0 in every
+    observation, so a freely fitted coefficient says nothing about it. The TTFT prediction
+    still adds the queue wait one for one (the offset), on top of the request's own
+    latency: a pod with 7 s of prefills queued is predicted 7 s slower than an idle one."""
+    p = LatencyPredictor()
+    rng = random.Random(12)
+    for _ in range(300):
+        for pod in SPEED:
+            x = features(rng)
+            x[3] = 0.0  # never queued
+            p.observe("ttft", pod, x, truth(TRUE_TTFT, pod, x))
+    p.refit()
+    x = features(random.Random(6))
+    x[3] = 0.0
+    for pod in SPEED:
+        idle = truth(TRUE_TTFT, pod, x)
+        assert p.predict(pod, x)[0] == pytest.approx(idle, rel=0.05)
+        queued = list(x)
+        queued[3] = 7.0
+        assert p.predict(pod, queued)[0] == pytest.approx(idle + 7.0, rel=0.02)
+    # The service time of a request on an idle pod is its own part alone (bias and new tokens).
+    own = [1.0, 12.0] + [0.0] * (N_FEATURES - 2)
+    for pod in SPEED:
+        assert p.service_time(pod, 12.0) == pytest.approx(truth(TRUE_TTFT, pod, own), rel=0.05)

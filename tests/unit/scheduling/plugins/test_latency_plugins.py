@@ -12,7 +12,8 @@ import pytest
 
 from epp.config.loader import ConfigError, default_config_text, parse_scheduler_config
 from epp.datastore.endpoint import Endpoint
-from epp.latency.runtime import SERVICE_KEY, LatencyRuntime, latency_runtime
+from epp.latency.runtime import SERVICE_KEY, STATE_KEY, CyclePredictions, LatencyRuntime, latency_runtime
+from epp.latency.slo import NO_SLO, SLO
 from epp.scheduling.plugins.latency_scorer import LatencyScorer
 from epp.scheduling.plugins.latency_slo_admitter import LatencySLOAdmitter
 from epp.scheduling.plugins.slo_headroom_filter import SLOHeadroomTierFilter
@@ -99,6 +100,66 @@ def test_scorer_prefers_the_faster_pod(ctx: PluginContext, pods: list[Endpoint])
     assert cycle is not None
     for ep in pods:
         assert cycle.by_key[ep.key][0] == pytest.approx(true_ttft(ep.name, 8000), rel=0.1)
+
+
+def state_with(slo: SLO, predictions: dict[str, tuple[float, float]]) -> CycleState:
+    """A CycleState whose cycle predictions are given (TTFT s, TPOT s per endpoint key)."""
+    state = CycleState()
+    state[STATE_KEY] = CyclePredictions(slo, 1000, by_key=dict(predictions))
+    return state
+
+
+def test_scorer_blends_ttft_and_tpot_in_comparable_units(ctx: PluginContext) -> None:
+    # A long prefill without SLO: TTFTs 6 / 9 / 12 s, TPOTs within 5% of each other (noise).
+    # Per-dimension min-max would rate a and b equal (1 + 0.5 vs 0.5 + 1); in units of the
+    # best pod's prediction the 3 s TTFT gap dominates.
+    pods = [endpoint("a", port=8000), endpoint("b", port=8001), endpoint("c", port=8002)]
+    preds = {"a": (6.0, 0.040), "b": (9.0, 0.039), "c": (12.0, 0.041)}
+    keyed = {ep.key: preds[ep.name] for ep in pods}
+    latency_runtime(ctx.services).score_without_slo = True
+    scorer = LatencyScorer(ctx=ctx, params=LatencyScorer.Params(ttft_weight=0.5, tpot_weight=0.5))
+    cost = {name: 0.5 * t / 6.0 + 0.5 * p / 0.039 for name, (t, p) in preds.items()}
+    low, high = min(cost.values()), max(cost.values())
+    expected = [(high - cost[ep.name]) / (high - low) for ep in pods]
+    assert scorer.score(state_with(NO_SLO, keyed), request("q"), pods) == pytest.approx(expected)
+    assert expected[0] == 1.0 and expected[1] > 0.0 and expected[2] == 0.0
+
+    # With targets, the references are the targets: a 30 s TTFT target makes the 3 s gaps
+    # small, a 50 ms TPOT target makes b's 1 ms edge count (all three meet both targets).
+    slo = SLO(ttft_s=30.0, tpot_s=0.05)
+    cost = {name: 0.5 * t / 30.0 + 0.5 * p / 0.05 for name, (t, p) in preds.items()}
+    low, high = min(cost.values()), max(cost.values())
+    expected = [(high - cost[ep.name]) / (high - low) for ep in pods]
+    assert scorer.score(state_with(slo, keyed), request("q"), pods) == pytest.approx(expected)
+    least = LatencyScorer(ctx=ctx, params=LatencyScorer.Params(ttft_weight=0.5, tpot_weight=0.5,
+                                                               headroom_selection_strategy="least"))
+    assert least.score(state_with(slo, keyed), request("q"), pods) == pytest.approx([1.0 - e for e in expected])
+
+    # A dimension without spread, or unknown, gives nothing: TTFT alone decides.
+    flat = {ep.key: (preds[ep.name][0], 0.04) for ep in pods}
+    nan = {ep.key: (preds[ep.name][0], float("nan")) for ep in pods}
+    for case in (flat, nan):
+        assert scorer.score(state_with(NO_SLO, case), request("q"), pods) == pytest.approx([1.0, 0.5, 0.0])
+    # A request with a TTFT target only is ranked on TTFT only (b's better TPOT does not count).
+    assert scorer.score(state_with(SLO(ttft_s=30.0), keyed), request("q"), pods) == pytest.approx([1.0, 0.5, 0.0])
+
+
+def test_scorer_counts_the_prefill_queue_a_long_request_left_on_a_pod(ctx: PluginContext,
+                                                                       pods: list[Endpoint]) -> None:
+    """Training never queued (requests one after another), yet a 20k-token prefill just sent
+    to the fast pod (~1.0 s there) makes the slow pod (~0.84 s for 8k tokens, idle) the
+    better place for the next 8k-token request: the fast pod's prediction is its queue wait
+    plus its own ~0.42 s."""
+    rt = trained_runtime(ctx, pods)
+    scorer = LatencyScorer(ctx=ctx)
+    assert scorer.score(CycleState(), slo_request(5000), pods) == [1.0, 0.0]
+    rt.on_dispatch(CycleState(), request("z" * 80_000, request_id="long"), pods[0])
+    cycle = rt.cycle(CycleState(), slo_request(5000), pods)
+    assert cycle is not None
+    assert cycle.by_key[pods[0].key][0] == pytest.approx(true_ttft("fast", 20_000) + true_ttft("fast", 8000),
+                                                         rel=0.1)
+    assert cycle.by_key[pods[1].key][0] == pytest.approx(true_ttft("slow", 8000), rel=0.1)
+    assert scorer.score(CycleState(), slo_request(5000), pods) == [0.0, 1.0]
 
 
 def test_requests_without_slo_are_left_to_the_other_scorers(ctx: PluginContext, pods: list[Endpoint]) -> None:

@@ -1,0 +1,101 @@
+"""The latency runtime's virtual prefill queue per pod (no network; a controlled clock)."""
+
+from __future__ import annotations
+
+import pytest
+
+from epp.latency.predictor import N_FEATURES
+from epp.latency.runtime import LatencyRuntime
+from epp.scheduling.types import CycleState
+from tests.unit.scheduling.sched_fakes import endpoint, request
+
+PER_KTOKEN_S = 0.25  # the known latency function: TTFT = 0.05 s + 0.25 s per 1k new tokens + queue wait
+BASE_S = 0.05
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 500.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def trained(clock: Clock) -> LatencyRuntime:
+    """A runtime whose predictor learnt TTFT = BASE + PER_KTOKEN x new k tokens (+ the wait)
+    from isolated requests (nothing queued), one pod."""
+    rt = LatencyRuntime()
+    rt.clock = rt.predictor.clock = clock
+    for i in range(60):
+        ktok = 0.5 + (i % 20)
+        x = [1.0, ktok] + [0.0] * (N_FEATURES - 2)
+        rt.predictor.observe("ttft", "default/p", x, BASE_S + PER_KTOKEN_S * ktok)
+    assert rt.predictor.refit() and rt.predictor.ready
+    return rt
+
+
+def service(ktok: float) -> float:
+    return BASE_S + PER_KTOKEN_S * ktok
+
+
+def test_queue_clear_follows_a_virtual_fcfs_queue_corrected_by_first_bytes() -> None:
+    clock = Clock()
+    rt = trained(clock)
+    pod = endpoint("p", port=8000)
+    t0 = clock.now
+    a = request("a" * 40_000, request_id="a")  # 10k tokens
+    b = request("b" * 20_000, request_id="b")  # 5k tokens
+    rt.on_dispatch(CycleState(), a, pod)
+    clock.now += 1.0
+    rt.on_dispatch(CycleState(), b, pod)  # queued behind a: starts when a is predicted done
+    expected_clear = t0 + service(10.0) + service(5.0)
+    assert rt.queue_clear_at[pod.key] == pytest.approx(expected_clear, rel=0.02)
+    # A new request sees the wait as its queue feature, and its TTFT prediction includes it.
+    x = rt.features(pod, 2000, 0)
+    assert x[3] == pytest.approx(expected_clear - clock.now, rel=0.02)
+    assert rt.predictor.predict(pod.key, x)[0] == pytest.approx(x[3] + service(2.0), rel=0.02)
+    # a's first byte comes 2 s later than its virtual time: b (behind it) moves by 2 s too.
+    clock.now = t0 + service(10.0) + 2.0
+    rt.on_first_byte(a, 200)
+    assert rt.queue_clear_at[pod.key] == pytest.approx(expected_clear + 2.0, rel=0.02)
+    # b done: nothing pending, the queue is empty.
+    clock.now += service(5.0)
+    rt.on_first_byte(b, 200)
+    assert rt.queue_clear_at[pod.key] == 0.0
+    assert rt.features(pod, 2000, 0)[3] == 0.0
+    rt.predictor.stop()
+
+
+def test_untrained_runtime_charges_no_virtual_queue() -> None:
+    clock = Clock()
+    rt = LatencyRuntime()
+    rt.clock = rt.predictor.clock = clock
+    pod = endpoint("p", port=8000)
+    rt.on_dispatch(CycleState(), request("a" * 40_000, request_id="a"), pod)
+    assert rt.queue_clear_at.get(pod.key, 0.0) == 0.0
+    assert rt.features(pod, 1000, 0)[3] == 0.0
+    assert rt.pending_prefill[pod.key] == pytest.approx(10.0)
+
+
+def test_a_younger_request_done_before_the_head_leaves_the_queue() -> None:
+    """A short request batched with the head's last chunk produces its first byte long before
+    its virtual time: its work is done (the queue loses its service), the head's timing is
+    unknown still. When the head is done, what is left is the tail's service, from then."""
+    clock = Clock()
+    rt = trained(clock)
+    pod = endpoint("p", port=8000)
+    t0 = clock.now
+    head = request("a" * 80_000, request_id="head")  # 20k tokens
+    short = request("s" * 4_000, request_id="short")  # 1k tokens
+    tail = request("t" * 20_000, request_id="tail")  # 5k tokens
+    for r in (head, short, tail):
+        rt.on_dispatch(CycleState(), r, pod)
+    expected_clear = t0 + service(20.0) + service(1.0) + service(5.0)
+    assert rt.queue_clear_at[pod.key] == pytest.approx(expected_clear, rel=0.02)
+    clock.now += 0.5
+    rt.on_first_byte(short, 200)  # far earlier than its virtual time, not the head
+    assert rt.queue_clear_at[pod.key] == pytest.approx(expected_clear - service(1.0), rel=0.02)
+    clock.now = t0 + service(20.0) - 1.0  # the head is 1 s early: the tail follows it
+    rt.on_first_byte(head, 200)
+    assert rt.queue_clear_at[pod.key] == pytest.approx(clock.now + service(5.0), rel=0.02)
+    rt.predictor.stop()
