@@ -30,9 +30,15 @@ from epp.datastore.endpoint import Endpoint
 from epp.scheduling.interfaces import Filter, ProfileHandler
 from epp.scheduling.scheduler import Scheduler
 from epp.scheduling.trace import ProfileTrace
-from epp.scheduling.types import CycleState, LLMRequest, ProfileRunResult, SchedulingError, SchedulingResult
+from epp.scheduling.types import (
+    CACHED_TOKENS_SUFFIX,
+    CycleState,
+    LLMRequest,
+    ProfileRunResult,
+    SchedulingError,
+    SchedulingResult,
+)
 
-CACHED_TOKENS_SUFFIX = ".cached-tokens"  # the CycleState contract of the prefix scorers
 PREFILLER_HEADER = "x-prefiller-host-port"
 
 

@@ -29,11 +29,10 @@ from epp.datastore.inflight import CHARACTERS_PER_TOKEN
 from epp.latency.metrics import LatencyMetrics
 from epp.latency.predictor import LatencyPredictor, PredictorConfig
 from epp.latency.slo import NO_SLO, SLO, ObjectiveSLO, request_slo
-from epp.scheduling.types import CycleState, LLMRequest
+from epp.scheduling.types import CycleState, LLMRequest, cached_prompt_tokens
 
 SERVICE_KEY = "latency.runtime"
 REGISTRY_KEY = "metrics.registry"  # the server's CollectorRegistry (epp/server/app.py)
-CACHED_TOKENS_SUFFIX = ".cached-tokens"  # prefix scorers' CycleState contract (prefix_cache_scorer.py)
 STATE_KEY = "latency/cycle"
 DEFAULT_OUTPUT_TOKENS = 256  # expected decode tokens of a request without max_tokens
 RECORD_TTL_S = 600.0  # a record with no stream end after this long is dropped (leak bound)
@@ -139,7 +138,7 @@ class LatencyRuntime:
                 return None
             cached = CyclePredictions(slo, len(request.prompt_text()) // CHARACTERS_PER_TOKEN)
             state[STATE_KEY] = cached
-        prefix = _cached_tokens(state)
+        prefix = cached_prompt_tokens(state)
         if prefix is not cached.prefix_source:
             # A prefix scorer ran since: pods holding part of the prompt have fewer new tokens.
             cached.prefix_source = prefix
@@ -192,7 +191,7 @@ class LatencyRuntime:
                 slo = self.slo_of(request)
             except Exception:  # a bad header was answered with a 400 already; never fail here
                 slo = NO_SLO
-            prefix = _cached_tokens(state)
+            prefix = cached_prompt_tokens(state)
             x = self.features(target, len(request.prompt_text()) // CHARACTERS_PER_TOKEN,
                               prefix.get(target.key, 0) if prefix else 0)
             ttft, tpot = self.predictor.predict(target.key, x) if self.predictor.ready else (math.nan, math.nan)
@@ -279,16 +278,6 @@ class LatencyRuntime:
 
     def open_records(self) -> int:
         return len(self._records)
-
-
-def _cached_tokens(state: CycleState) -> dict[str, int] | None:
-    """The prefix scorers' per-endpoint cached prompt tokens of this cycle (the largest when
-    several prefix scorers ran), None before any ran."""
-    found: dict[str, int] | None = None
-    for key, value in state.items():
-        if key.endswith(CACHED_TOKENS_SUFFIX) and isinstance(value, dict) and value:
-            found = value if found is None else {k: max(v, found.get(k, 0)) for k, v in value.items()}
-    return found
 
 
 def latency_runtime(services: MutableMapping[str, Any]) -> LatencyRuntime:

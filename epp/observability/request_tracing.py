@@ -33,6 +33,7 @@ from epp.scheduling.interfaces import Picker, Scorer
 from epp.scheduling.profile import SchedulerProfile
 from epp.scheduling.scheduler import Scheduler
 from epp.scheduling.types import (
+    CACHED_TOKENS_SUFFIX,
     CycleState,
     LLMRequest,
     ProfileRunResult,
@@ -42,7 +43,6 @@ from epp.scheduling.types import (
 
 TRACER_NAME = "llm-epp/epp/server"
 SCORES_KEY = "tracing.scores"  # CycleState: {(profile, scorer name): [score per endpoint]}
-CACHED_TOKENS_SUFFIX = ".cached-tokens"  # prefix scorers' per-endpoint matched tokens
 MAX_TRACED_SCORES = 8  # endpoints listed per scorer / picker span, best first
 _PROPAGATOR = TraceContextTextMapPropagator()
 

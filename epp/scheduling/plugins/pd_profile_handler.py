@@ -35,6 +35,7 @@ from epp.datastore.endpoint import Endpoint
 from epp.scheduling.plugins import pd_metrics as m
 from epp.scheduling.registry import PluginContext, register_plugin
 from epp.scheduling.types import (
+    CACHED_TOKENS_SUFFIX,
     CycleState,
     LLMRequest,
     ProfileRunResult,
@@ -48,7 +49,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PREFILLER_HEADER = "x-prefiller-host-port"
-CACHED_TOKENS_SUFFIX = ".cached-tokens"
 PROMPT_TOKENS_SUFFIX = ".prompt-tokens"
 
 

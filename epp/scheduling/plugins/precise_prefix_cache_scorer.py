@@ -47,14 +47,13 @@ from epp.prefixcache.index import BlockKey, InMemoryKVBlockIndex
 from epp.prefixcache.runtime import KVEventsRuntime, get_or_create_runtime
 from epp.scheduling.plugins.prefix_cache_scorer import PrefixCacheScorer
 from epp.scheduling.registry import ConfigError, PluginContext, register_plugin
-from epp.scheduling.types import CycleState, LLMRequest, SchedulingResult
+from epp.scheduling.types import CACHED_TOKENS_SUFFIX, CycleState, LLMRequest, SchedulingResult
 from epp.tokenization.chat_template import ChatTemplateError
 from epp.tokenization.factory import REMOTE, load_prompt_tokenizer
 from epp.tokenization.prompt import PromptTokenizer, request_token_ids
 
 log = logging.getLogger(__name__)
 
-CACHED_TOKENS_SUFFIX = ".cached-tokens"
 PROMPT_TOKENS_SUFFIX = ".prompt-tokens"
 MAX_TRACKED_PREDICTIONS = 10_000
 MAX_SPECULATIVE_BLOCKS = 200_000

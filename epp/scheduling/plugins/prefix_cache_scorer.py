@@ -53,10 +53,9 @@ from typing import ClassVar
 from epp.datastore.endpoint import Endpoint
 from epp.scheduling.plugins._loads import cycle_request_load
 from epp.scheduling.registry import PluginContext, register_plugin
-from epp.scheduling.types import CycleState, LLMRequest, SchedulingResult
+from epp.scheduling.types import CACHED_TOKENS_SUFFIX, CycleState, LLMRequest, SchedulingResult
 
 AVERAGE_CHARACTERS_PER_TOKEN = 4
-CACHED_TOKENS_SUFFIX = ".cached-tokens"  # CycleState contract with pd-profile-handler
 PEER_BUS_KEY = "peers.bus"  # PluginContext.services key of epp.server.peers.PeerBus
 
 
