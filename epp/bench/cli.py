@@ -30,8 +30,8 @@ if TYPE_CHECKING:  # the heavy modules load only when a bench command runs, not 
 log = logging.getLogger("epp.bench")
 
 # Full run (`make bench`): 150 cells of ~10 s (fresh pods and router ~4 s, 5 s of arrivals,
-# drain; heterogeneous cells 10 s longer) plus ~3 minutes of overhead: about 30 minutes on 2 otherwise idle cores. Every cell
-# (phase x router) runs FULL_REPEATS times on fresh pods; the report gives medians and
+# drain; heterogeneous cells 10 s longer) plus ~3 minutes of overhead: about 33 minutes on 2
+# otherwise idle cores. Every cell (phase x router) runs FULL_REPEATS times on fresh pods; the report gives medians and
 # min-max. To fit the budget, each phase runs only the routers it needs (FULL_PHASE_ROUTERS):
 # the default config, GIE's default and the three baselines everywhere, the prefix-aware
 # peers where prefixes are shared, the other variants on one phase.
