@@ -43,9 +43,9 @@ class MetricMapping:
     num_gpu_blocks_label: str = "num_gpu_blocks"
 
     def sample_names(self) -> tuple[str, ...]:
+        # Not the inter-token latency names: extract_metrics looks for those one candidate at
+        # a time and stops at the first present (each name is a str.find over the page).
         names = [*self.waiting_queue, *self.running_requests, *self.kv_cache_usage]
-        for base in self.inter_token_latency:
-            names += (f"{base}_sum", f"{base}_count")
         if self.lora_info:
             names.append(self.lora_info)
         if self.cache_config_info:
@@ -163,8 +163,9 @@ def extract_metrics(
         kv = max(finite) if finite else kv
     itl_sum, itl_count = prev.itl_sum, prev.itl_count
     for base in mapping.inter_token_latency:
-        sums = families.get(f"{base}_sum")
-        counts = families.get(f"{base}_count")
+        histogram = scan_families(text, (f"{base}_sum", f"{base}_count"))
+        sums = histogram[f"{base}_sum"]
+        counts = histogram[f"{base}_count"]
         if sums and counts:  # several series (data-parallel ranks): the pod's total
             itl_sum = math.fsum(_finite([s.value for s in sums]))
             itl_count = math.fsum(_finite([s.value for s in counts]))
