@@ -59,13 +59,11 @@ kept as exponentially decayed sums (time constant ITL_WINDOW_S, so the mean weig
 not scrapes). The first samples come one decode step after a pod's first prefill, well
 before its first completion. A slower GPU takes longer for every step (and for the prefills
 that stall the decodes), so a pod's mean over the lower quartile of the pool's means is a
-second slowness estimate. It fills in until the pod has completions (until two pods have
-some, for every pod; for a pod without any, the larger of it and the open-age bound counts);
-from then on completions decide, as they include the pod's queueing, which is what time to
-first token pays, while on a saturated homogeneous pool the step times differ by how many
-prefills each pod ran lately. Same dead zone and cap. A pod that exports no such histogram
-(another engine, an old vLLM) has no step time and is judged by completions alone, as
-before; so are all pods when fewer than two export it.
+second slowness estimate; each pod's slowness is the larger of the two, through the same dead
+zone and cap. A pod that exports no such histogram (another engine, an old vLLM) has no
+step time and is judged by completions alone, as before; so are all pods when fewer than two
+export it. A homogeneous pool's step times differ only by how many prefills each pod ran
+lately, which the dead zone absorbs.
 """
 
 from __future__ import annotations
@@ -317,15 +315,11 @@ class InflightTracker:
                     if bound > measured.get(ep, 0.0):
                         measured[ep] = bound
                 break
-        # The step time fills in only until a pod has completions: those include its queueing,
-        # which is what time to first token pays, and on a saturated homogeneous pool the pods'
-        # step times differ by how many prefills each ran lately (they moved load needlessly).
-        ratios = {ep: r for ep, r in by_steps.items() if ep not in known}
         for ep, per_work in measured.items():
             ratio = per_work / reference
-            if ep in known or ratio > ratios.get(ep, 0.0):
-                ratios[ep] = ratio
-        self._slowness = self._verdict(ratios)
+            if ratio > by_steps.get(ep, 0.0):
+                by_steps[ep] = ratio
+        self._slowness = self._verdict(by_steps)
 
     @staticmethod
     def _verdict(ratios: dict[Endpoint, float]) -> dict[Endpoint, float]:

@@ -385,38 +385,16 @@ def test_pods_without_the_histogram_are_judged_by_completions_alone() -> None:
     assert tracker.slowness(eps[0]) == pytest.approx(2.0)
 
 
-def test_completions_decide_once_a_pod_has_them() -> None:
-    # Step times are the early estimate; a pod's own completions (which include its queueing)
-    # replace it, so step-time differences on a busy homogeneous pool stop moving load.
+def test_the_larger_of_both_estimates_counts() -> None:
     ds, eps = _pool(4)
     clock = Clock()
     tracker = InflightTracker(ds, clock=clock)
-    _decode(tracker, clock, eps, [0.05, 0.025, 0.025, 0.025], sweeps=2)
-    assert tracker.slowness(eps[0]) == pytest.approx(2.0)  # no completions yet: step time
-    for ep in eps[1:]:
-        _serve(tracker, clock, ep, 1.6)
-    tracker.sweep()
-    assert tracker.slowness(eps[0]) == pytest.approx(2.0)  # pod 0 has none yet: still step time
-    _serve(tracker, clock, eps[0], 1.6)  # it completes at full speed after all
-    tracker.sweep()
-    assert tracker.slowness(eps[0]) == 1.0
-    _decode(tracker, clock, eps, [0.045, 0.025, 0.025, 0.025], sweeps=2)  # prefill stalls: 1.8x
-    assert tracker.slowness_of(eps) is None
-
-
-def test_a_pod_without_completions_counts_the_larger_of_step_time_and_open_age() -> None:
-    ds, eps = _pool(4)
-    clock = Clock()
-    tracker = InflightTracker(ds, clock=clock)
-    for ep in eps[1:]:
-        _serve(tracker, clock, ep, 1.6)
-        _serve(tracker, clock, ep, 1.6)
-    tracker.dispatch([eps[0]], 1548, 1500)
-    _decode(tracker, clock, eps, [0.05, 0.025, 0.025, 0.025], sweeps=2)  # 2x by step time
-    assert tracker.slowness(eps[0]) == pytest.approx(2.0)  # open only 0.5 s: the step time counts
-    clock.now += 4.8
-    tracker.sweep()
-    assert tracker.slowness(eps[0]) == pytest.approx(5.3 / 1.6)  # open 5.3 s: 3.3x, above the step time
+    for _ in range(3):
+        for ep in eps[1:]:
+            _serve(tracker, clock, ep, 1.6)
+        _serve(tracker, clock, eps[0], 3.2)  # 2x by completions
+    _decode(tracker, clock, eps, [0.075, 0.025, 0.025, 0.025], sweeps=2)  # 3x by step time
+    assert tracker.slowness(eps[0]) == pytest.approx(3.0)
 
 
 def test_engine_latency_can_be_turned_off() -> None:
