@@ -30,15 +30,21 @@ if TYPE_CHECKING:  # the heavy modules load only when a bench command runs, not 
 log = logging.getLogger("epp.bench")
 
 # Full run (`make bench`): 150 cells of ~10 s (fresh pods and router ~4 s, 5 s of arrivals,
-# drain) plus ~3 minutes of overhead: about 30 minutes on 2 otherwise idle cores. Every cell
-# (phase x router) runs FULL_REPEATS times on fresh pods; the report gives medians and
+# drain; heterogeneous cells 10 s longer) plus ~3 minutes of overhead: about 33 minutes on 2
+# otherwise idle cores. Every cell (phase x router) runs FULL_REPEATS times on fresh pods; the report gives medians and
 # min-max. To fit the budget, each phase runs only the routers it needs (FULL_PHASE_ROUTERS):
 # the default config, GIE's default and the three baselines everywhere, the prefix-aware
 # peers where prefixes are shared, the other variants on one phase.
 FULL_TIME_SCALE = 0.5
 FULL_REPEATS = 3
 FULL_PHASE_SECONDS = 10.0  # model seconds of arrivals per phase
-FULL_MAX_REQUESTS = 200
+# Longer phases where a short one measures an anecdote. Heterogeneous: a run's TTFT p99 over
+# ~53 requests is its slowest request or two, and the first 1-3 model seconds of every phase
+# are a fresh EPP learning the pod speeds (docs/scheduling.md, "Heterogeneous pools"); 30 s
+# (~180 requests at 6 req/s) puts p99 on the ~2nd slowest request of a mostly steady-state
+# run. Adds 20 model s = 10 wall s per run: 6 routers x 3 runs = 3 minutes of `make bench`.
+FULL_PHASE_SECONDS_BY_WORKLOAD: dict[str, float] = {"heterogeneous": 30.0}
+FULL_MAX_REQUESTS = 200  # per phase; 30 s at 6 req/s is ~180
 FULL_DRAIN_S = 15.0  # wall seconds a phase may run past its last arrival
 FULL_BUDGET_MIN = 45.0  # no new run starts after this many minutes (the overhead section still runs)
 FULL_RATES: dict[str, tuple[float, ...]] = {
@@ -76,6 +82,16 @@ def phase_routers(workload: str, rate: float) -> tuple[str, ...]:
     return routers
 
 
+def phase_seconds(workload: str, given: float | None, quick: bool) -> float:
+    """Model seconds of arrivals of a workload's phases: --phase-seconds for every workload
+    when given, else the quick length, else the full plan's (per workload)."""
+    if given:
+        return given
+    if quick:
+        return QUICK_PHASE_SECONDS
+    return FULL_PHASE_SECONDS_BY_WORKLOAD.get(workload, FULL_PHASE_SECONDS)
+
+
 def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
@@ -94,8 +110,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--repeats", type=int, default=None,
                    help=f"runs per cell; the report gives medians and min-max ({FULL_REPEATS} full, 1 quick)")
     p.add_argument("--phase-seconds", type=float, default=None,
-                   help=f"model seconds of arrivals per phase ({FULL_PHASE_SECONDS:g} full, "
-                        f"{QUICK_PHASE_SECONDS:g} quick)")
+                   help=f"model seconds of arrivals per phase, every workload ({FULL_PHASE_SECONDS:g} full, "
+                        + "".join(f"{w} {v:g}, " for w, v in FULL_PHASE_SECONDS_BY_WORKLOAD.items())
+                        + f"{QUICK_PHASE_SECONDS:g} quick)")
     p.add_argument("--budget-min", type=float, default=None,
                    help=f"start no new run after this many minutes ({FULL_BUDGET_MIN:g} full)")
     p.add_argument("--all-routers", action="store_true",
@@ -163,14 +180,14 @@ def build_plan(args: argparse.Namespace) -> BenchPlan:
             raise ValueError(f"unknown workload {name!r}; known: {', '.join(GENERATORS)}")
     time_scale = args.time_scale or (QUICK_TIME_SCALE if quick else FULL_TIME_SCALE)
     repeats = args.repeats if args.repeats is not None else (1 if quick else FULL_REPEATS)
-    duration = args.phase_seconds or (QUICK_PHASE_SECONDS if quick else FULL_PHASE_SECONDS)
-    if repeats < 1 or duration <= 0:
+    if repeats < 1 or (args.phase_seconds is not None and args.phase_seconds <= 0):
         raise ValueError("--repeats must be >= 1 and --phase-seconds > 0")
     # Explicit --routers or --all-routers: every chosen router on every phase.
     subsets = not (quick or args.routers or args.all_routers)
     phases: list[PhasePlan] = []
     for name in workloads:
         rates = args.rates or ([QUICK_RATE] if quick else list(FULL_RATES[name]))
+        duration = phase_seconds(name, args.phase_seconds, quick)
         for rate in rates:
             count = QUICK_MAX_REQUESTS if quick else FULL_MAX_REQUESTS
             params = WorkloadParams(rate=rate, count=count, duration_s=duration, seed=args.seed,
@@ -193,12 +210,10 @@ def plan_settings(plan: BenchPlan, args: argparse.Namespace, budget_min: float |
     """Every knob of the run, for the report (generated, never typed by hand)."""
     from epp.bench.workloads import HETEROGENEOUS_SLOW_POD, HETEROGENEOUS_SLOWDOWN
 
-    first = plan.phases[0].params if plan.phases else None
     out = {
         "runs per cell": f"{plan.repeats} (run r uses seed {args.seed} + r)",
         "cells run": f"{plan.cells()} ({len(plan.phases)} phases; routers per phase below)",
-        "arrivals per phase": (f"{first.duration_s:g} model seconds, at most {first.count} requests, "
-                               f"max_tokens {first.max_tokens}") if first else "-",
+        "arrivals per phase": arrivals_per_phase(plan),
         "time scale": f"{plan.row.time_scale:g} (wall = model x scale)",
         "drain": f"{plan.drain_s:g} wall seconds after the last arrival",
         "pods": f"{plan.row.pods} per cell, {plan.row.gpu_blocks} KV blocks of {plan.row.block_size} tokens, "
@@ -212,6 +227,27 @@ def plan_settings(plan: BenchPlan, args: argparse.Namespace, budget_min: float |
     for phase in plan.phases:
         out[f"phase {phase.key}"] = ", ".join(r.key for r in plan.routers_of(phase))
     return out
+
+
+def arrivals_per_phase(plan: BenchPlan) -> str:
+    """The phase length, count cap and max_tokens of the plan's phases: one sentence when every
+    phase has the same, else the common length and each workload that differs."""
+    if not plan.phases:
+        return "-"
+    lengths: dict[str, tuple[float, int, int]] = {}
+    for phase in plan.phases:
+        p = phase.params
+        lengths.setdefault(phase.workload, (p.duration_s, p.count, p.max_tokens))
+    shapes = list(dict.fromkeys(lengths.values()))
+
+    def said(shape: tuple[float, int, int]) -> str:
+        return f"{shape[0]:g} model seconds, at most {shape[1]} requests, max_tokens {shape[2]}"
+
+    if len(shapes) == 1:
+        return said(shapes[0])
+    common = max(shapes, key=lambda sh: sum(1 for v in lengths.values() if v == sh))
+    others = "; ".join(f"{w}: {said(sh)}" for w, sh in lengths.items() if sh != common)
+    return f"{said(common)} ({others})"
 
 
 def _shown(path: Path) -> str:

@@ -357,6 +357,7 @@ def routing_markdown(outcomes: Sequence[PhaseOutcome]) -> str:
     parts = []
     for o in outcomes:
         parts.append(f"### {o.title} @ {o.plan.params.rate:g} req/s\n\n"
+                     f"{o.plan.params.duration_s:g} model seconds of arrivals per run, "
                      f"{o.requests} requests, mean prompt {o.mean_prompt_tokens:,.0f} tokens, "
                      f"max_tokens {o.plan.params.max_tokens}; best achievable prefix hit rate "
                      f"**{fmt_pct(o.best_hit_rate)}**.\n\n{phase_table(o)}")

@@ -101,6 +101,10 @@ ROUTERS: tuple[RouterSpec, ...] = (
     # heterogeneous pool): what the speed learning gains, side by side.
     RouterSpec("epp-speedblind", "EPP default config, speed-blind prefill load (previous default)", "epp",
                "epp-speedblind.yaml", ours=True),
+    # The default config learning speeds from completions only, as before it also read the
+    # pods' inter-token latency histogram: what the faster signal gains, side by side.
+    RouterSpec("epp-completions", "EPP default config, speeds from completions only", "epp",
+               "epp-completions.yaml", ours=True),
 )
 
 

@@ -39,6 +39,11 @@ class EndpointMetrics:
     max_loras: int = 0
     block_size: int = 16
     num_gpu_blocks: int = 0
+    # Cumulative sum (seconds) and count of the engine's inter-token latency histogram
+    # (vllm:inter_token_latency_seconds); -1.0 = the pod does not export it. The in-flight
+    # ledger turns their growth between scrapes into the pod's recent time per decode step.
+    itl_sum: float = -1.0
+    itl_count: float = -1.0
     updated_at: float = 0.0
 
 

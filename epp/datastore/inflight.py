@@ -49,6 +49,21 @@ requests is the longest-running of several, often well above the average by chan
 gets no traffic because it looked slow would keep that verdict forever, so an average
 without new samples relaxes towards the reference (time constant SPEED_MEMORY_S): the pod is
 tried again and measured anew.
+
+Completions arrive late: a request is in flight for its whole decode, so a fresh EPP knows
+no speeds for the first seconds and spreads that traffic speed-blind. When the pods export
+the engine's inter-token latency histogram (vLLM's `vllm:inter_token_latency_seconds`,
+scraped as `EndpointMetrics.itl_sum` / `itl_count`), the sweep also turns the growth of its
+_sum and _count since the previous sweep into a recent mean time per decode step per pod,
+kept as exponentially decayed sums (time constant ITL_WINDOW_S, so the mean weighs tokens,
+not scrapes). The first samples come one decode step after a pod's first prefill, well
+before its first completion. A slower GPU takes longer for every step (and for the prefills
+that stall the decodes), so a pod's mean over the lower quartile of the pool's means is a
+second slowness estimate; each pod's slowness is the larger of the two, through the same dead
+zone and cap. A pod that exports no such histogram (another engine, an old vLLM) has no
+step time and is judged by completions alone, as before; so are all pods when fewer than two
+export it. A homogeneous pool's step times differ only by how many prefills each pod ran
+lately, which the dead zone absorbs.
 """
 
 from __future__ import annotations
@@ -80,6 +95,9 @@ SLOWNESS_CAP = 4.0  # an endpoint never counts as more than 4x slower (bounds on
 # often well above the average by chance. For an endpoint that has completions its age counts
 # only after dividing by this margin; one that completed nothing yet is judged by it as is.
 OPEN_AGE_MARGIN = 1.5
+# Engine step time from the scraped inter-token latency histogram (see the docstring).
+ITL_WINDOW_S = 3.0  # time constant of the decayed per-pod sums (wall seconds)
+ITL_MIN_TOKENS = 4.0  # decayed token count before a pod's mean step time counts
 
 
 @dataclass(slots=True)
@@ -151,6 +169,12 @@ class InflightTracker:
         self._speed: dict[Endpoint, list[float]] = {}
         # Endpoints slower than the dead zone -> factor (> 1); empty on a homogeneous pool.
         self._slowness: dict[Endpoint, float] = {}
+        # Engine step time (see the docstring): endpoint -> [decayed ITL seconds, decayed
+        # tokens, clock() of the last update, last scraped itl_sum, last scraped itl_count].
+        self._steps: dict[Endpoint, list[float]] = {}
+        # Off (by a prefill-load-scorer with engineLatency: false): completions only.
+        self.learn_from_engine_latency = True
+        self._datastore = datastore
         # A slow pod also works through its prompts more slowly: with this set (by a
         # speed-aware prefill-load-scorer) its prompts fade over window x slowness.
         self.speed_aware_decay = False
@@ -234,10 +258,47 @@ class InflightTracker:
         get = slow.get
         return [get(ep, 1.0) for ep in endpoints]
 
+    def _learn_step_times(self, now: float) -> None:
+        """Fold each endpoint's inter-token latency growth since the last sweep into its
+        decayed step-time sums (endpoints that do not export the histogram are skipped)."""
+        endpoints = self._datastore.endpoints() if self._datastore is not None else tuple(self._recent)
+        steps = self._steps
+        for ep in endpoints:
+            m = ep.metrics
+            total, count = m.itl_sum, m.itl_count
+            if count < 0.0:
+                continue
+            entry = steps.get(ep)
+            if entry is None:
+                steps[ep] = [0.0, 0.0, now, total, count]  # the baseline: history before us
+                continue
+            d_sum, d_count = total - entry[3], count - entry[4]
+            entry[3], entry[4] = total, count
+            if d_count < 0.0 or d_sum < 0.0:
+                continue  # the pod restarted: its counters began again (new baseline set)
+            decay = math.exp(-(now - entry[2]) / ITL_WINDOW_S)
+            entry[0] = entry[0] * decay + d_sum
+            entry[1] = entry[1] * decay + d_count
+            entry[2] = now
+
+    def _step_slowness(self) -> dict[Endpoint, float]:
+        """Each endpoint's mean step time over the lower quartile of the pool's (empty when
+        fewer than two endpoints have one)."""
+        means = {ep: e[0] / e[1] for ep, e in self._steps.items() if e[1] >= ITL_MIN_TOKENS and e[0] > 0.0}
+        if len(means) < 2:
+            return {}
+        values = sorted(means.values())
+        reference = values[len(values) // 4]
+        return {ep: mean / reference for ep, mean in means.items()}
+
     def _update_slowness(self, now: float) -> None:
+        by_steps: dict[Endpoint, float] = {}
+        if self.learn_from_engine_latency:
+            self._learn_step_times(now)
+            by_steps = self._step_slowness()
         known = {ep: entry for ep, entry in self._speed.items() if entry[1] >= SPEED_MIN_SAMPLES}
         if len(known) < 2:
-            self._slowness = {}
+            self._slowness = self._verdict(by_steps)
             return
         # The reference is the lower quartile, not the minimum: from 4 endpoints on, one that
         # answers everything at once (failing fast) must not make every other one look slow.
@@ -264,12 +325,16 @@ class InflightTracker:
                     if bound > measured.get(ep, 0.0):
                         measured[ep] = bound
                 break
-        slowness: dict[Endpoint, float] = {}
         for ep, per_work in measured.items():
             ratio = per_work / reference
-            if ratio >= SLOWNESS_DEAD_ZONE:
-                slowness[ep] = min(ratio, SLOWNESS_CAP)
-        self._slowness = slowness
+            if ratio > by_steps.get(ep, 0.0):
+                by_steps[ep] = ratio
+        self._slowness = self._verdict(by_steps)
+
+    @staticmethod
+    def _verdict(ratios: dict[Endpoint, float]) -> dict[Endpoint, float]:
+        """Ratios through the dead zone (below it: full speed, left out) and the cap."""
+        return {ep: min(r, SLOWNESS_CAP) for ep, r in ratios.items() if r >= SLOWNESS_DEAD_ZONE}
 
     def _release(self, charge: Charge) -> bool:
         if charge.released:
@@ -386,6 +451,7 @@ class InflightTracker:
             self._reconciled_at.pop(endpoint, None)
             self._recent.pop(endpoint, None)
             self._speed.pop(endpoint, None)
+            self._steps.pop(endpoint, None)
             self._slowness.pop(endpoint, None)
 
     # --- background sweeping ------------------------------------------------------------

@@ -31,6 +31,9 @@ class MetricMapping:
     waiting_queue: tuple[str, ...]
     running_requests: tuple[str, ...]
     kv_cache_usage: tuple[str, ...]
+    # Histogram base names (their _sum and _count samples are read) of the per-token decode
+    # latency; () = not read.
+    inter_token_latency: tuple[str, ...] = ()
     lora_info: str = ""
     lora_running_label: str = "running_lora_adapters"
     lora_waiting_label: str = "waiting_lora_adapters"
@@ -40,6 +43,8 @@ class MetricMapping:
     num_gpu_blocks_label: str = "num_gpu_blocks"
 
     def sample_names(self) -> tuple[str, ...]:
+        # Not the inter-token latency names: extract_metrics looks for those one candidate at
+        # a time and stops at the first present (each name is a str.find over the page).
         names = [*self.waiting_queue, *self.running_requests, *self.kv_cache_usage]
         if self.lora_info:
             names.append(self.lora_info)
@@ -53,6 +58,9 @@ VLLM = MetricMapping(
     waiting_queue=("vllm:num_requests_waiting",),
     running_requests=("vllm:num_requests_running",),
     kv_cache_usage=("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
+    # vLLM v1's per-token gap histogram; older releases export the same observations as
+    # time_per_output_token_seconds (v1 kept that name as a deprecated alias for a while).
+    inter_token_latency=("vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds"),
     lora_info="vllm:lora_requests_info",
     cache_config_info="vllm:cache_config_info",
 )
@@ -71,6 +79,7 @@ _FIELD_ALIASES = {
     "waitingQueue": "waiting_queue",
     "runningRequests": "running_requests",
     "kvCacheUsage": "kv_cache_usage",
+    "interTokenLatency": "inter_token_latency",
     "loraInfo": "lora_info",
     "cacheConfigInfo": "cache_config_info",
 }
@@ -152,6 +161,15 @@ def extract_metrics(
     if samples is not None:
         finite = _finite([s.value for s in samples])
         kv = max(finite) if finite else kv
+    itl_sum, itl_count = prev.itl_sum, prev.itl_count
+    for base in mapping.inter_token_latency:
+        histogram = scan_families(text, (f"{base}_sum", f"{base}_count"))
+        sums = histogram[f"{base}_sum"]
+        counts = histogram[f"{base}_count"]
+        if sums and counts:  # several series (data-parallel ranks): the pod's total
+            itl_sum = math.fsum(_finite([s.value for s in sums]))
+            itl_count = math.fsum(_finite([s.value for s in counts]))
+            break
     active_loras, waiting_loras, max_loras = prev.active_loras, prev.waiting_loras, prev.max_loras
     lora_samples = families.get(mapping.lora_info) if mapping.lora_info else None
     if lora_samples:
@@ -176,5 +194,7 @@ def extract_metrics(
         max_loras=max_loras,
         block_size=block_size,
         num_gpu_blocks=num_gpu_blocks,
+        itl_sum=itl_sum,
+        itl_count=itl_count,
         updated_at=now,
     )

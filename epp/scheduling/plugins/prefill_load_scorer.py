@@ -29,6 +29,9 @@ keeps requests in flight (InflightTracker.slowness: 1.0 on a homogeneous pool, w
 scores are exactly those without it). Equalising slowness x prompt tokens sends a pod 2x
 slower half the prompts, and the request's own prompt counts too, so an idle slow pod is
 only picked once the fast ones hold more than one prompt's worth of recent load.
+`engineLatency` (true) lets the ledger also learn slowness from the pods' scraped
+inter-token latency, which tells within a second of a pod's first request instead of at its
+first completions; pods that do not export it are judged by completions alone.
 
 Not a GIE or llm-d plugin: our own; see docs/scheduling.md for the measurements.
 """
@@ -57,6 +60,9 @@ class PrefillLoadScorer:
     @dataclass(slots=True)
     class Params:
         speed_aware: bool = False
+        # With speedAware: also learn speeds from the pods' scraped inter-token latency
+        # (InflightTracker, "engine step time"); false = from completions only.
+        engine_latency: bool = True
 
         def validate(self) -> None:
             pass
@@ -76,6 +82,7 @@ class PrefillLoadScorer:
         self.tracker: InflightTracker = tracker
         if self.speed_aware:
             tracker.speed_aware_decay = True
+            tracker.learn_from_engine_latency = self.params.engine_latency
 
     def score(
         self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]

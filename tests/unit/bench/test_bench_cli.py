@@ -4,7 +4,15 @@ import argparse
 
 import pytest
 
-from epp.bench.cli import FULL_REPEATS, add_parser, build_plan, plan_settings, raw_results_name
+from epp.bench.cli import (
+    FULL_PHASE_SECONDS,
+    FULL_PHASE_SECONDS_BY_WORKLOAD,
+    FULL_REPEATS,
+    add_parser,
+    build_plan,
+    plan_settings,
+    raw_results_name,
+)
 from epp.bench.machine import MachineFacts
 from epp.bench.report import RunInfo
 
@@ -60,3 +68,25 @@ def test_settings_and_raw_results_name_come_from_the_run() -> None:
     info = RunInfo("c", "2026-12-01 04:05 UTC", MachineFacts("", 2, "", "", "", "", ""), False, 4, 0.5,
                    commit="abc1234")
     assert raw_results_name(info) == "bench-results/2026-12-01-0405-abc1234.json"
+
+
+def test_heterogeneous_phases_are_long_enough_for_a_steady_state_p99() -> None:
+    args = parse()
+    plan = build_plan(args)
+    lengths = {p.workload: p.params.duration_s for p in plan.phases}
+    assert lengths["heterogeneous"] == FULL_PHASE_SECONDS_BY_WORKLOAD["heterogeneous"] == 30.0
+    assert lengths["no-sharing"] == lengths["mixed"] == FULL_PHASE_SECONDS
+    het = next(p for p in plan.phases if p.workload == "heterogeneous")
+    assert het.params.rate * het.params.duration_s < het.params.count  # the cap does not cut it short
+    # The report states both lengths, from the plan.
+    said = plan_settings(plan, args, None)["arrivals per phase"]
+    assert said == ("10 model seconds, at most 200 requests, max_tokens 48 "
+                    "(heterogeneous: 30 model seconds, at most 200 requests, max_tokens 48)")
+    # --phase-seconds applies to every workload alike; --quick keeps its tiny phases.
+    args = parse("--phase-seconds", "12")
+    assert {p.params.duration_s for p in build_plan(args).phases} == {12.0}
+    assert plan_settings(build_plan(args), args, None)["arrivals per phase"].startswith("12 model seconds, ")
+    assert {p.params.duration_s for p in build_plan(parse("--quick", "--workloads", "heterogeneous")).phases} \
+        == {3.0}
+    with pytest.raises(ValueError, match="--phase-seconds"):
+        build_plan(parse("--phase-seconds", "-1"))

@@ -179,3 +179,14 @@ def test_targets_whose_cells_did_not_run_are_listed_as_not_measured() -> None:
     assert len(unmeasured) == 7  # everything but the baseline target
     assert all(c.verdict == "not measured" and c.measured == "its cells did not run" for c in unmeasured)
     assert "1 of 8 checks met, 0 **MISSED**, 7 not measured" in targets_markdown([ns], None)
+
+
+def test_each_phase_states_its_own_length() -> None:
+    from epp.bench.report import routing_markdown
+
+    short = outcome([row("envoy-rr", 0.3), row("epp", 0.2, ours=True)], "no-sharing")
+    long = PhaseOutcome(PhasePlan("heterogeneous", WorkloadParams(rate=6.0, count=200, duration_s=30)),
+                        "Heterogeneous", 180, 1500.0, 0.01, [row("envoy-rr", 0.3), row("epp", 0.2, ours=True)])
+    text = routing_markdown([short, long])
+    assert "5 model seconds of arrivals per run, 10 requests" in text
+    assert "30 model seconds of arrivals per run, 180 requests" in text

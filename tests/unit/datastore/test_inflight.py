@@ -8,7 +8,7 @@ import math
 import pytest
 
 from epp.datastore import Datastore, Endpoint, EndpointMetrics
-from epp.datastore.inflight import InflightConfig, InflightTracker
+from epp.datastore.inflight import ITL_WINDOW_S, InflightConfig, InflightTracker
 
 
 class Clock:
@@ -314,3 +314,120 @@ def test_prompt_tokens_a_pod_holds_are_not_charged_as_prefill() -> None:
     # Requests and tokens in flight are charged in full: only the prefill estimate changes.
     assert [(e.inflight, e.inflight_tokens) for e in (a, b, c)] == [(1, 1_100)] * 3
     assert [charge.prompt_tokens for charge in handle.charges] == [400, 0, 1_000]
+# --- speed from the engine's inter-token latency (scraped histogram _sum / _count) ------------
+
+def _itl(ep: Endpoint, total: float, count: float) -> None:
+    """A scrape whose cumulative inter-token latency histogram holds `count` observations
+    summing to `total` seconds."""
+    ep.metrics = EndpointMetrics(itl_sum=total, itl_count=count, updated_at=ep.metrics.updated_at + 1.0)
+
+
+def _decode(tracker: InflightTracker, clock: Clock, eps: list[Endpoint], step_s: list[float],
+            sweeps: int, tokens: float = 20.0) -> None:
+    """`sweeps` sweeps 0.25 s apart; before each, every pod has produced `tokens` more tokens
+    `step_s` seconds apart (its cumulative histogram grows accordingly)."""
+    for _ in range(sweeps):
+        for ep, step in zip(eps, step_s, strict=True):
+            m = ep.metrics
+            base_sum, base_count = max(m.itl_sum, 0.0), max(m.itl_count, 0.0)
+            _itl(ep, base_sum + tokens * step, base_count + tokens)
+        clock.now += 0.25
+        tracker.sweep()
+
+
+def test_a_slow_engine_is_learned_from_its_step_time_before_any_completion() -> None:
+    ds, eps = _pool(4)
+    clock = Clock()
+    tracker = InflightTracker(ds, clock=clock)
+    for ep in eps:
+        tracker.dispatch([ep], 1548, 1500)  # in flight, nothing completed
+    _decode(tracker, clock, eps, [0.05, 0.025, 0.025, 0.026], sweeps=1)
+    assert tracker.slowness_of(eps) is None  # the first scrape is only the baseline
+    _decode(tracker, clock, eps, [0.05, 0.025, 0.025, 0.026], sweeps=1)
+    assert [tracker.slowness(ep) for ep in eps] == pytest.approx([2.0, 1.0, 1.0, 1.0])
+
+
+def test_step_times_are_a_mean_over_tokens_not_over_scrapes() -> None:
+    ds, (a, b) = _pool(2)
+    clock = Clock()
+    tracker = InflightTracker(ds, clock=clock)
+    _decode(tracker, clock, [a, b], [0.02, 0.02], sweeps=1, tokens=1.0)  # the baseline
+    _decode(tracker, clock, [a, b], [0.02, 0.02], sweeps=1, tokens=60.0)
+    _decode(tracker, clock, [a, b], [0.02, 0.08], sweeps=1, tokens=20.0)
+    fade = math.exp(-0.25 / ITL_WINDOW_S)  # the older sweep's weight
+    b_mean = (60 * 0.02 * fade + 20 * 0.08) / (60 * fade + 20)
+    assert tracker.slowness(b) == pytest.approx(b_mean / 0.02)  # ~1.8x; per scrape it would be 2.5x
+    assert tracker.slowness(a) == 1.0
+
+
+def test_a_pod_that_speeds_up_again_is_forgiven_within_a_few_windows() -> None:
+    ds, eps = _pool(4)
+    clock = Clock()
+    tracker = InflightTracker(ds, clock=clock)
+    _decode(tracker, clock, eps, [0.05, 0.025, 0.025, 0.025], sweeps=5)
+    assert tracker.slowness(eps[0]) == pytest.approx(2.0)
+    _decode(tracker, clock, eps, [0.025] * 4, sweeps=int(2 * ITL_WINDOW_S / 0.25))
+    assert tracker.slowness_of(eps) is None
+
+
+def test_homogeneous_step_times_keep_every_pod_at_full_speed() -> None:
+    # Pods of one type differ by how many prefills stalled their decodes lately: up to ~1.4x.
+    ds, eps = _pool(4)
+    clock = Clock()
+    tracker = InflightTracker(ds, clock=clock)
+    _decode(tracker, clock, eps, [0.025, 0.03, 0.035, 0.028], sweeps=8)
+    assert tracker.slowness_of(eps) is None
+
+
+def test_pods_without_the_histogram_are_judged_by_completions_alone() -> None:
+    ds, eps = _pool(4)
+    clock = Clock()
+    tracker = InflightTracker(ds, clock=clock)
+    # Only pod 0 exports it (another engine on the others): nothing to compare it with.
+    for _ in range(3):
+        _itl(eps[0], 0.0, 0.0)
+        _decode(tracker, clock, eps[:1], [0.1], sweeps=1)
+    assert tracker.slowness_of(eps) is None
+    for _ in range(3):  # completions still tell, as before
+        for ep in eps[1:]:
+            _serve(tracker, clock, ep, 1.6)
+        _serve(tracker, clock, eps[0], 3.2)
+    tracker.sweep()
+    assert tracker.slowness(eps[0]) == pytest.approx(2.0)
+
+
+def test_the_larger_of_both_estimates_counts() -> None:
+    ds, eps = _pool(4)
+    clock = Clock()
+    tracker = InflightTracker(ds, clock=clock)
+    for _ in range(3):
+        for ep in eps[1:]:
+            _serve(tracker, clock, ep, 1.6)
+        _serve(tracker, clock, eps[0], 3.2)  # 2x by completions
+    _decode(tracker, clock, eps, [0.075, 0.025, 0.025, 0.025], sweeps=2)  # 3x by step time
+    assert tracker.slowness(eps[0]) == pytest.approx(3.0)
+
+
+def test_engine_latency_can_be_turned_off() -> None:
+    ds, eps = _pool(4)
+    clock = Clock()
+    tracker = InflightTracker(ds, clock=clock)
+    tracker.learn_from_engine_latency = False
+    _decode(tracker, clock, eps, [0.05, 0.025, 0.025, 0.025], sweeps=4)
+    assert tracker.slowness_of(eps) is None
+
+
+def test_a_restarted_pod_starts_a_new_baseline() -> None:
+    ds, (a, b) = _pool(2)
+    clock = Clock()
+    tracker = InflightTracker(ds, clock=clock)
+    _decode(tracker, clock, [a, b], [0.02, 0.02], sweeps=3)
+    _itl(b, 0.5, 5.0)  # b restarted: its counters fell; this scrape must not count as negative work
+    clock.now += 0.25
+    tracker.sweep()
+    assert tracker.slowness_of([a, b]) is None
+    _itl(b, 0.5 + 20 * 0.02, 25.0)  # counted from the new baseline on
+    _itl(a, a.metrics.itl_sum + 20 * 0.02, a.metrics.itl_count + 20)
+    clock.now += 0.25
+    tracker.sweep()
+    assert tracker.slowness_of([a, b]) is None

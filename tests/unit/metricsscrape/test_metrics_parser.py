@@ -120,3 +120,48 @@ def test_mapping_from_config() -> None:
         mapping_from_config({"queue": "x"})
     with pytest.raises(MappingConfigError, match="waitingQueue must be"):
         mapping_from_config({"waitingQueue": 3})
+
+
+def _itl_page(name: str, observations: list[list[float]]) -> str:
+    """A page rendered by prometheus_client (vLLM's own metrics library): one inter-token
+    latency histogram series per engine (data-parallel rank), next to the gauges."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    registry = CollectorRegistry()
+    hist = Histogram(name, "Histogram of inter-token latency in seconds.", ["model_name", "engine"],
+                     buckets=(0.01, 0.025, 0.05, 0.1, 1.0), registry=registry)
+    for engine, values in enumerate(observations):
+        for v in values:
+            hist.labels(model_name=MODEL, engine=str(engine)).observe(v)
+    return sglang_page() + generate_latest(registry).decode() + "vllm:num_requests_waiting 1\n"
+
+
+def test_extract_inter_token_latency_sum_and_count() -> None:
+    m = extract_metrics(_itl_page("vllm:inter_token_latency_seconds", [[0.02, 0.03, 0.5], [0.04]]), VLLM, 1.0)
+    assert (m.itl_sum, m.itl_count) == (pytest.approx(0.59), 4.0)  # both ranks: the pod's total
+    assert m.waiting_queue_size == 1
+
+
+def test_extract_inter_token_latency_agrees_with_prometheus_client() -> None:
+    page = vllm_page(engines=2)
+    want = {"sum": 0.0, "count": 0.0}
+    for family in text_string_to_metric_families(page):
+        if family.name == "vllm:inter_token_latency_seconds":
+            for sample in family.samples:
+                for suffix in want:
+                    if sample.name.endswith("_" + suffix):
+                        want[suffix] += sample.value
+    assert want["count"] > 0
+    m = extract_metrics(page, VLLM, 1.0)
+    assert (m.itl_sum, m.itl_count) == (pytest.approx(want["sum"]), want["count"])
+
+
+def test_extract_inter_token_latency_legacy_name_and_absence() -> None:
+    m = extract_metrics(_itl_page("vllm:time_per_output_token_seconds", [[0.02, 0.04]]), VLLM, 1.0)
+    assert (m.itl_sum, m.itl_count) == (pytest.approx(0.06), 2.0)
+    m = extract_metrics(_itl_page("other:latency_seconds", [[0.02]]), VLLM, 1.0)
+    assert (m.itl_sum, m.itl_count) == (-1.0, -1.0)  # not exported: the ledger skips the pod
+    m = extract_metrics(sglang_page(), SGLANG, 1.0)
+    assert m.itl_count == -1.0
+    off = mapping_from_config({"interTokenLatency": []})
+    assert extract_metrics(_itl_page("vllm:inter_token_latency_seconds", [[0.02]]), off, 1.0).itl_count == -1.0

@@ -193,3 +193,24 @@ def test_a_slow_pods_prompts_fade_over_a_longer_window() -> None:
     plain.dispatch(eps, 0, 1000)
     clock.now += 0.5
     assert plain.recent_prompt_tokens_of(eps, clock()) == pytest.approx([1000 * math.exp(-1)] * 2)  # speed-blind
+
+
+def test_engine_latency_is_on_by_default_and_the_config_can_turn_it_off() -> None:
+    from epp.config.loader import parse_scheduler_config
+
+    for extra, learns in (("", True), ("\n    engineLatency: false", False)):
+        ctx = context()
+        tracker = ctx.services[SERVICE_KEY] = InflightTracker()
+        parse_scheduler_config(f"""
+plugins:
+- type: prefill-load-scorer
+  parameters:
+    speedAware: true{extra}
+- type: max-score-picker
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: prefill-load-scorer
+  - pluginRef: max-score-picker
+""", ctx)
+        assert tracker.learn_from_engine_latency is learns
