@@ -103,8 +103,8 @@ ROUTERS: tuple[RouterSpec, ...] = (
                "epp-speedblind.yaml", ours=True),
     # The default config learning speeds from completions only, as before it also read the
     # pods' inter-token latency histogram: what the faster signal gains, side by side.
-    RouterSpec("epp-completions", "EPP default config, speeds from completions only", "epp",
-               "epp-completions.yaml", ours=True),
+    RouterSpec("epp-steptime", "EPP default config + speeds from inter-token latency", "epp",
+               "epp-steptime.yaml", ours=True),
 )
 
 

@@ -29,9 +29,13 @@ keeps requests in flight (InflightTracker.slowness: 1.0 on a homogeneous pool, w
 scores are exactly those without it). Equalising slowness x prompt tokens sends a pod 2x
 slower half the prompts, and the request's own prompt counts too, so an idle slow pod is
 only picked once the fast ones hold more than one prompt's worth of recent load.
-`engineLatency` (true) lets the ledger also learn slowness from the pods' scraped
+`engineLatency` (false) lets the ledger also learn slowness from the pods' scraped
 inter-token latency, which tells within a second of a pod's first request instead of at its
-first completions; pods that do not export it are judged by completions alone.
+first completions; pods that do not export it are judged by completions alone. Off by
+default: on a homogeneous pool under load, a pod that has just taken prompts decodes in
+steps shared with their prefill chunks, so its inter-token latency reads as slowness and
+shifts load for no reason (no-sharing @ 9-12 req/s: p50 up to 1.47x the completions-only
+ranking in side-by-side runs, docs/scheduling.md "Heterogeneous pools").
 
 Not a GIE or llm-d plugin: our own; see docs/scheduling.md for the measurements.
 """
@@ -62,7 +66,7 @@ class PrefillLoadScorer:
         speed_aware: bool = False
         # With speedAware: also learn speeds from the pods' scraped inter-token latency
         # (InflightTracker, "engine step time"); false = from completions only.
-        engine_latency: bool = True
+        engine_latency: bool = False
 
         def validate(self) -> None:
             pass

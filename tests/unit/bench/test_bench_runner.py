@@ -61,7 +61,7 @@ def test_router_table_is_complete_and_keys_unique() -> None:
     assert len(keys) == len(set(keys))
     assert {"envoy-rr", "envoy-lr", "vr-rr", "vr-p2c", "vr-cache", "vr-kv", "epp-default", "epp-gie", "epp-load",
             "epp-prefix", "epp-all", "epp-precise", "epp-precise-spec", "epp-rr", "epp-rr-scrape1s",
-            "epp-default-scrape200ms", "epp-speedblind", "epp-completions"} == set(keys)
+            "epp-default-scrape200ms", "epp-speedblind", "epp-steptime"} == set(keys)
     for spec in ROUTERS:
         if spec.kind == "epp":
             path = epp_config_path(spec)
@@ -84,13 +84,13 @@ def test_speedblind_row_is_the_embedded_default_without_speed_awareness() -> Non
     assert blind == default
 
 
-def test_completions_row_is_the_embedded_default_without_the_engine_latency_signal() -> None:
+def test_steptime_row_is_the_embedded_default_with_the_engine_latency_signal() -> None:
     default = yaml.safe_load((REPO / "epp/config/default-config.yaml").read_text())
-    completions = yaml.safe_load((CONFIG_DIR / "epp-completions.yaml").read_text())
+    steptime = yaml.safe_load((CONFIG_DIR / "epp-steptime.yaml").read_text())
     prefill = [p for p in default["plugins"] if p["type"] == "prefill-load-scorer"]
-    assert "engineLatency" not in prefill[0]["parameters"]  # the default: on
-    prefill[0]["parameters"]["engineLatency"] = False
-    assert completions == default
+    assert "engineLatency" not in prefill[0]["parameters"]  # the default: off
+    prefill[0]["parameters"]["engineLatency"] = True
+    assert steptime == default
 
 
 def test_stack_config_gives_cold_bench_pods_and_only_epp_rows_start_the_epp(tmp_path: Path) -> None:

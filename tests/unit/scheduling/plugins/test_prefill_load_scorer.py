@@ -195,10 +195,10 @@ def test_a_slow_pods_prompts_fade_over_a_longer_window() -> None:
     assert plain.recent_prompt_tokens_of(eps, clock()) == pytest.approx([1000 * math.exp(-1)] * 2)  # speed-blind
 
 
-def test_engine_latency_is_on_by_default_and_the_config_can_turn_it_off() -> None:
+def test_engine_latency_is_off_by_default_and_the_config_can_turn_it_on() -> None:
     from epp.config.loader import parse_scheduler_config
 
-    for extra, learns in (("", True), ("\n    engineLatency: false", False)):
+    for extra, learns in (("", False), ("\n    engineLatency: true", True)):
         ctx = context()
         tracker = ctx.services[SERVICE_KEY] = InflightTracker()
         parse_scheduler_config(f"""
