@@ -62,8 +62,11 @@ that stall the decodes), so a pod's mean over the lower quartile of the pool's m
 second slowness estimate; each pod's slowness is the larger of the two, through the same dead
 zone and cap. A pod that exports no such histogram (another engine, an old vLLM) has no
 step time and is judged by completions alone, as before; so are all pods when fewer than two
-export it. A homogeneous pool's step times differ only by how many prefills each pod ran
-lately, which the dead zone absorbs.
+export it. The embedded default config leaves this signal off (prefill-load-scorer
+`engineLatency: false`): on a homogeneous pool under load a pod that has just taken prompts
+decodes in steps shared with their prefill chunks, so its step time rises with its recent
+load and can exceed the dead zone, which moved load for nothing in side-by-side runs
+(docs/scheduling.md, "Heterogeneous pools").
 """
 
 from __future__ import annotations
@@ -172,7 +175,8 @@ class InflightTracker:
         # Engine step time (see the docstring): endpoint -> [decayed ITL seconds, decayed
         # tokens, clock() of the last update, last scraped itl_sum, last scraped itl_count].
         self._steps: dict[Endpoint, list[float]] = {}
-        # Off (by a prefill-load-scorer with engineLatency: false): completions only.
+        # Set by a speed-aware prefill-load-scorer from its engineLatency (false by default:
+        # completions only); only that scorer reads the slowness this feeds.
         self.learn_from_engine_latency = True
         self._datastore = datastore
         # A slow pod also works through its prompts more slowly: with this set (by a
