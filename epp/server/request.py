@@ -163,16 +163,20 @@ def _weighted_choice(choices: tuple[tuple[str, int], ...]) -> str:
     return choices[-1][0]
 
 
+def with_field(body: bytes, key: str, value: object) -> bytes:
+    """The request body with one top-level field set, replacing any client-sent value (the
+    rare rewrite paths: a full re-encode)."""
+    obj = msgspec.json.decode(body)
+    obj[key] = value
+    return msgspec.json.encode(obj)
+
+
 def with_priority(body: bytes, priority: int) -> bytes:
     """The request body with vLLM's `priority` field set (flowControl.forwardPriorityToPods):
     any client-sent value is replaced, as routing headers are."""
-    obj = msgspec.json.decode(body)
-    obj["priority"] = priority
-    return msgspec.json.encode(obj)
+    return with_field(body, "priority", priority)
 
 
 def rewrite_model(body: bytes, model: str) -> bytes:
-    """The request body with its `model` field replaced (the rare rewrite path: a full re-encode)."""
-    obj = msgspec.json.decode(body)
-    obj["model"] = model
-    return msgspec.json.encode(obj)
+    """The request body with its `model` field replaced."""
+    return with_field(body, "model", model)
