@@ -56,8 +56,11 @@ def test_repeated_prompt_sticks_to_the_pod_with_its_prefix(stack: LocalStack) ->
 
 
 async def _load_pod(port: int, n: int) -> list[asyncio.Task[httpx.Response]]:
-    client = httpx.AsyncClient(timeout=60)
-    body = {"model": MODEL, "prompt": "busy " * 200, "max_tokens": 400}
+    client = httpx.AsyncClient(timeout=120)
+    # 4,000 tokens is about 2.7 s per batch at time scale 0.1 (a step is ~6.8 model ms), so
+    # 16 requests keep the pod busy for ~11 s. With 400 tokens the whole load drained in ~1 s,
+    # and on a slow CI machine the test then sent its requests to an idle pod and failed.
+    body = {"model": MODEL, "prompt": "busy " * 200, "max_tokens": 4000}
     return [asyncio.create_task(client.post(f"http://127.0.0.1:{port}/v1/completions", json=body))
             for _ in range(n)]
 
@@ -91,6 +94,11 @@ def test_loaded_pod_is_avoided(stack: LocalStack) -> None:
                                           json={"model": MODEL, "prompt": f"fresh {i} " * 20, "max_tokens": 2})
                     assert r.status_code == 200, r.text
                     served.append(r.headers["x-sim-pod"])
+                # The assertion below means something only if the pod was still loaded.
+                page = (await client.get(f"http://127.0.0.1:{busy.port}/metrics")).text
+                waiting = sum(float(ln.split()[-1]) for ln in page.splitlines()
+                              if ln.startswith("vllm:num_requests_waiting{"))
+                assert waiting > 0, "the busy pod drained before the test finished; load it longer"
                 return served
         finally:
             for t in tasks:
