@@ -1,15 +1,29 @@
 """vLLM v1 Prometheus metrics (names, types, labels and buckets of vllm/v1/metrics/loggers.py).
 
-Each simulated pod has its own CollectorRegistry. Labels are `model_name` (the first served
-model name) and `engine` ("0"), like vLLM. Latencies are observed in model time (wall time
-divided by the pod's time_scale).
+Each simulated pod has its own CollectorRegistry of the lock-free families of
+epp/observability/fastmetrics.py, and serves the page with its `render_text` (prometheus_client's
+text format at a tenth of the CPU: the EPP scrapes a busy pod every 50 ms, and on a shared
+machine the simulator's rendering would otherwise be charged to the router that scrapes).
+Labels are `model_name` (the first served model name) and `engine` ("0"), like vLLM.
+Latencies are observed in model time (wall time divided by the pod's time_scale).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry
+
+from epp.observability.fastmetrics import (
+    CounterChild,
+    FastCounter,
+    FastGauge,
+    FastHistogram,
+    GaugeChild,
+    HistogramChild,
+    render_text,
+)
 
 TTFT_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
                 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0]  # fmt: skip
@@ -22,6 +36,8 @@ FINISHED_REASONS = ("stop", "length", "abort")
 # old ones; consumers take the series with the newest timestamp value. We keep the same shape
 # but bound the number of stale series.
 MAX_LORA_INFO_SERIES = 32
+
+F = TypeVar("F", FastCounter, FastGauge, FastHistogram)
 
 
 def build_1_2_5_buckets(max_value: int) -> list[float]:
@@ -44,17 +60,22 @@ class VllmMetrics:
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        self._families: list[FastCounter | FastGauge | FastHistogram] = []
         labels = ["model_name", "engine"]
         values = (model_name, "0")
 
-        def gauge(name: str, doc: str) -> Gauge:
-            return Gauge(name, doc, labels, registry=r).labels(*values)
+        def add(family: F) -> F:
+            self._families.append(family)
+            return family
 
-        def counter(name: str, doc: str) -> Counter:
-            return Counter(name, doc, labels, registry=r).labels(*values)
+        def gauge(name: str, doc: str) -> GaugeChild:
+            return add(FastGauge(name, doc, labels, registry=r)).labels(*values)
 
-        def histogram(name: str, doc: str, buckets: list[float]) -> Histogram:
-            return Histogram(name, doc, labels, buckets=buckets, registry=r).labels(*values)
+        def counter(name: str, doc: str) -> CounterChild:
+            return add(FastCounter(name, doc, labels, registry=r)).labels(*values)
+
+        def histogram(name: str, doc: str, buckets: list[float]) -> HistogramChild:
+            return add(FastHistogram(name, doc, labels, buckets=buckets, registry=r)).labels(*values)
 
         self.num_requests_running = gauge(
             "vllm:num_requests_running", "Number of requests in model execution batches."
@@ -81,12 +102,12 @@ class VllmMetrics:
         )
         self.prompt_tokens = counter("vllm:prompt_tokens", "Number of prefill tokens processed.")
         self.generation_tokens = counter("vllm:generation_tokens", "Number of generation tokens processed.")
-        success = Counter(
+        success = add(FastCounter(
             "vllm:request_success",
             "Count of successfully processed requests.",
             [*labels, "finished_reason"],
             registry=r,
-        )
+        ))
         self.request_success = {reason: success.labels(*values, reason) for reason in FINISHED_REASONS}
         token_buckets = build_1_2_5_buckets(max_model_len)
         self.request_prompt_tokens = histogram(
@@ -131,21 +152,22 @@ class VllmMetrics:
             "Histogram of time spent in DECODE phase for request.",
             REQUEST_LATENCY_BUCKETS,
         )
-        self.lora_requests_info = Gauge(
+        self.lora_requests_info = add(FastGauge(
             "vllm:lora_requests_info",
             "Running stats on lora requests.",
             ["max_lora", "waiting_lora_adapters", "running_lora_adapters"],
             registry=r,
-        )
+        ))
         self._max_lora = str(max_loras)
         self._lora_series: OrderedDict[tuple[str, str], None] = OrderedDict()
-        cache_config_info = Gauge(
+        cache_info_labels = [*sorted(cache_info), "engine"]
+        cache_config_info = add(FastGauge(
             "vllm:cache_config_info",
             "Information of the LLMEngine CacheConfig",
-            [*sorted(cache_info), "engine"],
+            cache_info_labels,
             registry=r,
-        )
-        cache_config_info.labels(**cache_info, engine="0").set(1)
+        ))
+        cache_config_info.labels(*({**cache_info, "engine": "0"}[k] for k in cache_info_labels)).set(1)
         # Simulator-only: tokens whose KV was pulled from a prefill pod instead of computed.
         self.kv_transfer_tokens = counter(
             "sim:kv_transfer_tokens", "Prompt tokens whose KV was received from a remote prefill pod."
@@ -164,4 +186,4 @@ class VllmMetrics:
         """vLLM exports the hit and query counters instead of a rate (prefix_cache_*)."""
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return render_text(self._families)

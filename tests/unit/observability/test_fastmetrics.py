@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
-from epp.observability.fastmetrics import FastCounter, FastGauge, FastHistogram
+from epp.observability.fastmetrics import FastCounter, FastGauge, FastHistogram, render_text
 from epp.observability.metrics import DURATION_BUCKETS, SCHEDULER_BUCKETS, EPPMetrics
 
 _CREATED = re.compile(r"^(\S+_created(?:\{[^}]*\})?) \S+$", re.MULTILINE)
@@ -198,3 +198,94 @@ def test_epp_metrics_exposition_matches_prometheus_client_classes() -> None:
     rm.inc()
     rm.inc()
     assert _normalised(generate_latest(fast.registry)) == _normalised(generate_latest(ref))
+
+
+def test_render_text_writes_what_prometheus_client_writes_for_the_same_updates() -> None:
+    """Random updates on both sides; `render_text` against prometheus_client's own
+    generate_latest over its own classes, after every few steps."""
+    import random
+
+    rng = random.Random(7)
+    ref, fast = _pair()
+    names = ["model_name", "engine"]
+    values = ('org/model "q"\\x\nz', "0")  # a label value that needs every escape
+    doc = 'Prompt tokens.\nA second line with a \\ backslash'
+    pc = Counter("vllm:prompt_tokens", doc, names, registry=ref).labels(*values)
+    fc = FastCounter("vllm:prompt_tokens", doc, names, registry=fast)
+    fcc = fc.labels(*values)
+    pg = Gauge("vllm:num_requests_running", "Running.", names, registry=ref).labels(*values)
+    fg = FastGauge("vllm:num_requests_running", "Running.", names, registry=fast)
+    fgc = fg.labels(*values)
+    ttft = [0.001, 0.005, 0.01, 0.25, 2560.0]
+    ph = Histogram("vllm:ttft_seconds", "TTFT.", names, buckets=ttft, registry=ref).labels(*values)
+    fh = FastHistogram("vllm:ttft_seconds", "TTFT.", names, buckets=ttft, registry=fast)
+    fhc = fh.labels(*values)
+    pu = Histogram("unlabelled_seconds", "No labels.", buckets=[1, 8, 8192], registry=ref)
+    fu = FastHistogram("unlabelled_seconds", "No labels.", buckets=[1, 8, 8192], registry=fast)
+    reasons = ("stop", "length", "abort")
+    ps = Counter("vllm:request_success", "Successes.", [*names, "finished_reason"], registry=ref)
+    fs = FastCounter("vllm:request_success", "Successes.", [*names, "finished_reason"], registry=fast)
+    p_success = {r: ps.labels(*values, r) for r in reasons}
+    f_success = {r: fs.labels(*values, r) for r in reasons}
+    lora_labels = ["max_lora", "waiting", "running"]
+    plora = Gauge("vllm:lora_requests_info", "LoRA.", lora_labels, registry=ref)
+    flora = FastGauge("vllm:lora_requests_info", "LoRA.", lora_labels, registry=fast)
+    empty_ref = Counter("never_used", "A labelled family without series.", ["x"], registry=ref)
+    empty_fast = FastCounter("never_used", "A labelled family without series.", ["x"], registry=fast)
+    families = [fc, fg, fh, fu, fs, flora, empty_fast]
+
+    def same(step: int) -> None:
+        assert _normalised(render_text(families)) == _normalised(generate_latest(ref)), step
+
+    same(-1)
+    live: list[tuple[str, str, str]] = []
+    for step in range(3000):
+        op = rng.randrange(7)
+        if op == 0:
+            n = rng.choice([1, 3, 250, 1_234_567, 0.5])
+            pc.inc(n)
+            fcc.inc(n)
+        elif op == 1:
+            v = rng.choice([0, 1, 7, 0.25, 1e-7, 123456789.0, -3.5])
+            pg.set(v)
+            fgc.set(v)
+        elif op == 2:
+            pg.inc(2)
+            fgc.inc(2)
+            pg.dec(0.5)
+            fgc.dec(0.5)
+        elif op == 3:
+            v = rng.choice([0.0, 0.001, 0.0011, 2560.0, 3000.0, rng.random() * 10, rng.expovariate(0.1)])
+            ph.observe(v)
+            fhc.observe(v)
+            pu.observe(v * 1000)
+            fu.observe(v * 1000)
+        elif op == 4:
+            r = rng.choice(reasons)
+            p_success[r].inc()
+            f_success[r].inc()
+        elif op == 5:
+            key = ("4", rng.choice(["", "a", "a,b"]), rng.choice(["", "c"]))
+            plora.labels(*key).set(step)
+            flora.labels(*key).set(step)
+            if key not in live:
+                live.append(key)
+        elif live:
+            key = live.pop(rng.randrange(len(live)))
+            plora.remove(*key)
+            flora.remove(*key)
+        if step % 97 == 0:
+            same(step)
+    assert empty_ref is not None
+    same(3000)
+
+
+def test_set_to_current_time_as_prometheus_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    monkeypatch.setattr(time, "time", lambda: 1_796_139_288.1620324)
+    ref, fast = _pair()
+    Gauge("info", "Info.", ["a"], registry=ref).labels("x").set_to_current_time()
+    f = FastGauge("info", "Info.", ["a"], registry=fast)
+    f.labels("x").set_to_current_time()
+    assert render_text([f]) == generate_latest(ref)
