@@ -31,8 +31,6 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-import msgspec
-
 from epp.datastore.datastore import Datastore
 from epp.datastore.endpoint import Endpoint
 from epp.datastore.inflight import Dispatch, InflightTracker
@@ -43,9 +41,9 @@ from epp.responsecache.policy import CachePlan
 from epp.scheduling.types import CycleState, LLMRequest, SchedulingError, SchedulingResult, cached_prompt_tokens
 from epp.server import wire
 from epp.server.errors import ImmediateAnswer, RequestError
-from epp.server.request import parse_request, rewrite_model, with_priority
+from epp.server.request import parse_request, rewrite_body
 from epp.server.routes import RouteKind, classify
-from epp.server.usage import UsageParser, stream_usage_requested, with_stream_usage
+from epp.server.usage import UsageParser
 
 if TYPE_CHECKING:
     from epp.observability.request_tracing import RequestSpans, RequestTracing
@@ -418,21 +416,16 @@ class ExtProcHandler:
     def _route(self, st: _Stream, request: LLMRequest, body: bytes) -> list[bytes]:
         mutation, metadata = self._schedule(st, request)
         st.routed = time.perf_counter()
-        new_body: bytes | None = None
-        if request.target_model != request.model:
-            # InferenceModel-style rewrite: the pod must see the target model's name.
-            new_body = rewrite_model(body, request.target_model)
-        if self.options.stream_include_usage and request.stream:
-            decoded = msgspec.json.decode(new_body or body)  # only streams, only with the flag
-            if not stream_usage_requested(decoded):
-                new_body = msgspec.json.encode(with_stream_usage(decoded))
         flow = self.flow
-        if flow is not None:
+        new_body = rewrite_body(
+            body,
+            # InferenceModel-style rewrite: the pod must see the target model's name.
+            model=request.target_model if request.target_model != request.model else None,
+            stream_usage=self.options.stream_include_usage and request.stream,
             # flowControl.forwardPriorityToPods: the pod's vLLM priority comes from the
             # objective; a client-sent `priority` is overwritten, never trusted.
-            priority = flow.pod_priority(request)
-            if priority is not None:
-                new_body = with_priority(new_body or body, priority)
+            priority=flow.pod_priority(request) if flow is not None else None,
+        )
         if new_body is not None:
             mutation += wire.header_mutation((("content-length", str(len(new_body))),))
         if st.body_mode == FULL_DUPLEX_STREAMED:

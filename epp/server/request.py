@@ -14,6 +14,7 @@ import msgspec
 from epp.datastore.datastore import Datastore
 from epp.scheduling.types import LLMRequest
 from epp.server.errors import RequestError
+from epp.server.usage import stream_usage_requested, with_stream_usage
 
 CHAT_PATH = "/v1/chat/completions"
 OBJECTIVE_HEADER = "x-gateway-inference-objective"
@@ -163,20 +164,27 @@ def _weighted_choice(choices: tuple[tuple[str, int], ...]) -> str:
     return choices[-1][0]
 
 
-def with_field(body: bytes, key: str, value: object) -> bytes:
-    """The request body with one top-level field set, replacing any client-sent value (the
-    rare rewrite paths: a full re-encode)."""
+def rewrite_body(body: bytes, *, model: str | None = None, stream_usage: bool = False,
+                 priority: int | None = None) -> bytes | None:
+    """The request body with the EPP's edits made in one decode and one encode, or None when
+    nothing changes (the common case costs nothing):
+    - `model` replaces the model name (InferenceModel-style rewrite);
+    - `stream_usage` asks a stream for its final usage chunk (stream_options.include_usage,
+      the client's other stream options kept);
+    - `priority` sets vLLM's request priority (flowControl.forwardPriorityToPods): a
+      client-sent value is replaced, as routing headers are.
+    """
+    if model is None and not stream_usage and priority is None:
+        return None
     obj = msgspec.json.decode(body)
-    obj[key] = value
-    return msgspec.json.encode(obj)
-
-
-def with_priority(body: bytes, priority: int) -> bytes:
-    """The request body with vLLM's `priority` field set (flowControl.forwardPriorityToPods):
-    any client-sent value is replaced, as routing headers are."""
-    return with_field(body, "priority", priority)
-
-
-def rewrite_model(body: bytes, model: str) -> bytes:
-    """The request body with its `model` field replaced."""
-    return with_field(body, "model", model)
+    changed = False
+    if model is not None:
+        obj["model"] = model
+        changed = True
+    if stream_usage and not stream_usage_requested(obj):
+        obj = with_stream_usage(obj)
+        changed = True
+    if priority is not None:
+        obj["priority"] = priority
+        changed = True
+    return msgspec.json.encode(obj) if changed else None
