@@ -19,15 +19,17 @@ is `ttftWeight x TTFT / ref + tpotWeight x TPOT / ref`, the references being the
 targets (a dimension without target next to one with a target does not count), and the
 costs are min-max normalised once, so the weights act on comparable, magnitude-keeping units.
 
-A request without any target is ranked on its predicted time in seconds:
+A request without any target (scored only with the producer's `scoreRequestsWithoutSLO`)
+is ranked, with `withoutSLO: ttft` (the default), on its predicted TTFT alone: the earliest
+first byte, which for a long prompt is where its prefill queue is shortest, the slow pod
+included. With `withoutSLO: latency`, on its predicted time in seconds,
 `ttftWeight x TTFT + tpotWeight x (output tokens - 1) x TPOT` (the expected output tokens
-are its max_tokens). llm-d ranks such a request as if its targets were 0, i.e. by the
-lowest blended latency; blending TPOT relative to the best pod's TPOT (as before) gave a pod
-decoding 1.6x slower the pull of a prefill 1.6x slower, so a long prompt that decodes 32
-tokens (a 10 s prefill, ~1 s of decode) avoided pods with busy decode batches at the price
-of seconds of prefill queue (docs/latency-routing.md, "Requests without SLO"). In seconds,
-TPOT weighs what it costs the request: little for a long prompt with a short answer, most
-of it for a short prompt with a long answer.
+are its max_tokens), so TPOT weighs what it costs the request: little for a long prompt with
+a short answer, most of it for a short prompt with a long answer. llm-d ranks such a
+request as if its targets were 0, by the lowest blended latency; blending TPOT relative to
+the best pod's TPOT (our first version) gave a pod decoding 2x slower the pull of a prefill
+2x slower, so long prompts that decode 32 tokens avoided pods with busy decode batches at
+the price of seconds of prefill queue (docs/latency-routing.md, "Requests without SLO").
 
 Before the predictor is trained, and for requests without SLO (unless the producer's
 `scoreRequestsWithoutSLO`), every pod scores 0, so the profile's other scorers decide exactly
@@ -50,18 +52,19 @@ _MIN_REFERENCE_S = 0.001  # floor of a reference latency (a 0 s prediction would
 
 
 def _relative_costs(preds: Sequence[tuple[float, float]], slo_ttft: float | None, slo_tpot: float | None,
-                    w_ttft: float, w_tpot: float, output_tokens: int) -> list[float]:
+                    w_ttft: float, w_tpot: float, output_tokens: int | None) -> list[float]:
     """The blended cost of each candidate. With targets: w_ttft x TTFT / target + w_tpot x
     TPOT / target, a dimension without target not counting (relative to the best pod, a
     dimension the request asked nothing of would outweigh the one it did). Unlike
     per-dimension min-max normalisation this keeps the magnitudes: a TPOT spread of a few
     percent no longer weighs as much as a TTFT spread of several seconds. Without any target:
     seconds, w_ttft x TTFT + w_tpot x (output_tokens - 1) x TPOT, the TPOT term being the
-    decode time the request will spend after its first token. A dimension whose predictions
-    are unknown (NaN) or all equal contributes nothing."""
+    decode time the request will spend after its first token (output_tokens None: TTFT
+    alone). A dimension whose predictions are unknown (NaN) or all equal contributes
+    nothing."""
     costs = [0.0] * len(preds)
     has_slo = slo_ttft is not None or slo_tpot is not None
-    decode_steps = max(0, output_tokens - 1)
+    decode_steps = max(0, output_tokens - 1) if output_tokens is not None else 0
     for dim, slo, weight in ((0, slo_ttft, w_ttft), (1, slo_tpot, w_tpot)):
         values = [p[dim] for p in preds]
         if weight <= 0.0 or (has_slo and slo is None):
@@ -88,6 +91,9 @@ class LatencyScorer:
         ttft_weight: float = 0.8
         tpot_weight: float = 0.2
         headroom_selection_strategy: Literal["most", "least"] = "most"
+        # A request without any target: "ttft" ranks on predicted TTFT alone, "latency" on
+        # ttftWeight x TTFT + tpotWeight x its decode seconds (see the module docstring).
+        without_slo: Literal["ttft", "latency"] = "ttft"
 
         def validate(self) -> None:
             for label, value in (("ttftWeight", self.ttft_weight), ("tpotWeight", self.tpot_weight)):
@@ -113,8 +119,12 @@ class LatencyScorer:
         least = self.params.headroom_selection_strategy == "least" and any(meets)
         preds = [cycle.by_key[endpoints[i].key] for i in tier]
         slo = cycle.slo
-        costs = _relative_costs(preds, slo.ttft_s, slo.tpot_s, self.params.ttft_weight, self.params.tpot_weight,
-                                expected_output_tokens(request))
+        params = self.params
+        if slo.empty and params.without_slo == "ttft":
+            costs = _relative_costs(preds, None, None, 1.0, 0.0, None)
+        else:
+            costs = _relative_costs(preds, slo.ttft_s, slo.tpot_s, params.ttft_weight, params.tpot_weight,
+                                    expected_output_tokens(request))
         low, high = min(costs), max(costs)
         span = high - low
         out = [0.0] * n
