@@ -20,12 +20,12 @@ targets (a dimension without target next to one with a target does not count), a
 costs are min-max normalised once, so the weights act on comparable, magnitude-keeping units.
 
 A request without any target (scored only with the producer's `scoreRequestsWithoutSLO`)
-is ranked, with `withoutSLO: ttft` (the default), on its predicted TTFT alone: the earliest
-first byte, which for a long prompt is where its prefill queue is shortest, the slow pod
-included. With `withoutSLO: latency`, on its predicted time in seconds,
+is ranked, with `withoutSLO: latency` (the default), on its predicted time in seconds,
 `ttftWeight x TTFT + tpotWeight x (output tokens - 1) x TPOT` (the expected output tokens
 are its max_tokens), so TPOT weighs what it costs the request: little for a long prompt with
-a short answer, most of it for a short prompt with a long answer. llm-d ranks such a
+a short answer, most of it for a short prompt with a long answer. With `withoutSLO: ttft`,
+on its predicted TTFT alone (the earliest first byte; in the benchmark this sent long
+prompts to the slow pod, whose chats then stalled: docs/latency-routing.md). llm-d ranks such a
 request as if its targets were 0, by the lowest blended latency; blending TPOT relative to
 the best pod's TPOT (our first version) gave a pod decoding 2x slower the pull of a prefill
 2x slower, so long prompts that decode 32 tokens avoided pods with busy decode batches at
@@ -91,9 +91,9 @@ class LatencyScorer:
         ttft_weight: float = 0.8
         tpot_weight: float = 0.2
         headroom_selection_strategy: Literal["most", "least"] = "most"
-        # A request without any target: "ttft" ranks on predicted TTFT alone, "latency" on
-        # ttftWeight x TTFT + tpotWeight x its decode seconds (see the module docstring).
-        without_slo: Literal["ttft", "latency"] = "ttft"
+        # A request without any target: "latency" ranks on ttftWeight x TTFT + tpotWeight x
+        # its decode seconds, "ttft" on predicted TTFT alone (see the module docstring).
+        without_slo: Literal["ttft", "latency"] = "latency"
 
         def validate(self) -> None:
             for label, value in (("ttftWeight", self.ttft_weight), ("tpotWeight", self.tpot_weight)):

@@ -148,16 +148,16 @@ def test_scorer_blends_ttft_and_tpot_in_comparable_units(ctx: PluginContext) -> 
 
 def test_request_without_slo_is_ranked_on_predicted_ttft_or_its_own_seconds(ctx: PluginContext) -> None:
     """A long prompt with a short answer and no SLO goes to the pod with the lower predicted
-    TTFT even though that pod decodes 2x slower: by default (TTFT alone), and by its own
-    predicted seconds too (2 s less prefill queue beats 31 tokens x 30 ms more decode). A
+    TTFT even though that pod decodes 2x slower: by default (its own predicted seconds: 2 s
+    less prefill queue beats 31 tokens x 30 ms more decode), and by TTFT alone. A
     short prompt asking for 512 tokens: TTFT alone still picks the earliest first byte, its
     own seconds the faster decode."""
     pods = [endpoint("busy-fast", port=8000), endpoint("idle-slow", port=8001)]
     latency_runtime(ctx.services).score_without_slo = True
-    by_ttft = LatencyScorer(ctx=ctx, params=LatencyScorer.Params(ttft_weight=0.5, tpot_weight=0.5))
-    assert by_ttft.params.without_slo == "ttft"
-    by_seconds = LatencyScorer(ctx=ctx, params=LatencyScorer.Params(ttft_weight=0.5, tpot_weight=0.5,
-                                                                    without_slo="latency"))
+    by_ttft = LatencyScorer(ctx=ctx, params=LatencyScorer.Params(ttft_weight=0.5, tpot_weight=0.5,
+                                                                 without_slo="ttft"))
+    by_seconds = LatencyScorer(ctx=ctx, params=LatencyScorer.Params(ttft_weight=0.5, tpot_weight=0.5))
+    assert by_seconds.params.without_slo == "latency"
     long_prefill = {pods[0].key: (8.0, 0.030), pods[1].key: (6.0, 0.060)}
     short_answer = request("y" * 80_000, max_tokens=32)
     for scorer in (by_ttft, by_seconds):
@@ -331,9 +331,9 @@ def test_scorer_without_slo_ranking_is_configured_by_name() -> None:
 - type: latency-scorer
   parameters: {withoutSLO: %s}
 """
-    config = parse_scheduler_config(text % "latency", context(), "latency.yaml")
+    config = parse_scheduler_config(text % "ttft", context(), "latency.yaml")
     scorer = next(p for p in config.plugins.values() if isinstance(p, LatencyScorer))
-    assert scorer.params.without_slo == "latency"
+    assert scorer.params.without_slo == "ttft"
     with pytest.raises(ConfigError) as info:
         parse_scheduler_config(text % "fastest", context(), "latency.yaml")
     assert "latency.yaml" in str(info.value) and "withoutSLO" in str(info.value)
