@@ -195,10 +195,8 @@ class LatencyRuntime:
             x = self.features(target, len(request.prompt_text()) // CHARACTERS_PER_TOKEN,
                               prefix.get(target.key, 0) if prefix else 0)
             ttft, tpot = self.predictor.predict(target.key, x) if self.predictor.ready else (math.nan, math.nan)
-        max_tokens = request.max_tokens if request.max_tokens is not None and request.max_tokens >= 0 \
-            else DEFAULT_OUTPUT_TOKENS
         record = RequestRecord(request, target.key, request.model, request.target_model, slo, x, ttft, tpot,
-                               x[1], max_tokens / 1000.0, self.clock())
+                               x[1], expected_output_tokens(request) / 1000.0, self.clock())
         self.pending_prefill[target.key] = self.pending_prefill.get(target.key, 0.0) + record.new_tokens
         self.pending_count[target.key] = self.pending_count.get(target.key, 0) + 1
         service = self.predictor.service_time(target.key, record.new_tokens) if self.predictor.ready else math.nan
@@ -278,6 +276,12 @@ class LatencyRuntime:
 
     def open_records(self) -> int:
         return len(self._records)
+
+
+def expected_output_tokens(request: LLMRequest) -> int:
+    """The decode tokens a request is expected to produce: its max_tokens, else a default."""
+    max_tokens = request.max_tokens
+    return max_tokens if max_tokens is not None and max_tokens >= 0 else DEFAULT_OUTPUT_TOKENS
 
 
 def latency_runtime(services: MutableMapping[str, Any]) -> LatencyRuntime:

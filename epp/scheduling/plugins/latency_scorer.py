@@ -16,9 +16,20 @@ which gives a TPOT spread of 3% the same pull as a TTFT spread of 300%. For a lo
 outvoted the TTFT ranking: the benchmark's long prefills went to the pod with the most
 prefill work queued (docs/latency-routing.md, "Long prefills"). Here each candidate's cost
 is `ttftWeight x TTFT / ref + tpotWeight x TPOT / ref`, the references being the request's
-targets (a request without any target: the best candidate's predictions; a dimension
-without target next to one with a target does not count), and the costs are min-max
-normalised once, so the weights act on comparable, magnitude-keeping units.
+targets (a dimension without target next to one with a target does not count), and the
+costs are min-max normalised once, so the weights act on comparable, magnitude-keeping units.
+
+A request without any target (scored only with the producer's `scoreRequestsWithoutSLO`)
+is ranked, with `withoutSLO: latency` (the default), on its predicted time in seconds,
+`ttftWeight x TTFT + tpotWeight x (output tokens - 1) x TPOT` (the expected output tokens
+are its max_tokens), so TPOT weighs what it costs the request: little for a long prompt with
+a short answer, most of it for a short prompt with a long answer. With `withoutSLO: ttft`,
+on its predicted TTFT alone (the earliest first byte; in the benchmark this sent long
+prompts to the slow pod, whose chats then stalled: docs/latency-routing.md). llm-d ranks such a
+request as if its targets were 0, by the lowest blended latency; blending TPOT relative to
+the best pod's TPOT (our first version) gave a pod decoding 2x slower the pull of a prefill
+2x slower, so long prompts that decode 32 tokens avoided pods with busy decode batches at
+the price of seconds of prefill queue (docs/latency-routing.md, "Requests without SLO").
 
 Before the predictor is trained, and for requests without SLO (unless the producer's
 `scoreRequestsWithoutSLO`), every pod scores 0, so the profile's other scorers decide exactly
@@ -33,7 +44,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from epp.datastore.endpoint import Endpoint
-from epp.latency.runtime import LatencyRuntime, latency_runtime
+from epp.latency.runtime import LatencyRuntime, expected_output_tokens, latency_runtime
 from epp.scheduling.registry import PluginContext, register_plugin
 from epp.scheduling.types import CycleState, LLMRequest
 
@@ -41,26 +52,30 @@ _MIN_REFERENCE_S = 0.001  # floor of a reference latency (a 0 s prediction would
 
 
 def _relative_costs(preds: Sequence[tuple[float, float]], slo_ttft: float | None, slo_tpot: float | None,
-                    w_ttft: float, w_tpot: float) -> list[float]:
-    """The blended cost of each candidate in units of the request's targets: w_ttft x TTFT /
-    reference + w_tpot x TPOT / reference, where the reference is the request's target, or,
-    for a dimension without target, the best candidate's prediction (so the cost is "times
-    slower than the best pod"). Unlike per-dimension min-max normalisation this keeps the
-    magnitudes: a TPOT spread of a few percent (prediction noise, for a request that decodes
-    32 tokens after a 6 s prefill) no longer weighs as much as a TTFT spread of several
-    seconds. A dimension whose predictions are unknown (NaN) or all equal contributes nothing,
-    nor does one without target when the request has a target for the other (relative to the
-    best pod, a dimension the request asked nothing of would outweigh the one it did)."""
+                    w_ttft: float, w_tpot: float, output_tokens: int | None) -> list[float]:
+    """The blended cost of each candidate. With targets: w_ttft x TTFT / target + w_tpot x
+    TPOT / target, a dimension without target not counting (relative to the best pod, a
+    dimension the request asked nothing of would outweigh the one it did). Unlike
+    per-dimension min-max normalisation this keeps the magnitudes: a TPOT spread of a few
+    percent no longer weighs as much as a TTFT spread of several seconds. Without any target:
+    seconds, w_ttft x TTFT + w_tpot x (output_tokens - 1) x TPOT, the TPOT term being the
+    decode time the request will spend after its first token (output_tokens None: TTFT
+    alone). A dimension whose predictions are unknown (NaN) or all equal contributes
+    nothing."""
     costs = [0.0] * len(preds)
     has_slo = slo_ttft is not None or slo_tpot is not None
+    decode_steps = max(0, output_tokens - 1) if output_tokens is not None else 0
     for dim, slo, weight in ((0, slo_ttft, w_ttft), (1, slo_tpot, w_tpot)):
         values = [p[dim] for p in preds]
         if weight <= 0.0 or (has_slo and slo is None):
             continue  # a request with targets is ranked on the dimensions it has targets for
         if not all(v == v for v in values) or max(values) == min(values):
             continue
-        ref = slo if slo is not None else min(values)
-        scale = weight / max(ref, _MIN_REFERENCE_S)
+        # With a target: units of the target. Without: seconds of the request's own time.
+        per_unit = 1.0 / max(slo, _MIN_REFERENCE_S) if slo is not None else float(decode_steps if dim else 1)
+        scale = weight * per_unit
+        if scale <= 0.0:
+            continue
         for i, v in enumerate(values):
             costs[i] += scale * v
     return costs
@@ -76,6 +91,9 @@ class LatencyScorer:
         ttft_weight: float = 0.8
         tpot_weight: float = 0.2
         headroom_selection_strategy: Literal["most", "least"] = "most"
+        # A request without any target: "latency" ranks on ttftWeight x TTFT + tpotWeight x
+        # its decode seconds, "ttft" on predicted TTFT alone (see the module docstring).
+        without_slo: Literal["ttft", "latency"] = "latency"
 
         def validate(self) -> None:
             for label, value in (("ttftWeight", self.ttft_weight), ("tpotWeight", self.tpot_weight)):
@@ -101,7 +119,12 @@ class LatencyScorer:
         least = self.params.headroom_selection_strategy == "least" and any(meets)
         preds = [cycle.by_key[endpoints[i].key] for i in tier]
         slo = cycle.slo
-        costs = _relative_costs(preds, slo.ttft_s, slo.tpot_s, self.params.ttft_weight, self.params.tpot_weight)
+        params = self.params
+        if slo.empty and params.without_slo == "ttft":
+            costs = _relative_costs(preds, None, None, 1.0, 0.0, None)
+        else:
+            costs = _relative_costs(preds, slo.ttft_s, slo.tpot_s, params.ttft_weight, params.tpot_weight,
+                                    expected_output_tokens(request))
         low, high = min(costs), max(costs)
         span = high - low
         out = [0.0] * n

@@ -111,14 +111,16 @@ def state_with(slo: SLO, predictions: dict[str, tuple[float, float]]) -> CycleSt
 
 def test_scorer_blends_ttft_and_tpot_in_comparable_units(ctx: PluginContext) -> None:
     # A long prefill without SLO: TTFTs 6 / 9 / 12 s, TPOTs within 5% of each other (noise).
-    # Per-dimension min-max would rate a and b equal (1 + 0.5 vs 0.5 + 1); in units of the
-    # best pod's prediction the 3 s TTFT gap dominates.
+    # Per-dimension min-max would rate a and b equal (1 + 0.5 vs 0.5 + 1); in seconds (TTFT
+    # plus the 255 tokens after the first, request("q") has no max_tokens: 256 expected) the
+    # 3 s TTFT gap dominates.
     pods = [endpoint("a", port=8000), endpoint("b", port=8001), endpoint("c", port=8002)]
     preds = {"a": (6.0, 0.040), "b": (9.0, 0.039), "c": (12.0, 0.041)}
     keyed = {ep.key: preds[ep.name] for ep in pods}
     latency_runtime(ctx.services).score_without_slo = True
-    scorer = LatencyScorer(ctx=ctx, params=LatencyScorer.Params(ttft_weight=0.5, tpot_weight=0.5))
-    cost = {name: 0.5 * t / 6.0 + 0.5 * p / 0.039 for name, (t, p) in preds.items()}
+    scorer = LatencyScorer(ctx=ctx, params=LatencyScorer.Params(ttft_weight=0.5, tpot_weight=0.5,
+                                                                without_slo="latency"))
+    cost = {name: 0.5 * t + 0.5 * 255 * p for name, (t, p) in preds.items()}
     low, high = min(cost.values()), max(cost.values())
     expected = [(high - cost[ep.name]) / (high - low) for ep in pods]
     assert scorer.score(state_with(NO_SLO, keyed), request("q"), pods) == pytest.approx(expected)
@@ -142,6 +144,34 @@ def test_scorer_blends_ttft_and_tpot_in_comparable_units(ctx: PluginContext) -> 
         assert scorer.score(state_with(NO_SLO, case), request("q"), pods) == pytest.approx([1.0, 0.5, 0.0])
     # A request with a TTFT target only is ranked on TTFT only (b's better TPOT does not count).
     assert scorer.score(state_with(SLO(ttft_s=30.0), keyed), request("q"), pods) == pytest.approx([1.0, 0.5, 0.0])
+
+
+def test_request_without_slo_is_ranked_on_predicted_ttft_or_its_own_seconds(ctx: PluginContext) -> None:
+    """A long prompt with a short answer and no SLO goes to the pod with the lower predicted
+    TTFT even though that pod decodes 2x slower: by default (its own predicted seconds: 2 s
+    less prefill queue beats 31 tokens x 30 ms more decode), and by TTFT alone. A
+    short prompt asking for 512 tokens: TTFT alone still picks the earliest first byte, its
+    own seconds the faster decode."""
+    pods = [endpoint("busy-fast", port=8000), endpoint("idle-slow", port=8001)]
+    latency_runtime(ctx.services).score_without_slo = True
+    by_ttft = LatencyScorer(ctx=ctx, params=LatencyScorer.Params(ttft_weight=0.5, tpot_weight=0.5,
+                                                                 without_slo="ttft"))
+    by_seconds = LatencyScorer(ctx=ctx, params=LatencyScorer.Params(ttft_weight=0.5, tpot_weight=0.5))
+    assert by_seconds.params.without_slo == "latency"
+    long_prefill = {pods[0].key: (8.0, 0.030), pods[1].key: (6.0, 0.060)}
+    short_answer = request("y" * 80_000, max_tokens=32)
+    for scorer in (by_ttft, by_seconds):
+        assert scorer.score(state_with(NO_SLO, long_prefill), short_answer, pods) == [0.0, 1.0]
+    # Relative to the best pod's TPOT (the old blend) the 2x TPOT outweighed the 1.33x TTFT.
+    assert 0.5 * 8.0 / 6.0 + 0.5 * 0.030 / 0.030 < 0.5 * 6.0 / 6.0 + 0.5 * 0.060 / 0.030
+    chat = {pods[0].key: (0.5, 0.030), pods[1].key: (0.3, 0.060)}
+    long_answer = request("hi", max_tokens=512)
+    assert by_ttft.score(state_with(NO_SLO, chat), long_answer, pods) == [0.0, 1.0]
+    assert by_seconds.score(state_with(NO_SLO, chat), long_answer, pods) == [1.0, 0.0]
+    # With targets the request is ranked against them: only busy-fast meets the 50 ms TPOT.
+    with_slo = SLO(ttft_s=30.0, tpot_s=0.05)
+    for scorer in (by_ttft, by_seconds):
+        assert scorer.score(state_with(with_slo, long_prefill), short_answer, pods) == [1.0, 0.0]
 
 
 def test_scorer_counts_the_prefill_queue_a_long_request_left_on_a_pod(ctx: PluginContext,
@@ -293,3 +323,17 @@ def test_config_errors_name_the_plugin_and_field(params: str, message: str) -> N
         parse_scheduler_config(text, context(), "latency.yaml")
     assert "latency.yaml" in str(info.value) and "predicted-latency-producer" in str(info.value)
     assert message in str(info.value)
+
+
+def test_scorer_without_slo_ranking_is_configured_by_name() -> None:
+    text = """plugins:
+- type: predicted-latency-producer
+- type: latency-scorer
+  parameters: {withoutSLO: %s}
+"""
+    config = parse_scheduler_config(text % "ttft", context(), "latency.yaml")
+    scorer = next(p for p in config.plugins.values() if isinstance(p, LatencyScorer))
+    assert scorer.params.without_slo == "ttft"
+    with pytest.raises(ConfigError) as info:
+        parse_scheduler_config(text % "fastest", context(), "latency.yaml")
+    assert "latency.yaml" in str(info.value) and "withoutSLO" in str(info.value)
