@@ -14,8 +14,19 @@ exposed, so the engine stays engine-agnostic and /metrics shows only SGLang's na
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from typing import TypeVar
 
+from prometheus_client import CollectorRegistry
+
+from epp.observability.fastmetrics import (
+    CounterChild,
+    FastCounter,
+    FastGauge,
+    FastHistogram,
+    GaugeChild,
+    HistogramChild,
+    render_text,
+)
 from epp.sim.metrics import FINISHED_REASONS, ITL_BUCKETS, REQUEST_LATENCY_BUCKETS, TTFT_BUCKETS
 
 # sglang TokenizerMetricsCollector defaults.
@@ -28,6 +39,7 @@ SGLANG_ITL_BUCKETS = [0.002, 0.004, 0.006, 0.008, 0.010, 0.015, 0.020, 0.025, 0.
 SGLANG_QUEUE_BUCKETS = [0.0, 0.1, 0.2, 0.5, 1, 2, 3, 4, 5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 100, 200,
                         300, 400, 500, 600, 700, 800, 900, 1000, 1200, 1400, 1600, 1800, 2000, 2500, 3000]  # fmt: skip
 ENGINE_TYPES = {"both": "unified", "prefill": "prefill", "decode": "decode"}
+F = TypeVar("F", FastCounter, FastGauge, FastHistogram)
 
 
 class _TokenUsage:
@@ -36,7 +48,7 @@ class _TokenUsage:
 
     __slots__ = ("_capacity", "_usage", "_used")
 
-    def __init__(self, usage: Gauge, used: Gauge, capacity: int) -> None:
+    def __init__(self, usage: GaugeChild, used: GaugeChild, capacity: int) -> None:
         self._usage, self._used, self._capacity = usage, used, capacity
 
     def set(self, value: float) -> None:
@@ -52,23 +64,28 @@ class SglangMetrics:
         # Engine signals SGLang does not export: recorded, never rendered.
         self._unexported = CollectorRegistry(auto_describe=False)
         r, hidden = self.registry, self._unexported
+        self._families: list[FastCounter | FastGauge | FastHistogram] = []  # what /metrics shows, in order
         sched_labels = ["model_name", "engine_type", "tp_rank", "pp_rank", "moe_ep_rank"]
         sched_values = (model_name, ENGINE_TYPES.get(role, "unified"), "0", "0", "0")
 
-        def gauge(name: str, doc: str) -> Gauge:
-            return Gauge(name, doc, sched_labels, registry=r).labels(*sched_values)
+        def add(family: F) -> F:
+            self._families.append(family)
+            return family
 
-        def tok_counter(name: str, doc: str) -> Counter:
-            return Counter(name, doc, ["model_name"], registry=r).labels(model_name)
+        def gauge(name: str, doc: str) -> GaugeChild:
+            return add(FastGauge(name, doc, sched_labels, registry=r)).labels(*sched_values)
 
-        def tok_histogram(name: str, doc: str, buckets: list[float]) -> Histogram:
-            return Histogram(name, doc, ["model_name"], buckets=buckets, registry=r).labels(model_name)
+        def tok_counter(name: str, doc: str) -> CounterChild:
+            return add(FastCounter(name, doc, ["model_name"], registry=r)).labels(model_name)
 
-        def unexported_counter(name: str) -> Counter:
-            return Counter(name, name, registry=hidden)
+        def tok_histogram(name: str, doc: str, buckets: list[float]) -> HistogramChild:
+            return add(FastHistogram(name, doc, ["model_name"], buckets=buckets, registry=r)).labels(model_name)
 
-        def unexported_histogram(name: str, buckets: list[float]) -> Histogram:
-            return Histogram(name, name, buckets=buckets, registry=hidden)
+        def unexported_counter(name: str) -> CounterChild:
+            return FastCounter(name, name, registry=hidden).labels()
+
+        def unexported_histogram(name: str, buckets: list[float]) -> HistogramChild:
+            return FastHistogram(name, name, buckets=buckets, registry=hidden).labels()
 
         # --- scheduler gauges (the ones an endpoint picker reads) ---
         self.num_requests_running = gauge("sglang:num_running_reqs", "The number of running requests.")
@@ -81,10 +98,12 @@ class SglangMetrics:
               "Maximum total number of tokens in the KV cache pool.").set(max_total_num_tokens)
         self.gen_throughput = gauge("sglang:gen_throughput", "The generation throughput (token/s).")
         self.num_retracted_reqs = gauge("sglang:num_retracted_reqs", "The number of retracted requests.")
-        self.queue_time = Histogram("sglang:queue_time_seconds", "Histogram of queueing time in seconds.",
-                                    sched_labels, buckets=SGLANG_QUEUE_BUCKETS, registry=r).labels(*sched_values)
-        self.num_preemptions = Counter("sglang:num_retracted_requests_total", "Total number of retracted requests.",
-                                       sched_labels, registry=r).labels(*sched_values)
+        self.queue_time = add(FastHistogram(
+            "sglang:queue_time_seconds", "Histogram of queueing time in seconds.", sched_labels,
+            buckets=SGLANG_QUEUE_BUCKETS, registry=r)).labels(*sched_values)
+        self.num_preemptions = add(FastCounter(
+            "sglang:num_retracted_requests_total", "Total number of retracted requests.", sched_labels,
+            registry=r)).labels(*sched_values)
         # --- tokenizer-manager counters and histograms ---
         self.prompt_tokens = tok_counter("sglang:prompt_tokens_total", "Number of prefill tokens processed.")
         self.generation_tokens = tok_counter("sglang:generation_tokens_total",
@@ -102,7 +121,7 @@ class SglangMetrics:
                                                  SGLANG_E2E_BUCKETS)
         self.request_queue_time = self.queue_time
         # --- engine signals without an SGLang series ---
-        self.gpu_cache_usage_perc = Gauge("gpu_cache_usage_perc", "unexported", registry=hidden)
+        self.gpu_cache_usage_perc = FastGauge("gpu_cache_usage_perc", "unexported", registry=hidden).labels()
         self.prefix_cache_queries = unexported_counter("prefix_cache_queries")
         self.kv_transfer_tokens = unexported_counter("kv_transfer_tokens")
         self.time_per_output_token = unexported_histogram("time_per_output_token", ITL_BUCKETS)
@@ -120,4 +139,4 @@ class SglangMetrics:
         self.cache_hit_rate.set(hit_tokens / query_tokens if query_tokens else 0.0)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return render_text(self._families)

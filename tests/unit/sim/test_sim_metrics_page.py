@@ -34,3 +34,22 @@ def test_page_is_what_prometheus_client_renders_from_the_same_state() -> None:
         "block_size": "16", "num_gpu_blocks": "1000", "engine": "0"}
     assert len(families["vllm:lora_requests_info"].samples) == 32
     assert families["vllm:request_success"].type == "counter"
+
+
+def test_sglang_page_is_what_prometheus_client_renders_and_hides_vllm_only_signals() -> None:
+    from epp.sim.sglang_metrics import SglangMetrics
+
+    m = SglangMetrics("qwen/Qwen2.5-7B", 100_000, role="decode")
+    m.num_requests_running.set(2)
+    m.kv_cache_usage_perc.set(0.25)
+    m.time_to_first_token.observe(0.3)
+    m.request_success["abort"].inc()
+    m.time_per_output_token.observe(0.02)  # no SGLang series: recorded, never shown
+    m.set_cache_hit_rate(3, 4)
+    page = m.render()
+    assert page == generate_latest(m.registry)
+    text = page.decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["sglang:num_used_tokens"].samples[0].value == 25_000
+    assert families["sglang:cache_hit_rate"].samples[0].labels["engine_type"] == "decode"
+    assert "time_per_output_token" not in text
