@@ -96,8 +96,11 @@ class LatencyScorer:
         without_slo: Literal["ttft", "latency"] = "latency"
         # Cost of the decode stall the request's prefill would cause on a pod, per in-flight
         # request there whose TPOT target the stall would break: this weight x the predicted
-        # prefill seconds, in the request's own cost units (0: off; see _stall_costs).
-        running_tpot_weight: float = 1.0
+        # prefill seconds, in the request's own cost units (see _add_stall_costs). Off (0) by
+        # default: at 1.0 one benchmark run raised SLO attainment at 90% load by ~20 points but
+        # made the long prefills' TTFT p90 worse than the default config's (they queued on
+        # fast pods without SLO chats; docs/latency-routing.md, "Running requests' TPOT").
+        running_tpot_weight: float = 0.0
 
         def validate(self) -> None:
             for label, value in (("ttftWeight", self.ttft_weight), ("tpotWeight", self.tpot_weight),

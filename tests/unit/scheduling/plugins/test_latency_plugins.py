@@ -363,8 +363,7 @@ def test_scorer_spares_running_requests_tpot_from_a_long_prefill(ctx: PluginCont
     when the pods are otherwise similar and when that pod is 2x slower; a short prompt (a
     ~20 ms stall) still goes to the fast pod."""
     rt = trained_runtime(ctx, pods)
-    scorer = LatencyScorer(ctx=ctx)
-    assert scorer.params.running_tpot_weight == 1.0
+    scorer = LatencyScorer(ctx=ctx, params=LatencyScorer.Params(running_tpot_weight=1.0))
     long_prefill = slo_request(5000, prompt_tokens=20_000)
     similar = {pods[0].key: (1.00, 0.01), pods[1].key: (1.05, 0.01)}
 
@@ -385,8 +384,9 @@ def test_scorer_spares_running_requests_tpot_from_a_long_prefill(ctx: PluginCont
     rt.score_without_slo = True
     assert scorer.score(CycleState(), slo_request(None, prompt_tokens=20_000), pods) == [0.0, 1.0]
     assert scorer.score(CycleState(), slo_request(5000, prompt_tokens=200), pods) == [1.0, 0.0]
-    # Off with runningTpotWeight 0: the fast pod again.
-    off = LatencyScorer(ctx=ctx, params=LatencyScorer.Params(running_tpot_weight=0.0))
+    # Off with runningTpotWeight 0 (the default): the fast pod again.
+    off = LatencyScorer(ctx=ctx)
+    assert off.params.running_tpot_weight == 0.0
     assert off.score(CycleState(), long_prefill, pods) == [1.0, 0.0]
     # The chats end: nothing left to spare.
     for chat in chats:
@@ -397,7 +397,7 @@ def test_scorer_spares_running_requests_tpot_from_a_long_prefill(ctx: PluginCont
 
 def test_running_requests_without_tpot_slo_change_nothing(ctx: PluginContext, pods: list[Endpoint]) -> None:
     rt = trained_runtime(ctx, pods)
-    scorer = LatencyScorer(ctx=ctx)
+    scorer = LatencyScorer(ctx=ctx, params=LatencyScorer.Params(running_tpot_weight=1.0))
     long_prefill = slo_request(5000, prompt_tokens=20_000)
     running_chats(rt, pods[0], 3, tpot_ms=None, ttft_ms=100)  # TTFT targets only
     running_chats(rt, pods[1], 3, tpot_ms=None)  # no targets at all
@@ -411,4 +411,19 @@ def test_untrained_scorer_ignores_running_tpot_slos(ctx: PluginContext, pods: li
     rt = latency_runtime(ctx.services)
     running_chats(rt, pods[0], 2, tpot_ms=1)
     assert len(rt.tpot_slo_inflight[pods[0].key]) == 2
-    assert LatencyScorer(ctx=ctx).score(CycleState(), slo_request(5000, prompt_tokens=20_000), pods) == [0.0, 0.0]
+    on = LatencyScorer(ctx=ctx, params=LatencyScorer.Params(running_tpot_weight=1.0))
+    assert on.score(CycleState(), slo_request(5000, prompt_tokens=20_000), pods) == [0.0, 0.0]
+
+
+def test_running_tpot_weight_is_configured_by_name() -> None:
+    text = """plugins:
+- type: predicted-latency-producer
+- type: latency-scorer
+  parameters: {runningTpotWeight: %s}
+"""
+    config = parse_scheduler_config(text % "0.5", context(), "latency.yaml")
+    scorer = next(p for p in config.plugins.values() if isinstance(p, LatencyScorer))
+    assert scorer.params.running_tpot_weight == 0.5
+    with pytest.raises(ConfigError) as info:
+        parse_scheduler_config(text % "-1", context(), "latency.yaml")
+    assert "latency.yaml" in str(info.value) and "runningTpotWeight" in str(info.value)
