@@ -31,6 +31,11 @@ the best pod's TPOT (our first version) gave a pod decoding 2x slower the pull o
 2x slower, so long prompts that decode 32 tokens avoided pods with busy decode batches at
 the price of seconds of prefill queue (docs/latency-routing.md, "Requests without SLO").
 
+`runningTpotWeight` (off by default) adds, per candidate, the decode stall the request's
+prefill would cause there: weight x its predicted prefill time x the in-flight requests on
+that pod whose TPOT target the stall would break (after llm-d's guard of running requests'
+TPOT SLOs; docs/latency-routing.md, "Running requests' TPOT").
+
 Before the predictor is trained, and for requests without SLO (unless the producer's
 `scoreRequestsWithoutSLO`), every pod scores 0, so the profile's other scorers decide exactly
 as they would without this one (the fallback).
