@@ -99,6 +99,9 @@ class LatencyRuntime:
         # pod key -> the pod's pending records in dispatch order (a dict as an ordered set):
         # only the head's first byte moves the virtual queue (FCFS).
         self._pending_order: dict[str, dict[int, RequestRecord]] = {}
+        # pod key -> this EPP's in-flight requests there that carry a TPOT target (dispatched,
+        # stream not ended): the decode a new prefill on that pod would stall.
+        self.tpot_slo_inflight: dict[str, dict[int, RequestRecord]] = {}
         self._records: dict[int, RequestRecord] = {}
         self._dispatches = 0
         self._registered: set[int] = set()
@@ -207,6 +210,8 @@ class LatencyRuntime:
         self.inflight_decode[target.key] = self.inflight_decode.get(target.key, 0.0) + record.decode_tokens
         self._records[id(request)] = record
         self._pending_order.setdefault(target.key, {})[id(request)] = record
+        if slo.tpot_s is not None:
+            self.tpot_slo_inflight.setdefault(target.key, {})[id(request)] = record
         if ttft == ttft:
             self.metrics.observe_predicted(record)
         self._dispatches += 1
@@ -244,7 +249,7 @@ class LatencyRuntime:
         if record is None or record.request is not request:
             return
         self._release_prefill(record)
-        self.inflight_decode[record.pod] = max(0.0, self.inflight_decode.get(record.pod, 0.0) - record.decode_tokens)
+        self._release_decode(record)
         tokens = response.get("completion_tokens")
         if not record.first_byte or response.get("status") != 200 or not isinstance(tokens, int) or tokens < 2:
             return
@@ -271,8 +276,35 @@ class LatencyRuntime:
         for key in [k for k, r in self._records.items() if r.dispatched < cutoff]:
             record = self._records.pop(key)
             self._release_prefill(record)
-            self.inflight_decode[record.pod] = max(0.0, self.inflight_decode.get(record.pod, 0.0)
-                                                   - record.decode_tokens)
+            self._release_decode(record)
+
+    def _release_decode(self, record: RequestRecord) -> None:
+        pod = record.pod
+        self.inflight_decode[pod] = max(0.0, self.inflight_decode.get(pod, 0.0) - record.decode_tokens)
+        guarded = self.tpot_slo_inflight.get(pod)
+        if guarded is not None:
+            guarded.pop(id(record.request), None)
+
+    def running_tpot_harm(self, pod: str, stall_s: float) -> int:
+        """How many of this EPP's in-flight requests on `pod` that carry a TPOT target a
+        prefill stall of `stall_s` seconds would push past it. vLLM runs a long prefill's
+        chunks in the same steps as the running decodes, so every decode there waits roughly
+        the prefill's time; spread over a request's decode steps (its max_tokens - 1) that adds
+        stall / steps to its mean TPOT, on top of the TPOT predicted for it at its decision
+        (0 when it was unknown)."""
+        guarded = self.tpot_slo_inflight.get(pod)
+        if not guarded or not stall_s > 0.0:
+            return 0
+        harmed = 0
+        for record in guarded.values():
+            target = record.slo.tpot_s
+            if target is None:
+                continue
+            steps = max(1.0, record.decode_tokens * 1000.0 - 1.0)
+            predicted = record.predicted_tpot if record.predicted_tpot == record.predicted_tpot else 0.0
+            if predicted + stall_s / steps > target:
+                harmed += 1
+        return harmed
 
     def open_records(self) -> int:
         return len(self._records)

@@ -337,3 +337,93 @@ def test_scorer_without_slo_ranking_is_configured_by_name() -> None:
     with pytest.raises(ConfigError) as info:
         parse_scheduler_config(text % "fastest", context(), "latency.yaml")
     assert "latency.yaml" in str(info.value) and "withoutSLO" in str(info.value)
+
+
+def running_chats(rt: LatencyRuntime, pod: Endpoint, n: int, tpot_ms: float | None,
+                  ttft_ms: float | None = None) -> list[LLMRequest]:
+    """`n` short chats decoding on `pod` (dispatched, first byte seen, 32 tokens asked for)."""
+    chats = []
+    for i in range(n):
+        headers = {}
+        if tpot_ms is not None:
+            headers["x-llm-d-slo-tpot-ms"] = str(tpot_ms)
+        if ttft_ms is not None:
+            headers["x-llm-d-slo-ttft-ms"] = str(ttft_ms)
+        chat = request("hi there", request_id=f"chat{i}-{pod.name}", headers=headers, max_tokens=32)
+        rt.on_dispatch(CycleState(), chat, pod)
+        rt.on_first_byte(chat, 200)
+        chats.append(chat)
+    return chats
+
+
+def test_scorer_spares_running_requests_tpot_from_a_long_prefill(ctx: PluginContext, pods: list[Endpoint]) -> None:
+    """A 20k-token prefill stalls a pod's decodes ~1 s (fast pod). Two chats decoding there
+    with a 30 ms TPOT target and 31 decode steps (predicted ~10 ms each) would average
+    ~10 + 1000/31 = 42 ms: both broken. The long prefill then goes to the other pod, both
+    when the pods are otherwise similar and when that pod is 2x slower; a short prompt (a
+    ~20 ms stall) still goes to the fast pod."""
+    rt = trained_runtime(ctx, pods)
+    scorer = LatencyScorer(ctx=ctx, params=LatencyScorer.Params(running_tpot_weight=1.0))
+    long_prefill = slo_request(5000, prompt_tokens=20_000)
+    similar = {pods[0].key: (1.00, 0.01), pods[1].key: (1.05, 0.01)}
+
+    def similar_state() -> CycleState:
+        state = state_with(SLO(ttft_s=5.0), similar)
+        cycle = state[STATE_KEY]
+        assert isinstance(cycle, CyclePredictions)
+        cycle.features = {ep.key: rt.features(ep, 20_000, 0) for ep in pods}
+        return state
+
+    assert scorer.score(similar_state(), long_prefill, pods) == [1.0, 0.0]
+    assert scorer.score(CycleState(), long_prefill, pods) == [1.0, 0.0]
+    chats = running_chats(rt, pods[0], 2, tpot_ms=30)
+    assert rt.running_tpot_harm(pods[0].key, 1.0) == 2 and rt.running_tpot_harm(pods[0].key, 0.1) == 0
+    assert scorer.score(similar_state(), long_prefill, pods) == [0.0, 1.0]
+    assert scorer.score(CycleState(), long_prefill, pods) == [0.0, 1.0]
+    # Without targets too (scored by the producer's scoreRequestsWithoutSLO), in seconds.
+    rt.score_without_slo = True
+    assert scorer.score(CycleState(), slo_request(None, prompt_tokens=20_000), pods) == [0.0, 1.0]
+    assert scorer.score(CycleState(), slo_request(5000, prompt_tokens=200), pods) == [1.0, 0.0]
+    # Off with runningTpotWeight 0 (the default): the fast pod again.
+    off = LatencyScorer(ctx=ctx)
+    assert off.params.running_tpot_weight == 0.0
+    assert off.score(CycleState(), long_prefill, pods) == [1.0, 0.0]
+    # The chats end: nothing left to spare.
+    for chat in chats:
+        rt.on_complete(chat, {"status": 200, "completion_tokens": 32})
+    assert rt.open_records() == 0 and not rt.tpot_slo_inflight[pods[0].key]
+    assert scorer.score(CycleState(), long_prefill, pods) == [1.0, 0.0]
+
+
+def test_running_requests_without_tpot_slo_change_nothing(ctx: PluginContext, pods: list[Endpoint]) -> None:
+    rt = trained_runtime(ctx, pods)
+    scorer = LatencyScorer(ctx=ctx, params=LatencyScorer.Params(running_tpot_weight=1.0))
+    long_prefill = slo_request(5000, prompt_tokens=20_000)
+    running_chats(rt, pods[0], 3, tpot_ms=None, ttft_ms=100)  # TTFT targets only
+    running_chats(rt, pods[1], 3, tpot_ms=None)  # no targets at all
+    assert rt.tpot_slo_inflight == {}
+    with_chats = scorer.score(CycleState(), long_prefill, pods)
+    off = LatencyScorer(ctx=ctx, params=LatencyScorer.Params(running_tpot_weight=0.0))
+    assert with_chats == off.score(CycleState(), long_prefill, pods) == [1.0, 0.0]
+
+
+def test_untrained_scorer_ignores_running_tpot_slos(ctx: PluginContext, pods: list[Endpoint]) -> None:
+    rt = latency_runtime(ctx.services)
+    running_chats(rt, pods[0], 2, tpot_ms=1)
+    assert len(rt.tpot_slo_inflight[pods[0].key]) == 2
+    on = LatencyScorer(ctx=ctx, params=LatencyScorer.Params(running_tpot_weight=1.0))
+    assert on.score(CycleState(), slo_request(5000, prompt_tokens=20_000), pods) == [0.0, 0.0]
+
+
+def test_running_tpot_weight_is_configured_by_name() -> None:
+    text = """plugins:
+- type: predicted-latency-producer
+- type: latency-scorer
+  parameters: {runningTpotWeight: %s}
+"""
+    config = parse_scheduler_config(text % "0.5", context(), "latency.yaml")
+    scorer = next(p for p in config.plugins.values() if isinstance(p, LatencyScorer))
+    assert scorer.params.running_tpot_weight == 0.5
+    with pytest.raises(ConfigError) as info:
+        parse_scheduler_config(text % "-1", context(), "latency.yaml")
+    assert "latency.yaml" in str(info.value) and "runningTpotWeight" in str(info.value)
