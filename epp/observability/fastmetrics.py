@@ -195,6 +195,26 @@ def render_text(families: Iterable[_Family[CounterChild] | _Family[GaugeChild] |
     return "".join(out).encode()
 
 
+AnyFamily = TypeVar("AnyFamily", "FastCounter", "FastGauge", "FastHistogram")
+
+
+class MetricsPage:
+    """A registry of fast families that also writes them as one text page, in the order they
+    were added (a model server's /metrics: the simulator's vLLM and SGLang personalities)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)  # for code that reads a registry
+        self._families: list[FastCounter | FastGauge | FastHistogram] = []
+
+    def add(self, family: AnyFamily) -> AnyFamily:
+        self.registry.register(family)
+        self._families.append(family)
+        return family
+
+    def render(self) -> bytes:
+        return render_text(self._families)
+
+
 class FastCounter(_Family[CounterChild]):
     """prometheus_client.Counter's exposition; `name` may end in `_total` (stripped, as there)."""
 

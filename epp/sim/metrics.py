@@ -1,7 +1,7 @@
 """vLLM v1 Prometheus metrics (names, types, labels and buckets of vllm/v1/metrics/loggers.py).
 
-Each simulated pod has its own CollectorRegistry of the lock-free families of
-epp/observability/fastmetrics.py, and serves the page with its `render_text` (prometheus_client's
+Each simulated pod has its own MetricsPage of the lock-free families of
+epp/observability/fastmetrics.py, and serves it with `render_text` (prometheus_client's
 text format at a tenth of the CPU: the EPP scrapes a busy pod every 50 ms, and on a shared
 machine the simulator's rendering would otherwise be charged to the router that scrapes).
 Labels are `model_name` (the first served model name) and `engine` ("0"), like vLLM.
@@ -11,9 +11,6 @@ Latencies are observed in model time (wall time divided by the pod's time_scale)
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import TypeVar
-
-from prometheus_client import CollectorRegistry
 
 from epp.observability.fastmetrics import (
     CounterChild,
@@ -22,7 +19,7 @@ from epp.observability.fastmetrics import (
     FastHistogram,
     GaugeChild,
     HistogramChild,
-    render_text,
+    MetricsPage,
 )
 
 TTFT_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
@@ -36,8 +33,6 @@ FINISHED_REASONS = ("stop", "length", "abort")
 # old ones; consumers take the series with the newest timestamp value. We keep the same shape
 # but bound the number of stale series.
 MAX_LORA_INFO_SERIES = 32
-
-F = TypeVar("F", FastCounter, FastGauge, FastHistogram)
 
 
 def build_1_2_5_buckets(max_value: int) -> list[float]:
@@ -58,24 +53,20 @@ class VllmMetrics:
     def __init__(
         self, model_name: str, max_model_len: int, max_loras: int, cache_info: dict[str, str]
     ) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        self._families: list[FastCounter | FastGauge | FastHistogram] = []
+        self.page = MetricsPage()
+        self.registry = self.page.registry
+        add = self.page.add
         labels = ["model_name", "engine"]
         values = (model_name, "0")
 
-        def add(family: F) -> F:
-            self._families.append(family)
-            return family
-
         def gauge(name: str, doc: str) -> GaugeChild:
-            return add(FastGauge(name, doc, labels, registry=r)).labels(*values)
+            return add(FastGauge(name, doc, labels)).labels(*values)
 
         def counter(name: str, doc: str) -> CounterChild:
-            return add(FastCounter(name, doc, labels, registry=r)).labels(*values)
+            return add(FastCounter(name, doc, labels)).labels(*values)
 
         def histogram(name: str, doc: str, buckets: list[float]) -> HistogramChild:
-            return add(FastHistogram(name, doc, labels, buckets=buckets, registry=r)).labels(*values)
+            return add(FastHistogram(name, doc, labels, buckets=buckets)).labels(*values)
 
         self.num_requests_running = gauge(
             "vllm:num_requests_running", "Number of requests in model execution batches."
@@ -106,7 +97,6 @@ class VllmMetrics:
             "vllm:request_success",
             "Count of successfully processed requests.",
             [*labels, "finished_reason"],
-            registry=r,
         ))
         self.request_success = {reason: success.labels(*values, reason) for reason in FINISHED_REASONS}
         token_buckets = build_1_2_5_buckets(max_model_len)
@@ -156,7 +146,6 @@ class VllmMetrics:
             "vllm:lora_requests_info",
             "Running stats on lora requests.",
             ["max_lora", "waiting_lora_adapters", "running_lora_adapters"],
-            registry=r,
         ))
         self._max_lora = str(max_loras)
         self._lora_series: OrderedDict[tuple[str, str], None] = OrderedDict()
@@ -165,7 +154,6 @@ class VllmMetrics:
             "vllm:cache_config_info",
             "Information of the LLMEngine CacheConfig",
             cache_info_labels,
-            registry=r,
         ))
         cache_config_info.labels(*({**cache_info, "engine": "0"}[k] for k in cache_info_labels)).set(1)
         # Simulator-only: tokens whose KV was pulled from a prefill pod instead of computed.
@@ -186,4 +174,4 @@ class VllmMetrics:
         """vLLM exports the hit and query counters instead of a rate (prefix_cache_*)."""
 
     def render(self) -> bytes:
-        return render_text(self._families)
+        return self.page.render()

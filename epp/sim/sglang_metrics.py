@@ -14,8 +14,6 @@ exposed, so the engine stays engine-agnostic and /metrics shows only SGLang's na
 
 from __future__ import annotations
 
-from typing import TypeVar
-
 from prometheus_client import CollectorRegistry
 
 from epp.observability.fastmetrics import (
@@ -25,7 +23,7 @@ from epp.observability.fastmetrics import (
     FastHistogram,
     GaugeChild,
     HistogramChild,
-    render_text,
+    MetricsPage,
 )
 from epp.sim.metrics import FINISHED_REASONS, ITL_BUCKETS, REQUEST_LATENCY_BUCKETS, TTFT_BUCKETS
 
@@ -39,7 +37,6 @@ SGLANG_ITL_BUCKETS = [0.002, 0.004, 0.006, 0.008, 0.010, 0.015, 0.020, 0.025, 0.
 SGLANG_QUEUE_BUCKETS = [0.0, 0.1, 0.2, 0.5, 1, 2, 3, 4, 5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 100, 200,
                         300, 400, 500, 600, 700, 800, 900, 1000, 1200, 1400, 1600, 1800, 2000, 2500, 3000]  # fmt: skip
 ENGINE_TYPES = {"both": "unified", "prefill": "prefill", "decode": "decode"}
-F = TypeVar("F", FastCounter, FastGauge, FastHistogram)
 
 
 class _TokenUsage:
@@ -60,26 +57,22 @@ class SglangMetrics:
     """The metric families an SGLang server exposes, bound to one pod's labels."""
 
     def __init__(self, model_name: str, max_total_num_tokens: int, role: str = "both") -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.page = MetricsPage()
+        self.registry = self.page.registry
+        add = self.page.add
         # Engine signals SGLang does not export: recorded, never rendered.
-        self._unexported = CollectorRegistry(auto_describe=False)
-        r, hidden = self.registry, self._unexported
-        self._families: list[FastCounter | FastGauge | FastHistogram] = []  # what /metrics shows, in order
+        self._unexported = hidden = CollectorRegistry(auto_describe=False)
         sched_labels = ["model_name", "engine_type", "tp_rank", "pp_rank", "moe_ep_rank"]
         sched_values = (model_name, ENGINE_TYPES.get(role, "unified"), "0", "0", "0")
 
-        def add(family: F) -> F:
-            self._families.append(family)
-            return family
-
         def gauge(name: str, doc: str) -> GaugeChild:
-            return add(FastGauge(name, doc, sched_labels, registry=r)).labels(*sched_values)
+            return add(FastGauge(name, doc, sched_labels)).labels(*sched_values)
 
         def tok_counter(name: str, doc: str) -> CounterChild:
-            return add(FastCounter(name, doc, ["model_name"], registry=r)).labels(model_name)
+            return add(FastCounter(name, doc, ["model_name"])).labels(model_name)
 
         def tok_histogram(name: str, doc: str, buckets: list[float]) -> HistogramChild:
-            return add(FastHistogram(name, doc, ["model_name"], buckets=buckets, registry=r)).labels(model_name)
+            return add(FastHistogram(name, doc, ["model_name"], buckets=buckets)).labels(model_name)
 
         def unexported_counter(name: str) -> CounterChild:
             return FastCounter(name, name, registry=hidden).labels()
@@ -100,10 +93,10 @@ class SglangMetrics:
         self.num_retracted_reqs = gauge("sglang:num_retracted_reqs", "The number of retracted requests.")
         self.queue_time = add(FastHistogram(
             "sglang:queue_time_seconds", "Histogram of queueing time in seconds.", sched_labels,
-            buckets=SGLANG_QUEUE_BUCKETS, registry=r)).labels(*sched_values)
+            buckets=SGLANG_QUEUE_BUCKETS)).labels(*sched_values)
         self.num_preemptions = add(FastCounter(
             "sglang:num_retracted_requests_total", "Total number of retracted requests.", sched_labels,
-            registry=r)).labels(*sched_values)
+        )).labels(*sched_values)
         # --- tokenizer-manager counters and histograms ---
         self.prompt_tokens = tok_counter("sglang:prompt_tokens_total", "Number of prefill tokens processed.")
         self.generation_tokens = tok_counter("sglang:generation_tokens_total",
@@ -139,4 +132,4 @@ class SglangMetrics:
         self.cache_hit_rate.set(hit_tokens / query_tokens if query_tokens else 0.0)
 
     def render(self) -> bytes:
-        return render_text(self._families)
+        return self.page.render()
