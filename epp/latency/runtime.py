@@ -300,7 +300,7 @@ class LatencyRuntime:
             target = record.slo.tpot_s
             if target is None:
                 continue
-            steps = max(1.0, record.decode_tokens * 1000.0 - 1.0)
+            steps = max(1, expected_output_tokens(record.request) - 1)
             predicted = record.predicted_tpot if record.predicted_tpot == record.predicted_tpot else 0.0
             if predicted + stall_s / steps > target:
                 harmed += 1

@@ -155,7 +155,8 @@ class VllmMetrics:
             "Information of the LLMEngine CacheConfig",
             cache_info_labels,
         ))
-        cache_config_info.labels(*({**cache_info, "engine": "0"}[k] for k in cache_info_labels)).set(1)
+        cache_info_values = {**cache_info, "engine": "0"}
+        cache_config_info.labels(*(cache_info_values[k] for k in cache_info_labels)).set(1)
         # Simulator-only: tokens whose KV was pulled from a prefill pod instead of computed.
         self.kv_transfer_tokens = counter(
             "sim:kv_transfer_tokens", "Prompt tokens whose KV was received from a remote prefill pod."

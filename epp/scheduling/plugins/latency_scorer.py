@@ -160,14 +160,14 @@ class LatencyScorer:
         preds = [cycle.by_key[endpoints[i].key] for i in tier]
         slo = cycle.slo
         params = self.params
+        output_tokens = expected_output_tokens(request)
         if slo.empty and params.without_slo == "ttft":
             costs = _relative_costs(preds, None, None, 1.0, 0.0, None)
         else:
             costs = _relative_costs(preds, slo.ttft_s, slo.tpot_s, params.ttft_weight, params.tpot_weight,
-                                    expected_output_tokens(request))
+                                    output_tokens)
         if params.running_tpot_weight > 0.0:
-            self._add_stall_costs(costs, cycle, [endpoints[i].key for i in tier],
-                                  expected_output_tokens(request))
+            self._add_stall_costs(costs, cycle, [endpoints[i].key for i in tier], output_tokens)
         low, high = min(costs), max(costs)
         span = high - low
         out = [0.0] * n
