@@ -325,18 +325,23 @@ def test_config_errors_name_the_plugin_and_field(params: str, message: str) -> N
     assert message in str(info.value)
 
 
-def test_scorer_without_slo_ranking_is_configured_by_name() -> None:
+@pytest.mark.parametrize(("field", "good", "attr", "value", "bad"), [
+    ("withoutSLO", "ttft", "without_slo", "ttft", "fastest"),
+    ("runningTpotWeight", "0.5", "running_tpot_weight", 0.5, "-1"),
+])
+def test_scorer_parameter_is_configured_by_name(field: str, good: str, attr: str, value: object,
+                                                bad: str) -> None:
     text = """plugins:
 - type: predicted-latency-producer
 - type: latency-scorer
-  parameters: {withoutSLO: %s}
+  parameters: {%s: %s}
 """
-    config = parse_scheduler_config(text % "ttft", context(), "latency.yaml")
+    config = parse_scheduler_config(text % (field, good), context(), "latency.yaml")
     scorer = next(p for p in config.plugins.values() if isinstance(p, LatencyScorer))
-    assert scorer.params.without_slo == "ttft"
+    assert getattr(scorer.params, attr) == value
     with pytest.raises(ConfigError) as info:
-        parse_scheduler_config(text % "fastest", context(), "latency.yaml")
-    assert "latency.yaml" in str(info.value) and "withoutSLO" in str(info.value)
+        parse_scheduler_config(text % (field, bad), context(), "latency.yaml")
+    assert "latency.yaml" in str(info.value) and field in str(info.value)
 
 
 def running_chats(rt: LatencyRuntime, pod: Endpoint, n: int, tpot_ms: float | None,
@@ -413,17 +418,3 @@ def test_untrained_scorer_ignores_running_tpot_slos(ctx: PluginContext, pods: li
     assert len(rt.tpot_slo_inflight[pods[0].key]) == 2
     on = LatencyScorer(ctx=ctx, params=LatencyScorer.Params(running_tpot_weight=1.0))
     assert on.score(CycleState(), slo_request(5000, prompt_tokens=20_000), pods) == [0.0, 0.0]
-
-
-def test_running_tpot_weight_is_configured_by_name() -> None:
-    text = """plugins:
-- type: predicted-latency-producer
-- type: latency-scorer
-  parameters: {runningTpotWeight: %s}
-"""
-    config = parse_scheduler_config(text % "0.5", context(), "latency.yaml")
-    scorer = next(p for p in config.plugins.values() if isinstance(p, LatencyScorer))
-    assert scorer.params.running_tpot_weight == 0.5
-    with pytest.raises(ConfigError) as info:
-        parse_scheduler_config(text % "-1", context(), "latency.yaml")
-    assert "latency.yaml" in str(info.value) and "runningTpotWeight" in str(info.value)
