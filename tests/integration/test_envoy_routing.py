@@ -57,15 +57,18 @@ def test_repeated_prompt_sticks_to_the_pod_with_its_prefix(stack: LocalStack) ->
 
 async def _load_pod(port: int, n: int) -> list[asyncio.Task[httpx.Response]]:
     client = httpx.AsyncClient(timeout=120)
-    # 4,000 tokens is about 2.7 s per batch at time scale 0.1 (a step is ~6.8 model ms), so
-    # 16 requests keep the pod busy for ~11 s. With 400 tokens the whole load drained in ~1 s,
-    # and on a slow CI machine the test then sent its requests to an idle pod and failed.
-    body = {"model": MODEL, "prompt": "busy " * 200, "max_tokens": 4000}
+    body = {"model": MODEL, "prompt": "busy " * 200, "max_tokens": 400}
     return [asyncio.create_task(client.post(f"http://127.0.0.1:{port}/v1/completions", json=body))
             for _ in range(n)]
 
 
-def test_loaded_pod_is_avoided(stack: LocalStack) -> None:
+def test_loaded_pod_is_avoided(stack_factory: StackFactory) -> None:
+    # Its own stack, whose pod 0 runs 10x slower: 16 requests of 400 tokens then keep it busy
+    # for ~11 s at ~150 engine steps/s. On the shared pods they drained in ~1 s (the test then
+    # sent its requests to an idle pod), and 4,000-token requests kept it busy as long but at
+    # ~1,500 steps/s, a core of CPU that starved the rest of the stack on a 2-core CI machine.
+    stack = stack_factory(pods=3, time_scale=0.1, sim_args=["--max-num-seqs", "4"],
+                          pod_sim_args={0: ["--slowdown", "10"]})
     busy = stack.pods[0]
 
     async def scenario() -> list[str]:
