@@ -17,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from epp.aio import cancel_and_wait
 from epp.observability.health import ReadinessProbe
+from epp.server.h2grpc import GrpcError
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,9 @@ class GrpcHealthReporter:
         self.interval = interval
         self.servicer = health.aio.HealthServicer()
         self.serving: bool | None = None
+        # What the servicer reports, kept here too for servers that are not grpcio's
+        # (epp/server/h2grpc.py answers Check from it).
+        self.statuses: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
 
     def add_to_server(self, server: Any) -> None:
@@ -53,13 +57,25 @@ class GrpcHealthReporter:
         if ready != self.serving:
             status = SERVING if ready else NOT_SERVING
             for service in self.services:
-                await self.servicer.set(service, status)
+                await self._set(service, status)
             log.info("grpc health: %s", "SERVING" if ready else "NOT_SERVING")
             self.serving = ready
         return ready
 
+    async def _set(self, service: str, status: int) -> None:
+        self.statuses[service] = status
+        await self.servicer.set(service, status)
+
+    async def check(self, raw: bytes) -> bytes:
+        """grpc.health.v1.Health/Check on a raw request, for epp/server/h2grpc.py."""
+        service = health_pb2.HealthCheckRequest.FromString(raw).service
+        status = self.statuses.get(service)
+        if status is None:
+            raise GrpcError(5, "unknown service")  # NOT_FOUND, as grpcio's HealthServicer
+        return health_pb2.HealthCheckResponse(status=status).SerializeToString()  # type: ignore[no-any-return]
+
     async def start(self) -> None:
-        await self.servicer.set(LIVENESS_SERVICE, SERVING)
+        await self._set(LIVENESS_SERVICE, SERVING)
         await self.update()
         if self._task is None:
             self._task = asyncio.create_task(self._loop(), name="grpc-health")
@@ -73,4 +89,5 @@ class GrpcHealthReporter:
         task, self._task = self._task, None
         await cancel_and_wait(task)
         await self.servicer.enter_graceful_shutdown()
+        self.statuses = dict.fromkeys(self.statuses, NOT_SERVING)
         self.serving = False

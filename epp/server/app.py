@@ -13,10 +13,11 @@ import logging
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 from aiohttp import web
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc_pb2
 from opentelemetry.sdk.trace.export import SpanExporter
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -56,7 +57,8 @@ from epp.scheduling.registry import ConfigError, PluginContext
 from epp.scheduling.types import LLMRequest, SchedulingResult
 from epp.server.errors import RequestError
 from epp.server.extproc import ExtProcHandler, HandlerOptions
-from epp.server.grpc_server import build_grpc_server
+from epp.server.grpc_server import EXT_PROC_SERVICE, build_grpc_server
+from epp.server.h2grpc import H2GrpcServer
 from epp.server.peers import SERVICE_KEY as PEER_BUS_KEY
 from epp.server.peers import InflightSharing, PeerBus, WorkerMetrics
 from epp.server.tls import CertReloader, TLSOptions, server_credentials
@@ -90,6 +92,9 @@ class ServeOptions:
     response_cache: Path | None = None  # ResponseCacheConfig file (epp/responsecache); None: no cache
     response_cache_redis: str | None = None  # overrides the file's storage.redis
     max_concurrent_streams: int = 0
+    # "native": ext_proc and gRPC health served by epp/server/h2grpc.py on the event loop;
+    # "grpcio": by grpcio (always used with TLS).
+    grpc_transport: Literal["native", "grpcio"] = "native"
     tls: TLSOptions = field(default_factory=TLSOptions)
     shutdown_grace_s: float = 5.0
     # After SIGTERM, keep accepting new streams this long while health says NOT_SERVING, so
@@ -370,13 +375,23 @@ class EPPServer:
         credentials = None
         if opts.tls.enabled:
             credentials, self.cert_reloader = server_credentials(opts.tls)
-        grpc_server, port = build_grpc_server(
-            self.handler, f"{opts.host}:{opts.grpc_port}", max_concurrent_streams=opts.max_concurrent_streams,
-            # Only workers of one EPP share the port; a lone EPP must fail if it is taken.
-            reuse_port=opts.worker_count > 1, credentials=credentials)
-        health.add_to_server(grpc_server)
-        stack.push_async_callback(grpc_server.stop, opts.shutdown_grace_s)
-        await grpc_server.start()
+        if opts.grpc_transport == "native" and credentials is None:
+            native = H2GrpcServer(opts.host, opts.grpc_port, max_concurrent_streams=opts.max_concurrent_streams,
+                                  reuse_port=opts.worker_count > 1)
+            native.add_stream_method(f"/{EXT_PROC_SERVICE}/Process", self.handler.process,
+                                     ext_proc_pb2.ProcessingRequest.FromString)
+            native.add_unary_method("/grpc.health.v1.Health/Check", health.check)
+            stack.push_async_callback(native.stop, opts.shutdown_grace_s)
+            await native.start()
+            port = native.port
+        else:
+            grpc_server, port = build_grpc_server(
+                self.handler, f"{opts.host}:{opts.grpc_port}", max_concurrent_streams=opts.max_concurrent_streams,
+                # Only workers of one EPP share the port; a lone EPP must fail if it is taken.
+                reuse_port=opts.worker_count > 1, credentials=credentials)
+            health.add_to_server(grpc_server)
+            stack.push_async_callback(grpc_server.stop, opts.shutdown_grace_s)
+            await grpc_server.start()
         stack.push_async_callback(health.stop)  # runs first: NOT_SERVING before the drain
         await health.start()
         if opts.grpc_health_port and opts.worker_id == 0:

@@ -88,8 +88,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--tracing-sample-ratio", type=float, default=None,
                    help="share of new traces sampled, parent-based (default: "
                         "$OTEL_TRACES_SAMPLER_ARG or 0.1, as the reference EPP)")
+    p.add_argument("--grpc-transport", choices=("native", "grpcio"), default="native",
+                   help="who serves ext_proc: native = HTTP/2 on the event loop (epp/server/h2grpc.py), "
+                        "grpcio = the gRPC library; TLS always uses grpcio (default: native)")
     p.add_argument("--max-concurrent-streams", type=int, default=0,
-                   help="HTTP/2 streams per Envoy connection (0 = gRPC default)")
+                   help="HTTP/2 streams per Envoy connection (0 = no limit)")
     # The reference EPP's TLS flags (epp/server/tls.py); Go-style `--flag=false` works.
     p.add_argument("--secure-serving", type=_bool, nargs="?", const=True, default=None,
                    metavar="BOOL", help="serve ext_proc over TLS (default: true in Kubernetes mode, "
@@ -164,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
             metrics_port=args.metrics_port, config=args.config, pool_file=args.pool_file,
             endpoints_file=args.endpoints_file, objectives_files=list(args.objectives_file),
             kubernetes=k8s, scrape=scrape, max_concurrent_streams=args.max_concurrent_streams,
+            grpc_transport=args.grpc_transport,
             admission=AdmissionConfig(max_inflight_requests=args.max_inflight_requests),
             inflight=InflightConfig(request_timeout_s=args.inflight_timeout,
                                     default_output_tokens=args.default_output_tokens,
