@@ -79,6 +79,26 @@ flowControl:
             p.eviction_ttl_seconds, p.eviction_sweep_seconds) == (0.7, 0.3, 30, 600, 60)
 
 
+@pytest.mark.parametrize("fairness", ["program-aware-fairness", "round-robin-fairness-policy"])
+def test_a_listed_fairness_policy_does_not_join_the_implicit_profile_as_a_picker(fairness: str) -> None:
+    # A fairness policy's pick(band) looked like a picker to the implicit default profile:
+    # "more than one picker (round-robin-fairness-policy, max-score-picker)".
+    ctx = PluginContext(Datastore())
+    sched = parse_scheduler_config(HEADER + f"""
+featureGates: [flowControl]
+plugins:
+- type: {fairness}
+- type: soft-reflective-ceiling-policy
+- type: sheddable-eviction-filter
+- type: priority-then-time-eviction-order-policy
+- type: queue-scorer
+- type: max-score-picker
+""", ctx, "fc.yaml")
+    profile = sched.scheduler.profiles["default"]
+    assert profile.picker.name == "max-score-picker"
+    assert [s.name for s, _ in profile.scorers] == ["queue-scorer"] and not profile.filters
+
+
 def test_a_policy_named_by_type_without_listing_is_shared_between_bands() -> None:
     cfg = load("""
 featureGates: [flowControl]
