@@ -125,7 +125,7 @@ class ProgramAwareFairness:
         self.params.validate()
         self.programs: dict[str, ProgramState] = {}
         self.clock = time.monotonic  # tests replace it
-        self._next_sweep = self.clock() + self.params.eviction_sweep_seconds
+        self._next_sweep: float | None = None  # the first use starts the sweep interval
         if ctx is not None and ctx.services.get("metrics.registry") is not None:
             collector = ctx.services.get(METRICS_SERVICE)
             if collector is None:
@@ -194,6 +194,8 @@ class ProgramAwareFairness:
 
     # --- idle-program eviction ------------------------------------------------------------
     def _maybe_sweep(self, now: float) -> None:
+        if self._next_sweep is None:
+            self._next_sweep = now + self.params.eviction_sweep_seconds
         if now < self._next_sweep:
             return
         self._next_sweep = now + self.params.eviction_sweep_seconds
