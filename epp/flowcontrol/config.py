@@ -31,7 +31,10 @@ pkg/epp/flowcontrol/registry/config.go, pkg/epp/config/loader/flowcontrol.go).
                                         # (pods need --scheduling-policy priority; see below)
 
 Policy refs name plugins of the `plugins:` section; as in GIE, a ref equal to a built-in
-policy type name works without listing it. Band defaults follow llm-d-router: maxBytes 1 GB
+policy type name works without listing it (built once per config, so bands share it). The
+eviction filter / ordering plugins (sheddable-eviction-filter,
+priority-then-time-eviction-order-policy) are not referenced by any field, as upstream: the one
+of each listed in `plugins:` is the one enableEviction uses. Band defaults follow llm-d-router: maxBytes 1 GB
 (1,000,000,000), maxRequests 5000; a band limit of 0 counts as unset and gets the default
 (band limits are always bounded); a global limit of 0 means none.
 
