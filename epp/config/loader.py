@@ -301,7 +301,12 @@ def _default_plugin(
 
 
 def _is_profile_member(plugin: Any) -> bool:
-    # Saturation detectors are filters too (GIE), but join a profile only when referenced.
+    # Saturation detectors are filters too (GIE), but join a profile only when referenced; the
+    # other flow-control plugins never: a fairness policy's pick(band) passes the runtime
+    # Picker check (names only), and made `plugins: [round-robin-fairness-policy,
+    # max-score-picker]` fail with "more than one picker".
+    if type(plugin).__module__.startswith("epp.flowcontrol."):
+        return False
     return isinstance(plugin, Filter | Scorer | Picker) and not isinstance(plugin, SaturationDetector)
 
 

@@ -31,7 +31,10 @@ pkg/epp/flowcontrol/registry/config.go, pkg/epp/config/loader/flowcontrol.go).
                                         # (pods need --scheduling-policy priority; see below)
 
 Policy refs name plugins of the `plugins:` section; as in GIE, a ref equal to a built-in
-policy type name works without listing it. Band defaults follow llm-d-router: maxBytes 1 GB
+policy type name works without listing it (built once per config, so bands share it). The
+eviction filter / ordering plugins (sheddable-eviction-filter,
+priority-then-time-eviction-order-policy) are not referenced by any field, as upstream: the one
+of each listed in `plugins:` is the one enableEviction uses. Band defaults follow llm-d-router: maxBytes 1 GB
 (1,000,000,000), maxRequests 5000; a band limit of 0 counts as unset and gets the default
 (band limits are always bounded); a global limit of 0 means none.
 
@@ -54,7 +57,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from epp.flowcontrol.interfaces import FairnessPolicy, OrderingPolicy, SaturationDetector, UsageLimitPolicy
+from epp.flowcontrol.interfaces import (
+    AdaptiveUsageLimitPolicy,
+    EvictionFilterPolicy,
+    EvictionItem,
+    EvictionOrderingPolicy,
+    FairnessPolicy,
+    OrderingPolicy,
+    RequestLifecycleHooks,
+    SaturationDetector,
+    UsageLimitPolicy,
+)
 from epp.flowcontrol.quantity import parse_duration, parse_quantity
 from epp.scheduling.registry import ConfigError, PluginContext, parse_params, plugin_class
 
@@ -103,8 +116,15 @@ class FlowControlConfig:
     # Extensions to enableEviction: None = evict only for a request that waited its whole TTL;
     # a number = evict as soon as the head of a blocked band has waited that long (seconds).
     eviction_delay: float | None = None
-    eviction_victim_max_priority: int = -1  # -1: sheddable only (llm-d's eviction-sheddable-filter)
-    usage_limit: UsageLimitPolicy | None = None  # None: static 1.0
+    eviction_victim_max_priority: int = -1  # -1: sheddable only (llm-d's sheddable-eviction-filter)
+    # The eviction filter / ordering plugins configured (llm-d-router's sheddable-eviction-filter
+    # and priority-then-time-eviction-order-policy); None: priority <= evictionVictimMaxPriority,
+    # and lowest priority then newest first.
+    eviction_filter: EvictionFilterPolicy | None = None
+    eviction_ordering: EvictionOrderingPolicy | None = None
+    usage_limit: UsageLimitPolicy | AdaptiveUsageLimitPolicy | None = None  # None: static 1.0
+    # Plugins of this config with request-lifecycle hooks (program-aware-fairness).
+    lifecycle_hooks: list[RequestLifecycleHooks] = field(default_factory=list)
     forward_priority_to_pods: bool = False  # set vLLM's body `priority` to -(objective priority)
 
     def band_config(self, priority: int) -> BandConfig:
@@ -151,8 +171,12 @@ def build_flow_control_config(
         detector = _detector(sections.get("saturationDetector"), plugins, ctx, f"{source}: saturationDetector",
                              default_detector)
     cfg = FlowControlConfig(enabled=enabled, detector=detector)
-    cfg.usage_limit = _policy(raw.get("usageLimitPolicyPluginRef"), DEFAULT_USAGE_LIMIT, UsageLimitPolicy,
-                              plugins, ctx, f"{where}.usageLimitPolicyPluginRef")
+    # Policies a ref names by type without listing them are built once per type, so bands
+    # naming the same one share it (and its state, e.g. program-aware-fairness's books).
+    implicit: dict[str, Any] = {}
+    cfg.usage_limit = _policy(raw.get("usageLimitPolicyPluginRef"), DEFAULT_USAGE_LIMIT,
+                              (UsageLimitPolicy, AdaptiveUsageLimitPolicy), plugins, ctx,
+                              f"{where}.usageLimitPolicyPluginRef", implicit)
     cfg.max_bytes = _quantity(raw, "maxBytes", where, 0)
     cfg.max_requests = _quantity(raw, "maxRequests", where, 0)
     cfg.default_request_ttl = _duration(raw, "defaultRequestTTL", where, DEFAULT_REQUEST_TTL)
@@ -162,15 +186,15 @@ def build_flow_control_config(
         raw, "noEndpointRequestTTL", where,
         cfg.default_request_ttl if raw.get("defaultRequestTTL") is not None else DEFAULT_NO_ENDPOINT_REQUEST_TTL)
     tpl_raw = raw.get("defaultPriorityBand") or {}
-    cfg.default_band = _band(tpl_raw, plugins, ctx, f"{where}.defaultPriorityBand", template=True)
+    cfg.default_band = _band(tpl_raw, plugins, ctx, f"{where}.defaultPriorityBand", True, implicit)
     if raw.get("defaultNegativePriorityBand") is not None:
         cfg.default_negative_band = _band(raw["defaultNegativePriorityBand"], plugins, ctx,
-                                          f"{where}.defaultNegativePriorityBand", template=True)
+                                          f"{where}.defaultNegativePriorityBand", True, implicit)
     bands_raw = raw.get("priorityBands") or []
     if not isinstance(bands_raw, list):
         raise ConfigError(f"{where}.priorityBands: must be a list, got {type(bands_raw).__name__}")
     for i, b in enumerate(bands_raw):
-        band = _band(b, plugins, ctx, f"{where}.priorityBands[{i}]", template=False)
+        band = _band(b, plugins, ctx, f"{where}.priorityBands[{i}]", False, implicit)
         if band.priority in cfg.bands:
             raise ConfigError(f"{where}.priorityBands[{i}].priority: priority {band.priority} configured twice")
         cfg.bands[band.priority] = band
@@ -193,10 +217,47 @@ def build_flow_control_config(
     if not isinstance(forward, bool):
         raise ConfigError(f"{where}.forwardPriorityToPods: must be true or false, got {forward!r}")
     cfg.forward_priority_to_pods = forward
+    _eviction_plugins(cfg, raw, plugins, source)
     if not evict and ("evictionDelay" in raw or "evictionVictimMaxPriority" in raw):
         log.warning("%s: evictionDelay / evictionVictimMaxPriority have no effect without "
                     "enableEviction: true", where)
+    hooks: dict[int, RequestLifecycleHooks] = {}
+    for p in (*plugins.values(), *implicit.values()):
+        if isinstance(p, RequestLifecycleHooks):
+            hooks.setdefault(id(p), p)
+    cfg.lifecycle_hooks = list(hooks.values())
     return cfg
+
+
+def _eviction_plugins(cfg: FlowControlConfig, raw: Mapping[str, Any], plugins: Mapping[str, Any],
+                      source: str) -> None:
+    """llm-d-router registers its eviction filter and ordering as plugins, but no field refers
+    to them: its evictor is always built with sheddable-eviction-filter and
+    priority-then-time-eviction-order-policy. Here the one filter / ordering plugin listed in
+    `plugins:` is the one eviction uses (a config in upstream's shape, listing those two,
+    behaves as upstream); none listed: evictionVictimMaxPriority, and the same order."""
+    for proto, kind, attr in ((EvictionFilterPolicy, "filter", "eviction_filter"),
+                              (EvictionOrderingPolicy, "ordering", "eviction_ordering")):
+        found = [p for p in plugins.values() if isinstance(p, proto)]
+        if len(found) > 1:
+            raise ConfigError(f"{source}: plugins: several eviction {kind} policies configured "
+                              f"({', '.join(p.name for p in found)}); list at most one")
+        if found:
+            setattr(cfg, attr, found[0])
+    if cfg.eviction_filter is not None and "evictionVictimMaxPriority" in raw:
+        raise ConfigError(f"{source}: flowControl.evictionVictimMaxPriority: cannot be combined with the "
+                          f"eviction filter plugin {cfg.eviction_filter.name!r}; use one or the other")
+    if not cfg.enable_eviction and (cfg.eviction_filter is not None or cfg.eviction_ordering is not None):
+        log.info("%s: eviction filter / ordering plugins are configured but flowControl.enableEviction "
+                 "is off: they have no effect", source)
+
+
+def may_evict_item(cfg: FlowControlConfig, item: EvictionItem) -> bool:
+    """Whether eviction may end `item`: the configured filter's verdict, else its priority is at
+    most evictionVictimMaxPriority."""
+    if cfg.eviction_filter is not None:
+        return cfg.eviction_filter.accept(item)
+    return item.priority <= cfg.eviction_victim_max_priority
 
 
 def _gate_enabled(gates: Any, source: str) -> bool:
@@ -258,25 +319,27 @@ def _detector(raw: Any, plugins: Mapping[str, Any], ctx: PluginContext, where: s
 
 
 def _policy(ref: Any, default: str, proto: Any, plugins: Mapping[str, Any], ctx: PluginContext,
-            where: str) -> Any:
+            where: str, implicit: dict[str, Any]) -> Any:
     if ref is None or ref == "":
         ref = default
     if not isinstance(ref, str):
         raise ConfigError(f"{where}: must be a plugin name, got {ref!r}")
-    plugin = plugins.get(ref)
+    plugin = plugins.get(ref, implicit.get(ref))
     if plugin is None:
         cls = plugin_class(ref)
         if cls is None:
             raise ConfigError(f"{where}: {ref!r} names no plugin and no built-in policy type "
                               f"(defined plugins: {', '.join(plugins) or 'none'})")
-        plugin = cls(name=ref, params=parse_params(cls.Params, None, where), ctx=ctx)
+        plugin = implicit[ref] = cls(name=ref, params=parse_params(cls.Params, None, where), ctx=ctx)
     if not isinstance(plugin, proto):
-        kind = {FairnessPolicy: "a fairness", OrderingPolicy: "an ordering"}.get(proto, "a usage limit")
+        kind = ("a fairness" if proto is FairnessPolicy
+                else "an ordering" if proto is OrderingPolicy else "a usage limit")
         raise ConfigError(f"{where}: plugin {ref!r} is not {kind} policy")
     return plugin
 
 
-def _band(raw: Any, plugins: Mapping[str, Any], ctx: PluginContext, where: str, template: bool) -> BandConfig:
+def _band(raw: Any, plugins: Mapping[str, Any], ctx: PluginContext, where: str, template: bool,
+          implicit: dict[str, Any]) -> BandConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: must be a mapping, got {raw!r}")
     for key in raw:
@@ -290,9 +353,9 @@ def _band(raw: Any, plugins: Mapping[str, Any], ctx: PluginContext, where: str, 
     return BandConfig(
         priority=priority,
         fairness=_policy(raw.get("fairnessPolicyRef"), DEFAULT_FAIRNESS, FairnessPolicy, plugins, ctx,
-                         f"{where}.fairnessPolicyRef"),
+                         f"{where}.fairnessPolicyRef", implicit),
         ordering=_policy(raw.get("orderingPolicyRef"), DEFAULT_ORDERING, OrderingPolicy, plugins, ctx,
-                         f"{where}.orderingPolicyRef"),
+                         f"{where}.orderingPolicyRef", implicit),
         # 0 counts as unset (llm-d-router: band limits are always bounded).
         max_bytes=_quantity(raw, "maxBytes", where, DEFAULT_BAND_MAX_BYTES) or DEFAULT_BAND_MAX_BYTES,
         max_requests=_quantity(raw, "maxRequests", where, DEFAULT_BAND_MAX_REQUESTS) or DEFAULT_BAND_MAX_REQUESTS,

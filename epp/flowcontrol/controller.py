@@ -46,10 +46,17 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from epp.datastore.endpoint import Endpoint
-from epp.flowcontrol.config import FlowControlConfig
+from epp.flowcontrol.config import FlowControlConfig, may_evict_item
+from epp.flowcontrol.interfaces import (
+    AdaptiveUsageLimitPolicy,
+    EvictionItem,
+    EvictionOrderingPolicy,
+    RequestLifecycleHooks,
+)
 from epp.flowcontrol.metrics import (
     DISPATCHED,
     DISPLACED,
@@ -61,6 +68,7 @@ from epp.flowcontrol.metrics import (
     REJECTED_NO_ENDPOINTS,
     FlowControlMetrics,
 )
+from epp.flowcontrol.plugins.priority_then_time_eviction_order import PriorityThenTimeEvictionOrder
 from epp.flowcontrol.queue import Band, QueueItem
 from epp.scheduling.types import LLMRequest
 from epp.server.errors import RequestError
@@ -84,6 +92,10 @@ EVICTION_CONFIRM_TIMEOUT_S = 1.0
 
 
 DROPPED_REASON_HEADER = "x-llm-d-request-dropped-reason"  # llm-d-router pkg/common/error
+
+
+def _noop() -> None:
+    pass
 
 
 def _reason(value: str) -> tuple[tuple[str, str], ...]:
@@ -125,15 +137,24 @@ class FlowController:
         self._handoff: QueueItem | None = None
         self._kick_pending = False
         self._timer: asyncio.TimerHandle | None = None
-        # enableEviction: in-flight sheddable requests that can be aborted (id(request) ->
-        # request, abort callback), oldest first.
-        self._evictable: dict[int, tuple[LLMRequest, Callable[[], None]]] = {}
+        # enableEviction: in-flight requests the eviction filter accepted, which can be aborted
+        # (id(request) -> item holding the request, so the id cannot be reused), oldest first.
+        self._evictable: dict[int, EvictionItem] = {}
+        self._default_eviction_order: EvictionOrderingPolicy = PriorityThenTimeEvictionOrder()
         self.evicted = 0
         # evictionDelay mode: the victim evicted last and not yet ended (stop-and-wait pacing).
         # Holds the request itself: an id() of a freed object could match a new request.
         self._evicting: tuple[LLMRequest, float] | None = None
         # Usage-limit ceiling per known priority (recomputed when a band appears or on reload).
         self._ceilings: dict[int, float] = {}
+        # A usage-limit policy that depends on the saturation: asked once per dispatch cycle.
+        self._adaptive: AdaptiveUsageLimitPolicy | None = None
+        self._priorities: list[int] = []  # of self._order
+        self._rank: dict[int, int] = {}  # priority -> index in self._order
+        # Plugins with lifecycle hooks, and the requests they were told were dispatched
+        # (id(request) -> request, flow id, the hooks told), so completion reaches the same ones.
+        self._hooks: tuple[RequestLifecycleHooks, ...] = tuple(config.lifecycle_hooks)
+        self._dispatched: dict[int, tuple[LLMRequest, str, tuple[RequestLifecycleHooks, ...]]] = {}
         # The unavailability regime: whether the pool had no healthy endpoint when last looked
         # at, since when (monotonic; 0 = never changed), and a future resolved (and replaced)
         # at each change so that queued requests re-evaluate their budget.
@@ -151,15 +172,51 @@ class FlowController:
                 self._observe(endpoints)
             saturation = self.detector.saturation(endpoints)
             self.metrics.saturation = saturation
-            ceiling = self._ceilings.get(request.priority)
-            if ceiling is None:
-                ceiling = self._band(request.priority).ceiling
-            if saturation < ceiling:
+            if self._adaptive is not None:
+                # This admission is a dispatch cycle of its own (upstream enqueues it and runs
+                # one): if it is gated, it waits for the next cycle (the poll), not an immediate
+                # second one, which would consume another tick of the policy.
+                band = self._band(request.priority)
+                ceiling = self._adaptive.ceilings_at(saturation, self._priorities)[self._rank[band.priority]]
+                if saturation >= ceiling:
+                    verdict = self._enqueue(request, nbytes, kick=False)
+                    if self._timer is None:
+                        self._timer = asyncio.get_running_loop().call_later(POLL_INTERVAL_S, self._on_timer)
+                    return verdict
+                self._routed(request, band, 0.0)
+                return None
+            static = self._ceilings.get(request.priority)
+            if static is None:
+                static = self._band(request.priority).ceiling
+            if saturation < static:
                 self.metrics.count(request.priority, DISPATCHED)
+                if self._hooks:
+                    self._notify_dispatched(request, self._band(request.priority), 0.0)
                 return None
         return self._enqueue(request, nbytes)
 
-    def _enqueue(self, request: LLMRequest, nbytes: int) -> RequestError | QueueItem:
+    def _routed(self, request: LLMRequest, band: Band, waited: float) -> None:
+        self.metrics.count(request.priority, DISPATCHED)
+        if self._hooks:
+            self._notify_dispatched(request, band, waited)
+
+    @staticmethod
+    def flow_id(request: LLMRequest) -> str:
+        return request.headers.get(FAIRNESS_ID_HEADER) or DEFAULT_FAIRNESS_ID
+
+    def _notify_dispatched(self, request: LLMRequest, band: Band, waited: float) -> None:
+        """Tell the lifecycle hooks a request leaves flow control; the wait goes only to the
+        fairness policy of its band (upstream: only that policy's Pick records it)."""
+        flow_id = self.flow_id(request)
+        fairness: object = band.config.fairness
+        for hook in self._hooks:
+            try:
+                hook.on_dispatched(request, flow_id, waited if hook is fairness else None)
+            except Exception:
+                log.exception("flow-control plugin hook on_dispatched failed")
+        self._dispatched[id(request)] = (request, flow_id, self._hooks)
+
+    def _enqueue(self, request: LLMRequest, nbytes: int, kick: bool = True) -> RequestError | QueueItem:
         cfg = self.config
         priority = request.priority
         band = self._band(priority)
@@ -184,7 +241,8 @@ class FlowController:
                                                             request.target_model)
         size_g.inc()
         bytes_g.inc(nbytes)
-        self._kick()
+        if kick:
+            self._kick()
         return item
 
     def _rejected(self, priority: int, what: str) -> RequestError:
@@ -297,6 +355,8 @@ class FlowController:
         band = self._bands[item.priority]
         if not empty and item.priority >= 0 and self.config.enable_eviction and self._evict_inflight(item):
             self._leave(band, item, DISPATCHED)  # routed now, in the evicted request's place
+            if self._hooks:
+                self._notify_dispatched(item.request, band, time.monotonic() - item.enqueued_at)
             return
         if empty:
             self._leave(band, item, EVICTED_NO_ENDPOINTS)
@@ -308,13 +368,22 @@ class FlowController:
                                  headers=_reason("rejected-ttl-expired"))
         item.future.set_result(error)
 
-    def on_release(self, request: LLMRequest | None = None) -> None:
-        """A routed request ended: capacity may have freed."""
+    def on_release(self, request: LLMRequest | None = None, response: Mapping[str, Any] | None = None) -> None:
+        """A routed request ended: capacity may have freed. `response` carries its usage
+        (prompt_tokens, completion_tokens) when the EPP saw it."""
         if request is not None:
             if self._evictable:
                 self._evictable.pop(id(request), None)
             if self._evicting is not None and self._evicting[0] is request:
                 self._evicting = None
+            if self._dispatched:
+                entry = self._dispatched.pop(id(request), None)
+                if entry is not None and entry[0] is request:
+                    for hook in entry[2]:
+                        try:
+                            hook.on_completed(request, entry[1], response)
+                        except Exception:
+                            log.exception("flow-control plugin hook on_completed failed")
         if self.size:
             self._kick()
 
@@ -326,28 +395,36 @@ class FlowController:
 
     def may_evict(self, request: LLMRequest) -> bool:
         """Whether eviction may end this request (its response must then stream through the
-        EPP): eviction on and the priority at most evictionVictimMaxPriority."""
+        EPP): eviction on and the eviction filter accepts it (default: its priority is at most
+        evictionVictimMaxPriority)."""
         cfg = self.config
-        return cfg.enable_eviction and request.priority <= cfg.eviction_victim_max_priority
+        return cfg.enable_eviction and may_evict_item(cfg, EvictionItem(request, request.priority, 0.0, _noop))
 
     def on_evictable(self, request: LLMRequest, abort: Callable[[], None]) -> None:
         """An in-flight request whose response passes through the EPP, so `abort()` can end
         it (the server answers its next response chunk with an error: Envoy resets it)."""
-        if self.may_evict(request):
-            self._evictable[id(request)] = (request, abort)
+        cfg = self.config
+        if not cfg.enable_eviction:
+            return
+        item = EvictionItem(request, request.priority, time.monotonic(), abort)
+        if may_evict_item(cfg, item):
+            self._evictable[id(request)] = item
 
     def _evict_inflight(self, item: QueueItem) -> bool:
-        """A request is blocked on a saturated pool: end the newest in-flight request of the
-        lowest priority (below the waiting one's), so capacity frees for it."""
-        victim_key, victim_prio = None, item.priority
-        for key, (req, _task) in reversed(self._evictable.items()):
-            if req.priority < victim_prio:
-                victim_key, victim_prio = key, req.priority
-        if victim_key is None:
+        """A request is blocked on a saturated pool: end the first in-flight request by the
+        eviction ordering (default priority-then-time: the newest of the lowest priority) if
+        its priority is below the waiting one's (upstream EvictN's priority bound)."""
+        less = (self.config.eviction_ordering or self._default_eviction_order).less
+        victim_key, best = None, None
+        for key, cand in reversed(self._evictable.items()):  # newest first: it wins exact ties
+            if best is None or less(cand, best):
+                victim_key, best = key, cand
+        if victim_key is None or best is None or best.priority >= item.priority:
             return False
-        victim, abort = self._evictable.pop(victim_key)
+        del self._evictable[victim_key]
+        victim = best.request
         self._evicting = (victim, time.monotonic())
-        abort()
+        best.abort()
         self.evicted += 1
         self.metrics.count(victim.priority, EVICTED_INFLIGHT)
         log.warning("evicted an in-flight sheddable request for a queued one past its TTL",
@@ -369,6 +446,10 @@ class FlowController:
         self._observe(endpoints)
         saturation = self.detector.saturation(endpoints)
         self.metrics.saturation = saturation
+        if self._adaptive is not None:
+            for band, ceiling in zip(self._order, self._adaptive.ceilings_at(saturation, self._priorities),
+                                     strict=True):
+                band.ceiling = ceiling
         for band in self._order:
             if saturation >= band.ceiling:  # blocked: head-of-line, nothing lower goes either
                 if self.config.enable_eviction and self.config.eviction_delay is not None:
@@ -387,6 +468,8 @@ class FlowController:
             if item.future.done():  # cannot happen (shielded); never stall the dispatcher on it
                 self._kick()
                 return
+            if self._hooks:
+                self._notify_dispatched(item.request, band, time.monotonic() - item.enqueued_at)
             self._handoff = item
             item.future.set_result(None)
             return
@@ -446,7 +529,15 @@ class FlowController:
         dropped, so the set only grows; llm-d-router's registry keeps configured bands too)."""
         policy = self.config.usage_limit
         priorities = [b.priority for b in self._order]
-        ceilings = policy.ceilings(priorities) if policy is not None else [1.0] * len(priorities)
+        self._priorities = priorities
+        self._rank = {p: i for i, p in enumerate(priorities)}
+        if isinstance(policy, AdaptiveUsageLimitPolicy):
+            # Ceilings come per dispatch cycle; until the first one every band is open.
+            self._adaptive = policy
+            ceilings = [1.0] * len(priorities)
+        else:
+            self._adaptive = None
+            ceilings = policy.ceilings(priorities) if policy is not None else [1.0] * len(priorities)
         for band, ceiling in zip(self._order, ceilings, strict=True):
             band.ceiling = ceiling
         self._ceilings = dict(zip(priorities, ceilings, strict=True))
@@ -456,6 +547,7 @@ class FlowController:
         """Apply a reloaded config; queued requests keep their place (and sort keys)."""
         self.config = config
         self.detector = config.detector
+        self._hooks = tuple(config.lifecycle_hooks)
         for priority, band in self._bands.items():
             band.config = config.band_config(priority)
         for priority in config.bands:

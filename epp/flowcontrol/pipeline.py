@@ -101,7 +101,7 @@ class AdmissionPipeline:
 
     def on_complete(self, request: LLMRequest | None, response: dict[str, Any] | None) -> None:
         if self.flow is not None:
-            self.flow.on_release(request)
+            self.flow.on_release(request, response)
         if request is None or self.limiter is None or not self._estimates:
             return
         estimate = self._estimates.pop(request.request_id, None)
