@@ -110,13 +110,16 @@ class StreamCancelled(Exception):
 class _Inbox:
     """The request messages of one stream, as the async iterator a method reads."""
 
-    __slots__ = ("_decode", "_ended", "_items", "_waiter")
+    __slots__ = ("_before_wait", "_decode", "_ended", "_items", "_waiter")
 
-    def __init__(self, decode: Callable[[bytes], Any]) -> None:
+    def __init__(self, decode: Callable[[bytes], Any], before_wait: Callable[[], None]) -> None:
         self._items: deque[Any] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._ended = False
         self._decode = decode
+        # The method has answered everything it was given: send its answers now rather than
+        # at the end of the loop turn (one loop iteration less on the request's path).
+        self._before_wait = before_wait
 
     def push(self, raw: bytes) -> None:
         self._items.append(self._decode(raw))
@@ -140,6 +143,7 @@ class _Inbox:
                 return self._items.popleft()
             if self._ended:
                 raise StopAsyncIteration
+            self._before_wait()
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
@@ -212,6 +216,8 @@ class _Connection(asyncio.Protocol):
         self.conn_waiters: list[asyncio.Future[None]] = []
         self.keepalive: asyncio.TimerHandle | None = None
         self.ping_outstanding = False
+        self.pending: list[bytes] | None = None  # frames to send at the end of this loop turn
+        self.loop = asyncio.get_running_loop()
 
     # --- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -226,14 +232,14 @@ class _Connection(asyncio.Protocol):
         transport.write(_frame(SETTINGS, 0, 0, settings)
                         + _frame(WINDOW_UPDATE, 0, 0, _U32.pack(MAX_WINDOW - DEFAULT_WINDOW)))
         self.server.connections.add(self)
-        self.keepalive = asyncio.get_running_loop().call_later(self.server.keepalive_s, self._send_keepalive)
+        self.keepalive = self.loop.call_later(self.server.keepalive_s, self._send_keepalive)
 
     def _send_keepalive(self) -> None:
         if self.closed:
             return
         self.ping_outstanding = True
         self._write(_frame(PING, 0, 0, KEEPALIVE_PING))
-        self.keepalive = asyncio.get_running_loop().call_later(self.server.keepalive_timeout_s,
+        self.keepalive = self.loop.call_later(self.server.keepalive_timeout_s,
                                                                self._keepalive_expired)
 
     def _keepalive_expired(self) -> None:
@@ -329,7 +335,7 @@ class _Connection(asyncio.Protocol):
                 self.ping_outstanding = False
                 if self.keepalive is not None:
                     self.keepalive.cancel()
-                self.keepalive = asyncio.get_running_loop().call_later(self.server.keepalive_s,
+                self.keepalive = self.loop.call_later(self.server.keepalive_s,
                                                                        self._send_keepalive)
         elif ftype == RST_STREAM:
             st = self.streams.pop(sid, None)
@@ -443,8 +449,8 @@ class _Connection(asyncio.Protocol):
             return
         st.unary = method.unary
         if method.stream is not None:
-            st.inbox = _Inbox(method.decode)
-            st.task = asyncio.get_running_loop().create_task(self._run_stream(st, method.stream))
+            st.inbox = _Inbox(method.decode, self._flush)
+            st.task = self.loop.create_task(self._run_stream(st, method.stream))
         if flags & END_STREAM:
             self._on_remote_end(st)
 
@@ -520,7 +526,7 @@ class _Connection(asyncio.Protocol):
         if method is None or len(st.received) != 1:
             self._finish(st, GRPC_INTERNAL, "a unary call takes exactly one message")
             return
-        st.task = asyncio.get_running_loop().create_task(self._run_unary(st, method, st.received[0]))
+        st.task = self.loop.create_task(self._run_unary(st, method, st.received[0]))
 
     # --- running methods -------------------------------------------------------------------
     async def _run_stream(self, st: _Stream, method: StreamMethod) -> None:
@@ -587,7 +593,7 @@ class _Connection(asyncio.Protocol):
             view = view[k:]
 
     async def _wait_window(self, st: _Stream) -> None:
-        fut = asyncio.get_running_loop().create_future()
+        fut = self.loop.create_future()
         if st.send_window <= 0:
             st.window_waiter = fut
         else:
@@ -617,10 +623,11 @@ class _Connection(asyncio.Protocol):
             if st.inbox is not None:
                 st.inbox.end()
         self._write(frames)
+        self._flush()
         self.streams.pop(st.sid, None)
         self._wake_stream(st)
-        if self.going_away and not self.streams and self.transport is not None:
-            self.transport.close()
+        if self.going_away and not self.streams:
+            self._close()
 
     def _cancel(self, st: _Stream) -> None:
         st.done = True
@@ -637,14 +644,32 @@ class _Connection(asyncio.Protocol):
         self._write(_frame(RST_STREAM, 0, sid, _U32.pack(code)))
 
     def _write(self, data: bytes) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.write(data)
+        """Queue bytes for the peer. Everything written in one turn of the event loop goes out
+        in one send: a request's header and body answers (and other streams' frames) share a
+        syscall and wake Envoy once (the send was ~18 % of the EPP's samples at c=1)."""
+        if self.closed or self.transport is None:
+            return
+        pending = self.pending
+        if pending is None:
+            self.pending = [data]
+            self.loop.call_soon(self._flush)
+        else:
+            pending.append(data)
+
+    def _flush(self) -> None:
+        pending, self.pending = self.pending, None
+        if pending and not self.closed and self.transport is not None:
+            self.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def _close(self) -> None:
+        self._flush()
+        if self.transport is not None:
+            self.transport.close()
 
     def _abort(self, code: int, reason: str) -> None:
         log.warning("HTTP/2 connection error (%d): %s", code, reason)
         self._write(_frame(GOAWAY, 0, 0, _U32.pack(self.last_sid) + _U32.pack(code) + reason.encode()[:200]))
-        if self.transport is not None:
-            self.transport.close()
+        self._close()
         self.closed = True
 
     def go_away(self) -> None:
@@ -653,16 +678,15 @@ class _Connection(asyncio.Protocol):
             return
         self.going_away = True
         self._write(_frame(GOAWAY, 0, 0, _U32.pack(self.last_sid) + _U32.pack(NO_ERROR)))
-        if not self.streams and self.transport is not None:
-            self.transport.close()
+        if not self.streams:
+            self._close()
 
     def abort_streams(self) -> list[asyncio.Task[None]]:
         tasks = [st.task for st in self.streams.values() if st.task is not None and not st.task.done()]
         for st in list(self.streams.values()):
             self._cancel(st)
         self.streams.clear()
-        if self.transport is not None:
-            self.transport.close()
+        self._close()
         return tasks
 
 
