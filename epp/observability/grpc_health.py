@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -26,6 +27,8 @@ LIVENESS_SERVICE = "liveness"
 READINESS_SERVICE = "readiness"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+WATCH_POLL_S = 0.1  # how soon a Watch stream on epp/server/h2grpc.py sees a change
 
 
 class GrpcHealthReporter:
@@ -73,6 +76,21 @@ class GrpcHealthReporter:
         if status is None:
             raise GrpcError(5, "unknown service")  # NOT_FOUND, as grpcio's HealthServicer
         return health_pb2.HealthCheckResponse(status=status).SerializeToString()  # type: ignore[no-any-return]
+
+    async def watch(self, requests: AsyncIterator[Any], context: Any) -> AsyncIterator[bytes]:
+        """grpc.health.v1.Health/Watch for epp/server/h2grpc.py: the status now, then each
+        change (SERVICE_UNKNOWN for a name not served, as grpcio's servicer answers)."""
+        service = ""
+        async for raw in requests:
+            service = health_pb2.HealthCheckRequest.FromString(raw).service
+            break
+        last = None
+        while True:
+            status = self.statuses.get(service, SERVICE_UNKNOWN)
+            if status != last:
+                last = status
+                yield health_pb2.HealthCheckResponse(status=status).SerializeToString()
+            await asyncio.sleep(WATCH_POLL_S)
 
     async def start(self) -> None:
         await self._set(LIVENESS_SERVICE, SERVING)

@@ -381,6 +381,7 @@ class EPPServer:
             native.add_stream_method(f"/{EXT_PROC_SERVICE}/Process", self.handler.process,
                                      ext_proc_pb2.ProcessingRequest.FromString)
             native.add_unary_method("/grpc.health.v1.Health/Check", health.check)
+            native.add_stream_method("/grpc.health.v1.Health/Watch", health.watch, bytes)
             stack.push_async_callback(native.stop, opts.shutdown_grace_s)
             await native.start()
             port = native.port

@@ -214,6 +214,7 @@ async def test_health_check_answers_like_grpcio_health_servicer() -> None:
     reporter = GrpcHealthReporter(Ready())
     server = H2GrpcServer("127.0.0.1", 0)
     server.add_unary_method("/grpc.health.v1.Health/Check", reporter.check)
+    server.add_stream_method("/grpc.health.v1.Health/Watch", reporter.watch, bytes)
     await server.start()
     await reporter.start()
     try:
@@ -225,9 +226,18 @@ async def test_health_check_answers_like_grpcio_health_servicer() -> None:
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await stub.Check(health_pb2.HealthCheckRequest(service="nope"))
             assert err.value.code() == grpc.StatusCode.NOT_FOUND
+            watch = stub.Watch(health_pb2.HealthCheckRequest(service="readiness"))
+            assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+            unknown = stub.Watch(health_pb2.HealthCheckRequest(service="nope"))
+            assert (await unknown.read()).status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+            unknown.cancel()
             await reporter.stop()
             got = await stub.Check(health_pb2.HealthCheckRequest(service="readiness"))
             assert got.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            # A Watch sees the change without asking again.
+            changed = await asyncio.wait_for(watch.read(), 5)
+            assert changed.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            watch.cancel()
     finally:
         await reporter.stop()
         await server.stop(0)
