@@ -61,7 +61,13 @@ from epp.server.grpc_server import EXT_PROC_SERVICE, build_grpc_server
 from epp.server.h2grpc import H2GrpcServer
 from epp.server.peers import SERVICE_KEY as PEER_BUS_KEY
 from epp.server.peers import InflightSharing, PeerBus, WorkerMetrics
-from epp.server.tls import CertReloader, TLSOptions, server_credentials
+from epp.server.tls import (
+    CertReloader,
+    ReloadingSSLContext,
+    TLSOptions,
+    server_credentials,
+    server_ssl_context,
+)
 from epp.server.usage import UsageMetrics
 
 log = logging.getLogger("epp.server")
@@ -93,7 +99,7 @@ class ServeOptions:
     response_cache_redis: str | None = None  # overrides the file's storage.redis
     max_concurrent_streams: int = 0
     # "native": ext_proc and gRPC health served by epp/server/h2grpc.py on the event loop;
-    # "grpcio": by grpcio (always used with TLS).
+    # "grpcio": by grpc.aio (what served the port before; kept as a fallback).
     grpc_transport: Literal["native", "grpcio"] = "native"
     tls: TLSOptions = field(default_factory=TLSOptions)
     shutdown_grace_s: float = 5.0
@@ -372,12 +378,17 @@ class EPPServer:
             await recorder.start()
 
         health = self._health = GrpcHealthReporter(self.probe)
+        native_transport = opts.grpc_transport == "native"
         credentials = None
-        if opts.tls.enabled:
+        ssl_context: ReloadingSSLContext | None = None
+        if opts.tls.enabled and native_transport:
+            ssl_context, self.cert_reloader = server_ssl_context(opts.tls)
+        elif opts.tls.enabled:
             credentials, self.cert_reloader = server_credentials(opts.tls)
-        if opts.grpc_transport == "native" and credentials is None:
+        if native_transport:
             native = H2GrpcServer(opts.host, opts.grpc_port, max_concurrent_streams=opts.max_concurrent_streams,
-                                  reuse_port=opts.worker_count > 1)
+                                  reuse_port=opts.worker_count > 1,
+                                  ssl=ssl_context.base if ssl_context is not None else None)
             native.add_stream_method(f"/{EXT_PROC_SERVICE}/Process", self.handler.process,
                                      ext_proc_pb2.ProcessingRequest.FromString)
             native.add_unary_method("/grpc.health.v1.Health/Check", health.check)

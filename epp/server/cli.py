@@ -90,7 +90,7 @@ def add_parser(sub: Any) -> None:
                         "$OTEL_TRACES_SAMPLER_ARG or 0.1, as the reference EPP)")
     p.add_argument("--grpc-transport", choices=("native", "grpcio"), default="native",
                    help="who serves ext_proc: native = HTTP/2 on the event loop (epp/server/h2grpc.py), "
-                        "grpcio = the gRPC library; TLS always uses grpcio (default: native)")
+                        "grpcio = the gRPC library's server (default: native)")
     p.add_argument("--max-concurrent-streams", type=int, default=0,
                    help="HTTP/2 streams per Envoy connection (0 = no limit)")
     # The reference EPP's TLS flags (epp/server/tls.py); Go-style `--flag=false` works.

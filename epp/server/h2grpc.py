@@ -10,7 +10,7 @@ message framing and trailers) in one asyncio.Protocol per connection, with no th
 
 It serves stream-stream methods (`StreamMethod`: an async generator taking an async iterator of
 decoded requests) and unary ones, found by `:path`; any other path gets grpc-status 12
-(UNIMPLEMENTED). What it leaves out, on purpose: TLS (the EPP keeps grpcio when TLS is on),
+(UNIMPLEMENTED). TLS, when given an SSLContext (epp/server/tls.py, ALPN h2). What it leaves out, on purpose:
 compressed messages (answered with grpc-status 12), server push, priorities (ignored, as
 RFC 9113 allows), and deadlines (`grpc-timeout` is ignored; Envoy times ext_proc out itself).
 """
@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl as ssl_module
 import struct
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -702,7 +703,7 @@ class H2GrpcServer:
 
     def __init__(self, host: str, port: int, *, reuse_port: bool = False, max_concurrent_streams: int = 0,
                  max_message_bytes: int = 64 * 1024 * 1024, keepalive_s: float = KEEPALIVE_S,
-                 keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S) -> None:
+                 keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S, ssl: ssl_module.SSLContext | None = None) -> None:
         self.host = host
         self.requested_port = port
         self.reuse_port = reuse_port
@@ -710,6 +711,7 @@ class H2GrpcServer:
         self.max_message_bytes = max_message_bytes
         self.keepalive_s = keepalive_s
         self.keepalive_timeout_s = keepalive_timeout_s
+        self.ssl = ssl
         self.methods: dict[bytes, Method] = {}  # b"/package.Service/Method" -> Method
         self.connections: set[_Connection] = set()
         self.closing = False
@@ -727,7 +729,7 @@ class H2GrpcServer:
         try:
             self._server = await loop.create_server(
                 lambda: _Connection(self), self.host, self.requested_port,
-                reuse_port=self.reuse_port or None, reuse_address=True)
+                reuse_port=self.reuse_port or None, reuse_address=True, ssl=self.ssl)
         except OSError as e:
             raise OSError(f"cannot listen on {self.host}:{self.requested_port} for ext_proc: {e.strerror}") from e
         self.port = self._server.sockets[0].getsockname()[1]

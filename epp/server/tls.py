@@ -25,6 +25,8 @@ import ipaddress
 import logging
 import os
 import socket
+import ssl
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -164,6 +166,14 @@ class CertReloader:
 
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
         """None keeps the current certificate (gRPC's contract); a config switches to it."""
+        pair = self.poll()
+        if pair is None:
+            return None
+        return grpc.ssl_server_certificate_configuration([(pair.key_pem, pair.cert_pem)])
+
+    def poll(self) -> KeyPair | None:
+        """The new pair when the files changed to a valid one since the last look (looked at
+        most every check_interval_s), else None."""
         now = self._clock()
         with self._lock:
             if now < self._next_check:
@@ -187,7 +197,59 @@ class CertReloader:
             self.pair = pair
             self.reloads += 1
         log.info("serving the rotated certificate from %s", self.directory)
-        return grpc.ssl_server_certificate_configuration([(pair.key_pem, pair.cert_pem)])
+        return pair
+
+
+def ssl_context_for(pair: KeyPair) -> ssl.SSLContext:
+    """A server context for the EPP's own HTTP/2 server: TLS 1.2+, ALPN h2 (what gRPC
+    clients ask for), the pair loaded through a private temporary directory (the ssl module
+    reads keys from files only)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_alpn_protocols(["h2"])
+    with tempfile.TemporaryDirectory(prefix="epp-tls-") as tmp:  # mode 0700
+        write_pair(pair, Path(tmp))
+        ctx.load_cert_chain(Path(tmp) / CERT_FILE, Path(tmp) / KEY_FILE)
+    return ctx
+
+
+class ReloadingSSLContext:
+    """TLS for epp/server/h2grpc.py with the same reload semantics as CertReloader on grpcio:
+    on each new handshake (the SNI callback runs for every ClientHello) the mounted pair is
+    looked at, at most every check_interval_s, and a changed, matching pair is switched to;
+    open connections keep their session."""
+
+    def __init__(self, pair: KeyPair, reloader: CertReloader | None = None) -> None:
+        self.base = ssl_context_for(pair)
+        self.current = self.base
+        self.reloader = reloader
+        if reloader is not None:
+            self.base.sni_callback = self._on_client_hello
+
+    def _on_client_hello(self, sslobj: ssl.SSLObject, server_name: str | None,
+                         ctx: ssl.SSLContext) -> int | None:
+        assert self.reloader is not None
+        try:
+            pair = self.reloader.poll()
+            if pair is not None:
+                self.current = ssl_context_for(pair)
+        except Exception:  # never fail a handshake for a reload: keep the current pair
+            log.exception("certificate reload failed, keeping the current one")
+        if self.current is not self.base:
+            sslobj.context = self.current
+        return None
+
+
+def server_ssl_context(opts: TLSOptions) -> tuple[ReloadingSSLContext, CertReloader | None]:
+    """server_credentials' counterpart for the EPP's own HTTP/2 server."""
+    if opts.cert_path is None:
+        log.info("secure serving with a self-signed certificate generated at start "
+                 "(mount a kubernetes.io/tls Secret and pass --cert-path to use your own)")
+        return ReloadingSSLContext(self_signed_pair()), None
+    if not opts.reload:
+        return ReloadingSSLContext(load_pair(opts.cert_path)), None
+    reloader = CertReloader(opts.cert_path, opts.check_interval_s)
+    return ReloadingSSLContext(reloader.pair, reloader), reloader
 
 
 def server_credentials(opts: TLSOptions) -> tuple[grpc.ServerCredentials, CertReloader | None]:

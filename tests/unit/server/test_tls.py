@@ -8,6 +8,7 @@ import asyncio
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any, Protocol
 
 import grpc
 import pytest
@@ -17,14 +18,17 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from epp.cli import build_parser
 from epp.scheduling.registry import ConfigError
 from epp.server.cli import tls_options
+from epp.server.h2grpc import H2GrpcServer
 from epp.server.tls import (
     CERT_FILE,
     KEY_FILE,
+    CertReloader,
     TLSError,
     TLSOptions,
     load_pair,
     self_signed_pair,
     server_credentials,
+    server_ssl_context,
     write_pair,
 )
 
@@ -109,12 +113,34 @@ async def cert_dir(tmp_path: Path) -> AsyncIterator[Path]:
     shutil.rmtree(tmp_path / "tls", ignore_errors=True)
 
 
-async def test_mounted_pair_is_served_and_rotation_is_picked_up(cert_dir: Path) -> None:
+class _Stoppable(Protocol):
+    async def stop(self, grace: float | None) -> Any: ...
+
+
+async def _serve(kind: str, opts: TLSOptions) -> tuple[_Stoppable, int, CertReloader | None]:
+    """A TLS port with a health Check on it: grpcio's server (server_credentials) or the EPP's
+    own HTTP/2 server (server_ssl_context); the same client checks both."""
+    if kind == "grpcio":
+        creds, reloader = server_credentials(opts)
+        server, port = await _health_server(creds)
+        return server, port, reloader
+    context, reloader = server_ssl_context(opts)
+
+    async def check(raw: bytes) -> bytes:
+        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING).SerializeToString()
+
+    native = H2GrpcServer("127.0.0.1", 0, ssl=context.base)
+    native.add_unary_method("/grpc.health.v1.Health/Check", check)
+    await native.start()
+    return native, native.port, reloader
+
+
+@pytest.mark.parametrize("kind", ["grpcio", "native"])
+async def test_mounted_pair_is_served_and_rotation_is_picked_up(cert_dir: Path, kind: str) -> None:
     first, second = self_signed_pair(["localhost"]), self_signed_pair(["localhost"])
     write_pair(first, cert_dir)
-    creds, reloader = server_credentials(TLSOptions(enabled=True, cert_path=cert_dir, check_interval_s=0.0))
+    server, port, reloader = await _serve(kind, TLSOptions(enabled=True, cert_path=cert_dir, check_interval_s=0.0))
     assert reloader is not None
-    server, port = await _health_server(creds)
     try:
         assert await _check(port, first.cert_pem)
         assert not await _check(port, second.cert_pem)  # the client verifies: wrong CA fails
@@ -131,10 +157,10 @@ async def test_mounted_pair_is_served_and_rotation_is_picked_up(cert_dir: Path) 
         await server.stop(0)
 
 
-async def test_self_signed_when_no_cert_path() -> None:
-    creds, reloader = server_credentials(TLSOptions(enabled=True))
+@pytest.mark.parametrize("kind", ["grpcio", "native"])
+async def test_self_signed_when_no_cert_path(kind: str) -> None:
+    server, port, reloader = await _serve(kind, TLSOptions(enabled=True))
     assert reloader is None
-    server, port = await _health_server(creds)
     try:
         assert not await _check(port, None)
         # A client that does not verify (what gateways do with the reference EPP) connects:
