@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from epp.observability.grpc_health import GrpcHealthReporter
 from epp.observability.health import ReadinessProbe
-from epp.server.h2grpc import PREFACE, H2GrpcServer
+from epp.server.h2grpc import PREFACE, H2GrpcServer, HeaderBlockDecoder, block_keeps_table
 
 ECHO = "/test.Echo/Stream"
 UNARY = "/test.Echo/Unary"
@@ -340,3 +340,43 @@ async def test_port_in_use_is_a_clear_error() -> None:
         server = H2GrpcServer("127.0.0.1", s.getsockname()[1])
         with pytest.raises(OSError, match=r"cannot listen on 127\.0\.0\.1"):
             await server.start()
+
+
+def test_header_block_memo_decodes_like_hpack_through_table_changes() -> None:
+    # A stream of blocks from hpack's own encoder (the independent reference): repeated blocks
+    # that only index (memoised), new values that insert into the dynamic table (which must
+    # drop the memo), never-indexed literals, Huffman or not, and a table size change.
+    import random
+
+    rng = random.Random(7)
+    encoder = hpack.Encoder()
+    reference = hpack.Decoder()
+    ours = HeaderBlockDecoder(1 << 20)
+    base = [(":method", "POST"), (":scheme", "http"), (":path", ECHO), (":authority", "epp"),
+            ("content-type", "application/grpc"), ("te", "trailers")]
+    memo_hits = 0
+    for i in range(400):
+        headers: list[Any] = list(base)
+        roll = rng.random()
+        if roll < 0.3:
+            headers.append(("x-request-id", f"id-{rng.randrange(6)}"))  # a few values recur
+        elif roll < 0.4:
+            headers.append(hpack.NeverIndexedHeaderTuple("authorization", f"k{rng.randrange(3)}"))
+        if i == 200:
+            encoder.header_table_size = 256  # emits a dynamic table size update
+        block = encoder.encode(headers, huffman=rng.random() < 0.7)
+        before = len(ours._memo)
+        got = ours.decode(block)
+        memo_hits += block in ours._memo and len(ours._memo) == before
+        want = [(bytes(k), bytes(v)) for k, v in reference.decode(block, raw=True)]
+        assert got == want, i
+    assert memo_hits > 100  # the memo was used, not just filled and dropped
+
+
+def test_block_keeps_table_reads_each_representation() -> None:
+    assert block_keeps_table(b"\x83\x86")  # indexed fields only
+    assert block_keeps_table(b"\x04\x03abc")  # literal without indexing, indexed name (:path)
+    assert block_keeps_table(b"\x10\x01k\x01v")  # never indexed, new name
+    assert block_keeps_table(b"\x0f\x10\x01x")  # 4-bit prefix continued: name index 31
+    assert not block_keeps_table(b"\x83\x44\x03abc")  # incremental indexing (:path)
+    assert not block_keeps_table(b"\x3f\xe1\x1f")  # dynamic table size update
