@@ -1,7 +1,7 @@
 """grpcio's server hosting the ext_proc service (and gRPC health) on one port.
 
-Used with TLS and with `--grpc-transport grpcio`; otherwise epp/server/h2grpc.py serves the
-port (docs/performance.md, "A gRPC server on the event loop")."""
+Used with `--grpc-transport grpcio`; otherwise epp/server/h2grpc.py serves the port
+(docs/performance.md, "A gRPC server on the event loop")."""
 
 from __future__ import annotations
 

@@ -3,16 +3,18 @@
 Why not grpcio alone: at c=1 and at high rates most of the EPP's CPU per request was grpcio's
 (docs/performance.md, "Per request, one EPP process": 480-600 us of a ~1 ms request), spent in
 its poller threads and in handing every message from them to the event loop. ext_proc needs
-little of gRPC: one bidirectional method over plaintext HTTP/2 from one trusted peer (Envoy),
-no compression, no deadlines, messages we encode ourselves. This server speaks exactly that
+little of gRPC: one bidirectional method over HTTP/2 from one trusted peer (Envoy), no
+compression, no deadlines, messages we encode ourselves. This server speaks exactly that
 (RFC 9113 framing and flow control, HPACK through the `hpack` library, the gRPC length-prefixed
 message framing and trailers) in one asyncio.Protocol per connection, with no thread hop.
 
 It serves stream-stream methods (`StreamMethod`: an async generator taking an async iterator of
 decoded requests) and unary ones, found by `:path`; any other path gets grpc-status 12
-(UNIMPLEMENTED). TLS, when given an SSLContext (epp/server/tls.py, ALPN h2). What it leaves out, on purpose:
-compressed messages (answered with grpc-status 12), server push, priorities (ignored, as
-RFC 9113 allows), and deadlines (`grpc-timeout` is ignored; Envoy times ext_proc out itself).
+(UNIMPLEMENTED). TLS when given an SSLContext (epp/server/tls.py, ALPN h2). What it leaves out,
+on purpose: compressed messages (answered with grpc-status 12), server push, priorities
+(ignored, as RFC 9113 allows), deadlines (`grpc-timeout` is ignored; Envoy times ext_proc out
+itself), and per-stream receive window updates (each stream may receive 2 GiB - 1, the
+initial window we advertise; an ext_proc stream carries one request and its response).
 """
 
 from __future__ import annotations
