@@ -107,6 +107,8 @@ class MultiPoolStack:
         self.pools: dict[str, LocalStack] = {}
         # The EPPs see responses: count streamed usage too (docs/multi-model.md, usage accounting).
         usage_args = ["--stream-include-usage"] if cfg.response_body_mode != "NONE" else []
+        # Every pool picks its ports before any process binds one: each avoids the others'.
+        taken = {cfg.listen_port, cfg.admin_port, cfg.bbr_grpc_port, cfg.bbr_health_port}
         for plan in cfg.pools:
             free = cfg.ports_free or not plan.base_pod_port
             sc = StackConfig(
@@ -116,7 +118,8 @@ class MultiPoolStack:
                 sim_args=["--engine", plan.engine, *plan.sim_args],
                 epp_args=["--engine", plan.engine, *usage_args, *cfg.epp_args, *plan.epp_args],
                 pod_sim_args=plan.pod_sim_args, pod_labels=plan.pod_labels,
-                pod_prefix=f"{plan.engine}-{plan.name}", ports_free=free)
+                pod_prefix=f"{plan.engine}-{plan.name}", ports_free=free, avoid_ports=frozenset(taken))
+            taken.update(sc.port_batch)
             if not free:
                 sc.base_pod_port = plan.base_pod_port
                 sc.grpc_port, sc.health_port, sc.metrics_port = plan.grpc_port, plan.health_port, plan.metrics_port

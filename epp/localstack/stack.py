@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,8 +68,9 @@ def envoy_binary() -> str:
 _PORT_RANGE = (20000, 32000)
 
 
-def free_ports(count: int) -> list[int]:
-    """`count` distinct ports free on 127.0.0.1, all held while picking so none repeats."""
+def free_ports(count: int, exclude: Collection[int] = ()) -> list[int]:
+    """`count` distinct ports free on 127.0.0.1, all held while picking so none repeats, and
+    none of `exclude` (ports already handed to processes that have not bound them yet)."""
     rng = random.SystemRandom()
     with contextlib.ExitStack() as stack:
         ports: list[int] = []
@@ -77,7 +78,7 @@ def free_ports(count: int) -> list[int]:
             if len(ports) == count:
                 return ports
             port = rng.randrange(*_PORT_RANGE)
-            if port in ports:
+            if port in ports or port in exclude:
                 continue
             sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
             try:
@@ -177,12 +178,18 @@ class StackConfig:
     supervise: bool = False
     restart_backoff_s: tuple[float, float] = (0.2, 10.0)  # first and largest delay
     ports_free: bool = False  # pick free ports instead of the documented defaults
+    # With ports_free: ports another stack of the same run already picked (MultiPoolStack), and
+    # this stack's own batch, so that stacks created before any starts never share a port.
+    avoid_ports: frozenset[int] = frozenset()
+    port_batch: tuple[int, ...] = ()
     _ports: Iterator[int] = field(default_factory=lambda: iter(()), repr=False)
 
     def __post_init__(self) -> None:
         if self.ports_free:
             # Every port of the stack is picked in one batch (see LocalStack), none twice.
-            self._ports = iter(free_ports(5 + 3 * max(self.pods, 3) + 3 * max(self.epp_replicas - 1, 0)))
+            self.port_batch = tuple(free_ports(5 + 3 * max(self.pods, 3) + 3 * max(self.epp_replicas - 1, 0),
+                                               exclude=self.avoid_ports))
+            self._ports = iter(self.port_batch)
             self.listen_port, self.admin_port, self.grpc_port = self.next_port(), self.next_port(), self.next_port()
             self.health_port, self.metrics_port = self.next_port(), self.next_port()
             self.base_pod_port = 0
