@@ -16,7 +16,6 @@ import signal
 from pathlib import Path
 from typing import Any
 
-import grpc
 import httpx
 from aiohttp import web
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc_pb2
@@ -25,6 +24,7 @@ from epp.bbr.catalog import ModelCatalog
 from epp.bbr.config import BbrConfigError, load_config
 from epp.bbr.handler import BbrHandler
 from epp.bbr.metrics import BbrMetrics
+from epp.server.h2grpc import H2GrpcServer
 
 log = logging.getLogger("epp.bbr")
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
@@ -42,10 +42,6 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def _identity(b: bytes) -> bytes:
-    return b
-
-
 async def serve(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
@@ -55,13 +51,15 @@ async def serve(args: argparse.Namespace) -> int:
     catalog = ModelCatalog(config)
     metrics = BbrMetrics(catalog)
     handler = BbrHandler(catalog, metrics=metrics)
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    method = grpc.stream_stream_rpc_method_handler(
-        handler.process, request_deserializer=ext_proc_pb2.ProcessingRequest.FromString,
-        response_serializer=_identity)
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(EXT_PROC_SERVICE, {"Process": method})])
-    if server.add_insecure_port(f"{args.host}:{args.grpc_port}") == 0:
-        log.error("cannot listen on %s:%d", args.host, args.grpc_port)
+    # The EPP's own HTTP/2 server (epp/server/h2grpc.py), as for `epp serve`: BBR sits on every
+    # request's path too.
+    server = H2GrpcServer(args.host, args.grpc_port)
+    server.add_stream_method(f"/{EXT_PROC_SERVICE}/Process", handler.process,
+                             ext_proc_pb2.ProcessingRequest.FromString)
+    try:
+        await server.start()
+    except OSError as e:
+        log.error("%s", e)
         return 1
 
     async def healthz(_: web.Request) -> web.Response:
@@ -80,7 +78,6 @@ async def serve(args: argparse.Namespace) -> int:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, args.host, args.health_port).start()
-    await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -55,7 +55,18 @@ def test_saturated_pool_sheds_sheddable_requests(stack_factory: StackFactory) ->
                     if waiting and float(waiting[0].split()[-1]) >= 2:
                         break
                     await asyncio.sleep(0.05)
-                await asyncio.sleep(0.3)  # a few EPP scrape intervals
+                # Until the EPP's own scrape has seen that queue: an idle pod is scraped on the
+                # adaptive interval (up to 0.5 s), so a fixed sleep could ask before it did.
+                epp_metrics = f"http://127.0.0.1:{stack.cfg.metrics_port}/metrics"
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    text = (await client.get(epp_metrics)).text
+                    seen = [ln for ln in text.splitlines() if ln.startswith("inference_pool_per_pod_queue_size")]
+                    if seen and max(float(ln.split()[-1]) for ln in seen) >= 2:
+                        break
+                    await asyncio.sleep(0.05)
+                else:
+                    raise AssertionError(f"the EPP never saw the pod's queue:\n{text}")
                 r = await client.post(f"{stack.url}/v1/completions",
                                       headers={"x-gateway-inference-objective": "batch-sheddable"},
                                       json={"model": MODEL, "prompt": "x", "max_tokens": 1})
