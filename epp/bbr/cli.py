@@ -24,10 +24,10 @@ from epp.bbr.catalog import ModelCatalog
 from epp.bbr.config import BbrConfigError, load_config
 from epp.bbr.handler import BbrHandler
 from epp.bbr.metrics import BbrMetrics
+from epp.server.grpc_server import EXT_PROC_SERVICE
 from epp.server.h2grpc import H2GrpcServer
 
 log = logging.getLogger("epp.bbr")
-EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 
 
 def add_parser(sub: Any) -> None:

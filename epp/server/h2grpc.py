@@ -27,7 +27,7 @@ import struct
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import hpack
 
@@ -63,6 +63,7 @@ KEEPALIVE_PING = b"epp-kalv"
 # gRPC status codes we send.
 GRPC_OK, GRPC_CANCELLED, GRPC_INTERNAL, GRPC_UNIMPLEMENTED, GRPC_RESOURCE_EXHAUSTED = 0, 1, 13, 12, 8
 
+_Buffer = TypeVar("_Buffer", bytes, memoryview)
 _HDR = struct.Struct(">I")  # frame length (24 bits) + type packed as one int, see _frame()
 _U32 = struct.Struct(">I")
 _SETTING = struct.Struct(">HI")
@@ -71,6 +72,12 @@ _SETTING = struct.Struct(">HI")
 def _frame(ftype: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
     n = len(payload)
     return bytes((n >> 16, (n >> 8) & 0xFF, n & 0xFF, ftype, flags)) + _U32.pack(stream_id) + payload
+
+
+def _unpadded(payload: _Buffer) -> _Buffer:
+    """A PADDED frame's payload without its pad-length byte and padding (RFC 9113 6.1, 6.2)."""
+    pad = payload[0]
+    return payload[1:len(payload) - pad] if pad < len(payload) else payload[:0]
 
 
 def _literal(name: bytes, value: bytes) -> bytes:
@@ -469,8 +476,7 @@ class _Connection(asyncio.Protocol):
         if not sid:
             raise _ConnectionError(PROTOCOL_ERROR, "HEADERS on stream 0")
         if flags & PADDED:
-            pad = payload[0]
-            payload = payload[1:len(payload) - pad] if pad < len(payload) else b""
+            payload = _unpadded(payload)
         if flags & PRIORITY_FLAG:
             payload = payload[5:]
         if not flags & END_HEADERS:
@@ -536,8 +542,7 @@ class _Connection(asyncio.Protocol):
                 raise _ConnectionError(PROTOCOL_ERROR, "DATA on an idle stream")
             return  # a stream we reset or finished: its data is dropped
         if flags & PADDED:
-            pad = payload[0]
-            payload = payload[1:len(payload) - pad] if pad < len(payload) else payload[:0]
+            payload = _unpadded(payload)
         if payload and not self._on_stream_bytes(st, payload):
             return
         if flags & END_STREAM:

@@ -240,29 +240,30 @@ class ReloadingSSLContext:
         return None
 
 
-def server_ssl_context(opts: TLSOptions) -> tuple[ReloadingSSLContext, CertReloader | None]:
-    """server_credentials' counterpart for the EPP's own HTTP/2 server."""
+def serving_pair(opts: TLSOptions) -> tuple[KeyPair, CertReloader | None]:
+    """The pair to serve at start, and the reloader when one watches --cert-path (both
+    servers of the ext_proc port build their TLS from this)."""
     if opts.cert_path is None:
         log.info("secure serving with a self-signed certificate generated at start "
                  "(mount a kubernetes.io/tls Secret and pass --cert-path to use your own)")
-        return ReloadingSSLContext(self_signed_pair()), None
+        return self_signed_pair(), None
     if not opts.reload:
-        return ReloadingSSLContext(load_pair(opts.cert_path)), None
+        return load_pair(opts.cert_path), None
     reloader = CertReloader(opts.cert_path, opts.check_interval_s)
-    return ReloadingSSLContext(reloader.pair, reloader), reloader
+    return reloader.pair, reloader
+
+
+def server_ssl_context(opts: TLSOptions) -> tuple[ReloadingSSLContext, CertReloader | None]:
+    """server_credentials' counterpart for the EPP's own HTTP/2 server."""
+    pair, reloader = serving_pair(opts)
+    return ReloadingSSLContext(pair, reloader), reloader
 
 
 def server_credentials(opts: TLSOptions) -> tuple[grpc.ServerCredentials, CertReloader | None]:
     """The credentials for add_secure_port, and the reloader when one watches --cert-path."""
-    if opts.cert_path is None:
-        pair = self_signed_pair()
-        log.info("secure serving with a self-signed certificate generated at start "
-                 "(mount a kubernetes.io/tls Secret and pass --cert-path to use your own)")
+    pair, reloader = serving_pair(opts)
+    if reloader is None:
         return grpc.ssl_server_credentials([(pair.key_pem, pair.cert_pem)]), None
-    if not opts.reload:
-        pair = load_pair(opts.cert_path)
-        return grpc.ssl_server_credentials([(pair.key_pem, pair.cert_pem)]), None
-    reloader = CertReloader(opts.cert_path, opts.check_interval_s)
     creds = grpc.dynamic_ssl_server_credentials(reloader.initial(), reloader.fetch,
                                                 require_client_authentication=False)
     return creds, reloader
