@@ -148,7 +148,7 @@ def add_parser(sub: Any) -> None:
     o.add_argument("--concurrency", type=int, default=64)
     o.add_argument("--no-docs", action="store_true", help="print only; leave docs/ alone")
     o.add_argument("--ext-proc-mode", action="append", default=None, metavar="MODE",
-                   help="front Envoy ext_proc mode: buffered (default), buffered-wait, full-duplex; "
+                   help="front Envoy ext_proc mode: streamed (default), buffered, full-duplex; "
                         "repeat to measure more modes side by side (the first is reported)")
     o.add_argument("--out", type=Path, default=argparse.SUPPRESS)
     o.add_argument("--run-dir", type=Path, default=argparse.SUPPRESS)
@@ -265,7 +265,7 @@ def overhead_settings(args: argparse.Namespace, run_dir: Path) -> OverheadSettin
         epp_config=getattr(args, "config", None),
         epp_args=tuple(getattr(args, "epp_arg", ())),
         run_dir=run_dir / "overhead",
-        ext_proc_modes=tuple(getattr(args, "ext_proc_mode", None) or ("buffered",)),
+        ext_proc_modes=tuple(getattr(args, "ext_proc_mode", None) or ("streamed",)),
     )
     if quick:
         settings.sequential_requests = 300

@@ -46,14 +46,16 @@ from epp.localstack.stack import POOL_LABELS, REPO, envoy_binary, free_ports
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 # How the front Envoy's ext_proc filter talks to the EPP (`--ext-proc-mode`), as
-# EnvoyConfigParams overrides. "buffered" is the generated configs' default.
+# EnvoyConfigParams overrides. "streamed" is the generated configs' default.
 EXT_PROC_MODES: dict[str, dict[str, Any]] = {
-    # Headers, then the buffered body right behind them (send_body_without_waiting_for_header_response):
-    # two messages each way, one round trip.
-    "buffered": {},
-    # The body only after the EPP answered the headers: two sequential round trips.
-    "buffered-wait": {"send_body_without_waiting": False},
-    # GIE's mode: headers and body chunks without waiting; the EPP answers both once the body is complete.
+    # STREAMED + send_body_without_waiting_for_header_response: headers and body back to back,
+    # one round trip (and the response trailers, which keep the stream open: envoy_config).
+    "streamed": {},
+    # The body only after the EPP answered the headers: two sequential round trips (Envoy
+    # ignores send_body_without_waiting_for_header_response in this mode).
+    "buffered": {"request_body_mode": "BUFFERED"},
+    # GIE's mode: headers and body chunks without waiting; the EPP answers both once the body
+    # is complete and hands the body back.
     "full-duplex": {"request_body_mode": "FULL_DUPLEX_STREAMED"},
 }
 
@@ -78,7 +80,7 @@ class OverheadSettings:
     long_requests: int = 600  # per arm and concurrency level (bounded by max_seconds_per_run too)
     # Front Envoy ext_proc modes (EXT_PROC_MODES); the first is the reported one, the others are
     # measured as extra arms (c=1 latency, CPU per request at c=`concurrency`) in the same runs.
-    ext_proc_modes: Sequence[str] = ("buffered",)
+    ext_proc_modes: Sequence[str] = ("streamed",)
 
     def validate(self) -> None:
         if self.repeats < 1 or self.sequential_requests < 1 or self.concurrent_requests < 1:

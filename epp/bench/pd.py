@@ -48,6 +48,7 @@ PD_DECISION_METRIC = "llm_d_inference_scheduler_pd_decision_total"
 # llm-d's newer name (the one above is deprecated there); read when the older one is absent.
 DISAGG_DECISION_METRIC = "llm_d_inference_scheduler_disagg_decision_total"
 SIDECAR_REQUESTS_METRIC = "epp_sidecar_requests_total"
+PREFILL_SKIPPED_METRIC = "epp_pd_prefill_skipped_total"  # epp/scheduling/plugins/pd_metrics.py
 # The simulator's tokenizer turns VOCABULARY words into about 4 characters per token.
 CHARS_PER_TOKEN = 4.0
 WORKLOAD_NAME = "long-prompt"
@@ -174,6 +175,7 @@ def counter_delta(before: Mapping[str, float], after: Mapping[str, float]) -> di
 class PDCounters:
     decisions: dict[str, float] = field(default_factory=dict)  # EPP: decision_type -> count
     sidecar_modes: dict[str, float] = field(default_factory=dict)  # sidecars: mode -> count
+    prefill_skips: dict[str, float] = field(default_factory=dict)  # EPP: why no remote prefill -> count
 
 
 def scrape_counters(stack: LocalStack) -> PDCounters:
@@ -182,6 +184,7 @@ def scrape_counters(stack: LocalStack) -> PDCounters:
         epp_text = client.get(f"http://127.0.0.1:{stack.cfg.metrics_port}/metrics").text
         counters.decisions = (sum_counter(epp_text, PD_DECISION_METRIC, "decision_type")
                               or sum_counter(epp_text, DISAGG_DECISION_METRIC, "decision_type"))
+        counters.prefill_skips = sum_counter(epp_text, PREFILL_SKIPPED_METRIC, "reason")
         for pod in stack.pods:
             if not pod.sidecar_port:
                 continue
@@ -205,6 +208,7 @@ class PDPhaseResult:
     mean_prompt_tokens: float = math.nan  # as the pods counted them (usage.prompt_tokens)
     decisions: dict[str, float] = field(default_factory=dict)
     sidecar_modes: dict[str, float] = field(default_factory=dict)
+    prefill_skips: dict[str, float] = field(default_factory=dict)  # reason -> local prefills for it
     skipped: str = ""
 
     @property
@@ -276,6 +280,7 @@ def _run_phase(stack: LocalStack, setup: PDSetup, workload: Workload, settings: 
         mean_prompt_tokens=math.fsum(prompts) / len(prompts) if prompts else math.nan,
         decisions=counter_delta(before.decisions, after.decisions),
         sidecar_modes=counter_delta(before.sidecar_modes, after.sidecar_modes),
+        prefill_skips=counter_delta(before.prefill_skips, after.prefill_skips),
     )
 
 

@@ -40,9 +40,10 @@ def add_parser(sub: Any) -> None:
                    help="TLS between Envoy and the EPP (as in Kubernetes), with a generated certificate")
     p.add_argument("--tenants", action="store_true",
                    help="API keys for two example tenants (deploy/local/tenants.yaml) and flow control")
-    p.add_argument("--request-body-mode", default="BUFFERED", choices=BODY_MODES,
-                   help="Envoy ext_proc request body mode (BUFFERED); STREAMED cannot route, the EPP "
-                        "needs the whole body before Envoy picks the upstream")
+    p.add_argument("--request-body-mode", default=None, choices=BODY_MODES,
+                   help="Envoy ext_proc request body mode: STREAMED (default: one round trip), "
+                        "BUFFERED (two round trips; default with --response-cache) or "
+                        "FULL_DUPLEX_STREAMED (GIE's)")
     p.add_argument("--epp-replicas", type=int, default=1, help="active-active EPP replicas behind Envoy (1)")
     p.add_argument("--models", type=int, default=1, choices=(1, 2),
                    help="2: two pools behind one gateway, vLLM pods serving one model and SGLang pods "
@@ -77,9 +78,9 @@ def run(args: argparse.Namespace) -> int:
     if args.rollouts:
         _with_rollouts(cfg)
     if args.response_cache is not None:
-        if args.request_body_mode != "BUFFERED":
+        if args.request_body_mode not in (None, "BUFFERED"):
             print("error: --response-cache needs --request-body-mode BUFFERED (Envoy ignores per-request "
-                  "mode overrides with FULL_DUPLEX_STREAMED)", file=sys.stderr)
+                  f"mode overrides with {args.request_body_mode})", file=sys.stderr)
             return 2
         cfg.response_cache = True
         cfg.epp_args = [*cfg.epp_args, "--response-cache", str(args.response_cache)]

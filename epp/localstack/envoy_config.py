@@ -30,10 +30,22 @@ DESTINATION_HEADER = "x-gateway-destination-endpoint"
 STRIPPED_REQUEST_HEADERS = (DESTINATION_HEADER, "x-prefiller-host-port", "x-prefiller-url")
 METADATA_NAMESPACE = "envoy.lb"
 
-# STREAMED is not offered: the EPP needs the whole body (model, prompt) before it can pick,
-# and in STREAMED mode Envoy forwards chunks upstream before the EPP has answered.
-BodyMode = Literal["BUFFERED", "FULL_DUPLEX_STREAMED"]
-BODY_MODES: tuple[BodyMode, ...] = ("BUFFERED", "FULL_DUPLEX_STREAMED")
+# How Envoy hands the request body to the EPP, which needs all of it (model, prompt) to pick:
+# - STREAMED (default), always with send_body_without_waiting_for_header_response: headers and
+#   body go out back to back and Envoy holds both until the EPP answers, one round trip.
+# - BUFFERED: Envoy sends the body only after the EPP answered the headers, two round trips
+#   (Envoy ignores send_body_without_waiting_for_header_response in this mode). It is the one
+#   mode in which Envoy honours per-request mode overrides (response cache, eviction), so
+#   those get it.
+# - FULL_DUPLEX_STREAMED (GIE's): one round trip too, but the EPP must hand the body back and
+#   Envoy keeps no copy of it, so an EPP lost mid-request cannot be failed open.
+# In both streamed modes Envoy 1.40 ends the ext_proc stream as soon as it has nothing left to
+# send (measured, tests/integration/test_envoy_modes.py): with the response side off that is
+# right after the pick, and the EPP, which releases a request's in-flight charge when its stream
+# ends, would release it at dispatch. Asking for the response trailers keeps the stream until
+# the response ends; vLLM sends none, so it costs no message.
+BodyMode = Literal["STREAMED", "BUFFERED", "FULL_DUPLEX_STREAMED"]
+BODY_MODES: tuple[BodyMode, ...] = ("STREAMED", "BUFFERED", "FULL_DUPLEX_STREAMED")
 
 
 @dataclass(slots=True)
@@ -59,12 +71,11 @@ class EnvoyConfigParams:
     # headers through to the router before the body reaches the EPP, so no pick can be applied
     # (Envoy 1.40: ext_proc never opens a stream and the router answers the no-pick 503).
     request_header_mode: Literal["SEND", "SKIP"] = "SEND"
-    request_body_mode: BodyMode = "BUFFERED"
-    response_header_mode: Literal["SEND", "SKIP"] = "SKIP"
+    # None: STREAMED, or BUFFERED when mode overrides are needed (response_cache, mode_overrides).
+    request_body_mode: BodyMode | None = None
+    # None: SEND when response bodies go to the EPP, else SKIP.
+    response_header_mode: Literal["SEND", "SKIP"] | None = None
     response_body_mode: Literal["NONE", "STREAMED", "BUFFERED"] = "NONE"
-    # Envoy sends the buffered body right behind the headers instead of waiting for our
-    # answer to the headers: one round trip per request instead of two.
-    send_body_without_waiting: bool = True
     message_timeout_ms: int = 2000
     epp_max_concurrent_streams: int = 32
     max_request_bytes: int = 4 * 1024 * 1024
@@ -90,16 +101,20 @@ class EnvoyConfigParams:
         if self.request_header_mode != "SEND":
             raise ValueError(f"request_header_mode {self.request_header_mode!r} cannot route: with the request "
                              "headers skipped Envoy routes on them before the EPP has seen the body; use SEND")
-        if self.response_cache or self.mode_overrides:
-            if self.request_body_mode != "BUFFERED":
-                raise ValueError("mode overrides (response_cache) need request_body_mode BUFFERED: Envoy "
-                                 "ignores mode_override when a body mode is FULL_DUPLEX_STREAMED")
-            self.send_body_without_waiting = False
+        overrides = self.response_cache or self.mode_overrides
+        if self.request_body_mode is None:
+            self.request_body_mode = "BUFFERED" if overrides else "STREAMED"
+        if self.response_header_mode is None:
+            self.response_header_mode = "SKIP" if self.response_body_mode == "NONE" else "SEND"
         if self.request_body_mode not in BODY_MODES:
             raise ValueError(
                 f"request_body_mode {self.request_body_mode!r} cannot route: the EPP picks the pod "
                 "from the request body, so Envoy must hold the request until the whole body has "
                 f"been processed; use one of {', '.join(BODY_MODES)}")
+        if overrides and self.request_body_mode != "BUFFERED":
+            raise ValueError("mode overrides (response_cache) need request_body_mode BUFFERED: Envoy "
+                             f"ignores mode_override in {self.request_body_mode} (with "
+                             "send_body_without_waiting_for_header_response, or full duplex)")
 
 
 def _epp_transport_socket(p: EnvoyConfigParams) -> dict[str, Any]:
@@ -158,7 +173,9 @@ def render_envoy_config(p: EnvoyConfigParams) -> dict[str, Any]:
                 "response_body_mode": p.response_body_mode,
                 # Envoy requires trailers to be sent in full-duplex mode.
                 "request_trailer_mode": "SEND" if p.request_body_mode == "FULL_DUPLEX_STREAMED" else "SKIP",
-                "response_trailer_mode": "SKIP",
+                # Keeps a streamed mode's ext_proc stream open until the response ends (BodyMode).
+                "response_trailer_mode": "SEND" if p.request_body_mode != "BUFFERED"
+                and p.response_body_mode == "NONE" else "SKIP",
             },
             # The response cache asks for a cacheable request's response (docs/response-cache.md).
             "allow_mode_override": True,
@@ -167,7 +184,8 @@ def render_envoy_config(p: EnvoyConfigParams) -> dict[str, Any]:
             # them there; unlisted namespaces are dropped).
             "metadata_options": {"forwarding_namespaces": {"untyped": ["envoy.lb.subset_hint"]},
                                  "receiving_namespaces": {"untyped": [METADATA_NAMESPACE]}},
-            "send_body_without_waiting_for_header_response": p.send_body_without_waiting,
+            # Only read in STREAMED mode (Envoy ignores it in the others).
+            "send_body_without_waiting_for_header_response": p.request_body_mode == "STREAMED",
             # The route was chosen before the EPP set the destination header: re-match it.
             "route_cache_action": "CLEAR",
             "mutation_rules": {"allow_all_routing": True},
@@ -538,7 +556,8 @@ def render_multi_pool_config(p: MultiPoolParams) -> dict[str, Any]:
         "processing_mode": {"request_header_mode": "SEND", "request_body_mode": "BUFFERED",
                             "response_header_mode": "SKIP", "response_body_mode": "NONE",
                             "request_trailer_mode": "SKIP", "response_trailer_mode": "SKIP"},
-        "send_body_without_waiting_for_header_response": True,
+        # BUFFERED: two round trips (Envoy reads send_body_without_waiting_for_header_response in
+        # STREAMED mode only, and the BBR answers headers without waiting for the body).
     }}
     filters.insert(filters.index(epp_filter), bbr_filter)
     bbr_cluster = {

@@ -156,9 +156,10 @@ class StackConfig:
     pod_labels: Mapping[int, Mapping[str, str]] = field(default_factory=dict)
     pod_prefix: str = "vllm"  # pod names: <prefix>-<i>
     epp_args: Sequence[str] = ()
-    request_body_mode: str = "BUFFERED"
+    # None: EnvoyConfigParams' default (STREAMED; BUFFERED with response_cache / mode_overrides).
+    request_body_mode: str | None = None
     response_body_mode: str = "NONE"
-    # "" = SEND when response bodies go to the EPP, else SKIP; SEND for the rollout guard
+    # "" = SEND when response bodies go to the EPP, else SKIP (EnvoyConfigParams); SEND for the rollout guard
     # (status, time to first byte) and the session-affinity token (docs/rollouts.md).
     response_header_mode: str = ""
     subset_hint: list[str] | None = None  # tests: static envoy.lb.subset_hint metadata
@@ -300,8 +301,7 @@ class LocalStack:
             fallback_endpoints=[("127.0.0.1", p.serving_port) for p in self.pods if p.role != "prefill"],
             request_body_mode=cfg.request_body_mode,  # type: ignore[arg-type]
             response_body_mode=cfg.response_body_mode,  # type: ignore[arg-type]
-            response_header_mode=cfg.response_header_mode  # type: ignore[arg-type]
-            or ("SKIP" if cfg.response_body_mode == "NONE" else "SEND"),
+            response_header_mode=cfg.response_header_mode or None,  # type: ignore[arg-type]
             subset_hint=cfg.subset_hint,
             access_log=cfg.access_log,
             epp_replicas=[("127.0.0.1", e.grpc_port) for e in self.epps[1:]],

@@ -7,6 +7,14 @@ Message flow (Envoy -> EPP), per processing mode:
 - FULL_DUPLEX_STREAMED body (GIE's default Envoy setup): request_headers, then body chunks;
   once the body is complete we answer the headers message with the mutation and hand the
   body back in a streamed BodyResponse.
+- STREAMED body with send_body_without_waiting_for_header_response: Envoy sends the headers
+  and the body chunks without waiting and holds them all until answered. Once the body is
+  complete we answer the headers with the mutation, then each chunk in order (unchanged, or
+  cleared with the rewritten body on the last one): one round trip, and Envoy keeps its copy
+  of the body. BUFFERED costs two round trips: Envoy ignores that flag in every mode but
+  STREAMED (docs/performance.md). In both streamed modes Envoy ends the stream once it has
+  nothing left to send: our configs ask for the response trailers so that it lasts until the
+  response ends (docs/architecture.md "Processing modes").
 - Bodyless requests (GET /v1/models, /health): decided on the headers message.
 - Unknown paths, wrong methods and bad bodies are answered here (epp/server/routes.py,
   request.py) with OpenAI-style JSON errors; OPTIONS gets 204 with `Allow`.
@@ -71,13 +79,16 @@ _RESPONSE_BODY_CONTINUE = wire.response_body_continue()
 _REQUEST_TRAILERS_CONTINUE = wire.request_trailers_continue()
 _RESPONSE_TRAILERS_CONTINUE = wire.response_trailers_continue()
 _STRIP_ROUTING_HEADERS = wire.header_mutation((), remove=ROUTING_HEADERS)
-# In STREAMED mode Envoy picks the route on the headers and forwards body chunks while
-# they are processed: the EPP, which picks from the body, would always be too late. The
-# config generators refuse the mode at load (envoy_config.BODY_MODES); a hand-written
-# config that uses it gets this error on every request instead of unrouted traffic.
+_REQUEST_BODY_CONTINUE = wire.request_body_response(b"")
+_REQUEST_BODY_CLEAR = wire.request_body_clear()
+# STREAMED without send_body_without_waiting_for_header_response: Envoy waits for the answer
+# to the headers before it sends any body, so the EPP, which picks from the body, could only
+# answer blind. The config generators never emit it; a hand-written config that does gets
+# this error on every request instead of unrouted traffic.
 _STREAMED_MODE_ERROR = RequestError(
-    500, "gateway misconfigured: ext_proc request_body_mode STREAMED cannot route; "
-    "use BUFFERED or FULL_DUPLEX_STREAMED", "epp_unsupported_body_mode")
+    500, "gateway misconfigured: ext_proc request_body_mode STREAMED cannot route without "
+    "send_body_without_waiting_for_header_response: true; set it, or use BUFFERED or "
+    "FULL_DUPLEX_STREAMED", "epp_unsupported_body_mode")
 
 
 class SchedulerLike(Protocol):
@@ -166,6 +177,7 @@ class _Stream:
     body_mode: int = 2  # BUFFERED unless Envoy says otherwise
     chunks: list[bytes] = field(default_factory=list)
     body_bytes: int = 0
+    body_messages: int = 0  # request_body messages seen: STREAMED answers each one
     request: LLMRequest | None = None
     targets: list[Endpoint] = field(default_factory=list)
     status: int = 0
@@ -294,7 +306,7 @@ class ExtProcHandler:
         if msg.HasField("protocol_config"):
             st.body_mode = msg.protocol_config.request_body_mode
             st.resp_body_mode = msg.protocol_config.response_body_mode
-            if st.body_mode == STREAMED:
+            if st.body_mode == STREAMED and not msg.protocol_config.send_body_without_waiting_for_header_response:
                 raise _STREAMED_MODE_ERROR
         st.kind = classify(st.method, st.path)
         if hdrs.end_of_stream:
@@ -302,7 +314,7 @@ class ExtProcHandler:
                 raise RequestError(400, "request body is empty; expected a JSON object",
                                    "invalid_request_body")
             return [self._decide_bodyless(st)]
-        if st.body_mode == FULL_DUPLEX_STREAMED:
+        if st.body_mode == FULL_DUPLEX_STREAMED or st.body_mode == STREAMED:
             return []  # answered once the body is complete
         cache = self.cache
         if cache is not None and cache.wants_response_headers(st.method, st.path, st.headers):
@@ -313,6 +325,7 @@ class ExtProcHandler:
 
     def _on_request_body(self, st: _Stream, msg: Any) -> list[bytes]:
         body_msg = msg.request_body
+        st.body_messages += 1
         if not st.path:  # headers were skipped: take what we need from attributes
             self._read_attributes(st, msg)
             self._read_metadata(st, msg)
@@ -329,10 +342,7 @@ class ExtProcHandler:
                 return []
             # An empty body that ended after the headers (chunked, zero bytes): route it.
             mutation, metadata = self._bodyless_mutation(st)
-            if st.body_mode == FULL_DUPLEX_STREAMED:
-                return [wire.request_headers_response(wire.common_response(mutation), metadata),
-                        wire.streamed_body_response(b"", b"", True)]
-            return [wire.request_body_response(wire.common_response(mutation), metadata)]
+            return self._request_answers(st, mutation, metadata, b"", None)
         if not body_msg.end_of_stream:
             st.chunks.append(body_msg.body)
             st.body_bytes += len(body_msg.body)
@@ -428,9 +438,22 @@ class ExtProcHandler:
         )
         if new_body is not None:
             mutation += wire.header_mutation((("content-length", str(len(new_body))),))
+        return self._request_answers(st, mutation, metadata, body, new_body)
+
+    @staticmethod
+    def _request_answers(st: _Stream, mutation: bytes, metadata: bytes, body: bytes,
+                         new_body: bytes | None) -> list[bytes]:
+        """The routing answer in the stream's body mode; `new_body` replaces the body."""
         if st.body_mode == FULL_DUPLEX_STREAMED:
             return [wire.request_headers_response(wire.common_response(mutation), metadata),
                     wire.streamed_body_response(b"", body if new_body is None else new_body, True)]
+        if st.body_mode == STREAMED:
+            # Envoy holds the headers and every chunk until each is answered, in order.
+            head = wire.request_headers_response(wire.common_response(mutation), metadata)
+            if new_body is None:
+                return [head, *([_REQUEST_BODY_CONTINUE] * st.body_messages)]
+            return [head, *([_REQUEST_BODY_CLEAR] * (st.body_messages - 1)),
+                    wire.request_body_response(wire.common_response(body=new_body))]
         return [wire.request_body_response(wire.common_response(mutation, body=new_body), metadata)]
 
     def _decide_bodyless(self, st: _Stream) -> bytes:

@@ -124,6 +124,11 @@ def request_body_response(common: bytes, metadata: bytes = b"") -> bytes:
     return _ld(3, _ld(1, common)) + metadata
 
 
+def request_body_clear() -> bytes:
+    """Answer to a STREAMED request body chunk: drop the chunk (BodyMutation.clear_body)."""
+    return request_body_response(_ld(3, _vi(2, 1)))
+
+
 @functools.lru_cache(maxsize=64)  # a handful of (int, int, int) shapes: encoded once each
 def processing_mode(request_body_mode: int, response_body_mode: int, response_header_mode: int = 0) -> bytes:
     """ProcessingResponse.mode_override (field 9), a ProcessingMode: request_header_mode=1

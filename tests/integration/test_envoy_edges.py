@@ -2,8 +2,8 @@
 
 Every routing header a client could send (x-gateway-destination-endpoint and its -*
 variants, x-prefiller-host-port, x-prefiller-url) points at a canary: a loopback HTTP
-server that must receive nothing, whatever the mode (BUFFERED, FULL_DUPLEX_STREAMED,
-FailOpen with the EPP down, P/D with routing sidecars).
+server that must receive nothing, whatever the mode (BUFFERED, STREAMED,
+FULL_DUPLEX_STREAMED, FailOpen with the EPP down, P/D with routing sidecars).
 """
 
 from __future__ import annotations
@@ -103,8 +103,14 @@ def stack(stack_factory: StackFactory) -> LocalStack:
     return stack_factory(pods=2, time_scale=0.05, kv_events=False)
 
 
-def test_buffered_client_routing_headers_never_reach_the_canary(stack: LocalStack, canary: Canary) -> None:
-    _assert_spoofs_land_in_the_pool(stack, canary)
+def test_streamed_client_routing_headers_never_reach_the_canary(stack: LocalStack, canary: Canary) -> None:
+    _assert_spoofs_land_in_the_pool(stack, canary)  # the generated default: STREAMED
+
+
+def test_buffered_client_routing_headers_never_reach_the_canary(
+        stack_factory: StackFactory, canary: Canary) -> None:
+    _assert_spoofs_land_in_the_pool(
+        stack_factory(pods=2, time_scale=0.05, kv_events=False, request_body_mode="BUFFERED"), canary)
 
 
 def test_full_duplex_client_routing_headers_never_reach_the_canary(

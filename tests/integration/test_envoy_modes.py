@@ -1,4 +1,5 @@
-"""The processing modes gateways use: GIE's FULL_DUPLEX_STREAMED body and response usage accounting."""
+"""The processing modes gateways use: our STREAMED default, GIE's FULL_DUPLEX_STREAMED body
+and BUFFERED, with response usage accounting and a rewritten body."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ pytestmark = pytest.mark.integration
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 
 
-def test_full_duplex_with_usage_accounting(stack_factory: StackFactory) -> None:
+@pytest.mark.parametrize("mode", ["STREAMED", "FULL_DUPLEX_STREAMED"])
+def test_one_round_trip_modes_with_usage_accounting(stack_factory: StackFactory, mode: str) -> None:
     stack = stack_factory(pods=2, time_scale=0.1, kv_events=False,
-                          request_body_mode="FULL_DUPLEX_STREAMED", response_body_mode="STREAMED")
+                          request_body_mode=mode, response_body_mode="STREAMED")
     prompt = "The quick brown fox jumps over the lazy dog. " * 400  # ~18 KB: several body chunks
     with httpx.Client(timeout=20) as client:
         r = client.post(f"{stack.url}/v1/completions", json={"model": MODEL, "prompt": prompt, "max_tokens": 7})
@@ -61,7 +63,7 @@ spec:
     - name: {MODEL}
       weight: 100
 """)
-    for mode in ("BUFFERED", "FULL_DUPLEX_STREAMED"):
+    for mode in ("STREAMED", "BUFFERED", "FULL_DUPLEX_STREAMED"):
         stack = stack_factory(pods=1, time_scale=0.1, kv_events=False, objectives=objectives,
                               request_body_mode=mode)
         r = httpx.post(f"{stack.url}/v1/completions",
@@ -85,3 +87,34 @@ def test_subset_hint_from_envoy_metadata_is_honoured(stack_factory: StackFactory
             assert r.status_code == 200, r.text
             served.add(r.headers["x-gateway-destination-endpoint-served"])
     assert served <= set(allowed) and served, served
+
+
+@pytest.mark.parametrize("bodies", ["NONE", "STREAMED"])
+@pytest.mark.parametrize("mode", ["BUFFERED", "STREAMED", "FULL_DUPLEX_STREAMED"])
+def test_a_request_counts_as_running_until_its_response_ends(stack_factory: StackFactory, mode: str,
+                                                            bodies: str) -> None:
+    # In the streamed modes Envoy 1.40 resets the ext_proc stream as soon as it has nothing left
+    # to send: with the response side off that was right after the pick, and the EPP released the
+    # request's in-flight charge at dispatch. The generated configs now ask for the response
+    # trailers, which keeps the stream until the response ends.
+    stack = stack_factory(pods=1, time_scale=0.5, kv_events=False, request_body_mode=mode,
+                          response_body_mode=bodies)
+
+    def running(client: httpx.Client) -> float:
+        text = client.get(f"http://127.0.0.1:{stack.cfg.metrics_port}/metrics").text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("inference_objective_running_requests{"))
+
+    with httpx.Client(timeout=30) as client, client.stream(
+            "POST", f"{stack.url}/v1/completions",
+            json={"model": MODEL, "prompt": "count me", "max_tokens": 200, "stream": True}) as resp:
+        assert resp.status_code == 200
+        lines = resp.iter_lines()
+        next(line for line in lines if line.startswith("data:"))  # decoding has begun
+        held = [running(client) for _ in range(5)]
+        assert held == [1.0] * 5, held
+        assert [line for line in lines if line.startswith("data:")][-1] == "data: [DONE]"
+        deadline = time.monotonic() + 10
+        while running(client) != 0.0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert running(client) == 0.0

@@ -1,10 +1,13 @@
-"""Faults through the real Envoy: a dead pod, an EPP killed mid-stream, FailOpen with a dead
-pod, and the loss of one of two EPP replicas (issue 11)."""
+"""Faults through the real Envoy: a dead pod, an EPP killed mid-stream, an EPP that froze
+holding a request's body, FailOpen with a dead pod, and the loss of one of two EPP replicas
+(issue 11)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 import time
 
 import httpx
@@ -125,6 +128,32 @@ def test_an_epp_sigkill_cuts_no_flowing_stream(stack_factory: StackFactory, mode
     # The restarted EPP's books start clean and balance: nothing of the old one's is held.
     # No sample at all means the restarted EPP has not counted any request (FailOpen may have skipped it).
     assert _metrics(stack.epps[0].metrics_port).get("inference_objective_running_requests", 0.0) == 0
+
+
+@pytest.mark.parametrize("mode", ["STREAMED", "BUFFERED"])
+@pytest.mark.parametrize("failure_mode", ["FailOpen", "FailClose"])
+def test_an_epp_that_froze_holding_the_body_loses_nothing(stack_factory: StackFactory, mode: str,
+                                                           failure_mode: str) -> None:
+    # The frozen EPP's socket still takes Envoy's headers and body; only Envoy's message
+    # timeout ends the wait. In both modes Envoy still holds its own copy of the body, so
+    # FailOpen sends the whole request to the pool and FailClose answers 503 (GIE's full-duplex
+    # mode keeps no copy once the first chunk went out: envoyproxy/envoy#41276).
+    stack = stack_factory(pods=2, time_scale=0.1, kv_events=False, failure_mode=failure_mode,
+                          request_body_mode=mode, envoy_message_timeout_ms=500)
+    epp = stack.procs["epp"]
+    os.killpg(epp.pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        r = httpx.post(f"{stack.url}/v1/completions",
+                       json={"model": MODEL, "prompt": "hold this body " * 50, "max_tokens": 3}, timeout=20)
+        assert time.monotonic() - t0 < 5
+    finally:
+        os.killpg(epp.pid, signal.SIGCONT)
+    if failure_mode == "FailOpen":
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["prompt_tokens"] >= 100  # the pod got the whole prompt
+    else:
+        assert r.status_code == 503 and r.json()["error"]["code"] == 503, r.text
 
 
 def test_fail_open_skips_a_dead_pod(stack_factory: StackFactory) -> None:

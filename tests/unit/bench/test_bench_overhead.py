@@ -81,17 +81,19 @@ def test_ext_proc_modes_render_the_envoy_processing_mode_they_name() -> None:
         cfg: dict[str, object] = next(f for f in filters if f["name"] == "envoy.filters.http.ext_proc")["typed_config"]
         return cfg
 
-    buffered, wait, duplex = ext_proc("buffered"), ext_proc("buffered-wait"), ext_proc("full-duplex")
+    streamed, buffered, duplex = ext_proc("streamed"), ext_proc("buffered"), ext_proc("full-duplex")
+    assert streamed["processing_mode"]["request_body_mode"] == "STREAMED"  # type: ignore[index]
+    assert streamed["send_body_without_waiting_for_header_response"] is True
     assert buffered["processing_mode"]["request_body_mode"] == "BUFFERED"  # type: ignore[index]
-    assert buffered["send_body_without_waiting_for_header_response"] is True
-    assert wait["send_body_without_waiting_for_header_response"] is False
+    assert buffered["send_body_without_waiting_for_header_response"] is False
+    assert streamed["processing_mode"]["response_trailer_mode"] == "SEND"  # type: ignore[index]
     assert duplex["processing_mode"]["request_body_mode"] == "FULL_DUPLEX_STREAMED"  # type: ignore[index]
 
     settings = overhead_settings(parse("overhead", "--ext-proc-mode", "full-duplex", "--ext-proc-mode",
-                                       "buffered-wait"), Path("/tmp/unused"))
-    assert tuple(settings.ext_proc_modes) == ("full-duplex", "buffered-wait")
+                                       "buffered"), Path("/tmp/unused"))
+    assert tuple(settings.ext_proc_modes) == ("full-duplex", "buffered")
     settings.validate()
-    assert tuple(overhead_settings(parse("overhead"), Path("/tmp/unused")).ext_proc_modes) == ("buffered",)
+    assert tuple(overhead_settings(parse("overhead"), Path("/tmp/unused")).ext_proc_modes) == ("streamed",)
     with pytest.raises(ValueError, match="skip-headers"):
         OverheadSettings(ext_proc_modes=("buffered", "skip-headers")).validate()
 

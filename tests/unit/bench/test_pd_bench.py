@@ -233,10 +233,13 @@ def test_quick_run_end_to_end(tmp_path: Path) -> None:
         assert phase.row.ttft.p50 > 0 and phase.row.itl.p50 > 0
         assert settings.shape.min_prompt_tokens <= phase.mean_prompt_tokens
     # Every prompt is long and new: the EPP sends each through the prefill pod unless that pod
-    # is backlogged (maxPrefillBacklog), and the sidecars did exactly what the EPP decided
-    # (no fallback to local prefill).
-    assert pd.remote_prefill_share > 0.5
+    # is backlogged (maxPrefillBacklog 2, read from its scraped queue: how often depends on how
+    # the Poisson arrivals bunch up, 3 to 10 of the 16 in repeated runs), and the sidecars did
+    # exactly what the EPP decided (no fallback to local prefill).
     decided_remote = pd.decisions.get("prefill-decode", 0.0)
+    decided_local = pd.decisions.get("decode-only", 0.0)
+    assert decided_remote > 0 and decided_remote + decided_local == pd.row.ok
+    assert pd.prefill_skips.get("prefill-backlog", 0.0) == decided_local, pd.prefill_skips
     assert pd.sidecar_modes.get("disaggregated") == decided_remote
     assert pd.sidecar_modes.get("disaggregated", 0.0) + pd.sidecar_modes.get("passthrough", 0.0) == pd.row.ok
     assert pd.sidecar_modes.get("fallback", 0.0) == 0.0

@@ -91,7 +91,8 @@ def test_epp_replicas_share_one_health_checked_cluster() -> None:
 
 
 def test_full_duplex_sends_trailers() -> None:
-    text = yaml.safe_dump(render_envoy_config(EnvoyConfigParams(request_body_mode="FULL_DUPLEX_STREAMED")))
+    text = yaml.safe_dump(render_envoy_config(EnvoyConfigParams(request_body_mode="FULL_DUPLEX_STREAMED",
+                                                                      response_body_mode="STREAMED")))
     assert "request_trailer_mode: SEND" in text
 
 

@@ -29,8 +29,32 @@ def test_early_header_mutation_removes_every_routing_header(name: str) -> None:
     assert "envoy.filters.http.header_mutation" not in [f["name"] for f in hcm["http_filters"]]
 
 
-def test_streamed_body_mode_is_refused() -> None:
+def _ext_proc(params: EnvoyConfigParams) -> dict[str, Any]:
+    hcm = render_envoy_config(params)["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    filters = hcm["typed_config"]["http_filters"]
+    cfg: dict[str, Any] = next(f for f in filters if f["name"] == "envoy.filters.http.ext_proc")["typed_config"]
+    return cfg
+
+
+def test_body_modes() -> None:
     with pytest.raises(ValueError, match="cannot route"):
-        EnvoyConfigParams(request_body_mode="STREAMED")  # type: ignore[arg-type]
-    for mode in ("BUFFERED", "FULL_DUPLEX_STREAMED"):
-        assert EnvoyConfigParams(request_body_mode=mode).request_body_mode == mode  # type: ignore[arg-type]
+        EnvoyConfigParams(request_body_mode="NONE")  # type: ignore[arg-type]
+    for mode in ("STREAMED", "BUFFERED", "FULL_DUPLEX_STREAMED"):
+        for bodies in ("NONE", "STREAMED"):
+            ext_proc = _ext_proc(EnvoyConfigParams(request_body_mode=mode,  # type: ignore[arg-type]
+                                                   response_body_mode=bodies))  # type: ignore[arg-type]
+            processing = ext_proc["processing_mode"]
+            assert processing["request_body_mode"] == mode
+            # Envoy reads the flag in STREAMED mode only; without it STREAMED could not route.
+            assert ext_proc["send_body_without_waiting_for_header_response"] is (mode == "STREAMED")
+            assert processing["response_header_mode"] == ("SKIP" if bodies == "NONE" else "SEND")
+            # A streamed mode's stream would end at the pick: the trailers keep it to the end.
+            keep_open = mode != "BUFFERED" and bodies == "NONE"
+            assert processing["response_trailer_mode"] == ("SEND" if keep_open else "SKIP")
+    # One round trip by default; BUFFERED where Envoy must honour per-request mode overrides.
+    assert EnvoyConfigParams().request_body_mode == "STREAMED"
+    assert EnvoyConfigParams(response_cache=True).request_body_mode == "BUFFERED"
+    assert EnvoyConfigParams(mode_overrides=True).request_body_mode == "BUFFERED"
+    for mode in ("STREAMED", "FULL_DUPLEX_STREAMED"):
+        with pytest.raises(ValueError, match="need request_body_mode BUFFERED"):
+            EnvoyConfigParams(response_cache=True, request_body_mode=mode)  # type: ignore[arg-type]

@@ -15,13 +15,14 @@ from tests.unit.server.test_extproc import LeastInflight, _body, _datastore, _ru
 
 
 def _headers(path: str, method: str, eos: bool, extra: dict[str, str] | None = None,
-             body_mode: int | None = None) -> pb.ProcessingRequest:
+             body_mode: int | None = None, without_waiting: bool = False) -> pb.ProcessingRequest:
     hm = base_pb2.HeaderMap()
     for k, v in {":method": method, ":path": path, "x-request-id": "rid-9", **(extra or {})}.items():
         hm.headers.add(key=k, raw_value=v.encode())
     msg = pb.ProcessingRequest(request_headers=pb.HttpHeaders(headers=hm, end_of_stream=eos))
     if body_mode is not None:
         msg.protocol_config.request_body_mode = body_mode
+        msg.protocol_config.send_body_without_waiting_for_header_response = without_waiting
     return msg
 
 
@@ -154,17 +155,71 @@ async def test_deep_or_odd_bodies_are_400_not_500(body: bytes) -> None:
     assert err is not None and err["error"]["type"] == "BadRequestError"
 
 
-async def test_streamed_body_mode_is_refused_with_a_clear_error() -> None:
+async def test_streamed_body_mode_that_waits_for_the_headers_answer_is_refused_with_a_clear_error() -> None:
+    # Without send_body_without_waiting_for_header_response Envoy sends no body until the
+    # headers are answered: the EPP could only route blind.
     ds, sched = _datastore(), LeastInflight()
     out = await _run(ExtProcHandler(ds, lambda: sched), [
         _headers("/v1/completions", "POST", False, body_mode=1)])
     status, _, body = _immediate(out[0])
-    assert status == 500 and body is not None and "STREAMED" in body["error"]["message"]
+    assert status == 500 and body is not None and "send_body_without_waiting" in body["error"]["message"]
     assert body["error"]["code"] == "epp_unsupported_body_mode"
 
 
-def test_streamed_body_mode_is_refused_at_config_load() -> None:
+async def test_streamed_body_mode_answers_the_headers_with_the_pick_then_every_chunk_in_order() -> None:
+    ds, sched = _datastore(), LeastInflight()
+    body = json.dumps({"model": "m", "prompt": "hello there"}).encode()
+    out = await _run(ExtProcHandler(ds, lambda: sched), [
+        _headers("/v1/completions", "POST", False, {"x-prefiller-url": "http://10.9.9.9:5"},
+                 body_mode=1, without_waiting=True),
+        pb.ProcessingRequest(request_body=pb.HttpBody(body=body[:7], end_of_stream=False)),
+        pb.ProcessingRequest(request_body=pb.HttpBody(body=body[7:20], end_of_stream=False)),
+        pb.ProcessingRequest(request_body=pb.HttpBody(body=body[20:], end_of_stream=True))])
+    # Envoy holds the headers and each chunk until answered: headers first, then one answer
+    # per chunk, none of which touches the body.
+    assert [r.WhichOneof("response") for r in out] == ["request_headers", *["request_body"] * 3]
+    mutation = _mutation(out[0])
+    sets = {h.header.key: h.header.raw_value.decode() for h in mutation.set_headers}
+    assert sets["x-gateway-destination-endpoint"].startswith("127.0.0.1:800")
+    assert "x-prefiller-url" in mutation.remove_headers
+    assert "envoy.lb" in out[0].dynamic_metadata.fields  # the pick and fallbacks for the LB
+    for r in out[1:]:
+        assert not r.request_body.response.HasField("body_mutation")
+        assert not r.request_body.response.HasField("header_mutation")
+    assert all(e.inflight == 0 for e in ds.endpoints())  # the stream ended: released
+
+
+async def test_streamed_body_mode_replaces_a_rewritten_body_on_the_last_chunk() -> None:
+    from epp.server.extproc import HandlerOptions
+
+    ds, sched = _datastore(), LeastInflight()
+    body = json.dumps({"model": "m", "prompt": "hi", "stream": True}).encode()
+    handler = ExtProcHandler(ds, lambda: sched, options=HandlerOptions(stream_include_usage=True))
+    out = await _run(handler, [
+        _headers("/v1/completions", "POST", False, body_mode=1, without_waiting=True),
+        pb.ProcessingRequest(request_body=pb.HttpBody(body=body[:9], end_of_stream=False)),
+        pb.ProcessingRequest(request_body=pb.HttpBody(body=body[9:], end_of_stream=True))])
+    assert [r.WhichOneof("response") for r in out] == ["request_headers", "request_body", "request_body"]
+    assert out[1].request_body.response.body_mutation.clear_body
+    new_body = out[2].request_body.response.body_mutation.body
+    assert json.loads(new_body)["stream_options"] == {"include_usage": True}
+    sets = {h.header.key: h.header.raw_value.decode() for h in _mutation(out[0]).set_headers}
+    assert sets["content-length"] == str(len(new_body))
+
+
+async def test_streamed_body_mode_errors_are_immediate_responses() -> None:
+    ds, sched = _datastore(), LeastInflight()
+    out = await _run(ExtProcHandler(ds, lambda: sched), [
+        _headers("/v1/completions", "POST", False, body_mode=1, without_waiting=True),
+        pb.ProcessingRequest(request_body=pb.HttpBody(body=b"{not json", end_of_stream=True))])
+    status, _, err = _immediate(out[0])
+    assert status == 400 and err is not None and len(out) == 1
+
+
+def test_every_body_mode_but_an_unknown_one_is_accepted_at_config_load() -> None:
     from epp.localstack.envoy_config import EnvoyConfigParams
 
-    with pytest.raises(ValueError, match=r"STREAMED.*cannot route"):
-        EnvoyConfigParams(request_body_mode="STREAMED")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="cannot route"):
+        EnvoyConfigParams(request_body_mode="NONE")  # type: ignore[arg-type]
+    assert EnvoyConfigParams().request_body_mode == "STREAMED"
+
