@@ -55,11 +55,12 @@ from epp.bench.envoy_configs import (
 from epp.bench.overhead import _envoy, _read_chunked, _spawn, parse_head, session_cpu_seconds
 from epp.bench.routers import stop_process, wait_http
 from epp.bench.stats import Distribution
+from epp.headers import FAIRNESS_ID
 from epp.localstack.envoy_config import EnvoyConfigParams, envoy_config_yaml
 from epp.localstack.stack import POOL_LABELS, REPO, LocalStack, StackConfig, free_ports
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
-FAIRNESS_HEADER = "x-gateway-inference-fairness-id"
+FAIRNESS_HEADER = FAIRNESS_ID
 CACHE_RULES = """apiVersion: epp.llm-d.ai/v1alpha1
 kind: ResponseCacheConfig
 rules:

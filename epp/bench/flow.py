@@ -40,6 +40,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from epp.headers import OBJECTIVE
 from epp.localstack.stack import REPO, LocalStack, StackConfig, StackError, free_ports
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -259,7 +260,7 @@ async def _one(client: httpx.AsyncClient, url: str, cls: str, objective: str, te
                max_tokens: int, bound_s: float, eviction: bool = False) -> Outcome:
     headers = {"authorization": f"Bearer {key}"}
     if objective:
-        headers["x-gateway-inference-objective"] = objective
+        headers[OBJECTIVE] = objective
     start = time.monotonic()
     ttft: float | None = None
     got = 0
@@ -285,7 +286,7 @@ async def _one(client: httpx.AsyncClient, url: str, cls: str, objective: str, te
 async def _probe_ttft(client: httpx.AsyncClient, url: str, max_tokens: int) -> float | None:
     """An unloaded critical request (the same as the loaded ones), closed at its first chunk:
     its TTFT without waiting for the rest."""
-    headers = {"authorization": f"Bearer {TENANTS[1][1]}", "x-gateway-inference-objective": CLASSES[0][1]}
+    headers = {"authorization": f"Bearer {TENANTS[1][1]}", OBJECTIVE: CLASSES[0][1]}
     start = time.monotonic()
     async with asyncio.timeout(60):
         async with client.stream("POST", f"{url}/v1/completions", headers=headers, json={

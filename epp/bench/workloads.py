@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from epp.headers import SLO_TPOT, SLO_TTFT
+
 DEFAULT_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 DEFAULT_LORAS = ("sql-lora", "tweet-summary")
 
@@ -270,8 +272,8 @@ class LatencySLOShape:
 
 
 SIM_CHARS_PER_TOKEN = 5  # the simulator's simple tokenizer: about 5 characters per token
-SLO_TTFT_HEADER = "x-llm-d-slo-ttft-ms"
-SLO_TPOT_HEADER = "x-llm-d-slo-tpot-ms"
+SLO_TTFT_HEADER = SLO_TTFT  # the benchmark clients send the current names
+SLO_TPOT_HEADER = SLO_TPOT
 
 
 def latency_slo(params: WorkloadParams, shape: LatencySLOShape | None = None) -> Workload:

@@ -276,8 +276,8 @@ def parse_objective(doc: Mapping[str, Any], source: str) -> InferenceObjective:
     """InferenceObjective or legacy InferenceModel -> InferenceObjective.
 
     An InferenceObjective is looked up by its metadata name (requests name it in the
-    `x-gateway-inference-objective` header); early v1alpha2 objectives carried
-    `spec.modelName`, which is used instead when present.
+    `x-llm-d-inference-objective` header, or its alias `x-gateway-inference-objective`); early
+    v1alpha2 objectives carried `spec.modelName`, which is used instead when present.
     """
     kind = doc.get("kind")
     meta = _mapping(doc.get("metadata"), f"{source}: metadata")

@@ -70,13 +70,12 @@ from epp.flowcontrol.metrics import (
 )
 from epp.flowcontrol.plugins.priority_then_time_eviction_order import PriorityThenTimeEvictionOrder
 from epp.flowcontrol.queue import Band, QueueItem
+from epp.headers import FAIRNESS_ID, OBJECTIVE
 from epp.scheduling.types import LLMRequest
 from epp.server.errors import RequestError
 
 log = logging.getLogger("epp.flowcontrol")
 
-FAIRNESS_ID_HEADER = "x-gateway-inference-fairness-id"
-OBJECTIVE_HEADER = "x-gateway-inference-objective"
 DEFAULT_FAIRNESS_ID = "default-flow"  # GIE metadata.DefaultFairnessID
 # While requests wait on a saturated pool, re-read the detector this often: scraped metrics
 # change without any event the controller would see.
@@ -202,7 +201,7 @@ class FlowController:
 
     @staticmethod
     def flow_id(request: LLMRequest) -> str:
-        return request.headers.get(FAIRNESS_ID_HEADER) or DEFAULT_FAIRNESS_ID
+        return request.headers.get(FAIRNESS_ID) or DEFAULT_FAIRNESS_ID
 
     def _notify_dispatched(self, request: LLMRequest, band: Band, waited: float) -> None:
         """Tell the lifecycle hooks a request leaves flow control; the wait goes only to the
@@ -225,8 +224,8 @@ class FlowController:
         if not self._global_fits(nbytes) and not self._displace_for(priority, nbytes):
             return self._rejected(priority, "flow-control queue")
         headers = request.headers
-        flow_id = headers.get(FAIRNESS_ID_HEADER) or DEFAULT_FAIRNESS_ID
-        objective = headers.get(OBJECTIVE_HEADER) or request.model
+        flow_id = headers.get(FAIRNESS_ID) or DEFAULT_FAIRNESS_ID
+        objective = headers.get(OBJECTIVE) or request.model
         ttl = cfg.ttl_by_objective.get(objective, cfg.default_request_ttl)
         loop = asyncio.get_running_loop()
         item = QueueItem(request, flow_id, priority, nbytes, next(self._seq), time.monotonic(), ttl,

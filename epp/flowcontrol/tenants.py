@@ -32,13 +32,12 @@ from typing import Any
 
 import yaml
 
+from epp.headers import FAIRNESS_ID, OBJECTIVE
 from epp.server.errors import RequestError
 
 log = logging.getLogger("epp.flowcontrol.tenants")
 
 TENANT_HEADER = "x-gateway-inference-tenant"  # set by the EPP (a client-sent value is replaced)
-FAIRNESS_ID_HEADER = "x-gateway-inference-fairness-id"
-OBJECTIVE_HEADER = "x-gateway-inference-objective"
 _TENANT_KEYS = ("name", "objective", "requestsPerMinute", "tokensPerMinute", "keys")
 
 
@@ -181,9 +180,11 @@ class ApiKeyAuth:
         if tenant is None:
             raise _unauthorized()
         headers[TENANT_HEADER] = tenant.name
-        headers[FAIRNESS_ID_HEADER] = tenant.name
-        if tenant.objective and not headers.get(OBJECTIVE_HEADER):
-            headers[OBJECTIVE_HEADER] = tenant.objective
+        # The headers were canonicalized when read (epp.headers), so setting the current names
+        # replaces whatever the client sent under either name.
+        headers[FAIRNESS_ID] = tenant.name
+        if tenant.objective and not headers.get(OBJECTIVE):
+            headers[OBJECTIVE] = tenant.objective
         return tenant
 
     # --- reload -----------------------------------------------------------------------------

@@ -11,7 +11,8 @@ InferencePool, two API versions:
 
 InferenceObjective (`inference.networking.x-k8s.io/v1alpha2`): `spec.priority` (int) and
 `spec.poolRef{group, kind, name}`; requests name it by metadata.name in the
-`x-gateway-inference-objective` header. Pre-1.0 drafts carried `spec.modelName` and
+`x-llm-d-inference-objective` header (or its alias `x-gateway-inference-objective`).
+Pre-1.0 drafts carried `spec.modelName` and
 `spec.criticality` (an int, or earlier the Critical|Standard|Sheddable enum); these are
 accepted too. Legacy InferenceModel: `spec.modelName`, `spec.criticality`, `spec.targetModels`.
 """

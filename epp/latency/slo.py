@@ -1,10 +1,10 @@
 """Per-request latency targets: TTFT and TPOT in milliseconds.
 
-Header names follow llm-d (llm-d/llm-d-router pkg/epp/metadata/consts.go): the current
-`x-llm-d-slo-ttft-ms` / `x-llm-d-slo-tpot-ms`, and the deprecated `x-slo-ttft-ms` /
+Header names follow llm-d (llm-d/llm-d-router pkg/epp/metadata/consts.go, epp/headers.py):
+the current `x-llm-d-slo-ttft-ms` / `x-llm-d-slo-tpot-ms`, and the deprecated `x-slo-ttft-ms` /
 `x-slo-tpot-ms` that GIE's first SLO-aware router used and llm-d still accepts. A header
 wins over the default of the request's InferenceObjective (the objective named by
-`x-gateway-inference-objective`, else the model name), configured on the
+`x-llm-d-inference-objective` or its alias, else the model name), configured on the
 predicted-latency-producer plugin (`sloDefaults`): the InferenceObjective API has no SLO
 field, so the defaults live in the EndpointPickerConfig.
 
@@ -18,13 +18,10 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from epp.headers import DEPRECATED_ALIASES, OBJECTIVE, SLO_TPOT, SLO_TTFT
 from epp.scheduling.types import LLMRequest, SchedulingError
 
-TTFT_HEADER = "x-llm-d-slo-ttft-ms"
-TPOT_HEADER = "x-llm-d-slo-tpot-ms"
-LEGACY_TTFT_HEADER = "x-slo-ttft-ms"
-LEGACY_TPOT_HEADER = "x-slo-tpot-ms"
-OBJECTIVE_HEADER = "x-gateway-inference-objective"
+_ALIAS = dict(DEPRECATED_ALIASES)  # read too: callers that did not canonicalize their headers
 MAX_SLO_MS = 24 * 3600 * 1000.0  # a day: anything larger is a unit mistake
 
 
@@ -51,12 +48,12 @@ class ObjectiveSLO:
     tpot_ms: float | None = None
 
 
-def _header_ms(headers: Mapping[str, str], name: str, legacy: str) -> float | None:
+def _header_ms(headers: Mapping[str, str], name: str) -> float | None:
     raw = headers.get(name)
     used = name
     if raw is None:
-        raw = headers.get(legacy)
-        used = legacy
+        used = _ALIAS[name]
+        raw = headers.get(used)
     if raw is None:
         return None
     try:
@@ -73,10 +70,10 @@ def _header_ms(headers: Mapping[str, str], name: str, legacy: str) -> float | No
 def request_slo(request: LLMRequest, defaults: Mapping[str, ObjectiveSLO]) -> SLO:
     """The request's targets: headers first, then its objective's defaults."""
     headers = request.headers
-    ttft = _header_ms(headers, TTFT_HEADER, LEGACY_TTFT_HEADER)
-    tpot = _header_ms(headers, TPOT_HEADER, LEGACY_TPOT_HEADER)
+    ttft = _header_ms(headers, SLO_TTFT)
+    tpot = _header_ms(headers, SLO_TPOT)
     if (ttft is None or tpot is None) and defaults:
-        objective = headers.get(OBJECTIVE_HEADER)
+        objective = headers.get(OBJECTIVE) or headers.get(_ALIAS[OBJECTIVE])
         default = defaults.get(objective) if objective else None
         if default is None:
             default = defaults.get(request.model)

@@ -28,11 +28,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from epp.headers import OBJECTIVE
 from epp.scheduling.plugins.precise_prefix_cache_scorer import PreciseCycleState
 from epp.scheduling.plugins.prefix_cache_scorer import PrefixCacheCycleState
 from epp.scheduling.types import CycleState, LLMRequest, SchedulingResult
-
-OBJECTIVE_HEADER = "x-gateway-inference-objective"
 
 
 @dataclass(slots=True)
@@ -44,7 +43,7 @@ class DecisionEvent:
     request_id: str
     model: str
     target_model: str
-    objective: str | None  # the x-gateway-inference-objective header, if any
+    objective: str | None  # the x-llm-d-inference-objective header (or alias), if any
     priority: int
     path: str
     stream: bool
@@ -112,7 +111,7 @@ def build_event(request: LLMRequest, result: SchedulingResult, state: CycleState
     prompt = request.prompt_text()
     return DecisionEvent(
         time.time(), request.request_id, request.model, request.target_model,
-        request.headers.get(OBJECTIVE_HEADER), request.priority, request.path, request.stream,
+        request.headers.get(OBJECTIVE), request.priority, request.path, request.stream,
         request.max_tokens, len(prompt), tokens, hashes, block_size, primary_profile, picks,
         [ep.hostport for ep in targets[1:]] if len(targets) > 1 else _NO_FALLBACKS,
         primary.scores if primary is not None else _NO_SCORES, seconds, result.headers,

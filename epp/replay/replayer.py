@@ -49,6 +49,7 @@ from epp.datastore.datastore import Datastore
 from epp.datastore.endpoint import ROLE_LABEL, Endpoint
 from epp.datastore.inflight import SERVICE_KEY as INFLIGHT_KEY
 from epp.datastore.inflight import Dispatch, InflightConfig, InflightTracker
+from epp.headers import OBJECTIVE
 from epp.replay.profile import SimProfile
 from epp.replay.trace import Trace, TraceRecord
 from epp.scheduling.interfaces import Picker
@@ -60,7 +61,6 @@ from epp.sim.engine import RequestRejected, SimEngine, SimRequest, _StepPlan
 from epp.sim.metrics import VllmMetrics
 from epp.tokenization.tokenizer import SimpleTokenizer
 
-OBJECTIVE_HEADER = "x-gateway-inference-objective"
 UNSUPPORTED_PLUGINS = {
     "precise-prefix-cache-scorer": "it scores from the pods' KV events, which simulated replay pods do not publish",
 }
@@ -430,7 +430,7 @@ class Replayer:
     # --- requests -----------------------------------------------------------------------------
     def _on_arrival(self, index: int, rec: TraceRecord) -> None:
         text, token_ids = self.prompts.make(index, rec)
-        headers = {OBJECTIVE_HEADER: rec.objective} if rec.objective else {}
+        headers = {OBJECTIVE: rec.objective} if rec.objective else {}
         request = LLMRequest(
             request_id=rec.request_id or f"replay-{index}", model=rec.model,
             target_model=rec.target_model or rec.model, path=rec.path, prompt=text,

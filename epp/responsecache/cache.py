@@ -22,11 +22,12 @@ import asyncio
 import logging
 from typing import Any
 
+from epp.headers import OBJECTIVE
 from epp.observability.metrics import OVERFLOW_LABEL
 from epp.responsecache.config import ResponseCacheConfig
 from epp.responsecache.fill import INCOMPLETE, NOT_200, ResponseAssembler
 from epp.responsecache.metrics import CacheMetrics
-from epp.responsecache.policy import OBJECTIVE_HEADER, CachePlan, parse_cache_control, plan_request
+from epp.responsecache.policy import CachePlan, parse_cache_control, plan_request
 from epp.responsecache.store import CacheStore, MemoryStore, RedisStore, StoreError, StoreUnavailable
 from epp.server import wire
 
@@ -71,7 +72,7 @@ class ResponseCache:
             return False
         if parse_cache_control(headers.get("cache-control", "")).no_store:
             return False
-        objective = headers.get(OBJECTIVE_HEADER, "")
+        objective = headers.get(OBJECTIVE, "")
         return any(not rule.objective or rule.objective == objective for rule in self.cfg.rules)
 
     def plan(self, model: str, target_model: str, path: str, body: bytes,

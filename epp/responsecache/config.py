@@ -15,7 +15,7 @@
     - {model: "*", deterministic: false, optIn: true}
 
 A rule matches on `model` (the client's model name or the target model after a rewrite; "*"
-any) and/or `objective` (the `x-gateway-inference-objective` header). `deterministic: true`
+any) and/or `objective` (the `x-llm-d-inference-objective` header or its alias). `deterministic: true`
 caches requests with temperature 0 or a seed; `optIn: true` caches requests whose
 `cache-control` header carries `max-age=N` (N > 0, which also caps the TTL). Errors name the
 file and the field.

@@ -23,10 +23,9 @@ from typing import Any
 
 import msgspec
 
+from epp.headers import FAIRNESS_ID, OBJECTIVE
 from epp.responsecache.config import CacheRule, ResponseCacheConfig
 
-FAIRNESS_ID_HEADER = "x-gateway-inference-fairness-id"
-OBJECTIVE_HEADER = "x-gateway-inference-objective"
 # Fields that change neither the tokens nor the shape of the answer.
 NON_OUTPUT_FIELDS = frozenset({"model", "messages", "prompt", "user", "metadata", "store", "request_id",
                                "priority", "service_tier"})
@@ -81,7 +80,7 @@ def plan_request(cfg: ResponseCacheConfig, model: str, target_model: str, path: 
     cc = parse_cache_control(headers.get("cache-control", ""))
     if cc.no_store:
         return NO_STORE
-    rule = cfg.rule_for(model, target_model, headers.get(OBJECTIVE_HEADER, ""))
+    rule = cfg.rule_for(model, target_model, headers.get(OBJECTIVE, ""))
     if rule is None:
         return NO_RULE
     try:
@@ -94,7 +93,7 @@ def plan_request(cfg: ResponseCacheConfig, model: str, target_model: str, path: 
     if ttl is None:
         return NOT_DETERMINISTIC
     stream = obj.get("stream") is True
-    return CachePlan(key=cache_key(headers.get(FAIRNESS_ID_HEADER, ""), path, target_model, obj),
+    return CachePlan(key=cache_key(headers.get(FAIRNESS_ID, ""), path, target_model, obj),
                      model=target_model, stream=stream, ttl_s=ttl, max_entry_bytes=rule.max_entry_bytes,
                      lookup=not cc.no_cache and cc.max_age != 0)
 

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from epp.datastore.datastore import Datastore
 from epp.datastore.endpoint import Endpoint
 from epp.datastore.inflight import Dispatch, InflightTracker
+from epp.headers import canonicalize
 from epp.observability.decisions import DecisionBus
 from epp.responsecache.cache import CACHE_HEADER, MISS_RESPONSE_HEADERS, ResponseCache
 from epp.responsecache.fill import ResponseAssembler
@@ -709,6 +710,7 @@ class ExtProcHandler:
             elif key.startswith(ROUTING_HEADER_PREFIX) and key != DESTINATION_HEADER:
                 st.strip = [*(st.strip or ()), key]
             hd[key] = value
+        canonicalize(hd)  # llm-d's header names; deprecated aliases folded in (epp/headers.py)
 
     @staticmethod
     def _read_attributes(st: _Stream, msg: Any) -> None:

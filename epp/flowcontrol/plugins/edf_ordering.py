@@ -2,7 +2,7 @@
 
 The deadline is the enqueue time plus the request's effective TTL; requests without a TTL
 sort after every request that has one, first come first served among themselves. For a
-per-request deadline from a header, see slo-deadline-ordering-policy (`x-slo-ttft-ms`).
+per-request deadline from a header, see slo-deadline-ordering-policy (`x-llm-d-slo-ttft-ms`).
 """
 
 from __future__ import annotations

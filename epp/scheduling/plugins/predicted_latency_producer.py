@@ -17,7 +17,7 @@ plugins keep falling back to the weighted scorers.
 
 Parameters (all optional):
     sloDefaults: {objective-or-model: {ttftMs: 500, tpotMs: 50}}  default SLOs per
-        InferenceObjective (name from x-gateway-inference-objective, else the model name)
+        InferenceObjective (name from x-llm-d-inference-objective or its alias, else the model name)
     scoreRequestsWithoutSLO: false  true: requests without SLO go to the pod with the lowest
         predicted latency too (false: they are routed as without the latency plugins)
     stateFile: ""  warm start: load the model at start, save it every saveIntervalS

@@ -22,6 +22,7 @@ from epp.flowcontrol.plugins.global_strict_fairness import GlobalStrictFairness
 from epp.flowcontrol.plugins.priority_holdback import PriorityHoldback
 from epp.flowcontrol.plugins.round_robin_fairness import RoundRobinFairness
 from epp.flowcontrol.queue import QueueItem
+from epp.headers import FAIRNESS_ID, OBJECTIVE
 from epp.scheduling.registry import parse_params
 from epp.scheduling.types import LLMRequest
 from epp.server.errors import RequestError
@@ -44,9 +45,9 @@ class Pool:
     def request(self, rid: str, priority: int = 0, flow: str = "", objective: str = "") -> LLMRequest:
         headers = {}
         if flow:
-            headers["x-gateway-inference-fairness-id"] = flow
+            headers[FAIRNESS_ID] = flow
         if objective:
-            headers["x-gateway-inference-objective"] = objective
+            headers[OBJECTIVE] = objective
         return LLMRequest(request_id=rid, model="m", target_model="m", priority=priority, headers=headers)
 
     async def send(self, req: LLMRequest, nbytes: int = 10) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from epp.flowcontrol.tenants import ApiKeyAuth, KeysFileError, hash_key, load_keys, parse_keys
+from epp.headers import FAIRNESS_ID, OBJECTIVE, canonicalize
 from epp.server.errors import RequestError
 
 KEYS = f"""
@@ -42,17 +43,23 @@ def test_keys_are_kept_only_as_digests(tmp_path: Path) -> None:
     assert table.tenants["team-a"].requests_per_minute == 60
 
 
-def test_authenticate_sets_tenant_fairness_and_default_objective(tmp_path: Path) -> None:
+@pytest.mark.parametrize("claimed", [{"x-gateway-inference-fairness-id": "someone-else"},
+                                     {"x-llm-d-inference-fairness-id": "someone-else"},
+                                     {"x-llm-d-inference-fairness-id": "x", "x-gateway-inference-fairness-id": "y"}])
+def test_authenticate_sets_tenant_fairness_and_default_objective(tmp_path: Path, claimed: dict[str, str]) -> None:
     auth = ApiKeyAuth(write(tmp_path / "keys.yaml", KEYS))
-    headers = {"authorization": "Bearer sk-a-hashed", "x-gateway-inference-tenant": "team-b",
-               "x-gateway-inference-fairness-id": "someone-else"}
+    headers = {"authorization": "Bearer sk-a-hashed", "x-gateway-inference-tenant": "team-b", **claimed}
+    canonicalize(headers)  # as the EPP does when it reads Envoy's headers, before authenticating
     assert auth.authenticate(headers).name == "team-a"
     assert headers["x-gateway-inference-tenant"] == "team-a"  # a client cannot claim another tenant
-    assert headers["x-gateway-inference-fairness-id"] == "team-a"
-    assert headers["x-gateway-inference-objective"] == "llama3-8b-instruct"
-    named = {"x-api-key": "sk-a-plain", "x-gateway-inference-objective": "batch-sheddable"}
-    auth.authenticate(named)
-    assert named["x-gateway-inference-objective"] == "batch-sheddable"  # the request's own wins
+    # Nor another flow, under either header name (llm-d's current one or GIE's alias).
+    assert headers[FAIRNESS_ID] == "team-a" and "x-gateway-inference-fairness-id" not in headers
+    assert headers[OBJECTIVE] == "llama3-8b-instruct"
+    for name in (OBJECTIVE, "x-gateway-inference-objective"):
+        named = {"x-api-key": "sk-a-plain", name: "batch-sheddable"}
+        canonicalize(named)
+        auth.authenticate(named)
+        assert named[OBJECTIVE] == "batch-sheddable"  # the request's own wins
 
 
 @pytest.mark.parametrize("headers", [

@@ -13,6 +13,7 @@ from epp.flowcontrol.config import BandConfig
 from epp.flowcontrol.plugins.fcfs_ordering import FCFSOrdering
 from epp.flowcontrol.plugins.program_aware_fairness import ProgramAwareFairness, jain_index
 from epp.flowcontrol.queue import Band, QueueItem
+from epp.headers import FAIRNESS_ID
 from epp.scheduling.registry import ConfigError, PluginContext, parse_params, plugin_class
 from epp.scheduling.types import LLMRequest
 
@@ -27,7 +28,7 @@ def plugin(**raw: object) -> ProgramAwareFairness:
 
 def req(flow: str = "") -> LLMRequest:
     return LLMRequest(request_id="r", model="m", target_model="m",
-                      headers={"x-gateway-inference-fairness-id": flow} if flow else {})
+                      headers={FAIRNESS_ID: flow} if flow else {})
 
 
 def band(policy: ProgramAwareFairness, heads: dict[str, float]) -> Band:
