@@ -10,8 +10,10 @@ model (catalog.py), so the gateway itself answers:
   pool's EPP or pod is involved.
 
 Message flow as the EPP's (epp/server/extproc.py): headers (SEND) then the buffered body; in
-FULL_DUPLEX_STREAMED mode the headers are answered once the body is complete and the body is
-handed back in a streamed BodyResponse. The header a client sent is removed first, so a
+STREAMED mode with send_body_without_waiting_for_header_response (the generated configs') and
+in FULL_DUPLEX_STREAMED mode the headers are answered once the body is complete, with the model
+header, then each body chunk in order (STREAMED) or the body handed back in a streamed
+BodyResponse (full duplex): one round trip. The header a client sent is removed first, so a
 client cannot pick another pool's route than its body's model.
 """
 
@@ -34,8 +36,10 @@ log = logging.getLogger("epp.bbr")
 MODEL_HEADER = "x-gateway-model-name"  # GIE pkg/bbr/plugins/common: X-Gateway-Model-Name
 MODELS_PATH = "/v1/models"
 MAX_MODEL_LEN = 4096
+STREAMED = 1
 FULL_DUPLEX_STREAMED = 4
 _HEADERS_CONTINUE = wire.headers_continue()
+_BODY_CONTINUE = wire.request_body_response(b"")
 _TRAILERS_CONTINUE = wire.request_trailers_continue()
 _JSON = (("content-type", "application/json"),)
 _decode = msgspec.json.Decoder().decode
@@ -52,6 +56,7 @@ class BbrHandler:
 
     async def process(self, requests: AsyncIterator[Any], context: Any) -> AsyncIterator[bytes]:
         path, method, request_id, mode = "", "POST", "", 2
+        delayed = False  # the headers are answered with the body (full duplex, STREAMED without waiting)
         chunks: list[bytes] = []
         size = 0
         decided = False
@@ -69,11 +74,14 @@ class BbrHandler:
                         elif h.key == "x-request-id":
                             request_id = value
                     if msg.HasField("protocol_config"):
-                        mode = msg.protocol_config.request_body_mode
+                        config = msg.protocol_config
+                        mode = config.request_body_mode
+                        delayed = mode == FULL_DUPLEX_STREAMED or (
+                            mode == STREAMED and config.send_body_without_waiting_for_header_response)
                     if hdrs.end_of_stream:
                         decided = True
                         yield self._bodyless(method, path, request_id)
-                    elif mode != FULL_DUPLEX_STREAMED:
+                    elif not delayed:
                         yield _HEADERS_CONTINUE
                 elif which == "request_body":
                     body_msg = msg.request_body
@@ -84,12 +92,12 @@ class BbrHandler:
                                            "request_too_large")
                     if body_msg.end_of_stream:
                         decided = True
-                        for out in self._with_body(b"".join(chunks), mode):
+                        for out in self._with_body(b"".join(chunks), mode, delayed, len(chunks)):
                             yield out
                 elif which == "request_trailers":
                     if not decided:
                         decided = True
-                        for out in self._with_body(b"".join(chunks), mode):
+                        for out in self._with_body(b"".join(chunks), mode, delayed, len(chunks)):
                             yield out
                     yield _TRAILERS_CONTINUE
                 elif which == "response_headers":
@@ -129,7 +137,7 @@ class BbrHandler:
         self.metrics.count("passthrough")
         return _HEADERS_CONTINUE
 
-    def _with_body(self, body: bytes, mode: int) -> list[bytes]:
+    def _with_body(self, body: bytes, mode: int, delayed: bool, chunks: int) -> list[bytes]:
         try:
             parsed = _decode(body) if body else None
         except msgspec.DecodeError:
@@ -156,6 +164,8 @@ class BbrHandler:
         self.metrics.count("routed")
         if mode == FULL_DUPLEX_STREAMED:
             return [wire.request_headers_response(common), wire.streamed_body_response(b"", body, True)]
+        if delayed:  # STREAMED: Envoy holds the headers and each chunk until answered, in order
+            return [wire.request_headers_response(common), *([_BODY_CONTINUE] * chunks)]
         return [wire.request_body_response(common)]
 
     def _require_complete(self) -> None:

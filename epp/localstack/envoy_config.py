@@ -553,11 +553,13 @@ def render_multi_pool_config(p: MultiPoolParams) -> dict[str, Any]:
         "failure_mode_allow": False,
         "status_on_error": {"code": 503},
         "message_timeout": f"{p.message_timeout_ms / 1000:.3f}s",
-        "processing_mode": {"request_header_mode": "SEND", "request_body_mode": "BUFFERED",
+        # STREAMED + send_body_without_waiting_for_header_response: one round trip, the headers
+        # answered with the model header once the body is complete (BodyMode). The BBR keeps no
+        # per-request state past its answer, so Envoy may end its stream right after it.
+        "processing_mode": {"request_header_mode": "SEND", "request_body_mode": "STREAMED",
                             "response_header_mode": "SKIP", "response_body_mode": "NONE",
                             "request_trailer_mode": "SKIP", "response_trailer_mode": "SKIP"},
-        # BUFFERED: two round trips (Envoy reads send_body_without_waiting_for_header_response in
-        # STREAMED mode only, and the BBR answers headers without waiting for the body).
+        "send_body_without_waiting_for_header_response": True,
     }}
     filters.insert(filters.index(epp_filter), bbr_filter)
     bbr_cluster = {

@@ -71,6 +71,22 @@ async def test_full_duplex_answers_headers_then_returns_the_body() -> None:
     assert json.loads(streamed.body) == body and streamed.end_of_stream
 
 
+async def test_streamed_without_waiting_answers_headers_with_the_model_then_each_chunk() -> None:
+    headers = _headers()
+    headers.protocol_config.request_body_mode = 1  # STREAMED
+    headers.protocol_config.send_body_without_waiting_for_header_response = True
+    raw = json.dumps({"model": A, "prompt": "hi"}).encode()
+    out = await _run(BbrHandler(_catalog()), [
+        headers, pb.ProcessingRequest(request_body=pb.HttpBody(body=raw[:5], end_of_stream=False)), _body(raw[5:])])
+    # Envoy holds the headers and both chunks until each is answered, in order.
+    assert [r.WhichOneof("response") for r in out] == ["request_headers", "request_body", "request_body"]
+    common = out[0].request_headers.response
+    assert common.clear_route_cache
+    assert {h.header.key: h.header.raw_value.decode() for h in common.header_mutation.set_headers} == \
+        {"x-gateway-model-name": A}
+    assert not any(r.request_body.response.HasField("body_mutation") for r in out[1:])
+
+
 async def test_outcomes_are_counted() -> None:
     handler = BbrHandler(_catalog())
     await _run(handler, [_headers(), _body({"model": A})])

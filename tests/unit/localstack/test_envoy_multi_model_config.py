@@ -45,7 +45,9 @@ def test_bbr_runs_before_the_epp_and_cannot_be_skipped() -> None:
     assert names.index("bbr") < names.index("epp") < names.index("envoy.filters.http.router")
     bbr = next(f for f in hcm["http_filters"] if f["name"] == "bbr")["typed_config"]
     assert bbr["failure_mode_allow"] is False
-    assert bbr["processing_mode"]["request_body_mode"] == "BUFFERED"
+    # One round trip: the headers answered with the model header once the body is complete.
+    assert bbr["processing_mode"]["request_body_mode"] == "STREAMED"
+    assert bbr["send_body_without_waiting_for_header_response"] is True
     removed = [m.get("remove") for m in hcm["early_header_mutation_extensions"][0]["typed_config"]["mutations"]]
     assert MODEL_HEADER in removed
 
