@@ -22,6 +22,7 @@ from epp.admin.proto import pb
 from epp.admin.stats import DecisionStatsCollector
 from epp.datastore.datastore import Datastore
 from epp.datastore.endpoint import Endpoint
+from epp.headers import canonicalize
 from epp.observability.decisions import DecisionBus, DecisionEvent
 from epp.scheduling.types import CycleState, LLMRequest
 from epp.server.errors import RequestError
@@ -61,6 +62,7 @@ class AdminService:
         """The dry-run decision for an ExplainRequest (also used by tests without gRPC)."""
         st = self.state
         headers = {k.lower(): v for k, v in request.headers.items()}
+        canonicalize(headers)  # as the ext_proc handler does with Envoy's headers
         body: bytes = request.body
         path = request.path or (CHAT_PATH if b'"messages"' in body else COMPLETIONS_PATH)
         request_id = headers.get("x-request-id") or f"explain-{next(self._ids)}"

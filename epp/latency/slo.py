@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from epp.headers import DEPRECATED_ALIASES, OBJECTIVE, SLO_TPOT, SLO_TTFT
 from epp.scheduling.types import LLMRequest, SchedulingError
 
-_ALIAS = dict(DEPRECATED_ALIASES)  # read too: callers that did not canonicalize their headers
+_ALIAS = dict(DEPRECATED_ALIASES)  # named in errors: the client may have sent the alias
 MAX_SLO_MS = 24 * 3600 * 1000.0  # a day: anything larger is a unit mistake
 
 
@@ -49,11 +49,8 @@ class ObjectiveSLO:
 
 
 def _header_ms(headers: Mapping[str, str], name: str) -> float | None:
+    """The header's value (headers canonicalized at entry, epp/headers.py), or None."""
     raw = headers.get(name)
-    used = name
-    if raw is None:
-        used = _ALIAS[name]
-        raw = headers.get(used)
     if raw is None:
         return None
     try:
@@ -62,8 +59,8 @@ def _header_ms(headers: Mapping[str, str], name: str) -> float | None:
         value = math.nan
     if not (0.0 < value <= MAX_SLO_MS):  # also rejects NaN and inf
         raise SchedulingError(
-            f"header {used!r} must be a positive number of milliseconds (at most {MAX_SLO_MS:.0f}), "
-            f"got {raw[:40]!r}", status=400, code="invalid_slo_header")
+            f"header {name!r} (or its alias {_ALIAS[name]!r}) must be a positive number of "
+            f"milliseconds (at most {MAX_SLO_MS:.0f}), got {raw[:40]!r}", status=400, code="invalid_slo_header")
     return value
 
 
@@ -73,7 +70,7 @@ def request_slo(request: LLMRequest, defaults: Mapping[str, ObjectiveSLO]) -> SL
     ttft = _header_ms(headers, SLO_TTFT)
     tpot = _header_ms(headers, SLO_TPOT)
     if (ttft is None or tpot is None) and defaults:
-        objective = headers.get(OBJECTIVE) or headers.get(_ALIAS[OBJECTIVE])
+        objective = headers.get(OBJECTIVE)
         default = defaults.get(objective) if objective else None
         if default is None:
             default = defaults.get(request.model)

@@ -11,8 +11,8 @@ from typing import Any
 
 import msgspec
 
-from epp import headers as hdr
 from epp.datastore.datastore import Datastore
+from epp.headers import OBJECTIVE
 from epp.scheduling.types import LLMRequest
 from epp.server.errors import RequestError
 from epp.server.usage import stream_usage_requested, with_stream_usage
@@ -85,9 +85,9 @@ def parse_request(
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)):
         raise RequestError(400, "'max_tokens' must be an integer", "invalid_max_tokens", "max_tokens")
 
-    # The client names its InferenceObjective in a header; older setups keyed it by model.
-    hdr.canonicalize(headers)  # done when Envoy's headers are read; again for other callers
-    objective_name = headers.get(hdr.OBJECTIVE)
+    # The client names its InferenceObjective in a header (the caller canonicalized the
+    # headers: epp/headers.py); older setups keyed it by model.
+    objective_name = headers.get(OBJECTIVE)
     objective = datastore.objective(objective_name) if objective_name else None
     if objective is None:
         objective = datastore.objective(model)

@@ -40,7 +40,9 @@ def test_canonicalize(sent: dict[str, str], expected: dict[str, str]) -> None:
 def test_the_objective_is_found_under_either_name(name: str) -> None:
     ds = Datastore()
     ds.upsert_objective(InferenceObjective(name="batch", model_name="batch", priority=-1))
-    request = parse_request(b'{"model": "m", "prompt": "hi"}', "/v1/completions", "r", {name: "batch"}, ds)
+    headers = {name: "batch"}
+    canonicalize(headers)  # where headers enter (ext_proc, the admin API); parse_request reads the result
+    request = parse_request(b'{"model": "m", "prompt": "hi"}', "/v1/completions", "r", headers, ds)
     assert request.priority == -1
 
 

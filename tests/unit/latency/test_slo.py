@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import pytest
 
+from epp.headers import canonicalize
 from epp.latency.slo import NO_SLO, SLO, ObjectiveSLO, request_slo
 from epp.scheduling.types import LLMRequest, SchedulingError
 
 
 def req(headers: dict[str, str], model: str = "m") -> LLMRequest:
+    headers = dict(headers)
+    canonicalize(headers)  # as the EPP does where headers enter (ext_proc, the admin API)
     return LLMRequest(request_id="r", model=model, target_model=model, prompt="p", headers=headers)
 
 

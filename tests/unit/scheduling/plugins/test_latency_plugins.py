@@ -12,6 +12,7 @@ import pytest
 
 from epp.config.loader import ConfigError, default_config_text, parse_scheduler_config
 from epp.datastore.endpoint import Endpoint
+from epp.headers import canonicalize
 from epp.latency.runtime import SERVICE_KEY, STATE_KEY, CyclePredictions, LatencyRuntime, latency_runtime
 from epp.latency.slo import NO_SLO, SLO
 from epp.scheduling.plugins.latency_scorer import LatencyScorer
@@ -299,7 +300,9 @@ def test_bad_slo_header_is_a_400_through_the_scheduler(tmp_path: Path) -> None:
     try:
         rt = trained_runtime(ctx, [endpoint("fast", port=8000), endpoint("slow", port=8001)])
         assert rt.predictor.ready
-        req = request("hi", headers={"x-slo-ttft-ms": "soon"})
+        headers = {"x-slo-ttft-ms": "soon"}  # the deprecated alias, folded in where headers enter
+        canonicalize(headers)
+        req = request("hi", headers=headers)
         with pytest.raises(SchedulingError) as info:
             cfg.scheduler.schedule(req, [endpoint("fast", port=8000)])
         assert info.value.status == 400
