@@ -312,7 +312,10 @@ async def _run_arm(arm: ArmSpec, url: str, s: FlowBenchSettings, capacity: float
                    eviction: bool = False, seed: int | None = None) -> ArmResult:
     rng = random.Random(s.seed if seed is None else seed)
     lag: list[float] = []
-    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
+    # No cap on connections: under overload most requests wait in the EPP's queue with their
+    # connection open (up to rate x TTL of them), and a capped pool would hold new critical
+    # requests in the client instead (a 1,000 cap did at 16 slots: docs/benchmarks-flow.md).
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=100)
     async with httpx.AsyncClient(timeout=httpx.Timeout(None), limits=limits, trust_env=False) as client:
         unloaded = [await _one(client, url, "critical", CLASSES[0][1], "light", TENANTS[1][1], s.max_tokens, 60)
                     for _ in range(s.unloaded_requests + 1)]
@@ -348,9 +351,20 @@ async def _run_arm(arm: ArmSpec, url: str, s: FlowBenchSettings, capacity: float
     result.breakdown["client_loop_lag"] = {"p50_s": _pct(lag, 0.5), "p99_s": _pct(lag, 0.99),
                                            "max_s": max(lag, default=float("nan"))}
     result.breakdown["unloaded_ttfts_s"] = ttfts  # pooled across rounds by `pooled`
+    result.breakdown["peak_open_requests"] = peak_open(outcomes)
     result.breakdown["critical_wait_causes"] = critical_wait_causes(
         outcomes, s.pods * s.max_num_seqs, TARGET_TTFT_RATIO * result.unloaded_ttft_p99)
     return result
+
+
+def peak_open(outcomes: list[Outcome]) -> int:
+    """Most requests open at once (sent, not yet ended): the connections the client held."""
+    events = sorted([(o.sent_at, 1) for o in outcomes] + [(o.ended_at, -1) for o in outcomes])
+    current = peak = 0
+    for _, step in events:
+        current += step
+        peak = max(peak, current)
+    return peak
 
 
 def critical_wait_causes(outcomes: list[Outcome], slots: int, slow_s: float) -> dict[str, Any]:
@@ -624,6 +638,9 @@ def report(results: list[ArmResult]) -> str:
             lag = b["client_loop_lag"]
             epp += (f"; load generator's event-loop lag p50 {_ms(lag['p50_s'])} / p99 {_ms(lag['p99_s'])} / "
                     f"max {_ms(lag['max_s'])} ms")
+        # Runs from before the connection cap was lifted did not record it: derived here.
+        most_open = b.get("peak_open_requests", peak_open(r.outcomes))
+        epp += f"; requests open at once (client connections) at most {most_open}"
         causes = b.get("critical_wait_causes")
         why = ""
         if causes:

@@ -16,6 +16,7 @@ from epp.bench.flow import (
     critical_wait_causes,
     erlang_c,
     jain_index,
+    peak_open,
     pooled,
     splice_flow_section,
 )
@@ -102,6 +103,16 @@ def test_critical_wait_causes_by_hand() -> None:
     assert c["slow"] == {"overflow": 1, "evict": 1, "free": 0}
     assert c["ttft_max_s"]["overflow"] == pytest.approx(0.91)
     assert c["p99_without_overflow_s"] == pytest.approx(0.05)
+
+
+def test_peak_open_counts_requests_open_at_the_same_time() -> None:
+    """Three overlap between 0.5 and 1.0; one ending exactly when another starts is not open with it."""
+    outs = [Outcome("standard", "heavy", 200, 0.1, 0.0, 1.0),
+            Outcome("standard", "heavy", 200, 0.1, 0.2, 1.2),
+            Outcome("critical", "light", 200, 0.1, 0.5, 0.6),
+            Outcome("standard", "light", 429, None, 1.2, 1.3)]
+    assert peak_open(outs) == 3
+    assert peak_open([]) == 0
 
 
 def test_erlang_c_against_published_values() -> None:
