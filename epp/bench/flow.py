@@ -314,7 +314,7 @@ async def _run_arm(arm: ArmSpec, url: str, s: FlowBenchSettings, capacity: float
     lag: list[float] = []
     # No cap on connections: under overload most requests wait in the EPP's queue with their
     # connection open (up to rate x TTL of them), and a capped pool would hold new critical
-    # requests in the client instead (a 1,000 cap did at 16 slots: docs/benchmarks-flow.md).
+    # requests in the client instead (a 1,000 cap did at 16 slots, time scale 4: docs/benchmarks-flow.md).
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=100)
     async with httpx.AsyncClient(timeout=httpx.Timeout(None), limits=limits, trust_env=False) as client:
         unloaded = [await _one(client, url, "critical", CLASSES[0][1], "light", TENANTS[1][1], s.max_tokens, 60)
@@ -639,7 +639,7 @@ def report(results: list[ArmResult]) -> str:
             epp += (f"; load generator's event-loop lag p50 {_ms(lag['p50_s'])} / p99 {_ms(lag['p99_s'])} / "
                     f"max {_ms(lag['max_s'])} ms")
         # Runs from before the connection cap was lifted did not record it: derived here.
-        most_open = b.get("peak_open_requests", peak_open(r.outcomes))
+        most_open = b["peak_open_requests"] if "peak_open_requests" in b else peak_open(r.outcomes)
         epp += f"; requests open at once (client connections) at most {most_open}"
         causes = b.get("critical_wait_causes")
         why = ""

@@ -301,6 +301,10 @@ def render_envoy_config(p: EnvoyConfigParams) -> dict[str, Any]:
             # Short ejection: a restarted EPP is back in a second or two.
             "outlier_detection": _outlier_detection(ejection_s=1),
             "common_lb_config": {"healthy_panic_threshold": {"value": 0}},
+            # Every request in flight holds a stream to the EPP, and a replica's death sends a
+            # burst of new streams to retry at once: Envoy's defaults (1,024 requests, 3
+            # concurrent retries) would fail the 4th retry and the 1,025th request's decision.
+            "circuit_breakers": _circuit_breakers(),
         },
         {
             "name": "original_destination",
@@ -309,8 +313,7 @@ def render_envoy_config(p: EnvoyConfigParams) -> dict[str, Any]:
             "lb_policy": "CLUSTER_PROVIDED",
             "original_dst_lb_config": {"use_http_header": True, "http_header_name": DESTINATION_HEADER},
             "cleanup_interval": "60s",
-            "circuit_breakers": {"thresholds": [{"max_connections": 100000, "max_pending_requests": 100000,
-                                                 "max_requests": 100000, "max_retries": 1000}]},
+            "circuit_breakers": _circuit_breakers(),
         },
     ]
     if pool:
@@ -367,9 +370,16 @@ def _pool_cluster(p: EnvoyConfigParams) -> dict[str, Any]:
             "unhealthy_threshold": 2, "healthy_threshold": 1,
             "http_health_check": {"path": "/health"}}],
         "outlier_detection": _outlier_detection(ejection_s=5),
-        "circuit_breakers": {"thresholds": [{"max_connections": 100000, "max_pending_requests": 100000,
-                                             "max_requests": 100000, "max_retries": 1000}]},
+        "circuit_breakers": _circuit_breakers(),
     }
+
+
+def _circuit_breakers() -> dict[str, Any]:
+    """Limits far above any load one Envoy carries: Envoy's defaults (1,024 connections, pending
+    and active requests, 3 concurrent retries per cluster) are sized for ordinary upstreams. A
+    fresh dict per cluster, so the YAML has no anchors."""
+    return {"thresholds": [{"max_connections": 100000, "max_pending_requests": 100000,
+                            "max_requests": 100000, "max_retries": 1000}]}
 
 
 def _outlier_detection(ejection_s: int) -> dict[str, Any]:
@@ -569,6 +579,7 @@ def render_multi_pool_config(p: MultiPoolParams) -> dict[str, Any]:
             "explicit_http_config": {"http2_protocol_options": {}}}},
         "load_assignment": {"cluster_name": "bbr", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
             "socket_address": {"address": p.bbr_address, "port_value": p.bbr_port}}}}]}]},
+        "circuit_breakers": _circuit_breakers(),
     }
     resources["clusters"] = [bbr_cluster, *clusters]
     return base

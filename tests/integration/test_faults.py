@@ -186,6 +186,11 @@ def test_losing_one_of_two_epp_replicas_loses_nothing(stack_factory: StackFactor
     stack = stack_factory(pods=2, time_scale=0.3, kv_events=False, failure_mode=mode, epp_replicas=2,
                           response_body_mode="STREAMED")
     victim = stack.epps[1]
+    # The streams that went to the dead replica all retry at once; Envoy's default circuit
+    # breaker allows 3 concurrent retries per cluster and failed the 4th (lost decisions in CI).
+    limits = httpx.get(f"http://127.0.0.1:{stack.cfg.admin_port}/clusters", timeout=5).text
+    assert "epp::default_priority::max_retries::1000" in limits, limits[:2000]
+    assert "epp::default_priority::max_requests::100000" in limits
 
     async def run() -> tuple[StreamingLoad, float]:
         load = StreamingLoad(LoadParams(url=stack.url, concurrency=6, max_tokens=30, duration_s=4.0))
