@@ -30,14 +30,13 @@ from epp.bbr.catalog import ModelCatalog
 from epp.bbr.metrics import BbrMetrics
 from epp.server import wire
 from epp.server.errors import RequestError
+from epp.server.wire import FULL_DUPLEX_STREAMED, STREAMED
 
 log = logging.getLogger("epp.bbr")
 
 MODEL_HEADER = "x-gateway-model-name"  # GIE pkg/bbr/plugins/common: X-Gateway-Model-Name
 MODELS_PATH = "/v1/models"
 MAX_MODEL_LEN = 4096
-STREAMED = 1
-FULL_DUPLEX_STREAMED = 4
 _HEADERS_CONTINUE = wire.headers_continue()
 _BODY_CONTINUE = wire.request_body_response(b"")
 _TRAILERS_CONTINUE = wire.request_trailers_continue()

@@ -60,7 +60,6 @@ from epp.localstack.envoy_config import EnvoyConfigParams, envoy_config_yaml
 from epp.localstack.stack import POOL_LABELS, REPO, LocalStack, StackConfig, free_ports
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
-FAIRNESS_HEADER = FAIRNESS_ID
 CACHE_RULES = """apiVersion: epp.llm-d.ai/v1alpha1
 kind: ResponseCacheConfig
 rules:
@@ -166,7 +165,7 @@ async def _one(client: httpx.AsyncClient, url: str, tenant: int, body: dict[str,
     start = time.perf_counter()
     ttft = 0.0
     async with client.stream("POST", f"{url}/v1/chat/completions", json=body,
-                             headers={FAIRNESS_HEADER: f"org-{tenant}"}) as r:
+                             headers={FAIRNESS_ID: f"org-{tenant}"}) as r:
         async for chunk in r.aiter_raw():
             if chunk and not ttft:
                 ttft = time.perf_counter() - start
@@ -218,7 +217,7 @@ def _raw_request(port: int, body: bytes, tenant: int, headers: dict[str, str] | 
     extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items()).encode()
     return (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
             b"%s: org-%d\r\n%sContent-Length: %d\r\n\r\n"
-            % (port, FAIRNESS_HEADER.encode(), tenant, extra, len(body))) + body
+            % (port, FAIRNESS_ID.encode(), tenant, extra, len(body))) + body
 
 
 async def sequential(port: int, request: bytes, count: int) -> list[float]:
@@ -400,7 +399,7 @@ def run_cache_bench(s: CacheBenchSettings, progress: Any = print) -> CacheBenchR
         question = next(b for _, t, b in hot if t == 1) if s.tenants > 1 else hot[0][2]
         body = json.dumps(question).encode()
         cached = httpx.post(f"{stack.url}/v1/chat/completions", content=body,
-                            headers={FAIRNESS_HEADER: "org-1", "content-type": "application/json"}, timeout=30)
+                            headers={FAIRNESS_ID: "org-1", "content-type": "application/json"}, timeout=30)
         if cached.headers.get("x-epp-cache") != "hit":
             raise RuntimeError("the side-by-side question is not cached")
         alone_port, alone_admin = free_ports(2)

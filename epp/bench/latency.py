@@ -52,12 +52,11 @@ from epp.bench.workloads import (
     HETEROGENEOUS_SLOW_POD,
     HETEROGENEOUS_SLOWDOWN,
     SIM_CHARS_PER_TOKEN,
-    SLO_TPOT_HEADER,
-    SLO_TTFT_HEADER,
     Workload,
     WorkloadParams,
     latency_slo,
 )
+from epp.headers import SLO_TPOT, SLO_TTFT
 from epp.localstack.stack import REPO
 from epp.sim.config import LatencyModel
 
@@ -134,7 +133,7 @@ def scaled(workload: Workload, time_scale: float) -> Workload:
     """SLO header values from model to wall milliseconds (the EPP measures wall time)."""
     requests = []
     for r in workload.requests:
-        headers = {k: f"{float(v) * time_scale:g}" if k in (SLO_TTFT_HEADER, SLO_TPOT_HEADER) else v
+        headers = {k: f"{float(v) * time_scale:g}" if k in (SLO_TTFT, SLO_TPOT) else v
                    for k, v in r.headers.items()}
         requests.append(dataclasses.replace(r, headers=headers))
     return dataclasses.replace(workload, requests=requests)
@@ -188,8 +187,8 @@ def summarize(spec: RouterSpec, load: float, rate: float, workload: Workload, ph
             pods[res.pod] += 1
             if kind == "long":
                 pods_long[res.pod] += 1
-        slo_t = float(req.headers[SLO_TTFT_HEADER]) / 1000 if SLO_TTFT_HEADER in req.headers else None
-        slo_p = float(req.headers[SLO_TPOT_HEADER]) / 1000 if SLO_TPOT_HEADER in req.headers else None
+        slo_t = float(req.headers[SLO_TTFT]) / 1000 if SLO_TTFT in req.headers else None
+        slo_p = float(req.headers[SLO_TPOT]) / 1000 if SLO_TPOT in req.headers else None
         ok_slo = None
         if slo_t is not None or slo_p is not None:
             ok_slo = res.ok and (slo_t is None or t <= slo_t) and (slo_p is None or tpot <= slo_p)
@@ -416,7 +415,7 @@ def decision_cost(decisions: int = 3000, pods: int = 4, seed: int = 1) -> dict[s
                 ep.metrics.running_requests = rng.randint(0, 16)
                 ep.metrics.kv_cache_usage = rng.random()
             prompt = f"system prompt {i % 8} " * 300 + f"question {i}"
-            headers = {SLO_TTFT_HEADER: "1000", SLO_TPOT_HEADER: "100"} if i % 2 else {}
+            headers = {SLO_TTFT: "1000", SLO_TPOT: "100"} if i % 2 else {}
             req = LLMRequest(request_id=f"r{i}", model="m", target_model="m", prompt=prompt, headers=headers)
             t0 = time.perf_counter_ns()
             result, state = cfg.scheduler.schedule(req, eps)

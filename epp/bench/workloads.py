@@ -272,8 +272,6 @@ class LatencySLOShape:
 
 
 SIM_CHARS_PER_TOKEN = 5  # the simulator's simple tokenizer: about 5 characters per token
-SLO_TTFT_HEADER = SLO_TTFT  # the benchmark clients send the current names
-SLO_TPOT_HEADER = SLO_TPOT
 
 
 def latency_slo(params: WorkloadParams, shape: LatencySLOShape | None = None) -> Workload:
@@ -302,7 +300,7 @@ def latency_slo(params: WorkloadParams, shape: LatencySLOShape | None = None) ->
             req.session = f"chat/{req.session}"
             ttft, tpot = shape.chat_ttft_ms, shape.chat_tpot_ms
         if with_slo:
-            req.headers = {SLO_TTFT_HEADER: f"{ttft:g}", SLO_TPOT_HEADER: f"{tpot:g}"}
+            req.headers = {SLO_TTFT: f"{ttft:g}", SLO_TPOT: f"{tpot:g}"}  # the current names
         requests.append(req)
     return Workload("latency-slo", "Short chats + long prefills (8k-30k tokens), SLOs on half, one pod "
                     f"{HETEROGENEOUS_SLOWDOWN:g}x slower", params, requests)

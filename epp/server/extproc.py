@@ -53,6 +53,7 @@ from epp.server.errors import ImmediateAnswer, RequestError
 from epp.server.request import parse_request, rewrite_body
 from epp.server.routes import RouteKind, classify
 from epp.server.usage import UsageParser
+from epp.server.wire import BUFFERED, FULL_DUPLEX_STREAMED, STREAMED
 
 if TYPE_CHECKING:
     from epp.observability.request_tracing import RequestSpans, RequestTracing
@@ -69,9 +70,6 @@ LEGACY_PREFILLER_HEADER = "x-prefiller-url"  # llm-d's older name; sidecars stil
 # only the EPP may set them, so every routing answer removes client-sent copies first.
 ROUTING_HEADERS = (DESTINATION_HEADER, PREFILLER_HEADER, LEGACY_PREFILLER_HEADER)
 ROUTING_HEADER_PREFIX = DESTINATION_HEADER  # -served, -subset, ...: never accepted from clients
-FULL_DUPLEX_STREAMED = 4
-STREAMED = 1
-BUFFERED = 2
 SEND = 1  # HeaderSendMode
 
 _HEADERS_CONTINUE = wire.headers_continue()

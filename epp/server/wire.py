@@ -22,6 +22,10 @@ import functools
 from collections.abc import Iterable
 
 OVERWRITE_IF_EXISTS_OR_ADD = 2
+# ProcessingMode.BodySendMode values, as Envoy reports them in protocol_config.
+STREAMED = 1
+BUFFERED = 2
+FULL_DUPLEX_STREAMED = 4
 
 
 _SMALL_VARINTS = tuple(bytes((i,)) for i in range(128))  # one byte each: tags, short lengths

@@ -8,7 +8,8 @@ import pytest
 
 from epp.bench.client import PhaseResult, RequestResult
 from epp.bench.latency import ROUTERS, LatencyBenchSettings, build_workload, prompt_tokens, scaled, summarize
-from epp.bench.workloads import SLO_TPOT_HEADER, SLO_TTFT_HEADER, WorkloadParams, latency_slo, pod_profile
+from epp.bench.workloads import WorkloadParams, latency_slo, pod_profile
+from epp.headers import SLO_TPOT, SLO_TTFT
 
 
 def test_workload_is_deterministic_with_slos_on_half_and_long_prefills() -> None:
@@ -16,7 +17,7 @@ def test_workload_is_deterministic_with_slos_on_half_and_long_prefills() -> None
     a, b = latency_slo(params), latency_slo(params)
     assert [r.messages for r in a.requests] == [r.messages for r in b.requests]
     n = len(a.requests)
-    with_slo = sum(1 for r in a.requests if SLO_TTFT_HEADER in r.headers and SLO_TPOT_HEADER in r.headers)
+    with_slo = sum(1 for r in a.requests if SLO_TTFT in r.headers and SLO_TPOT in r.headers)
     assert 0.42 < with_slo / n < 0.58
     tokens = prompt_tokens(a)
     long = [t for r, t in zip(a.requests, tokens, strict=True) if r.session.startswith("long/")]
@@ -32,8 +33,8 @@ def test_rate_follows_the_load_and_slos_scale_with_time() -> None:
     assert r90 / r70 == pytest.approx(0.9 / 0.7, rel=0.1)
     fast = scaled(w70, 0.5)
     for slow_req, fast_req in zip(w70.requests, fast.requests, strict=True):
-        if SLO_TTFT_HEADER in slow_req.headers:
-            assert float(fast_req.headers[SLO_TTFT_HEADER]) == float(slow_req.headers[SLO_TTFT_HEADER]) * 0.5
+        if SLO_TTFT in slow_req.headers:
+            assert float(fast_req.headers[SLO_TTFT]) == float(slow_req.headers[SLO_TTFT]) * 0.5
 
 
 def test_attainment_counts_both_targets_and_errors_as_misses() -> None:
@@ -41,11 +42,11 @@ def test_attainment_counts_both_targets_and_errors_as_misses() -> None:
     results = []
     for r in w.requests:
         res = RequestResult(r.index, status=200, sent=True, e2e_s=1.0, pod="vllm-1")
-        slo = float(r.headers.get(SLO_TTFT_HEADER, "1000")) / 1000
+        slo = float(r.headers.get(SLO_TTFT, "1000")) / 1000
         # Alternate: meets both / misses TTFT / misses TPOT / error.
         case = r.index % 4
         res.ttft_s = slo * (0.5 if case != 1 else 2.0)
-        tpot = float(r.headers.get(SLO_TPOT_HEADER, "100")) / 1000
+        tpot = float(r.headers.get(SLO_TPOT, "100")) / 1000
         res.token_gaps_s = [tpot * (0.5 if case != 2 else 3.0)] * 4
         if case == 3:
             res.error, res.status = "HTTP 429", 429
