@@ -63,7 +63,9 @@ def test_settings_and_raw_results_name_come_from_the_run() -> None:
     settings = plan_settings(plan, args, 40.0)
     assert settings["runs per cell"].startswith("2 ")
     assert settings["arrivals per phase"].startswith("7 model seconds")
-    assert settings["time budget"] == "no new run after 40 minutes"
+    assert settings["time budget"] == "no new routing run after 40 minutes of routing phases"
+    assert settings["order"].startswith("the overhead section first")
+    assert plan_settings(plan, parse("--no-overhead"), None)["order"].startswith("routing phases only")
     assert settings["phase mixed@6"] == "envoy-rr, envoy-lr, vr-rr, vr-cache, epp-default, epp-gie"
     info = RunInfo("c", "2026-12-01 04:05 UTC", MachineFacts("", 2, "", "", "", "", ""), False, 4, 0.5,
                    commit="abc1234")
