@@ -56,8 +56,8 @@ lint: install
 	$(BIN)/ruff check epp tests
 	$(BIN)/mypy epp
 
-# make bench: every issue-10 cell 3 times (~30 min on 2 idle cores; stops by itself: no new
-# run after --budget-min, default 45). Writes docs/benchmarks.md, docs/bench-*.png and the raw
+# make bench: the EPP overhead section (~5 min), then every issue-10 cell 3 times (~28 min on
+# 2 idle cores; stops by itself: no new routing run after --budget-min, default 45). Writes docs/benchmarks.md, docs/bench-*.png and the raw
 # JSON docs/bench-results/<date>-<commit>.json. BENCH_ARGS e.g. --note "shared machine"
 # --budget-min 30 --repeats 1 --workloads mixed.
 # Then the sections of issues 12, 15 and 18, each bounded: flow control at 2x overload

@@ -225,7 +225,7 @@ def plan_settings(plan: BenchPlan, args: argparse.Namespace, budget_min: float |
                       "in the pods and the precise-prefix rows)"),
         "heterogeneous pool": f"pod {HETEROGENEOUS_SLOW_POD} runs x{HETEROGENEOUS_SLOWDOWN:g} slower than the others",
         "time budget": (f"no new routing run after {budget_min:g} minutes of routing phases" if budget_min else "none"),
-        "order": ("the overhead section first (on a rested machine), then the routing phases"
+        "order": ("the overhead section first (before the routing phases load the machine), then the routing phases"
                   if not args.no_overhead else "routing phases only (--no-overhead)"),
     }
     for phase in plan.phases:
@@ -435,19 +435,20 @@ def run_bench(args: argparse.Namespace) -> int:
     print(f"{len(plan.phases)} phases, {plan.cells()} cells (phase x router x run), {plan.row.pods} pods, "
           f"time scale {plan.row.time_scale:g}")
     raw = plan.row.run_dir / "results.json"
+    overhead: OverheadResult | None = None
 
     def checkpoint(done: list[PhaseOutcome]) -> None:
-        # After every phase: a run cut short (budget, Ctrl-C, deadline) keeps what it measured.
+        # After every phase: a run cut short (budget, Ctrl-C, deadline) keeps what it measured,
+        # the overhead section included.
         info.wall_s = time.monotonic() - started
-        save_results(raw, done, None, info)
+        save_results(raw, done, overhead, info)
 
-    overhead = None
     if not args.no_overhead:
         # First, before the routing phases: on the shared 2-core VM the same stack reads slower
         # for minutes after sustained load (c=1 added p50 0.60 ms rested, 0.83 ms after a
-        # 2-minute burn of both cores, 1.14 ms after the 25 minutes of phases; docs/performance.md
-        # "A rested machine"), and the overhead targets are about the EPP, not the VM's state.
-        print("overhead section first (a rested machine), then the routing phases", flush=True)
+        # 2-minute burn of both cores; docs/performance.md "The c=1 target and the machine's
+        # state"), and the overhead targets are about the EPP, not the VM's recent load.
+        print("overhead section first (before the routing phases load the machine)", flush=True)
         overhead = run_overhead(overhead_settings(args, plan.row.run_dir), progress=lambda s: print(s, flush=True))
         overhead.measured = f"{info.date} with `{info.command}`"
     # The routing phases' budget starts after the overhead section, so it keeps its coverage.
