@@ -57,9 +57,9 @@ lint: install
 	$(BIN)/mypy epp
 
 # make bench: the EPP overhead section (~5 min), then every issue-10 cell 3 times (~28 min on
-# 2 idle cores; stops by itself: no new routing run after --budget-min, default 45). Writes docs/benchmarks.md, docs/bench-*.png and the raw
-# JSON docs/bench-results/<date>-<commit>.json. BENCH_ARGS e.g. --note "shared machine"
-# --budget-min 30 --repeats 1 --workloads mixed.
+# 2 idle cores; stops by itself: no new routing run after --budget-min, default 45). Writes
+# docs/benchmarks.md, docs/bench-*.png and the raw JSON docs/bench-results/<date>-<commit>.json.
+# BENCH_ARGS e.g. --note "shared machine" --budget-min 30 --repeats 1 --workloads mixed.
 # Then the sections of issues 12, 15 and 18, each bounded: flow control at 2x overload
 # (~10 min), the response cache (~1.5 min), predicted-latency routing (~17 min).
 bench: install
