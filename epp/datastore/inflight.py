@@ -38,7 +38,10 @@ about as much engine time as prefilling ~100 prompt tokens: vLLM on an H100 runs
 decode steps of ~7-10 ms and prefills ~10-20k tokens/s). `sweep()` turns those averages
 into a slowness factor per endpoint: its average over the pool's lower quartile, 1.0 below
 SLOWNESS_DEAD_ZONE (a homogeneous pool's pods differ by noise and by the queueing the load
-scorers already see; they must not be skewed by it), capped at SLOWNESS_CAP. Queueing is in
+scorers already see; they must not be skewed by it), capped at SLOWNESS_CAP. The dead zone
+only admits: a pod once judged slow keeps its measured ratio while that stays above
+SLOWNESS_RELEASE (1.05), because in a burst the other pods queue too and its ratio dips
+into the dead zone exactly when it must not get a full-speed share. Queueing is in
 the measured time too, so a pod that is over capacity looks slower until its queue drains,
 which moves load the same way. A pod far behind completes late, so completions alone would
 tell too late: the age of its oldest open request over that request's work is a lower bound
@@ -93,6 +96,10 @@ SPEED_SAMPLE_WEIGHT = 0.25  # weight of the newest completion in an endpoint's a
 SPEED_MIN_SAMPLES = 1  # completions before an endpoint's speed counts (the dead zone absorbs odd ones)
 SPEED_MEMORY_S = 30.0  # an average without new samples relaxes to the reference over this
 SLOWNESS_DEAD_ZONE = 1.5  # slowness below this is noise: the endpoint counts as full speed
+# An endpoint already judged slow keeps its measured ratio (not 1.0) while the ratio is at
+# least this: the dead zone decides whether a pod is slow, not how slow it is from then on.
+# Above 1.0 so that a pod whose verdict relaxes towards the reference is let go in finite time.
+SLOWNESS_RELEASE = 1.05
 SLOWNESS_CAP = 4.0  # an endpoint never counts as more than 4x slower (bounds one bad sample)
 # The oldest open request is the longest-running of several: on a busy homogeneous pool it is
 # often well above the average by chance. For an endpoint that has completions its age counts
@@ -335,10 +342,16 @@ class InflightTracker:
                 by_steps[ep] = ratio
         self._slowness = self._verdict(by_steps)
 
-    @staticmethod
-    def _verdict(ratios: dict[Endpoint, float]) -> dict[Endpoint, float]:
-        """Ratios through the dead zone (below it: full speed, left out) and the cap."""
-        return {ep: min(r, SLOWNESS_CAP) for ep, r in ratios.items() if r >= SLOWNESS_DEAD_ZONE}
+    def _verdict(self, ratios: dict[Endpoint, float]) -> dict[Endpoint, float]:
+        """Ratios through the dead zone and the cap. Below the dead zone an endpoint counts as
+        full speed (left out), unless it was slow at the last verdict and is still slower than
+        the reference (SLOWNESS_RELEASE): in a burst the fast pods queue too, their time per work
+        rises and a 2x slower pod's ratio dips to ~1.2-1.4; snapping it to 1.0 then handed the
+        slow pod full-speed shares exactly when its queue was longest (docs/scheduling.md,
+        "Heterogeneous pools")."""
+        before = self._slowness
+        return {ep: min(r, SLOWNESS_CAP) for ep, r in ratios.items()
+                if r >= SLOWNESS_DEAD_ZONE or (r >= SLOWNESS_RELEASE and ep in before)}
 
     def _release(self, charge: Charge) -> bool:
         if charge.released:

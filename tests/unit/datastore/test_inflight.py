@@ -300,7 +300,44 @@ def test_a_pod_no_longer_sent_anything_is_tried_again() -> None:
     assert tracker.slowness(eps[3]) == pytest.approx(1 + 2 * math.exp(-1))
     clock.now += 60.0
     tracker.sweep()
-    assert tracker.slowness(eps[3]) == 1.0
+    # 1 + 2e^-3 = 1.10: inside the dead zone, but a pod judged slow keeps its ratio until
+    # it falls below SLOWNESS_RELEASE (1.05)
+    assert tracker.slowness(eps[3]) == pytest.approx(1 + 2 * math.exp(-3))
+    clock.now += 30.0
+    tracker.sweep()
+    assert tracker.slowness(eps[3]) == 1.0  # 1 + 2e^-4 = 1.04: let go
+    assert tracker.slowness_of(eps) is None
+
+
+def test_a_slow_pod_stays_slow_while_a_burst_slows_the_others_too() -> None:
+    # In a burst the fast pods queue as well: their time in flight rises and a 2x slower
+    # pod's ratio dips into the dead zone. It must keep that (smaller) ratio, not drop to 1.0
+    # and take full-speed shares while its own queue is longest.
+    ds, eps = _pool(4)
+    clock = Clock()
+    tracker = InflightTracker(ds, clock=clock)
+    for _ in range(3):
+        for ep in eps[1:]:
+            _serve(tracker, clock, ep, 1.6)
+        _serve(tracker, clock, eps[0], 3.2)
+    tracker.sweep()
+    assert tracker.slowness(eps[0]) == pytest.approx(2.0)
+    for _ in range(8):  # the burst: the fast pods now take 2.4 s per request
+        for ep in eps[1:]:
+            _serve(tracker, clock, ep, 2.4)
+    _serve(tracker, clock, eps[0], 3.2)
+    tracker.sweep()
+    ratio = tracker.slowness(eps[0])
+    assert 1.05 < ratio < 1.5  # inside the dead zone: a pod never judged slow would count as 1.0
+    # The same measurements on a pod never judged slow: full speed.
+    fresh_ds, fresh = _pool(4)
+    fresh_tracker = InflightTracker(fresh_ds, clock=clock)
+    for _ in range(8):
+        for ep in fresh[1:]:
+            _serve(fresh_tracker, clock, ep, 2.4)
+    _serve(fresh_tracker, clock, fresh[0], 3.2)
+    fresh_tracker.sweep()
+    assert fresh_tracker.slowness(fresh[0]) == 1.0
 
 
 def test_prompt_tokens_a_pod_holds_are_not_charged_as_prefill() -> None:
