@@ -177,7 +177,7 @@ class InflightTracker:
         # Seconds per unit of work, averaged over completions:
         # endpoint -> [average, samples, clock() of the last sample].
         self._speed: dict[Endpoint, list[float]] = {}
-        # Endpoints judged slow -> factor (> 1; see _verdict); empty on a homogeneous pool.
+        # Endpoints judged slow -> factor (> 1; see _verdict); usually empty on a homogeneous pool.
         self._slowness: dict[Endpoint, float] = {}
         # Engine step time (see the docstring): endpoint -> [decayed ITL seconds, decayed
         # tokens, clock() of the last update, last scraped itl_sum, last scraped itl_count].

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Sequence
 
 import pytest
 
@@ -160,15 +161,21 @@ def _serve(tracker: InflightTracker, clock: Clock, ep: Endpoint, seconds: float,
     tracker.complete(handle)
 
 
+def _serve_rounds(tracker: InflightTracker, clock: Clock, eps: Sequence[Endpoint], rounds: int,
+                  fast_s: float, slow_s: float) -> None:
+    """`rounds` rounds of one request per endpoint: eps[0] takes `slow_s`, the others `fast_s`."""
+    for _ in range(rounds):
+        for ep in eps[1:]:
+            _serve(tracker, clock, ep, fast_s)
+        _serve(tracker, clock, eps[0], slow_s)
+    tracker.sweep()
+
+
 def test_a_pod_twice_as_slow_is_learned_from_time_in_flight() -> None:
     ds, eps = _pool(4)
     clock = Clock()
     tracker = InflightTracker(ds, clock=clock)
-    for _ in range(3):
-        for ep in eps[1:]:
-            _serve(tracker, clock, ep, 1.6)
-        _serve(tracker, clock, eps[0], 3.2)
-    tracker.sweep()
+    _serve_rounds(tracker, clock, eps, 3, fast_s=1.6, slow_s=3.2)
     assert [tracker.slowness(ep) for ep in eps] == pytest.approx([2.0, 1.0, 1.0, 1.0])
     assert tracker.slowness_of(eps) == pytest.approx([2.0, 1.0, 1.0, 1.0])
 
@@ -316,27 +323,15 @@ def test_a_slow_pod_stays_slow_while_a_burst_slows_the_others_too() -> None:
     ds, eps = _pool(4)
     clock = Clock()
     tracker = InflightTracker(ds, clock=clock)
-    for _ in range(3):
-        for ep in eps[1:]:
-            _serve(tracker, clock, ep, 1.6)
-        _serve(tracker, clock, eps[0], 3.2)
-    tracker.sweep()
+    _serve_rounds(tracker, clock, eps, 3, fast_s=1.6, slow_s=3.2)
     assert tracker.slowness(eps[0]) == pytest.approx(2.0)
-    for _ in range(8):  # the burst: the fast pods now take 2.4 s per request
-        for ep in eps[1:]:
-            _serve(tracker, clock, ep, 2.4)
-    _serve(tracker, clock, eps[0], 3.2)
-    tracker.sweep()
+    _serve_rounds(tracker, clock, eps, 8, fast_s=2.4, slow_s=3.2)  # the burst: fast pods take 2.4 s
     ratio = tracker.slowness(eps[0])
-    assert 1.05 < ratio < 1.5  # inside the dead zone: a pod never judged slow would count as 1.0
-    # The same measurements on a pod never judged slow: full speed.
+    assert 1.05 < ratio < 1.5  # inside the dead zone
+    # The same burst seen by a tracker that never judged that pod slow: full speed.
     fresh_ds, fresh = _pool(4)
     fresh_tracker = InflightTracker(fresh_ds, clock=clock)
-    for _ in range(8):
-        for ep in fresh[1:]:
-            _serve(fresh_tracker, clock, ep, 2.4)
-    _serve(fresh_tracker, clock, fresh[0], 3.2)
-    fresh_tracker.sweep()
+    _serve_rounds(fresh_tracker, clock, fresh, 8, fast_s=2.4, slow_s=3.2)
     assert fresh_tracker.slowness(fresh[0]) == 1.0
 
 
