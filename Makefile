@@ -64,6 +64,7 @@ lint: install
 # (~10 min), the response cache (~1.5 min), predicted-latency routing (~17 min).
 bench: install
 	$(BIN)/python -m epp bench $(BENCH_ARGS)
+	$(BIN)/python -m epp bench history --out docs/bench-history.md
 	$(BIN)/python -m epp bench flow --model-seconds 60 --json docs/bench-results/$$(date -u +%Y-%m-%d-%H%M)-flow.json --out docs
 	$(BIN)/python -m epp bench cache
 	$(BIN)/python -m epp bench latency --loads 0.7 0.9 --duration 60 --warmup 40

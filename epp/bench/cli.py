@@ -3,6 +3,8 @@
     python -m epp bench                 # full run, ~35 min, writes docs/benchmarks.md + docs/bench-*.png
     python -m epp bench --quick         # < 2 min smoke run, same structure, tiny phases
     python -m epp bench overhead        # only the EPP overhead section (updates docs/benchmarks.md)
+    python -m epp bench history [--dir DIR] [--last N] [--out FILE]
+                                        # every full run's checks from docs/bench-results/*.json (runs nothing)
 """
 
 from __future__ import annotations
@@ -138,7 +140,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--from-results", type=Path, default=None, metavar="RESULTS_JSON",
                    help="rerun nothing: re-render the report and plots from a previous run's results.json")
     p.set_defaults(func=run_bench)
-    bench_sub = p.add_subparsers(dest="bench_command", metavar="{overhead,pd,flow,cache,latency}")
+    bench_sub = p.add_subparsers(dest="bench_command", metavar="{overhead,pd,history,flow,cache,latency}")
     o = bench_sub.add_parser("overhead", help="only the EPP overhead benchmark (instant upstreams)",
                              description="Envoy direct vs Envoy + EPP on instant upstreams; updates the "
                                          "overhead section of docs/benchmarks.md unless --no-docs.")
@@ -162,6 +164,19 @@ def add_parser(sub: Any) -> None:
     d.add_argument("--quick", action="store_true", default=argparse.SUPPRESS)
     d.add_argument("--out", type=Path, default=argparse.SUPPRESS)
     d.set_defaults(func=run_pd_only)
+    h = bench_sub.add_parser("history", help="every full run's target checks from its committed raw JSON",
+                             description="Runs nothing: reads the full `make bench` runs' raw results "
+                                         "(DIR/YYYY-MM-DD-HHMM-<commit>.json) and prints, or writes to FILE, "
+                                         "a markdown history: checks met per run, the missed ones, and "
+                                         "every check over the last N runs.")
+    # Own dests: the `bench` options --out and --run-dir keep their meaning for `bench`.
+    h.add_argument("--dir", dest="history_dir", type=Path, default=REPO / "docs" / RESULTS_DIR, metavar="DIR",
+                   help=f"where the raw results are (docs/{RESULTS_DIR})")
+    h.add_argument("--last", dest="history_last", type=int, default=5, metavar="N",
+                   help="runs in the per-check table (5)")
+    h.add_argument("--out", dest="history_out", type=Path, default=None, metavar="FILE",
+                   help="write the markdown here (default: stdout)")
+    h.set_defaults(func=run_history)
     from epp.bench.cache import add_cache_parser
     from epp.bench.flow import add_flow_parser
     from epp.bench.latency import add_latency_parser
@@ -390,6 +405,30 @@ def run_pd_only(args: argparse.Namespace) -> int:
         report.write_text(splice_pd_section(report.read_text(), out / PD_DOC))
     print(text)
     print(f"wrote {out / PD_DOC} and its section of {report}")
+    return 0
+
+
+def run_history(args: argparse.Namespace) -> int:
+    from epp.bench.history import history_markdown, load_history
+
+    directory: Path = args.history_dir
+    out: Path | None = args.history_out
+    if args.history_last < 1:
+        print("error: --last must be >= 1", file=sys.stderr)
+        return 2
+    history = load_history(directory)
+    command = (shlex.join(["python", "-m", "epp", *sys.argv[1:]]) if sys.argv[1:3] == ["bench", "history"]
+               else "python -m epp bench history")
+    text = history_markdown(history, command=command, source=_shown(directory.resolve()) + "/",
+                            last=args.history_last, link_base=out.parent if out is not None else None)
+    for note in history.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if out is None:
+        print(text, end="")
+        return 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"wrote {out}: {len(history.runs)} full runs, {len(history.notes)} skipped")
     return 0
 
 

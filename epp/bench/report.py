@@ -305,7 +305,10 @@ def targets_markdown(outcomes: Sequence[PhaseOutcome], overhead: OverheadResult 
     return (f"Every target of issue 10, judged on **{DEFAULT_EPP_KEY}** (the embedded default config) with "
             "the medians of the runs. Ratios > 1 mean ours is faster, except in the first target, where the "
             f"ratio is ours / best baseline and must stay <= {WITHIN_BEST_BASELINE:g}.\n\n"
-            f"{summary}\n\n" + table(["target", "where", "measured (median)", "verdict"], rows))
+            f"{summary}\n\n" + table(["target", "where", "measured (median)", "verdict"], rows)
+            + "\n\nEvery earlier full run's verdicts, and each check over the last five runs: "
+              "[bench-history.md](bench-history.md) (`python -m epp bench history`); why a check was missed: "
+              "[performance.md](performance.md), \"Missed targets\".")
 
 
 def routing_targets(outcomes: Sequence[PhaseOutcome]) -> str:
