@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+from types import FrameType
 
 # Subcommand -> the module that registers it. Only the chosen subcommand's module is imported
 # (`epp serve` skipped ~0.26 s of imports of the benchmark, replay and simulator modules on
@@ -28,6 +30,17 @@ _SUBCOMMANDS: dict[str, str] = {
     "replay": "epp.replay.cli",
     "tune": "epp.replay.cli",
 }
+
+
+# Commands that start processes (pods, Envoy, EPPs, routers) and stop them in `finally`
+# blocks: SIGTERM (a CI timeout, `kill`) must unwind through those as Ctrl-C does, or the
+# children outlive the command. A second SIGTERM kills at once.
+_UNWIND_ON_SIGTERM = frozenset({"bench", "chaos", "record", "replay", "tune"})
+
+
+def _unwind_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise SystemExit(128 + signum)
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -54,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     if func is None:
         parser.print_help()
         return 2
+    if args_in and args_in[0] in _UNWIND_ON_SIGTERM:
+        signal.signal(signal.SIGTERM, _unwind_on_sigterm)
     return int(func(args) or 0)
 
 
