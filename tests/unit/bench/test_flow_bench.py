@@ -132,3 +132,45 @@ def test_pooled_rounds_share_one_p99_per_arm() -> None:
     assert (p["rounds"], p["critical"], p["unloaded_samples"]) == (2, 199, 3)
     assert p["critical_ttft_p99_s"] == pytest.approx(0.02)  # 1 slow of 199: above the p99
     assert p["critical_ttft_ratio"] == pytest.approx(1.0)
+
+
+def test_the_critical_only_bound_sends_the_same_critical_arrivals_and_nothing_else(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bound arm drops standard and sheddable requests unsent; its critical requests are
+    those of a full arm with the same seed, at the same offsets from the start."""
+    import asyncio
+    import time
+
+    import epp.bench.flow as flow
+
+    sent: list[tuple[str, float]] = []
+
+    async def fake_one(client: object, url: str, cls: str, *args: object, **kw: object) -> Outcome:
+        now = time.monotonic()
+        sent.append((cls, now))
+        return Outcome(cls, "light", 200, 0.001, now, now + 0.002)
+
+    async def fake_probe(*args: object) -> float:
+        return 0.001
+
+    monkeypatch.setattr(flow, "_one", fake_one)
+    monkeypatch.setattr(flow, "_probe_ttft", fake_probe)
+    s = flow.FlowBenchSettings(model_seconds=0.5, unloaded_requests=2, unloaded_probes=1)
+
+    def run(only_critical: bool) -> list[tuple[str, float]]:
+        sent.clear()
+        asyncio.run(flow._run_arm(flow.ArmSpec("x", "x"), "http://127.0.0.1:1", s, capacity=40.0,
+                                  seed=7, only_critical=only_critical))
+        loaded = sent[s.unloaded_requests + 1:]  # after the unloaded requests
+        return [(cls, at - loaded[0][1]) for cls, at in loaded]
+
+    full = run(False)
+    bound = run(True)
+    assert {cls for cls, _ in full} == {"critical", "standard", "sheddable"}
+    assert {cls for cls, _ in bound} == {"critical"}
+    full_critical = [at for cls, at in full if cls == "critical"]
+    assert len(bound) == len(full_critical) >= 3
+    # Offsets from the first critical request: the same schedule within the event loop's jitter.
+    base = full_critical[0]
+    for (_, got), want in zip(bound, full_critical, strict=True):
+        assert got == pytest.approx(want - base, abs=0.03)
