@@ -10,6 +10,7 @@ import argparse
 import importlib
 import signal
 import sys
+import threading
 from types import FrameType
 
 # Subcommand -> the module that registers it. Only the chosen subcommand's module is imported
@@ -67,9 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     if func is None:
         parser.print_help()
         return 2
-    if args_in and args_in[0] in _UNWIND_ON_SIGTERM:
-        signal.signal(signal.SIGTERM, _unwind_on_sigterm)
-    return int(func(args) or 0)
+    # Only the main thread may set handlers; an in-process caller (a test) gets its own back.
+    if not (args_in and args_in[0] in _UNWIND_ON_SIGTERM and threading.current_thread() is threading.main_thread()):
+        return int(func(args) or 0)
+    previous = signal.signal(signal.SIGTERM, _unwind_on_sigterm)
+    try:
+        return int(func(args) or 0)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from epp.cli import _SUBCOMMANDS, build_parser
 
@@ -30,3 +34,30 @@ def test_serve_does_not_import_the_other_subcommands_modules() -> None:
             "'epp.localstack.cli') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_a_command_that_starts_processes_unwinds_on_sigterm_and_restores_the_handler(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """During `epp bench ...` SIGTERM raises SystemExit (so `finally` blocks stop the children);
+    an in-process caller gets its own handler back afterwards."""
+    import epp.bench.cli as bench_cli
+    from epp.cli import main
+
+    seen: list[object] = []
+
+    def spy(args: object) -> int:
+        seen.append(signal.getsignal(signal.SIGTERM))
+        return 0
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(bench_cli, "run_history", spy)
+    assert main(["bench", "history", "--dir", str(tmp_path)]) == 0
+    assert seen and seen[0] is not before and callable(seen[0])
+    assert signal.getsignal(signal.SIGTERM) is before
+    try:
+        with pytest.raises(SystemExit) as raised:
+            seen[0](signal.SIGTERM, None)  # type: ignore[operator]
+        assert raised.value.code == 128 + signal.SIGTERM
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # a second SIGTERM kills at once
+    finally:
+        signal.signal(signal.SIGTERM, before)
