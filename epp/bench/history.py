@@ -150,25 +150,26 @@ def _short_value(check: TargetCheck) -> str:
     return part.split(" (")[0]
 
 
+# Each target family's few words ({where}: the check's place; {peer}: the router it is compared to).
+_SHORT_WHERE = (
+    (_BASELINE, "{where} vs baselines"),
+    (_HETEROGENEOUS, "{where} p99 vs round robin"),
+    (_ROUND_ROBIN, "{where} vs round robin"),
+    (_AHEAD_OF, "{where} vs {peer}"),
+    (_ADDED, "overhead c=1"),
+    (_DECISIONS, "decisions/s per core @ {where}"),
+    (_LONG_PROMPTS, "long prompts @ {where}"),
+    (_IDLE, "idle scrape cost @ {where}"),
+)
+
+
 def _short_where(check: TargetCheck) -> str:
     """Which check, in a few words: the place plus what it compares when the place is shared."""
     t, where = check.target, check.where
-    if t.startswith(_BASELINE):
-        return f"{where} vs baselines"
-    if t.startswith(_HETEROGENEOUS):
-        return f"{where} p99 vs round robin"
-    if t.startswith(_ROUND_ROBIN):
-        return f"{where} vs round robin"
-    if t.startswith(_AHEAD_OF):
-        return f"{where} vs {t.removeprefix(_AHEAD_OF).split()[0]}"
-    if t.startswith(_ADDED):
-        return "overhead c=1"
-    if t.startswith(_DECISIONS):
-        return f"decisions/s per core @ {where}"
-    if t.startswith(_LONG_PROMPTS):
-        return f"long prompts @ {where}"
-    if t.startswith(_IDLE):
-        return f"idle scrape cost @ {where}"
+    for prefix, words in _SHORT_WHERE:
+        if t.startswith(prefix):
+            peer = (t.removeprefix(prefix).split() or [""])[0]  # 'vr-cache' of 'shared prefix: ahead of vr-cache ...'
+            return words.format(where=where, peer=peer)
     return f"{t} @ {where}"
 
 
