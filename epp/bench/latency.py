@@ -82,11 +82,16 @@ class LatencyBenchSettings:
     drain_s: float = 60.0  # wall seconds after the last arrival
     routers: tuple[str, ...] = ("envoy-rr", "epp-default", "epp-latency")
     run_dir: Path = Path(".run/bench-latency")
+    # The epp-latency row's EndpointPickerConfig (its state file and save interval are set
+    # by the bench): the shipped profile, or a variant of it to compare.
+    latency_config: Path = CONFIG_DIR / "epp-latency.yaml"
 
     def validate(self) -> None:
         unknown = [r for r in self.routers if r not in ROUTERS]
         if unknown:
             raise ValueError(f"unknown router(s) {unknown}; known: {', '.join(ROUTERS)}")
+        if not self.latency_config.is_file():
+            raise ValueError(f"--latency-config: no such file: {self.latency_config}")
         if not all(0 < load <= 2 for load in self.loads):
             raise ValueError("loads must be within (0, 2]")
         if self.duration_s <= 0 or self.warmup_s < 0 or self.time_scale <= 0:
@@ -250,8 +255,12 @@ def ttft_mape(state_path: Path) -> tuple[dict[str, float], dict[str, int]]:
     return mape, counts
 
 
-def latency_config(run_dir: Path, name: str, state_file: Path, save_interval_s: float = 1.0) -> Path:
-    data = yaml.safe_load((CONFIG_DIR / "epp-latency.yaml").read_text())
+def latency_config(run_dir: Path, name: str, state_file: Path, save_interval_s: float = 1.0,
+                   source: Path = CONFIG_DIR / "epp-latency.yaml") -> Path:
+    data = yaml.safe_load(source.read_text())
+    if not isinstance(data, dict) or not any(
+            isinstance(p, dict) and p.get("type") == "predicted-latency-producer" for p in data.get("plugins") or []):
+        raise ValueError(f"{source}: not an EndpointPickerConfig with a predicted-latency-producer plugin")
     for plugin in data["plugins"]:
         if plugin["type"] == "predicted-latency-producer":
             plugin["parameters"] = {**(plugin.get("parameters") or {}), "stateFile": str(state_file.resolve()),
@@ -296,12 +305,15 @@ def run_latency_benchmark(settings: LatencyBenchSettings,
     result: dict[str, Any] = {"settings": {k: (str(v) if isinstance(v, Path) else v)
                                            for k, v in dataclasses.asdict(settings).items()},
                               "capacity_tokens_per_s": settings.capacity_tokens_per_s(), "phases": []}
+    if "epp-latency" in settings.routers:
+        # The profile as run: a variant passed with --latency-config may not be kept.
+        result["latency_config_text"] = settings.latency_config.read_text()
     warm_state = run_dir / "warm-state.json"
     if "epp-latency" in settings.routers and settings.warmup_s > 0:
         workload, rate = build_workload(settings, settings.loads[0], settings.warmup_s, settings.seed + 100, "warm")
         progress(f"== warm-up: {len(workload.requests)} requests at {rate:.2f} req/s over "
                  f"{settings.warmup_s:g} model-s")
-        config = latency_config(run_dir, "warmup.yaml", warm_state)
+        config = latency_config(run_dir, "warmup.yaml", warm_state, source=settings.latency_config)
         spec = dataclasses.replace(ROUTERS["epp-latency"], policy=str(config.resolve()))
         t0 = time.monotonic()
         phase, _ = run_row(settings, spec, workload, "warmup", warm_state)
@@ -326,7 +338,8 @@ def run_latency_benchmark(settings: LatencyBenchSettings,
                 state_file = run_dir / f"state-{load:g}.json"
                 if warm_state.exists():
                     shutil.copy(warm_state, state_file)
-                config = latency_config(run_dir, f"latency-{load:g}.yaml", state_file)
+                config = latency_config(run_dir, f"latency-{load:g}.yaml", state_file,
+                                        source=settings.latency_config)
                 spec = dataclasses.replace(spec, policy=str(config.resolve()))
             t0 = time.monotonic()
             try:
@@ -442,6 +455,9 @@ def add_latency_parser(sub: Any) -> None:
     p.add_argument("--time-scale", type=float, default=1.0)
     p.add_argument("--routers", nargs="+", default=list(ROUTERS), choices=list(ROUTERS))
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--latency-config", type=Path, default=CONFIG_DIR / "epp-latency.yaml",
+                   help="EndpointPickerConfig of the predicted-latency row (default: the shipped profile, "
+                        "epp/bench/configs/epp-latency.yaml); it needs a predicted-latency-producer")
     p.add_argument("--note", default="", help="free text stored with the results (e.g. 'shared machine')")
     p.add_argument("--out", type=Path, default=REPO / "docs" / "bench-results")
     p.add_argument("--cost-only", action="store_true",
@@ -455,7 +471,8 @@ def run_latency_only(args: argparse.Namespace) -> int:
             print(f"{key:32s} {value:8.1f}")
         return 0
     settings = LatencyBenchSettings(loads=tuple(args.loads), duration_s=args.duration, warmup_s=args.warmup,
-                                    time_scale=args.time_scale, routers=tuple(args.routers), seed=args.seed)
+                                    time_scale=args.time_scale, routers=tuple(args.routers), seed=args.seed,
+                                    latency_config=args.latency_config)
     started = dt.datetime.now(dt.UTC)
     result = run_latency_benchmark(settings)
     result["decision_cost_in_process_us"] = decision_cost()
@@ -465,7 +482,9 @@ def run_latency_only(args: argparse.Namespace) -> int:
     result["command"] = "python -m epp bench latency " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
         for k, v in (("loads", args.loads), ("duration", args.duration), ("warmup", args.warmup),
-                     ("time_scale", args.time_scale), ("routers", args.routers), ("seed", args.seed)))
+                     ("time_scale", args.time_scale), ("routers", args.routers), ("seed", args.seed))
+        + ((("latency_config", args.latency_config),) if args.latency_config != CONFIG_DIR / "epp-latency.yaml"
+           else ()))
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"latency-{started:%Y-%m-%dT%H%M}-{result['commit']}.json"
     path.write_text(json.dumps(result, indent=1, default=str))

@@ -36,6 +36,9 @@ REGISTRY_KEY = "metrics.registry"  # the server's CollectorRegistry (epp/server/
 STATE_KEY = "latency/cycle"
 DEFAULT_OUTPUT_TOKENS = 256  # expected decode tokens of a request without max_tokens
 RECORD_TTL_S = 600.0  # a record with no stream end after this long is dropped (leak bound)
+# Time constant of the per-pod dispatch rate (exponentially decayed count): long enough to
+# span a few long prefills' service times, short enough to follow a shift in routing.
+DISPATCH_RATE_TAU_S = 10.0
 
 
 @dataclass(slots=True)
@@ -103,6 +106,10 @@ class LatencyRuntime:
         # stream not ended): the decode a new prefill on that pod would stall.
         self.tpot_slo_inflight: dict[str, dict[int, RequestRecord]] = {}
         self._records: dict[int, RequestRecord] = {}
+        # This EPP's recent dispatches to the pool as an exponentially decayed count and the
+        # monotonic time of its last update (dispatch_rate).
+        self._dispatch_count = 0.0
+        self._dispatch_count_at = 0.0
         self._dispatches = 0
         self._registered: set[int] = set()
         self.clock = time.monotonic
@@ -214,6 +221,9 @@ class LatencyRuntime:
             self.tpot_slo_inflight.setdefault(target.key, {})[id(request)] = record
         if ttft == ttft:
             self.metrics.observe_predicted(record)
+        self._dispatch_count = self._dispatch_count * math.exp(
+            (self._dispatch_count_at - record.dispatched) / DISPATCH_RATE_TAU_S) + 1.0
+        self._dispatch_count_at = record.dispatched
         self._dispatches += 1
         if self._dispatches % 1024 == 0:
             self._expire()
@@ -284,6 +294,14 @@ class LatencyRuntime:
         guarded = self.tpot_slo_inflight.get(pod)
         if guarded is not None:
             guarded.pop(id(record.request), None)
+
+    def dispatch_rate(self) -> float:
+        """Requests per second this EPP sent the pool lately: an exponentially decayed count
+        of its dispatches over DISPATCH_RATE_TAU_S (0 before the first)."""
+        if not self._dispatch_count:
+            return 0.0
+        return self._dispatch_count * math.exp(
+            (self._dispatch_count_at - self.clock()) / DISPATCH_RATE_TAU_S) / DISPATCH_RATE_TAU_S
 
     def running_tpot_harm(self, pod: str, stall_s: float) -> int:
         """How many of this EPP's in-flight requests on `pod` that carry a TPOT target a

@@ -36,6 +36,16 @@ prefill would cause there: weight x its predicted prefill time x the in-flight r
 that pod whose TPOT target the stall would break (after llm-d's guard of running requests'
 TPOT SLOs; docs/latency-routing.md, "Running requests' TPOT").
 
+`queueHarmWeight` (off by default) adds, per candidate, the wait the request's prefill would
+add for the requests that arrive behind it at that pod: weight x its predicted service time
+there x the requests expected to arrive there meanwhile (the pool's recent dispatch rate per
+candidate x the same service time). Greedy ranking on the request's own latency ignores that
+cost: in the benchmark a long prompt sent to the slow pod, because it finished there about as
+early as on a busy fast pod, stalled the chats that pod served (docs/latency-routing.md,
+"Queue harm"). The rate is the pool's mean, not the pod's own: with each pod's own rate, pods
+that served chats repelled long prompts, which then piled onto the few pods that had taken
+them before (the measured first version).
+
 Before the predictor is trained, and for requests without SLO (unless the producer's
 `scoreRequestsWithoutSLO`), every pod scores 0, so the profile's other scorers decide exactly
 as they would without this one (the fallback).
@@ -50,6 +60,7 @@ from typing import ClassVar, Literal
 
 from epp.datastore.endpoint import Endpoint
 from epp.latency.runtime import CyclePredictions, LatencyRuntime, expected_output_tokens, latency_runtime
+from epp.latency.slo import SLO
 from epp.scheduling.registry import PluginContext, register_plugin
 from epp.scheduling.types import CycleState, LLMRequest
 
@@ -86,6 +97,17 @@ def _relative_costs(preds: Sequence[tuple[float, float]], slo_ttft: float | None
     return costs
 
 
+def _seconds_to_cost(slo: SLO, output_tokens: int) -> float:
+    """The request's cost units per second of someone else's time: over its TTFT target,
+    over its decode-time target (TPOT target x decode steps) when it has only a TPOT target,
+    seconds without targets."""
+    if slo.ttft_s is not None:
+        return 1.0 / max(slo.ttft_s, _MIN_REFERENCE_S)
+    if slo.tpot_s is not None:
+        return 1.0 / max(slo.tpot_s * max(1, output_tokens - 1), _MIN_REFERENCE_S)
+    return 1.0
+
+
 @register_plugin
 class LatencyScorer:
     type_name: ClassVar[str] = "latency-scorer"
@@ -106,10 +128,17 @@ class LatencyScorer:
         # made the long prefills' TTFT p90 worse than the default config's (they queued on
         # fast pods without SLO chats; docs/latency-routing.md, "Running requests' TPOT").
         running_tpot_weight: float = 0.0
+        # Cost of the wait the request's prefill adds for the requests arriving behind it on a
+        # pod: this weight x service time x (the pool's dispatch rate per candidate x service
+        # time), in the request's own cost units (see _add_queue_harm_costs). 0.5 charges the
+        # expected total wait (each of them waits about half the service time). Off (0) by
+        # default.
+        queue_harm_weight: float = 0.0
 
         def validate(self) -> None:
             for label, value in (("ttftWeight", self.ttft_weight), ("tpotWeight", self.tpot_weight),
-                                 ("runningTpotWeight", self.running_tpot_weight)):
+                                 ("runningTpotWeight", self.running_tpot_weight),
+                                 ("queueHarmWeight", self.queue_harm_weight)):
                 if not value >= 0 or math.isinf(value):
                     raise ValueError(f"parameter {label!r} must be a finite number >= 0, got {value}")
             if self.ttft_weight + self.tpot_weight <= 0:
@@ -121,6 +150,26 @@ class LatencyScorer:
         self.params = params if params is not None else self.Params()
         self.runtime: LatencyRuntime = latency_runtime(ctx.services if ctx is not None else {})
 
+    def _add_queue_harm_costs(self, costs: list[float], cycle: CyclePredictions, keys: Sequence[str],
+                              output_tokens: int, candidates: int) -> None:
+        """Add, per candidate, queueHarmWeight x s x (rate x s), s being the request's predicted
+        service time on that pod (its prefill on an idle pod: how long it holds up the pod's
+        prefill queue) and rate the pool's recent dispatch rate over the number of
+        candidates: the requests expected to arrive behind it meanwhile, each waiting up to
+        s. Equal-speed pods get equal costs (the queues still decide between them); a pod
+        twice as slow for this prompt gets four times the cost. Charged in the request's own
+        cost units, like the stall costs."""
+        runtime = self.runtime
+        rate = runtime.dispatch_rate() / max(1, candidates)
+        if not rate > 0.0:
+            return
+        scale = self.params.queue_harm_weight * _seconds_to_cost(cycle.slo, output_tokens) * rate
+        service_time = runtime.predictor.service_time
+        for j, key in enumerate(keys):
+            s = service_time(key, cycle.features[key][1])
+            if s == s:
+                costs[j] += scale * s * s
+
     def _add_stall_costs(self, costs: list[float], cycle: CyclePredictions, keys: Sequence[str],
                          output_tokens: int) -> None:
         """Add, per candidate, runningTpotWeight x its predicted prefill time (service time on
@@ -130,14 +179,7 @@ class LatencyScorer:
         when it has one, over its decode-time target (TPOT target x decode steps) when it has
         only a TPOT target, in seconds without targets."""
         runtime = self.runtime
-        slo = cycle.slo
-        if slo.ttft_s is not None:
-            per_second = 1.0 / max(slo.ttft_s, _MIN_REFERENCE_S)
-        elif slo.tpot_s is not None:
-            per_second = 1.0 / max(slo.tpot_s * max(1, output_tokens - 1), _MIN_REFERENCE_S)
-        else:
-            per_second = 1.0
-        scale = self.params.running_tpot_weight * per_second
+        scale = self.params.running_tpot_weight * _seconds_to_cost(cycle.slo, output_tokens)
         service_time = runtime.predictor.service_time
         for j, key in enumerate(keys):
             if not runtime.tpot_slo_inflight.get(key):
@@ -166,8 +208,12 @@ class LatencyScorer:
         else:
             costs = _relative_costs(preds, slo.ttft_s, slo.tpot_s, params.ttft_weight, params.tpot_weight,
                                     output_tokens)
-        if params.running_tpot_weight > 0.0:
-            self._add_stall_costs(costs, cycle, [endpoints[i].key for i in tier], output_tokens)
+        if params.running_tpot_weight > 0.0 or params.queue_harm_weight > 0.0:
+            keys = [endpoints[i].key for i in tier]
+            if params.running_tpot_weight > 0.0:
+                self._add_stall_costs(costs, cycle, keys, output_tokens)
+            if params.queue_harm_weight > 0.0:
+                self._add_queue_harm_costs(costs, cycle, keys, output_tokens, n)
         low, high = min(costs), max(costs)
         span = high - low
         out = [0.0] * n

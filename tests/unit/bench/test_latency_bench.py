@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
+import yaml
 
 from epp.bench.client import PhaseResult, RequestResult
-from epp.bench.latency import ROUTERS, LatencyBenchSettings, build_workload, prompt_tokens, scaled, summarize
+from epp.bench.latency import (
+    ROUTERS,
+    LatencyBenchSettings,
+    build_workload,
+    latency_config,
+    prompt_tokens,
+    scaled,
+    summarize,
+)
+from epp.bench.routers import CONFIG_DIR
 from epp.bench.workloads import WorkloadParams, latency_slo, pod_profile
 from epp.headers import SLO_TPOT, SLO_TTFT
 
@@ -58,3 +69,24 @@ def test_attainment_counts_both_targets_and_errors_as_misses() -> None:
     assert row.attainment == pytest.approx(slo_cases.count(0) / len(slo_cases))
     assert row.slow_pod_share == 0.0
     assert not math.isnan(row.ttft_p90_chat)
+
+
+def test_latency_config_variant_keeps_its_plugins_and_gets_the_state_file(tmp_path: Path) -> None:
+    """--latency-config: a variant of the profile is run as written, with the bench's state
+    file and save interval set on its producer; a file without the producer, or a missing
+    one, is refused with the option's name."""
+    variant = tmp_path / "variant.yaml"
+    variant.write_text((CONFIG_DIR / "epp-latency.yaml").read_text().replace(
+        "withoutSLO: latency}", "withoutSLO: latency, queueHarmWeight: 0.5}"))
+    state = tmp_path / "state.json"
+    out = yaml.safe_load(latency_config(tmp_path / "run", "x.yaml", state, source=variant).read_text())
+    plugins = {p["type"]: p.get("parameters") for p in out["plugins"]}
+    assert plugins["latency-scorer"]["queueHarmWeight"] == 0.5
+    assert plugins["predicted-latency-producer"]["stateFile"] == str(state.resolve())
+    assert plugins["predicted-latency-producer"]["scoreRequestsWithoutSLO"] is True
+    other = tmp_path / "other.yaml"
+    other.write_text("plugins:\n- type: queue-scorer\n")
+    with pytest.raises(ValueError, match="predicted-latency-producer"):
+        latency_config(tmp_path / "run", "y.yaml", state, source=other)
+    with pytest.raises(ValueError, match="--latency-config"):
+        LatencyBenchSettings(latency_config=tmp_path / "missing.yaml").validate()

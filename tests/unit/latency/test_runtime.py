@@ -99,3 +99,21 @@ def test_a_younger_request_done_before_the_head_leaves_the_queue() -> None:
     rt.on_first_byte(head, 200)
     assert rt.queue_clear_at[pod.key] == pytest.approx(clock.now + service(5.0), rel=0.02)
     rt.predictor.stop()
+
+
+def test_dispatch_rate_follows_the_recent_rate_and_fades() -> None:
+    """The pool's dispatch rate the queue-harm cost reads: 2 requests/s for 60 s over two
+    pods reads ~2/s (an exponentially decayed count over 10 s), nothing sent reads 0, and the
+    rate fades once nothing more is sent."""
+    clock = Clock()
+    rt = trained(clock)
+    assert rt.dispatch_rate() == 0.0
+    pods = [endpoint("p", port=8000), endpoint("q", port=8001)]
+    for i in range(120):
+        rt.on_dispatch(CycleState(), request("hi", request_id=f"r{i}"), pods[i % 2])
+        clock.now += 0.5
+    assert rt.dispatch_rate() == pytest.approx(2.0, rel=0.06)
+    clock.now += 10.0  # one time constant
+    assert rt.dispatch_rate() == pytest.approx(2.0 / 2.718, rel=0.06)
+    clock.now += 90.0
+    assert rt.dispatch_rate() < 0.001

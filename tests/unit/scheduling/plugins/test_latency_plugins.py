@@ -331,6 +331,7 @@ def test_config_errors_name_the_plugin_and_field(params: str, message: str) -> N
 @pytest.mark.parametrize(("field", "good", "attr", "value", "bad"), [
     ("withoutSLO", "ttft", "without_slo", "ttft", "fastest"),
     ("runningTpotWeight", "0.5", "running_tpot_weight", 0.5, "-1"),
+    ("queueHarmWeight", "0.5", "queue_harm_weight", 0.5, "-1"),
 ])
 def test_scorer_parameter_is_configured_by_name(field: str, good: str, attr: str, value: object,
                                                 bad: str) -> None:
@@ -401,6 +402,74 @@ def test_scorer_spares_running_requests_tpot_from_a_long_prefill(ctx: PluginCont
         rt.on_complete(chat, {"status": 200, "completion_tokens": 32})
     assert rt.open_records() == 0 and not rt.tpot_slo_inflight[pods[0].key]
     assert scorer.score(CycleState(), long_prefill, pods) == [1.0, 0.0]
+
+
+def test_queue_harm_keeps_a_long_prefill_off_the_slow_pod(ctx: PluginContext, pods: list[Endpoint]) -> None:
+    """The slow pod (2x) is predicted to answer a 20k-token prompt slightly earlier (its
+    queue is empty), but the pool was sent ~2 requests/s lately (~1/s per pod): the prompt's
+    ~2 s of prefill there would hold up ~2 arrivals for ~1 s each, against ~0.5 s in all on
+    the fast pod. With queueHarmWeight 0.5 that sends the prompt to the fast pod; a short
+    prompt (a ~60 ms hold-up) still goes to the slow pod, and once the traffic has faded
+    the long prompt goes there again."""
+    rt = trained_runtime(ctx, pods)
+    clock = rt.clock
+    assert isinstance(clock, Clock)
+    clock.now += 1000.0  # the training's dispatches have faded
+    on = LatencyScorer(ctx=ctx, params=LatencyScorer.Params(queue_harm_weight=0.5))
+    off = LatencyScorer(ctx=ctx)
+    assert off.params.queue_harm_weight == 0.0
+    slow_first = {pods[0].key: (1.05, 0.01), pods[1].key: (1.00, 0.01)}
+
+    def state(slo: SLO, prompt_tokens: int) -> CycleState:
+        s = state_with(slo, slow_first)
+        cycle = s[STATE_KEY]
+        assert isinstance(cycle, CyclePredictions)
+        cycle.features = {ep.key: rt.features(ep, prompt_tokens, 0) for ep in pods}
+        return s
+
+    long_prefill = slo_request(5000, prompt_tokens=20_000)
+    assert on.score(state(SLO(ttft_s=5.0), 20_000), long_prefill, pods) == [0.0, 1.0]  # nothing sent lately
+    for i in range(20):  # 20 chats over 2 s, each answered at once
+        chat = request("hi there", request_id=f"c{i}", max_tokens=8)
+        rt.on_dispatch(CycleState(), chat, pods[i % 2])
+        rt.on_first_byte(chat, 200)
+        rt.on_complete(chat, {"status": 200, "completion_tokens": 8})
+        clock.now += 0.1
+    assert rt.dispatch_rate() == pytest.approx(1.8, rel=0.1)
+    assert on.score(state(SLO(ttft_s=5.0), 20_000), long_prefill, pods) == [1.0, 0.0]
+    assert off.score(state(SLO(ttft_s=5.0), 20_000), long_prefill, pods) == [0.0, 1.0]
+    # Without targets (the producer's scoreRequestsWithoutSLO), in seconds: the same.
+    rt.score_without_slo = True
+    assert on.score(state(NO_SLO, 20_000), slo_request(None, prompt_tokens=20_000), pods) == [1.0, 0.0]
+    # A short prompt holds the pod up for ~60 ms: its own 5% earlier answer wins.
+    assert on.score(state(SLO(ttft_s=5.0), 200), slo_request(5000, prompt_tokens=200), pods) == [0.0, 1.0]
+    clock.now += 100.0  # ten time constants without traffic
+    assert on.score(state(SLO(ttft_s=5.0), 20_000), long_prefill, pods) == [0.0, 1.0]
+
+
+def test_queue_harm_is_equal_on_equal_speed_pods(ctx: PluginContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two pods of the same speed get the same harm, whichever served the recent traffic: the
+    cost reads the pool's rate, so a pod that took the chats does not repel long prompts
+    onto the other (the first version, on each pod's own rate, did)."""
+    monkeypatch.setitem(SPEED, "twin", 1.0)
+    twins = [endpoint("fast", port=8000), endpoint("twin", port=8001)]
+    rt = trained_runtime(ctx, twins)
+    clock = rt.clock
+    assert isinstance(clock, Clock)
+    clock.now += 1000.0
+    for i in range(40):  # all recent traffic to the first pod
+        chat = request("hi there", request_id=f"c{i}", max_tokens=8)
+        rt.on_dispatch(CycleState(), chat, twins[0])
+        rt.on_first_byte(chat, 200)
+        rt.on_complete(chat, {"status": 200, "completion_tokens": 8})
+        clock.now += 0.1
+    on = LatencyScorer(ctx=ctx, params=LatencyScorer.Params(queue_harm_weight=0.5))
+    preds = {twins[0].key: (1.00, 0.01), twins[1].key: (1.05, 0.01)}
+    state = state_with(SLO(ttft_s=5.0), preds)
+    cycle = state[STATE_KEY]
+    assert isinstance(cycle, CyclePredictions)
+    cycle.features = {ep.key: rt.features(ep, 20_000, 0) for ep in twins}
+    assert on.score(state, slo_request(5000, prompt_tokens=20_000), twins) == [1.0, 0.0]
 
 
 def test_running_requests_without_tpot_slo_change_nothing(ctx: PluginContext, pods: list[Endpoint]) -> None:
