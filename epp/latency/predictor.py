@@ -265,11 +265,19 @@ class LatencyPredictor:
 
     def service_time(self, pod: str, new_prompt_ktokens: float) -> float:
         """Predicted TTFT of a request on `pod` if it found the pod idle (no queue, no load):
-        what it adds to the pod's prefill queue. NaN without a model."""
-        x = [0.0] * N_FEATURES
-        x[0] = 1.0
-        x[NEW_TOKENS] = new_prompt_ktokens
-        return self.predict(pod, x)[0]
+        what it adds to the pod's prefill queue. NaN without a model. The same as `predict`'s
+        TTFT for the features (1, new_prompt_ktokens, 0, ...), with only the two non-zero
+        terms computed: the queue-harm cost asks it once per candidate per decision."""
+        models = self.models
+        own = models.get(pod)
+        pooled = models.get(POOLED)
+        if own is not None and own.ttft is not None and new_prompt_ktokens <= 1.25 * own.cover[0] + 0.5:
+            coef, speed = own.ttft, 1.0
+        elif pooled is not None and pooled.ttft is not None:
+            coef, speed = pooled.ttft, (own.ttft_speed if own is not None else 1.0)
+        else:
+            return math.nan
+        return speed * max(0.0, coef[0] + coef[NEW_TOKENS] * new_prompt_ktokens)
 
     # --- observations -------------------------------------------------------------------------
     def observe(self, target: str, pod: str, x: Sequence[float], actual_s: float,

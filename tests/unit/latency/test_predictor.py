@@ -221,3 +221,27 @@ def test_queue_wait_adds_to_ttft_even_if_training_never_queued() -> None:
     own = [1.0, 12.0] + [0.0] * (N_FEATURES - 2)
     for pod in SPEED:
         assert p.service_time(pod, 12.0) == pytest.approx(truth(TRUE_TTFT, pod, own), rel=0.05)
+
+
+def test_service_time_is_the_idle_prediction() -> None:
+    """service_time computes only the two non-zero terms of the idle feature vector: it
+    equals predict()'s TTFT for (1, k, 0, ...) on a pod with its own model, beyond that
+    model's cover (pooled x speed), on a pod with too few samples for its own model, on an
+    unknown pod, and NaN before training."""
+    p = LatencyPredictor(PredictorConfig(min_samples=24, min_pod_samples=48))
+    assert math.isnan(p.service_time("fast", 1.0))
+    rng = random.Random(3)
+    for _ in range(120):
+        for pod in SPEED:
+            x = features(rng)
+            x[1] = rng.uniform(0.1, 4.0)  # cover: up to 4k new tokens
+            p.observe("ttft", pod, x, truth(TRUE_TTFT, pod, x))
+    for i in range(30):  # a pod with fewer samples than min_pod_samples: pooled x its speed
+        x = features(rng)
+        p.observe("ttft", "young", x, 1.5 * truth(TRUE_TTFT, "fast", x) + 0.001 * i)
+    assert p.refit()
+    assert p.models["young"].ttft is None and p.models["fast"].ttft is not None
+    for pod in (*SPEED, "young", "unknown"):
+        for k in (0.0, 0.5, 3.0, 40.0):  # 40k: beyond every pod's cover
+            idle = [1.0, k] + [0.0] * (N_FEATURES - 2)
+            assert p.service_time(pod, k) == pytest.approx(p.predict(pod, idle)[0], rel=1e-12, abs=1e-12)
