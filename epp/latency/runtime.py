@@ -36,8 +36,8 @@ REGISTRY_KEY = "metrics.registry"  # the server's CollectorRegistry (epp/server/
 STATE_KEY = "latency/cycle"
 DEFAULT_OUTPUT_TOKENS = 256  # expected decode tokens of a request without max_tokens
 RECORD_TTL_S = 600.0  # a record with no stream end after this long is dropped (leak bound)
-# Time constant of the per-pod dispatch rate (exponentially decayed count): long enough to
-# span a few long prefills' service times, short enough to follow a shift in routing.
+# Time constant of the pool's dispatch rate (an exponentially decayed count): long enough to
+# span a few long prefills' service times, short enough to follow a change in the load.
 DISPATCH_RATE_TAU_S = 10.0
 
 
@@ -296,8 +296,9 @@ class LatencyRuntime:
             guarded.pop(id(record.request), None)
 
     def dispatch_rate(self) -> float:
-        """Requests per second this EPP sent the pool lately: an exponentially decayed count
-        of its dispatches over DISPATCH_RATE_TAU_S (0 before the first)."""
+        """Requests per second this EPP process sent the pool lately: an exponentially decayed
+        count of its dispatches over DISPATCH_RATE_TAU_S (0 before the first). Each process
+        counts its own: with `--workers N` each sees about 1/N of the traffic."""
         if not self._dispatch_count:
             return 0.0
         return self._dispatch_count * math.exp(
