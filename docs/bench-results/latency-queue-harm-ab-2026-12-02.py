@@ -15,7 +15,7 @@ from epp.bench.latency_placement import placements
 HERE = Path(__file__).parent
 # The arm named in each run's --note: the first version read each pod's own dispatch rate.
 ARMS = {"harm05": "own-pod rate, 0.5", "pool05": "pool rate, 0.5", "pool02": "pool rate, 0.2",
-        "base": "weight 0 (shipped)"}
+        "base": "weight 0 (before)"}
 files = sorted(HERE.glob("latency-ab-harm-2026-12-02T*.json")) if len(sys.argv) < 2 else [Path(a) for a in sys.argv[1:]]
 arms: dict[str | None, list[tuple[float, float, int, int]]] = {}
 for f in files:
