@@ -65,6 +65,7 @@ ROUTERS = {
     "epp-default": RouterSpec("epp-default", "EPP default config", "epp", "", ours=True),
     "epp-latency": RouterSpec("epp-latency", "EPP predicted latency", "epp", "epp-latency.yaml", ours=True),
 }
+LATENCY_PROFILE = CONFIG_DIR / "epp-latency.yaml"  # the shipped predicted-latency profile
 EFFICIENCY = 0.85  # share of a pod's time spent on prefill tokens at saturation (estimate)
 
 
@@ -84,7 +85,7 @@ class LatencyBenchSettings:
     run_dir: Path = Path(".run/bench-latency")
     # The epp-latency row's EndpointPickerConfig (its state file and save interval are set
     # by the bench): the shipped profile, or a variant of it to compare.
-    latency_config: Path = CONFIG_DIR / "epp-latency.yaml"
+    latency_config: Path = LATENCY_PROFILE
 
     def validate(self) -> None:
         unknown = [r for r in self.routers if r not in ROUTERS]
@@ -256,15 +257,15 @@ def ttft_mape(state_path: Path) -> tuple[dict[str, float], dict[str, int]]:
 
 
 def latency_config(run_dir: Path, name: str, state_file: Path, save_interval_s: float = 1.0,
-                   source: Path = CONFIG_DIR / "epp-latency.yaml") -> Path:
+                   source: Path = LATENCY_PROFILE) -> Path:
     data = yaml.safe_load(source.read_text())
-    if not isinstance(data, dict) or not any(
-            isinstance(p, dict) and p.get("type") == "predicted-latency-producer" for p in data.get("plugins") or []):
+    producers = [p for p in (data.get("plugins") or []) if isinstance(p, dict)
+                 and p.get("type") == "predicted-latency-producer"] if isinstance(data, dict) else []
+    if not producers:
         raise ValueError(f"{source}: not an EndpointPickerConfig with a predicted-latency-producer plugin")
-    for plugin in data["plugins"]:
-        if plugin["type"] == "predicted-latency-producer":
-            plugin["parameters"] = {**(plugin.get("parameters") or {}), "stateFile": str(state_file.resolve()),
-                                    "saveIntervalS": save_interval_s}
+    for plugin in producers:
+        plugin["parameters"] = {**(plugin.get("parameters") or {}), "stateFile": str(state_file.resolve()),
+                                "saveIntervalS": save_interval_s}
     path = run_dir / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -404,7 +405,7 @@ def decision_cost(decisions: int = 3000, pods: int = 4, seed: int = 1) -> dict[s
     from epp.scheduling.registry import PluginContext
     from epp.scheduling.types import LLMRequest
 
-    latency_text = (CONFIG_DIR / "epp-latency.yaml").read_text()
+    latency_text = LATENCY_PROFILE.read_text()
     out: dict[str, float] = {}
     for label, text, train in (("default", default_config_text(), False),
                                ("latency-untrained", latency_text, False),
@@ -455,7 +456,7 @@ def add_latency_parser(sub: Any) -> None:
     p.add_argument("--time-scale", type=float, default=1.0)
     p.add_argument("--routers", nargs="+", default=list(ROUTERS), choices=list(ROUTERS))
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--latency-config", type=Path, default=CONFIG_DIR / "epp-latency.yaml",
+    p.add_argument("--latency-config", type=Path, default=LATENCY_PROFILE,
                    help="EndpointPickerConfig of the predicted-latency row (default: the shipped profile, "
                         "epp/bench/configs/epp-latency.yaml); it needs a predicted-latency-producer")
     p.add_argument("--note", default="", help="free text stored with the results (e.g. 'shared machine')")
@@ -483,7 +484,7 @@ def run_latency_only(args: argparse.Namespace) -> int:
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
         for k, v in (("loads", args.loads), ("duration", args.duration), ("warmup", args.warmup),
                      ("time_scale", args.time_scale), ("routers", args.routers), ("seed", args.seed))
-        + ((("latency_config", args.latency_config),) if args.latency_config != CONFIG_DIR / "epp-latency.yaml"
+        + ((("latency_config", args.latency_config),) if args.latency_config != LATENCY_PROFILE
            else ()))
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"latency-{started:%Y-%m-%dT%H%M}-{result['commit']}.json"

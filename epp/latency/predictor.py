@@ -249,12 +249,8 @@ class LatencyPredictor:
             return max(0.0, ttft) if ttft == ttft else ttft, max(0.0, tpot) if tpot == tpot else tpot
         cover = own.cover
         inside = x[NEW_TOKENS] <= 1.25 * cover[0] + 0.5 and x[QUEUE_CLEAR] <= 1.25 * cover[1] + 0.5
-        if own.ttft is not None and inside:
-            ttft = queue + max(0.0, dot(own.ttft, x))
-        elif pooled is not None and pooled.ttft is not None:
-            ttft = queue + own.ttft_speed * max(0.0, dot(pooled.ttft, x))
-        else:
-            ttft = math.nan
+        model = _ttft_model(own, pooled, inside)
+        ttft = queue + model[1] * max(0.0, dot(model[0], x)) if model is not None else math.nan
         if own.tpot is not None and inside:
             tpot = dot(own.tpot, x)
         elif pooled is not None and pooled.tpot is not None:
@@ -270,13 +266,12 @@ class LatencyPredictor:
         terms computed: the queue-harm cost asks it once per candidate per decision."""
         models = self.models
         own = models.get(pod)
-        pooled = models.get(POOLED)
-        if own is not None and own.ttft is not None and new_prompt_ktokens <= 1.25 * own.cover[0] + 0.5:
-            coef, speed = own.ttft, 1.0
-        elif pooled is not None and pooled.ttft is not None:
-            coef, speed = pooled.ttft, (own.ttft_speed if own is not None else 1.0)
-        else:
+        # No queue: only the new tokens can lie beyond the pod's cover.
+        model = _ttft_model(own, models.get(POOLED),
+                            own is not None and new_prompt_ktokens <= 1.25 * own.cover[0] + 0.5)
+        if model is None:
             return math.nan
+        coef, speed = model
         return speed * max(0.0, coef[0] + coef[NEW_TOKENS] * new_prompt_ktokens)
 
     # --- observations -------------------------------------------------------------------------
@@ -473,6 +468,18 @@ class LatencyPredictor:
         self.models = models
         self.version += 1
         return True
+
+
+def _ttft_model(own: Coefficients | None, pooled: Coefficients | None,
+               inside: bool) -> tuple[tuple[float, ...], float] | None:
+    """The TTFT coefficients for a query and the speed factor on their own part: the pod's own
+    fit when it has one and the query is `inside` its cover, else the pooled fit times the
+    pod's speed (1 for a pod without a model); None before the pooled model exists."""
+    if own is not None and own.ttft is not None and inside:
+        return own.ttft, 1.0
+    if pooled is not None and pooled.ttft is not None:
+        return pooled.ttft, (own.ttft_speed if own is not None else 1.0)
+    return None
 
 
 def _cover(value: Any) -> tuple[float, float]:

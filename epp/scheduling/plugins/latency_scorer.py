@@ -150,7 +150,7 @@ class LatencyScorer:
         self.params = params if params is not None else self.Params()
         self.runtime: LatencyRuntime = latency_runtime(ctx.services if ctx is not None else {})
 
-    def _add_queue_harm_costs(self, costs: list[float], cycle: CyclePredictions, keys: Sequence[str],
+    def _add_queue_harm_costs(self, costs: list[float], cycle: CyclePredictions, services: Sequence[float],
                               output_tokens: int, candidates: int) -> None:
         """Add, per candidate, queueHarmWeight x s x (rate x s), s being the request's predicted
         service time on that pod (its prefill on an idle pod: how long it holds up the pod's
@@ -164,14 +164,12 @@ class LatencyScorer:
         if not rate > 0.0:
             return
         scale = self.params.queue_harm_weight * _seconds_to_cost(cycle.slo, output_tokens) * rate
-        service_time = runtime.predictor.service_time
-        for j, key in enumerate(keys):
-            s = service_time(key, cycle.features[key][1])
+        for j, s in enumerate(services):
             if s == s:
                 costs[j] += scale * s * s
 
     def _add_stall_costs(self, costs: list[float], cycle: CyclePredictions, keys: Sequence[str],
-                         output_tokens: int) -> None:
+                         services: Sequence[float], output_tokens: int) -> None:
         """Add, per candidate, runningTpotWeight x its predicted prefill time (service time on
         an idle pod: how long the running decodes there stall) x the number of in-flight
         requests there whose TPOT target that stall would break. Each of them loses about the
@@ -180,11 +178,10 @@ class LatencyScorer:
         only a TPOT target, in seconds without targets."""
         runtime = self.runtime
         scale = self.params.running_tpot_weight * _seconds_to_cost(cycle.slo, output_tokens)
-        service_time = runtime.predictor.service_time
         for j, key in enumerate(keys):
             if not runtime.tpot_slo_inflight.get(key):
                 continue
-            stall = service_time(key, cycle.features[key][1])
+            stall = services[j]
             if stall == stall:
                 harmed = runtime.running_tpot_harm(key, stall)
                 if harmed:
@@ -210,10 +207,13 @@ class LatencyScorer:
                                     output_tokens)
         if params.running_tpot_weight > 0.0 or params.queue_harm_weight > 0.0:
             keys = [endpoints[i].key for i in tier]
+            # Each candidate's service time (its prefill on an idle pod), shared by both costs.
+            service_time = self.runtime.predictor.service_time
+            services = [service_time(key, cycle.features[key][1]) for key in keys]
             if params.running_tpot_weight > 0.0:
-                self._add_stall_costs(costs, cycle, keys, output_tokens)
+                self._add_stall_costs(costs, cycle, keys, services, output_tokens)
             if params.queue_harm_weight > 0.0:
-                self._add_queue_harm_costs(costs, cycle, keys, output_tokens, n)
+                self._add_queue_harm_costs(costs, cycle, services, output_tokens, n)
         low, high = min(costs), max(costs)
         span = high - low
         out = [0.0] * n
