@@ -1,7 +1,7 @@
 """`epp bench`: the routing benchmark (all routers, all workloads) and `epp bench overhead`.
 
     python -m epp bench                 # full run, ~35 min, writes docs/benchmarks.md + docs/bench-*.png
-    python -m epp bench --quick         # < 2 min smoke run, same structure, tiny phases
+    python -m epp bench --quick         # ~2.5 min smoke run, same structure, tiny phases
     python -m epp bench overhead        # only the EPP overhead section (updates docs/benchmarks.md)
     python -m epp bench history [--dir DIR] [--last N] [--out FILE]
                                         # every full run's checks from docs/bench-results/*.json (runs nothing)
@@ -103,7 +103,7 @@ def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "bench", help="benchmark routers (Envoy, vllm-router, the EPP) on simulated pods",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="tiny phases (< 2 minutes); smoke-test numbers")
+    p.add_argument("--quick", action="store_true", help="tiny phases (about 2.5 minutes); smoke-test numbers")
     p.add_argument("--routers", type=_csv, default=None,
                    help=f"comma-separated subset of: {', '.join(r.key for r in ROUTERS)}")
     p.add_argument("--workloads", type=_csv, default=None,

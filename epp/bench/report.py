@@ -482,7 +482,7 @@ def render_report(outcomes: Sequence[PhaseOutcome], overhead: OverheadResult | N
         "the min-max of the runs follows in parentheses."
         + (f" Raw results of this run (every run of every cell): [{info.raw_results}]({info.raw_results})."
            if info.raw_results else ""),
-        "Reproduce with `make bench` (full; stops by itself) or `make bench-quick` (1-2 minutes); "
+        "Reproduce with `make bench` (full; stops by itself) or `make bench-quick` (2-3 minutes); "
         "`python -m epp bench overhead` reruns only the overhead section, `python -m epp bench --from-results "
         "<json>` re-renders this page from raw results.",
         "",

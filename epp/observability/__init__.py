@@ -1,45 +1,7 @@
-"""The EPP's observability: Prometheus metrics, health/readiness, structured logs, tracing.
+"""The EPP's observability: Prometheus metrics (`metrics`, `fastmetrics`, `exposition`),
+health/readiness (`health`), structured logs (`logging`), tracing (`tracing`).
 
-grpc_health (grpc.health.v1) is imported from its module directly: it needs the
-grpcio-health-checking package.
+Import from the submodules. This package imports none of them, so that a process that needs
+one light piece (the simulator: `fastmetrics`) does not pay for OpenTelemetry and the health
+server on every start. grpc_health (grpc.health.v1) needs the grpcio-health-checking package.
 """
-
-from epp.observability.exposition import (
-    DEFAULT_METRICS_PORT,
-    HttpServer,
-    ObservabilityServers,
-    add_metrics_route,
-    metrics_app,
-)
-from epp.observability.health import (
-    DEFAULT_HEALTH_PORT,
-    Readiness,
-    ReadinessProbe,
-    add_health_routes,
-    health_app,
-)
-from epp.observability.logging import REQUEST_ID, bind_request_id, configure_logging
-from epp.observability.metrics import EPPMetrics, ModelSeries, PoolCollector
-from epp.observability.tracing import TracingConfig, setup_tracing, tracer
-
-__all__ = [
-    "DEFAULT_HEALTH_PORT",
-    "DEFAULT_METRICS_PORT",
-    "REQUEST_ID",
-    "EPPMetrics",
-    "HttpServer",
-    "ModelSeries",
-    "ObservabilityServers",
-    "PoolCollector",
-    "Readiness",
-    "ReadinessProbe",
-    "TracingConfig",
-    "add_health_routes",
-    "add_metrics_route",
-    "bind_request_id",
-    "configure_logging",
-    "health_app",
-    "metrics_app",
-    "setup_tracing",
-    "tracer",
-]
