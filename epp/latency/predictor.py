@@ -65,7 +65,9 @@ FEATURES = (
 )
 N_FEATURES = len(FEATURES)
 POOLED = ""  # model key of the pooled model
-NEW_TOKENS, PENDING, QUEUE_CLEAR = 1, 2, 3  # feature indexes (cover, TTFT offset)
+# Feature indexes: the cover (NEW_TOKENS, QUEUE_CLEAR), the TTFT offset (QUEUE_CLEAR), the
+# state at a request's decode start (decode_tpot).
+NEW_TOKENS, PENDING, QUEUE_CLEAR, WAITING, RUNNING = 1, 2, 3, 4, 5
 MIN_SPEED_SAMPLES = 8  # observations of a pod before its speed factor is estimated
 STATE_VERSION = 2  # 2: TTFT has the queue-clear offset (version-1 coefficients do not)
 _MIN_Y = 0.002  # seconds: floor of the relative-error weights (a 0 ms TTFT would dominate)
@@ -258,6 +260,17 @@ class LatencyPredictor:
         else:
             tpot = math.nan
         return max(0.0, ttft) if ttft == ttft else ttft, max(0.0, tpot) if tpot == tpot else tpot
+
+    def decode_tpot(self, pod: str, x: Sequence[float]) -> float:
+        """Predicted TPOT of a request with features `x` on `pod` for the pod's state when its
+        decode starts: the prefills queued ahead of it done (nothing pending, no queue to
+        clear) and the requests waiting ahead of it running. `predict`'s TPOT is for the
+        state now, where queued prefill chunks stall decodes; a long prompt decodes seconds
+        later, after them. NaN without a model."""
+        start = list(x)
+        start[RUNNING] += start[WAITING]
+        start[PENDING] = start[QUEUE_CLEAR] = start[WAITING] = 0.0
+        return self.predict(pod, start)[1]
 
     def service_time(self, pod: str, new_prompt_ktokens: float) -> float:
         """Predicted TTFT of a request on `pod` if it found the pod idle (no queue, no load):

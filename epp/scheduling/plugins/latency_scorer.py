@@ -17,13 +17,19 @@ outvoted the TTFT ranking: the benchmark's long prefills went to the pod with th
 prefill work queued (docs/latency-routing.md, "Long prefills"). Here each candidate's cost
 is `ttftWeight x TTFT / ref + tpotWeight x TPOT / ref`, the references being the request's
 targets (a dimension without target next to one with a target does not count), and the
-costs are min-max normalised once, so the weights act on comparable, magnitude-keeping units.
+costs are normalised once, so the weights act on comparable, magnitude-keeping units. The
+normalisation is min-max over a span of at most the best cost: a pod twice as costly as the
+best, or worse, scores 0, and one far-off pod (the slow pod, for a long prompt) does not
+squeeze the rest into 0.97-1.0, where the profile's weaker scorers decided between pods
+seconds of queue apart (docs/latency-routing.md, "Scores between the fast pods").
 
 A request without any target (scored only with the producer's `scoreRequestsWithoutSLO`)
 is ranked, with `withoutSLO: latency` (the default), on its predicted time in seconds,
 `ttftWeight x TTFT + tpotWeight x (output tokens - 1) x TPOT` (the expected output tokens
 are its max_tokens), so TPOT weighs what it costs the request: little for a long prompt with
-a short answer, most of it for a short prompt with a long answer. With `withoutSLO: ttft`,
+a short answer, most of it for a short prompt with a long answer. That TPOT is predicted for
+the pod's state when the request's decode starts (`LatencyPredictor.decode_tpot`: the
+prefills queued ahead of it done), not for the state now. With `withoutSLO: ttft`,
 on its predicted TTFT alone (the earliest first byte; in the benchmark this sent long
 prompts to the slow pod, whose chats then stalled: docs/latency-routing.md). llm-d ranks such a
 request as if its targets were 0, by the lowest blended latency; blending TPOT relative to
@@ -39,8 +45,10 @@ TPOT SLOs; docs/latency-routing.md, "Running requests' TPOT").
 `queueHarmWeight` (off by default) adds, per candidate, the wait the request's prefill would
 add for the requests that arrive behind it at that pod: weight x its predicted service time
 there x the requests expected to arrive there meanwhile (the pool's recent dispatch rate per
-candidate x the same service time). Greedy ranking on the request's own latency ignores that
-cost: in the benchmark a long prompt sent to the slow pod, because it finished there about as
+candidate x the same service time), over the fastest candidate's, and counting service times
+within 25% of the fastest's as equal to it (the learned speeds of equal pods differ by that
+much; squared, the noise outweighed real queue differences). Greedy ranking on the request's
+own latency ignores that cost: in the benchmark a long prompt sent to the slow pod, because it finished there about as
 early as on a busy fast pod, stalled the chats that pod served (docs/latency-routing.md,
 "Queue harm"). The rate is the pool's mean, not the pod's own: with each pod's own rate, pods
 that served chats repelled long prompts, which then piled onto the few pods that had taken
@@ -65,6 +73,9 @@ from epp.scheduling.registry import PluginContext, register_plugin
 from epp.scheduling.types import CycleState, LLMRequest
 
 _MIN_REFERENCE_S = 0.001  # floor of a reference latency (a 0 s prediction would divide by 0)
+# queueHarmWeight: a candidate's service time counts only by how much it exceeds the fastest
+# candidate's plus this fraction of it (the predictor's speed error on equal pods).
+_HARM_SPEED_TOLERANCE = 0.25
 
 
 def _relative_costs(preds: Sequence[tuple[float, float]], slo_ttft: float | None, slo_tpot: float | None,
@@ -164,9 +175,22 @@ class LatencyScorer:
         if not rate > 0.0:
             return
         scale = self.params.queue_harm_weight * _seconds_to_cost(cycle.slo, output_tokens) * rate
+        known = [s for s in services if s == s]
+        if not known:
+            return
+        # Service times within the tolerance of the fastest candidate's count as equal: the
+        # learned speeds of equal pods differ by ~10-20% (a pod serving more decodes looks
+        # slower), and the squared term turned that noise into costs larger than seconds of
+        # queue difference between them.
+        # Charged over the fastest candidate's harm, which every candidate would cause anyway:
+        # a shared offset ranks nothing, and in the costs it would only dilute the spread that
+        # score() normalises against the best cost.
+        floor = min(known)
+        tolerance = _HARM_SPEED_TOLERANCE * floor
         for j, s in enumerate(services):
             if s == s:
-                costs[j] += scale * s * s
+                s = max(floor, s - tolerance)
+                costs[j] += scale * (s * s - floor * floor)
 
     def _add_stall_costs(self, costs: list[float], cycle: CyclePredictions, keys: Sequence[str],
                          services: Sequence[float], output_tokens: int) -> None:
@@ -202,6 +226,17 @@ class LatencyScorer:
         output_tokens = expected_output_tokens(request)
         if slo.empty and params.without_slo == "ttft":
             costs = _relative_costs(preds, None, None, 1.0, 0.0, None)
+        elif slo.empty:
+            # Ranked on its own seconds: TTFT, then its decode, which starts after its first
+            # token, when the prefills queued ahead of it there are done. On the TPOT of the
+            # state now, a pod whose long-prefill queue had just cleared, still decoding chats,
+            # looked seconds worse to a long prompt than a pod with seconds of prefill queued.
+            decode_tpot = self.runtime.predictor.decode_tpot
+            features = cycle.features
+            preds = [(ttft, decode_tpot(endpoints[i].key, features[endpoints[i].key])
+                      if endpoints[i].key in features else tpot)
+                     for i, (ttft, tpot) in zip(tier, preds, strict=True)]
+            costs = _relative_costs(preds, None, None, params.ttft_weight, params.tpot_weight, output_tokens)
         else:
             costs = _relative_costs(preds, slo.ttft_s, slo.tpot_s, params.ttft_weight, params.tpot_weight,
                                     output_tokens)
@@ -216,6 +251,11 @@ class LatencyScorer:
                 self._add_queue_harm_costs(costs, cycle, services, output_tokens, n)
         low, high = min(costs), max(costs)
         span = high - low
+        if not least and low > 0.0:
+            # A candidate twice as costly as the best, or worse, scores 0. Plain min-max let
+            # one outlier (the slow pod, at 10x) squeeze the others into 0.97-1.0, where the
+            # weaker scorers decided between fast pods seconds of queue apart.
+            span = min(span, low)
         out = [0.0] * n
         for j, i in enumerate(tier):
             if not span > 0:
@@ -223,5 +263,5 @@ class LatencyScorer:
             elif least:
                 out[i] = (costs[j] - low) / span  # closest to the SLO (all in the tier meet it)
             else:
-                out[i] = (high - costs[j]) / span  # most headroom / least deficit
+                out[i] = max(0.0, 1.0 - (costs[j] - low) / span)  # most headroom / least deficit
         return out

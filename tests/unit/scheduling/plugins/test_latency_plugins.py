@@ -5,7 +5,7 @@ request lifecycle with a controlled clock)."""
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -13,8 +13,10 @@ import pytest
 from epp.config.loader import ConfigError, default_config_text, parse_scheduler_config
 from epp.datastore.endpoint import Endpoint
 from epp.headers import canonicalize
+from epp.latency.predictor import PENDING, QUEUE_CLEAR, RUNNING
 from epp.latency.runtime import SERVICE_KEY, STATE_KEY, CyclePredictions, LatencyRuntime, latency_runtime
 from epp.latency.slo import NO_SLO, SLO
+from epp.scheduling.plugins import latency_scorer
 from epp.scheduling.plugins.latency_scorer import LatencyScorer
 from epp.scheduling.plugins.latency_slo_admitter import LatencySLOAdmitter
 from epp.scheduling.plugins.slo_headroom_filter import SLOHeadroomTierFilter
@@ -490,3 +492,95 @@ def test_untrained_scorer_ignores_running_tpot_slos(ctx: PluginContext, pods: li
     assert len(rt.tpot_slo_inflight[pods[0].key]) == 2
     on = LatencyScorer(ctx=ctx, params=LatencyScorer.Params(running_tpot_weight=1.0))
     assert on.score(CycleState(), slo_request(5000, prompt_tokens=20_000), pods) == [0.0, 0.0]
+
+
+def test_an_outlier_does_not_squeeze_the_others_scores(ctx: PluginContext) -> None:
+    """Costs 5, 6 and 9 s on three pods and 60 s on a fourth: plain min-max put the first
+    three at 1.0, 0.98 and 0.93, where the weaker scorers (weights 1-3 against 10) decided
+    between pods seconds apart. Scores are normalised over at most the best cost: a pod
+    twice as costly as the best, or worse, scores 0."""
+    pods = [endpoint(name, port=8000 + i) for i, name in enumerate("abcd")]
+    preds = {"a": (5.0, 0.0), "b": (6.0, 0.0), "c": (9.0, 0.0), "d": (60.0, 0.0)}
+    latency_runtime(ctx.services).score_without_slo = True
+    scorer = LatencyScorer(ctx=ctx, params=LatencyScorer.Params(without_slo="ttft"))
+    keyed = {ep.key: preds[ep.name] for ep in pods}
+    assert scorer.score(state_with(NO_SLO, keyed), request("q"), pods) == pytest.approx([1.0, 0.8, 0.2, 0.0])
+    # Within 2x of the best, plain min-max as before: the spread is the full range.
+    close = {ep.key: preds[ep.name] for ep in pods[:3]}
+    assert scorer.score(state_with(NO_SLO, close), request("q"), pods[:3]) == pytest.approx([1.0, 0.75, 0.0])
+    # `least` (closest to the SLO) keeps plain min-max.
+    least = LatencyScorer(ctx=ctx, params=LatencyScorer.Params(headroom_selection_strategy="least"))
+    assert least.score(state_with(SLO(ttft_s=100.0), keyed), request("q"), pods) == pytest.approx(
+        [0.0, 1 / 55, 4 / 55, 1.0])
+
+
+def test_queue_harm_treats_speeds_within_the_prediction_error_as_equal(
+        ctx: PluginContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Equal pods' learned speeds differ by 10-20% (the busier one looks slower). Squared in
+    the harm, that noise outweighed a real queue difference: the prompt went to the pod that
+    would answer later. Service times within 25% of the fastest candidate's now pay the same
+    harm (none), and the 2x slow pod still pays."""
+    monkeypatch.setitem(SPEED, "fast-ish", 1.2)
+    trio = [endpoint("fast", port=8000), endpoint("fast-ish", port=8001), endpoint("slow", port=8002)]
+    rt = trained_runtime(ctx, trio)
+    clock = rt.clock
+    assert isinstance(clock, Clock)
+    for i in range(40):  # recent traffic: a few requests per second to the pool
+        chat = request("hi there", request_id=f"c{i}", max_tokens=8)
+        rt.on_dispatch(CycleState(), chat, trio[i % 3])
+        rt.on_first_byte(chat, 200)
+        rt.on_complete(chat, {"status": 200, "completion_tokens": 8})
+        clock.now += 0.25
+    assert rt.dispatch_rate() > 2.0
+    services = [rt.predictor.service_time(ep.key, 20.0) for ep in trio]
+    assert services[1] / services[0] == pytest.approx(1.2, rel=0.05)
+    assert services[2] / services[0] == pytest.approx(2.0, rel=0.05)
+    # fast has a little queue ahead: fast-ish answers 0.12 s sooner.
+    preds = {trio[0].key: (1.32, 0.0), trio[1].key: (1.2, 0.0), trio[2].key: (2.0, 0.0)}
+    state = state_with(SLO(ttft_s=10.0), preds)
+    cycle = state[STATE_KEY]
+    assert isinstance(cycle, CyclePredictions)
+    cycle.features = {ep.key: rt.features(ep, 20_000, 0) for ep in trio}
+    on = LatencyScorer(ctx=ctx, params=LatencyScorer.Params(queue_harm_weight=0.5))
+    long_prefill = slo_request(10_000, prompt_tokens=20_000)
+    scores = on.score(state, long_prefill, trio)
+    assert scores[1] == 1.0 and scores[0] > scores[2] == 0.0
+    # Without the tolerance the speed noise decides: the pod that answers later wins.
+    monkeypatch.setattr(latency_scorer, "_HARM_SPEED_TOLERANCE", 0.0)
+    noisy = on.score(state, long_prefill, trio)
+    assert noisy[0] == 1.0 and noisy[1] < 1.0
+
+
+def test_a_request_without_slo_pays_no_tpot_for_the_queue_ahead_of_it(
+        ctx: PluginContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its decode starts after its first token, when the prefills queued ahead of it there
+    are done: the TPOT in its cost is predicted for that state (no prefill pending, the
+    waiting requests running). Here the current-state TPOT grows with the pending prefill
+    (chunks stall decodes): pod a answers 2.5 s sooner but, on its current TPOT, looked
+    2.9 s worse to a 32-token answer."""
+    pods = [endpoint("a", port=8000), endpoint("b", port=8001)]
+    rt = latency_runtime(ctx.services)
+    rt.score_without_slo = True
+    predictor = rt.predictor
+
+    def predict(pod: str, x: Sequence[float]) -> tuple[float, float]:
+        return 1.0 + x[QUEUE_CLEAR], 0.02 + 0.1 * x[PENDING] + 0.01 * x[RUNNING]
+
+    monkeypatch.setattr(predictor, "predict", predict)
+    features = {pods[0].key: [1.0, 20.0, 4.0, 0.5, 2.0, 0.0, 2.0, 0.0, 0.0],
+                pods[1].key: [1.0, 20.0, 1.0, 3.0, 0.0, 0.0, 1.0, 0.0, 0.0]}
+    state = state_with(NO_SLO, {key: predict(key, x) for key, x in features.items()})
+    cycle = state[STATE_KEY]
+    assert isinstance(cycle, CyclePredictions)
+    cycle.features = features
+    # At its decode start: nothing pending, the 2 waiting requests running.
+    assert predictor.decode_tpot(pods[0].key, features[pods[0].key]) == pytest.approx(0.04)
+    assert features[pods[0].key][PENDING] == 4.0  # the cycle's features are left alone
+    scorer = LatencyScorer(ctx=ctx, params=LatencyScorer.Params(ttft_weight=0.5, tpot_weight=0.5))
+    answer = request("y" * 80_000, max_tokens=32)
+    # Current-state costs: a 0.5 x 1.5 + 0.5 x 31 x 0.42 = 7.26, b 0.5 x 4 + 0.5 x 31 x 0.12 = 3.86.
+    # At decode start: a 0.75 + 15.5 x 0.04 = 1.37, b 2.0 + 15.5 x 0.02 = 2.31.
+    assert scorer.score(state, answer, pods) == [1.0, 0.0]
+    # With targets, the TPOT target is judged on the current state, as before.
+    assert scorer.score(state_with(SLO(tpot_s=0.5), {k: predict(k, x) for k, x in features.items()}),
+                        answer, pods) == [0.0, 1.0]
