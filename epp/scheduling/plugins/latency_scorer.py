@@ -48,9 +48,9 @@ there x the requests expected to arrive there meanwhile (the pool's recent dispa
 candidate x the same service time), over the fastest candidate's, and counting service times
 within 25% of the fastest's as equal to it (the learned speeds of equal pods differ by that
 much; squared, the noise outweighed real queue differences). Greedy ranking on the request's
-own latency ignores that cost: in the benchmark a long prompt sent to the slow pod, because it finished there about as
-early as on a busy fast pod, stalled the chats that pod served (docs/latency-routing.md,
-"Queue harm"). The rate is the pool's mean, not the pod's own: with each pod's own rate, pods
+own latency ignores that cost: in the benchmark a long prompt sent to the slow pod, because it
+finished there about as early as on a busy fast pod, stalled the chats that pod served
+(docs/latency-routing.md, "Queue harm"). The rate is the pool's mean, not the pod's own: with each pod's own rate, pods
 that served chats repelled long prompts, which then piled onto the few pods that had taken
 them before (the measured first version).
 
@@ -73,8 +73,8 @@ from epp.scheduling.registry import PluginContext, register_plugin
 from epp.scheduling.types import CycleState, LLMRequest
 
 _MIN_REFERENCE_S = 0.001  # floor of a reference latency (a 0 s prediction would divide by 0)
-# queueHarmWeight: a candidate's service time counts only by how much it exceeds the fastest
-# candidate's plus this fraction of it (the predictor's speed error on equal pods).
+# queueHarmWeight: each candidate's service time is reduced by this fraction of the fastest
+# candidate's (not below it) before the harm is computed: the speed error on equal pods.
 _HARM_SPEED_TOLERANCE = 0.25
 
 
@@ -167,9 +167,11 @@ class LatencyScorer:
         service time on that pod (its prefill on an idle pod: how long it holds up the pod's
         prefill queue) and rate the pool's recent dispatch rate over the number of
         candidates: the requests expected to arrive behind it meanwhile, each waiting up to
-        s. Equal-speed pods get equal costs (the queues still decide between them); a pod
-        twice as slow for this prompt gets four times the cost. Charged in the request's own
-        cost units, like the stall costs."""
+        s. Charged over the fastest candidate's harm (which every candidate would cause), with
+        s reduced by a tolerance of the fastest's s (not below it), so equal-speed pods get
+        no cost (the queues decide between them) even when their learned speeds differ a
+        little; a pod twice as slow for this prompt pays about 2x the fastest's own harm.
+        Charged in the request's own cost units, like the stall costs."""
         runtime = self.runtime
         rate = runtime.dispatch_rate() / max(1, candidates)
         if not rate > 0.0:
@@ -178,13 +180,10 @@ class LatencyScorer:
         known = [s for s in services if s == s]
         if not known:
             return
-        # Service times within the tolerance of the fastest candidate's count as equal: the
-        # learned speeds of equal pods differ by ~10-20% (a pod serving more decodes looks
-        # slower), and the squared term turned that noise into costs larger than seconds of
-        # queue difference between them.
-        # Charged over the fastest candidate's harm, which every candidate would cause anyway:
-        # a shared offset ranks nothing, and in the costs it would only dilute the spread that
-        # score() normalises against the best cost.
+        # The tolerance: the learned speeds of equal pods differ by ~10-20% (a pod serving more
+        # decodes looks slower), and squared, that noise made costs larger than seconds of
+        # queue difference between them. Over the fastest's: a shared offset ranks nothing,
+        # and it would dilute the spread that score() normalises against the best cost.
         floor = min(known)
         tolerance = _HARM_SPEED_TOLERANCE * floor
         for j, s in enumerate(services):

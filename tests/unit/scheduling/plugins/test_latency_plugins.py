@@ -556,8 +556,8 @@ def test_a_request_without_slo_pays_no_tpot_for_the_queue_ahead_of_it(
     """Its decode starts after its first token, when the prefills queued ahead of it there
     are done: the TPOT in its cost is predicted for that state (no prefill pending, the
     waiting requests running). Here the current-state TPOT grows with the pending prefill
-    (chunks stall decodes): pod a answers 2.5 s sooner but, on its current TPOT, looked
-    2.9 s worse to a 32-token answer."""
+    (chunks stall decodes): pod a answers 2.5 s sooner but, on its current TPOT, cost a
+    32-token answer 7.26 against b's 3.86."""
     pods = [endpoint("a", port=8000), endpoint("b", port=8001)]
     rt = latency_runtime(ctx.services)
     rt.score_without_slo = True
