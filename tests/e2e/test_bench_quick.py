@@ -60,7 +60,16 @@ def test_quick_bench_writes_a_complete_report(tmp_path: Path) -> None:
     assert [p["pods"] for p in overhead["pools"]] == [4, 64]
     for pool in overhead["pools"]:
         assert pool["epp_errors"] == 0
-        assert pool["epp_cpu_us_per_request"] > 0
+        # The EPP's CPU per request is its CPU during the load minus its idle (scrape) CPU
+        # over the same time. At 4 pods the idle share is ~1-7% of a core against ~50% under
+        # load, so the difference is positive. At 64 pods the fixed 50 ms scrapes alone take
+        # ~60% of a core against ~20% for the requests, and under load the scrape loop gets
+        # less CPU than when idle, so a tiny quick run can clamp to 0 (it did, once, in CI).
+        # There only a measured number is asserted, not its sign.
+        if pool["pods"] == 4:
+            assert pool["epp_cpu_us_per_request"] > 0
+        else:
+            assert pool["epp_cpu_us_per_request"] >= 0
     assert [d["pods"] for d in overhead["decisions"]] == [4, 64, 256, 1024]
     assert [(lp["pods"], lp["concurrency"]) for lp in overhead["long_prompts"]] == [(4, 20), (4, 150)]
     for lp in overhead["long_prompts"]:
