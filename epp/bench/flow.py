@@ -24,15 +24,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
+import functools
 import json
 import math
 import os
 import random
+import resource
 import statistics
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -314,8 +316,22 @@ async def _loop_lag(samples: list[float], period: float = 0.01) -> None:
         samples.append(time.monotonic() - t - period)
 
 
+def host_cpu_seconds(pids: Mapping[str, int]) -> dict[str, float]:
+    """CPU seconds so far of the load generator (this process) and of each part of the stack,
+    the pods summed: where the 2-core host's time goes during an arm."""
+    from epp.bench.routers import process_cpu_seconds
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out = {"client": usage.ru_utime + usage.ru_stime}
+    for name, cpu in process_cpu_seconds(pids).items():
+        part = "pods" if name.startswith("vllm-") and name != "vllm-router" else name
+        out[part] = out.get(part, 0.0) + cpu
+    return out
+
+
 async def _run_arm(arm: ArmSpec, url: str, s: FlowBenchSettings, capacity: float | None,
-                   eviction: bool = False, seed: int | None = None, only_critical: bool = False) -> ArmResult:
+                   eviction: bool = False, seed: int | None = None, only_critical: bool = False,
+                   cpu: Callable[[], dict[str, float]] | None = None) -> ArmResult:
     rng = random.Random(s.seed if seed is None else seed)
     lag: list[float] = []
     # No cap on connections: under overload most requests wait in the EPP's queue with their
@@ -344,6 +360,7 @@ async def _run_arm(arm: ArmSpec, url: str, s: FlowBenchSettings, capacity: float
         end = t + duration
         weights = [w for _, _, w in TENANTS]
         monitor = asyncio.create_task(_loop_lag(lag))
+        cpu0, wall0 = (cpu() if cpu is not None else {}), time.monotonic()
         while t < end:
             cls, objective, _ = rng.choices(CLASSES, [w for _, _, w in CLASSES])[0]
             tenant, key, _ = rng.choices(TENANTS, weights)[0]
@@ -353,6 +370,10 @@ async def _run_arm(arm: ArmSpec, url: str, s: FlowBenchSettings, capacity: float
                                                       bound, eviction)))
             t += rng.expovariate(rate)
             await asyncio.sleep(max(0.0, t - time.monotonic()))
+        # While arrivals last: the window the critical requests are measured in (the drain
+        # after it only waits out queued requests' TTLs).
+        wall = time.monotonic() - wall0
+        cpu1 = cpu() if cpu is not None else {}
         outcomes = list(await asyncio.gather(*tasks))
         monitor.cancel()
     result = ArmResult(arm.key, capacity, rate, _pct(ttfts, 0.99), outcomes, arm.label)
@@ -360,6 +381,10 @@ async def _run_arm(arm: ArmSpec, url: str, s: FlowBenchSettings, capacity: float
                                            "max_s": max(lag, default=float("nan"))}
     result.breakdown["unloaded_ttfts_s"] = ttfts  # pooled across rounds by `pooled`
     result.breakdown["peak_open_requests"] = peak_open(outcomes)
+    if cpu1:
+        # % of one core while arrivals lasted; the host has os.cpu_count() of them.
+        result.breakdown["host_cpu_pct"] = {k: round(100 * max(0.0, v - cpu0.get(k, 0.0)) / wall, 1)
+                                            for k, v in cpu1.items()}
     result.breakdown["critical_wait_causes"] = critical_wait_causes(
         outcomes, s.pods * s.max_num_seqs, TARGET_TTFT_RATIO * result.unloaded_ttft_p99)
     return result
@@ -408,6 +433,7 @@ def critical_wait_causes(outcomes: list[Outcome], slots: int, slow_s: float) -> 
     rest = ttfts["evict"] + ttfts["free"]
     return {"slots": slots, "slow_above_s": slow_s, "all": counts, "slow": slow,
             "ttft_p50_s": {k: _pct(v, 0.5) for k, v in ttfts.items()},
+            "ttft_p90_s": {k: _pct(v, 0.9) for k, v in ttfts.items()},
             "ttft_max_s": {k: max(v, default=float("nan")) for k, v in ttfts.items()},
             "p99_without_overflow_s": _pct(rest, 0.99)}
 
@@ -610,7 +636,8 @@ def run_flow_bench(s: FlowBenchSettings) -> list[ArmResult]:
             label = arm.label.format(eviction=" + eviction" if s.eviction else "")
             result = asyncio.run(_run_arm(ArmSpec(name, label), url, s, capacity,
                                           eviction=key in RESERVE_ARMS and s.eviction, seed=s.seed + rnd,
-                                          only_critical=key == BOUND_ARM))
+                                          only_critical=key == BOUND_ARM,
+                                          cpu=functools.partial(host_cpu_seconds, _stack_pids(stack, proc))))
             result.breakdown.update(_breakdown(stack, s.time_scale))
             results.append(result)
         finally:
@@ -618,6 +645,13 @@ def run_flow_bench(s: FlowBenchSettings) -> list[ArmResult]:
                 stop_process(proc)
             stack.stop()
     return results
+
+
+def _stack_pids(stack: LocalStack, router: subprocess.Popen[bytes] | None) -> dict[str, int]:
+    pids = {name: p.pid for name, p in stack.procs.items()}
+    if router is not None:
+        pids["vllm-router"] = router.pid
+    return pids
 
 
 def _ms(v: float | None) -> str:
@@ -651,6 +685,11 @@ def report(results: list[ArmResult]) -> str:
         # Runs from before the connection cap was lifted did not record it: derived here.
         most_open = b["peak_open_requests"] if "peak_open_requests" in b else peak_open(r.outcomes)
         epp += f"; requests open at once (client connections) at most {most_open}"
+        if b.get("host_cpu_pct"):
+            cpu = b["host_cpu_pct"]
+            epp += (f"; host CPU while arrivals lasted, % of a core (of {100 * (os.cpu_count() or 1)}): "
+                    + ", ".join(f"{k} {v:.0f}" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1]))
+                    + f", total {sum(cpu.values()):.0f}")
         causes = b.get("critical_wait_causes")
         why = ""
         if causes:
@@ -660,6 +699,9 @@ def report(results: list[ArmResult]) -> str:
                    f"lower-priority {causes['all']['evict']} / {causes['slow']['evict']}, a slot free "
                    f"{causes['all']['free']} / {causes['slow']['free']}; p99 without the first kind "
                    f"{_ms(causes['p99_without_overflow_s'])} ms")
+            if "ttft_p90_s" in causes:
+                why += (f"; TTFT of those that found a slot free p50 {_ms(causes['ttft_p50_s']['free'])} / "
+                        f"p90 {_ms(causes['ttft_p90_s']['free'])} ms")
         lines.append(f"- {m['arm']}: capacity {m['capacity_rps']:.1f} req/s, offered {m['rate_rps']:.1f} req/s; "
                      f"critical TTFT p50 {_ms(m['critical_ttft_p50_s'])} ms; EPP queue: {epp}; pod queues: "
                      f"{pod.get('requests', 0)} requests, mean {_ms(pod.get('mean_s'))} ms, "
@@ -782,9 +824,9 @@ def results_from_json(data: dict[str, Any]) -> tuple[list[ArmResult], FlowBenchS
     results = [ArmResult(a["arm"], a["capacity_rps"], a["rate_rps"], a["unloaded_ttft_p99_s"],
                          [Outcome(**o) for o in data["outcomes"][a["arm"]]], a["label"], a["breakdown"])
                for a in data["arms"]]
-    for r in results:  # runs from before the wait causes were recorded: derive them
-        r.breakdown.setdefault("critical_wait_causes", critical_wait_causes(
-            r.outcomes, s.pods * s.max_num_seqs, TARGET_TTFT_RATIO * r.unloaded_ttft_p99))
+    for r in results:  # derived from the outcomes: runs from before a field was added get it too
+        r.breakdown["critical_wait_causes"] = critical_wait_causes(
+            r.outcomes, s.pods * s.max_num_seqs, TARGET_TTFT_RATIO * r.unloaded_ttft_p99)
     return results, s
 
 

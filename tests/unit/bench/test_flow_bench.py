@@ -4,6 +4,8 @@ definition), the whole-run index over max-min fair shares, and the summary's acc
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from epp.bench.flow import (
     backlogged_jain,
     critical_wait_causes,
     erlang_c,
+    host_cpu_seconds,
     jain_index,
     peak_open,
     pooled,
@@ -174,3 +177,27 @@ def test_the_critical_only_bound_sends_the_same_critical_arrivals_and_nothing_el
     base = full_critical[0]
     for (_, got), want in zip(bound, full_critical, strict=True):
         assert got == pytest.approx(want - base, abs=0.03)
+
+
+def test_host_cpu_seconds_sums_the_pods_and_names_the_rest() -> None:
+    """The simulated pods are summed into one part, vllm-router and the others stay their own
+    (a name without a live process reads 0); the client is this process."""
+    burn = ("import time\nt = time.process_time()\nwhile time.process_time() - t < 0.2: pass\n"
+            "print(flush=True)\ntime.sleep(60)\n")
+    procs = [subprocess.Popen([sys.executable, "-c", burn], start_new_session=True, stdout=subprocess.PIPE)
+             for _ in range(3)]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None
+            proc.stdout.readline()  # it has burnt its 0.2 s
+        a, b, c = (proc.pid for proc in procs)
+        cpu = host_cpu_seconds({"vllm-1": a, "vllm-2": b, "vllm-router": c, "envoy": 2**22 + 7})
+        assert set(cpu) == {"client", "pods", "vllm-router", "envoy"}
+        assert cpu["pods"] >= 0.35 and cpu["vllm-router"] >= 0.18  # two burners summed, one alone
+        assert cpu["pods"] < 3 * cpu["vllm-router"]
+        assert cpu["envoy"] == 0.0
+        assert cpu["client"] > 0.0
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
