@@ -33,7 +33,31 @@ def test_workload_is_deterministic_with_slos_on_half_and_long_prefills() -> None
     tokens = prompt_tokens(a)
     long = [t for r, t in zip(a.requests, tokens, strict=True) if r.session.startswith("long/")]
     assert 0.06 < len(long) / n < 0.14
-    assert all(7_900 <= t <= 30_100 for t in long)
+    # 8k-30k tokens as the pods count them (the simulator's tokenizer and chat template), within
+    # 2%: at 5 characters per token they were 10k-37k.
+    assert all(7_840 <= t <= 30_600 for t in long)
+    assert min(long) < 9_000 and max(long) > 29_000
+
+
+def test_prompt_tokens_are_what_the_simulated_pod_counts() -> None:
+    """The bench's load is prompt tokens per second: the count must be the pod's own, not an
+    estimate (a characters-per-token estimate put the "90%" load at 114%)."""
+    from epp.sim.config import SimPodConfig
+    from epp.tokenization.factory import load_prompt_tokenizer
+    from epp.tokenization.prompt import ChatPrompt
+
+    pod = load_prompt_tokenizer(SimPodConfig().tokenizer)  # the tokenizer a bench pod runs with
+    w = latency_slo(WorkloadParams(rate=2.0, count=60, duration_s=30.0, seed=7, nonce="p"))
+    expected = [len(pod.chat_ids(ChatPrompt.from_body({"model": "m", "messages": r.messages}))) for r in w.requests]
+    assert prompt_tokens(w) == expected
+
+
+def test_the_offered_load_is_the_asked_share_of_capacity() -> None:
+    settings = LatencyBenchSettings()
+    for load in (0.7, 0.9):
+        w, _ = build_workload(settings, load, 60.0, 1, "x")
+        offered = sum(prompt_tokens(w)) / 60.0 / settings.capacity_tokens_per_s()
+        assert load * 0.95 < offered < load * 1.1  # Poisson: the count in 60 s varies a few %
     assert pod_profile("latency-slo") == {0: 2.0}
 
 
