@@ -82,6 +82,9 @@ class RequestRecord:
     service: float = 0.0  # its predicted service time on an idle pod, charged to the virtual queue
     first_byte: float = 0.0
     prefill_released: bool = False
+    # Seconds of prefill (predicted service times) dispatched to its pod after it, while it
+    # was in flight: the decode stall it has been dealt so far (running_tpot_harm).
+    stalled: float = 0.0
 
 
 class LatencyRuntime:
@@ -214,6 +217,10 @@ class LatencyRuntime:
             start = max(record.dispatched, self.queue_clear_at.get(target.key, 0.0))
             record.service = service
             record.virtual_first_byte = self.queue_clear_at[target.key] = start + service
+            guarded = self.tpot_slo_inflight.get(target.key)
+            if guarded:
+                for running in guarded.values():
+                    running.stalled += service
         self.inflight_decode[target.key] = self.inflight_decode.get(target.key, 0.0) + record.decode_tokens
         self._records[id(request)] = record
         self._pending_order.setdefault(target.key, {})[id(request)] = record
@@ -310,7 +317,10 @@ class LatencyRuntime:
         chunks in the same steps as the running decodes, so every decode there waits roughly
         the prefill's time; spread over a request's decode steps (its max_tokens - 1) that adds
         stall / steps to its mean TPOT, on top of the TPOT predicted for it at its decision
-        (0 when it was unknown)."""
+        (0 when it was unknown) and of the stalls the prefills dispatched there since have
+        dealt it. One those have already pushed past its target is not counted: the target is
+        met or missed, and more stall cannot miss it twice (charging it made long prompts avoid
+        pods whose chats were lost anyway, queueing behind each other elsewhere)."""
         guarded = self.tpot_slo_inflight.get(pod)
         if not guarded or not stall_s > 0.0:
             return 0
@@ -321,7 +331,8 @@ class LatencyRuntime:
                 continue
             steps = max(1, expected_output_tokens(record.request) - 1)
             predicted = record.predicted_tpot if record.predicted_tpot == record.predicted_tpot else 0.0
-            if predicted + stall_s / steps > target:
+            before = predicted + record.stalled / steps
+            if before <= target < before + stall_s / steps:
                 harmed += 1
         return harmed
 

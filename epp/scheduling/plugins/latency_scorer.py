@@ -39,8 +39,9 @@ the price of seconds of prefill queue (docs/latency-routing.md, "Requests withou
 
 `runningTpotWeight` (off by default) adds, per candidate, the decode stall the request's
 prefill would cause there: weight x its predicted prefill time x the in-flight requests on
-that pod whose TPOT target the stall would break (after llm-d's guard of running requests'
-TPOT SLOs; docs/latency-routing.md, "Running requests' TPOT").
+that pod whose TPOT target the stall would break and is not broken already by the prefills
+dispatched there after it (after llm-d's guard of running requests' TPOT SLOs;
+docs/latency-routing.md, "Running requests' TPOT").
 
 `queueHarmWeight` (off by default) adds, per candidate, the wait the request's prefill would
 add for the requests that arrive behind it at that pod: weight x its predicted service time
@@ -195,10 +196,12 @@ class LatencyScorer:
                          services: Sequence[float], output_tokens: int) -> None:
         """Add, per candidate, runningTpotWeight x its predicted prefill time (service time on
         an idle pod: how long the running decodes there stall) x the number of in-flight
-        requests there whose TPOT target that stall would break. Each of them loses about the
-        stall's seconds, so it is charged like the request's own seconds: over its TTFT target
-        when it has one, over its decode-time target (TPOT target x decode steps) when it has
-        only a TPOT target, in seconds without targets."""
+        requests there whose TPOT target that stall would break (not those that the prefills
+        dispatched there since they started have pushed past it already: see
+        LatencyRuntime.running_tpot_harm). Each of them loses about the stall's seconds, so it
+        is charged like the request's own seconds: over its TTFT target when it has one, over
+        its decode-time target (TPOT target x decode steps) when it has only a TPOT target, in
+        seconds without targets."""
         runtime = self.runtime
         scale = self.params.running_tpot_weight * _seconds_to_cost(cycle.slo, output_tokens)
         for j, key in enumerate(keys):

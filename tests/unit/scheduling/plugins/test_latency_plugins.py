@@ -406,6 +406,32 @@ def test_scorer_spares_running_requests_tpot_from_a_long_prefill(ctx: PluginCont
     assert scorer.score(CycleState(), long_prefill, pods) == [1.0, 0.0]
 
 
+
+def test_running_requests_already_past_their_tpot_target_are_not_spared(ctx: PluginContext,
+                                                                         pods: list[Endpoint]) -> None:
+    """A prefill dispatched to a pod stalls the TPOT-SLO requests decoding there; once those
+    stalls have pushed a request past its target, a further stall cannot make it miss again:
+    it no longer counts, and the next long prefill may go to that pod. A chat that came after
+    the stalling prefill is still spared."""
+    rt = trained_runtime(ctx, pods)
+    scorer = LatencyScorer(ctx=ctx, params=LatencyScorer.Params(running_tpot_weight=1.0))
+    long_prefill = slo_request(5000, prompt_tokens=20_000)
+    running_chats(rt, pods[0], 2, tpot_ms=30)
+    assert rt.running_tpot_harm(pods[0].key, 1.0) == 2
+    assert scorer.score(CycleState(), long_prefill, pods) == [0.0, 1.0]
+    # A first long prefill lands there anyway (another EPP's choice, or no better pod): each
+    # chat has now been dealt its service time, ~1 s over 31 steps, past the 30 ms target.
+    first = slo_request(5000, prompt_tokens=20_000)
+    rt.on_dispatch(CycleState(), first, pods[0])
+    stalled = [r.stalled for r in rt.tpot_slo_inflight[pods[0].key].values()]
+    assert len(stalled) == 2 and min(stalled) > 0.5  # (the first chat also by the second's prefill)
+    assert rt.running_tpot_harm(pods[0].key, 1.0) == 0
+    assert scorer.score(CycleState(), long_prefill, pods) == [1.0, 0.0]
+    # A chat dispatched after that prefill has been dealt nothing yet: spared again.
+    late = running_chats(rt, pods[0], 1, tpot_ms=30)
+    assert rt.running_tpot_harm(pods[0].key, 1.0) == 1
+    assert rt.tpot_slo_inflight[pods[0].key][id(late[0])].stalled == 0.0
+
 def test_queue_harm_keeps_a_long_prefill_off_the_slow_pod(ctx: PluginContext, pods: list[Endpoint]) -> None:
     """The slow pod (2x) is predicted to answer a 20k-token prompt slightly earlier (its
     queue is empty), but the pool was sent ~2 requests/s lately (~1/s per pod): the prompt's
