@@ -136,9 +136,10 @@ class LatencyScorer:
         # Cost of the decode stall the request's prefill would cause on a pod, per in-flight
         # request there whose TPOT target the stall would break: this weight x the predicted
         # prefill seconds, in the request's own cost units (see _add_stall_costs). Off (0) by
-        # default: at 1.0 one benchmark run raised SLO attainment at 90% load by ~20 points but
-        # made the long prefills' TTFT p90 worse than the default config's (they queued on
-        # fast pods without SLO chats; docs/latency-routing.md, "Running requests' TPOT").
+        # default, on (1.0) in the bench's profile: it trades the long prompts' own TTFT (they
+        # queue on pods without TPOT-SLO chats) for the running chats' TPOT targets; at the
+        # bench's 90% load, +15-24 points of attainment for a long-prefill TTFT p90 0.90-1.23x
+        # the default config's instead of 1.43-1.60x (docs/latency-routing.md, "The load was 114%").
         running_tpot_weight: float = 0.0
         # Cost of the wait the request's prefill adds for the requests arriving behind it on a
         # pod: this weight x service time x (the pool's dispatch rate per candidate x service
