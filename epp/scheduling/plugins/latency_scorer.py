@@ -138,7 +138,7 @@ class LatencyScorer:
         # prefill seconds, in the request's own cost units (see _add_stall_costs). Off (0) by
         # default, on (1.0) in the bench's profile: it trades the long prompts' own TTFT (they
         # queue on pods without TPOT-SLO chats) for the running chats' TPOT targets; at the
-        # bench's 90% load, +15-24 points of attainment for a long-prefill TTFT p90 0.90-1.23x
+        # bench's 90% load, +8-25 points of attainment for a long-prefill TTFT p90 0.90-1.23x
         # the default config's instead of 1.43-1.60x (docs/latency-routing.md, "The load was 114%").
         running_tpot_weight: float = 0.0
         # Cost of the wait the request's prefill adds for the requests arriving behind it on a
