@@ -115,8 +115,8 @@ class LatencyBenchSettings:
 
 def prompt_tokens(workload: Workload) -> list[int]:
     """Each request's prompt tokens as the bench's pods count them (the simulator's simple
-    tokenizer and chat template): a characters-per-token estimate put the \"90%\" load at 114%
-    of the capacity (chats tokenize at ~3.7 characters per token with their template)."""
+    tokenizer and chat template): a characters-per-token estimate put the load labelled 90% at
+    114% of the capacity (chats tokenize at ~3.7 characters per token with their template)."""
     tokenizer = shared_prompt_tokenizer("simple")
     return [len(tokenizer.chat_ids(ChatPrompt.from_body({"messages": r.messages}))) for r in workload.requests]
 
@@ -130,7 +130,7 @@ def build_workload(settings: LatencyBenchSettings, load: float, duration_s: floa
     base = latency_slo(WorkloadParams(rate=1.0, count=100_000, duration_s=duration_s * 20, seed=seed,
                                       nonce=nonce, max_tokens=settings.max_tokens))
     capacity = load * settings.capacity_tokens_per_s()
-    # Tokenizing is the slow part (~3 us per token): only the requests a rate may keep, from a
+    # Tokenizing is the slow part (about 1 us per token): only the requests a rate may keep, from a
     # first rate on a characters-per-token estimate.
     counted: list[int] = []
 

@@ -318,7 +318,7 @@ class LatencyRuntime:
         the prefill's time; spread over a request's decode steps (its max_tokens - 1) that adds
         stall / steps to its mean TPOT, on top of the TPOT predicted for it at its decision
         (0 when it was unknown) and of the stalls the prefills dispatched there since have
-        dealt it. One those have already pushed past its target is not counted: the target is
+        dealt it. One that those have pushed past its target already is not counted: the target is
         met or missed, and more stall cannot miss it twice (charging it made long prompts avoid
         pods whose chats were lost anyway, queueing behind each other elsewhere)."""
         guarded = self.tpot_slo_inflight.get(pod)
