@@ -24,8 +24,9 @@ _CELL = re.compile(r"^(?P<workload>.+)-(?P<rate>[0-9.]+)-(?P<router>[a-z0-9-]+?)
 
 
 def is_pod(process: str) -> bool:
-    """A simulated pod or its P/D sidecar (which runs next to the pod, not in the router)."""
-    return process.startswith("vllm-")
+    """A simulated pod or its P/D sidecar (which runs next to the pod, not in the router);
+    not vllm-router, which is a router."""
+    return process.startswith("vllm-") and process != "vllm-router"
 
 
 def collect(run_dir: Path) -> dict[tuple[str, str, str], list[tuple[float, float]]]:

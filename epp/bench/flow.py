@@ -319,12 +319,13 @@ async def _loop_lag(samples: list[float], period: float = 0.01) -> None:
 def host_cpu_seconds(pids: Mapping[str, int]) -> dict[str, float]:
     """CPU seconds so far of the load generator (this process) and of each part of the stack,
     the pods summed: where the 2-core host's time goes during an arm."""
+    from epp.bench.cpu_use import is_pod
     from epp.bench.routers import process_cpu_seconds
 
     usage = resource.getrusage(resource.RUSAGE_SELF)
     out = {"client": usage.ru_utime + usage.ru_stime}
     for name, cpu in process_cpu_seconds(pids).items():
-        part = "pods" if name.startswith("vllm-") and name != "vllm-router" else name
+        part = "pods" if is_pod(name) else name
         out[part] = out.get(part, 0.0) + cpu
     return out
 

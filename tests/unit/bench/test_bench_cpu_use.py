@@ -32,6 +32,11 @@ def test_sums_pods_and_router_processes_per_phase_as_share_of_a_core(tmp_path: P
     assert "| no-sharing @ 3 | envoy-rr | 1 | 10 | 2 |" in out
 
 
+def test_vllm_router_is_a_router_not_a_pod(tmp_path: Path) -> None:
+    _cell(tmp_path, "no-sharing-3-vr-rr-r0", "vr-rr", 10.0, {"vllm-0": 2.0, "vllm-router": 0.5})
+    assert collect(tmp_path)[("no-sharing", "3", "vr-rr")] == [(20.0, 5.0)]
+
+
 def test_no_files_is_an_error(tmp_path: Path) -> None:
     assert main([str(tmp_path)]) == 1
 
