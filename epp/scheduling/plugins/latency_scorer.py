@@ -147,6 +147,14 @@ class LatencyScorer:
         # expected total wait (each of them waits about half the service time). Off (0) by
         # default.
         queue_harm_weight: float = 0.0
+        # A request without any target: candidates predicted to give it a TTFT above this
+        # multiple of the best candidate's score 0 (0: off). It bounds what the stall and
+        # queue-harm costs, paid for other requests' targets, can make such a request wait:
+        # without it a long prompt without SLO queued behind seconds of prefill to spare a
+        # pod's chats, and the long prompts' TTFT p90 paid (docs/latency-routing.md, "A bound
+        # on the wait of requests without SLO"). A request with targets has its own bound:
+        # the SLO tier.
+        without_slo_max_ttft_ratio: float = 0.0
 
         def validate(self) -> None:
             for label, value in (("ttftWeight", self.ttft_weight), ("tpotWeight", self.tpot_weight),
@@ -154,6 +162,10 @@ class LatencyScorer:
                                  ("queueHarmWeight", self.queue_harm_weight)):
                 if not value >= 0 or math.isinf(value):
                     raise ValueError(f"parameter {label!r} must be a finite number >= 0, got {value}")
+            ratio = self.without_slo_max_ttft_ratio
+            if ratio != 0.0 and not (ratio >= 1.0 and not math.isinf(ratio)):
+                raise ValueError(f"parameter 'withoutSLOMaxTtftRatio' must be 0 (off) or a finite number >= 1,"
+                                 f" got {ratio}")
             if self.ttft_weight + self.tpot_weight <= 0:
                 raise ValueError("parameters 'ttftWeight' and 'tpotWeight' cannot both be 0")
 
@@ -214,6 +226,18 @@ class LatencyScorer:
                 if harmed:
                     costs[j] += scale * stall * harmed
 
+    @staticmethod
+    def _within_ttft_ratio(cycle: CyclePredictions, endpoints: Sequence[Endpoint], tier: list[int],
+                           ratio: float) -> list[int]:
+        """The candidates of `tier` whose predicted TTFT is at most `ratio` x the best one's
+        (all of them when no TTFT is known)."""
+        ttfts = [cycle.by_key[endpoints[i].key][0] for i in tier]
+        known = [t for t in ttfts if t == t]
+        if not known:
+            return tier
+        bound = ratio * min(known)
+        return [i for i, t in zip(tier, ttfts, strict=True) if t != t or t <= bound]
+
     def score(self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]) -> list[float]:
         n = len(endpoints)
         cycle = self.runtime.cycle(state, request, endpoints)
@@ -223,9 +247,11 @@ class LatencyScorer:
         meets = [t >= 0.0 and p >= 0.0 for t, p in headroom]
         tier = [i for i in range(n) if meets[i]] if any(meets) else list(range(n))
         least = self.params.headroom_selection_strategy == "least" and any(meets)
-        preds = [cycle.by_key[endpoints[i].key] for i in tier]
         slo = cycle.slo
         params = self.params
+        if slo.empty and params.without_slo_max_ttft_ratio > 0.0:
+            tier = self._within_ttft_ratio(cycle, endpoints, tier, params.without_slo_max_ttft_ratio)
+        preds = [cycle.by_key[endpoints[i].key] for i in tier]
         output_tokens = expected_output_tokens(request)
         if slo.empty and params.without_slo == "ttft":
             costs = _relative_costs(preds, None, None, 1.0, 0.0, None)

@@ -334,6 +334,7 @@ def test_config_errors_name_the_plugin_and_field(params: str, message: str) -> N
     ("withoutSLO", "ttft", "without_slo", "ttft", "fastest"),
     ("runningTpotWeight", "0.5", "running_tpot_weight", 0.5, "-1"),
     ("queueHarmWeight", "0.5", "queue_harm_weight", 0.5, "-1"),
+    ("withoutSLOMaxTtftRatio", "1.5", "without_slo_max_ttft_ratio", 1.5, "0.5"),
 ])
 def test_scorer_parameter_is_configured_by_name(field: str, good: str, attr: str, value: object,
                                                 bad: str) -> None:
@@ -405,6 +406,34 @@ def test_scorer_spares_running_requests_tpot_from_a_long_prefill(ctx: PluginCont
     assert rt.open_records() == 0 and not rt.tpot_slo_inflight[pods[0].key]
     assert scorer.score(CycleState(), long_prefill, pods) == [1.0, 0.0]
 
+
+
+def test_a_request_without_slo_waits_at_most_the_ttft_ratio_to_spare_others(ctx: PluginContext,
+                                                                            pods: list[Endpoint]) -> None:
+    """Two TPOT-SLO chats decode on the fast pod. A 20k-token prompt without SLO would stall
+    them ~1 s there, so the stall cost sends it to the slow pod, where its TTFT is ~2x the
+    fast pod's. withoutSLOMaxTtftRatio 1.5 rules the slow pod out for it (score 0): its own
+    wait is bounded, the chats pay. A ratio of 2.5 allows the slow pod again; a request
+    with targets is not bound by it (its SLO tier is its bound)."""
+    rt = trained_runtime(ctx, pods)
+    rt.score_without_slo = True
+    running_chats(rt, pods[0], 2, tpot_ms=30)
+    no_slo = slo_request(None, prompt_tokens=20_000)
+    cycle = rt.cycle(CycleState(), no_slo, pods)
+    assert cycle is not None
+    fast_ttft, slow_ttft = (cycle.by_key[ep.key][0] for ep in pods)
+    assert 1.5 * fast_ttft < slow_ttft < 2.5 * fast_ttft
+
+    def scorer(ratio: float) -> LatencyScorer:
+        return LatencyScorer(ctx=ctx, params=LatencyScorer.Params(running_tpot_weight=1.0,
+                                                                  without_slo_max_ttft_ratio=ratio))
+
+    assert scorer(0.0).score(CycleState(), no_slo, pods) == [0.0, 1.0]  # off (the default)
+    assert LatencyScorer.Params().without_slo_max_ttft_ratio == 0.0
+    assert scorer(1.5).score(CycleState(), no_slo, pods) == [1.0, 0.0]
+    assert scorer(2.5).score(CycleState(), no_slo, pods) == [0.0, 1.0]
+    # Targets both pods meet: the ratio does not apply, the stall cost still decides.
+    assert scorer(1.5).score(CycleState(), slo_request(60_000, prompt_tokens=20_000), pods) == [0.0, 1.0]
 
 
 def test_running_requests_already_past_their_tpot_target_are_not_spared(ctx: PluginContext,
