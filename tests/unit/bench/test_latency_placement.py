@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from epp.bench.latency import LatencyBenchSettings, build_workload
+import pytest
+
+from epp.bench.latency import LatencyBenchSettings, build_workload, prompt_tokens
 from epp.bench.latency_placement import placements
 
 
@@ -34,3 +36,11 @@ def test_counts_slow_pod_and_misplaced_long_prefills() -> None:
     assert placed.longs == 4 and placed.on_slow_pod == 1
     assert placed.misplaced == [b, c] and placed.misplaced_without_slo == 2
     assert len(placed.lines) == 4 and "misplaced" in placed.lines[1] and "misplaced" not in placed.lines[0]
+    # The floor: only a found no long prefill ahead on a fast pod (b and c queued behind it on
+    # vllm-1, d went to the slow pod): 1000 s over a's prompt tokens per token.
+    # (placements() rebuilds the prompts with its own nonce: a few tokens differ, hence rel=1e-3.)
+    tokens = prompt_tokens(workload)
+    assert placed.unqueued == 1
+    assert placed.unqueued_s_per_token == pytest.approx(1000.0 / tokens[a], rel=1e-3)
+    floor = sorted(1000.0 * tokens[i] / tokens[a] for i in longs)
+    assert floor[-2] * 0.999 <= placed.ttft_p90_floor <= floor[-1] * 1.001  # the p90 of 4: between the top two
