@@ -55,6 +55,11 @@ finished there about as early as on a busy fast pod, stalled the chats that pod 
 that served chats repelled long prompts, which then piled onto the few pods that had taken
 them before (the measured first version).
 
+`withoutSLOMaxTtftRatio` (off by default) bounds what those two costs, paid for other
+requests, can make a request without any target wait: candidates predicted to give it a TTFT
+above that multiple of the best candidate's score 0. A request with targets is bounded by its
+SLO tier instead (docs/latency-routing.md, "A bound on the wait of requests without SLO").
+
 Before the predictor is trained, and for requests without SLO (unless the producer's
 `scoreRequestsWithoutSLO`), every pod scores 0, so the profile's other scorers decide exactly
 as they would without this one (the fallback).
@@ -139,7 +144,8 @@ class LatencyScorer:
         # default, on (1.0) in the bench's profile: it trades the long prompts' own TTFT (they
         # queue on pods without TPOT-SLO chats) for the running chats' TPOT targets; at the
         # bench's 90% load, +8-25 points of attainment for a long-prefill TTFT p90 0.90-1.23x
-        # the default config's instead of 1.43-1.60x (docs/latency-routing.md, "The load was 114%").
+        # the default config's instead of 1.43-1.60x (docs/latency-routing.md, "The load was
+        # 114%"); with withoutSLOMaxTtftRatio 1.25, 1.35-1.43x.
         running_tpot_weight: float = 0.0
         # Cost of the wait the request's prefill adds for the requests arriving behind it on a
         # pod: this weight x service time x (the pool's dispatch rate per candidate x service
