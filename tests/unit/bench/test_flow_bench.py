@@ -173,10 +173,11 @@ def test_the_critical_only_bound_sends_the_same_critical_arrivals_and_nothing_el
     assert {cls for cls, _ in bound} == {"critical"}
     full_critical = [at for cls, at in full if cls == "critical"]
     assert len(bound) == len(full_critical) >= 3
-    # Offsets from the first critical request: the same schedule within the event loop's jitter.
+    # Offsets from the first critical request: the same schedule within the event loop's jitter
+    # (up to ~0.1 s on a loaded 2-core host: 0.03 s failed there once). The count above is exact.
     base = full_critical[0]
     for (_, got), want in zip(bound, full_critical, strict=True):
-        assert got == pytest.approx(want - base, abs=0.03)
+        assert got == pytest.approx(want - base, abs=0.1)
 
 
 def test_host_cpu_seconds_sums_the_pods_and_names_the_rest() -> None:

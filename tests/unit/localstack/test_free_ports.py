@@ -3,7 +3,9 @@ gave one pool's EPP the metrics port another pool's EPP had been handed)."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -12,9 +14,29 @@ from epp.localstack.multipool import MultiPoolStack, MultiStackConfig, PoolPlan
 from epp.localstack.stack import free_ports
 
 
+class _AlwaysBindableSocket:
+    """A socket whose bind always succeeds: the exclusion logic alone is under test, not the
+    machine's ports (a real 30004 in TIME_WAIT from an earlier test once failed this)."""
+
+    def __init__(self, *args: object) -> None:
+        pass
+
+    def __enter__(self) -> _AlwaysBindableSocket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def bind(self, address: tuple[str, int]) -> None:
+        pass
+
+
 def test_free_ports_never_returns_an_excluded_port(monkeypatch: pytest.MonkeyPatch) -> None:
     # A range of 6 ports, 4 excluded: the 2 left are the only possible answer.
     monkeypatch.setattr(stack_module, "_PORT_RANGE", (30000, 30006))
+    # Only the stack module's view of `socket`: other threads keep the real one.
+    monkeypatch.setattr(stack_module, "socket", SimpleNamespace(socket=_AlwaysBindableSocket, AF_INET=socket.AF_INET,
+                                                                SOCK_STREAM=socket.SOCK_STREAM))
     assert sorted(free_ports(2, exclude={30000, 30001, 30002, 30003})) == [30004, 30005]
 
 
