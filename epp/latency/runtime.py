@@ -105,6 +105,9 @@ class LatencyRuntime:
         # pod key -> the pod's pending records in dispatch order (a dict as an ordered set):
         # only the head's first byte moves the virtual queue (FCFS).
         self._pending_order: dict[str, dict[int, RequestRecord]] = {}
+        # pod key -> k prompt tokens dispatched there since its pending queue was last empty:
+        # where the chunk boundaries of its prefill stream fall (last_chunk_free_tokens).
+        self.prefill_stream: dict[str, float] = {}
         # pod key -> this EPP's in-flight requests there that carry a TPOT target (dispatched,
         # stream not ended): the decode a new prefill on that pod would stall.
         self.tpot_slo_inflight: dict[str, dict[int, RequestRecord]] = {}
@@ -211,7 +214,10 @@ class LatencyRuntime:
         record = RequestRecord(request, target.key, request.model, request.target_model, slo, x, ttft, tpot,
                                x[1], expected_output_tokens(request) / 1000.0, self.clock())
         self.pending_prefill[target.key] = self.pending_prefill.get(target.key, 0.0) + record.new_tokens
-        self.pending_count[target.key] = self.pending_count.get(target.key, 0) + 1
+        queued = self.pending_count.get(target.key, 0)
+        self.pending_count[target.key] = queued + 1
+        self.prefill_stream[target.key] = (self.prefill_stream.get(target.key, 0.0) if queued else 0.0) \
+            + record.new_tokens
         service = self.predictor.service_time(target.key, record.new_tokens) if self.predictor.ready else math.nan
         if service == service:
             start = max(record.dispatched, self.queue_clear_at.get(target.key, 0.0))
@@ -287,6 +293,7 @@ class LatencyRuntime:
             left = self.pending_count[pod] = max(0, self.pending_count.get(pod, 0) - 1)
             if left == 0:
                 self.queue_clear_at[pod] = 0.0
+                self.prefill_stream[pod] = 0.0
 
     def _expire(self) -> None:
         cutoff = self.clock() - RECORD_TTL_S
@@ -335,6 +342,19 @@ class LatencyRuntime:
             if before <= target < before + stall_s / steps:
                 harmed += 1
         return harmed
+
+    def last_chunk_free_tokens(self, pod: str, chunk_tokens: int) -> int:
+        """The prompt tokens a new request on `pod` would add to the last prefill step of the
+        request queued last there (0 when none is pending). vLLM fills each step's token
+        budget (max_num_batched_tokens) first-come first-served, so the step that finishes the
+        last pending prefill also starts the next request's, and lasts longer by those
+        tokens: that request's first token waits for them. Estimated from this EPP's prompt
+        tokens sent to the pod since its pending queue was last empty, cut into chunks of
+        `chunk_tokens` (the decode tokens that share the steps are ignored)."""
+        if not self.pending_count.get(pod) or chunk_tokens <= 0:
+            return 0
+        used = round(self.prefill_stream.get(pod, 0.0) * 1000.0) % chunk_tokens
+        return chunk_tokens - used if used else 0
 
     def open_records(self) -> int:
         return len(self._records)

@@ -55,6 +55,17 @@ finished there about as early as on a busy fast pod, stalled the chats that pod 
 that served chats repelled long prompts, which then piled onto the few pods that had taken
 them before (the measured first version).
 
+`lastChunkHarmWeight` (off by default) adds, per candidate, the delay the request's prefill
+would deal the request queued last there: vLLM fills each step's token budget
+(`maxNumBatchedTokens`, the pods' max_num_batched_tokens) first-come first-served, so the step
+that finishes that request's prefill also starts the new one's, and lasts as much longer as
+the new tokens it takes, up to the budget's free part (LatencyRuntime.last_chunk_free_tokens).
+A long prompt queued behind another long prefill delays its first token by up to one full
+step (1.8 s on a bench pod): in the benchmark most of the slowest long prefills had found their
+pod free and lost that step to the next one sent there (docs/latency-routing.md, "The last
+chunk"). Weight x those seconds (the predictor's marginal prefill time of the tokens), in the
+request's own cost units.
+
 `withoutSLOMaxTtftRatio` (off by default) bounds what those two costs, paid for other
 requests, can make a request without any target wait: candidates predicted to give it a TTFT
 above that multiple of the best candidate's score 0. A request with targets is bounded by its
@@ -172,18 +183,28 @@ class LatencyScorer:
         # share of its target above the best candidate's score 0 (0: off). The same bound, for
         # requests whose SLO tier allows a long queue (a lenient target).
         with_slo_max_extra_ttft: float = 0.0
+        # Cost of the delay the request's prefill would deal the request queued last on a pod,
+        # whose last prefill step it would share: this weight x the predictor's prefill seconds
+        # of the tokens it adds to that step (see LatencyRuntime.last_chunk_free_tokens), in the
+        # request's own cost units. Off (0) by default.
+        last_chunk_harm_weight: float = 0.0
+        # The pods' step token budget (vLLM's max_num_batched_tokens) for lastChunkHarmWeight.
+        max_num_batched_tokens: int = 8192
 
         def validate(self) -> None:
             for label, value in (("ttftWeight", self.ttft_weight), ("tpotWeight", self.tpot_weight),
                                  ("runningTpotWeight", self.running_tpot_weight),
                                  ("queueHarmWeight", self.queue_harm_weight),
-                                 ("withSLOMaxExtraTtft", self.with_slo_max_extra_ttft)):
+                                 ("withSLOMaxExtraTtft", self.with_slo_max_extra_ttft),
+                                 ("lastChunkHarmWeight", self.last_chunk_harm_weight)):
                 if not value >= 0 or math.isinf(value):
                     raise ValueError(f"parameter {label!r} must be a finite number >= 0, got {value}")
             ratio = self.without_slo_max_ttft_ratio
             if ratio != 0.0 and not (ratio >= 1.0 and not math.isinf(ratio)):
                 raise ValueError(f"parameter 'withoutSLOMaxTtftRatio' must be 0 (off) or a finite number >= 1,"
                                  f" got {ratio}")
+            if self.max_num_batched_tokens < 1:
+                raise ValueError(f"parameter 'maxNumBatchedTokens' must be >= 1, got {self.max_num_batched_tokens}")
             if self.ttft_weight + self.tpot_weight <= 0:
                 raise ValueError("parameters 'ttftWeight' and 'tpotWeight' cannot both be 0")
 
@@ -244,6 +265,26 @@ class LatencyScorer:
                 if harmed:
                     costs[j] += scale * stall * harmed
 
+    def _add_last_chunk_costs(self, costs: list[float], cycle: CyclePredictions, keys: Sequence[str],
+                              output_tokens: int) -> None:
+        """Add, per candidate, lastChunkHarmWeight x the seconds the request's prefill would add
+        to the last prefill step of the request queued last there: the predictor's prefill
+        time of the tokens it would take in that step (its new tokens, up to the step's free
+        budget) over an empty prompt's. Charged in the request's own cost units, like the
+        stall costs."""
+        runtime = self.runtime
+        service_time = runtime.predictor.service_time
+        chunk = self.params.max_num_batched_tokens
+        scale = self.params.last_chunk_harm_weight * _seconds_to_cost(cycle.slo, output_tokens)
+        for j, key in enumerate(keys):
+            free = runtime.last_chunk_free_tokens(key, chunk)
+            if not free:
+                continue
+            shared = min(cycle.features[key][1], free / 1000.0)
+            delay = service_time(key, shared) - service_time(key, 0.0)
+            if delay > 0.0:
+                costs[j] += scale * delay
+
     @staticmethod
     def _within_ttft_bound(cycle: CyclePredictions, endpoints: Sequence[Endpoint], tier: list[int],
                            ratio: float, extra_s: float) -> list[int]:
@@ -290,6 +331,8 @@ class LatencyScorer:
         else:
             costs = _relative_costs(preds, slo.ttft_s, slo.tpot_s, params.ttft_weight, params.tpot_weight,
                                     output_tokens)
+        if params.last_chunk_harm_weight > 0.0:
+            self._add_last_chunk_costs(costs, cycle, [endpoints[i].key for i in tier], output_tokens)
         if params.running_tpot_weight > 0.0 or params.queue_harm_weight > 0.0:
             keys = [endpoints[i].key for i in tier]
             # Each candidate's service time (its prefill on an idle pod), shared by both costs.

@@ -24,7 +24,7 @@ from epp.scheduling.registry import PluginContext
 from epp.scheduling.types import CycleState, LLMRequest, SchedulingError
 from tests.unit.scheduling.sched_fakes import context, endpoint, request
 
-SPEED = {"fast": 1.0, "slow": 2.0}  # the slow pod takes twice as long for everything
+SPEED = {"fast": 1.0, "slow": 2.0, "twin": 1.0}  # the slow pod takes twice as long for everything
 
 
 def true_ttft(pod: str, prompt_tokens: int) -> float:
@@ -336,6 +336,8 @@ def test_config_errors_name_the_plugin_and_field(params: str, message: str) -> N
     ("queueHarmWeight", "0.5", "queue_harm_weight", 0.5, "-1"),
     ("withoutSLOMaxTtftRatio", "1.5", "without_slo_max_ttft_ratio", 1.5, "0.5"),
     ("withSLOMaxExtraTtft", "0.2", "with_slo_max_extra_ttft", 0.2, "-0.1"),
+    ("lastChunkHarmWeight", "1.0", "last_chunk_harm_weight", 1.0, "-1"),
+    ("maxNumBatchedTokens", "2048", "max_num_batched_tokens", 2048, "0"),
 ])
 def test_scorer_parameter_is_configured_by_name(field: str, good: str, attr: str, value: object,
                                                 bad: str) -> None:
@@ -463,6 +465,64 @@ def test_a_request_with_slo_waits_at_most_a_share_of_its_target_to_spare_others(
     assert scorer(2.0 * extra_share).score(CycleState(), lenient, pods) == [0.0, 1.0]
     no_slo = slo_request(None, prompt_tokens=20_000)
     assert scorer(0.5 * extra_share).score(CycleState(), no_slo, pods) == [0.0, 1.0]
+
+
+def test_last_chunk_free_tokens_follow_the_pods_prefill_stream(ctx: PluginContext, pods: list[Endpoint]) -> None:
+    """A pod's prefill stream is cut into steps of max_num_batched_tokens: the last pending
+    request's last step has the rest of the budget free; it restarts when none is pending."""
+    rt = latency_runtime(ctx.services)
+    fast = pods[0]
+    assert rt.last_chunk_free_tokens(fast.key, 8192) == 0  # nothing pending
+    first = request("x" * (10_000 * 4), request_id="first")
+    rt.on_dispatch(CycleState(), first, fast)
+    assert rt.last_chunk_free_tokens(fast.key, 8192) == 8192 - (10_000 - 8192)
+    chat = request("x" * (3_000 * 4), request_id="chat")
+    rt.on_dispatch(CycleState(), chat, fast)
+    assert rt.last_chunk_free_tokens(fast.key, 8192) == 2 * 8192 - 13_000
+    rt.on_first_byte(first, 200)  # the stream goes on: the chat still ends where it did
+    assert rt.last_chunk_free_tokens(fast.key, 8192) == 2 * 8192 - 13_000
+    assert rt.last_chunk_free_tokens(fast.key, 2048) == 7 * 2048 - 13_000
+    rt.on_first_byte(chat, 200)
+    assert rt.last_chunk_free_tokens(fast.key, 8192) == 0
+    rt.on_dispatch(CycleState(), request("x" * (5_000 * 4), request_id="next"), fast)
+    assert rt.last_chunk_free_tokens(fast.key, 8192) == 8192 - 5_000  # a new stream
+    assert rt.last_chunk_free_tokens(pods[1].key, 8192) == 0
+
+
+def test_scorer_spares_the_last_prefill_step_of_the_request_queued_last(ctx: PluginContext) -> None:
+    """Two equal pods, each prefilling one 12k-token prompt. On `fast` it began a stream, so its
+    last step has 4,384 tokens free: a 20k-token prompt sent there would take them, and that
+    step would last ~0.22 s longer. On `twin` a 4k prompt went first (its first token is out),
+    so the 12k prompt's last step has 384 tokens free. The queues are the same, and so are the
+    predictions; lastChunkHarmWeight sends the new prompt to `twin`."""
+    pods = [endpoint("fast", port=8000, inflight=1), endpoint("twin", port=8001, inflight=1)]
+    rt = trained_runtime(ctx, pods)
+    rt.score_without_slo = True
+    rt.on_dispatch(CycleState(), request("x" * (12_000 * 4), request_id="a"), pods[0])
+    head = request("x" * (4_000 * 4), request_id="b0")
+    rt.on_dispatch(CycleState(), head, pods[1])
+    rt.on_dispatch(CycleState(), request("x" * (12_000 * 4), request_id="b1"), pods[1])
+    rt.on_first_byte(head, 200)
+    assert [rt.last_chunk_free_tokens(ep.key, 8192) for ep in pods] == [4384, 384]
+    long_prompt = slo_request(None, prompt_tokens=20_000)
+
+    def scorer(weight: float) -> LatencyScorer:
+        return LatencyScorer(ctx=ctx, params=LatencyScorer.Params(last_chunk_harm_weight=weight))
+
+    cycle = rt.cycle(CycleState(), long_prompt, pods)
+    assert cycle is not None
+    fast_ttft, twin_ttft = (cycle.by_key[ep.key][0] for ep in pods)
+    assert abs(fast_ttft - twin_ttft) < 0.001  # the same queue and speed
+    assert LatencyScorer.Params().last_chunk_harm_weight == 0.0
+    # Off (the default): the fits (seeded) put `fast` a hair ahead, and the min-max scores
+    # follow that hair.
+    assert fast_ttft < twin_ttft
+    assert scorer(0.0).score(CycleState(), long_prompt, pods) == [1.0, 0.0]
+    assert scorer(1.0).score(CycleState(), long_prompt, pods) == [0.0, 1.0]
+    # A prompt of 300 tokens fits in either free part: the same delay on both pods, and the
+    # same ranking as without the cost.
+    short = slo_request(None, prompt_tokens=300)
+    assert scorer(1.0).score(CycleState(), short, pods) == scorer(0.0).score(CycleState(), short, pods)
 
 
 def test_running_requests_already_past_their_tpot_target_are_not_spared(ctx: PluginContext,
