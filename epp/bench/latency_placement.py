@@ -30,6 +30,7 @@ from typing import Any
 from epp.bench.latency import LatencyBenchSettings, build_workload, prompt_tokens
 from epp.bench.stats import percentile
 from epp.bench.workloads import HETEROGENEOUS_SLOW_POD
+from epp.sim.config import LatencyModel, SimPodConfig
 
 MISPLACED_MARGIN_S = 1.0
 
@@ -49,6 +50,19 @@ class Placement:
     unqueued: int = 0
     unqueued_s_per_token: float = math.nan
     ttft_p90_floor: float = math.nan
+    ttft_p90_idle: float = math.nan  # the hard floor: each long prefill alone on an idle fast pod
+
+
+def idle_ttft_s(prompt_tokens: int, slowdown: float, chunk_tokens: int = SimPodConfig().max_num_batched_tokens,
+                model: LatencyModel | None = None) -> float:
+    """A prompt's TTFT alone on an idle simulated pod, in model seconds: the frontend overhead,
+    then one engine step per chunk of `chunk_tokens` (the pod's max_num_batched_tokens), the
+    last one producing the first token."""
+    lat = model or LatencyModel()
+    steps, tail = divmod(prompt_tokens, chunk_tokens)
+    chunks = [chunk_tokens] * steps + ([tail] if tail else [])
+    step_ms = sum(lat.step_base_ms + lat.prefill_per_token_ms * c for c in chunks)
+    return (lat.frontend_overhead_ms + step_ms * slowdown * lat.slowdown) / 1000.0
 
 
 def placements(result: dict[str, Any]) -> list[Placement]:
@@ -87,6 +101,7 @@ def placements(result: dict[str, Any]) -> list[Placement]:
                 left = ", ".join(f"{pod} {v:.1f}" for pod, v in remaining.items())
                 placed.lines.append(f"  #{i} at {now:.1f} s, {tokens[i]} tokens, SLO {p['slo_ttft_s']}, "
                                     f"-> {p['pod']}, TTFT {p['ttft_s']} s (remaining: {left}){mark}")
+            placed.ttft_p90_idle = percentile([idle_ttft_s(tokens[i], st["slowdown"]) for i in longs], 90)
             if unqueued_tokens > 0.0:
                 placed.unqueued_s_per_token = unqueued_s / unqueued_tokens
                 placed.ttft_p90_floor = percentile([placed.unqueued_s_per_token * tokens[i] for i in longs], 90)
@@ -104,7 +119,8 @@ def main(argv: list[str] | None = None) -> None:
               f"misplaced {len(placed.misplaced)} ({placed.misplaced_without_slo} without SLO); "
               f"TTFT p90 {placed.ttft_p90:.2f} s, floor {placed.ttft_p90_floor:.2f} s "
               f"({placed.unqueued} without a long prefill ahead: "
-              f"{placed.unqueued_s_per_token * 1e3:.3f} ms per prompt token)")
+              f"{placed.unqueued_s_per_token * 1e3:.3f} ms per prompt token), "
+              f"alone on an idle pod {placed.ttft_p90_idle:.2f} s")
         if args.verbose:
             print("\n".join(placed.lines))
 

@@ -71,13 +71,6 @@ requests, can make a request without any target wait: candidates predicted to gi
 above that multiple of the best candidate's score 0. A request with targets is bounded by its
 SLO tier instead (docs/latency-routing.md, "A bound on the wait of requests without SLO").
 
-`withSLOMaxExtraTtft` (off by default) is the same bound for a request with a TTFT target,
-in units of that target: candidates predicted to give it a TTFT more than that share of its
-target above the best candidate's score 0. Its SLO tier allows any queue its target allows,
-and a lenient target (the benchmark's long prompts: 1.8x their prefill time) let the stall
-cost send it behind seconds of queue, where the predictor's error on long queues made some
-miss their target (docs/latency-routing.md, "A bound on the wait of requests with SLO").
-
 Before the predictor is trained, and for requests without SLO (unless the producer's
 `scoreRequestsWithoutSLO`), every pod scores 0, so the profile's other scorers decide exactly
 as they would without this one (the fallback).
@@ -179,10 +172,6 @@ class LatencyScorer:
         # on the wait of requests without SLO"). A request with targets has its own bound:
         # the SLO tier.
         without_slo_max_ttft_ratio: float = 0.0
-        # A request with a TTFT target: candidates predicted to give it a TTFT more than this
-        # share of its target above the best candidate's score 0 (0: off). The same bound, for
-        # requests whose SLO tier allows a long queue (a lenient target).
-        with_slo_max_extra_ttft: float = 0.0
         # Cost of the delay the request's prefill would deal the request queued last on a pod,
         # whose last prefill step it would share: this weight x the predictor's prefill seconds
         # of the tokens it adds to that step (see LatencyRuntime.last_chunk_free_tokens), in the
@@ -195,7 +184,6 @@ class LatencyScorer:
             for label, value in (("ttftWeight", self.ttft_weight), ("tpotWeight", self.tpot_weight),
                                  ("runningTpotWeight", self.running_tpot_weight),
                                  ("queueHarmWeight", self.queue_harm_weight),
-                                 ("withSLOMaxExtraTtft", self.with_slo_max_extra_ttft),
                                  ("lastChunkHarmWeight", self.last_chunk_harm_weight)):
                 if not value >= 0 or math.isinf(value):
                     raise ValueError(f"parameter {label!r} must be a finite number >= 0, got {value}")
@@ -286,15 +274,15 @@ class LatencyScorer:
                 costs[j] += scale * delay
 
     @staticmethod
-    def _within_ttft_bound(cycle: CyclePredictions, endpoints: Sequence[Endpoint], tier: list[int],
-                           ratio: float, extra_s: float) -> list[int]:
+    def _within_ttft_ratio(cycle: CyclePredictions, endpoints: Sequence[Endpoint], tier: list[int],
+                           ratio: float) -> list[int]:
         """The candidates of `tier` whose predicted TTFT is at most `ratio` x the best one's
-        plus `extra_s` (all of them when no TTFT is known)."""
+        (all of them when no TTFT is known)."""
         ttfts = [cycle.by_key[endpoints[i].key][0] for i in tier]
         known = [t for t in ttfts if t == t]
         if not known:
             return tier
-        bound = ratio * min(known) + extra_s
+        bound = ratio * min(known)
         return [i for i, t in zip(tier, ttfts, strict=True) if t != t or t <= bound]
 
     def score(self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]) -> list[float]:
@@ -309,10 +297,7 @@ class LatencyScorer:
         slo = cycle.slo
         params = self.params
         if slo.empty and params.without_slo_max_ttft_ratio > 0.0:
-            tier = self._within_ttft_bound(cycle, endpoints, tier, params.without_slo_max_ttft_ratio, 0.0)
-        elif slo.ttft_s is not None and params.with_slo_max_extra_ttft > 0.0:
-            tier = self._within_ttft_bound(cycle, endpoints, tier, 1.0,
-                                           params.with_slo_max_extra_ttft * slo.ttft_s)
+            tier = self._within_ttft_ratio(cycle, endpoints, tier, params.without_slo_max_ttft_ratio)
         preds = [cycle.by_key[endpoints[i].key] for i in tier]
         output_tokens = expected_output_tokens(request)
         if slo.empty and params.without_slo == "ttft":

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
+import httpx
 import pytest
 
 from epp.bench.latency import LatencyBenchSettings, build_workload, prompt_tokens
-from epp.bench.latency_placement import placements
+from epp.bench.latency_placement import idle_ttft_s, placements
+from epp.sim.cluster import simulated_pods
+from epp.sim.config import LatencyModel
+from epp.tokenization.tokenizer import SimpleTokenizer
 
 
 def test_counts_slow_pod_and_misplaced_long_prefills() -> None:
@@ -29,7 +35,7 @@ def test_counts_slow_pod_and_misplaced_long_prefills() -> None:
     # Chats on the other fast pods (their indices are not looked up: only long prefills are).
     per_request += [{"i": -n, "kind": "chat", "pod": pod, "ok": True, "ttft_s": 0.2, "slo_ttft_s": None}
                     for n, pod in ((1, "vllm-2"), (2, "vllm-3"))]
-    result = {"settings": {"max_tokens": 32, "seed": 1, "duration_s": 20.0},
+    result = {"settings": {"max_tokens": 32, "seed": 1, "duration_s": 20.0, "slowdown": 4.0},
               "phases": [{"load": 0.9, "rows": [{"label": "test", "per_request": per_request}]}]}
     [placed] = placements(result)
     assert first < second
@@ -44,3 +50,52 @@ def test_counts_slow_pod_and_misplaced_long_prefills() -> None:
     assert placed.unqueued_s_per_token == pytest.approx(1000.0 / tokens[a], rel=1e-3)
     floor = sorted(1000.0 * tokens[i] / tokens[a] for i in longs)
     assert floor[-2] * 0.999 <= placed.ttft_p90_floor <= floor[-1] * 1.001  # the p90 of 4: between the top two
+    idle = sorted(idle_ttft_s(tokens[i], 4.0) for i in longs)
+    assert idle[-2] * 0.999 <= placed.ttft_p90_idle <= idle[-1] * 1.001
+    # 4x slower steps: 8,192 tokens take 4 x (6.5 + 0.055 x 8192) ms, plus 4 ms of frontend.
+    assert idle_ttft_s(8192, 4.0) == pytest.approx((4.0 + 4 * (6.5 + 0.055 * 8192)) / 1000.0)
+
+
+async def _ttft_s(client: httpx.AsyncClient, url: str, prompt: str) -> float:
+    start = time.perf_counter()
+    async with client.stream("POST", url + "/v1/completions",
+                             json={"prompt": prompt, "max_tokens": 2, "stream": True}) as r:
+        assert r.status_code == 200
+        async for line in r.aiter_lines():
+            if line.startswith("data: {"):
+                return time.perf_counter() - start
+    raise AssertionError("no token streamed")
+
+
+def _prompt(tag: str, tokens: int) -> str:
+    text = " ".join(f"{tag}{k}" for k in range(tokens))
+    while len(SimpleTokenizer().encode(text)) > tokens:
+        text = text[: int(len(text) * 0.99)]
+    return text
+
+
+async def test_idle_ttft_matches_the_simulator_and_the_next_request_shares_the_last_step() -> None:
+    """idle_ttft_s against a real simulated pod: a 12k-token prompt alone takes its two steps
+    (8,192 + the rest). A second prompt sent while the first is still in its first step takes
+    the free budget of the first's last step (vLLM's FCFS token budget), which then lasts a
+    full step: the first token of the first prompt comes that much later. This is the delay
+    the latency scorer's lastChunkHarmWeight charges."""
+    scale = 0.5
+    async with (simulated_pods(1, time_scale=scale, max_model_len=40_000) as cluster,
+                httpx.AsyncClient(timeout=60) as client):
+        url = cluster.urls[0]
+        alone_prompt = _prompt("a", 12_000)
+        tokens = len(SimpleTokenizer().encode(alone_prompt))
+        assert 11_000 < tokens <= 12_000
+        idle = idle_ttft_s(tokens, 1.0)
+        alone = await _ttft_s(client, url, alone_prompt) / scale
+        assert idle * 0.99 <= alone <= idle * 1.15 + 0.02
+        first = asyncio.create_task(_ttft_s(client, url, _prompt("b", 12_000)))
+        await asyncio.sleep(0.05)  # the first prompt is in its first step (~0.23 s wall)
+        second = asyncio.create_task(_ttft_s(client, url, _prompt("c", 12_000)))
+        shared = await first / scale
+        await second
+        lat = LatencyModel()
+        free = 2 * 8192 - tokens  # the first prompt's last step: what the second one takes
+        assert shared >= idle + 0.9 * lat.prefill_per_token_ms * free / 1000.0
+        assert shared == pytest.approx(idle_ttft_s(2 * 8192, 1.0), rel=0.15)

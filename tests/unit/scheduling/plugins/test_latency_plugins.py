@@ -335,7 +335,6 @@ def test_config_errors_name_the_plugin_and_field(params: str, message: str) -> N
     ("runningTpotWeight", "0.5", "running_tpot_weight", 0.5, "-1"),
     ("queueHarmWeight", "0.5", "queue_harm_weight", 0.5, "-1"),
     ("withoutSLOMaxTtftRatio", "1.5", "without_slo_max_ttft_ratio", 1.5, "0.5"),
-    ("withSLOMaxExtraTtft", "0.2", "with_slo_max_extra_ttft", 0.2, "-0.1"),
     ("lastChunkHarmWeight", "1.0", "last_chunk_harm_weight", 1.0, "-1"),
     ("maxNumBatchedTokens", "2048", "max_num_batched_tokens", 2048, "0"),
 ])
@@ -437,34 +436,6 @@ def test_a_request_without_slo_waits_at_most_the_ttft_ratio_to_spare_others(ctx:
     assert scorer(2.5).score(CycleState(), no_slo, pods) == [0.0, 1.0]
     # Targets both pods meet: the ratio does not apply, the stall cost still decides.
     assert scorer(1.5).score(CycleState(), slo_request(60_000, prompt_tokens=20_000), pods) == [0.0, 1.0]
-
-
-def test_a_request_with_slo_waits_at_most_a_share_of_its_target_to_spare_others(ctx: PluginContext,
-                                                                                pods: list[Endpoint]) -> None:
-    """The same stall, for a 20k-token prompt with a lenient 60 s TTFT target that both pods
-    meet: the stall cost sends it to the slow pod. withSLOMaxExtraTtft bounds its extra wait
-    at that share of its target: below the slow pod's extra TTFT, the fast pod; above it,
-    the slow pod still. A request without targets is not bound by it."""
-    rt = trained_runtime(ctx, pods)
-    rt.score_without_slo = True
-    running_chats(rt, pods[0], 2, tpot_ms=30)
-    lenient = slo_request(60_000, prompt_tokens=20_000)
-    cycle = rt.cycle(CycleState(), lenient, pods)
-    assert cycle is not None
-    fast_ttft, slow_ttft = (cycle.by_key[ep.key][0] for ep in pods)
-    extra_share = (slow_ttft - fast_ttft) / 60.0
-    assert extra_share > 0
-
-    def scorer(share: float) -> LatencyScorer:
-        return LatencyScorer(ctx=ctx, params=LatencyScorer.Params(running_tpot_weight=1.0,
-                                                                  with_slo_max_extra_ttft=share))
-
-    assert LatencyScorer.Params().with_slo_max_extra_ttft == 0.0
-    assert scorer(0.0).score(CycleState(), lenient, pods) == [0.0, 1.0]  # off (the default)
-    assert scorer(0.5 * extra_share).score(CycleState(), lenient, pods) == [1.0, 0.0]
-    assert scorer(2.0 * extra_share).score(CycleState(), lenient, pods) == [0.0, 1.0]
-    no_slo = slo_request(None, prompt_tokens=20_000)
-    assert scorer(0.5 * extra_share).score(CycleState(), no_slo, pods) == [0.0, 1.0]
 
 
 def test_last_chunk_free_tokens_follow_the_pods_prefill_stream(ctx: PluginContext, pods: list[Endpoint]) -> None:
