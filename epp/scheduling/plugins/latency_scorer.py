@@ -61,10 +61,12 @@ would deal the request queued last there: vLLM fills each step's token budget
 that finishes that request's prefill also starts the new one's, and lasts as much longer as
 the new tokens it takes, up to the budget's free part (LatencyRuntime.last_chunk_free_tokens).
 A long prompt queued behind another long prefill delays its first token by up to one full
-step (1.8 s on a bench pod): in the benchmark most of the slowest long prefills had found their
-pod free and lost that step to the next one sent there (docs/latency-routing.md, "The last
-chunk"). Weight x those seconds (the predictor's marginal prefill time of the tokens), in the
-request's own cost units.
+step (1.8 s on a bench pod): in the benchmark several of the slowest long prefills had found
+their pod free and lost that step to the next one sent there. Weight x those seconds (the
+predictor's marginal prefill time of the tokens), in the request's own cost units. Measured,
+it made the attainment steadier across seeds, not the long prefills' p90: the stall cost,
+which protects running chats' TPOT, still sends the next long prompt behind them
+(docs/latency-routing.md, "The last prefill step").
 
 `withoutSLOMaxTtftRatio` (off by default) bounds what those two costs, paid for other
 requests, can make a request without any target wait: candidates predicted to give it a TTFT

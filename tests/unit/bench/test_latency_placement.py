@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 
 from epp.bench.latency import LatencyBenchSettings, build_workload, prompt_tokens
 from epp.bench.latency_placement import idle_ttft_s, placements
+from epp.bench.workloads import words
 from epp.sim.cluster import simulated_pods
 from epp.sim.config import LatencyModel
 from epp.tokenization.tokenizer import SimpleTokenizer
@@ -68,7 +70,10 @@ async def _ttft_s(client: httpx.AsyncClient, url: str, prompt: str) -> float:
 
 
 def _prompt(tag: str, tokens: int) -> str:
-    text = " ".join(f"{tag}{k}" for k in range(tokens))
+    """About `tokens` tokens of the workloads' vocabulary after a unique head (the block hashes
+    chain, so no prefix is shared). New words would fill the process's shared tokenizer
+    vocabulary and change what other tests' ids detokenize to."""
+    text = f"{tag} " + words(random.Random(tag), tokens * 6)
     while len(SimpleTokenizer().encode(text)) > tokens:
         text = text[: int(len(text) * 0.99)]
     return text
@@ -84,18 +89,21 @@ async def test_idle_ttft_matches_the_simulator_and_the_next_request_shares_the_l
     async with (simulated_pods(1, time_scale=scale, max_model_len=40_000) as cluster,
                 httpx.AsyncClient(timeout=60) as client):
         url = cluster.urls[0]
-        alone_prompt = _prompt("a", 12_000)
+        # Built before any request: the simulated pod runs on this event loop.
+        alone_prompt, first_prompt, second_prompt = (_prompt(tag, 12_000) for tag in ("alone", "first", "second"))
         tokens = len(SimpleTokenizer().encode(alone_prompt))
         assert 11_000 < tokens <= 12_000
         idle = idle_ttft_s(tokens, 1.0)
         alone = await _ttft_s(client, url, alone_prompt) / scale
         assert idle * 0.99 <= alone <= idle * 1.15 + 0.02
-        first = asyncio.create_task(_ttft_s(client, url, _prompt("b", 12_000)))
+        first = asyncio.create_task(_ttft_s(client, url, first_prompt))
         await asyncio.sleep(0.05)  # the first prompt is in its first step (~0.23 s wall)
-        second = asyncio.create_task(_ttft_s(client, url, _prompt("c", 12_000)))
+        second = asyncio.create_task(_ttft_s(client, url, second_prompt))
         shared = await first / scale
         await second
         lat = LatencyModel()
-        free = 2 * 8192 - tokens  # the first prompt's last step: what the second one takes
-        assert shared >= idle + 0.9 * lat.prefill_per_token_ms * free / 1000.0
+        first_tokens = len(SimpleTokenizer().encode(first_prompt))
+        assert 11_000 < first_tokens <= 12_000
+        free = 2 * 8192 - first_tokens  # the first prompt's last step: what the second one takes
+        assert shared >= idle_ttft_s(first_tokens, 1.0) + 0.9 * lat.prefill_per_token_ms * free / 1000.0
         assert shared == pytest.approx(idle_ttft_s(2 * 8192, 1.0), rel=0.15)
