@@ -214,10 +214,9 @@ class LatencyRuntime:
         record = RequestRecord(request, target.key, request.model, request.target_model, slo, x, ttft, tpot,
                                x[1], expected_output_tokens(request) / 1000.0, self.clock())
         self.pending_prefill[target.key] = self.pending_prefill.get(target.key, 0.0) + record.new_tokens
-        queued = self.pending_count.get(target.key, 0)
-        self.pending_count[target.key] = queued + 1
-        self.prefill_stream[target.key] = (self.prefill_stream.get(target.key, 0.0) if queued else 0.0) \
-            + record.new_tokens
+        self.pending_count[target.key] = self.pending_count.get(target.key, 0) + 1
+        # Reset to 0 when the pod's pending queue empties (_release_prefill).
+        self.prefill_stream[target.key] = self.prefill_stream.get(target.key, 0.0) + record.new_tokens
         service = self.predictor.service_time(target.key, record.new_tokens) if self.predictor.ready else math.nan
         if service == service:
             start = max(record.dispatched, self.queue_clear_at.get(target.key, 0.0))

@@ -318,10 +318,11 @@ class LatencyScorer:
         else:
             costs = _relative_costs(preds, slo.ttft_s, slo.tpot_s, params.ttft_weight, params.tpot_weight,
                                     output_tokens)
+        harm_costs = params.running_tpot_weight > 0.0 or params.queue_harm_weight > 0.0
+        keys = [endpoints[i].key for i in tier] if harm_costs or params.last_chunk_harm_weight > 0.0 else []
         if params.last_chunk_harm_weight > 0.0:
-            self._add_last_chunk_costs(costs, cycle, [endpoints[i].key for i in tier], output_tokens)
-        if params.running_tpot_weight > 0.0 or params.queue_harm_weight > 0.0:
-            keys = [endpoints[i].key for i in tier]
+            self._add_last_chunk_costs(costs, cycle, keys, output_tokens)
+        if harm_costs:
             # Each candidate's service time (its prefill on an idle pod), shared by both costs.
             service_time = self.runtime.predictor.service_time
             services = [service_time(key, cycle.features[key][1]) for key in keys]
