@@ -73,6 +73,14 @@ requests, can make a request without any target wait: candidates predicted to gi
 above that multiple of the best candidate's score 0. A request with targets is bounded by its
 SLO tier instead (docs/latency-routing.md, "A bound on the wait of requests without SLO").
 
+`maxExtraTtftSeconds` (off by default) is a bound in seconds, for every request scored: among
+the candidates left (those meeting the SLO, when any does), those predicted to give it a TTFT
+more than that many seconds above the best one's score 0. The costs paid for others, and a
+lenient target, can send a long prompt behind seconds of queue; the long prompts' TTFT tail is
+made of such waits, and a ratio or a share of the target bounds the largest prompts least, in
+seconds. A chat's predicted TTFTs seldom differ by a second, so it is seldom bound
+(docs/latency-routing.md, "A bound in seconds").
+
 Before the predictor is trained, and for requests without SLO (unless the producer's
 `scoreRequestsWithoutSLO`), every pod scores 0, so the profile's other scorers decide exactly
 as they would without this one (the fallback).
@@ -174,6 +182,9 @@ class LatencyScorer:
         # on the wait of requests without SLO"). A request with targets has its own bound:
         # the SLO tier.
         without_slo_max_ttft_ratio: float = 0.0
+        # Every request scored: candidates predicted to give it a TTFT more than this many
+        # seconds above the best candidate's (of its SLO tier) score 0 (0: off).
+        max_extra_ttft_seconds: float = 0.0
         # Cost of the delay the request's prefill would deal the request queued last on a pod,
         # whose last prefill step it would share: this weight x the predictor's prefill seconds
         # of the tokens it adds to that step (see LatencyRuntime.last_chunk_free_tokens), in the
@@ -186,7 +197,8 @@ class LatencyScorer:
             for label, value in (("ttftWeight", self.ttft_weight), ("tpotWeight", self.tpot_weight),
                                  ("runningTpotWeight", self.running_tpot_weight),
                                  ("queueHarmWeight", self.queue_harm_weight),
-                                 ("lastChunkHarmWeight", self.last_chunk_harm_weight)):
+                                 ("lastChunkHarmWeight", self.last_chunk_harm_weight),
+                                 ("maxExtraTtftSeconds", self.max_extra_ttft_seconds)):
                 if not value >= 0 or math.isinf(value):
                     raise ValueError(f"parameter {label!r} must be a finite number >= 0, got {value}")
             ratio = self.without_slo_max_ttft_ratio
@@ -276,15 +288,17 @@ class LatencyScorer:
                 costs[j] += scale * delay
 
     @staticmethod
-    def _within_ttft_ratio(cycle: CyclePredictions, endpoints: Sequence[Endpoint], tier: list[int],
-                           ratio: float) -> list[int]:
+    def _within_ttft_bound(cycle: CyclePredictions, endpoints: Sequence[Endpoint], tier: list[int],
+                           ratio: float, extra_s: float) -> list[int]:
         """The candidates of `tier` whose predicted TTFT is at most `ratio` x the best one's
-        (all of them when no TTFT is known)."""
+        and at most `extra_s` above it (either 0: no such bound; all of them when no TTFT is
+        known)."""
         ttfts = [cycle.by_key[endpoints[i].key][0] for i in tier]
         known = [t for t in ttfts if t == t]
         if not known:
             return tier
-        bound = ratio * min(known)
+        best = min(known)
+        bound = min(ratio * best if ratio > 0.0 else math.inf, best + extra_s if extra_s > 0.0 else math.inf)
         return [i for i, t in zip(tier, ttfts, strict=True) if t != t or t <= bound]
 
     def score(self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]) -> list[float]:
@@ -298,8 +312,9 @@ class LatencyScorer:
         least = self.params.headroom_selection_strategy == "least" and any(meets)
         slo = cycle.slo
         params = self.params
-        if slo.empty and params.without_slo_max_ttft_ratio > 0.0:
-            tier = self._within_ttft_ratio(cycle, endpoints, tier, params.without_slo_max_ttft_ratio)
+        ratio = params.without_slo_max_ttft_ratio if slo.empty else 0.0
+        if ratio > 0.0 or params.max_extra_ttft_seconds > 0.0:
+            tier = self._within_ttft_bound(cycle, endpoints, tier, ratio, params.max_extra_ttft_seconds)
         preds = [cycle.by_key[endpoints[i].key] for i in tier]
         output_tokens = expected_output_tokens(request)
         if slo.empty and params.without_slo == "ttft":

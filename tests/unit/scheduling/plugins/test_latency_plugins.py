@@ -337,6 +337,7 @@ def test_config_errors_name_the_plugin_and_field(params: str, message: str) -> N
     ("withoutSLOMaxTtftRatio", "1.5", "without_slo_max_ttft_ratio", 1.5, "0.5"),
     ("lastChunkHarmWeight", "1.0", "last_chunk_harm_weight", 1.0, "-1"),
     ("maxNumBatchedTokens", "2048", "max_num_batched_tokens", 2048, "0"),
+    ("maxExtraTtftSeconds", "1.0", "max_extra_ttft_seconds", 1.0, "-1"),
 ])
 def test_scorer_parameter_is_configured_by_name(field: str, good: str, attr: str, value: object,
                                                 bad: str) -> None:
@@ -436,6 +437,36 @@ def test_a_request_without_slo_waits_at_most_the_ttft_ratio_to_spare_others(ctx:
     assert scorer(2.5).score(CycleState(), no_slo, pods) == [0.0, 1.0]
     # Targets both pods meet: the ratio does not apply, the stall cost still decides.
     assert scorer(1.5).score(CycleState(), slo_request(60_000, prompt_tokens=20_000), pods) == [0.0, 1.0]
+
+
+def test_any_request_waits_at_most_the_extra_ttft_seconds_to_spare_others(ctx: PluginContext,
+                                                                         pods: list[Endpoint]) -> None:
+    """The same two chats on the fast pod, and a 20k-token prompt whose lenient TTFT target both
+    pods meet: the stall cost sends it to the slow pod, seconds later. maxExtraTtftSeconds
+    below that difference rules the slow pod out (score 0), with or without targets; above
+    it, the stall cost decides again. With the ratio too, the tighter bound holds."""
+    rt = trained_runtime(ctx, pods)
+    rt.score_without_slo = True
+    running_chats(rt, pods[0], 2, tpot_ms=30)
+    lenient = slo_request(60_000, prompt_tokens=20_000)
+    cycle = rt.cycle(CycleState(), lenient, pods)
+    assert cycle is not None
+    fast_ttft, slow_ttft = (cycle.by_key[ep.key][0] for ep in pods)
+    extra = slow_ttft - fast_ttft
+    assert extra > 1.0
+
+    def scorer(seconds: float, ratio: float = 0.0) -> LatencyScorer:
+        return LatencyScorer(ctx=ctx, params=LatencyScorer.Params(
+            running_tpot_weight=1.0, max_extra_ttft_seconds=seconds, without_slo_max_ttft_ratio=ratio))
+
+    assert LatencyScorer.Params().max_extra_ttft_seconds == 0.0
+    assert scorer(0.0).score(CycleState(), lenient, pods) == [0.0, 1.0]  # off (the default)
+    assert scorer(0.5 * extra).score(CycleState(), lenient, pods) == [1.0, 0.0]
+    assert scorer(1.5 * extra).score(CycleState(), lenient, pods) == [0.0, 1.0]
+    no_slo = slo_request(None, prompt_tokens=20_000)
+    assert scorer(0.5 * extra).score(CycleState(), no_slo, pods) == [1.0, 0.0]
+    assert scorer(1.5 * extra).score(CycleState(), no_slo, pods) == [0.0, 1.0]
+    assert scorer(1.5 * extra, ratio=1.5).score(CycleState(), no_slo, pods) == [1.0, 0.0]
 
 
 def test_last_chunk_free_tokens_follow_the_pods_prefill_stream(ctx: PluginContext, pods: list[Endpoint]) -> None:
