@@ -185,6 +185,7 @@ class RowResult:
     prediction_mean_us: float = math.nan
     ttft_mape_by_pod: dict[str, float] = field(default_factory=dict)
     ttft_pairs_by_pod: dict[str, int] = field(default_factory=dict)
+    tpot_mape_by_pod: dict[str, float] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     per_request: list[dict[str, Any]] = field(default_factory=list)
 
@@ -256,8 +257,9 @@ def epp_costs(metrics_text: str) -> tuple[float, float]:
             mean("inference_objective_request_ttft_prediction_duration_seconds"))
 
 
-def ttft_mape(state_path: Path) -> tuple[dict[str, float], dict[str, int]]:
-    """Median absolute percentage error of TTFT per pod from the predictor's saved pairs."""
+def prediction_mape(state_path: Path, target: str) -> tuple[dict[str, float], dict[str, int]]:
+    """Median absolute percentage error of `target` ("ttft" or "tpot") per pod from the
+    predictor's saved pairs."""
     try:
         state = json.loads(state_path.read_text())
     except (OSError, ValueError):
@@ -265,7 +267,7 @@ def ttft_mape(state_path: Path) -> tuple[dict[str, float], dict[str, int]]:
     mape: dict[str, float] = {}
     counts: dict[str, int] = {}
     for pod, rows in state.get("errors", {}).items():
-        errs = [abs(p - a) / a for _, target, p, a in rows if target == "ttft" and a > 0]
+        errs = [abs(p - a) / a for _, kind, p, a in rows if kind == target and a > 0]
         if errs:
             mape[pod] = statistics.median(errs)
             counts[pod] = len(errs)
@@ -335,7 +337,7 @@ def run_latency_benchmark(settings: LatencyBenchSettings,
         t0 = time.monotonic()
         phase, _ = run_row(settings, spec, workload, "warmup", warm_state)
         ok = sum(1 for r in phase.results if r.ok)
-        mape, counts = ttft_mape(warm_state)
+        mape, counts = prediction_mape(warm_state, "ttft")
         progress(f"   warm-up done: ok {ok}/{len(workload.requests)}, TTFT MAPE per pod "
                  f"{ {k: round(v, 3) for k, v in mape.items()} } ({time.monotonic() - t0:.0f}s)")
         result["warmup"] = {"requests": len(workload.requests), "ok": ok, "rate": rate,
@@ -369,13 +371,15 @@ def run_latency_benchmark(settings: LatencyBenchSettings,
             if metrics_text:
                 row.decision_mean_us, row.prediction_mean_us = epp_costs(metrics_text)
             if state_file is not None:
-                row.ttft_mape_by_pod, row.ttft_pairs_by_pod = ttft_mape(state_file)
+                row.ttft_mape_by_pod, row.ttft_pairs_by_pod = prediction_mape(state_file, "ttft")
+                row.tpot_mape_by_pod = prediction_mape(state_file, "tpot")[0]
             phase_out["rows"].append(dataclasses.asdict(row))
             progress(f"   {spec.label:24s} ok {row.ok}/{row.requests} SLO attainment {row.attainment:6.1%} "
                      f"(chat {row.attainment_chat:6.1%}, long {row.attainment_long:6.1%}) long TTFT p90 "
                      f"{row.ttft_p90_long:6.2f}s slow-pod share {row.slow_pod_share:5.1%} decision "
                      f"{row.decision_mean_us:6.0f}us MAPE "
-                     f"{ {k: round(v, 3) for k, v in row.ttft_mape_by_pod.items()} } "
+                     f"{ {k: round(v, 3) for k, v in row.ttft_mape_by_pod.items()} } TPOT MAPE "
+                     f"{ {k: round(v, 3) for k, v in row.tpot_mape_by_pod.items()} } "
                      f"({time.monotonic() - t0:.0f}s)")
         result["phases"].append(phase_out)
     return result
@@ -390,20 +394,23 @@ def _commit() -> str:
 
 def summary_markdown(result: dict[str, Any]) -> str:
     lines = ["| load | router | SLO attainment | chat | long | long TTFT p50 / p90 (s) | chat TTFT p90 (s) | "
-             "slow pod share (long) | decision mean (us) | prediction (us) | TTFT MAPE per pod |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "slow pod share (long) | decision mean (us) | prediction (us) | TTFT MAPE per pod | TPOT MAPE per pod |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for phase in result["phases"]:
         for row in phase["rows"]:
             if "failed" in row:
                 lines.append(f"| {phase['load']:.0%} | {row['router']} | failed: {row['failed'][:80]} |"
-                             + " |" * 8)
+                             + " |" * 9)
                 continue
             mape = ", ".join(f"{k.split('/')[-1]} {v:.0%}" for k, v in sorted(row["ttft_mape_by_pod"].items()))
+            tpot_mape = ", ".join(f"{k.split('/')[-1]} {v:.0%}"
+                                  for k, v in sorted(row.get("tpot_mape_by_pod", {}).items()))
             lines.append(
                 f"| {phase['load']:.0%} | {row['label']} | {row['attainment']:.1%} | {row['attainment_chat']:.1%} | "
                 f"{row['attainment_long']:.1%} | {row['ttft_p50_long']:.2f} / {row['ttft_p90_long']:.2f} | "
                 f"{row['ttft_p90_chat']:.2f} | {row['slow_pod_share']:.1%} ({row['slow_pod_share_long']:.1%}) | "
-                f"{row['decision_mean_us']:.0f} | {row['prediction_mean_us']:.1f} | {mape or '-'} |")
+                f"{row['decision_mean_us']:.0f} | {row['prediction_mean_us']:.1f} | {mape or '-'} | "
+                f"{tpot_mape or '-'} |")
     return "\n".join(lines)
 
 
