@@ -13,10 +13,6 @@ Features (one vector per request x pod, built by LatencyRuntime.features):
     inflight                      requests in flight to the pod (the EPP's ledger, all workers)
     inflight_decode_ktokens       decode tokens still expected from the pod's in-flight requests
     kv_cache_usage                the pod's scraped KV-cache usage (0..1)
-    prefill_load                  seconds of prefill (predicted service times) this EPP sent the
-                                  pod per second lately (decayed, LatencyRuntime): the prefills
-                                  still to come, which stall a request's decode after its first
-                                  token; the queue features only see those sent before it
 
 TTFT = queue_clear_s + a linear model of the rest (floored at 0): the wait for the queue
 ahead enters with a fixed coefficient of 1 (an offset; the fit learns the residual, with no
@@ -36,7 +32,7 @@ samples per pod (preallocated numpy rings), with weights 1/y^2 so the fit minimi
 is a median absolute percentage error). Samples are appended from the event loop under a
 lock (O(1)); a daemon thread refits every `retrain_interval_s` when new samples arrived and
 publishes the coefficients by swapping one dict, so the hot path never waits and never sees a
-half-written model. A prediction is a pure-Python dot product of 10 floats (no numpy call on
+half-written model. A prediction is a pure-Python dot product of 9 floats (no numpy call on
 the hot path: numpy's per-call overhead is larger than the arithmetic at this size).
 
 Warm start: `save()` writes the recent samples and the coefficients as JSON (atomically);
@@ -65,7 +61,7 @@ log = logging.getLogger(__name__)
 
 FEATURES = (
     "bias", "new_prompt_ktokens", "pending_prefill_ktokens", "queue_clear_s", "waiting", "running",
-    "inflight", "inflight_decode_ktokens", "kv_cache_usage", "prefill_load",
+    "inflight", "inflight_decode_ktokens", "kv_cache_usage",
 )
 N_FEATURES = len(FEATURES)
 POOLED = ""  # model key of the pooled model
@@ -73,8 +69,7 @@ POOLED = ""  # model key of the pooled model
 # state at a request's decode start (decode_tpot).
 NEW_TOKENS, PENDING, QUEUE_CLEAR, WAITING, RUNNING = 1, 2, 3, 4, 5
 MIN_SPEED_SAMPLES = 8  # observations of a pod before its speed factor is estimated
-# 2: TTFT has the queue-clear offset (version-1 coefficients do not); 3: prefill_load
-STATE_VERSION = 3
+STATE_VERSION = 2  # 2: TTFT has the queue-clear offset (version-1 coefficients do not)
 _MIN_Y = 0.002  # seconds: floor of the relative-error weights (a 0 ms TTFT would dominate)
 
 

@@ -39,10 +39,6 @@ RECORD_TTL_S = 600.0  # a record with no stream end after this long is dropped (
 # Time constant of the pool's dispatch rate (an exponentially decayed count): long enough to
 # span a few long prefills' service times, short enough to follow a change in the load.
 DISPATCH_RATE_TAU_S = 10.0
-# Time constant of a pod's recent prefill load (the predictor's prefill_load feature): about
-# a chat's decode (1-2 s on a bench pod) to a burst's length, where the recent past says most
-# about the prefills that will stall a decode starting now.
-PREFILL_LOAD_TAU_S = 5.0
 
 
 @dataclass(slots=True)
@@ -116,9 +112,6 @@ class LatencyRuntime:
         # stream not ended): the decode a new prefill on that pod would stall.
         self.tpot_slo_inflight: dict[str, dict[int, RequestRecord]] = {}
         self._records: dict[int, RequestRecord] = {}
-        # pod key -> (exponentially decayed sum of the predicted service seconds dispatched
-        # there, monotonic time of its last update): prefill_load.
-        self._prefill_load: dict[str, tuple[float, float]] = {}
         # This EPP's recent dispatches to the pool as an exponentially decayed count and the
         # monotonic time of its last update (dispatch_rate).
         self._dispatch_count = 0.0
@@ -195,19 +188,7 @@ class LatencyRuntime:
             float(ep.inflight + ep.peer_inflight),
             self.inflight_decode.get(key, 0.0),
             m.kv_cache_usage,
-            self.prefill_load(key),
         ]
-
-    def prefill_load(self, pod: str) -> float:
-        """Seconds of prefill this EPP sent `pod` per second lately: the predicted service
-        times dispatched there, an exponentially decayed sum over PREFILL_LOAD_TAU_S (0 before
-        any). Above 1 the pod's prefill queue grows; a request decoding there meanwhile shares
-        its steps with those prefills."""
-        entry = self._prefill_load.get(pod)
-        if entry is None:
-            return 0.0
-        total, at = entry
-        return total * math.exp((at - self.clock()) / PREFILL_LOAD_TAU_S) / PREFILL_LOAD_TAU_S
 
     # --- request lifecycle ----------------------------------------------------------------
     def on_dispatch(self, state: CycleState, request: LLMRequest, target: Endpoint) -> None:
@@ -241,10 +222,6 @@ class LatencyRuntime:
             start = max(record.dispatched, self.queue_clear_at.get(target.key, 0.0))
             record.service = service
             record.virtual_first_byte = self.queue_clear_at[target.key] = start + service
-            load = self._prefill_load.get(target.key)
-            self._prefill_load[target.key] = (service + (load[0] * math.exp(
-                (load[1] - record.dispatched) / PREFILL_LOAD_TAU_S) if load is not None else 0.0),
-                record.dispatched)
             guarded = self.tpot_slo_inflight.get(target.key)
             if guarded:
                 for running in guarded.values():

@@ -18,15 +18,14 @@ from epp.latency.predictor import FEATURES, N_FEATURES, STATE_VERSION, LatencyPr
 # TTFT: the queue wait (feature 3, seconds, already in the pod's own time) adds one for one and
 # the pending tokens (feature 2, the same queue counted in tokens) cost nothing beyond it; the
 # rest scales with the pod's speed.
-TRUE_TTFT = (0.010, 0.060, 0.0, 1.0, 0.004, 0.0008, 0.001, 0.002, 0.030, 0.020)
-TRUE_TPOT = (0.008, 0.0, 0.004, 0.0, 0.0003, 0.0004, 0.0002, 0.001, 0.005, 0.015)
+TRUE_TTFT = (0.010, 0.060, 0.0, 1.0, 0.004, 0.0008, 0.001, 0.002, 0.030)
+TRUE_TPOT = (0.008, 0.0, 0.004, 0.0, 0.0003, 0.0004, 0.0002, 0.001, 0.005)
 SPEED = {"fast": 1.0, "slow": 2.0}
 
 
 def features(rng: random.Random) -> list[float]:
     return [1.0, rng.uniform(0.05, 30.0), rng.uniform(0.0, 20.0), rng.uniform(0.0, 5.0), rng.randint(0, 8),
-            rng.randint(0, 32), rng.randint(0, 40), rng.uniform(0.0, 10.0), rng.uniform(0.0, 0.9),
-            rng.uniform(0.0, 1.5)]
+            rng.randint(0, 32), rng.randint(0, 40), rng.uniform(0.0, 10.0), rng.uniform(0.0, 0.9)]
 
 
 def truth(coef: tuple[float, ...], pod: str, x: list[float]) -> float:

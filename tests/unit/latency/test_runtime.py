@@ -117,27 +117,3 @@ def test_dispatch_rate_follows_the_recent_rate_and_fades() -> None:
     assert rt.dispatch_rate() == pytest.approx(2.0 / 2.718, rel=0.06)
     clock.now += 90.0
     assert rt.dispatch_rate() < 0.001
-
-
-def test_prefill_load_is_the_recent_prefill_seconds_sent_per_pod_per_second() -> None:
-    """The predictor's prefill_load feature: 1k-token prompts (0.3 s of service each) sent
-    to one pod twice a second for 60 s read ~0.6 s of prefill per second there (an
-    exponentially decayed sum over 5 s), the other pod reads 0, and the load fades once
-    nothing more is sent. Untrained, nothing is charged."""
-    clock = Clock()
-    rt = trained(clock)
-    busy, idle = endpoint("busy", port=8000), endpoint("idle", port=8001)
-    assert rt.features(busy, 1000, 0)[-1] == 0.0
-    for i in range(120):
-        rt.on_dispatch(CycleState(), request("x" * 4_000, request_id=f"r{i}"), busy)
-        clock.now += 0.5
-    expected = 2 * service(1.0)
-    assert rt.prefill_load(busy.key) == pytest.approx(expected, rel=0.1)
-    assert rt.features(busy, 1000, 0)[-1] == pytest.approx(expected, rel=0.1)
-    assert rt.features(idle, 1000, 0)[-1] == 0.0
-    clock.now += 10.0
-    assert rt.prefill_load(busy.key) == pytest.approx(expected * 2.718281828 ** -2, rel=0.1)
-    rt.predictor.stop()
-    untrained = LatencyRuntime()
-    untrained.on_dispatch(CycleState(), request("x" * 4_000, request_id="u"), busy)
-    assert untrained.prefill_load(busy.key) == 0.0
