@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from epp.latency.predictor import FEATURES, N_FEATURES, STATE_VERSION, LatencyPredictor, PredictorConfig
+from epp.latency.predictor import FEATURES, N_FEATURES, STATE_VERSION, LatencyPredictor, PredictorConfig, fit_ridge
 
 # A known TTFT function shaped like a vLLM step model, with per-pod speed: pod "slow" takes
 # twice as long for everything. Coefficients in seconds per feature unit (FEATURES order).
@@ -245,3 +245,48 @@ def test_service_time_is_the_idle_prediction() -> None:
         for k in (0.0, 0.5, 3.0, 40.0):  # 40k: beyond every pod's cover
             idle = [1.0, k] + [0.0] * (N_FEATURES - 2)
             assert p.service_time(pod, k) == pytest.approx(p.predict(pod, idle)[0], rel=1e-12, abs=1e-12)
+
+
+def test_a_pod_whose_own_fit_predicts_its_newest_requests_worse_uses_pooled_times_speed() -> None:
+    """Pod "chats" (2x slow) served only short prompts, and its latencies are noisy (+-40%):
+    its own 9-coefficient fit over that narrow, noisy sample predicts its newest requests
+    worse than the pooled shape (learned from the other pods' varied, quieter traffic) x
+    its speed, a median ratio. Judged so, it is predicted with pooled x speed, which is
+    closer to the truth on new requests than its own fit over the whole window. A pod whose
+    latency has another shape ("kv-bound": +1 s per unit of KV-cache usage), which no speed
+    factor can express, keeps its own fit."""
+    p = LatencyPredictor(PredictorConfig(window=512))
+    train(p, 200)
+    rng = random.Random(11)
+
+    def chat(r: random.Random) -> list[float]:
+        x = features(r)
+        x[1], x[2], x[3] = r.uniform(0.8, 1.6), 0.0, 0.0
+        return x
+
+    for _ in range(160):
+        x = chat(rng)
+        p.observe("ttft", "chats", x, 2.0 * truth(TRUE_TTFT, "fast", x) * (1 + rng.uniform(-0.4, 0.4)))
+    assert p.refit()
+    assert p.models["chats"].ttft is None  # pooled x speed
+    x_all, y_all = p._series["ttft"].per_pod["chats"].arrays()
+    own = fit_ridge(x_all, y_all, p.config.ridge, x_all[:, 3])
+    probe = random.Random(12)
+    ours, own_fit = [], []
+    for _ in range(400):
+        x = chat(probe)
+        actual = 2.0 * truth(TRUE_TTFT, "fast", x)
+        ours.append(abs(p.predict("chats", x)[0] - actual) / actual)
+        own_fit.append(abs(max(0.0, sum(c * v for c, v in zip(own, x, strict=True))) - actual) / actual)
+    assert statistics.median(ours) < statistics.median(own_fit)
+    assert statistics.median(ours) < 0.1
+
+    other = LatencyPredictor(PredictorConfig(window=512))
+    train(other, 200)
+    for _ in range(160):
+        x = features(rng)
+        other.observe("ttft", "kv-bound", x, truth(TRUE_TTFT, "fast", x) + 1.0 * x[8])
+    assert other.refit()
+    assert other.models["kv-bound"].ttft is not None
+    x = features(random.Random(13))
+    assert other.predict("kv-bound", x)[0] == pytest.approx(truth(TRUE_TTFT, "fast", x) + 1.0 * x[8], rel=0.05)
