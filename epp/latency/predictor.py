@@ -199,8 +199,8 @@ def _speed(coef: tuple[float, ...], x: np.ndarray[Any, Any], y: np.ndarray[Any, 
 
 def _own_beats_pooled(x: np.ndarray[Any, Any], y: np.ndarray[Any, Any], offset: np.ndarray[Any, Any] | None,
                       pooled: tuple[float, ...], ridge: float) -> bool:
-    """Whether a pod's own fit predicts its newest observations better than the pooled shape x
-    its speed: both fitted on the older part of its window (the speed too), judged by the
+    """Whether a pod's own fit predicts its newest observations at least as well as the pooled
+    shape x its speed: both fitted on the older part of its window (the speed too), judged by the
     median relative error on the newest quarter. A pod's own fit has 9 free coefficients on a
     narrow sample (the slow pod of the benchmark serves short chats only): it predicted 0.0-0.1
     s for chats that took 0.13-0.3 s, where the pooled shape's one speed factor, a median

@@ -184,7 +184,7 @@ class LatencyScorer:
         without_slo_max_ttft_ratio: float = 0.0
         # Every request scored: candidates predicted to give it a TTFT more than this many
         # seconds above the best candidate's (of its SLO tier) score 0 (0: off). At 1.0 in the
-        # bench: long-prefill TTFT p90 1.47-1.48x the default config's instead of 1.38-1.40x,
+        # bench: long-prefill TTFT p90 1.44-1.49x the default config's instead of 1.38-1.40x,
         # for 1-8 points of attainment (docs/latency-routing.md, "A bound in seconds").
         max_extra_ttft_seconds: float = 0.0
         # Cost of the delay the request's prefill would deal the request queued last on a pod,
