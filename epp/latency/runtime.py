@@ -85,11 +85,6 @@ class RequestRecord:
     # Seconds of prefill (predicted service times) dispatched to its pod after it, while it
     # was in flight: the decode stall it has been dealt so far (running_tpot_harm).
     stalled: float = 0.0
-    # Dispatched behind a pending prefill the predictor could not time (sent before it was
-    # trained: not in the virtual queue): its wait is in no feature the TTFT model uses, so it
-    # is not a training sample.
-    queue_unknown: bool = False
-    untimed: bool = False  # itself dispatched before the predictor was trained
 
 
 class LatencyRuntime:
@@ -117,9 +112,6 @@ class LatencyRuntime:
         # stream not ended): the decode a new prefill on that pod would stall.
         self.tpot_slo_inflight: dict[str, dict[int, RequestRecord]] = {}
         self._records: dict[int, RequestRecord] = {}
-        # pod key -> pending requests there dispatched before the predictor was trained (not
-        # in its virtual queue): RequestRecord.queue_unknown.
-        self._untimed_pending: dict[str, int] = {}
         # This EPP's recent dispatches to the pool as an exponentially decayed count and the
         # monotonic time of its last update (dispatch_rate).
         self._dispatch_count = 0.0
@@ -226,12 +218,7 @@ class LatencyRuntime:
         # Reset to 0 when the pod's pending queue empties (_release_prefill).
         self.prefill_stream[target.key] = self.prefill_stream.get(target.key, 0.0) + record.new_tokens
         service = self.predictor.service_time(target.key, record.new_tokens) if self.predictor.ready else math.nan
-        # Its wait is unexplained when a request ahead of it there was never timed.
-        record.queue_unknown = self._untimed_pending.get(target.key, 0) > 0
-        if service != service:
-            record.untimed = True
-            self._untimed_pending[target.key] = self._untimed_pending.get(target.key, 0) + 1
-        else:
+        if service == service:
             start = max(record.dispatched, self.queue_clear_at.get(target.key, 0.0))
             record.service = service
             record.virtual_first_byte = self.queue_clear_at[target.key] = start + service
@@ -276,11 +263,7 @@ class LatencyRuntime:
         if status != 200:
             return
         ttft = record.first_byte - record.dispatched
-        if not record.queue_unknown:
-            # A wait no feature explains (queued before the predictor was trained) had made the
-            # benchmark's slow pod look 10x slower than the pooled shape, from a few chats that
-            # waited behind a long prompt in the warm-up (docs/latency-routing.md).
-            self.predictor.observe("ttft", record.pod, record.features, ttft, record.predicted_ttft)
+        self.predictor.observe("ttft", record.pod, record.features, ttft, record.predicted_ttft)
         self.metrics.observe_ttft(record, ttft)
 
     def on_complete(self, request: LLMRequest, response: Mapping[str, Any]) -> None:
@@ -306,8 +289,6 @@ class LatencyRuntime:
             if order is not None:
                 order.pop(id(record.request), None)
             self.pending_prefill[pod] = max(0.0, self.pending_prefill.get(pod, 0.0) - record.new_tokens)
-            if record.untimed:
-                self._untimed_pending[pod] = max(0, self._untimed_pending.get(pod, 0) - 1)
             left = self.pending_count[pod] = max(0, self.pending_count.get(pod, 0) - 1)
             if left == 0:
                 self.queue_clear_at[pod] = 0.0

@@ -117,33 +117,3 @@ def test_dispatch_rate_follows_the_recent_rate_and_fades() -> None:
     assert rt.dispatch_rate() == pytest.approx(2.0 / 2.718, rel=0.06)
     clock.now += 90.0
     assert rt.dispatch_rate() < 0.001
-
-
-def test_a_wait_behind_untimed_prefills_is_not_a_training_sample() -> None:
-    """Before the predictor is trained, nothing is in the virtual queue: a request sent behind
-    a pending prefill then waits for it with no feature to show it (queue time 0), and its
-    TTFT is not learned from (the benchmark's slow pod looked 10x slower from a few such
-    chats). The first request, with nothing ahead, is; so is one sent behind timed prefills
-    once the pending untimed ones are done."""
-    clock = Clock()
-    rt = LatencyRuntime()
-    rt.clock = rt.predictor.clock = clock
-    pod = endpoint("p", port=8000)
-    head, behind = request("a" * 40_000, request_id="head"), request("b" * 4_000, request_id="behind")
-    rt.on_dispatch(CycleState(), head, pod)
-    rt.on_dispatch(CycleState(), behind, pod)
-    clock.now += 2.5
-    rt.on_first_byte(head, 200)
-    rt.on_first_byte(behind, 200)
-    assert rt.predictor.sample_counts()["ttft"] == 1
-    for r in (head, behind):
-        rt.on_complete(r, {"status": 200, "completion_tokens": 8})
-    trained_rt = trained(clock)
-    trained_rt.on_dispatch(CycleState(), head, pod)
-    trained_rt.on_dispatch(CycleState(), behind, pod)  # behind a timed prefill: in the queue time
-    clock.now += 2.5
-    before = trained_rt.predictor.sample_counts()["ttft"]
-    trained_rt.on_first_byte(head, 200)
-    trained_rt.on_first_byte(behind, 200)
-    assert trained_rt.predictor.sample_counts()["ttft"] == before + 2
-    trained_rt.predictor.stop()
