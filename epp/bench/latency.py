@@ -392,6 +392,11 @@ def _commit() -> str:
     return "unknown"
 
 
+def _per_pod_percent(by_pod: dict[str, float]) -> str:
+    """'vllm-0 12%, vllm-1 8%': per-pod shares, by pod name."""
+    return ", ".join(f"{k.split('/')[-1]} {v:.0%}" for k, v in sorted(by_pod.items()))
+
+
 def summary_markdown(result: dict[str, Any]) -> str:
     lines = ["| load | router | SLO attainment | chat | long | long TTFT p50 / p90 (s) | chat TTFT p90 (s) | "
              "slow pod share (long) | decision mean (us) | prediction (us) | TTFT MAPE per pod | TPOT MAPE per pod |",
@@ -402,9 +407,8 @@ def summary_markdown(result: dict[str, Any]) -> str:
                 lines.append(f"| {phase['load']:.0%} | {row['router']} | failed: {row['failed'][:80]} |"
                              + " |" * 9)
                 continue
-            mape = ", ".join(f"{k.split('/')[-1]} {v:.0%}" for k, v in sorted(row["ttft_mape_by_pod"].items()))
-            tpot_mape = ", ".join(f"{k.split('/')[-1]} {v:.0%}"
-                                  for k, v in sorted(row.get("tpot_mape_by_pod", {}).items()))
+            mape = _per_pod_percent(row["ttft_mape_by_pod"])
+            tpot_mape = _per_pod_percent(row.get("tpot_mape_by_pod", {}))
             lines.append(
                 f"| {phase['load']:.0%} | {row['label']} | {row['attainment']:.1%} | {row['attainment_chat']:.1%} | "
                 f"{row['attainment_long']:.1%} | {row['ttft_p50_long']:.2f} / {row['ttft_p90_long']:.2f} | "

@@ -214,11 +214,7 @@ def _own_beats_pooled(x: np.ndarray[Any, Any], y: np.ndarray[Any, Any], offset: 
     off_test = offset[test] if offset is not None else 0.0
     own = np.asarray(fit_ridge(x[train], y[train], ridge, off_train))
     speed = _speed(pooled, x[train], y[train], off_train)
-    x_test = x[test]
-    if offset is not None:  # the queue features are in the offset, with no coefficient
-        x_test = x_test.copy()
-        x_test[:, PENDING] = 0.0
-        x_test[:, QUEUE_CLEAR] = 0.0
+    x_test = x[test]  # the queue features have no coefficient in either fit (fit_ridge)
     actual = np.maximum(y[test], _MIN_Y)
     own_err = np.abs(off_test + np.maximum(x_test @ own, 0.0) - actual) / actual
     pooled_err = np.abs(off_test + speed * np.maximum(x_test @ np.asarray(pooled), 0.0) - actual) / actual

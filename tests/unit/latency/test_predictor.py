@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from epp.latency.predictor import FEATURES, N_FEATURES, STATE_VERSION, LatencyPredictor, PredictorConfig, fit_ridge
+from epp.latency.predictor import FEATURES, N_FEATURES, STATE_VERSION, LatencyPredictor, PredictorConfig, dot, fit_ridge
 
 # A known TTFT function shaped like a vLLM step model, with per-pod speed: pod "slow" takes
 # twice as long for everything. Coefficients in seconds per feature unit (FEATURES order).
@@ -277,7 +277,7 @@ def test_a_pod_whose_own_fit_predicts_its_newest_requests_worse_uses_pooled_time
         x = chat(probe)
         actual = 2.0 * truth(TRUE_TTFT, "fast", x)
         ours.append(abs(p.predict("chats", x)[0] - actual) / actual)
-        own_fit.append(abs(max(0.0, sum(c * v for c, v in zip(own, x, strict=True))) - actual) / actual)
+        own_fit.append(abs(max(0.0, dot(own, x)) - actual) / actual)
     assert statistics.median(ours) < statistics.median(own_fit)
     assert statistics.median(ours) < 0.1
 
