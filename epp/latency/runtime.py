@@ -27,7 +27,7 @@ from typing import Any
 from epp.datastore.endpoint import Endpoint
 from epp.datastore.inflight import CHARACTERS_PER_TOKEN
 from epp.latency.metrics import LatencyMetrics
-from epp.latency.predictor import LatencyPredictor, PredictorConfig
+from epp.latency.predictor import QUEUE_CLEAR, LatencyPredictor, PredictorConfig
 from epp.latency.slo import NO_SLO, SLO, ObjectiveSLO, request_slo
 from epp.scheduling.types import CycleState, LLMRequest, cached_prompt_tokens
 
@@ -85,6 +85,10 @@ class RequestRecord:
     # Seconds of prefill (predicted service times) dispatched to its pod after it, while it
     # was in flight: the decode stall it has been dealt so far (running_tpot_harm).
     stalled: float = 0.0
+    # The records pending on its pod at dispatch, kept when one of them (or it) had no
+    # predicted service time (the predictor was untrained): the virtual queue then missed their
+    # work, so the queue feature it learns from is set in hindsight, from their first bytes.
+    ahead: list[RequestRecord] | None = None
 
 
 class LatencyRuntime:
@@ -102,6 +106,10 @@ class LatencyRuntime:
         # reset when none is pending. How many requests are pending there.
         self.queue_clear_at: dict[str, float] = {}
         self.pending_count: dict[str, int] = {}
+        # pod key -> how many of its pending requests the virtual queue has no time for (sent
+        # while the predictor was untrained): requests behind them learn their queue time in
+        # hindsight (RequestRecord.ahead).
+        self.untimed_pending: dict[str, int] = {}
         # pod key -> the pod's pending records in dispatch order (a dict as an ordered set):
         # only the head's first byte moves the virtual queue (FCFS).
         self._pending_order: dict[str, dict[int, RequestRecord]] = {}
@@ -228,7 +236,12 @@ class LatencyRuntime:
                     running.stalled += service
         self.inflight_decode[target.key] = self.inflight_decode.get(target.key, 0.0) + record.decode_tokens
         self._records[id(request)] = record
-        self._pending_order.setdefault(target.key, {})[id(request)] = record
+        order = self._pending_order.setdefault(target.key, {})
+        if order and (service != service or self.untimed_pending.get(target.key)):
+            record.ahead = list(order.values())
+        order[id(request)] = record
+        if not record.virtual_first_byte:
+            self.untimed_pending[target.key] = self.untimed_pending.get(target.key, 0) + 1
         if slo.tpot_s is not None:
             self.tpot_slo_inflight.setdefault(target.key, {})[id(request)] = record
         if ttft == ttft:
@@ -260,6 +273,8 @@ class LatencyRuntime:
                 # is done; the head's says nothing new.
                 self.queue_clear_at[pod] = max(record.first_byte, clear_at - record.service)
         self._release_prefill(record)
+        if record.ahead is not None:
+            self._queue_time_in_hindsight(record)
         if status != 200:
             return
         ttft = record.first_byte - record.dispatched
@@ -281,6 +296,20 @@ class LatencyRuntime:
         self.predictor.observe("tpot", record.pod, record.features, tpot, record.predicted_tpot)
         self.metrics.observe_tpot(record, tpot)
 
+    @staticmethod
+    def _queue_time_in_hindsight(record: RequestRecord) -> None:
+        """Set the queue feature of a request that waited behind work the virtual queue did
+        not time to the wait it had: from its dispatch to the last first byte of the requests
+        ahead of it (FCFS: its prefill starts once theirs are done). Without it, waits behind
+        a long prompt sent before the predictor was trained are learnt as the pod's slowness
+        (a speed factor at the clamp)."""
+        ahead, record.ahead = record.ahead or [], None
+        done = [r.first_byte for r in ahead if r.first_byte]
+        if done:
+            x = list(record.features)  # the cycle's list is not ours to change
+            x[QUEUE_CLEAR] = max(0.0, max(done) - record.dispatched)
+            record.features = x
+
     def _release_prefill(self, record: RequestRecord) -> None:
         if not record.prefill_released:
             record.prefill_released = True
@@ -288,6 +317,8 @@ class LatencyRuntime:
             order = self._pending_order.get(pod)
             if order is not None:
                 order.pop(id(record.request), None)
+            if not record.virtual_first_byte:
+                self.untimed_pending[pod] = max(0, self.untimed_pending.get(pod, 0) - 1)
             self.pending_prefill[pod] = max(0.0, self.pending_prefill.get(pod, 0.0) - record.new_tokens)
             left = self.pending_count[pod] = max(0, self.pending_count.get(pod, 0) - 1)
             if left == 0:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import pytest
 
-from epp.latency.predictor import N_FEATURES
+from epp.latency.predictor import N_FEATURES, QUEUE_CLEAR
 from epp.latency.runtime import LatencyRuntime
 from epp.scheduling.types import CycleState
 from tests.unit.scheduling.sched_fakes import endpoint, request
@@ -75,6 +78,87 @@ def test_untrained_runtime_charges_no_virtual_queue() -> None:
     assert rt.queue_clear_at.get(pod.key, 0.0) == 0.0
     assert rt.features(pod, 1000, 0)[3] == 0.0
     assert rt.pending_prefill[pod.key] == pytest.approx(10.0)
+
+
+def observed_queue_times(rt: LatencyRuntime) -> dict[str, float]:
+    """Wrap the predictor's observe: the TTFT queue feature it learns, per request id."""
+    seen: dict[str, float] = {}
+    observe = rt.predictor.observe
+
+    def spy(target: str, pod: str, x: Sequence[float], actual_s: float, predicted_s: float = math.nan) -> None:
+        if target == "ttft":
+            record = next(r for r in rt._records.values() if r.features is x)
+            seen[record.request.request_id] = x[QUEUE_CLEAR]
+        observe(target, pod, x, actual_s, predicted_s)
+
+    rt.predictor.observe = spy  # type: ignore[method-assign]
+    return seen
+
+
+def test_a_wait_behind_untimed_requests_is_learnt_as_queue_time_in_hindsight() -> None:
+    """Before the predictor is trained nothing enters the virtual queue: a request sent
+    behind a 10k-token prompt has a queue feature of 0, and its wait would be learnt as the
+    pod's slowness. Its queue feature is set, once it has its first byte, to the time from its
+    dispatch to the first byte of the requests ahead of it; the head's stays 0."""
+    clock = Clock()
+    rt = LatencyRuntime()
+    rt.clock = rt.predictor.clock = clock
+    pod = endpoint("p", port=8000)
+    t0 = clock.now
+    head = request("a" * 40_000, request_id="head")
+    behind = request("b" * 4_000, request_id="behind")
+    rt.on_dispatch(CycleState(), head, pod)
+    clock.now += 0.5
+    rt.on_dispatch(CycleState(), behind, pod)
+    seen = observed_queue_times(rt)
+    clock.now = t0 + 3.0
+    rt.on_first_byte(head, 200)
+    clock.now = t0 + 3.3
+    rt.on_first_byte(behind, 200)
+    assert seen == {"head": 0.0, "behind": pytest.approx(2.5)}
+    # Nothing pending: a later request on the idle pod keeps 0.
+    alone = request("c" * 4_000, request_id="alone")
+    rt.on_dispatch(CycleState(), alone, pod)
+    assert rt._records[id(alone)].ahead is None
+
+
+def test_a_request_behind_an_untimed_one_learns_its_wait_once_trained() -> None:
+    """Trained now, but an older request sent before training is still pending (the virtual
+    queue has no time for it): the one behind it learns its actual wait, not the virtual
+    queue's. With every request ahead timed, the virtual queue's estimate is kept."""
+    clock = Clock()
+    rt = LatencyRuntime()
+    rt.clock = rt.predictor.clock = clock
+    pod = endpoint("p", port=8000)
+    t0 = clock.now
+    old = request("o" * 40_000, request_id="old")
+    rt.on_dispatch(CycleState(), old, pod)  # untrained: untimed
+    for i in range(60):
+        ktok = 0.5 + (i % 20)
+        rt.predictor.observe("ttft", "default/p", [1.0, ktok] + [0.0] * (N_FEATURES - 2), BASE_S + PER_KTOKEN_S * ktok)
+    assert rt.predictor.refit()
+    new = request("n" * 4_000, request_id="new")
+    rt.on_dispatch(CycleState(), new, pod)
+    later = request("l" * 4_000, request_id="later")
+    seen = observed_queue_times(rt)
+    clock.now = t0 + 4.0
+    rt.on_first_byte(old, 200)
+    clock.now = t0 + 4.2
+    rt.on_first_byte(new, 200)
+    assert seen["new"] == pytest.approx(4.0)
+    assert rt.untimed_pending[pod.key] == 0
+    # Both timed: the queue feature is the virtual queue's at dispatch.
+    first = request("f" * 40_000, request_id="first")
+    rt.on_dispatch(CycleState(), first, pod)
+    rt.on_dispatch(CycleState(), later, pod)
+    virtual = rt._records[id(later)].features[QUEUE_CLEAR]
+    assert virtual == pytest.approx(service(10.0), rel=0.02)
+    seen = observed_queue_times(rt)
+    clock.now += 1.0
+    rt.on_first_byte(first, 200)
+    rt.on_first_byte(later, 200)
+    assert seen["later"] == virtual
+    rt.predictor.stop()
 
 
 def test_a_younger_request_done_before_the_head_leaves_the_queue() -> None:
