@@ -69,6 +69,7 @@ POOLED = ""  # model key of the pooled model
 # state at a request's decode start (decode_tpot).
 NEW_TOKENS, PENDING, QUEUE_CLEAR, WAITING, RUNNING = 1, 2, 3, 4, 5
 MIN_SPEED_SAMPLES = 8  # observations of a pod before its speed factor is estimated
+TPOT_FLOOR_PERCENTILE = 5.0  # Coefficients.tpot_floor
 STATE_VERSION = 2  # 2: TTFT has the queue-clear offset (version-1 coefficients do not)
 _MIN_Y = 0.002  # seconds: floor of the relative-error weights (a 0 ms TTFT would dominate)
 
@@ -145,6 +146,11 @@ class Coefficients:
     ttft_speed: float = 1.0
     tpot_speed: float = 1.0
     cover: tuple[float, float] = (math.inf, math.inf)
+    # The pod's 5th percentile of observed TPOT: no TPOT prediction goes below it. A linear fit
+    # over a pod's load features extrapolates below its decode step (to 0 for a third of the
+    # benchmark's slow pod's chats, which took 0.07-0.3 s), and a TPOT target then looks met
+    # with room to spare there.
+    tpot_floor: float = 0.0
 
 
 @dataclass(slots=True)
@@ -283,7 +289,7 @@ class LatencyPredictor:
             tpot = own.tpot_speed * dot(pooled.tpot, x)
         else:
             tpot = math.nan
-        return max(0.0, ttft) if ttft == ttft else ttft, max(0.0, tpot) if tpot == tpot else tpot
+        return max(0.0, ttft) if ttft == ttft else ttft, max(own.tpot_floor, tpot) if tpot == tpot else tpot
 
     def decode_tpot(self, pod: str, x: Sequence[float]) -> float:
         """Predicted TPOT of a request with features `x` on `pod` for the pod's state when its
@@ -363,6 +369,7 @@ class LatencyPredictor:
         fitted: dict[str, dict[str, tuple[tuple[float, ...] | None, int]]] = {"ttft": {}, "tpot": {}}
         speeds: dict[str, dict[str, float]] = {"ttft": {}, "tpot": {}}
         covers: dict[str, tuple[float, float]] = {}
+        tpot_floors: dict[str, float] = {}
         for target, per_pod in snapshot.items():
             if not per_pod:
                 continue
@@ -386,6 +393,8 @@ class LatencyPredictor:
             pooled = fitted[target].get(POOLED)
             for pod, (x, y) in per_pod.items():
                 covers[pod] = (float(x[:, NEW_TOKENS].max()), float(x[:, QUEUE_CLEAR].max()))
+                if target == "tpot" and len(y) >= MIN_SPEED_SAMPLES:
+                    tpot_floors[pod] = float(np.percentile(y, TPOT_FLOOR_PERCENTILE))
                 own = None
                 if len(y) >= cfg.min_pod_samples and (
                         pooled is None or pooled[0] is None
@@ -399,7 +408,7 @@ class LatencyPredictor:
             models[key] = Coefficients(ttft[0] if ttft else None, tpot[0] if tpot else None,
                                        ttft[1] if ttft else 0, tpot[1] if tpot else 0,
                                        speeds["ttft"].get(key, 1.0), speeds["tpot"].get(key, 1.0),
-                                       covers.get(key, (math.inf, math.inf)))
+                                       covers.get(key, (math.inf, math.inf)), tpot_floors.get(key, 0.0))
         self.models = models  # one reference swap: readers see the old or the new dict
         self.version += 1
         self.fits += 1
@@ -460,7 +469,8 @@ class LatencyPredictor:
         models = {key: {"ttft": list(m.ttft) if m.ttft else None, "tpot": list(m.tpot) if m.tpot else None,
                         "ttftSamples": m.ttft_samples, "tpotSamples": m.tpot_samples,
                         "ttftSpeed": m.ttft_speed, "tpotSpeed": m.tpot_speed,
-                        "cover": [c if math.isfinite(c) else None for c in m.cover]}
+                        "cover": [c if math.isfinite(c) else None for c in m.cover],
+                        "tpotFloor": m.tpot_floor}
                   for key, m in self.models.items()}
         return {"version": STATE_VERSION, "features": list(FEATURES), "models": models,
                 "samples": samples, "errors": errors}
@@ -491,7 +501,7 @@ class LatencyPredictor:
                 str(key): Coefficients(_coef(m.get("ttft")), _coef(m.get("tpot")),
                                        int(m.get("ttftSamples", 0)), int(m.get("tpotSamples", 0)),
                                        float(m.get("ttftSpeed", 1.0)), float(m.get("tpotSpeed", 1.0)),
-                                       _cover(m.get("cover")))
+                                       _cover(m.get("cover")), float(m.get("tpotFloor", 0.0)))
                 for key, m in raw.get("models", {}).items()
             }
             with self._lock:

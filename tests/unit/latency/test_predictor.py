@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -290,3 +291,30 @@ def test_a_pod_whose_own_fit_predicts_its_newest_requests_worse_uses_pooled_time
     assert other.models["kv-bound"].ttft is not None
     x = features(random.Random(13))
     assert other.predict("kv-bound", x)[0] == pytest.approx(truth(TRUE_TTFT, "fast", x) + 1.0 * x[8], rel=0.05)
+
+
+def test_tpot_is_never_predicted_below_what_the_pod_decodes_at() -> None:
+    """A pod's decode step is ~70 ms however idle it is; above 10 running requests its TPOT
+    grows steeply (stalls). A linear fit over that hinge extrapolates below the step for an
+    idle pod, and a TPOT target would look met with room to spare: the prediction is floored
+    at the pod's 5th percentile of observed TPOT. Above the floor the fit is unchanged."""
+    p = LatencyPredictor(PredictorConfig(window=512))
+    rng = random.Random(5)
+    for _ in range(200):
+        x = features(rng)
+        running = x[5]
+        p.observe("ttft", "hinge", x, 0.2 + 0.01 * x[1])
+        p.observe("tpot", "hinge", x, (0.07 + 0.03 * max(0.0, running - 10)) * (1 + rng.uniform(-0.05, 0.05)))
+    assert p.refit()
+    model = p.models["hinge"]
+    _, y_all = p._series["tpot"].per_pod["hinge"].arrays()
+    floor = statistics.quantiles(sorted(y_all), n=20, method="inclusive")[0]
+    assert model.tpot_floor == pytest.approx(floor, rel=0.02)
+    idle = [1.0, 1.0, 0.0, 0.0, 0, 0, 0, 0.0, 0.0]
+    busy = [1.0, 1.0, 0.0, 0.0, 0, 30, 30, 0.0, 0.0]
+    floored = {"idle": p.predict("hinge", idle)[1], "busy": p.predict("hinge", busy)[1]}
+    p.models = {**p.models, "hinge": dataclasses.replace(model, tpot_floor=0.0)}
+    fit_alone = {"idle": p.predict("hinge", idle)[1], "busy": p.predict("hinge", busy)[1]}
+    assert fit_alone["idle"] < 0.9 * floor  # the fit alone goes below the step
+    assert floored["idle"] == pytest.approx(floor, rel=0.02)
+    assert fit_alone["busy"] > floor and floored["busy"] == fit_alone["busy"]
