@@ -23,7 +23,9 @@ queued looked as fast as an idle one at 90% load.
 
 The model is linear in these, which is the shape of a vLLM engine step (step time = base +
 per-sequence decode cost + per-token prefill cost, see epp/sim/config.py LatencyModel): TTFT
-is the prefill work queued ahead plus the request's own prefill, TPOT grows with the batch.
+is the prefill work queued ahead plus the request's own prefill, TPOT grows with the batch
+(floored at the pod's 5th percentile of observed TPOT, its decode step, which the linear fit
+can extrapolate below).
 Pods differ (GPU type, clocks, neighbours), so every pod gets its own coefficients once it
 has `min_pod_samples` observations; until then a pooled model over all pods stands in.
 

@@ -24,16 +24,25 @@ class Clock:
         return self.now
 
 
-def trained(clock: Clock) -> LatencyRuntime:
-    """A runtime whose predictor learnt TTFT = BASE + PER_KTOKEN x new k tokens (+ the wait)
-    from isolated requests (nothing queued), one pod."""
+def untrained(clock: Clock) -> LatencyRuntime:
     rt = LatencyRuntime()
     rt.clock = rt.predictor.clock = clock
+    return rt
+
+
+def train(rt: LatencyRuntime) -> None:
+    """Teach the predictor TTFT = BASE + PER_KTOKEN x new k tokens (+ the wait) from isolated
+    requests (nothing queued), one pod."""
     for i in range(60):
         ktok = 0.5 + (i % 20)
         x = [1.0, ktok] + [0.0] * (N_FEATURES - 2)
         rt.predictor.observe("ttft", "default/p", x, BASE_S + PER_KTOKEN_S * ktok)
     assert rt.predictor.refit() and rt.predictor.ready
+
+
+def trained(clock: Clock) -> LatencyRuntime:
+    rt = untrained(clock)
+    train(rt)
     return rt
 
 
@@ -71,8 +80,7 @@ def test_queue_clear_follows_a_virtual_fcfs_queue_corrected_by_first_bytes() -> 
 
 def test_untrained_runtime_charges_no_virtual_queue() -> None:
     clock = Clock()
-    rt = LatencyRuntime()
-    rt.clock = rt.predictor.clock = clock
+    rt = untrained(clock)
     pod = endpoint("p", port=8000)
     rt.on_dispatch(CycleState(), request("a" * 40_000, request_id="a"), pod)
     assert rt.queue_clear_at.get(pod.key, 0.0) == 0.0
@@ -101,8 +109,7 @@ def test_a_wait_behind_untimed_requests_is_learnt_as_queue_time_in_hindsight() -
     pod's slowness. Its queue feature is set, once it has its first byte, to the time from its
     dispatch to the first byte of the requests ahead of it; the head's stays 0."""
     clock = Clock()
-    rt = LatencyRuntime()
-    rt.clock = rt.predictor.clock = clock
+    rt = untrained(clock)
     pod = endpoint("p", port=8000)
     t0 = clock.now
     head = request("a" * 40_000, request_id="head")
@@ -127,16 +134,12 @@ def test_a_request_behind_an_untimed_one_learns_its_wait_once_trained() -> None:
     queue has no time for it): the one behind it learns its actual wait, not the virtual
     queue's. With every request ahead timed, the virtual queue's estimate is kept."""
     clock = Clock()
-    rt = LatencyRuntime()
-    rt.clock = rt.predictor.clock = clock
+    rt = untrained(clock)
     pod = endpoint("p", port=8000)
     t0 = clock.now
     old = request("o" * 40_000, request_id="old")
     rt.on_dispatch(CycleState(), old, pod)  # untrained: untimed
-    for i in range(60):
-        ktok = 0.5 + (i % 20)
-        rt.predictor.observe("ttft", "default/p", [1.0, ktok] + [0.0] * (N_FEATURES - 2), BASE_S + PER_KTOKEN_S * ktok)
-    assert rt.predictor.refit()
+    train(rt)
     new = request("n" * 4_000, request_id="new")
     rt.on_dispatch(CycleState(), new, pod)
     later = request("l" * 4_000, request_id="later")
