@@ -85,12 +85,9 @@ class RequestRecord:
     # Seconds of prefill (predicted service times) dispatched to its pod after it, while it
     # was in flight: the decode stall it has been dealt so far (running_tpot_harm).
     stalled: float = 0.0
-    # The records pending on its pod at dispatch, kept when the virtual queue had no time for
-    # them: one of them (or it) was sent before the predictor was trained, or the queue had
-    # cleared by its predictions while they were still pending (a pod far slower than
-    # predicted: in the bench's untrained warm-up the slow pod held 60 requests for ~50 s
-    # while the virtual queue read 0). The queue feature it learns from is then set in
-    # hindsight, from their first bytes.
+    # The records pending on its pod at dispatch, kept when one of them (or it) had no
+    # predicted service time (the predictor was untrained): the virtual queue then missed their
+    # work, so the queue feature it learns from is set in hindsight, from their first bytes.
     ahead: list[RequestRecord] | None = None
 
 
@@ -240,7 +237,7 @@ class LatencyRuntime:
         self.inflight_decode[target.key] = self.inflight_decode.get(target.key, 0.0) + record.decode_tokens
         self._records[id(request)] = record
         order = self._pending_order.setdefault(target.key, {})
-        if order and (not x[QUEUE_CLEAR] or service != service or self.untimed_pending.get(target.key)):
+        if order and (service != service or self.untimed_pending.get(target.key)):
             record.ahead = list(order.values())
         order[id(request)] = record
         if not record.virtual_first_byte:
@@ -301,10 +298,11 @@ class LatencyRuntime:
 
     @staticmethod
     def _queue_time_in_hindsight(record: RequestRecord) -> None:
-        """Set the queue feature of a request that waited behind work the virtual queue had no
-        time for (RequestRecord.ahead) to the wait it had: from its dispatch to the last first
-        byte of the requests ahead of it (FCFS: its prefill starts once theirs are done).
-        Without it, such waits are learnt as the pod's slowness (a speed factor at the clamp)."""
+        """Set the queue feature of a request that waited behind work the virtual queue did
+        not time to the wait it had: from its dispatch to the last first byte of the requests
+        ahead of it (FCFS: its prefill starts once theirs are done). Without it, waits behind
+        a long prompt sent before the predictor was trained are learnt as the pod's slowness
+        (a speed factor at the clamp)."""
         ahead, record.ahead = record.ahead or [], None
         done = [r.first_byte for r in ahead if r.first_byte]
         if done:

@@ -204,26 +204,3 @@ def test_dispatch_rate_follows_the_recent_rate_and_fades() -> None:
     assert rt.dispatch_rate() == pytest.approx(2.0 / 2.718, rel=0.06)
     clock.now += 90.0
     assert rt.dispatch_rate() < 0.001
-
-
-def test_a_wait_the_virtual_queue_no_longer_counts_is_learnt_in_hindsight() -> None:
-    """The pod is far slower than predicted: by the virtual queue, the 10k-token prompt ahead
-    was done 2.55 s after dispatch, yet it is still pending at 4 s. A request sent then sees a
-    queue feature of 0; it learns the wait it had behind the prompt instead."""
-    clock = Clock()
-    rt = trained(clock)
-    pod = endpoint("p", port=8000)
-    t0 = clock.now
-    slow = request("s" * 40_000, request_id="slow")
-    rt.on_dispatch(CycleState(), slow, pod)
-    clock.now = t0 + 4.0
-    assert rt.features(pod, 1000, 0)[3] == 0.0  # the virtual queue has cleared
-    behind = request("b" * 4_000, request_id="behind")
-    rt.on_dispatch(CycleState(), behind, pod)
-    seen = observed_queue_times(rt)
-    clock.now = t0 + 9.0
-    rt.on_first_byte(slow, 200)
-    clock.now = t0 + 9.3
-    rt.on_first_byte(behind, 200)
-    assert seen["behind"] == pytest.approx(5.0)
-    rt.predictor.stop()
