@@ -257,21 +257,21 @@ def epp_costs(metrics_text: str) -> tuple[float, float]:
             mean("inference_objective_request_ttft_prediction_duration_seconds"))
 
 
-def prediction_mape(state_path: Path, target: str) -> tuple[dict[str, float], dict[str, int]]:
-    """Median absolute percentage error of `target` ("ttft" or "tpot") per pod from the
-    predictor's saved pairs."""
+def prediction_mape(state_path: Path) -> dict[str, tuple[dict[str, float], dict[str, int]]]:
+    """Median absolute percentage error per pod, and the pairs it rests on, of each target
+    ("ttft", "tpot") from the predictor's saved pairs (one read of the state file)."""
+    out: dict[str, tuple[dict[str, float], dict[str, int]]] = {"ttft": ({}, {}), "tpot": ({}, {})}
     try:
         state = json.loads(state_path.read_text())
     except (OSError, ValueError):
-        return {}, {}
-    mape: dict[str, float] = {}
-    counts: dict[str, int] = {}
+        return out
     for pod, rows in state.get("errors", {}).items():
-        errs = [abs(p - a) / a for _, kind, p, a in rows if kind == target and a > 0]
-        if errs:
-            mape[pod] = statistics.median(errs)
-            counts[pod] = len(errs)
-    return mape, counts
+        for target, (mape, counts) in out.items():
+            errs = [abs(p - a) / a for _, kind, p, a in rows if kind == target and a > 0]
+            if errs:
+                mape[pod] = statistics.median(errs)
+                counts[pod] = len(errs)
+    return out
 
 
 def latency_config(run_dir: Path, name: str, state_file: Path, save_interval_s: float = 1.0,
@@ -337,7 +337,7 @@ def run_latency_benchmark(settings: LatencyBenchSettings,
         t0 = time.monotonic()
         phase, _ = run_row(settings, spec, workload, "warmup", warm_state)
         ok = sum(1 for r in phase.results if r.ok)
-        mape, counts = prediction_mape(warm_state, "ttft")
+        mape, counts = prediction_mape(warm_state)["ttft"]
         progress(f"   warm-up done: ok {ok}/{len(workload.requests)}, TTFT MAPE per pod "
                  f"{ {k: round(v, 3) for k, v in mape.items()} } ({time.monotonic() - t0:.0f}s)")
         result["warmup"] = {"requests": len(workload.requests), "ok": ok, "rate": rate,
@@ -371,8 +371,9 @@ def run_latency_benchmark(settings: LatencyBenchSettings,
             if metrics_text:
                 row.decision_mean_us, row.prediction_mean_us = epp_costs(metrics_text)
             if state_file is not None:
-                row.ttft_mape_by_pod, row.ttft_pairs_by_pod = prediction_mape(state_file, "ttft")
-                row.tpot_mape_by_pod = prediction_mape(state_file, "tpot")[0]
+                by_target = prediction_mape(state_file)
+                row.ttft_mape_by_pod, row.ttft_pairs_by_pod = by_target["ttft"]
+                row.tpot_mape_by_pod = by_target["tpot"][0]
             phase_out["rows"].append(dataclasses.asdict(row))
             progress(f"   {spec.label:24s} ok {row.ok}/{row.requests} SLO attainment {row.attainment:6.1%} "
                      f"(chat {row.attainment_chat:6.1%}, long {row.attainment_long:6.1%}) long TTFT p90 "
