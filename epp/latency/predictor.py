@@ -206,13 +206,16 @@ def _speed(coef: tuple[float, ...], x: np.ndarray[Any, Any], y: np.ndarray[Any, 
 
 
 def _own_beats_pooled(x: np.ndarray[Any, Any], y: np.ndarray[Any, Any], offset: np.ndarray[Any, Any] | None,
-                      pooled: tuple[float, ...], ridge: float) -> bool:
+                      pooled: tuple[float, ...], ridge: float, floor_percentile: float | None = None) -> bool:
     """Whether a pod's own fit predicts its newest observations at least as well as the pooled
     shape x its speed: both fitted on the older part of its window (the speed too), judged by the
     median relative error on the newest quarter. A pod's own fit has 9 free coefficients on a
     narrow sample (the slow pod of the benchmark serves short chats only): it predicted 0.0-0.1
     s for chats that took 0.13-0.3 s, where the pooled shape's one speed factor, a median
-    ratio, is right for the typical request by construction."""
+    ratio, is right for the typical request by construction. With `floor_percentile` (TPOT)
+    both are judged as predict() serves them: at least that percentile of the older part's
+    observations (Coefficients.tpot_floor); a fit that dips below the pod's decode step is
+    not blamed for errors the floor takes away."""
     n = len(y)
     held = max(MIN_SPEED_SAMPLES, n // 4)
     if n - held < N_FEATURES:
@@ -224,8 +227,10 @@ def _own_beats_pooled(x: np.ndarray[Any, Any], y: np.ndarray[Any, Any], offset: 
     speed = _speed(pooled, x[train], y[train], off_train)
     x_test = x[test]  # the queue features have no coefficient in either fit (fit_ridge)
     actual = np.maximum(y[test], _MIN_Y)
-    own_err = np.abs(off_test + np.maximum(x_test @ own, 0.0) - actual) / actual
-    pooled_err = np.abs(off_test + speed * np.maximum(x_test @ np.asarray(pooled), 0.0) - actual) / actual
+    floor = 0.0 if floor_percentile is None else float(np.percentile(y[train], floor_percentile))
+    own_err = np.abs(np.maximum(floor, off_test + np.maximum(x_test @ own, 0.0)) - actual) / actual
+    pooled_err = np.abs(np.maximum(floor, off_test + speed * np.maximum(x_test @ np.asarray(pooled), 0.0))
+                        - actual) / actual
     return bool(np.median(own_err) <= np.median(pooled_err))
 
 
@@ -400,7 +405,8 @@ class LatencyPredictor:
                 own = None
                 if len(y) >= cfg.min_pod_samples and (
                         pooled is None or pooled[0] is None
-                        or _own_beats_pooled(x, y, offsets[pod], pooled[0], cfg.ridge)):
+                        or _own_beats_pooled(x, y, offsets[pod], pooled[0], cfg.ridge,
+                                             TPOT_FLOOR_PERCENTILE if target == "tpot" else None)):
                     own = fit_ridge(x, y, cfg.ridge, offsets[pod])
                 fitted[target][pod] = (own, len(y))
         models: dict[str, Coefficients] = {}

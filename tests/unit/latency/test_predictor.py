@@ -10,9 +10,20 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from epp.latency.predictor import FEATURES, N_FEATURES, STATE_VERSION, LatencyPredictor, PredictorConfig, dot, fit_ridge
+from epp.latency.predictor import (
+    FEATURES,
+    N_FEATURES,
+    STATE_VERSION,
+    TPOT_FLOOR_PERCENTILE,
+    LatencyPredictor,
+    PredictorConfig,
+    _own_beats_pooled,
+    dot,
+    fit_ridge,
+)
 
 # A known TTFT function shaped like a vLLM step model, with per-pod speed: pod "slow" takes
 # twice as long for everything. Coefficients in seconds per feature unit (FEATURES order).
@@ -318,3 +329,35 @@ def test_tpot_is_never_predicted_below_what_the_pod_decodes_at() -> None:
     assert fit_alone["idle"] < 0.9 * floor  # the fit alone goes below the step
     assert floored["idle"] == pytest.approx(floor, rel=0.02)
     assert fit_alone["busy"] > floor and floored["busy"] == fit_alone["busy"]
+
+
+def test_a_pods_own_tpot_fit_is_judged_as_it_is_served_with_the_floor() -> None:
+    """Whether a pod keeps its own TPOT fit or takes the pooled shape x its speed is judged by
+    their errors on its newest observations, as predict() serves them: floored at the pod's
+    decode step. Half of this pod's requests decode at the step (70 ms) and half stall beyond
+    10 running requests. Its own linear fit dips below the step for an idle pod; unfloored,
+    those errors made the flat pooled shape look better, though the served own fit is the
+    closer one."""
+    rng = np.random.default_rng(1)
+    n = 200
+    stalled = rng.random(n) > 0.5
+    running = np.where(stalled, rng.uniform(10, 40, n), rng.uniform(0, 10, n))
+    x = np.zeros((n, N_FEATURES))
+    x[:, 0] = 1.0
+    x[:, 1] = rng.uniform(0.5, 2.0, n)
+    x[:, 5] = running
+    y = (0.07 + 0.01 * np.maximum(0.0, running - 10)) * (1 + rng.uniform(-0.05, 0.05, n))
+    pooled = (0.07,) + (0.0,) * (N_FEATURES - 1)  # a flat shape: the step, whatever the load
+    ridge = PredictorConfig().ridge
+
+    # The served errors on the newest quarter, both fitted on the rest (the reference).
+    train, test = slice(0, n - n // 4), slice(n - n // 4, n)
+    floor = float(np.percentile(y[train], TPOT_FLOOR_PERCENTILE))
+    own = np.maximum(floor, x[test] @ np.asarray(fit_ridge(x[train], y[train], ridge)))
+    speed = float(np.median(y[train] / (x[train] @ np.asarray(pooled))))
+    flat = np.maximum(floor, speed * (x[test] @ np.asarray(pooled)))
+    assert np.median(np.abs(own - y[test]) / y[test]) < 0.85 * np.median(np.abs(flat - y[test]) / y[test])
+    assert (x[test] @ np.asarray(fit_ridge(x[train], y[train], ridge)) < 0.9 * floor).any()  # the dip
+
+    assert _own_beats_pooled(x, y, None, pooled, ridge, TPOT_FLOOR_PERCENTILE)
+    assert not _own_beats_pooled(x, y, None, pooled, ridge)  # judged unfloored, as before
