@@ -21,6 +21,7 @@ from epp.latency.predictor import (
     LatencyPredictor,
     PredictorConfig,
     _own_beats_pooled,
+    _speed,
     dot,
     fit_ridge,
 )
@@ -361,3 +362,29 @@ def test_a_pods_own_tpot_fit_is_judged_as_it_is_served_with_the_floor() -> None:
 
     assert _own_beats_pooled(x, y, None, pooled, ridge, TPOT_FLOOR_PERCENTILE)
     assert not _own_beats_pooled(x, y, None, pooled, ridge)  # judged unfloored, as before
+
+
+def test_a_pods_speed_ignores_observations_the_pooled_shape_predicts_no_work_for() -> None:
+    """The pooled TTFT shape is linear, with negative weights where the load features
+    correlate with short prompts; for a chat sent behind a long prompt it can predict 0 or
+    less. Such an observation's ratio is _MIN_Y / _MIN_Y = 1 when its wait took all of its
+    TTFT (its first byte came in the same engine step as the prompt's ahead of it), whatever
+    the pod's speed. In the bench they made up half of the slow pod's window at 70% load and put
+    its speed at 1.13 instead of ~2, and it was sent 30k-token prompts."""
+    coef = (0.05, 0.24, 0.0, 0.0, -0.04, 0.0, 0.0, 0.0, 0.0)  # waiting weighs -40 ms
+    rng = np.random.default_rng(3)
+    n = 20
+    idle = np.zeros((n, N_FEATURES))
+    idle[:, 0] = 1.0
+    idle[:, 1] = rng.uniform(0.1, 1.5, n)  # chats, k tokens
+    queued = idle.copy()
+    queued[:, 4] = 12.0  # twelve waiting: the shape predicts below 0
+    queued[:, 3] = rng.uniform(5.0, 12.0, n)  # the wait behind the long prompt
+    x = np.vstack([idle, queued])
+    y = np.concatenate([2.0 * (idle @ np.asarray(coef)), queued[:, 3]])  # 2x slower; waits are all
+    offset = x[:, 3]
+    assert (queued @ np.asarray(coef) < 0).all()
+    assert _speed(coef, x, y, offset) == pytest.approx(2.0, rel=0.01)
+    # With fewer than MIN_SPEED_SAMPLES informative observations all of them count, as before.
+    few = np.vstack([idle[:3], queued])
+    assert _speed(coef, few, np.concatenate([y[:3], y[n:]]), few[:, 3]) == pytest.approx(1.0)
