@@ -370,7 +370,7 @@ def test_a_pods_speed_ignores_observations_the_pooled_shape_predicts_no_work_for
     less. Such an observation's ratio is _MIN_Y / _MIN_Y = 1 when its wait took all of its
     TTFT (its first byte came in the same engine step as the prompt's ahead of it), whatever
     the pod's speed. In the bench they made up half of the slow pod's window at 70% load and put
-    its speed at 1.13 instead of ~2, and it was sent 30k-token prompts."""
+    its speed at 1.13 instead of ~2, and it was sent six long prompts (8.7k-27k tokens)."""
     coef = (0.05, 0.24, 0.0, 0.0, -0.04, 0.0, 0.0, 0.0, 0.0)  # waiting weighs -40 ms
     rng = np.random.default_rng(3)
     n = 20
