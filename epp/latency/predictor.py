@@ -14,7 +14,9 @@ Features (one vector per request x pod, built by LatencyRuntime.features):
     inflight_decode_ktokens       decode tokens still expected from the pod's in-flight requests
     kv_cache_usage                the pod's scraped KV-cache usage (0..1)
 
-TTFT = queue_clear_s + a linear model of the rest (floored at 0): the wait for the queue
+TTFT = queue_clear_s + a linear model of the rest (floored at 0; the sum at the pod's 5th
+percentile of observed TTFT, one engine step, which the fit can extrapolate below for a short
+chat on an idle pod): the wait for the queue
 ahead enters with a fixed coefficient of 1 (an offset; the fit learns the residual, with no
 coefficient on the two queue features, which it would otherwise use to cancel the offset).
 Learnt freely, the queue's coefficient came out near 0 (the warm-up at 70% load rarely
@@ -72,6 +74,7 @@ POOLED = ""  # model key of the pooled model
 NEW_TOKENS, PENDING, QUEUE_CLEAR, WAITING, RUNNING = 1, 2, 3, 4, 5
 MIN_SPEED_SAMPLES = 8  # observations of a pod before its speed factor is estimated
 TPOT_FLOOR_PERCENTILE = 5.0  # Coefficients.tpot_floor
+TTFT_FLOOR_PERCENTILE = 5.0  # Coefficients.ttft_floor
 STATE_VERSION = 2  # 2: TTFT has the queue-clear offset (version-1 coefficients do not)
 _MIN_Y = 0.002  # seconds: floor of the relative-error weights (a 0 ms TTFT would dominate)
 
@@ -153,6 +156,11 @@ class Coefficients:
     # benchmark's slow pod's chats, which took 0.07-0.3 s), and a TPOT target then looks met
     # with room to spare there.
     tpot_floor: float = 0.0
+    # The pod's 5th percentile of observed TTFT: no TTFT prediction goes below it (a first byte
+    # takes at least one engine step). The linear shape can reach 0 for a short chat on an
+    # idle pod: the benchmark's pooled TTFT fit had a bias of -0.22 s, and 5 of the slow pod's
+    # 23 predictions in one run were 0-0.002 s for chats that took 0.11-0.16 s.
+    ttft_floor: float = 0.0
 
 
 @dataclass(slots=True)
@@ -223,10 +231,10 @@ def _own_beats_pooled(x: np.ndarray[Any, Any], y: np.ndarray[Any, Any], offset: 
     median relative error on the newest quarter. A pod's own fit has 9 free coefficients on a
     narrow sample (the slow pod of the benchmark serves short chats only): it predicted 0.0-0.1
     s for chats that took 0.13-0.3 s, where the pooled shape's one speed factor, a median
-    ratio, is right for the typical request by construction. With `floor_percentile` (TPOT)
-    both are judged as predict() serves them: at least that percentile of the older part's
-    observations (Coefficients.tpot_floor); a fit that dips below the pod's decode step is
-    not blamed for errors the floor takes away."""
+    ratio, is right for the typical request by construction. With `floor_percentile` both are
+    judged as predict() serves them: at least that percentile of the older part's observations
+    (Coefficients.ttft_floor / tpot_floor); a fit that dips below the pod's engine step is not
+    blamed for errors the floor takes away."""
     n = len(y)
     held = max(MIN_SPEED_SAMPLES, n // 4)
     if n - held < N_FEATURES:
@@ -307,7 +315,8 @@ class LatencyPredictor:
             tpot = own.tpot_speed * dot(pooled.tpot, x)
         else:
             tpot = math.nan
-        return max(0.0, ttft) if ttft == ttft else ttft, max(own.tpot_floor, tpot) if tpot == tpot else tpot
+        return (max(own.ttft_floor, ttft) if ttft == ttft else ttft,
+                max(own.tpot_floor, tpot) if tpot == tpot else tpot)
 
     def decode_tpot(self, pod: str, x: Sequence[float]) -> float:
         """Predicted TPOT of a request with features `x` on `pod` for the pod's state when its
@@ -333,7 +342,8 @@ class LatencyPredictor:
         if model is None:
             return math.nan
         coef, speed = model
-        return speed * max(0.0, coef[0] + coef[NEW_TOKENS] * new_prompt_ktokens)
+        floor = own.ttft_floor if own is not None else 0.0
+        return max(floor, speed * max(0.0, coef[0] + coef[NEW_TOKENS] * new_prompt_ktokens))
 
     # --- observations -------------------------------------------------------------------------
     def observe(self, target: str, pod: str, x: Sequence[float], actual_s: float,
@@ -387,7 +397,7 @@ class LatencyPredictor:
         fitted: dict[str, dict[str, tuple[tuple[float, ...] | None, int]]] = {"ttft": {}, "tpot": {}}
         speeds: dict[str, dict[str, float]] = {"ttft": {}, "tpot": {}}
         covers: dict[str, tuple[float, float]] = {}
-        tpot_floors: dict[str, float] = {}
+        floors: dict[str, dict[str, float]] = {"ttft": {}, "tpot": {}}
         for target, per_pod in snapshot.items():
             if not per_pod:
                 continue
@@ -395,6 +405,7 @@ class LatencyPredictor:
             ys = np.concatenate([y for _, y in per_pod.values()])
             # TTFT: the queue wait is an offset (module docstring); TPOT has none.
             offsets = {pod: (x[:, QUEUE_CLEAR] if target == "ttft" else None) for pod, (x, _) in per_pod.items()}
+            floor_percentile = TTFT_FLOOR_PERCENTILE if target == "ttft" else TPOT_FLOOR_PERCENTILE
             if len(ys) >= cfg.min_samples:
                 # Pooled shape in speed-1 units: fit, estimate each pod's speed against it, fit
                 # again on the speed-normalised observations, re-estimate the speeds. The
@@ -411,13 +422,12 @@ class LatencyPredictor:
             pooled = fitted[target].get(POOLED)
             for pod, (x, y) in per_pod.items():
                 covers[pod] = (float(x[:, NEW_TOKENS].max()), float(x[:, QUEUE_CLEAR].max()))
-                if target == "tpot" and len(y) >= MIN_SPEED_SAMPLES:
-                    tpot_floors[pod] = float(np.percentile(y, TPOT_FLOOR_PERCENTILE))
+                if len(y) >= MIN_SPEED_SAMPLES:
+                    floors[target][pod] = float(np.percentile(y, floor_percentile))
                 own = None
                 if len(y) >= cfg.min_pod_samples and (
                         pooled is None or pooled[0] is None
-                        or _own_beats_pooled(x, y, offsets[pod], pooled[0], cfg.ridge,
-                                             TPOT_FLOOR_PERCENTILE if target == "tpot" else None)):
+                        or _own_beats_pooled(x, y, offsets[pod], pooled[0], cfg.ridge, floor_percentile)):
                     own = fit_ridge(x, y, cfg.ridge, offsets[pod])
                 fitted[target][pod] = (own, len(y))
         models: dict[str, Coefficients] = {}
@@ -427,7 +437,8 @@ class LatencyPredictor:
             models[key] = Coefficients(ttft[0] if ttft else None, tpot[0] if tpot else None,
                                        ttft[1] if ttft else 0, tpot[1] if tpot else 0,
                                        speeds["ttft"].get(key, 1.0), speeds["tpot"].get(key, 1.0),
-                                       covers.get(key, (math.inf, math.inf)), tpot_floors.get(key, 0.0))
+                                       covers.get(key, (math.inf, math.inf)), floors["tpot"].get(key, 0.0),
+                                       floors["ttft"].get(key, 0.0))
         self.models = models  # one reference swap: readers see the old or the new dict
         self.version += 1
         self.fits += 1
@@ -489,7 +500,7 @@ class LatencyPredictor:
                         "ttftSamples": m.ttft_samples, "tpotSamples": m.tpot_samples,
                         "ttftSpeed": m.ttft_speed, "tpotSpeed": m.tpot_speed,
                         "cover": [c if math.isfinite(c) else None for c in m.cover],
-                        "tpotFloor": m.tpot_floor}
+                        "tpotFloor": m.tpot_floor, "ttftFloor": m.ttft_floor}
                   for key, m in self.models.items()}
         return {"version": STATE_VERSION, "features": list(FEATURES), "models": models,
                 "samples": samples, "errors": errors}
@@ -520,7 +531,8 @@ class LatencyPredictor:
                 str(key): Coefficients(_coef(m.get("ttft")), _coef(m.get("tpot")),
                                        int(m.get("ttftSamples", 0)), int(m.get("tpotSamples", 0)),
                                        float(m.get("ttftSpeed", 1.0)), float(m.get("tpotSpeed", 1.0)),
-                                       _cover(m.get("cover")), float(m.get("tpotFloor", 0.0)))
+                                       _cover(m.get("cover")), float(m.get("tpotFloor", 0.0)),
+                                       float(m.get("ttftFloor", 0.0)))
                 for key, m in raw.get("models", {}).items()
             }
             with self._lock:

@@ -332,6 +332,45 @@ def test_tpot_is_never_predicted_below_what_the_pod_decodes_at() -> None:
     assert fit_alone["busy"] > floor and floored["busy"] == fit_alone["busy"]
 
 
+def test_ttft_is_never_predicted_below_one_engine_step_of_the_pod(tmp_path: Path) -> None:
+    """A first byte takes at least one engine step (~0.1 s here) however short the prompt. The
+    linear shape can reach 0 for a short chat on an idle pod: in the benchmark the fit had a
+    bias of -0.22 s and a KV-use weight of -38 (the coefficients below), and 5 of the slow
+    pod's 23 predictions in one run were 0-0.002 s for chats that took 0.11-0.16 s. TTFT is
+    floored at the pod's 5th percentile of observed TTFT, in predict() and in the idle service
+    time (the virtual queue's charge); above the floor nothing changes, and the floor survives
+    a restart."""
+    p = LatencyPredictor(PredictorConfig(window=512))
+    rng = random.Random(5)
+    for _ in range(200):
+        new = rng.choice([rng.uniform(0.1, 0.3), rng.uniform(8.0, 30.0)])
+        x = [1.0, new, 0.0, 0.0, rng.randint(0, 8), rng.randint(0, 8), rng.randint(0, 8), 0.0, 0.0]
+        p.observe("ttft", "step", x, max(0.1, 0.5 * new - 2.0) * (1 + rng.uniform(-0.05, 0.05)))
+        p.observe("tpot", "step", x, 0.07)
+    assert p.refit()
+    _, y_all = p._series["ttft"].per_pod["step"].arrays()
+    floor = statistics.quantiles(sorted(y_all), n=20, method="inclusive")[0]
+    assert p.models["step"].ttft_floor == pytest.approx(floor, rel=0.02)
+    bench_fit = (-0.216, 1.053, 0.0, 0.0, 0.702, 0.084, 0.041, 1.294, -37.926)
+    p.models = {**p.models, "step": dataclasses.replace(p.models["step"], ttft=bench_fit)}
+    chat = [1.0, 0.15, 0.0, 0.0, 0, 0, 0, 0.0, 0.0]
+    queued_chat = [1.0, 0.15, 2.0, 0.5, 1, 1, 1, 0.032, 0.005]
+    long_prompt = [1.0, 20.0, 0.0, 0.0, 0, 0, 0, 0.0, 0.0]
+    floored = [p.predict("step", x)[0] for x in (chat, queued_chat, long_prompt)]
+    floored_service = p.service_time("step", 0.15)
+    p.save(tmp_path / "latency.json")
+    p.models = {**p.models, "step": dataclasses.replace(p.models["step"], ttft_floor=0.0)}
+    fit_alone = [p.predict("step", x)[0] for x in (chat, queued_chat, long_prompt)]
+    assert fit_alone[0] == 0.0 and p.service_time("step", 0.15) == 0.0  # the shape alone: no work
+    assert floored[0] == pytest.approx(floor) and floored_service == pytest.approx(floor)
+    assert fit_alone[1] == floored[1] >= 0.5  # the queue ahead (0.5 s) lifts it above the floor
+    assert fit_alone[2] == floored[2] > 10 * floor
+    restarted = LatencyPredictor()
+    assert restarted.load(tmp_path / "latency.json")
+    assert restarted.models["step"].ttft_floor == pytest.approx(floor)
+    assert restarted.predict("step", chat)[0] == pytest.approx(floor)
+
+
 def test_a_pods_own_tpot_fit_is_judged_as_it_is_served_with_the_floor() -> None:
     """Whether a pod keeps its own TPOT fit or takes the pooled shape x its speed is judged by
     their errors on its newest observations, as predict() serves them: floored at the pod's
