@@ -73,6 +73,7 @@ POOLED = ""  # model key of the pooled model
 # state at a request's decode start (decode_tpot).
 NEW_TOKENS, PENDING, QUEUE_CLEAR, WAITING, RUNNING = 1, 2, 3, 4, 5
 MIN_SPEED_SAMPLES = 8  # observations of a pod before its speed factor is estimated
+MIN_CLEAN_SPEED_SAMPLES = 4  # TTFT observations with nothing pending ahead that _speed prefers
 TPOT_FLOOR_PERCENTILE = 5.0  # Coefficients.tpot_floor
 TTFT_FLOOR_PERCENTILE = 5.0  # Coefficients.ttft_floor
 STATE_VERSION = 2  # 2: TTFT has the queue-clear offset (version-1 coefficients do not)
@@ -211,6 +212,17 @@ def _speed(coef: tuple[float, ...], x: np.ndarray[Any, Any], y: np.ndarray[Any, 
     raw = x @ np.asarray(coef)
     predicted = np.maximum(raw, _MIN_Y)
     own = y if offset is None else np.maximum(y - offset, _MIN_Y)
+    if offset is not None:
+        # TTFT beyond the queue wait is the request's own prefill only when the wait is known
+        # right, and it is for sure only with nothing of ours pending ahead. Behind a prompt, a
+        # chat gets its first byte in the same engine step as that prompt (own part ~0, ratio
+        # ~0.03), or after a wait the virtual queue did not see (ratio up to 50). In the bench's
+        # warm-up windows such observations put the slow pod at 0.13x to 5x the fast pods'
+        # speed (2x is right); at 0.13x it got 14 of 23 long prompts, TTFT p90 68 s. Without
+        # them the ratio read 1.8-2.3x in all 22 saved windows.
+        clean = (raw > _MIN_Y) & (x[:, PENDING] == 0.0)
+        if np.count_nonzero(clean) >= MIN_CLEAN_SPEED_SAMPLES:
+            return float(np.clip(np.median(own[clean] / predicted[clean]), 0.1, 10.0))
     # Where the pooled shape predicts no work (its linear fit crosses 0 at high load: negative
     # weights on the waiting count and KV use), the ratio says nothing of the pod: own / _MIN_Y
     # is 1 for a request whose wait took all of its TTFT (a chat whose first byte came in the

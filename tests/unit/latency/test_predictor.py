@@ -15,6 +15,7 @@ import pytest
 
 from epp.latency.predictor import (
     FEATURES,
+    MIN_CLEAN_SPEED_SAMPLES,
     N_FEATURES,
     STATE_VERSION,
     TPOT_FLOOR_PERCENTILE,
@@ -402,6 +403,36 @@ def test_a_pods_own_tpot_fit_is_judged_as_it_is_served_with_the_floor() -> None:
 
     assert _own_beats_pooled(x, y, None, pooled, ridge, TPOT_FLOOR_PERCENTILE)
     assert not _own_beats_pooled(x, y, None, pooled, ridge)  # judged unfloored, as before
+
+
+def test_a_pods_ttft_speed_rests_on_observations_with_nothing_pending_ahead() -> None:
+    """Behind a prompt of ours, TTFT beyond the virtual queue's wait is not the request's own
+    prefill: a chat gets its first byte in the same engine step as the prompt ahead (own part
+    ~1 ms, ratio ~0.03), or waits longer than the virtual queue knew (ratio up to 50). In one
+    bench warm-up the slow pod's window held 28 such chats and 6 observations with nothing
+    pending; its speed read 0.12 instead of ~2, and it got 14 of 23 long prompts (TTFT p90
+    68 s). With at least MIN_CLEAN_SPEED_SAMPLES clean observations, only they count."""
+    coef = (0.05, 0.24, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    rng = np.random.default_rng(7)
+    clean = np.zeros((MIN_CLEAN_SPEED_SAMPLES + 1, N_FEATURES))
+    clean[:, 0] = 1.0
+    clean[:, 1] = rng.uniform(0.1, 26.0, len(clean))  # chats and long prompts, alone on the pod
+    same_step = np.zeros((28, N_FEATURES))
+    same_step[:, 0] = 1.0
+    same_step[:, 1] = rng.uniform(0.1, 1.1, 28)  # chats
+    same_step[:, 2] = 26.0  # behind a 26k-token prompt of ours
+    same_step[:, 3] = rng.uniform(4.0, 13.0, 28)  # the virtual queue's wait: right
+    unseen = same_step[:6].copy()
+    unseen[:, 3] = 0.0  # the virtual queue had cleared: the whole wait looks like the pod's
+    x = np.vstack([clean, same_step, unseen])
+    y = np.concatenate([2.0 * (clean @ np.asarray(coef)), same_step[:, 3] + 0.001, rng.uniform(20.0, 30.0, 6)])
+    offset = x[:, 3]
+    assert _speed(coef, x, y, offset) == pytest.approx(2.0, rel=0.01)
+    # The same observations with one clean one too few: the median over all of them.
+    x_few, y_few = x[2:], y[2:]
+    assert _speed(coef, x_few, y_few, x_few[:, 3]) < 0.2
+    # TPOT has no queue offset and keeps every observation.
+    assert _speed(coef, x, y, None) > 2.5
 
 
 def test_a_pods_speed_ignores_observations_the_pooled_shape_predicts_no_work_for() -> None:
