@@ -219,7 +219,8 @@ def _speed(coef: tuple[float, ...], x: np.ndarray[Any, Any], y: np.ndarray[Any, 
         # ~0.03), or after a wait the virtual queue did not see (ratio up to 50). In the bench's
         # warm-up windows such observations put the slow pod at 0.13x to 5x the fast pods'
         # speed (2x is right); at 0.13x it got 14 of 23 long prompts, TTFT p90 68 s. Without
-        # them the ratio read 1.8-2.3x in all 22 saved windows.
+        # them it read 1.8-2.3x in every window of the 33 states saved that day
+        # (docs/bench-results/latency-2026-12-03-speed-clean.txt).
         clean = (raw > _MIN_Y) & (x[:, PENDING] == 0.0)
         if np.count_nonzero(clean) >= MIN_CLEAN_SPEED_SAMPLES:
             return float(np.clip(np.median(own[clean] / predicted[clean]), 0.1, 10.0))
