@@ -74,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _unwind_on_sigterm)
     try:
         return int(func(args) or 0)
+    except KeyboardInterrupt:
+        # Ctrl-C: the command's `finally` blocks have stopped its children by now; a traceback
+        # would only bury that. 130 = 128 + SIGINT, as a shell reports it.
+        print(f"epp {args_in[0]}: interrupted; the processes it started are stopped", file=sys.stderr)
+        return 128 + signal.SIGINT
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -61,3 +61,20 @@ def test_a_command_that_starts_processes_unwinds_on_sigterm_and_restores_the_han
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # a second SIGTERM kills at once
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+def test_ctrl_c_during_a_command_that_starts_processes_exits_130_without_a_traceback(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """KeyboardInterrupt reaches main() after the command's `finally` blocks stopped its
+    children: one line on stderr and the shell's exit status for SIGINT, not a traceback."""
+    import epp.bench.cli as bench_cli
+    from epp.cli import main
+
+    def interrupted(args: object) -> int:
+        raise KeyboardInterrupt
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(bench_cli, "run_history", interrupted)
+    assert main(["bench", "history", "--dir", str(tmp_path)]) == 130
+    assert capsys.readouterr().err == "epp bench: interrupted; the processes it started are stopped\n"
+    assert signal.getsignal(signal.SIGTERM) is before
