@@ -409,9 +409,10 @@ def test_a_pods_ttft_speed_rests_on_observations_with_nothing_pending_ahead() ->
     """Behind a prompt of ours, TTFT beyond the virtual queue's wait is not the request's own
     prefill: a chat gets its first byte in the same engine step as the prompt ahead (own part
     ~1 ms, ratio ~0.03), or waits longer than the virtual queue knew (ratio up to 50). In one
-    bench warm-up the slow pod's window held 28 such chats and 6 observations with nothing
-    pending; its speed read 0.12 instead of ~2, and it got 14 of 23 long prompts (TTFT p90
-    68 s). With at least MIN_CLEAN_SPEED_SAMPLES clean observations, only they count."""
+    bench warm-up the slow pod's window held 28 observations with a prompt of ours pending
+    ahead (22 chats served in that prompt's engine step) and 6 with nothing pending; its speed
+    read 0.12 instead of ~2, and it got 14 of 23 long prompts (TTFT p90 68 s). With at least
+    MIN_CLEAN_SPEED_SAMPLES clean observations, only they count."""
     coef = (0.05, 0.24, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
     rng = np.random.default_rng(7)
     clean = np.zeros((MIN_CLEAN_SPEED_SAMPLES + 1, N_FEATURES))
