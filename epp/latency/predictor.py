@@ -212,6 +212,15 @@ def _speed(coef: tuple[float, ...], x: np.ndarray[Any, Any], y: np.ndarray[Any, 
     raw = x @ np.asarray(coef)
     predicted = np.maximum(raw, _MIN_Y)
     own = y if offset is None else np.maximum(y - offset, _MIN_Y)
+    # Where the pooled shape predicts no work (its linear fit crosses 0 at high load: negative
+    # weights on the waiting count and KV use), the ratio says nothing of the pod: own / _MIN_Y
+    # is 1 for a request whose wait took all of its TTFT (a chat whose first byte came in the
+    # same engine step as the long prompt ahead of it) and hundreds for one that waited
+    # unseen. Left out while enough others are left. In the bench at 70% load, 20 of the slow
+    # pod's 44 observations were such and put its speed at 1.13 (1.85 without them, 2 is its
+    # prefill speed), so it got long prompts.
+    informative = raw > _MIN_Y
+    keep = informative if np.count_nonzero(informative) >= MIN_SPEED_SAMPLES else None
     if offset is not None:
         # TTFT beyond the queue wait is the request's own prefill only when the wait is known
         # right, and it is for sure only with nothing of ours pending ahead. Behind a prompt, a
@@ -221,19 +230,11 @@ def _speed(coef: tuple[float, ...], x: np.ndarray[Any, Any], y: np.ndarray[Any, 
         # speed (2x is right); at 0.13x it got 14 of 23 long prompts, TTFT p90 68 s. Without
         # them it read 1.8-2.3x in every window of the 33 states saved that day
         # (docs/bench-results/latency-2026-12-03-speed-clean.txt).
-        clean = (raw > _MIN_Y) & (x[:, PENDING] == 0.0)
+        clean = informative & (x[:, PENDING] == 0.0)
         if np.count_nonzero(clean) >= MIN_CLEAN_SPEED_SAMPLES:
-            return float(np.clip(np.median(own[clean] / predicted[clean]), 0.1, 10.0))
-    # Where the pooled shape predicts no work (its linear fit crosses 0 at high load: negative
-    # weights on the waiting count and KV use), the ratio says nothing of the pod: own / _MIN_Y
-    # is 1 for a request whose wait took all of its TTFT (a chat whose first byte came in the
-    # same engine step as the long prompt ahead of it) and hundreds for one that waited
-    # unseen. Left out while enough others are left. In the bench at 70% load, 20 of the slow
-    # pod's 44 observations were such and put its speed at 1.13 (1.85 without them, 2 is its
-    # prefill speed), so it got long prompts.
-    informative = raw > _MIN_Y
-    if np.count_nonzero(informative) >= MIN_SPEED_SAMPLES:
-        own, predicted = own[informative], predicted[informative]
+            keep = clean
+    if keep is not None:
+        own, predicted = own[keep], predicted[keep]
     return float(np.clip(np.median(own / predicted), 0.1, 10.0))
 
 
