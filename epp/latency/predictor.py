@@ -15,8 +15,8 @@ Features (one vector per request x pod, built by LatencyRuntime.features):
     kv_cache_usage                the pod's scraped KV-cache usage (0..1)
 
 TTFT = queue_clear_s + a linear model of the rest (floored at 0; the sum at the pod's 5th
-percentile of observed TTFT, one engine step, which the fit can extrapolate below for a short
-chat on an idle pod): the wait for the queue
+percentile of observed TTFT of short prompts, one engine step, which the fit can extrapolate
+below for a short chat on an idle pod): the wait for the queue
 ahead enters with a fixed coefficient of 1 (an offset; the fit learns the residual, with no
 coefficient on the two queue features, which it would otherwise use to cancel the offset).
 Learnt freely, the queue's coefficient came out near 0 (the warm-up at 70% load rarely
@@ -55,6 +55,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from operator import mul
 from pathlib import Path
 from typing import Any
@@ -76,8 +77,13 @@ MIN_SPEED_SAMPLES = 8  # observations of a pod before its speed factor is estima
 MIN_CLEAN_SPEED_SAMPLES = 4  # TTFT observations with nothing pending ahead that _speed prefers
 TPOT_FLOOR_PERCENTILE = 5.0  # Coefficients.tpot_floor
 TTFT_FLOOR_PERCENTILE = 5.0  # Coefficients.ttft_floor
+# New prompt tokens (k) of the TTFT observations the floor is taken over: a prompt that fits
+# one short engine step, so the floor is one step whatever share of long prompts a pod serves.
+TTFT_FLOOR_MAX_KTOKENS = 1.0
 STATE_VERSION = 2  # 2: TTFT has the queue-clear offset (version-1 coefficients do not)
 _MIN_Y = 0.002  # seconds: floor of the relative-error weights (a 0 ms TTFT would dominate)
+# (features, observations) of a pod -> the least latency predict() serves there.
+FloorRule = Callable[[np.ndarray[Any, Any], np.ndarray[Any, Any]], float]
 
 
 @dataclass(slots=True)
@@ -157,10 +163,11 @@ class Coefficients:
     # benchmark's slow pod's chats, which took 0.07-0.3 s), and a TPOT target then looks met
     # with room to spare there.
     tpot_floor: float = 0.0
-    # The pod's 5th percentile of observed TTFT: no TTFT prediction goes below it (a first byte
-    # takes at least one engine step). The linear shape can reach 0 for a short chat on an
-    # idle pod: the benchmark's pooled TTFT fit had a bias of -0.22 s, and 5 of the slow pod's
-    # 23 predictions in one run were 0-0.002 s for chats that took 0.11-0.16 s.
+    # The pod's 5th percentile of observed TTFT of short prompts (ttft_floor()): no TTFT
+    # prediction goes below it (a first byte takes at least one engine step). The linear
+    # shape can reach 0 for a short chat on an idle pod: the benchmark's pooled TTFT fit had a
+    # bias of -0.22 s, and 5 of the slow pod's 23 predictions in one run were 0-0.002 s for
+    # chats that took 0.11-0.16 s.
     ttft_floor: float = 0.0
 
 
@@ -239,14 +246,14 @@ def _speed(coef: tuple[float, ...], x: np.ndarray[Any, Any], y: np.ndarray[Any, 
 
 
 def _own_beats_pooled(x: np.ndarray[Any, Any], y: np.ndarray[Any, Any], offset: np.ndarray[Any, Any] | None,
-                      pooled: tuple[float, ...], ridge: float, floor_percentile: float | None = None) -> bool:
+                      pooled: tuple[float, ...], ridge: float, floor: FloorRule | None = None) -> bool:
     """Whether a pod's own fit predicts its newest observations at least as well as the pooled
     shape x its speed: both fitted on the older part of its window (the speed too), judged by the
     median relative error on the newest quarter. A pod's own fit has 9 free coefficients on a
     narrow sample (the slow pod of the benchmark serves short chats only): it predicted 0.0-0.1
     s for chats that took 0.13-0.3 s, where the pooled shape's one speed factor, a median
-    ratio, is right for the typical request by construction. With `floor_percentile` both are
-    judged as predict() serves them: at least that percentile of the older part's observations
+    ratio, is right for the typical request by construction. With a `floor` rule both are
+    judged as predict() serves them: at least the floor of the older part's observations
     (Coefficients.ttft_floor / tpot_floor); a fit that dips below the pod's engine step is not
     blamed for errors the floor takes away."""
     n = len(y)
@@ -260,11 +267,37 @@ def _own_beats_pooled(x: np.ndarray[Any, Any], y: np.ndarray[Any, Any], offset: 
     speed = _speed(pooled, x[train], y[train], off_train)
     x_test = x[test]  # the queue features have no coefficient in either fit (fit_ridge)
     actual = np.maximum(y[test], _MIN_Y)
-    floor = 0.0 if floor_percentile is None else float(np.percentile(y[train], floor_percentile))
-    own_err = np.abs(np.maximum(floor, off_test + np.maximum(x_test @ own, 0.0)) - actual) / actual
-    pooled_err = np.abs(np.maximum(floor, off_test + speed * np.maximum(x_test @ np.asarray(pooled), 0.0))
+    least = 0.0 if floor is None else floor(x[train], y[train])
+    own_err = np.abs(np.maximum(least, off_test + np.maximum(x_test @ own, 0.0)) - actual) / actual
+    pooled_err = np.abs(np.maximum(least, off_test + speed * np.maximum(x_test @ np.asarray(pooled), 0.0))
                         - actual) / actual
     return bool(np.median(own_err) <= np.median(pooled_err))
+
+
+def tpot_floor(x: np.ndarray[Any, Any], y: np.ndarray[Any, Any]) -> float:
+    """A pod's TPOT floor (Coefficients.tpot_floor): the TPOT_FLOOR_PERCENTILE of its TPOTs."""
+    return float(np.percentile(y, TPOT_FLOOR_PERCENTILE))
+
+
+def _short_prompt_ttfts(x: np.ndarray[Any, Any], y: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """The TTFTs of prompts of at most TTFT_FLOOR_MAX_KTOKENS new tokens."""
+    short: np.ndarray[Any, Any] = y[x[:, NEW_TOKENS] <= TTFT_FLOOR_MAX_KTOKENS]
+    return short
+
+
+def ttft_floor(x: np.ndarray[Any, Any], y: np.ndarray[Any, Any], pooled_short: np.ndarray[Any, Any]) -> float:
+    """A pod's TTFT floor (Coefficients.ttft_floor): the TTFT_FLOOR_PERCENTILE of its short
+    prompts' TTFTs. With fewer than MIN_SPEED_SAMPLES of them, the lower of that percentile of
+    all its TTFTs and of the pool's short prompts' (0 when the pool has too few as well): a
+    floor only ever too low is harmless. Over all its observations alone, a pod that served
+    mostly long prompts (a scheduler that keeps them off the others) gets a floor of seconds,
+    and every chat is predicted that slow there."""
+    short = _short_prompt_ttfts(x, y)
+    if len(short) >= MIN_SPEED_SAMPLES:
+        return float(np.percentile(short, TTFT_FLOOR_PERCENTILE))
+    if len(pooled_short) < MIN_SPEED_SAMPLES:
+        return 0.0
+    return float(min(np.percentile(y, TTFT_FLOOR_PERCENTILE), np.percentile(pooled_short, TTFT_FLOOR_PERCENTILE)))
 
 
 def _normalised(y: np.ndarray[Any, Any], offset: np.ndarray[Any, Any] | None, speed: float) -> np.ndarray[Any, Any]:
@@ -419,7 +452,6 @@ class LatencyPredictor:
             ys = np.concatenate([y for _, y in per_pod.values()])
             # TTFT: the queue wait is an offset (module docstring); TPOT has none.
             offsets = {pod: (x[:, QUEUE_CLEAR] if target == "ttft" else None) for pod, (x, _) in per_pod.items()}
-            floor_percentile = TTFT_FLOOR_PERCENTILE if target == "ttft" else TPOT_FLOOR_PERCENTILE
             if len(ys) >= cfg.min_samples:
                 # Pooled shape in speed-1 units: fit, estimate each pod's speed against it, fit
                 # again on the speed-normalised observations, re-estimate the speeds. The
@@ -434,14 +466,16 @@ class LatencyPredictor:
                 speeds[target] = {pod: _speed(coef, x, y, offsets[pod]) for pod, (x, y) in per_pod.items()}
                 fitted[target][POOLED] = (coef, len(ys))
             pooled = fitted[target].get(POOLED)
+            pooled_short = _short_prompt_ttfts(xs, ys)
+            floor: FloorRule = partial(ttft_floor, pooled_short=pooled_short) if target == "ttft" else tpot_floor
             for pod, (x, y) in per_pod.items():
                 covers[pod] = (float(x[:, NEW_TOKENS].max()), float(x[:, QUEUE_CLEAR].max()))
                 if len(y) >= MIN_SPEED_SAMPLES:
-                    floors[target][pod] = float(np.percentile(y, floor_percentile))
+                    floors[target][pod] = floor(x, y)
                 own = None
                 if len(y) >= cfg.min_pod_samples and (
                         pooled is None or pooled[0] is None
-                        or _own_beats_pooled(x, y, offsets[pod], pooled[0], cfg.ridge, floor_percentile)):
+                        or _own_beats_pooled(x, y, offsets[pod], pooled[0], cfg.ridge, floor)):
                     own = fit_ridge(x, y, cfg.ridge, offsets[pod])
                 fitted[target][pod] = (own, len(y))
         models: dict[str, Coefficients] = {}

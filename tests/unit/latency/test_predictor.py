@@ -19,12 +19,14 @@ from epp.latency.predictor import (
     N_FEATURES,
     STATE_VERSION,
     TPOT_FLOOR_PERCENTILE,
+    TTFT_FLOOR_MAX_KTOKENS,
     LatencyPredictor,
     PredictorConfig,
     _own_beats_pooled,
     _speed,
     dot,
     fit_ridge,
+    tpot_floor,
 )
 
 # A known TTFT function shaped like a vLLM step model, with per-pod speed: pod "slow" takes
@@ -349,8 +351,8 @@ def test_ttft_is_never_predicted_below_one_engine_step_of_the_pod(tmp_path: Path
         p.observe("ttft", "step", x, max(0.1, 0.5 * new - 2.0) * (1 + rng.uniform(-0.05, 0.05)))
         p.observe("tpot", "step", x, 0.07)
     assert p.refit()
-    _, y_all = p._series["ttft"].per_pod["step"].arrays()
-    floor = statistics.quantiles(sorted(y_all), n=20, method="inclusive")[0]
+    x_all, y_all = p._series["ttft"].per_pod["step"].arrays()
+    floor = statistics.quantiles(sorted(y_all[x_all[:, 1] <= TTFT_FLOOR_MAX_KTOKENS]), n=20, method="inclusive")[0]
     assert p.models["step"].ttft_floor == pytest.approx(floor, rel=0.02)
     bench_fit = (-0.216, 1.053, 0.0, 0.0, 0.702, 0.084, 0.041, 1.294, -37.926)
     p.models = {**p.models, "step": dataclasses.replace(p.models["step"], ttft=bench_fit)}
@@ -370,6 +372,36 @@ def test_ttft_is_never_predicted_below_one_engine_step_of_the_pod(tmp_path: Path
     assert restarted.load(tmp_path / "latency.json")
     assert restarted.models["step"].ttft_floor == pytest.approx(floor)
     assert restarted.predict("step", chat)[0] == pytest.approx(floor)
+
+
+def test_a_pod_serving_mostly_long_prompts_keeps_a_ttft_floor_of_one_engine_step() -> None:
+    """The TTFT floor is one engine step: the 5th percentile of the TTFTs of short prompts
+    (at most TTFT_FLOOR_MAX_KTOKENS new tokens). Over all TTFTs, a pod that served long
+    prompts with a few chats among them (a scheduler that keeps long prompts on it) got a floor
+    of seconds, and every chat there was predicted that slow. A pod with fewer than 8 short
+    prompts takes the lower of its own 5th percentile and the pool's short prompts'."""
+    p = LatencyPredictor(PredictorConfig(window=512))
+    rng = random.Random(11)
+
+    def ttft(new: float) -> float:  # one 0.08 s step, plus 0.25 s per 1k tokens beyond it
+        return (0.08 + 0.25 * max(0.0, new - 0.5)) * (1 + rng.uniform(-0.05, 0.05))
+
+    for i in range(400):
+        chat = i % 40 == 0  # 10 chats, 390 long prompts
+        new = rng.uniform(0.1, 0.4) if chat else rng.uniform(8.0, 30.0)
+        p.observe("ttft", "long", [1.0, new, 0.0, 0.0, 1, 1, 1, 0.0, 0.0], ttft(new))
+    for _ in range(3):  # a pod with 3 chats and 60 long prompts: too few of its own short ones
+        new = rng.uniform(0.1, 0.4)
+        p.observe("ttft", "few", [1.0, new, 0.0, 0.0, 1, 1, 1, 0.0, 0.0], ttft(new))
+    for _ in range(60):
+        new = rng.uniform(8.0, 30.0)
+        p.observe("ttft", "few", [1.0, new, 0.0, 0.0, 1, 1, 1, 0.0, 0.0], ttft(new))
+    assert p.refit()
+    _, y = p._series["ttft"].per_pod["long"].arrays()
+    assert np.percentile(y, 5) > 1.5  # what the floor over all TTFTs read
+    assert 0.07 <= p.models["long"].ttft_floor <= 0.085
+    assert 0.07 <= p.models["few"].ttft_floor <= 0.085  # the pool's short prompts'
+    assert 0.07 <= p.predict("long", [1.0, 0.2, 0.0, 0.0, 0, 0, 0, 0.0, 0.0])[0] < 0.5
 
 
 def test_a_pods_own_tpot_fit_is_judged_as_it_is_served_with_the_floor() -> None:
@@ -401,7 +433,7 @@ def test_a_pods_own_tpot_fit_is_judged_as_it_is_served_with_the_floor() -> None:
     assert np.median(np.abs(own - y[test]) / y[test]) < 0.85 * np.median(np.abs(flat - y[test]) / y[test])
     assert (own_fit < 0.9 * floor).any()  # the dip
 
-    assert _own_beats_pooled(x, y, None, pooled, ridge, TPOT_FLOOR_PERCENTILE)
+    assert _own_beats_pooled(x, y, None, pooled, ridge, tpot_floor)
     assert not _own_beats_pooled(x, y, None, pooled, ridge)  # judged unfloored, as before
 
 
