@@ -113,6 +113,10 @@ class LatencyRuntime:
         # pod key -> the pod's pending records in dispatch order (a dict as an ordered set):
         # only the head's first byte moves the virtual queue (FCFS).
         self._pending_order: dict[str, dict[int, RequestRecord]] = {}
+        # pod key -> monotonic time its oldest pending request became the head of its queue
+        # (dispatched to an empty queue, or the previous head released): the head's first
+        # byte is due `service` later (queue_wait).
+        self._head_since: dict[str, float] = {}
         # pod key -> k prompt tokens dispatched there since its pending queue was last empty:
         # where the chunk boundaries of its prefill stream fall (last_chunk_free_tokens).
         self.prefill_stream: dict[str, float] = {}
@@ -185,18 +189,41 @@ class LatencyRuntime:
     def features(self, ep: Endpoint, prompt_tokens: int, cached_tokens: int) -> list[float]:
         m = ep.metrics
         key = ep.key
-        clear_at = self.queue_clear_at.get(key, 0.0)
         return [
             1.0,
             max(0, prompt_tokens - cached_tokens) / 1000.0,
             self.pending_prefill.get(key, 0.0),
-            max(0.0, clear_at - self.clock()) if clear_at else 0.0,
+            self.queue_wait(key),
             float(m.waiting_queue_size),
             float(m.running_requests),
             float(ep.inflight + ep.peer_inflight),
             self.inflight_decode.get(key, 0.0),
             m.kv_cache_usage,
         ]
+
+    def queue_wait(self, key: str) -> float:
+        """Seconds until the pod's virtual prefill queue clears (the queue_clear_s feature).
+
+        While the head of the queue is not overdue, the virtual queue's clear time. Once its
+        first byte is `late` seconds past due, the model was wrong about it, and the virtual
+        queue, which reads it done, would make the pod look idle to every request while a
+        prompt it took for 0.5 s runs for 11 s (a mis-learnt speed did that once: 14 of 23
+        long prompts went to the slow pod). The head's remaining time is then taken as
+        `late` x min(1, late / its predicted service): about nothing for a head a little
+        late, as long again as it is late for one that took twice its prediction or more;
+        the rest of the queue follows it."""
+        clear_at = self.queue_clear_at.get(key, 0.0)
+        if not clear_at:
+            return 0.0
+        now = self.clock()
+        order = self._pending_order.get(key)
+        if order:
+            head = next(iter(order.values()))
+            late = now - self._head_since.get(key, now) - head.service
+            if late > 0.0 and head.virtual_first_byte:
+                remaining = late * min(1.0, late / head.service) if head.service > 0.0 else late
+                return remaining + sum(r.service for r in order.values() if r is not head)
+        return max(0.0, clear_at - now)
 
     # --- request lifecycle ----------------------------------------------------------------
     def on_dispatch(self, state: CycleState, request: LLMRequest, target: Endpoint) -> None:
@@ -237,7 +264,9 @@ class LatencyRuntime:
         self.inflight_decode[target.key] = self.inflight_decode.get(target.key, 0.0) + record.decode_tokens
         self._records[id(request)] = record
         order = self._pending_order.setdefault(target.key, {})
-        if order and (service != service or self.untimed_pending.get(target.key)):
+        if not order:
+            self._head_since[target.key] = record.dispatched
+        elif service != service or self.untimed_pending.get(target.key):
             record.ahead = list(order.values())
         order[id(request)] = record
         if not record.virtual_first_byte:
@@ -315,8 +344,11 @@ class LatencyRuntime:
             record.prefill_released = True
             pod = record.pod
             order = self._pending_order.get(pod)
-            if order is not None:
+            if order:
+                head = next(iter(order)) == id(record.request)
                 order.pop(id(record.request), None)
+                if head:
+                    self._head_since[pod] = self.clock()
             if not record.virtual_first_byte:
                 self.untimed_pending[pod] = max(0, self.untimed_pending.get(pod, 0) - 1)
             self.pending_prefill[pod] = max(0.0, self.pending_prefill.get(pod, 0.0) - record.new_tokens)

@@ -188,6 +188,44 @@ def test_a_younger_request_done_before_the_head_leaves_the_queue() -> None:
     rt.predictor.stop()
 
 
+def test_an_overdue_head_keeps_its_pod_looking_busy() -> None:
+    """The virtual queue reads a pod idle once its head's predicted service has passed. When
+    the model is wrong about the pod (a mis-learnt speed once put 11-62 s prompts at 0.3-0.9
+    s, and 14 of 23 long prompts went to that pod), the pod looked idle to every later one.
+    Once the head is late, its remaining time is taken as late x min(1, late / service): about
+    0 a little late, as long again as it is late from twice its prediction on; the requests
+    behind it follow it. When its first byte comes, the next head is timed from then."""
+    clock = Clock()
+    rt = trained(clock)
+    pod = endpoint("p", port=8000)
+    t0 = clock.now
+    head = request("a" * 40_000, request_id="head")  # 10k tokens
+    tail = request("b" * 20_000, request_id="tail")  # 5k tokens
+    rt.on_dispatch(CycleState(), head, pod)
+    rt.on_dispatch(CycleState(), tail, pod)
+    due = t0 + service(10.0)
+    clock.now = due - 1.0  # not late: the virtual queue as before
+    assert rt.queue_wait(pod.key) == pytest.approx(1.0 + service(5.0), rel=0.02)
+    clock.now = due + 0.25  # a little late (10% of its service): about nothing more
+    late = 0.25
+    assert rt.queue_wait(pod.key) == pytest.approx(late * late / service(10.0) + service(5.0), rel=0.02)
+    assert rt.queue_wait(pod.key) < service(5.0) + 0.05
+    for late in (service(10.0), 10.0, 30.0):  # twice its prediction and beyond: as long again
+        clock.now = due + late
+        assert rt.queue_wait(pod.key) == pytest.approx(late + service(5.0), rel=0.02)
+        assert rt.features(pod, 2000, 0)[QUEUE_CLEAR] == rt.queue_wait(pod.key)
+        # Before, the virtual queue read the pod idle: its clear time had passed.
+        assert rt.queue_clear_at[pod.key] < clock.now
+    # The head's first byte comes at last: the tail is due its service from then.
+    rt.on_first_byte(head, 200)
+    assert rt.queue_wait(pod.key) == pytest.approx(service(5.0), rel=0.02)
+    clock.now += service(5.0) + 1.0  # the tail 1 s late (20% of its service)
+    assert rt.queue_wait(pod.key) == pytest.approx(1.0 / service(5.0), rel=0.02)
+    rt.on_first_byte(tail, 200)
+    assert rt.queue_wait(pod.key) == 0.0
+    rt.predictor.stop()
+
+
 def test_dispatch_rate_follows_the_recent_rate_and_fades() -> None:
     """The pool's dispatch rate the queue-harm cost reads: 2 requests/s for 60 s over two
     pods reads ~2/s (an exponentially decayed count over 10 s), nothing sent reads 0, and the
