@@ -392,11 +392,6 @@ class LatencyPredictor:
         floor = own.ttft_floor if own is not None else 0.0
         return max(floor, speed * max(0.0, coef[0] + coef[NEW_TOKENS] * new_prompt_ktokens))
 
-    def engine_step(self, pod: str) -> float:
-        """One engine step of `pod`: its TTFT floor (Coefficients.ttft_floor); 0 without a model."""
-        own = self.models.get(pod)
-        return own.ttft_floor if own is not None else 0.0
-
     # --- observations -------------------------------------------------------------------------
     def observe(self, target: str, pod: str, x: Sequence[float], actual_s: float,
                 predicted_s: float = math.nan) -> None:

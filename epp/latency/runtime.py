@@ -79,10 +79,7 @@ class RequestRecord:
     decode_tokens: float  # k tokens charged to the pod's in-flight decode
     dispatched: float  # monotonic
     virtual_first_byte: float = 0.0  # when the pod's virtual queue expects its first byte (0: unknown)
-    idle_service: float = 0.0  # its predicted service time on an idle pod (its TTFT there)
-    # What it adds to the virtual queue: idle_service, less one engine step when requests of
-    # ours were pending ahead of it (vLLM runs its first prefill step in one of theirs).
-    service: float = 0.0
+    service: float = 0.0  # its predicted service time on an idle pod, charged to the virtual queue
     first_byte: float = 0.0
     prefill_released: bool = False
     # Seconds of prefill (predicted service times) dispatched to its pod after it, while it
@@ -222,9 +219,9 @@ class LatencyRuntime:
         order = self._pending_order.get(key)
         if order:
             head = next(iter(order.values()))
-            late = now - self._head_since.get(key, now) - head.idle_service
+            late = now - self._head_since.get(key, now) - head.service
             if late > 0.0 and head.virtual_first_byte:
-                remaining = late * min(1.0, late / head.idle_service) if head.idle_service > 0.0 else late
+                remaining = late * min(1.0, late / head.service) if head.service > 0.0 else late
                 return remaining + sum(r.service for r in order.values() if r is not head)
         return max(0.0, clear_at - now)
 
@@ -256,23 +253,17 @@ class LatencyRuntime:
         # Reset to 0 when the pod's pending queue empties (_release_prefill).
         self.prefill_stream[target.key] = self.prefill_stream.get(target.key, 0.0) + record.new_tokens
         service = self.predictor.service_time(target.key, record.new_tokens) if self.predictor.ready else math.nan
-        order = self._pending_order.setdefault(target.key, {})
         if service == service:
             start = max(record.dispatched, self.queue_clear_at.get(target.key, 0.0))
-            record.idle_service = record.service = service
-            if order:
-                # vLLM packs the waiting prefills into each step's token budget, so a request
-                # queued behind others starts in the step that ends theirs: a step less of its
-                # own. Charged a whole one, a burst of chats read as a queue of steps: the slow
-                # pod's chats in one 90% run were predicted 0.9-2.3 s and took 0.5-0.8 s.
-                record.service = max(0.0, service - self.predictor.engine_step(target.key))
-            record.virtual_first_byte = self.queue_clear_at[target.key] = start + record.service
+            record.service = service
+            record.virtual_first_byte = self.queue_clear_at[target.key] = start + service
             guarded = self.tpot_slo_inflight.get(target.key)
             if guarded:
                 for running in guarded.values():
                     running.stalled += service
         self.inflight_decode[target.key] = self.inflight_decode.get(target.key, 0.0) + record.decode_tokens
         self._records[id(request)] = record
+        order = self._pending_order.setdefault(target.key, {})
         if not order:
             self._head_since[target.key] = record.dispatched
         elif service != service or self.untimed_pending.get(target.key):

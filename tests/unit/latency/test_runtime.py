@@ -226,37 +226,6 @@ def test_an_overdue_head_keeps_its_pod_looking_busy() -> None:
     rt.predictor.stop()
 
 
-def test_a_request_queued_behind_others_is_charged_a_step_less() -> None:
-    """vLLM packs the waiting prefills into each step's token budget: a burst of chats is
-    prefilled in the same step or two, not one step each. A request dispatched while others of
-    ours are pending on the pod adds its idle service time less one engine step (the pod's
-    TTFT floor) to the virtual queue; the first of the burst adds all of it. Charged a whole
-    step each, the slow pod's chats in one 90% run were predicted 0.9-2.3 s and took 0.5-0.8 s.
-    A head is late by its idle service, whatever it was charged."""
-    clock = Clock()
-    rt = untrained(clock)
-    pod = endpoint("p", port=8000)
-    for i in range(80):  # chats of 100-400 tokens and long prompts, each alone on the pod
-        ktok = 0.1 + 0.1 * (i // 2 % 4) if i % 2 else 2.0 + (i % 20)
-        x = [1.0, ktok] + [0.0] * (N_FEATURES - 2)
-        rt.predictor.observe("ttft", pod.key, x, BASE_S + PER_KTOKEN_S * ktok)
-    assert rt.predictor.refit() and rt.predictor.ready
-    step = rt.predictor.engine_step(pod.key)
-    assert step == pytest.approx(service(0.1), rel=0.05)  # the shortest chats' TTFT
-    t0 = clock.now
-    chats = [request("c" * 800, request_id=f"c{i}") for i in range(4)]  # 200 tokens each
-    for chat in chats:
-        rt.on_dispatch(CycleState(), chat, pod)
-    burst = service(0.2) + 3 * (service(0.2) - step)
-    assert rt.queue_clear_at[pod.key] == pytest.approx(t0 + burst, rel=0.02)
-    assert burst < 0.5 * 4 * service(0.2)  # a step each read twice as long
-    rt.on_dispatch(CycleState(), request("a" * 40_000, request_id="long"), pod)  # 10k tokens behind them
-    assert rt.queue_clear_at[pod.key] == pytest.approx(t0 + burst + service(10.0) - step, rel=0.02)
-    clock.now = t0 + service(0.2) - 0.01  # the head is not late yet
-    assert rt.queue_wait(pod.key) == pytest.approx(rt.queue_clear_at[pod.key] - clock.now, rel=0.02)
-    rt.predictor.stop()
-
-
 def test_dispatch_rate_follows_the_recent_rate_and_fades() -> None:
     """The pool's dispatch rate the queue-harm cost reads: 2 requests/s for 60 s over two
     pods reads ~2/s (an exponentially decayed count over 10 s), nothing sent reads 0, and the

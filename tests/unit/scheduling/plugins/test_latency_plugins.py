@@ -492,21 +492,20 @@ def test_last_chunk_free_tokens_follow_the_pods_prefill_stream(ctx: PluginContex
 
 
 def test_scorer_spares_the_last_prefill_step_of_the_request_queued_last(ctx: PluginContext) -> None:
-    """Two equal pods, each prefilling one 12k-token prompt queued behind a shorter one whose
-    first token is out. On `fast` that was 400 tokens, so the 12k prompt's last step has 3,984
-    tokens free: a 20k-token prompt sent there would take them, and that step would last ~0.2
-    s longer. On `twin` it was 4k tokens, so the last step has 384 tokens free. The queues are
-    the same (each 12k prompt charged a step less, queued), and so are the predictions;
-    lastChunkHarmWeight sends the new prompt to `twin`."""
+    """Two equal pods, each prefilling one 12k-token prompt. On `fast` it began a stream, so its
+    last step has 4,384 tokens free: a 20k-token prompt sent there would take them, and that
+    step would last ~0.22 s longer. On `twin` a 4k prompt went first (its first token is out),
+    so the 12k prompt's last step has 384 tokens free. The queues are the same, and so are the
+    predictions; lastChunkHarmWeight sends the new prompt to `twin`."""
     pods = [endpoint("fast", port=8000, inflight=1), endpoint("twin", port=8001, inflight=1)]
     rt = trained_runtime(ctx, pods)
     rt.score_without_slo = True
-    for pod, head_tokens in zip(pods, (400, 4_000), strict=True):
-        head = request("x" * (head_tokens * 4), request_id=f"{pod.key}-head")
-        rt.on_dispatch(CycleState(), head, pod)
-        rt.on_dispatch(CycleState(), request("x" * (12_000 * 4), request_id=f"{pod.key}-12k"), pod)
-        rt.on_first_byte(head, 200)
-    assert [rt.last_chunk_free_tokens(ep.key, 8192) for ep in pods] == [3984, 384]
+    rt.on_dispatch(CycleState(), request("x" * (12_000 * 4), request_id="a"), pods[0])
+    head = request("x" * (4_000 * 4), request_id="b0")
+    rt.on_dispatch(CycleState(), head, pods[1])
+    rt.on_dispatch(CycleState(), request("x" * (12_000 * 4), request_id="b1"), pods[1])
+    rt.on_first_byte(head, 200)
+    assert [rt.last_chunk_free_tokens(ep.key, 8192) for ep in pods] == [4384, 384]
     long_prompt = slo_request(None, prompt_tokens=20_000)
 
     def scorer(weight: float) -> LatencyScorer:
