@@ -220,7 +220,8 @@ class LatencyRuntime:
         if order:
             head = next(iter(order.values()))
             late = now - self._head_since.get(key, now) - head.service
-            if late > 0.0 and head.virtual_first_byte:
+            # A head not streamed has no first byte before its whole response: not late.
+            if late > 0.0 and head.virtual_first_byte and head.request.stream:
                 remaining = late * min(1.0, late / head.service) if head.service > 0.0 else late
                 return remaining + sum(r.service for r in order.values() if r is not head)
         return max(0.0, clear_at - now)
@@ -284,7 +285,10 @@ class LatencyRuntime:
 
     def on_first_byte(self, request: LLMRequest, status: int) -> None:
         """Response headers came back: the request's prefill is done (its first token, for a
-        streamed response from vLLM or the simulator)."""
+        streamed response from vLLM or the simulator). A response that is not streamed sends
+        its headers with the whole response: its prefill was done by then, but when is not
+        known, so it teaches nothing (no TTFT or TPOT observation) and does not time the
+        queue behind it."""
         record = self._records.get(id(request))
         if record is None or record.request is not request or record.first_byte:
             return
@@ -293,18 +297,23 @@ class LatencyRuntime:
         clear_at = self.queue_clear_at.get(pod, 0.0)
         if record.virtual_first_byte and not record.prefill_released and clear_at:
             order = self._pending_order.get(pod) or {}
-            if next(iter(order.values()), None) is record:
+            if request.stream and next(iter(order.values()), None) is record:
                 # The oldest pending request is done (FCFS): what is left is the service of
                 # the others, from now, whether it ended late or early.
                 self.queue_clear_at[pod] = record.first_byte + sum(r.service for r in order.values() if r is not record)
-            else:
+            elif request.stream:
                 # A younger request done first (batched with the head's last chunk): its work
                 # is done; the head's says nothing new.
                 self.queue_clear_at[pod] = max(record.first_byte, clear_at - record.service)
+            else:
+                # A response not streamed, whole: its work is done, and the part of its slot in
+                # the virtual queue still ahead comes off; the head's timing is unknown still.
+                ahead = min(record.service, max(0.0, record.virtual_first_byte - record.first_byte))
+                self.queue_clear_at[pod] = max(record.first_byte, clear_at - ahead)
         self._release_prefill(record)
         if record.ahead is not None:
             self._queue_time_in_hindsight(record)
-        if status != 200:
+        if status != 200 or not request.stream:
             return
         ttft = record.first_byte - record.dispatched
         self.predictor.observe("ttft", record.pod, record.features, ttft, record.predicted_ttft)
@@ -317,7 +326,8 @@ class LatencyRuntime:
         self._release_prefill(record)
         self._release_decode(record)
         tokens = response.get("completion_tokens")
-        if not record.first_byte or response.get("status") != 200 or not isinstance(tokens, int) or tokens < 2:
+        if (not record.first_byte or not request.stream or response.get("status") != 200
+                or not isinstance(tokens, int) or tokens < 2):
             return
         # TPOT as vLLM and the benchmarks define it: decode time after the first token over
         # the tokens after the first.

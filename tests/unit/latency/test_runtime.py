@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
 from epp.latency.predictor import N_FEATURES, QUEUE_CLEAR
 from epp.latency.runtime import LatencyRuntime
-from epp.scheduling.types import CycleState
-from tests.unit.scheduling.sched_fakes import endpoint, request
+from epp.scheduling.types import CycleState, LLMRequest
+from tests.unit.scheduling.sched_fakes import endpoint
+from tests.unit.scheduling.sched_fakes import request as fake_request
+
+
+def request(prompt: str | None = "hello world", **kwargs: Any) -> LLMRequest:
+    """A streamed request: the latency runtime learns only from streamed responses."""
+    kwargs.setdefault("stream", True)
+    return fake_request(prompt, **kwargs)
 
 PER_KTOKEN_S = 0.25  # the known latency function: TTFT = 0.05 s + 0.25 s per 1k new tokens + queue wait
 BASE_S = 0.05
@@ -223,6 +231,35 @@ def test_an_overdue_head_keeps_its_pod_looking_busy() -> None:
     assert rt.queue_wait(pod.key) == pytest.approx(1.0 / service(5.0), rel=0.02)
     rt.on_first_byte(tail, 200)
     assert rt.queue_wait(pod.key) == 0.0
+    rt.predictor.stop()
+
+
+def test_a_response_not_streamed_teaches_nothing_and_is_never_late() -> None:
+    """A response that is not streamed sends its headers with the whole response: the EPP's
+    "first byte" is then its end, not its prefill's. It gives no TTFT or TPOT observation, and
+    as the head of a pod's queue it is never taken for late (its prefill ended, when is not
+    known); the virtual queue reads it done at its predicted time, as it did before."""
+    clock = Clock()
+    rt = trained(clock)
+    pod = endpoint("p", port=8000)
+    before = rt.predictor.sample_counts()
+    t0 = clock.now
+    whole = request("a" * 40_000, request_id="whole", stream=False)  # 10k tokens
+    rt.on_dispatch(CycleState(), whole, pod)
+    clock.now = t0 + service(10.0) + 20.0  # 20 s past its prefill: it is decoding
+    assert rt.queue_wait(pod.key) == 0.0
+    streamed = request("b" * 20_000, request_id="streamed")  # 5k tokens, behind it
+    rt.on_dispatch(CycleState(), streamed, pod)
+    assert rt.queue_wait(pod.key) == pytest.approx(service(5.0), rel=0.02)
+    clock.now += 1.0
+    rt.on_first_byte(whole, 200)  # its whole response: the streamed one's timing stays
+    assert rt.queue_wait(pod.key) == pytest.approx(service(5.0) - 1.0, rel=0.02)
+    rt.on_complete(whole, {"status": 200, "completion_tokens": 500})
+    assert rt.predictor.sample_counts() == before
+    clock.now += 1.0
+    rt.on_first_byte(streamed, 200)
+    rt.on_complete(streamed, {"status": 200, "completion_tokens": 11})
+    assert rt.predictor.sample_counts() == {"ttft": before["ttft"] + 1, "tpot": before["tpot"] + 1}
     rt.predictor.stop()
 
 
