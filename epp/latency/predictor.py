@@ -466,8 +466,8 @@ class LatencyPredictor:
                 speeds[target] = {pod: _speed(coef, x, y, offsets[pod]) for pod, (x, y) in per_pod.items()}
                 fitted[target][POOLED] = (coef, len(ys))
             pooled = fitted[target].get(POOLED)
-            pooled_short = _short_prompt_ttfts(xs, ys)
-            floor: FloorRule = partial(ttft_floor, pooled_short=pooled_short) if target == "ttft" else tpot_floor
+            floor: FloorRule = (partial(ttft_floor, pooled_short=_short_prompt_ttfts(xs, ys)) if target == "ttft"
+                                else tpot_floor)
             for pod, (x, y) in per_pod.items():
                 covers[pod] = (float(x[:, NEW_TOKENS].max()), float(x[:, QUEUE_CLEAR].max()))
                 if len(y) >= MIN_SPEED_SAMPLES:

@@ -4,21 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import pytest
 
 from epp.latency.predictor import N_FEATURES, QUEUE_CLEAR
 from epp.latency.runtime import LatencyRuntime
-from epp.scheduling.types import CycleState, LLMRequest
+from epp.scheduling.types import CycleState
 from tests.unit.scheduling.sched_fakes import endpoint
-from tests.unit.scheduling.sched_fakes import request as fake_request
-
-
-def request(prompt: str | None = "hello world", **kwargs: Any) -> LLMRequest:
-    """A streamed request: the latency runtime learns only from streamed responses."""
-    kwargs.setdefault("stream", True)
-    return fake_request(prompt, **kwargs)
+from tests.unit.scheduling.sched_fakes import streamed_request as request
 
 PER_KTOKEN_S = 0.25  # the known latency function: TTFT = 0.05 s + 0.25 s per 1k new tokens + queue wait
 BASE_S = 0.05

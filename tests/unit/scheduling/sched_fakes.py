@@ -54,6 +54,13 @@ def request(
     )
 
 
+def streamed_request(prompt: str | None = "hello world", **kwargs: Any) -> LLMRequest:
+    """A request whose response is streamed: the latency runtime learns only from those (the
+    headers of a response not streamed come with its end, not its first token)."""
+    kwargs.setdefault("stream", True)
+    return request(prompt, **kwargs)
+
+
 def context(datastore: Datastore | None = None) -> PluginContext:
     return PluginContext(datastore=datastore or Datastore(), source="test.yaml")
 

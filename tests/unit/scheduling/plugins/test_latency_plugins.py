@@ -7,7 +7,6 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -24,13 +23,7 @@ from epp.scheduling.plugins.slo_headroom_filter import SLOHeadroomTierFilter
 from epp.scheduling.registry import PluginContext
 from epp.scheduling.types import CycleState, LLMRequest, SchedulingError
 from tests.unit.scheduling.sched_fakes import context, endpoint
-from tests.unit.scheduling.sched_fakes import request as fake_request
-
-
-def request(prompt: str | None = "hello world", **kwargs: Any) -> LLMRequest:
-    """A streamed request: the latency runtime learns only from streamed responses."""
-    kwargs.setdefault("stream", True)
-    return fake_request(prompt, **kwargs)
+from tests.unit.scheduling.sched_fakes import streamed_request as request
 
 SPEED = {"fast": 1.0, "slow": 2.0, "twin": 1.0}  # the slow pod takes twice as long for everything
 
