@@ -297,19 +297,19 @@ class LatencyRuntime:
         clear_at = self.queue_clear_at.get(pod, 0.0)
         if record.virtual_first_byte and not record.prefill_released and clear_at:
             order = self._pending_order.get(pod) or {}
-            if request.stream and next(iter(order.values()), None) is record:
-                # The oldest pending request is done (FCFS): what is left is the service of
-                # the others, from now, whether it ended late or early.
-                self.queue_clear_at[pod] = record.first_byte + sum(r.service for r in order.values() if r is not record)
-            elif request.stream:
-                # A younger request done first (batched with the head's last chunk): its work
-                # is done; the head's says nothing new.
-                self.queue_clear_at[pod] = max(record.first_byte, clear_at - record.service)
-            else:
+            if not request.stream:
                 # A response not streamed, whole: its work is done, and the part of its slot in
                 # the virtual queue still ahead comes off; the head's timing is unknown still.
                 ahead = min(record.service, max(0.0, record.virtual_first_byte - record.first_byte))
                 self.queue_clear_at[pod] = max(record.first_byte, clear_at - ahead)
+            elif next(iter(order.values()), None) is record:
+                # The oldest pending request is done (FCFS): what is left is the service of
+                # the others, from now, whether it ended late or early.
+                self.queue_clear_at[pod] = record.first_byte + sum(r.service for r in order.values() if r is not record)
+            else:
+                # A younger request done first (batched with the head's last chunk): its work
+                # is done; the head's says nothing new.
+                self.queue_clear_at[pod] = max(record.first_byte, clear_at - record.service)
         self._release_prefill(record)
         if record.ahead is not None:
             self._queue_time_in_hindsight(record)
@@ -355,9 +355,9 @@ class LatencyRuntime:
             pod = record.pod
             order = self._pending_order.get(pod)
             if order:
-                head = next(iter(order)) == id(record.request)
+                was_head = next(iter(order)) == id(record.request)
                 order.pop(id(record.request), None)
-                if head:
+                if was_head:
                     self._head_since[pod] = self.clock()
             if not record.virtual_first_byte:
                 self.untimed_pending[pod] = max(0, self.untimed_pending.get(pod, 0) - 1)
