@@ -341,9 +341,10 @@ class LatencyRuntime:
         not time to the wait it had: from its dispatch to the last first byte of the requests
         ahead of it (FCFS: its prefill starts once theirs are done). Without it, waits behind
         a long prompt sent before the predictor was trained are learnt as the pod's slowness
-        (a speed factor at the clamp)."""
+        (a speed factor at the clamp). A response not streamed ahead says nothing: its headers
+        came with its end, after its prefill by as long as it decoded."""
         ahead, record.ahead = record.ahead or [], None
-        done = [r.first_byte for r in ahead if r.first_byte]
+        done = [r.first_byte for r in ahead if r.first_byte and r.request.stream]
         if done:
             x = list(record.features)  # the cycle's list is not ours to change
             x[QUEUE_CLEAR] = max(0.0, max(done) - record.dispatched)

@@ -130,6 +130,31 @@ def test_a_wait_behind_untimed_requests_is_learnt_as_queue_time_in_hindsight() -
     assert rt._records[id(alone)].ahead is None
 
 
+def test_a_response_not_streamed_ahead_does_not_time_the_wait_in_hindsight() -> None:
+    """The wait learnt in hindsight runs to the last first byte of the requests ahead. A
+    response not streamed has its headers at its end, after its prefill by as long as it
+    decoded: it is left out, and the wait runs to the streamed head's first byte."""
+    clock = Clock()
+    rt = untrained(clock)
+    pod = endpoint("p", port=8000)
+    t0 = clock.now
+    head = request("a" * 40_000, request_id="head")
+    whole = request("w" * 400, request_id="whole", stream=False)  # 100 tokens, short answer
+    behind = request("b" * 4_000, request_id="behind")
+    rt.on_dispatch(CycleState(), head, pod)
+    rt.on_dispatch(CycleState(), whole, pod)
+    clock.now += 0.5
+    rt.on_dispatch(CycleState(), behind, pod)
+    seen = observed_queue_times(rt)
+    clock.now = t0 + 3.0
+    rt.on_first_byte(head, 200)
+    clock.now = t0 + 3.25  # the whole response, decoded in the steps after the head's prefill
+    rt.on_first_byte(whole, 200)
+    clock.now = t0 + 3.3
+    rt.on_first_byte(behind, 200)
+    assert seen == {"head": 0.0, "behind": pytest.approx(2.5)}  # not 2.75
+
+
 def test_a_request_behind_an_untimed_one_learns_its_wait_once_trained() -> None:
     """Trained now, but an older request sent before training is still pending (the virtual
     queue has no time for it): the one behind it learns its actual wait, not the virtual
