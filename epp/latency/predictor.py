@@ -392,6 +392,25 @@ class LatencyPredictor:
         floor = own.ttft_floor if own is not None else 0.0
         return max(floor, speed * max(0.0, coef[0] + coef[NEW_TOKENS] * new_prompt_ktokens))
 
+    def step_share(self, pod: str, new_prompt_ktokens: float) -> float:
+        """Seconds `new_prompt_ktokens` add to an engine step of `pod` that runs anyway: the
+        per-token part of `service_time`, without its fixed part (the step and the request's
+        overhead). What a request costs the pod's prefill queue when vLLM prefills it in the
+        same step as requests queued ahead of it. NaN without a model."""
+        models = self.models
+        own = models.get(pod)
+        model = _ttft_model(own, models.get(POOLED),
+                            own is not None and new_prompt_ktokens <= 1.25 * own.cover[0] + 0.5)
+        if model is None:
+            return math.nan
+        coef, speed = model
+        return speed * max(0.0, coef[NEW_TOKENS] * new_prompt_ktokens)
+
+    def ttft_floor(self, pod: str) -> float:
+        """The least TTFT predicted on `pod` (Coefficients.ttft_floor; 0 without a model)."""
+        own = self.models.get(pod)
+        return own.ttft_floor if own is not None else 0.0
+
     # --- observations -------------------------------------------------------------------------
     def observe(self, target: str, pod: str, x: Sequence[float], actual_s: float,
                 predicted_s: float = math.nan) -> None:

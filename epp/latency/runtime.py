@@ -27,7 +27,7 @@ from typing import Any
 from epp.datastore.endpoint import Endpoint
 from epp.datastore.inflight import CHARACTERS_PER_TOKEN
 from epp.latency.metrics import LatencyMetrics
-from epp.latency.predictor import QUEUE_CLEAR, LatencyPredictor, PredictorConfig
+from epp.latency.predictor import NEW_TOKENS, QUEUE_CLEAR, LatencyPredictor, PredictorConfig
 from epp.latency.slo import NO_SLO, SLO, ObjectiveSLO, request_slo
 from epp.scheduling.types import CycleState, LLMRequest, cached_prompt_tokens
 
@@ -79,7 +79,9 @@ class RequestRecord:
     decode_tokens: float  # k tokens charged to the pod's in-flight decode
     dispatched: float  # monotonic
     virtual_first_byte: float = 0.0  # when the pod's virtual queue expects its first byte (0: unknown)
-    service: float = 0.0  # its predicted service time on an idle pod, charged to the virtual queue
+    # What it adds to the virtual queue: its predicted service time on an idle pod, or only its
+    # tokens' share of a step when it joins the last queued step (LatencyRuntime.joins_last_step).
+    service: float = 0.0
     first_byte: float = 0.0
     prefill_released: bool = False
     # Seconds of prefill (predicted service times) dispatched to its pod after it, while it
@@ -101,7 +103,8 @@ class LatencyRuntime:
         self.inflight_decode: dict[str, float] = {}  # pod key -> k decode tokens still expected
         # pod key -> monotonic time the pod's prefill queue of this EPP's requests clears: a
         # virtual FCFS queue, charged at dispatch with the request's predicted service time on
-        # an idle pod (start at max(now, clear time)); when the oldest pending request's first
+        # an idle pod (start at max(now, clear time)), or its tokens' share of a step when it
+        # joins the last queued step (joins_last_step); when the oldest pending request's first
         # byte comes, the rest's services from then; a younger one's takes its service off;
         # reset when none is pending. How many requests are pending there.
         self.queue_clear_at: dict[str, float] = {}
@@ -117,6 +120,10 @@ class LatencyRuntime:
         # (dispatched to an empty queue, or the previous head released): the head's first
         # byte is due `service` later (queue_wait).
         self._head_since: dict[str, float] = {}
+        # pod key -> monotonic time the last step of its virtual queue starts: set by a request
+        # charged a step of its own, kept by those that join it (joins_last_step), moved with
+        # the queue by the first bytes.
+        self._step_start: dict[str, float] = {}
         # pod key -> k prompt tokens dispatched there since its pending queue was last empty:
         # where the chunk boundaries of its prefill stream fall (last_chunk_free_tokens).
         self.prefill_stream: dict[str, float] = {}
@@ -176,7 +183,7 @@ class LatencyRuntime:
                         cached.by_key.pop(key, None)
         by_key = cached.by_key
         t0 = time.perf_counter_ns()
-        predict = self.predictor.predict
+        predict = self.predict
         for ep in endpoints:
             key = ep.key
             if key not in by_key:
@@ -185,6 +192,29 @@ class LatencyRuntime:
                 by_key[key] = predict(key, x)
         cached.predict_ns += time.perf_counter_ns() - t0
         return cached
+
+    def predict(self, key: str, x: Sequence[float]) -> tuple[float, float]:
+        """(TTFT s, TPOT s) of a request with features `x` on pod `key`: the predictor's,
+        except for a request that would join the last queued step there (joins_last_step):
+        its first byte comes with that step's end, the queue wait plus its tokens' share of
+        the step (floored at the pod's TTFT floor)."""
+        ttft, tpot = self.predictor.predict(key, x)
+        if ttft == ttft and self.joins_last_step(key, self.clock()):
+            share = self.predictor.step_share(key, x[NEW_TOKENS])
+            if share == share:
+                ttft = max(self.predictor.ttft_floor(key), x[QUEUE_CLEAR] + share)
+        return ttft, tpot
+
+    def joins_last_step(self, key: str, now: float) -> bool:
+        """Whether a request sent to pod `key` now would be prefilled in the same engine step as
+        the last step queued there: that step has not started yet by the virtual queue, its
+        requests still wait behind the work ahead of them. vLLM packs the waiting
+        prefills into each step's token budget, so both start in the step after that work and
+        the newer one adds only its tokens to it. Charged a whole step of its own instead, a
+        burst of chats read as a queue of steps (the slow pod's chats in one 90% run were
+        predicted 0.9-2.3 s and took 0.5-0.8 s); charged one step less whenever others were
+        pending, a chat behind a step already running read as nearly free (e69f1bd, reverted)."""
+        return bool(self.pending_count.get(key)) and self._step_start.get(key, 0.0) > now
 
     def features(self, ep: Endpoint, prompt_tokens: int, cached_tokens: int) -> list[float]:
         m = ep.metrics
@@ -246,7 +276,7 @@ class LatencyRuntime:
             prefix = cached_prompt_tokens(state)
             x = self.features(target, len(request.prompt_text()) // CHARACTERS_PER_TOKEN,
                               prefix.get(target.key, 0) if prefix else 0)
-            ttft, tpot = self.predictor.predict(target.key, x) if self.predictor.ready else (math.nan, math.nan)
+            ttft, tpot = self.predict(target.key, x) if self.predictor.ready else (math.nan, math.nan)
         record = RequestRecord(request, target.key, request.model, request.target_model, slo, x, ttft, tpot,
                                x[1], expected_output_tokens(request) / 1000.0, self.clock())
         self.pending_prefill[target.key] = self.pending_prefill.get(target.key, 0.0) + record.new_tokens
@@ -257,7 +287,13 @@ class LatencyRuntime:
         if service == service:
             start = max(record.dispatched, self.queue_clear_at.get(target.key, 0.0))
             record.service = service
-            record.virtual_first_byte = self.queue_clear_at[target.key] = start + service
+            share = self.predictor.step_share(target.key, record.new_tokens) \
+                if self.joins_last_step(target.key, record.dispatched) else math.nan
+            if share == share:
+                record.service = share
+            else:
+                self._step_start[target.key] = start
+            record.virtual_first_byte = self.queue_clear_at[target.key] = start + record.service
             guarded = self.tpot_slo_inflight.get(target.key)
             if guarded:
                 for running in guarded.values():
@@ -310,6 +346,9 @@ class LatencyRuntime:
                 # A younger request done first (batched with the head's last chunk): its work
                 # is done; the head's says nothing new.
                 self.queue_clear_at[pod] = max(record.first_byte, clear_at - record.service)
+            # The queue's last step moves with it.
+            step_start = self._step_start.get(pod, 0.0) + self.queue_clear_at[pod] - clear_at
+            self._step_start[pod] = min(step_start, self.queue_clear_at[pod])
         self._release_prefill(record)
         if record.ahead is not None:
             self._queue_time_in_hindsight(record)
@@ -365,7 +404,7 @@ class LatencyRuntime:
             self.pending_prefill[pod] = max(0.0, self.pending_prefill.get(pod, 0.0) - record.new_tokens)
             left = self.pending_count[pod] = max(0, self.pending_count.get(pod, 0) - 1)
             if left == 0:
-                self.queue_clear_at[pod] = 0.0
+                self.queue_clear_at[pod] = self._step_start[pod] = 0.0
                 self.prefill_stream[pod] = 0.0
 
     def _expire(self) -> None:

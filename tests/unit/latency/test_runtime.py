@@ -252,6 +252,59 @@ def test_an_overdue_head_keeps_its_pod_looking_busy() -> None:
     rt.predictor.stop()
 
 
+def test_a_request_queued_behind_a_waiting_one_joins_its_engine_step() -> None:
+    """vLLM packs the prefills waiting on a pod into each step's token budget: chats that
+    arrive while a long prompt runs all start in the step after it, and each adds only its
+    tokens to that step. A chat sent while the last request's slot in the virtual queue has
+    not started joins that slot's step: its TTFT is the queue wait plus its tokens' share, and
+    so is what it adds to the queue. A chat behind a step already running waits for it, then
+    a step of its own (its whole service)."""
+    clock = Clock()
+    rt = trained(clock)
+    pod = endpoint("p", port=8000)
+    t0 = clock.now
+    long_prompt = request("a" * 40_000, request_id="long")  # 10k tokens: its slot starts at once
+    rt.on_dispatch(CycleState(), long_prompt, pod)
+    clock.now += 0.5
+    assert not rt.joins_last_step(pod.key, clock.now)  # the long prompt's step is running
+    first = request("b" * 2_000, request_id="first")  # 500 tokens
+    rt.on_dispatch(CycleState(), first, pod)
+    assert rt.queue_clear_at[pod.key] == pytest.approx(t0 + service(10.0) + service(0.5), rel=0.02)
+    # The next chat waits in the same queue as `first`: it joins that step.
+    clock.now += 0.5
+    assert rt.joins_last_step(pod.key, clock.now)
+    x = rt.features(pod, 1000, 0)
+    share = PER_KTOKEN_S * 1.0
+    assert rt.predict(pod.key, x)[0] == pytest.approx(x[QUEUE_CLEAR] + share, rel=0.02)
+    assert rt.predict(pod.key, x)[0] < rt.predictor.predict(pod.key, x)[0] - 0.8 * BASE_S
+    second = request("c" * 4_000, request_id="second")  # 1k tokens
+    rt.on_dispatch(CycleState(), second, pod)
+    assert rt.queue_clear_at[pod.key] == pytest.approx(t0 + service(10.0) + service(0.5) + share, rel=0.02)
+    clock.now += 1.0  # a third chat, still before the long prompt is done: the same step
+    third = request("d" * 4_000, request_id="third")
+    rt.on_dispatch(CycleState(), third, pod)
+    assert rt.queue_clear_at[pod.key] == pytest.approx(t0 + service(10.0) + service(0.5) + 2 * share, rel=0.02)
+    # The long prompt's first byte, 0.1 s late: the chats' step starts then, and the queue
+    # moves with it. A chat sent now waits for that step to end, then a step of its own.
+    clock.now = t0 + service(10.0) + 0.1
+    rt.on_first_byte(long_prompt, 200)
+    assert rt.queue_clear_at[pod.key] == pytest.approx(clock.now + service(0.5) + 2 * share, rel=0.02)
+    clock.now += 0.01
+    assert not rt.joins_last_step(pod.key, clock.now)
+    x = rt.features(pod, 1000, 0)
+    assert rt.predict(pod.key, x) == rt.predictor.predict(pod.key, x)
+    late_chat = request("e" * 4_000, request_id="late")
+    rt.on_dispatch(CycleState(), late_chat, pod)
+    assert rt.queue_clear_at[pod.key] == pytest.approx(t0 + service(10.0) + 0.1 + service(0.5) + 2 * share
+                                                       + service(1.0), rel=0.02)
+    # The step of the three chats ends: the late chat's own step is running, nothing joins it.
+    clock.now = t0 + service(10.0) + 0.1 + service(0.5) + 2 * share
+    for chat in (first, second, third):
+        rt.on_first_byte(chat, 200)
+    assert not rt.joins_last_step(pod.key, clock.now + 0.01)
+    rt.predictor.stop()
+
+
 def test_a_response_not_streamed_teaches_nothing_and_is_never_late() -> None:
     """A response that is not streamed sends its headers with the whole response: the EPP's
     "first byte" is then its end, not its prefill's. It gives no TTFT or TPOT observation, and
