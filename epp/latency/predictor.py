@@ -8,7 +8,9 @@ Features (one vector per request x pod, built by LatencyRuntime.features):
     queue_clear_s                 seconds until the pod's prefill queue of this EPP's requests
                                   clears: a virtual FCFS queue per pod (LatencyRuntime), charged
                                   at dispatch with each request's predicted service time on an
-                                  idle pod and corrected by every observed first byte
+                                  idle pod (only its tokens' share of a step when it joins the
+                                  last step queued there) and corrected by every observed first
+                                  byte
     waiting, running              the pod's scraped vllm:num_requests_waiting / _running
     inflight                      requests in flight to the pod (the EPP's ledger, all workers)
     inflight_decode_ktokens       decode tokens still expected from the pod's in-flight requests

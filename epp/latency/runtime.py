@@ -219,11 +219,12 @@ class LatencyRuntime:
     def features(self, ep: Endpoint, prompt_tokens: int, cached_tokens: int) -> list[float]:
         m = ep.metrics
         key = ep.key
+        wait = self.queue_wait(key)  # first: it retires a response not streamed whose prefill is done
         return [
             1.0,
             max(0, prompt_tokens - cached_tokens) / 1000.0,
             self.pending_prefill.get(key, 0.0),
-            self.queue_wait(key),
+            wait,
             float(m.waiting_queue_size),
             float(m.running_requests),
             float(ep.inflight + ep.peer_inflight),
@@ -249,12 +250,30 @@ class LatencyRuntime:
         order = self._pending_order.get(key)
         if order:
             head = next(iter(order.values()))
+            if not head.request.stream and head.virtual_first_byte and head.virtual_first_byte <= now:
+                self._retire_not_streamed(key, now)
+                return self.queue_wait(key)
             late = now - self._head_since.get(key, now) - head.service
             # A head not streamed has no first byte before its whole response: not late.
             if late > 0.0 and head.virtual_first_byte and head.request.stream:
                 remaining = late * min(1.0, late / head.service) if head.service > 0.0 else late
                 return remaining + sum(r.service for r in order.values() if r is not head)
         return max(0.0, clear_at - now)
+
+    def _retire_not_streamed(self, key: str, now: float) -> None:
+        """Take the prefill of the responses not streamed at the head of pod `key`'s queue as
+        done at their virtual first byte once that has passed. Their headers come only with
+        the whole response, seconds of decode later: until then their tokens counted as
+        pending there, and the request behind them was never the head, so its own lateness
+        went unseen (queue_wait). FCFS: the next head is timed from that moment."""
+        order = self._pending_order.get(key)
+        while order:
+            head = next(iter(order.values()))
+            if head.request.stream or not head.virtual_first_byte or head.virtual_first_byte > now:
+                return
+            self._release_prefill(head)
+            if order:
+                self._head_since[key] = head.virtual_first_byte
 
     # --- request lifecycle ----------------------------------------------------------------
     def on_dispatch(self, state: CycleState, request: LLMRequest, target: Endpoint) -> None:

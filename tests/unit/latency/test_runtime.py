@@ -334,6 +334,38 @@ def test_a_response_not_streamed_teaches_nothing_and_is_never_late() -> None:
     rt.predictor.stop()
 
 
+def test_a_response_not_streamed_leaves_the_queue_at_its_virtual_first_byte() -> None:
+    """Its headers come only with its whole response, seconds of decode after its prefill.
+    Once its virtual first byte has passed, its prefill is taken as done then: its tokens stop
+    counting as pending on the pod, and the streamed request behind it becomes the head, timed
+    from that moment, so its lateness shows (queue_wait)."""
+    clock = Clock()
+    rt = trained(clock)
+    pod = endpoint("p", port=8000)
+    t0 = clock.now
+    whole = request("a" * 40_000, request_id="whole", stream=False)  # 10k tokens
+    streamed = request("b" * 20_000, request_id="streamed")  # 5k tokens, behind it
+    rt.on_dispatch(CycleState(), whole, pod)
+    rt.on_dispatch(CycleState(), streamed, pod)
+    assert rt.features(pod, 1000, 0)[2] == pytest.approx(15.0)  # both pending
+    clock.now = t0 + service(10.0) + 0.5  # the whole response is decoding; `streamed` prefills
+    x = rt.features(pod, 1000, 0)
+    assert x[2] == pytest.approx(5.0)  # only the streamed one is pending
+    assert x[QUEUE_CLEAR] == pytest.approx(service(5.0) - 0.5, rel=0.02)
+    assert rt.pending_count[pod.key] == 1
+    # `streamed` runs 3x its predicted service: late, and the pod looks busy.
+    clock.now = t0 + service(10.0) + 3 * service(5.0)
+    late = 2 * service(5.0)
+    assert rt.queue_wait(pod.key) == pytest.approx(late, rel=0.02)
+    rt.on_first_byte(streamed, 200)
+    assert rt.queue_wait(pod.key) == 0.0
+    clock.now += 5.0
+    rt.on_first_byte(whole, 200)  # its whole response, at last: nothing left to take off
+    rt.on_complete(whole, {"status": 200, "completion_tokens": 500})
+    assert rt.pending_prefill[pod.key] == 0.0 and rt.pending_count[pod.key] == 0
+    rt.predictor.stop()
+
+
 def test_dispatch_rate_follows_the_recent_rate_and_fades() -> None:
     """The pool's dispatch rate the queue-harm cost reads: 2 requests/s for 60 s over two
     pods reads ~2/s (an exponentially decayed count over 10 s), nothing sent reads 0, and the
