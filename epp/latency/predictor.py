@@ -383,15 +383,10 @@ class LatencyPredictor:
         what it adds to the pod's prefill queue. NaN without a model. The same as `predict`'s
         TTFT for the features (1, new_prompt_ktokens, 0, ...), with only the two non-zero
         terms computed: the queue-harm cost asks it once per candidate per decision."""
-        models = self.models
-        own = models.get(pod)
-        # No queue: only the new tokens can lie beyond the pod's cover.
-        model = _ttft_model(own, models.get(POOLED),
-                            own is not None and new_prompt_ktokens <= 1.25 * own.cover[0] + 0.5)
+        model = self._idle_model(pod, new_prompt_ktokens)
         if model is None:
             return math.nan
-        coef, speed = model
-        floor = own.ttft_floor if own is not None else 0.0
+        coef, speed, floor = model
         return max(floor, speed * max(0.0, coef[0] + coef[NEW_TOKENS] * new_prompt_ktokens))
 
     def step_share(self, pod: str, new_prompt_ktokens: float) -> float:
@@ -399,14 +394,21 @@ class LatencyPredictor:
         per-token part of `service_time`, without its fixed part (the step and the request's
         overhead). What a request costs the pod's prefill queue when vLLM prefills it in the
         same step as requests queued ahead of it. NaN without a model."""
-        models = self.models
-        own = models.get(pod)
-        model = _ttft_model(own, models.get(POOLED),
-                            own is not None and new_prompt_ktokens <= 1.25 * own.cover[0] + 0.5)
+        model = self._idle_model(pod, new_prompt_ktokens)
         if model is None:
             return math.nan
-        coef, speed = model
+        coef, speed, _ = model
         return speed * max(0.0, coef[NEW_TOKENS] * new_prompt_ktokens)
+
+    def _idle_model(self, pod: str, new_prompt_ktokens: float) -> tuple[tuple[float, ...], float, float] | None:
+        """(TTFT coefficients, speed factor, TTFT floor) for a prompt on `pod` with no queue:
+        only the new tokens can lie beyond the pod's cover. None without a model."""
+        own = self.models.get(pod)
+        model = _ttft_model(own, self.models.get(POOLED),
+                            own is not None and new_prompt_ktokens <= 1.25 * own.cover[0] + 0.5)
+        if model is None:
+            return None
+        return model[0], model[1], own.ttft_floor if own is not None else 0.0
 
     def ttft_floor(self, pod: str) -> float:
         """The least TTFT predicted on `pod` (Coefficients.ttft_floor; 0 without a model)."""
