@@ -173,6 +173,121 @@ class Coefficients:
     ttft_floor: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class PodModel:
+    """One pod's published model, unpacked once per publication for the hot path
+    (LatencyPredictor.pod_model): which coefficients and speed factor serve a query inside the
+    pod's cover (`*_in`) and beyond it (`*_out`), the cover's bounds and the floors. A
+    candidate's prediction is then two dot products and a few comparisons, with no lookups of
+    the pod's and the pooled model per decision (they were half of its cost at 64 pods)."""
+
+    ttft_in: tuple[float, ...] | None = None
+    ttft_in_speed: float = 1.0
+    ttft_out: tuple[float, ...] | None = None
+    ttft_out_speed: float = 1.0
+    tpot_in: tuple[float, ...] | None = None
+    tpot_in_speed: float = 1.0
+    tpot_out: tuple[float, ...] | None = None
+    tpot_out_speed: float = 1.0
+    new_cover: float = math.inf  # largest new_prompt_ktokens inside the cover
+    queue_cover: float = math.inf  # largest queue_clear_s inside the cover
+    ttft_floor: float = 0.0
+    tpot_floor: float = 0.0
+
+    @classmethod
+    def of(cls, own: Coefficients | None, pooled: Coefficients | None) -> PodModel:
+        """The model `predict` serves on a pod with model `own` (None: none yet, the pooled
+        model at speed 1 with no floors) beside the pooled one (None: not fitted yet)."""
+        pooled_ttft = pooled.ttft if pooled is not None else None
+        pooled_tpot = pooled.tpot if pooled is not None else None
+        if own is None:
+            return cls(pooled_ttft, 1.0, pooled_ttft, 1.0, pooled_tpot, 1.0, pooled_tpot, 1.0)
+        # Beyond the cover (or without own coefficients): the pooled shape x the pod's speed.
+        ttft_out, tpot_out = (pooled_ttft, own.ttft_speed), (pooled_tpot, own.tpot_speed)
+        ttft_in = (own.ttft, 1.0) if own.ttft is not None else ttft_out
+        tpot_in = (own.tpot, 1.0) if own.tpot is not None else tpot_out
+        return cls(ttft_in[0], ttft_in[1], ttft_out[0], ttft_out[1], tpot_in[0], tpot_in[1],
+                   tpot_out[0], tpot_out[1], 1.25 * own.cover[0] + 0.5, 1.25 * own.cover[1] + 0.5,
+                   own.ttft_floor, own.tpot_floor)
+
+    def predict(self, x: Sequence[float]) -> tuple[float, float]:
+        """(TTFT s, TPOT s) for features `x` (LatencyPredictor.predict): predict_split of the
+        state part of `x`, with only the two dot products it serves computed."""
+        new, queue = x[NEW_TOKENS], x[QUEUE_CLEAR]
+        state = list(x)
+        state[NEW_TOKENS] = state[QUEUE_CLEAR] = 0.0
+        nan = math.nan
+        if new <= self.new_cover and queue <= self.queue_cover:
+            ttft, tpot = self.ttft_in, self.tpot_in
+            terms = (nan if ttft is None else sum(map(mul, ttft, state)), nan,
+                     nan if tpot is None else sum(map(mul, tpot, state)), nan)
+        else:
+            ttft, tpot = self.ttft_out, self.tpot_out
+            terms = (nan, nan if ttft is None else sum(map(mul, ttft, state)),
+                     nan, nan if tpot is None else sum(map(mul, tpot, state)))
+        return self.predict_split(terms, new, queue)
+
+    def state_terms(self, x: Sequence[float]) -> tuple[float, float, float, float]:
+        """The dot products of this model's TTFT and TPOT coefficients, inside and beyond the
+        cover, with features `x` whose new tokens and queue wait are 0: the part of a
+        prediction that only the pod's state sets, kept while that state is unchanged
+        (predict_split). A C-level loop each (sum of map): ~3x a Python for at nine floats."""
+        nan = math.nan
+        return (nan if self.ttft_in is None else sum(map(mul, self.ttft_in, x)),
+                nan if self.ttft_out is None else sum(map(mul, self.ttft_out, x)),
+                nan if self.tpot_in is None else sum(map(mul, self.tpot_in, x)),
+                nan if self.tpot_out is None else sum(map(mul, self.tpot_out, x)))
+
+    def predict_split(self, terms: tuple[float, float, float, float], new_prompt_ktokens: float,
+                      queue: float) -> tuple[float, float]:
+        """`predict` of the features whose state part gave `terms` (state_terms) with
+        `new_prompt_ktokens` and `queue` (the queue wait) set: two multiply-adds per target
+        instead of nine. The queue wait is the TTFT's offset (module docstring); the part
+        beyond it is >= 0. Both floored at the pod's floors."""
+        if new_prompt_ktokens <= self.new_cover and queue <= self.queue_cover:
+            ttft_coef, ttft_speed, ttft_rest = self.ttft_in, self.ttft_in_speed, terms[0]
+            tpot_coef, tpot_speed, tpot_rest = self.tpot_in, self.tpot_in_speed, terms[2]
+        else:
+            ttft_coef, ttft_speed, ttft_rest = self.ttft_out, self.ttft_out_speed, terms[1]
+            tpot_coef, tpot_speed, tpot_rest = self.tpot_out, self.tpot_out_speed, terms[3]
+        if ttft_coef is None:
+            ttft = math.nan
+        else:
+            own_part = ttft_rest + ttft_coef[NEW_TOKENS] * new_prompt_ktokens + ttft_coef[QUEUE_CLEAR] * queue
+            ttft = queue + ttft_speed * own_part if own_part > 0.0 else queue
+            if ttft < self.ttft_floor:
+                ttft = self.ttft_floor
+        if tpot_coef is None:
+            tpot = math.nan
+        else:
+            tpot = tpot_speed * (tpot_rest + tpot_coef[NEW_TOKENS] * new_prompt_ktokens
+                                 + tpot_coef[QUEUE_CLEAR] * queue)
+            if tpot < self.tpot_floor:
+                tpot = self.tpot_floor
+        return ttft, tpot
+
+    def _idle(self, new_prompt_ktokens: float) -> tuple[tuple[float, ...] | None, float]:
+        """TTFT coefficients and speed for a prompt with no queue: only the new tokens can lie
+        beyond the cover."""
+        if new_prompt_ktokens <= self.new_cover:
+            return self.ttft_in, self.ttft_in_speed
+        return self.ttft_out, self.ttft_out_speed
+
+    def service_time(self, new_prompt_ktokens: float) -> float:
+        """LatencyPredictor.service_time."""
+        coef, speed = self._idle(new_prompt_ktokens)
+        if coef is None:
+            return math.nan
+        return max(self.ttft_floor, speed * max(0.0, coef[0] + coef[NEW_TOKENS] * new_prompt_ktokens))
+
+    def step_share(self, new_prompt_ktokens: float) -> float:
+        """LatencyPredictor.step_share."""
+        coef, speed = self._idle(new_prompt_ktokens)
+        if coef is None:
+            return math.nan
+        return speed * max(0.0, coef[NEW_TOKENS] * new_prompt_ktokens)
+
+
 @dataclass(slots=True)
 class _Series:
     """Samples of one target (TTFT or TPOT): per-pod windows plus what is not fitted yet."""
@@ -323,8 +438,10 @@ class LatencyPredictor:
         self.clock = clock
         self._lock = threading.Lock()
         self._series = {"ttft": _Series(), "tpot": _Series()}
-        # Published models: key (pod key, or POOLED) -> Coefficients. Replaced, never mutated.
-        self.models: dict[str, Coefficients] = {}
+        # Published models: key (pod key, or POOLED) -> Coefficients. Replaced, never mutated
+        # (the `models` property), and unpacked per pod on first use (pod_model).
+        self._models: dict[str, Coefficients] = {}
+        self._pod_models: dict[str, PodModel] = {}
         self.version = 0  # incremented per publication
         self.last_fit_s = 0.0  # duration of the last refit (all pods)
         self.fits = 0
@@ -338,34 +455,40 @@ class LatencyPredictor:
 
     # --- hot path ---------------------------------------------------------------------------
     @property
+    def models(self) -> dict[str, Coefficients]:
+        return self._models
+
+    @models.setter
+    def models(self, models: dict[str, Coefficients]) -> None:
+        """Publish `models`: one reference swap each, so readers see the old or the new ones.
+        The models first: a reader that finds the new (empty) unpacked dict reads them. The
+        version last: a reader that sees it new gets the new models (LatencyRuntime.cycle
+        keeps per-pod terms of the pod models for one version)."""
+        self._models = models
+        self._pod_models = {}
+        self.version += 1
+
+    @property
     def ready(self) -> bool:
         """True once a pooled TTFT model exists (before that the plugins fall back)."""
         pooled = self.models.get(POOLED)
         return pooled is not None and pooled.ttft is not None
 
+    def pod_model(self, pod: str) -> PodModel:
+        """The published model of `pod` unpacked for the hot path (PodModel), built once per
+        publication and pod."""
+        unpacked = self._pod_models
+        model = unpacked.get(pod)
+        if model is None:
+            # The models are at least as new as `unpacked` (the setter swaps them first); should
+            # a publication come between, this goes into the replaced dict and is dropped.
+            models = self._models
+            model = unpacked[pod] = PodModel.of(models.get(pod), models.get(POOLED))
+        return model
+
     def predict(self, pod: str, x: Sequence[float]) -> tuple[float, float]:
         """(TTFT s, TPOT s) of a request with features `x` on `pod`; NaN where no model exists."""
-        models = self.models
-        own = models.get(pod)
-        pooled = models.get(POOLED)
-        queue = x[QUEUE_CLEAR]  # the TTFT offset (module docstring); its own part is >= 0
-        if own is None:
-            ttft = queue + max(0.0, dot(pooled.ttft, x)) if pooled is not None and pooled.ttft is not None \
-                else math.nan
-            tpot = dot(pooled.tpot, x) if pooled is not None and pooled.tpot is not None else math.nan
-            return max(0.0, ttft) if ttft == ttft else ttft, max(0.0, tpot) if tpot == tpot else tpot
-        cover = own.cover
-        inside = x[NEW_TOKENS] <= 1.25 * cover[0] + 0.5 and x[QUEUE_CLEAR] <= 1.25 * cover[1] + 0.5
-        model = _ttft_model(own, pooled, inside)
-        ttft = queue + model[1] * max(0.0, dot(model[0], x)) if model is not None else math.nan
-        if own.tpot is not None and inside:
-            tpot = dot(own.tpot, x)
-        elif pooled is not None and pooled.tpot is not None:
-            tpot = own.tpot_speed * dot(pooled.tpot, x)
-        else:
-            tpot = math.nan
-        return (max(own.ttft_floor, ttft) if ttft == ttft else ttft,
-                max(own.tpot_floor, tpot) if tpot == tpot else tpot)
+        return self.pod_model(pod).predict(x)
 
     def decode_tpot(self, pod: str, x: Sequence[float]) -> float:
         """Predicted TPOT of a request with features `x` on `pod` for the pod's state when its
@@ -383,37 +506,18 @@ class LatencyPredictor:
         what it adds to the pod's prefill queue. NaN without a model. The same as `predict`'s
         TTFT for the features (1, new_prompt_ktokens, 0, ...), with only the two non-zero
         terms computed: the queue-harm cost asks it once per candidate per decision."""
-        model = self._idle_model(pod, new_prompt_ktokens)
-        if model is None:
-            return math.nan
-        coef, speed, floor = model
-        return max(floor, speed * max(0.0, coef[0] + coef[NEW_TOKENS] * new_prompt_ktokens))
+        return self.pod_model(pod).service_time(new_prompt_ktokens)
 
     def step_share(self, pod: str, new_prompt_ktokens: float) -> float:
         """Seconds `new_prompt_ktokens` add to an engine step of `pod` that runs anyway: the
         per-token part of `service_time`, without its fixed part (the step and the request's
         overhead). What a request costs the pod's prefill queue when vLLM prefills it in the
         same step as requests queued ahead of it. NaN without a model."""
-        model = self._idle_model(pod, new_prompt_ktokens)
-        if model is None:
-            return math.nan
-        coef, speed, _ = model
-        return speed * max(0.0, coef[NEW_TOKENS] * new_prompt_ktokens)
-
-    def _idle_model(self, pod: str, new_prompt_ktokens: float) -> tuple[tuple[float, ...], float, float] | None:
-        """(TTFT coefficients, speed factor, TTFT floor) for a prompt on `pod` with no queue:
-        only the new tokens can lie beyond the pod's cover. None without a model."""
-        own = self.models.get(pod)
-        model = _ttft_model(own, self.models.get(POOLED),
-                            own is not None and new_prompt_ktokens <= 1.25 * own.cover[0] + 0.5)
-        if model is None:
-            return None
-        return model[0], model[1], own.ttft_floor if own is not None else 0.0
+        return self.pod_model(pod).step_share(new_prompt_ktokens)
 
     def ttft_floor(self, pod: str) -> float:
         """The least TTFT predicted on `pod` (Coefficients.ttft_floor; 0 without a model)."""
-        own = self.models.get(pod)
-        return own.ttft_floor if own is not None else 0.0
+        return self.pod_model(pod).ttft_floor
 
     # --- observations -------------------------------------------------------------------------
     def observe(self, target: str, pod: str, x: Sequence[float], actual_s: float,
@@ -511,7 +615,6 @@ class LatencyPredictor:
                                        covers.get(key, (math.inf, math.inf)), floors["tpot"].get(key, 0.0),
                                        floors["ttft"].get(key, 0.0))
         self.models = models  # one reference swap: readers see the old or the new dict
-        self.version += 1
         self.fits += 1
         self.last_fit_s = time.perf_counter() - t0
         return True
@@ -620,20 +723,7 @@ class LatencyPredictor:
             log.warning("ignoring the latency predictor state %s: malformed (%s)", path, e)
             return False
         self.models = models
-        self.version += 1
         return True
-
-
-def _ttft_model(own: Coefficients | None, pooled: Coefficients | None,
-               inside: bool) -> tuple[tuple[float, ...], float] | None:
-    """The TTFT coefficients for a query and the speed factor on their own part: the pod's own
-    fit when it has one and the query is `inside` its cover, else the pooled fit times the
-    pod's speed (1 for a pod without a model); None before the pooled model exists."""
-    if own is not None and own.ttft is not None and inside:
-        return own.ttft, 1.0
-    if pooled is not None and pooled.ttft is not None:
-        return pooled.ttft, (own.ttft_speed if own is not None else 1.0)
-    return None
 
 
 def _cover(value: Any) -> tuple[float, float]:

@@ -27,7 +27,7 @@ from typing import Any
 from epp.datastore.endpoint import Endpoint
 from epp.datastore.inflight import CHARACTERS_PER_TOKEN
 from epp.latency.metrics import LatencyMetrics
-from epp.latency.predictor import NEW_TOKENS, QUEUE_CLEAR, LatencyPredictor, PredictorConfig
+from epp.latency.predictor import NEW_TOKENS, QUEUE_CLEAR, LatencyPredictor, PodModel, PredictorConfig
 from epp.latency.slo import NO_SLO, SLO, ObjectiveSLO, request_slo
 from epp.scheduling.types import CycleState, LLMRequest, cached_prompt_tokens
 
@@ -50,6 +50,9 @@ class CyclePredictions:
     by_key: dict[str, tuple[float, float]] = field(default_factory=dict)
     features: dict[str, list[float]] = field(default_factory=dict)
     prefix_source: object = None  # the cached-tokens dict used (None: no prefix info yet)
+    # The candidates last predicted in full with that prefix info: the filters and the scorer
+    # that follow get the same sequence when nothing was filtered out.
+    complete_for: object = None
     predict_ns: int = 0  # time spent predicting in this cycle (observed once, at dispatch)
 
     def headroom(self, key: str) -> tuple[float, float]:
@@ -63,6 +66,24 @@ class CyclePredictions:
     def meets(self, key: str) -> bool:
         h_ttft, h_tpot = self.headroom(key)
         return h_ttft >= 0.0 and h_tpot >= 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class _StateTerms:
+    """One pod's state as the features see it, and the state part of its model's dot products
+    (PodModel.state_terms), for as long as neither changes (LatencyRuntime.cycle)."""
+
+    model: PodModel
+    # pending prefill k tokens, waiting, running, in flight, in-flight decode k tokens, KV usage
+    state: tuple[float, int, int, int, float, float]
+    x: list[float]  # the features with new tokens and queue wait 0
+    terms: tuple[float, float, float, float]
+
+    @classmethod
+    def of(cls, model: PodModel, state: tuple[float, int, int, int, float, float]) -> _StateTerms:
+        pending, waiting, running, inflight, decode, kv = state
+        x = [1.0, 0.0, pending, 0.0, float(waiting), float(running), float(inflight), decode, kv]
+        return cls(model, state, x, model.state_terms(x))
 
 
 @dataclass(slots=True)
@@ -131,6 +152,8 @@ class LatencyRuntime:
         # stream not ended): the decode a new prefill on that pod would stall.
         self.tpot_slo_inflight: dict[str, dict[int, RequestRecord]] = {}
         self._records: dict[int, RequestRecord] = {}
+        self._state_terms: dict[str, _StateTerms] = {}  # pod key -> (cycle)
+        self._state_terms_version = -1  # the predictor's version they were computed for
         # This EPP's recent dispatches to the pool as an exponentially decayed count and the
         # monotonic time of its last update (dispatch_rate).
         self._dispatch_count = 0.0
@@ -177,20 +200,57 @@ class LatencyRuntime:
         if prefix is not cached.prefix_source:
             # A prefix scorer ran since: pods holding part of the prompt have fewer new tokens.
             cached.prefix_source = prefix
+            cached.complete_for = None
             if prefix:
                 for key, tokens in prefix.items():
                     if tokens > 0:
                         cached.by_key.pop(key, None)
+        if endpoints is cached.complete_for:
+            return cached
         by_key = cached.by_key
         t0 = time.perf_counter_ns()
-        predict = self.predict
+        # features() and predict() per candidate, unrolled, with the state part of each pod's
+        # dot products kept while its state and model are unchanged (_StateTerms): at 64 pods
+        # the calls, lookups and nine-term dot products were most of a decision's cost
+        # (docs/latency-routing.md, "Cost per decision"). Held to features() and predict() by
+        # test_cycle_predicts_as_features_and_predict.
+        now = self.clock()
+        predictor = self.predictor
+        if self._state_terms_version != predictor.version:
+            # Every entry's model is stale after a publication (models are read after the
+            # version: LatencyPredictor.models). Dropping them also bounds the dict to the pods
+            # of the last half second or so (the trainer's interval).
+            self._state_terms_version = predictor.version
+            self._state_terms.clear()
+        pod_model = predictor.pod_model
+        clear_at, step_start = self.queue_clear_at, self._step_start
+        pending, decode, memo = self.pending_prefill, self.inflight_decode, self._state_terms
+        features, prompt_tokens = cached.features, cached.prompt_tokens
+        all_new = prompt_tokens / 1000.0
         for ep in endpoints:
             key = ep.key
-            if key not in by_key:
-                x = self.features(ep, cached.prompt_tokens, prefix.get(key, 0) if prefix else 0)
-                cached.features[key] = x
-                by_key[key] = predict(key, x)
+            if key in by_key:
+                continue
+            # First: it retires a response not streamed whose prefill is done (pending changes).
+            wait = self._queue_wait(key, now) if clear_at.get(key) else 0.0
+            m = ep.metrics
+            pod_state = (pending.get(key, 0.0), m.waiting_queue_size, m.running_requests,
+                         ep.inflight + ep.peer_inflight, decode.get(key, 0.0), m.kv_cache_usage)
+            terms = memo.get(key)
+            if terms is None or terms.state != pod_state:
+                terms = memo[key] = _StateTerms.of(pod_model(key), pod_state)
+            model = terms.model
+            cached_tokens = prefix.get(key, 0) if prefix else 0
+            new = max(0, prompt_tokens - cached_tokens) / 1000.0 if cached_tokens else all_new
+            x = terms.x.copy()
+            x[NEW_TOKENS] = new
+            x[QUEUE_CLEAR] = wait
+            features[key] = x
+            prediction = model.predict_split(terms.terms, new, wait)
+            # joins_last_step: a step start is set only while requests are pending there.
+            by_key[key] = self._joined(model, x, prediction) if step_start.get(key, 0.0) > now else prediction
         cached.predict_ns += time.perf_counter_ns() - t0
+        cached.complete_for = endpoints
         return cached
 
     def predict(self, key: str, x: Sequence[float]) -> tuple[float, float]:
@@ -198,11 +258,18 @@ class LatencyRuntime:
         except for a request that would join the last queued step there (joins_last_step):
         its first byte comes with that step's end, the queue wait plus its tokens' share of
         the step (floored at the pod's TTFT floor)."""
-        ttft, tpot = self.predictor.predict(key, x)
-        if ttft == ttft and self.joins_last_step(key, self.clock()):
-            share = self.predictor.step_share(key, x[NEW_TOKENS])
+        model = self.predictor.pod_model(key)
+        prediction = model.predict(x)
+        return self._joined(model, x, prediction) if self.joins_last_step(key, self.clock()) else prediction
+
+    @staticmethod
+    def _joined(model: PodModel, x: Sequence[float], prediction: tuple[float, float]) -> tuple[float, float]:
+        """`prediction` for a request that joins the last queued step (predict)."""
+        ttft, tpot = prediction
+        if ttft == ttft:
+            share = model.step_share(x[NEW_TOKENS])
             if share == share:
-                ttft = max(self.predictor.ttft_floor(key), x[QUEUE_CLEAR] + share)
+                ttft = max(model.ttft_floor, x[QUEUE_CLEAR] + share)
         return ttft, tpot
 
     def joins_last_step(self, key: str, now: float) -> bool:
@@ -234,6 +301,11 @@ class LatencyRuntime:
 
     def queue_wait(self, key: str) -> float:
         """Seconds until the pod's virtual prefill queue clears (the queue_clear_s feature).
+        Retires a response not streamed whose prefill is done (_retire_not_streamed)."""
+        return self._queue_wait(key, self.clock()) if self.queue_clear_at.get(key) else 0.0
+
+    def _queue_wait(self, key: str, now: float) -> float:
+        """queue_wait at `now`.
 
         While the head of the queue is not overdue, the virtual queue's clear time. Once its
         first byte is `late` seconds past due, the model was wrong about it, and the virtual
@@ -246,13 +318,12 @@ class LatencyRuntime:
         clear_at = self.queue_clear_at.get(key, 0.0)
         if not clear_at:
             return 0.0
-        now = self.clock()
         order = self._pending_order.get(key)
         if order:
             head = next(iter(order.values()))
             if not head.request.stream and head.virtual_first_byte and head.virtual_first_byte <= now:
                 self._retire_not_streamed(key, now)
-                return self.queue_wait(key)
+                return self._queue_wait(key, now)
             late = now - self._head_since.get(key, now) - head.service
             # A head not streamed has no first byte before its whole response: not late.
             if late > 0.0 and head.virtual_first_byte and head.request.stream:

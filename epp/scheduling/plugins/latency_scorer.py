@@ -308,11 +308,13 @@ class LatencyScorer:
         cycle = self.runtime.cycle(state, request, endpoints)
         if cycle is None:
             return [0.0] * n
-        headroom = [cycle.headroom(ep.key) for ep in endpoints]
-        meets = [t >= 0.0 and p >= 0.0 for t, p in headroom]
-        tier = [i for i in range(n) if meets[i]] if any(meets) else list(range(n))
-        least = self.params.headroom_selection_strategy == "least" and any(meets)
         slo = cycle.slo
+        if slo.empty:  # every candidate meets no targets, with infinite headroom
+            tier, least = list(range(n)), False
+        else:
+            meets = [cycle.meets(ep.key) for ep in endpoints]
+            tier = [i for i in range(n) if meets[i]] if any(meets) else list(range(n))
+            least = self.params.headroom_selection_strategy == "least" and any(meets)
         params = self.params
         ratio = params.without_slo_max_ttft_ratio if slo.empty else 0.0
         if ratio > 0.0 or params.max_extra_ttft_seconds > 0.0:

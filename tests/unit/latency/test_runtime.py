@@ -382,3 +382,61 @@ def test_dispatch_rate_follows_the_recent_rate_and_fades() -> None:
     assert rt.dispatch_rate() == pytest.approx(2.0 / 2.718, rel=0.06)
     clock.now += 90.0
     assert rt.dispatch_rate() < 0.001
+
+
+def test_cycle_predicts_as_features_and_predict() -> None:
+    """The cycle's unrolled loop, with each pod's state terms kept across cycles, predicts what
+    features() and predict() do for every candidate: pods with their own model (inside and
+    beyond their cover), without one, with a queue (joined or not), with prefix hits, while
+    their state changes between cycles and the model is republished."""
+    import random
+
+    from epp.scheduling.types import CACHED_TOKENS_SUFFIX
+    from tests.unit.scheduling.sched_fakes import request as plain_request
+
+    clock = Clock()
+    rt = untrained(clock)
+    rt.score_without_slo = True
+    rng = random.Random(7)
+    for i in range(200):  # two pods with their own models (covers: 8k new tokens, 3 s of queue)
+        pod = ("default/a", "default/b")[i % 2]
+        x = [1.0, rng.uniform(0.1, 8.0), rng.uniform(0, 5), rng.uniform(0, 3.0), rng.randint(0, 4),
+             rng.randint(0, 16), rng.randint(0, 20), rng.uniform(0, 3), rng.random()]
+        # Shapes the pooled model x a speed cannot fit: each pod gets its own coefficients.
+        own = 0.05 + 0.25 * x[1] + 0.01 * x[5] if pod == "default/a" else 0.6 + 0.02 * x[1] + 0.05 * x[4]
+        rt.predictor.observe("ttft", pod, x, x[3] + own)
+        rt.predictor.observe("tpot", pod, x, 0.01 + 0.002 * x[5] if pod == "default/a" else 0.05 - 0.001 * x[6])
+    assert rt.predictor.refit()
+    assert all(rt.predictor.models[p].ttft is not None for p in ("default/a", "default/b"))
+    pods = [endpoint(name, port=8000 + i) for i, name in enumerate(("a", "b", "c", "d"))]
+    checked = joined = beyond = 0
+    for step in range(120):
+        ep = rng.choice(pods)
+        ep.metrics.waiting_queue_size = rng.randint(0, 4)
+        ep.metrics.kv_cache_usage = rng.random()
+        ep.inflight = rng.randint(0, 8)
+        if step % 3 == 0:  # one in four not streamed: retired from the queue at its virtual first byte
+            sent = (request if step % 4 else plain_request)("z" * rng.randint(400, 60_000), request_id=f"q{step}")
+            rt.on_dispatch(CycleState(), sent, ep)
+        if step % 7 == 0:
+            clock.now += rng.uniform(0.0, 2.0)
+        if step == 60:  # a publication: every pod's model is new
+            rt.predictor.observe("ttft", "default/a", [1.0, 1.0] + [0.0] * 7, 0.4)
+            assert rt.predictor.refit()
+        state = CycleState()
+        if step % 2:
+            state["prefix" + CACHED_TOKENS_SUFFIX] = {pods[0].key: rng.randint(0, 9000), pods[2].key: 64}
+        prompt = "y" * rng.choice((400, 4000, 48_000))
+        req = request(prompt, request_id=f"c{step}")
+        cycle = rt.cycle(state, req, pods)
+        assert cycle is not None
+        prefix = state.get("prefix" + CACHED_TOKENS_SUFFIX, {})
+        for p in pods:
+            x = rt.features(p, len(prompt) // 4, prefix.get(p.key, 0))
+            assert cycle.features[p.key] == pytest.approx(x, rel=1e-12, abs=1e-12)
+            assert cycle.by_key[p.key] == pytest.approx(rt.predict(p.key, x), rel=1e-12, abs=1e-12)
+            joined += rt.joins_last_step(p.key, clock.now)
+            beyond += x[1] > 1.25 * 8.0 + 0.5
+            checked += 1
+    assert checked == 480 and joined > 10 and beyond > 10
+    rt.predictor.stop()
