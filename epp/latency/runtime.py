@@ -130,6 +130,9 @@ class LatencyRuntime:
         # reset when none is pending. How many requests are pending there.
         self.queue_clear_at: dict[str, float] = {}
         self.pending_count: dict[str, int] = {}
+        # pod key -> the sum of its pending records' `service`: what the queue holds after its
+        # head, in O(1) per candidate however long a queue grows (first bytes that stop coming).
+        self.queued_service: dict[str, float] = {}
         # pod key -> how many of its pending requests the virtual queue has no time for (sent
         # while the predictor was untrained): requests behind them learn their queue time in
         # hindsight (RequestRecord.ahead).
@@ -231,17 +234,23 @@ class LatencyRuntime:
             key = ep.key
             if key in by_key:
                 continue
-            # First: it retires a response not streamed whose prefill is done (pending changes).
-            wait = self._queue_wait(key, now) if clear_at.get(key) else 0.0
-            m = ep.metrics
-            pod_state = (pending.get(key, 0.0), m.waiting_queue_size, m.running_requests,
-                         ep.inflight + ep.peer_inflight, decode.get(key, 0.0), m.kv_cache_usage)
-            terms = memo.get(key)
-            if terms is None or terms.state != pod_state:
-                terms = memo[key] = _StateTerms.of(pod_model(key), pod_state)
-            model = terms.model
             cached_tokens = prefix.get(key, 0) if prefix else 0
             new = max(0, prompt_tokens - cached_tokens) / 1000.0 if cached_tokens else all_new
+            earlier = features.get(key)
+            terms = memo.get(key)
+            if earlier is not None and terms is not None:
+                # Predicted earlier in this cycle, before the prefix info: only the new tokens
+                # differ (nothing else runs between a cycle's plugins), the wait is the same.
+                wait = earlier[QUEUE_CLEAR]
+            else:
+                # First: it retires a response not streamed whose prefill is done (pending changes).
+                wait = self._queue_wait(key, now) if clear_at.get(key) else 0.0
+                m = ep.metrics
+                pod_state = (pending.get(key, 0.0), m.waiting_queue_size, m.running_requests,
+                             ep.inflight + ep.peer_inflight, decode.get(key, 0.0), m.kv_cache_usage)
+                if terms is None or terms.state != pod_state:
+                    terms = memo[key] = _StateTerms.of(pod_model(key), pod_state)
+            model = terms.model
             x = terms.x.copy()
             x[NEW_TOKENS] = new
             x[QUEUE_CLEAR] = wait
@@ -328,7 +337,7 @@ class LatencyRuntime:
             # A head not streamed has no first byte before its whole response: not late.
             if late > 0.0 and head.virtual_first_byte and head.request.stream:
                 remaining = late * min(1.0, late / head.service) if head.service > 0.0 else late
-                return remaining + sum(r.service for r in order.values() if r is not head)
+                return remaining + max(0.0, self.queued_service.get(key, 0.0) - head.service)
         return max(0.0, clear_at - now)
 
     def _retire_not_streamed(self, key: str, now: float) -> None:
@@ -384,6 +393,7 @@ class LatencyRuntime:
             else:
                 self._step_start[target.key] = start
             record.virtual_first_byte = self.queue_clear_at[target.key] = start + record.service
+            self.queued_service[target.key] = self.queued_service.get(target.key, 0.0) + record.service
             guarded = self.tpot_slo_inflight.get(target.key)
             if guarded:
                 for running in guarded.values():
@@ -431,7 +441,8 @@ class LatencyRuntime:
             elif next(iter(order.values()), None) is record:
                 # The oldest pending request is done (FCFS): what is left is the service of
                 # the others, from now, whether it ended late or early.
-                self.queue_clear_at[pod] = record.first_byte + sum(r.service for r in order.values() if r is not record)
+                others = max(0.0, self.queued_service.get(pod, 0.0) - record.service)
+                self.queue_clear_at[pod] = record.first_byte + others
             else:
                 # A younger request done first (batched with the head's last chunk): its work
                 # is done; the head's says nothing new.
@@ -491,10 +502,12 @@ class LatencyRuntime:
                     self._head_since[pod] = self.clock()
             if not record.virtual_first_byte:
                 self.untimed_pending[pod] = max(0, self.untimed_pending.get(pod, 0) - 1)
+            else:
+                self.queued_service[pod] = max(0.0, self.queued_service.get(pod, 0.0) - record.service)
             self.pending_prefill[pod] = max(0.0, self.pending_prefill.get(pod, 0.0) - record.new_tokens)
             left = self.pending_count[pod] = max(0, self.pending_count.get(pod, 0) - 1)
             if left == 0:
-                self.queue_clear_at[pod] = self._step_start[pod] = 0.0
+                self.queue_clear_at[pod] = self._step_start[pod] = self.queued_service[pod] = 0.0
                 self.prefill_stream[pod] = 0.0
 
     def _expire(self) -> None:

@@ -23,6 +23,8 @@ from epp.datastore.inflight import Dispatch, InflightTracker
 from epp.scheduling.registry import PluginContext
 from epp.scheduling.types import LLMRequest
 
+OUTPUT_TOKENS = 256  # decode tokens charged to the ledger per decision
+
 
 def _endpoints(ds: Datastore, count: int, rng: random.Random) -> tuple[Endpoint, ...]:
     for i in range(count):
@@ -56,11 +58,13 @@ def run(pods: int, decisions: int, prompt_chars: int, config: str | None) -> dic
     ds = Datastore()
     endpoints = _endpoints(ds, pods, rng)
     # The server's in-flight ledger, charged per decision as the server does and released
-    # after `2 * pods` later decisions, so the ledger scorers read a busy pool.
+    # after `2 * pods` later decisions, so the ledger scorers read a busy pool. The response
+    # hooks run then too (outside the timing): without its first bytes and stream ends, the
+    # latency runtime's prefill queues (predicted-latency-producer) grew by every decision.
     tracker = InflightTracker(ds)
     cfg = load_scheduler_config(config, PluginContext(datastore=ds, services={TRACKER_KEY: tracker}))
     scheduler = cfg.scheduler
-    open_dispatches: deque[Dispatch] = deque()
+    open_dispatches: deque[tuple[Dispatch, LLMRequest, Endpoint]] = deque()
     prompts = _prompts(256, prompt_chars, rng)
     requests = [
         LLMRequest(request_id=str(i), model="m", target_model="m", prompt=prompts[i % len(prompts)])
@@ -85,9 +89,13 @@ def run(pods: int, decisions: int, prompt_chars: int, config: str | None) -> dic
         full_ns.append(t2 - t0)
         primary = result.primary
         if primary is not None:
-            open_dispatches.append(tracker.dispatch(primary.targets[:1], prompt_chars // 4 + 256, prompt_chars // 4))
+            dispatch = tracker.dispatch(primary.targets[:1], prompt_chars // 4 + OUTPUT_TOKENS, prompt_chars // 4)
+            open_dispatches.append((dispatch, req, primary.targets[0]))
         if len(open_dispatches) > 2 * pods:
-            tracker.complete(open_dispatches.popleft())
+            done, done_req, target = open_dispatches.popleft()
+            scheduler.response_received(done_req, target, 200)
+            scheduler.post_response(done_req, target, {"status": 200, "completion_tokens": OUTPUT_TOKENS})
+            tracker.complete(done)
 
     def summary(samples: list[int]) -> tuple[float, float, float]:
         q = statistics.quantiles(samples, n=100)

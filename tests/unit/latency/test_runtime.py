@@ -391,7 +391,7 @@ def test_cycle_predicts_as_features_and_predict() -> None:
     their state changes between cycles and the model is republished."""
     import random
 
-    from epp.scheduling.types import CACHED_TOKENS_SUFFIX
+    from epp.scheduling.types import CACHED_TOKENS_SUFFIX, LLMRequest
     from tests.unit.scheduling.sched_fakes import request as plain_request
 
     clock = Clock()
@@ -410,6 +410,7 @@ def test_cycle_predicts_as_features_and_predict() -> None:
     assert all(rt.predictor.models[p].ttft is not None for p in ("default/a", "default/b"))
     pods = [endpoint(name, port=8000 + i) for i, name in enumerate(("a", "b", "c", "d"))]
     checked = joined = beyond = 0
+    in_flight: list[LLMRequest] = []
     for step in range(120):
         ep = rng.choice(pods)
         ep.metrics.waiting_queue_size = rng.randint(0, 4)
@@ -418,16 +419,20 @@ def test_cycle_predicts_as_features_and_predict() -> None:
         if step % 3 == 0:  # one in four not streamed: retired from the queue at its virtual first byte
             sent = (request if step % 4 else plain_request)("z" * rng.randint(400, 60_000), request_id=f"q{step}")
             rt.on_dispatch(CycleState(), sent, ep)
+            in_flight.append(sent)
+        if step % 5 == 4 and in_flight:  # a first byte, early or late (the queue moves with it)
+            rt.on_first_byte(in_flight.pop(rng.randrange(len(in_flight))), 200)
         if step % 7 == 0:
             clock.now += rng.uniform(0.0, 2.0)
         if step == 60:  # a publication: every pod's model is new
             rt.predictor.observe("ttft", "default/a", [1.0, 1.0] + [0.0] * 7, 0.4)
             assert rt.predictor.refit()
         state = CycleState()
-        if step % 2:
-            state["prefix" + CACHED_TOKENS_SUFFIX] = {pods[0].key: rng.randint(0, 9000), pods[2].key: 64}
         prompt = "y" * rng.choice((400, 4000, 48_000))
         req = request(prompt, request_id=f"c{step}")
+        if step % 2:  # as in a profile: predicted before a prefix scorer runs, then after it
+            assert rt.cycle(state, req, pods) is not None
+            state["prefix" + CACHED_TOKENS_SUFFIX] = {pods[0].key: rng.randint(0, 9000), pods[2].key: 64}
         cycle = rt.cycle(state, req, pods)
         assert cycle is not None
         prefix = state.get("prefix" + CACHED_TOKENS_SUFFIX, {})
@@ -436,6 +441,9 @@ def test_cycle_predicts_as_features_and_predict() -> None:
             assert cycle.features[p.key] == pytest.approx(x, rel=1e-12, abs=1e-12)
             assert cycle.by_key[p.key] == pytest.approx(rt.predict(p.key, x), rel=1e-12, abs=1e-12)
             joined += rt.joins_last_step(p.key, clock.now)
+            # The queue's service total, kept by dispatches and releases, is its records' sum.
+            queued = [r.service for r in rt._pending_order.get(p.key, {}).values()]
+            assert rt.queued_service.get(p.key, 0.0) == pytest.approx(sum(queued), abs=1e-9)
             beyond += x[1] > 1.25 * 8.0 + 0.5
             checked += 1
     assert checked == 480 and joined > 10 and beyond > 10
