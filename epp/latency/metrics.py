@@ -31,10 +31,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+
+from epp.observability.fastmetrics import FastCounter, FastHistogram, HistogramChild
 
 if TYPE_CHECKING:
     from epp.latency.predictor import LatencyPredictor
@@ -51,43 +52,43 @@ MODEL = ("model_name", "target_model_name")
 class LatencyMetrics(Collector):
     def __init__(self, predictor: LatencyPredictor) -> None:
         self.predictor = predictor
-        self.ttft = Histogram("inference_objective_request_ttft_seconds",
+        self.ttft = FastHistogram("inference_objective_request_ttft_seconds",
                               "Inference model TTFT distribution in seconds for each model and target model.",
                               MODEL, buckets=LATENCY_BUCKETS, registry=None)
-        self.predicted_ttft = Histogram(
+        self.predicted_ttft = FastHistogram(
             "inference_objective_request_predicted_ttft_seconds",
             "Inference model Predicted TTFT distribution in seconds for each model and target model.",
             MODEL, buckets=LATENCY_BUCKETS, registry=None)
-        self.prediction_duration = Histogram(
+        self.prediction_duration = FastHistogram(
             "inference_objective_request_ttft_prediction_duration_seconds",
             "Duration taken to generate TTFT (and TPOT) predictions of every candidate in seconds for "
             "each model and target model.", MODEL, buckets=PREDICTION_BUCKETS, registry=None)
-        self.tpot = Histogram("inference_objective_request_tpot_seconds",
+        self.tpot = FastHistogram("inference_objective_request_tpot_seconds",
                               "Inference model TPOT distribution in seconds for each model and target model.",
                               MODEL, buckets=TPOT_BUCKETS, registry=None)
-        self.predicted_tpot = Histogram(
+        self.predicted_tpot = FastHistogram(
             "inference_objective_request_predicted_tpot_seconds",
             "Inference model Predicted TPOT distribution in seconds for each model and target model.",
             MODEL, buckets=TPOT_BUCKETS, registry=None)
-        self.slo_violations = Counter(
+        self.slo_violations = FastCounter(
             "inference_objective_request_slo_violation",
             "Counter of SLO violations for each model, target model, and violation type.",
             [*MODEL, "type"], registry=None)
-        self.prediction_error = Histogram(
+        self.prediction_error = FastHistogram(
             "epp_latency_prediction_error_ratio",
             "Absolute prediction error relative to the observed latency, per target (ttft, tpot) and pod.",
             ["type", "pod"], buckets=ERROR_BUCKETS, registry=None)
-        self.slo_requests = Counter(
+        self.slo_requests = FastCounter(
             "epp_latency_slo_requests", "Requests that carried a latency SLO, by type (ttft, tpot).",
             ["type"], registry=None)
-        self.slo_rejected = Counter(
+        self.slo_rejected = FastCounter(
             "epp_latency_slo_rejected",
             "Sheddable requests refused (429) because no pod was predicted to meet their SLO.",
             registry=None)
-        self._children: dict[tuple[str, str, str], object] = {}
+        self._children: dict[tuple[str, str, str], HistogramChild] = {}
 
     # --- recording (hot path: cached label children) ----------------------------------------
-    def _child(self, metric: Histogram | Counter, name: str, model: str, target: str) -> object:
+    def _child(self, metric: FastHistogram, name: str, model: str, target: str) -> HistogramChild:
         key = (name, model, target)
         child = self._children.get(key)
         if child is None:
@@ -98,13 +99,13 @@ class LatencyMetrics(Collector):
 
     def observe_prediction_duration(self, request: LLMRequest, seconds: float) -> None:
         child = self._child(self.prediction_duration, "pd", request.model, request.target_model)
-        child.observe(seconds)  # type: ignore[attr-defined]
+        child.observe(seconds)
 
     def observe_predicted(self, record: RequestRecord) -> None:
-        self._child(self.predicted_ttft, "pt", record.model, record.target_model).observe(  # type: ignore[attr-defined]
+        self._child(self.predicted_ttft, "pt", record.model, record.target_model).observe(
             record.predicted_ttft)
         if record.predicted_tpot == record.predicted_tpot:
-            self._child(self.predicted_tpot, "pp", record.model, record.target_model).observe(  # type: ignore[attr-defined]
+            self._child(self.predicted_tpot, "pp", record.model, record.target_model).observe(
                 record.predicted_tpot)
         if record.slo.ttft_s is not None:
             self.slo_requests.labels("ttft").inc()
@@ -112,14 +113,14 @@ class LatencyMetrics(Collector):
             self.slo_requests.labels("tpot").inc()
 
     def observe_ttft(self, record: RequestRecord, ttft: float) -> None:
-        self._child(self.ttft, "t", record.model, record.target_model).observe(ttft)  # type: ignore[attr-defined]
+        self._child(self.ttft, "t", record.model, record.target_model).observe(ttft)
         if record.slo.ttft_s is not None and ttft > record.slo.ttft_s:
             self.slo_violations.labels(record.model, record.target_model, "ttft").inc()
         if record.predicted_ttft == record.predicted_ttft and ttft > 0:
             self.prediction_error.labels("ttft", record.pod).observe(abs(record.predicted_ttft - ttft) / ttft)
 
     def observe_tpot(self, record: RequestRecord, tpot: float) -> None:
-        self._child(self.tpot, "p", record.model, record.target_model).observe(tpot)  # type: ignore[attr-defined]
+        self._child(self.tpot, "p", record.model, record.target_model).observe(tpot)
         if record.slo.tpot_s is not None and tpot > record.slo.tpot_s:
             self.slo_violations.labels(record.model, record.target_model, "tpot").inc()
         if record.predicted_tpot == record.predicted_tpot and tpot > 0:

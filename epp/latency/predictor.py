@@ -38,8 +38,11 @@ samples per pod (preallocated numpy rings), with weights 1/y^2 so the fit minimi
 is a median absolute percentage error). Samples are appended from the event loop under a
 lock (O(1)); a daemon thread refits every `retrain_interval_s` when new samples arrived and
 publishes the coefficients by swapping one dict, so the hot path never waits and never sees a
-half-written model. A prediction is a pure-Python dot product of 9 floats (no numpy call on
-the hot path: numpy's per-call overhead is larger than the arithmetic at this size).
+half-written model. A prediction is pure Python (no numpy call on the hot path: numpy's
+per-call overhead is larger than the arithmetic at this size): each pod's published model is
+unpacked once per publication (PodModel), and the dot products over a pod's state are kept
+while that state is unchanged (PodModel.state_terms, LatencyRuntime.cycle), so a candidate
+costs two multiply-adds per target on the request's new tokens and queue wait.
 
 Warm start: `save()` writes the recent samples and the coefficients as JSON (atomically);
 `load()` publishes the saved coefficients at once, so a restarted EPP predicts from its

@@ -223,7 +223,7 @@ def test_admitter_sheds_only_sheddable_requests(ctx: PluginContext, pods: list[E
     with pytest.raises(SchedulingError) as info:
         admitter.filter(CycleState(), slo_request(100, priority=-1), pods)
     assert (info.value.status, info.value.code, info.value.retry_after_s) == (429, "slo_unattainable", 3)
-    assert rt.metrics.slo_rejected._value.get() == 1
+    assert rt.metrics.slo_rejected.labels().value == 1
     # Same request, not sheddable (priority 0 and above): admitted.
     for priority in (0, 1):
         assert admitter.filter(CycleState(), slo_request(100, priority=priority), pods) == pods
