@@ -81,9 +81,15 @@ class _StateTerms:
 
     @classmethod
     def of(cls, model: PodModel, state: tuple[float, int, int, int, float, float]) -> _StateTerms:
-        pending, waiting, running, inflight, decode, kv = state
-        x = [1.0, 0.0, pending, 0.0, float(waiting), float(running), float(inflight), decode, kv]
+        x = state_features(state)
         return cls(model, state, x, model.state_terms(x))
+
+
+def state_features(state: tuple[float, int, int, int, float, float]) -> list[float]:
+    """The feature vector (epp/latency/predictor.py FEATURES) of a pod's state (_StateTerms.state),
+    with the request's new tokens and the queue wait 0."""
+    pending, waiting, running, inflight, decode, kv = state
+    return [1.0, 0.0, pending, 0.0, float(waiting), float(running), float(inflight), decode, kv]
 
 
 @dataclass(slots=True)
@@ -293,20 +299,14 @@ class LatencyRuntime:
         return bool(self.pending_count.get(key)) and self._step_start.get(key, 0.0) > now
 
     def features(self, ep: Endpoint, prompt_tokens: int, cached_tokens: int) -> list[float]:
-        m = ep.metrics
         key = ep.key
         wait = self.queue_wait(key)  # first: it retires a response not streamed whose prefill is done
-        return [
-            1.0,
-            max(0, prompt_tokens - cached_tokens) / 1000.0,
-            self.pending_prefill.get(key, 0.0),
-            wait,
-            float(m.waiting_queue_size),
-            float(m.running_requests),
-            float(ep.inflight + ep.peer_inflight),
-            self.inflight_decode.get(key, 0.0),
-            m.kv_cache_usage,
-        ]
+        m = ep.metrics
+        x = state_features((self.pending_prefill.get(key, 0.0), m.waiting_queue_size, m.running_requests,
+                            ep.inflight + ep.peer_inflight, self.inflight_decode.get(key, 0.0), m.kv_cache_usage))
+        x[NEW_TOKENS] = max(0, prompt_tokens - cached_tokens) / 1000.0
+        x[QUEUE_CLEAR] = wait
+        return x
 
     def queue_wait(self, key: str) -> float:
         """Seconds until the pod's virtual prefill queue clears (the queue_clear_s feature).
