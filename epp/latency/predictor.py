@@ -204,6 +204,16 @@ class PodModel:
     queue_cover: float = math.inf  # largest queue_clear_s inside the cover
     ttft_floor: float = 0.0
     tpot_floor: float = 0.0
+    # What predict_split reads for a query inside the cover when both targets have
+    # coefficients there, in one tuple: (TTFT new-token and queue coefficients, speed, floor,
+    # then the same for TPOT). LatencyRuntime.cycle computes that case inline from it.
+    in_linear: tuple[float, float, float, float, float, float, float, float] | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        ttft, tpot = self.ttft_in, self.tpot_in
+        object.__setattr__(self, "in_linear", None if ttft is None or tpot is None else (
+            ttft[NEW_TOKENS], ttft[QUEUE_CLEAR], self.ttft_in_speed, self.ttft_floor,
+            tpot[NEW_TOKENS], tpot[QUEUE_CLEAR], self.tpot_in_speed, self.tpot_floor))
 
     @classmethod
     def of(cls, own: Coefficients | None, pooled: Coefficients | None) -> PodModel:

@@ -48,7 +48,11 @@ class CyclePredictions:
     slo: SLO
     prompt_tokens: int
     by_key: dict[str, tuple[float, float]] = field(default_factory=dict)
-    features: dict[str, list[float]] = field(default_factory=dict)
+    # What each candidate's prediction was made of: its pod's state terms, the request's new
+    # k tokens there and its queue wait (LatencyRuntime.cycle). Its feature vector is built from
+    # them only when read (features_of): a decision reads a few of 64.
+    inputs: dict[str, tuple[_StateTerms, float, float]] = field(default_factory=dict)
+    features: dict[str, list[float]] = field(default_factory=dict)  # the feature vectors built
     prefix_source: object = None  # the cached-tokens dict used (None: no prefix info yet)
     # The candidates last predicted in full with that prefix info: the filters and the scorer
     # that follow get the same sequence when nothing was filtered out.
@@ -62,6 +66,25 @@ class CyclePredictions:
         h_ttft = math.inf if slo.ttft_s is None else slo.ttft_s - ttft
         h_tpot = math.inf if slo.tpot_s is None or tpot != tpot else slo.tpot_s - tpot
         return h_ttft, h_tpot
+
+    def has_features(self, key: str) -> bool:
+        return key in self.inputs or key in self.features
+
+    def features_of(self, key: str) -> list[float]:
+        """Candidate `key`'s feature vector (LatencyRuntime.features); KeyError when it was not
+        predicted. Built once and shared: callers copy it before changing it."""
+        x = self.features.get(key)
+        if x is None:
+            terms, new, wait = self.inputs[key]
+            x = self.features[key] = terms.x.copy()
+            x[NEW_TOKENS] = new
+            x[QUEUE_CLEAR] = wait
+        return x
+
+    def new_tokens(self, key: str) -> float:
+        """The request's new prompt k tokens on candidate `key` (not covered by its prefix cache)."""
+        x = self.features.get(key)
+        return x[NEW_TOKENS] if x is not None else self.inputs[key][1]
 
     def meets(self, key: str) -> bool:
         h_ttft, h_tpot = self.headroom(key)
@@ -209,19 +232,22 @@ class LatencyRuntime:
         if prefix is not cached.prefix_source:
             # A prefix scorer ran since: pods holding part of the prompt have fewer new tokens.
             cached.prefix_source = prefix
-            cached.complete_for = None
             if prefix:
                 for key, tokens in prefix.items():
-                    if tokens > 0:
-                        cached.by_key.pop(key, None)
+                    if tokens > 0 and cached.by_key.pop(key, None) is not None:
+                        cached.features.pop(key, None)
+                        cached.complete_for = None
         if endpoints is cached.complete_for:
             return cached
         by_key = cached.by_key
+        # The candidates not predicted yet in this cycle.
+        todo = [ep for ep in endpoints if ep.key not in by_key] if by_key else endpoints
         t0 = time.perf_counter_ns()
         # features() and predict() per candidate, unrolled, with the state part of each pod's
-        # dot products kept while its state and model are unchanged (_StateTerms): at 64 pods
-        # the calls, lookups and nine-term dot products were most of a decision's cost
-        # (docs/latency-routing.md, "Cost per decision"). Held to features() and predict() by
+        # dot products kept while its state and model are unchanged (_StateTerms), and no
+        # feature vector built (CyclePredictions.features_of): at 64 pods the calls, lookups
+        # and nine-term dot products were most of a decision's cost (docs/latency-routing.md,
+        # "Cost per decision"). Held to features() and predict() by
         # test_cycle_predicts_as_features_and_predict.
         now = self.clock()
         predictor = self.predictor
@@ -234,36 +260,50 @@ class LatencyRuntime:
         pod_model = predictor.pod_model
         clear_at, step_start = self.queue_clear_at, self._step_start
         pending, decode, memo = self.pending_prefill, self.inflight_decode, self._state_terms
-        features, prompt_tokens = cached.features, cached.prompt_tokens
+        inputs, prompt_tokens = cached.inputs, cached.prompt_tokens
+        second = bool(inputs)  # predicted earlier in this cycle, before the prefix info
         all_new = prompt_tokens / 1000.0
-        for ep in endpoints:
+        for ep in todo:
             key = ep.key
-            if key in by_key:
-                continue
-            cached_tokens = prefix.get(key, 0) if prefix else 0
-            new = max(0, prompt_tokens - cached_tokens) / 1000.0 if cached_tokens else all_new
-            earlier = features.get(key)
-            terms = memo.get(key)
-            if earlier is not None and terms is not None:
-                # Predicted earlier in this cycle, before the prefix info: only the new tokens
-                # differ (nothing else runs between a cycle's plugins), the wait is the same.
-                wait = earlier[QUEUE_CLEAR]
+            if prefix and (cached_tokens := prefix.get(key, 0)):
+                new = max(0, prompt_tokens - cached_tokens) / 1000.0
+            else:
+                new = all_new
+            earlier = inputs.get(key) if second else None
+            if earlier is not None:
+                # Only the new tokens differ (nothing else runs between a cycle's plugins).
+                terms, wait = earlier[0], earlier[2]
             else:
                 # First: it retires a response not streamed whose prefill is done (pending changes).
                 wait = self._queue_wait(key, now) if clear_at.get(key) else 0.0
                 m = ep.metrics
                 pod_state = (pending.get(key, 0.0), m.waiting_queue_size, m.running_requests,
                              ep.inflight + ep.peer_inflight, decode.get(key, 0.0), m.kv_cache_usage)
-                if terms is None or terms.state != pod_state:
-                    terms = memo[key] = _StateTerms.of(pod_model(key), pod_state)
+                kept = memo.get(key)
+                if kept is None or kept.state != pod_state:
+                    kept = memo[key] = _StateTerms.of(pod_model(key), pod_state)
+                terms = kept
+            inputs[key] = (terms, new, wait)
             model = terms.model
-            x = terms.x.copy()
-            x[NEW_TOKENS] = new
-            x[QUEUE_CLEAR] = wait
-            features[key] = x
-            prediction = model.predict_split(terms.terms, new, wait)
+            linear = model.in_linear
+            if linear is not None and new <= model.new_cover and wait <= model.queue_cover:
+                # predict_split inside the cover, inline: the call and its lookups were a third
+                # of a candidate's cost.
+                ttft_new, ttft_queue, ttft_speed, ttft_floor, tpot_new, tpot_queue, tpot_speed, tpot_floor = linear
+                state_terms = terms.terms
+                own_part = state_terms[0] + ttft_new * new + ttft_queue * wait
+                ttft = wait + ttft_speed * own_part if own_part > 0.0 else wait
+                if ttft < ttft_floor:
+                    ttft = ttft_floor
+                tpot = tpot_speed * (state_terms[2] + tpot_new * new + tpot_queue * wait)
+                if tpot < tpot_floor:
+                    tpot = tpot_floor
+                prediction = (ttft, tpot)
+            else:
+                prediction = model.predict_split(terms.terms, new, wait)
             # joins_last_step: a step start is set only while requests are pending there.
-            by_key[key] = self._joined(model, x, prediction) if step_start.get(key, 0.0) > now else prediction
+            by_key[key] = self._joined(model, new, wait, prediction) if step_start.get(key, 0.0) > now \
+                else prediction
         cached.predict_ns += time.perf_counter_ns() - t0
         cached.complete_for = endpoints
         return cached
@@ -275,16 +315,19 @@ class LatencyRuntime:
         the step (floored at the pod's TTFT floor)."""
         model = self.predictor.pod_model(key)
         prediction = model.predict(x)
-        return self._joined(model, x, prediction) if self.joins_last_step(key, self.clock()) else prediction
+        if self.joins_last_step(key, self.clock()):
+            return self._joined(model, x[NEW_TOKENS], x[QUEUE_CLEAR], prediction)
+        return prediction
 
     @staticmethod
-    def _joined(model: PodModel, x: Sequence[float], prediction: tuple[float, float]) -> tuple[float, float]:
+    def _joined(model: PodModel, new_prompt_ktokens: float, wait: float,
+                prediction: tuple[float, float]) -> tuple[float, float]:
         """`prediction` for a request that joins the last queued step (predict)."""
         ttft, tpot = prediction
         if ttft == ttft:
-            share = model.step_share(x[NEW_TOKENS])
+            share = model.step_share(new_prompt_ktokens)
             if share == share:
-                ttft = max(model.ttft_floor, x[QUEUE_CLEAR] + share)
+                ttft = max(model.ttft_floor, wait + share)
         return ttft, tpot
 
     def joins_last_step(self, key: str, now: float) -> bool:
@@ -363,7 +406,7 @@ class LatencyRuntime:
             # The cycle's prediction for the target, brought up to date with the prefix info.
             self.cycle(state, request, (target,))
             slo = cycle.slo
-            x = cycle.features[target.key]
+            x = cycle.features_of(target.key)
             ttft, tpot = cycle.by_key[target.key]
             if cycle.predict_ns:
                 self.metrics.observe_prediction_duration(request, cycle.predict_ns / 1e9)

@@ -284,7 +284,7 @@ class LatencyScorer:
             free = runtime.last_chunk_free_tokens(key, chunk)
             if not free:
                 continue
-            shared = min(cycle.features[key][1], free / 1000.0)
+            shared = min(cycle.new_tokens(key), free / 1000.0)
             delay = service_time(key, shared) - service_time(key, 0.0)
             if delay > 0.0:
                 costs[j] += scale * delay
@@ -295,13 +295,20 @@ class LatencyScorer:
         """The candidates of `tier` whose predicted TTFT is at most `ratio` x the best one's
         and at most `extra_s` above it (either 0: no such bound; all of them when no TTFT is
         known)."""
-        ttfts = [cycle.by_key[endpoints[i].key][0] for i in tier]
-        known = [t for t in ttfts if t == t]
+        by_key = cycle.by_key
+        if len(tier) == len(endpoints):  # all of them (the usual case: one pass less)
+            ttfts = [by_key[ep.key][0] for ep in endpoints]
+        else:
+            ttfts = [by_key[endpoints[i].key][0] for i in tier]
+        unknown = any(map(math.isnan, ttfts))
+        known = [t for t in ttfts if t == t] if unknown else ttfts
         if not known:
             return tier
         best = min(known)
         bound = min(ratio * best if ratio > 0.0 else math.inf, best + extra_s if extra_s > 0.0 else math.inf)
-        return [i for i, t in zip(tier, ttfts, strict=True) if t != t or t <= bound]
+        if unknown:
+            return [i for i, t in zip(tier, ttfts, strict=True) if t != t or t <= bound]
+        return [i for i, t in zip(tier, ttfts, strict=True) if t <= bound]
 
     def score(self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]) -> list[float]:
         n = len(endpoints)
@@ -329,10 +336,8 @@ class LatencyScorer:
             # state now, a pod whose long-prefill queue had just cleared, still decoding chats,
             # looked seconds worse to a long prompt than a pod with seconds of prefill queued.
             decode_tpot = self.runtime.predictor.decode_tpot
-            features = cycle.features
-            preds = [(ttft, decode_tpot(endpoints[i].key, features[endpoints[i].key])
-                      if endpoints[i].key in features else tpot)
-                     for i, (ttft, tpot) in zip(tier, preds, strict=True)]
+            preds = [(ttft, decode_tpot(key, cycle.features_of(key)) if cycle.has_features(key) else tpot)
+                     for key, (ttft, tpot) in zip((endpoints[i].key for i in tier), preds, strict=True)]
             costs = _relative_costs(preds, None, None, params.ttft_weight, params.tpot_weight, output_tokens)
         else:
             costs = _relative_costs(preds, slo.ttft_s, slo.tpot_s, params.ttft_weight, params.tpot_weight,
@@ -344,7 +349,7 @@ class LatencyScorer:
         if harm_costs:
             # Each candidate's service time (its prefill on an idle pod), shared by both costs.
             service_time = self.runtime.predictor.service_time
-            services = [service_time(key, cycle.features[key][1]) for key in keys]
+            services = [service_time(key, cycle.new_tokens(key)) for key in keys]
             if params.running_tpot_weight > 0.0:
                 self._add_stall_costs(costs, cycle, keys, services, output_tokens)
             if params.queue_harm_weight > 0.0:

@@ -438,7 +438,7 @@ def test_cycle_predicts_as_features_and_predict() -> None:
         prefix = state.get("prefix" + CACHED_TOKENS_SUFFIX, {})
         for p in pods:
             x = rt.features(p, len(prompt) // 4, prefix.get(p.key, 0))
-            assert cycle.features[p.key] == pytest.approx(x, rel=1e-12, abs=1e-12)
+            assert cycle.features_of(p.key) == pytest.approx(x, rel=1e-12, abs=1e-12)
             assert cycle.by_key[p.key] == pytest.approx(rt.predict(p.key, x), rel=1e-12, abs=1e-12)
             joined += rt.joins_last_step(p.key, clock.now)
             # The queue's service total, kept by dispatches and releases, is its records' sum.
