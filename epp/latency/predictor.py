@@ -172,7 +172,9 @@ class Coefficients:
     # prediction goes below it (a first byte takes at least one engine step). The linear
     # shape can reach 0 for a short chat on an idle pod: the benchmark's pooled TTFT fit had a
     # bias of -0.22 s, and 5 of the slow pod's 23 predictions in one run were 0-0.002 s for
-    # chats that took 0.11-0.16 s.
+    # chats that took 0.11-0.16 s. Both floors, for a pod with fewer than MIN_SPEED_SAMPLES
+    # observations and for the pooled model (which serves pods not seen yet): the lowest of
+    # the pool's pods' (LatencyPredictor.refit).
     ttft_floor: float = 0.0
 
 
@@ -218,11 +220,13 @@ class PodModel:
     @classmethod
     def of(cls, own: Coefficients | None, pooled: Coefficients | None) -> PodModel:
         """The model `predict` serves on a pod with model `own` (None: none yet, the pooled
-        model at speed 1 with no floors) beside the pooled one (None: not fitted yet)."""
+        model at speed 1 with the pool's floors) beside the pooled one (None: not fitted yet)."""
         pooled_ttft = pooled.ttft if pooled is not None else None
         pooled_tpot = pooled.tpot if pooled is not None else None
-        if own is None:
-            return cls(pooled_ttft, 1.0, pooled_ttft, 1.0, pooled_tpot, 1.0, pooled_tpot, 1.0)
+        if own is None:  # a pod not seen yet: the pooled model and the pool's floors
+            return cls(pooled_ttft, 1.0, pooled_ttft, 1.0, pooled_tpot, 1.0, pooled_tpot, 1.0,
+                       ttft_floor=pooled.ttft_floor if pooled is not None else 0.0,
+                       tpot_floor=pooled.tpot_floor if pooled is not None else 0.0)
         # Beyond the cover (or without own coefficients): the pooled shape x the pod's speed.
         ttft_out, tpot_out = (pooled_ttft, own.ttft_speed), (pooled_tpot, own.tpot_speed)
         ttft_in = (own.ttft, 1.0) if own.ttft is not None else ttft_out
@@ -613,6 +617,11 @@ class LatencyPredictor:
                         or _own_beats_pooled(x, y, offsets[pod], pooled[0], cfg.ridge, floor)):
                     own = fit_ridge(x, y, cfg.ridge, offsets[pod])
                 fitted[target][pod] = (own, len(y))
+        # A pod with too few observations for a floor of its own (a new pod, the pooled model
+        # that serves pods not seen yet) gets the lowest of the pool's: without any, the pooled
+        # shape predicted 0 s for a short prompt there (its bias is negative), its virtual queue
+        # grew by nothing per dispatch, and the TTFT bound sent it every request.
+        pool_floors = {target: min(per_target.values(), default=0.0) for target, per_target in floors.items()}
         models: dict[str, Coefficients] = {}
         for key in set(fitted["ttft"]) | set(fitted["tpot"]):
             ttft = fitted["ttft"].get(key)
@@ -620,8 +629,9 @@ class LatencyPredictor:
             models[key] = Coefficients(ttft[0] if ttft else None, tpot[0] if tpot else None,
                                        ttft[1] if ttft else 0, tpot[1] if tpot else 0,
                                        speeds["ttft"].get(key, 1.0), speeds["tpot"].get(key, 1.0),
-                                       covers.get(key, (math.inf, math.inf)), floors["tpot"].get(key, 0.0),
-                                       floors["ttft"].get(key, 0.0))
+                                       covers.get(key, (math.inf, math.inf)),
+                                       floors["tpot"].get(key, pool_floors["tpot"]),
+                                       floors["ttft"].get(key, pool_floors["ttft"]))
         self.models = models  # one reference swap: readers see the old or the new dict
         self.fits += 1
         self.last_fit_s = time.perf_counter() - t0

@@ -17,6 +17,7 @@ from epp.latency.predictor import (
     FEATURES,
     MIN_CLEAN_SPEED_SAMPLES,
     N_FEATURES,
+    POOLED,
     STATE_VERSION,
     TPOT_FLOOR_PERCENTILE,
     TTFT_FLOOR_MAX_KTOKENS,
@@ -372,6 +373,38 @@ def test_ttft_is_never_predicted_below_one_engine_step_of_the_pod(tmp_path: Path
     assert restarted.load(tmp_path / "latency.json")
     assert restarted.models["step"].ttft_floor == pytest.approx(floor)
     assert restarted.predict("step", chat)[0] == pytest.approx(floor)
+
+
+def test_a_pod_not_seen_yet_gets_the_lowest_floor_of_the_pool() -> None:
+    """A pod with fewer than MIN_SPEED_SAMPLES observations (a new pod at scale-up) has no
+    floor of its own. With none at all, the pooled shape, whose bias is negative, predicted 0 s
+    for a short chat there and an idle service time of 0: its virtual queue grew by nothing per
+    dispatch, and a TTFT bound relative to the best pod sent it every request. It now gets the
+    lowest of the pool's floors, and so does the pooled model that serves pods with no entry."""
+    p = LatencyPredictor(PredictorConfig(window=512))
+    rng = random.Random(3)
+    for pod, step in (("fast", 0.08), ("slow", 0.16)):
+        for _ in range(120):
+            new = rng.uniform(0.1, 0.4) if rng.random() < 0.5 else rng.uniform(8.0, 30.0)
+            x = [1.0, new, 0.0, 0.0, rng.randint(0, 4), rng.randint(0, 8), rng.randint(0, 8), 0.0, 0.0]
+            p.observe("ttft", pod, x, (step + 0.25 * max(0.0, new - 0.5)) * (1 + rng.uniform(-0.05, 0.05)))
+            p.observe("tpot", pod, x, step / 2 * (1 + rng.uniform(-0.05, 0.05)))
+    chat = [1.0, 0.2, 0.0, 0.0, 0, 0, 0, 0.0, 0.0]
+    for _ in range(3):  # a pod seen three times: too few for a floor of its own
+        p.observe("ttft", "young", chat, 0.09)
+        p.observe("tpot", "young", chat, 0.04)
+    assert p.refit()
+    lowest_ttft, lowest_tpot = p.models["fast"].ttft_floor, p.models["fast"].tpot_floor
+    assert 0.07 <= lowest_ttft < p.models["slow"].ttft_floor and 0.0 < lowest_tpot < p.models["slow"].tpot_floor
+    # The shape alone (a negative bias, as in the benchmark's pooled fit) predicts nothing there.
+    pooled = p.models[POOLED]
+    p.models = {**p.models, POOLED: dataclasses.replace(pooled, ttft=(-0.3, *(pooled.ttft or ())[1:]))}
+    for pod in ("young", "new"):  # one seen three times, one never
+        ttft, tpot = p.predict(pod, chat)
+        assert ttft == pytest.approx(lowest_ttft) and tpot >= lowest_tpot
+        assert p.service_time(pod, 0.2) == pytest.approx(lowest_ttft)  # the virtual queue grows
+    assert p.models[POOLED].ttft_floor == pytest.approx(lowest_ttft)
+    assert p.models[POOLED].tpot_floor == pytest.approx(lowest_tpot)
 
 
 def test_a_pod_serving_mostly_long_prompts_keeps_a_ttft_floor_of_one_engine_step() -> None:
