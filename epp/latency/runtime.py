@@ -271,7 +271,9 @@ class LatencyRuntime:
                 new = all_new
             earlier = inputs.get(key) if second else None
             if earlier is not None:
-                # Only the new tokens differ (nothing else runs between a cycle's plugins).
+                # Only the new tokens differ: the pod's state terms, its wait and the model are
+                # the first pass's (nothing of ours runs between a cycle's plugins; a model
+                # published meanwhile serves the next decision, as for the other candidates).
                 terms, wait = earlier[0], earlier[2]
             else:
                 # First: it retires a response not streamed whose prefill is done (pending changes).
