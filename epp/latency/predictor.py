@@ -527,10 +527,6 @@ class LatencyPredictor:
         same step as requests queued ahead of it. NaN without a model."""
         return self.pod_model(pod).step_share(new_prompt_ktokens)
 
-    def ttft_floor(self, pod: str) -> float:
-        """The least TTFT predicted on `pod` (Coefficients.ttft_floor; 0 without a model)."""
-        return self.pod_model(pod).ttft_floor
-
     # --- observations -------------------------------------------------------------------------
     def observe(self, target: str, pod: str, x: Sequence[float], actual_s: float,
                 predicted_s: float = math.nan) -> None:
