@@ -296,19 +296,13 @@ class LatencyScorer:
         and at most `extra_s` above it (either 0: no such bound; all of them when no TTFT is
         known)."""
         by_key = cycle.by_key
-        if len(tier) == len(endpoints):  # all of them (the usual case: one pass less)
-            ttfts = [by_key[ep.key][0] for ep in endpoints]
-        else:
-            ttfts = [by_key[endpoints[i].key][0] for i in tier]
-        unknown = any(map(math.isnan, ttfts))
-        known = [t for t in ttfts if t == t] if unknown else ttfts
+        ttfts = [by_key[endpoints[i].key][0] for i in tier]
+        known = [t for t in ttfts if t == t] if any(map(math.isnan, ttfts)) else ttfts
         if not known:
             return tier
         best = min(known)
         bound = min(ratio * best if ratio > 0.0 else math.inf, best + extra_s if extra_s > 0.0 else math.inf)
-        if unknown:
-            return [i for i, t in zip(tier, ttfts, strict=True) if t != t or t <= bound]
-        return [i for i, t in zip(tier, ttfts, strict=True) if t <= bound]
+        return [i for i, t in zip(tier, ttfts, strict=True) if t != t or t <= bound]
 
     def score(self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]) -> list[float]:
         n = len(endpoints)
