@@ -97,20 +97,27 @@ class _StateTerms:
     (PodModel.state_terms), for as long as neither changes (LatencyRuntime.cycle)."""
 
     model: PodModel
-    # pending prefill k tokens, waiting, running, in flight, in-flight decode k tokens, KV usage
-    state: tuple[float, int, int, int, float, float]
+    # The endpoint's part: waiting, running, in flight, KV usage.
+    state: tuple[int, int, int, float]
+    # The runtime's own part: pending prefill and in-flight decode k tokens. Compared only for
+    # the pods whose ledger changed since (LatencyRuntime._ledger_changed), which costs less
+    # than reading it for every candidate.
+    ledger: tuple[float, float]
     x: list[float]  # the features with new tokens and queue wait 0
     terms: tuple[float, float, float, float]
 
     @classmethod
-    def of(cls, model: PodModel, state: tuple[float, int, int, int, float, float]) -> _StateTerms:
-        x = state_features(state)
-        return cls(model, state, x, model.state_terms(x))
+    def of(cls, model: PodModel, state: tuple[int, int, int, float], ledger: tuple[float, float]) -> _StateTerms:
+        waiting, running, inflight, kv = state
+        pending, decode = ledger
+        x = state_features((pending, waiting, running, inflight, decode, kv))
+        return cls(model, state, ledger, x, model.state_terms(x))
 
 
 def state_features(state: tuple[float, int, int, int, float, float]) -> list[float]:
-    """The feature vector (epp/latency/predictor.py FEATURES) of a pod's state (_StateTerms.state),
-    with the request's new tokens and the queue wait 0."""
+    """The feature vector (epp/latency/predictor.py FEATURES) of a pod's state: pending prefill
+    k tokens, waiting, running, in flight, in-flight decode k tokens, KV usage; with the
+    request's new tokens and the queue wait 0."""
     pending, waiting, running, inflight, decode, kv = state
     return [1.0, 0.0, pending, 0.0, float(waiting), float(running), float(inflight), decode, kv]
 
@@ -186,6 +193,9 @@ class LatencyRuntime:
         self._records: dict[int, RequestRecord] = {}
         self._state_terms: dict[str, _StateTerms] = {}  # pod key -> (cycle)
         self._state_terms_version = -1  # the predictor's version they were computed for
+        # pod key: its pending prefill or in-flight decode changed since its state terms were
+        # last checked (cycle).
+        self._ledger_changed: set[str] = set()
         # This EPP's recent dispatches to the pool as an exponentially decayed count and the
         # monotonic time of its last update (dispatch_rate).
         self._dispatch_count = 0.0
@@ -257,9 +267,11 @@ class LatencyRuntime:
             # of the last half second or so (the trainer's interval).
             self._state_terms_version = predictor.version
             self._state_terms.clear()
+            self._ledger_changed.clear()
         pod_model = predictor.pod_model
         clear_at, step_start = self.queue_clear_at, self._step_start
         pending, decode, memo = self.pending_prefill, self.inflight_decode, self._state_terms
+        changed = self._ledger_changed
         inputs, prompt_tokens = cached.inputs, cached.prompt_tokens
         second = bool(inputs)  # predicted earlier in this cycle, before the prefix info
         all_new = prompt_tokens / 1000.0
@@ -279,11 +291,17 @@ class LatencyRuntime:
                 # First: it retires a response not streamed whose prefill is done (pending changes).
                 wait = self._queue_wait(key, now) if clear_at.get(key) else 0.0
                 m = ep.metrics
-                pod_state = (pending.get(key, 0.0), m.waiting_queue_size, m.running_requests,
-                             ep.inflight + ep.peer_inflight, decode.get(key, 0.0), m.kv_cache_usage)
+                pod_state = (m.waiting_queue_size, m.running_requests, ep.inflight + ep.peer_inflight,
+                             m.kv_cache_usage)
                 kept = memo.get(key)
+                if key in changed:
+                    changed.discard(key)
+                    ledger = (pending.get(key, 0.0), decode.get(key, 0.0))
+                    if kept is not None and kept.ledger != ledger:
+                        kept = None
                 if kept is None or kept.state != pod_state:
-                    kept = memo[key] = _StateTerms.of(pod_model(key), pod_state)
+                    kept = memo[key] = _StateTerms.of(pod_model(key), pod_state,
+                                                      (pending.get(key, 0.0), decode.get(key, 0.0)))
                 terms = kept
             inputs[key] = (terms, new, wait)
             model = terms.model
@@ -303,9 +321,10 @@ class LatencyRuntime:
                 prediction = (ttft, tpot)
             else:
                 prediction = model.predict_split(terms.terms, new, wait)
-            # joins_last_step: a step start is set only while requests are pending there.
-            by_key[key] = self._joined(model, new, wait, prediction) if step_start.get(key, 0.0) > now \
-                else prediction
+            # joins_last_step: a step start is set only while requests are pending there, and
+            # never after the queue's clear time, so only a pod with a wait can have one ahead.
+            by_key[key] = self._joined(model, new, wait, prediction) \
+                if wait and step_start.get(key, 0.0) > now else prediction
         cached.predict_ns += time.perf_counter_ns() - t0
         cached.complete_for = endpoints
         return cached
@@ -424,6 +443,7 @@ class LatencyRuntime:
         record = RequestRecord(request, target.key, request.model, request.target_model, slo, x, ttft, tpot,
                                x[1], expected_output_tokens(request) / 1000.0, self.clock())
         self.pending_prefill[target.key] = self.pending_prefill.get(target.key, 0.0) + record.new_tokens
+        self._ledger_changed.add(target.key)  # pending prefill, and in-flight decode below
         self.pending_count[target.key] = self.pending_count.get(target.key, 0) + 1
         # Reset to 0 when the pod's pending queue empties (_release_prefill).
         self.prefill_stream[target.key] = self.prefill_stream.get(target.key, 0.0) + record.new_tokens
@@ -550,6 +570,7 @@ class LatencyRuntime:
             else:
                 self.queued_service[pod] = max(0.0, self.queued_service.get(pod, 0.0) - record.service)
             self.pending_prefill[pod] = max(0.0, self.pending_prefill.get(pod, 0.0) - record.new_tokens)
+            self._ledger_changed.add(pod)
             left = self.pending_count[pod] = max(0, self.pending_count.get(pod, 0) - 1)
             if left == 0:
                 self.queue_clear_at[pod] = self._step_start[pod] = self.queued_service[pod] = 0.0
@@ -565,6 +586,7 @@ class LatencyRuntime:
     def _release_decode(self, record: RequestRecord) -> None:
         pod = record.pod
         self.inflight_decode[pod] = max(0.0, self.inflight_decode.get(pod, 0.0) - record.decode_tokens)
+        self._ledger_changed.add(pod)
         guarded = self.tpot_slo_inflight.get(pod)
         if guarded is not None:
             guarded.pop(id(record.request), None)

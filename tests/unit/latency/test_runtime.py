@@ -388,7 +388,8 @@ def test_cycle_predicts_as_features_and_predict() -> None:
     """The cycle's unrolled loop, with each pod's state terms kept across cycles, predicts what
     features() and predict() do for every candidate: pods with their own model (inside and
     beyond their cover), without one, with a queue (joined or not), with prefix hits, while
-    their state changes between cycles and the model is republished."""
+    their state or the runtime's own ledger of them changes between cycles (dispatches, first
+    bytes, stream ends) and the model is republished."""
     import random
 
     from epp.scheduling.types import CACHED_TOKENS_SUFFIX, LLMRequest
@@ -411,17 +412,22 @@ def test_cycle_predicts_as_features_and_predict() -> None:
     pods = [endpoint(name, port=8000 + i) for i, name in enumerate(("a", "b", "c", "d"))]
     checked = joined = beyond = 0
     in_flight: list[LLMRequest] = []
+    decoding: list[LLMRequest] = []
     for step in range(120):
         ep = rng.choice(pods)
-        ep.metrics.waiting_queue_size = rng.randint(0, 4)
-        ep.metrics.kv_cache_usage = rng.random()
-        ep.inflight = rng.randint(0, 8)
+        if step % 2 == 0:  # on the other steps only the runtime's own ledger changes
+            ep.metrics.waiting_queue_size = rng.randint(0, 4)
+            ep.metrics.kv_cache_usage = rng.random()
+            ep.inflight = rng.randint(0, 8)
         if step % 3 == 0:  # one in four not streamed: retired from the queue at its virtual first byte
             sent = (request if step % 4 else plain_request)("z" * rng.randint(400, 60_000), request_id=f"q{step}")
             rt.on_dispatch(CycleState(), sent, ep)
             in_flight.append(sent)
         if step % 5 == 4 and in_flight:  # a first byte, early or late (the queue moves with it)
-            rt.on_first_byte(in_flight.pop(rng.randrange(len(in_flight))), 200)
+            decoding.append(in_flight.pop(rng.randrange(len(in_flight))))
+            rt.on_first_byte(decoding[-1], 200)
+        if step % 11 == 10 and decoding:  # a stream end: the pod's in-flight decode falls
+            rt.on_complete(decoding.pop(rng.randrange(len(decoding))), {"status": 200, "completion_tokens": 16})
         if step % 7 == 0:
             clock.now += rng.uniform(0.0, 2.0)
         if step == 60:  # a publication: every pod's model is new
