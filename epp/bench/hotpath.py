@@ -17,7 +17,9 @@ measured requests only (deterministic: other processes on the machine do not cha
         --requests 300 --warmup 200
 
 "Collected" / requests is instructions per request. `--profile` prints the top functions
-by own time (cProfile) instead.
+by own time (cProfile) instead. `--header x-llm-d-slo-ttft-ms=1500` (repeatable) gives every
+request a header: with the latency profile, SLO headers take the filter's and the scorer's
+paths for requests with targets.
 
 Requests are released (the stream ends) `2 * pods` requests after they start, so the
 ledger scorers read a pool with work in flight. Bounded in count; no network.
@@ -64,10 +66,10 @@ class HotPathResult:
     wall_us_per_request: float
 
 
-def request_messages(body: bytes, request_id: str) -> list[bytes]:
+def request_messages(body: bytes, request_id: str, extra_headers: Sequence[tuple[str, str]] = ()) -> list[bytes]:
     """Wire bytes of the three ProcessingRequests of one buffered request."""
     hm = base_pb2.HeaderMap()
-    for key, value in _ENVOY_HEADERS:
+    for key, value in (*_ENVOY_HEADERS, *extra_headers):
         if key == "x-request-id":
             value = request_id
         elif key == "content-length":
@@ -138,7 +140,7 @@ async def _drive(server: EPPServer, messages: Sequence[list[bytes]], keep_open: 
 
 
 def run(pods: int, requests: int, warmup: int = 500, config: Path | None = None,
-        profile: bool = False) -> tuple[HotPathResult, str]:
+        profile: bool = False, headers: Sequence[tuple[str, str]] = ()) -> tuple[HotPathResult, str]:
     from epp.bench.overhead import chat_bodies
 
     server = build_server(pods, config)
@@ -147,7 +149,7 @@ def run(pods: int, requests: int, warmup: int = 500, config: Path | None = None,
 
     def messages(count: int, prefix: str) -> list[list[bytes]]:
         # Built before the clock starts: encoding them is Envoy's work, not the EPP's.
-        return [request_messages(bodies[i % len(bodies)], f"{prefix}-{i}") for i in range(count)]
+        return [request_messages(bodies[i % len(bodies)], f"{prefix}-{i}", headers) for i in range(count)]
 
     loop = asyncio.new_event_loop()
     try:
@@ -183,10 +185,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=None, help="scheduler config (default: embedded)")
     parser.add_argument("--profile", action="store_true", help="print a cProfile of the measured requests")
     parser.add_argument("--json", action="store_true", help="one JSON object per pool size")
+    parser.add_argument("--header", action="append", default=[], metavar="NAME=VALUE",
+                        help="a header every request carries, e.g. x-llm-d-slo-ttft-ms=1500 (repeatable)")
     args = parser.parse_args(argv)
+    headers = []
+    for item in args.header:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            parser.error(f"--header takes NAME=VALUE, got {item!r}")
+        headers.append((name.strip().lower(), value.strip()))
     requests = max(0, min(args.requests, 200_000))
     for pods in args.pods:
-        result, report = run(pods, requests, max(0, args.warmup), args.config, args.profile)
+        result, report = run(pods, requests, max(0, args.warmup), args.config, args.profile, headers)
         if args.json:
             print(json.dumps({"pods": result.pods, "requests": result.requests,
                               "cpu_us_per_request": round(result.cpu_us_per_request, 1),

@@ -291,11 +291,17 @@ class PodModel:
         return self.ttft_out, self.ttft_out_speed
 
     def service_time(self, new_prompt_ktokens: float) -> float:
-        """LatencyPredictor.service_time."""
-        coef, speed = self._idle(new_prompt_ktokens)
+        """LatencyPredictor.service_time. (_idle and max() unrolled: the scorer asks it of every
+        candidate.)"""
+        if new_prompt_ktokens <= self.new_cover:
+            coef, speed = self.ttft_in, self.ttft_in_speed
+        else:
+            coef, speed = self.ttft_out, self.ttft_out_speed
         if coef is None:
             return math.nan
-        return max(self.ttft_floor, speed * max(0.0, coef[0] + coef[NEW_TOKENS] * new_prompt_ktokens))
+        own = coef[0] + coef[NEW_TOKENS] * new_prompt_ktokens
+        seconds = speed * own if own > 0.0 else 0.0
+        return seconds if seconds > self.ttft_floor else self.ttft_floor
 
     def step_share(self, new_prompt_ktokens: float) -> float:
         """LatencyPredictor.step_share."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,6 +90,18 @@ class CyclePredictions:
         h_ttft, h_tpot = self.headroom(key)
         return h_ttft >= 0.0 and h_tpot >= 0.0
 
+    def meeting(self, keys: Iterable[str]) -> list[bool]:
+        """`meets` of each of `keys`, in one pass (the filter and the scorer ask it of every
+        candidate). A NaN TTFT never meets a target; a NaN TPOT always does, as in headroom."""
+        by_key, ttft_s, tpot_s = self.by_key, self.slo.ttft_s, self.slo.tpot_s
+        if ttft_s is None:
+            if tpot_s is None:
+                return [True for _ in keys]
+            return [not by_key[key][1] > tpot_s for key in keys]
+        if tpot_s is None:
+            return [by_key[key][0] <= ttft_s for key in keys]
+        return [p[0] <= ttft_s and not p[1] > tpot_s for p in (by_key[key] for key in keys)]
+
 
 @dataclass(frozen=True, slots=True)
 class _StateTerms:
@@ -144,6 +156,10 @@ class RequestRecord:
     # Seconds of prefill (predicted service times) dispatched to its pod after it, while it
     # was in flight: the decode stall it has been dealt so far (running_tpot_harm).
     stalled: float = 0.0
+    # Seconds of stall it can take before its mean TPOT passes its TPOT target: (the target -
+    # its predicted TPOT, 0 when unknown) x its decode steps (max_tokens - 1). Set at dispatch
+    # so that running_tpot_harm, asked per candidate pod, reads one number per request.
+    stall_budget: float = math.inf
     # The records pending on its pod at dispatch, kept when one of them (or it) had no
     # predicted service time (the predictor was untrained): the virtual queue then missed their
     # work, so the queue feature it learns from is set in hindsight, from their first bytes.
@@ -329,6 +345,20 @@ class LatencyRuntime:
         cached.complete_for = endpoints
         return cached
 
+    def service_times(self, cycle: CyclePredictions, keys: Sequence[str]) -> list[float]:
+        """`predictor.service_time(key, cycle.new_tokens(key))` of each of `keys`, in one pass,
+        with the model each was predicted with in the cycle (one model snapshot per decision)."""
+        inputs, features = cycle.inputs, cycle.features
+        service_time = self.predictor.service_time
+        out = []
+        for key in keys:
+            entry = inputs.get(key)
+            if entry is not None and key not in features:
+                out.append(entry[0].model.service_time(entry[1]))
+            else:  # a feature vector given, or read, instead (CyclePredictions.new_tokens)
+                out.append(service_time(key, cycle.new_tokens(key)))
+        return out
+
     def predict(self, key: str, x: Sequence[float]) -> tuple[float, float]:
         """(TTFT s, TPOT s) of a request with features `x` on pod `key`: the predictor's,
         except for a request that would join the last queued step there (joins_last_step):
@@ -474,6 +504,8 @@ class LatencyRuntime:
         if not record.virtual_first_byte:
             self.untimed_pending[target.key] = self.untimed_pending.get(target.key, 0) + 1
         if slo.tpot_s is not None:
+            steps = max(1, expected_output_tokens(request) - 1)
+            record.stall_budget = (slo.tpot_s - (tpot if tpot == tpot else 0.0)) * steps
             self.tpot_slo_inflight.setdefault(target.key, {})[id(request)] = record
         if ttft == ttft:
             self.metrics.observe_predicted(record)
@@ -615,13 +647,8 @@ class LatencyRuntime:
             return 0
         harmed = 0
         for record in guarded.values():
-            target = record.slo.tpot_s
-            if target is None:
-                continue
-            steps = max(1, expected_output_tokens(record.request) - 1)
-            predicted = record.predicted_tpot if record.predicted_tpot == record.predicted_tpot else 0.0
-            before = predicted + record.stalled / steps
-            if before <= target < before + stall_s / steps:
+            # Its predicted TPOT + stalled / steps <= its target < that + stall_s / steps.
+            if 0.0 <= record.stall_budget - record.stalled < stall_s:
                 harmed += 1
         return harmed
 

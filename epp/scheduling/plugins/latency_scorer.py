@@ -280,7 +280,11 @@ class LatencyScorer:
         service_time = runtime.predictor.service_time
         chunk = self.params.max_num_batched_tokens
         scale = self.params.last_chunk_harm_weight * _seconds_to_cost(cycle.slo, output_tokens)
+        pending = runtime.pending_count
         for j, key in enumerate(keys):
+            # Without a pending request there is no last step to share (last_chunk_free_tokens).
+            if not pending.get(key):
+                continue
             free = runtime.last_chunk_free_tokens(key, chunk)
             if not free:
                 continue
@@ -313,7 +317,7 @@ class LatencyScorer:
         if slo.empty:  # every candidate meets no targets, with infinite headroom
             tier, least = list(range(n)), False
         else:
-            meets = [cycle.meets(ep.key) for ep in endpoints]
+            meets = cycle.meeting([ep.key for ep in endpoints])
             tier = [i for i in range(n) if meets[i]] if any(meets) else list(range(n))
             least = self.params.headroom_selection_strategy == "least" and any(meets)
         params = self.params
@@ -342,8 +346,7 @@ class LatencyScorer:
             self._add_last_chunk_costs(costs, cycle, keys, output_tokens)
         if harm_costs:
             # Each candidate's service time (its prefill on an idle pod), shared by both costs.
-            service_time = self.runtime.predictor.service_time
-            services = [service_time(key, cycle.new_tokens(key)) for key in keys]
+            services = self.runtime.service_times(cycle, keys)
             if params.running_tpot_weight > 0.0:
                 self._add_stall_costs(costs, cycle, keys, services, output_tokens)
             if params.queue_harm_weight > 0.0:

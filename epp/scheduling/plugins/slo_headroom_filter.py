@@ -49,10 +49,11 @@ class SLOHeadroomTierFilter:
         cycle = self.runtime.cycle(state, request, endpoints)
         if cycle is None or cycle.slo.empty:
             return endpoints
-        positive = [ep for ep in endpoints if cycle.meets(ep.key)]
+        meeting = cycle.meeting([ep.key for ep in endpoints])
+        positive = [ep for ep, meets in zip(endpoints, meeting, strict=True) if meets]
         if not positive or len(positive) == len(endpoints):
             return endpoints
         eps = self.params.epsilon_explore_neg
         if eps > 0.0 and self.rng.random() < eps:
-            return [ep for ep in endpoints if not cycle.meets(ep.key)]
+            return [ep for ep, meets in zip(endpoints, meeting, strict=True) if not meets]
         return positive

@@ -442,6 +442,11 @@ def test_cycle_predicts_as_features_and_predict() -> None:
         cycle = rt.cycle(state, req, pods)
         assert cycle is not None
         prefix = state.get("prefix" + CACHED_TOKENS_SUFFIX, {})
+        keys = [p.key for p in pods]
+        # Before any feature vector is read: the scorer's service times from the cycle's inputs.
+        assert rt.service_times(cycle, keys) == pytest.approx(
+            [rt.predictor.service_time(k, cycle.new_tokens(k)) for k in keys], rel=1e-12, abs=1e-12)
+        assert not cycle.features
         for p in pods:
             x = rt.features(p, len(prompt) // 4, prefix.get(p.key, 0))
             assert cycle.features_of(p.key) == pytest.approx(x, rel=1e-12, abs=1e-12)

@@ -4,6 +4,7 @@ request lifecycle with a controlled clock)."""
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -14,7 +15,14 @@ from epp.config.loader import ConfigError, default_config_text, parse_scheduler_
 from epp.datastore.endpoint import Endpoint
 from epp.headers import canonicalize
 from epp.latency.predictor import PENDING, QUEUE_CLEAR, RUNNING
-from epp.latency.runtime import SERVICE_KEY, STATE_KEY, CyclePredictions, LatencyRuntime, latency_runtime
+from epp.latency.runtime import (
+    SERVICE_KEY,
+    STATE_KEY,
+    CyclePredictions,
+    LatencyRuntime,
+    expected_output_tokens,
+    latency_runtime,
+)
 from epp.latency.slo import NO_SLO, SLO
 from epp.scheduling.plugins import latency_scorer
 from epp.scheduling.plugins.latency_scorer import LatencyScorer
@@ -526,6 +534,67 @@ def test_scorer_spares_the_last_prefill_step_of_the_request_queued_last(ctx: Plu
     # same ranking as without the cost.
     short = slo_request(None, prompt_tokens=300)
     assert scorer(1.0).score(CycleState(), short, pods) == scorer(0.0).score(CycleState(), short, pods)
+
+
+def test_running_tpot_harm_counts_what_its_formula_counts(ctx: PluginContext, pods: list[Endpoint]) -> None:
+    """running_tpot_harm reads one stall budget per running request, set at its dispatch. It
+    counts the requests its docstring's formula counts: predicted TPOT (0 when unknown) +
+    stalled / steps <= target < that + stall / steps, steps = its max_tokens - 1 (at least 1),
+    for requests with TPOT targets, predictions and max_tokens of every kind, each stalled by
+    the prefills dispatched after it."""
+    untrained = LatencyRuntime()  # its predictions are unknown (NaN): the formula reads 0
+    rt = trained_runtime(ctx, pods)
+    rng = random.Random(11)
+    for i in range(80):
+        headers = {"x-llm-d-slo-tpot-ms": str(rng.choice((5, 20, 40, 80, 200)))}
+        if i % 3 == 0:
+            headers["x-llm-d-slo-ttft-ms"] = "3000"
+        if i % 7 == 0:
+            headers = {"x-llm-d-slo-ttft-ms": "3000"}  # no TPOT target: never counted
+        req = request("z" * rng.randint(40, 40_000), request_id=f"run{i}", headers=headers,
+                      max_tokens=rng.choice((None, 0, 1, 2, 16, 300)))
+        (rt if i < 40 else untrained).on_dispatch(CycleState(), req, pods[i % 2])
+    assert any(r.predicted_tpot > 0.0 for r in rt.tpot_slo_inflight[pods[0].key].values())
+    assert all(r.predicted_tpot != r.predicted_tpot for r in untrained.tpot_slo_inflight[pods[0].key].values())
+
+    def reference(rt: LatencyRuntime, pod: str, stall: float) -> int:
+        harmed = 0
+        for r in rt.tpot_slo_inflight.get(pod, {}).values():
+            if r.slo.tpot_s is None:
+                continue
+            steps = max(1, expected_output_tokens(r.request) - 1)
+            predicted = r.predicted_tpot if r.predicted_tpot == r.predicted_tpot else 0.0
+            before = predicted + r.stalled / steps
+            harmed += before <= r.slo.tpot_s < before + stall / steps
+        return harmed
+
+    for runtime in (rt, untrained):
+        counts = set()
+        for ep in pods:
+            # Each request's own threshold (the stall that pushes it past its target), just
+            # either side of it, and a coarse grid.
+            thresholds = [(r.slo.tpot_s - (r.predicted_tpot if r.predicted_tpot == r.predicted_tpot else 0.0))
+                          * max(1, expected_output_tokens(r.request) - 1) - r.stalled
+                          for r in runtime.tpot_slo_inflight[ep.key].values() if r.slo.tpot_s is not None]
+            stalls = [t * f for t in thresholds if t > 0.0 for f in (0.999999, 1.000001)]
+            for stall in [*stalls, 0.0, 0.005, 0.05, 0.2, 0.5, 1.0, 2.0, 5.0, 30.0, 300.0]:
+                counts.add(reference(runtime, ep.key, stall))
+                assert runtime.running_tpot_harm(ep.key, stall) == reference(runtime, ep.key, stall), (ep.key, stall)
+        assert len(counts) >= 4  # the grid sees several different counts
+    untrained.predictor.stop()
+
+
+def test_meeting_is_meets_of_each_candidate() -> None:
+    """CyclePredictions.meeting, the filter's and the scorer's one pass, answers what meets
+    answers per key: for every kind of SLO, and TTFT / TPOT predictions that are NaN, infinite,
+    on the target or either side of it."""
+    by_key = {f"{i}-{j}": (ttft, tpot) for i, ttft in enumerate((0.5, 1.0, 1.5, math.nan, math.inf))
+              for j, tpot in enumerate((0.05, 0.1, 0.2, math.nan, math.inf))}
+    for slo in (NO_SLO, SLO(ttft_s=1.0), SLO(tpot_s=0.1), SLO(ttft_s=1.0, tpot_s=0.1)):
+        cycle = CyclePredictions(slo, 100, by_key=dict(by_key))
+        keys = list(by_key)
+        assert cycle.meeting(keys) == [cycle.meets(key) for key in keys]
+        assert 0 < sum(cycle.meeting(keys)) <= len(keys)
 
 
 def test_running_requests_already_past_their_tpot_target_are_not_spared(ctx: PluginContext,
