@@ -100,7 +100,8 @@ class CyclePredictions:
             return [not by_key[key][1] > tpot_s for key in keys]
         if tpot_s is None:
             return [by_key[key][0] <= ttft_s for key in keys]
-        return [p[0] <= ttft_s and not p[1] > tpot_s for p in (by_key[key] for key in keys)]
+        preds = [by_key[key] for key in keys]
+        return [ttft <= ttft_s and not tpot > tpot_s for ttft, tpot in preds]
 
 
 @dataclass(frozen=True, slots=True)

@@ -120,18 +120,17 @@ def _relative_costs(preds: Sequence[tuple[float, float]], slo_ttft: float | None
     has_slo = slo_ttft is not None or slo_tpot is not None
     decode_steps = max(0, output_tokens - 1) if output_tokens is not None else 0
     for dim, slo, weight in ((0, slo_ttft, w_ttft), (1, slo_tpot, w_tpot)):
-        values = [p[dim] for p in preds]
         if weight <= 0.0 or (has_slo and slo is None):
             continue  # a request with targets is ranked on the dimensions it has targets for
-        if not all(v == v for v in values) or max(values) == min(values):
+        values = [p[dim] for p in preds]
+        if any(map(math.isnan, values)) or max(values) == min(values):
             continue
         # With a target: units of the target. Without: seconds of the request's own time.
         per_unit = 1.0 / max(slo, _MIN_REFERENCE_S) if slo is not None else float(decode_steps if dim else 1)
         scale = weight * per_unit
         if scale <= 0.0:
             continue
-        for i, v in enumerate(values):
-            costs[i] += scale * v
+        costs = [c + scale * v for c, v in zip(costs, values, strict=True)]
     return costs
 
 
@@ -243,10 +242,12 @@ class LatencyScorer:
         # and it would dilute the spread that score() normalises against the best cost.
         floor = min(known)
         tolerance = _HARM_SPEED_TOLERANCE * floor
+        base = floor * floor
         for j, s in enumerate(services):
             if s == s:
-                s = max(floor, s - tolerance)
-                costs[j] += scale * (s * s - floor * floor)
+                s -= tolerance
+                if s > floor:  # (below it: the fastest's own harm, which every candidate causes)
+                    costs[j] += scale * (s * s - base)
 
     def _add_stall_costs(self, costs: list[float], cycle: CyclePredictions, keys: Sequence[str],
                          services: Sequence[float], output_tokens: int) -> None:
