@@ -295,19 +295,17 @@ class LatencyScorer:
                 costs[j] += scale * delay
 
     @staticmethod
-    def _within_ttft_bound(cycle: CyclePredictions, endpoints: Sequence[Endpoint], tier: list[int],
-                           ratio: float, extra_s: float) -> list[int]:
-        """The candidates of `tier` whose predicted TTFT is at most `ratio` x the best one's
-        and at most `extra_s` above it (either 0: no such bound; all of them when no TTFT is
-        known)."""
-        by_key = cycle.by_key
-        ttfts = [by_key[endpoints[i].key][0] for i in tier]
+    def _within_ttft_bound(ttfts: list[float], ratio: float, extra_s: float) -> list[int] | None:
+        """The positions in `ttfts` (the tier's predicted TTFTs) of those at most `ratio` x the
+        best one and at most `extra_s` above it (either 0: no such bound); None when that is
+        all of them, or no TTFT is known."""
         known = [t for t in ttfts if t == t] if any(map(math.isnan, ttfts)) else ttfts
         if not known:
-            return tier
+            return None
         best = min(known)
         bound = min(ratio * best if ratio > 0.0 else math.inf, best + extra_s if extra_s > 0.0 else math.inf)
-        return [i for i, t in zip(tier, ttfts, strict=True) if t != t or t <= bound]
+        kept = [j for j, t in enumerate(ttfts) if t != t or t <= bound]
+        return kept if len(kept) != len(ttfts) else None
 
     def score(self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]) -> list[float]:
         n = len(endpoints)
@@ -315,17 +313,33 @@ class LatencyScorer:
         if cycle is None:
             return [0.0] * n
         slo = cycle.slo
-        if slo.empty:  # every candidate meets no targets, with infinite headroom
-            tier, least = list(range(n)), False
-        else:
-            meets = cycle.meeting([ep.key for ep in endpoints])
-            tier = [i for i in range(n) if meets[i]] if any(meets) else list(range(n))
-            least = self.params.headroom_selection_strategy == "least" and any(meets)
+        by_key = cycle.by_key
         params = self.params
         ratio = params.without_slo_max_ttft_ratio if slo.empty else 0.0
-        if ratio > 0.0 or params.max_extra_ttft_seconds > 0.0:
-            tier = self._within_ttft_bound(cycle, endpoints, tier, ratio, params.max_extra_ttft_seconds)
-        preds = [cycle.by_key[endpoints[i].key] for i in tier]
+        bounded = ratio > 0.0 or params.max_extra_ttft_seconds > 0.0
+        if slo.empty:  # every candidate meets no targets, with infinite headroom
+            tier, least = list(range(n)), False
+            # The TTFT bound first: without targets it keeps a few of many candidates.
+            kept = self._within_ttft_bound([by_key[ep.key][0] for ep in endpoints], ratio,
+                                           params.max_extra_ttft_seconds) if bounded else None
+            if kept is not None:
+                tier = kept
+            keys = [endpoints[i].key for i in tier]
+            preds = [by_key[key] for key in keys]
+        else:
+            keys = [ep.key for ep in endpoints]
+            meets = cycle.meeting(keys)
+            tier = [i for i in range(n) if meets[i]] if any(meets) else list(range(n))
+            least = params.headroom_selection_strategy == "least" and any(meets)
+            if len(tier) != n:
+                keys = [keys[i] for i in tier]
+            preds = [by_key[key] for key in keys]
+            kept = self._within_ttft_bound([p[0] for p in preds], ratio,
+                                           params.max_extra_ttft_seconds) if bounded else None
+            if kept is not None:
+                tier = [tier[j] for j in kept]
+                keys = [keys[j] for j in kept]
+                preds = [preds[j] for j in kept]
         output_tokens = expected_output_tokens(request)
         if slo.empty and params.without_slo == "ttft":
             costs = _relative_costs(preds, None, None, 1.0, 0.0, None)
@@ -336,13 +350,12 @@ class LatencyScorer:
             # looked seconds worse to a long prompt than a pod with seconds of prefill queued.
             decode_tpot = self.runtime.predictor.decode_tpot
             preds = [(ttft, decode_tpot(key, cycle.features_of(key)) if cycle.has_features(key) else tpot)
-                     for key, (ttft, tpot) in zip((endpoints[i].key for i in tier), preds, strict=True)]
+                     for key, (ttft, tpot) in zip(keys, preds, strict=True)]
             costs = _relative_costs(preds, None, None, params.ttft_weight, params.tpot_weight, output_tokens)
         else:
             costs = _relative_costs(preds, slo.ttft_s, slo.tpot_s, params.ttft_weight, params.tpot_weight,
                                     output_tokens)
         harm_costs = params.running_tpot_weight > 0.0 or params.queue_harm_weight > 0.0
-        keys = [endpoints[i].key for i in tier] if harm_costs or params.last_chunk_harm_weight > 0.0 else []
         if params.last_chunk_harm_weight > 0.0:
             self._add_last_chunk_costs(costs, cycle, keys, output_tokens)
         if harm_costs:
@@ -359,12 +372,16 @@ class LatencyScorer:
             # one outlier (the slow pod, at 10x) squeeze the others into 0.97-1.0, where the
             # weaker scorers decided between fast pods seconds of queue apart.
             span = min(span, low)
+        if not span > 0:
+            scores = [1.0] * len(tier)  # the tier is indistinguishable: all of it scores the same
+        elif least:
+            scores = [(c - low) / span for c in costs]  # closest to the SLO (all in the tier meet it)
+        else:
+            scores = [1.0 - (c - low) / span for c in costs]  # most headroom / least deficit
+            scores = [v if v > 0.0 else 0.0 for v in scores]
+        if len(tier) == n:
+            return scores
         out = [0.0] * n
-        for j, i in enumerate(tier):
-            if not span > 0:
-                out[i] = 1.0  # the tier is indistinguishable: all of it scores the same
-            elif least:
-                out[i] = (costs[j] - low) / span  # closest to the SLO (all in the tier meet it)
-            else:
-                out[i] = max(0.0, 1.0 - (costs[j] - low) / span)  # most headroom / least deficit
+        for i, v in zip(tier, scores, strict=True):
+            out[i] = v
         return out
