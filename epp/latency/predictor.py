@@ -67,6 +67,8 @@ from typing import Any
 
 import numpy as np
 
+from epp.latency.steps import STEP_WINDOW, StepTime, fit_step_time
+
 log = logging.getLogger(__name__)
 
 FEATURES = (
@@ -176,6 +178,9 @@ class Coefficients:
     # observations and for the pooled model (which serves pods not seen yet): the lowest of
     # the pool's pods' (LatencyPredictor.refit).
     ttft_floor: float = 0.0
+    # The pod's engine step time, fitted from its back-to-back steps (epp/latency/steps.py):
+    # what a request costs the pod's virtual prefill queue. None with too few steps seen.
+    step: StepTime | None = None
 
 
 def dot(coef: tuple[float, ...] | None, x: Sequence[float]) -> float:
@@ -206,6 +211,10 @@ class PodModel:
     queue_cover: float = math.inf  # largest queue_clear_s inside the cover
     ttft_floor: float = 0.0
     tpot_floor: float = 0.0
+    # The pod's engine step time (Coefficients.step), up to `step_cover` new k tokens (-inf: none).
+    step_base: float = 0.0
+    step_per_ktoken: float = 0.0
+    step_cover: float = -math.inf
     # What predict_split reads for a query inside the cover when both targets have
     # coefficients there, in one tuple: (TTFT new-token and queue coefficients, speed, floor,
     # then the same for TPOT). LatencyRuntime.cycle computes that case inline from it.
@@ -231,9 +240,11 @@ class PodModel:
         ttft_out, tpot_out = (pooled_ttft, own.ttft_speed), (pooled_tpot, own.tpot_speed)
         ttft_in = (own.ttft, 1.0) if own.ttft is not None else ttft_out
         tpot_in = (own.tpot, 1.0) if own.tpot is not None else tpot_out
+        step = own.step
         return cls(ttft_in[0], ttft_in[1], ttft_out[0], ttft_out[1], tpot_in[0], tpot_in[1],
                    tpot_out[0], tpot_out[1], 1.25 * own.cover[0] + 0.5, 1.25 * own.cover[1] + 0.5,
-                   own.ttft_floor, own.tpot_floor)
+                   own.ttft_floor, own.tpot_floor,
+                   *((step.base, step.per_ktoken, step.cover) if step is not None else ()))
 
     def predict(self, x: Sequence[float]) -> tuple[float, float]:
         """(TTFT s, TPOT s) for features `x` (LatencyPredictor.predict): predict_split of the
@@ -304,11 +315,20 @@ class PodModel:
         return seconds if seconds > self.ttft_floor else self.ttft_floor
 
     def step_share(self, new_prompt_ktokens: float) -> float:
-        """LatencyPredictor.step_share."""
+        """LatencyPredictor.step_share: from the pod's step time inside its cover."""
+        if new_prompt_ktokens <= self.step_cover:
+            return self.step_per_ktoken * new_prompt_ktokens
         coef, speed = self._idle(new_prompt_ktokens)
         if coef is None:
             return math.nan
         return speed * max(0.0, coef[NEW_TOKENS] * new_prompt_ktokens)
+
+    def queue_service(self, new_prompt_ktokens: float) -> float:
+        """LatencyPredictor.queue_service."""
+        if new_prompt_ktokens <= self.step_cover:
+            seconds = self.step_base + self.step_per_ktoken * new_prompt_ktokens
+            return seconds if seconds > self.ttft_floor else self.ttft_floor
+        return self.service_time(new_prompt_ktokens)
 
 
 @dataclass(slots=True)
@@ -456,6 +476,9 @@ class LatencyPredictor:
         self.clock = clock
         self._lock = threading.Lock()
         self._series = {"ttft": _Series(), "tpot": _Series()}
+        # pod -> its most recent back-to-back engine steps (k tokens, seconds): observe_step.
+        self._steps: dict[str, deque[tuple[float, float]]] = {}
+        self._steps_unfitted = 0
         # Published models: key (pod key, or POOLED) -> Coefficients. Replaced, never mutated
         # (the `models` property), and unpacked per pod on first use (pod_model).
         self._models: dict[str, Coefficients] = {}
@@ -528,10 +551,35 @@ class LatencyPredictor:
 
     def step_share(self, pod: str, new_prompt_ktokens: float) -> float:
         """Seconds `new_prompt_ktokens` add to an engine step of `pod` that runs anyway: the
-        per-token part of `service_time`, without its fixed part (the step and the request's
-        overhead). What a request costs the pod's prefill queue when vLLM prefills it in the
-        same step as requests queued ahead of it. NaN without a model."""
+        per-token part of the pod's step time (epp/latency/steps.py) inside its cover, else of
+        `service_time`, without the fixed part (the step and the request's overhead). What a
+        request costs the pod's prefill queue when vLLM prefills it in the same step as
+        requests queued ahead of it. NaN without a model."""
         return self.pod_model(pod).step_share(new_prompt_ktokens)
+
+    def queue_service(self, pod: str, new_prompt_ktokens: float) -> float:
+        """Seconds a request with `new_prompt_ktokens` holds up `pod`'s prefill queue in a step
+        of its own: the pod's step time (epp/latency/steps.py) inside its cover, else
+        `service_time`. NaN without either."""
+        return self.pod_model(pod).queue_service(new_prompt_ktokens)
+
+    def observe_step(self, pod: str, ktokens: float, seconds: float) -> None:
+        """Add one back-to-back engine step of `pod` (epp/latency/steps.py StepProbe); O(1),
+        called on the event loop. The trainer fits the pod's step time at its next refit."""
+        if not (seconds > 0.0 and math.isfinite(seconds) and ktokens >= 0.0):
+            return
+        with self._lock:
+            window = self._steps.get(pod)
+            if window is None:
+                window = self._steps[pod] = deque(maxlen=STEP_WINDOW)
+            window.append((ktokens, seconds))
+            self._steps_unfitted += 1
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def step_samples(self, pod: str) -> list[tuple[float, float]]:
+        with self._lock:
+            return list(self._steps.get(pod, ()))
 
     # --- observations -------------------------------------------------------------------------
     def observe(self, target: str, pod: str, x: Sequence[float], actual_s: float,
@@ -574,12 +622,14 @@ class LatencyPredictor:
     def refit(self) -> bool:
         """Fit every model from the current windows and publish them; False if nothing new."""
         with self._lock:
-            if not any(s.unfitted for s in self._series.values()):
+            if not any(s.unfitted for s in self._series.values()) and not self._steps_unfitted:
                 return False
             snapshot = {target: {pod: w.arrays() for pod, w in s.per_pod.items()}
                         for target, s in self._series.items()}
+            step_samples = {pod: list(w) for pod, w in self._steps.items()}
             for s in self._series.values():
                 s.unfitted = 0
+            self._steps_unfitted = 0
         t0 = time.perf_counter()
         cfg = self.config
         fitted: dict[str, dict[str, tuple[tuple[float, ...] | None, int]]] = {"ttft": {}, "tpot": {}}
@@ -624,6 +674,7 @@ class LatencyPredictor:
         # shape predicted 0 s for a short prompt there (its bias is negative), its virtual queue
         # grew by nothing per dispatch, and the TTFT bound sent it every request.
         pool_floors = {target: min(per_target.values(), default=0.0) for target, per_target in floors.items()}
+        steps = {pod: fit_step_time(samples) for pod, samples in step_samples.items()}
         models: dict[str, Coefficients] = {}
         for key in set(fitted["ttft"]) | set(fitted["tpot"]):
             ttft = fitted["ttft"].get(key)
@@ -633,7 +684,8 @@ class LatencyPredictor:
                                        speeds["ttft"].get(key, 1.0), speeds["tpot"].get(key, 1.0),
                                        covers.get(key, (math.inf, math.inf)),
                                        floors["tpot"].get(key, pool_floors["tpot"]),
-                                       floors["ttft"].get(key, pool_floors["ttft"]))
+                                       floors["ttft"].get(key, pool_floors["ttft"]),
+                                       steps.get(key))
         self.models = models  # one reference swap: readers see the old or the new dict
         self.fits += 1
         self.last_fit_s = time.perf_counter() - t0
@@ -688,16 +740,18 @@ class LatencyPredictor:
                       for target, s in self._series.items()}
             errors = {pod: [[round(at - now, 3), target, p, a] for at, target, p, a in e]
                       for pod, e in self.errors.items()}
+            steps = {pod: [[k, y] for k, y in w] for pod, w in self._steps.items()}
         samples = {target: {pod: [[row.tolist(), float(v)] for row, v in zip(x, y, strict=True)]
                             for pod, (x, y) in per_pod.items()} for target, per_pod in arrays.items()}
         models = {key: {"ttft": list(m.ttft) if m.ttft else None, "tpot": list(m.tpot) if m.tpot else None,
                         "ttftSamples": m.ttft_samples, "tpotSamples": m.tpot_samples,
                         "ttftSpeed": m.ttft_speed, "tpotSpeed": m.tpot_speed,
                         "cover": [c if math.isfinite(c) else None for c in m.cover],
-                        "tpotFloor": m.tpot_floor, "ttftFloor": m.ttft_floor}
+                        "tpotFloor": m.tpot_floor, "ttftFloor": m.ttft_floor,
+                        "step": m.step.as_json() if m.step is not None else None}
                   for key, m in self.models.items()}
         return {"version": STATE_VERSION, "features": list(FEATURES), "models": models,
-                "samples": samples, "errors": errors}
+                "samples": samples, "steps": steps, "errors": errors}
 
     def save(self, path: Path) -> None:
         """Write the state atomically (temporary file + rename)."""
@@ -726,9 +780,12 @@ class LatencyPredictor:
                                        int(m.get("ttftSamples", 0)), int(m.get("tpotSamples", 0)),
                                        float(m.get("ttftSpeed", 1.0)), float(m.get("tpotSpeed", 1.0)),
                                        _cover(m.get("cover")), float(m.get("tpotFloor", 0.0)),
-                                       float(m.get("ttftFloor", 0.0)))
+                                       float(m.get("ttftFloor", 0.0)), StepTime.from_json(m.get("step")))
                 for key, m in raw.get("models", {}).items()
             }
+            # A state saved before the step times has none: they are learnt afresh.
+            steps = {str(pod): deque(((float(k), float(y)) for k, y in rows), maxlen=STEP_WINDOW)
+                     for pod, rows in (raw.get("steps") or {}).items()}
             with self._lock:
                 for target, per_pod in raw.get("samples", {}).items():
                     series = self._series.get(target)
@@ -739,6 +796,7 @@ class LatencyPredictor:
                         for xs, y in rows:
                             if len(xs) == N_FEATURES:
                                 window.append([float(v) for v in xs], float(y))
+                self._steps = steps
         except (TypeError, ValueError, AttributeError) as e:
             log.warning("ignoring the latency predictor state %s: malformed (%s)", path, e)
             return False

@@ -29,6 +29,7 @@ from epp.datastore.inflight import CHARACTERS_PER_TOKEN
 from epp.latency.metrics import LatencyMetrics
 from epp.latency.predictor import NEW_TOKENS, QUEUE_CLEAR, LatencyPredictor, PodModel, PredictorConfig
 from epp.latency.slo import NO_SLO, SLO, ObjectiveSLO, request_slo
+from epp.latency.steps import StepProbe
 from epp.scheduling.types import CycleState, LLMRequest, cached_prompt_tokens
 
 SERVICE_KEY = "latency.runtime"
@@ -136,6 +137,16 @@ def state_features(state: tuple[float, int, int, int, float, float]) -> list[flo
 
 
 @dataclass(slots=True)
+class QueuedStep:
+    """One engine step of a pod's virtual prefill queue: the request that started it and those
+    that joined it (LatencyRuntime.joins_last_step), all prefilled together, with one first
+    byte at its end."""
+
+    service: float = 0.0  # the sum of its pending members' charges (RequestRecord.service)
+    members: int = 0  # its pending members
+
+
+@dataclass(slots=True)
 class RequestRecord:
     request: LLMRequest
     pod: str
@@ -149,9 +160,11 @@ class RequestRecord:
     decode_tokens: float  # k tokens charged to the pod's in-flight decode
     dispatched: float  # monotonic
     virtual_first_byte: float = 0.0  # when the pod's virtual queue expects its first byte (0: unknown)
-    # What it adds to the virtual queue: its predicted service time on an idle pod, or only its
-    # tokens' share of a step when it joins the last queued step (LatencyRuntime.joins_last_step).
+    # What it adds to the virtual queue: a step of its own (LatencyPredictor.queue_service), or
+    # only its tokens' share of a step when it joins the last queued step
+    # (LatencyRuntime.joins_last_step).
     service: float = 0.0
+    step: QueuedStep | None = None  # its step in the virtual queue (None: not timed)
     first_byte: float = 0.0
     prefill_released: bool = False
     # Seconds of prefill (predicted service times) dispatched to its pod after it, while it
@@ -201,6 +214,10 @@ class LatencyRuntime:
         # charged a step of its own, kept by those that join it (joins_last_step), moved with
         # the queue by the first bytes.
         self._step_start: dict[str, float] = {}
+        # pod key -> the last step of its virtual queue, while requests are pending there.
+        self._last_step: dict[str, QueuedStep] = {}
+        # pod key -> its last step end seen (a first byte), to learn its step time from.
+        self._step_probes: dict[str, StepProbe] = {}
         # pod key -> k prompt tokens dispatched there since its pending queue was last empty:
         # where the chunk boundaries of its prefill stream fall (last_chunk_free_tokens).
         self.prefill_stream: dict[str, float] = {}
@@ -286,7 +303,7 @@ class LatencyRuntime:
             self._state_terms.clear()
             self._ledger_changed.clear()
         pod_model = predictor.pod_model
-        clear_at, step_start = self.queue_clear_at, self._step_start
+        clear_at = self.queue_clear_at
         pending, decode, memo = self.pending_prefill, self.inflight_decode, self._state_terms
         changed = self._ledger_changed
         inputs, prompt_tokens = cached.inputs, cached.prompt_tokens
@@ -338,10 +355,9 @@ class LatencyRuntime:
                 prediction = (ttft, tpot)
             else:
                 prediction = model.predict_split(terms.terms, new, wait)
-            # joins_last_step: a step start is set only while requests are pending there, and
-            # never after the queue's clear time, so only a pod with a wait can have one ahead.
-            by_key[key] = self._joined(model, new, wait, prediction) \
-                if wait and step_start.get(key, 0.0) > now else prediction
+            # Behind a queue, the TTFT is the wait plus a step of its own or its share of the
+            # last one (_queued); a pod with no wait has no step ahead.
+            by_key[key] = self._queued(key, model, new, wait, prediction, now) if wait else prediction
         cached.predict_ns += time.perf_counter_ns() - t0
         cached.complete_for = endpoints
         return cached
@@ -362,24 +378,28 @@ class LatencyRuntime:
 
     def predict(self, key: str, x: Sequence[float]) -> tuple[float, float]:
         """(TTFT s, TPOT s) of a request with features `x` on pod `key`: the predictor's,
-        except for a request that would join the last queued step there (joins_last_step):
-        its first byte comes with that step's end, the queue wait plus its tokens' share of
-        the step (floored at the pod's TTFT floor)."""
+        except behind a queue (a wait): see _queued."""
         model = self.predictor.pod_model(key)
         prediction = model.predict(x)
-        if self.joins_last_step(key, self.clock()):
-            return self._joined(model, x[NEW_TOKENS], x[QUEUE_CLEAR], prediction)
-        return prediction
+        wait = x[QUEUE_CLEAR]
+        return self._queued(key, model, x[NEW_TOKENS], wait, prediction, self.clock()) if wait else prediction
 
-    @staticmethod
-    def _joined(model: PodModel, new_prompt_ktokens: float, wait: float,
-                prediction: tuple[float, float]) -> tuple[float, float]:
-        """`prediction` for a request that joins the last queued step (predict)."""
+    def _queued(self, key: str, model: PodModel, new_prompt_ktokens: float, wait: float,
+                prediction: tuple[float, float], now: float) -> tuple[float, float]:
+        """`prediction` for a request that finds `wait` seconds of queue on pod `key`. Its first
+        byte comes with the end of its engine step. If it joins the last queued step
+        (joins_last_step), that is the wait plus its tokens' share of the step. Otherwise it is
+        the wait plus a step of its own, from the pod's step time, inside its cover
+        (epp/latency/steps.py). Floored at the pod's TTFT floor. Beyond the step time's cover,
+        or without one, the model's TTFT stands."""
         ttft, tpot = prediction
         if ttft == ttft:
-            share = model.step_share(new_prompt_ktokens)
-            if share == share:
-                ttft = max(model.ttft_floor, wait + share)
+            if self.joins_last_step(key, now):
+                share = model.step_share(new_prompt_ktokens)
+                if share == share:
+                    ttft = max(model.ttft_floor, wait + share)
+            elif new_prompt_ktokens <= model.step_cover:
+                ttft = max(model.ttft_floor, wait + model.step_base + model.step_per_ktoken * new_prompt_ktokens)
         return ttft, tpot
 
     def joins_last_step(self, key: str, now: float) -> bool:
@@ -390,8 +410,17 @@ class LatencyRuntime:
         the newer one adds only its tokens to it. Charged a whole step of its own instead, a
         burst of chats read as a queue of steps (the slow pod's chats in one 90% run were
         predicted 0.9-2.3 s and took 0.5-0.8 s); charged one step less whenever others were
-        pending, a chat behind a step already running read as nearly free (e69f1bd, reverted)."""
-        return bool(self.pending_count.get(key)) and self._step_start.get(key, 0.0) > now
+        pending, a chat behind a step already running read as nearly free (e69f1bd, reverted).
+
+        The last step has not started either while a request of an earlier step is pending:
+        steps run one after the other, so it starts at their first byte, however late that
+        comes. Going by the estimated start alone, the chats sent after it, while the step
+        ahead ran late, were each charged a step of their own, and predicted a step too late
+        (docs/latency-routing.md, "Engine steps from first bytes")."""
+        last = self._last_step.get(key)
+        if last is None or not last.members:
+            return False
+        return self._step_start.get(key, 0.0) > now or self.pending_count.get(key, 0) > last.members
 
     def features(self, ep: Endpoint, prompt_tokens: int, cached_tokens: int) -> list[float]:
         key = ep.key
@@ -428,11 +457,15 @@ class LatencyRuntime:
             if not head.request.stream and head.virtual_first_byte and head.virtual_first_byte <= now:
                 self._retire_not_streamed(key, now)
                 return self._queue_wait(key, now)
-            late = now - self._head_since.get(key, now) - head.service
+            # The head is due when its step ends: its own charge and those of the requests that
+            # joined its step. Timed by its own charge alone, a head whose step others had
+            # joined read as late, and the wait behind it as up to 2x too long.
+            due = head.step.service if head.step is not None else head.service
+            late = now - self._head_since.get(key, now) - due
             # A head not streamed has no first byte before its whole response: not late.
             if late > 0.0 and head.virtual_first_byte and head.request.stream:
-                remaining = late * min(1.0, late / head.service) if head.service > 0.0 else late
-                return remaining + max(0.0, self.queued_service.get(key, 0.0) - head.service)
+                remaining = late * min(1.0, late / due) if due > 0.0 else late
+                return remaining + max(0.0, self.queued_service.get(key, 0.0) - due)
         return max(0.0, clear_at - now)
 
     def _retire_not_streamed(self, key: str, now: float) -> None:
@@ -473,6 +506,8 @@ class LatencyRuntime:
             ttft, tpot = self.predict(target.key, x) if self.predictor.ready else (math.nan, math.nan)
         record = RequestRecord(request, target.key, request.model, request.target_model, slo, x, ttft, tpot,
                                x[1], expected_output_tokens(request) / 1000.0, self.clock())
+        # Before this request counts as pending there.
+        joins = self.joins_last_step(target.key, record.dispatched)
         self.pending_prefill[target.key] = self.pending_prefill.get(target.key, 0.0) + record.new_tokens
         self._ledger_changed.add(target.key)  # pending prefill, and in-flight decode below
         self.pending_count[target.key] = self.pending_count.get(target.key, 0) + 1
@@ -481,13 +516,17 @@ class LatencyRuntime:
         service = self.predictor.service_time(target.key, record.new_tokens) if self.predictor.ready else math.nan
         if service == service:
             start = max(record.dispatched, self.queue_clear_at.get(target.key, 0.0))
-            record.service = service
-            share = self.predictor.step_share(target.key, record.new_tokens) \
-                if self.joins_last_step(target.key, record.dispatched) else math.nan
+            share = self.predictor.step_share(target.key, record.new_tokens) if joins else math.nan
             if share == share:
                 record.service = share
+                step = self._last_step[target.key]
             else:
+                record.service = self.predictor.queue_service(target.key, record.new_tokens)
                 self._step_start[target.key] = start
+                step = self._last_step[target.key] = QueuedStep()
+            record.step = step
+            step.service += record.service
+            step.members += 1
             record.virtual_first_byte = self.queue_clear_at[target.key] = start + record.service
             self.queued_service[target.key] = self.queued_service.get(target.key, 0.0) + record.service
             guarded = self.tpot_slo_inflight.get(target.key)
@@ -553,6 +592,12 @@ class LatencyRuntime:
             self._queue_time_in_hindsight(record)
         if status != 200 or not request.stream:
             return
+        probe = self._step_probes.get(pod)
+        if probe is None:
+            probe = self._step_probes[pod] = StepProbe()
+        step = probe.first_byte(record.first_byte, record.dispatched, record.new_tokens)
+        if step is not None:
+            self.predictor.observe_step(pod, *step)
         ttft = record.first_byte - record.dispatched
         self.predictor.observe("ttft", record.pod, record.features, ttft, record.predicted_ttft)
         self.metrics.observe_ttft(record, ttft)
@@ -602,12 +647,17 @@ class LatencyRuntime:
                 self.untimed_pending[pod] = max(0, self.untimed_pending.get(pod, 0) - 1)
             else:
                 self.queued_service[pod] = max(0.0, self.queued_service.get(pod, 0.0) - record.service)
+            step = record.step
+            if step is not None:
+                step.service = max(0.0, step.service - record.service)
+                step.members -= 1
             self.pending_prefill[pod] = max(0.0, self.pending_prefill.get(pod, 0.0) - record.new_tokens)
             self._ledger_changed.add(pod)
             left = self.pending_count[pod] = max(0, self.pending_count.get(pod, 0) - 1)
             if left == 0:
                 self.queue_clear_at[pod] = self._step_start[pod] = self.queued_service[pod] = 0.0
                 self.prefill_stream[pod] = 0.0
+                self._last_step.pop(pod, None)
 
     def _expire(self) -> None:
         cutoff = self.clock() - RECORD_TTL_S

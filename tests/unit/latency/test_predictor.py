@@ -137,6 +137,36 @@ def test_warm_start_restores_the_model(tmp_path: Path) -> None:
     assert mape(q, "ttft", "slow") < 0.05
 
 
+def test_warm_start_keeps_the_pods_step_times(tmp_path: Path) -> None:
+    """The engine step times (epp/latency/steps.py) and their samples survive a restart; a
+    state saved before they existed loads without them."""
+    path = tmp_path / "latency.json"
+    p = LatencyPredictor()
+    train(p, 100)
+    for i in range(20):
+        k = 0.1 + 0.1 * i
+        p.observe_step("slow", k, 0.06 + 0.5 * k)
+    p.refit()
+    step = p.models["slow"].step
+    assert step is not None and step.per_ktoken == pytest.approx(0.5)
+    assert p.queue_service("slow", 1.0) == pytest.approx(0.56)
+    p.save(path)
+    q = LatencyPredictor()
+    assert q.load(path)
+    assert q.models["slow"].step == step
+    assert q.queue_service("slow", 1.0) == pytest.approx(0.56)
+    assert q.step_samples("slow") == p.step_samples("slow")
+    old = json.loads(path.read_text())
+    del old["steps"]
+    for model in old["models"].values():
+        del model["step"]
+    path.write_text(json.dumps(old))
+    r = LatencyPredictor()
+    assert r.load(path)
+    assert r.models["slow"].step is None and r.step_samples("slow") == []
+    assert r.queue_service("slow", 1.0) == r.service_time("slow", 1.0)
+
+
 def test_warm_start_ignores_missing_foreign_or_broken_state(tmp_path: Path) -> None:
     p = LatencyPredictor()
     assert not p.load(tmp_path / "missing.json")

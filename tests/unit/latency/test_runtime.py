@@ -459,3 +459,122 @@ def test_cycle_predicts_as_features_and_predict() -> None:
             checked += 1
     assert checked == 480 and joined > 10 and beyond > 10
     rt.predictor.stop()
+
+
+STEP_BASE_S, STEP_PER_KTOKEN_S = 0.06, 0.5  # the pod's true engine step in the tests below
+
+
+def true_step(ktok: float) -> float:
+    return STEP_BASE_S + STEP_PER_KTOKEN_S * ktok
+
+
+def run_back_to_back_steps(rt: LatencyRuntime, clock: Clock, pod_name: str, groups: int) -> None:
+    """A pod busy with bursts of chats: the requests of group g are sent while step g - 1
+    runs, and vLLM prefills them together in step g, which starts when step g - 1 ends and
+    lasts true_step(their tokens). Each gets its first byte at the end of its step."""
+    pod = endpoint(pod_name, port=8000)
+    rng = __import__("random").Random(11)
+    end = clock.now + 0.3
+    first = request("z" * 1_200, request_id=f"{pod_name}-warm")  # 300 tokens
+    rt.on_dispatch(CycleState(), first, pod)
+    pending = [first]
+    for g in range(groups):
+        members = []
+        for j, before in enumerate((0.1, 0.05, 0.03)[: rng.randint(1, 3)]):
+            clock.now = end - before
+            r = request(chr(97 + j) * (4 * rng.randint(100, 700)), request_id=f"{pod_name}-{g}-{j}")
+            rt.on_dispatch(CycleState(), r, pod)
+            members.append(r)
+        clock.now = end
+        for r in pending:
+            rt.on_first_byte(r, 200)
+        ktok = sum(len(r.prompt_text()) // 4 for r in members) / 1000.0
+        end += true_step(ktok)
+        pending = members
+    clock.now = end
+    for r in pending:
+        rt.on_first_byte(r, 200)
+
+
+def test_the_runtime_learns_a_pods_engine_step_from_its_first_bytes() -> None:
+    """The first bytes of a busy pod mark its step ends. The runtime learns the pod's step time
+    from them (epp/latency/steps.py), and charges the virtual queue with it: a step of its
+    own, base + per-token time, or its tokens' share of a step it joins. The pod's linear
+    model (the trained() one, 0.05 s + 0.25 s per 1k tokens) is not what its steps take."""
+    clock = Clock()
+    rt = trained(clock)
+    run_back_to_back_steps(rt, clock, "p", groups=40)
+    assert rt.predictor.refit()
+    model = rt.predictor.pod_model("default/p")
+    assert model.step_base == pytest.approx(STEP_BASE_S, rel=0.02)
+    assert model.step_per_ktoken == pytest.approx(STEP_PER_KTOKEN_S, rel=0.02)
+    assert rt.predictor.queue_service("default/p", 0.4) == pytest.approx(true_step(0.4), rel=0.02)
+    assert rt.predictor.step_share("default/p", 0.4) == pytest.approx(STEP_PER_KTOKEN_S * 0.4, rel=0.02)
+    # Beyond the steps it has seen (at most 2.1k tokens), the linear model stands.
+    assert model.step_cover < 10.0
+    assert rt.predictor.queue_service("default/p", 10.0) == rt.predictor.service_time("default/p", 10.0)
+    # A pod that never ran back-to-back steps has none: its linear model serves.
+    assert rt.predictor.queue_service("default/other", 0.4) == rt.predictor.service_time("default/other", 0.4)
+
+    # A burst on the now idle pod: the first chat starts a step at once (the linear model
+    # predicts it); the second, sent while that step runs, waits for it and then takes a step of
+    # its own; the third joins that second step.
+    pod = endpoint("p", port=8000)
+    t0 = clock.now = clock.now + 5.0
+    a = request("a" * 2_000, request_id="burst-a")  # 500 tokens
+    rt.on_dispatch(CycleState(), a, pod)
+    clock.now += 0.05
+    x = rt.features(pod, 400, 0)
+    assert x[QUEUE_CLEAR] == pytest.approx(true_step(0.5) - 0.05, rel=0.02)
+    assert rt.predict(pod.key, x)[0] == pytest.approx(x[QUEUE_CLEAR] + true_step(0.4), rel=0.02)
+    b = request("b" * 1_600, request_id="burst-b")  # 400 tokens
+    rt.on_dispatch(CycleState(), b, pod)
+    clock.now += 0.05
+    x = rt.features(pod, 600, 0)
+    assert rt.joins_last_step(pod.key, clock.now)
+    assert rt.predict(pod.key, x)[0] == pytest.approx(t0 + true_step(0.5) + true_step(0.4) + STEP_PER_KTOKEN_S * 0.6
+                                                      - clock.now, rel=0.02)
+    rt.predictor.stop()
+
+
+def test_a_step_others_joined_is_due_at_its_end_and_takes_requests_until_the_step_ahead_ends() -> None:
+    """Two rules of the virtual queue's steps. The head of the queue is due when its step
+    ends, its own charge and the shares of those that joined it: timed by its own charge
+    alone it read as late, and the wait behind it as too long. And the last queued step
+    takes new requests until the step ahead of it ends (its first byte), however late that
+    comes: steps run one after the other."""
+    clock = Clock()
+    rt = trained(clock)
+    run_back_to_back_steps(rt, clock, "p", groups=40)
+    assert rt.predictor.refit()
+    pod = endpoint("p", port=8000)
+    t0 = clock.now = clock.now + 5.0
+    a = request("a" * 2_000, request_id="a")  # 500 tokens: starts a step at once
+    rt.on_dispatch(CycleState(), a, pod)
+    clock.now += 0.01
+    b = request("b" * 2_000, request_id="b")  # waits for a's step: starts the next one
+    rt.on_dispatch(CycleState(), b, pod)
+    clock.now += 0.01
+    c = request("c" * 4_000, request_id="c")  # 1k tokens: joins b's step
+    rt.on_dispatch(CycleState(), c, pod)
+    b_step_end = t0 + true_step(0.5) + true_step(0.5) + STEP_PER_KTOKEN_S * 1.0
+    assert rt.queue_clear_at[pod.key] == pytest.approx(b_step_end, rel=1e-6)
+    # a's step runs 0.1 s late; until its first byte, new requests still join b's step.
+    clock.now = t0 + true_step(0.5) + 0.05
+    assert rt._step_start[pod.key] < clock.now
+    assert rt.joins_last_step(pod.key, clock.now)
+    d = request("d" * 400, request_id="d")  # 100 tokens
+    rt.on_dispatch(CycleState(), d, pod)
+    clock.now = t0 + true_step(0.5) + 0.1
+    rt.on_first_byte(a, 200)
+    step = true_step(0.5) + STEP_PER_KTOKEN_S * 1.1  # b's step, with c and d
+    assert rt.queue_wait(pod.key) == pytest.approx(step, rel=1e-6)
+    # Past b's own charge, b's step is not late: the wait is what is left of it.
+    clock.now += true_step(0.5) + 0.1
+    assert rt.queue_wait(pod.key) == pytest.approx(step - true_step(0.5) - 0.1, rel=1e-6)
+    # b's step ends now; a request sent after that starts a step of its own.
+    clock.now += step - true_step(0.5) - 0.1
+    for r in (b, c, d):
+        rt.on_first_byte(r, 200)
+    assert not rt.joins_last_step(pod.key, clock.now)
+    rt.predictor.stop()
