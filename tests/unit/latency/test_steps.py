@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
+import time
 
+import httpx
 import pytest
 
+from epp.bench.workloads import words
 from epp.latency.steps import MIN_STEP_SAMPLES, STEP_COVER, StepProbe, StepTime, fit_step_time
+from epp.sim.cluster import simulated_pods
+from epp.sim.config import LatencyModel
+from epp.tokenization.tokenizer import SimpleTokenizer
 
 
 def test_fit_step_time_recovers_the_shape_of_a_step() -> None:
@@ -63,3 +70,60 @@ def test_step_probe_takes_only_steps_that_ran_back_to_back() -> None:
     assert probe.first_byte(15.0, 14.5, 0.2) is None
     assert probe.first_byte(15.5, 14.8, 0.2) is None  # 14.0 -> 15.0 held a request sent after 14.0
     assert probe.first_byte(16.0, 15.9, 0.2) == (pytest.approx(0.2), pytest.approx(0.5))
+
+
+async def _stream_first_byte(client: httpx.AsyncClient, url: str, prompt: str) -> tuple[float, float]:
+    """(sent, first byte) of a streamed completion, in loop time."""
+    sent = time.monotonic()
+    async with client.stream("POST", url + "/v1/completions",
+                             json={"prompt": prompt, "max_tokens": 2, "stream": True}) as r:
+        assert r.status_code == 200
+        async for line in r.aiter_lines():
+            if line.startswith("data: {"):
+                return sent, time.monotonic()
+    raise AssertionError("no token streamed")
+
+
+async def test_step_probe_learns_the_step_time_of_a_real_simulated_pod() -> None:
+    """Against the simulator's engine (vLLM's scheduling: steps back to back, the waiting
+    prompts prefilled together in the next step): bursts of prompts, each sent while the
+    step before it runs, their first bytes fed to a StepProbe as the runtime does. The step
+    time fitted from them is the engine's: LatencyModel x slowdown, 4 x (6.5 ms + 0.055 ms
+    per token) here."""
+    slowdown = 4.0
+    rng = random.Random(7)
+    tokenizer = SimpleTokenizer()
+    groups = []
+    for _ in range(24):
+        members = []
+        for _ in range(rng.randint(1, 3)):
+            text = words(rng, rng.randint(150, 1_200) * 4)  # random words: no prefix shared
+            members.append((text, len(tokenizer.encode(text)) / 1000.0))
+        groups.append(members)
+    async with (simulated_pods(1, slowdown=slowdown) as cluster, httpx.AsyncClient(timeout=60) as client):
+        url = cluster.urls[0]
+        results: list[tuple[float, float, float]] = []  # (first byte, sent, k tokens)
+
+        async def send(members: list[tuple[str, float]]) -> list[asyncio.Task[tuple[float, float]]]:
+            return [asyncio.create_task(_stream_first_byte(client, url, text)) for text, _ in members]
+
+        running = [await send(groups[0])]
+        await asyncio.sleep(0.02)  # group 0's step runs: group 1 waits for the next one
+        running.append(await send(groups[1]))
+        for g in range(2, len(groups)):
+            # Group g - 2's first byte: group g - 1's step starts; group g waits for the next.
+            done = await asyncio.gather(*running[g - 2])
+            results += [(fb, sent, k) for (sent, fb), (_, k) in zip(done, groups[g - 2], strict=True)]
+            await asyncio.sleep(0.02)
+            running.append(await send(groups[g]))
+        for g in (len(groups) - 2, len(groups) - 1):
+            done = await asyncio.gather(*running[g])
+            results += [(fb, sent, k) for (sent, fb), (_, k) in zip(done, groups[g], strict=True)]
+    probe = StepProbe()
+    samples = [s for fb, sent, k in sorted(results) if (s := probe.first_byte(fb, sent, k)) is not None]
+    assert len(samples) >= MIN_STEP_SAMPLES
+    step = fit_step_time(samples)
+    assert step is not None
+    lat = LatencyModel()
+    assert step.per_ktoken == pytest.approx(slowdown * lat.prefill_per_token_ms, rel=0.1)
+    assert 0.0 <= step.base <= 3 * slowdown * lat.step_base_ms / 1000.0
