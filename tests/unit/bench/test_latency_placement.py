@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from typing import Any
 
 import httpx
@@ -16,6 +15,7 @@ from epp.bench.workloads import words
 from epp.sim.cluster import simulated_pods
 from epp.sim.config import LatencyModel
 from epp.tokenization.tokenizer import SimpleTokenizer
+from tests.helpers.streaming import seconds_to_first_token
 
 
 def test_counts_slow_pod_and_misplaced_long_prefills() -> None:
@@ -58,17 +58,6 @@ def test_counts_slow_pod_and_misplaced_long_prefills() -> None:
     assert idle_ttft_s(8192, 4.0) == pytest.approx((4.0 + 4 * (6.5 + 0.055 * 8192)) / 1000.0)
 
 
-async def _ttft_s(client: httpx.AsyncClient, url: str, prompt: str) -> float:
-    start = time.perf_counter()
-    async with client.stream("POST", url + "/v1/completions",
-                             json={"prompt": prompt, "max_tokens": 2, "stream": True}) as r:
-        assert r.status_code == 200
-        async for line in r.aiter_lines():
-            if line.startswith("data: {"):
-                return time.perf_counter() - start
-    raise AssertionError("no token streamed")
-
-
 def _prompt(tag: str, tokens: int) -> str:
     """About `tokens` tokens of the workloads' vocabulary after a unique head (the block hashes
     chain, so no prefix is shared). New words would fill the process's shared tokenizer
@@ -94,11 +83,11 @@ async def test_idle_ttft_matches_the_simulator_and_the_next_request_shares_the_l
         tokens = len(SimpleTokenizer().encode(alone_prompt))
         assert 11_000 < tokens <= 12_000
         idle = idle_ttft_s(tokens, 1.0)
-        alone = await _ttft_s(client, url, alone_prompt) / scale
+        alone = await seconds_to_first_token(client, url, alone_prompt) / scale
         assert idle * 0.99 <= alone <= idle * 1.15 + 0.02
-        first = asyncio.create_task(_ttft_s(client, url, first_prompt))
+        first = asyncio.create_task(seconds_to_first_token(client, url, first_prompt))
         await asyncio.sleep(0.05)  # the first prompt is in its first step (~0.23 s wall)
-        second = asyncio.create_task(_ttft_s(client, url, second_prompt))
+        second = asyncio.create_task(seconds_to_first_token(client, url, second_prompt))
         shared = await first / scale
         await second
         lat = LatencyModel()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 
 import httpx
 import pytest
@@ -14,6 +13,7 @@ from epp.latency.steps import MIN_STEP_SAMPLES, STEP_COVER, StepProbe, StepTime,
 from epp.sim.cluster import simulated_pods
 from epp.sim.config import LatencyModel
 from epp.tokenization.tokenizer import SimpleTokenizer
+from tests.helpers.streaming import first_token_at
 
 
 def test_fit_step_time_recovers_the_shape_of_a_step() -> None:
@@ -72,18 +72,6 @@ def test_step_probe_takes_only_steps_that_ran_back_to_back() -> None:
     assert probe.first_byte(16.0, 15.9, 0.2) == (pytest.approx(0.2), pytest.approx(0.5))
 
 
-async def _stream_first_byte(client: httpx.AsyncClient, url: str, prompt: str) -> tuple[float, float]:
-    """(sent, first byte) of a streamed completion, in loop time."""
-    sent = time.monotonic()
-    async with client.stream("POST", url + "/v1/completions",
-                             json={"prompt": prompt, "max_tokens": 2, "stream": True}) as r:
-        assert r.status_code == 200
-        async for line in r.aiter_lines():
-            if line.startswith("data: {"):
-                return sent, time.monotonic()
-    raise AssertionError("no token streamed")
-
-
 async def test_step_probe_learns_the_step_time_of_a_real_simulated_pod() -> None:
     """Against the simulator's engine (vLLM's scheduling: steps back to back, the waiting
     prompts prefilled together in the next step): bursts of prompts, each sent while the
@@ -105,7 +93,7 @@ async def test_step_probe_learns_the_step_time_of_a_real_simulated_pod() -> None
         results: list[tuple[float, float, float]] = []  # (first byte, sent, k tokens)
 
         async def send(members: list[tuple[str, float]]) -> list[asyncio.Task[tuple[float, float]]]:
-            return [asyncio.create_task(_stream_first_byte(client, url, text)) for text, _ in members]
+            return [asyncio.create_task(first_token_at(client, url, text)) for text, _ in members]
 
         running = [await send(groups[0])]
         await asyncio.sleep(0.02)  # group 0's step runs: group 1 waits for the next one
