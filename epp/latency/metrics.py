@@ -22,19 +22,24 @@ The reference has no names for these; ours:
     epp_latency_model_samples{type}                observations in the training windows
     epp_latency_slo_requests_total{type}           requests that carried a ttft / tpot SLO
     epp_latency_slo_rejected_total                 sheddable requests refused by the admitter
+    epp_latency_pod_speed_ratio{type,pod}          how many times slower than the pooled model
+                                                   the pod's observations ran (1: as fast)
+    epp_latency_pod_step_base_seconds{pod}         the pod's learnt engine step: base time and
+    epp_latency_pod_step_seconds_per_ktoken{pod}   time per 1k prefill tokens (only once fitted)
 
 The objects belong to no registry: LatencyRuntime registers this collector into the server's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from epp.latency.predictor import MIN_SPEED_SAMPLES, POOLED, Coefficients
 from epp.observability.fastmetrics import FastCounter, FastHistogram, HistogramChild
 
 if TYPE_CHECKING:
@@ -150,3 +155,36 @@ class LatencyMetrics(Collector):
         for target, count in p.sample_counts().items():
             samples.add_metric([target], count)
         yield samples
+        yield from pod_model_gauges(p.models)
+
+
+def pod_model_gauges(models: Mapping[str, Coefficients]) -> Iterator[Metric]:
+    """What the predictor has learnt of each pod, for an operator to check against the
+    hardware: a pod that is really 2x slower should read a speed near 2 (a wrong speed sent
+    long prompts to the slow pod once, docs/latency-routing.md), and its step time should
+    match the engine's. Pods without their own model yet are absent."""
+    speed = GaugeMetricFamily("epp_latency_pod_speed_ratio",
+                              "How many times slower than the pooled latency model a pod runs, by type "
+                              "(ttft, tpot).", labels=["type", "pod"])
+    base = GaugeMetricFamily("epp_latency_pod_step_base_seconds",
+                             "A pod's learnt engine step time without prefill tokens.", labels=["pod"])
+    per_ktoken = GaugeMetricFamily("epp_latency_pod_step_seconds_per_ktoken",
+                                   "A pod's learnt engine step time per 1k prefill tokens.", labels=["pod"])
+    pooled = models.get(POOLED)
+    # A speed is estimated against a pooled fit, from MIN_SPEED_SAMPLES of the pod's own; before
+    # that it reads a placeholder 1.
+    ttft_known = pooled is not None and pooled.ttft is not None
+    tpot_known = pooled is not None and pooled.tpot is not None
+    for pod, model in sorted(models.items()):
+        if pod == POOLED:
+            continue
+        if ttft_known and model.ttft_samples >= MIN_SPEED_SAMPLES:
+            speed.add_metric(["ttft", pod], model.ttft_speed)
+        if tpot_known and model.tpot_samples >= MIN_SPEED_SAMPLES:
+            speed.add_metric(["tpot", pod], model.tpot_speed)
+        if model.step is not None:
+            base.add_metric([pod], model.step.base)
+            per_ktoken.add_metric([pod], model.step.per_ktoken)
+    yield speed
+    yield base
+    yield per_ktoken
