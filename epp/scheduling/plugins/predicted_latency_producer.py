@@ -26,6 +26,7 @@ Parameters (all optional):
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,8 +37,11 @@ from epp.datastore.endpoint import Endpoint
 from epp.latency.predictor import PredictorConfig
 from epp.latency.runtime import LatencyRuntime, latency_runtime
 from epp.latency.slo import MAX_SLO_MS, ObjectiveSLO
+from epp.scheduling.plugins.prefix_cache_scorer import PEER_BUS_KEY
 from epp.scheduling.registry import PluginContext, register_plugin
 from epp.scheduling.types import CycleState, LLMRequest, SchedulingResult
+
+log = logging.getLogger(__name__)
 
 
 def _objective_slos(raw: Mapping[str, Any]) -> dict[str, ObjectiveSLO]:
@@ -101,6 +105,13 @@ class PredictedLatencyProducer:
         rt.objective_slos = _objective_slos(self.params.slo_defaults)
         rt.score_without_slo = self.params.score_requests_without_slo
         rt.predictor.config = self.params.predictor_config()
+        peers = ctx.services.get(PEER_BUS_KEY) if ctx is not None else None
+        workers = getattr(peers, "worker_count", 1)
+        if workers > 1 and rt.predictor.version == 0:
+            # Routing still works, but each worker sees ~1/N of the requests (docs/latency-routing.md).
+            log.warning("predicted-latency routing with %d workers: each worker learns, queues and "
+                        "times engine steps from its own requests only (the in-flight counts are "
+                        "shared, the pending prefills are not); one worker predicts best", workers)
         # A config reload builds a new producer on the same runtime: keep what it learned.
         if rt.predictor.version == 0:
             rt.warm_start(Path(self.params.state_file) if self.params.state_file else None)

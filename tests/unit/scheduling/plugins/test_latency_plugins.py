@@ -800,3 +800,20 @@ def test_a_request_without_slo_pays_no_tpot_for_the_queue_ahead_of_it(
     # With targets, the TPOT target is judged on the current state, as before.
     assert scorer.score(state_with(SLO(tpot_s=0.5), {k: predict(k, x) for k, x in features.items()}),
                         answer, pods) == [0.0, 1.0]
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_the_producer_warns_that_workers_predict_from_their_own_requests(
+        ctx: PluginContext, tmp_path: Path, caplog: pytest.LogCaptureFixture, workers: int) -> None:
+    from epp.scheduling.plugins.predicted_latency_producer import PredictedLatencyProducer
+    from epp.server.peers import SERVICE_KEY as PEER_BUS_KEY
+    from epp.server.peers import PeerBus
+
+    ctx.services[PEER_BUS_KEY] = PeerBus(tmp_path, 0, workers)
+    with caplog.at_level("WARNING", logger="epp.scheduling.plugins.predicted_latency_producer"):
+        PredictedLatencyProducer(ctx=ctx)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    if workers == 1:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and "with 3 workers" in warnings[0] and "one worker" in warnings[0]
