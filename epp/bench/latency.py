@@ -88,6 +88,9 @@ class LatencyBenchSettings:
     # The epp-latency row's EndpointPickerConfig (its state file and save interval are set
     # by the bench): the shipped profile, or a variant of it to compare.
     latency_config: Path = LATENCY_PROFILE
+    # `epp serve --workers N` for both EPP rows: each worker predicts from its own requests
+    # (docs/latency-routing.md); the MAPE comes from the state file the last worker saved.
+    epp_workers: int = 1
 
     def validate(self) -> None:
         unknown = [r for r in self.routers if r not in ROUTERS]
@@ -99,13 +102,16 @@ class LatencyBenchSettings:
             raise ValueError("loads must be within (0, 2]")
         if self.duration_s <= 0 or self.warmup_s < 0 or self.time_scale <= 0:
             raise ValueError("--duration must be > 0, --warmup >= 0, --time-scale > 0")
+        if self.epp_workers < 1:
+            raise ValueError(f"--epp-workers must be >= 1, got {self.epp_workers}")
 
     def row(self) -> RowSettings:
         return RowSettings(pods=self.pods, time_scale=self.time_scale, run_dir=self.run_dir,
                            gpu_blocks=self.gpu_blocks, slowdown=self.slowdown,
                            sim_args=["--max-model-len", "40000"],
                            pod_slowdown={HETEROGENEOUS_SLOW_POD: HETEROGENEOUS_SLOWDOWN},
-                           response_body_mode="STREAMED")
+                           response_body_mode="STREAMED",
+                           epp_args=["--workers", str(self.epp_workers)] if self.epp_workers > 1 else [])
 
     def capacity_tokens_per_s(self) -> float:
         per_token_ms = LatencyModel().prefill_per_token_ms * self.slowdown
@@ -487,6 +493,9 @@ def add_latency_parser(sub: Any) -> None:
     p.add_argument("--latency-config", type=Path, default=LATENCY_PROFILE,
                    help="EndpointPickerConfig of the predicted-latency row (default: the shipped profile, "
                         "epp/bench/configs/epp-latency.yaml); it needs a predicted-latency-producer")
+    p.add_argument("--epp-workers", type=int, default=1,
+                   help="`epp serve --workers N` for the EPP rows (default 1): each worker predicts from its "
+                        "own requests only")
     p.add_argument("--note", default="", help="free text stored with the results (e.g. 'shared machine')")
     p.add_argument("--out", type=Path, default=REPO / "docs" / "bench-results")
     p.add_argument("--cost-only", action="store_true",
@@ -501,7 +510,7 @@ def run_latency_only(args: argparse.Namespace) -> int:
         return 0
     settings = LatencyBenchSettings(loads=tuple(args.loads), duration_s=args.duration, warmup_s=args.warmup,
                                     time_scale=args.time_scale, routers=tuple(args.routers), seed=args.seed,
-                                    latency_config=args.latency_config)
+                                    latency_config=args.latency_config, epp_workers=args.epp_workers)
     started = dt.datetime.now(dt.UTC)
     result = run_latency_benchmark(settings)
     result["decision_cost_in_process_us"] = decision_cost()
@@ -513,7 +522,8 @@ def run_latency_only(args: argparse.Namespace) -> int:
         for k, v in (("loads", args.loads), ("duration", args.duration), ("warmup", args.warmup),
                      ("time_scale", args.time_scale), ("routers", args.routers), ("seed", args.seed))
         + ((("latency_config", args.latency_config),) if args.latency_config != LATENCY_PROFILE
-           else ()))
+           else ())
+        + ((("epp_workers", args.epp_workers),) if args.epp_workers != 1 else ()))
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"latency-{started:%Y-%m-%dT%H%M}-{result['commit']}.json"
     path.write_text(json.dumps(result, indent=1, default=str))

@@ -114,3 +114,12 @@ def test_latency_config_variant_keeps_its_plugins_and_gets_the_state_file(tmp_pa
         latency_config(tmp_path / "run", "y.yaml", state, source=other)
     with pytest.raises(ValueError, match="--latency-config"):
         LatencyBenchSettings(latency_config=tmp_path / "missing.yaml").validate()
+
+
+def test_epp_workers_reach_both_epp_rows_and_must_be_positive() -> None:
+    assert LatencyBenchSettings().row().epp_args == []
+    settings = LatencyBenchSettings(epp_workers=2)
+    settings.validate()
+    assert list(settings.row().epp_args) == ["--workers", "2"]
+    with pytest.raises(ValueError, match="--epp-workers"):
+        LatencyBenchSettings(epp_workers=0).validate()
