@@ -102,10 +102,11 @@ async def test_slo_metrics_move_through_envoy(stack: LocalStack) -> None:
     assert _metric(text, "epp_latency_slo_requests_total", 'type="ttft"') >= 8
     assert _metric(text, "epp_latency_model_samples", 'type="ttft"') >= 32
     assert "epp_latency_training_lag_seconds" in text
-    # 40 requests over 2 pods: each pod has its speed against the pooled model (its own step
-    # time needs back-to-back engine steps, which these spaced batches seldom give).
+    # 40 requests over 2 pods: a pod with 8 of them has its speed against the pooled model (the
+    # fallback scorers usually spread them over both; the step time needs back-to-back engine
+    # steps, which these spaced batches seldom give).
     speeds = re.findall(r'^epp_latency_pod_speed_ratio\{pod="([^"]+)",type="ttft"\} (\S+)$', text, re.M)
-    assert len(speeds) == 2, speeds
+    assert 1 <= len(speeds) <= 2, speeds
     assert all(0.1 <= float(value) <= 10.0 for _, value in speeds), speeds
 
 
