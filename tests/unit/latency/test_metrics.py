@@ -6,12 +6,12 @@ from __future__ import annotations
 import random
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client import CollectorRegistry
 
 from epp.latency.metrics import LatencyMetrics
 from epp.latency.predictor import MIN_SPEED_SAMPLES, LatencyPredictor, PredictorConfig
 from epp.latency.steps import MIN_STEP_SAMPLES
+from tests.helpers.metrics import scraped_samples
 from tests.unit.latency.test_predictor import SPEED, train
 
 POD_GAUGES = ("epp_latency_pod_speed_ratio", "epp_latency_pod_step_base_seconds",
@@ -22,9 +22,8 @@ def scrape(predictor: LatencyPredictor) -> dict[str, dict[tuple[tuple[str, str],
     registry = CollectorRegistry()
     registry.register(LatencyMetrics(predictor))
     out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
-    for family in text_string_to_metric_families(generate_latest(registry).decode()):
-        for sample in family.samples:
-            out.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    for (name, labels), value in scraped_samples(registry).items():
+        out.setdefault(name, {})[labels] = value
     return out
 
 

@@ -3,13 +3,12 @@ from __future__ import annotations
 import time
 
 import httpx
-from prometheus_client import CollectorRegistry
-from prometheus_client.parser import text_string_to_metric_families
 
 from epp.datastore.datastore import Datastore, PoolSpec
 from epp.datastore.endpoint import Endpoint, EndpointMetrics
 from epp.observability.exposition import HttpServer, metrics_app
 from epp.observability.metrics import OVERFLOW_LABEL, EPPMetrics
+from tests.helpers.metrics import scraped_samples
 
 GIE_NAMES = (
     "inference_objective_request_total",
@@ -47,16 +46,6 @@ def pool_datastore() -> Datastore:
     return ds
 
 
-def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    from prometheus_client.exposition import generate_latest
-
-    out = {}
-    for family in text_string_to_metric_families(generate_latest(registry).decode()):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
 def exercise(m: EPPMetrics) -> None:
     s = m.series("llama", "llama-lora")
     s.on_request()
@@ -76,7 +65,7 @@ def test_all_names_exposed_with_expected_values() -> None:
     ds = pool_datastore()
     m = EPPMetrics(datastore=ds, commit="abc123")
     exercise(m)
-    got = samples(m.registry)
+    got = scraped_samples(m.registry)
     names = {name for name, _ in got}
     for name in (*GIE_NAMES, *OPERATOR_NAMES):
         assert any(n == name or n.startswith(name + "_") for n in names), name
@@ -111,20 +100,20 @@ def test_pool_gauges_follow_datastore_without_per_request_updates() -> None:
     ds = pool_datastore()
     m = EPPMetrics(datastore=ds)
     pool = (("name", "vllm-llama3-8b"),)
-    assert samples(m.registry)[("inference_pool_ready_pods", pool)] == 2
+    assert scraped_samples(m.registry)[("inference_pool_ready_pods", pool)] == 2
     ds.set_health(ds.endpoints()[2], True)
-    assert samples(m.registry)[("inference_pool_ready_pods", pool)] == 3
-    assert samples(m.registry)[("inference_pool_average_queue_size", pool)] == (2 + 4 + 50) / 3
+    assert scraped_samples(m.registry)[("inference_pool_ready_pods", pool)] == 3
+    assert scraped_samples(m.registry)[("inference_pool_average_queue_size", pool)] == (2 + 4 + 50) / 3
 
 
 def test_registries_are_independent_and_series_cached() -> None:
     a, b = EPPMetrics(), EPPMetrics()
     assert a.series("m", "t") is a.series("m", "t")
     a.series("m", "t").on_request()
-    assert samples(a.registry)[("inference_objective_request_total",
+    assert scraped_samples(a.registry)[("inference_objective_request_total",
                                 (("model_name", "m"), ("target_model_name", "t")))] == 1
     assert ("inference_objective_request_total",
-            (("model_name", "m"), ("target_model_name", "t"))) not in samples(b.registry)
+            (("model_name", "m"), ("target_model_name", "t"))) not in scraped_samples(b.registry)
 
 
 def test_model_label_cardinality_is_bounded() -> None:
@@ -133,7 +122,7 @@ def test_model_label_cardinality_is_bounded() -> None:
     m.series("b", "b").on_request()
     m.series("c", "c").on_request()
     m.series("d", "d").on_request()
-    got = samples(m.registry)
+    got = scraped_samples(m.registry)
     other = (("model_name", OVERFLOW_LABEL), ("target_model_name", OVERFLOW_LABEL))
     assert got[("inference_objective_request_total", other)] == 2
 
@@ -142,7 +131,7 @@ def test_forget_pod_removes_its_score() -> None:
     m = EPPMetrics()
     m.set_pod_scores({"p": 0.5})
     m.forget_pod("p")
-    assert not any(name == "scheduler_pod_score" for name, _ in samples(m.registry))
+    assert not any(name == "scheduler_pod_score" for name, _ in scraped_samples(m.registry))
 
 
 async def test_metrics_served_over_http_on_loopback() -> None:

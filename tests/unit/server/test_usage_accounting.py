@@ -6,19 +6,15 @@ import json
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from prometheus_client import CollectorRegistry
-from prometheus_client.parser import text_string_to_metric_families
 
 from epp.server.extproc import ExtProcHandler, HandlerOptions
 from epp.server.usage import OVERFLOW, UsageMetrics, UsageParser, stream_usage_requested, with_stream_usage
+from tests.helpers.metrics import scraped_samples
 from tests.unit.server.test_extproc import LeastInflight, _body, _datastore, _headers, _run
 
 
 def _samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    from prometheus_client import generate_latest
-
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for f in text_string_to_metric_families(generate_latest(registry).decode())
-            for s in f.samples if s.name.endswith("_total")}
+    return {key: value for key, value in scraped_samples(registry).items() if key[0].endswith("_total")}
 
 
 def test_counters_per_model_target_and_tenant() -> None:
