@@ -105,15 +105,14 @@ class PredictedLatencyProducer:
         rt.objective_slos = _objective_slos(self.params.slo_defaults)
         rt.score_without_slo = self.params.score_requests_without_slo
         rt.predictor.config = self.params.predictor_config()
-        peers = ctx.services.get(PEER_BUS_KEY) if ctx is not None else None
-        workers = getattr(peers, "worker_count", 1)
-        if workers > 1 and rt.predictor.version == 0:
-            # Routing still works, but each worker sees ~1/N of the requests (docs/latency-routing.md).
-            log.warning("predicted-latency routing with %d workers: each worker learns, queues and "
-                        "times engine steps from its own requests only (the in-flight counts are "
-                        "shared, the pending prefills are not); one worker predicts best", workers)
         # A config reload builds a new producer on the same runtime: keep what it learned.
         if rt.predictor.version == 0:
+            workers = getattr(ctx.services.get(PEER_BUS_KEY) if ctx is not None else None, "worker_count", 1)
+            if workers > 1:
+                # Routing still works, but each worker sees ~1/N of the requests (docs/latency-routing.md).
+                log.warning("predicted-latency routing with %d workers: each worker learns, queues and "
+                            "times engine steps from its own requests only (the in-flight counts are "
+                            "shared, the pending prefills are not); one worker predicts best", workers)
             rt.warm_start(Path(self.params.state_file) if self.params.state_file else None)
         else:
             rt.predictor.start()
