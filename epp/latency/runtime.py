@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from epp.datastore.endpoint import Endpoint
 from epp.datastore.inflight import CHARACTERS_PER_TOKEN
@@ -31,6 +31,9 @@ from epp.latency.predictor import NEW_TOKENS, QUEUE_CLEAR, LatencyPredictor, Pod
 from epp.latency.slo import NO_SLO, SLO, ObjectiveSLO, request_slo
 from epp.latency.steps import StepProbe
 from epp.scheduling.types import CycleState, LLMRequest, cached_prompt_tokens
+
+if TYPE_CHECKING:
+    from epp.latency.sharing import LatencySharing
 
 SERVICE_KEY = "latency.runtime"
 REGISTRY_KEY = "metrics.registry"  # the server's CollectorRegistry (epp/server/app.py)
@@ -178,6 +181,10 @@ class RequestRecord:
     # predicted service time (the predictor was untrained): the virtual queue then missed their
     # work, so the queue feature it learns from is set in hindsight, from their first bytes.
     ahead: list[RequestRecord] | None = None
+    # Which worker dispatched it: -1 this process, else a peer worker's id (epp/latency/sharing.py);
+    # with `seq`, its dispatcher's serial number, it names the request on the peer bus.
+    origin: int = -1
+    seq: int = 0
 
 
 class LatencyRuntime:
@@ -235,6 +242,11 @@ class LatencyRuntime:
         self._dispatch_count = 0.0
         self._dispatch_count_at = 0.0
         self._dispatches = 0
+        self._seq = 0  # the serial number of this process's last dispatch (RequestRecord.seq)
+        # The peer workers' requests not ended yet, by (worker, seq); and the bus that tells
+        # them this process's (None: one worker).
+        self._foreign: dict[tuple[int, int], RequestRecord] = {}
+        self.peers: LatencySharing | None = None
         self._registered: set[int] = set()
         self.clock = time.monotonic
 
@@ -506,55 +518,69 @@ class LatencyRuntime:
             ttft, tpot = self.predict(target.key, x) if self.predictor.ready else (math.nan, math.nan)
         record = RequestRecord(request, target.key, request.model, request.target_model, slo, x, ttft, tpot,
                                x[1], expected_output_tokens(request) / 1000.0, self.clock())
-        # Before this request counts as pending there.
-        joins = self.joins_last_step(target.key, record.dispatched)
-        self.pending_prefill[target.key] = self.pending_prefill.get(target.key, 0.0) + record.new_tokens
-        self._ledger_changed.add(target.key)  # pending prefill, and in-flight decode below
-        self.pending_count[target.key] = self.pending_count.get(target.key, 0) + 1
-        # Reset to 0 when the pod's pending queue empties (_release_prefill).
-        self.prefill_stream[target.key] = self.prefill_stream.get(target.key, 0.0) + record.new_tokens
-        service = self.predictor.service_time(target.key, record.new_tokens) if self.predictor.ready else math.nan
-        if service == service:
-            start = max(record.dispatched, self.queue_clear_at.get(target.key, 0.0))
-            share = self.predictor.step_share(target.key, record.new_tokens) if joins else math.nan
-            if share == share:
-                record.service = share
-                step = self._last_step[target.key]
-            else:
-                record.service = self.predictor.queue_service(target.key, record.new_tokens)
-                self._step_start[target.key] = start
-                step = self._last_step[target.key] = QueuedStep()
-            record.step = step
-            step.service += record.service
-            step.members += 1
-            record.virtual_first_byte = self.queue_clear_at[target.key] = start + record.service
-            self.queued_service[target.key] = self.queued_service.get(target.key, 0.0) + record.service
-            guarded = self.tpot_slo_inflight.get(target.key)
-            if guarded:
-                for running in guarded.values():
-                    running.stalled += service
-        self.inflight_decode[target.key] = self.inflight_decode.get(target.key, 0.0) + record.decode_tokens
-        self._records[id(request)] = record
-        order = self._pending_order.setdefault(target.key, {})
-        if not order:
-            self._head_since[target.key] = record.dispatched
-        elif service != service or self.untimed_pending.get(target.key):
-            record.ahead = list(order.values())
-        order[id(request)] = record
-        if not record.virtual_first_byte:
-            self.untimed_pending[target.key] = self.untimed_pending.get(target.key, 0) + 1
         if slo.tpot_s is not None:
             steps = max(1, expected_output_tokens(request) - 1)
             record.stall_budget = (slo.tpot_s - (tpot if tpot == tpot else 0.0)) * steps
-            self.tpot_slo_inflight.setdefault(target.key, {})[id(request)] = record
+        self._seq += 1
+        record.seq = self._seq
+        self._records[id(request)] = record
+        self._enqueue(record)
         if ttft == ttft:
             self.metrics.observe_predicted(record)
-        self._dispatch_count = self._dispatch_count * math.exp(
-            (self._dispatch_count_at - record.dispatched) / DISPATCH_RATE_TAU_S) + 1.0
-        self._dispatch_count_at = record.dispatched
+        if self.peers is not None:
+            self.peers.dispatched(record)
         self._dispatches += 1
         if self._dispatches % 1024 == 0:
             self._expire()
+
+    def _enqueue(self, record: RequestRecord) -> None:
+        """Put a dispatched request, this process's or a peer's, in its pod's ledger, virtual
+        prefill queue and TPOT guard, and count it in the dispatch rate."""
+        pod = record.pod
+        # Before this request counts as pending there.
+        joins = self.joins_last_step(pod, record.dispatched)
+        self.pending_prefill[pod] = self.pending_prefill.get(pod, 0.0) + record.new_tokens
+        self._ledger_changed.add(pod)  # pending prefill, and in-flight decode below
+        self.pending_count[pod] = self.pending_count.get(pod, 0) + 1
+        # Reset to 0 when the pod's pending queue empties (_release_prefill).
+        self.prefill_stream[pod] = self.prefill_stream.get(pod, 0.0) + record.new_tokens
+        service = self.predictor.service_time(pod, record.new_tokens) if self.predictor.ready else math.nan
+        if service == service:
+            start = max(record.dispatched, self.queue_clear_at.get(pod, 0.0))
+            share = self.predictor.step_share(pod, record.new_tokens) if joins else math.nan
+            if share == share:
+                record.service = share
+                step = self._last_step[pod]
+            else:
+                record.service = self.predictor.queue_service(pod, record.new_tokens)
+                self._step_start[pod] = start
+                step = self._last_step[pod] = QueuedStep()
+            record.step = step
+            step.service += record.service
+            step.members += 1
+            record.virtual_first_byte = self.queue_clear_at[pod] = start + record.service
+            self.queued_service[pod] = self.queued_service.get(pod, 0.0) + record.service
+            guarded = self.tpot_slo_inflight.get(pod)
+            if guarded:
+                for running in guarded.values():
+                    running.stalled += service
+        self.inflight_decode[pod] = self.inflight_decode.get(pod, 0.0) + record.decode_tokens
+        order = self._pending_order.setdefault(pod, {})
+        if not order:
+            self._head_since[pod] = record.dispatched
+        elif service != service or self.untimed_pending.get(pod):
+            record.ahead = list(order.values())
+        order[id(record.request)] = record
+        if not record.virtual_first_byte:
+            self.untimed_pending[pod] = self.untimed_pending.get(pod, 0) + 1
+        if record.slo.tpot_s is not None:
+            self.tpot_slo_inflight.setdefault(pod, {})[id(record.request)] = record
+        since = record.dispatched - self._dispatch_count_at
+        if since >= 0.0:
+            self._dispatch_count = self._dispatch_count * math.exp(-since / DISPATCH_RATE_TAU_S) + 1.0
+            self._dispatch_count_at = record.dispatched
+        else:  # a peer's, heard after a later one
+            self._dispatch_count += math.exp(since / DISPATCH_RATE_TAU_S)
 
     def on_first_byte(self, request: LLMRequest, status: int) -> None:
         """Response headers came back: the request's prefill is done (its first token, for a
@@ -565,8 +591,13 @@ class LatencyRuntime:
         record = self._records.get(id(request))
         if record is None or record.request is not request or record.first_byte:
             return
-        record.first_byte = self.clock()
-        pod = record.pod
+        self._first_byte(record, self.clock(), status)
+        if self.peers is not None:
+            self.peers.first_byte(record, status)
+
+    def _first_byte(self, record: RequestRecord, at: float, status: int) -> None:
+        record.first_byte = at
+        request, pod = record.request, record.pod
         clear_at = self.queue_clear_at.get(pod, 0.0)
         if record.virtual_first_byte and not record.prefill_released and clear_at:
             order = self._pending_order.get(pod) or {}
@@ -587,7 +618,7 @@ class LatencyRuntime:
             # The queue's last step moves with it.
             step_start = self._step_start.get(pod, 0.0) + self.queue_clear_at[pod] - clear_at
             self._step_start[pod] = min(step_start, self.queue_clear_at[pod])
-        self._release_prefill(record)
+        self._release_prefill(record, at)
         if record.ahead is not None:
             self._queue_time_in_hindsight(record)
         if status != 200 or not request.stream:
@@ -600,23 +631,68 @@ class LatencyRuntime:
             self.predictor.observe_step(pod, *step)
         ttft = record.first_byte - record.dispatched
         self.predictor.observe("ttft", record.pod, record.features, ttft, record.predicted_ttft)
-        self.metrics.observe_ttft(record, ttft)
+        if record.origin < 0:  # a peer's requests are in its own metrics
+            self.metrics.observe_ttft(record, ttft)
 
     def on_complete(self, request: LLMRequest, response: Mapping[str, Any]) -> None:
         record = self._records.pop(id(request), None)
         if record is None or record.request is not request:
             return
-        self._release_prefill(record)
-        self._release_decode(record)
         tokens = response.get("completion_tokens")
-        if (not record.first_byte or not request.stream or response.get("status") != 200
-                or not isinstance(tokens, int) or tokens < 2):
+        at, status = self.clock(), response.get("status")
+        self._complete(record, at, tokens if isinstance(tokens, int) else None, status)
+        if self.peers is not None:
+            self.peers.completed(record, at, tokens if isinstance(tokens, int) else None, status)
+
+    def _complete(self, record: RequestRecord, at: float, tokens: int | None, status: object) -> None:
+        self._release_prefill(record, at)
+        self._release_decode(record)
+        if not record.first_byte or not record.request.stream or status != 200 or tokens is None or tokens < 2:
             return
         # TPOT as vLLM and the benchmarks define it: decode time after the first token over
         # the tokens after the first.
-        tpot = (self.clock() - record.first_byte) / (tokens - 1)
+        tpot = (at - record.first_byte) / (tokens - 1)
         self.predictor.observe("tpot", record.pod, record.features, tpot, record.predicted_tpot)
-        self.metrics.observe_tpot(record, tpot)
+        if record.origin < 0:
+            self.metrics.observe_tpot(record, tpot)
+
+    # --- the other workers' requests (epp/latency/sharing.py) ---------------------------------
+    def on_peer_dispatch(self, record: RequestRecord) -> None:
+        """A peer worker's request to a pod of the pool: it queues there like this process's
+        own (its `origin` and `seq` name it for the events that follow)."""
+        key = (record.origin, record.seq)
+        if record.origin < 0 or key in self._foreign:
+            return
+        self._foreign[key] = record
+        # As the dispatching worker did when it read the pod's queue wait for its features.
+        self._retire_not_streamed(record.pod, record.dispatched)
+        self._enqueue(record)
+        self._dispatches += 1
+        if self._dispatches % 1024 == 0:
+            self._expire()
+
+    def on_peer_first_byte(self, worker: int, seq: int, at: float, status: int) -> None:
+        record = self._foreign.get((worker, seq))
+        if record is not None and not record.first_byte:
+            self._first_byte(record, at, status)
+
+    def on_peer_complete(self, worker: int, seq: int, at: float, tokens: int | None, status: object) -> None:
+        record = self._foreign.pop((worker, seq), None)
+        if record is not None:
+            self._complete(record, at, tokens, status)
+
+    def forget_peer(self, worker: int) -> int:
+        """Drop a peer worker's requests (it restarted: their events will not come). Returns
+        how many there were."""
+        gone = [key for key in self._foreign if key[0] == worker]
+        for key in gone:
+            record = self._foreign.pop(key)
+            self._release_prefill(record)
+            self._release_decode(record)
+        return len(gone)
+
+    def peer_records(self) -> int:
+        return len(self._foreign)
 
     @staticmethod
     def _queue_time_in_hindsight(record: RequestRecord) -> None:
@@ -633,7 +709,7 @@ class LatencyRuntime:
             x[QUEUE_CLEAR] = max(0.0, max(done) - record.dispatched)
             record.features = x
 
-    def _release_prefill(self, record: RequestRecord) -> None:
+    def _release_prefill(self, record: RequestRecord, at: float | None = None) -> None:
         if not record.prefill_released:
             record.prefill_released = True
             pod = record.pod
@@ -642,7 +718,7 @@ class LatencyRuntime:
                 was_head = next(iter(order)) == id(record.request)
                 order.pop(id(record.request), None)
                 if was_head:
-                    self._head_since[pod] = self.clock()
+                    self._head_since[pod] = self.clock() if at is None else at
             if not record.virtual_first_byte:
                 self.untimed_pending[pod] = max(0, self.untimed_pending.get(pod, 0) - 1)
             else:
@@ -661,8 +737,9 @@ class LatencyRuntime:
 
     def _expire(self) -> None:
         cutoff = self.clock() - RECORD_TTL_S
-        for key in [k for k, r in self._records.items() if r.dispatched < cutoff]:
-            record = self._records.pop(key)
+        expired = [self._records.pop(k) for k, r in list(self._records.items()) if r.dispatched < cutoff]
+        expired += [self._foreign.pop(k) for k, r in list(self._foreign.items()) if r.dispatched < cutoff]
+        for record in expired:
             self._release_prefill(record)
             self._release_decode(record)
 

@@ -111,7 +111,10 @@ class StepProbe:
     def first_byte(self, at: float, dispatched: float, ktokens: float) -> tuple[float, float] | None:
         """Record a first byte at `at` of a request sent at `dispatched` with `ktokens` new
         prompt tokens. Returns the step sample (k tokens, seconds) that this first byte
-        closes, or None."""
+        closes, or None. A first byte older than the last step end (another worker's, heard
+        late: epp/latency/sharing.py) cannot be placed between the step ends and is left out."""
+        if at < self.end - SAME_STEP_S:
+            return None
         if self.end and at - self.end <= SAME_STEP_S:
             self.ktokens += ktokens
             self.whole = self.whole and dispatched < self.start - SAME_STEP_S

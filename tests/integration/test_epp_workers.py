@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.integration.conftest import StackFactory
+from tests.integration.test_envoy_latency import CONFIG as LATENCY_CONFIG
 
 pytestmark = pytest.mark.integration
 
@@ -51,3 +54,49 @@ def test_two_workers_share_prefix_affinity(stack_factory: StackFactory) -> None:
     counts = [_decisions(text, worker) for worker in ("0", "1")]
     assert all(c > 0 for c in counts), f"both workers should have decided: {counts}"
     assert sum(counts) == 3 + 4 * 48
+
+
+def _worker_samples(metrics_text: str, kind: str, worker: str) -> float:
+    return sum(float(line.split()[-1]) for line in metrics_text.splitlines()
+               if line.startswith("epp_latency_model_samples{") and f'type="{kind}"' in line
+               and f'worker="{worker}"' in line)
+
+
+def test_two_workers_learn_from_each_others_requests(stack_factory: StackFactory,
+                                                      tmp_path: Path) -> None:
+    """Predicted-latency routing with two workers: each worker queues and learns from the
+    other's requests too (epp/latency/sharing.py), so each has every request's TTFT and TPOT."""
+    config = tmp_path / "latency.yaml"
+    config.write_text(LATENCY_CONFIG)
+    stack = stack_factory(pods=2, time_scale=0.05, kv_events=False, epp_config=config,
+                          response_body_mode="STREAMED", epp_args=["--workers", "2"],
+                          epp_max_concurrent_streams=2)
+    sent = 48
+
+    async def scenario() -> None:
+        limits = httpx.Limits(max_connections=64)
+        async with httpx.AsyncClient(timeout=30, limits=limits, trust_env=False) as client:
+            async def one(i: int) -> None:
+                body = {"model": MODEL, "prompt": f"request {i} " + "lorem ipsum " * (20 + 10 * (i % 5)),
+                        "max_tokens": 4, "stream": True, "stream_options": {"include_usage": True}}
+                async with client.stream("POST", f"{stack.url}/v1/completions", json=body) as r:
+                    async for _ in r.aiter_bytes():
+                        pass
+                    assert r.status_code == 200, f"{r.status_code}\n{stack.tail('epp')}"
+
+            for wave in range(4):
+                await asyncio.gather(*(one(wave * 12 + j) for j in range(12)))
+
+    asyncio.run(scenario())
+    url = f"http://127.0.0.1:{stack.cfg.metrics_port}/metrics"
+    deadline = time.monotonic() + 10
+    while True:
+        text = httpx.get(url, timeout=5).text
+        samples = [_worker_samples(text, kind, w) for kind in ("ttft", "tpot") for w in ("0", "1")]
+        if samples == [sent] * 4 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    counts = [_decisions(text, worker) for worker in ("0", "1")]
+    assert all(c > 0 for c in counts) and sum(counts) == sent, counts
+    # Each worker trained on all 48 requests, not only on those it routed.
+    assert samples == [sent] * 4, samples

@@ -36,6 +36,7 @@ from typing import Any, ClassVar
 from epp.datastore.endpoint import Endpoint
 from epp.latency.predictor import PredictorConfig
 from epp.latency.runtime import LatencyRuntime, latency_runtime
+from epp.latency.sharing import LatencySharing
 from epp.latency.slo import MAX_SLO_MS, ObjectiveSLO
 from epp.scheduling.plugins.prefix_cache_scorer import PEER_BUS_KEY
 from epp.scheduling.registry import PluginContext, register_plugin
@@ -107,15 +108,14 @@ class PredictedLatencyProducer:
         rt.predictor.config = self.params.predictor_config()
         # A config reload builds a new producer on the same runtime: keep what it learned.
         if rt.predictor.version == 0:
-            workers = getattr(ctx.services.get(PEER_BUS_KEY) if ctx is not None else None, "worker_count", 1)
-            if workers > 1:
-                # Routing still works, but each worker sees ~1/N of the requests (docs/latency-routing.md).
-                log.warning("predicted-latency routing with %d workers: each worker learns, queues and "
-                            "times engine steps from its own requests only (the in-flight counts are "
-                            "shared, the pending prefills are not); one worker predicts best", workers)
             rt.warm_start(Path(self.params.state_file) if self.params.state_file else None)
         else:
             rt.predictor.start()
+        bus = ctx.services.get(PEER_BUS_KEY) if ctx is not None else None
+        if bus is not None and getattr(bus, "worker_count", 1) > 1 and rt.peers is None:
+            # Every worker queues, times and learns from all workers' requests (sharing.py).
+            LatencySharing.attach(bus, rt)
+            log.info("predicted-latency routing: sharing requests with %d other workers", bus.worker_count - 1)
 
     def pre_request(self, state: CycleState, request: LLMRequest, result: SchedulingResult) -> None:
         primary = result.primary

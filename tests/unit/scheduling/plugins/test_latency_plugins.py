@@ -803,17 +803,22 @@ def test_a_request_without_slo_pays_no_tpot_for_the_queue_ahead_of_it(
 
 
 @pytest.mark.parametrize("workers", [1, 3])
-def test_the_producer_warns_that_workers_predict_from_their_own_requests(
-        ctx: PluginContext, tmp_path: Path, caplog: pytest.LogCaptureFixture, workers: int) -> None:
+def test_the_producer_shares_its_requests_with_the_other_workers(
+        ctx: PluginContext, tmp_path: Path, workers: int) -> None:
+    from epp.latency.runtime import latency_runtime
+    from epp.latency.sharing import DISPATCH, LatencySharing
     from epp.scheduling.plugins.predicted_latency_producer import PredictedLatencyProducer
     from epp.server.peers import SERVICE_KEY as PEER_BUS_KEY
     from epp.server.peers import PeerBus
 
-    ctx.services[PEER_BUS_KEY] = PeerBus(tmp_path, 0, workers)
-    with caplog.at_level("WARNING", logger="epp.scheduling.plugins.predicted_latency_producer"):
-        PredictedLatencyProducer(ctx=ctx)
-    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    bus = ctx.services[PEER_BUS_KEY] = PeerBus(tmp_path, 0, workers)
+    PredictedLatencyProducer(ctx=ctx)
+    runtime = latency_runtime(ctx.services)
     if workers == 1:
-        assert warnings == []
-    else:
-        assert len(warnings) == 1 and "with 3 workers" in warnings[0] and "one worker" in warnings[0]
+        assert runtime.peers is None and DISPATCH not in bus._handlers
+        return
+    sharing = runtime.peers
+    assert isinstance(sharing, LatencySharing) and sharing.bus is bus
+    assert bus._handlers[DISPATCH] == sharing._on_dispatch
+    PredictedLatencyProducer(ctx=ctx)  # a config reload keeps the runtime and its sharing
+    assert runtime.peers is sharing
