@@ -4,7 +4,8 @@ Kept in `PluginContext.services[SERVICE_KEY]`; whichever latency plugin is built
 creates it, the predicted-latency-producer configures it. It holds:
 
 - the pool's LatencyPredictor (one per process: one EPP serves one pool);
-- a ledger of this process's requests per pod that have not produced a first byte yet
+- a ledger of the EPP's requests per pod (this process's, and its peer workers' with
+  `--workers N`: epp/latency/sharing.py) that have not produced a first byte yet
   (their prompt tokens are the prefill queue a new request waits behind) and of the decode
   tokens still expected from every in-flight request: built on the decisions
   (pre-request), the response headers (first byte) and the stream ends (post-response);
@@ -752,9 +753,9 @@ class LatencyRuntime:
             guarded.pop(id(record.request), None)
 
     def dispatch_rate(self) -> float:
-        """Requests per second this EPP process sent the pool lately: an exponentially decayed
-        count of its dispatches over DISPATCH_RATE_TAU_S (0 before the first). Each process
-        counts its own: with `--workers N` each sees about 1/N of the traffic."""
+        """Requests per second the EPP sent the pool lately: an exponentially decayed count of
+        the dispatches over DISPATCH_RATE_TAU_S (0 before the first). This process's, and with
+        `--workers N` its peer workers' (epp/latency/sharing.py)."""
         if not self._dispatch_count:
             return 0.0
         return self._dispatch_count * math.exp(

@@ -60,7 +60,7 @@ from epp.server.extproc import ExtProcHandler, HandlerOptions
 from epp.server.grpc_server import EXT_PROC_SERVICE, build_grpc_server
 from epp.server.h2grpc import H2GrpcServer
 from epp.server.peers import SERVICE_KEY as PEER_BUS_KEY
-from epp.server.peers import InflightSharing, PeerBus, WorkerMetrics
+from epp.server.peers import InflightSharing, PeerBus, PeerBusCollector, WorkerMetrics
 from epp.server.tls import (
     CertReloader,
     ReloadingSSLContext,
@@ -201,6 +201,8 @@ class EPPServer:
             self.ctx.services[PEER_BUS_KEY] = self.peers
             self.inflight_sharing = InflightSharing(self.peers, self.datastore, tracker=self.tracker)
         self.metrics = EPPMetrics(datastore=self.datastore)
+        if self.peers is not None:
+            self.metrics.registry.register(PeerBusCollector(self.peers))
         # Plugins that export metrics of their own (KV events, P/D) register them here.
         self.ctx.services["metrics.registry"] = self.metrics.registry
         register_pd_metrics(self.metrics.registry, self.ctx.services)

@@ -3,11 +3,19 @@
 `epp serve --workers N` runs N processes on the same gRPC port (SO_REUSEPORT), and Envoy's
 connections spread over them. Each worker decides alone, so what one worker learns must
 reach the others or routing quality drops as workers are added:
-- the prompts a worker sent to a pod (the approximate prefix-cache LRU), and
-- how many requests each worker has in flight to each pod.
-Workers tell each other over unix datagram sockets in a private directory: one datagram per
-fact, fire and forget. A lost datagram costs a little routing precision, never correctness,
-so there are no acknowledgements and a full socket buffer drops the message.
+- the prompts a worker sent to a pod (the approximate prefix-cache LRU),
+- how many requests each worker has in flight to each pod, and
+- with predicted-latency routing, each request's dispatch, first byte and end
+  (epp/latency/sharing.py).
+Workers tell each other over unix datagram sockets in a private directory, fire and forget.
+A lost message costs a little routing precision, never correctness, so there are no
+acknowledgements.
+
+Linux queues at most `net.unix.max_dgram_qlen` datagrams (10 by default) per receiving
+socket, so one datagram per message would be lost in any burst a busy receiver did not drain
+in time. The messages published in one event-loop iteration therefore travel together, in as
+few datagrams as MAX_DATAGRAM_BYTES allows; and a datagram a peer's full queue refused is
+kept and sent again shortly, up to BACKLOG_DATAGRAMS per peer, before anything is dropped.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import errno
 import logging
 import socket
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -33,6 +42,13 @@ log = logging.getLogger(__name__)
 SERVICE_KEY = "peers.bus"
 Handler = Callable[[int, Any], None]
 
+MAX_DATAGRAM_BYTES = 60_000  # under the default socket send buffer (net.core.wmem_default)
+BACKLOG_DATAGRAMS = 256  # datagrams kept per peer while its queue is full
+RETRY_S = 0.002  # how soon a refused datagram is sent again
+# The peer's socket is full: keep the datagram and retry. Any other error: the peer is not
+# there (not up yet, restarting), drop.
+_FULL = (errno.EAGAIN, errno.ENOBUFS)
+
 
 class PeerBus:
     def __init__(self, directory: Path, worker_id: int, worker_count: int) -> None:
@@ -41,27 +57,91 @@ class PeerBus:
         self.worker_count = worker_count
         self._handlers: dict[str, Handler] = {}
         self._sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._peers = [str(directory / f"worker-{i}.sock") for i in range(worker_count) if i != worker_id]
-        self.sent = 0
-        self.dropped = 0
+        self._outbox: list[bytes] = []  # packed (topic, payload) published since the last flush
+        self._flush_pending = False
+        # peer socket path -> datagrams its full queue refused, oldest first
+        self._backlog: dict[str, deque[tuple[bytes, int]]] = {peer: deque() for peer in self._peers}
+        self._retry: asyncio.TimerHandle | None = None
+        self._header = msgpack.packb(worker_id)
+        self.sent = 0  # messages handed to the kernel, per peer
+        self.dropped = 0  # messages lost, per peer
         self.received = 0
+        self.datagrams_sent = 0
 
     def subscribe(self, topic: str, handler: Handler) -> None:
         self._handlers[topic] = handler
 
     def publish(self, topic: str, payload: Any) -> None:
+        """Send `payload` to every other worker's `topic` handler, with the other messages of
+        this event-loop iteration (on the loop's thread only)."""
+        if self._sock is None or not self._peers:
+            return
+        self._outbox.append(msgpack.packb((topic, payload), use_bin_type=True))
+        if not self._flush_pending:
+            self._flush_pending = True
+            assert self._loop is not None
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Send what was published since the last flush."""
+        self._flush_pending = False
+        outbox, self._outbox = self._outbox, []
+        if self._sock is None or not outbox:
+            return
+        for datagram, count in _datagrams(self._header, outbox):
+            for peer in self._peers:
+                self._send(peer, datagram, count)
+
+    def _send(self, peer: str, datagram: bytes, count: int) -> None:
+        backlog = self._backlog[peer]
+        if backlog:  # keep the order: behind what waits already
+            self._keep(peer, backlog, datagram, count)
+            return
+        try:
+            self._sock.sendto(datagram, peer)  # type: ignore[union-attr]
+            self.sent += count
+            self.datagrams_sent += 1
+        except OSError as e:
+            if e.errno in _FULL:
+                self._keep(peer, backlog, datagram, count)
+                return
+            if e.errno not in (errno.ENOENT, errno.ECONNREFUSED):
+                log.warning("peer bus: cannot send to %s: %s", peer, e)
+            self.dropped += count
+
+    def _keep(self, peer: str, backlog: deque[tuple[bytes, int]], datagram: bytes, count: int) -> None:
+        if len(backlog) >= BACKLOG_DATAGRAMS:
+            self.dropped += backlog.popleft()[1]
+        backlog.append((datagram, count))
+        if self._retry is None and self._loop is not None:
+            self._retry = self._loop.call_later(RETRY_S, self._resend)
+
+    def _resend(self) -> None:
+        """Send the peers' backlogs, oldest first, until a queue is full again."""
+        self._retry = None
         sock = self._sock
         if sock is None:
             return
-        data = msgpack.packb((topic, self.worker_id, payload), use_bin_type=True)
-        for peer in self._peers:
-            try:
-                sock.sendto(data, peer)
-                self.sent += 1
-            except OSError as e:  # peer not up yet, restarting, or its buffer is full
-                if e.errno not in (errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN, errno.ENOBUFS):
-                    log.warning("peer bus: cannot send to %s: %s", peer, e)
-                self.dropped += 1
+        for peer, backlog in self._backlog.items():
+            while backlog:
+                try:
+                    sock.sendto(backlog[0][0], peer)
+                except OSError as e:
+                    if e.errno in _FULL:
+                        break
+                    self.dropped += sum(count for _, count in backlog)  # the peer went away
+                    backlog.clear()
+                    break
+                self.sent += backlog.popleft()[1]
+                self.datagrams_sent += 1
+        if any(self._backlog.values()):
+            self._retry = self._loop.call_later(RETRY_S, self._resend)  # type: ignore[union-attr]
+
+    def backlog(self) -> int:
+        """Datagrams waiting for a peer's full queue to drain."""
+        return sum(len(b) for b in self._backlog.values())
 
     async def start(self) -> None:
         path = self.directory / f"worker-{self.worker_id}.sock"
@@ -72,7 +152,8 @@ class PeerBus:
         sock.setblocking(False)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         self._sock = sock
-        asyncio.get_running_loop().add_reader(sock.fileno(), self._on_readable)
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(sock.fileno(), self._on_readable)
 
     def _on_readable(self) -> None:
         sock = self._sock
@@ -86,27 +167,50 @@ class PeerBus:
             except OSError as e:
                 log.warning("peer bus: receive failed: %s", e)
                 return
-            try:
-                topic, worker, payload = msgpack.unpackb(data, raw=False)
-            except (ValueError, TypeError, msgpack.UnpackException) as e:
-                log.warning("peer bus: dropping an undecodable message: %s", e)
-                continue
-            handler = self._handlers.get(topic)
-            if handler is not None:
-                self.received += 1
-                try:
-                    handler(worker, payload)
-                except Exception:
-                    log.exception("peer bus: handler for %r failed", topic)
+            self._dispatch(data)
+
+    def _dispatch(self, data: bytes) -> None:
+        unpacker = msgpack.Unpacker(raw=False)
+        unpacker.feed(data)
+        try:
+            worker = next(unpacker)
+            for topic, payload in unpacker:
+                handler = self._handlers.get(topic)
+                if handler is not None:
+                    self.received += 1
+                    try:
+                        handler(worker, payload)
+                    except Exception:
+                        log.exception("peer bus: handler for %r failed", topic)
+        except (ValueError, TypeError, StopIteration, msgpack.UnpackException) as e:
+            log.warning("peer bus: dropping an undecodable message: %s", e)
 
     async def stop(self) -> None:
         sock, self._sock = self._sock, None
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
         if sock is not None:
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().remove_reader(sock.fileno())
             sock.close()
             with contextlib.suppress(FileNotFoundError):
                 (self.directory / f"worker-{self.worker_id}.sock").unlink()
+
+
+def _datagrams(header: bytes, messages: list[bytes]) -> Iterable[tuple[bytes, int]]:
+    """The packed messages cut into datagrams of the sender's id followed by as many messages
+    as fit in MAX_DATAGRAM_BYTES (a bigger message travels alone), with their counts."""
+    chunk: list[bytes] = [header]
+    size = len(header)
+    for message in messages:
+        if len(chunk) > 1 and size + len(message) > MAX_DATAGRAM_BYTES:
+            yield b"".join(chunk), len(chunk) - 1
+            chunk, size = [header], len(header)
+        chunk.append(message)
+        size += len(message)
+    if len(chunk) > 1:
+        yield b"".join(chunk), len(chunk) - 1
 
 
 class InflightSharing:
@@ -266,3 +370,25 @@ def merge_expositions(texts: dict[int, str]) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Merged())
     return generate_latest(registry)
+
+
+class PeerBusCollector:
+    """The bus's counters as Prometheus metrics: a worker whose messages are dropped routes on
+    a partial view of the others' requests."""
+
+    def __init__(self, bus: PeerBus) -> None:
+        self.bus = bus
+
+    def collect(self) -> Iterable[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        bus = self.bus
+        yield CounterMetricFamily("epp_peer_messages_sent", "Messages sent to the other workers (one per peer).",
+                                  value=bus.sent)
+        yield CounterMetricFamily("epp_peer_messages_dropped",
+                                  "Messages to the other workers lost: the peer was not up, or its queue "
+                                  "stayed full.", value=bus.dropped)
+        yield CounterMetricFamily("epp_peer_messages_received", "Messages received from the other workers.",
+                                  value=bus.received)
+        yield GaugeMetricFamily("epp_peer_backlog_datagrams",
+                                "Datagrams waiting for a peer's full queue to drain.", value=bus.backlog())

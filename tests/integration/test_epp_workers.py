@@ -62,6 +62,15 @@ def _worker_samples(metrics_text: str, kind: str, worker: str) -> float:
                and f'worker="{worker}"' in line)
 
 
+def _dropped(metrics_text: str) -> dict[str, float]:
+    """epp_peer_messages_dropped_total by worker."""
+    out = {}
+    for line in metrics_text.splitlines():
+        if line.startswith("epp_peer_messages_dropped_total{"):
+            out[line.split('worker="')[1].split('"')[0]] = float(line.split()[-1])
+    return out
+
+
 def test_two_workers_learn_from_each_others_requests(stack_factory: StackFactory,
                                                       tmp_path: Path) -> None:
     """Predicted-latency routing with two workers: each worker queues and learns from the
@@ -87,8 +96,12 @@ def test_two_workers_learn_from_each_others_requests(stack_factory: StackFactory
             for wave in range(4):
                 await asyncio.gather(*(one(wave * 12 + j) for j in range(12)))
 
-    asyncio.run(scenario())
     url = f"http://127.0.0.1:{stack.cfg.metrics_port}/metrics"
+    deadline = time.monotonic() + 10
+    while set(dropped_before := _dropped(httpx.get(url, timeout=5).text)) != {"0", "1"}:
+        assert time.monotonic() < deadline, f"worker 1's metrics never reached worker 0: {dropped_before}"
+        time.sleep(0.1)  # worker 1 announces its metrics port every second
+    asyncio.run(scenario())
     deadline = time.monotonic() + 10
     while True:
         text = httpx.get(url, timeout=5).text
@@ -100,3 +113,6 @@ def test_two_workers_learn_from_each_others_requests(stack_factory: StackFactory
     assert all(c > 0 for c in counts) and sum(counts) == sent, counts
     # Each worker trained on all 48 requests, not only on those it routed.
     assert samples == [sent] * 4, samples
+    # Nothing was lost on the peer bus while the requests ran (a worker's first messages may
+    # go before the other has bound its socket).
+    assert _dropped(text) == dropped_before, (dropped_before, _dropped(text))

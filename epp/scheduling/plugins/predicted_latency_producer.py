@@ -11,6 +11,9 @@ epp/latency/predictor.py). It configures the process's LatencyRuntime and feeds 
 - PostResponse: the stream ended; with the usage's completion_tokens, observed TPOT =
   (end - first byte) / (completion_tokens - 1), one TPOT sample.
 
+With `epp serve --workers N` the runtime tells the other workers of each request's dispatch,
+first byte and end, and queues and learns from theirs (epp/latency/sharing.py).
+
 TTFT needs Envoy to send response headers to ext_proc (`response_header_mode: SEND`), TPOT
 also the response body (usage); without them the predictor never trains and the latency
 plugins keep falling back to the weighted scorers.
@@ -112,10 +115,12 @@ class PredictedLatencyProducer:
         else:
             rt.predictor.start()
         bus = ctx.services.get(PEER_BUS_KEY) if ctx is not None else None
-        if bus is not None and getattr(bus, "worker_count", 1) > 1 and rt.peers is None:
+        if bus is not None and getattr(bus, "worker_count", 1) > 1:
             # Every worker queues, times and learns from all workers' requests (sharing.py).
+            if rt.peers is None:
+                log.info("predicted-latency routing: sharing requests with %d other workers",
+                         bus.worker_count - 1)
             LatencySharing.attach(bus, rt)
-            log.info("predicted-latency routing: sharing requests with %d other workers", bus.worker_count - 1)
 
     def pre_request(self, state: CycleState, request: LLMRequest, result: SchedulingResult) -> None:
         primary = result.primary

@@ -30,8 +30,66 @@ async def test_publishing_to_a_missing_peer_is_dropped_not_raised(tmp_path: Path
     bus = PeerBus(tmp_path, 0, 2)
     await bus.start()
     bus.publish("t", 1)
-    assert bus.dropped == 1
+    bus.publish("t", 2)
+    await asyncio.sleep(0)  # the loop iteration's messages go out together
+    assert (bus.dropped, bus.backlog()) == (2, 0)
     await bus.stop()
+
+
+async def test_a_burst_arrives_whole_in_a_few_datagrams(tmp_path: Path) -> None:
+    """Linux queues only net.unix.max_dgram_qlen (10 by default) datagrams per receiver: a
+    burst of one datagram per message would mostly be lost."""
+    buses = [PeerBus(tmp_path, i, 2) for i in range(2)]
+    got: list[object] = []
+    buses[1].subscribe("t", lambda w, p: got.append(p))
+    for bus in buses:
+        await bus.start()
+    big = "x" * 20_000  # three of these fill a datagram
+    for i in range(3000):
+        buses[0].publish("t", [i, big] if i % 500 == 0 else i)
+    await asyncio.sleep(0.1)
+    assert [p if isinstance(p, int) else p[0] for p in got] == list(range(3000))  # type: ignore[index]
+    assert buses[0].dropped == 0 and buses[0].datagrams_sent < 10
+    for bus in buses:
+        await bus.stop()
+
+
+async def test_a_full_peer_queue_is_retried_in_order_not_dropped(tmp_path: Path) -> None:
+    buses = [PeerBus(tmp_path, i, 2) for i in range(2)]
+    got: list[object] = []
+    buses[1].subscribe("t", lambda w, p: got.append(p))
+    for bus in buses:
+        await bus.start()
+    loop = asyncio.get_running_loop()
+    reader = buses[1]._sock.fileno()  # type: ignore[union-attr]
+    loop.remove_reader(reader)  # the receiver is busy: its queue fills
+    for i in range(40):  # 40 loop iterations, a datagram each: more than the kernel queues
+        buses[0].publish("t", i)
+        await asyncio.sleep(0)
+    assert buses[0].backlog() > 0 and buses[0].dropped == 0
+    loop.add_reader(reader, buses[1]._on_readable)
+    await asyncio.sleep(0.2)
+    assert got == list(range(40)) and buses[0].backlog() == 0
+    for bus in buses:
+        await bus.stop()
+
+
+async def test_a_peer_that_stops_reading_costs_a_bounded_backlog(tmp_path: Path) -> None:
+    from epp.server import peers
+
+    buses = [PeerBus(tmp_path, i, 2) for i in range(2)]
+    for bus in buses:
+        await bus.start()
+    asyncio.get_running_loop().remove_reader(buses[1]._sock.fileno())  # type: ignore[union-attr]
+    sent = peers.BACKLOG_DATAGRAMS + 100
+    for i in range(sent):
+        buses[0].publish("t", i)
+        await asyncio.sleep(0)
+    assert buses[0].backlog() == peers.BACKLOG_DATAGRAMS
+    assert buses[0].sent + buses[0].backlog() + buses[0].dropped == sent
+    assert buses[0].dropped >= 100 - 11  # the kernel took a few before the queue was full
+    for bus in buses:
+        await bus.stop()
 
 
 async def test_inflight_counts_reach_the_peer(tmp_path: Path) -> None:
