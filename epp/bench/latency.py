@@ -88,9 +88,12 @@ class LatencyBenchSettings:
     # The epp-latency row's EndpointPickerConfig (its state file and save interval are set
     # by the bench): the shipped profile, or a variant of it to compare.
     latency_config: Path = LATENCY_PROFILE
-    # `epp serve --workers N` for both EPP rows: each worker predicts from its own requests
-    # (docs/latency-routing.md); the MAPE comes from the state file the last worker saved.
+    # `epp serve --workers N` for both EPP rows (the workers share their requests,
+    # epp/latency/sharing.py); the MAPE comes from the state file the last worker saved.
     epp_workers: int = 1
+    # Envoy's max concurrent streams per EPP connection (RowSettings.epp_max_streams): with
+    # the default 32 most requests share one connection, so one worker.
+    epp_max_streams: int = 32
 
     def validate(self) -> None:
         unknown = [r for r in self.routers if r not in ROUTERS]
@@ -104,6 +107,8 @@ class LatencyBenchSettings:
             raise ValueError("--duration must be > 0, --warmup >= 0, --time-scale > 0")
         if self.epp_workers < 1:
             raise ValueError(f"--epp-workers must be >= 1, got {self.epp_workers}")
+        if self.epp_max_streams < 1:
+            raise ValueError(f"--epp-max-streams must be >= 1, got {self.epp_max_streams}")
 
     def row(self) -> RowSettings:
         return RowSettings(pods=self.pods, time_scale=self.time_scale, run_dir=self.run_dir,
@@ -111,7 +116,8 @@ class LatencyBenchSettings:
                            sim_args=["--max-model-len", "40000"],
                            pod_slowdown={HETEROGENEOUS_SLOW_POD: HETEROGENEOUS_SLOWDOWN},
                            response_body_mode="STREAMED",
-                           epp_args=["--workers", str(self.epp_workers)] if self.epp_workers > 1 else [])
+                           epp_args=["--workers", str(self.epp_workers)] if self.epp_workers > 1 else [],
+                           epp_max_streams=self.epp_max_streams)
 
     def capacity_tokens_per_s(self) -> float:
         per_token_ms = LatencyModel().prefill_per_token_ms * self.slowdown
@@ -189,6 +195,7 @@ class RowResult:
     slow_pod_share_long: float = math.nan
     decision_mean_us: float = math.nan
     prediction_mean_us: float = math.nan
+    decisions_by_worker: dict[str, int] = field(default_factory=dict)  # with --epp-workers N
     ttft_mape_by_pod: dict[str, float] = field(default_factory=dict)
     ttft_pairs_by_pod: dict[str, int] = field(default_factory=dict)
     tpot_mape_by_pod: dict[str, float] = field(default_factory=dict)
@@ -261,6 +268,21 @@ def epp_costs(metrics_text: str) -> tuple[float, float]:
 
     return (mean("inference_extension_scheduler_e2e_duration_seconds"),
             mean("inference_objective_request_ttft_prediction_duration_seconds"))
+
+
+def decisions_by_worker(metrics_text: str) -> dict[str, int]:
+    """Scheduling decisions per EPP worker (the `worker` label of a merged /metrics); empty
+    with one worker, whose series have no such label."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, int] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name == "scheduler_requests":
+            for sample in family.samples:
+                worker = sample.labels.get("worker")
+                if sample.name == "scheduler_requests_total" and worker is not None:
+                    out[worker] = out.get(worker, 0) + int(sample.value)
+    return dict(sorted(out.items()))
 
 
 def prediction_mape(state_path: Path) -> dict[str, tuple[dict[str, float], dict[str, int]]]:
@@ -376,6 +398,7 @@ def run_latency_benchmark(settings: LatencyBenchSettings,
             row = summarize(ROUTERS[key], load, rate, workload, phase, settings.time_scale, slow_pod)
             if metrics_text:
                 row.decision_mean_us, row.prediction_mean_us = epp_costs(metrics_text)
+                row.decisions_by_worker = decisions_by_worker(metrics_text)
             if state_file is not None:
                 by_target = prediction_mape(state_file)
                 row.ttft_mape_by_pod, row.ttft_pairs_by_pod = by_target["ttft"]
@@ -494,8 +517,11 @@ def add_latency_parser(sub: Any) -> None:
                    help="EndpointPickerConfig of the predicted-latency row (default: the shipped profile, "
                         "epp/bench/configs/epp-latency.yaml); it needs a predicted-latency-producer")
     p.add_argument("--epp-workers", type=int, default=1,
-                   help="`epp serve --workers N` for the EPP rows (default 1): each worker predicts from its "
-                        "own requests only")
+                   help="`epp serve --workers N` for the EPP rows (default 1); see --epp-max-streams")
+    p.add_argument("--epp-max-streams", type=int, default=32,
+                   help="Envoy's max concurrent streams per connection to the EPP (default 32). The kernel "
+                        "spreads connections over the workers: with 32 most requests share one connection, "
+                        "so one worker; 2 spreads them")
     p.add_argument("--note", default="", help="free text stored with the results (e.g. 'shared machine')")
     p.add_argument("--out", type=Path, default=REPO / "docs" / "bench-results")
     p.add_argument("--cost-only", action="store_true",
@@ -510,7 +536,8 @@ def run_latency_only(args: argparse.Namespace) -> int:
         return 0
     settings = LatencyBenchSettings(loads=tuple(args.loads), duration_s=args.duration, warmup_s=args.warmup,
                                     time_scale=args.time_scale, routers=tuple(args.routers), seed=args.seed,
-                                    latency_config=args.latency_config, epp_workers=args.epp_workers)
+                                    latency_config=args.latency_config, epp_workers=args.epp_workers,
+                                    epp_max_streams=args.epp_max_streams)
     started = dt.datetime.now(dt.UTC)
     result = run_latency_benchmark(settings)
     result["decision_cost_in_process_us"] = decision_cost()
@@ -523,7 +550,8 @@ def run_latency_only(args: argparse.Namespace) -> int:
                      ("time_scale", args.time_scale), ("routers", args.routers), ("seed", args.seed))
         + ((("latency_config", args.latency_config),) if args.latency_config != LATENCY_PROFILE
            else ())
-        + ((("epp_workers", args.epp_workers),) if args.epp_workers != 1 else ()))
+        + ((("epp_workers", args.epp_workers),) if args.epp_workers != 1 else ())
+        + ((("epp_max_streams", args.epp_max_streams),) if args.epp_max_streams != 32 else ()))
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"latency-{started:%Y-%m-%dT%H%M}-{result['commit']}.json"
     path.write_text(json.dumps(result, indent=1, default=str))

@@ -162,6 +162,10 @@ class RowSettings:
     # Envoy's ext_proc response_body_mode for EPP rows ("STREAMED": the EPP sees response
     # headers and usage, which predicted-latency routing learns from).
     response_body_mode: str = "NONE"
+    # Envoy's max concurrent streams per connection to the EPP: Envoy (one worker thread here)
+    # opens another connection only past it, and the kernel spreads connections, not streams,
+    # over `epp serve --workers N`. A low value spreads the requests over the workers.
+    epp_max_streams: int = 32
 
 
 @dataclass(slots=True)
@@ -240,6 +244,7 @@ def _stack_config(spec: RouterSpec, row: RowSettings, run_dir: Path) -> StackCon
     return StackConfig(
         run_dir=run_dir, pods=row.pods, ports_free=True, time_scale=row.time_scale,
         with_epp=is_epp, with_envoy=is_epp, response_body_mode=row.response_body_mode,
+        epp_max_concurrent_streams=row.epp_max_streams,
         epp_config=row_epp_config(spec, row, run_dir) if is_epp else None,
         # Pods bind their KV-event sockets (vLLM's `tcp://*:port` style) so that whoever
         # follows them (our EPP or vllm-router kv_aware) connects, one subscriber per pod.

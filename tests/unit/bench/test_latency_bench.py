@@ -123,3 +123,33 @@ def test_epp_workers_reach_both_epp_rows_and_must_be_positive() -> None:
     assert list(settings.row().epp_args) == ["--workers", "2"]
     with pytest.raises(ValueError, match="--epp-workers"):
         LatencyBenchSettings(epp_workers=0).validate()
+
+
+def test_epp_max_streams_reaches_envoy_and_must_be_positive(tmp_path: Path) -> None:
+    from epp.bench.latency import ROUTERS
+    from epp.bench.routers import _stack_config
+
+    settings = LatencyBenchSettings(epp_workers=2, epp_max_streams=2)
+    settings.validate()
+    spec = ROUTERS["epp-default"]
+    assert _stack_config(spec, settings.row(), tmp_path).epp_max_concurrent_streams == 2
+    assert _stack_config(spec, LatencyBenchSettings().row(), tmp_path).epp_max_concurrent_streams == 32
+    with pytest.raises(ValueError, match="--epp-max-streams"):
+        LatencyBenchSettings(epp_max_streams=0).validate()
+
+
+def test_decisions_by_worker_reads_the_merged_metrics_of_the_workers() -> None:
+    from prometheus_client.exposition import generate_latest
+
+    from epp.bench.latency import decisions_by_worker
+    from epp.observability.metrics import EPPMetrics
+    from epp.server.peers import merge_expositions
+
+    texts = {}
+    for worker, decisions in ((0, 3), (1, 5)):
+        metrics = EPPMetrics()
+        metrics.scheduler_requests.labels("default", "success").inc(decisions)
+        metrics.scheduler_requests.labels("default", "failure").inc(1)
+        texts[worker] = generate_latest(metrics.registry).decode()
+    assert decisions_by_worker(merge_expositions(texts).decode()) == {"0": 4, "1": 6}
+    assert decisions_by_worker(texts[0]) == {}  # one worker: no worker label
