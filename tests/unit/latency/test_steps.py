@@ -72,6 +72,18 @@ def test_step_probe_takes_only_steps_that_ran_back_to_back() -> None:
     assert probe.first_byte(16.0, 15.9, 0.2) == (pytest.approx(0.2), pytest.approx(0.5))
 
 
+
+def test_a_first_byte_heard_late_from_another_worker_is_left_out() -> None:
+    """A peer worker's first byte (epp/latency/sharing.py) can arrive after a later one of this
+    worker's: it cannot be placed between the step ends and must not close or split a step."""
+    probe = StepProbe()
+    probe.first_byte(10.0, 9.5, 0.4)
+    probe.first_byte(10.6, 9.8, 0.5)
+    assert probe.first_byte(10.3, 9.9, 2.0) is None  # 0.3 s older than the last end
+    assert (probe.start, probe.end, probe.ktokens, probe.whole) == (10.0, 10.6, 0.5, True)
+    assert probe.first_byte(11.0, 10.7, 0.2) == (pytest.approx(0.5), pytest.approx(0.6))
+
+
 async def test_step_probe_learns_the_step_time_of_a_real_simulated_pod() -> None:
     """Against the simulator's engine (vLLM's scheduling: steps back to back, the waiting
     prompts prefilled together in the next step): bursts of prompts, each sent while the
