@@ -15,9 +15,10 @@ requests three times:
 Every receiver queues it, times engine steps from its first byte, and learns its TTFT and
 TPOT, as if it were its own; only its metrics stay with the worker that sent it.
 
-A datagram lost (a full buffer) costs precision, never correctness: an event of an unknown
-request is ignored; a request whose later events are lost stays charged until its stream
-end is heard or it expires (RECORD_TTL_S). A worker that restarts starts a new generation:
+A message lost (a peer not up yet, or its queue full for longer than the bus's backlog lasts)
+costs precision, never correctness: an event of an unknown request is ignored; a request
+whose later events are lost stays charged until its stream end is heard or it expires
+(RECORD_TTL_S). A worker that restarts starts a new generation:
 the receivers drop the requests of its old one, whose events will never come.
 """
 
