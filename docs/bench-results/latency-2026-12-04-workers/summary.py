@@ -2,7 +2,8 @@
 all at 69312b6, where the EPP workers share their requests (epp/latency/sharing.py).
 
 w2: all three rows with `--epp-workers 2`; w1: the predicted-latency row alone with one
-worker, to compare. The runs of 79e68b6 with two workers that did not share are in
+worker, to compare; w2spread (15:05-15:15 UTC, 3d7215d): all three rows with
+`--epp-workers 2 --epp-max-streams 2`, the requests spread over both workers. The runs of 79e68b6 with two workers that did not share are in
 ../latency-2026-12-04-sbs (workers2). Run: python3 summary.py
 """
 
@@ -35,21 +36,23 @@ def main() -> None:
                   f"{r['decision_mean_us']:.0f} | {r['requests'] - r['ok']} |")
     print()
     print("Two workers sharing, predicted latency against round robin and the default in the same run:")
-    print("| seed | vs round robin | vs default | long p90, default / ours |")
-    print("|---|---|---|---|")
-    gains: list[tuple[float, float, float]] = []
-    for seed in (1, 2, 3):
-        rr, df, lat = (rows.get(("w2", r, seed)) for r in ("envoy-rr", "epp-default", "epp-latency"))
-        if not (rr and df and lat):
-            continue
-        a = lat[0]["attainment"] * 100
-        ratio = df[0]["ttft_p90_long"] / lat[0]["ttft_p90_long"]
-        gains.append((a - rr[0]["attainment"] * 100, a - df[0]["attainment"] * 100, ratio))
-        print(f"| {seed} | {gains[-1][0]:+.1f} | {gains[-1][1]:+.1f} | "
-              f"{df[0]['ttft_p90_long']:.2f} / {lat[0]['ttft_p90_long']:.2f} = {ratio:.2f}x |")
-    if gains:
-        print(f"| median | {statistics.median(g[0] for g in gains):+.1f} | {statistics.median(g[1] for g in gains):+.1f} | "
-              f"{statistics.median(g[2] for g in gains):.2f}x |")
+    print("| runs | seed | vs round robin | vs default | long p90, default / ours | decisions per worker |")
+    print("|---|---|---|---|---|---|")
+    for tag in ("w2", "w2spread"):
+        gains: list[tuple[float, float, float]] = []
+        for seed in (1, 2, 3):
+            rr, df, lat = (rows.get((tag, r, seed)) for r in ("envoy-rr", "epp-default", "epp-latency"))
+            if not (rr and df and lat):
+                continue
+            a = lat[0]["attainment"] * 100
+            ratio = df[0]["ttft_p90_long"] / lat[0]["ttft_p90_long"]
+            gains.append((a - rr[0]["attainment"] * 100, a - df[0]["attainment"] * 100, ratio))
+            split = "/".join(str(v) for v in lat[0].get("decisions_by_worker", {}).values()) or "-"
+            print(f"| {tag} | {seed} | {gains[-1][0]:+.1f} | {gains[-1][1]:+.1f} | "
+                  f"{df[0]['ttft_p90_long']:.2f} / {lat[0]['ttft_p90_long']:.2f} = {ratio:.2f}x | {split} |")
+        if gains:
+            print(f"| {tag} | median | {statistics.median(g[0] for g in gains):+.1f} | "
+                  f"{statistics.median(g[1] for g in gains):+.1f} | {statistics.median(g[2] for g in gains):.2f}x | |")
 
 
 if __name__ == "__main__":
