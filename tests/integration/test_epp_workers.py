@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.helpers.metrics import text_samples
 from tests.integration.conftest import StackFactory
 from tests.integration.test_envoy_latency import CONFIG as LATENCY_CONFIG
 
@@ -17,9 +19,32 @@ pytestmark = pytest.mark.integration
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 
 
-def _decisions(metrics_text: str, worker: str) -> float:
-    return sum(float(line.split()[-1]) for line in metrics_text.splitlines()
-               if line.startswith("scheduler_requests_total{") and f'worker="{worker}"' in line)
+def _per_worker(metrics_text: str, name: str, **labels: str) -> dict[str, float]:
+    """The sum of sample `name` (with `labels`) by the merged /metrics' worker label."""
+    out: dict[str, float] = {}
+    for (sample, sample_labels), value in text_samples(metrics_text).items():
+        found = dict(sample_labels)
+        if sample == name and "worker" in found and all(found.get(k) == v for k, v in labels.items()):
+            out[found["worker"]] = out.get(found["worker"], 0.0) + value
+    return out
+
+
+def _decisions(metrics_text: str) -> list[float]:
+    """Scheduling decisions of worker 0 and worker 1."""
+    per = _per_worker(metrics_text, "scheduler_requests_total")
+    return [per.get(worker, 0.0) for worker in ("0", "1")]
+
+
+def _scrape_until(url: str, done: Callable[[str], bool], timeout: float = 10.0) -> str:
+    """/metrics of worker 0, scraped until `done` holds or `timeout` passes; the last text.
+    Worker 0 fetches worker 1's metrics on each scrape (1 s timeout), and worker 1 announces
+    its metrics port every second: on a loaded machine a scrape may miss them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = httpx.get(url, timeout=5).text
+        if done(text) or time.monotonic() > deadline:
+            return text
+        time.sleep(0.1)
 
 
 def test_two_workers_share_prefix_affinity(stack_factory: StackFactory) -> None:
@@ -53,33 +78,26 @@ def test_two_workers_share_prefix_affinity(stack_factory: StackFactory) -> None:
     # Every tenant stayed on one pod although its requests went through both workers.
     assert all(len(pods) == 1 for pods in served.values()), served
     # One /metrics for both workers, each series labelled with its worker.
-    # Worker 0 fetches worker 1's metrics on each scrape (1 s timeout): on a loaded machine a
-    # scrape may miss them, so scrape again for a while before failing.
-    deadline = time.monotonic() + 10
-    while True:
-        resp = httpx.get(f"http://127.0.0.1:{stack.cfg.metrics_port}/metrics", timeout=5)
-        counts = [_decisions(resp.text, worker) for worker in ("0", "1")]
-        if (all(c > 0 for c in counts) and sum(counts) == 3 + 4 * 48) or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    assert all(c > 0 for c in counts), (f"both workers should have decided: {counts}\n{resp.status_code} "
-                                        f"{resp.text[:2000]}\n{stack.tail('epp')}")
+    text = _scrape_until(f"http://127.0.0.1:{stack.cfg.metrics_port}/metrics",
+                         lambda t: all(c > 0 for c in _decisions(t)) and sum(_decisions(t)) == 3 + 4 * 48)
+    counts = _decisions(text)
+    assert all(c > 0 for c in counts), (f"both workers should have decided: {counts}\n"
+                                        f"{text[:2000]}\n{stack.tail('epp')}")
     assert sum(counts) == 3 + 4 * 48
 
 
-def _worker_samples(metrics_text: str, kind: str, worker: str) -> float:
-    return sum(float(line.split()[-1]) for line in metrics_text.splitlines()
-               if line.startswith("epp_latency_model_samples{") and f'type="{kind}"' in line
-               and f'worker="{worker}"' in line)
+def _samples(metrics_text: str) -> list[float]:
+    """epp_latency_model_samples of TTFT and TPOT, of worker 0 and worker 1."""
+    out = []
+    for kind in ("ttft", "tpot"):
+        per = _per_worker(metrics_text, "epp_latency_model_samples", type=kind)
+        out += [per.get(worker, 0.0) for worker in ("0", "1")]
+    return out
 
 
 def _dropped(metrics_text: str) -> dict[str, float]:
     """epp_peer_messages_dropped_total by worker."""
-    out = {}
-    for line in metrics_text.splitlines():
-        if line.startswith("epp_peer_messages_dropped_total{"):
-            out[line.split('worker="')[1].split('"')[0]] = float(line.split()[-1])
-    return out
+    return _per_worker(metrics_text, "epp_peer_messages_dropped_total")
 
 
 def test_two_workers_learn_from_each_others_requests(stack_factory: StackFactory,
@@ -110,19 +128,12 @@ def test_two_workers_learn_from_each_others_requests(stack_factory: StackFactory
                 await asyncio.gather(*(one(wave * 24 + j) for j in range(24)))
 
     url = f"http://127.0.0.1:{stack.cfg.metrics_port}/metrics"
-    deadline = time.monotonic() + 10
-    while set(dropped_before := _dropped(httpx.get(url, timeout=5).text)) != {"0", "1"}:
-        assert time.monotonic() < deadline, f"worker 1's metrics never reached worker 0: {dropped_before}"
-        time.sleep(0.1)  # worker 1 announces its metrics port every second
+    dropped_before = _dropped(_scrape_until(url, lambda t: set(_dropped(t)) == {"0", "1"}))
+    assert set(dropped_before) == {"0", "1"}, f"worker 1's metrics never reached worker 0: {dropped_before}"
     asyncio.run(scenario())
-    deadline = time.monotonic() + 10
-    while True:
-        text = httpx.get(url, timeout=5).text
-        samples = [_worker_samples(text, kind, w) for kind in ("ttft", "tpot") for w in ("0", "1")]
-        if samples == [sent] * 4 or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    counts = [_decisions(text, worker) for worker in ("0", "1")]
+    text = _scrape_until(url, lambda t: _samples(t) == [sent] * 4)
+    samples = _samples(text)
+    counts = _decisions(text)
     assert all(c > 0 for c in counts) and sum(counts) == sent, counts
     # Each worker trained on all 48 requests, not only on those it routed.
     assert samples == [sent] * 4, samples
