@@ -95,49 +95,39 @@ class PeerBus:
                 self._send(peer, datagram, count)
 
     def _send(self, peer: str, datagram: bytes, count: int) -> None:
+        """Queue `datagram` behind what waits for `peer` already (order kept), then send."""
         backlog = self._backlog[peer]
-        if backlog:  # keep the order: behind what waits already
-            self._keep(peer, backlog, datagram, count)
-            return
-        try:
-            self._sock.sendto(datagram, peer)  # type: ignore[union-attr]
-            self.sent += count
-            self.datagrams_sent += 1
-        except OSError as e:
-            if e.errno in _FULL:
-                self._keep(peer, backlog, datagram, count)
-                return
-            if e.errno not in (errno.ENOENT, errno.ECONNREFUSED):
-                log.warning("peer bus: cannot send to %s: %s", peer, e)
-            self.dropped += count
-
-    def _keep(self, peer: str, backlog: deque[tuple[bytes, int]], datagram: bytes, count: int) -> None:
         if len(backlog) >= BACKLOG_DATAGRAMS:
             self.dropped += backlog.popleft()[1]
         backlog.append((datagram, count))
-        if self._retry is None and self._loop is not None:
-            self._retry = self._loop.call_later(RETRY_S, self._resend)
+        self._drain(peer, backlog)
 
-    def _resend(self) -> None:
-        """Send the peers' backlogs, oldest first, until a queue is full again."""
-        self._retry = None
+    def _drain(self, peer: str, backlog: deque[tuple[bytes, int]]) -> None:
+        """Send `peer`'s waiting datagrams, oldest first, until its queue is full (retried in
+        RETRY_S) or it is not there (all dropped)."""
         sock = self._sock
         if sock is None:
             return
+        while backlog:
+            try:
+                sock.sendto(backlog[0][0], peer)
+            except OSError as e:
+                if e.errno in _FULL:
+                    if self._retry is None and self._loop is not None:
+                        self._retry = self._loop.call_later(RETRY_S, self._resend)
+                    return
+                if e.errno not in (errno.ENOENT, errno.ECONNREFUSED):
+                    log.warning("peer bus: cannot send to %s: %s", peer, e)
+                self.dropped += sum(count for _, count in backlog)
+                backlog.clear()
+                return
+            self.sent += backlog.popleft()[1]
+            self.datagrams_sent += 1
+
+    def _resend(self) -> None:
+        self._retry = None
         for peer, backlog in self._backlog.items():
-            while backlog:
-                try:
-                    sock.sendto(backlog[0][0], peer)
-                except OSError as e:
-                    if e.errno in _FULL:
-                        break
-                    self.dropped += sum(count for _, count in backlog)  # the peer went away
-                    backlog.clear()
-                    break
-                self.sent += backlog.popleft()[1]
-                self.datagrams_sent += 1
-        if any(self._backlog.values()):
-            self._retry = self._loop.call_later(RETRY_S, self._resend)  # type: ignore[union-attr]
+            self._drain(peer, backlog)
 
     def backlog(self) -> int:
         """Datagrams waiting for a peer's full queue to drain."""
