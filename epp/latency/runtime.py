@@ -530,13 +530,11 @@ class LatencyRuntime:
             self.metrics.observe_predicted(record)
         if self.peers is not None:
             self.peers.dispatched(record)
-        self._dispatches += 1
-        if self._dispatches % 1024 == 0:
-            self._expire()
 
     def _enqueue(self, record: RequestRecord) -> None:
         """Put a dispatched request, this process's or a peer's, in its pod's ledger, virtual
-        prefill queue and TPOT guard, and count it in the dispatch rate."""
+        prefill queue and TPOT guard, and count it in the dispatch rate (every 1024th
+        dispatch expires the records that never ended)."""
         pod = record.pod
         # Before this request counts as pending there.
         joins = self.joins_last_step(pod, record.dispatched)
@@ -582,6 +580,9 @@ class LatencyRuntime:
             self._dispatch_count_at = record.dispatched
         else:  # a peer's, heard after a later one
             self._dispatch_count += math.exp(since / DISPATCH_RATE_TAU_S)
+        self._dispatches += 1
+        if self._dispatches % 1024 == 0:
+            self._expire()
 
     def on_first_byte(self, request: LLMRequest, status: int) -> None:
         """Response headers came back: the request's prefill is done (its first token, for a
@@ -640,10 +641,11 @@ class LatencyRuntime:
         if record is None or record.request is not request:
             return
         tokens = response.get("completion_tokens")
+        completion_tokens = tokens if isinstance(tokens, int) else None
         at, status = self.clock(), response.get("status")
-        self._complete(record, at, tokens if isinstance(tokens, int) else None, status)
+        self._complete(record, at, completion_tokens, status)
         if self.peers is not None:
-            self.peers.completed(record, at, tokens if isinstance(tokens, int) else None, status)
+            self.peers.completed(record, at, completion_tokens, status)
 
     def _complete(self, record: RequestRecord, at: float, tokens: int | None, status: object) -> None:
         self._release_prefill(record, at)
@@ -668,9 +670,6 @@ class LatencyRuntime:
         # As the dispatching worker did when it read the pod's queue wait for its features.
         self._retire_not_streamed(record.pod, record.dispatched)
         self._enqueue(record)
-        self._dispatches += 1
-        if self._dispatches % 1024 == 0:
-            self._expire()
 
     def on_peer_first_byte(self, worker: int, seq: int, at: float, status: int) -> None:
         record = self._foreign.get((worker, seq))
