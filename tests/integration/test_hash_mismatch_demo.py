@@ -25,12 +25,13 @@ from prometheus_client import CollectorRegistry
 
 from epp.datastore.datastore import Datastore
 from epp.datastore.endpoint import Endpoint
+from epp.localstack.stack import free_ports
 from epp.prefixcache import start_services, stop_services
 from epp.prefixcache.config import DEFAULT_SOCKET_PORT_LABEL
 from epp.scheduling.plugins.precise_prefix_cache_scorer import PrecisePrefixCacheScorer
 from epp.scheduling.registry import PluginContext, parse_params
 from epp.scheduling.types import CycleState, LLMRequest
-from tests.helpers.procs import PYTHON, free_port, running, wait_http
+from tests.helpers.procs import PYTHON, running, wait_http
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +52,10 @@ PODS: dict[str, tuple[dict[str, Any], list[str] | None]] = {
 @pytest.fixture(scope="module")
 def sim_pods(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dict[str, int]]]:
     workdir: Path = tmp_path_factory.mktemp("mismatch")
-    ports = {name: {"port": free_port(), "events": free_port()} for name in PODS}
+    # Distinct ports: free_port() picks each at random, so two calls can return the same one
+    # (a CI run lost a pod to "Address already in use" that way).
+    picked = iter(free_ports(2 * len(PODS)))
+    ports = {name: {"port": next(picked), "events": next(picked)} for name in PODS}
     config = {
         "defaults": {"time_scale": 0.01, "num_gpu_blocks": 2048, "kv_events_bind": True},
         "pods": [{"name": name, "port": ports[name]["port"],
