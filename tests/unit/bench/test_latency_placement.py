@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import math
 import random
 from typing import Any
 
@@ -10,7 +12,14 @@ import httpx
 import pytest
 
 from epp.bench.latency import LatencyBenchSettings, build_workload, prompt_tokens
-from epp.bench.latency_placement import idle_ttft_s, placements
+from epp.bench.latency_placement import (
+    engine_seconds,
+    idle_ttft_s,
+    least_on_time,
+    placements,
+    scheduled_percentile_bound,
+)
+from epp.bench.stats import percentile
 from epp.bench.workloads import words
 from epp.sim.cluster import simulated_pods
 from epp.sim.config import LatencyModel
@@ -96,3 +105,58 @@ async def test_idle_ttft_matches_the_simulator_and_the_next_request_shares_the_l
         free = 2 * 8192 - first_tokens  # the first prompt's last step: what the second one takes
         assert shared >= idle_ttft_s(first_tokens, 1.0) + 0.9 * lat.prefill_per_token_ms * free / 1000.0
         assert shared == pytest.approx(idle_ttft_s(2 * 8192, 1.0), rel=0.15)
+
+
+def _brute_force_ttfts(arrivals: list[float], services: list[list[float]]) -> list[list[float]]:
+    """The TTFTs (completion - arrival) of every schedule: each job's machine, and each
+    machine's order, every job starting as soon as its machine is free and it has arrived."""
+    n, machines = len(arrivals), len(services[0])
+    out = []
+    for assignment in itertools.product(range(machines), repeat=n):
+        per_machine = [[j for j in range(n) if assignment[j] == m] for m in range(machines)]
+        for orders in itertools.product(*(itertools.permutations(jobs) for jobs in per_machine)):
+            ttft = [0.0] * n
+            for m, order in enumerate(orders):
+                free = -math.inf
+                for j in order:
+                    free = max(free, arrivals[j]) + services[j][m]
+                    ttft[j] = free - arrivals[j]
+            out.append(ttft)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_scheduled_bound_matches_brute_force(seed: int) -> None:
+    """least_on_time(m) is the least m-th smallest TTFT over every schedule, and the percentile
+    bound is never above the percentile of any schedule (and equal to the best where the rank
+    falls on a sample: the median of 5)."""
+    rng = random.Random(seed)
+    n = 5
+    arrivals = sorted(rng.uniform(0.0, 4.0) for _ in range(n))
+    base = [rng.uniform(0.5, 3.0) for _ in range(n)]
+    # Two identical fast machines and one twice as slow, as the bench's pool.
+    services = [[b, b, 2.0 * b] for b in base]
+    schedules = _brute_force_ttfts(arrivals, services)
+    for m in range(1, n + 1):
+        best = min(sorted(ttft)[m - 1] for ttft in schedules)
+        assert least_on_time(arrivals, services, m) == pytest.approx(best, abs=2e-4)
+    assert scheduled_percentile_bound(arrivals, services, 50) == pytest.approx(
+        min(percentile(ttft, 50) for ttft in schedules), abs=2e-4)
+    bound90 = scheduled_percentile_bound(arrivals, services, 90, offset=0.1)
+    assert bound90 <= min(percentile(ttft, 90) for ttft in schedules) + 0.1 + 2e-4
+
+
+def test_scheduled_bound_on_a_burst() -> None:
+    """Three equal jobs at once on two machines: one of them waits a whole service; leaving
+    one out (the p50 of 3 needs two on time) waits none."""
+    services = [[2.0, 2.0]] * 3
+    arrivals = [0.0, 0.0, 0.0]
+    assert least_on_time(arrivals, services, 3) == pytest.approx(4.0, abs=2e-4)
+    assert least_on_time(arrivals, services, 2) == pytest.approx(2.0, abs=2e-4)
+    assert scheduled_percentile_bound(arrivals, services, 100) == pytest.approx(4.0, abs=2e-4)
+    assert scheduled_percentile_bound(arrivals, services, 50) == pytest.approx(2.0, abs=2e-4)
+    assert math.isnan(scheduled_percentile_bound([], []))
+    # Under the pool's real speeds, engine_seconds never exceeds the idle TTFT less its overhead.
+    lat = LatencyModel()
+    for tokens in (100, 8192, 8193, 20000, 29999):
+        assert engine_seconds(tokens, 4.0) <= idle_ttft_s(tokens, 4.0) - lat.frontend_overhead_ms / 1000.0 + 1e-12
