@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import random
 import time
 
 import httpx
+
+from epp.bench.workloads import words
+from epp.tokenization.tokenizer import SimpleTokenizer
+
+
+def distinct_prompt(tag: str, tokens: int) -> str:
+    """About `tokens` tokens of the workloads' vocabulary after a unique head (the block hashes
+    chain, so no prefix is shared). New words would fill the process's shared tokenizer
+    vocabulary and change what other tests' ids detokenize to."""
+    text = f"{tag} " + words(random.Random(tag), tokens * 6)
+    while len(SimpleTokenizer().encode(text)) > tokens:
+        text = text[: int(len(text) * 0.99)]
+    return text
 
 
 async def first_token_at(client: httpx.AsyncClient, url: str, prompt: str) -> tuple[float, float]:

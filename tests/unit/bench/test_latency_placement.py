@@ -20,11 +20,10 @@ from epp.bench.latency_placement import (
     scheduled_percentile_bound,
 )
 from epp.bench.stats import percentile
-from epp.bench.workloads import words
 from epp.sim.cluster import simulated_pods
 from epp.sim.config import LatencyModel
 from epp.tokenization.tokenizer import SimpleTokenizer
-from tests.helpers.streaming import seconds_to_first_token
+from tests.helpers.streaming import distinct_prompt, seconds_to_first_token
 
 
 def test_counts_slow_pod_and_misplaced_long_prefills() -> None:
@@ -67,16 +66,6 @@ def test_counts_slow_pod_and_misplaced_long_prefills() -> None:
     assert idle_ttft_s(8192, 4.0) == pytest.approx((4.0 + 4 * (6.5 + 0.055 * 8192)) / 1000.0)
 
 
-def _prompt(tag: str, tokens: int) -> str:
-    """About `tokens` tokens of the workloads' vocabulary after a unique head (the block hashes
-    chain, so no prefix is shared). New words would fill the process's shared tokenizer
-    vocabulary and change what other tests' ids detokenize to."""
-    text = f"{tag} " + words(random.Random(tag), tokens * 6)
-    while len(SimpleTokenizer().encode(text)) > tokens:
-        text = text[: int(len(text) * 0.99)]
-    return text
-
-
 async def test_idle_ttft_matches_the_simulator_and_the_next_request_shares_the_last_step() -> None:
     """idle_ttft_s against a real simulated pod: a 12k-token prompt alone takes its two steps
     (8,192 + the rest). A second prompt sent while the first is still in its first step takes
@@ -88,7 +77,8 @@ async def test_idle_ttft_matches_the_simulator_and_the_next_request_shares_the_l
                 httpx.AsyncClient(timeout=60) as client):
         url = cluster.urls[0]
         # Built before any request: the simulated pod runs on this event loop.
-        alone_prompt, first_prompt, second_prompt = (_prompt(tag, 12_000) for tag in ("alone", "first", "second"))
+        alone_prompt, first_prompt, second_prompt = (distinct_prompt(tag, 12_000)
+                                                     for tag in ("alone", "first", "second"))
         tokens = len(SimpleTokenizer().encode(alone_prompt))
         assert 11_000 < tokens <= 12_000
         idle = idle_ttft_s(tokens, 1.0)
