@@ -182,6 +182,9 @@ class RequestRecord:
     # predicted service time (the predictor was untrained): the virtual queue then missed their
     # work, so the queue feature it learns from is set in hindsight, from their first bytes.
     ahead: list[RequestRecord] | None = None
+    # k prompt tokens sent to its pod since its pending queue was last empty, its own included
+    # (LatencyRuntime.prefill_stream after it): where its last prefill step ends.
+    stream_end: float = 0.0
     # Which worker dispatched it: -1 this process, else a peer worker's id (epp/latency/sharing.py);
     # with `seq`, its dispatcher's serial number, it names the request on the peer bus.
     origin: int = -1
@@ -229,6 +232,10 @@ class LatencyRuntime:
         # pod key -> k prompt tokens dispatched there since its pending queue was last empty:
         # where the chunk boundaries of its prefill stream fall (last_chunk_free_tokens).
         self.prefill_stream: dict[str, float] = {}
+        # The pods' step token budget (vLLM's max_num_batched_tokens), which the latency scorer
+        # is configured with; 0: unknown, and a head's last step is taken to hold it alone
+        # (_carried_over).
+        self.chunk_tokens = 0
         # pod key -> this EPP's in-flight requests there that carry a TPOT target (dispatched,
         # stream not ended): the decode a new prefill on that pod would stall.
         self.tpot_slo_inflight: dict[str, dict[int, RequestRecord]] = {}
@@ -542,7 +549,7 @@ class LatencyRuntime:
         self._ledger_changed.add(pod)  # pending prefill, and in-flight decode below
         self.pending_count[pod] = self.pending_count.get(pod, 0) + 1
         # Reset to 0 when the pod's pending queue empties (_release_prefill).
-        self.prefill_stream[pod] = self.prefill_stream.get(pod, 0.0) + record.new_tokens
+        record.stream_end = self.prefill_stream[pod] = self.prefill_stream.get(pod, 0.0) + record.new_tokens
         service = self.predictor.service_time(pod, record.new_tokens) if self.predictor.ready else math.nan
         if service == service:
             start = max(record.dispatched, self.queue_clear_at.get(pod, 0.0))
@@ -610,7 +617,9 @@ class LatencyRuntime:
                 self.queue_clear_at[pod] = max(record.first_byte, clear_at - ahead)
             elif next(iter(order.values()), None) is record:
                 # The oldest pending request is done (FCFS): what is left is the service of
-                # the others, from now, whether it ended late or early.
+                # the others, from now, whether it ended late or early, less what the next
+                # one prefilled in its last step.
+                self._carried_over(record, order, at)
                 others = max(0.0, self.queued_service.get(pod, 0.0) - record.service)
                 self.queue_clear_at[pod] = record.first_byte + others
             else:
@@ -708,6 +717,40 @@ class LatencyRuntime:
             x = list(record.features)  # the cycle's list is not ours to change
             x[QUEUE_CLEAR] = max(0.0, max(done) - record.dispatched)
             record.features = x
+
+    def _carried_over(self, head: RequestRecord, order: Mapping[int, RequestRecord], at: float) -> None:
+        """At the first byte of `head`, the oldest pending request on its pod: take off the
+        service of the request next in line the part vLLM prefilled in head's last step.
+        vLLM fills each step's token budget first come, first served, so the step that ends a
+        prefill also starts the next one's, with the budget its last chunk left free. Without
+        this the queue read the next prompt's whole prefill still ahead, and a long prompt
+        behind another looked up to a step's time further from done than it was. The
+        next request was in that step only if it was sent before the step began: a full
+        step's time before `at`, by the pod's step time. A request that joined head's own
+        step (joins_last_step), charged its tokens' share only, is credited the same way: in
+        vLLM it too waits for the budget head's last chunk leaves."""
+        chunk = self.chunk_tokens
+        used = round(head.stream_end * 1000.0) % chunk if chunk > 0 else 0
+        if not used:
+            return
+        pending = iter(order.values())
+        next(pending, None)
+        nxt = next(pending, None)
+        if nxt is None or nxt.step is None:  # (no step: sent untimed, nothing to credit)
+            return
+        pod = head.pod
+        step = self.predictor.queue_service(pod, chunk / 1000.0)
+        if not nxt.dispatched <= at - step:  # (NaN without a model: no credit)
+            return
+        carried = min(nxt.new_tokens, (chunk - used) / 1000.0)
+        service_time = self.predictor.service_time
+        credit = service_time(pod, carried) - service_time(pod, 0.0)
+        if credit > nxt.service:
+            credit = nxt.service
+        if credit > 0.0:
+            nxt.service -= credit
+            nxt.step.service -= credit
+            self.queued_service[pod] = max(0.0, self.queued_service.get(pod, 0.0) - credit)
 
     def _release_prefill(self, record: RequestRecord, at: float | None = None) -> None:
         if not record.prefill_released:

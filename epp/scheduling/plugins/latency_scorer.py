@@ -66,7 +66,9 @@ their pod free and lost that step to the next one sent there. Weight x those sec
 predictor's marginal prefill time of the tokens), in the request's own cost units. Measured,
 it made the attainment steadier across seeds, not the long prefills' p90: the stall cost,
 which protects running chats' TPOT, still sends the next long prompt behind them
-(docs/latency-routing.md, "The last prefill step").
+(docs/latency-routing.md, "The last prefill step"). `maxNumBatchedTokens` also tells the
+runtime's virtual queue how much of the next prompt a pod's last prefill step carries
+(LatencyRuntime._carried_over), whatever the weight.
 
 `withoutSLOMaxTtftRatio` (off by default) bounds what those two costs, paid for other
 requests, can make a request without any target wait: candidates predicted to give it a TTFT
@@ -191,7 +193,9 @@ class LatencyScorer:
         # of the tokens it adds to that step (see LatencyRuntime.last_chunk_free_tokens), in the
         # request's own cost units. Off (0) by default.
         last_chunk_harm_weight: float = 0.0
-        # The pods' step token budget (vLLM's max_num_batched_tokens) for lastChunkHarmWeight.
+        # The pods' step token budget (vLLM's max_num_batched_tokens), for lastChunkHarmWeight
+        # and for the runtime's virtual queue (the part of a prompt prefilled in the last step
+        # of the one ahead of it).
         max_num_batched_tokens: int = 8192
 
         def validate(self) -> None:
@@ -216,6 +220,8 @@ class LatencyScorer:
         self.name = name
         self.params = params if params is not None else self.Params()
         self.runtime: LatencyRuntime = latency_runtime(ctx.services if ctx is not None else {})
+        # The runtime's virtual queue splits the steps by it too (LatencyRuntime._carried_over).
+        self.runtime.chunk_tokens = self.params.max_num_batched_tokens
 
     def _add_queue_harm_costs(self, costs: list[float], cycle: CyclePredictions, services: Sequence[float],
                               output_tokens: int, candidates: int) -> None:

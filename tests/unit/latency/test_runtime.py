@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Sequence
 
+import httpx
 import pytest
 
+from epp.bench.latency_placement import idle_ttft_s
 from epp.latency.predictor import N_FEATURES, QUEUE_CLEAR
 from epp.latency.runtime import LatencyRuntime
 from epp.scheduling.types import CycleState
+from epp.sim.cluster import simulated_pods
+from epp.sim.config import LatencyModel, SimPodConfig
+from epp.tokenization.tokenizer import SimpleTokenizer
+from tests.helpers.streaming import distinct_prompt, first_token_at
 from tests.unit.scheduling.sched_fakes import endpoint
 from tests.unit.scheduling.sched_fakes import streamed_request as request
 
@@ -578,3 +585,105 @@ def test_a_step_others_joined_is_due_at_its_end_and_takes_requests_until_the_ste
         rt.on_first_byte(r, 200)
     assert not rt.joins_last_step(pod.key, clock.now)
     rt.predictor.stop()
+
+
+def test_the_prompt_next_in_line_is_partly_prefilled_in_the_heads_last_step() -> None:
+    """vLLM fills each step's token budget first come, first served: the step that ends a
+    prefill also starts the next prompt's with the budget its last chunk left. At the head's
+    first byte, the queue takes that part of the next prompt's service off, when the next one
+    was sent before the head's last step began, and the step budget is known."""
+    def run(chunk_tokens: int, head_chars: int, sent_after_s: float) -> tuple[float, float]:
+        clock = Clock()
+        rt = trained(clock)
+        rt.chunk_tokens = chunk_tokens
+        pod = endpoint("p", port=8000)
+        t0 = clock.now
+        head = request("a" * head_chars, request_id="head")
+        nxt = request("b" * 80_000, request_id="next")  # 20k tokens
+        rt.on_dispatch(CycleState(), head, pod)
+        clock.now += sent_after_s
+        rt.on_dispatch(CycleState(), nxt, pod)
+        clock.now = t0 + service(head_chars / 4000.0) + 0.2  # the head's first byte, a little late
+        rt.on_first_byte(head, 200)
+        left = rt.queue_clear_at[pod.key] - clock.now
+        clock.now += left
+        rt.on_first_byte(nxt, 200)  # the queue empties whatever the credit was
+        assert rt.queue_clear_at[pod.key] == 0.0 and rt.queued_service[pod.key] == 0.0
+        rt.predictor.stop()
+        return left, service(20.0)
+
+    # A 10k-token head leaves 8192 x 2 - 10,000 = 6,384 tokens of its last step to the next.
+    left, whole = run(8192, 40_000, 0.1)
+    assert left == pytest.approx(whole - PER_KTOKEN_S * 6.384, rel=0.03)
+    # Unknown budget; the next prompt sent after the head's last step began (a full step,
+    # 0.05 + 0.25 x 8.192 s, before its first byte); a head that ends on a step boundary: its
+    # whole service is still ahead.
+    assert run(0, 40_000, 0.1)[0] == pytest.approx(whole, rel=0.03)
+    assert run(8192, 40_000, 0.8)[0] == pytest.approx(whole, rel=0.03)
+    assert run(8192, 4 * 8192, 0.1)[0] == pytest.approx(whole, rel=0.03)
+
+
+def test_a_chat_sent_behind_a_long_prompt_is_credited_only_its_part_in_the_last_step() -> None:
+    """The credit never exceeds the next request's own service: a chat that fits in the free
+    budget of the head's last step is left its fixed part at most."""
+    clock = Clock()
+    rt = trained(clock)
+    rt.chunk_tokens = 8192
+    pod = endpoint("p", port=8000)
+    t0 = clock.now
+    head = request("a" * 40_000, request_id="head")  # 10k tokens
+    chat = request("c" * 8_000, request_id="chat")  # 2k tokens, all within the 6,384 left
+    rt.on_dispatch(CycleState(), head, pod)
+    clock.now += 0.1
+    rt.on_dispatch(CycleState(), chat, pod)
+    clock.now = t0 + service(10.0)
+    rt.on_first_byte(head, 200)
+    left = rt.queue_clear_at[pod.key] - clock.now
+    assert 0.0 <= left <= service(2.0) - PER_KTOKEN_S * 2.0 + 0.02  # its fixed part at most
+    rt.predictor.stop()
+
+
+async def test_the_queue_after_a_first_byte_matches_the_simulator() -> None:
+    """Against a real simulated pod, which schedules a step as vLLM does (running requests
+    first, then the waiting ones first come first served, within max_num_batched_tokens): two
+    12k-token prompts, the second sent while the first is in its first step. About 4,400
+    of the second's tokens go in the first's last step. At the first one's first byte the
+    runtime's queue must say when the second's comes: with the step budget known, within a
+    few hundredths of a second; without it, its whole prefill late by what the last step
+    carried."""
+    budget = SimPodConfig().max_num_batched_tokens
+    prompts = {chunk: tuple(distinct_prompt(f"queue-{chunk}-{n}", 12_000) for n in range(2)) for chunk in (budget, 0)}
+    errors: dict[int, float] = {}
+    async with (simulated_pods(1, max_model_len=40_000) as cluster, httpx.AsyncClient(timeout=60) as client):
+        url = cluster.urls[0]
+        pod = endpoint("sim", port=8000)
+        for chunk, (first_prompt, second_prompt) in prompts.items():
+            rt = LatencyRuntime()
+            rt.chunk_tokens = chunk
+            # What the predictor learns from requests alone on the pod: the simulator's step
+            # model (epp.bench.latency_placement.idle_ttft_s).
+            for i in range(60):
+                ktok = 0.5 + (i % 24)
+                x = [1.0, ktok] + [0.0] * (N_FEATURES - 2)
+                rt.predictor.observe("ttft", pod.key, x, idle_ttft_s(int(ktok * 1000), 1.0))
+            assert rt.predictor.refit()
+            tokens = [len(SimpleTokenizer().encode(p)) for p in (first_prompt, second_prompt)]
+            assert all(11_000 < t <= 12_000 for t in tokens) and tokens[0] % budget < budget - tokens[1] % budget
+            # The runtime counts a prompt's tokens as its characters / 4.
+            first_req, second_req = (request("x" * (t * 4), request_id=f"{chunk}-{n}") for n, t in enumerate(tokens))
+            first = asyncio.create_task(first_token_at(client, url, first_prompt))
+            rt.on_dispatch(CycleState(), first_req, pod)
+            await asyncio.sleep(0.1)  # the first prompt is in its first step (~0.46 s)
+            second = asyncio.create_task(first_token_at(client, url, second_prompt))
+            rt.on_dispatch(CycleState(), second_req, pod)
+            _, first_at = await first
+            rt.clock = lambda at=first_at: at  # type: ignore[misc]
+            rt.on_first_byte(first_req, 200)
+            predicted = rt.queue_clear_at[pod.key]
+            _, second_at = await second
+            errors[chunk] = predicted - second_at
+            rt.predictor.stop()
+    carried = budget - tokens[0] % budget  # the second prompt's tokens in the first's last step
+    per_token = LatencyModel().prefill_per_token_ms / 1000.0
+    assert abs(errors[budget]) < 0.25 * carried * per_token, errors
+    assert errors[0] > 0.6 * carried * per_token, errors

@@ -47,6 +47,7 @@ class LoopbackBus:
 def runtime(clock: Clock) -> LatencyRuntime:
     rt = LatencyRuntime()
     rt.clock = rt.predictor.clock = clock
+    rt.chunk_tokens = 8192  # what the scorer sets: a head's last step carries the next prompt's start
     train(rt)
     return rt
 
