@@ -358,6 +358,8 @@ def test_scorer_parameter_is_configured_by_name(field: str, good: str, attr: str
     config = parse_scheduler_config(text % (field, good), context(), "latency.yaml")
     scorer = next(p for p in config.plugins.values() if isinstance(p, LatencyScorer))
     assert getattr(scorer.params, attr) == value
+    # The pods' step budget reaches the runtime's virtual queue too (LatencyRuntime._carried_over).
+    assert scorer.runtime.chunk_tokens == (value if field == "maxNumBatchedTokens" else 8192)
     with pytest.raises(ConfigError) as info:
         parse_scheduler_config(text % (field, bad), context(), "latency.yaml")
     assert "latency.yaml" in str(info.value) and field in str(info.value)
