@@ -7,7 +7,8 @@ included).
     python docs/bench-results/latency-2026-12-04-bound/bound.py > docs/bench-results/latency-2026-12-04-bound/bound.txt
 
 Every full run (all three rows measured together) of 2026-12-03 and 2026-12-04 in
-docs/bench-results. The target is below the scheduled bound where no router could meet it.
+docs/bench-results, the three of latency-2026-12-04-carried (d903489's code) last. The target
+is below the scheduled bound where no router could meet it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from pathlib import Path
 from epp.bench.latency_placement import placements
 
 ROOT = Path(__file__).resolve().parents[1]
-PATTERNS = ["latency-2026-12-03T*.json", "latency-2026-12-04-sbs/*/*.json", "latency-2026-12-04-workers/*/*.json"]
+PATTERNS = ["latency-2026-12-03T*.json", "latency-2026-12-04-sbs/*/*.json", "latency-2026-12-04-workers/*/*.json",
+            "latency-2026-12-04-carried/full-*/*.json"]
 
 
 def main() -> None:
