@@ -730,8 +730,8 @@ class LatencyRuntime:
         step (joins_last_step), charged its tokens' share only, is credited the same way: in
         vLLM it too waits for the budget head's last chunk leaves."""
         chunk = self.chunk_tokens
-        used = round(head.stream_end * 1000.0) % chunk if chunk > 0 else 0
-        if not used:
+        free = _free_step_tokens(head.stream_end, chunk)
+        if not free:
             return
         pending = iter(order.values())
         next(pending, None)
@@ -742,7 +742,7 @@ class LatencyRuntime:
         step = self.predictor.queue_service(pod, chunk / 1000.0)
         if not nxt.dispatched <= at - step:  # (NaN without a model: no credit)
             return
-        carried = min(nxt.new_tokens, (chunk - used) / 1000.0)
+        carried = min(nxt.new_tokens, free / 1000.0)
         service_time = self.predictor.service_time
         credit = service_time(pod, carried) - service_time(pod, 0.0)
         if credit > nxt.service:
@@ -831,13 +831,22 @@ class LatencyRuntime:
         tokens: that request's first token waits for them. Estimated from this EPP's prompt
         tokens sent to the pod since its pending queue was last empty, cut into chunks of
         `chunk_tokens` (the decode tokens that share the steps are ignored)."""
-        if not self.pending_count.get(pod) or chunk_tokens <= 0:
+        if not self.pending_count.get(pod):
             return 0
-        used = round(self.prefill_stream.get(pod, 0.0) * 1000.0) % chunk_tokens
-        return chunk_tokens - used if used else 0
+        return _free_step_tokens(self.prefill_stream.get(pod, 0.0), chunk_tokens)
 
     def open_records(self) -> int:
         return len(self._records)
+
+
+def _free_step_tokens(stream_ktokens: float, chunk_tokens: int) -> int:
+    """The budget left free in the last step of a prefill stream of `stream_ktokens` k prompt
+    tokens, cut into steps of `chunk_tokens`: 0 when it ends on a step boundary, or without a
+    budget (chunk_tokens <= 0)."""
+    if chunk_tokens <= 0:
+        return 0
+    used = round(stream_ktokens * 1000.0) % chunk_tokens
+    return chunk_tokens - used if used else 0
 
 
 def expected_output_tokens(request: LLMRequest) -> int:
