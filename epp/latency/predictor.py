@@ -219,12 +219,17 @@ class PodModel:
     # coefficients there, in one tuple: (TTFT new-token and queue coefficients, speed, floor,
     # then the same for TPOT). LatencyRuntime.cycle computes that case inline from it.
     in_linear: tuple[float, float, float, float, float, float, float, float] | None = field(init=False)
+    # What service_time reads inside the cover, in one tuple: the TTFT intercept and new-token
+    # coefficient, speed and floor. LatencyRuntime.service_times computes it inline from it.
+    idle_in: tuple[float, float, float, float] | None = field(init=False)
 
     def __post_init__(self) -> None:
         ttft, tpot = self.ttft_in, self.tpot_in
         object.__setattr__(self, "in_linear", None if ttft is None or tpot is None else (
             ttft[NEW_TOKENS], ttft[QUEUE_CLEAR], self.ttft_in_speed, self.ttft_floor,
             tpot[NEW_TOKENS], tpot[QUEUE_CLEAR], self.tpot_in_speed, self.tpot_floor))
+        object.__setattr__(self, "idle_in", None if ttft is None else (
+            ttft[0], ttft[NEW_TOKENS], self.ttft_in_speed, self.ttft_floor))
 
     @classmethod
     def of(cls, own: Coefficients | None, pooled: Coefficients | None) -> PodModel:

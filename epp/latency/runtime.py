@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,14 +99,18 @@ class CyclePredictions:
     def meeting(self, keys: Iterable[str]) -> list[bool]:
         """`meets` of each of `keys`, in one pass (the filter and the scorer ask it of every
         candidate). A NaN TTFT never meets a target; a NaN TPOT always does, as in headroom."""
-        by_key, ttft_s, tpot_s = self.by_key, self.slo.ttft_s, self.slo.tpot_s
+        by_key = self.by_key
+        return self.meeting_of([by_key[key] for key in keys])
+
+    def meeting_of(self, preds: Sequence[tuple[float, float]]) -> list[bool]:
+        """`meeting` of the candidates predicted `preds` ((TTFT, TPOT) each, from by_key)."""
+        ttft_s, tpot_s = self.slo.ttft_s, self.slo.tpot_s
         if ttft_s is None:
             if tpot_s is None:
-                return [True for _ in keys]
-            return [not by_key[key][1] > tpot_s for key in keys]
+                return [True] * len(preds)
+            return [not tpot > tpot_s for _, tpot in preds]
         if tpot_s is None:
-            return [by_key[key][0] <= ttft_s for key in keys]
-        preds = [by_key[key] for key in keys]
+            return [ttft <= ttft_s for ttft, _ in preds]
         return [ttft <= ttft_s and not tpot > tpot_s for ttft, tpot in preds]
 
 
@@ -239,6 +244,10 @@ class LatencyRuntime:
         # pod key -> this EPP's in-flight requests there that carry a TPOT target (dispatched,
         # stream not ended): the decode a new prefill on that pod would stall.
         self.tpot_slo_inflight: dict[str, dict[int, RequestRecord]] = {}
+        # pod key -> the stall budgets those requests have left (stall_budget - stalled), those
+        # not spent (>= 0), sorted: built by running_tpot_harms when asked, dropped when the
+        # pod's guard changes. A decision asks every candidate, and one dispatch changes one pod.
+        self._tpot_budgets_left: dict[str, list[float]] = {}
         self._records: dict[int, RequestRecord] = {}
         self._state_terms: dict[str, _StateTerms] = {}  # pod key -> (cycle)
         self._state_terms_version = -1  # the predictor's version they were computed for
@@ -391,7 +400,17 @@ class LatencyRuntime:
         for key in keys:
             entry = inputs.get(key)
             if entry is not None and key not in features:
-                out.append(entry[0].model.service_time(entry[1]))
+                new = entry[1]
+                model = entry[0].model
+                idle = model.idle_in
+                if idle is not None and new <= model.new_cover:
+                    # PodModel.service_time inside the cover, inline (asked of every candidate).
+                    intercept, per_ktoken, speed, floor = idle
+                    own = intercept + per_ktoken * new
+                    seconds = speed * own if own > 0.0 else 0.0
+                    out.append(seconds if seconds > floor else floor)
+                else:
+                    out.append(model.service_time(new))
             else:  # a feature vector given, or read, instead (CyclePredictions.new_tokens)
                 out.append(service_time(key, cycle.new_tokens(key)))
         return out
@@ -570,6 +589,7 @@ class LatencyRuntime:
             if guarded:
                 for running in guarded.values():
                     running.stalled += service
+                self._tpot_budgets_left.pop(pod, None)
         self.inflight_decode[pod] = self.inflight_decode.get(pod, 0.0) + record.decode_tokens
         order = self._pending_order.setdefault(pod, {})
         if not order:
@@ -581,6 +601,7 @@ class LatencyRuntime:
             self.untimed_pending[pod] = self.untimed_pending.get(pod, 0) + 1
         if record.slo.tpot_s is not None:
             self.tpot_slo_inflight.setdefault(pod, {})[id(record.request)] = record
+            self._tpot_budgets_left.pop(pod, None)
         since = record.dispatched - self._dispatch_count_at
         if since >= 0.0:
             self._dispatch_count = self._dispatch_count * math.exp(-since / DISPATCH_RATE_TAU_S) + 1.0
@@ -791,8 +812,8 @@ class LatencyRuntime:
         self.inflight_decode[pod] = max(0.0, self.inflight_decode.get(pod, 0.0) - record.decode_tokens)
         self._ledger_changed.add(pod)
         guarded = self.tpot_slo_inflight.get(pod)
-        if guarded is not None:
-            guarded.pop(id(record.request), None)
+        if guarded is not None and guarded.pop(id(record.request), None) is not None:
+            self._tpot_budgets_left.pop(pod, None)
 
     def dispatch_rate(self) -> float:
         """Requests per second the EPP sent the pool lately: an exponentially decayed count of
@@ -813,15 +834,36 @@ class LatencyRuntime:
         dealt it. One that those have pushed past its target already is not counted: the target is
         met or missed, and more stall cannot miss it twice (charging it made long prompts avoid
         pods whose chats were lost anyway, queueing behind each other elsewhere)."""
-        guarded = self.tpot_slo_inflight.get(pod)
-        if not guarded or not stall_s > 0.0:
-            return 0
-        harmed = 0
-        for record in guarded.values():
-            # Its predicted TPOT + stalled / steps <= its target < that + stall_s / steps.
-            if 0.0 <= record.stall_budget - record.stalled < stall_s:
-                harmed += 1
-        return harmed
+        harms = self.running_tpot_harms((pod,), (stall_s,))
+        return harms[0][1] if harms else 0
+
+    def running_tpot_harms(self, pods: Sequence[str], stalls: Sequence[float]) -> list[tuple[int, int]]:
+        """(j, running_tpot_harm(pods[j], stalls[j])) for each position j where that is not 0,
+        in one pass: the scorer asks it of every candidate, and most have no request with a
+        TPOT target in flight."""
+        guarded_of = self.tpot_slo_inflight
+        out: list[tuple[int, int]] = []
+        if not guarded_of:
+            return out
+        get = guarded_of.get
+        budgets_of = self._tpot_budgets_left
+        for j, pod in enumerate(pods):
+            guarded = get(pod)
+            if not guarded:
+                continue
+            stall_s = stalls[j]
+            if not stall_s > 0.0:
+                continue
+            left = budgets_of.get(pod)
+            if left is None:
+                left = budgets_of[pod] = sorted(
+                    b for record in guarded.values() if (b := record.stall_budget - record.stalled) >= 0.0)
+            # Those with predicted TPOT + stalled / steps <= target < that + stall_s / steps:
+            # 0 <= budget left < stall_s.
+            harmed = bisect_left(left, stall_s)
+            if harmed:
+                out.append((j, harmed))
+        return out
 
     def last_chunk_free_tokens(self, pod: str, chunk_tokens: int) -> int:
         """The prompt tokens a new request on `pod` would add to the last prefill step of the

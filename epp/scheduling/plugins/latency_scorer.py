@@ -107,6 +107,13 @@ _MIN_REFERENCE_S = 0.001  # floor of a reference latency (a 0 s prediction would
 _HARM_SPEED_TOLERANCE = 0.25
 
 
+def _has_nan(values: Sequence[float]) -> bool:
+    """Whether any of `values` is NaN. A sum is NaN when one is (or when +inf meets -inf, which
+    the exact test then tells apart): at 64 candidates a third of the cost of testing each."""
+    total = sum(values)
+    return total != total and any(map(math.isnan, values))
+
+
 def _relative_costs(preds: Sequence[tuple[float, float]], slo_ttft: float | None, slo_tpot: float | None,
                     w_ttft: float, w_tpot: float, output_tokens: int | None) -> list[float]:
     """The blended cost of each candidate. With targets: w_ttft x TTFT / target + w_tpot x
@@ -118,22 +125,30 @@ def _relative_costs(preds: Sequence[tuple[float, float]], slo_ttft: float | None
     decode time the request will spend after its first token (output_tokens None: TTFT
     alone). A dimension whose predictions are unknown (NaN) or all equal contributes
     nothing."""
-    costs = [0.0] * len(preds)
+    if not preds:
+        return []
     has_slo = slo_ttft is not None or slo_tpot is not None
     decode_steps = max(0, output_tokens - 1) if output_tokens is not None else 0
+    # One pass over the candidates, in C, splits the two dimensions.
+    columns = tuple(zip(*preds, strict=True))
+    scales = [0.0, 0.0]
     for dim, slo, weight in ((0, slo_ttft, w_ttft), (1, slo_tpot, w_tpot)):
         if weight <= 0.0 or (has_slo and slo is None):
             continue  # a request with targets is ranked on the dimensions it has targets for
-        values = [p[dim] for p in preds]
-        if any(map(math.isnan, values)) or max(values) == min(values):
+        values = columns[dim]
+        if _has_nan(values) or values.count(values[0]) == len(values):  # (all equal)
             continue
         # With a target: units of the target. Without: seconds of the request's own time.
         per_unit = 1.0 / max(slo, _MIN_REFERENCE_S) if slo is not None else float(decode_steps if dim else 1)
-        scale = weight * per_unit
-        if scale <= 0.0:
-            continue
-        costs = [c + scale * v for c, v in zip(costs, values, strict=True)]
-    return costs
+        scales[dim] = weight * per_unit if per_unit > 0.0 else 0.0
+    a, b = scales
+    if a > 0.0 and b > 0.0:
+        return [a * ttft + b * tpot for ttft, tpot in preds]
+    if a > 0.0:
+        return [a * ttft for ttft in columns[0]]
+    if b > 0.0:
+        return [b * tpot for tpot in columns[1]]
+    return [0.0] * len(preds)
 
 
 def _seconds_to_cost(slo: SLO, output_tokens: int) -> float:
@@ -239,7 +254,7 @@ class LatencyScorer:
         if not rate > 0.0:
             return
         scale = self.params.queue_harm_weight * _seconds_to_cost(cycle.slo, output_tokens) * rate
-        known = [s for s in services if s == s]
+        known = [s for s in services if s == s] if _has_nan(services) else services
         if not known:
             return
         # The tolerance: the learned speeds of equal pods differ by ~10-20% (a pod serving more
@@ -250,10 +265,9 @@ class LatencyScorer:
         tolerance = _HARM_SPEED_TOLERANCE * floor
         base = floor * floor
         for j, s in enumerate(services):
-            if s == s:
-                s -= tolerance
-                if s > floor:  # (below it: the fastest's own harm, which every candidate causes)
-                    costs[j] += scale * (s * s - base)
+            s -= tolerance  # (NaN stays NaN, and is never above the floor)
+            if s > floor:  # (below it: the fastest's own harm, which every candidate causes)
+                costs[j] += scale * (s * s - base)
 
     def _add_stall_costs(self, costs: list[float], cycle: CyclePredictions, keys: Sequence[str],
                          services: Sequence[float], output_tokens: int) -> None:
@@ -265,16 +279,9 @@ class LatencyScorer:
         is charged like the request's own seconds: over its TTFT target when it has one, over
         its decode-time target (TPOT target x decode steps) when it has only a TPOT target, in
         seconds without targets."""
-        runtime = self.runtime
         scale = self.params.running_tpot_weight * _seconds_to_cost(cycle.slo, output_tokens)
-        for j, key in enumerate(keys):
-            if not runtime.tpot_slo_inflight.get(key):
-                continue
-            stall = services[j]
-            if stall == stall:
-                harmed = runtime.running_tpot_harm(key, stall)
-                if harmed:
-                    costs[j] += scale * stall * harmed
+        for j, harmed in self.runtime.running_tpot_harms(keys, services):
+            costs[j] += scale * services[j] * harmed
 
     def _add_last_chunk_costs(self, costs: list[float], cycle: CyclePredictions, keys: Sequence[str],
                               output_tokens: int) -> None:
@@ -305,11 +312,13 @@ class LatencyScorer:
         """The positions in `ttfts` (the tier's predicted TTFTs) of those at most `ratio` x the
         best one and at most `extra_s` above it (either 0: no such bound); None when that is
         all of them, or no TTFT is known."""
-        known = [t for t in ttfts if t == t] if any(map(math.isnan, ttfts)) else ttfts
+        known = [t for t in ttfts if t == t] if _has_nan(ttfts) else ttfts
         if not known:
             return None
         best = min(known)
         bound = min(ratio * best if ratio > 0.0 else math.inf, best + extra_s if extra_s > 0.0 else math.inf)
+        if max(known) <= bound:
+            return None
         kept = [j for j, t in enumerate(ttfts) if t != t or t <= bound]
         return kept if len(kept) != len(ttfts) else None
 
@@ -334,12 +343,15 @@ class LatencyScorer:
             preds = [by_key[key] for key in keys]
         else:
             keys = [ep.key for ep in endpoints]
-            meets = cycle.meeting(keys)
-            tier = [i for i in range(n) if meets[i]] if any(meets) else list(range(n))
-            least = params.headroom_selection_strategy == "least" and any(meets)
-            if len(tier) != n:
-                keys = [keys[i] for i in tier]
             preds = [by_key[key] for key in keys]
+            meets = cycle.meeting_of(preds)
+            if all(meets) or not any(meets):
+                tier = list(range(n))
+            else:
+                tier = [i for i in range(n) if meets[i]]
+                keys = [keys[i] for i in tier]
+                preds = [preds[i] for i in tier]
+            least = params.headroom_selection_strategy == "least" and any(meets)
             kept = self._within_ttft_bound([p[0] for p in preds], ratio,
                                            params.max_extra_ttft_seconds) if bounded else None
             if kept is not None:
@@ -383,8 +395,8 @@ class LatencyScorer:
         elif least:
             scores = [(c - low) / span for c in costs]  # closest to the SLO (all in the tier meet it)
         else:
-            scores = [1.0 - (c - low) / span for c in costs]  # most headroom / least deficit
-            scores = [v if v > 0.0 else 0.0 for v in scores]
+            # Most headroom / least deficit, 0 at twice the best cost and beyond (one pass).
+            scores = [v if (v := 1.0 - (c - low) / span) > 0.0 else 0.0 for c in costs]
         if len(tier) == n:
             return scores
         out = [0.0] * n

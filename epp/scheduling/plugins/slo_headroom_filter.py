@@ -50,9 +50,9 @@ class SLOHeadroomTierFilter:
         if cycle is None or cycle.slo.empty:
             return endpoints
         meeting = cycle.meeting([ep.key for ep in endpoints])
+        if all(meeting) or not any(meeting):
+            return endpoints  # all meet the SLO, or none does: all stay
         positive = [ep for ep, meets in zip(endpoints, meeting, strict=True) if meets]
-        if not positive or len(positive) == len(endpoints):
-            return endpoints
         eps = self.params.epsilon_explore_neg
         if eps > 0.0 and self.rng.random() < eps:
             return [ep for ep, meets in zip(endpoints, meeting, strict=True) if not meets]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
 from collections.abc import Sequence
 
 import httpx
@@ -688,3 +689,50 @@ async def test_the_queue_after_a_first_byte_matches_the_simulator() -> None:
     per_token = LatencyModel().prefill_per_token_ms / 1000.0
     assert abs(errors[budget]) < 0.25 * carried * per_token, errors
     assert errors[0] > 0.6 * carried * per_token, errors
+
+
+@pytest.mark.parametrize("ready", [True, False], ids=["trained", "untrained"])
+def test_running_tpot_harms_follow_every_change_of_a_pods_guard(ready: bool) -> None:
+    """running_tpot_harms keeps each pod's stall budgets left, sorted, between decisions, and
+    drops them when the pod's guard changes. Through a random run of dispatches (with and
+    without TPOT targets, of every size), first bytes and completions on three pods, its
+    counts equal the formula over the requests in flight after every event: a request with
+    0 <= stall budget - stalled < the stall counts. Untrained, no prefill stalls anyone (its
+    service is unknown), and only new requests change a guard."""
+    clock = Clock()
+    rt = trained(clock) if ready else untrained(clock)
+    pods = [endpoint(name, port=8000 + i) for i, name in enumerate("pqr")]
+    keys = [ep.key for ep in pods]
+    rng = random.Random(5)
+    open_requests: list = []
+
+    def formula(stall: float) -> list[tuple[int, int]]:
+        out = []
+        for j, key in enumerate(keys):
+            records = rt.tpot_slo_inflight.get(key, {}).values()
+            harmed = sum(1 for r in records if 0.0 <= r.stall_budget - r.stalled < stall)
+            if harmed:
+                out.append((j, harmed))
+        return out
+
+    seen = set()
+    for i in range(400):
+        clock.now += rng.uniform(0.0, 0.3)
+        event = rng.random()
+        if event < 0.5 or not open_requests:
+            headers = {"x-llm-d-slo-tpot-ms": str(rng.choice((20, 50, 150)))} if rng.random() < 0.8 else {}
+            req = request("w " * rng.randint(10, 6000), request_id=f"h{i}", headers=headers,
+                          max_tokens=rng.choice((None, 1, 16, 200)))
+            rt.on_dispatch(CycleState(), req, rng.choice(pods))
+            open_requests.append(req)
+        elif event < 0.75:
+            rt.on_first_byte(rng.choice(open_requests), 200)
+        else:
+            req = open_requests.pop(rng.randrange(len(open_requests)))
+            rt.on_complete(req, {"status": 200, "completion_tokens": 10})
+        for stall in (0.01, 0.1, 0.5, 2.0, 10.0):
+            expected = formula(stall)
+            assert rt.running_tpot_harms(keys, [stall] * 3) == expected, (i, stall)
+            seen.add(sum(h for _, h in expected))
+    assert len(seen) >= 6  # the run sees many different counts
+    rt.predictor.stop()

@@ -599,6 +599,52 @@ def test_meeting_is_meets_of_each_candidate() -> None:
         assert 0 < sum(cycle.meeting(keys)) <= len(keys)
 
 
+def test_relative_costs_sum_the_dimensions_the_request_is_ranked_on() -> None:
+    """_relative_costs, as its docstring says: per dimension with a weight (and a target when
+    the request has any), weight x prediction / target (or x 1 and x the decode steps in
+    seconds without targets), skipping a dimension with a NaN prediction or all predictions
+    equal, and TPOT without targets for a request with no decode step. Random cases with NaN,
+    equal, infinite and ordinary values."""
+    rng = random.Random(3)
+    pool = (0.0, 0.05, 0.2, 1.0, 1.0, 7.5, math.nan, math.inf)
+
+    def reference(preds: list[tuple[float, float]], slos: tuple[float | None, float | None],
+                  weights: tuple[float, float], output_tokens: int | None) -> list[float]:
+        costs = [0.0] * len(preds)
+        has_slo = slos[0] is not None or slos[1] is not None
+        for dim in (0, 1):
+            values = [p[dim] for p in preds]
+            if weights[dim] <= 0.0 or (has_slo and slos[dim] is None):
+                continue
+            if any(v != v for v in values) or len(set(values)) == 1:
+                continue
+            slo = slos[dim]
+            steps = max(0, output_tokens - 1) if output_tokens is not None else 0
+            per_unit = 1.0 / max(slo, 0.001) if slo is not None else float(steps if dim else 1)
+            if per_unit <= 0.0:
+                continue  # no decode steps: the TPOT costs the request nothing
+            costs = [c + weights[dim] * per_unit * v for c, v in zip(costs, values, strict=True)]
+        return costs
+
+    kinds = set()
+    for _ in range(3000):
+        n = rng.choice((1, 2, 3, 8))
+        preds = [(rng.choice(pool), rng.choice(pool)) for _ in range(n)]
+        slos = (rng.choice((None, 0.0, 0.5, 2.0)), rng.choice((None, 0.03, 0.1)))
+        weights = (rng.choice((0.0, 0.5, 1.0)), rng.choice((0.0, 0.5)))
+        if weights == (0.0, 0.0):
+            continue
+        output_tokens = rng.choice((None, 0, 1, 64))
+        got = latency_scorer._relative_costs(preds, slos[0], slos[1], weights[0], weights[1], output_tokens)
+        want = reference(preds, slos, weights, output_tokens)
+        assert len(got) == len(want)
+        for g, w in zip(got, want, strict=True):
+            assert g == w or (g != g and w != w), (preds, slos, weights, output_tokens, got, want)
+        kinds.add(tuple(sorted({"nan" if c != c else "inf" if math.isinf(c) else "0" if c == 0 else "x"
+                                for c in got})))
+    assert len(kinds) >= 5  # zero, finite, infinite and NaN costs, mixed
+
+
 def test_running_requests_already_past_their_tpot_target_are_not_spared(ctx: PluginContext,
                                                                          pods: list[Endpoint]) -> None:
     """A prefill dispatched to a pod stalls the TPOT-SLO requests decoding there; once those
