@@ -35,6 +35,7 @@ from epp.flowcontrol.interfaces import SaturationDetector
 from epp.scheduling.interfaces import (
     Filter,
     Picker,
+    PluginBinder,
     PluginTimingObserver,
     PostResponse,
     PreRequest,
@@ -190,6 +191,12 @@ def parse_scheduler_config(
         raise ConfigError(f"{source}: field 'kind' must be {KIND!r}, got {kind!r}")
 
     specs, plugins = _build_plugins(raw.get("plugins"), ctx, source, previous)
+    for name, plugin in plugins.items():
+        if isinstance(plugin, PluginBinder):
+            try:
+                plugin.bind_plugins(plugins)
+            except ValueError as e:
+                raise ConfigError(f"{source}: plugin {name!r} ({specs[name].type_name}): {e}") from None
     profile_specs = _read_profiles(raw.get("schedulingProfiles"), specs, plugins, source)
     if not profile_specs:
         profile_specs = [(DEFAULT_PROFILE, [(n, None) for n, p in plugins.items() if _is_profile_member(p)])]

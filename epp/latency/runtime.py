@@ -36,6 +36,7 @@ from epp.scheduling.types import CycleState, LLMRequest, cached_prompt_tokens
 
 if TYPE_CHECKING:
     from epp.latency.sharing import LatencySharing
+    from epp.scheduling.interfaces import PrefixMatchProducer
 
 SERVICE_KEY = "latency.runtime"
 REGISTRY_KEY = "metrics.registry"  # the server's CollectorRegistry (epp/server/app.py)
@@ -244,6 +245,10 @@ class LatencyRuntime:
         # pod key -> this EPP's in-flight requests there that carry a TPOT target (dispatched,
         # stream not ended): the decode a new prefill on that pod would stall.
         self.tpot_slo_inflight: dict[str, dict[int, RequestRecord]] = {}
+        # The prefix scorer asked for the cycle's matches before the first prediction
+        # (predicted-latency-producer's prefixMatchInfoProducerName); None: predictions count
+        # cached tokens once a prefix scorer has run in the cycle.
+        self.prefix_producer: PrefixMatchProducer | None = None
         # pod key -> the stall budgets those requests have left (stall_budget - stalled), those
         # not spent (>= 0), sorted: built by running_tpot_harms when asked, dropped when the
         # pod's guard changes. A decision asks every candidate, and one dispatch changes one pod.
@@ -301,6 +306,13 @@ class LatencyRuntime:
                 return None
             cached = CyclePredictions(slo, len(request.prompt_text()) // CHARACTERS_PER_TOKEN)
             state[STATE_KEY] = cached
+            producer = self.prefix_producer
+            if producer is not None and producer.cached_tokens_key not in state:
+                # The cycle's prefix matches before its first prediction: the admitter and the
+                # headroom filter run before any scorer, and without them judged a pod holding
+                # most of a conversation by its whole prompt (llm-d's producer reads them
+                # from the prefix plugin's data, produced before scheduling).
+                producer.produce_prefix_matches(state, request, endpoints)
         prefix = cached_prompt_tokens(state)
         if prefix is not cached.prefix_source:
             # A prefix scorer ran since: pods holding part of the prompt have fewer new tokens.

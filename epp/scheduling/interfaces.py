@@ -135,3 +135,27 @@ class ProfileValidator(Protocol):
     loads (e.g. a P/D handler requiring "prefill" and "decode"). Raise ValueError to reject."""
 
     def validate_profiles(self, profiles: Mapping[str, SchedulerProfile]) -> None: ...
+
+
+@runtime_checkable
+class PrefixMatchProducer(Scorer, Protocol):
+    """A prefix scorer whose cycle's matches others may ask for before the filters run (llm-d:
+    the prefix plugin as the data producer of PrefixCacheMatchInfo)."""
+
+    cached_tokens_key: str
+
+    def produce_prefix_matches(self, state: CycleState, request: LLMRequest,
+                               endpoints: Sequence[Endpoint]) -> None:
+        """Put each of `endpoints`' cached prompt tokens in `state` under `cached_tokens_key`
+        (epp.scheduling.types.cached_prompt_tokens reads it); `score` in the same cycle reuses
+        what it can of the work."""
+        ...
+
+
+@runtime_checkable
+class PluginBinder(Protocol):
+    """Optional extra of any plugin: told the config's other plugins by name once all are
+    built (a plugin that names another in its parameters resolves it here). Raise ValueError
+    to reject the config."""
+
+    def bind_plugins(self, plugins: Mapping[str, Any]) -> None: ...

@@ -247,6 +247,13 @@ class PrecisePrefixCacheScorer:
             cached[ep.key] = min(cycle.prompt_tokens, round(s * total) * size)
         return scores
 
+    def produce_prefix_matches(self, state: CycleState, request: LLMRequest,
+                               endpoints: Sequence[Endpoint]) -> None:
+        """The cycle's cached tokens for `endpoints` (PrefixMatchProducer), asked by the latency
+        runtime before the filters run: a score() whose scores are not used. (score() looks the
+        blocks up again when the profile runs it: a second index lookup per decision.)"""
+        self.score(state, request, endpoints)
+
     def _lookup(self, hashes: list[BlockKey], evented: list[str]) -> dict[str, int]:
         """Matched leading blocks per pod: a data-parallel pod's best rank counts, and a hybrid
         model's groups are combined as vLLM does (epp.prefixcache.hybrid)."""

@@ -24,6 +24,11 @@ Parameters (all optional):
     scoreRequestsWithoutSLO: false  true: requests without SLO go to the pod with the lowest
         predicted latency too (false: they are routed as without the latency plugins)
     stateFile: ""  warm start: load the model at start, save it every saveIntervalS
+    prefixMatchInfoProducerName: ""  the prefix scorer (prefix-cache-scorer or
+        precise-prefix-cache-scorer, by plugin name) whose matches the predictions count from
+        the cycle's first prediction on, so the admitter and the headroom filter, which run
+        before any scorer, see a pod's cached prompt tokens too (llm-d's parameter of the same
+        name). "" (default): the config's only prefix scorer, none when it has several or none
     window, minSamples, minPodSamples, ridge, retrainIntervalS, saveIntervalS: the predictor
 """
 
@@ -41,6 +46,7 @@ from epp.latency.predictor import PredictorConfig
 from epp.latency.runtime import LatencyRuntime, latency_runtime
 from epp.latency.sharing import LatencySharing
 from epp.latency.slo import MAX_SLO_MS, ObjectiveSLO
+from epp.scheduling.interfaces import PrefixMatchProducer
 from epp.scheduling.plugins.prefix_cache_scorer import PEER_BUS_KEY
 from epp.scheduling.registry import PluginContext, register_plugin
 from epp.scheduling.types import CycleState, LLMRequest, SchedulingResult
@@ -86,6 +92,7 @@ class PredictedLatencyProducer:
         ridge: float = 1e-3
         retrain_interval_s: float = 0.5
         save_interval_s: float = 30.0
+        prefix_match_info_producer_name: str = ""
 
         def validate(self) -> None:
             _objective_slos(self.slo_defaults)
@@ -121,6 +128,28 @@ class PredictedLatencyProducer:
                 log.info("predicted-latency routing: sharing requests with %d other workers",
                          bus.worker_count - 1)
             LatencySharing.attach(bus, rt)
+
+    def bind_plugins(self, plugins: Mapping[str, Any]) -> None:
+        """The prefix scorer the runtime asks for the cycle's matches before its first
+        prediction (prefixMatchInfoProducerName, or the config's only prefix scorer)."""
+        wanted = self.params.prefix_match_info_producer_name
+        if wanted:
+            producer = plugins.get(wanted)
+            if producer is None:
+                raise ValueError(f"parameter 'prefixMatchInfoProducerName': no plugin named {wanted!r} "
+                                 f"(plugins: {', '.join(sorted(plugins))})")
+            if not isinstance(producer, PrefixMatchProducer):
+                raise ValueError(f"parameter 'prefixMatchInfoProducerName': plugin {wanted!r} "
+                                 f"({getattr(producer, 'type_name', type(producer).__name__)}) is not a prefix "
+                                 "scorer (prefix-cache-scorer or precise-prefix-cache-scorer)")
+        else:
+            found = [p for p in plugins.values() if isinstance(p, PrefixMatchProducer)]
+            producer = found[0] if len(found) == 1 else None
+            if len(found) > 1:
+                log.info("predicted-latency routing: %d prefix scorers configured and no "
+                         "prefixMatchInfoProducerName: predictions count cached tokens only once a "
+                         "prefix scorer has run in the cycle", len(found))
+        self.runtime.prefix_producer = producer
 
     def pre_request(self, state: CycleState, request: LLMRequest, result: SchedulingResult) -> None:
         primary = result.primary

@@ -154,35 +154,19 @@ class PrefixCacheScorer:
         cycle = self.cycle_state(state, request, endpoints)
         hashes = cycle.hashes
         total = len(hashes)
-        matched = cycle.matched_blocks
-        cached_tokens = cycle.cached_tokens
         if total == 0:
-            for ep in endpoints:
-                matched[ep.key] = cached_tokens[ep.key] = 0
+            self._match(cycle, endpoints)
             return [0.0] * len(endpoints)
-        tokens_per_block = cycle.tokens_per_block
+        matched = cycle.matched_blocks
         if not matched:
-            # First profile of the cycle (the usual case): one pass, and the two per-endpoint
-            # dicts filled in C from the keys. Most endpoints do not hold the first block;
-            # that test is inlined so they cost one dict lookup each.
-            lru_get = self._lru.get
-            first = hashes[0]
-            match_length = self.match_length
-            keys = [ep.key for ep in endpoints]
-            blocks_list = [0 if (lru := lru_get(key)) is None or first not in lru else match_length(key, hashes)
-                           for key in keys]
-            matched.update(zip(keys, blocks_list, strict=True))
-            cached_tokens.update(zip(keys, [b * tokens_per_block for b in blocks_list], strict=True))
-            scores = [b / total for b in blocks_list] if any(blocks_list) else [0.0] * len(blocks_list)
+            blocks_list = self._match(cycle, endpoints)
         else:
-            scores = []
-            for ep in endpoints:
-                key = ep.key
-                blocks = matched.get(key)
-                if blocks is None:
-                    blocks = matched[key] = self.match_length(key, hashes)
-                    cached_tokens[key] = blocks * tokens_per_block
-                scores.append(blocks / total)
+            # A second profile of the cycle, or the latency runtime asked for the matches
+            # first (produce_prefix_matches): those known are read, the others matched now.
+            get = matched.get
+            blocks_list = [b if (b := get(ep.key)) is not None else self._match_one(cycle, ep.key)
+                           for ep in endpoints]
+        scores = [b / total for b in blocks_list] if any(blocks_list) else [0.0] * len(blocks_list)
         params = self.params
         if params.cache_threshold > 0.0:
             floor = params.cache_threshold
@@ -190,6 +174,38 @@ class PrefixCacheScorer:
         if params.balance_abs_threshold > 0 and max(scores) > 0.0:
             scores = self._let_go_of_busy(scores, cycle_request_load(state, endpoints))
         return scores
+
+    def produce_prefix_matches(self, state: CycleState, request: LLMRequest,
+                               endpoints: Sequence[Endpoint]) -> None:
+        """The cycle's matches for `endpoints`, without scores (PrefixMatchProducer): the
+        latency runtime asks them before the filters run; score() reads them afterwards."""
+        cycle = self.cycle_state(state, request, endpoints)
+        if not cycle.matched_blocks:
+            self._match(cycle, endpoints)
+
+    def _match(self, cycle: PrefixCacheCycleState, endpoints: Sequence[Endpoint]) -> list[int]:
+        """Each endpoint's matched blocks, recorded in `cycle` (blocks and cached tokens): one
+        pass, and the two per-endpoint dicts filled in C from the keys. Most endpoints do not
+        hold the first block; that test is inlined so they cost one dict lookup each."""
+        keys = [ep.key for ep in endpoints]
+        hashes = cycle.hashes
+        if not hashes:
+            blocks_list = [0] * len(keys)
+        else:
+            lru_get = self._lru.get
+            first = hashes[0]
+            match_length = self.match_length
+            blocks_list = [0 if (lru := lru_get(key)) is None or first not in lru else match_length(key, hashes)
+                           for key in keys]
+        tokens_per_block = cycle.tokens_per_block
+        cycle.matched_blocks.update(zip(keys, blocks_list, strict=True))
+        cycle.cached_tokens.update(zip(keys, [b * tokens_per_block for b in blocks_list], strict=True))
+        return blocks_list
+
+    def _match_one(self, cycle: PrefixCacheCycleState, key: str) -> int:
+        blocks = cycle.matched_blocks[key] = self.match_length(key, cycle.hashes)
+        cycle.cached_tokens[key] = blocks * cycle.tokens_per_block
+        return blocks
 
     def _let_go_of_busy(self, scores: list[float], loads: list[int]) -> list[float]:
         least = min(loads)

@@ -10,8 +10,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from epp.config.loader import ConfigError, default_config_text, parse_scheduler_config
+from epp.datastore.datastore import Datastore
 from epp.datastore.endpoint import Endpoint
 from epp.headers import canonicalize
 from epp.latency.predictor import PENDING, QUEUE_CLEAR, RUNNING
@@ -24,11 +26,13 @@ from epp.latency.runtime import (
     latency_runtime,
 )
 from epp.latency.slo import NO_SLO, SLO
+from epp.scheduling.interfaces import PrefixMatchProducer
 from epp.scheduling.plugins import latency_scorer
 from epp.scheduling.plugins.latency_scorer import LatencyScorer
 from epp.scheduling.plugins.latency_slo_admitter import LatencySLOAdmitter
+from epp.scheduling.plugins.precise_prefix_cache_scorer import PrecisePrefixCacheScorer
 from epp.scheduling.plugins.slo_headroom_filter import SLOHeadroomTierFilter
-from epp.scheduling.registry import PluginContext
+from epp.scheduling.registry import PluginContext, parse_params
 from epp.scheduling.types import CycleState, LLMRequest, SchedulingError
 from tests.unit.scheduling.sched_fakes import context, endpoint
 from tests.unit.scheduling.sched_fakes import streamed_request as request
@@ -303,6 +307,105 @@ def test_before_training_decisions_equal_the_fallback_config() -> None:
         assert not latency_runtime(ctx_b.services).predictor.ready
     finally:
         latency_runtime(ctx_b.services).predictor.stop()
+
+
+PREFIX_PROFILE = """plugins:
+- type: predicted-latency-producer
+  parameters: {%s}
+- type: latency-slo-admitter
+- type: slo-headroom-tier-filter
+  parameters: {epsilonExploreNeg: 0.0}
+- type: prefix-cache-scorer
+  parameters: {blockSize: 256, maxPrefixBlocksToMatch: 1024, autoTune: false}
+%s- type: latency-scorer
+- type: max-score-picker
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: latency-slo-admitter
+  - pluginRef: slo-headroom-tier-filter
+  - pluginRef: prefix-cache-scorer
+  - pluginRef: latency-scorer
+    weight: 10
+  - pluginRef: max-score-picker
+"""
+
+
+def test_the_admitter_and_the_filter_count_the_prefix_cache(ctx: PluginContext, pods: list[Endpoint]) -> None:
+    """The admitter and the headroom filter run before any scorer. The runtime asks the prefix
+    scorer for the cycle's matches before its first prediction (llm-d's predicted-latency
+    producer reads them from the prefix plugin's data, produced before scheduling). The next
+    turn of a 20k-token conversation the slow pod holds has ~130 new tokens there (~0.05 s)
+    against its whole prompt on the fast pod (~1 s): only the slow pod meets a 600 ms target.
+    Judged without the cache, no pod met it: the filter kept both, and the admitter refused
+    the turn when it was sheddable."""
+    config = parse_scheduler_config(PREFIX_PROFILE % ("", ""), ctx, "latency.yaml")
+    rt = trained_runtime(ctx, pods)
+    prefix = config.plugins["prefix-cache-scorer"]
+    assert rt.prefix_producer is prefix  # the config's only prefix scorer
+    history = "y" * (20_000 * 4)
+    state = CycleState()
+    prefix.record(pods[1], prefix.cycle_state(state, request(history), pods).hashes)
+    flt, admitter = config.plugins["slo-headroom-tier-filter"], config.plugins["latency-slo-admitter"]
+
+    def next_turn(priority: int = 0) -> LLMRequest:
+        return request(history + " next turn" * 40, headers={"x-llm-d-slo-ttft-ms": "600"}, priority=priority)
+
+    assert [e.name for e in flt.filter(CycleState(), next_turn(), pods)] == ["slow"]
+    assert admitter.filter(CycleState(), next_turn(priority=-1), pods) == pods
+    result, _ = config.scheduler.schedule(next_turn(), pods)
+    assert result.primary is not None and [e.name for e in result.primary.targets] == ["slow"]
+    checked = CycleState()
+    flt.filter(checked, next_turn(), pods)
+    assert 19_000 < checked[prefix.cached_tokens_key][pods[1].key] < 20_100  # counted from the first pass
+
+    rt.prefix_producer = None  # as before: the prefix info only once the prefix scorer has run
+    assert [e.name for e in flt.filter(CycleState(), next_turn(), pods)] == ["fast", "slow"]
+    with pytest.raises(SchedulingError) as info:
+        admitter.filter(CycleState(), next_turn(priority=-1), pods)
+    assert info.value.status == 429
+
+
+def test_the_prefix_producer_is_named_or_the_only_prefix_scorer() -> None:
+    """prefixMatchInfoProducerName names the prefix scorer the predictions read before the
+    filters; unset, the config's only prefix scorer, and none when there are several. A name
+    that is no plugin, or no prefix scorer, is a config error that says which."""
+    second = """- type: prefix-cache-scorer
+  name: other-prefix
+"""
+    cases = [("", "", "prefix-cache-scorer"), ("", second, None),
+             ("prefixMatchInfoProducerName: other-prefix", second, "other-prefix"),
+             ("prefixMatchInfoProducerName: prefix-cache-scorer", second, "prefix-cache-scorer")]
+    for params, extra, expected in cases:
+        ctx = context()
+        try:
+            config = parse_scheduler_config(PREFIX_PROFILE % (params, extra), ctx, "latency.yaml")
+            producer = latency_runtime(ctx.services).prefix_producer
+            assert producer is (config.plugins[expected] if expected else None), (params, extra)
+        finally:
+            latency_runtime(ctx.services).predictor.stop()
+    for params, message in (("prefixMatchInfoProducerName: nope", "no plugin named 'nope'"),
+                            ("prefixMatchInfoProducerName: latency-scorer", "is not a prefix scorer")):
+        ctx = context()
+        try:
+            with pytest.raises(ConfigError) as err:
+                parse_scheduler_config(PREFIX_PROFILE % (params, ""), ctx, "latency.yaml")
+            assert "predicted-latency-producer" in str(err.value) and message in str(err.value)
+        finally:
+            latency_runtime(ctx.services).predictor.stop()
+
+
+def test_the_precise_prefix_scorer_produces_its_matches_too() -> None:
+    """precise-prefix-cache-scorer is a prefix producer as well: asked before the filters, it
+    puts every candidate's cached tokens in the cycle (0 here: no KV events yet)."""
+    ctx = PluginContext(datastore=Datastore(), services={"metrics.registry": CollectorRegistry()})
+    scorer = PrecisePrefixCacheScorer(name="precise", params=parse_params(PrecisePrefixCacheScorer.Params, {}, "t"),
+                                      ctx=ctx)
+    assert isinstance(scorer, PrefixMatchProducer)
+    eps = [endpoint("a", port=8000), endpoint("b", port=8001)]
+    state = CycleState()
+    scorer.produce_prefix_matches(state, request("z" * 4000), eps)
+    assert state[scorer.cached_tokens_key] == {ep.key: 0 for ep in eps}
 
 
 def test_bad_slo_header_is_a_400_through_the_scheduler(tmp_path: Path) -> None:
