@@ -307,11 +307,13 @@ class LatencyRuntime:
             cached = CyclePredictions(slo, len(request.prompt_text()) // CHARACTERS_PER_TOKEN)
             state[STATE_KEY] = cached
             producer = self.prefix_producer
-            if producer is not None and producer.cached_tokens_key not in state:
-                # The cycle's prefix matches before its first prediction: the admitter and the
-                # headroom filter run before any scorer, and without them judged a pod holding
-                # most of a conversation by its whole prompt (llm-d's producer reads them
-                # from the prefix plugin's data, produced before scheduling).
+            if producer is not None:
+                # The cycle's prefix matches for these candidates before their first prediction:
+                # the admitter and the headroom filter run before any scorer, and without them
+                # judged a pod holding most of a conversation by its whole prompt (llm-d's
+                # producer reads them from the prefix plugin's data, produced before
+                # scheduling). Also when that scorer ran in an earlier profile of the cycle,
+                # on other candidates.
                 producer.produce_prefix_matches(state, request, endpoints)
         prefix = cached_prompt_tokens(state)
         if prefix is not cached.prefix_source:

@@ -147,8 +147,8 @@ class PrefixMatchProducer(Scorer, Protocol):
     def produce_prefix_matches(self, state: CycleState, request: LLMRequest,
                                endpoints: Sequence[Endpoint]) -> None:
         """Put each of `endpoints`' cached prompt tokens in `state` under `cached_tokens_key`
-        (epp.scheduling.types.cached_prompt_tokens reads it); `score` in the same cycle reuses
-        what it can of the work."""
+        (epp.scheduling.types.cached_prompt_tokens reads it), keeping those already there from
+        an earlier profile of the cycle; `score` in the same cycle reuses what it can."""
         ...
 
 

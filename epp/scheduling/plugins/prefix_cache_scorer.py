@@ -178,10 +178,16 @@ class PrefixCacheScorer:
     def produce_prefix_matches(self, state: CycleState, request: LLMRequest,
                                endpoints: Sequence[Endpoint]) -> None:
         """The cycle's matches for `endpoints`, without scores (PrefixMatchProducer): the
-        latency runtime asks them before the filters run; score() reads them afterwards."""
+        latency runtime asks them before the filters run; score() reads them afterwards.
+        Those matched already in the cycle (an earlier profile) are kept."""
         cycle = self.cycle_state(state, request, endpoints)
-        if not cycle.matched_blocks:
+        matched = cycle.matched_blocks
+        if not matched:
             self._match(cycle, endpoints)
+            return
+        for ep in endpoints:
+            if ep.key not in matched:
+                self._match_one(cycle, ep.key)
 
     def _match(self, cycle: PrefixCacheCycleState, endpoints: Sequence[Endpoint]) -> list[int]:
         """Each endpoint's matched blocks, recorded in `cycle` (blocks and cached tokens): one

@@ -358,6 +358,11 @@ def test_the_admitter_and_the_filter_count_the_prefix_cache(ctx: PluginContext, 
     checked = CycleState()
     flt.filter(checked, next_turn(), pods)
     assert 19_000 < checked[prefix.cached_tokens_key][pods[1].key] < 20_100  # counted from the first pass
+    # The prefix scorer ran in an earlier profile of the cycle, on the fast pod alone: the slow
+    # pod's match is still made before the first prediction.
+    turn, earlier = next_turn(), CycleState()
+    prefix.score(earlier, turn, [pods[0]])
+    assert [e.name for e in flt.filter(earlier, turn, pods)] == ["slow"]
 
     rt.prefix_producer = None  # as before: the prefix info only once the prefix scorer has run
     assert [e.name for e in flt.filter(CycleState(), next_turn(), pods)] == ["fast", "slow"]
