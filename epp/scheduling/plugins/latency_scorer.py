@@ -395,7 +395,7 @@ class LatencyScorer:
         elif least:
             scores = [(c - low) / span for c in costs]  # closest to the SLO (all in the tier meet it)
         else:
-            # Most headroom / least deficit, 0 at twice the best cost and beyond (one pass).
+            # Most headroom / least deficit; 0 from low + span on (one pass).
             scores = [v if (v := 1.0 - (c - low) / span) > 0.0 else 0.0 for c in costs]
         if len(tier) == n:
             return scores
