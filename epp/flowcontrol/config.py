@@ -69,7 +69,7 @@ from epp.flowcontrol.interfaces import (
     UsageLimitPolicy,
 )
 from epp.flowcontrol.quantity import parse_duration, parse_quantity
-from epp.scheduling.registry import ConfigError, PluginContext, parse_params, plugin_class
+from epp.scheduling.registry import ConfigError, PluginContext, parse_params, plugin_class, plugin_of_kind
 
 log = logging.getLogger(__name__)
 
@@ -295,14 +295,12 @@ def _detector(raw: Any, plugins: Mapping[str, Any], ctx: PluginContext, where: s
             raise ConfigError(f"{where}: must be a mapping with 'pluginRef', got {raw!r}")
         ref = raw.get("pluginRef") or None
     if ref is not None:
-        plugin = plugins.get(ref)
-        if plugin is None:
-            raise ConfigError(f"{where}.pluginRef: {ref!r} names no plugin "
-                              f"(defined: {', '.join(plugins) or 'none'})")
-        if not isinstance(plugin, SaturationDetector):
-            raise ConfigError(f"{where}.pluginRef: plugin {ref!r} is not a saturation "
-                              "detector (utilization-detector, concurrency-detector)")
-        return plugin
+        try:
+            detector: SaturationDetector = plugin_of_kind(
+                plugins, ref, SaturationDetector, "a saturation detector (utilization-detector, concurrency-detector)")
+        except ValueError as e:
+            raise ConfigError(f"{where}.pluginRef: {e}") from None
+        return detector
     # Without a ref: the one detector configured, else the default utilization detector.
     found = [p for p in plugins.values() if isinstance(p, SaturationDetector)]
     if len(found) > 1:

@@ -82,6 +82,18 @@ def plugin_class(type_name: str) -> Any | None:
 _loaded = False
 
 
+def plugin_of_kind(plugins: Mapping[str, Any], name: str, kind: type, what: str) -> Any:
+    """The config's plugin `name`, which must be a `kind` (a runtime-checkable Protocol). A
+    ValueError in the loader's words when `name` names no plugin, or one that is not `what`
+    (e.g. "a saturation detector (utilization-detector, concurrency-detector)")."""
+    plugin = plugins.get(name)
+    if plugin is None:
+        raise ValueError(f"{name!r} names no plugin (defined: {', '.join(plugins) or 'none'})")
+    if not isinstance(plugin, kind):
+        raise ValueError(f"plugin {name!r} is not {what}")
+    return plugin
+
+
 def load_builtin_plugins() -> None:
     """Import every module of epp.scheduling.plugins and epp.flowcontrol.plugins (each
     registers its classes)."""

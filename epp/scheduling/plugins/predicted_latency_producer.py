@@ -48,7 +48,7 @@ from epp.latency.sharing import LatencySharing
 from epp.latency.slo import MAX_SLO_MS, ObjectiveSLO
 from epp.scheduling.interfaces import PrefixMatchProducer
 from epp.scheduling.plugins.prefix_cache_scorer import PEER_BUS_KEY
-from epp.scheduling.registry import PluginContext, register_plugin
+from epp.scheduling.registry import PluginContext, plugin_of_kind, register_plugin
 from epp.scheduling.types import CycleState, LLMRequest, SchedulingResult
 
 log = logging.getLogger(__name__)
@@ -134,14 +134,11 @@ class PredictedLatencyProducer:
         prediction (prefixMatchInfoProducerName, or the config's only prefix scorer)."""
         wanted = self.params.prefix_match_info_producer_name
         if wanted:
-            producer = plugins.get(wanted)
-            if producer is None:
-                raise ValueError(f"parameter 'prefixMatchInfoProducerName': no plugin named {wanted!r} "
-                                 f"(plugins: {', '.join(sorted(plugins))})")
-            if not isinstance(producer, PrefixMatchProducer):
-                raise ValueError(f"parameter 'prefixMatchInfoProducerName': plugin {wanted!r} "
-                                 f"({getattr(producer, 'type_name', type(producer).__name__)}) is not a prefix "
-                                 "scorer (prefix-cache-scorer or precise-prefix-cache-scorer)")
+            try:
+                producer = plugin_of_kind(plugins, wanted, PrefixMatchProducer,
+                                          "a prefix scorer (prefix-cache-scorer, precise-prefix-cache-scorer)")
+            except ValueError as e:
+                raise ValueError(f"parameter 'prefixMatchInfoProducerName': {e}") from None
         else:
             found = [p for p in plugins.values() if isinstance(p, PrefixMatchProducer)]
             producer = found[0] if len(found) == 1 else None

@@ -389,7 +389,7 @@ def test_the_prefix_producer_is_named_or_the_only_prefix_scorer() -> None:
             assert producer is (config.plugins[expected] if expected else None), (params, extra)
         finally:
             latency_runtime(ctx.services).predictor.stop()
-    for params, message in (("prefixMatchInfoProducerName: nope", "no plugin named 'nope'"),
+    for params, message in (("prefixMatchInfoProducerName: nope", "'nope' names no plugin"),
                             ("prefixMatchInfoProducerName: latency-scorer", "is not a prefix scorer")):
         ctx = context()
         try:
