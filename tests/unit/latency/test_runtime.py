@@ -13,7 +13,7 @@ import pytest
 from epp.bench.latency_placement import idle_ttft_s
 from epp.latency.predictor import N_FEATURES, QUEUE_CLEAR
 from epp.latency.runtime import LatencyRuntime
-from epp.scheduling.types import CycleState
+from epp.scheduling.types import CycleState, LLMRequest
 from epp.sim.cluster import simulated_pods
 from epp.sim.config import LatencyModel, SimPodConfig
 from epp.tokenization.tokenizer import SimpleTokenizer
@@ -398,9 +398,7 @@ def test_cycle_predicts_as_features_and_predict() -> None:
     beyond their cover), without one, with a queue (joined or not), with prefix hits, while
     their state or the runtime's own ledger of them changes between cycles (dispatches, first
     bytes, stream ends) and the model is republished."""
-    import random
-
-    from epp.scheduling.types import CACHED_TOKENS_SUFFIX, LLMRequest
+    from epp.scheduling.types import CACHED_TOKENS_SUFFIX
     from tests.unit.scheduling.sched_fakes import request as plain_request
 
     clock = Clock()
@@ -704,7 +702,7 @@ def test_running_tpot_harms_follow_every_change_of_a_pods_guard(ready: bool) -> 
     pods = [endpoint(name, port=8000 + i) for i, name in enumerate("pqr")]
     keys = [ep.key for ep in pods]
     rng = random.Random(5)
-    open_requests: list = []
+    open_requests: list[LLMRequest] = []
 
     def formula(stall: float) -> list[tuple[int, int]]:
         out = []
@@ -715,7 +713,7 @@ def test_running_tpot_harms_follow_every_change_of_a_pods_guard(ready: bool) -> 
                 out.append((j, harmed))
         return out
 
-    seen = set()
+    seen: set[int] = set()
     for i in range(400):
         clock.now += rng.uniform(0.0, 0.3)
         event = rng.random()

@@ -734,7 +734,7 @@ def test_relative_costs_sum_the_dimensions_the_request_is_ranked_on() -> None:
             costs = [c + weights[dim] * per_unit * v for c, v in zip(costs, values, strict=True)]
         return costs
 
-    kinds = set()
+    kinds: set[tuple[str, ...]] = set()
     for _ in range(3000):
         n = rng.choice((1, 2, 3, 8))
         preds = [(rng.choice(pool), rng.choice(pool)) for _ in range(n)]
