@@ -161,9 +161,11 @@ class Reflector:
     ) -> None:
         self.ref = ref
         # Told True when the collection turns out not to be served (404: CRD absent) and
-        # False when it is served again, so the owner can say what a missing CRD costs.
+        # False when it is served, so the owner can say what a missing CRD costs. None until
+        # the first answer: a collection served from the start must be reported too (an owner
+        # choosing between two API groups waits for it).
         self._on_missing = on_missing
-        self.missing = False
+        self.missing: bool | None = None
         self._list = list_call_for(api, ref)
         self._handler = handler
         self._selectors: dict[str, str] = {}

@@ -305,7 +305,7 @@ class FakeApiServer:
         return self.put(coll, pool)
 
     def put_objective(self, name: str, pool: str, priority: int, namespace: str = "default",
-                      group: str = "inference.networking.x-k8s.io") -> JSON:
+                      group: str = "llm-d.ai") -> JSON:
         obj = {
             "apiVersion": f"{group}/v1alpha2", "kind": "InferenceObjective",
             "metadata": {"name": name, "namespace": namespace},

@@ -21,6 +21,7 @@ from tests.helpers.fake_apiserver import FakeApiServer, wait_until
 
 POOL = "llama"
 LABELS = {"app": "vllm-llama"}
+LEGACY = "inference.networking.x-k8s.io"
 
 
 @pytest.fixture
@@ -265,7 +266,7 @@ async def test_missing_objective_crd_is_a_warning_not_a_silent_empty_set(
             assert "priorities are ignored" in warnings[0] and "llm-d router" in warnings[0]
             # The llm-d router's CRD (group llm-d.ai) is installed later.
             api.missing_plurals = {"inferenceobjectives.inference.networking.x-k8s.io"}
-            api.put_objective("chat", POOL, 5, group="llm-d.ai")
+            api.put_objective("chat", POOL, 5)
             await wait_until(lambda: ds.objective("chat") is not None)
             assert ds.objective("chat").priority == 5  # type: ignore[union-attr]
             assert src.missing_crds() == ["inferenceobjectives.inference.networking.x-k8s.io"]
@@ -278,7 +279,7 @@ async def test_objectives_prefer_llmd_group_over_legacy(api: FakeApiServer, tmp_
     """The reference's rule: both groups installed -> llm-d.ai only; legacy only -> legacy."""
     api.put_pool_v1(POOL, LABELS, [8000])
     api.missing_plurals.add("inferenceobjectives.llm-d.ai")
-    api.put_objective("legacy-only", POOL, 3)
+    api.put_objective("legacy-only", POOL, 3, group=LEGACY)
     ds = Datastore()
     src = KubernetesSource(_options(api.write_kubeconfig(tmp_path / "kubeconfig")), ds,
                            missing_crd_retry_s=0.05)
@@ -286,9 +287,33 @@ async def test_objectives_prefer_llmd_group_over_legacy(api: FakeApiServer, tmp_
     try:
         await wait_until(lambda: ds.objective("legacy-only") is not None)
         api.missing_plurals.clear()  # the llm-d.ai CRD appears
-        api.put_objective("new", POOL, 7, group="llm-d.ai")
+        api.put_objective("new", POOL, 7)
         await wait_until(lambda: ds.objective("new") is not None and ds.objective("legacy-only") is None)
         assert ds.objective("new").priority == 7  # type: ignore[union-attr]
+    finally:
+        await src.stop()
+
+
+async def test_both_objective_groups_installed_from_the_start_read_llmd_only(
+    api: FakeApiServer, tmp_path: Path
+) -> None:
+    """Both CRDs served from the first LIST: the legacy group's objects never count. The
+    llm-d.ai reflector is served at once, so it never goes through a 404; its first LIST
+    must still say so, or the legacy group stays active next to it."""
+    api.put_pool_v1(POOL, LABELS, [8000])
+    api.put_objective("legacy-only", POOL, 3, group=LEGACY)
+    api.put_objective("new", POOL, 7)
+    ds = Datastore()
+    src = await _started(api, tmp_path, ds)
+    try:
+        assert ds.objective("new") is not None
+        assert ds.objective("legacy-only") is None
+        assert src.missing_crds() == []
+        api.put_objective("legacy-later", POOL, 1, group=LEGACY)
+        api.put_objective("new-later", POOL, 2)
+        await wait_until(lambda: ds.objective("new-later") is not None)
+        await asyncio.sleep(0.1)  # the legacy watch delivers its event too; it must stay ignored
+        assert ds.objective("legacy-later") is None and ds.objective("legacy-only") is None
     finally:
         await src.stop()
 
