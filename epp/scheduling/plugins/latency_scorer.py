@@ -286,12 +286,12 @@ class LatencyScorer:
     def _add_last_chunk_costs(self, costs: list[float], cycle: CyclePredictions, keys: Sequence[str],
                               output_tokens: int) -> None:
         """Add, per candidate, lastChunkHarmWeight x the seconds the request's prefill would add
-        to the last prefill step of the request queued last there: the predictor's prefill
-        time of the tokens it would take in that step (its new tokens, up to the step's free
-        budget) over an empty prompt's. Charged in the request's own cost units, like the
-        stall costs."""
+        to the last prefill step of the request queued last there: the per-token time
+        (LatencyPredictor.step_share) of the tokens it would take in that step (its new tokens,
+        up to the step's free budget). Charged in the request's own cost units, like the stall
+        costs."""
         runtime = self.runtime
-        service_time = runtime.predictor.service_time
+        step_share = runtime.predictor.step_share
         chunk = self.params.max_num_batched_tokens
         scale = self.params.last_chunk_harm_weight * _seconds_to_cost(cycle.slo, output_tokens)
         pending = runtime.pending_count
@@ -302,8 +302,7 @@ class LatencyScorer:
             free = runtime.last_chunk_free_tokens(key, chunk)
             if not free:
                 continue
-            shared = min(cycle.new_tokens(key), free / 1000.0)
-            delay = service_time(key, shared) - service_time(key, 0.0)
+            delay = step_share(key, min(cycle.new_tokens(key), free / 1000.0))
             if delay > 0.0:
                 costs[j] += scale * delay
 

@@ -622,6 +622,45 @@ def test_the_prompt_next_in_line_is_partly_prefilled_in_the_heads_last_step() ->
     assert run(8192, 4 * 8192, 0.1)[0] == pytest.approx(whole, rel=0.03)
 
 
+def test_the_carried_credit_is_the_tokens_time_on_a_pod_with_a_ttft_floor() -> None:
+    """On a pod whose short prompts never answer faster than an engine step (a TTFT floor above
+    the fit's intercept, as on every bench pod), the credit of the tokens carried into the
+    head's last step is still their per-token time. A difference of floored service times
+    took the floor's lift off an empty prompt out of it (here 0.16 s), and gave a few hundred
+    carried tokens no credit at all. The last-chunk cost counts those seconds the same way."""
+    clock = Clock()
+    rt = untrained(clock)
+    for i in range(80):
+        # The same latency function; the shortest prompts seen have 600 tokens, so the floor
+        # (the 5th percentile of short prompts' TTFTs) is 0.2 s, the intercept 0.05 s.
+        ktok = 0.6 + 0.05 * (i % 8) if i % 2 else 1.5 + (i % 20)
+        x = [1.0, ktok] + [0.0] * (N_FEATURES - 2)
+        rt.predictor.observe("ttft", "default/p", x, service(ktok))
+    assert rt.predictor.refit()
+    model = rt.predictor.pod_model("default/p")
+    assert model.ttft_floor == pytest.approx(service(0.6), abs=0.02) and model.service_time(0.0) == model.ttft_floor
+    credit = model.step_share(6.384)
+    assert credit == pytest.approx(PER_KTOKEN_S * 6.384, rel=0.01)
+    # What a difference of service times credited: the floor's lift (0.16 s) less.
+    lift = model.ttft_floor - BASE_S
+    assert lift > 0.14
+    assert model.service_time(6.384) - model.service_time(0.0) == pytest.approx(credit - lift, abs=0.005)
+    rt.chunk_tokens = 8192
+    pod = endpoint("p", port=8000)
+    t0 = clock.now
+    head = request("a" * 40_000, request_id="head")  # 10k tokens: 6,384 of its last step free
+    nxt = request("b" * 80_000, request_id="next")
+    rt.on_dispatch(CycleState(), head, pod)
+    clock.now += 0.1
+    rt.on_dispatch(CycleState(), nxt, pod)
+    clock.now = t0 + service(10.0) + 0.2
+    rt.on_first_byte(head, 200)
+    left = rt.queue_clear_at[pod.key] - clock.now
+    whole = model.service_time(20.0)
+    assert whole - left == pytest.approx(credit, rel=0.01)
+    rt.predictor.stop()
+
+
 def test_a_chat_sent_behind_a_long_prompt_is_credited_only_its_part_in_the_last_step() -> None:
     """The credit never exceeds the next request's own service: a chat that fits in the free
     budget of the head's last step is left its fixed part at most."""
