@@ -778,8 +778,8 @@ class LatencyRuntime:
         if not nxt.dispatched <= at - step:  # (NaN without a model: no credit)
             return
         # The carried tokens' per-token time (step_share), as a request that joins a step is
-        # charged: a difference of service times lost what the TTFT floor lifts off an empty
-        # prompt (up to 80 ms of a bench pod's credit, all of it for a few hundred tokens).
+        # charged: a difference of service times lost what the TTFT floor lifts an empty
+        # prompt by (23-81 ms on the bench pods, so 100 carried tokens got no credit at all).
         credit = self.predictor.step_share(pod, min(nxt.new_tokens, free / 1000.0))
         if credit > nxt.service:
             credit = nxt.service

@@ -309,10 +309,12 @@ async def test_both_objective_groups_installed_from_the_start_read_llmd_only(
         assert ds.objective("new") is not None
         assert ds.objective("legacy-only") is None
         assert src.missing_crds() == []
+        legacy_watch = src.stats()[f"inferenceobjectives.{LEGACY}"]
+        events_before = legacy_watch.events
         api.put_objective("legacy-later", POOL, 1, group=LEGACY)
         api.put_objective("new-later", POOL, 2)
-        await wait_until(lambda: ds.objective("new-later") is not None)
-        await asyncio.sleep(0.1)  # the legacy watch delivers its event too; it must stay ignored
+        await wait_until(lambda: ds.objective("new-later") is not None and legacy_watch.events > events_before)
+        # The legacy watch delivered its event, and it stays ignored.
         assert ds.objective("legacy-later") is None and ds.objective("legacy-only") is None
     finally:
         await src.stop()

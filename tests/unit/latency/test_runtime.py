@@ -632,7 +632,7 @@ def test_the_carried_credit_is_the_tokens_time_on_a_pod_with_a_ttft_floor() -> N
     rt = untrained(clock)
     for i in range(80):
         # The same latency function; the shortest prompts seen have 600 tokens, so the floor
-        # (the 5th percentile of short prompts' TTFTs) is 0.2 s, the intercept 0.05 s.
+        # (the 5th percentile of short prompts' TTFTs) is about 0.21 s, the intercept 0.05 s.
         ktok = 0.6 + 0.05 * (i % 8) if i % 2 else 1.5 + (i % 20)
         x = [1.0, ktok] + [0.0] * (N_FEATURES - 2)
         rt.predictor.observe("ttft", "default/p", x, service(ktok))
