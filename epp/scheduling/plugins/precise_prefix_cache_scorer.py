@@ -77,6 +77,11 @@ class PreciseCycleState:
     hashes: list[BlockKey]
     prompt_tokens: int
     matched_blocks: dict[str, int] = field(default_factory=dict)  # endpoint key -> blocks
+    # The last score() of this cycle and the candidates it was for: the latency runtime asks
+    # for the matches before the filters (produce_prefix_matches), and when no filter drops
+    # a candidate the profile's score() gets the same sequence.
+    scored_for: Sequence[Endpoint] | None = None
+    scores: list[float] = field(default_factory=list)
 
 
 @register_plugin
@@ -216,6 +221,8 @@ class PrecisePrefixCacheScorer:
         runtime = self.runtime
         runtime.start_soon()
         cycle = self.cycle_state(state, request, endpoints)
+        if endpoints is cycle.scored_for:
+            return list(cycle.scores)
         hashes = cycle.hashes
         total = len(hashes)
         if total == 0:
@@ -245,13 +252,14 @@ class PrecisePrefixCacheScorer:
         cached: dict[str, int] = state[self.cached_tokens_key]
         for ep, s in zip(endpoints, scores, strict=True):
             cached[ep.key] = min(cycle.prompt_tokens, round(s * total) * size)
+        cycle.scored_for, cycle.scores = endpoints, list(scores)
         return scores
 
     def produce_prefix_matches(self, state: CycleState, request: LLMRequest,
                                endpoints: Sequence[Endpoint]) -> None:
         """The cycle's cached tokens for `endpoints` (PrefixMatchProducer), asked by the latency
-        runtime before the filters run: a score() whose scores are not used. (score() looks the
-        blocks up again when the profile runs it: a second index lookup per decision.)"""
+        runtime before the filters run: a score() the profile's own score() reuses when no
+        filter dropped a candidate (one index lookup per decision)."""
         self.score(state, request, endpoints)
 
     def _lookup(self, hashes: list[BlockKey], evented: list[str]) -> dict[str, int]:

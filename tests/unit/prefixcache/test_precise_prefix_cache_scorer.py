@@ -13,6 +13,7 @@ from epp.datastore.endpoint import Endpoint
 from epp.prefixcache import SERVICE_KEY, stop_services
 from epp.prefixcache.block_hash import BlockHasher, lora_extra_keys
 from epp.prefixcache.events import AllBlocksCleared
+from epp.prefixcache.index import BlockKey
 from epp.prefixcache.runtime import KVEventsRuntime
 from epp.scheduling.plugins.precise_prefix_cache_scorer import PrecisePrefixCacheScorer
 from epp.scheduling.registry import PluginContext, parse_params
@@ -77,6 +78,38 @@ def test_scores_longest_cached_prefix_from_events() -> None:
     cached = state["precise.cached-tokens"]
     assert cached[pods[1].ep.key] == 32
     assert state["precise.prompt-tokens"] == len(scorer.token_ids(request))
+
+
+def test_the_matches_produced_before_the_filters_serve_the_profiles_score() -> None:
+    """The latency runtime asks for the cycle's matches before the filters
+    (produce_prefix_matches). When no filter drops a candidate, the profile's score() on the
+    same candidates reuses them: one index lookup per decision, the same scores as a cycle
+    that only scores. Candidates a filter narrowed are looked up again."""
+    scorer, pods = setup()
+    rng = random.Random(5)
+    system = text(rng, 200)
+    tokens = scorer.tokenizer.encode(system)
+    serve(pods[0].pool, scorer.hasher, tokens)
+    serve(pods[1].pool, scorer.hasher, tokens[: 3 * 16])
+    for pod in pods[:2]:
+        pod.publish(scorer.runtime)
+    lookups: list[list[str]] = []
+    lookup = scorer._lookup
+
+    def counted(hashes: list[BlockKey], evented: list[str]) -> dict[str, int]:
+        lookups.append(evented)
+        return lookup(hashes, evented)
+
+    scorer._lookup = counted  # type: ignore[method-assign]
+    request = completion(system + " and a new question")
+    eps = [p.ep for p in pods]
+    only_scored = scorer.score(CycleState(), request, eps)
+    assert only_scored[0] > only_scored[1] > 0.0 and len(lookups) == 1
+    state = CycleState()
+    scorer.produce_prefix_matches(state, request, eps)
+    assert scorer.score(state, request, eps) == only_scored and len(lookups) == 2
+    assert state["precise.cached-tokens"][pods[1].ep.key] == 48
+    assert scorer.score(state, request, eps[1:]) == only_scored[1:] and len(lookups) == 3
 
 
 def test_chat_requests_are_hashed_through_the_chat_template() -> None:
