@@ -152,20 +152,10 @@ class PrefixCacheScorer:
         self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]
     ) -> list[float]:
         cycle = self.cycle_state(state, request, endpoints)
-        hashes = cycle.hashes
-        total = len(hashes)
+        blocks_list = self._blocks_of(cycle, endpoints)
+        total = len(cycle.hashes)
         if total == 0:
-            self._match(cycle, endpoints)
             return [0.0] * len(endpoints)
-        matched = cycle.matched_blocks
-        if not matched:
-            blocks_list = self._match(cycle, endpoints)
-        else:
-            # A second profile of the cycle, or the latency runtime asked for the matches
-            # first (produce_prefix_matches): those known are read, the others matched now.
-            get = matched.get
-            blocks_list = [b if (b := get(ep.key)) is not None else self._match_one(cycle, ep.key)
-                           for ep in endpoints]
         scores = [b / total for b in blocks_list] if any(blocks_list) else [0.0] * len(blocks_list)
         params = self.params
         if params.cache_threshold > 0.0:
@@ -180,14 +170,17 @@ class PrefixCacheScorer:
         """The cycle's matches for `endpoints`, without scores (PrefixMatchProducer): the
         latency runtime asks them before the filters run; score() reads them afterwards.
         Those matched already in the cycle (an earlier profile) are kept."""
-        cycle = self.cycle_state(state, request, endpoints)
+        self._blocks_of(self.cycle_state(state, request, endpoints), endpoints)
+
+    def _blocks_of(self, cycle: PrefixCacheCycleState, endpoints: Sequence[Endpoint]) -> list[int]:
+        """Each endpoint's matched blocks in this cycle: all matched in one pass the first time
+        (the usual case); afterwards (a second profile, or the latency runtime asked first)
+        those known are read and the others matched now."""
         matched = cycle.matched_blocks
         if not matched:
-            self._match(cycle, endpoints)
-            return
-        for ep in endpoints:
-            if ep.key not in matched:
-                self._match_one(cycle, ep.key)
+            return self._match(cycle, endpoints)
+        get = matched.get
+        return [b if (b := get(ep.key)) is not None else self._match_one(cycle, ep.key) for ep in endpoints]
 
     def _match(self, cycle: PrefixCacheCycleState, endpoints: Sequence[Endpoint]) -> list[int]:
         """Each endpoint's matched blocks, recorded in `cycle` (blocks and cached tokens): one
