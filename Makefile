@@ -23,7 +23,7 @@ RUN_ARGS := --pods $(PODS) --failure-mode $(FAILURE_MODE) \
 	$(if $(wildcard $(TOKENIZER)/tokenizer.json),--tokenizer $(TOKENIZER)) \
 	$(if $(filter 1 yes true,$(PRECISE)),--precise)
 
-.PHONY: install tokenizer-fixture protos run test lint bench bench-quick bench-latency bench-pd chaos chaos-quick clean
+.PHONY: install native tokenizer-fixture protos run test lint bench bench-quick bench-latency bench-pd chaos chaos-quick clean
 
 $(STAMP): pyproject.toml
 	@echo ">> creating $(VENV) and installing the project (first run takes a minute)"
@@ -35,7 +35,16 @@ $(STAMP): pyproject.toml
 	@$(BIN)/python -m pip install -q --force-reinstall --no-deps "opentelemetry-proto==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')"
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 
-install: $(STAMP) tokenizer-fixture protos
+install: $(STAMP) tokenizer-fixture protos native
+
+# The latency modules compiled with mypyc (epp/latency/native.py; needs a C compiler): rebuilt
+# when an epp source is newer than the build, and used only while every source matches it. A
+# failed build warns, and the pure-Python modules run (same routing, more CPU per decision).
+NATIVE_MANIFEST := build/latency-native/manifest.json
+$(NATIVE_MANIFEST): $(STAMP) $(shell find epp -name '*.py' -not -path '*/__pycache__/*' -not -path 'epp/_generated/*')
+	@$(BIN)/python -m epp.latency.build_native build --if-stale --best-effort
+
+native: $(NATIVE_MANIFEST)
 
 # The admin API's Python stubs from protos/ (grpcio-tools; generated, never committed or
 # edited: epp/admin/protogen.py). Importing the admin API regenerates stale stubs too.
@@ -89,4 +98,4 @@ chaos-quick: install
 	$(BIN)/python -m epp chaos --quick $(CHAOS_ARGS)
 
 clean:
-	rm -rf .run .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .run .pytest_cache .mypy_cache .ruff_cache build/latency-native

@@ -11,3 +11,9 @@
 The plugins live with the other scheduling plugins (one file each, registered by type name):
 predicted-latency-producer, latency-scorer, slo-headroom-filter, latency-slo-admitter.
 """
+
+from epp.latency.native import use_compiled_modules
+
+# Before any latency module is imported: they load from the mypyc build when it matches the
+# sources (epp/latency/native.py), else as the .py files here.
+use_compiled_modules()

@@ -495,7 +495,8 @@ class LatencyPredictor:
         self.errors: dict[str, deque[tuple[float, str, float, float]]] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        # Not `_thread`: compiled by mypyc (epp/latency/native.py), its C name clashes with `__thread`.
+        self._trainer_thread: threading.Thread | None = None
         self.state_path: Path | None = None
         self._last_save = 0.0
 
@@ -698,16 +699,16 @@ class LatencyPredictor:
 
     def start(self) -> None:
         """Start the training thread (idempotent)."""
-        if self._thread is not None and self._thread.is_alive():
+        if self._trainer_thread is not None and self._trainer_thread.is_alive():
             return
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="latency-trainer", daemon=True)
-        self._thread.start()
+        self._trainer_thread = threading.Thread(target=self._run, name="latency-trainer", daemon=True)
+        self._trainer_thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
         self._wake.set()
-        thread, self._thread = self._thread, None
+        thread, self._trainer_thread = self._trainer_thread, None
         if thread is not None:
             thread.join(timeout)
         if self.state_path is not None:

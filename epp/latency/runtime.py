@@ -60,10 +60,12 @@ class CyclePredictions:
     # them only when read (features_of): a decision reads a few of 64.
     inputs: dict[str, tuple[_StateTerms, float, float]] = field(default_factory=dict)
     features: dict[str, list[float]] = field(default_factory=dict)  # the feature vectors built
-    prefix_source: object = None  # the cached-tokens dict used (None: no prefix info yet)
+    # Any, not object, on these two: compiled by mypyc (epp/latency/native.py), a dataclass
+    # with an `object` field fails at import (KeyError: 'object', mypy 2.4.1).
+    prefix_source: Any = None  # the cached-tokens dict used (None: no prefix info yet)
     # The candidates last predicted in full with that prefix info: the filters and the scorer
     # that follow get the same sequence when nothing was filtered out.
-    complete_for: object = None
+    complete_for: Any = None
     predict_ns: int = 0  # time spent predicting in this cycle (observed once, at dispatch)
 
     def headroom(self, key: str) -> tuple[float, float]:

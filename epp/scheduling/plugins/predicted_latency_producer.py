@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from epp.datastore.endpoint import Endpoint
+from epp.latency import native
 from epp.latency.predictor import PredictorConfig
 from epp.latency.runtime import LatencyRuntime, latency_runtime
 from epp.latency.sharing import LatencySharing
@@ -118,6 +119,8 @@ class PredictedLatencyProducer:
         rt.predictor.config = self.params.predictor_config()
         # A config reload builds a new producer on the same runtime: keep what it learned.
         if rt.predictor.version == 0:
+            # Once per runtime: which modules decide (epp/latency/native.py), and why.
+            log.info("predicted-latency routing: latency modules %s", native.status().reason)
             rt.warm_start(Path(self.params.state_file) if self.params.state_file else None)
         else:
             rt.predictor.start()

@@ -16,7 +16,7 @@ from epp.config.loader import ConfigError, default_config_text, parse_scheduler_
 from epp.datastore.datastore import Datastore
 from epp.datastore.endpoint import Endpoint
 from epp.headers import canonicalize
-from epp.latency.predictor import PENDING, QUEUE_CLEAR, RUNNING
+from epp.latency.predictor import N_FEATURES, PENDING, POOLED, QUEUE_CLEAR, RUNNING, Coefficients
 from epp.latency.runtime import (
     SERVICE_KEY,
     STATE_KEY,
@@ -923,8 +923,7 @@ def test_queue_harm_treats_speeds_within_the_prediction_error_as_equal(
     assert noisy[0] == 1.0 and noisy[1] < 1.0
 
 
-def test_a_request_without_slo_pays_no_tpot_for_the_queue_ahead_of_it(
-        ctx: PluginContext, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_request_without_slo_pays_no_tpot_for_the_queue_ahead_of_it(ctx: PluginContext) -> None:
     """Its decode starts after its first token, when the prefills queued ahead of it there
     are done: the TPOT in its cost is predicted for that state (no prefill pending, the
     waiting requests running). Here the current-state TPOT grows with the pending prefill
@@ -938,7 +937,14 @@ def test_a_request_without_slo_pays_no_tpot_for_the_queue_ahead_of_it(
     def predict(pod: str, x: Sequence[float]) -> tuple[float, float]:
         return 1.0 + x[QUEUE_CLEAR], 0.02 + 0.1 * x[PENDING] + 0.01 * x[RUNNING]
 
-    monkeypatch.setattr(predictor, "predict", predict)
+    # Published as the pooled model (the queue wait is the TTFT's offset): the predictor then
+    # predicts exactly predict() on every pod, with no method replaced (the compiled module's
+    # class has read-only methods: epp/latency/native.py).
+    ttft, tpot = [0.0] * N_FEATURES, [0.0] * N_FEATURES
+    ttft[0] = 1.0  # the bias feature
+    tpot[0], tpot[PENDING], tpot[RUNNING] = 0.02, 0.1, 0.01
+    predictor.models = {POOLED: Coefficients(tuple(ttft), tuple(tpot), 100, 100)}
+    assert predictor.predict(pods[0].key, [1.0, 20.0, 4.0, 0.5, 2.0, 0.0, 2.0, 0.0, 0.0]) == pytest.approx((1.5, 0.42))
     features = {pods[0].key: [1.0, 20.0, 4.0, 0.5, 2.0, 0.0, 2.0, 0.0, 0.0],
                 pods[1].key: [1.0, 20.0, 1.0, 3.0, 0.0, 0.0, 1.0, 0.0, 0.0]}
     state = state_with(NO_SLO, {key: predict(key, x) for key, x in features.items()})
