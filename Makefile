@@ -98,4 +98,4 @@ chaos-quick: install
 	$(BIN)/python -m epp chaos --quick $(CHAOS_ARGS)
 
 clean:
-	rm -rf .run .pytest_cache .mypy_cache .ruff_cache build/latency-native
+	rm -rf .run .pytest_cache .mypy_cache .ruff_cache build/latency-native build/latency-native.failed.json

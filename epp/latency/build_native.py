@@ -108,9 +108,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(("compiled: " if files is not None else "pure Python: ") + reason)
         return 0 if files is not None else 1
     directory: Path = args.dir or native_dir()
-    if args.if_stale and check_build(directory)[0] is not None:
-        (directory / MANIFEST).touch()  # current: newer than the sources for make, too
-        return 0
+    failed = failure_marker(directory)
+    if args.if_stale:
+        if check_build(directory)[0] is not None:
+            (directory / MANIFEST).touch()  # current: newer than the sources for make, too
+            return 0
+        if args.best_effort and _failed_for_these_sources(failed):
+            # Not again on every make: the same sources failed before (no compiler, say).
+            print(f"note: the compiled latency modules failed to build for these sources ({failed}); "
+                  "the pure-Python modules run. python -m epp.latency.build_native build retries", file=sys.stderr)
+            return 0
     if not args.quiet:
         print(f">> compiling the latency modules with mypyc into {directory} (about 20-60 s)", flush=True)
     try:
@@ -120,7 +127,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"warning: the compiled latency modules were not built ({type(e).__name__}: {e}); "
               "the pure-Python modules run instead (slower per decision, same routing)", file=sys.stderr)
+        failed.parent.mkdir(parents=True, exist_ok=True)
+        failed.write_text(json.dumps({"abi": abi_tag(), "sourceDigest": source_digest(),
+                                      "error": f"{type(e).__name__}: {e}"}) + "\n")
+        return 0
+    failed.unlink(missing_ok=True)
     return 0
+
+
+def failure_marker(directory: Path) -> Path:
+    """Where a best-effort build that failed records the sources it failed for."""
+    return directory.with_name(directory.name + ".failed.json")
+
+
+def _failed_for_these_sources(marker: Path) -> bool:
+    try:
+        failed = json.loads(marker.read_text())
+        return bool(failed["abi"] == abi_tag() and failed["sourceDigest"] == source_digest())
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 if __name__ == "__main__":

@@ -123,3 +123,30 @@ def test_the_mode_switch(tmp_path: Path, build_dir: Path) -> None:
     assert out.returncode == 0 and out.stdout.split() == ["True", "False"], out.stderr
     out = _status_in_subprocess(**{native.ENV_MODE: "yes"})
     assert out.returncode != 0 and "EPP_LATENCY_NATIVE must be auto, 0 or 1" in out.stderr
+
+
+def test_a_failed_best_effort_build_is_not_retried_for_the_same_sources(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Without a C compiler every make would spend its seconds failing again: the failure is
+    recorded with the sources' digest, and `--if-stale --best-effort` skips those sources."""
+    from epp.latency import build_native
+
+    calls: list[Path] = []
+
+    def failing_build(directory: Path, *, quiet: bool = False) -> Path:
+        calls.append(directory)
+        raise SystemExit("error: command 'gcc' failed: No such file or directory")
+
+    monkeypatch.setattr(build_native, "build", failing_build)
+    directory = tmp_path / "latency-native"
+    args = ["build", "--if-stale", "--best-effort", "--quiet", "--dir", str(directory)]
+    assert build_native.main(args) == 0 and len(calls) == 1
+    assert "gcc" in capsys.readouterr().err
+    marker = build_native.failure_marker(directory)
+    assert json.loads(marker.read_text())["sourceDigest"] == native.source_digest()
+    assert build_native.main(args) == 0 and len(calls) == 1  # the same sources: not again
+    assert "failed to build for these sources" in capsys.readouterr().err
+    marker.write_text(json.dumps({"abi": native.abi_tag(), "sourceDigest": "0" * 64}))
+    assert build_native.main(args) == 0 and len(calls) == 2  # other sources: tried again
+    with pytest.raises(SystemExit):  # without --best-effort the failure is the caller's
+        build_native.main(["build", "--dir", str(directory)])
