@@ -30,7 +30,6 @@ from epp.latency.native import (
     source_digest,
 )
 
-# --- build --------------------------------------------------------------------------------------
 
 def build(directory: Path, *, quiet: bool = False) -> Path:
     """Compile COMPILED_MODULES with mypyc into `directory` (replaced as a whole, atomically
