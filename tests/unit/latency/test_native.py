@@ -52,11 +52,14 @@ def test_the_compiled_modules_decide_as_the_pure_python_ones(build_dir: Path) ->
     assert pure["compiled"] is False and compiled["compiled"] is True
     decisions = pure["decisions"]
     assert isinstance(decisions, list)
-    # The run exercises what it compares: predictions, refusals, queues, several pods' models.
+    # The run exercises what it compares: predictions, refusals, virtual queues, every pod, and
+    # a pod model of its own beside the pooled one.
     assert sum(1 for d in decisions if len(d) > 2 and d[2]) > 400
     assert any(d[1] == "refused" for d in decisions)
     assert any(float(v) > 0.0 for d in decisions if len(d) > 3 for v in d[3].values())
-    assert len({d[1] for d in decisions}) >= 6
+    assert {d[1] for d in decisions if d[1].startswith("vllm-")} == {f"vllm-{i}" for i in range(6)}
+    models = pure["models"]
+    assert isinstance(models, dict) and models[""] and any(coef for key, coef in models.items() if key)
     assert pure == {**compiled, "compiled": False}
 
 
