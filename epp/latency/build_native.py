@@ -11,6 +11,7 @@ import importlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -22,6 +23,7 @@ from epp.latency.native import (
     CHECKOUT,
     COMPILED_MODULES,
     ENV_DIR,
+    ENV_MODE,
     MANIFEST,
     MANIFEST_VERSION,
     abi_tag,
@@ -68,6 +70,7 @@ def build(directory: Path, *, quiet: bool = False) -> Path:
                     "python": sys.version.split()[0], "mypy": _mypy_version(),
                     "builtAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "files": files}
         (work / "lib" / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        verify_loads(work / "lib")  # before it replaces anything: a build that cannot load never does
         old = directory.with_name(directory.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
         if directory.exists():
@@ -81,6 +84,23 @@ def build(directory: Path, *, quiet: bool = False) -> Path:
         print(f"built {len(COMPILED_MODULES)} latency modules with mypyc into {directory} "
               f"in {time.monotonic() - t0:.0f} s", flush=True)
     return directory / MANIFEST
+
+
+def verify_loads(directory: Path) -> None:
+    """Import every compiled module from the build in `directory`, in a fresh interpreter, with
+    EPP_LATENCY_NATIVE=1 (so nothing falls back to the .py files); RuntimeError with its
+    stderr if that fails. The EPP checks a build's manifest, not that its libraries load: a
+    build that does not would stop every EPP start (an import error), so it must not be
+    installed at all."""
+    code = ("import importlib; from epp.latency import native; "
+            f"[importlib.import_module(m) for m in {list(COMPILED_MODULES)!r}]; "
+            "assert native.status().compiled, native.status().reason")
+    env = {**os.environ, ENV_MODE: "1", ENV_DIR: str(directory)}
+    result = subprocess.run([sys.executable, "-c", code], cwd=CHECKOUT, env=env, capture_output=True,
+                            text=True, timeout=120)
+    if result.returncode != 0:
+        tail = "\n".join(result.stderr.strip().splitlines()[-3:])
+        raise RuntimeError(f"the compiled latency modules in {directory} do not load: {tail}")
 
 
 def _mypy_version() -> str:

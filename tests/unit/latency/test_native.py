@@ -153,3 +153,20 @@ def test_a_failed_best_effort_build_is_not_retried_for_the_same_sources(
     assert build_native.main(args) == 0 and len(calls) == 2  # other sources: tried again
     with pytest.raises(SystemExit):  # without --best-effort the failure is the caller's
         build_native.main(["build", "--dir", str(directory)])
+
+
+def test_a_build_whose_libraries_do_not_load_is_never_installed(tmp_path: Path) -> None:
+    """Its manifest matches (all the EPP checks at start), but its libraries are not loadable:
+    the build tool's import check refuses it before it could replace a working build."""
+    from epp.latency.build_native import verify_loads
+
+    _manifest(tmp_path)  # empty files where the libraries should be
+    assert native.check_build(tmp_path)[0] is not None
+    with pytest.raises(RuntimeError, match="do not load"):
+        verify_loads(tmp_path)
+
+
+def test_a_working_build_passes_the_import_check(build_dir: Path) -> None:
+    from epp.latency.build_native import verify_loads
+
+    verify_loads(build_dir)
