@@ -13,7 +13,7 @@ for arm in ("py", "compiled", "default"):
 cpu = {m: [float(x) for x in re.findall(rf"mode={m} r=\d .*?\"cpu_us_per_request\": ([0-9.]+)", (here / "hotpath-cpu-alternated.txt").read_text())] for m in "01"}
 print(f"in process, CPU per request: pure {statistics.median(cpu['0']):.0f} us ({min(cpu['0']):.0f}-{max(cpu['0']):.0f}), "
       f"compiled {statistics.median(cpu['1']):.0f} us ({min(cpu['1']):.0f}-{max(cpu['1']):.0f})")
-for arm in ("py", "compiled"):  # overhead-noslo.sh: requests without SLO
+for arm in ("py", "compiled"):  # overhead.sh with TAG=noslo-: requests without SLO
     runs = [int(v) for f in sorted(here.glob(f"overhead-noslo-*-{arm}-r*.log"))
             for v in re.findall(r"pods=64 run \d/3: .*?, (\d+) decisions/s per core", f.read_text())]
     print(f"without SLO, {arm:>9}: median {statistics.median(runs):,.0f} of {len(runs)} runs ({min(runs):,}-{max(runs):,})")
