@@ -33,6 +33,11 @@ Design notes (why, not what):
   in the LRU than any block after it; eviction therefore removes tails before heads and
   "block i cached" implies "blocks < i cached". That makes the match length per endpoint a
   binary search (log2(blocks) dict lookups) instead of a walk over every block.
+- The endpoints holding each recorded prompt's first block are kept in one small dict of
+  sets, so a match looks up only those endpoints' LRUs: an LRU holds up to num_gpu_blocks
+  entries, and a lookup in each of 64 of them is 64 likely cache misses. Only first blocks,
+  not every block as GIE's indexer keeps, so the index stays small (a set per distinct
+  first block: a few system prompts, or one per conversation held).
 - Hashes are computed once per scheduling cycle and shared through CycleState under
   `state_key` (several profiles, e.g. P/D decode and prefill, reuse them).
 - For the P/D profile handler the scorer also publishes "<name>.cached-tokens" in the
@@ -138,6 +143,12 @@ class PrefixCacheScorer:
         # endpoint key -> LRU of block hashes sent to it (values unused; OrderedDict gives O(1)
         # move-to-end and pop-oldest).
         self._lru: dict[str, OrderedDict[int, None]] = {}
+        # First block hash of a recorded prompt -> the endpoints whose LRU holds it. Only
+        # first blocks, so it stays small (a few system prompts, or one entry per
+        # conversation). A match starts here: an endpoint not in it holds nothing of the
+        # prompt, and one lookup in a small set replaces a lookup in each endpoint's LRU,
+        # tables of up to num_gpu_blocks entries that miss the CPU cache.
+        self._first_holders: dict[int, set[str]] = {}
         self._datastore = ctx.datastore if ctx is not None else None
         # With several EPP worker processes, each tells the others what it sent where.
         self._peers = ctx.services.get(PEER_BUS_KEY) if ctx is not None else None
@@ -184,22 +195,49 @@ class PrefixCacheScorer:
 
     def _match(self, cycle: PrefixCacheCycleState, endpoints: Sequence[Endpoint]) -> list[int]:
         """Each endpoint's matched blocks, recorded in `cycle` (blocks and cached tokens): one
-        pass, and the two per-endpoint dicts filled in C from the keys. Most endpoints do not
-        hold the first block; that test is inlined so they cost one dict lookup each."""
+        pass (_match_lengths), and the two per-endpoint dicts filled in C from the keys."""
         keys = [ep.key for ep in endpoints]
         hashes = cycle.hashes
-        if not hashes:
-            blocks_list = [0] * len(keys)
-        else:
-            lru_get = self._lru.get
-            first = hashes[0]
-            match_length = self.match_length
-            blocks_list = [0 if (lru := lru_get(key)) is None or first not in lru else match_length(key, hashes)
-                           for key in keys]
+        blocks_list = self._match_lengths(keys, hashes) if hashes else [0] * len(keys)
         tokens_per_block = cycle.tokens_per_block
         cycle.matched_blocks.update(zip(keys, blocks_list, strict=True))
         cycle.cached_tokens.update(zip(keys, [b * tokens_per_block for b in blocks_list], strict=True))
         return blocks_list
+
+    def _match_lengths(self, keys: Sequence[str], hashes: Sequence[int]) -> list[int]:
+        """match_length of each of `keys`, in one pass. Only the endpoints holding the first
+        block are searched (`_first_holders`). A popular prefix (a system prompt) is held by
+        most endpoints, most of them to the same block: each is first tried at the length
+        the last searched one had, two lookups that settle it when it matches, before the
+        whole prompt and the binary search. Once the overhead benchmark's system prompts were
+        held by about half of 64 pods, the per-endpoint search of every holder was what a
+        decision's cost grew by most (docs/latency-routing.md, "Cost per decision")."""
+        first, last, n = hashes[0], hashes[-1], len(hashes)
+        holders = self._first_holders.get(first)
+        out = [0] * len(keys)
+        if not holders:
+            return out
+        lru_get = self._lru.get
+        hint = 0  # the last searched length, in [1, n - 1]; 0: none yet
+        held = missing = first  # hashes[hint - 1] and hashes[hint]
+        for i, key in enumerate(keys):
+            if key not in holders or (lru := lru_get(key)) is None:
+                continue
+            if hint and held in lru and missing not in lru:
+                out[i] = hint
+            elif last in lru:
+                out[i] = n
+            else:
+                lo, hi = 0, n - 1  # hashes[lo] cached, hashes[hi] not
+                while hi - lo > 1:
+                    mid = (lo + hi) >> 1
+                    if hashes[mid] in lru:
+                        lo = mid
+                    else:
+                        hi = mid
+                out[i] = hint = hi
+                held, missing = hashes[hi - 1], hashes[hi]
+        return out
 
     def _match_one(self, cycle: PrefixCacheCycleState, key: str) -> int:
         blocks = cycle.matched_blocks[key] = self.match_length(key, cycle.hashes)
@@ -277,20 +315,31 @@ class PrefixCacheScorer:
             self.record(endpoint, hashes)
 
     def record(self, endpoint: Endpoint, hashes: Sequence[int]) -> None:
-        lru = self._lru.get(endpoint.key)
+        if not hashes:
+            return
+        key = endpoint.key
+        lru = self._lru.get(key)
         if lru is None:
-            lru = self._lru[endpoint.key] = OrderedDict()
+            lru = self._lru[key] = OrderedDict()
         move_to_end = lru.move_to_end
         for h in reversed(hashes):  # tail first: see module docstring
             if h in lru:
                 move_to_end(h)
             else:
                 lru[h] = None
+        first_holders = self._first_holders
+        holders = first_holders.get(hashes[0])
+        if holders is None:
+            first_holders[hashes[0]] = {key}
+        else:
+            holders.add(key)
         capacity = self.params.lru_capacity_per_server
         if self.params.auto_tune and endpoint.metrics.num_gpu_blocks > 0:
             capacity = endpoint.metrics.num_gpu_blocks
         while len(lru) > capacity:
-            lru.popitem(last=False)
+            evicted, _ = lru.popitem(last=False)
+            if (holders := first_holders.get(evicted)) is not None:
+                self._forget_holder(evicted, holders, key)
 
     def cached_blocks(self, endpoint_key: str) -> int:
         """How many block hashes are remembered for the endpoint (for tests and debugging)."""
@@ -299,4 +348,14 @@ class PrefixCacheScorer:
 
     def _on_endpoint_event(self, event: str, endpoint: Endpoint) -> None:
         if event == "removed":
-            self._lru.pop(endpoint.key, None)
+            lru = self._lru.pop(endpoint.key, None)
+            if lru:
+                first_holders = self._first_holders
+                for h in lru:
+                    if (holders := first_holders.get(h)) is not None:
+                        self._forget_holder(h, holders, endpoint.key)
+
+    def _forget_holder(self, first: int, holders: set[str], key: str) -> None:
+        holders.discard(key)
+        if not holders:
+            del self._first_holders[first]

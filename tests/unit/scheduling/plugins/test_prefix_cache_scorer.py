@@ -215,3 +215,47 @@ def test_let_go_is_off_by_default_as_gie() -> None:
 def test_let_go_parameters_are_validated(params: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_params(PrefixCacheScorer.Params, params, "t.yaml")
+
+
+def test_match_lengths_equal_a_walk_from_the_first_block() -> None:
+    # GIE's matchLongestPrefix walks a prompt's blocks from the first and stops at the first
+    # one the server does not hold. The one-pass match (a length tried from the endpoint
+    # before, then a binary search) must give that walk's length on every endpoint, also
+    # after evictions, with prompts sharing system prompts of several lengths.
+    import random
+
+    rng = random.Random(11)
+    eps = pool(24)
+    scorer = _scorer(lru_capacity_per_server=90)
+    systems = ["".join(rng.choice("abcdefgh") for _ in range(BLOCK * k)) for k in (3, 7, 12)]
+    prompts = [rng.choice(systems) + "".join(rng.choice("xyz") for _ in range(rng.randrange(0, BLOCK * 20)))
+               for _ in range(60)]
+    firsts = set()
+    for step in range(400):
+        prompt = rng.choice(prompts)
+        cycle = scorer.cycle_state(state(), request(prompt), eps)
+        firsts.add(cycle.hashes[0])
+        # Whole prompts, and prefixes of them (a P/D prefill's or a peer's record of a shorter one).
+        scorer.record(rng.choice(eps), cycle.hashes[: rng.randrange(1, len(cycle.hashes) + 1)])
+        if step == 200:
+            scorer._on_endpoint_event("removed", eps[3])
+    # The first blocks' holders are exactly the endpoints whose LRU holds them, after evictions
+    # and a removal; none is kept without holders.
+    assert {h: holders for h, holders in scorer._first_holders.items()} == {
+        h: {key for key, lru in scorer._lru.items() if h in lru}
+        for h in firsts if any(h in lru for lru in scorer._lru.values())}
+    checked = partial = 0
+    for prompt in prompts:
+        st = state()
+        scorer.score(st, request(prompt), eps)
+        cycle = scorer.cycle_state(st, request(prompt), eps)
+        for ep in eps:
+            held = scorer._lru.get(ep.key, {})
+            walked = 0
+            while walked < len(cycle.hashes) and cycle.hashes[walked] in held:
+                walked += 1
+            assert cycle.matched_blocks[ep.key] == walked, (prompt[:20], ep.key)
+            checked += walked > 0
+            partial += 0 < walked < len(cycle.hashes)
+    # The run covered what the shortcut decides: many holders, most of them partial.
+    assert checked > 300 and partial > 200
