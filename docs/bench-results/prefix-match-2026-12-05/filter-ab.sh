@@ -1,5 +1,5 @@
 #!/bin/bash
-# filter-ab.py alternated before (OLD: a worktree of the commit before the one-pass prefix
+# filter_ab.py alternated before (OLD: a worktree of the commit before the one-pass prefix
 # match, with its own latency build) and after (NEW, this checkout), latency modules compiled:
 # the SLO profile, and the default config. Run under flock /tmp/bench.lock:  OLD=/tmp/ab-old bash filter-ab.sh
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -11,6 +11,6 @@ for rnd in ${ROUNDS:-1 2 3}; do
     cfg=docs/bench-results/overhead-2026-12-04-latency-slo-profile.yaml; case $arm in *-default) cfg=default;; esac
     gunzip -c "$NEW/docs/bench-results/overhead-2026-12-03-latency-state.json.gz" > /tmp/epp-overhead-latency-state.json
     echo "## $arm r$rnd, $(git -C "$tree" rev-parse --short HEAD)$(git -C "$tree" diff --quiet HEAD -- epp || echo '+changes'), $(date -u '+%Y-%m-%d %H:%M') UTC"
-    (cd "$tree" && PYTHONPATH="$tree" EPP_LATENCY_NATIVE=1 "$NEW/.venv/bin/python" "$HERE/filter-ab.py" $cfg 2>&1 | grep ' us$')
+    (cd "$tree" && PYTHONPATH="$tree" EPP_LATENCY_NATIVE=1 "$NEW/.venv/bin/python" "$HERE/filter_ab.py" $cfg 2>&1 | grep ' us$')
   done
 done

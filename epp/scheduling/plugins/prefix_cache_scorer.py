@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import zlib
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -88,6 +88,19 @@ def prefix_block_hashes(text: str, seed: str, block_size: int, max_blocks: int) 
         hashes[i] = (crc << 32) | adler
         start += block_size
     return hashes
+
+
+def _partial_match(lru: Mapping[int, None], hashes: Sequence[int]) -> int:
+    """The matched length, in [1, len(hashes) - 1], of an LRU holding the first of `hashes`
+    and not the last: a binary search, since a held block's prefix blocks are held too."""
+    lo, hi = 0, len(hashes) - 1  # hashes[lo] held, hashes[hi] not
+    while hi - lo > 1:
+        mid = (lo + hi) >> 1
+        if hashes[mid] in lru:
+            lo = mid
+        else:
+            hi = mid
+    return hi
 
 
 @dataclass(slots=True)
@@ -228,15 +241,8 @@ class PrefixCacheScorer:
             elif last in lru:
                 out[i] = n
             else:
-                lo, hi = 0, n - 1  # hashes[lo] cached, hashes[hi] not
-                while hi - lo > 1:
-                    mid = (lo + hi) >> 1
-                    if hashes[mid] in lru:
-                        lo = mid
-                    else:
-                        hi = mid
-                out[i] = hint = hi
-                held, missing = hashes[hi - 1], hashes[hi]
+                out[i] = hint = _partial_match(lru, hashes)
+                held, missing = hashes[hint - 1], hashes[hint]
         return out
 
     def _match_one(self, cycle: PrefixCacheCycleState, key: str) -> int:
@@ -278,14 +284,7 @@ class PrefixCacheScorer:
         n = len(hashes)
         if hashes[-1] in lru:
             return n
-        lo, hi = 0, n - 1  # hashes[lo] cached, hashes[hi] not
-        while hi - lo > 1:
-            mid = (lo + hi) >> 1
-            if hashes[mid] in lru:
-                lo = mid
-            else:
-                hi = mid
-        return hi
+        return _partial_match(lru, hashes)
 
     def _block_size(self, endpoints: Sequence[Endpoint]) -> int:
         if self.params.auto_tune and endpoints:

@@ -10,27 +10,8 @@ import re, urllib.request
 from collections import defaultdict
 from epp.bench.overhead import OverheadSettings, overhead_stack, load, chat_bodies, _wait_serving
 
-def scrape(port):
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
-    out = defaultdict(float)
-    for line in text.splitlines():
-        m = re.match(r'(inference_extension_plugin_duration_seconds|inference_extension_scheduler_e2e_duration_seconds)_(sum|count)\{?(.*?)\}? ([0-9.e+-]+)$', line)
-        if m:
-            labels = re.findall(r'plugin_name="([^"]*)"', m.group(3))
-            ext = re.findall(r'extension_point="([^"]*)"', m.group(3))
-            key = (m.group(1)[-12:], (ext[0] if ext else ""), (labels[0] if labels else ""))
-            out[key + (m.group(2),)] += float(m.group(4))
-    return out
-
-def delta(a, b):
-    keys = {k[:3] for k in b}
-    res = {}
-    for k in sorted(keys):
-        n = b.get(k + ("count",), 0) - a.get(k + ("count",), 0)
-        s = b.get(k + ("sum",), 0) - a.get(k + ("sum",), 0)
-        if n > 0:
-            res[k] = s / n * 1e6
-    return res
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from filter_ab import delta, scrape  # noqa: E402  (the same histogram reader)
 
 cfg = Path(sys.argv[1])
 s = OverheadSettings(epp_config=cfg)
