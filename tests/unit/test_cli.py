@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -58,9 +61,67 @@ def test_a_command_that_starts_processes_unwinds_on_sigterm_and_restores_the_han
         with pytest.raises(SystemExit) as raised:
             seen[0](signal.SIGTERM, None)  # type: ignore[operator]
         assert raised.value.code == 128 + signal.SIGTERM
-        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # a second SIGTERM kills at once
+        # A second SIGTERM ends it at once, children included (the next test).
+        assert getattr(signal.getsignal(signal.SIGTERM), "__name__", "") == "_kill_children_and_exit"
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+_SLOW_UNWIND = """
+import subprocess, sys, time, signal
+from epp.cli import _unwind_on_sigterm
+signal.signal(signal.SIGTERM, _unwind_on_sigterm)
+# A child in a process group of its own (as the benchmarks start pods, Envoy and EPPs), with a
+# child of its own.
+child = subprocess.Popen(["sh", "-c", "sleep 60 & wait"], start_new_session=True)
+print(child.pid, flush=True)
+try:
+    time.sleep(60)
+finally:
+    time.sleep(60)  # a stop that takes long: the second SIGTERM comes during it
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return True
+    return stat[stat.rfind(b")") + 2:].split()[0] == b"Z"  # a zombie not reaped yet
+
+
+def test_a_second_sigterm_ends_the_command_and_its_children_at_once() -> None:
+    """The first SIGTERM unwinds through the `finally` blocks; a second one during a slow stop
+    exits at once, and kills the children's process groups first: exiting alone left them
+    running, in groups of their own."""
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_UNWIND], stdout=subprocess.PIPE, text=True)
+    child = 0
+    try:
+        assert proc.stdout is not None
+        child = int(proc.stdout.readline())
+        grandchildren: list[int] = []
+        deadline = time.monotonic() + 10
+        while not grandchildren and time.monotonic() < deadline:
+            with open(f"/proc/{child}/task/{child}/children") as f:
+                grandchildren = [int(p) for p in f.read().split()]
+            time.sleep(0.05)
+        assert grandchildren, "the child's own child did not start"
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert proc.poll() is None  # unwinding: the slow stop runs
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 10
+        while not all(_gone(p) for p in (child, *grandchildren)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert all(_gone(p) for p in (child, *grandchildren))
+    finally:
+        proc.kill()
+        proc.wait()
+        if child:  # on failure, leave nothing running
+            with contextlib.suppress(OSError):
+                os.killpg(child, signal.SIGKILL)
 
 
 def test_ctrl_c_during_a_command_that_starts_processes_exits_130_without_a_traceback(
