@@ -47,10 +47,10 @@ def _dump(*_):
         import statistics as st
         for o in gc.get_objects():
             if type(o).__name__ == "PrefixCacheScorer":
-                import pickle
-                if not os.environ.get("DIAG_PICKLE"): raise StopIteration
-                with open(f"/tmp/diag/lru-{int(time.time())}.pkl", "wb") as f:
-                    pickle.dump({k: list(v) for k, v in o._lru.items()}, f)
+                if os.environ.get("DIAG_PICKLE"):
+                    import pickle
+                    with open(f"/tmp/diag/lru-{int(time.time())}.pkl", "wb") as f:
+                        pickle.dump({k: list(v) for k, v in o._lru.items()}, f)
                 holders=[]; lens=[]; nblocks=[]
                 for b in chat_bodies():
                     body=json.loads(b)
