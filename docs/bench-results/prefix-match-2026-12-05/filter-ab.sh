@@ -3,7 +3,7 @@
 # match, with its own latency build) and after (NEW, this checkout), latency modules compiled:
 # the SLO profile, and the default config. Run under flock /tmp/bench.lock:  OLD=/tmp/ab-old bash filter-ab.sh
 HERE=$(cd "$(dirname "$0")" && pwd)
-NEW=${NEW:-/work/main}
+NEW=${NEW:-$(cd "$(dirname "$0")/../../.." && pwd)}  # this checkout
 OLD=${OLD:?a worktree of the commit before}
 for rnd in ${ROUNDS:-1 2 3}; do
   for arm in old-slo new-slo old-default new-default; do

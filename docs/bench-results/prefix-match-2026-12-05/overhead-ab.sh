@@ -5,7 +5,7 @@
 # Run under flock /tmp/bench.lock:  OLD=/tmp/ab-old bash overhead-ab.sh
 # Each invocation's runs 2 and 3 come after its long-prompt loads (docs/benchmarks.md).
 OUT=${OUT:-$(cd "$(dirname "$0")" && pwd)}
-NEW=${NEW:-/work/main}
+NEW=${NEW:-$(cd "$(dirname "$0")/../../.." && pwd)}  # this checkout
 OLD=${OLD:?a worktree of the commit before, with its own build (python -m epp.latency.build_native build)}
 PROFILE=docs/bench-results/overhead-2026-12-04-latency-slo-profile.yaml
 ROUNDS=${ROUNDS:-1 2 3}
