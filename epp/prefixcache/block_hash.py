@@ -38,7 +38,7 @@ import hashlib
 import os
 import pickle
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from typing import Any
 
 BlockHash = bytes
@@ -297,3 +297,30 @@ class BlockHasher:
             prev = hash_fn((prev, tuple(ids[i * size : (i + 1) * size]), extra_keys))
             out.append(prev)
         return out
+
+
+def held_prefix_length(held: Container[int], hashes: Sequence[int]) -> int:
+    """How many leading hashes of the chained `hashes` are in `held`. Chained hashes make a
+    held hash imply every one before it held, when whoever fills `held` keeps whole prefixes
+    (the prefix-cache scorer's LRU evicts tails first; the decision trace keeps whole lines):
+    a binary search (log2(n) lookups), not a walk over every hash. vLLM's block hashes and
+    the prefix-cache scorer's are both chained."""
+    n = len(hashes)
+    if n == 0 or hashes[0] not in held:
+        return 0
+    if hashes[-1] in held:
+        return n
+    return bisect_held_prefix(held, hashes)
+
+
+def bisect_held_prefix(held: Container[int], hashes: Sequence[int]) -> int:
+    """held_prefix_length, in [1, len(hashes) - 1], of a `held` known to hold the first of
+    `hashes` and not the last."""
+    lo, hi = 0, len(hashes) - 1  # hashes[lo] held, hashes[hi] not
+    while hi - lo > 1:
+        mid = (lo + hi) >> 1
+        if hashes[mid] in held:
+            lo = mid
+        else:
+            hi = mid
+    return hi

@@ -29,6 +29,7 @@ from typing import IO, Any
 import msgspec
 
 from epp.observability.decisions import DecisionEvent
+from epp.prefixcache.block_hash import held_prefix_length
 
 TRACE_VERSION = 1
 SUFFIX = ".jsonl"
@@ -175,19 +176,7 @@ class PrefixCoder:
         n = len(hashes)
         if n == 0:
             return -1, 0, b""
-        if hashes[0] not in seen:
-            shared = 0
-        elif hashes[-1] in seen:
-            shared = n
-        else:
-            lo, hi = 0, n - 1  # hashes[lo] seen, hashes[hi] not
-            while hi - lo > 1:
-                mid = (lo + hi) >> 1
-                if hashes[mid] in seen:
-                    lo = mid
-                else:
-                    hi = mid
-            shared = hi
+        shared = held_prefix_length(seen, hashes)
         base = -1
         if shared:
             base = seen[hashes[shared - 1]]

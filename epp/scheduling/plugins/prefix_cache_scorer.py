@@ -51,11 +51,12 @@ from __future__ import annotations
 
 import zlib
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 from epp.datastore.endpoint import Endpoint
+from epp.prefixcache.block_hash import bisect_held_prefix, held_prefix_length
 from epp.scheduling.plugins._loads import cycle_request_load
 from epp.scheduling.registry import PluginContext, register_plugin
 from epp.scheduling.types import CACHED_TOKENS_SUFFIX, CycleState, LLMRequest, SchedulingResult
@@ -88,19 +89,6 @@ def prefix_block_hashes(text: str, seed: str, block_size: int, max_blocks: int) 
         hashes[i] = (crc << 32) | adler
         start += block_size
     return hashes
-
-
-def _partial_match(lru: Mapping[int, None], hashes: Sequence[int]) -> int:
-    """The matched length, in [1, len(hashes) - 1], of an LRU holding the first of `hashes`
-    and not the last: a binary search, since a held block's prefix blocks are held too."""
-    lo, hi = 0, len(hashes) - 1  # hashes[lo] held, hashes[hi] not
-    while hi - lo > 1:
-        mid = (lo + hi) >> 1
-        if hashes[mid] in lru:
-            lo = mid
-        else:
-            hi = mid
-    return hi
 
 
 @dataclass(slots=True)
@@ -241,7 +229,7 @@ class PrefixCacheScorer:
             elif last in lru:
                 out[i] = n
             else:
-                out[i] = hint = _partial_match(lru, hashes)
+                out[i] = hint = bisect_held_prefix(lru, hashes)
                 held, missing = hashes[hint - 1], hashes[hint]
         return out
 
@@ -279,12 +267,7 @@ class PrefixCacheScorer:
     def match_length(self, endpoint_key: str, hashes: Sequence[int]) -> int:
         """Number of leading blocks of `hashes` remembered for the endpoint."""
         lru = self._lru.get(endpoint_key)
-        if not lru or not hashes or hashes[0] not in lru:
-            return 0
-        n = len(hashes)
-        if hashes[-1] in lru:
-            return n
-        return _partial_match(lru, hashes)
+        return held_prefix_length(lru, hashes) if lru else 0
 
     def _block_size(self, endpoints: Sequence[Endpoint]) -> int:
         if self.params.auto_tune and endpoints:
