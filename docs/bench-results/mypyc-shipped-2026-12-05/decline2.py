@@ -26,21 +26,22 @@ def delta(a, b):
             res[k] = s / n * 1e6
     return res
 
-cfg = Path(sys.argv[1])
-s = OverheadSettings(epp_config=cfg)
-bodies, long_bodies = chat_bodies(), chat_bodies(8, s.long_prompt_bytes)
-with overhead_stack(64, s) as stack:
-    args = Path(f"/proc/{stack.epp.pid}/cmdline").read_bytes().split(b"\0")
-    mport = int(args[args.index(b"--metrics-port") + 1])
-    _wait_serving(stack.epp_port, bodies)
-    load(stack.epp_port, bodies, 8, 300, 20)
-    snaps = []
-    for i in range(4):
-        a = scrape(mport)
-        load(stack.epp_port, bodies, 64, 12000, 20)
-        snaps.append(delta(a, scrape(mport)))
-        if i == 1:
-            for c in (20, 150):
-                load(stack.epp_port, long_bodies, c, 600, 20)
-    for k in snaps[0]:
-        print(f"{k[0]:>12} {k[1]:>14} {k[2]:>32}: " + "  ".join(f"{sn.get(k, float('nan')):8.1f}" for sn in snaps), "us")
+if __name__ == "__main__":  # prefix-match-2026-12-05/filter_ab.py imports scrape and delta
+    cfg = Path(sys.argv[1])
+    s = OverheadSettings(epp_config=cfg)
+    bodies, long_bodies = chat_bodies(), chat_bodies(8, s.long_prompt_bytes)
+    with overhead_stack(64, s) as stack:
+        args = Path(f"/proc/{stack.epp.pid}/cmdline").read_bytes().split(b"\0")
+        mport = int(args[args.index(b"--metrics-port") + 1])
+        _wait_serving(stack.epp_port, bodies)
+        load(stack.epp_port, bodies, 8, 300, 20)
+        snaps = []
+        for i in range(4):
+            a = scrape(mport)
+            load(stack.epp_port, bodies, 64, 12000, 20)
+            snaps.append(delta(a, scrape(mport)))
+            if i == 1:
+                for c in (20, 150):
+                    load(stack.epp_port, long_bodies, c, 600, 20)
+        for k in snaps[0]:
+            print(f"{k[0]:>12} {k[1]:>14} {k[2]:>32}: " + "  ".join(f"{sn.get(k, float('nan')):8.1f}" for sn in snaps), "us")

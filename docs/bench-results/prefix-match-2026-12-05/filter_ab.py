@@ -1,31 +1,13 @@
 """The EPP's plugin histograms over four c=64 runs of one stack, with the overhead benchmark's
 long-prompt loads (c=20 and c=150, 600 requests each) between runs 2 and 3 (filter-ab.sh)."""
-import re, sys, urllib.request
-from collections import defaultdict
+import sys
 from pathlib import Path
 from epp.bench.overhead import OverheadSettings, overhead_stack, load, chat_bodies, _wait_serving
 
-def scrape(port):
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
-    out = defaultdict(float)
-    for line in text.splitlines():
-        m = re.match(r'(inference_extension_plugin_duration_seconds|inference_extension_scheduler_e2e_duration_seconds)_(sum|count)\{?(.*?)\}? ([0-9.e+-]+)$', line)
-        if m:
-            labels = re.findall(r'plugin_name="([^"]*)"', m.group(3))
-            ext = re.findall(r'extension_point="([^"]*)"', m.group(3))
-            key = (m.group(1)[-12:], (ext[0] if ext else ""), (labels[0] if labels else ""))
-            out[key + (m.group(2),)] += float(m.group(4))
-    return out
-
-def delta(a, b):
-    keys = {k[:3] for k in b}
-    res = {}
-    for k in sorted(keys):
-        n = b.get(k + ("count",), 0) - a.get(k + ("count",), 0)
-        s = b.get(k + ("sum",), 0) - a.get(k + ("sum",), 0)
-        if n > 0:
-            res[k] = s / n * 1e6
-    return res
+# The histogram reader of the last stop's decline2.py (scrape: sums and counts per plugin;
+# delta: microseconds per call between two scrapes).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "mypyc-shipped-2026-12-05"))
+from decline2 import delta, scrape  # noqa: E402  (drive.py imports them from here too)
 
 def main() -> None:
     cfg = Path(sys.argv[1]) if sys.argv[1] != "default" else None
