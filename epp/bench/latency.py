@@ -5,7 +5,7 @@ prompts of 8k-30k tokens on a heterogeneous pool (pod 0 runs 2x slower), half th
 carrying TTFT / TPOT SLO headers, at 70% and 90% of the pool's estimated prefill capacity.
 Rows: Envoy round robin, our default config, and the predicted-latency profile
 (epp/bench/configs/epp-latency.yaml). The EPP rows run with STREAMED response bodies through
-ext_proc (response headers = first byte, usage = TPOT), the same Envoy setup for both.
+ext_proc (first body chunk = first token, usage = TPOT), the same Envoy setup for both.
 
 The latency row starts warm: a warm-up phase (its own requests, 70% load) trains the
 predictor and saves its state (`stateFile`); every measured phase loads that state, so the

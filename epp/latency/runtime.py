@@ -629,9 +629,10 @@ class LatencyRuntime:
             self._expire()
 
     def on_first_byte(self, request: LLMRequest, status: int) -> None:
-        """Response headers came back: the request's prefill is done (its first token, for a
-        streamed response from vLLM or the simulator). A response that is not streamed sends
-        its headers with the whole response: its prefill was done by then, but when is not
+        """The response's first byte came back (ResponseReceived): the request's prefill is
+        done. For a streamed response that is its first body chunk, its first token; vLLM
+        sends a stream's headers before the prefill (epp/server/extproc.py). A response that
+        is not streamed sends its headers with the whole response: its prefill was done by then, but when is not
         known, so it teaches nothing (no TTFT or TPOT observation) and does not time the
         queue behind it."""
         record = self._records.get(id(request))

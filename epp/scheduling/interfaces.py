@@ -100,8 +100,10 @@ class PreRequest(Plugin, Protocol):
 @runtime_checkable
 class ResponseReceived(Plugin, Protocol):
     def response_received(self, request: LLMRequest, target: Endpoint, status: int) -> None:
-        """Called when the response headers come back through the EPP (GIE's ResponseReceived):
-        the first byte of the response; only when Envoy sends response headers to ext_proc."""
+        """Called at the first byte of the response (GIE's ResponseReceived): a streamed
+        response's first body chunk, its first token, when Envoy streams response bodies to
+        ext_proc (vLLM sends a stream's headers before its prefill); otherwise, and for a
+        response not streamed or an error, its headers. Never without response headers."""
         ...
 
 

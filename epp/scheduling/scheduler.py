@@ -158,7 +158,7 @@ class Scheduler:
                 observer.observe_plugin("PreRequest", plugin.type_name, plugin.name, perf_counter_ns() - t0)
 
     def response_received(self, request: LLMRequest, target: Endpoint, status: int) -> None:
-        """Run the ResponseReceived plugins when the response headers come back."""
+        """Run the ResponseReceived plugins at the response's first byte (ResponseReceived)."""
         observer = self.observer
         for plugin in self.response_received_plugins:
             t0 = perf_counter_ns()

@@ -200,6 +200,9 @@ class _Stream:
     routed: float = 0.0  # when the routing answer was built (perf_counter)
     ttft: float = -1.0  # routing answer -> response headers (or first body bytes), seconds
     first_body: bool = False
+    # The ResponseReceived hook, due at the first body chunk of a streamed response
+    # (ExtProcHandler._response_received).
+    first_token_hook: Callable[[LLMRequest, Endpoint, int], None] | None = None
     response_headers: dict[str, str] | None = None  # set on the client's response (session token)
     explain: str | None = None  # x-epp-explain response header value (opt-in debug header)
     # Response cache (epp/responsecache): the request's plan, a lookup to await, a fill.
@@ -251,6 +254,7 @@ class ExtProcHandler:
         # Set by the server when the admin API or the x-epp-explain debug header is enabled.
         self.explainer: Explainer | None = None
         self.cache: ResponseCache | None = None  # the exact-response cache, when configured
+        self._warned_first_token = False  # _response_received's warning, logged once
 
     # The gRPC stream-stream method (request_deserializer=ProcessingRequest.FromString,
     # response_serializer=identity: we yield encoded bytes).
@@ -593,11 +597,38 @@ class ExtProcHandler:
             st.ttft = time.perf_counter() - st.routed
         if self.options.parse_usage and st.request is not None:
             st.usage = UsageParser(st.request.stream)
+        out, body_mode = self._response_headers_answer(st)
         if st.request is not None and st.targets:
-            # The first byte of the response (GIE ResponseReceived): latency plugins learn TTFT.
-            hook = getattr(self._scheduler(), "response_received", None)
-            if hook is not None:
-                hook(st.request, st.targets[0], st.status)
+            self._response_received(st, st.request, body_mode)
+        return out
+
+    def _response_received(self, st: _Stream, request: LLMRequest, body_mode: int) -> None:
+        """The first byte of the response (GIE ResponseReceived), from which the latency
+        plugins learn TTFT. A streamed response's first byte is its first body chunk, not its
+        headers: vLLM answers with a StreamingResponse, and uvicorn sends its headers as soon
+        as the request is accepted, before the prefill. So while the body streams through the
+        EPP the hook waits for the first chunk (_on_response_body). A response not streamed
+        sends its headers with the whole body, and an error has no first token: both at once."""
+        scheduler = self._scheduler()
+        hook = getattr(scheduler, "response_received", None)
+        if hook is None:
+            return
+        if request.stream and st.status == 200:
+            if body_mode in (STREAMED, FULL_DUPLEX_STREAMED):
+                st.first_token_hook = hook
+                return
+            if getattr(scheduler, "response_received_plugins", None) and not self._warned_first_token:
+                self._warned_first_token = True
+                log.warning("streamed responses do not reach the EPP (response_body_mode %s): the "
+                            "latency plugins take a response's headers for its first token, and vLLM "
+                            "sends them before its prefill, so TTFT reads near zero; set the ext_proc "
+                            "filter's response_body_mode to STREAMED (docs/latency-routing.md)",
+                            "BUFFERED" if body_mode == BUFFERED else "NONE")
+        hook(request, st.targets[0], st.status)
+
+    def _response_headers_answer(self, st: _Stream) -> tuple[list[bytes], int]:
+        """The answer to the response headers, and the response body mode it leaves this
+        response in (a mode override, or the filter's)."""
         extra: list[tuple[str, str]] | None = None  # response headers to set for the client
         if st.response_headers or st.explain is not None:
             extra = list((st.response_headers or {}).items())
@@ -612,8 +643,8 @@ class ExtProcHandler:
             if st.fill is not None and st.resp_body_mode == 0:
                 # A cache fill: this response's body comes to the EPP (SSE chunk by chunk).
                 mode = STREAMED if st.cache.stream else BUFFERED
-                return [head + wire.processing_mode(st.body_mode, mode)]
-            return [head]
+                return [head + wire.processing_mode(st.body_mode, mode)], mode
+            return [head], st.resp_body_mode
         head = _RESPONSE_HEADERS_CONTINUE
         if extra:
             head = wire.response_headers_response(wire.common_response(wire.header_mutation(extra)))
@@ -623,14 +654,18 @@ class ExtProcHandler:
             # request it may evict needs its body through the EPP; with the filter's response
             # body mode NONE, ask for this one only (a per-request mode_override, honoured on a
             # headers message), so critical streams skip the extra hop (docs/flow-control.md).
-            return [head + wire.processing_mode(st.body_mode, STREAMED)]
-        return [head]
+            return [head + wire.processing_mode(st.body_mode, STREAMED)], STREAMED
+        return [head], st.resp_body_mode
 
     def _on_response_body(self, st: _Stream, msg: Any) -> list[bytes]:
         if self.flow is not None and st.request is not None:  # the gate decides who is evictable
             self._evictable(st, st.request)
         if st.usage is not None:
             st.usage.feed(msg.response_body.body)
+        hook = st.first_token_hook
+        if hook is not None and st.request is not None and st.targets:
+            st.first_token_hook = None
+            hook(st.request, st.targets[0], st.status)
         if st.routed and not st.first_body:
             # The first body bytes: a streamed completion's first token (vLLM sends its headers
             # before it), so a better time to first token than the headers when Envoy streams

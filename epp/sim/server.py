@@ -493,10 +493,13 @@ class SimPod:
             return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
         try:
-            # Headers go out with the first token so they can carry the prefix-cache result.
-            token = await req.outputs.get()
-            response = web.StreamResponse(headers={**SSE_HEADERS, **self._result_headers(request, req)})
+            # Headers go out at once, before the prefill, as vLLM's do: it answers a stream with
+            # a StreamingResponse, whose headers uvicorn sends when the request is accepted. So
+            # they cannot carry the prefix-cache result; a stream's usage does
+            # (prompt_tokens_details.cached_tokens).
+            response = web.StreamResponse(headers={**SSE_HEADERS, **self._headers(request)})
             await response.prepare(request)
+            token = await req.outputs.get()
             if chat:
                 first = {
                     "index": 0,

@@ -119,3 +119,39 @@ async def test_bad_slo_header_is_a_400_with_an_openai_error(stack: LocalStack) -
                               headers={"x-llm-d-slo-ttft-ms": "soon"})
     assert r.status_code == 400, r.text
     assert r.json()["error"]["code"] == "invalid_slo_header"
+
+
+async def test_the_ttft_learnt_is_the_first_token_not_the_headers(stack: LocalStack) -> None:
+    """The simulator sends a stream's headers before its prefill, as vLLM does
+    (tests/unit/sim/test_sim_stream_headers.py): through the real Envoy, the TTFT the EPP
+    observes must be the first token's, as the client sees it, not the headers'."""
+    metrics_url = f"http://127.0.0.1:{stack.epps[0].metrics_port}/metrics"
+    name = "inference_objective_request_ttft_seconds"
+    headers_s: list[float] = []
+    first_s: list[float] = []
+    async with httpx.AsyncClient(timeout=60, trust_env=False) as client:
+        before = (await client.get(metrics_url)).text
+        for i in range(6):  # one at a time: no queue, so the prefill is the TTFT
+            # ~5k new tokens each (distinct first words: no prefix hit): a prefill of ~55 ms at
+            # the stack's time scale.
+            body = {"model": MODEL, "prompt": f"{i} apples " + "lorem ipsum dolor sit amet " * 1000,
+                    "max_tokens": 4, "stream": True, "stream_options": {"include_usage": True}}
+            start = time.perf_counter()
+            async with client.stream("POST", f"{stack.url}/v1/completions", json=body,
+                                     headers={"x-slo-ttft-ms": "10000"}) as r:
+                headers_s.append(time.perf_counter() - start)
+                assert r.status_code == 200
+                async for line in r.aiter_lines():
+                    if line.startswith("data: {") and len(first_s) < len(headers_s):
+                        first_s.append(time.perf_counter() - start)
+        await asyncio.sleep(0.3)
+        after = (await client.get(metrics_url)).text
+    count = _metric(after, name + "_count") - _metric(before, name + "_count")
+    learnt = (_metric(after, name + "_sum") - _metric(before, name + "_sum")) / max(count, 1)
+    client_ttft = sorted(first_s)[len(first_s) // 2]
+    client_headers = sorted(headers_s)[len(headers_s) // 2]
+    assert count == 6, count
+    # The headers come well before the first token; the EPP learns the first token's time
+    # (from its routing answer, so a little less than the client's).
+    assert client_headers < client_ttft / 3, (headers_s, first_s)
+    assert 0.6 * client_ttft <= learnt <= 1.1 * client_ttft, (learnt, first_s)

@@ -6,17 +6,20 @@ epp/latency/predictor.py). It configures the process's LatencyRuntime and feeds 
 
 - PreRequest: the decision is final; charge the chosen pod's prefill / decode ledger and keep
   the features and the predictions of the chosen pod for the request;
-- ResponseReceived: the response headers are the first byte (vLLM and the simulator send
-  them with the first token of a streamed response): observed TTFT, one TTFT sample;
+- ResponseReceived: the first byte, for a streamed response its first body chunk, which
+  vLLM sends with the first token (its headers come before the prefill; epp/server/extproc.py):
+  observed TTFT, one TTFT sample;
 - PostResponse: the stream ended; with the usage's completion_tokens, observed TPOT =
   (end - first byte) / (completion_tokens - 1), one TPOT sample.
 
 With `epp serve --workers N` the runtime tells the other workers of each request's dispatch,
 first byte and end, and queues and learns from theirs (epp/latency/sharing.py).
 
-TTFT needs Envoy to send response headers to ext_proc (`response_header_mode: SEND`), TPOT
-also the response body (usage); without them the predictor never trains and the latency
-plugins keep falling back to the weighted scorers.
+TTFT and TPOT need Envoy to stream response bodies to ext_proc (`response_body_mode:
+STREAMED`): the first chunk times TTFT, the usage gives TPOT. With the headers alone the EPP
+takes them for the first byte and warns once (against vLLM, TTFT then reads near zero);
+without them the predictor never trains and the latency plugins keep falling back to the
+weighted scorers.
 
 Parameters (all optional):
     sloDefaults: {objective-or-model: {ttftMs: 500, tpotMs: 50}}  default SLOs per
