@@ -117,7 +117,9 @@ class LatencyBenchSettings:
                            pod_slowdown={HETEROGENEOUS_SLOW_POD: HETEROGENEOUS_SLOWDOWN},
                            response_body_mode="STREAMED",
                            epp_args=["--workers", str(self.epp_workers)] if self.epp_workers > 1 else [],
-                           epp_max_streams=self.epp_max_streams)
+                           epp_max_streams=self.epp_max_streams,
+                           # Longer than any deferral (maxDeferS), for both EPP rows alike.
+                           envoy_message_timeout_ms=30_000)
 
     def capacity_tokens_per_s(self) -> float:
         per_token_ms = LatencyModel().prefill_per_token_ms * self.slowdown

@@ -166,6 +166,9 @@ class RowSettings:
     # opens another connection only past it, and the kernel spreads connections, not streams,
     # over `epp serve --workers N`. A low value spreads the requests over the workers.
     epp_max_streams: int = 32
+    # Envoy's ext_proc message_timeout for EPP rows: it must outlast any wait the EPP makes a
+    # request take before its routing answer (predicted-latency-producer's deferral).
+    envoy_message_timeout_ms: int = 2000
 
 
 @dataclass(slots=True)
@@ -244,7 +247,7 @@ def _stack_config(spec: RouterSpec, row: RowSettings, run_dir: Path) -> StackCon
     return StackConfig(
         run_dir=run_dir, pods=row.pods, ports_free=True, time_scale=row.time_scale,
         with_epp=is_epp, with_envoy=is_epp, response_body_mode=row.response_body_mode,
-        epp_max_concurrent_streams=row.epp_max_streams,
+        epp_max_concurrent_streams=row.epp_max_streams, envoy_message_timeout_ms=row.envoy_message_timeout_ms,
         epp_config=row_epp_config(spec, row, run_dir) if is_epp else None,
         # Pods bind their KV-event sockets (vLLM's `tcp://*:port` style) so that whoever
         # follows them (our EPP or vllm-router kv_aware) connects, one subscriber per pod.

@@ -46,6 +46,9 @@ RECORD_TTL_S = 600.0  # a record with no stream end after this long is dropped (
 # Time constant of the pool's dispatch rate (an exponentially decayed count): long enough to
 # span a few long prefills' service times, short enough to follow a change in the load.
 DISPATCH_RATE_TAU_S = 10.0
+# A deferred request waits at most 1.5x the prefill ahead's time to its due first byte, plus
+# this (LatencyRuntime.on_dispatch).
+DEFER_MARGIN_S = 0.25
 
 
 @dataclass(slots=True)
@@ -156,6 +159,7 @@ class QueuedStep:
 
     service: float = 0.0  # the sum of its pending members' charges (RequestRecord.service)
     members: int = 0  # its pending members
+    deferred: bool = False  # its requests wait in the EPP for the prefill ahead (LatencyRuntime.deferral)
 
 
 @dataclass(slots=True)
@@ -197,6 +201,10 @@ class RequestRecord:
     # with `seq`, its dispatcher's serial number, it names the request on the peer bus.
     origin: int = -1
     seq: int = 0
+    # Held in the EPP until the long prefill ahead of it on its pod had its first byte
+    # (LatencyRuntime.deferral); `sent`, when it was let go (0: at once, at `dispatched`).
+    deferred: bool = False
+    sent: float = 0.0
 
 
 class LatencyRuntime:
@@ -273,6 +281,13 @@ class LatencyRuntime:
         self.peers: LatencySharing | None = None
         self._registered: set[int] = set()
         self.clock = time.monotonic
+        # Deferral (predicted-latency-producer deferBehindPrefillTokens): a request for a pod
+        # that is prefilling a prompt of at least `defer_min_ktokens` k new tokens waits in the
+        # EPP for that prefill's first byte, at most `max_defer_s` (0: off). By id of the
+        # awaited request: its Deferral.
+        self.defer_min_ktokens = 0.0
+        self.max_defer_s = 0.0
+        self._deferrals: dict[int, Deferral] = {}
 
     # --- setup ------------------------------------------------------------------------------
     def register_metrics(self, services: Mapping[str, Any]) -> None:
@@ -475,7 +490,33 @@ class LatencyRuntime:
         last = self._last_step.get(key)
         if last is None or not last.members:
             return False
+        if not last.deferred and self.defer_min_ktokens and self.deferral_head(key) is not None:
+            return False  # it would wait for that step's end, and take a step of its own after
         return self._step_start.get(key, 0.0) > now or self.pending_count.get(key, 0) > last.members
+
+    def deferral_head(self, key: str) -> RequestRecord | None:
+        """The request a request sent to pod `key` now would wait for in the EPP (deferral),
+        or None. vLLM fills each step's token budget first come, first served, so whatever
+        reaches a pod while a prompt is prefilling there is prefilled in that prompt's last
+        step, which lasts longer by its tokens: up to a whole step (1.8 s on the benchmark's
+        pods) on the long prompt's first token. Held until that first byte, it takes a step of
+        its own right after, which costs it about one step's base time. The request waited
+        for is the last one sent there and not held itself, when it is streamed (its first
+        byte is its first token), timed by the virtual queue, has at least
+        `defer_min_ktokens` new tokens, and its last step has budget left free
+        (`chunk_tokens` known)."""
+        order = self._pending_order.get(key)
+        if not order:
+            return None
+        for head in reversed(order.values()):
+            if not head.deferred:
+                break
+        else:
+            return None
+        if (head.new_tokens < self.defer_min_ktokens or not head.request.stream or not head.virtual_first_byte
+                or not _free_step_tokens(head.stream_end, self.chunk_tokens)):
+            return None
+        return head
 
     def features(self, ep: Endpoint, prompt_tokens: int, cached_tokens: int) -> list[float]:
         key = ep.key
@@ -539,8 +580,9 @@ class LatencyRuntime:
                 self._head_since[key] = head.virtual_first_byte
 
     # --- request lifecycle ----------------------------------------------------------------
-    def on_dispatch(self, state: CycleState, request: LLMRequest, target: Endpoint) -> None:
-        """The decision is final: charge the ledger and remember what was predicted."""
+    def on_dispatch(self, state: CycleState, request: LLMRequest, target: Endpoint) -> Deferral | None:
+        """The decision is final: charge the ledger and remember what was predicted. Returns
+        the deferral the request must wait for before it is sent, if any (deferral_head)."""
         cycle: CyclePredictions | bool | None = state.get(STATE_KEY)
         if isinstance(cycle, CyclePredictions):
             # The cycle's prediction for the target, brought up to date with the prefix info.
@@ -561,6 +603,19 @@ class LatencyRuntime:
             ttft, tpot = self.predict(target.key, x) if self.predictor.ready else (math.nan, math.nan)
         record = RequestRecord(request, target.key, request.model, request.target_model, slo, x, ttft, tpot,
                                x[1], expected_output_tokens(request) / 1000.0, self.clock())
+        deferral: Deferral | None = None
+        if self.defer_min_ktokens:
+            head = self.deferral_head(target.key)
+            if head is not None:
+                deferral = self._deferrals.get(id(head.request))
+                if deferral is None:
+                    # Until its virtual first byte, and as long again as it is due in, plus a
+                    # step's margin: a head much later than predicted lets them go.
+                    due = max(0.0, head.virtual_first_byte - record.dispatched)
+                    deferral = self._deferrals[id(head.request)] = Deferral(
+                        id(head.request), record.dispatched + min(self.max_defer_s, 1.5 * due + DEFER_MARGIN_S))
+                deferral.records.append(record)
+                record.deferred = True
         if slo.tpot_s is not None:
             steps = max(1, expected_output_tokens(request) - 1)
             record.stall_budget = (slo.tpot_s - (tpot if tpot == tpot else 0.0)) * steps
@@ -572,6 +627,7 @@ class LatencyRuntime:
             self.metrics.observe_predicted(record)
         if self.peers is not None:
             self.peers.dispatched(record)
+        return deferral
 
     def _enqueue(self, record: RequestRecord) -> None:
         """Put a dispatched request, this process's or a peer's, in its pod's ledger, virtual
@@ -583,6 +639,10 @@ class LatencyRuntime:
         self.pending_prefill[pod] = self.pending_prefill.get(pod, 0.0) + record.new_tokens
         self._ledger_changed.add(pod)  # pending prefill, and in-flight decode below
         self.pending_count[pod] = self.pending_count.get(pod, 0) + 1
+        last = self._last_step.get(pod)
+        if record.deferred and (last is None or not last.deferred):
+            # It reaches the pod when the prefill ahead is done: its own prefill stream starts.
+            self.prefill_stream[pod] = 0.0
         # Reset to 0 when the pod's pending queue empties (_release_prefill).
         record.stream_end = self.prefill_stream[pod] = self.prefill_stream.get(pod, 0.0) + record.new_tokens
         service = self.predictor.service_time(pod, record.new_tokens) if self.predictor.ready else math.nan
@@ -595,7 +655,7 @@ class LatencyRuntime:
             else:
                 record.service = self.predictor.queue_service(pod, record.new_tokens)
                 self._step_start[pod] = start
-                step = self._last_step[pod] = QueuedStep()
+                step = self._last_step[pod] = QueuedStep(deferred=record.deferred)
             record.step = step
             step.service += record.service
             step.members += 1
@@ -675,7 +735,7 @@ class LatencyRuntime:
         probe = self._step_probes.get(pod)
         if probe is None:
             probe = self._step_probes[pod] = StepProbe()
-        step = probe.first_byte(record.first_byte, record.dispatched, record.new_tokens)
+        step = probe.first_byte(record.first_byte, record.sent or record.dispatched, record.new_tokens)
         if step is not None:
             self.predictor.observe_step(pod, *step)
         ttft = record.first_byte - record.dispatched
@@ -774,8 +834,8 @@ class LatencyRuntime:
         pending = iter(order.values())
         next(pending, None)
         nxt = next(pending, None)
-        if nxt is None or nxt.step is None:  # (no step: sent untimed, nothing to credit)
-            return
+        if nxt is None or nxt.step is None or nxt.deferred:
+            return  # (no step: sent untimed, nothing to credit; deferred: sent after that step)
         pod = head.pod
         step = self.predictor.queue_service(pod, chunk / 1000.0)
         if not nxt.dispatched <= at - step:  # (NaN without a model: no credit)
@@ -794,6 +854,10 @@ class LatencyRuntime:
     def _release_prefill(self, record: RequestRecord, at: float | None = None) -> None:
         if not record.prefill_released:
             record.prefill_released = True
+            if self._deferrals:
+                deferral = self._deferrals.pop(id(record.request), None)
+                if deferral is not None:
+                    deferral.release(self.clock() if at is None else at)
             pod = record.pod
             order = self._pending_order.get(pod)
             if order:
@@ -816,6 +880,13 @@ class LatencyRuntime:
                 self.queue_clear_at[pod] = self._step_start[pod] = self.queued_service[pod] = 0.0
                 self.prefill_stream[pod] = 0.0
                 self._last_step.pop(pod, None)
+
+    def end_deferral(self, deferral: Deferral) -> None:
+        """Let a deferral's requests go at its deadline: the prefill ahead ran late, and those
+        that come after it are sent at once."""
+        if self._deferrals.get(deferral.head) is deferral:
+            del self._deferrals[deferral.head]
+        deferral.release(self.clock())
 
     def _expire(self) -> None:
         cutoff = self.clock() - RECORD_TTL_S
@@ -893,10 +964,43 @@ class LatencyRuntime:
         `chunk_tokens` (the decode tokens that share the steps are ignored)."""
         if not self.pending_count.get(pod):
             return 0
+        if self.defer_min_ktokens and self.deferral_head(pod) is not None:
+            return 0  # deferred: it will not share that step
         return _free_step_tokens(self.prefill_stream.get(pod, 0.0), chunk_tokens)
 
     def open_records(self) -> int:
         return len(self._records)
+
+
+class Deferral:
+    """The requests waiting in the EPP for one prefill's first byte (LatencyRuntime.deferral_head),
+    and when they go at the latest (`deadline`, on the runtime's clock). Each waits on a future
+    of its own (add_waiter), set on the loop thread, where the runtime runs."""
+
+    __slots__ = ("_waiters", "deadline", "head", "records", "released")
+
+    def __init__(self, head: int, deadline: float) -> None:
+        self.head = head  # id of the request whose first byte it waits for
+        self.records: list[RequestRecord] = []
+        self.deadline = deadline
+        self.released = False
+        self._waiters: list[Any] = []  # asyncio futures of the requests waiting (add_waiter)
+
+    def add_waiter(self, future: Any) -> None:
+        if self.released:
+            future.set_result(None)
+        else:
+            self._waiters.append(future)
+
+    def release(self, at: float) -> None:
+        self.released = True
+        for record in self.records:
+            if not record.sent:
+                record.sent = at
+        for future in self._waiters:
+            if not future.done():
+                future.set_result(None)
+        self._waiters.clear()
 
 
 def _free_step_tokens(stream_ktokens: float, chunk_tokens: int) -> int:

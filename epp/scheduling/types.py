@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,6 +105,9 @@ class SchedulingResult:
     # Headers to set on the response to the client (e.g. llm-d's x-session-token); needs
     # Envoy's response_header_mode SEND.
     response_headers: dict[str, str] = field(default_factory=dict)
+    # Set by a PreRequest plugin: the routing answer waits for it (predicted-latency-producer's
+    # deferral). It must end by itself, and not raise.
+    dispatch_after: Awaitable[None] | None = None
 
     @property
     def primary(self) -> ProfileRunResult | None:

@@ -35,7 +35,7 @@ from __future__ import annotations
 import heapq
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -203,6 +203,7 @@ class _Stream:
     # The ResponseReceived hook, due at the first body chunk of a streamed response
     # (ExtProcHandler._response_received).
     first_token_hook: Callable[[LLMRequest, Endpoint, int], None] | None = None
+    dispatch_after: Awaitable[None] | None = None  # SchedulingResult.dispatch_after, to await
     response_headers: dict[str, str] | None = None  # set on the client's response (session token)
     explain: str | None = None  # x-epp-explain response header value (opt-in debug header)
     # Response cache (epp/responsecache): the request's plan, a lookup to await, a fill.
@@ -280,6 +281,8 @@ class ExtProcHandler:
                         out = await self._after_cache_lookup(st)
                     if st.ticket is not None:  # queued by flow control: wait, then route
                         out = await self._after_queue(st)
+                    if st.dispatch_after is not None:  # a plugin holds the request (deferral)
+                        await self._dispatch_after(st)
                 except RequestError as e:
                     st.status, st.error = e.status, e.code or "error"
                     self.observer.on_rejected(st.request, e)
@@ -390,6 +393,17 @@ class ExtProcHandler:
                 st.cache_pending, st.pending_body = True, body
                 return []
         return self._admit(st, request, body)
+
+    @staticmethod
+    async def _dispatch_after(st: _Stream) -> None:
+        """Wait for what a PreRequest plugin made the routing answer wait for (it ends by
+        itself); the request is routed whatever becomes of it."""
+        hold, st.dispatch_after = st.dispatch_after, None
+        assert hold is not None
+        try:
+            await hold
+        except Exception:
+            log.exception("dispatch hold failed; routing now", extra={"request_id": st.request_id})
 
     async def _after_cache_lookup(self, st: _Stream) -> list[bytes]:
         st.cache_pending = False
@@ -517,6 +531,8 @@ class ExtProcHandler:
         if len(targets) == 1 and self.options.max_fallbacks > 0 and len(primary.scores) > 1:
             targets = self._with_fallbacks(targets[0], primary.scores)
         scheduler.pre_request(state, request, result)
+        if result.dispatch_after is not None:
+            st.dispatch_after = result.dispatch_after  # awaited before the answer is sent (process)
         seconds = time.perf_counter() - t0
         self.observer.on_decision(request, result, seconds)
         if self.decisions.active:

@@ -32,11 +32,17 @@ Parameters (all optional):
         the cycle's first prediction on, so the admitter and the headroom filter, which run
         before any scorer, see a pod's cached prompt tokens too (llm-d's parameter of the same
         name). "" (default): the config's only prefix scorer, none when it has several or none
+    deferBehindPrefillTokens: 0  off; N: a request sent to a pod that is prefilling a prompt of
+        at least N new tokens waits in the EPP for that prompt's first token, so that it does not
+        lengthen that prompt's last prefill step (vLLM packs waiting prompts into it); needs the
+        latency-scorer's maxNumBatchedTokens (docs/latency-routing.md, "Deferral")
+    maxDeferS: 10  the longest a request waits so; Envoy's ext_proc message_timeout must be longer
     window, minSamples, minPodSamples, ridge, retrainIntervalS, saveIntervalS: the predictor
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections.abc import Mapping
@@ -47,7 +53,7 @@ from typing import Any, ClassVar
 from epp.datastore.endpoint import Endpoint
 from epp.latency import native
 from epp.latency.predictor import PredictorConfig
-from epp.latency.runtime import LatencyRuntime, latency_runtime
+from epp.latency.runtime import Deferral, LatencyRuntime, latency_runtime
 from epp.latency.sharing import LatencySharing
 from epp.latency.slo import MAX_SLO_MS, ObjectiveSLO
 from epp.scheduling.interfaces import PrefixMatchProducer
@@ -78,6 +84,16 @@ def _objective_slos(raw: Mapping[str, Any]) -> dict[str, ObjectiveSLO]:
     return out
 
 
+async def _deferred(deferral: Deferral, runtime: LatencyRuntime) -> None:
+    """Wait for the deferral's prefill to have its first byte, or for its deadline."""
+    waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    deferral.add_waiter(waiter)
+    try:
+        await asyncio.wait_for(waiter, max(0.0, deferral.deadline - runtime.clock()))
+    except TimeoutError:
+        runtime.end_deferral(deferral)
+
+
 @register_plugin
 class PredictedLatencyProducer:
     type_name: ClassVar[str] = "predicted-latency-producer"
@@ -97,9 +113,16 @@ class PredictedLatencyProducer:
         retrain_interval_s: float = 0.5
         save_interval_s: float = 30.0
         prefix_match_info_producer_name: str = ""
+        defer_behind_prefill_tokens: int = 0
+        max_defer_s: float = 10.0
 
         def validate(self) -> None:
             _objective_slos(self.slo_defaults)
+            if self.defer_behind_prefill_tokens < 0:
+                raise ValueError("parameter deferBehindPrefillTokens must be >= 0 (0: off), "
+                                 f"got {self.defer_behind_prefill_tokens}")
+            if not 0.0 < self.max_defer_s <= 600.0:
+                raise ValueError(f"parameter maxDeferS must be in (0, 600] seconds, got {self.max_defer_s}")
             try:
                 self.predictor_config().validate()
             except ValueError as e:
@@ -119,6 +142,8 @@ class PredictedLatencyProducer:
         rt = self.runtime
         rt.objective_slos = _objective_slos(self.params.slo_defaults)
         rt.score_without_slo = self.params.score_requests_without_slo
+        rt.defer_min_ktokens = self.params.defer_behind_prefill_tokens / 1000.0
+        rt.max_defer_s = self.params.max_defer_s
         rt.predictor.config = self.params.predictor_config()
         # A config reload builds a new producer on the same runtime: keep what it learned.
         if rt.predictor.version == 0:
@@ -157,7 +182,9 @@ class PredictedLatencyProducer:
     def pre_request(self, state: CycleState, request: LLMRequest, result: SchedulingResult) -> None:
         primary = result.primary
         if primary is not None and primary.targets:
-            self.runtime.on_dispatch(state, request, primary.targets[0])
+            deferral = self.runtime.on_dispatch(state, request, primary.targets[0])
+            if deferral is not None:
+                result.dispatch_after = _deferred(deferral, self.runtime)
 
     def response_received(self, request: LLMRequest, target: Endpoint, status: int) -> None:
         self.runtime.on_first_byte(request, status)

@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import math
 import random
+import time
 from typing import Any
 
 import httpx
@@ -23,7 +24,7 @@ from epp.bench.stats import percentile
 from epp.sim.cluster import simulated_pods
 from epp.sim.config import LatencyModel
 from epp.tokenization.tokenizer import SimpleTokenizer
-from tests.helpers.streaming import distinct_prompt, seconds_to_first_token
+from tests.helpers.streaming import distinct_prompt, first_token_at, seconds_to_first_token
 
 
 def test_counts_slow_pod_and_misplaced_long_prefills() -> None:
@@ -95,6 +96,46 @@ async def test_idle_ttft_matches_the_simulator_and_the_next_request_shares_the_l
         free = 2 * 8192 - first_tokens  # the first prompt's last step: what the second one takes
         assert shared >= idle_ttft_s(first_tokens, 1.0) + 0.9 * lat.prefill_per_token_ms * free / 1000.0
         assert shared == pytest.approx(idle_ttft_s(2 * 8192, 1.0), rel=0.15)
+
+
+
+async def test_a_request_held_until_the_prefill_ahead_ends_costs_itself_one_step_base() -> None:
+    """The deferral's premise (deferBehindPrefillTokens), on a real simulated pod: a 2k-token
+    chat that reaches a pod while a 12k-token prompt prefills there is prefilled in that
+    prompt's last step, which its tokens lengthen. Held until the prompt's first token and sent
+    then, the chat takes a step of its own: the prompt's first token comes as if it were alone,
+    and the chat's own comes later only by about one step's base time (and a round trip)."""
+    scale = 0.5
+    lat = LatencyModel()
+    async with (simulated_pods(1, time_scale=scale, max_model_len=40_000) as cluster,
+                httpx.AsyncClient(timeout=60) as client):
+        url = cluster.urls[0]
+        prompts = {held: (distinct_prompt(f"long-{held}", 12_000), distinct_prompt(f"chat-{held}", 2_000))
+                   for held in (False, True)}
+        results: dict[bool, tuple[float, float]] = {}
+        for held, (long_prompt, chat_prompt) in prompts.items():
+            first = asyncio.create_task(first_token_at(client, url, long_prompt))
+            await asyncio.sleep(0.05)  # the long prompt is in its first step
+            chat_arrival = time.monotonic()
+            if held:
+                _, long_first = await first
+                _, chat_first = await first_token_at(client, url, chat_prompt)
+            else:
+                chat = asyncio.create_task(first_token_at(client, url, chat_prompt))
+                _, long_first = await first
+                _, chat_first = await chat
+            long_sent = chat_arrival - 0.05
+            results[held] = ((long_first - long_sent) / scale, (chat_first - chat_arrival) / scale)
+    long_tokens = len(SimpleTokenizer().encode(prompts[True][0]))
+    chat_tokens = len(SimpleTokenizer().encode(prompts[False][1]))
+    per_token_s = lat.prefill_per_token_ms / 1000.0
+    # Sent at once, the chat lengthened the long prompt's last step by its tokens; held, not.
+    assert results[False][0] >= idle_ttft_s(long_tokens, 1.0) + 0.8 * per_token_s * chat_tokens, results
+    assert results[True][0] == pytest.approx(idle_ttft_s(long_tokens, 1.0), rel=0.1), results
+    # What holding cost the chat: about a step's base, far less than what it saved the prompt.
+    cost = results[True][1] - results[False][1]
+    saved = results[False][0] - results[True][0]
+    assert cost < 0.5 * saved and cost < 4 * lat.step_base_ms / 1000.0 + 0.03, results
 
 
 def _brute_force_ttfts(arrivals: list[float], services: list[list[float]]) -> list[list[float]]:

@@ -786,3 +786,91 @@ def test_running_tpot_harms_follow_every_change_of_a_pods_guard(ready: bool) -> 
             seen.add(sum(h for _, h in expected))
     assert len(seen) >= 6  # the run sees many different counts
     rt.predictor.stop()
+
+
+def test_a_request_for_a_pod_prefilling_a_long_prompt_waits_for_its_first_byte() -> None:
+    """Deferral (deferBehindPrefillTokens): sent at once, a chat would be prefilled in the long
+    prompt's last step, and lengthen it by its tokens. Held in the EPP until the long prompt's
+    first byte, it takes a step of its own right after: the queue times it so, the last-chunk
+    cost reads nothing to share, and the chats after it join its step and its wait."""
+    clock = Clock()
+    rt = trained(clock)
+    rt.chunk_tokens = 8192
+    rt.defer_min_ktokens, rt.max_defer_s = 8.192, 10.0
+    pod = endpoint("p", port=8000)
+    t0 = clock.now
+    long_prompt = request("a" * 40_000, request_id="long")  # 10k tokens: 6,384 of its last step free
+    assert rt.on_dispatch(CycleState(), long_prompt, pod) is None  # nothing ahead of it
+    clock.now += 0.5
+    assert rt.last_chunk_free_tokens(pod.key, 8192) == 0  # a request sent now would wait
+    assert not rt.joins_last_step(pod.key, clock.now)
+    chat = request("c" * 4_000, request_id="chat")  # 1k tokens
+    deferral = rt.on_dispatch(CycleState(), chat, pod)
+    assert deferral is not None and deferral.head == id(long_prompt)
+    # Until the long prompt's virtual first byte, and half as long again, plus the margin.
+    assert deferral.deadline == pytest.approx(clock.now + 1.5 * (t0 + service(10.0) - clock.now) + 0.25)
+    # Its own step after the long prompt's first byte, not a share of its last step.
+    assert rt.queue_clear_at[pod.key] == pytest.approx(t0 + service(10.0) + service(1.0))
+    clock.now += 0.1
+    assert rt.joins_last_step(pod.key, clock.now)  # the next chat joins the held step
+    chat2 = request("d" * 4_000, request_id="chat2")
+    assert rt.on_dispatch(CycleState(), chat2, pod) is deferral
+    assert [r.request for r in deferral.records] == [chat, chat2]
+    loop = asyncio.new_event_loop()
+    try:
+        waiter = loop.create_future()
+        deferral.add_waiter(waiter)
+        clock.now = t0 + service(10.0) - 0.3  # a little early
+        rt.on_first_byte(long_prompt, 200)
+        assert waiter.done() and deferral.released
+        assert all(r.sent == clock.now for r in deferral.records)
+        # Nothing of the held chats was prefilled in the long prompt's last step: no credit.
+        share = rt.predictor.step_share(pod.key, 1.0)
+        assert rt.queue_clear_at[pod.key] == pytest.approx(clock.now + service(1.0) + share)
+        # The held ones go now: a request sent after them is not held.
+        assert rt.on_dispatch(CycleState(), request("e" * 4_000, request_id="late"), pod) is None
+    finally:
+        loop.close()
+        rt.predictor.stop()
+
+
+def test_deferral_waits_only_behind_a_long_streamed_prompt_with_room_in_its_last_step() -> None:
+    clock = Clock()
+
+    def held(head_chars: int, *, stream: bool = True, min_ktokens: float = 8.192, chunk: int = 8192) -> bool:
+        rt = trained(clock)
+        rt.chunk_tokens = chunk
+        rt.defer_min_ktokens, rt.max_defer_s = min_ktokens, 10.0
+        pod = endpoint("p", port=8000)
+        head = request("a" * head_chars, request_id="head")
+        head.stream = stream
+        rt.on_dispatch(CycleState(), head, pod)
+        clock.now += 0.2
+        deferral = rt.on_dispatch(CycleState(), request("c" * 4_000, request_id="chat"), pod)
+        rt.predictor.stop()
+        return deferral is not None
+
+    assert held(40_000)  # 10k tokens
+    assert not held(20_000)  # 5k tokens: under the threshold
+    assert not held(40_000, min_ktokens=0.0)  # off
+    assert not held(40_000, stream=False)  # its headers come with the whole response
+    assert not held(4 * 16_384)  # 16,384 tokens end on a step boundary: nothing would join
+    assert not held(40_000, chunk=0)  # the step budget unknown
+
+
+async def test_a_deferral_past_its_deadline_lets_its_requests_go() -> None:
+    from epp.scheduling.plugins.predicted_latency_producer import _deferred
+    clock = Clock()
+    rt = trained(clock)
+    rt.chunk_tokens = 8192
+    rt.defer_min_ktokens, rt.max_defer_s = 8.192, 0.05
+    pod = endpoint("p", port=8000)
+    long_prompt = request("a" * 40_000, request_id="long")
+    rt.on_dispatch(CycleState(), long_prompt, pod)
+    deferral = rt.on_dispatch(CycleState(), request("c" * 4_000, request_id="chat"), pod)
+    assert deferral is not None and deferral.deadline == clock.now + 0.05
+    started = asyncio.get_running_loop().time()
+    await _deferred(deferral, rt)  # the fake clock stands still: the deadline is 50 ms away
+    assert 0.04 <= asyncio.get_running_loop().time() - started < 1.0
+    assert deferral.released and rt.on_dispatch(CycleState(), request("d" * 4_000), pod) is not deferral
+    rt.predictor.stop()

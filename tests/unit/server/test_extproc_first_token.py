@@ -4,6 +4,7 @@ prefill (tests/unit/sim/test_sim_stream_headers.py compares the simulator with t
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -15,7 +16,7 @@ from epp.datastore import Endpoint
 from epp.scheduling.types import CycleState, LLMRequest, ProfileRunResult, SchedulingResult
 from epp.server.extproc import ExtProcHandler
 from epp.server.wire import BUFFERED, STREAMED
-from tests.unit.server.test_extproc import _body, _datastore, _headers, _response_headers
+from tests.unit.server.test_extproc import _body, _datastore, _dest, _headers, _response_headers
 
 SSE = (b'data: {"choices":[{"text":"a"}]}\n\n', b'data: {"choices":[{"text":"b"}]}\n\ndata: [DONE]\n\n')
 
@@ -49,7 +50,7 @@ async def _exchange(body_mode: int | None, stream: bool, status: int = 200,
     sched = RecordingScheduler(sent, plugins)
     head = _headers()
     if body_mode is not None:
-        head.protocol_config.response_body_mode = body_mode  # type: ignore[assignment]
+        head.protocol_config.response_body_mode = body_mode
     msgs = [head, _body({"model": "m", "prompt": "x", "stream": stream}), _response_headers(status),
             pb.ProcessingRequest(response_body=pb.HttpBody(body=SSE[0])),
             pb.ProcessingRequest(response_body=pb.HttpBody(body=SSE[1], end_of_stream=True))]
@@ -91,3 +92,51 @@ async def test_a_response_not_streamed_or_an_error_is_received_at_its_headers() 
     # Not streamed: vLLM sends the headers with the whole body. An error has no first token.
     assert await _exchange(STREAMED, stream=False) == [(3, 200)]
     assert await _exchange(STREAMED, stream=True, status=503) == [(3, 503)]
+
+
+async def test_the_routing_answer_waits_for_a_dispatch_hold() -> None:
+    """A PreRequest plugin may hold the request (SchedulingResult.dispatch_after, the latency
+    runtime's deferral): the routing answer goes only once the hold ends, and a hold that
+    fails still routes."""
+    gate = asyncio.Event()
+    answered: list[float] = []
+
+    class Holding(RecordingScheduler):
+        def __init__(self, hold: Any) -> None:
+            super().__init__([])
+            self.hold = hold
+
+        def pre_request(self, state: CycleState, request: LLMRequest, result: SchedulingResult) -> None:
+            result.dispatch_after = self.hold()
+
+    async def released() -> None:
+        await gate.wait()
+
+    async def broken() -> None:
+        raise RuntimeError("boom")
+
+    for hold in (released, broken):
+        sched = Holding(hold)
+        handler = ExtProcHandler(_datastore(), lambda s=sched: s)
+
+        async def gen() -> AsyncIterator[pb.ProcessingRequest]:
+            yield _headers()
+            yield _body({"model": "m", "prompt": "x"})
+
+        async def drive(handler: ExtProcHandler) -> list[pb.ProcessingResponse]:
+            out = []
+            async for raw in handler.process(gen(), None):
+                r = pb.ProcessingResponse()
+                r.ParseFromString(raw)
+                out.append(r)
+                answered.append(asyncio.get_running_loop().time())
+            return out
+
+        task = asyncio.create_task(drive(handler))
+        await asyncio.sleep(0.05)
+        if hold is released:
+            assert len(answered) == 1  # the headers' answer only: the routing answer waits
+            gate.set()
+        out = await task
+        assert _dest(out[-1]) == "127.0.0.1:8000"
+        answered.clear()
