@@ -90,6 +90,11 @@ class LatencyMetrics(Collector):
             "epp_latency_slo_rejected",
             "Sheddable requests refused (429) because no pod was predicted to meet their SLO.",
             registry=None)
+        self.deferred = FastHistogram(
+            "epp_latency_deferral_seconds",
+            "How long requests waited in the EPP for the long prefill ahead of them on their pod to "
+            "have its first token (predicted-latency-producer deferBehindPrefillTokens).",
+            buckets=LATENCY_BUCKETS, registry=None)
         self._children: dict[tuple[str, str, str], HistogramChild] = {}
 
     # --- recording (hot path: cached label children) ----------------------------------------
@@ -138,7 +143,7 @@ class LatencyMetrics(Collector):
     def collect(self) -> Iterator[Metric]:
         for metric in (self.ttft, self.predicted_ttft, self.prediction_duration, self.tpot,
                        self.predicted_tpot, self.slo_violations, self.prediction_error,
-                       self.slo_requests, self.slo_rejected):
+                       self.slo_requests, self.slo_rejected, self.deferred):
             yield from metric.collect()
         p = self.predictor
         yield GaugeMetricFamily("epp_latency_training_lag_seconds",

@@ -288,6 +288,9 @@ class LatencyRuntime:
         self.defer_min_ktokens = 0.0
         self.max_defer_s = 0.0
         self._deferrals: dict[int, Deferral] = {}
+        # id of a pending request -> the held requests, this process's and its peers', that go
+        # at its first byte: each worker times them from then (RequestRecord.sent).
+        self._held_behind: dict[int, list[RequestRecord]] = {}
 
     # --- setup ------------------------------------------------------------------------------
     def register_metrics(self, services: Mapping[str, Any]) -> None:
@@ -494,6 +497,14 @@ class LatencyRuntime:
             return False  # it would wait for that step's end, and take a step of its own after
         return self._step_start.get(key, 0.0) > now or self.pending_count.get(key, 0) > last.members
 
+    def _last_not_held(self, key: str) -> RequestRecord | None:
+        order = self._pending_order.get(key)
+        if order:
+            for record in reversed(order.values()):
+                if not record.deferred:
+                    return record
+        return None
+
     def deferral_head(self, key: str) -> RequestRecord | None:
         """The request a request sent to pod `key` now would wait for in the EPP (deferral),
         or None. vLLM fills each step's token budget first come, first served, so whatever
@@ -505,13 +516,8 @@ class LatencyRuntime:
         byte is its first token), timed by the virtual queue, has at least
         `defer_min_ktokens` new tokens, and its last step has budget left free
         (`chunk_tokens` known)."""
-        order = self._pending_order.get(key)
-        if not order:
-            return None
-        for head in reversed(order.values()):
-            if not head.deferred:
-                break
-        else:
+        head = self._last_not_held(key)
+        if head is None:
             return None
         if (head.new_tokens < self.defer_min_ktokens or not head.request.stream or not head.virtual_first_byte
                 or not _free_step_tokens(head.stream_end, self.chunk_tokens)):
@@ -634,6 +640,10 @@ class LatencyRuntime:
         prefill queue and TPOT guard, and count it in the dispatch rate (every 1024th
         dispatch expires the records that never ended)."""
         pod = record.pod
+        if record.deferred:
+            head = self._last_not_held(pod)
+            if head is not None:
+                self._held_behind.setdefault(id(head.request), []).append(record)
         # Before this request counts as pending there.
         joins = self.joins_last_step(pod, record.dispatched)
         self.pending_prefill[pod] = self.pending_prefill.get(pod, 0.0) + record.new_tokens
@@ -854,10 +864,16 @@ class LatencyRuntime:
     def _release_prefill(self, record: RequestRecord, at: float | None = None) -> None:
         if not record.prefill_released:
             record.prefill_released = True
-            if self._deferrals:
-                deferral = self._deferrals.pop(id(record.request), None)
-                if deferral is not None:
-                    deferral.release(self.clock() if at is None else at)
+            if self._held_behind:
+                held = self._held_behind.pop(id(record.request), None)
+                if held is not None:
+                    sent = self.clock() if at is None else at
+                    for behind in held:
+                        if not behind.sent:
+                            behind.sent = sent
+                    deferral = self._deferrals.pop(id(record.request), None)
+                    if deferral is not None:
+                        self._let_go(deferral, sent)
             pod = record.pod
             order = self._pending_order.get(pod)
             if order:
@@ -886,7 +902,15 @@ class LatencyRuntime:
         that come after it are sent at once."""
         if self._deferrals.get(deferral.head) is deferral:
             del self._deferrals[deferral.head]
-        deferral.release(self.clock())
+        self._let_go(deferral, self.clock())
+
+    def _let_go(self, deferral: Deferral, at: float) -> None:
+        if deferral.released:
+            return
+        deferral.release(at)
+        for record in deferral.records:
+            if record.origin < 0:
+                self.metrics.deferred.observe(max(0.0, at - record.dispatched))
 
     def _expire(self) -> None:
         cutoff = self.clock() - RECORD_TTL_S

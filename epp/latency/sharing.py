@@ -70,7 +70,7 @@ class LatencySharing:
         self.bus.publish(DISPATCH, (
             self.generation, record.seq, record.pod, record.model, record.target_model,
             record.request.stream, slo.ttft_s, slo.tpot_s, record.features, record.new_tokens,
-            record.decode_tokens, record.dispatched, record.stall_budget))
+            record.decode_tokens, record.dispatched, record.stall_budget, record.deferred))
 
     def first_byte(self, record: RequestRecord, status: int) -> None:
         self.bus.publish(FIRST_BYTE, (self.generation, record.seq, record.first_byte, status))
@@ -93,14 +93,15 @@ class LatencySharing:
     def _on_dispatch(self, worker: int, payload: Any) -> None:
         try:
             (generation, seq, pod, model, target_model, stream, ttft_s, tpot_s, features, new_tokens,
-             decode_tokens, dispatched, stall_budget) = payload
+             decode_tokens, dispatched, stall_budget, deferred) = payload
             slo = SLO(None if ttft_s is None else float(ttft_s), None if tpot_s is None else float(tpot_s))
             x = [float(v) for v in features]
             request = LLMRequest(request_id=f"worker-{worker}/{seq}", model=str(model),
                                  target_model=str(target_model), stream=bool(stream))
             record = RequestRecord(request, str(pod), str(model), str(target_model), slo, x, math.nan, math.nan,
                                    float(new_tokens), float(decode_tokens), float(dispatched),
-                                   stall_budget=float(stall_budget), origin=int(worker), seq=int(seq))
+                                   stall_budget=float(stall_budget), origin=int(worker), seq=int(seq),
+                                   deferred=bool(deferred))
         except (TypeError, ValueError) as e:
             self._reject(worker, DISPATCH, e)
             return

@@ -21,7 +21,7 @@ CONFIG = """apiVersion: inference.networking.x-k8s.io/v1alpha1
 kind: EndpointPickerConfig
 plugins:
 - type: predicted-latency-producer
-  parameters: {minSamples: 10, minPodSamples: 10, retrainIntervalS: 0.05}
+  parameters: {minSamples: 10, minPodSamples: 10, retrainIntervalS: 0.05, deferBehindPrefillTokens: 4096}
 - type: latency-slo-admitter
 - type: slo-headroom-tier-filter
 - type: latency-scorer
@@ -155,3 +155,44 @@ async def test_the_ttft_learnt_is_the_first_token_not_the_headers(stack: LocalSt
     # (from its routing answer, so a little less than the client's).
     assert client_headers < client_ttft / 3, (headers_s, first_s)
     assert 0.6 * client_ttft <= learnt <= 1.1 * client_ttft, (learnt, first_s)
+
+
+async def _first_token(client: httpx.AsyncClient, stack: LocalStack, prompt: str) -> tuple[str, float]:
+    """(the pod that served it, when its first token came: time.monotonic())."""
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": 2, "stream": True}
+    async with client.stream("POST", f"{stack.url}/v1/completions", json=body) as r:
+        assert r.status_code == 200
+        async for line in r.aiter_lines():
+            if line.startswith("data: {"):
+                return r.headers["x-sim-pod"], time.monotonic()
+    raise AssertionError("no token")
+
+
+async def test_a_request_behind_a_long_prefill_waits_for_its_first_token(stack: LocalStack) -> None:
+    """Deferral (deferBehindPrefillTokens 4096 here): with a ~6k-token prompt prefilling on each
+    pod, a chat is held in the EPP until the prompt on its pod has its first token, rather
+    than prefilled in that prompt's last step."""
+    metrics_url = f"http://127.0.0.1:{stack.epps[0].metrics_port}/metrics"
+    name = "epp_latency_deferral_seconds"
+    async with httpx.AsyncClient(timeout=60, trust_env=False) as client:
+        deadline = time.monotonic() + 30
+        i = 0
+        while _metric((await client.get(metrics_url)).text, "epp_latency_model_trained") != 1.0:
+            assert time.monotonic() < deadline, "the predictor never trained"
+            await asyncio.gather(*(_send(client, stack, 200 + i + j, {"x-slo-ttft-ms": "5000"}) for j in range(4)))
+            i += 4
+        before = (await client.get(metrics_url)).text
+        longs = [asyncio.create_task(_first_token(client, stack, f"{w} zebra " + "lorem ipsum dolor sit amet " * 1200))
+                 for w in ("one", "two")]
+        await asyncio.sleep(0.01)  # both are prefilling, one on each pod
+        sent = time.monotonic()
+        chat_pod, chat_first = await _first_token(client, stack, "a short question")
+        firsts = dict(await asyncio.gather(*longs))
+        await asyncio.sleep(0.2)
+        after = (await client.get(metrics_url)).text
+    assert len(firsts) == 2, firsts  # one long prompt on each pod
+    held = _metric(after, name + "_count") - _metric(before, name + "_count")
+    held_s = _metric(after, name + "_sum") - _metric(before, name + "_sum")
+    assert held == 1, (held, firsts, chat_pod)
+    # Sent when the prompt ahead of it had its first token, and its own came after.
+    assert chat_first >= firsts[chat_pod] and 0.0 < held_s <= firsts[chat_pod] - sent + 0.05, (held_s, firsts)

@@ -824,6 +824,10 @@ def test_a_request_for_a_pod_prefilling_a_long_prompt_waits_for_its_first_byte()
         rt.on_first_byte(long_prompt, 200)
         assert waiter.done() and deferral.released
         assert all(r.sent == clock.now for r in deferral.records)
+        # epp_latency_deferral_seconds: the two held chats, sent 0.5 and 0.6 s after the long prompt.
+        held = {s.name: s.value for m in rt.metrics.deferred.collect() for s in m.samples}
+        assert held["epp_latency_deferral_seconds_count"] == 2
+        assert held["epp_latency_deferral_seconds_sum"] == pytest.approx(2 * (service(10.0) - 0.3) - 0.5 - 0.6)
         # Nothing of the held chats was prefilled in the long prompt's last step: no credit.
         share = rt.predictor.step_share(pod.key, 1.0)
         assert rt.queue_clear_at[pod.key] == pytest.approx(clock.now + service(1.0) + share)

@@ -61,13 +61,20 @@ def ledger(rt: LatencyRuntime, pod: Endpoint) -> tuple[float, ...]:
             round(rt.dispatch_rate(), 9))
 
 
+@pytest.mark.parametrize("defer", [False, True], ids=["", "deferral"])
 @pytest.mark.parametrize("seed", range(6))
-def test_two_workers_sharing_see_the_queue_one_worker_sees(seed: int) -> None:
+def test_two_workers_sharing_see_the_queue_one_worker_sees(seed: int, defer: bool) -> None:
+    """With deferral on too (deferBehindPrefillTokens): a worker holds a request as the single
+    worker would, and the others queue it as held."""
     rng = random.Random(seed)
     clock = Clock()
     alone = runtime(clock)
     wire: list[LoopbackBus] = []
     workers = [runtime(clock) for _ in range(2)]
+    if defer:
+        for rt in (alone, *workers):
+            rt.defer_min_ktokens, rt.max_defer_s = 8.192, 10.0
+    deferred = 0
     for i, rt in enumerate(workers):
         LatencySharing.attach(LoopbackBus(wire, i), rt)
     pods = [endpoint("p", port=8000), endpoint("q", port=8001)]
@@ -85,8 +92,9 @@ def test_two_workers_sharing_see_the_queue_one_worker_sees(seed: int) -> None:
                                       "headers": headers, "request_id": name}
             pod, worker = rng.choice(pods), rng.randrange(2)
             one, own = request("x" * size, **kwargs), request("x" * size, **kwargs)
-            alone.on_dispatch(CycleState(), one, pod)
-            workers[worker].on_dispatch(CycleState(), own, pod)
+            held = alone.on_dispatch(CycleState(), one, pod) is not None
+            assert (workers[worker].on_dispatch(CycleState(), own, pod) is not None) == held
+            deferred += held
             live[name] = (one, own, worker, pod)
         else:
             name = rng.choice(sorted(live))
@@ -106,6 +114,7 @@ def test_two_workers_sharing_see_the_queue_one_worker_sees(seed: int) -> None:
             assert ledger(workers[0], pod) == expected, (step, pod.key)
             assert ledger(workers[1], pod) == expected, (step, pod.key)
     assert first_bytes > 50
+    assert (deferred > 5) == defer, deferred
     assert sum(len(alone.predictor.step_samples(pod.key)) for pod in pods) > 0
     # Each worker learnt from every request: the same samples as the single worker.
     for rt in workers:
