@@ -23,6 +23,7 @@ import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import yaml
@@ -38,6 +39,35 @@ POOL_LABELS = {"app": "vllm-llama3-8b-instruct"}
 # Per-pod KV-event socket port (pods share 127.0.0.1 locally, so one port per pod).
 KV_EVENTS_PORT_LABEL = "kv-events.epp.llm-d.ai/port"
 KV_EVENTS_BASE_PORT = 5557  # vLLM's customary KV-event port; pod i publishes on 5557 + i
+
+
+def epp_hold_ms(config: Path | None) -> int:
+    """The longest the EPP config makes a request wait before its routing answer: a
+    predicted-latency-producer's deferral (maxDeferS, 10 s by default, when
+    deferBehindPrefillTokens is set). Envoy's ext_proc message_timeout must be longer, or
+    Envoy gives up on the held request. 0 when nothing holds, or the file cannot be read (the
+    EPP reports that itself)."""
+    if config is None:
+        return 0
+    try:
+        doc = yaml.safe_load(Path(config).read_text())
+    except (OSError, yaml.YAMLError):
+        return 0
+    plugins = doc.get("plugins") if isinstance(doc, dict) else None
+    longest = 0.0
+    for plugin in plugins if isinstance(plugins, list) else []:
+        if not isinstance(plugin, dict) or plugin.get("type") != "predicted-latency-producer":
+            continue
+        params = plugin.get("parameters") or {}
+        if not isinstance(params, dict):
+            continue
+        if params.get("deferBehindPrefillTokens", params.get("defer_behind_prefill_tokens")):
+            try:
+                value: Any = params.get("maxDeferS", params.get("max_defer_s", 10.0))
+                longest = max(longest, float(value))
+            except (TypeError, ValueError):
+                continue
+    return int(longest * 1000)
 
 
 class StackError(RuntimeError):
@@ -315,7 +345,7 @@ class LocalStack:
             access_log=cfg.access_log,
             epp_replicas=[("127.0.0.1", e.grpc_port) for e in self.epps[1:]],
             epp_max_concurrent_streams=cfg.epp_max_concurrent_streams,
-            message_timeout_ms=cfg.envoy_message_timeout_ms,
+            message_timeout_ms=max(cfg.envoy_message_timeout_ms, epp_hold_ms(cfg.epp_config) + 1000),
             response_cache=cfg.response_cache,
             mode_overrides=cfg.mode_overrides,
         )
