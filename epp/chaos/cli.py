@@ -43,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
 
     def progress(row: Row) -> None:
         print(f"{row.fault}: sent {row.sent}, failed not-started {row.failed_not_started}, "
-              f"cut in-flight {row.cut_in_flight}, recovery {row.recovery_s:.2f} s", flush=True)
+              f"cut in-flight {row.cut_in_flight} ({row.cut_before_first_token} before the first token), "
+              f"recovery {row.recovery_s:.2f} s", flush=True)
         for failure in row.failures:
             print(f"    {failure}", flush=True)
 

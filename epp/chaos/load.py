@@ -1,12 +1,16 @@
 """Bounded streaming load for the chaos suite: every request is classified by how it ended.
 
-A request *started* once the client received its first streamed chunk (response headers 200
-and at least one `data:` line). Outcomes:
+A request *started* once a pod answered it: response headers 200. vLLM sends a stream's
+headers when it accepts the request, before the prefill (a Starlette StreamingResponse under
+uvicorn; the simulator does the same), and from then on Envoy cannot retry it elsewhere.
+Outcomes:
 - ok: the stream ended with `data: [DONE]`;
-- failed_not_started: an error status, a refused/reset connection or a timeout before the
-  first chunk. These are the requests a fault must never lose;
-- cut_in_flight: the stream had started and broke before `[DONE]` (unavoidable when the pod
-  serving it dies; counted and reported).
+- failed_not_started: an error status, a refused/reset connection or a timeout before a pod
+  answered. These are the requests a fault must never lose;
+- cut_in_flight: a pod had answered and the stream broke before `[DONE]` (unavoidable when
+  the pod serving it dies; counted and reported). `RequestRecord.tokens` says whether any
+  token had reached the client: a request cut while it waited for its first token is lost
+  with the pod as much as one cut while decoding.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ class RequestRecord:
     status: int = 0
     detail: str = ""
     pod: str = ""
+    tokens: bool = False  # a streamed chunk had reached the client
 
 
 @dataclass(slots=True)
@@ -94,7 +99,7 @@ class StreamingLoad:
 
     async def _one(self, client: httpx.AsyncClient, body: dict[str, object]) -> RequestRecord:
         t0 = time.monotonic()
-        started = False
+        tokens = False
         status = 0
         pod = ""
         try:
@@ -108,11 +113,12 @@ class StreamingLoad:
                 async for line in r.aiter_lines():
                     if not line.startswith("data:"):
                         continue
-                    started = True
+                    tokens = True
                     if line.strip() == "data: [DONE]":
-                        return RequestRecord(t0, time.monotonic(), "ok", status, "", pod)
-                return RequestRecord(t0, time.monotonic(), "cut_in_flight" if started else "failed_not_started",
-                                     status, "stream ended without [DONE]", pod)
+                        return RequestRecord(t0, time.monotonic(), "ok", status, "", pod, tokens)
+                return RequestRecord(t0, time.monotonic(), "cut_in_flight", status, "stream ended without [DONE]",
+                                     pod, tokens)
         except (httpx.HTTPError, OSError) as e:
-            outcome: Outcome = "cut_in_flight" if started else "failed_not_started"
-            return RequestRecord(t0, time.monotonic(), outcome, status, f"{type(e).__name__}: {e}"[:200], pod)
+            outcome: Outcome = "cut_in_flight" if status == 200 else "failed_not_started"
+            return RequestRecord(t0, time.monotonic(), outcome, status, f"{type(e).__name__}: {e}"[:200], pod,
+                                 tokens)

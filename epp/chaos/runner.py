@@ -60,6 +60,7 @@ class Row:
     failed_not_started: int
     cut_in_flight: int
     recovery_s: float
+    cut_before_first_token: int = 0  # of cut_in_flight: no token had reached the client
     failures: list[str] = field(default_factory=list)  # a few failure details, for the log
 
 
@@ -319,6 +320,7 @@ def _row(name: str, result: LoadResult, t_fault: float) -> Row:
     return Row(fault=name, sent=len(records),
                failed_not_started=sum(1 for r in failed if r.outcome == "failed_not_started"),
                cut_in_flight=sum(1 for r in failed if r.outcome == "cut_in_flight"),
+               cut_before_first_token=sum(1 for r in failed if r.outcome == "cut_in_flight" and not r.tokens),
                recovery_s=max(recovery, 0.0),
                failures=[f"{r.outcome} {r.status} {r.detail}" for r in failed[:5]])
 
@@ -334,10 +336,11 @@ def run_all(scenarios: list[Scenario], timing: Timing, work_dir: Path | None = N
 
 
 def table(rows: list[Row]) -> str:
-    lines = ["| fault | requests sent | failed not-started | cut in-flight | recovery time |",
+    lines = ["| fault | requests sent | failed not-started | cut in-flight (before the first token) | recovery time |",
              "|---|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r.fault} | {r.sent} | {r.failed_not_started} | {r.cut_in_flight} | {r.recovery_s:.2f} s |")
+        lines.append(f"| {r.fault} | {r.sent} | {r.failed_not_started} | {r.cut_in_flight} "
+                     f"({r.cut_before_first_token}) | {r.recovery_s:.2f} s |")
     return "\n".join(lines)
 
 

@@ -159,7 +159,7 @@ class QueuedStep:
 
     service: float = 0.0  # the sum of its pending members' charges (RequestRecord.service)
     members: int = 0  # its pending members
-    deferred: bool = False  # its requests wait in the EPP for the prefill ahead (LatencyRuntime.deferral)
+    deferred: bool = False  # its requests wait in the EPP for the prefill ahead (LatencyRuntime.deferral_head)
 
 
 @dataclass(slots=True)
@@ -202,7 +202,7 @@ class RequestRecord:
     origin: int = -1
     seq: int = 0
     # Held in the EPP until the long prefill ahead of it on its pod had its first byte
-    # (LatencyRuntime.deferral); `sent`, when it was let go (0: at once, at `dispatched`).
+    # (LatencyRuntime.deferral_head); `sent`, when it was let go (0: at once, at `dispatched`).
     deferred: bool = False
     sent: float = 0.0
 
@@ -615,8 +615,8 @@ class LatencyRuntime:
             if head is not None:
                 deferral = self._deferrals.get(id(head.request))
                 if deferral is None:
-                    # Until its virtual first byte, and as long again as it is due in, plus a
-                    # step's margin: a head much later than predicted lets them go.
+                    # Until its virtual first byte, and half as long again as it is due in, plus
+                    # a margin: a head much later than predicted lets them go.
                     due = max(0.0, head.virtual_first_byte - record.dispatched)
                     deferral = self._deferrals[id(head.request)] = Deferral(
                         id(head.request), record.dispatched + min(self.max_defer_s, 1.5 * due + DEFER_MARGIN_S))
@@ -702,9 +702,9 @@ class LatencyRuntime:
         """The response's first byte came back (ResponseReceived): the request's prefill is
         done. For a streamed response that is its first body chunk, its first token; vLLM
         sends a stream's headers before the prefill (epp/server/extproc.py). A response that
-        is not streamed sends its headers with the whole response: its prefill was done by then, but when is not
-        known, so it teaches nothing (no TTFT or TPOT observation) and does not time the
-        queue behind it."""
+        is not streamed sends its headers with the whole response: its prefill was done by
+        then, but when is not known, so it teaches nothing (no TTFT or TPOT observation) and
+        does not time the queue behind it."""
         record = self._records.get(id(request))
         if record is None or record.request is not request or record.first_byte:
             return

@@ -20,13 +20,15 @@ def test_no_fault_loses_a_request_it_need_not_lose(tmp_path: Path) -> None:
         assert row.sent > 10, row
         assert (row.failed_not_started, row.cut_in_flight) == (0, 0), (row.fault, row.failures)
 
-    # Faults that must cost nothing at all: a dead pod's requests go to the EPP's fallback (a
-    # stream already flowing from it may be cut: counted, not failed); a hung pod / a pod
+    # Faults that must cost nothing at all: a dead pod's requests go to the EPP's fallback (the
+    # requests it had accepted are cut with it: vLLM sends a stream's headers on accepting it,
+    # before the prefill, so Envoy cannot retry them; counted, not failed); a hung pod / a pod
     # failing with 500s / with garbage metrics / garbage KV events / Redis down are routed
     # around; a lost EPP replica is replaced by the survivor; with FailOpen a dead EPP is
     # replaced by Envoy's own balancing.
     pod_kill = rows["pod SIGKILL"]
     assert pod_kill.failed_not_started == 0, pod_kill.failures
+    assert pod_kill.cut_before_first_token <= pod_kill.cut_in_flight, pod_kill
     for name in ("pod hang (accepts, never answers)", "pod returns 500s", "pod metrics endpoint returns garbage",
                  "EPP SIGKILL, FailOpen", "EPP replica loss (1 of 2), FailClose",
                  "EPP rolling update (SIGTERM 1 of 2), FailClose",

@@ -35,7 +35,7 @@ Parameters (all optional):
     deferBehindPrefillTokens: 0  off; N: a request sent to a pod that is prefilling a prompt of
         at least N new tokens waits in the EPP for that prompt's first token, so that it does not
         lengthen that prompt's last prefill step (vLLM packs waiting prompts into it); needs the
-        latency-scorer's maxNumBatchedTokens (docs/latency-routing.md, "Deferral")
+        latency-scorer's maxNumBatchedTokens (docs/latency-routing.md, "Deferral behind a long prefill")
     maxDeferS: 10  the longest a request waits so; Envoy's ext_proc message_timeout must be longer
     window, minSamples, minPodSamples, ridge, retrainIntervalS, saveIntervalS: the predictor
 """
