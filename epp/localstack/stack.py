@@ -41,26 +41,31 @@ KV_EVENTS_PORT_LABEL = "kv-events.epp.llm-d.ai/port"
 KV_EVENTS_BASE_PORT = 5557  # vLLM's customary KV-event port; pod i publishes on 5557 + i
 
 
+def latency_producer_params(config: Path | None) -> list[dict[str, Any]] | None:
+    """The parameters of each predicted-latency-producer of the EPP config (None: the file is
+    not given or cannot be read, which the EPP reports itself)."""
+    if config is None:
+        return None
+    try:
+        doc = yaml.safe_load(Path(config).read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    plugins = doc.get("plugins") if isinstance(doc, dict) else None
+    found: list[dict[str, Any]] = []
+    for plugin in plugins if isinstance(plugins, list) else []:
+        if isinstance(plugin, dict) and plugin.get("type") == "predicted-latency-producer":
+            params = plugin.get("parameters") or {}
+            found.append(params if isinstance(params, dict) else {})
+    return found
+
+
 def epp_hold_ms(config: Path | None) -> int:
     """The longest the EPP config makes a request wait before its routing answer: a
     predicted-latency-producer's deferral (maxDeferS, 10 s by default, when
     deferBehindPrefillTokens is set). Envoy's ext_proc message_timeout must be longer, or
-    Envoy gives up on the held request. 0 when nothing holds, or the file cannot be read (the
-    EPP reports that itself)."""
-    if config is None:
-        return 0
-    try:
-        doc = yaml.safe_load(Path(config).read_text())
-    except (OSError, yaml.YAMLError):
-        return 0
-    plugins = doc.get("plugins") if isinstance(doc, dict) else None
+    Envoy gives up on the held request. 0 when nothing holds."""
     longest = 0.0
-    for plugin in plugins if isinstance(plugins, list) else []:
-        if not isinstance(plugin, dict) or plugin.get("type") != "predicted-latency-producer":
-            continue
-        params = plugin.get("parameters") or {}
-        if not isinstance(params, dict):
-            continue
+    for params in latency_producer_params(config) or []:
         if params.get("deferBehindPrefillTokens", params.get("defer_behind_prefill_tokens")):
             try:
                 value: Any = params.get("maxDeferS", params.get("max_defer_s", 10.0))
@@ -339,7 +344,11 @@ class LocalStack:
             failure_mode="FailOpen" if cfg.failure_mode == "FailOpen" else "FailClose",
             fallback_endpoints=[("127.0.0.1", p.serving_port) for p in self.pods if p.role != "prefill"],
             request_body_mode=cfg.request_body_mode,  # type: ignore[arg-type]
-            response_body_mode=cfg.response_body_mode,  # type: ignore[arg-type]
+            # Predicted-latency routing learns TTFT from a stream's first body chunk (vLLM sends
+            # the headers before the prefill) and TPOT from the usage: it needs the bodies.
+            response_body_mode=("STREAMED" if cfg.response_body_mode == "NONE"
+                                and latency_producer_params(cfg.epp_config)
+                                else cfg.response_body_mode),  # type: ignore[arg-type]
             response_header_mode=cfg.response_header_mode or None,  # type: ignore[arg-type]
             subset_hint=cfg.subset_hint,
             access_log=cfg.access_log,
