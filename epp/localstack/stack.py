@@ -75,6 +75,12 @@ def epp_hold_ms(config: Path | None) -> int:
     return int(longest * 1000)
 
 
+def _held_timeout_ms(config: Path | None) -> int:
+    """An ext_proc message timeout a second longer than the config's longest hold (0: none)."""
+    hold = epp_hold_ms(config)
+    return hold + 1000 if hold else 0
+
+
 class StackError(RuntimeError):
     pass
 
@@ -354,7 +360,7 @@ class LocalStack:
             access_log=cfg.access_log,
             epp_replicas=[("127.0.0.1", e.grpc_port) for e in self.epps[1:]],
             epp_max_concurrent_streams=cfg.epp_max_concurrent_streams,
-            message_timeout_ms=max(cfg.envoy_message_timeout_ms, epp_hold_ms(cfg.epp_config) + 1000),
+            message_timeout_ms=max(cfg.envoy_message_timeout_ms, _held_timeout_ms(cfg.epp_config)),
             response_cache=cfg.response_cache,
             mode_overrides=cfg.mode_overrides,
         )
