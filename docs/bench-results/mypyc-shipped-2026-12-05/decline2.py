@@ -26,8 +26,10 @@ def delta(a, b):
             res[k] = s / n * 1e6
     return res
 
-if __name__ == "__main__":  # prefix-match-2026-12-05/filter_ab.py imports scrape and delta
-    cfg = Path(sys.argv[1])
+def run_sequence(cfg, plugins=None):
+    """Four c=64 runs of one stack, the long-prompt loads (c=20 and c=150, 600 requests each)
+    between runs 2 and 3; prints each plugin's microseconds per call in each run (only those in
+    `plugins`, when given). prefix-match-2026-12-05/filter_ab.py runs it too."""
     s = OverheadSettings(epp_config=cfg)
     bodies, long_bodies = chat_bodies(), chat_bodies(8, s.long_prompt_bytes)
     with overhead_stack(64, s) as stack:
@@ -44,4 +46,8 @@ if __name__ == "__main__":  # prefix-match-2026-12-05/filter_ab.py imports scrap
                 for c in (20, 150):
                     load(stack.epp_port, long_bodies, c, 600, 20)
         for k in snaps[0]:
-            print(f"{k[0]:>12} {k[1]:>14} {k[2]:>32}: " + "  ".join(f"{sn.get(k, float('nan')):8.1f}" for sn in snaps), "us")
+            if plugins is None or k[2] in plugins:
+                print(f"{k[0]:>12} {k[1]:>14} {k[2]:>32}: " + "  ".join(f"{sn.get(k, float('nan')):8.1f}" for sn in snaps), "us")
+
+if __name__ == "__main__":  # prefix-match-2026-12-05/filter_ab.py imports scrape, delta and run_sequence
+    run_sequence(Path(sys.argv[1]))
