@@ -4,11 +4,11 @@ config makes a request wait, and predicted-latency routing gets the response bod
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, cast
 
 import yaml
 
 from epp.localstack.stack import LocalStack, StackConfig, epp_hold_ms
+from tests.unit.localstack.test_envoy_config import _ext_proc
 
 PRODUCER = """plugins:
 - type: predicted-latency-producer
@@ -33,28 +33,6 @@ def test_the_longest_hold_is_the_deferrals_maximum(tmp_path: Path) -> None:
     assert epp_hold_ms(tmp_path / "bad.yaml") == 0
 
 
-def _ext_proc(envoy_yaml: str) -> dict[str, Any]:
-    """The ext_proc filter's typed config in a generated Envoy config."""
-    def walk(node: Any) -> Any:
-        if isinstance(node, dict):
-            if node.get("name") == "envoy.filters.http.ext_proc":
-                return node["typed_config"]
-            for value in node.values():
-                found = walk(value)
-                if found is not None:
-                    return found
-        elif isinstance(node, list):
-            for value in node:
-                found = walk(value)
-                if found is not None:
-                    return found
-        return None
-
-    found = walk(yaml.safe_load(envoy_yaml))
-    assert found is not None
-    return cast(dict[str, Any], found)
-
-
 def test_the_local_stack_streams_bodies_and_waits_long_enough_for_the_latency_profile(tmp_path: Path) -> None:
     """`epp run-local --config <latency profile>`: Envoy streams response bodies to the EPP (a
     stream's first chunk is its first token, its usage gives TPOT), and its message timeout
@@ -66,7 +44,7 @@ def test_the_local_stack_streams_bodies_and_waits_long_enough_for_the_latency_pr
     modes = {}
     for name, path in (("latency", config), ("plain", plain)):
         stack = LocalStack(StackConfig(run_dir=tmp_path / name, pods=1, epp_config=path))
-        ext_proc = _ext_proc(stack.write_files()["envoy"].read_text())
+        ext_proc = _ext_proc(yaml.safe_load(stack.write_files()["envoy"].read_text()))["typed_config"]
         modes[name] = (ext_proc["processing_mode"]["response_body_mode"],
                        ext_proc["processing_mode"]["response_header_mode"], ext_proc["message_timeout"])
     assert modes["latency"] == ("STREAMED", "SEND", "5.000s")
