@@ -441,6 +441,33 @@ class LocalStack:
     def log_path(self, name: str) -> Path:
         return self.cfg.run_dir / "logs" / f"{name}.log"
 
+    def epp_args(self, epp: EppSpec, files: dict[str, Path]) -> list[str]:
+        """The command line of one EPP of the stack (write_files gives `files`)."""
+        cfg = self.cfg
+        args = [sys.executable, "-m", "epp", "serve",
+                "--grpc-port", str(epp.grpc_port), "--health-port", str(epp.health_port),
+                "--metrics-port", str(epp.metrics_port),
+                "--pool-file", str(files["pool"]), "--endpoints-file", str(files["endpoints"])]
+        if cfg.objectives is not None:
+            args += ["--objectives-file", str(cfg.objectives)]
+        config = cfg.epp_config
+        if config is None and cfg.pd:
+            config = REPO / "deploy/vllm/pd/epp-config-pd.yaml"
+        if config is None and cfg.tokenizer and cfg.precise:
+            config = self._precise_config(cfg.tokenizer)
+        if config is not None:
+            args += ["--config", str(config)]
+        if cfg.epp_tls:
+            args += ["--secure-serving=true", "--cert-path", str(cfg.run_dir / "tls")]
+        # A lone EPP has nobody to hand its new streams to while it drains.
+        args += ["--shutdown-delay", "1.5" if len(self.epps) > 1 else "0"]
+        # Predicted-latency routing learns TPOT from a stream's usage, which vLLM sends only
+        # when the request asks for it: the stack's clients (curl, the demo) rarely do.
+        if latency_producer_params(cfg.epp_config) and "--stream-include-usage" not in cfg.epp_args:
+            args.append("--stream-include-usage")
+        args += list(cfg.epp_args)
+        return args
+
     def start(self, timeout: float = 60.0) -> None:
         cfg = self.cfg
         files = self.write_files()
@@ -448,24 +475,7 @@ class LocalStack:
             self._start_engines()
             if cfg.with_epp:
                 for epp in self.epps:
-                    args = [sys.executable, "-m", "epp", "serve",
-                            "--grpc-port", str(epp.grpc_port), "--health-port", str(epp.health_port),
-                            "--metrics-port", str(epp.metrics_port),
-                            "--pool-file", str(files["pool"]), "--endpoints-file", str(files["endpoints"])]
-                    if cfg.objectives is not None:
-                        args += ["--objectives-file", str(cfg.objectives)]
-                    config = cfg.epp_config
-                    if config is None and cfg.pd:
-                        config = REPO / "deploy/vllm/pd/epp-config-pd.yaml"
-                    if config is None and cfg.tokenizer and cfg.precise:
-                        config = self._precise_config(cfg.tokenizer)
-                    if config is not None:
-                        args += ["--config", str(config)]
-                    if cfg.epp_tls:
-                        args += ["--secure-serving=true", "--cert-path", str(cfg.run_dir / "tls")]
-                    # A lone EPP has nobody to hand its new streams to while it drains.
-                    args += ["--shutdown-delay", "1.5" if len(self.epps) > 1 else "0"]
-                    args += list(cfg.epp_args)
+                    args = self.epp_args(epp, files)
                     self._spawn(epp.name, args)
             if cfg.with_envoy:
                 self._spawn("envoy", self._envoy_args(files["envoy"]))

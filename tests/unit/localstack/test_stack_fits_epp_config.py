@@ -49,3 +49,18 @@ def test_the_local_stack_streams_bodies_and_waits_long_enough_for_the_latency_pr
                        ext_proc["processing_mode"]["response_header_mode"], ext_proc["message_timeout"])
     assert modes["latency"] == ("STREAMED", "SEND", "5.000s")
     assert modes["plain"] == ("NONE", "SKIP", "2.000s")
+
+
+def test_the_local_stack_asks_streams_for_their_usage_with_the_latency_profile(tmp_path: Path) -> None:
+    """TPOT is learnt from a stream's usage, which vLLM sends only when asked: with a latency
+    profile the stack's EPP adds stream_options.include_usage (once, even when also given)."""
+    config = tmp_path / "epp.yaml"
+    config.write_text(PRODUCER % "")
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("plugins:\n- type: queue-scorer\n")
+    for path, extra, count in ((config, (), 1), (plain, (), 0), (config, ("--stream-include-usage",), 1)):
+        stack = LocalStack(StackConfig(run_dir=tmp_path / f"{path.stem}-{len(extra)}", pods=1,
+                                       epp_config=path, epp_args=extra))
+        args = stack.epp_args(stack.epps[0], stack.write_files())
+        assert args.count("--stream-include-usage") == count, (path.name, extra)
+        assert args[args.index("--config") + 1] == str(path)
