@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime as dt
+import gzip
 import json
 import math
 import re
@@ -287,12 +288,27 @@ def decisions_by_worker(metrics_text: str) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
+def keep_predictor_states(run_dir: Path, result_path: Path) -> list[Path]:
+    """Keep the predictor's states of a run beside its result, gzipped: the warm-up's and each
+    load's (`<result stem>.warm-state.json.gz`, `.state-0.9.json.gz`). They hold the predicted
+    and observed pairs the result's MAPE comes from, and the speeds and step times the predictor
+    learnt; the run directory is emptied by the next run."""
+    kept = []
+    for state in sorted(run_dir.glob("*state*.json")):
+        target = result_path.with_name(f"{result_path.stem}.{state.name}.gz")
+        target.write_bytes(gzip.compress(state.read_bytes(), mtime=0))
+        kept.append(target)
+    return kept
+
+
 def prediction_mape(state_path: Path) -> dict[str, tuple[dict[str, float], dict[str, int]]]:
     """Median absolute percentage error per pod, and the pairs it rests on, of each target
-    ("ttft", "tpot") from the predictor's saved pairs (one read of the state file)."""
+    ("ttft", "tpot") from the predictor's saved pairs (one read of the state file, which may be
+    one kept gzipped beside a result: keep_predictor_states)."""
     out: dict[str, tuple[dict[str, float], dict[str, int]]] = {"ttft": ({}, {}), "tpot": ({}, {})}
     try:
-        state = json.loads(state_path.read_text())
+        raw = gzip.decompress(state_path.read_bytes()) if state_path.suffix == ".gz" else state_path.read_bytes()
+        state = json.loads(raw)
     except (OSError, ValueError):
         return out
     for pod, rows in state.get("errors", {}).items():
@@ -557,6 +573,7 @@ def run_latency_only(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"latency-{started:%Y-%m-%dT%H%M}-{result['commit']}.json"
     path.write_text(json.dumps(result, indent=1, default=str))
+    kept = keep_predictor_states(settings.run_dir, path)
     print(summary_markdown(result))
-    print(f"wrote {path}")
+    print(f"wrote {path}" + (f" and the predictor's states ({', '.join(k.name for k in kept)})" if kept else ""))
     return 0

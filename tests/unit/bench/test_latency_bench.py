@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -13,7 +14,9 @@ from epp.bench.latency import (
     ROUTERS,
     LatencyBenchSettings,
     build_workload,
+    keep_predictor_states,
     latency_config,
+    prediction_mape,
     prompt_tokens,
     scaled,
     summarize,
@@ -153,3 +156,25 @@ def test_decisions_by_worker_reads_the_merged_metrics_of_the_workers() -> None:
         texts[worker] = generate_latest(metrics.registry).decode()
     assert decisions_by_worker(merge_expositions(texts).decode()) == {"0": 4, "1": 6}
     assert decisions_by_worker(texts[0]) == {}  # one worker: no worker label
+
+
+def test_the_predictor_states_are_kept_beside_the_result_and_give_the_same_mape(tmp_path: Path) -> None:
+    """The run directory is emptied by the next run: the states the MAPE comes from are kept,
+    gzipped, beside the result, and read back to the same numbers."""
+    run_dir, out = tmp_path / "run", tmp_path / "out"
+    run_dir.mkdir()
+    out.mkdir()
+    errors = {"default/vllm-0": [[1.0, "ttft", 0.5, 0.4], [2.0, "ttft", 0.3, 0.3], [3.0, "tpot", 0.02, 0.04]],
+              "default/vllm-1": [[1.0, "ttft", 2.0, 1.0]]}
+    (run_dir / "warm-state.json").write_text(json.dumps({"version": 2, "errors": errors}))
+    (run_dir / "state-0.9.json").write_text(json.dumps({"version": 2, "errors": {}}))
+    (run_dir / "warmup.yaml").write_text("plugins: []\n")
+    result = out / "latency-2026-12-05T0800-abc1234.json"
+    kept = keep_predictor_states(run_dir, result)
+    assert [k.name for k in kept] == ["latency-2026-12-05T0800-abc1234.state-0.9.json.gz",
+                                      "latency-2026-12-05T0800-abc1234.warm-state.json.gz"]
+    assert prediction_mape(kept[1]) == prediction_mape(run_dir / "warm-state.json")
+    ttft, counts = prediction_mape(kept[1])["ttft"]
+    assert counts == {"default/vllm-0": 2, "default/vllm-1": 1}
+    assert ttft["default/vllm-1"] == 1.0 and math.isclose(ttft["default/vllm-0"], 0.125)
+    assert prediction_mape(kept[1])["tpot"][0] == {"default/vllm-0": 0.5}
