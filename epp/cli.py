@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from types import FrameType
 
 # Subcommand -> the module that registers it. Only the chosen subcommand's module is imported
@@ -52,12 +53,39 @@ def _kill_children_and_exit(signum: int, frame: FrameType | None) -> None:
     them running (an orphaned EPP of a benchmark killed twice kept a quarter of a core busy
     through the next benchmark): their groups are killed first."""
     for pid in _child_pids():
-        try:
-            os.killpg(pid, signal.SIGKILL)  # a child that leads its own group, and its children
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
+        _signal_group(pid, signal.SIGKILL)
     os._exit(128 + signum)
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)  # a child that leads its own group, and its children
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.kill(pid, sig)
+
+
+def _reaped(pid: int) -> bool:
+    try:
+        return os.waitpid(pid, os.WNOHANG)[0] != 0
+    except ChildProcessError:
+        return True  # reaped by its owner already
+
+
+def _stop_stragglers(grace_s: float = 5.0) -> None:
+    """After the first SIGTERM has unwound the command: a child its `finally` blocks did not
+    stop is one whose owner never learnt of it. The signal can land inside Popen after the fork,
+    and Popen then raises without returning the process; CI found such a pod or EPP running
+    after the benchmark had exited. Each is asked to stop, then killed after `grace_s`."""
+    pids = _child_pids()
+    for pid in pids:
+        _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while pids and time.monotonic() < deadline:
+        time.sleep(0.05)
+        pids = [pid for pid in pids if not _reaped(pid)]
+    for pid in pids:
+        _signal_group(pid, signal.SIGKILL)
 
 
 def _child_pids() -> list[int]:
@@ -110,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _unwind_on_sigterm)
     try:
         return int(func(args) or 0)
+    except SystemExit as e:
+        if e.code == 128 + signal.SIGTERM:
+            _stop_stragglers()
+        raise
     except KeyboardInterrupt:
         # Ctrl-C: the command's `finally` blocks have stopped its children by now; a traceback
         # would only bury that. 130 = 128 + SIGINT, as a shell reports it.

@@ -139,3 +139,50 @@ def test_ctrl_c_during_a_command_that_starts_processes_exits_130_without_a_trace
     assert main(["bench", "history", "--dir", str(tmp_path)]) == 130
     assert capsys.readouterr().err == "epp bench: interrupted; the processes it started are stopped\n"
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+_STRAGGLER = """
+import os, signal, subprocess, sys, time
+import epp.bench.cli as bench_cli
+from epp.cli import main
+
+def command(args):
+    # A child its owner never learnt of, as when the signal lands inside Popen after the fork:
+    # in a process group of its own, with a child of its own, and no `finally` that stops it.
+    child = subprocess.Popen(["sh", "-c", "sleep 60 & wait"], start_new_session=True)
+    print(child.pid, flush=True)
+    time.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(60)
+
+bench_cli.run_history = command
+sys.exit(main(["bench", "history", "--dir", sys.argv[1]]))
+"""
+
+
+def test_a_child_the_command_did_not_stop_is_stopped_after_the_sigterm_unwinds(tmp_path: Path) -> None:
+    """The first SIGTERM unwinds through the `finally` blocks; a child none of them knew of (the
+    signal landed inside Popen after the fork) is stopped before the command exits."""
+    proc = subprocess.Popen([sys.executable, "-c", _STRAGGLER, str(tmp_path)], stdout=subprocess.PIPE,
+                            text=True, cwd=Path(__file__).resolve().parents[2])
+    child = 0
+    try:
+        assert proc.stdout is not None
+        child = int(proc.stdout.readline())
+        grandchildren: list[int] = []
+        deadline = time.monotonic() + 10
+        while not grandchildren and time.monotonic() < deadline:
+            with contextlib.suppress(OSError), open(f"/proc/{child}/task/{child}/children") as f:
+                grandchildren = [int(p) for p in f.read().split()]
+            time.sleep(0.05)
+        assert proc.wait(10) == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 10
+        while not all(_gone(p) for p in (child, *grandchildren)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert grandchildren and all(_gone(p) for p in (child, *grandchildren))
+    finally:
+        proc.kill()
+        proc.wait()
+        if child:  # on failure, leave nothing running
+            with contextlib.suppress(OSError):
+                os.killpg(child, signal.SIGKILL)
