@@ -75,8 +75,9 @@ def _reaped(pid: int) -> bool:
 def _stop_stragglers(grace_s: float = 5.0) -> None:
     """After the first SIGTERM has unwound the command: a child its `finally` blocks did not
     stop is one whose owner never learnt of it. The signal can land inside Popen after the fork,
-    and Popen then raises without returning the process; CI found such a pod or EPP running
-    after the benchmark had exited. Each is asked to stop, then killed after `grace_s`."""
+    and Popen then raises without returning the process: once in 37 runs on a loaded machine,
+    the SIGTERM benchmark test found a child still running 10 s after the benchmark had exited.
+    Each is asked to stop, then killed after `grace_s`."""
     pids = _child_pids()
     for pid in pids:
         _signal_group(pid, signal.SIGTERM)
