@@ -91,6 +91,25 @@ def _gone(pid: int) -> bool:
     return stat[stat.rfind(b")") + 2:].split()[0] == b"Z"  # a zombie not reaped yet
 
 
+def _own_children(child: int) -> list[int]:
+    """The children of `child`, once it has one (10 s at most)."""
+    found: list[int] = []
+    deadline = time.monotonic() + 10
+    while not found and time.monotonic() < deadline:
+        with contextlib.suppress(OSError), open(f"/proc/{child}/task/{child}/children") as f:
+            found = [int(p) for p in f.read().split()]
+        time.sleep(0.05)
+    return found
+
+
+def _all_gone(pids: tuple[int, ...]) -> bool:
+    """Whether every one of `pids` has exited (10 s at most)."""
+    deadline = time.monotonic() + 10
+    while not all(_gone(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return all(_gone(p) for p in pids)
+
+
 def test_a_second_sigterm_ends_the_command_and_its_children_at_once() -> None:
     """The first SIGTERM unwinds through the `finally` blocks; a second one during a slow stop
     exits at once, and kills the children's process groups first: exiting alone left them
@@ -100,22 +119,14 @@ def test_a_second_sigterm_ends_the_command_and_its_children_at_once() -> None:
     try:
         assert proc.stdout is not None
         child = int(proc.stdout.readline())
-        grandchildren: list[int] = []
-        deadline = time.monotonic() + 10
-        while not grandchildren and time.monotonic() < deadline:
-            with open(f"/proc/{child}/task/{child}/children") as f:
-                grandchildren = [int(p) for p in f.read().split()]
-            time.sleep(0.05)
+        grandchildren = _own_children(child)
         assert grandchildren, "the child's own child did not start"
         proc.send_signal(signal.SIGTERM)
         time.sleep(0.5)
         assert proc.poll() is None  # unwinding: the slow stop runs
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 128 + signal.SIGTERM
-        deadline = time.monotonic() + 10
-        while not all(_gone(p) for p in (child, *grandchildren)) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert all(_gone(p) for p in (child, *grandchildren))
+        assert _all_gone((child, *grandchildren))
     finally:
         proc.kill()
         proc.wait()
@@ -169,17 +180,9 @@ def test_a_child_the_command_did_not_stop_is_stopped_after_the_sigterm_unwinds(t
     try:
         assert proc.stdout is not None
         child = int(proc.stdout.readline())
-        grandchildren: list[int] = []
-        deadline = time.monotonic() + 10
-        while not grandchildren and time.monotonic() < deadline:
-            with contextlib.suppress(OSError), open(f"/proc/{child}/task/{child}/children") as f:
-                grandchildren = [int(p) for p in f.read().split()]
-            time.sleep(0.05)
+        grandchildren = _own_children(child)  # the command sends itself SIGTERM 0.5 s after the start
         assert proc.wait(10) == 128 + signal.SIGTERM
-        deadline = time.monotonic() + 10
-        while not all(_gone(p) for p in (child, *grandchildren)) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert grandchildren and all(_gone(p) for p in (child, *grandchildren))
+        assert grandchildren and _all_gone((child, *grandchildren))
     finally:
         proc.kill()
         proc.wait()
