@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -110,15 +111,29 @@ def _all_gone(pids: tuple[int, ...]) -> bool:
     return all(_gone(p) for p in pids)
 
 
-def test_a_second_sigterm_ends_the_command_and_its_children_at_once() -> None:
-    """The first SIGTERM unwinds through the `finally` blocks; a second one during a slow stop
-    exits at once, and kills the children's process groups first: exiting alone left them
-    running, in groups of their own."""
-    proc = subprocess.Popen([sys.executable, "-c", _SLOW_UNWIND], stdout=subprocess.PIPE, text=True)
+@contextlib.contextmanager
+def _command_and_child(args: list[str], cwd: Path | None = None) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """A command that prints its child's pid first, and that child's pid; on the way out, even
+    on failure, nothing of either is left running."""
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, cwd=cwd)
     child = 0
     try:
         assert proc.stdout is not None
         child = int(proc.stdout.readline())
+        yield proc, child
+    finally:
+        proc.kill()
+        proc.wait()
+        if child:
+            with contextlib.suppress(OSError):
+                os.killpg(child, signal.SIGKILL)
+
+
+def test_a_second_sigterm_ends_the_command_and_its_children_at_once() -> None:
+    """The first SIGTERM unwinds through the `finally` blocks; a second one during a slow stop
+    exits at once, and kills the children's process groups first: exiting alone left them
+    running, in groups of their own."""
+    with _command_and_child([sys.executable, "-c", _SLOW_UNWIND]) as (proc, child):
         grandchildren = _own_children(child)
         assert grandchildren, "the child's own child did not start"
         proc.send_signal(signal.SIGTERM)
@@ -127,12 +142,6 @@ def test_a_second_sigterm_ends_the_command_and_its_children_at_once() -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 128 + signal.SIGTERM
         assert _all_gone((child, *grandchildren))
-    finally:
-        proc.kill()
-        proc.wait()
-        if child:  # on failure, leave nothing running
-            with contextlib.suppress(OSError):
-                os.killpg(child, signal.SIGKILL)
 
 
 def test_ctrl_c_during_a_command_that_starts_processes_exits_130_without_a_traceback(
@@ -174,18 +183,8 @@ sys.exit(main(["bench", "history", "--dir", sys.argv[1]]))
 def test_a_child_the_command_did_not_stop_is_stopped_after_the_sigterm_unwinds(tmp_path: Path) -> None:
     """The first SIGTERM unwinds through the `finally` blocks; a child none of them knew of (the
     signal landed inside Popen after the fork) is stopped before the command exits."""
-    proc = subprocess.Popen([sys.executable, "-c", _STRAGGLER, str(tmp_path)], stdout=subprocess.PIPE,
-                            text=True, cwd=Path(__file__).resolve().parents[2])
-    child = 0
-    try:
-        assert proc.stdout is not None
-        child = int(proc.stdout.readline())
+    with _command_and_child([sys.executable, "-c", _STRAGGLER, str(tmp_path)],
+                            cwd=Path(__file__).resolve().parents[2]) as (proc, child):
         grandchildren = _own_children(child)  # the command sends itself SIGTERM 0.5 s after the start
         assert proc.wait(10) == 128 + signal.SIGTERM
         assert grandchildren and _all_gone((child, *grandchildren))
-    finally:
-        proc.kill()
-        proc.wait()
-        if child:  # on failure, leave nothing running
-            with contextlib.suppress(OSError):
-                os.killpg(child, signal.SIGKILL)
