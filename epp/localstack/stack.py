@@ -278,6 +278,9 @@ class LocalStack:
         self._logs: list[object] = []
         self.pods: list[PodSpec] = self._plan_pods()
         self.epps: list[EppSpec] = self._plan_epps()
+        # Predicted-latency routing needs the response bodies and the streams' usage: one
+        # reading of the config decides both (write_files, epp_args).
+        self._latency_profile = bool(latency_producer_params(cfg.epp_config))
         self._specs: dict[str, _Supervised] = {}
         self._stopped: set[str] = set()  # stopped on purpose: not restarted
         self._lock = threading.RLock()
@@ -352,8 +355,7 @@ class LocalStack:
             request_body_mode=cfg.request_body_mode,  # type: ignore[arg-type]
             # Predicted-latency routing learns TTFT from a stream's first body chunk (vLLM sends
             # the headers before the prefill) and TPOT from the usage: it needs the bodies.
-            response_body_mode=("STREAMED" if cfg.response_body_mode == "NONE"
-                                and latency_producer_params(cfg.epp_config)
+            response_body_mode=("STREAMED" if cfg.response_body_mode == "NONE" and self._latency_profile
                                 else cfg.response_body_mode),  # type: ignore[arg-type]
             response_header_mode=cfg.response_header_mode or None,  # type: ignore[arg-type]
             subset_hint=cfg.subset_hint,
@@ -463,7 +465,7 @@ class LocalStack:
         args += ["--shutdown-delay", "1.5" if len(self.epps) > 1 else "0"]
         # Predicted-latency routing learns TPOT from a stream's usage, which vLLM sends only
         # when the request asks for it: the stack's clients (curl, the demo) rarely do.
-        if latency_producer_params(cfg.epp_config) and "--stream-include-usage" not in cfg.epp_args:
+        if self._latency_profile and "--stream-include-usage" not in cfg.epp_args:
             args.append("--stream-include-usage")
         args += list(cfg.epp_args)
         return args
